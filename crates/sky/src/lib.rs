@@ -1,0 +1,15 @@
+//! Spherical geometry for Meridian: positions, angular separation, HEALPix NESTED indexing
+//! and sky regions with ADQL semantics (circle, box, polygon, MOC).
+//!
+//! All angles crossing this API carry their unit in the name (`_deg`, `_rad`) or in a type.
+//! HEALPix indexing is delegated to `cdshealpix` and MOC algebra to `moc` (CDS); this crate
+//! adds input validation and the ADQL meaning of each region.
+
+mod error;
+pub mod healpix;
+mod point;
+pub mod region;
+
+pub use error::{Error, Result};
+pub use point::{SkyPoint, angular_separation_deg};
+pub use region::{Circle, Polygon, Region, SkyBox};
