@@ -84,9 +84,15 @@ impl Column {
             Kind::Int => ColBuf::Int(Vec::with_capacity(cap)),
             Kind::Float => ColBuf::Float(Vec::with_capacity(cap)),
             Kind::Bool => ColBuf::Bool(Vec::with_capacity(cap)),
-            Kind::Str => ColBuf::Str { data: Vec::new(), offsets: vec![0] },
+            Kind::Str => ColBuf::Str {
+                data: Vec::new(),
+                offsets: vec![0],
+            },
         };
-        Self { buf, valid: Vec::with_capacity(cap) }
+        Self {
+            buf,
+            valid: Vec::with_capacity(cap),
+        }
     }
 
     /// Appends a value; returns false if it cannot be parsed (nothing appended then).
@@ -101,7 +107,9 @@ impl Column {
             self.valid.push(false);
             return true;
         }
-        let Ok(s) = std::str::from_utf8(raw) else { return false };
+        let Ok(s) = std::str::from_utf8(raw) else {
+            return false;
+        };
         let ok = match &mut self.buf {
             ColBuf::Int(v) => parse_int(s).map(|x| v.push(x)).is_some(),
             ColBuf::Float(v) => parse_float(s).map(|x| v.push(x)).is_some(),
@@ -133,7 +141,11 @@ impl Column {
 
     fn finish(&mut self, kind: Kind, cap: usize) -> ArrayRef {
         let Column { buf, valid } = std::mem::replace(self, Column::new(kind, cap));
-        let nulls = if valid.iter().all(|v| *v) { None } else { Some(NullBuffer::from(valid)) };
+        let nulls = if valid.iter().all(|v| *v) {
+            None
+        } else {
+            Some(NullBuffer::from(valid))
+        };
         match buf {
             ColBuf::Int(v) => Arc::new(Int64Array::new(ScalarBuffer::from(v), nulls)),
             ColBuf::Float(v) => Arc::new(Float64Array::new(ScalarBuffer::from(v), nulls)),
@@ -177,9 +189,15 @@ impl CsvReader {
             .has_headers(true)
             .buffer_capacity(1 << 20)
             .from_reader(stream);
-        let headers = reader.byte_headers().map_err(|e| csv_error(path, e))?.clone();
+        let headers = reader
+            .byte_headers()
+            .map_err(|e| csv_error(path, e))?
+            .clone();
         if headers.is_empty() || (headers.len() == 1 && headers[0].is_empty()) {
-            return Err(Error::format(path, "no header line: the first line must name the columns"));
+            return Err(Error::format(
+                path,
+                "no header line: the first line must name the columns",
+            ));
         }
         let mut names = Vec::with_capacity(headers.len());
         for (i, h) in headers.iter().enumerate() {
@@ -189,10 +207,16 @@ impl CsvReader {
                 .trim_start_matches('\u{feff}')
                 .to_string();
             if name.is_empty() {
-                return Err(Error::format(path, format!("header column {} has no name", i + 1)));
+                return Err(Error::format(
+                    path,
+                    format!("header column {} has no name", i + 1),
+                ));
             }
             if names.contains(&name) {
-                return Err(Error::format(path, format!("header names column '{name}' twice")));
+                return Err(Error::format(
+                    path,
+                    format!("header names column '{name}' twice"),
+                ));
             }
             names.push(name);
         }
@@ -203,7 +227,9 @@ impl CsvReader {
         let mut pending = VecDeque::new();
         let mut record = csv::ByteRecord::new();
         while pending.len() < options.infer_rows
-            && reader.read_byte_record(&mut record).map_err(|e| csv_error(path, e))?
+            && reader
+                .read_byte_record(&mut record)
+                .map_err(|e| csv_error(path, e))?
         {
             pending.push_back(record.clone());
         }
@@ -223,7 +249,10 @@ impl CsvReader {
             kinds.push(Kind::for_type(&data_type));
             fields.push(field);
         }
-        let columns = kinds.iter().map(|k| Column::new(*k, options.batch_rows)).collect();
+        let columns = kinds
+            .iter()
+            .map(|k| Column::new(*k, options.batch_rows))
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             reader,
@@ -246,7 +275,11 @@ impl CsvReader {
             return Err(Error::Value {
                 file: self.path.clone(),
                 location: format!("line {line}"),
-                column: self.schema.field(record.len().min(self.kinds.len() - 1)).name().clone(),
+                column: self
+                    .schema
+                    .field(record.len().min(self.kinds.len() - 1))
+                    .name()
+                    .clone(),
                 message: format!(
                     "row has {} fields but the header has {}",
                     record.len(),
@@ -285,7 +318,11 @@ impl CsvReader {
             let rec = match self.pending.pop_front() {
                 Some(r) => r,
                 None => {
-                    if !self.reader.read_byte_record(&mut record).map_err(|e| csv_error(&self.path, e))? {
+                    if !self
+                        .reader
+                        .read_byte_record(&mut record)
+                        .map_err(|e| csv_error(&self.path, e))?
+                    {
                         self.done = true;
                         break;
                     }
@@ -311,15 +348,20 @@ impl CsvReader {
             if array.data_type() == target {
                 arrays.push(array);
             } else {
-                let opts = arrow::compute::CastOptions { safe: false, ..Default::default() };
-                arrays.push(arrow::compute::cast_with_options(&array, target, &opts).map_err(|e| {
-                    Error::Value {
-                        file: self.path.clone(),
-                        location: "a batch ending near this point".into(),
-                        column: self.schema.field(i).name().clone(),
-                        message: format!("value out of range for {target}: {e}"),
-                    }
-                })?);
+                let opts = arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                arrays.push(
+                    arrow::compute::cast_with_options(&array, target, &opts).map_err(|e| {
+                        Error::Value {
+                            file: self.path.clone(),
+                            location: "a batch ending near this point".into(),
+                            column: self.schema.field(i).name().clone(),
+                            message: format!("value out of range for {target}: {e}"),
+                        }
+                    })?,
+                );
             }
         }
         Ok(Some(RecordBatch::try_new(self.schema.clone(), arrays)?))
@@ -333,7 +375,9 @@ fn infer<'a>(values: impl Iterator<Item = &'a [u8]>) -> DataType {
             continue;
         }
         any = true;
-        let Ok(s) = std::str::from_utf8(raw) else { return DataType::Utf8 };
+        let Ok(s) = std::str::from_utf8(raw) else {
+            return DataType::Utf8;
+        };
         if int && parse_int(s).is_none() {
             int = false;
         }
@@ -362,13 +406,17 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
         csv::ErrorKind::Io(io) => {
             let err = Error::io(path, io);
             match (err, line) {
-                (Error::Format { file, message }, Some(l)) => {
-                    Error::Format { file, message: format!("{message} (near line {l})") }
-                }
+                (Error::Format { file, message }, Some(l)) => Error::Format {
+                    file,
+                    message: format!("{message} (near line {l})"),
+                },
                 (err, _) => err,
             }
         }
-        other => Error::format(path, format!("malformed CSV near line {}: {other:?}", line.unwrap_or(0))),
+        other => Error::format(
+            path,
+            format!("malformed CSV near line {}: {other:?}", line.unwrap_or(0)),
+        ),
     }
 }
 

@@ -59,24 +59,42 @@ pub fn detect(path: &Path) -> Result<(Format, Compression)> {
         }
     };
     if format == Format::Parquet && compression == Compression::Gzip {
-        return Err(Error::format(path, "gzip-compressed Parquet is not supported; Parquet compresses its own pages"));
+        return Err(Error::format(
+            path,
+            "gzip-compressed Parquet is not supported; Parquet compresses its own pages",
+        ));
     }
     let mut head = Vec::with_capacity(512);
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    file.take(512).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+    file.take(512)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
     let gz_magic = head.starts_with(&[0x1f, 0x8b]);
     if compression == Compression::Gzip && !gz_magic {
-        return Err(Error::format(path, format!("named .gz but is not gzip data ({})", looks_like(&head))));
+        return Err(Error::format(
+            path,
+            format!("named .gz but is not gzip data ({})", looks_like(&head)),
+        ));
     }
     // Services do send gzip without the suffix; trust the content.
-    let compression = if gz_magic { Compression::Gzip } else { compression };
+    let compression = if gz_magic {
+        Compression::Gzip
+    } else {
+        compression
+    };
     if format == Format::Parquet && compression == Compression::Gzip {
-        return Err(Error::format(path, "is gzip-compressed Parquet, which is not supported"));
+        return Err(Error::format(
+            path,
+            "is gzip-compressed Parquet, which is not supported",
+        ));
     }
     if compression == Compression::Gzip {
         let mut inner = Vec::with_capacity(512);
-        let dec = flate2::read::MultiGzDecoder::new(File::open(path).map_err(|e| Error::io(path, e))?);
-        dec.take(512).read_to_end(&mut inner).map_err(|e| Error::io(path, e))?;
+        let dec =
+            flate2::read::MultiGzDecoder::new(File::open(path).map_err(|e| Error::io(path, e))?);
+        dec.take(512)
+            .read_to_end(&mut inner)
+            .map_err(|e| Error::io(path, e))?;
         head = inner;
     }
     let ok = match format {
@@ -87,12 +105,17 @@ pub fn detect(path: &Path) -> Result<(Format, Compression)> {
             let t = t.trim_start_matches('\u{feff}').trim_start();
             t.starts_with("<?xml") || t.starts_with("<VOTABLE") || t.starts_with("<!--")
         }
-        Format::Csv | Format::Tsv => !head.contains(&0) && std::str::from_utf8(trim_partial_utf8(&head)).is_ok(),
+        Format::Csv | Format::Tsv => {
+            !head.contains(&0) && std::str::from_utf8(trim_partial_utf8(&head)).is_ok()
+        }
     };
     if !ok {
         return Err(Error::format(
             path,
-            format!("is named as {format:?} but its content {}", looks_like(&head)),
+            format!(
+                "is named as {format:?} but its content {}",
+                looks_like(&head)
+            ),
         ));
     }
     Ok((format, compression))

@@ -70,11 +70,17 @@ impl Error {
                 message: format!("corrupt compressed data: {source}"),
             };
         }
-        Error::Io { file: file.to_path_buf(), source }
+        Error::Io {
+            file: file.to_path_buf(),
+            source,
+        }
     }
 
     pub(crate) fn format(file: &std::path::Path, message: impl Into<String>) -> Self {
-        Error::Format { file: file.to_path_buf(), message: message.into() }
+        Error::Format {
+            file: file.to_path_buf(),
+            message: message.into(),
+        }
     }
 }
 

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int8Array,
-    Int16Array, Int32Array, Int64Array, StringArray, UInt8Array, UInt16Array, UInt32Array,
-    UInt64Array,
+    ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int8Array, Int16Array,
+    Int32Array, Int64Array, StringArray, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -37,22 +36,34 @@ impl Header {
     }
 
     fn comment(&self, key: &str) -> Option<&str> {
-        self.cards.iter().find(|c| c.0 == key).map(|c| c.2.as_str()).filter(|c| !c.is_empty())
+        self.cards
+            .iter()
+            .find(|c| c.0 == key)
+            .map(|c| c.2.as_str())
+            .filter(|c| !c.is_empty())
     }
 
     fn int(&self, key: &str, path: &Path) -> Result<i64> {
         let v = self
             .get(key)
             .ok_or_else(|| Error::format(path, format!("FITS header lacks the {key} keyword")))?;
-        v.trim().parse().map_err(|_| Error::format(path, format!("FITS keyword {key} = '{v}' is not an integer")))
+        v.trim().parse().map_err(|_| {
+            Error::format(
+                path,
+                format!("FITS keyword {key} = '{v}' is not an integer"),
+            )
+        })
     }
 
     fn float(&self, key: &str) -> Option<f64> {
-        self.get(key).and_then(|v| v.trim().replace(['D', 'd'], "E").parse().ok())
+        self.get(key)
+            .and_then(|v| v.trim().replace(['D', 'd'], "E").parse().ok())
     }
 
     fn string(&self, key: &str) -> Option<String> {
-        self.get(key).map(|s| s.to_string()).filter(|s| !s.is_empty())
+        self.get(key)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -82,7 +93,12 @@ fn parse_card(card: &[u8]) -> (String, String, String) {
                 value.push(c);
             }
         }
-        let comment = body[end..].trim_start().strip_prefix('/').unwrap_or("").trim().to_string();
+        let comment = body[end..]
+            .trim_start()
+            .strip_prefix('/')
+            .unwrap_or("")
+            .trim()
+            .to_string();
         (key, value.trim_end().to_string(), comment)
     } else {
         let (v, c) = rest.split_once('/').unwrap_or((rest, ""));
@@ -98,7 +114,10 @@ fn read_header(stream: &mut dyn Read, path: &Path) -> Result<Option<Header>> {
         match read_full(stream, &mut block) {
             Ok(0) if first => return Ok(None),
             Ok(n) if n < BLOCK => {
-                return Err(Error::format(path, "FITS file ends inside a header (truncated)"));
+                return Err(Error::format(
+                    path,
+                    "FITS file ends inside a header (truncated)",
+                ));
             }
             Ok(_) => {}
             Err(e) => return Err(Error::io(path, e)),
@@ -133,9 +152,13 @@ fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 fn skip(stream: &mut dyn Read, n: u64, path: &Path) -> Result<()> {
-    let copied = std::io::copy(&mut stream.take(n), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
+    let copied =
+        std::io::copy(&mut stream.take(n), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
     if copied < n {
-        return Err(Error::format(path, "FITS file ends inside a data unit (truncated)"));
+        return Err(Error::format(
+            path,
+            "FITS file ends inside a data unit (truncated)",
+        ));
     }
     Ok(())
 }
@@ -155,8 +178,14 @@ fn data_bytes(h: &Header, path: &Path) -> Result<u64> {
     for i in 1..=naxis {
         n = n.saturating_mul(h.int(&format!("NAXIS{i}"), path)?.max(0) as u64);
     }
-    let pcount = h.get("PCOUNT").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let gcount = h.get("GCOUNT").and_then(|v| v.parse::<u64>().ok()).unwrap_or(1);
+    let pcount = h
+        .get("PCOUNT")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let gcount = h
+        .get("GCOUNT")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1);
     Ok(bitpix / 8 * gcount * (pcount + n))
 }
 
@@ -164,14 +193,26 @@ fn data_bytes(h: &Header, path: &Path) -> Result<u64> {
 #[derive(Debug, Clone)]
 enum Decode {
     Bool,
-    U8 { zero: i64 },
-    I16 { zero: i64 },
-    I32 { zero: i64 },
-    I64 { zero: i128 },
+    U8 {
+        zero: i64,
+    },
+    I16 {
+        zero: i64,
+    },
+    I32 {
+        zero: i64,
+    },
+    I64 {
+        zero: i128,
+    },
     F32,
     F64,
     /// Integers with a general TSCAL/TZERO: physical = zero + scale * stored, as float64.
-    Scaled { width: usize, scale: f64, zero: f64 },
+    Scaled {
+        width: usize,
+        scale: f64,
+        zero: f64,
+    },
     Str,
 }
 
@@ -207,12 +248,18 @@ impl FitsReader {
         let primary = read_header(&mut stream, path)?
             .ok_or_else(|| Error::format(path, "empty FITS file"))?;
         if primary.get("SIMPLE") != Some("T") {
-            return Err(Error::format(path, "not a standard FITS file (SIMPLE is not T)"));
+            return Err(Error::format(
+                path,
+                "not a standard FITS file (SIMPLE is not T)",
+            ));
         }
         skip(&mut stream, padded(data_bytes(&primary, path)?), path)?;
         let header = loop {
             let Some(h) = read_header(&mut stream, path)? else {
-                return Err(Error::format(path, "no binary table (XTENSION = 'BINTABLE') in this FITS file"));
+                return Err(Error::format(
+                    path,
+                    "no binary table (XTENSION = 'BINTABLE') in this FITS file",
+                ));
             };
             if h.get("XTENSION").map(str::trim) == Some("BINTABLE") {
                 break h;
@@ -229,30 +276,49 @@ impl FitsReader {
             let tform = header
                 .string(&format!("TFORM{i}"))
                 .ok_or_else(|| Error::format(path, format!("FITS column {i} has no TFORM{i}")))?;
-            let name = header.string(&format!("TTYPE{i}")).unwrap_or_else(|| format!("col{i}"));
+            let name = header
+                .string(&format!("TTYPE{i}"))
+                .unwrap_or_else(|| format!("col{i}"));
             let (repeat, code) = parse_tform(&tform).ok_or_else(|| {
-                Error::format(path, format!("column {i} '{name}': cannot parse TFORM{i} = '{tform}'"))
+                Error::format(
+                    path,
+                    format!("column {i} '{name}': cannot parse TFORM{i} = '{tform}'"),
+                )
             })?;
-            let width = if code == b'X' { repeat.div_ceil(8) } else { repeat * code_width(code) };
+            let width = if code == b'X' {
+                repeat.div_ceil(8)
+            } else {
+                repeat * code_width(code)
+            };
             let col_offset = offset;
             offset += width;
             let scale = header.float(&format!("TSCAL{i}")).unwrap_or(1.0);
             let zero = header.float(&format!("TZERO{i}")).unwrap_or(0.0);
-            let tnull = header.get(&format!("TNULL{i}")).and_then(|v| v.trim().parse().ok());
+            let tnull = header
+                .get(&format!("TNULL{i}"))
+                .and_then(|v| v.trim().parse().ok());
             let decode = match (code, scale, zero) {
                 (b'L', ..) if repeat == 1 => Decode::Bool,
                 (b'A', ..) => Decode::Str,
                 (b'E', ..) => Decode::F32,
                 (b'D', ..) => Decode::F64,
-                (b'B', s, z) if s == 1.0 && (z == 0.0 || z == -128.0) => Decode::U8 { zero: z as i64 },
-                (b'I', s, z) if s == 1.0 && (z == 0.0 || z == 32768.0) => Decode::I16 { zero: z as i64 },
-                (b'J', s, z) if s == 1.0 && (z == 0.0 || z == 2147483648.0) => Decode::I32 { zero: z as i64 },
+                (b'B', s, z) if s == 1.0 && (z == 0.0 || z == -128.0) => {
+                    Decode::U8 { zero: z as i64 }
+                }
+                (b'I', s, z) if s == 1.0 && (z == 0.0 || z == 32768.0) => {
+                    Decode::I16 { zero: z as i64 }
+                }
+                (b'J', s, z) if s == 1.0 && (z == 0.0 || z == 2147483648.0) => {
+                    Decode::I32 { zero: z as i64 }
+                }
                 (b'K', s, z) if s == 1.0 && (z == 0.0 || z == 9223372036854775808.0) => {
                     Decode::I64 { zero: z as i128 }
                 }
-                (b'B' | b'I' | b'J' | b'K', scale, zero) => {
-                    Decode::Scaled { width: code_width(code), scale, zero }
-                }
+                (b'B' | b'I' | b'J' | b'K', scale, zero) => Decode::Scaled {
+                    width: code_width(code),
+                    scale,
+                    zero,
+                },
                 _ => {
                     tracing::warn!(file = %path.display(), column = %name, tform = %tform,
                         "skipping FITS column of unsupported type");
@@ -277,7 +343,12 @@ impl FitsReader {
                     .or_else(|| header.comment(&format!("TTYPE{i}")).map(str::to_string)),
             };
             fields.push(meta.merge_into(&Field::new(&name, data_type, true)));
-            cols.push(Col { offset: col_offset, repeat, decode, tnull });
+            cols.push(Col {
+                offset: col_offset,
+                repeat,
+                decode,
+                tnull,
+            });
         }
         if offset != row_bytes {
             return Err(Error::format(
@@ -307,7 +378,8 @@ impl FitsReader {
         }
         let n = (self.batch_rows as u64).min(self.rows_left) as usize;
         self.buf.resize(n * self.row_bytes, 0);
-        let got = read_full(&mut self.stream, &mut self.buf).map_err(|e| Error::io(&self.path, e))?;
+        let got =
+            read_full(&mut self.stream, &mut self.buf).map_err(|e| Error::io(&self.path, e))?;
         if got < self.buf.len() {
             return Err(Error::format(
                 &self.path,
@@ -318,7 +390,11 @@ impl FitsReader {
                 ),
             ));
         }
-        let arrays: Vec<ArrayRef> = self.cols.iter().map(|c| decode_column(c, &self.buf, self.row_bytes, n)).collect();
+        let arrays: Vec<ArrayRef> = self
+            .cols
+            .iter()
+            .map(|c| decode_column(c, &self.buf, self.row_bytes, n))
+            .collect();
         self.rows_left -= n as u64;
         self.row_index += n as u64;
         let batch = RecordBatch::try_new(self.file_schema.clone(), arrays)?;
@@ -330,7 +406,11 @@ fn parse_tform(t: &str) -> Option<(usize, u8)> {
     let t = t.trim();
     let digits: String = t.chars().take_while(|c| c.is_ascii_digit()).collect();
     let code = *t.as_bytes().get(digits.len())?;
-    let repeat = if digits.is_empty() { 1 } else { digits.parse().ok()? };
+    let repeat = if digits.is_empty() {
+        1
+    } else {
+        digits.parse().ok()?
+    };
     b"LXBIJKAEDCMPQ".contains(&code).then_some((repeat, code))
 }
 
@@ -364,7 +444,11 @@ fn element_type(d: &Decode) -> DataType {
 }
 
 fn decode_column(c: &Col, buf: &[u8], row_bytes: usize, rows: usize) -> ArrayRef {
-    let elems = if matches!(c.decode, Decode::Str) { 1 } else { c.repeat };
+    let elems = if matches!(c.decode, Decode::Str) {
+        1
+    } else {
+        c.repeat
+    };
     let n = rows * elems;
     // Byte slice of element k (row r, element e) of this column.
     let at = |k: usize, w: usize| {
@@ -373,20 +457,30 @@ fn decode_column(c: &Col, buf: &[u8], row_bytes: usize, rows: usize) -> ArrayRef
         &buf[start..start + w]
     };
     let nulls_from = |raw: &dyn Fn(usize) -> i64| -> Option<NullBuffer> {
-        c.tnull.map(|t| NullBuffer::from((0..n).map(|k| raw(k) != t).collect::<Vec<bool>>()))
+        c.tnull
+            .map(|t| NullBuffer::from((0..n).map(|k| raw(k) != t).collect::<Vec<bool>>()))
     };
     let values: ArrayRef = match &c.decode {
         Decode::Bool => {
             let valid: Vec<bool> = (0..n).map(|k| at(k, 1)[0] != 0).collect();
             let vals: Vec<bool> = (0..n).map(|k| at(k, 1)[0] == b'T').collect();
-            Arc::new(BooleanArray::new(vals.into(), Some(NullBuffer::from(valid))))
+            Arc::new(BooleanArray::new(
+                vals.into(),
+                Some(NullBuffer::from(valid)),
+            ))
         }
         Decode::U8 { zero } => {
             let nulls = nulls_from(&|k| at(k, 1)[0] as i64);
             if *zero == 0 {
-                Arc::new(UInt8Array::new((0..n).map(|k| at(k, 1)[0]).collect(), nulls))
+                Arc::new(UInt8Array::new(
+                    (0..n).map(|k| at(k, 1)[0]).collect(),
+                    nulls,
+                ))
             } else {
-                Arc::new(Int8Array::new((0..n).map(|k| (at(k, 1)[0] ^ 0x80) as i8).collect(), nulls))
+                Arc::new(Int8Array::new(
+                    (0..n).map(|k| (at(k, 1)[0] ^ 0x80) as i8).collect(),
+                    nulls,
+                ))
             }
         }
         Decode::I16 { zero } => {
@@ -395,7 +489,10 @@ fn decode_column(c: &Col, buf: &[u8], row_bytes: usize, rows: usize) -> ArrayRef
             if *zero == 0 {
                 Arc::new(Int16Array::new((0..n).map(raw).collect(), nulls))
             } else {
-                Arc::new(UInt16Array::new((0..n).map(|k| (raw(k) as u16) ^ 0x8000).collect(), nulls))
+                Arc::new(UInt16Array::new(
+                    (0..n).map(|k| (raw(k) as u16) ^ 0x8000).collect(),
+                    nulls,
+                ))
             }
         }
         Decode::I32 { zero } => {
@@ -404,7 +501,10 @@ fn decode_column(c: &Col, buf: &[u8], row_bytes: usize, rows: usize) -> ArrayRef
             if *zero == 0 {
                 Arc::new(Int32Array::new((0..n).map(raw).collect(), nulls))
             } else {
-                Arc::new(UInt32Array::new((0..n).map(|k| (raw(k) as u32) ^ 0x8000_0000).collect(), nulls))
+                Arc::new(UInt32Array::new(
+                    (0..n).map(|k| (raw(k) as u32) ^ 0x8000_0000).collect(),
+                    nulls,
+                ))
             }
         }
         Decode::I64 { zero } => {
@@ -414,16 +514,22 @@ fn decode_column(c: &Col, buf: &[u8], row_bytes: usize, rows: usize) -> ArrayRef
                 Arc::new(Int64Array::new((0..n).map(raw).collect(), nulls))
             } else {
                 Arc::new(UInt64Array::new(
-                    (0..n).map(|k| (raw(k) as u64) ^ 0x8000_0000_0000_0000).collect(),
+                    (0..n)
+                        .map(|k| (raw(k) as u64) ^ 0x8000_0000_0000_0000)
+                        .collect(),
                     nulls,
                 ))
             }
         }
         Decode::F32 => Arc::new(Float32Array::from(
-            (0..n).map(|k| f32::from_be_bytes(at(k, 4).try_into().unwrap())).collect::<Vec<_>>(),
+            (0..n)
+                .map(|k| f32::from_be_bytes(at(k, 4).try_into().unwrap()))
+                .collect::<Vec<_>>(),
         )),
         Decode::F64 => Arc::new(Float64Array::from(
-            (0..n).map(|k| f64::from_be_bytes(at(k, 8).try_into().unwrap())).collect::<Vec<_>>(),
+            (0..n)
+                .map(|k| f64::from_be_bytes(at(k, 8).try_into().unwrap()))
+                .collect::<Vec<_>>(),
         )),
         Decode::Scaled { width, scale, zero } => {
             let raw = |k: usize| -> i64 {
@@ -436,7 +542,10 @@ fn decode_column(c: &Col, buf: &[u8], row_bytes: usize, rows: usize) -> ArrayRef
                 }
             };
             let nulls = nulls_from(&raw);
-            Arc::new(Float64Array::new((0..n).map(|k| zero + scale * raw(k) as f64).collect(), nulls))
+            Arc::new(Float64Array::new(
+                (0..n).map(|k| zero + scale * raw(k) as f64).collect(),
+                nulls,
+            ))
         }
         Decode::Str => {
             let strings: Vec<Option<String>> = (0..rows)
@@ -444,7 +553,11 @@ fn decode_column(c: &Col, buf: &[u8], row_bytes: usize, rows: usize) -> ArrayRef
                     let start = r * row_bytes + c.offset;
                     let bytes = &buf[start..start + c.repeat];
                     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-                    Some(String::from_utf8_lossy(&bytes[..end]).trim_end().to_string())
+                    Some(
+                        String::from_utf8_lossy(&bytes[..end])
+                            .trim_end()
+                            .to_string(),
+                    )
                 })
                 .collect();
             return Arc::new(StringArray::from(strings));

@@ -42,7 +42,12 @@ pub struct ReadOptions {
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        Self { batch_rows: 65_536, schema: None, skip_bad_rows: false, infer_rows: 10_000 }
+        Self {
+            batch_rows: 65_536,
+            schema: None,
+            skip_bad_rows: false,
+            infer_rows: 10_000,
+        }
     }
 }
 
@@ -100,13 +105,20 @@ pub fn open_counted(
 ) -> Result<Box<dyn TableReader>> {
     let (format, compression) = detect(path)?;
     let reader: Box<dyn TableReader> = match format {
-        Format::Csv | Format::Tsv => {
-            Box::new(csv::CsvReader::open(path, format, compression, options, counter)?)
-        }
+        Format::Csv | Format::Tsv => Box::new(csv::CsvReader::open(
+            path,
+            format,
+            compression,
+            options,
+            counter,
+        )?),
         Format::Fits => Box::new(fits::FitsReader::open(path, compression, options, counter)?),
-        Format::VoTable => {
-            Box::new(votable::VoTableReader::open(path, compression, options, counter)?)
-        }
+        Format::VoTable => Box::new(votable::VoTableReader::open(
+            path,
+            compression,
+            options,
+            counter,
+        )?),
         Format::Parquet => Box::new(parquet::ParquetReader::open(path, options, counter)?),
     };
     Ok(reader)
@@ -129,11 +141,18 @@ pub(crate) fn apply_override(
             None => f.clone(),
         })
         .collect();
-    Ok(Arc::new(arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone())))
+    Ok(Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    )))
 }
 
 /// Casts a batch to `target` (same column names), naming the column that fails.
-pub(crate) fn cast_batch(batch: RecordBatch, target: &SchemaRef, file: &Path) -> Result<RecordBatch> {
+pub(crate) fn cast_batch(
+    batch: RecordBatch,
+    target: &SchemaRef,
+    file: &Path,
+) -> Result<RecordBatch> {
     if batch.schema().fields() == target.fields() {
         return Ok(batch);
     }
@@ -142,15 +161,19 @@ pub(crate) fn cast_batch(batch: RecordBatch, target: &SchemaRef, file: &Path) ->
         if col.data_type() == field.data_type() {
             cols.push(col.clone());
         } else {
-            let opts = arrow::compute::CastOptions { safe: false, ..Default::default() };
-            let cast = arrow::compute::cast_with_options(col, field.data_type(), &opts).map_err(
-                |e| Error::Value {
-                    file: file.to_path_buf(),
-                    location: "a batch".into(),
-                    column: field.name().clone(),
-                    message: format!("cannot convert to {}: {e}", field.data_type()),
-                },
-            )?;
+            let opts = arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            let cast =
+                arrow::compute::cast_with_options(col, field.data_type(), &opts).map_err(|e| {
+                    Error::Value {
+                        file: file.to_path_buf(),
+                        location: "a batch".into(),
+                        column: field.name().clone(),
+                        message: format!("cannot convert to {}: {e}", field.data_type()),
+                    }
+                })?;
             cols.push(cast);
         }
     }

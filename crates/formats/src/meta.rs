@@ -35,7 +35,12 @@ impl ColumnMeta {
     pub fn of(field: &Field) -> Self {
         let m = field.metadata();
         let get = |k: &str| m.get(k).filter(|v| !v.is_empty()).cloned();
-        Self { unit: get(UNIT), ucd: get(UCD), utype: get(UTYPE), description: get(DESCRIPTION) }
+        Self {
+            unit: get(UNIT),
+            ucd: get(UCD),
+            utype: get(UTYPE),
+            description: get(DESCRIPTION),
+        }
     }
 
     /// This metadata as an Arrow field metadata map (empty entries left out).

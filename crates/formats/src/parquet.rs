@@ -5,7 +5,9 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use crate::{BadRows, ByteCounter, Error, ReadOptions, Result, TableReader, apply_override, cast_batch};
+use crate::{
+    BadRows, ByteCounter, Error, ReadOptions, Result, TableReader, apply_override, cast_batch,
+};
 
 /// Parquet reader: row groups are streamed batch by batch; column metadata comes from the
 /// embedded Arrow schema.
@@ -21,12 +23,24 @@ impl ParquetReader {
     pub(crate) fn open(path: &Path, options: &ReadOptions, counter: ByteCounter) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let perr = |source| Error::Parquet { file: path.to_path_buf(), source };
+        let perr = |source| Error::Parquet {
+            file: path.to_path_buf(),
+            source,
+        };
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(perr)?;
         let rows = builder.metadata().file_metadata().num_rows().max(1) as f64;
         let schema = apply_override(builder.schema().clone(), options.schema.as_ref(), path)?;
-        let inner = builder.with_batch_size(options.batch_rows.max(1)).build().map_err(perr)?;
-        Ok(Self { path: path.to_path_buf(), inner, schema, counter, bytes_per_row: size as f64 / rows })
+        let inner = builder
+            .with_batch_size(options.batch_rows.max(1))
+            .build()
+            .map_err(perr)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            inner,
+            schema,
+            counter,
+            bytes_per_row: size as f64 / rows,
+        })
     }
 }
 
@@ -37,7 +51,8 @@ impl Iterator for ParquetReader {
         let batch = self.inner.next()?;
         Some(match batch {
             Ok(b) => {
-                self.counter.add((b.num_rows() as f64 * self.bytes_per_row) as u64);
+                self.counter
+                    .add((b.num_rows() as f64 * self.bytes_per_row) as u64);
                 // Drop file-level metadata from batches; the schema carries what matters.
                 cast_batch(b, &self.schema, &self.path)
             }

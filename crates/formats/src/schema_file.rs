@@ -127,7 +127,11 @@ impl SchemaOverride {
     }
 
     /// Fails if the schema file names a column that the input does not have.
-    pub fn check_columns<'a>(&self, names: impl Iterator<Item = &'a str>, input: &Path) -> Result<()> {
+    pub fn check_columns<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+        input: &Path,
+    ) -> Result<()> {
         let names: Vec<&str> = names.collect();
         for c in &self.columns {
             if !names.contains(&c.name.as_str()) {

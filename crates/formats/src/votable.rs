@@ -83,7 +83,10 @@ fn parse_arraysize(a: Option<&str>) -> Option<Option<usize>> {
     if a.ends_with('*') {
         return Some(None);
     }
-    let n = a.split('x').map(|d| d.trim().parse::<usize>().unwrap_or(1)).product();
+    let n = a
+        .split('x')
+        .map(|d| d.trim().parse::<usize>().unwrap_or(1))
+        .product();
     Some(Some(n))
 }
 
@@ -256,7 +259,10 @@ impl Read for Base64Text {
 
 enum State {
     TableData(Box<quick_xml::Reader<Src>>),
-    Binary { stream: Box<dyn Read + Send>, binary2: bool },
+    Binary {
+        stream: Box<dyn Read + Send>,
+        binary2: bool,
+    },
     Done,
 }
 
@@ -297,22 +303,30 @@ impl VoTableReader {
         let mut in_description = false;
         let mut data_kind: Option<&'static str> = None;
         let xml_err = |xml: &quick_xml::Reader<Src>, e: quick_xml::Error| {
-            Error::format(path, format!("invalid XML near byte {}: {e}", xml.buffer_position()))
+            Error::format(
+                path,
+                format!("invalid XML near byte {}: {e}", xml.buffer_position()),
+            )
         };
         loop {
-            let event = xml.read_event_into(&mut buf).map_err(|e| xml_err(&xml, e))?;
+            let event = xml
+                .read_event_into(&mut buf)
+                .map_err(|e| xml_err(&xml, e))?;
             match event {
                 Event::Start(ref e) | Event::Empty(ref e) => {
                     let empty = matches!(event, Event::Empty(_));
                     match e.local_name().as_ref() {
                         b"TABLE" => in_table = true,
                         b"FIELD" if in_table && data_kind.is_none() => {
-                            let name = attr(e, b"name").or_else(|| attr(e, b"ID")).unwrap_or_else(|| {
-                                format!("col{}", fields.len() + 1)
-                            });
+                            let name = attr(e, b"name")
+                                .or_else(|| attr(e, b"ID"))
+                                .unwrap_or_else(|| format!("col{}", fields.len() + 1));
                             let dt = attr(e, b"datatype").unwrap_or_default();
                             let vo_type = VoType::parse(&dt).ok_or_else(|| {
-                                Error::format(path, format!("FIELD '{name}' has unknown datatype '{dt}'"))
+                                Error::format(
+                                    path,
+                                    format!("FIELD '{name}' has unknown datatype '{dt}'"),
+                                )
                             })?;
                             let arraysize = parse_arraysize(attr(e, b"arraysize").as_deref());
                             let skipped = matches!(
@@ -351,14 +365,20 @@ impl VoTableReader {
                         b"BINARY" => data_kind = Some("BINARY"),
                         b"BINARY2" => data_kind = Some("BINARY2"),
                         b"FITS" => {
-                            return Err(Error::format(path, "VOTable FITS serialisation is not supported; convert it to BINARY2 or read the FITS file"));
+                            return Err(Error::format(
+                                path,
+                                "VOTable FITS serialisation is not supported; convert it to BINARY2 or read the FITS file",
+                            ));
                         }
                         b"STREAM" if data_kind.is_some() => {
                             let enc = attr(e, b"encoding").unwrap_or_default();
                             if enc != "base64" {
-                                return Err(Error::format(path, format!(
-                                    "STREAM encoding '{enc}' is not supported (only inline base64)"
-                                )));
+                                return Err(Error::format(
+                                    path,
+                                    format!(
+                                        "STREAM encoding '{enc}' is not supported (only inline base64)"
+                                    ),
+                                ));
                             }
                             break;
                         }
@@ -411,13 +431,23 @@ impl VoTableReader {
         let state = match data_kind {
             Some("TABLEDATA") => State::TableData(Box::new(xml)),
             Some(kind) => {
-                let text = Base64Text { inner: xml.into_inner(), done: false };
+                let text = Base64Text {
+                    inner: xml.into_inner(),
+                    done: false,
+                };
                 let stream = base64::read::DecoderReader::new(text, &STANDARD);
-                State::Binary { stream: Box::new(stream), binary2: kind == "BINARY2" }
+                State::Binary {
+                    stream: Box::new(stream),
+                    binary2: kind == "BINARY2",
+                }
             }
             None => State::Done,
         };
-        let builders = file_schema.fields().iter().map(|f| Builder::new(f.data_type())).collect();
+        let builders = file_schema
+            .fields()
+            .iter()
+            .map(|f| Builder::new(f.data_type()))
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             state,
@@ -473,7 +503,8 @@ impl VoTableReader {
                 Cell::Float(t.parse().map_err(|_| bad("a floating-point number"))?)
             }
             _ => {
-                let v: i64 = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                let v: i64 = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X"))
+                {
                     i64::from_str_radix(h, 16).map_err(|_| bad("an integer"))?
                 } else {
                     t.parse().map_err(|_| bad("an integer"))?
@@ -503,17 +534,25 @@ impl VoTableReader {
 
     /// Reads TABLEDATA rows until the batch is full; false at the end of the table.
     fn fill_tabledata(&mut self) -> Result<bool> {
-        let State::TableData(xml) = &mut self.state else { return Ok(false) };
-        let mut xml = std::mem::replace(xml, Box::new(quick_xml::Reader::from_reader(BufReader::new(
-            Box::new(std::io::empty()) as Box<dyn Read + Send>,
-        ))));
+        let State::TableData(xml) = &mut self.state else {
+            return Ok(false);
+        };
+        let mut xml = std::mem::replace(
+            xml,
+            Box::new(quick_xml::Reader::from_reader(BufReader::new(
+                Box::new(std::io::empty()) as Box<dyn Read + Send>,
+            ))),
+        );
         let mut buf = Vec::new();
         let mut texts: Vec<Option<String>> = Vec::new();
         let mut in_td = false;
         let mut more = true;
         while self.builders[0].len() < self.batch_rows {
             let ev = xml.read_event_into(&mut buf).map_err(|e| {
-                Error::format(&self.path, format!("invalid XML in row {}: {e}", self.row + 1))
+                Error::format(
+                    &self.path,
+                    format!("invalid XML in row {}: {e}", self.row + 1),
+                )
             })?;
             match ev {
                 Event::Start(ref e) if e.local_name().as_ref() == b"TR" => texts.clear(),
@@ -538,7 +577,12 @@ impl VoTableReader {
                         "amp" => "&".to_string(),
                         "quot" => "\"".to_string(),
                         "apos" => "'".to_string(),
-                        n => r.resolve_char_ref().ok().flatten().map(|c| c.to_string()).unwrap_or_else(|| format!("&{n};")),
+                        n => r
+                            .resolve_char_ref()
+                            .ok()
+                            .flatten()
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| format!("&{n};")),
                     };
                     if let Some(Some(cur)) = texts.last_mut() {
                         cur.push_str(&ch);
@@ -563,15 +607,23 @@ impl VoTableReader {
                     break;
                 }
                 Event::Eof => {
-                    return Err(Error::format(&self.path, format!(
-                        "VOTable ends inside TABLEDATA after row {} (truncated)", self.row
-                    )));
+                    return Err(Error::format(
+                        &self.path,
+                        format!(
+                            "VOTable ends inside TABLEDATA after row {} (truncated)",
+                            self.row
+                        ),
+                    ));
                 }
                 _ => {}
             }
             buf.clear();
         }
-        self.state = if more { State::TableData(xml) } else { State::Done };
+        self.state = if more {
+            State::TableData(xml)
+        } else {
+            State::Done
+        };
         Ok(more)
     }
 
@@ -580,7 +632,11 @@ impl VoTableReader {
             let f = &self.fields[texts.len().min(self.fields.len() - 1)];
             return Err(self.value_error(
                 f,
-                format!("row has {} TD cells but the table has {} FIELDs", texts.len(), self.fields.len()),
+                format!(
+                    "row has {} TD cells but the table has {} FIELDs",
+                    texts.len(),
+                    self.fields.len()
+                ),
             ));
         }
         self.fields
@@ -596,9 +652,15 @@ impl VoTableReader {
 
     /// Reads BINARY/BINARY2 rows until the batch is full; false at the end of the stream.
     fn fill_binary(&mut self) -> Result<bool> {
-        let State::Binary { stream, binary2 } = &mut self.state else { return Ok(false) };
+        let State::Binary { stream, binary2 } = &mut self.state else {
+            return Ok(false);
+        };
         let binary2 = *binary2;
-        let nmask = if binary2 { self.fields.len().div_ceil(8) } else { 0 };
+        let nmask = if binary2 {
+            self.fields.len().div_ceil(8)
+        } else {
+            0
+        };
         let mut mask = vec![0u8; nmask];
         let mut rows = Vec::with_capacity(self.batch_rows);
         let mut more = true;
@@ -621,12 +683,15 @@ impl VoTableReader {
                 let row_no = self.row + rows.len() as u64 + 1;
                 let mut chained = std::io::Cursor::new(first).chain(&mut *stream);
                 if nmask > 0 {
-                    chained.read_exact(&mut mask).map_err(|e| truncated(&path, row_no, e))?;
+                    chained
+                        .read_exact(&mut mask)
+                        .map_err(|e| truncated(&path, row_no, e))?;
                 }
                 let mut cells = Vec::with_capacity(self.fields.len());
                 for (i, f) in self.fields.iter().enumerate() {
                     let is_null = nmask > 0 && mask[i / 8] & (0x80 >> (i % 8)) != 0;
-                    let cell = read_binary_cell(&mut chained, f).map_err(|e| truncated(&path, row_no, e))?;
+                    let cell = read_binary_cell(&mut chained, f)
+                        .map_err(|e| truncated(&path, row_no, e))?;
                     cells.push(if is_null { Cell::Null } else { cell });
                 }
                 rows.push(cells);
@@ -663,7 +728,10 @@ impl VoTableReader {
 
 fn truncated(path: &Path, row: u64, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        Error::format(path, format!("binary stream ends inside row {row} (truncated)"))
+        Error::format(
+            path,
+            format!("binary stream ends inside row {row} (truncated)"),
+        )
     } else {
         Error::io(path, e)
     }
@@ -679,25 +747,38 @@ fn read_binary_cell(r: &mut dyn Read, f: &VoField) -> std::io::Result<Cell> {
             u32::from_be_bytes(b) as usize
         }
     };
-    let bytes = if f.vo_type == VoType::Bit { count.div_ceil(8) } else { count * f.vo_type.size() };
+    let bytes = if f.vo_type == VoType::Bit {
+        count.div_ceil(8)
+    } else {
+        count * f.vo_type.size()
+    };
     let mut buf = vec![0u8; bytes];
     r.read_exact(&mut buf)?;
     if f.skipped {
         return Ok(Cell::Null);
     }
-    let is_null_int = |v: i64| f.null.as_deref().and_then(|n| n.trim().parse::<i64>().ok()) == Some(v);
+    let is_null_int =
+        |v: i64| f.null.as_deref().and_then(|n| n.trim().parse::<i64>().ok()) == Some(v);
     Ok(match f.vo_type {
         VoType::Char => {
             let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
             Cell::Str(String::from_utf8_lossy(&buf[..end]).trim_end().to_string())
         }
         VoType::UnicodeChar => {
-            let units: Vec<u16> = buf.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
+            let units: Vec<u16> = buf
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .take_while(|u| *u != 0)
+                .collect();
             Cell::Str(String::from_utf16_lossy(&units).trim_end().to_string())
         }
         _ if f.is_list() => {
             let w = f.vo_type.size();
-            Cell::List(buf.chunks_exact(w).map(|c| scalar_f64(f.vo_type, c)).collect())
+            Cell::List(
+                buf.chunks_exact(w)
+                    .map(|c| scalar_f64(f.vo_type, c))
+                    .collect(),
+            )
         }
         VoType::Boolean => match buf[0] {
             b'T' | b't' | b'1' => Cell::Bool(true),
@@ -715,7 +796,11 @@ fn read_binary_cell(r: &mut dyn Read, f: &VoField) -> std::io::Result<Cell> {
                 VoType::Long => i64::from_be_bytes(buf[..8].try_into().unwrap()),
                 _ => v,
             };
-            if is_null_int(v) { Cell::Null } else { Cell::Int(v) }
+            if is_null_int(v) {
+                Cell::Null
+            } else {
+                Cell::Int(v)
+            }
         }
     })
 }

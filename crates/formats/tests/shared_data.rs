@@ -8,7 +8,9 @@ use arrow::datatypes::{DataType, Float64Type};
 use meridian_formats::{ColumnMeta, ReadOptions, open};
 
 fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(rel)
 }
 
 fn count(rel: &str) -> (usize, arrow::datatypes::SchemaRef) {
@@ -27,16 +29,33 @@ fn count(rel: &str) -> (usize, arrow::datatypes::SchemaRef) {
 fn gaia_csv_gz() {
     let (n, schema) = count("catalogs/gaia_dr3_bright.csv.gz");
     assert_eq!(n, 482_106);
-    assert_eq!(schema.field_with_name("source_id").unwrap().data_type(), &DataType::Int64);
-    assert_eq!(schema.field_with_name("ra").unwrap().data_type(), &DataType::Float64);
+    assert_eq!(
+        schema.field_with_name("source_id").unwrap().data_type(),
+        &DataType::Int64
+    );
+    assert_eq!(
+        schema.field_with_name("ra").unwrap().data_type(),
+        &DataType::Float64
+    );
 }
 
 #[test]
 fn tycho2_fits_gz() {
     let (n, schema) = count("catalogs/tycho2_subset.fits.gz");
     assert_eq!(n, 1_871_011);
-    let ra = schema.fields().iter().find(|f| f.name().eq_ignore_ascii_case("ra")).unwrap();
-    assert_eq!(ColumnMeta::of(ra).unit.as_deref().map(str::to_ascii_lowercase).as_deref(), Some("deg"));
+    let ra = schema
+        .fields()
+        .iter()
+        .find(|f| f.name().eq_ignore_ascii_case("ra"))
+        .unwrap();
+    assert_eq!(
+        ColumnMeta::of(ra)
+            .unit
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("deg")
+    );
 }
 
 #[test]
@@ -70,7 +89,9 @@ fn every_shared_votable_reads() {
         let r = open(&path, &ReadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
         let mut rows = 0;
         for b in r {
-            rows += b.unwrap_or_else(|e| panic!("{}: {e}", path.display())).num_rows();
+            rows += b
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .num_rows();
         }
         assert!(rows > 0, "{}", path.display());
         read += 1;
@@ -80,8 +101,15 @@ fn every_shared_votable_reads() {
 
 #[test]
 fn gaia_first_row_value() {
-    let mut r = open(&shared("catalogs/gaia_dr3_bright.csv.gz"), &ReadOptions::default()).unwrap();
+    let mut r = open(
+        &shared("catalogs/gaia_dr3_bright.csv.gz"),
+        &ReadOptions::default(),
+    )
+    .unwrap();
     let b = r.next().unwrap().unwrap();
-    let ra = b.column_by_name("ra").unwrap().as_primitive::<Float64Type>();
+    let ra = b
+        .column_by_name("ra")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     assert!((0.0..360.0).contains(&ra.value(0)));
 }

@@ -1,1 +1,555 @@
-fn main() {}
+//! The `meridian` command: parses flags, sets up logging and configuration, and calls the
+//! libraries. No logic of its own beyond presentation.
+
+mod config;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use meridian_catalog::{IngestOptions, IngestProgress, Stage, Store};
+use meridian_formats::{ReadOptions, SchemaOverride};
+use meridian_sky::{Circle, Region, SkyPoint};
+
+use config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "meridian",
+    version,
+    about = "An open astronomical science platform"
+)]
+struct Cli {
+    /// Configuration file (TOML); MERIDIAN_* environment variables override it.
+    #[arg(long, global = true, env = "MERIDIAN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the configuration).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a synthetic survey (Object, Source, ForcedSource tables).
+    Generate(GenerateArgs),
+    /// Ingest table files (CSV/TSV, FITS, VOTable, Parquet; .gz accepted) as a HATS catalog.
+    Ingest(IngestArgs),
+    /// Serve an existing HATS catalog or collection in place, without copying it.
+    Register {
+        /// Catalog name.
+        name: String,
+        /// Directory of the HATS catalog or collection.
+        path: PathBuf,
+    },
+    /// List the catalogs.
+    Catalogs,
+    /// Describe a catalog: properties, partitions, columns with units and UCDs.
+    Info {
+        /// Catalog name.
+        name: String,
+    },
+    /// Rows of a catalog within a cone, as CSV on standard output.
+    Cone {
+        /// Catalog name.
+        name: String,
+        /// Centre RA, degrees.
+        #[arg(long, allow_hyphen_values = true)]
+        ra: f64,
+        /// Centre Dec, degrees.
+        #[arg(long, allow_hyphen_values = true)]
+        dec: f64,
+        /// Radius, arcseconds.
+        #[arg(long)]
+        radius_arcsec: f64,
+        /// Print pruning figures (partitions and row groups read) on standard error.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Generate and ingest the demo survey, then run a sample query.
+    Demo {
+        /// Objects in the demo survey.
+        #[arg(long, default_value_t = 200_000)]
+        objects: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of objects.
+    #[arg(long, default_value_t = 100_000)]
+    objects: u64,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutFormat::Parquet)]
+    format: OutFormat,
+    /// Object table columns: full (29) or narrow (10).
+    #[arg(long, value_enum, default_value_t = ProfileArg::Full)]
+    profile: ProfileArg,
+    /// Mean Source detections per object (0: no Source table).
+    #[arg(long, default_value_t = 0)]
+    source_epochs: u32,
+    /// ForcedSource measurements per object (0: no ForcedSource table).
+    #[arg(long, default_value_t = 0)]
+    forced_epochs: u32,
+    /// Objects per output file.
+    #[arg(long, default_value_t = 1_000_000)]
+    chunk_objects: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutFormat {
+    Csv,
+    Parquet,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProfileArg {
+    Full,
+    Narrow,
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// Catalog name (letters, digits, '_').
+    name: String,
+    /// Input files, all with the same columns.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// RA column (default: found among ra, RAJ2000, ...).
+    #[arg(long)]
+    ra: Option<String>,
+    /// Dec column (default: found among dec, DEJ2000, ...).
+    #[arg(long)]
+    dec: Option<String>,
+    /// TOML schema file giving column types, units, UCDs and descriptions.
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// Skip bad rows and report them instead of failing.
+    #[arg(long)]
+    skip_bad_rows: bool,
+    /// Maximum rows per partition.
+    #[arg(long)]
+    partition_rows: Option<u64>,
+    /// Lowest partition order.
+    #[arg(long)]
+    min_order: Option<u8>,
+    /// Highest partition order.
+    #[arg(long)]
+    max_order: Option<u8>,
+    /// Rows per Parquet row group.
+    #[arg(long)]
+    row_group_rows: Option<usize>,
+    /// Margin cache width, arcseconds (0: none).
+    #[arg(long)]
+    margin_arcsec: Option<f64>,
+    /// Worker threads (0: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Catalog title.
+    #[arg(long)]
+    title: Option<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => {}
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                std::process::exit(0);
+            }
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    init_logging(&config);
+    let quiet = cli.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match cli.command {
+        Command::Generate(args) => {
+            generate(&args, quiet)?;
+        }
+        Command::Ingest(args) => {
+            let store = Store::open(config.catalog_dir())?;
+            ingest(&store, &config, &args, quiet)?;
+        }
+        Command::Register { name, path } => {
+            let store = Store::open(config.catalog_dir())?;
+            let c = store.register_external(&name, &path)?;
+            println!(
+                "registered '{name}' -> {} ({} partitions, {} rows)",
+                path.display(),
+                c.partitions().len(),
+                c.total_rows()?
+            );
+        }
+        Command::Catalogs => {
+            let store = Store::open(config.catalog_dir())?;
+            for name in store.list()? {
+                let c = store.catalog(&name)?;
+                println!(
+                    "{name}\t{} rows\t{} partitions",
+                    c.total_rows()?,
+                    c.partitions().len()
+                );
+            }
+        }
+        Command::Info { name } => info(&Store::open(config.catalog_dir())?, &name)?,
+        Command::Cone {
+            name,
+            ra,
+            dec,
+            radius_arcsec,
+            explain,
+        } => {
+            let store = Store::open(config.catalog_dir())?;
+            cone(
+                &store,
+                &name,
+                ra,
+                dec,
+                radius_arcsec,
+                explain,
+                &mut std::io::stdout().lock(),
+            )?;
+        }
+        Command::Demo { objects } => demo(&config, objects, quiet)?,
+    }
+    Ok(())
+}
+
+fn bar(quiet: bool, len: u64, template: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.enable_steady_tick(Duration::from_millis(200));
+    b
+}
+
+fn generate(args: &GenerateArgs, quiet: bool) -> anyhow::Result<meridian_synth::Generated> {
+    let spec = meridian_synth::SurveySpec {
+        objects: args.objects,
+        seed: args.seed,
+        profile: match args.profile {
+            ProfileArg::Full => meridian_synth::Profile::Full,
+            ProfileArg::Narrow => meridian_synth::Profile::Narrow,
+        },
+        source_epochs: args.source_epochs,
+        forced_epochs: args.forced_epochs,
+        chunk_objects: args.chunk_objects,
+    };
+    let format = match args.format {
+        OutFormat::Csv => meridian_synth::OutFormat::Csv,
+        OutFormat::Parquet => meridian_synth::OutFormat::Parquet,
+    };
+    let pb = bar(
+        quiet,
+        args.objects,
+        "generate [{bar:30}] {human_pos}/{human_len} objects {per_sec} ETA {eta}",
+    );
+    let start = Instant::now();
+    let out = meridian_synth::generate(&args.out, &spec, format, &|n| pb.set_position(n))?;
+    pb.finish_and_clear();
+    for (name, files, rows) in &out.tables {
+        eprintln!(
+            "{name}: {rows} rows in {} files under {}",
+            files.len(),
+            args.out.display()
+        );
+    }
+    eprintln!("generated in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+fn ingest(
+    store: &Store,
+    config: &Config,
+    args: &IngestArgs,
+    quiet: bool,
+) -> anyhow::Result<meridian_catalog::IngestReport> {
+    let c = &config.ingest;
+    let opts = IngestOptions {
+        ra_column: args.ra.clone(),
+        dec_column: args.dec.clone(),
+        partition_rows: args.partition_rows.unwrap_or(c.partition_rows),
+        min_order: args.min_order.unwrap_or(c.min_order),
+        max_order: args.max_order.unwrap_or(c.max_order),
+        row_group_rows: args.row_group_rows.unwrap_or(c.row_group_rows),
+        margin_arcsec: args.margin_arcsec.unwrap_or(c.margin_arcsec),
+        read: ReadOptions {
+            schema: args
+                .schema
+                .as_deref()
+                .map(SchemaOverride::load)
+                .transpose()?,
+            skip_bad_rows: args.skip_bad_rows,
+            ..Default::default()
+        },
+        memory_budget_bytes: c.memory_budget_mib << 20,
+        threads: args.threads.unwrap_or(c.threads),
+        title: args.title.clone(),
+    };
+    let bars: Mutex<Option<(Stage, ProgressBar)>> = Mutex::new(None);
+    let progress = |p: &IngestProgress| {
+        let mut guard = bars.lock().expect("progress lock");
+        if guard.as_ref().is_none_or(|(s, _)| *s != p.stage) {
+            if let Some((_, b)) = guard.take() {
+                b.finish_and_clear();
+            }
+            let b = match p.stage {
+                Stage::Reading => bar(
+                    quiet,
+                    p.bytes.1,
+                    "read    [{bar:30}] {binary_bytes}/{binary_total_bytes} {msg} ETA {eta}",
+                ),
+                Stage::Writing => bar(
+                    quiet,
+                    p.units.1,
+                    "write   [{bar:30}] {pos}/{len} buckets {msg} ETA {eta}",
+                ),
+                Stage::Margin => bar(
+                    quiet,
+                    p.units.1,
+                    "margin  [{bar:30}] {pos}/{len} partitions ETA {eta}",
+                ),
+                Stage::Publishing => bar(quiet, 1, "publish"),
+            };
+            *guard = Some((p.stage, b));
+        }
+        let (_, b) = guard.as_ref().expect("set above");
+        match p.stage {
+            Stage::Reading => {
+                b.set_position(p.bytes.0);
+                let secs = b.elapsed().as_secs_f64().max(1e-3);
+                b.set_message(format!(
+                    "{} rows, {:.0} rows/s",
+                    p.rows,
+                    p.rows as f64 / secs
+                ));
+            }
+            Stage::Writing => {
+                b.set_position(p.units.0);
+                b.set_message(format!("{} rows", p.rows));
+            }
+            Stage::Margin => b.set_position(p.units.0),
+            Stage::Publishing => {}
+        }
+    };
+    let report =
+        meridian_catalog::ingest::ingest(store, &args.name, &args.files, &opts, &progress)?;
+    if let Some((_, b)) = bars.lock().expect("progress lock").take() {
+        b.finish_and_clear();
+    }
+    let secs = report.elapsed.as_secs_f64();
+    eprintln!(
+        "ingested '{}': {} rows in {} partitions (max order {}), margin {} rows, {:.1} s, {:.0} rows/s",
+        report.name,
+        report.rows,
+        report.partitions,
+        report.max_order,
+        report.margin_rows,
+        secs,
+        report.rows as f64 / secs.max(1e-9)
+    );
+    if report.bad_rows.count > 0 {
+        eprintln!(
+            "skipped {} bad rows; the first ones:",
+            report.bad_rows.count
+        );
+        for e in &report.bad_rows.examples {
+            eprintln!("  {e}");
+        }
+    }
+    tracing::info!(catalog = %report.name, rows = report.rows, partitions = report.partitions, seconds = secs, path = %report.path.display(), "ingest complete");
+    Ok(report)
+}
+
+fn info(store: &Store, name: &str) -> anyhow::Result<()> {
+    let c = store.catalog(name)?;
+    println!("catalog {name} at {}", c.dir().display());
+    for (k, v) in c.properties().entries() {
+        println!("  {k} = {v}");
+    }
+    let orders: std::collections::BTreeMap<u8, usize> =
+        c.partitions().iter().fold(Default::default(), |mut m, p| {
+            *m.entry(p.order).or_default() += 1;
+            m
+        });
+    println!(
+        "partitions: {} ({})",
+        c.partitions().len(),
+        orders
+            .iter()
+            .map(|(o, n)| format!("order {o}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(m) = c.margin() {
+        println!(
+            "margin cache: {} ({} rows)",
+            m.dir().display(),
+            m.total_rows()?
+        );
+    }
+    println!("columns:");
+    for col in c.columns() {
+        println!(
+            "  {:<20} {:<10} unit={:<8} ucd={:<28} {}",
+            col.name,
+            col.data_type.to_string(),
+            col.meta.unit.unwrap_or_default(),
+            col.meta.ucd.unwrap_or_default(),
+            col.meta.description.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn cone(
+    store: &Store,
+    name: &str,
+    ra: f64,
+    dec: f64,
+    radius_arcsec: f64,
+    explain: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    let center = SkyPoint::new(ra, dec).context("cone centre")?;
+    let region =
+        Region::Circle(Circle::new(center, radius_arcsec / 3600.0).context("cone radius")?);
+    let c = store.catalog(name)?;
+    let start = Instant::now();
+    let mut scan = c.scan(Some(&region))?;
+    let mut rows = 0u64;
+    let mut writer = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(out);
+    for batch in scan.by_ref() {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch)?;
+    }
+    let s = scan.stats();
+    if explain {
+        eprintln!(
+            "cone r={radius_arcsec}\" at ({ra}, {dec}): {rows} rows; partitions read {}/{}; row groups read {}/{}; rows scanned {}; {:.1} ms",
+            s.partitions_read,
+            s.partitions_total,
+            s.row_groups_read,
+            s.row_groups_total,
+            s.rows_scanned,
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok(rows)
+}
+
+fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
+    if objects == 0 {
+        bail!("--objects must be positive");
+    }
+    let src = config.data_dir.join("demo-input");
+    let generated = generate(
+        &GenerateArgs {
+            out: src.clone(),
+            objects,
+            seed: 42,
+            format: OutFormat::Parquet,
+            profile: ProfileArg::Full,
+            source_epochs: 10,
+            forced_epochs: 0,
+            chunk_objects: 1_000_000,
+        },
+        quiet,
+    )?;
+    let store = Store::open(config.catalog_dir())?;
+    for (table, files, _) in &generated.tables {
+        let args = IngestArgs {
+            name: format!("demo_{table}"),
+            files: files.clone(),
+            ra: None,
+            dec: None,
+            schema: None,
+            skip_bad_rows: false,
+            partition_rows: Some(50_000),
+            min_order: None,
+            max_order: None,
+            row_group_rows: None,
+            margin_arcsec: None,
+            threads: None,
+            title: Some(format!("Meridian demo survey: {table} table")),
+        };
+        ingest(&store, config, &args, quiet)?;
+    }
+    let _ = std::fs::remove_dir_all(&src);
+    eprintln!(
+        "\nsample query: objects within 30 arcmin of the Galactic centre (RA 266.405, Dec -28.936)"
+    );
+    let mut buf = Vec::new();
+    let rows = cone(
+        &store,
+        "demo_object",
+        266.405,
+        -28.936,
+        1800.0,
+        true,
+        &mut buf,
+    )?;
+    let text = String::from_utf8_lossy(&buf);
+    for line in text.lines().take(6) {
+        println!("{line}");
+    }
+    if rows > 5 {
+        println!("... ({rows} rows)");
+    }
+    eprintln!(
+        "\ncatalogs are in {}; try `meridian info demo_object`",
+        config.catalog_dir().display()
+    );
+    Ok(())
+}

@@ -66,7 +66,9 @@ pub fn neighbours(order: u8, pix: u64) -> Vec<u64> {
 
 /// Mean cell side at `order` in degrees, sqrt(4 pi / n_cells).
 pub fn mean_cell_size_deg(order: u8) -> f64 {
-    (4.0 * std::f64::consts::PI / n_cells(order) as f64).sqrt().to_degrees()
+    (4.0 * std::f64::consts::PI / n_cells(order) as f64)
+        .sqrt()
+        .to_degrees()
 }
 
 #[cfg(test)]

@@ -12,14 +12,19 @@ impl SkyPoint {
     /// Validates `dec_deg` in [-90, 90] and finite `ra_deg`, wrapping RA into [0, 360).
     pub fn new(ra_deg: f64, dec_deg: f64) -> Result<Self> {
         if !ra_deg.is_finite() {
-            return Err(Error::Coordinate(format!("RA {ra_deg} is not a finite number")));
+            return Err(Error::Coordinate(format!(
+                "RA {ra_deg} is not a finite number"
+            )));
         }
         if !dec_deg.is_finite() || !(-90.0..=90.0).contains(&dec_deg) {
             return Err(Error::Coordinate(format!(
                 "Dec {dec_deg} is outside [-90, 90] degrees"
             )));
         }
-        Ok(Self { ra_deg: ra_deg.rem_euclid(360.0), dec_deg })
+        Ok(Self {
+            ra_deg: ra_deg.rem_euclid(360.0),
+            dec_deg,
+        })
     }
 
     /// Right ascension (longitude) in degrees, in [0, 360).
@@ -43,7 +48,10 @@ impl SkyPoint {
     pub fn from_vector(v: [f64; 3]) -> Self {
         let ra = v[1].atan2(v[0]).to_degrees().rem_euclid(360.0);
         let dec = v[2].atan2(v[0].hypot(v[1])).to_degrees();
-        Self { ra_deg: ra, dec_deg: dec }
+        Self {
+            ra_deg: ra,
+            dec_deg: dec,
+        }
     }
 
     /// Angular separation to `other`, in degrees.

@@ -31,7 +31,11 @@ fn dot(a: Vec3, b: Vec3) -> f64 {
 }
 
 fn cross(a: Vec3, b: Vec3) -> Vec3 {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
 }
 
 fn norm(a: Vec3) -> f64 {
@@ -98,7 +102,10 @@ impl SkyBox {
         }
         // In the local frame of the centre (x: centre, y: east, z: north) the corners are
         // (1, +-tan(w/2), +-tan(h/2)) normalised: the intersections of the side great circles.
-        let (tw, th) = ((width_deg / 2.0).to_radians().tan(), (height_deg / 2.0).to_radians().tan());
+        let (tw, th) = (
+            (width_deg / 2.0).to_radians().tan(),
+            (height_deg / 2.0).to_radians().tan(),
+        );
         let c = center.to_unit_vector();
         let (sa, ca) = center.ra_deg().to_radians().sin_cos();
         let (sd, cd) = center.dec_deg().to_radians().sin_cos();
@@ -108,9 +115,19 @@ impl SkyBox {
             let v = add_scaled(add_scaled(c, east, e), north, n);
             SkyPoint::from_vector(normalize(v))
         };
-        let vertices = vec![corner(tw, th), corner(-tw, th), corner(-tw, -th), corner(tw, -th)];
+        let vertices = vec![
+            corner(tw, th),
+            corner(-tw, th),
+            corner(-tw, -th),
+            corner(tw, -th),
+        ];
         let polygon = Polygon::new(vertices)?;
-        Ok(Self { center, width_deg, height_deg, polygon })
+        Ok(Self {
+            center,
+            width_deg,
+            height_deg,
+            polygon,
+        })
     }
 
     /// Centre of the box.
@@ -159,14 +176,20 @@ impl Polygon {
     pub fn new(vertices: Vec<SkyPoint>) -> Result<Self> {
         let n = vertices.len();
         if n < 3 {
-            return Err(Error::Region(format!("a polygon needs at least 3 vertices, got {n}")));
+            return Err(Error::Region(format!(
+                "a polygon needs at least 3 vertices, got {n}"
+            )));
         }
         let v: Vec<Vec3> = vertices.iter().map(SkyPoint::to_unit_vector).collect();
         for i in 0..n {
             let (a, b) = (v[i], v[(i + 1) % n]);
             let sep = norm(cross(a, b));
             if sep < 1e-15 {
-                let what = if dot(a, b) > 0.0 { "coincide" } else { "are antipodal" };
+                let what = if dot(a, b) > 0.0 {
+                    "coincide"
+                } else {
+                    "are antipodal"
+                };
                 return Err(Error::Region(format!(
                     "polygon vertices {} and {} {what}; the edge between them is undefined",
                     i + 1,
@@ -203,7 +226,11 @@ impl Polygon {
         let two_pi = 2.0 * std::f64::consts::PI;
         let left_area = two_pi - turn_sum;
         let left_is_inside = left_area <= two_pi;
-        let area_sr = if left_is_inside { left_area } else { 2.0 * two_pi - left_area };
+        let area_sr = if left_is_inside {
+            left_area
+        } else {
+            2.0 * two_pi - left_area
+        };
         // A point just off the middle of the longest edge, on the interior side.
         let (i, len) = (0..n)
             .map(|i| (i, norm(cross(v[i], v[(i + 1) % n]))))
@@ -212,9 +239,16 @@ impl Polygon {
         let mid = normalize(add_scaled(a, b, 1.0));
         let left = normalize(cross(a, b));
         let eps = (len * 1e-6).max(1e-12);
-        let inside =
-            SkyPoint::from_vector(normalize(add_scaled(mid, left, if left_is_inside { eps } else { -eps })));
-        Ok(Self { vertices, inside, area_sr })
+        let inside = SkyPoint::from_vector(normalize(add_scaled(
+            mid,
+            left,
+            if left_is_inside { eps } else { -eps },
+        )));
+        Ok(Self {
+            vertices,
+            inside,
+            area_sr,
+        })
     }
 
     /// The vertices as given.
@@ -241,7 +275,10 @@ impl Polygon {
     }
 
     fn radians(&self) -> Vec<(f64, f64)> {
-        self.vertices.iter().map(|p| (p.ra_deg().to_radians(), p.dec_deg().to_radians())).collect()
+        self.vertices
+            .iter()
+            .map(|p| (p.ra_deg().to_radians(), p.dec_deg().to_radians()))
+            .collect()
     }
 }
 
@@ -337,7 +374,10 @@ fn polygon_contains(poly: &Polygon, p: &SkyPoint) -> bool {
 }
 
 fn polygon_coverage(poly: &Polygon, order: u8) -> Moc {
-    let inside = (poly.inside.ra_deg().to_radians(), poly.inside.dec_deg().to_radians());
+    let inside = (
+        poly.inside.ra_deg().to_radians(),
+        poly.inside.dec_deg().to_radians(),
+    );
     Moc::from_polygon_with_control_point(&poly.radians(), inside, order, CellSelection::All)
 }
 
@@ -351,10 +391,20 @@ mod tests {
 
     #[test]
     fn polygon_either_winding_same_interior() {
-        let ccw = Polygon::new(vec![pt(10.0, 10.0), pt(20.0, 10.0), pt(20.0, 20.0), pt(10.0, 20.0)])
-            .unwrap();
-        let cw = Polygon::new(vec![pt(10.0, 20.0), pt(20.0, 20.0), pt(20.0, 10.0), pt(10.0, 10.0)])
-            .unwrap();
+        let ccw = Polygon::new(vec![
+            pt(10.0, 10.0),
+            pt(20.0, 10.0),
+            pt(20.0, 20.0),
+            pt(10.0, 20.0),
+        ])
+        .unwrap();
+        let cw = Polygon::new(vec![
+            pt(10.0, 20.0),
+            pt(20.0, 20.0),
+            pt(20.0, 10.0),
+            pt(10.0, 10.0),
+        ])
+        .unwrap();
         for poly in [ccw, cw] {
             let r = Region::Polygon(poly.clone());
             assert!(r.contains(&pt(15.0, 15.0)));
@@ -369,20 +419,33 @@ mod tests {
 
     #[test]
     fn polygon_across_seam_and_pole() {
-        let seam =
-            Region::Polygon(Polygon::new(vec![pt(355.0, -5.0), pt(5.0, -5.0), pt(5.0, 5.0), pt(355.0, 5.0)]).unwrap());
+        let seam = Region::Polygon(
+            Polygon::new(vec![
+                pt(355.0, -5.0),
+                pt(5.0, -5.0),
+                pt(5.0, 5.0),
+                pt(355.0, 5.0),
+            ])
+            .unwrap(),
+        );
         assert!(seam.contains(&pt(0.0, 0.0)));
         assert!(seam.contains(&pt(359.0, 1.0)));
         assert!(!seam.contains(&pt(180.0, 0.0)));
-        let cap =
-            Region::Polygon(Polygon::new(vec![pt(0.0, 80.0), pt(120.0, 80.0), pt(240.0, 80.0)]).unwrap());
+        let cap = Region::Polygon(
+            Polygon::new(vec![pt(0.0, 80.0), pt(120.0, 80.0), pt(240.0, 80.0)]).unwrap(),
+        );
         assert!(cap.contains(&pt(77.0, 89.9)));
         assert!(!cap.contains(&pt(77.0, 70.0)));
     }
 
     #[test]
     fn polygon_rejects_bad_shapes() {
-        let bowtie = Polygon::new(vec![pt(0.0, 0.0), pt(10.0, 10.0), pt(10.0, 0.0), pt(0.0, 10.0)]);
+        let bowtie = Polygon::new(vec![
+            pt(0.0, 0.0),
+            pt(10.0, 10.0),
+            pt(10.0, 0.0),
+            pt(0.0, 10.0),
+        ]);
         assert!(matches!(bowtie, Err(Error::Region(m)) if m.contains("self-intersecting")));
         assert!(Polygon::new(vec![pt(0.0, 0.0), pt(1.0, 1.0)]).is_err());
         assert!(Polygon::new(vec![pt(0.0, 0.0), pt(0.0, 0.0), pt(1.0, 1.0)]).is_err());
@@ -400,9 +463,10 @@ mod tests {
         // Corner: (1, tan 5, tan 2) normalised.
         let c = b.as_polygon().vertices()[0];
         assert!((c.ra_deg() - 5.0).abs() < 1e-9);
-        let expected_dec = (2f64.to_radians().tan() / (1.0 + 5f64.to_radians().tan().powi(2)).sqrt())
-            .atan()
-            .to_degrees();
+        let expected_dec = (2f64.to_radians().tan()
+            / (1.0 + 5f64.to_radians().tan().powi(2)).sqrt())
+        .atan()
+        .to_degrees();
         assert!((c.dec_deg() - expected_dec).abs() < 1e-9);
         assert!(SkyBox::new(pt(0.0, 0.0), 180.0, 1.0).is_err());
         // A box at the pole is still a proper box.

@@ -1,0 +1,399 @@
+//! Opening a HATS catalog (or collection) and reading it with spatial pruning.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use meridian_formats::ColumnMeta;
+use meridian_sky::{Region, SkyPoint, healpix};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::file::statistics::Statistics;
+
+use crate::layout::{Pixel, read_partitions};
+use crate::properties::Properties;
+use crate::{Error, Result};
+
+/// Description of one column: name, Arrow type and descriptive metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// Arrow type.
+    pub data_type: DataType,
+    /// Unit, UCD, utype, description.
+    pub meta: ColumnMeta,
+}
+
+/// An opened HATS catalog: its properties, partitions and schema.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    dir: PathBuf,
+    properties: Properties,
+    partitions: Vec<Pixel>,
+    schema: SchemaRef,
+    ra_column: String,
+    dec_column: String,
+    hpx_column: Option<String>,
+    margin: Option<Box<Catalog>>,
+}
+
+impl Catalog {
+    /// Opens a catalog directory (with `hats.properties`) or a collection directory (with
+    /// `collection.properties`, whose main catalog and default margin are opened).
+    pub fn open(path: &Path) -> Result<Self> {
+        let collection = path.join("collection.properties");
+        if collection.exists() {
+            let props = Properties::read(&collection)?;
+            let main = props.get("hats_primary_table_url").ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: no hats_primary_table_url",
+                    collection.display()
+                ))
+            })?;
+            let mut catalog = Self::open_catalog(&path.join(main))?;
+            let margin = props.get("default_margin").or_else(|| {
+                props
+                    .get("all_margins")
+                    .and_then(|m| m.split_whitespace().next())
+            });
+            if let Some(m) = margin {
+                catalog.margin = Some(Box::new(Self::open_catalog(&path.join(m))?));
+            }
+            return Ok(catalog);
+        }
+        Self::open_catalog(path)
+    }
+
+    fn open_catalog(dir: &Path) -> Result<Self> {
+        let props_path = ["hats.properties", "properties"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{} is not a HATS catalog: no hats.properties or collection.properties",
+                    dir.display()
+                ))
+            })?;
+        let properties = Properties::read(&props_path)?;
+        let partitions = read_partitions(dir)?;
+        let common = dir.join("dataset/_common_metadata");
+        let schema_file = if common.exists() {
+            common
+        } else {
+            partitions.first().map(|p| p.path_in(dir)).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: no partitions and no _common_metadata",
+                    dir.display()
+                ))
+            })?
+        };
+        let file = File::open(&schema_file).map_err(|e| Error::io(&schema_file, e))?;
+        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+            .map_err(|e| Error::parquet(&schema_file, e))?;
+        let schema = meta.schema().clone();
+        let find = |key: &str, fallbacks: &[&str]| -> Option<String> {
+            let wanted: Vec<String> = properties
+                .get(key)
+                .map(|s| vec![s.to_string()])
+                .unwrap_or_else(|| fallbacks.iter().map(|s| s.to_string()).collect());
+            wanted
+                .into_iter()
+                .find(|w| schema.field_with_name(w).is_ok())
+        };
+        let ra_column = find("hats_col_ra", &["ra", "RA"]).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: RA column not found in the schema",
+                dir.display()
+            ))
+        })?;
+        let dec_column = find("hats_col_dec", &["dec", "DEC"]).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: Dec column not found in the schema",
+                dir.display()
+            ))
+        })?;
+        let hpx_column = find("hats_col_healpix", &["_healpix_29"]);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            properties,
+            partitions,
+            schema,
+            ra_column,
+            dec_column,
+            hpx_column,
+            margin: None,
+        })
+    }
+
+    /// Directory of the main catalog.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `hats.properties`.
+    pub fn properties(&self) -> &Properties {
+        &self.properties
+    }
+
+    /// Partitions in NESTED order.
+    pub fn partitions(&self) -> &[Pixel] {
+        &self.partitions
+    }
+
+    /// Arrow schema of the rows, with column metadata.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Columns with their types, units, UCDs and descriptions.
+    pub fn columns(&self) -> Vec<ColumnInfo> {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| ColumnInfo {
+                name: f.name().clone(),
+                data_type: f.data_type().clone(),
+                meta: ColumnMeta::of(f),
+            })
+            .collect()
+    }
+
+    /// Total rows (from `hats_nrows`, else counted from the partition files' footers).
+    pub fn total_rows(&self) -> Result<u64> {
+        if let Some(n) = self
+            .properties
+            .get("hats_nrows")
+            .and_then(|v| v.parse().ok())
+        {
+            return Ok(n);
+        }
+        let mut n = 0;
+        for p in &self.partitions {
+            let path = p.path_in(&self.dir);
+            let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let m = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
+                .map_err(|e| Error::parquet(&path, e))?;
+            n += m.metadata().file_metadata().num_rows() as u64;
+        }
+        Ok(n)
+    }
+
+    /// RA column name.
+    pub fn ra_column(&self) -> &str {
+        &self.ra_column
+    }
+
+    /// Dec column name.
+    pub fn dec_column(&self) -> &str {
+        &self.dec_column
+    }
+
+    /// The `_healpix_29` column, if the catalog has one.
+    pub fn healpix_column(&self) -> Option<&str> {
+        self.hpx_column.as_deref()
+    }
+
+    /// The margin cache, if any.
+    pub fn margin(&self) -> Option<&Catalog> {
+        self.margin.as_deref()
+    }
+
+    /// Reads the rows inside `region` (all rows when `None`), reading only the partitions and
+    /// row groups whose `_healpix_29` range overlaps the region's coverage.
+    pub fn scan(&self, region: Option<&Region>) -> Result<Scan> {
+        let ranges = match region {
+            Some(r) => Some(r.hpx29_ranges(coverage_order(r))?),
+            None => None,
+        };
+        let mut stats = ScanStats {
+            partitions_total: self.partitions.len(),
+            ..Default::default()
+        };
+        let files: Vec<Pixel> = self
+            .partitions
+            .iter()
+            .filter(|p| {
+                ranges
+                    .as_ref()
+                    .is_none_or(|r| overlaps(r, &p.hpx29_range()))
+            })
+            .copied()
+            .collect();
+        stats.partitions_read = files.len();
+        Ok(Scan {
+            catalog: self.clone(),
+            region: region.cloned(),
+            ranges,
+            files,
+            current: None,
+            stats,
+        })
+    }
+}
+
+/// A HEALPix order fine enough to prune row groups for this region, coarse enough to keep
+/// the range list short.
+pub(crate) fn coverage_order(region: &Region) -> u8 {
+    let size_deg = match region {
+        Region::Circle(c) => c.radius_deg(),
+        Region::Box(b) => b.width_deg().min(b.height_deg()) / 2.0,
+        Region::Polygon(p) => p.area_sr().sqrt().to_degrees() / 2.0,
+        Region::Moc(m) => return m.depth_max().min(20),
+    };
+    (0..=20u8)
+        .rev()
+        .find(|o| healpix::mean_cell_size_deg(*o) >= size_deg / 2.0)
+        .unwrap_or(0)
+}
+
+/// Whether sorted disjoint `ranges` overlap `r`.
+pub(crate) fn overlaps(ranges: &[Range<u64>], r: &Range<u64>) -> bool {
+    let i = ranges.partition_point(|x| x.end <= r.start);
+    i < ranges.len() && ranges[i].start < r.end
+}
+
+/// What a scan read, against the total: the figures `EXPLAIN` reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Partitions in the catalog.
+    pub partitions_total: usize,
+    /// Partitions opened.
+    pub partitions_read: usize,
+    /// Row groups in the partitions opened.
+    pub row_groups_total: usize,
+    /// Row groups read.
+    pub row_groups_read: usize,
+    /// Rows decoded before the exact region test.
+    pub rows_scanned: u64,
+}
+
+/// A streaming, pruned read of a catalog.
+pub struct Scan {
+    catalog: Catalog,
+    region: Option<Region>,
+    ranges: Option<Vec<Range<u64>>>,
+    files: Vec<Pixel>,
+    current: Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>,
+    stats: ScanStats,
+}
+
+impl Scan {
+    /// Pruning figures so far (complete once the iterator is exhausted).
+    pub fn stats(&self) -> &ScanStats {
+        &self.stats
+    }
+
+    fn open_next(&mut self) -> Result<bool> {
+        if self.files.is_empty() {
+            return Ok(false);
+        }
+        let pixel = self.files.remove(0);
+        let path = pixel.path_in(&self.catalog.dir);
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&path, e))?;
+        let md = builder.metadata().clone();
+        self.stats.row_groups_total += md.num_row_groups();
+        let hpx_idx = self.catalog.hpx_column.as_ref().and_then(|h| {
+            md.file_metadata()
+                .schema_descr()
+                .columns()
+                .iter()
+                .position(|c| c.name() == h)
+        });
+        let groups: Vec<usize> = (0..md.num_row_groups())
+            .filter(|i| match (&self.ranges, hpx_idx) {
+                (Some(ranges), Some(ci)) => match md.row_group(*i).column(ci).statistics() {
+                    Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                        (Some(lo), Some(hi)) => overlaps(ranges, &(*lo as u64..*hi as u64 + 1)),
+                        _ => true,
+                    },
+                    _ => true,
+                },
+                _ => true,
+            })
+            .collect();
+        self.stats.row_groups_read += groups.len();
+        let reader = builder
+            .with_row_groups(groups)
+            .with_batch_size(65_536)
+            .build()
+            .map_err(|e| Error::parquet(&path, e))?;
+        self.current = Some(reader);
+        Ok(true)
+    }
+
+    fn filter(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        self.stats.rows_scanned += batch.num_rows() as u64;
+        let Some(region) = &self.region else {
+            return Ok(batch);
+        };
+        let col = |name: &str| -> Result<Arc<dyn Array>> {
+            let c = batch
+                .column_by_name(name)
+                .ok_or_else(|| Error::Invalid(format!("column {name} missing in a partition")))?;
+            Ok(arrow::compute::cast(c, &DataType::Float64)?)
+        };
+        let ra = col(&self.catalog.ra_column)?;
+        let dec = col(&self.catalog.dec_column)?;
+        let (ra, dec) = (
+            ra.as_primitive::<Float64Type>(),
+            dec.as_primitive::<Float64Type>(),
+        );
+        let hpx = self
+            .catalog
+            .hpx_column
+            .as_ref()
+            .and_then(|h| batch.column_by_name(h))
+            .and_then(|c| c.as_primitive_opt::<Int64Type>().cloned());
+        let ranges = self.ranges.as_deref().unwrap_or(&[]);
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| {
+                if ra.is_null(i) || dec.is_null(i) {
+                    return Some(false);
+                }
+                if let Some(h) = &hpx {
+                    let v = h.value(i) as u64;
+                    if !overlaps(ranges, &(v..v + 1)) {
+                        return Some(false);
+                    }
+                }
+                Some(SkyPoint::new(ra.value(i), dec.value(i)).is_ok_and(|p| region.contains(&p)))
+            })
+            .collect();
+        Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
+    }
+}
+
+impl Iterator for Scan {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(reader) = &mut self.current {
+                match reader.next() {
+                    Some(Ok(b)) => match self.filter(b) {
+                        Ok(b) if b.num_rows() == 0 => continue,
+                        other => return Some(other),
+                    },
+                    Some(Err(e)) => return Some(Err(Error::Arrow(e))),
+                    None => self.current = None,
+                }
+            }
+            match self.open_next() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.files.clear();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

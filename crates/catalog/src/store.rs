@@ -1,0 +1,269 @@
+//! A directory of catalogs with atomic publication.
+//!
+//! Each catalog entry is a symlink: to `.versions/<name>.<stamp>` for catalogs Meridian wrote,
+//! or to an external HATS directory served in place. Publishing renames a finished staging
+//! directory into `.versions/` and then atomically replaces the symlink (`rename(2)` over the
+//! old link), so readers see either the old catalog or the new one, never a half-written one;
+//! a killed ingest leaves only a staging directory, removed by the next ingest.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::{Catalog, Error, Result};
+
+const VERSIONS: &str = ".versions";
+const STAGING: &str = ".staging";
+
+/// A store of catalogs under one directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A staging directory for one ingest; removed on drop unless published.
+#[derive(Debug)]
+pub struct Staging {
+    path: PathBuf,
+    name: String,
+    published: bool,
+}
+
+impl Staging {
+    /// The staging directory (a HATS collection is built here).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The catalog name being staged.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Checks a catalog name: a letter or underscore, then letters, digits, underscores (so that
+/// it is a regular ADQL identifier), at most 64 characters.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "invalid catalog name '{name}': use a letter or '_' followed by letters, digits or \
+             '_' (at most 64 characters)"
+        )))
+    }
+}
+
+fn nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+impl Store {
+    /// Opens (creating if needed) a store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for d in [root.clone(), root.join(VERSIONS), root.join(STAGING)] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        Ok(Self { root })
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Names of the catalogs, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))? {
+            let e = e.map_err(|e| Error::io(&self.root, e))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.starts_with('.') && check_name(&name).is_ok() && e.path().is_dir() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The directory of a catalog (through its symlink).
+    pub fn catalog_path(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        let p = self.root.join(name);
+        if p.is_dir() {
+            return Ok(p);
+        }
+        let names = self.list()?;
+        let hint = names
+            .iter()
+            .filter(|n| n.eq_ignore_ascii_case(name) || edit_distance(n, name) <= 2)
+            .map(|n| format!("; did you mean '{n}'?"))
+            .next()
+            .unwrap_or_default();
+        Err(Error::NotFound {
+            name: name.into(),
+            store: self.root.clone(),
+            hint,
+        })
+    }
+
+    /// Opens a catalog by name.
+    pub fn catalog(&self, name: &str) -> Result<Catalog> {
+        Catalog::open(&self.catalog_path(name)?)
+    }
+
+    /// Starts staging a new version of catalog `name`, first removing what killed ingests
+    /// left behind.
+    pub fn begin_staging(&self, name: &str) -> Result<Staging> {
+        check_name(name)?;
+        self.clean_leftovers();
+        let path =
+            self.root
+                .join(STAGING)
+                .join(format!("{name}.{}.{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Staging {
+            path,
+            name: name.to_string(),
+            published: false,
+        })
+    }
+
+    /// Atomically makes a staged catalog the current version of its name.
+    pub fn publish(&self, mut staging: Staging) -> Result<PathBuf> {
+        let version = self
+            .root
+            .join(VERSIONS)
+            .join(format!("{}.{}", staging.name, nanos()));
+        std::fs::rename(&staging.path, &version).map_err(|e| Error::io(&version, e))?;
+        staging.published = true;
+        let target = PathBuf::from(VERSIONS).join(version.file_name().expect("version has a name"));
+        self.swap_link(&staging.name, &target)?;
+        Ok(self.root.join(&staging.name))
+    }
+
+    /// Serves an existing HATS catalog or collection under `name`, in place (no copy).
+    pub fn register_external(&self, name: &str, path: &Path) -> Result<Catalog> {
+        check_name(name)?;
+        let abs = path.canonicalize().map_err(|e| Error::io(path, e))?;
+        let catalog = Catalog::open(&abs)?;
+        self.swap_link(name, &abs)?;
+        Ok(catalog)
+    }
+
+    /// Removes a catalog entry (and its data if Meridian wrote it).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let link = self.root.join(name);
+        self.catalog_path(name)?;
+        let old = std::fs::read_link(&link).ok();
+        std::fs::remove_file(&link).map_err(|e| Error::io(&link, e))?;
+        self.remove_old_version(old);
+        Ok(())
+    }
+
+    fn swap_link(&self, name: &str, target: &Path) -> Result<()> {
+        let link = self.root.join(name);
+        if link.exists() && !link.is_symlink() {
+            return Err(Error::Invalid(format!(
+                "{} exists and is not managed by Meridian (not a symlink); move it away first",
+                link.display()
+            )));
+        }
+        let old = std::fs::read_link(&link).ok();
+        let tmp = self
+            .root
+            .join(format!(".{name}.link.{}.{}", std::process::id(), nanos()));
+        std::os::unix::fs::symlink(target, &tmp).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &link).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(&link, e)
+        })?;
+        if let Ok(dir) = std::fs::File::open(&self.root) {
+            let _ = dir.sync_all();
+        }
+        self.remove_old_version(old);
+        Ok(())
+    }
+
+    fn remove_old_version(&self, old: Option<PathBuf>) {
+        if let Some(old) = old.filter(|o| o.starts_with(VERSIONS)) {
+            let p = self.root.join(old);
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "could not remove old catalog version");
+            }
+        }
+    }
+
+    /// Removes staging directories of dead processes and unreferenced old versions.
+    fn clean_leftovers(&self) {
+        let staging = self.root.join(STAGING);
+        for e in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let pid = name.split('.').nth(1).and_then(|p| p.parse::<i32>().ok());
+            if pid.is_some_and(|p| !pid_alive(p)) {
+                tracing::info!(path = %e.path().display(), "removing staging directory of an interrupted ingest");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let referenced: Vec<PathBuf> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .collect();
+        let versions = self.root.join(VERSIONS);
+        for e in std::fs::read_dir(&versions).into_iter().flatten().flatten() {
+            let rel = PathBuf::from(VERSIONS).join(e.file_name());
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(3600));
+            if !referenced.contains(&rel) && old {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,162 @@
+//! Writing partition files and the HATS summary files.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::metadata::{
+    FileMetaData, ParquetMetaData, ParquetMetaDataBuilder, ParquetMetaDataWriter, SortingColumn,
+};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::layout::Pixel;
+use crate::{Error, Result};
+
+/// Parquet writer settings for partitions: row groups small enough that a cone reads only
+/// the ones it needs, page statistics on the sort key, snappy pages.
+pub(crate) fn writer_properties(row_group_rows: usize, hpx_column: &str) -> Arc<WriterProperties> {
+    Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_column_statistics_enabled(ColumnPath::from(hpx_column), EnabledStatistics::Page)
+            .set_sorting_columns(Some(vec![SortingColumn {
+                column_idx: 0,
+                descending: false,
+                nulls_first: false,
+            }]))
+            .set_created_by(format!("meridian {}", env!("CARGO_PKG_VERSION")))
+            .build(),
+    )
+}
+
+/// One open partition file.
+pub(crate) struct PartitionWriter {
+    pub(crate) pixel: Pixel,
+    path: PathBuf,
+    writer: ArrowWriter<BufWriter<File>>,
+    pub(crate) rows: u64,
+}
+
+/// A finished partition file.
+pub(crate) struct Written {
+    pub(crate) pixel: Pixel,
+    pub(crate) metadata: ParquetMetaData,
+    pub(crate) rows: u64,
+}
+
+impl PartitionWriter {
+    pub(crate) fn create(
+        dir: &Path,
+        pixel: Pixel,
+        schema: &SchemaRef,
+        props: &Arc<WriterProperties>,
+    ) -> Result<Self> {
+        let path = pixel.path_in(dir);
+        let parent = path.parent().expect("partition path has a parent");
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            schema.clone(),
+            Some(props.as_ref().clone()),
+        )
+        .map_err(|e| Error::parquet(&path, e))?;
+        Ok(Self {
+            pixel,
+            path,
+            writer,
+            rows: 0,
+        })
+    }
+
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::parquet(&self.path, e))
+    }
+
+    pub(crate) fn close(self) -> Result<Written> {
+        let metadata = self
+            .writer
+            .close()
+            .map_err(|e| Error::parquet(&self.path, e))?;
+        Ok(Written {
+            pixel: self.pixel,
+            metadata,
+            rows: self.rows,
+        })
+    }
+}
+
+/// Writes `dataset/_common_metadata` (schema only) and `dataset/_metadata` (schema and every
+/// row group, each pointing at its partition file).
+pub(crate) fn write_summary_files(
+    dir: &Path,
+    schema: &SchemaRef,
+    props: &Arc<WriterProperties>,
+    written: &[Written],
+) -> Result<()> {
+    let dataset = dir.join("dataset");
+    std::fs::create_dir_all(&dataset).map_err(|e| Error::io(&dataset, e))?;
+    let common = dataset.join("_common_metadata");
+    let empty_meta = {
+        let f = File::create(&common).map_err(|e| Error::io(&common, e))?;
+        let w = ArrowWriter::try_new(f, schema.clone(), Some(props.as_ref().clone()))
+            .map_err(|e| Error::parquet(&common, e))?;
+        w.close().map_err(|e| Error::parquet(&common, e))?
+    };
+    let base = written.first().map(|w| &w.metadata).unwrap_or(&empty_meta);
+    let fm = base.file_metadata();
+    let total: i64 = written.iter().map(|w| w.rows as i64).sum();
+    let file_meta = FileMetaData::new(
+        fm.version(),
+        total,
+        fm.created_by().map(str::to_string),
+        fm.key_value_metadata().cloned(),
+        fm.schema_descr_ptr(),
+        fm.column_orders().cloned(),
+    );
+    let mut row_groups = Vec::new();
+    for w in written {
+        let rel = w.pixel.relative_path();
+        let rel = rel
+            .strip_prefix("dataset")
+            .expect("partition path is under dataset");
+        let rel = rel.to_string_lossy().to_string();
+        for rg in w.metadata.row_groups() {
+            let cols = rg
+                .columns()
+                .iter()
+                .map(|c| c.clone().into_builder().set_file_path(rel.clone()).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::parquet(&rel, e))?;
+            row_groups.push(
+                rg.clone()
+                    .into_builder()
+                    .set_column_metadata(cols)
+                    .build()
+                    .map_err(|e| Error::parquet(&rel, e))?,
+            );
+        }
+    }
+    let meta = ParquetMetaDataBuilder::new(file_meta)
+        .set_row_groups(row_groups)
+        .build();
+    let path = dataset.join("_metadata");
+    let mut out = BufWriter::new(File::create(&path).map_err(|e| Error::io(&path, e))?);
+    out.write_all(b"PAR1").map_err(|e| Error::io(&path, e))?;
+    ParquetMetaDataWriter::new(&mut out, &meta)
+        .finish()
+        .map_err(|e| Error::parquet(&path, e))?;
+    out.flush().map_err(|e| Error::io(&path, e))?;
+    Ok(())
+}

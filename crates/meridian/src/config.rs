@@ -1,0 +1,189 @@
+//! Configuration in layers: built-in defaults, then a TOML file, then `MERIDIAN_*`
+//! environment variables (`MERIDIAN_DATA_DIR`, `MERIDIAN_INGEST__PARTITION_ROWS`, ...: a
+//! double underscore separates a section from its key). Validated once, at start.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory holding catalogs and all other state.
+    pub data_dir: PathBuf,
+    /// Ingest defaults.
+    pub ingest: IngestConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Ingest defaults (each can be overridden on the command line).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Maximum rows per partition.
+    pub partition_rows: u64,
+    /// Lowest partition order.
+    pub min_order: u8,
+    /// Highest partition order.
+    pub max_order: u8,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// Margin cache width, arcseconds (0 for none).
+    pub margin_arcsec: f64,
+    /// Memory budget of an ingest, MiB.
+    pub memory_budget_mib: u64,
+    /// Worker threads (0: all cores).
+    pub threads: usize,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `meridian_catalog=debug`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            ingest: IngestConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        let d = meridian_catalog::IngestOptions::default();
+        Self {
+            partition_rows: d.partition_rows,
+            min_order: d.min_order,
+            max_order: d.max_order,
+            row_group_rows: d.row_group_rows,
+            margin_arcsec: d.margin_arcsec,
+            memory_budget_mib: d.memory_budget_bytes >> 20,
+            threads: d.threads,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the environment `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut table = match file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading config {}", f.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("parsing config {}", f.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("MERIDIAN_") else {
+                continue;
+            };
+            if rest == "CONFIG" {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value.clone()));
+            let mut t = &mut table;
+            for p in &path[..path.len() - 1] {
+                t = t
+                    .entry(p.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .with_context(|| format!("{key}: '{p}' is not a section"))?;
+            }
+            t.insert(path[path.len() - 1].clone(), parsed);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration (file or MERIDIAN_* environment)")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let i = &self.ingest;
+        if i.max_order > 19 || i.min_order > i.max_order {
+            bail!("ingest.min_order <= ingest.max_order <= 19 is required");
+        }
+        if i.partition_rows == 0 || i.row_group_rows == 0 {
+            bail!("ingest.partition_rows and ingest.row_group_rows must be positive");
+        }
+        if !(0.0..=3600.0).contains(&i.margin_arcsec) {
+            bail!("ingest.margin_arcsec must be in [0, 3600]");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format must be 'text' or 'json'");
+        }
+        Ok(())
+    }
+
+    /// The catalog store directory.
+    pub fn catalog_dir(&self) -> PathBuf {
+        self.data_dir.join("catalogs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../meridian.example.toml");
+        let c = Config::load(Some(&example), std::iter::empty()).unwrap();
+        assert_eq!(c.ingest, IngestConfig::default());
+        assert_eq!(c.log, LogConfig::default());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let env = [
+            ("MERIDIAN_DATA_DIR".to_string(), "/tmp/x".to_string()),
+            (
+                "MERIDIAN_INGEST__PARTITION_ROWS".to_string(),
+                "5000".to_string(),
+            ),
+            ("OTHER".to_string(), "1".to_string()),
+        ];
+        let c = Config::load(None, env.into_iter()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.ingest.partition_rows, 5000);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let env = [("MERIDIAN_INGEST__MAX_ORDER".to_string(), "25".to_string())];
+        assert!(Config::load(None, env.into_iter()).is_err());
+        let env = [("MERIDIAN_INGEST__NO_SUCH".to_string(), "1".to_string())];
+        let e = Config::load(None, env.into_iter()).unwrap_err();
+        assert!(format!("{e:#}").contains("no_such"), "{e:#}");
+    }
+}
