@@ -166,7 +166,7 @@ fn find_column(
         ))
     })?;
     let t = schema.field(idx).data_type();
-    if !(t.is_floating() || t.is_integer()) {
+    if !(t.is_floating() || t.is_integer() || *t == DataType::Utf8) {
         return Err(Error::Invalid(format!(
             "{}: {what} column '{}' has type {t}, not a number",
             file.display(),
@@ -418,24 +418,35 @@ fn map_inputs(
 ) -> Result<Mapped> {
     let bytes_total: u64 = inputs.iter().map(|p| file_size(p)).sum();
     let counter = ByteCounter::default();
-    // Open every input first so that a bad file or schema mismatch fails before any work.
-    let first = meridian_formats::open(&inputs[0], &opts.read)?;
-    let in_schema = first.schema();
-    drop(first);
+    // Find the position columns from the first input; they must be numbers, so a text
+    // column (a few junk values in the inference sample) is read as float64 and its junk
+    // values become bad rows that name their line.
+    let mut read = opts.read.clone();
+    let probe = meridian_formats::open(&inputs[0], &read)?.schema();
     let ra_in = find_column(
-        &in_schema,
+        &probe,
         opts.ra_column.as_deref(),
         RA_NAMES,
         "RA",
         &inputs[0],
     )?;
     let dec_in = find_column(
-        &in_schema,
+        &probe,
         opts.dec_column.as_deref(),
         DEC_NAMES,
         "Dec",
         &inputs[0],
     )?;
+    for idx in [ra_in, dec_in] {
+        let f = probe.field(idx);
+        if !(f.data_type().is_floating() || f.data_type().is_integer()) {
+            let over = read.schema.get_or_insert_with(|| {
+                meridian_formats::SchemaOverride::new(Vec::new(), &inputs[0])
+            });
+            over.force_type(f.name(), "float64");
+        }
+    }
+    let in_schema = meridian_formats::open(&inputs[0], &read)?.schema();
     let mut fields: Vec<Arc<Field>> = vec![Arc::new(
         Field::new(HPX_COLUMN, DataType::Int64, false).with_metadata(
             ColumnMeta {
@@ -459,7 +470,7 @@ fn map_inputs(
     let mut bad = BadRows::default();
     let mut rows = 0u64;
     let (tx, rx) = crossbeam_channel::bounded::<Result<(usize, RecordBatch)>>(4);
-    let reader_opts = opts.read.clone();
+    let reader_opts = read;
     let inputs_owned = inputs.to_vec();
     let reader_counter = counter.clone();
     let expected = in_schema.clone();

@@ -93,6 +93,30 @@ fn parse_type(s: &str) -> Option<DataType> {
 }
 
 impl SchemaOverride {
+    /// An override built in code (`origin` names it in error messages).
+    pub fn new(columns: Vec<ColumnSpec>, origin: &Path) -> Self {
+        Self {
+            columns,
+            source: origin.to_path_buf(),
+        }
+    }
+
+    /// Sets the type of `name` unless the override already gives one.
+    pub fn force_type(&mut self, name: &str, type_name: &str) {
+        match self.columns.iter_mut().find(|c| c.name == name) {
+            Some(c) if c.type_name.is_some() => {}
+            Some(c) => c.type_name = Some(type_name.into()),
+            None => self.columns.push(ColumnSpec {
+                name: name.into(),
+                type_name: Some(type_name.into()),
+                unit: None,
+                ucd: None,
+                utype: None,
+                description: None,
+            }),
+        }
+    }
+
     /// Reads and validates a TOML schema file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Schema {

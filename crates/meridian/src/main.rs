@@ -74,11 +74,41 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Sky geometry utilities reading CSV lines on standard input.
+    #[command(subcommand)]
+    Sky(SkyCommand),
     /// Generate and ingest the demo survey, then run a sample query.
     Demo {
         /// Objects in the demo survey.
         #[arg(long, default_value_t = 200_000)]
         objects: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SkyCommand {
+    /// "ra,dec" lines (degrees) to HEALPix NESTED indices at `order`.
+    Healpix {
+        /// HEALPix order (0-29).
+        #[arg(long)]
+        order: u8,
+    },
+    /// "ra1,dec1,ra2,dec2" lines (degrees) to angular separations in degrees.
+    Separation,
+    /// HEALPix cells at `order` covering a cone (every cell that overlaps it).
+    ConeCells {
+        /// HEALPix order (0-29).
+        #[arg(long)]
+        order: u8,
+        /// Centre RA, degrees.
+        #[arg(long, allow_hyphen_values = true)]
+        ra: f64,
+        /// Centre Dec, degrees.
+        #[arg(long, allow_hyphen_values = true)]
+        dec: f64,
+        /// Radius, degrees.
+        #[arg(long)]
+        radius_deg: f64,
     },
 }
 
@@ -252,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
         }
+        Command::Sky(cmd) => sky(cmd)?,
         Command::Demo { objects } => demo(&config, objects, quiet)?,
     }
     Ok(())
@@ -487,6 +518,56 @@ fn cone(
         );
     }
     Ok(rows)
+}
+
+fn sky(cmd: SkyCommand) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let numbers = |line: &str, n: usize, no: usize| -> anyhow::Result<Vec<f64>> {
+        let v: Vec<f64> = line
+            .split(',')
+            .map(|t| t.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("line {no}: '{line}' is not {n} comma-separated numbers"))?;
+        if v.len() != n {
+            bail!("line {no}: expected {n} numbers, got {}", v.len());
+        }
+        Ok(v)
+    };
+    match cmd {
+        SkyCommand::Healpix { order } => {
+            meridian_sky::healpix::check_order(order)?;
+            for (i, line) in std::io::stdin().lock().lines().enumerate() {
+                let v = numbers(&line?, 2, i + 1)?;
+                let p = SkyPoint::new(v[0], v[1]).with_context(|| format!("line {}", i + 1))?;
+                writeln!(out, "{}", meridian_sky::healpix::hash(order, &p))?;
+            }
+        }
+        SkyCommand::Separation => {
+            for (i, line) in std::io::stdin().lock().lines().enumerate() {
+                let v = numbers(&line?, 4, i + 1)?;
+                let a = SkyPoint::new(v[0], v[1]).with_context(|| format!("line {}", i + 1))?;
+                let b = SkyPoint::new(v[2], v[3]).with_context(|| format!("line {}", i + 1))?;
+                writeln!(out, "{:.17e}", a.separation_deg(&b))?;
+            }
+        }
+        SkyCommand::ConeCells {
+            order,
+            ra,
+            dec,
+            radius_deg,
+        } => {
+            let region = Region::Circle(Circle::new(SkyPoint::new(ra, dec)?, radius_deg)?);
+            let shift = 2 * (29 - order as u32);
+            for r in region.hpx29_ranges(order)? {
+                for cell in (r.start >> shift)..(r.end >> shift) {
+                    writeln!(out, "{cell}")?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
