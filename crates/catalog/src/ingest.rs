@@ -233,6 +233,12 @@ pub fn ingest(
     // 1. Map and spill.
     let mapped = map_inputs(inputs, opts, &spill_dir, progress)?;
     let schema = mapped.schema.clone();
+    tracing::info!(
+        stage = "map",
+        rows = mapped.rows,
+        seconds = start.elapsed().as_secs_f64(),
+        "input read and spilled"
+    );
     let ra_name = schema.field(mapped.ra_idx).name().clone();
     let dec_name = schema.field(mapped.dec_idx).name().clone();
 
@@ -289,6 +295,12 @@ pub fn ingest(
     let total_rows: u64 = written.iter().map(|w| w.rows).sum();
     debug_assert_eq!(total_rows, mapped.rows);
 
+    tracing::info!(
+        stage = "reduce",
+        partitions = written.len(),
+        seconds = start.elapsed().as_secs_f64(),
+        "partitions written"
+    );
     write_summary_files(&main_dir, &schema, &props, &written)?;
     write_partition_info(&main_dir, &pixels)?;
     let max_order = pixels.iter().map(|p| p.order).max().unwrap_or(0);
@@ -349,6 +361,12 @@ pub fn ingest(
         collection.set("all_margins", &margin_name);
         collection.set("default_margin", &margin_name);
     }
+    tracing::info!(
+        stage = "margin",
+        rows = margin_rows,
+        seconds = start.elapsed().as_secs_f64(),
+        "margin cache written"
+    );
     set_provenance(&mut collection);
     collection.write(
         &staging.path().join("collection.properties"),

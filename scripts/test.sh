@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every test: formatting, lints, docs, the Rust
+# tests, then the Python suite (healpy, astropy, hats, lsdb, hats-import as oracles)
+# against the real meridian binary. Used as is by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build outputs live outside the clone so repeated runs are incremental.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/meridian/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
+
+step "python packages"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+step "cargo test"
+cargo test --workspace --quiet 2>&1 | tee "$CARGO_TARGET_DIR/cargo-test.log"
+rust_passed=$(grep -Eo '[0-9]+ passed' "$CARGO_TARGET_DIR/cargo-test.log" | awk '{s+=$1} END {print s+0}')
+rust_failed=$(grep -Eo '[0-9]+ failed' "$CARGO_TARGET_DIR/cargo-test.log" | awk '{s+=$1} END {print s+0}')
+
+step "python tests"
+cargo build --quiet -p meridian
+export MERIDIAN_BIN="$CARGO_TARGET_DIR/debug/meridian"
+python3 -m pytest tests/python -q -p no:cacheprovider -W ignore::DeprecationWarning -W ignore::FutureWarning
+
+step "done"
+echo "rust: $rust_passed passed, $rust_failed failed"

@@ -1,0 +1,45 @@
+"""Shared fixtures: the meridian binary, the shared data, and catalogs ingested once."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def meridian_bin() -> str:
+    env = os.environ.get("MERIDIAN_BIN")
+    if env:
+        return env
+    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
+    return str(Path(target) / "debug" / "meridian")
+
+
+def run(*args, data_dir=None, check=True, input=None, timeout=600):
+    """Runs meridian; returns the CompletedProcess (stdout and stderr as text)."""
+    cmd = [meridian_bin(), "--quiet"]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    cmd += [str(a) for a in args]
+    p = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def shared():
+    assert SHARED.exists(), f"shared data not found at {SHARED}"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory, shared):
+    """A data directory with the Gaia and Tycho-2 samples ingested by meridian."""
+    d = tmp_path_factory.mktemp("meridian-data")
+    run("ingest", "gaia", shared / "catalogs/gaia_dr3_bright.csv.gz", "--partition-rows", 20000, data_dir=d)
+    run("ingest", "tycho2", shared / "catalogs/tycho2_subset.fits.gz", "--partition-rows", 100000, data_dir=d)
+    return d
