@@ -253,8 +253,22 @@ pub fn ingest(
         }
     }
 
-    // 3. Reduce.
-    let props = writer_properties(opts.row_group_rows, HPX_COLUMN);
+    // 3. Reduce, finding margin rows on the way.
+    let props = writer_properties(opts.row_group_rows, HPX_COLUMN, &schema);
+    let margin = if opts.margin_arcsec > 0.0 {
+        Some(crate::margin::MarginBuilder::new(
+            Arc::new(pixels.clone()),
+            opts.margin_arcsec,
+            schema.clone(),
+            mapped.ra_idx,
+            mapped.dec_idx,
+            &spill_dir,
+            mapped.spill_order,
+            opts.memory_budget_bytes / 16,
+        )?)
+    } else {
+        None
+    };
     let per_thread_budget = (opts.memory_budget_bytes / threads).max(16 << 20);
     let units = work_units(&mapped.buckets, mapped.spill_order, &pixels);
     let done = AtomicUsize::new(0);
@@ -272,6 +286,7 @@ pub fn ingest(
                         pixels: &pixels,
                         budget: per_thread_budget,
                         spill_dir: &spill_dir,
+                        margin: margin.as_ref(),
                     };
                     let out = reduce_unit(&ctx, unit)?;
                     rows_written
@@ -291,7 +306,6 @@ pub fn ingest(
         .flatten()
         .collect();
     written.sort_by_key(|w| w.pixel.hpx29_range().start);
-    let _ = std::fs::remove_dir_all(&spill_dir);
     let total_rows: u64 = written.iter().map(|w| w.rows).sum();
     debug_assert_eq!(total_rows, mapped.rows);
 
@@ -338,26 +352,23 @@ pub fn ingest(
     collection.set("obs_collection", name);
     collection.set("hats_primary_table_url", name);
     let mut margin_rows = 0;
-    if opts.margin_arcsec > 0.0 {
+    if let Some(margin) = margin {
         let margin_name = format!("{name}_{}arcs", format_arcsec(opts.margin_arcsec));
         let margin_dir = staging.path().join(&margin_name);
-        margin_rows = pool.install(|| {
-            crate::margin::build(
-                &main_dir,
-                &margin_dir,
-                &crate::margin::MarginSpec {
-                    name: &margin_name,
-                    primary: name,
-                    pixels: &pixels,
-                    schema: &schema,
-                    ra: &ra_name,
-                    dec: &dec_name,
-                    threshold_arcsec: opts.margin_arcsec,
-                    props: &props,
-                },
-                progress,
-            )
-        })?;
+        let spec = crate::margin::MarginSpec {
+            name: &margin_name,
+            primary: name,
+            ra: &ra_name,
+            dec: &dec_name,
+            props: &props,
+        };
+        progress(&IngestProgress {
+            stage: Stage::Margin,
+            rows: 0,
+            bytes: (0, 0),
+            units: (0, 1),
+        });
+        margin_rows = pool.install(|| margin.finish(&margin_dir, &spec))?;
         collection.set("all_margins", &margin_name);
         collection.set("default_margin", &margin_name);
     }
@@ -367,6 +378,7 @@ pub fn ingest(
         seconds = start.elapsed().as_secs_f64(),
         "margin cache written"
     );
+    let _ = std::fs::remove_dir_all(&spill_dir);
     set_provenance(&mut collection);
     collection.write(
         &staging.path().join("collection.properties"),
@@ -488,45 +500,33 @@ fn map_inputs(
     let mut bad = BadRows::default();
     let mut rows = 0u64;
     let (tx, rx) = crossbeam_channel::bounded::<Result<(usize, RecordBatch)>>(4);
-    let reader_opts = read;
-    let inputs_owned = inputs.to_vec();
-    let reader_counter = counter.clone();
-    let expected = in_schema.clone();
-    let reader = std::thread::Builder::new()
-        .name("ingest-reader".into())
-        .spawn(move || {
-            let mut bad = BadRows::default();
-            for (i, path) in inputs_owned.iter().enumerate() {
-                let r = match meridian_formats::open_counted(path, &reader_opts, reader_counter.clone()) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into()));
-                        return bad;
-                    }
-                };
-                let s = r.schema();
-                let same = s.fields().len() == expected.fields().len()
-                    && s.fields().iter().zip(expected.fields()).all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
-                if !same {
-                    let _ = tx.send(Err(Error::Invalid(format!(
-                        "{}: columns differ from those of {} (every input must have the same columns and types)",
-                        path.display(),
-                        inputs_owned[0].display()
-                    ))));
-                    return bad;
-                }
-                let mut stream = r;
-                for batch in stream.by_ref() {
-                    let failed = batch.is_err();
-                    if tx.send(batch.map(|b| (i, b)).map_err(Error::from)).is_err() || failed {
-                        return bad;
-                    }
-                }
-                bad.merge(&stream.bad_rows());
-            }
-            bad
-        })
-        .map_err(|e| Error::Invalid(format!("cannot start reader thread: {e}")))?;
+    // Input files are parsed by up to one reader thread per core, each taking whole files
+    // in turn, so a file's batches arrive in order; this thread locates and spills.
+    let cores = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        opts.threads
+    };
+    let next_file = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..cores.min(inputs.len()).max(1) {
+        let (tx, read, inputs, counter, expected, next_file) = (
+            tx.clone(),
+            read.clone(),
+            inputs.to_vec(),
+            counter.clone(),
+            in_schema.clone(),
+            next_file.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name("ingest-reader".into())
+            .spawn(move || read_files(&inputs, &read, &counter, &expected, &next_file, &tx))
+            .map_err(|e| Error::Invalid(format!("cannot start reader thread: {e}")))?;
+        readers.push(handle);
+    }
+    drop(tx);
     let mut file_rows = vec![0u64; inputs.len()];
     let mut last_report = Instant::now();
     let result: Result<()> = (|| {
@@ -567,11 +567,13 @@ fn map_inputs(
         Ok(())
     })();
     drop(rx);
-    let reader_bad = reader
-        .join()
-        .map_err(|_| Error::Invalid("the reader thread panicked".into()))?;
+    for r in readers {
+        let reader_bad = r
+            .join()
+            .map_err(|_| Error::Invalid("a reader thread panicked".into()))?;
+        bad.merge(&reader_bad);
+    }
     result?;
-    bad.merge(&reader_bad);
     progress(&IngestProgress {
         stage: Stage::Reading,
         rows,
@@ -589,6 +591,52 @@ fn map_inputs(
         rows,
         bad,
     })
+}
+
+/// Reads whole input files in turn (the next index from `next_file`), sending their batches.
+fn read_files(
+    inputs: &[PathBuf],
+    read: &ReadOptions,
+    counter: &ByteCounter,
+    expected: &SchemaRef,
+    next_file: &AtomicUsize,
+    tx: &crossbeam_channel::Sender<Result<(usize, RecordBatch)>>,
+) -> BadRows {
+    let mut bad = BadRows::default();
+    loop {
+        let i = next_file.fetch_add(1, Ordering::Relaxed);
+        let Some(path) = inputs.get(i) else {
+            return bad;
+        };
+        let mut stream = match meridian_formats::open_counted(path, read, counter.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(e.into()));
+                return bad;
+            }
+        };
+        let s = stream.schema();
+        let same = s.fields().len() == expected.fields().len()
+            && s.fields()
+                .iter()
+                .zip(expected.fields())
+                .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+        if !same {
+            let _ = tx.send(Err(Error::Invalid(format!(
+                "{}: columns differ from those of {} (every input must have the same columns and types)",
+                path.display(),
+                inputs[0].display()
+            ))));
+            return bad;
+        }
+        for batch in stream.by_ref() {
+            let failed = batch.is_err();
+            if tx.send(batch.map(|b| (i, b)).map_err(Error::from)).is_err() || failed {
+                return bad;
+            }
+        }
+        bad.merge(&stream.bad_rows());
+    }
 }
 
 /// Checks positions, drops (or fails on) bad ones, and computes `_healpix_29`.
@@ -654,7 +702,7 @@ fn locate(
 }
 
 /// Spill files of rows bucketed by a HEALPix cell, each an Arrow IPC stream.
-struct Spill {
+pub(crate) struct Spill {
     dir: PathBuf,
     order: u8,
     schema: SchemaRef,
@@ -665,7 +713,7 @@ struct Spill {
 }
 
 impl Spill {
-    fn new(dir: PathBuf, order: u8, schema: SchemaRef, budget: u64) -> Self {
+    pub(crate) fn new(dir: PathBuf, order: u8, schema: SchemaRef, budget: u64) -> Self {
         Self {
             dir,
             order,
@@ -682,7 +730,7 @@ impl Spill {
     }
 
     /// Buffers a batch; when the buffer is full, sorts it and appends each bucket's rows.
-    fn push(&mut self, batch: RecordBatch) -> Result<()> {
+    pub(crate) fn push(&mut self, batch: RecordBatch) -> Result<()> {
         self.pending_bytes += batch.get_array_memory_size() as u64;
         self.pending.push(batch);
         if self.pending_bytes >= self.budget {
@@ -724,7 +772,7 @@ impl Spill {
     }
 
     /// Closes every bucket file; returns them by bucket.
-    fn finish(mut self) -> Result<BTreeMap<u64, PathBuf>> {
+    pub(crate) fn finish(mut self) -> Result<BTreeMap<u64, PathBuf>> {
         self.flush()?;
         let mut out = BTreeMap::new();
         for (bucket, mut w) in std::mem::take(&mut self.writers) {
@@ -740,14 +788,17 @@ fn sort_by_hpx(batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(arrow::compute::take_record_batch(batch, &idx)?)
 }
 
+/// A spill bucket: its order, its cell and its file.
+type BucketFile = (u8, u64, PathBuf);
+
 /// Groups spill buckets so that a partition coarser than the spill order (spanning several
 /// buckets) is written by one worker from consecutive buckets.
 fn work_units(
     buckets: &BTreeMap<u64, PathBuf>,
     order: u8,
     pixels: &[Pixel],
-) -> Vec<Vec<(u8, u64, PathBuf)>> {
-    let mut units: Vec<(Option<Pixel>, Vec<(u8, u64, PathBuf)>)> = Vec::new();
+) -> Vec<Vec<BucketFile>> {
+    let mut units: Vec<(Option<Pixel>, Vec<BucketFile>)> = Vec::new();
     for (bucket, path) in buckets {
         let start = healpix::hpx29_range(order, *bucket).start;
         let i = pixels.partition_point(|p| p.hpx29_range().end <= start);
@@ -772,9 +823,10 @@ struct ReduceCtx<'a> {
     pixels: &'a [Pixel],
     budget: u64,
     spill_dir: &'a Path,
+    margin: Option<&'a crate::margin::MarginBuilder>,
 }
 
-fn reduce_unit(ctx: &ReduceCtx, unit: &[(u8, u64, PathBuf)]) -> Result<Vec<Written>> {
+fn reduce_unit(ctx: &ReduceCtx, unit: &[BucketFile]) -> Result<Vec<Written>> {
     let mut current: Option<PartitionWriter> = None;
     let mut out = Vec::new();
     for (order, bucket, path) in unit {
@@ -786,7 +838,7 @@ fn reduce_unit(ctx: &ReduceCtx, unit: &[(u8, u64, PathBuf)]) -> Result<Vec<Writt
     Ok(out)
 }
 
-fn read_ipc(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+pub(crate) fn read_ipc(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let r = StreamReader::try_new(std::io::BufReader::with_capacity(1 << 20, f), None)?;
     let schema = r.schema();
@@ -858,10 +910,11 @@ fn reduce_bucket(
                 ctx.dir, pixel, ctx.schema, ctx.props,
             )?);
         }
-        current
-            .as_mut()
-            .expect("set above")
-            .write(&sorted.slice(start, end - start))?;
+        let slice = sorted.slice(start, end - start);
+        if let Some(m) = ctx.margin {
+            m.collect(i, &slice)?;
+        }
+        current.as_mut().expect("set above").write(&slice)?;
         start = end;
     }
     Ok(())

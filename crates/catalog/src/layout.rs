@@ -129,10 +129,12 @@ fn scan_dataset(dataset: &Path) -> Result<Vec<Pixel>> {
             for f in read(&d)? {
                 let f = f.map_err(|e| Error::io(&d, e))?.path();
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if let Some(pix) = name.strip_prefix("Npix=").and_then(|n| n.split('.').next()) {
-                    if let Ok(pix) = pix.parse() {
-                        out.push(Pixel::new(order as u8, pix)?);
-                    }
+                if let Some(Ok(pix)) = name
+                    .strip_prefix("Npix=")
+                    .and_then(|n| n.split('.').next())
+                    .map(str::parse)
+                {
+                    out.push(Pixel::new(order as u8, pix)?);
                 }
             }
         }

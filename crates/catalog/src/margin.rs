@@ -1,234 +1,269 @@
 //! Margin caches: for each partition, the rows of other partitions that lie within the
-//! margin threshold of it, so a cross-match inside one partition loses no pair across its
-//! edge. Stored as a HATS catalog of type `margin` with the primary's partitions.
+//! margin threshold of it, so that a cross-match done partition by partition loses no pair
+//! across an edge. Stored as a HATS catalog of type `margin` with the primary's pixels.
 //!
-//! For partition Q the candidate area is Q's cells at an order M whose cells are wider than
-//! the threshold, grown by one ring of neighbours (a MOC expansion), minus Q. Candidate rows
-//! are read with row-group pruning and kept when a cone of the threshold radius around them
-//! touches Q (cdshealpix cone coverage at Q's order: a superset, as a margin may be).
+//! Margins are found while partitions are written, from the rows already in memory:
+//! - the margin order M is the deepest whose cells are safely wider than the threshold, so a
+//!   disc of the threshold radius around a point of an order-M cell stays inside that cell
+//!   and its eight neighbours;
+//! - a row whose order-M cell is not on the border of its partition (the cell's x and y in
+//!   the partition's NESTED sub-grid, a Morton code, are not at an edge) has all those
+//!   neighbours in its own partition and cannot be in any margin: two bit operations;
+//! - a border row gets a cdshealpix cone coverage of the threshold radius; every other
+//!   partition that coverage touches receives the row (a superset, as a margin may be).
 
-use std::fs::File;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::SortColumn;
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use meridian_sky::healpix;
-use meridian_sky::region::Moc;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
-use parquet::file::statistics::Statistics;
 use rayon::prelude::*;
 
-use crate::catalog::overlaps;
-use crate::ingest::{HPX_COLUMN, IngestProgress, Stage, set_provenance};
+use crate::ingest::{HPX_COLUMN, Spill, read_ipc, set_provenance};
 use crate::layout::{Pixel, write_partition_info};
 use crate::properties::Properties;
 use crate::write::{PartitionWriter, Written, write_summary_files};
 use crate::{Error, Result};
 
-pub(crate) struct MarginSpec<'a> {
-    pub name: &'a str,
-    pub primary: &'a str,
-    pub pixels: &'a [Pixel],
-    pub schema: &'a SchemaRef,
-    pub ra: &'a str,
-    pub dec: &'a str,
-    pub threshold_arcsec: f64,
-    pub props: &'a Arc<WriterProperties>,
-}
-
 /// The deepest order whose cells are safely wider than `threshold_deg` (HEALPix cells are
 /// at least about half the mean size across).
-fn margin_order(threshold_deg: f64) -> u8 {
+pub(crate) fn margin_order(threshold_deg: f64) -> u8 {
     (0..=20u8)
         .rev()
         .find(|o| healpix::mean_cell_size_deg(*o) / 2.5 >= threshold_deg)
         .unwrap_or(0)
 }
 
-/// Order-29 ranges to search for margin rows of `q`.
-fn search_ranges(q: Pixel, order: u8) -> Vec<std::ops::Range<u64>> {
-    let cells: Vec<u64> = if order >= q.order {
-        let shift = 2 * (order - q.order) as u32;
-        ((q.pix << shift)..((q.pix + 1) << shift)).collect()
-    } else {
-        vec![q.pix >> (2 * (q.order - order) as u32)]
-    };
-    let moc = Moc::from_fixed_depth_cells(order, cells.into_iter(), None);
-    let own = Moc::from_fixed_depth_cells(q.order, std::iter::once(q.pix), None);
-    moc.expanded()
-        .minus(&own)
-        .moc_ranges()
-        .iter()
-        .cloned()
-        .collect()
+/// Keeps the even bits of `x`, packed (de-interleaves one coordinate of a Morton code).
+fn compact_even_bits(mut x: u64) -> u64 {
+    x &= 0x5555_5555_5555_5555;
+    x = (x | (x >> 1)) & 0x3333_3333_3333_3333;
+    x = (x | (x >> 2)) & 0x0F0F_0F0F_0F0F_0F0F;
+    x = (x | (x >> 4)) & 0x00FF_00FF_00FF_00FF;
+    x = (x | (x >> 8)) & 0x0000_FFFF_0000_FFFF;
+    (x | (x >> 16)) & 0x0000_0000_FFFF_FFFF
 }
 
-/// Whether a cone of `radius_rad` around (lon, lat) in radians touches pixel `q`.
-fn cone_touches(lon: f64, lat: f64, radius_rad: f64, q: Pixel) -> bool {
-    let bmoc = cdshealpix::nested::cone_coverage_approx_custom(q.order, 2, lon, lat, radius_rad);
-    (&bmoc).into_iter().any(|c| {
-        if c.depth >= q.order {
-            c.hash >> (2 * (c.depth - q.order) as u32) == q.pix
-        } else {
-            q.pix >> (2 * (q.order - c.depth) as u32) == c.hash
-        }
-    })
+/// Whether order-29 index `hpx29` lies in an order-`m` cell on the border of `p`.
+fn on_border(hpx29: u64, p: Pixel, m: u8) -> bool {
+    if p.order >= m {
+        return true;
+    }
+    let levels = (m - p.order) as u32;
+    let cell = hpx29 >> (2 * (29 - m as u32));
+    let local = cell & ((1u64 << (2 * levels)) - 1);
+    let (x, y) = (compact_even_bits(local), compact_even_bits(local >> 1));
+    let last = (1u64 << levels) - 1;
+    x == 0 || y == 0 || x == last || y == last
 }
 
-/// Builds the margin catalog in `margin_dir` from the partitions in `main_dir`; returns
-/// the number of margin rows.
-pub(crate) fn build(
-    main_dir: &Path,
-    margin_dir: &Path,
-    spec: &MarginSpec,
-    progress: &(dyn Fn(&IngestProgress) + Sync),
-) -> Result<u64> {
-    std::fs::create_dir_all(margin_dir).map_err(|e| Error::io(margin_dir, e))?;
-    let threshold_deg = spec.threshold_arcsec / 3600.0;
-    let order = margin_order(threshold_deg);
-    let done = AtomicU64::new(0);
-    let total = spec.pixels.len() as u64;
-    let results: Vec<Option<Written>> = spec
-        .pixels
-        .par_iter()
-        .map(|q| {
-            let w = margin_of(
-                main_dir,
-                margin_dir,
-                spec,
-                *q,
-                order,
-                threshold_deg.to_radians(),
-            );
-            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-            progress(&IngestProgress {
-                stage: Stage::Margin,
-                rows: 0,
-                bytes: (0, 0),
-                units: (d, total),
-            });
-            w
-        })
-        .collect::<Result<_>>()?;
-    let written: Vec<Written> = results.into_iter().flatten().collect();
-    let pixels: Vec<Pixel> = written.iter().map(|w| w.pixel).collect();
-    let rows: u64 = written.iter().map(|w| w.rows).sum();
-    write_summary_files(margin_dir, spec.schema, spec.props, &written)?;
-    write_partition_info(margin_dir, &pixels)?;
-    let mut p = Properties::default();
-    p.set("obs_collection", spec.name);
-    p.set("dataproduct_type", "margin");
-    p.set("hats_nrows", rows);
-    p.set("hats_col_ra", spec.ra);
-    p.set("hats_col_dec", spec.dec);
-    p.set("hats_col_healpix", HPX_COLUMN);
-    p.set("hats_col_healpix_order", 29);
-    p.set("hats_npix_suffix", ".parquet");
-    p.set("hats_primary_table_url", spec.primary);
-    p.set("hats_margin_threshold", spec.threshold_arcsec);
-    p.set(
-        "hats_order",
-        pixels.iter().map(|p| p.order).max().unwrap_or(0),
-    );
-    set_provenance(&mut p);
-    p.write(&margin_dir.join("hats.properties"), "HATS catalog")?;
-    p.write(&margin_dir.join("properties"), "HATS catalog")?;
-    Ok(rows)
-}
-
-fn margin_of(
-    main_dir: &Path,
-    margin_dir: &Path,
-    spec: &MarginSpec,
-    q: Pixel,
+/// Collects margin rows while partitions are written, then writes the margin catalog.
+pub(crate) struct MarginBuilder {
+    pixels: Arc<Vec<Pixel>>,
     order: u8,
+    coverage_depth: u8,
     radius_rad: f64,
-) -> Result<Option<Written>> {
-    let ranges = search_ranges(q, order);
-    let mut batches = Vec::new();
-    for p in spec
-        .pixels
-        .iter()
-        .filter(|p| **p != q && overlaps(&ranges, &p.hpx29_range()))
-    {
-        let path = p.path_in(main_dir);
-        let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| Error::parquet(&path, e))?;
-        let md = builder.metadata().clone();
-        let groups: Vec<usize> = (0..md.num_row_groups())
-            .filter(|i| match md.row_group(*i).column(0).statistics() {
-                Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
-                    (Some(lo), Some(hi)) => overlaps(&ranges, &(*lo as u64..*hi as u64 + 1)),
-                    _ => true,
-                },
-                _ => true,
-            })
-            .collect();
-        if groups.is_empty() {
-            continue;
-        }
-        let reader = builder
-            .with_row_groups(groups)
-            .build()
-            .map_err(|e| Error::parquet(&path, e))?;
-        for b in reader {
-            let b = b?;
-            let keep = select(&b, spec, &ranges, q, radius_rad)?;
-            let b = arrow::compute::filter_record_batch(&b, &keep)?;
-            if b.num_rows() > 0 {
-                batches.push(b);
+    threshold_arcsec: f64,
+    schema: SchemaRef,
+    tagged: SchemaRef,
+    spill: Mutex<Spill>,
+    ra_idx: usize,
+    dec_idx: usize,
+}
+
+pub(crate) struct MarginSpec<'a> {
+    pub name: &'a str,
+    pub primary: &'a str,
+    pub ra: &'a str,
+    pub dec: &'a str,
+    pub props: &'a Arc<WriterProperties>,
+}
+
+impl MarginBuilder {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        pixels: Arc<Vec<Pixel>>,
+        threshold_arcsec: f64,
+        schema: SchemaRef,
+        ra_idx: usize,
+        dec_idx: usize,
+        spill_dir: &Path,
+        spill_order: u8,
+        budget: u64,
+    ) -> Result<Self> {
+        let threshold_deg = threshold_arcsec / 3600.0;
+        let order = margin_order(threshold_deg);
+        let mut fields = vec![Arc::new(Field::new(
+            "_margin_target",
+            DataType::Int64,
+            false,
+        ))];
+        fields.extend(schema.fields().iter().cloned());
+        let tagged: SchemaRef = Arc::new(Schema::new(fields));
+        let dir = spill_dir.join("margin");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Self {
+            pixels,
+            order,
+            coverage_depth: (order + 3).min(29),
+            radius_rad: threshold_deg.to_radians(),
+            threshold_arcsec,
+            schema,
+            spill: Mutex::new(Spill::new(dir, spill_order, tagged.clone(), budget)),
+            tagged,
+            ra_idx,
+            dec_idx,
+        })
+    }
+
+    /// Partitions other than `own` that a disc of the threshold around (ra, dec) touches.
+    fn targets(&self, ra_deg: f64, dec_deg: f64, own: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let bmoc = cdshealpix::nested::cone_coverage_approx_custom(
+            self.coverage_depth,
+            2,
+            ra_deg.to_radians(),
+            dec_deg.to_radians(),
+            self.radius_rad,
+        );
+        for cell in &bmoc {
+            let r = healpix::hpx29_range(cell.depth, cell.hash);
+            let mut i = self
+                .pixels
+                .partition_point(|p| p.hpx29_range().end <= r.start);
+            while i < self.pixels.len() && self.pixels[i].hpx29_range().start < r.end {
+                if i != own && !out.contains(&i) {
+                    out.push(i);
+                }
+                i += 1;
             }
         }
     }
-    if batches.is_empty() {
-        return Ok(None);
-    }
-    let all = arrow::compute::concat_batches(spec.schema, &batches)?;
-    let idx = arrow::compute::sort_to_indices(all.column(0), None, None)?;
-    let sorted = arrow::compute::take_record_batch(&all, &idx)?;
-    let mut w = PartitionWriter::create(margin_dir, q, spec.schema, spec.props)?;
-    w.write(&sorted)?;
-    Ok(Some(w.close()?))
-}
 
-fn select(
-    b: &RecordBatch,
-    spec: &MarginSpec,
-    ranges: &[std::ops::Range<u64>],
-    q: Pixel,
-    radius_rad: f64,
-) -> Result<BooleanArray> {
-    let hpx = b.column(0).as_primitive::<Int64Type>();
-    let ra = arrow::compute::cast(
-        b.column_by_name(spec.ra).expect("schema has ra"),
-        &DataType::Float64,
-    )?;
-    let dec = arrow::compute::cast(
-        b.column_by_name(spec.dec).expect("schema has dec"),
-        &DataType::Float64,
-    )?;
-    let (ra, dec) = (
-        ra.as_primitive::<Float64Type>(),
-        dec.as_primitive::<Float64Type>(),
-    );
-    Ok((0..b.num_rows())
-        .map(|i| {
-            let h = hpx.value(i) as u64;
-            Some(
-                overlaps(ranges, &(h..h + 1))
-                    && cone_touches(
-                        ra.value(i).to_radians(),
-                        dec.value(i).to_radians(),
-                        radius_rad,
-                        q,
-                    ),
-            )
-        })
-        .collect())
+    /// Finds the margin rows in `rows` (all in partition `own`, sorted by `_healpix_29`).
+    pub(crate) fn collect(&self, own: usize, rows: &RecordBatch) -> Result<()> {
+        let p = self.pixels[own];
+        let hpx = rows.column(0).as_primitive::<Int64Type>();
+        let ra = arrow::compute::cast(rows.column(self.ra_idx), &DataType::Float64)?;
+        let dec = arrow::compute::cast(rows.column(self.dec_idx), &DataType::Float64)?;
+        let (ra, dec) = (
+            ra.as_primitive::<Float64Type>(),
+            dec.as_primitive::<Float64Type>(),
+        );
+        let mut take = Vec::new();
+        let mut tags = Vec::new();
+        let mut targets = Vec::new();
+        for (i, h) in hpx.values().iter().enumerate() {
+            if !on_border(*h as u64, p, self.order) {
+                continue;
+            }
+            self.targets(
+                ra.value(i).rem_euclid(360.0),
+                dec.value(i),
+                own,
+                &mut targets,
+            );
+            for t in &targets {
+                take.push(i as u32);
+                tags.push(self.pixels[*t].hpx29_range().start as i64);
+            }
+        }
+        if take.is_empty() {
+            return Ok(());
+        }
+        let picked = arrow::compute::take_record_batch(rows, &UInt32Array::from(take))?;
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(tags))];
+        cols.extend(picked.columns().iter().cloned());
+        let batch = RecordBatch::try_new(self.tagged.clone(), cols)?;
+        self.spill.lock().expect("margin spill lock").push(batch)
+    }
+
+    /// Writes the margin catalog into `dir`; returns its row count.
+    pub(crate) fn finish(self, dir: &Path, spec: &MarginSpec) -> Result<u64> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let buckets: BTreeMap<u64, std::path::PathBuf> = self
+            .spill
+            .into_inner()
+            .expect("margin spill lock")
+            .finish()?;
+        let by_start: BTreeMap<u64, Pixel> = self
+            .pixels
+            .iter()
+            .map(|p| (p.hpx29_range().start, *p))
+            .collect();
+        let schema = self.schema.clone();
+        let written: Vec<Written> = buckets
+            .par_iter()
+            .map(|(_, path)| -> Result<Vec<Written>> {
+                let (_, batches) = read_ipc(path)?;
+                let all = arrow::compute::concat_batches(&self.tagged, &batches)?;
+                let order = arrow::compute::lexsort_to_indices(
+                    &[
+                        SortColumn {
+                            values: all.column(0).clone(),
+                            options: None,
+                        },
+                        SortColumn {
+                            values: all.column(1).clone(),
+                            options: None,
+                        },
+                    ],
+                    None,
+                )?;
+                let sorted = arrow::compute::take_record_batch(&all, &order)?;
+                let tags = sorted
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .clone();
+                let rows = sorted.project(&(1..sorted.num_columns()).collect::<Vec<_>>())?;
+                let mut out = Vec::new();
+                let mut start = 0;
+                while start < tags.len() {
+                    let tag = tags[start];
+                    let end = start + tags[start..].partition_point(|t| *t == tag);
+                    let pixel = by_start[&(tag as u64)];
+                    let mut w = PartitionWriter::create(dir, pixel, &schema, spec.props)?;
+                    w.write(&rows.slice(start, end - start).with_schema(schema.clone())?)?;
+                    out.push(w.close()?);
+                    start = end;
+                }
+                Ok(out)
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut written = written;
+        written.sort_by_key(|w| w.pixel.hpx29_range().start);
+        let pixels: Vec<Pixel> = written.iter().map(|w| w.pixel).collect();
+        let rows: u64 = written.iter().map(|w| w.rows).sum();
+        write_summary_files(dir, &self.schema, spec.props, &written)?;
+        write_partition_info(dir, &pixels)?;
+        let mut p = Properties::default();
+        p.set("obs_collection", spec.name);
+        p.set("dataproduct_type", "margin");
+        p.set("hats_nrows", rows);
+        p.set("hats_col_ra", spec.ra);
+        p.set("hats_col_dec", spec.dec);
+        p.set("hats_col_healpix", HPX_COLUMN);
+        p.set("hats_col_healpix_order", 29);
+        p.set("hats_npix_suffix", ".parquet");
+        p.set("hats_primary_table_url", spec.primary);
+        p.set("hats_margin_threshold", self.threshold_arcsec);
+        p.set(
+            "hats_order",
+            pixels.iter().map(|p| p.order).max().unwrap_or(0),
+        );
+        set_provenance(&mut p);
+        p.write(&dir.join("hats.properties"), "HATS catalog")?;
+        p.write(&dir.join("properties"), "HATS catalog")?;
+        Ok(rows)
+    }
 }
 
 #[cfg(test)]
@@ -243,12 +278,31 @@ mod tests {
     }
 
     #[test]
-    fn cone_near_edge_touches_neighbour() {
-        // A point just across the boundary between two order-3 cells.
-        let q = Pixel { order: 3, pix: 100 };
-        let (lon, lat) = cdshealpix::nested::vertices(3, 100)[0];
-        assert!(cone_touches(lon + 1e-6, lat, 1e-4, q));
-        let far = cdshealpix::nested::center(3, 500);
-        assert!(!cone_touches(far.0, far.1, 1e-4, q));
+    fn border_cells_by_morton_code() {
+        let p = Pixel { order: 2, pix: 7 };
+        // At order 4 the partition has a 4x4 grid of cells: 12 on the border, 4 inside.
+        let border = (0..16u64)
+            .filter(|sub| on_border(healpix::hpx29_range(4, (7 << 4) | sub).start, p, 4))
+            .count();
+        assert_eq!(border, 12);
+        // Same order: everything is border.
+        assert!(on_border(healpix::hpx29_range(2, 7).start, p, 2));
+    }
+
+    #[test]
+    fn interior_cells_have_all_neighbours_inside() {
+        // Independent check with cdshealpix neighbours: a non-border cell's neighbours all
+        // belong to the partition.
+        let p = Pixel { order: 3, pix: 300 };
+        let m = 7;
+        let shift = 2 * (m - p.order) as u32;
+        for sub in 0..(1u64 << shift) {
+            let cell = (p.pix << shift) | sub;
+            let inside = !on_border(healpix::hpx29_range(m, cell).start, p, m);
+            let all_in = healpix::neighbours(m, cell)
+                .iter()
+                .all(|n| n >> shift == p.pix);
+            assert_eq!(inside, all_in, "cell {cell}");
+        }
     }
 }

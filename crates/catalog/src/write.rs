@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -19,11 +19,25 @@ use crate::layout::Pixel;
 use crate::{Error, Result};
 
 /// Parquet writer settings for partitions: row groups small enough that a cone reads only
-/// the ones it needs, page statistics on the sort key, snappy pages.
-pub(crate) fn writer_properties(row_group_rows: usize, hpx_column: &str) -> Arc<WriterProperties> {
+/// the ones it needs, page statistics on the sort key, snappy pages, and dictionary encoding
+/// only for text columns (numeric measurements are nearly all distinct, so a dictionary is
+/// built and then abandoned: wasted time).
+pub(crate) fn writer_properties(
+    row_group_rows: usize,
+    hpx_column: &str,
+    schema: &SchemaRef,
+) -> Arc<WriterProperties> {
+    let mut b = WriterProperties::builder().set_dictionary_enabled(false);
+    for f in schema.fields() {
+        if matches!(
+            f.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), true);
+        }
+    }
     Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
+        b.set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
             .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_column_statistics_enabled(ColumnPath::from(hpx_column), EnabledStatistics::Page)

@@ -64,7 +64,7 @@ fn gaia_csv_gz_ingests_and_cones_match_brute_force() {
         partition_rows: 50_000,
         ..small_opts()
     };
-    let report = ingest(&store, "gaia", &[input.clone()], &opts, &quiet).unwrap();
+    let report = ingest(&store, "gaia", std::slice::from_ref(&input), &opts, &quiet).unwrap();
     assert_eq!(report.rows, 482_106);
     assert!(report.partitions > 10);
     assert!(report.margin_rows > 0);
@@ -208,7 +208,7 @@ fn reingest_replaces_atomically() {
     ingest(&store, "t", &[a], &small_opts(), &quiet).unwrap();
     let first = std::fs::read_link(dir.path().join("t")).unwrap();
     assert_eq!(store.catalog("t").unwrap().total_rows().unwrap(), 2);
-    ingest(&store, "t", &[b.clone()], &small_opts(), &quiet).unwrap();
+    ingest(&store, "t", std::slice::from_ref(&b), &small_opts(), &quiet).unwrap();
     assert_eq!(store.catalog("t").unwrap().total_rows().unwrap(), 3);
     assert!(!dir.path().join(&first).exists(), "old version removed");
     // A failed re-ingest leaves the current version in place.
@@ -363,7 +363,7 @@ fn schema_file_overrides_types_and_metadata() {
     );
     let mut opts = small_opts();
     opts.read.schema = Some(meridian_formats::SchemaOverride::load(&schema).unwrap());
-    ingest(&store, "s", &[f.clone()], &opts, &quiet).unwrap();
+    ingest(&store, "s", std::slice::from_ref(&f), &opts, &quiet).unwrap();
     let cols = store.catalog("s").unwrap().columns();
     let ra = cols.iter().find(|c| c.name == "ra").unwrap();
     assert_eq!(ra.meta.unit.as_deref(), Some("deg"));

@@ -51,11 +51,19 @@ fn is_null(s: &[u8]) -> bool {
 }
 
 fn parse_int(s: &str) -> Option<i64> {
-    s.trim().parse().ok()
+    lexical_core::parse(s.trim().as_bytes()).ok()
 }
 
 fn parse_float(s: &str) -> Option<f64> {
-    s.trim().parse().ok()
+    let t = s.trim().as_bytes();
+    lexical_core::parse(t)
+        .ok()
+        .or_else(|| match t.to_ascii_lowercase().as_slice() {
+            b"nan" | b"+nan" | b"-nan" => Some(f64::NAN),
+            b"inf" | b"+inf" | b"infinity" | b"+infinity" => Some(f64::INFINITY),
+            b"-inf" | b"-infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        })
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -166,6 +174,7 @@ pub(crate) struct CsvReader {
     kinds: Vec<Kind>,
     columns: Vec<Column>,
     pending: VecDeque<csv::ByteRecord>,
+    record: csv::ByteRecord,
     batch_rows: usize,
     skip_bad_rows: bool,
     bad: BadRows,
@@ -260,6 +269,7 @@ impl CsvReader {
             kinds,
             columns,
             pending,
+            record: csv::ByteRecord::new(),
             batch_rows: options.batch_rows.max(1),
             skip_bad_rows: options.skip_bad_rows,
             bad: BadRows::default(),
@@ -308,36 +318,46 @@ impl CsvReader {
         Ok(())
     }
 
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        if self.done {
-            return Ok(None);
-        }
-        let mut rows = 0;
-        let mut record = csv::ByteRecord::new();
-        while rows < self.batch_rows {
-            let rec = match self.pending.pop_front() {
+    /// Appends rows to the column buffers until the batch is full or the input ends.
+    fn fill(&mut self, record: &mut csv::ByteRecord, rows: &mut usize) -> Result<()> {
+        while *rows < self.batch_rows {
+            let pending = self.pending.pop_front();
+            let rec = match &pending {
                 Some(r) => r,
                 None => {
                     if !self
                         .reader
-                        .read_byte_record(&mut record)
+                        .read_byte_record(record)
                         .map_err(|e| csv_error(&self.path, e))?
                     {
                         self.done = true;
                         break;
                     }
-                    std::mem::take(&mut record)
+                    &*record
                 }
             };
             if rec.len() == 1 && rec[0].is_empty() {
                 continue;
             }
-            match self.push_record(&rec, rows) {
-                Ok(()) => rows += 1,
+            match self.push_record(rec, *rows) {
+                Ok(()) => *rows += 1,
                 Err(e) if self.skip_bad_rows => self.bad.record(e.to_string()),
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut rows = 0;
+        // One record buffer reused for every row of the file.
+        let mut record = std::mem::take(&mut self.record);
+        let result = self.fill(&mut record, &mut rows);
+        self.record = record;
+        result?;
         if rows == 0 {
             return Ok(None);
         }
