@@ -3,6 +3,7 @@
 # tests, then the Python suite (healpy, astropy, hats, lsdb, hats-import as oracles)
 # against the real meridian binary. Used as is by .ci/run.
 set -euo pipefail
+shopt -s inherit_errexit 2>/dev/null || true
 cd "$(dirname "$0")/.."
 
 # Build outputs live outside the clone so repeated runs are incremental.
@@ -30,8 +31,11 @@ rust_failed=$(grep -Eo '[0-9]+ failed' "$CARGO_TARGET_DIR/cargo-test.log" | awk 
 
 step "python tests"
 cargo build --quiet -p meridian
-export MERIDIAN_BIN="$CARGO_TARGET_DIR/debug/meridian"
-python3 -m pytest tests/python -q -p no:cacheprovider -W ignore::DeprecationWarning -W ignore::FutureWarning
+export TEST_MERIDIAN_BIN="$CARGO_TARGET_DIR/debug/meridian"
+python3 -m pytest tests/python -q -p no:cacheprovider -W ignore::DeprecationWarning -W ignore::FutureWarning \
+    | tee "$CARGO_TARGET_DIR/pytest.log"
+py_passed=$(tail -n 1 "$CARGO_TARGET_DIR/pytest.log" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+' || echo 0)
 
 step "done"
-echo "rust: $rust_passed passed, $rust_failed failed"
+echo "rust tests: $rust_passed passed; python tests: $py_passed passed"
+echo "tests: $((rust_passed + py_passed)) passed, $rust_failed failed"

@@ -11,7 +11,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def meridian_bin() -> str:
-    env = os.environ.get("MERIDIAN_BIN")
+    env = os.environ.get("TEST_MERIDIAN_BIN")
     if env:
         return env
     target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))

@@ -84,11 +84,16 @@ impl Default for LogConfig {
 }
 
 impl Config {
-    /// Loads defaults, then `file` (if given), then the environment `env`.
+    /// Loads defaults, then `file` (if given), then the environment `env`. Returns the
+    /// configuration and the `MERIDIAN_*` variables that name no configuration section or
+    /// key (ignored, for the caller to warn about); an unknown key inside a known section
+    /// is an error, as it is most likely a typo.
     pub fn load(
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, Vec<String>)> {
+        const TOP: [&str; 3] = ["data_dir", "ingest", "log"];
+        let mut ignored = Vec::new();
         let mut table = match file {
             Some(f) => {
                 let text = std::fs::read_to_string(f)
@@ -106,6 +111,10 @@ impl Config {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if !TOP.contains(&path[0].as_str()) {
+                ignored.push(key);
+                continue;
+            }
             let parsed = format!("v = {value}")
                 .parse::<toml::Table>()
                 .ok()
@@ -125,7 +134,7 @@ impl Config {
             .try_into()
             .context("invalid configuration (file or MERIDIAN_* environment)")?;
         config.validate()?;
-        Ok(config)
+        Ok((config, ignored))
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -158,7 +167,7 @@ mod tests {
     #[test]
     fn example_config_parses_and_matches_defaults() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../meridian.example.toml");
-        let c = Config::load(Some(&example), std::iter::empty()).unwrap();
+        let (c, _) = Config::load(Some(&example), std::iter::empty()).unwrap();
         assert_eq!(c.ingest, IngestConfig::default());
         assert_eq!(c.log, LogConfig::default());
     }
@@ -172,10 +181,12 @@ mod tests {
                 "5000".to_string(),
             ),
             ("OTHER".to_string(), "1".to_string()),
+            ("MERIDIAN_SOMETHING_ELSE".to_string(), "x".to_string()),
         ];
-        let c = Config::load(None, env.into_iter()).unwrap();
+        let (c, ignored) = Config::load(None, env.into_iter()).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.ingest.partition_rows, 5000);
+        assert_eq!(ignored, vec!["MERIDIAN_SOMETHING_ELSE".to_string()]);
     }
 
     #[test]

@@ -228,11 +228,14 @@ fn init_logging(config: &Config) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    let (mut config, ignored) = Config::load(cli.config.as_deref(), std::env::vars())?;
     if let Some(d) = &cli.data_dir {
         config.data_dir = d.clone();
     }
     init_logging(&config);
+    for var in ignored {
+        tracing::warn!(variable = %var, "ignoring environment variable: it names no configuration key");
+    }
     let quiet = cli.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.command {
         Command::Generate(args) => {
