@@ -99,3 +99,31 @@ def test_bad_coordinates_are_refused_with_line():
     p = run("sky", "healpix", "--order", 5, input="10,20\n10,95\n", check=False)
     assert p.returncode != 0
     assert "line 2" in p.stderr and "95" in p.stderr
+
+
+POLYGONS = [  # convex polygons (healpy's query_polygon needs convexity)
+    [(10, 10), (20, 10), (20, 20), (10, 20)],
+    [(355, -5), (5, -5), (5, 5), (355, 5)],                 # across RA = 0/360
+    [(0, 80), (120, 80), (240, 80)],                       # around the north pole
+    [(100, -60), (140, -55), (150, -70), (110, -75)],
+    [(200, 0), (230, 30), (180, 40)],
+]
+
+
+@pytest.mark.parametrize("vertices", POLYGONS)
+@pytest.mark.parametrize("order", [6, 9])
+def test_polygon_coverage_either_winding_matches_healpy(vertices, order):
+    nside = 2**order
+
+    def ours(vs):
+        flat = ",".join(f"{ra},{dec}" for ra, dec in vs)
+        return set(int(x) for x in run("sky", "polygon-cells", "--order", order, "--vertices", flat).stdout.split())
+
+    forward, backward = ours(vertices), ours(vertices[::-1])
+    assert forward == backward, "winding must not change the region"
+    vecs = np.array([hp.ang2vec(ra, dec, lonlat=True) for ra, dec in vertices])
+    centres = set(hp.query_polygon(nside, vecs, inclusive=False, nest=True).tolist())
+    assert centres <= forward
+    # Not the complement: the area is that of the small polygon, within a border of cells.
+    inclusive = set(hp.query_polygon(nside, vecs, inclusive=True, fact=8, nest=True).tolist())
+    assert len(forward) <= 1.5 * len(inclusive) + 50

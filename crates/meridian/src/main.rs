@@ -110,6 +110,15 @@ enum SkyCommand {
         #[arg(long)]
         radius_deg: f64,
     },
+    /// HEALPix cells at `order` covering a polygon (either winding; the smaller side).
+    PolygonCells {
+        /// HEALPix order (0-29).
+        #[arg(long)]
+        order: u8,
+        /// Vertices as "ra1,dec1,ra2,dec2,..." in degrees.
+        #[arg(long, allow_hyphen_values = true)]
+        vertices: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -561,15 +570,34 @@ fn sky(cmd: SkyCommand) -> anyhow::Result<()> {
             radius_deg,
         } => {
             let region = Region::Circle(Circle::new(SkyPoint::new(ra, dec)?, radius_deg)?);
-            let shift = 2 * (29 - order as u32);
-            for r in region.hpx29_ranges(order)? {
-                for cell in (r.start >> shift)..(r.end >> shift) {
-                    writeln!(out, "{cell}")?;
-                }
+            write_cells(&region, order, &mut out)?;
+        }
+        SkyCommand::PolygonCells { order, vertices } => {
+            let n = vertices.split(',').count();
+            let v = numbers(&vertices, n, 1)?;
+            if n % 2 != 0 {
+                bail!("--vertices needs pairs of numbers, got {n}");
             }
+            let points = v
+                .chunks(2)
+                .map(|c| SkyPoint::new(c[0], c[1]))
+                .collect::<Result<Vec<_>, _>>()?;
+            let region = Region::Polygon(meridian_sky::Polygon::new(points)?);
+            write_cells(&region, order, &mut out)?;
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Prints the cells at `order` of a region's coverage, one per line.
+fn write_cells(region: &Region, order: u8, out: &mut dyn Write) -> anyhow::Result<()> {
+    let shift = 2 * (29 - order as u32);
+    for r in region.hpx29_ranges(order)? {
+        for cell in (r.start >> shift)..(r.end >> shift) {
+            writeln!(out, "{cell}")?;
+        }
+    }
     Ok(())
 }
 
