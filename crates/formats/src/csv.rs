@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use crate::detect::open_stream;
-use crate::{BadRows, ByteCounter, Compression, Error, Format, ReadOptions, Result, TableReader};
+use crate::{BadRows, BatchSource, ByteCounter, Compression, Error, Format, ReadOptions, Result};
 
 /// How a column's text is parsed; the Arrow type of the batch may be a narrower cast of it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -179,6 +179,20 @@ pub(crate) struct CsvReader {
     skip_bad_rows: bool,
     bad: BadRows,
     done: bool,
+}
+
+impl BatchSource for CsvReader {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        self.read_batch()
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn bad_rows(&self) -> BadRows {
+        self.bad.clone()
+    }
 }
 
 impl CsvReader {
@@ -348,7 +362,7 @@ impl CsvReader {
         Ok(())
     }
 
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
         if self.done {
             return Ok(None);
         }
@@ -437,30 +451,5 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
             path,
             format!("malformed CSV near line {}: {other:?}", line.unwrap_or(0)),
         ),
-    }
-}
-
-impl Iterator for CsvReader {
-    type Item = Result<RecordBatch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self.next_batch() {
-            Ok(Some(b)) => Some(Ok(b)),
-            Ok(None) => None,
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
-    }
-}
-
-impl TableReader for CsvReader {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn bad_rows(&self) -> BadRows {
-        self.bad.clone()
     }
 }

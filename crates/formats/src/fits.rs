@@ -18,8 +18,8 @@ use arrow::record_batch::RecordBatch;
 
 use crate::detect::open_stream;
 use crate::{
-    BadRows, ByteCounter, ColumnMeta, Compression, Error, ReadOptions, Result, TableReader,
-    apply_override, cast_batch,
+    BatchSource, ByteCounter, ColumnMeta, Compression, Error, ReadOptions, Result, apply_override,
+    cast_batch,
 };
 
 const BLOCK: usize = 2880;
@@ -237,6 +237,16 @@ pub(crate) struct FitsReader {
     buf: Vec<u8>,
 }
 
+impl BatchSource for FitsReader {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        self.read_batch()
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
 impl FitsReader {
     pub(crate) fn open(
         path: &Path,
@@ -372,7 +382,7 @@ impl FitsReader {
         })
     }
 
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
         if self.rows_left == 0 {
             return Ok(None);
         }
@@ -568,30 +578,5 @@ fn decode_column(c: &Col, buf: &[u8], row_bytes: usize, rows: usize) -> ArrayRef
         Arc::new(FixedSizeListArray::new(field, elems as i32, values, None))
     } else {
         values
-    }
-}
-
-impl Iterator for FitsReader {
-    type Item = Result<RecordBatch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self.next_batch() {
-            Ok(Some(b)) => Some(Ok(b)),
-            Ok(None) => None,
-            Err(e) => {
-                self.rows_left = 0;
-                Some(Err(e))
-            }
-        }
-    }
-}
-
-impl TableReader for FitsReader {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn bad_rows(&self) -> BadRows {
-        BadRows::default()
     }
 }

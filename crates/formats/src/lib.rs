@@ -91,6 +91,67 @@ pub trait TableReader: Iterator<Item = Result<RecordBatch>> + Send {
     fn bad_rows(&self) -> BadRows;
 }
 
+/// What each format reader implements; [`Batches`] turns it into a [`TableReader`].
+pub(crate) trait BatchSource: Send {
+    /// The next batch, `None` at the end.
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+    /// The schema of every batch.
+    fn schema(&self) -> SchemaRef;
+    /// Rows skipped so far.
+    fn bad_rows(&self) -> BadRows {
+        BadRows::default()
+    }
+}
+
+/// A [`BatchSource`] as an iterator that stops for good after the end or an error.
+pub(crate) struct Batches<S> {
+    source: S,
+    done: bool,
+}
+
+impl<S: BatchSource> Batches<S> {
+    pub(crate) fn boxed(source: S) -> Box<dyn TableReader>
+    where
+        S: 'static,
+    {
+        Box::new(Self {
+            source,
+            done: false,
+        })
+    }
+}
+
+impl<S: BatchSource> Iterator for Batches<S> {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.source.next_batch() {
+            Ok(Some(b)) => Some(Ok(b)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<S: BatchSource> TableReader for Batches<S> {
+    fn schema(&self) -> SchemaRef {
+        self.source.schema()
+    }
+
+    fn bad_rows(&self) -> BadRows {
+        self.source.bad_rows()
+    }
+}
+
 /// Opens a table file, detecting its format from its name and checking its content.
 pub fn open(path: &Path, options: &ReadOptions) -> Result<Box<dyn TableReader>> {
     open_counted(path, options, ByteCounter::default())
@@ -104,24 +165,25 @@ pub fn open_counted(
     counter: ByteCounter,
 ) -> Result<Box<dyn TableReader>> {
     let (format, compression) = detect(path)?;
-    let reader: Box<dyn TableReader> = match format {
-        Format::Csv | Format::Tsv => Box::new(csv::CsvReader::open(
+    Ok(match format {
+        Format::Csv | Format::Tsv => Batches::boxed(csv::CsvReader::open(
             path,
             format,
             compression,
             options,
             counter,
         )?),
-        Format::Fits => Box::new(fits::FitsReader::open(path, compression, options, counter)?),
-        Format::VoTable => Box::new(votable::VoTableReader::open(
+        Format::Fits => {
+            Batches::boxed(fits::FitsReader::open(path, compression, options, counter)?)
+        }
+        Format::VoTable => Batches::boxed(votable::VoTableReader::open(
             path,
             compression,
             options,
             counter,
         )?),
-        Format::Parquet => Box::new(parquet::ParquetReader::open(path, options, counter)?),
-    };
-    Ok(reader)
+        Format::Parquet => Batches::boxed(parquet::ParquetReader::open(path, options, counter)?),
+    })
 }
 
 /// Applies a schema override's metadata (unit, UCD, description) to a schema and returns the

@@ -5,9 +5,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use crate::{
-    BadRows, ByteCounter, Error, ReadOptions, Result, TableReader, apply_override, cast_batch,
-};
+use crate::{BatchSource, ByteCounter, Error, ReadOptions, Result, apply_override, cast_batch};
 
 /// Parquet reader: row groups are streamed batch by batch; column metadata comes from the
 /// embedded Arrow schema.
@@ -44,29 +42,18 @@ impl ParquetReader {
     }
 }
 
-impl Iterator for ParquetReader {
-    type Item = Result<RecordBatch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let batch = self.inner.next()?;
-        Some(match batch {
-            Ok(b) => {
-                self.counter
-                    .add((b.num_rows() as f64 * self.bytes_per_row) as u64);
-                // Drop file-level metadata from batches; the schema carries what matters.
-                cast_batch(b, &self.schema, &self.path)
-            }
-            Err(e) => Err(Error::format(&self.path, format!("parquet: {e}"))),
-        })
+impl BatchSource for ParquetReader {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let Some(batch) = self.inner.next() else {
+            return Ok(None);
+        };
+        let b = batch.map_err(|e| Error::format(&self.path, format!("parquet: {e}")))?;
+        self.counter
+            .add((b.num_rows() as f64 * self.bytes_per_row) as u64);
+        cast_batch(b, &self.schema, &self.path).map(Some)
     }
-}
 
-impl TableReader for ParquetReader {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
-    }
-
-    fn bad_rows(&self) -> BadRows {
-        BadRows::default()
     }
 }

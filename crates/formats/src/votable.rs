@@ -18,7 +18,7 @@ use quick_xml::events::{BytesStart, Event};
 
 use crate::detect::open_stream;
 use crate::{
-    BadRows, ByteCounter, ColumnMeta, Compression, Error, ReadOptions, Result, TableReader,
+    BadRows, BatchSource, ByteCounter, ColumnMeta, Compression, Error, ReadOptions, Result,
     apply_override, cast_batch,
 };
 
@@ -284,6 +284,20 @@ fn attr(e: &BytesStart, name: &[u8]) -> Option<String> {
         .flatten()
         .find(|a| a.key.as_ref() == name)
         .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
+}
+
+impl BatchSource for VoTableReader {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        self.read_batch()
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn bad_rows(&self) -> BadRows {
+        self.bad.clone()
+    }
 }
 
 impl VoTableReader {
@@ -707,7 +721,7 @@ impl VoTableReader {
         Ok(more)
     }
 
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
         match self.state {
             State::TableData(_) => {
                 self.fill_tabledata()?;
@@ -814,30 +828,5 @@ fn scalar_f64(t: VoType, b: &[u8]) -> f64 {
         VoType::Float => f32::from_be_bytes(b[..4].try_into().unwrap()) as f64,
         VoType::Double => f64::from_be_bytes(b[..8].try_into().unwrap()),
         _ => f64::NAN,
-    }
-}
-
-impl Iterator for VoTableReader {
-    type Item = Result<RecordBatch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self.next_batch() {
-            Ok(Some(b)) => Some(Ok(b)),
-            Ok(None) => None,
-            Err(e) => {
-                self.state = State::Done;
-                Some(Err(e))
-            }
-        }
-    }
-}
-
-impl TableReader for VoTableReader {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn bad_rows(&self) -> BadRows {
-        self.bad.clone()
     }
 }

@@ -233,17 +233,9 @@ fn field(
     Field::new(name, t, nullable).with_metadata(m)
 }
 
-/// Schema of the Object table for a profile.
-pub fn object_schema(profile: Profile) -> SchemaRef {
-    let mut f = vec![
-        field(
-            "objectId",
-            DataType::Int64,
-            false,
-            None,
-            "meta.id;meta.main",
-            "Unique object identifier",
-        ),
+/// The ICRS position columns every table has.
+fn position_fields() -> [Field; 2] {
+    [
         field(
             "ra",
             DataType::Float64,
@@ -260,7 +252,20 @@ pub fn object_schema(profile: Profile) -> SchemaRef {
             "pos.eq.dec;meta.main",
             "Declination (ICRS)",
         ),
-    ];
+    ]
+}
+
+/// Schema of the Object table for a profile.
+pub fn object_schema(profile: Profile) -> SchemaRef {
+    let mut f = vec![field(
+        "objectId",
+        DataType::Int64,
+        false,
+        None,
+        "meta.id;meta.main",
+        "Unique object identifier",
+    )];
+    f.extend(position_fields());
     let bands: Vec<usize> = match profile {
         Profile::Full => (0..6).collect(),
         Profile::Narrow => vec![1, 2, 3],
@@ -408,7 +413,7 @@ fn object_batch(spec: &SurveySpec, objs: &[Obj]) -> RecordBatch {
 /// Schema of the Source and ForcedSource tables.
 pub fn source_schema(forced: bool) -> SchemaRef {
     let id = if forced { "forcedSourceId" } else { "sourceId" };
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         field(
             id,
             DataType::Int64,
@@ -425,22 +430,9 @@ pub fn source_schema(forced: bool) -> SchemaRef {
             "meta.id",
             "Object measured",
         ),
-        field(
-            "ra",
-            DataType::Float64,
-            false,
-            Some("deg"),
-            "pos.eq.ra;meta.main",
-            "Right ascension (ICRS)",
-        ),
-        field(
-            "dec",
-            DataType::Float64,
-            false,
-            Some("deg"),
-            "pos.eq.dec;meta.main",
-            "Declination (ICRS)",
-        ),
+    ];
+    fields.extend(position_fields());
+    fields.extend([
         field(
             "band",
             DataType::Utf8,
@@ -473,7 +465,8 @@ pub fn source_schema(forced: bool) -> SchemaRef {
             "stat.error;phot.flux.density",
             "PSF flux uncertainty",
         ),
-    ]))
+    ]);
+    Arc::new(Schema::new(fields))
 }
 
 fn source_batch(spec: &SurveySpec, objs: &[Obj], chunk: u64, forced: bool) -> RecordBatch {
