@@ -228,6 +228,7 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
@@ -628,7 +629,7 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
             dec: None,
             schema: None,
             skip_bad_rows: false,
-            partition_rows: Some(50_000),
+            partition_rows: Some(10_000),
             min_order: None,
             max_order: None,
             row_group_rows: None,
