@@ -239,7 +239,7 @@ impl Catalog {
 
 /// A HEALPix order fine enough to prune row groups for this region, coarse enough to keep
 /// the range list short.
-pub(crate) fn coverage_order(region: &Region) -> u8 {
+pub fn coverage_order(region: &Region) -> u8 {
     let size_deg = match region {
         Region::Circle(c) => c.radius_deg(),
         Region::Box(b) => b.width_deg().min(b.height_deg()) / 2.0,
@@ -253,7 +253,7 @@ pub(crate) fn coverage_order(region: &Region) -> u8 {
 }
 
 /// Whether sorted disjoint `ranges` overlap `r`.
-pub(crate) fn overlaps(ranges: &[Range<u64>], r: &Range<u64>) -> bool {
+pub fn overlaps(ranges: &[Range<u64>], r: &Range<u64>) -> bool {
     let i = ranges.partition_point(|x| x.end <= r.start);
     i < ranges.len() && ranges[i].start < r.end
 }

@@ -14,6 +14,7 @@ mod parquet;
 mod progress;
 mod schema_file;
 mod votable;
+pub mod write;
 
 use std::path::Path;
 use std::sync::Arc;

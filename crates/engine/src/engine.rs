@@ -1,0 +1,118 @@
+//! An engine over a catalog store: every catalog is a table; ADQL is parsed, validated,
+//! translated and run in a session from [`build_session`](crate::session::build_session).
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::prelude::{DataFrame, SessionContext};
+use meridian_adql::FunctionRegistry;
+use meridian_adql::ast::ObjectName;
+use meridian_adql::functions::Kind;
+use meridian_catalog::Store;
+
+use crate::Result;
+use crate::hats_table::HatsTable;
+use crate::session::{EngineConfig, build_session};
+use crate::translate::{Tables, to_sql};
+
+/// Query languages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// ADQL 2.0 / 2.1.
+    Adql,
+    /// DataFusion's SQL (PostgreSQL-like) with the same functions.
+    Sql,
+}
+
+/// Catalog tables and a session to query them.
+pub struct Engine {
+    ctx: SessionContext,
+    tables: Vec<(String, Arc<HatsTable>)>,
+    functions: FunctionRegistry,
+}
+
+/// The functions ADQL queries may call: ADQL's own and the UDFs Meridian provides.
+pub fn functions() -> FunctionRegistry {
+    let mut f = FunctionRegistry::adql();
+    f.declare("ivo_healpix_index", 3, 3, Kind::Numeric)
+        .declare("q3c_dist", 4, 4, Kind::Numeric)
+        .declare("q3c_radial_query", 5, 5, Kind::Boolean)
+        .declare("q3c_join", 5, 5, Kind::Boolean);
+    f
+}
+
+impl Engine {
+    /// Opens every catalog of `store` as a table.
+    pub fn open(store: &Store, config: &EngineConfig) -> Result<Self> {
+        let ctx = build_session(config)?;
+        let mut tables = Vec::new();
+        for name in store.list()? {
+            let t = Arc::new(HatsTable::new(store.catalog(&name)?));
+            ctx.register_table(
+                datafusion::common::TableReference::bare(name.as_str()),
+                t.clone(),
+            )?;
+            tables.push((name, t));
+        }
+        Ok(Self {
+            ctx,
+            tables,
+            functions: functions(),
+        })
+    }
+
+    /// The session (for registering more tables).
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// A catalog table by exact name.
+    pub fn table(&self, name: &str) -> Option<&Arc<HatsTable>> {
+        self.tables.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Parses, validates and translates ADQL to the SQL the session runs.
+    pub fn translate(&self, adql: &str) -> Result<String> {
+        let q = meridian_adql::parse(adql, &self.functions)?;
+        to_sql(&q, self)
+    }
+
+    /// Plans a query; run it with `DataFrame::execute_stream`.
+    pub async fn query(&self, text: &str, lang: Lang) -> Result<DataFrame> {
+        let sql = match lang {
+            Lang::Adql => self.translate(text)?,
+            Lang::Sql => text.to_string(),
+        };
+        tracing::debug!(%sql, "planning");
+        Ok(self.ctx.sql(&sql).await?)
+    }
+}
+
+impl Tables for Engine {
+    fn resolve(&self, name: &ObjectName) -> Option<(String, SchemaRef)> {
+        let last = name.last();
+        // A qualifying schema is accepted as written; catalogs live in one namespace.
+        self.tables
+            .iter()
+            .find(|(n, _)| *n == last.value)
+            .or_else(|| {
+                (!last.quoted)
+                    .then(|| {
+                        self.tables
+                            .iter()
+                            .find(|(n, _)| n.eq_ignore_ascii_case(&last.value))
+                    })
+                    .flatten()
+            })
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    datafusion::datasource::TableProvider::schema(t.as_ref()),
+                )
+            })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tables.iter().map(|(n, _)| n.clone()).collect()
+    }
+}

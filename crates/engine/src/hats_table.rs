@@ -1,0 +1,236 @@
+//! A HATS catalog as a DataFusion table. Spatial predicates among the pushed-down filters
+//! (`adql_contains_*(ra, dec, literals...) = 1`, `adql_distance(ra, dec, lit, lit) < r`,
+//! `q3c_radial_query(ra, dec, lit, lit, lit)`) become HEALPix order-29 ranges: partitions
+//! outside them are never opened, and an equivalent `_healpix_29` range filter lets the
+//! Parquet reader skip row groups and pages by their statistics. The original predicate
+//! stays in the plan (pushdown is inexact), so results are exact.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::{Result, ScalarValue};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, col, lit};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use meridian_catalog::{Catalog, Pixel};
+use meridian_sky::{Circle, Polygon, Region, SkyBox, SkyPoint};
+
+/// Partitions read by the last scan, against the total (for EXPLAIN and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruning {
+    /// Partitions in the catalog.
+    pub partitions_total: usize,
+    /// Partitions the scan reads.
+    pub partitions_read: usize,
+}
+
+/// A HATS catalog served to DataFusion.
+#[derive(Debug)]
+pub struct HatsTable {
+    catalog: Catalog,
+    last: Mutex<Pruning>,
+}
+
+impl HatsTable {
+    /// Wraps an opened catalog.
+    pub fn new(catalog: Catalog) -> Self {
+        Self {
+            catalog,
+            last: Mutex::new(Pruning::default()),
+        }
+    }
+
+    /// Pruning figures of the most recent scan.
+    pub fn last_pruning(&self) -> Pruning {
+        *self.last.lock().expect("pruning lock")
+    }
+
+    /// The sky region that `filters` restrict the positions to, if one can be read off.
+    fn region(&self, filters: &[Expr]) -> Option<Region> {
+        filters
+            .iter()
+            .find_map(|f| region_of(f, self.catalog.ra_column(), self.catalog.dec_column()))
+    }
+}
+
+fn is_column(e: &Expr, name: &str) -> bool {
+    match e {
+        Expr::Column(c) => c.name == name,
+        Expr::Cast(c) => is_column(&c.expr, name),
+        Expr::TryCast(c) => is_column(&c.expr, name),
+        _ => false,
+    }
+}
+
+fn number(e: &Expr) -> Option<f64> {
+    match e {
+        Expr::Literal(v, _) => match v {
+            ScalarValue::Float64(Some(x)) => Some(*x),
+            ScalarValue::Float32(Some(x)) => Some(*x as f64),
+            ScalarValue::Int64(Some(x)) => Some(*x as f64),
+            ScalarValue::Int32(Some(x)) => Some(*x as f64),
+            ScalarValue::Int16(Some(x)) => Some(*x as f64),
+            ScalarValue::Int8(Some(x)) => Some(*x as f64),
+            ScalarValue::UInt64(Some(x)) => Some(*x as f64),
+            ScalarValue::UInt32(Some(x)) => Some(*x as f64),
+            _ => None,
+        },
+        Expr::Cast(c) => number(&c.expr),
+        Expr::TryCast(c) => number(&c.expr),
+        Expr::Negative(inner) => number(inner).map(|x| -x),
+        _ => None,
+    }
+}
+
+/// The region a spatial function call on (ra, dec) with literal arguments selects.
+fn call_region(f: &ScalarFunction, ra: &str, dec: &str, bound: Option<f64>) -> Option<Region> {
+    let a = &f.args;
+    if a.len() < 2 || !is_column(&a[0], ra) || !is_column(&a[1], dec) {
+        return None;
+    }
+    let nums: Option<Vec<f64>> = a[2..].iter().map(number).collect();
+    let v = nums?;
+    let point = |i: usize| SkyPoint::new(v[i], v[i + 1]).ok();
+    match (f.func.name(), bound) {
+        ("adql_contains_circle" | "q3c_radial_query", None) if v.len() == 3 => {
+            Circle::new(point(0)?, v[2]).ok().map(Region::Circle)
+        }
+        ("adql_contains_box", None) if v.len() == 4 => {
+            SkyBox::new(point(0)?, v[2], v[3]).ok().map(Region::Box)
+        }
+        ("adql_contains_polygon", None) if v.len() >= 6 && v.len() % 2 == 0 => {
+            let pts: Option<Vec<SkyPoint>> = (0..v.len()).step_by(2).map(point).collect();
+            Polygon::new(pts?).ok().map(Region::Polygon)
+        }
+        ("adql_distance" | "q3c_dist", Some(r)) if v.len() == 2 => {
+            Circle::new(point(0)?, r).ok().map(Region::Circle)
+        }
+        _ => None,
+    }
+}
+
+/// Reads a region off one filter conjunct.
+fn region_of(e: &Expr, ra: &str, dec: &str) -> Option<Region> {
+    match e {
+        Expr::ScalarFunction(f) => call_region(f, ra, dec, None),
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (func, other, op) = match (&**left, &**right) {
+                (Expr::ScalarFunction(f), other) => (f, other, *op),
+                (other, Expr::ScalarFunction(f)) => (f, other, op.swap()?),
+                _ => return None,
+            };
+            let value = number(other)?;
+            match op {
+                Operator::Eq if value == 1.0 => call_region(func, ra, dec, None),
+                Operator::Lt | Operator::LtEq => call_region(func, ra, dec, Some(value)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `_healpix_29` range filter equivalent to (a superset of) `ranges`, at most `max` terms.
+fn hpx_filter(column: &str, ranges: &[Range<u64>], max: usize) -> Option<Expr> {
+    if ranges.is_empty() {
+        return None;
+    }
+    // Merge the closest neighbours until few enough ranges remain.
+    let mut r: Vec<Range<u64>> = ranges.to_vec();
+    while r.len() > max {
+        let (i, _) = r
+            .windows(2)
+            .enumerate()
+            .min_by_key(|(_, w)| w[1].start - w[0].end)?;
+        r[i].end = r[i + 1].end;
+        r.remove(i + 1);
+    }
+    r.into_iter()
+        .map(|x| {
+            col(column)
+                .gt_eq(lit(x.start as i64))
+                .and(col(column).lt(lit(x.end as i64)))
+        })
+        .reduce(|a, b| a.or(b))
+}
+
+#[async_trait::async_trait]
+impl TableProvider for HatsTable {
+    fn schema(&self) -> SchemaRef {
+        self.catalog.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let region = self.region(filters);
+        let ranges = match &region {
+            Some(r) => Some(
+                r.hpx29_ranges(meridian_catalog::coverage_order(r))
+                    .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let partitions: Vec<Pixel> = self
+            .catalog
+            .partitions()
+            .iter()
+            .filter(|p| {
+                ranges
+                    .as_ref()
+                    .is_none_or(|r| meridian_catalog::overlaps(r, &p.hpx29_range()))
+            })
+            .copied()
+            .collect();
+        *self.last.lock().expect("pruning lock") = Pruning {
+            partitions_total: self.catalog.partitions().len(),
+            partitions_read: partitions.len(),
+        };
+        let schema = self.catalog.schema();
+        if partitions.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(schema.project(p)?),
+                None => schema,
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let urls = partitions
+            .iter()
+            .map(|p| ListingTableUrl::parse(p.path_in(self.catalog.dir()).to_string_lossy()))
+            .collect::<Result<Vec<_>>>()?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(schema);
+        let table = ListingTable::try_new(config)?;
+        let mut all = filters.to_vec();
+        if let (Some(r), Some(h)) = (&ranges, self.catalog.healpix_column()) {
+            all.extend(hpx_filter(h, r, 64));
+        }
+        table.scan(state, projection, &all, limit).await
+    }
+}

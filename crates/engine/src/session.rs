@@ -1,0 +1,51 @@
+//! The one session builder: every query, local or (later) on Ballista, runs in a session
+//! made here, with the spatial UDFs registered and the configured limits.
+
+use std::sync::Arc;
+
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::Result;
+
+/// Engine limits and parallelism.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Memory pool for query execution, bytes; beyond it operators spill or the query fails
+    /// with a resources error (the process lives).
+    pub memory_limit_bytes: usize,
+    /// Parallel partitions per query (0: the number of cores).
+    pub target_partitions: usize,
+    /// Rows per batch.
+    pub batch_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit_bytes: 2 << 30,
+            target_partitions: 0,
+            batch_size: 8192,
+        }
+    }
+}
+
+/// Builds a session: UDFs, memory pool, parallelism.
+pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(config.memory_limit_bytes, 1.0)
+        .build_arc()?;
+    let mut sc = SessionConfig::new()
+        .with_batch_size(config.batch_size)
+        .with_information_schema(true);
+    if config.target_partitions > 0 {
+        sc = sc.with_target_partitions(config.target_partitions);
+    }
+    sc.options_mut().execution.parquet.pruning = true;
+    sc.options_mut().execution.parquet.enable_page_index = true;
+    let ctx = SessionContext::new_with_config_rt(sc, Arc::clone(&runtime));
+    for udf in crate::udf::spatial_udfs() {
+        ctx.register_udf(udf);
+    }
+    Ok(ctx)
+}

@@ -1,0 +1,810 @@
+//! ADQL to DataFusion SQL. Names are resolved here, under ADQL's rules (regular
+//! identifiers match case-insensitively, delimited ones exactly), and emitted quoted with
+//! the catalog's exact spelling; unknown tables and columns get "did you mean" hints.
+//! Geometry predicates become the spatial UDFs that the HATS table provider recognises for
+//! pruning: `CONTAINS(POINT(a, b), CIRCLE(c, d, r))` becomes `adql_contains_circle(a, b, c,
+//! d, r)`, `DISTANCE(POINT(a, b), POINT(c, d))` becomes `adql_distance(a, b, c, d)`.
+
+use std::collections::HashMap;
+
+use arrow::datatypes::SchemaRef;
+use meridian_adql::ast::*;
+use meridian_adql::{Error as AdqlError, Span};
+
+use crate::{Error, Result};
+
+/// Looks up tables by ADQL name.
+pub trait Tables {
+    /// The registered (DataFusion) name and schema of a table, by the name used in ADQL.
+    fn resolve(&self, name: &ObjectName) -> Option<(String, SchemaRef)>;
+    /// All table names, for suggestions.
+    fn names(&self) -> Vec<String>;
+}
+
+fn semantic(span: Span, message: String) -> Error {
+    Error::Adql(AdqlError::Semantic { span, message })
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (
+        a.to_lowercase().chars().collect(),
+        b.to_lowercase().chars().collect(),
+    );
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn suggest<'a>(wanted: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    candidates
+        .map(|c| (edit_distance(wanted, c), c))
+        .filter(|(d, c)| *d <= 2.max(wanted.len() / 4) && *d < c.len())
+        .min()
+        .map(|(_, c)| format!("; did you mean {c}?"))
+        .unwrap_or_default()
+}
+
+/// One table in scope: the name columns are qualified with, and its columns.
+#[derive(Clone)]
+struct ScopeTable {
+    qualifier: Ident,
+    columns: Vec<String>,
+}
+
+struct Translator<'a> {
+    tables: &'a dyn Tables,
+    ctes: HashMap<String, Vec<String>>,
+}
+
+/// Translates a validated ADQL query to SQL for DataFusion.
+pub fn to_sql(q: &Query, tables: &dyn Tables) -> Result<String> {
+    Translator {
+        tables,
+        ctes: HashMap::new(),
+    }
+    .query(q)
+}
+
+impl Translator<'_> {
+    fn query(&mut self, q: &Query) -> Result<String> {
+        let mut out = String::new();
+        if !q.with.is_empty() {
+            let mut parts = Vec::new();
+            for cte in &q.with {
+                let body = self.query(&cte.query)?;
+                let cols = if cte.columns.is_empty() {
+                    self.output_columns(&cte.query)?
+                } else {
+                    cte.columns.iter().map(|c| c.value.clone()).collect()
+                };
+                let collist = if cte.columns.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        cte.columns
+                            .iter()
+                            .map(|c| quote(&c.value))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                parts.push(format!("{}{collist} AS ({body})", quote(&cte.name.value)));
+                self.ctes.insert(cte.name.value.to_lowercase(), cols);
+            }
+            out.push_str(&format!("WITH {} ", parts.join(", ")));
+        }
+        // TOP of a lone SELECT applies after ORDER BY and OFFSET.
+        let (body, top) = match &q.body {
+            SetExpr::Select(s) => (self.select(s, &q.order_by)?, s.top),
+            other => (self.set_expr(other)?, None),
+        };
+        out.push_str(&body);
+        if let (false, SetExpr::SetOp { .. } | SetExpr::Query(_)) = (q.order_by.is_empty(), &q.body)
+        {
+            let items = q
+                .order_by
+                .iter()
+                .map(|o| self.order_item(o, &[]))
+                .collect::<Result<Vec<_>>>()?;
+            out.push_str(&format!(" ORDER BY {}", items.join(", ")));
+        }
+        if let Some(n) = top {
+            out.push_str(&format!(" LIMIT {n}"));
+        }
+        if let Some(n) = q.offset {
+            out.push_str(&format!(" OFFSET {n}"));
+        }
+        Ok(out)
+    }
+
+    fn set_expr(&mut self, s: &SetExpr) -> Result<String> {
+        Ok(match s {
+            SetExpr::Select(sel) => {
+                let mut text = self.select(sel, &[])?;
+                if let Some(n) = sel.top {
+                    text = format!("{text} LIMIT {n}");
+                }
+                format!("({text})")
+            }
+            SetExpr::Query(q) => format!("({})", self.query(q)?),
+            SetExpr::SetOp {
+                op,
+                all,
+                left,
+                right,
+            } => {
+                let op = match op {
+                    SetOp::Union => "UNION",
+                    SetOp::Except => "EXCEPT",
+                    SetOp::Intersect => "INTERSECT",
+                };
+                format!(
+                    "{} {op}{} {}",
+                    self.set_expr(left)?,
+                    if *all { " ALL" } else { "" },
+                    self.set_expr(right)?
+                )
+            }
+        })
+    }
+
+    /// Output column names of a query (for derived tables and CTEs).
+    fn output_columns(&mut self, q: &Query) -> Result<Vec<String>> {
+        let mut body = &q.body;
+        loop {
+            match body {
+                SetExpr::SetOp { left, .. } => body = left,
+                SetExpr::Query(inner) => return self.output_columns(inner),
+                SetExpr::Select(s) => {
+                    let scope = self.scope(&s.from)?;
+                    let mut cols = Vec::new();
+                    for item in &s.items {
+                        match item {
+                            SelectItem::Wildcard => scope
+                                .iter()
+                                .for_each(|t| cols.extend(t.columns.iter().cloned())),
+                            SelectItem::QualifiedWildcard(n) => {
+                                if let Some(t) =
+                                    scope.iter().find(|t| n.last().matches(&t.qualifier.value))
+                                {
+                                    cols.extend(t.columns.iter().cloned());
+                                }
+                            }
+                            SelectItem::Expr { alias: Some(a), .. } => cols.push(a.value.clone()),
+                            SelectItem::Expr {
+                                expr: Expr::Column(n),
+                                ..
+                            } => {
+                                let (_, c) = self.resolve_column(n, &scope)?;
+                                cols.push(c);
+                            }
+                            SelectItem::Expr { expr, .. } => cols.push(self.expr(expr, &scope)?),
+                        }
+                    }
+                    return Ok(cols);
+                }
+            }
+        }
+    }
+
+    fn scope(&mut self, from: &[TableRef]) -> Result<Vec<ScopeTable>> {
+        let mut out = Vec::new();
+        for t in from {
+            self.scope_of(t, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn scope_of(&mut self, t: &TableRef, out: &mut Vec<ScopeTable>) -> Result<()> {
+        match t {
+            TableRef::Table { name, alias } => {
+                let columns = if let (1, Some(cols)) = (
+                    name.0.len(),
+                    self.ctes.get(&name.last().value.to_lowercase()),
+                ) {
+                    cols.clone()
+                } else {
+                    let (_, schema) = self.lookup_table(name)?;
+                    schema.fields().iter().map(|f| f.name().clone()).collect()
+                };
+                out.push(ScopeTable {
+                    qualifier: alias.clone().unwrap_or_else(|| name.last().clone()),
+                    columns,
+                });
+            }
+            TableRef::Derived { query, alias } => {
+                let columns = self.output_columns(query)?;
+                out.push(ScopeTable {
+                    qualifier: alias.clone(),
+                    columns,
+                });
+            }
+            TableRef::Join { left, right, .. } => {
+                self.scope_of(left, out)?;
+                self.scope_of(right, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup_table(&self, name: &ObjectName) -> Result<(String, SchemaRef)> {
+        self.tables.resolve(name).ok_or_else(|| {
+            let names = self.tables.names();
+            let hint = suggest(&name.last().value, names.iter().map(String::as_str));
+            semantic(name.span(), format!("unknown table {name}{hint}"))
+        })
+    }
+
+    fn table_ref(&mut self, t: &TableRef) -> Result<String> {
+        Ok(match t {
+            TableRef::Table { name, alias } => {
+                let target = if name.0.len() == 1
+                    && self.ctes.contains_key(&name.last().value.to_lowercase())
+                {
+                    quote(&name.last().value)
+                } else {
+                    quote(&self.lookup_table(name)?.0)
+                };
+                let qualifier = alias.as_ref().unwrap_or(name.last());
+                format!("{target} AS {}", quote(&qualifier.value))
+            }
+            TableRef::Derived { query, alias } => {
+                format!("({}) AS {}", self.query(query)?, quote(&alias.value))
+            }
+            TableRef::Join {
+                left,
+                right,
+                kind,
+                natural,
+                constraint,
+            } => {
+                let scope = {
+                    let mut s = Vec::new();
+                    self.scope_of(t, &mut s)?;
+                    s
+                };
+                let k = match kind {
+                    JoinKind::Inner => "JOIN",
+                    JoinKind::Left => "LEFT JOIN",
+                    JoinKind::Right => "RIGHT JOIN",
+                    JoinKind::Full => "FULL JOIN",
+                    JoinKind::Cross => "CROSS JOIN",
+                };
+                let k = match (natural, constraint) {
+                    (true, _) => format!("NATURAL {k}"),
+                    (false, JoinConstraint::None) if *kind != JoinKind::Cross => {
+                        "CROSS JOIN".to_string()
+                    }
+                    _ => k.to_string(),
+                };
+                let cond = match constraint {
+                    JoinConstraint::On(e) => format!(" ON {}", self.expr(e, &scope)?),
+                    JoinConstraint::Using(cols) => {
+                        format!(
+                            " USING ({})",
+                            cols.iter()
+                                .map(|c| quote(&c.value))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                    JoinConstraint::None => String::new(),
+                };
+                format!(
+                    "{} {k} {}{cond}",
+                    self.table_ref(left)?,
+                    self.table_ref(right)?
+                )
+            }
+        })
+    }
+
+    fn select(&mut self, s: &Select, order_by: &[OrderItem]) -> Result<String> {
+        let scope = self.scope(&s.from)?;
+        let mut items = Vec::new();
+        for item in &s.items {
+            items.push(match item {
+                SelectItem::Wildcard => "*".to_string(),
+                SelectItem::QualifiedWildcard(n) => {
+                    let t = scope
+                        .iter()
+                        .find(|t| n.last().matches(&t.qualifier.value))
+                        .ok_or_else(|| {
+                            semantic(n.span(), format!("{n}.* names no table of the FROM clause"))
+                        })?;
+                    format!("{}.*", quote(&t.qualifier.value))
+                }
+                SelectItem::Expr { expr, alias } => {
+                    let e = self.expr(expr, &scope)?;
+                    match (alias, expr) {
+                        (Some(a), _) => format!("{e} AS {}", quote(&a.value)),
+                        // Keep the column's own name as the output name.
+                        (None, Expr::Column(n)) => {
+                            format!("{e} AS {}", quote(&self.resolve_column(n, &scope)?.1))
+                        }
+                        (None, _) => e,
+                    }
+                }
+            });
+        }
+        let from = s
+            .from
+            .iter()
+            .map(|t| self.table_ref(t))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = format!(
+            "SELECT {}{} FROM {}",
+            if s.distinct { "DISTINCT " } else { "" },
+            items.join(", "),
+            from.join(", ")
+        );
+        if let Some(w) = &s.selection {
+            out.push_str(&format!(" WHERE {}", self.expr(w, &scope)?));
+        }
+        if !s.group_by.is_empty() {
+            let g = s
+                .group_by
+                .iter()
+                .map(|e| self.order_expr(e, &scope, &s.items))
+                .collect::<Result<Vec<_>>>()?;
+            out.push_str(&format!(" GROUP BY {}", g.join(", ")));
+        }
+        if let Some(h) = &s.having {
+            out.push_str(&format!(" HAVING {}", self.expr(h, &scope)?));
+        }
+        if !order_by.is_empty() {
+            let mut items = Vec::new();
+            for o in order_by {
+                let e = self.order_expr(&o.expr, &scope, &s.items)?;
+                items.push(format!("{e}{}", if o.descending { " DESC" } else { "" }));
+            }
+            out.push_str(&format!(" ORDER BY {}", items.join(", ")));
+        }
+        Ok(out)
+    }
+
+    fn order_item(&mut self, o: &OrderItem, scope: &[ScopeTable]) -> Result<String> {
+        let e = match &o.expr {
+            Expr::Column(n) if n.0.len() == 1 => quote(&n.last().value),
+            other => self.expr(other, scope)?,
+        };
+        Ok(format!("{e}{}", if o.descending { " DESC" } else { "" }))
+    }
+
+    /// ORDER BY / GROUP BY accept positions and select-list aliases too.
+    fn order_expr(
+        &mut self,
+        e: &Expr,
+        scope: &[ScopeTable],
+        items: &[SelectItem],
+    ) -> Result<String> {
+        if let Expr::Column(n) = e
+            && n.0.len() == 1
+            && let Some(alias) = items.iter().find_map(|i| match i {
+                SelectItem::Expr { alias: Some(a), .. }
+                    if n.last().matches(&a.value) || a.matches(&n.last().value) =>
+                {
+                    Some(a)
+                }
+                _ => None,
+            })
+        {
+            return Ok(quote(&alias.value));
+        }
+        self.expr(e, scope)
+    }
+
+    /// Resolves a column reference: (qualifier, exact column name).
+    fn resolve_column(&self, n: &ObjectName, scope: &[ScopeTable]) -> Result<(String, String)> {
+        let col = n.last();
+        let candidates: Vec<&ScopeTable> = if n.0.len() > 1 {
+            let q = &n.0[n.0.len() - 2];
+            let t: Vec<&ScopeTable> = scope
+                .iter()
+                .filter(|t| q.matches(&t.qualifier.value) || t.qualifier.matches(&q.value))
+                .collect();
+            if t.is_empty() {
+                let hint = suggest(&q.value, scope.iter().map(|t| t.qualifier.value.as_str()));
+                return Err(semantic(
+                    q.span,
+                    format!("{} is not a table of the FROM clause{hint}", q.value),
+                ));
+            }
+            t
+        } else {
+            scope.iter().collect()
+        };
+        let mut found = Vec::new();
+        for t in &candidates {
+            // Exact spelling first, then ADQL's case-insensitive match for regular names.
+            let hit = t.columns.iter().find(|c| **c == col.value).or_else(|| {
+                (!col.quoted)
+                    .then(|| {
+                        t.columns
+                            .iter()
+                            .find(|c| c.eq_ignore_ascii_case(&col.value))
+                    })
+                    .flatten()
+            });
+            if let Some(c) = hit {
+                found.push((t.qualifier.value.clone(), c.clone()));
+            }
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => {
+                let all: Vec<&str> = candidates
+                    .iter()
+                    .flat_map(|t| t.columns.iter().map(String::as_str))
+                    .collect();
+                let hint = suggest(&col.value, all.into_iter());
+                Err(semantic(col.span, format!("unknown column {n}{hint}")))
+            }
+            _ => Err(semantic(
+                col.span,
+                format!(
+                    "column {} is ambiguous: it is in {}; qualify it",
+                    col.value,
+                    found
+                        .iter()
+                        .map(|f| f.0.clone())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            )),
+        }
+    }
+
+    fn args(&mut self, args: &[Expr], scope: &[ScopeTable]) -> Result<Vec<String>> {
+        args.iter().map(|a| self.expr(a, scope)).collect()
+    }
+
+    /// The coordinates of a POINT (dropping a supported coordinate system).
+    fn point_coords(&mut self, e: &Expr, scope: &[ScopeTable]) -> Result<Option<Vec<String>>> {
+        let Expr::Function { name, args, .. } = strip(e) else {
+            return Ok(None);
+        };
+        if !name.value.eq_ignore_ascii_case("POINT") {
+            return Ok(None);
+        }
+        let coords = self.without_frame(args, 2)?;
+        Ok(Some(self.args(coords, scope)?))
+    }
+
+    /// Arguments after an optional coordinate system, which must be ICRS (or empty/NULL,
+    /// meaning the catalog's own frame).
+    fn without_frame<'e>(&self, args: &'e [Expr], n: usize) -> Result<&'e [Expr]> {
+        if args.len() == n + 1 {
+            match strip(&args[0]) {
+                Expr::Literal(Literal::String(s), span) => {
+                    let frame = s.trim().to_ascii_uppercase();
+                    if !(frame.is_empty()
+                        || frame.starts_with("ICRS")
+                        || frame == "J2000"
+                        || frame == "FK5")
+                    {
+                        return Err(semantic(
+                            *span,
+                            format!("coordinate system '{s}' is not supported; use ICRS"),
+                        ));
+                    }
+                }
+                Expr::Literal(Literal::Null, _) => {}
+                other => {
+                    return Err(semantic(
+                        other.span(),
+                        "the coordinate system must be a string literal".into(),
+                    ));
+                }
+            }
+            return Ok(&args[1..]);
+        }
+        Ok(args)
+    }
+
+    /// CONTAINS / INTERSECTS of a point and a shape, as a UDF call.
+    fn containment(&mut self, name: &Ident, args: &[Expr], scope: &[ScopeTable]) -> Result<String> {
+        let (point, shape) = match (
+            self.point_coords(&args[0], scope)?,
+            self.point_coords(&args[1], scope)?,
+        ) {
+            (Some(p), _) => (p, &args[1]),
+            (None, Some(p)) if name.value.eq_ignore_ascii_case("INTERSECTS") => (p, &args[0]),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "{} at {}: only a POINT against a CIRCLE, BOX or POLYGON is supported so far",
+                    name.value.to_ascii_uppercase(),
+                    name.span
+                )));
+            }
+        };
+        let Expr::Function {
+            name: shape_name,
+            args: shape_args,
+            ..
+        } = strip(shape)
+        else {
+            return Err(Error::Unsupported(format!(
+                "{} at {}: the region must be a CIRCLE, BOX or POLYGON literal so far",
+                name.value.to_ascii_uppercase(),
+                name.span
+            )));
+        };
+        let kind = shape_name.value.to_ascii_uppercase();
+        let (udf, coords) = match kind.as_str() {
+            "CIRCLE" => (
+                "adql_contains_circle",
+                self.shape_coords(shape_args, scope)?,
+            ),
+            "BOX" => ("adql_contains_box", self.shape_coords(shape_args, scope)?),
+            "POLYGON" => (
+                "adql_contains_polygon",
+                self.shape_coords(shape_args, scope)?,
+            ),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "{other} regions in CONTAINS at {}",
+                    shape_name.span
+                )));
+            }
+        };
+        Ok(format!(
+            "{udf}({}, {})",
+            point.join(", "),
+            coords.join(", ")
+        ))
+    }
+
+    /// Coordinates of a CIRCLE, BOX or POLYGON: after an optional frame (a leading string
+    /// or NULL literal), points are expanded into their two coordinates.
+    fn shape_coords(&mut self, args: &[Expr], scope: &[ScopeTable]) -> Result<Vec<String>> {
+        let rest = if matches!(
+            args.first().map(strip),
+            Some(Expr::Literal(Literal::String(_) | Literal::Null, _))
+        ) {
+            self.without_frame(args, args.len() - 1)?
+        } else {
+            args
+        };
+        let mut out = Vec::new();
+        for a in rest {
+            match self.point_coords(a, scope)? {
+                Some(p) => out.extend(p),
+                None => out.push(self.expr(a, scope)?),
+            }
+        }
+        Ok(out)
+    }
+
+    fn expr(&mut self, e: &Expr, scope: &[ScopeTable]) -> Result<String> {
+        Ok(match e {
+            Expr::Column(n) => {
+                let (q, c) = self.resolve_column(n, scope)?;
+                format!("{}.{}", quote(&q), quote(&c))
+            }
+            Expr::Literal(l, _) => match l {
+                Literal::Number(n) => match n.strip_prefix("0x").or_else(|| n.strip_prefix("0X")) {
+                    Some(h) => u64::from_str_radix(h, 16)
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|_| n.clone()),
+                    None => n.clone(),
+                },
+                Literal::String(s) => format!("'{}'", s.replace('\'', "''")),
+                Literal::Boolean(b) => b.to_string().to_uppercase(),
+                Literal::Null => "NULL".into(),
+            },
+            Expr::Nested(inner) => format!("({})", self.expr(inner, scope)?),
+            Expr::Unary { op, expr, .. } => {
+                let inner = self.expr(expr, scope)?;
+                match op {
+                    UnaryOp::Minus => format!("(-{inner})"),
+                    UnaryOp::Plus => inner,
+                    UnaryOp::BitNot => format!("(~{inner})"),
+                    UnaryOp::Not => format!("(NOT {inner})"),
+                }
+            }
+            Expr::Binary {
+                op, left, right, ..
+            } => {
+                let (l, r) = (self.expr(left, scope)?, self.expr(right, scope)?);
+                let op = match op {
+                    BinaryOp::Plus => "+",
+                    BinaryOp::Minus => "-",
+                    BinaryOp::Multiply => "*",
+                    BinaryOp::Divide => "/",
+                    BinaryOp::Modulo => "%",
+                    BinaryOp::Concat => "||",
+                    BinaryOp::BitAnd => "&",
+                    BinaryOp::BitOr => "|",
+                    BinaryOp::BitXor => "#",
+                    BinaryOp::Eq => "=",
+                    BinaryOp::NotEq => "<>",
+                    BinaryOp::Lt => "<",
+                    BinaryOp::LtEq => "<=",
+                    BinaryOp::Gt => ">",
+                    BinaryOp::GtEq => ">=",
+                    BinaryOp::And => "AND",
+                    BinaryOp::Or => "OR",
+                };
+                format!("({l} {op} {r})")
+            }
+            Expr::Function {
+                name,
+                args,
+                star,
+                distinct,
+            } => self.function(name, args, *star, *distinct, scope)?,
+            Expr::Case {
+                operand,
+                whens,
+                else_result,
+                ..
+            } => {
+                let mut s = String::from("CASE");
+                if let Some(o) = operand {
+                    s.push_str(&format!(" {}", self.expr(o, scope)?));
+                }
+                for (w, t) in whens {
+                    s.push_str(&format!(
+                        " WHEN {} THEN {}",
+                        self.expr(w, scope)?,
+                        self.expr(t, scope)?
+                    ));
+                }
+                if let Some(e) = else_result {
+                    s.push_str(&format!(" ELSE {}", self.expr(e, scope)?));
+                }
+                s.push_str(" END");
+                s
+            }
+            Expr::Cast { expr, to, span } => {
+                let t = match to.name.as_str() {
+                    "DOUBLE PRECISION" => "DOUBLE".to_string(),
+                    "INT" => "INTEGER".to_string(),
+                    "CHAR" | "VARCHAR" => "VARCHAR".to_string(),
+                    "POINT" | "CIRCLE" | "POLYGON" => {
+                        return Err(Error::Unsupported(format!("CAST to {} at {span}", to.name)));
+                    }
+                    other => other.to_string(),
+                };
+                format!("CAST({} AS {t})", self.expr(expr, scope)?)
+            }
+            Expr::Between {
+                expr,
+                negated,
+                low,
+                high,
+            } => format!(
+                "({} {}BETWEEN {} AND {})",
+                self.expr(expr, scope)?,
+                if *negated { "NOT " } else { "" },
+                self.expr(low, scope)?,
+                self.expr(high, scope)?
+            ),
+            Expr::Like {
+                expr,
+                negated,
+                case_insensitive,
+                pattern,
+            } => format!(
+                "({} {}{} {})",
+                self.expr(expr, scope)?,
+                if *negated { "NOT " } else { "" },
+                if *case_insensitive { "ILIKE" } else { "LIKE" },
+                self.expr(pattern, scope)?
+            ),
+            Expr::InList {
+                expr,
+                negated,
+                list,
+            } => format!(
+                "({} {}IN ({}))",
+                self.expr(expr, scope)?,
+                if *negated { "NOT " } else { "" },
+                self.args(list, scope)?.join(", ")
+            ),
+            Expr::InSubquery {
+                expr,
+                negated,
+                query,
+            } => {
+                format!(
+                    "({} {}IN ({}))",
+                    self.expr(expr, scope)?,
+                    if *negated { "NOT " } else { "" },
+                    self.query(query)?
+                )
+            }
+            Expr::IsNull { expr, negated } => {
+                format!(
+                    "({} IS {}NULL)",
+                    self.expr(expr, scope)?,
+                    if *negated { "NOT " } else { "" }
+                )
+            }
+            Expr::Exists(q, _) => format!("(EXISTS ({}))", self.query(q)?),
+            Expr::Subquery(q, _) => format!("({})", self.query(q)?),
+        })
+    }
+
+    fn function(
+        &mut self,
+        name: &Ident,
+        args: &[Expr],
+        star: bool,
+        distinct: bool,
+        scope: &[ScopeTable],
+    ) -> Result<String> {
+        let up = name.value.to_ascii_uppercase();
+        if star {
+            return Ok("COUNT(*)".into());
+        }
+        let simple = |f: &str, a: Vec<String>| format!("{f}({})", a.join(", "));
+        Ok(match up.as_str() {
+            "CONTAINS" | "INTERSECTS" => self.containment(name, args, scope)?,
+            "DISTANCE" => {
+                let coords = if args.len() == 2 {
+                    match (
+                        self.point_coords(&args[0], scope)?,
+                        self.point_coords(&args[1], scope)?,
+                    ) {
+                        (Some(a), Some(b)) => [a, b].concat(),
+                        _ => {
+                            return Err(Error::Unsupported(format!(
+                                "DISTANCE at {} between non-POINT values",
+                                name.span
+                            )));
+                        }
+                    }
+                } else {
+                    self.args(args, scope)?
+                };
+                simple("adql_distance", coords)
+            }
+            "POINT" | "CIRCLE" | "BOX" | "POLYGON" | "REGION" | "CENTROID" | "AREA" | "COORD1"
+            | "COORD2" | "COORDSYS" => {
+                return Err(Error::Unsupported(format!(
+                    "{up} at {} as a value (geometry values in results come with the TAP service); use it inside CONTAINS, INTERSECTS or DISTANCE",
+                    name.span
+                )));
+            }
+            "IN_UNIT" => return Err(Error::Unsupported(format!("IN_UNIT at {}", name.span))),
+            "LOG" => simple("ln", self.args(args, scope)?),
+            "CEILING" => simple("ceil", self.args(args, scope)?),
+            "TRUNCATE" => simple("trunc", self.args(args, scope)?),
+            "RAND" => "random()".into(),
+            "MOD" => {
+                let a = self.args(args, scope)?;
+                format!("({} % {})", a[0], a[1])
+            }
+            "COUNT" | "AVG" | "SUM" | "MIN" | "MAX" => {
+                format!(
+                    "{up}({}{})",
+                    if distinct { "DISTINCT " } else { "" },
+                    self.args(args, scope)?.join(", ")
+                )
+            }
+            _ => simple(&up.to_ascii_lowercase(), self.args(args, scope)?),
+        })
+    }
+}
+
+fn strip(e: &Expr) -> &Expr {
+    match e {
+        Expr::Nested(inner) => strip(inner),
+        other => other,
+    }
+}

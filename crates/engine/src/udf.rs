@@ -1,0 +1,235 @@
+//! Spatial scalar functions, registered by name in every session. Their parameters are
+//! all arguments (no state in the function objects), so executors can find them by name
+//! when plans are shipped to a cluster.
+//!
+//! | name | arguments (degrees) | result |
+//! |---|---|---|
+//! | `adql_distance` | ra1, dec1, ra2, dec2 | separation, degrees |
+//! | `adql_contains_circle` | ra, dec, centre ra, centre dec, radius | 1 inside (boundary included), 0 outside |
+//! | `adql_contains_box` | ra, dec, centre ra, centre dec, width, height | 1 or 0 |
+//! | `adql_contains_polygon` | ra, dec, ra1, dec1, ra2, dec2, ... | 1 or 0 |
+//! | `ivo_healpix_index` | order, ra, dec | NESTED index |
+//! | `q3c_dist` | ra1, dec1, ra2, dec2 | separation, degrees |
+//! | `q3c_radial_query` | ra, dec, centre ra, centre dec, radius | true inside |
+//! | `q3c_join` | ra1, dec1, ra2, dec2, radius | true within radius |
+//!
+//! A NULL argument gives NULL; an invalid region (negative radius, self-intersecting
+//! polygon) is an execution error naming the function and the value.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array};
+use arrow::datatypes::{DataType, Float64Type};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use meridian_sky::{Circle, Polygon, Region, SkyBox, SkyPoint, angular_separation_deg, healpix};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Op {
+    Distance,
+    ContainsCircle,
+    ContainsBox,
+    ContainsPolygon,
+    HealpixIndex,
+    Q3cRadial,
+    Q3cJoin,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SpatialUdf {
+    name: &'static str,
+    op: Op,
+    signature: Signature,
+}
+
+fn numeric_signature(n: usize) -> Signature {
+    Signature::new(
+        TypeSignature::Uniform(n, vec![DataType::Float64]),
+        Volatility::Immutable,
+    )
+}
+
+impl SpatialUdf {
+    fn new(name: &'static str, op: Op) -> Self {
+        let signature = match op {
+            Op::Distance => numeric_signature(4),
+            Op::ContainsCircle | Op::Q3cRadial | Op::Q3cJoin => numeric_signature(5),
+            Op::ContainsBox => numeric_signature(6),
+            Op::HealpixIndex => numeric_signature(3),
+            Op::ContainsPolygon => Signature::new(
+                TypeSignature::OneOf(
+                    (4..=64)
+                        .step_by(2)
+                        .map(|n| TypeSignature::Uniform(n + 2, vec![DataType::Float64]))
+                        .collect(),
+                ),
+                Volatility::Immutable,
+            ),
+        };
+        Self {
+            name,
+            op,
+            signature,
+        }
+    }
+}
+
+fn err(name: &str, message: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Execution(format!("{name}: {message}"))
+}
+
+impl ScalarUDFImpl for SpatialUdf {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(match self.op {
+            Op::Distance => DataType::Float64,
+            Op::ContainsCircle | Op::ContainsBox | Op::ContainsPolygon => DataType::Int32,
+            Op::HealpixIndex => DataType::Int64,
+            Op::Q3cRadial | Op::Q3cJoin => DataType::Boolean,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        // A polygon given by literals is built once, not per row.
+        let constant_polygon = if self.op == Op::ContainsPolygon
+            && args.args[2..]
+                .iter()
+                .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+        {
+            let coords: Vec<Option<f64>> = args.args[2..]
+                .iter()
+                .map(|a| match a {
+                    ColumnarValue::Scalar(s) => s.to_array().ok().and_then(|arr| {
+                        let f = arrow::compute::cast(&arr, &DataType::Float64).ok()?;
+                        let f = f.as_primitive::<Float64Type>();
+                        (!f.is_null(0)).then(|| f.value(0))
+                    }),
+                    _ => None,
+                })
+                .collect();
+            match coords.iter().copied().collect::<Option<Vec<f64>>>() {
+                Some(c) => Some(Some(polygon(self.name, &c)?)),
+                None => Some(None),
+            }
+        } else {
+            None
+        };
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let cols: Vec<ArrayRef> = arrays
+            .iter()
+            .map(|a| arrow::compute::cast(a, &DataType::Float64))
+            .collect::<std::result::Result<_, _>>()?;
+        let cols: Vec<&Float64Array> = cols
+            .iter()
+            .map(|c| c.as_primitive::<Float64Type>())
+            .collect();
+        let get = |row: usize| -> Option<Vec<f64>> {
+            cols.iter()
+                .map(|c| (!c.is_null(row)).then(|| c.value(row)))
+                .collect()
+        };
+        let point = |ra: f64, dec: f64| SkyPoint::new(ra, dec).map_err(|e| err(self.name, e));
+        let out: ArrayRef = match self.op {
+            Op::Distance => Arc::new(
+                (0..n)
+                    .map(|i| get(i).map(|v| angular_separation_deg(v[0], v[1], v[2], v[3])))
+                    .collect::<Float64Array>(),
+            ),
+            Op::HealpixIndex => {
+                let mut out = Vec::with_capacity(n);
+                for i in 0..n {
+                    out.push(match get(i) {
+                        None => None,
+                        Some(v) => {
+                            if !(0.0..=29.0).contains(&v[0]) || v[0].fract() != 0.0 {
+                                return Err(err(
+                                    self.name,
+                                    format!("order {} is not an integer in 0..29", v[0]),
+                                ));
+                            }
+                            Some(healpix::hash(v[0] as u8, &point(v[1], v[2])?) as i64)
+                        }
+                    });
+                }
+                Arc::new(Int64Array::from(out))
+            }
+            Op::ContainsCircle | Op::ContainsBox | Op::ContainsPolygon => {
+                let mut out = Vec::with_capacity(n);
+                for i in 0..n {
+                    let Some(v) = get(i) else {
+                        out.push(None);
+                        continue;
+                    };
+                    let p = point(v[0], v[1])?;
+                    let inside = match self.op {
+                        Op::ContainsCircle => {
+                            let c = Circle::new(point(v[2], v[3])?, v[4])
+                                .map_err(|e| err(self.name, e))?;
+                            Region::Circle(c).contains(&p)
+                        }
+                        Op::ContainsBox => {
+                            let b = SkyBox::new(point(v[2], v[3])?, v[4], v[5])
+                                .map_err(|e| err(self.name, e))?;
+                            Region::Box(b).contains(&p)
+                        }
+                        _ => match &constant_polygon {
+                            Some(Some(poly)) => poly.contains(&p),
+                            Some(None) => {
+                                out.push(None);
+                                continue;
+                            }
+                            None => polygon(self.name, &v[2..])?.contains(&p),
+                        },
+                    };
+                    out.push(Some(inside as i32));
+                }
+                Arc::new(Int32Array::from(out))
+            }
+            Op::Q3cRadial | Op::Q3cJoin => Arc::new(
+                (0..n)
+                    .map(|i| get(i).map(|v| angular_separation_deg(v[0], v[1], v[2], v[3]) <= v[4]))
+                    .collect::<BooleanArray>(),
+            ),
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+fn polygon(name: &str, coords: &[f64]) -> Result<Region> {
+    let pts = coords
+        .chunks(2)
+        .map(|c| SkyPoint::new(c[0], c[1]))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| err(name, e))?;
+    Ok(Region::Polygon(
+        Polygon::new(pts).map_err(|e| err(name, e))?,
+    ))
+}
+
+/// Every spatial function, for registration.
+pub fn spatial_udfs() -> Vec<ScalarUDF> {
+    [
+        ("adql_distance", Op::Distance),
+        ("adql_contains_circle", Op::ContainsCircle),
+        ("adql_contains_box", Op::ContainsBox),
+        ("adql_contains_polygon", Op::ContainsPolygon),
+        ("ivo_healpix_index", Op::HealpixIndex),
+        ("q3c_dist", Op::Distance),
+        ("q3c_radial_query", Op::Q3cRadial),
+        ("q3c_join", Op::Q3cJoin),
+    ]
+    .into_iter()
+    .map(|(name, op)| ScalarUDF::new_from_impl(SpatialUdf::new(name, op)))
+    .collect()
+}

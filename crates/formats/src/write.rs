@@ -1,0 +1,135 @@
+//! Streaming table writers: batches go out as they come, in constant memory. Files are
+//! written under a temporary name and renamed when complete, so a failed query leaves no
+//! half-written result.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::{Error, Result};
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Comma-separated values with a header line.
+    Csv,
+    /// Tab-separated values with a header line.
+    Tsv,
+    /// JSON lines (one object per row).
+    Json,
+    /// Apache Parquet.
+    Parquet,
+}
+
+enum Inner {
+    Csv(Box<arrow::csv::Writer<Box<dyn Write + Send>>>),
+    Json(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),
+    Parquet(Box<parquet::arrow::ArrowWriter<Box<dyn Write + Send>>>),
+}
+
+/// A writer of one result table.
+pub struct ResultWriter {
+    inner: Inner,
+    rows: u64,
+    /// (temporary, final) paths when writing a file.
+    rename: Option<(PathBuf, PathBuf)>,
+}
+
+impl ResultWriter {
+    /// Writes to `out` (standard output, a socket...).
+    pub fn new(
+        format: OutputFormat,
+        out: Box<dyn Write + Send>,
+        schema: &SchemaRef,
+    ) -> Result<Self> {
+        let inner = match format {
+            OutputFormat::Csv | OutputFormat::Tsv => {
+                let delimiter = if format == OutputFormat::Tsv {
+                    b'\t'
+                } else {
+                    b','
+                };
+                let w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .with_delimiter(delimiter);
+                Inner::Csv(Box::new(w.build(out)))
+            }
+            OutputFormat::Json => Inner::Json(arrow::json::LineDelimitedWriter::new(out)),
+            OutputFormat::Parquet => Inner::Parquet(Box::new(
+                parquet::arrow::ArrowWriter::try_new(out, schema.clone(), None).map_err(|e| {
+                    Error::Parquet {
+                        file: PathBuf::from("<output>"),
+                        source: e,
+                    }
+                })?,
+            )),
+        };
+        Ok(Self {
+            inner,
+            rows: 0,
+            rename: None,
+        })
+    }
+
+    /// Writes to file `path` (through a temporary file renamed by [`ResultWriter::finish`]).
+    pub fn create(format: OutputFormat, path: &Path, schema: &SchemaRef) -> Result<Self> {
+        let tmp = path.with_file_name(format!(
+            ".{}.partial",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("result")
+        ));
+        let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = Self::new(
+            format,
+            Box::new(BufWriter::with_capacity(1 << 20, f)),
+            schema,
+        )?;
+        w.rename = Some((tmp, path.to_path_buf()));
+        Ok(w)
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        match &mut self.inner {
+            Inner::Csv(w) => w.write(batch)?,
+            Inner::Json(w) => w.write(batch)?,
+            Inner::Parquet(w) => w.write(batch).map_err(|e| Error::Parquet {
+                file: PathBuf::from("<output>"),
+                source: e,
+            })?,
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Flushes, closes, and for files renames the temporary file into place.
+    pub fn finish(self) -> Result<u64> {
+        match self.inner {
+            Inner::Csv(w) => {
+                let mut out = w.into_inner();
+                out.flush()
+                    .map_err(|e| Error::io(Path::new("<output>"), e))?;
+            }
+            Inner::Json(mut w) => w.finish()?,
+            Inner::Parquet(w) => {
+                w.close().map_err(|e| Error::Parquet {
+                    file: PathBuf::from("<output>"),
+                    source: e,
+                })?;
+            }
+        }
+        if let Some((tmp, path)) = self.rename {
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(self.rows)
+    }
+}
