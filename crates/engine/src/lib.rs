@@ -12,3 +12,25 @@ pub mod udf;
 pub use engine::{Engine, Lang, functions};
 pub use error::{Error, Result};
 pub use session::{EngineConfig, build_session};
+
+pub use datafusion::physical_plan::{
+    ExecutionPlan, SendableRecordBatchStream as RecordBatchStream,
+};
+
+/// The indented text of a physical plan.
+pub fn display_plan(plan: &std::sync::Arc<dyn ExecutionPlan>) -> String {
+    datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(true)
+        .to_string()
+}
+
+/// Starts executing a physical plan of `engine`'s session, as one stream.
+pub fn execute(
+    plan: std::sync::Arc<dyn ExecutionPlan>,
+    engine: &Engine,
+) -> Result<RecordBatchStream> {
+    Ok(datafusion::physical_plan::execute_stream(
+        plan,
+        engine.session().task_ctx(),
+    )?)
+}

@@ -74,6 +74,8 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Run an ADQL (or SQL) query over the catalogs, streaming the result.
+    Query(QueryArgs),
     /// Sky geometry utilities reading CSV lines on standard input.
     #[command(subcommand)]
     Sky(SkyCommand),
@@ -83,6 +85,44 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         objects: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// The query.
+    query: String,
+    /// Query language.
+    #[arg(long, value_enum, default_value_t = LangArg::Adql)]
+    lang: LangArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Csv)]
+    format: FormatArg,
+    /// Output file (standard output when absent); written whole or not at all.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Most rows to return (MAXREC); the output says when it was reached.
+    #[arg(long)]
+    maxrec: Option<usize>,
+    /// Time limit, seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    /// Print the translated SQL, the physical plan and the partitions read on standard error.
+    #[arg(long)]
+    explain: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LangArg {
+    Adql,
+    Sql,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Csv,
+    Tsv,
+    Json,
+    Parquet,
 }
 
 #[derive(Subcommand)]
@@ -295,6 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
         }
+        Command::Query(args) => query(&config, &args)?,
         Command::Sky(cmd) => sky(cmd)?,
         Command::Demo { objects } => demo(&config, objects, quiet)?,
     }
@@ -589,6 +630,112 @@ fn sky(cmd: SkyCommand) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+fn query(config: &Config, args: &QueryArgs) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use meridian_formats::write::{OutputFormat, ResultWriter};
+    let store = Store::open(config.catalog_dir())?;
+    let engine = meridian_engine::Engine::open(&store, &meridian_engine::EngineConfig::default())?;
+    let lang = match args.lang {
+        LangArg::Adql => meridian_engine::Lang::Adql,
+        LangArg::Sql => meridian_engine::Lang::Sql,
+    };
+    let format = match args.format {
+        FormatArg::Csv => OutputFormat::Csv,
+        FormatArg::Tsv => OutputFormat::Tsv,
+        FormatArg::Json => OutputFormat::Json,
+        FormatArg::Parquet => OutputFormat::Parquet,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let start = Instant::now();
+    let limit = std::time::Duration::from_secs(args.timeout_s);
+    rt.block_on(async {
+        let run = async {
+            if args.explain && lang == meridian_engine::Lang::Adql {
+                eprintln!("sql: {}", engine.translate(&args.query)?);
+            }
+            let mut df = engine.query(&args.query, lang).await?;
+            // One row past MAXREC tells whether the limit cut the result.
+            if let Some(m) = args.maxrec {
+                df = df.limit(0, Some(m + 1))?;
+            }
+            let plan = df.clone().create_physical_plan().await?;
+            if args.explain {
+                let shown = datafusion_display(&plan);
+                eprintln!("plan:\n{shown}");
+            }
+            let schema = plan.schema();
+            let mut writer = match &args.out {
+                Some(p) => ResultWriter::create(format, p, &schema)?,
+                None => ResultWriter::new(
+                    format,
+                    Box::new(std::io::BufWriter::new(std::io::stdout())),
+                    &schema,
+                )?,
+            };
+            let mut stream = datafusion_execute(plan, &engine)?;
+            let mut overflow = false;
+            while let Some(batch) = stream.next().await {
+                let mut batch = batch?;
+                if let Some(m) = args.maxrec {
+                    let room = m.saturating_sub(writer.rows() as usize);
+                    if batch.num_rows() > room {
+                        batch = batch.slice(0, room);
+                        overflow = true;
+                    }
+                }
+                writer.write(&batch)?;
+            }
+            let rows = writer.finish()?;
+            anyhow::Ok((rows, overflow))
+        };
+        let (rows, overflow) = tokio::time::timeout(limit, run).await.map_err(|_| {
+            anyhow::anyhow!(
+                "the query exceeded its time limit of {} s and was stopped",
+                args.timeout_s
+            )
+        })??;
+        if args.explain {
+            for name in store.list()? {
+                if let Some(t) = engine.table(&name) {
+                    let p = t.last_pruning();
+                    if p.partitions_total > 0 && p.partitions_read + p.partitions_total > 0 {
+                        eprintln!(
+                            "{name}: partitions read {}/{}",
+                            p.partitions_read, p.partitions_total
+                        );
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "{rows} rows in {:.1} ms{}",
+            start.elapsed().as_secs_f64() * 1e3,
+            if overflow {
+                format!(
+                    " (MAXREC {} reached: more rows match)",
+                    args.maxrec.unwrap_or(0)
+                )
+            } else {
+                String::new()
+            }
+        );
+        anyhow::Ok(())
+    })
+}
+
+fn datafusion_display(plan: &std::sync::Arc<dyn meridian_engine::ExecutionPlan>) -> String {
+    meridian_engine::display_plan(plan)
+}
+
+fn datafusion_execute(
+    plan: std::sync::Arc<dyn meridian_engine::ExecutionPlan>,
+    engine: &meridian_engine::Engine,
+) -> anyhow::Result<meridian_engine::RecordBatchStream> {
+    Ok(meridian_engine::execute(plan, engine)?)
 }
 
 /// Prints the cells at `order` of a region's coverage, one per line.
