@@ -10,11 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, col, lit};
@@ -227,10 +229,26 @@ impl TableProvider for HatsTable {
             .with_listing_options(options)
             .with_schema(schema);
         let table = ListingTable::try_new(config)?;
-        let mut all = filters.to_vec();
-        if let (Some(r), Some(h)) = (&ranges, self.catalog.healpix_column()) {
-            all.extend(hpx_filter(h, r, 64));
-        }
-        table.scan(state, projection, &all, limit).await
+        let plan = table.scan(state, projection, filters, limit).await?;
+        // Give the Parquet scan the `_healpix_29` ranges as its predicate: it prunes row
+        // groups and pages by their statistics (filters pushed down later are added to it).
+        let hpx = match (&ranges, self.catalog.healpix_column()) {
+            (Some(r), Some(h)) => hpx_filter(h, r, 64),
+            _ => None,
+        };
+        let Some(hpx) = hpx else { return Ok(plan) };
+        let Some((conf, source)) = plan
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|exec| exec.downcast_to_file_source::<ParquetSource>())
+        else {
+            return Ok(plan);
+        };
+        let df_schema = DFSchema::try_from(self.catalog.schema().as_ref().clone())?;
+        let predicate = state.create_physical_expr(hpx, &df_schema)?;
+        let source = Arc::new(source.with_predicate(predicate));
+        let conf = FileScanConfigBuilder::from(conf.clone())
+            .with_source(source)
+            .build();
+        Ok(DataSourceExec::from_data_source(conf))
     }
 }

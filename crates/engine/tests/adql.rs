@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
 use meridian_catalog::{IngestOptions, Store};
 use meridian_engine::{Engine, EngineConfig, Lang};
@@ -186,4 +186,41 @@ fn unknown_names_get_suggestions() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("unknown column \"RA\""), "{e}");
+}
+
+#[test]
+fn explain_analyze_shows_row_groups_pruned() {
+    let engine = Engine::open(&fixture().store, &EngineConfig::default()).unwrap();
+    let b = run(
+        &engine,
+        "EXPLAIN ANALYZE SELECT source_id FROM gaia WHERE adql_contains_circle(ra, dec, 56.75, 24.12, 0.2) = 1",
+        Lang::Sql,
+    );
+    let text: String = b
+        .iter()
+        .flat_map(|b| {
+            let col = b.column(1).as_string::<i32>();
+            (0..col.len())
+                .map(|i| col.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let re = text
+        .split("row_groups_pruned_statistics=")
+        .nth(1)
+        .expect("pruning metrics in EXPLAIN ANALYZE");
+    let total: usize = re.split(" total").next().unwrap().trim().parse().unwrap();
+    let matched: usize = re
+        .split("→ ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        total >= 4 && matched * 4 <= total,
+        "row groups: {matched} of {total} read\n{text}"
+    );
 }
