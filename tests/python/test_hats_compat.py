@@ -1,5 +1,7 @@
 """Meridian's catalogs opened by the hats and lsdb packages, checked against astropy."""
 
+import re
+
 import hats
 import lsdb
 import numpy as np
@@ -101,3 +103,31 @@ def test_margin_cache_makes_lsdb_crossmatch_complete(store, gaia_input, tycho_in
     have = set(zip(got["source_id_g"], got["ra_t"], got["dec_t"]))
     assert len(want) > 100_000
     assert have == want, f"missing {len(want - have)}, extra {len(have - want)}"
+
+
+@pytest.mark.parametrize("ra,dec,radius", CONES)
+def test_meridian_adql_query_equals_astropy(store, gaia_input, ra, dec, radius):
+    """The same cones as ADQL through the DataFusion engine, CSV out."""
+    adql = (f"SELECT source_id, ra, dec FROM gaia WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), "
+            f"CIRCLE('ICRS', {ra}, {dec}, {radius / 3600.0!r}))")
+    out = run("query", adql, "--explain", data_dir=store)
+    got = pd.read_csv(pd.io.common.StringIO(out.stdout))
+    want = brute_cone(gaia_input, ra, dec, radius)
+    assert set(got["source_id"]) == set(want["source_id"])
+    m = re.search(r"partitions read (\d+)/(\d+)", out.stderr)
+    assert m and int(m.group(1)) < int(m.group(2)), out.stderr
+
+
+def test_meridian_query_errors_name_line_column_and_suggestion(store):
+    p = run("query", "SELECT sourceid\nFROM gaia", data_dir=store, check=False)
+    assert p.returncode != 0
+    assert "line 1, column 8" in p.stderr and "did you mean source_id?" in p.stderr, p.stderr
+    p = run("query", "SELECT * FROM gaia WHERE", data_dir=store, check=False)
+    assert p.returncode != 0 and "expected an expression" in p.stderr, p.stderr
+
+
+def test_meridian_query_maxrec_reports_overflow(store, tmp_path):
+    out = tmp_path / "r.parquet"
+    p = run("query", "SELECT source_id FROM gaia", "--maxrec", 1000, "--format", "parquet", "--out", out, data_dir=store)
+    assert "MAXREC 1000 reached" in p.stderr
+    assert pq.read_table(out).num_rows == 1000
