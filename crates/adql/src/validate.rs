@@ -40,21 +40,6 @@ fn strip(e: &Expr) -> &Expr {
     }
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 impl Validator<'_> {
     fn query(&self, q: &Query) -> Result<()> {
         for cte in &q.with {
@@ -345,7 +330,7 @@ impl Validator<'_> {
             let best = self
                 .functions
                 .names()
-                .map(|(n, _)| (edit_distance(&up, n), n))
+                .map(|(n, _)| (strsim::levenshtein(&up, n), n))
                 .min()
                 .filter(|(d, _)| *d <= 2)
                 .map(|(_, n)| format!("; did you mean {n}?"))

@@ -121,7 +121,7 @@ impl Store {
         let names = self.list()?;
         let hint = names
             .iter()
-            .filter(|n| n.eq_ignore_ascii_case(name) || edit_distance(n, name) <= 2)
+            .filter(|n| n.eq_ignore_ascii_case(name) || strsim::levenshtein(n, name) <= 2)
             .map(|n| format!("; did you mean '{n}'?"))
             .next()
             .unwrap_or_default();
@@ -250,20 +250,4 @@ impl Store {
             }
         }
     }
-}
-
-/// Levenshtein distance, for "did you mean" hints.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
