@@ -7,10 +7,8 @@ use crate::ast::*;
 use crate::lexer::{Tok, Token, tokenize};
 use crate::{Error, Result, Span};
 
-/// ADQL 2.1 reserved words (its own and SQL-92's); they may only be used as identifiers
-/// when delimited.
-const RESERVED: &[&str] = &[
-    // ADQL
+/// ADQL 2.1's function names: reserved, and called with parentheses.
+const ADQL_FUNCTIONS: &[&str] = &[
     "ABS",
     "ACOS",
     "AREA",
@@ -35,13 +33,11 @@ const RESERVED: &[&str] = &[
     "DISTANCE",
     "EXP",
     "FLOOR",
-    "ILIKE",
     "INTERSECTS",
     "IN_UNIT",
     "LOG",
     "LOG10",
     "MOD",
-    "OFFSET",
     "PI",
     "POINT",
     "POLYGON",
@@ -53,9 +49,14 @@ const RESERVED: &[&str] = &[
     "SIN",
     "SQRT",
     "TAN",
-    "TOP",
     "TRUNCATE",
-    // SQL-92
+];
+
+/// ADQL 2.1's other reserved words.
+const ADQL_KEYWORDS: &[&str] = &["ILIKE", "OFFSET", "TOP"];
+
+/// SQL-92's reserved words, reserved in ADQL too.
+const SQL_RESERVED: &[&str] = &[
     "ABSOLUTE",
     "ACTION",
     "ADD",
@@ -283,49 +284,8 @@ const RESERVED: &[&str] = &[
     "ZONE",
 ];
 
-/// Reserved words that are called like functions (name followed by a parenthesis).
-const FUNCTION_KEYWORDS: &[&str] = &[
-    "ABS",
-    "ACOS",
-    "AREA",
-    "ASIN",
-    "ATAN",
-    "ATAN2",
-    "BIT_AND",
-    "BIT_NOT",
-    "BIT_OR",
-    "BIT_XOR",
-    "BOX",
-    "CEILING",
-    "CENTROID",
-    "CIRCLE",
-    "CONTAINS",
-    "COORD1",
-    "COORD2",
-    "COORDSYS",
-    "COS",
-    "COT",
-    "DEGREES",
-    "DISTANCE",
-    "EXP",
-    "FLOOR",
-    "INTERSECTS",
-    "IN_UNIT",
-    "LOG",
-    "LOG10",
-    "MOD",
-    "PI",
-    "POINT",
-    "POLYGON",
-    "POWER",
-    "RADIANS",
-    "REGION",
-    "RAND",
-    "ROUND",
-    "SIN",
-    "SQRT",
-    "TAN",
-    "TRUNCATE",
+/// SQL reserved words that are called like functions.
+const SQL_FUNCTIONS: &[&str] = &[
     "AVG",
     "COUNT",
     "MAX",
@@ -343,10 +303,16 @@ const FUNCTION_KEYWORDS: &[&str] = &[
     "POSITION",
 ];
 
+/// Whether an unquoted word is one that is called like a function.
+fn is_function_keyword(up: &str) -> bool {
+    ADQL_FUNCTIONS.contains(&up) || SQL_FUNCTIONS.contains(&up)
+}
+
 /// Whether an unquoted word is reserved.
 pub fn is_reserved(word: &str) -> bool {
     let up = word.to_ascii_uppercase();
-    RESERVED.contains(&up.as_str())
+    let up = up.as_str();
+    ADQL_FUNCTIONS.contains(&up) || ADQL_KEYWORDS.contains(&up) || SQL_RESERVED.contains(&up)
 }
 
 struct Parser {
@@ -1099,13 +1065,13 @@ impl Parser {
                     "CASE" => self.case_expr(),
                     "CAST" => self.cast_expr(),
                     _ if matches!(self.peek_at(1), Tok::Sym("("))
-                        && (!is_reserved(&w) || FUNCTION_KEYWORDS.contains(&up.as_str())) =>
+                        && (!is_reserved(&w) || is_function_keyword(&up)) =>
                     {
                         self.function_call()
                     }
                     _ if is_reserved(&w) => Err(Error::Syntax {
                         span,
-                        message: if FUNCTION_KEYWORDS.contains(&up.as_str()) {
+                        message: if is_function_keyword(&up) {
                             format!(
                                 "'{w}' is a function: call it as {up}(...), or write \"{w}\" for a column of that name"
                             )
