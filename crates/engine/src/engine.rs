@@ -24,6 +24,32 @@ pub enum Lang {
     Sql,
 }
 
+/// What a query's scans read, against the totals: the figures `EXPLAIN` reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// HATS partitions opened.
+    pub partitions_read: usize,
+    /// HATS partitions of the tables scanned.
+    pub partitions_total: usize,
+    /// Parquet row groups read after statistics pruning.
+    pub row_groups_read: usize,
+    /// Parquet row groups in the files opened.
+    pub row_groups_total: usize,
+}
+
+impl std::fmt::Display for ScanReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partitions read {}/{}, row groups read {}/{}",
+            self.partitions_read,
+            self.partitions_total,
+            self.row_groups_read,
+            self.row_groups_total
+        )
+    }
+}
+
 /// Catalog tables and a session to query them.
 pub struct Engine {
     ctx: SessionContext,
@@ -85,6 +111,53 @@ impl Engine {
         };
         tracing::debug!(%sql, "planning");
         Ok(self.ctx.sql(&sql).await?)
+    }
+}
+
+impl Engine {
+    /// Runs the query under EXPLAIN ANALYZE and reports what its scans read.
+    pub async fn scan_report(&self, text: &str, lang: Lang) -> Result<ScanReport> {
+        let sql = match lang {
+            Lang::Adql => self.translate(text)?,
+            Lang::Sql => text.to_string(),
+        };
+        for (_, t) in &self.tables {
+            t.reset_pruning();
+        }
+        let batches = self
+            .ctx
+            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+            .await?
+            .collect()
+            .await?;
+        let mut report = ScanReport::default();
+        for b in &batches {
+            let plans = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8)
+                .map_err(datafusion::error::DataFusionError::from)?;
+            let plans = arrow::array::AsArray::as_string::<i32>(&plans);
+            for text in plans.iter().flatten() {
+                // "row_groups_pruned_statistics=22 total → 1 matched", once per scan.
+                for part in text.split("row_groups_pruned_statistics=").skip(1) {
+                    let total = part
+                        .split(" total")
+                        .next()
+                        .and_then(|t| t.trim().parse::<usize>().ok());
+                    let matched = part
+                        .split("→ ")
+                        .nth(1)
+                        .and_then(|m| m.split(' ').next())
+                        .and_then(|m| m.parse::<usize>().ok());
+                    report.row_groups_total += total.unwrap_or(0);
+                    report.row_groups_read += matched.unwrap_or(0);
+                }
+            }
+        }
+        for (_, t) in &self.tables {
+            let p = t.last_pruning();
+            report.partitions_read += p.partitions_read;
+            report.partitions_total += p.partitions_total;
+        }
+        Ok(report)
     }
 }
 

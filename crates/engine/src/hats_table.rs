@@ -50,6 +50,11 @@ impl HatsTable {
         }
     }
 
+    /// Forgets the figures of earlier scans.
+    pub fn reset_pruning(&self) {
+        *self.last.lock().expect("pruning lock") = Pruning::default();
+    }
+
     /// Pruning figures of the most recent scan.
     pub fn last_pruning(&self) -> Pruning {
         *self.last.lock().expect("pruning lock")

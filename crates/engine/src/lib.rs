@@ -9,7 +9,7 @@ pub mod session;
 pub mod translate;
 pub mod udf;
 
-pub use engine::{Engine, Lang, functions};
+pub use engine::{Engine, Lang, ScanReport, functions};
 pub use error::{Error, Result};
 pub use session::{EngineConfig, build_session};
 

@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::RecordBatch;
 use meridian_catalog::{IngestOptions, Store};
 use meridian_engine::{Engine, EngineConfig, Lang};
 
@@ -53,53 +53,6 @@ fn csv(batches: &[RecordBatch]) -> String {
         }
     }
     String::from_utf8(out).unwrap()
-}
-
-/// "partitions read R/T, row groups read M/N" from EXPLAIN ANALYZE and the table.
-fn explain(engine: &Engine, rt: &tokio::runtime::Runtime, query: &str, lang: Lang) -> String {
-    let sql = match lang {
-        Lang::Adql => engine.translate(query).unwrap(),
-        Lang::Sql => query.to_string(),
-    };
-    let batches = rt.block_on(async {
-        engine
-            .query(&format!("EXPLAIN ANALYZE {sql}"), Lang::Sql)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap()
-    });
-    let text: String = batches
-        .iter()
-        .flat_map(|b| {
-            let col = b.column(1).as_string::<i32>();
-            (0..col.len())
-                .map(|i| col.value(i).to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let p = engine.table("gaia").unwrap().last_pruning();
-    let rg = text
-        .split("row_groups_pruned_statistics=")
-        .nth(1)
-        .map(|s| {
-            let total = s.split(" total").next().unwrap().trim().to_string();
-            let matched = s
-                .split("→ ")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .to_string();
-            format!("row groups read {matched}/{total}")
-        })
-        .unwrap_or_else(|| "row groups read 0/0".into());
-    format!(
-        "partitions read {}/{}, {rg}\n",
-        p.partitions_read, p.partitions_total
-    )
 }
 
 #[test]
@@ -164,7 +117,10 @@ fn golden_files() {
                     });
                     csv(&batches)
                 }
-                "explain" => explain(&engine, &rt, &query, lang),
+                "explain" => format!(
+                    "{}\n",
+                    rt.block_on(engine.scan_report(&query, lang)).unwrap()
+                ),
                 other => panic!("unknown record kind {other} in {}", file.display()),
             };
             records += 1;

@@ -699,17 +699,7 @@ fn query(config: &Config, args: &QueryArgs) -> anyhow::Result<()> {
             )
         })??;
         if args.explain {
-            for name in store.list()? {
-                if let Some(t) = engine.table(&name) {
-                    let p = t.last_pruning();
-                    if p.partitions_total > 0 && p.partitions_read + p.partitions_total > 0 {
-                        eprintln!(
-                            "{name}: partitions read {}/{}",
-                            p.partitions_read, p.partitions_total
-                        );
-                    }
-                }
-            }
+            eprintln!("scan: {}", engine.scan_report(&args.query, lang).await?);
         }
         eprintln!(
             "{rows} rows in {:.1} ms{}",
