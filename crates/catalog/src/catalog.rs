@@ -215,7 +215,7 @@ impl Catalog {
             partitions_total: self.partitions.len(),
             ..Default::default()
         };
-        let files: Vec<Pixel> = self
+        let files: std::collections::VecDeque<Pixel> = self
             .partitions
             .iter()
             .filter(|p| {
@@ -278,7 +278,7 @@ pub struct Scan {
     catalog: Catalog,
     region: Option<Region>,
     ranges: Option<Vec<Range<u64>>>,
-    files: Vec<Pixel>,
+    files: std::collections::VecDeque<Pixel>,
     current: Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>,
     stats: ScanStats,
 }
@@ -290,10 +290,9 @@ impl Scan {
     }
 
     fn open_next(&mut self) -> Result<bool> {
-        if self.files.is_empty() {
+        let Some(pixel) = self.files.pop_front() else {
             return Ok(false);
-        }
-        let pixel = self.files.remove(0);
+        };
         let path = pixel.path_in(&self.catalog.dir);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let builder =

@@ -838,12 +838,10 @@ fn reduce_unit(ctx: &ReduceCtx, unit: &[BucketFile]) -> Result<Vec<Written>> {
     Ok(out)
 }
 
-pub(crate) fn read_ipc(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+pub(crate) fn read_ipc(path: &Path) -> Result<Vec<RecordBatch>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let r = StreamReader::try_new(std::io::BufReader::with_capacity(1 << 20, f), None)?;
-    let schema = r.schema();
-    let batches = r.collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok((schema, batches))
+    Ok(r.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
 fn reduce_bucket(
@@ -876,7 +874,7 @@ fn reduce_bucket(
         let _ = std::fs::remove_dir_all(&sub_dir);
         return Ok(());
     }
-    let (_, batches) = read_ipc(path)?;
+    let batches = read_ipc(path)?;
     let _ = std::fs::remove_file(path);
     let all = arrow::compute::concat_batches(ctx.schema, &batches)?;
     drop(batches);

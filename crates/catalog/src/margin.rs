@@ -199,7 +199,7 @@ impl MarginBuilder {
         let written: Vec<Written> = buckets
             .par_iter()
             .map(|(_, path)| -> Result<Vec<Written>> {
-                let (_, batches) = read_ipc(path)?;
+                let batches = read_ipc(path)?;
                 let all = arrow::compute::concat_batches(&self.tagged, &batches)?;
                 let order = arrow::compute::lexsort_to_indices(
                     &[

@@ -3,14 +3,15 @@
 //! predicates prune partitions; names resolve under ADQL's case rules with suggestions.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
-use meridian_catalog::{IngestOptions, Store};
+use meridian_catalog::Store;
 use meridian_engine::{Engine, EngineConfig, Lang};
 use meridian_sky::{SkyPoint, angular_separation_deg};
+
+mod common;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -21,23 +22,8 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let input = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data/catalogs/gaia_dr3_bright.csv.gz");
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let opts = IngestOptions {
-            partition_rows: 20_000,
-            row_group_rows: 2_000,
-            ..Default::default()
-        };
-        meridian_catalog::ingest::ingest(
-            &store,
-            "gaia",
-            std::slice::from_ref(&input),
-            &opts,
-            &|_| {},
-        )
-        .unwrap();
+        let (dir, store) = common::gaia_store();
+        let input = common::gaia_input();
         let mut rows = Vec::new();
         for b in meridian_formats::open(&input, &Default::default()).unwrap() {
             let b = b.unwrap();

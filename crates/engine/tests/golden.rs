@@ -16,21 +16,12 @@
 use std::path::PathBuf;
 
 use arrow::array::RecordBatch;
-use meridian_catalog::{IngestOptions, Store};
 use meridian_engine::{Engine, EngineConfig, Lang};
 
+mod common;
+
 fn engine() -> (tempfile::TempDir, Engine) {
-    let input = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/catalogs/gaia_dr3_bright.csv.gz");
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let opts = IngestOptions {
-        partition_rows: 20_000,
-        row_group_rows: 2_000,
-        ..Default::default()
-    };
-    meridian_catalog::ingest::ingest(&store, "gaia", std::slice::from_ref(&input), &opts, &|_| {})
-        .unwrap();
+    let (dir, store) = common::gaia_store();
     let engine = Engine::open(
         &store,
         &EngineConfig {
