@@ -10,10 +10,11 @@ use meridian_adql::ast::ObjectName;
 use meridian_adql::functions::Kind;
 use meridian_catalog::Store;
 
-use crate::Result;
 use crate::hats_table::HatsTable;
 use crate::session::{EngineConfig, build_session};
 use crate::translate::{Tables, to_sql};
+use crate::xmatch::{Mode, XMatchNode};
+use crate::{Error, Result};
 
 /// Query languages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +112,144 @@ impl Engine {
         };
         tracing::debug!(%sql, "planning");
         Ok(self.ctx.sql(&sql).await?)
+    }
+}
+
+/// A best-match (or all-pairs) cross-match of two catalogs, as `meridian xmatch` runs it.
+#[derive(Debug, Clone)]
+pub struct XMatchSpec {
+    /// Catalog whose rows are matched (one output row per matched row in best-match mode).
+    pub left: String,
+    /// Catalog searched for partners.
+    pub right: String,
+    /// Match radius, degrees.
+    pub radius_deg: f64,
+    /// Identifier columns; by default each catalog's main identifier ([`id_column`]).
+    pub left_id: Option<String>,
+    /// See `left_id`.
+    pub right_id: Option<String>,
+    /// Nearest partner only, or every pair.
+    pub mode: Mode,
+}
+
+/// A catalog's identifier column: the one whose UCD is `meta.id;meta.main`, else a column
+/// with a usual identifier name, else the position index `_healpix_29`.
+pub fn id_column(schema: &arrow::datatypes::Schema) -> Option<String> {
+    let ucd = schema.fields().iter().find(|f| {
+        f.metadata()
+            .get("ucd")
+            .is_some_and(|u| u.to_ascii_lowercase().contains("meta.id;meta.main"))
+    });
+    const NAMES: [&str; 8] = [
+        "source_id",
+        "objectid",
+        "object_id",
+        "objid",
+        "id",
+        "hip",
+        "tyc",
+        "_healpix_29",
+    ];
+    ucd.or_else(|| {
+        NAMES.iter().find_map(|n| {
+            schema
+                .fields()
+                .iter()
+                .find(|f| f.name().eq_ignore_ascii_case(n))
+        })
+    })
+    .map(|f| f.name().clone())
+}
+
+impl Engine {
+    /// Plans a cross-match of two catalogs: rows (id1, ra1, dec1, id2, ra2, dec2,
+    /// distance_arcsec).
+    pub async fn xmatch(&self, spec: &XMatchSpec) -> Result<DataFrame> {
+        use datafusion::logical_expr::{LogicalPlanBuilder, col};
+        let side = |name: &str, id: &Option<String>, alias: &str| -> Result<_> {
+            let table = self.table(name).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no catalog named '{name}'{}",
+                    crate::translate::suggest(name, self.tables.iter().map(|(n, _)| n.as_str()))
+                ))
+            })?;
+            let schema = datafusion::datasource::TableProvider::schema(table.as_ref());
+            let id = match id {
+                Some(id) => id.clone(),
+                None => id_column(&schema).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "catalog '{name}' has no identifier column; name one"
+                    ))
+                })?,
+            };
+            if schema.field_with_name(&id).is_err() {
+                return Err(Error::Invalid(format!(
+                    "catalog '{name}' has no column '{id}'{}",
+                    crate::translate::suggest(
+                        &id,
+                        schema.fields().iter().map(|f| f.name().as_str())
+                    )
+                )));
+            }
+            let (ra, dec) = (table.catalog().ra_column(), table.catalog().dec_column());
+            Ok((
+                alias.to_string(),
+                name.to_string(),
+                id,
+                ra.to_string(),
+                dec.to_string(),
+            ))
+        };
+        let l = side(&spec.left, &spec.left_id, "l")?;
+        let r = side(&spec.right, &spec.right_id, "r")?;
+        let mut plans = Vec::new();
+        for (alias, name, id, ra, dec) in [&l, &r] {
+            let df = self.ctx.table(name.as_str()).await?;
+            let mut cols = vec![id.clone()];
+            for c in [ra, dec] {
+                if !cols.contains(c) {
+                    cols.push(c.clone());
+                }
+            }
+            let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+            let plan = df.select_columns(&cols)?.into_unoptimized_plan();
+            plans.push(
+                LogicalPlanBuilder::from(plan)
+                    .alias(alias.as_str())?
+                    .build()?,
+            );
+        }
+        let qcol =
+            |s: &(String, String, String, String, String), c: &str| col(format!("{}.{}", s.0, c));
+        let right_plan = plans.pop().expect("two plans");
+        let left_plan = plans.pop().expect("two plans");
+        let node = XMatchNode::try_new(
+            left_plan,
+            right_plan,
+            [qcol(&l, &l.3), qcol(&l, &l.4)],
+            [qcol(&r, &r.3), qcol(&r, &r.4)],
+            spec.radius_deg,
+            spec.mode,
+        )?;
+        let distance = datafusion::execution::FunctionRegistry::udf(&self.ctx, "adql_distance")?
+            .call(vec![
+                qcol(&l, &l.3),
+                qcol(&l, &l.4),
+                qcol(&r, &r.3),
+                qcol(&r, &r.4),
+            ]);
+        let plan = LogicalPlanBuilder::from(node.into_plan())
+            .project(vec![
+                qcol(&l, &l.2).alias("id1"),
+                qcol(&l, &l.3).alias("ra1"),
+                qcol(&l, &l.4).alias("dec1"),
+                qcol(&r, &r.2).alias("id2"),
+                qcol(&r, &r.3).alias("ra2"),
+                qcol(&r, &r.4).alias("dec2"),
+                (distance * datafusion::logical_expr::lit(3600.0)).alias("distance_arcsec"),
+            ])?
+            .build()?;
+        Ok(DataFrame::new(self.ctx.state(), plan))
     }
 }
 

@@ -10,6 +10,9 @@ pub enum Error {
     /// Planning or execution failed.
     #[error("{0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    /// A request names something that does not exist or is out of range.
+    #[error("{0}")]
+    Invalid(String),
     /// The query uses something not supported yet.
     #[error("not supported: {0}")]
     Unsupported(String),

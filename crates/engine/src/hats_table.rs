@@ -50,6 +50,11 @@ impl HatsTable {
         }
     }
 
+    /// The catalog served.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// Forgets the figures of earlier scans.
     pub fn reset_pruning(&self) {
         *self.last.lock().expect("pruning lock") = Pruning::default();
@@ -77,7 +82,8 @@ fn is_column(e: &Expr, name: &str) -> bool {
     }
 }
 
-fn number(e: &Expr) -> Option<f64> {
+/// The value of a numeric literal (through casts and negation).
+pub(crate) fn number(e: &Expr) -> Option<f64> {
     match e {
         Expr::Literal(v, _) => match v {
             ScalarValue::Float64(Some(x)) => Some(*x),

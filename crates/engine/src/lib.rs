@@ -8,10 +8,12 @@ pub mod hats_table;
 pub mod session;
 pub mod translate;
 pub mod udf;
+pub mod xmatch;
 
-pub use engine::{Engine, Lang, ScanReport, functions};
+pub use engine::{Engine, Lang, ScanReport, XMatchSpec, functions, id_column};
 pub use error::{Error, Result};
 pub use session::{EngineConfig, build_session};
+pub use xmatch::Mode as XMatchMode;
 
 pub use datafusion::physical_plan::{
     ExecutionPlan, SendableRecordBatchStream as RecordBatchStream,

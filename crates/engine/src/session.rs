@@ -1,12 +1,15 @@
 //! The one session builder: every query, local or (later) on Ballista, runs in a session
-//! made here, with the spatial UDFs registered and the configured limits.
+//! made here, with the spatial UDFs, the cross-match rule and operator, and the configured
+//! limits.
 
 use std::sync::Arc;
 
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::Result;
+use crate::xmatch::{MeridianQueryPlanner, XMatchRule};
 
 /// Engine limits and parallelism.
 #[derive(Debug, Clone)]
@@ -43,7 +46,14 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     }
     sc.options_mut().execution.parquet.pruning = true;
     sc.options_mut().execution.parquet.enable_page_index = true;
-    let ctx = SessionContext::new_with_config_rt(sc, Arc::clone(&runtime));
+    let state = SessionStateBuilder::new()
+        .with_config(sc)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_optimizer_rule(Arc::new(XMatchRule))
+        .with_query_planner(Arc::new(MeridianQueryPlanner))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     for udf in crate::udf::spatial_udfs() {
         ctx.register_udf(udf);
     }

@@ -64,6 +64,16 @@ pub fn neighbours(order: u8, pix: u64) -> Vec<u64> {
     out
 }
 
+/// The deepest order at which every cone of `radius_deg` lies inside the cell holding its
+/// centre and that cell's neighbours (the radius is below the smallest edge-to-opposite-edge
+/// width of any cell there); `None` when even the base cells are too small (radius above
+/// about 29 degrees). Cross-matching buckets positions at this order or coarser.
+pub fn neighbourhood_order(radius_deg: f64) -> Option<u8> {
+    let r = radius_deg.to_radians();
+    ((0.0..0.5).contains(&r) && cdshealpix::has_best_starting_depth(r))
+        .then(|| cdshealpix::best_starting_depth(r))
+}
+
 /// Mean cell side at `order` in degrees, sqrt(4 pi / n_cells).
 pub fn mean_cell_size_deg(order: u8) -> f64 {
     (4.0 * std::f64::consts::PI / n_cells(order) as f64)
@@ -87,6 +97,15 @@ mod tests {
         assert_eq!(n_cells(0), 12);
         assert_eq!(n_cells(29), 12 * (1u64 << 58));
         assert!(check_order(30).is_err());
+    }
+
+    #[test]
+    fn neighbourhood_order_shrinks_with_radius() {
+        assert_eq!(neighbourhood_order(1.0), Some(5));
+        assert_eq!(neighbourhood_order(3.0 / 3600.0), Some(15));
+        assert!(neighbourhood_order(1.0 / 3600.0).unwrap() > 15);
+        assert_eq!(neighbourhood_order(60.0), None);
+        assert_eq!(neighbourhood_order(f64::NAN), None);
     }
 
     #[test]

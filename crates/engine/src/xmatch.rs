@@ -1,0 +1,816 @@
+//! The cross-match operator: a join of two tables on "within r of each other", run as a
+//! HEALPix-bucketed join instead of a nested loop.
+//!
+//! The build side is read once and its rows are bucketed by HEALPix cell at an order whose
+//! smallest cell is wider than r ([`neighbourhood_order`]): every partner of a probe row
+//! then lies in the probe row's cell or one of its neighbours, at the poles and across
+//! RA=0/360 alike, since HEALPix neighbours wrap. The neighbourhood plays the part of a
+//! margin of width r, without copying rows. The probe side streams through once, in
+//! parallel over its partitions, and each candidate pair is tested on unit vectors.
+//!
+//! In a SQL or ADQL join the original predicate stays in a filter above the operator, so the
+//! result is exactly that of the nested loop (the operator's own test is a slightly wider
+//! superset). [`Mode::Nearest`] keeps, per probe row, only the nearest partner within r
+//! (Data Lab's best-match tables).
+//!
+//! Memory: the build side and its index are accounted in the session's memory pool; beyond
+//! the budget the query fails with a resources error and the process lives.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, take};
+use arrow::datatypes::{DataType, Float64Type, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::{DFSchemaRef, DataFusionError, Result};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Extension, Filter, JoinType, LogicalPlan, Operator, UserDefinedLogicalNode,
+    UserDefinedLogicalNodeCore,
+};
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    Partitioning, PlanProperties,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::{StreamExt, TryStreamExt};
+use meridian_sky::healpix::neighbourhood_order;
+use tokio::sync::OnceCell;
+
+use crate::hats_table::number;
+
+/// Which pairs the operator returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub enum Mode {
+    /// Every pair within the radius.
+    All,
+    /// Per probe (left) row, the nearest build (right) row within the radius.
+    Nearest,
+}
+
+/// Logical cross-match of `left` and `right`: output rows are left columns then right
+/// columns, as for an inner join.
+#[derive(Debug, Clone)]
+pub struct XMatchNode {
+    left: LogicalPlan,
+    right: LogicalPlan,
+    /// RA and Dec of the left rows, degrees (expressions over `left`).
+    left_pos: [Expr; 2],
+    /// RA and Dec of the right rows, degrees (expressions over `right`).
+    right_pos: [Expr; 2],
+    radius_deg: f64,
+    mode: Mode,
+    schema: DFSchemaRef,
+}
+
+impl XMatchNode {
+    /// A cross-match of two plans; `radius_deg` must allow a HEALPix neighbourhood (below
+    /// about 29 degrees).
+    pub fn try_new(
+        left: LogicalPlan,
+        right: LogicalPlan,
+        left_pos: [Expr; 2],
+        right_pos: [Expr; 2],
+        radius_deg: f64,
+        mode: Mode,
+    ) -> Result<Self> {
+        if neighbourhood_order(radius_deg).is_none() {
+            return Err(DataFusionError::Plan(format!(
+                "cross-match radius {radius_deg} deg is not between 0 and 29 deg"
+            )));
+        }
+        let schema = Arc::new(left.schema().join(right.schema())?);
+        Ok(Self {
+            left,
+            right,
+            left_pos,
+            right_pos,
+            radius_deg,
+            mode,
+            schema,
+        })
+    }
+
+    /// Wraps the node as a logical plan.
+    pub fn into_plan(self) -> LogicalPlan {
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(self),
+        })
+    }
+}
+
+impl PartialEq for XMatchNode {
+    fn eq(&self, other: &Self) -> bool {
+        self.left == other.left
+            && self.right == other.right
+            && self.left_pos == other.left_pos
+            && self.right_pos == other.right_pos
+            && self.radius_deg.to_bits() == other.radius_deg.to_bits()
+            && self.mode == other.mode
+    }
+}
+
+impl Eq for XMatchNode {}
+
+impl Hash for XMatchNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.left.hash(state);
+        self.right.hash(state);
+        self.left_pos.hash(state);
+        self.right_pos.hash(state);
+        self.radius_deg.to_bits().hash(state);
+        self.mode.hash(state);
+    }
+}
+
+impl PartialOrd for XMatchNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.left.partial_cmp(&other.left)? {
+            Ordering::Equal => {}
+            o => return Some(o),
+        }
+        match self.right.partial_cmp(&other.right)? {
+            Ordering::Equal => {}
+            o => return Some(o),
+        }
+        self.radius_deg.partial_cmp(&other.radius_deg)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for XMatchNode {
+    fn name(&self) -> &str {
+        "XMatch"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.left, &self.right]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        [&self.left_pos, &self.right_pos]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "XMatch: mode={:?}, radius={} arcsec, left=({}, {}), right=({}, {})",
+            self.mode,
+            self.radius_deg * 3600.0,
+            self.left_pos[0],
+            self.left_pos[1],
+            self.right_pos[0],
+            self.right_pos[1]
+        )
+    }
+
+    fn with_exprs_and_inputs(&self, exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let [l_ra, l_dec, r_ra, r_dec]: [Expr; 4] = exprs
+            .try_into()
+            .map_err(|_| DataFusionError::Internal("XMatch takes 4 expressions".into()))?;
+        let [left, right]: [LogicalPlan; 2] = inputs
+            .try_into()
+            .map_err(|_| DataFusionError::Internal("XMatch takes 2 inputs".into()))?;
+        Self::try_new(
+            left,
+            right,
+            [l_ra, l_dec],
+            [r_ra, r_dec],
+            self.radius_deg,
+            self.mode,
+        )
+    }
+}
+
+/// A spatial join condition read off one conjunct: (position A, position B, radius).
+fn spatial_condition(e: &Expr) -> Option<([Expr; 2], [Expr; 2], f64)> {
+    let call = |f: &ScalarFunction, radius: Option<f64>| -> Option<([Expr; 2], [Expr; 2], f64)> {
+        let a = &f.args;
+        let radius = match (f.func.name(), radius) {
+            ("adql_distance" | "q3c_dist", Some(r)) if a.len() == 4 => r,
+            ("adql_contains_circle" | "q3c_join" | "q3c_radial_query", None) if a.len() == 5 => {
+                number(&a[4])?
+            }
+            _ => return None,
+        };
+        Some((
+            [a[0].clone(), a[1].clone()],
+            [a[2].clone(), a[3].clone()],
+            radius,
+        ))
+    };
+    match e {
+        Expr::ScalarFunction(f) if matches!(f.func.name(), "q3c_join" | "q3c_radial_query") => {
+            call(f, None)
+        }
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (f, other, op) = match (&**left, &**right) {
+                (Expr::ScalarFunction(f), other) => (f, other, *op),
+                (other, Expr::ScalarFunction(f)) => (f, other, op.swap()?),
+                _ => return None,
+            };
+            let value = number(other)?;
+            match op {
+                Operator::Eq if value == 1.0 && f.func.name() == "adql_contains_circle" => {
+                    call(f, None)
+                }
+                Operator::Lt | Operator::LtEq => call(f, Some(value)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Which input of `join` all of `exprs` read from: `Some(true)` left, `Some(false)` right.
+fn side_of(exprs: &[Expr], left: &LogicalPlan, right: &LogicalPlan) -> Option<bool> {
+    let cols: Vec<_> = exprs.iter().flat_map(|e| e.column_refs()).collect();
+    if cols.is_empty() {
+        return None;
+    }
+    if cols.iter().all(|c| left.schema().has_column(c)) {
+        Some(true)
+    } else if cols.iter().all(|c| right.schema().has_column(c)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Turns an inner join whose condition holds a distance predicate into a filter over an
+/// [`XMatchNode`].
+#[derive(Debug, Default)]
+pub struct XMatchRule;
+
+impl OptimizerRule for XMatchRule {
+    fn name(&self) -> &str {
+        "meridian_xmatch"
+    }
+
+    fn apply_order(&self) -> Option<datafusion::optimizer::ApplyOrder> {
+        Some(datafusion::optimizer::ApplyOrder::BottomUp)
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Join(join) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        if join.join_type != JoinType::Inner || !join.on.is_empty() {
+            return Ok(Transformed::no(plan));
+        }
+        let Some(filter) = &join.filter else {
+            return Ok(Transformed::no(plan));
+        };
+        let conjuncts = datafusion::logical_expr::utils::split_conjunction(filter);
+        let found = conjuncts.iter().find_map(|c| {
+            let (a, b, r) = spatial_condition(c)?;
+            neighbourhood_order(r)?;
+            match (
+                side_of(&a, &join.left, &join.right)?,
+                side_of(&b, &join.left, &join.right)?,
+            ) {
+                (true, false) => Some((a, b, r)),
+                (false, true) => Some((b, a, r)),
+                _ => None,
+            }
+        });
+        let Some((left_pos, right_pos, radius)) = found else {
+            return Ok(Transformed::no(plan));
+        };
+        let node = XMatchNode::try_new(
+            (*join.left).clone(),
+            (*join.right).clone(),
+            left_pos,
+            right_pos,
+            radius,
+            Mode::All,
+        )?;
+        if node.schema.as_ref() != join.schema.as_ref() {
+            return Ok(Transformed::no(plan));
+        }
+        let filtered = Filter::try_new(filter.clone(), Arc::new(node.into_plan()))?;
+        Ok(Transformed::yes(LogicalPlan::Filter(filtered)))
+    }
+}
+
+/// Plans [`XMatchNode`]s as [`XMatchExec`].
+#[derive(Debug, Default)]
+pub struct XMatchPlanner;
+
+#[async_trait::async_trait]
+impl ExtensionPlanner for XMatchPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<XMatchNode>() else {
+            return Ok(None);
+        };
+        let exprs = |pos: &[Expr; 2], input: &LogicalPlan| -> Result<[Arc<dyn PhysicalExpr>; 2]> {
+            let ra =
+                planner.create_physical_expr(&pos[0], input.schema(), session, planning_ctx)?;
+            let dec =
+                planner.create_physical_expr(&pos[1], input.schema(), session, planning_ctx)?;
+            Ok([ra, dec])
+        };
+        let left_pos = exprs(&node.left_pos, logical_inputs[0])?;
+        let right_pos = exprs(&node.right_pos, logical_inputs[1])?;
+        // The smaller input is indexed (the right one unless statistics say otherwise);
+        // best-match mode always indexes the right input.
+        #[allow(deprecated)]
+        let rows = |p: &Arc<dyn ExecutionPlan>| {
+            p.partition_statistics(None)
+                .ok()
+                .and_then(|s| s.num_rows.get_value().copied())
+        };
+        let build_left = node.mode == Mode::All
+            && matches!(
+                (rows(&physical_inputs[0]), rows(&physical_inputs[1])),
+                (Some(l), Some(r)) if l < r
+            );
+        Ok(Some(Arc::new(XMatchExec::new(
+            physical_inputs[0].clone(),
+            physical_inputs[1].clone(),
+            left_pos,
+            right_pos,
+            node.radius_deg,
+            node.mode,
+            build_left,
+            Arc::new(node.schema.as_arrow().clone()),
+        ))))
+    }
+}
+
+/// The session's query planner: DataFusion's, with the cross-match operator.
+#[derive(Debug, Default)]
+pub struct MeridianQueryPlanner;
+
+#[async_trait::async_trait]
+impl QueryPlanner for MeridianQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(XMatchPlanner)])
+            .create_physical_plan(logical_plan, session_state)
+            .await
+    }
+}
+
+/// An input plan and its (RA, Dec) expressions.
+type Side<'a> = (&'a Arc<dyn ExecutionPlan>, &'a [Arc<dyn PhysicalExpr>; 2]);
+
+/// Physical cross-match; see the module documentation.
+#[derive(Debug)]
+pub struct XMatchExec {
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    left_pos: [Arc<dyn PhysicalExpr>; 2],
+    right_pos: [Arc<dyn PhysicalExpr>; 2],
+    radius_deg: f64,
+    mode: Mode,
+    /// Index the left input and stream the right one (otherwise the reverse).
+    build_left: bool,
+    properties: Arc<PlanProperties>,
+    index: Arc<OnceCell<Arc<Index>>>,
+}
+
+impl XMatchExec {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        left_pos: [Arc<dyn PhysicalExpr>; 2],
+        right_pos: [Arc<dyn PhysicalExpr>; 2],
+        radius_deg: f64,
+        mode: Mode,
+        build_left: bool,
+        schema: SchemaRef,
+    ) -> Self {
+        let probe = if build_left { &right } else { &left };
+        let partitions = probe.output_partitioning().partition_count();
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            left,
+            right,
+            left_pos,
+            right_pos,
+            radius_deg,
+            mode,
+            build_left,
+            properties,
+            index: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// (build input, its position expressions), (probe input, its position expressions).
+    fn sides(&self) -> (Side<'_>, Side<'_>) {
+        let left = (&self.left, &self.left_pos);
+        let right = (&self.right, &self.right_pos);
+        if self.build_left {
+            (left, right)
+        } else {
+            (right, left)
+        }
+    }
+}
+
+impl DisplayAs for XMatchExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "XMatchExec: mode={:?}, radius={} arcsec, order={}, build={}",
+            self.mode,
+            self.radius_deg * 3600.0,
+            neighbourhood_order(self.radius_deg).unwrap_or(0),
+            if self.build_left { "left" } else { "right" }
+        )
+    }
+}
+
+impl ExecutionPlan for XMatchExec {
+    fn name(&self) -> &str {
+        "XMatchExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        if self.build_left {
+            vec![
+                Distribution::SinglePartition,
+                Distribution::UnspecifiedDistribution,
+            ]
+        } else {
+            vec![
+                Distribution::UnspecifiedDistribution,
+                Distribution::SinglePartition,
+            ]
+        }
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.left, &self.right]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        datafusion::physical_plan::apply_expression_roots(
+            self.left_pos.iter().chain(self.right_pos.iter()),
+            f,
+        )
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [left, right]: [Arc<dyn ExecutionPlan>; 2] = children
+            .try_into()
+            .map_err(|_| DataFusionError::Internal("XMatchExec takes 2 children".into()))?;
+        Ok(Arc::new(Self::new(
+            left,
+            right,
+            self.left_pos.clone(),
+            self.right_pos.clone(),
+            self.radius_deg,
+            self.mode,
+            self.build_left,
+            self.schema(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let ((build, build_pos), (probe, probe_pos)) = self.sides();
+        let (build, build_pos) = (build.clone(), build_pos.clone());
+        let probe_stream = probe.execute(partition, context.clone())?;
+        let probe_pos = probe_pos.clone();
+        let cell = self.index.clone();
+        let radius = self.radius_deg;
+        let (mode, build_left, schema) = (self.mode, self.build_left, self.schema());
+        let batch_size = context.session_config().batch_size();
+        let out_schema = schema.clone();
+        let stream = futures::stream::once(async move {
+            let index = cell
+                .get_or_try_init(|| Index::build(build, build_pos, radius, context))
+                .await?
+                .clone();
+            let mut matcher = Matcher::new(index, mode);
+            Ok::<_, DataFusionError>(
+                probe_stream
+                    .map(move |batch| {
+                        let batch = batch?;
+                        let [ra, dec] = positions(&probe_pos, &batch)?;
+                        let pairs = matcher.pairs(&ra, &dec);
+                        assemble(&out_schema, &batch, &matcher.index.batch, pairs, build_left)
+                    })
+                    .map_ok(move |b| futures::stream::iter(split(b, batch_size).map(Ok)))
+                    .try_flatten(),
+            )
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// Evaluates RA and Dec expressions over a batch as Float64 arrays.
+fn positions(
+    exprs: &[Arc<dyn PhysicalExpr>; 2],
+    batch: &RecordBatch,
+) -> Result<[Arc<dyn Array>; 2]> {
+    let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<Arc<dyn Array>> {
+        let v = e.evaluate(batch)?.into_array(batch.num_rows())?;
+        Ok(arrow::compute::cast(&v, &DataType::Float64)?)
+    };
+    Ok([eval(&exprs[0])?, eval(&exprs[1])?])
+}
+
+/// Unit vector and (lon, lat) in radians of a valid position, `None` for NULL, NaN or
+/// |dec| > 90.
+fn unit_vector(ra: &dyn Array, dec: &dyn Array, i: usize) -> Option<([f64; 3], f64, f64)> {
+    if ra.is_null(i) || dec.is_null(i) {
+        return None;
+    }
+    let ra = ra.as_primitive::<Float64Type>().value(i);
+    let dec = dec.as_primitive::<Float64Type>().value(i);
+    if !ra.is_finite() || !(-90.0..=90.0).contains(&dec) {
+        return None;
+    }
+    let (lon, lat) = (ra.to_radians(), dec.to_radians());
+    let (sr, cr) = lon.sin_cos();
+    let (sd, cd) = lat.sin_cos();
+    Some((
+        [cd * cr, cd * sr, sd],
+        lon.rem_euclid(std::f64::consts::TAU),
+        lat,
+    ))
+}
+
+fn chord2(a: &[f64; 3], b: &[f64; 3]) -> f64 {
+    let (x, y, z) = (a[0] - b[0], a[1] - b[1], a[2] - b[2]);
+    x * x + y * y + z * z
+}
+
+/// The build side, bucketed by HEALPix cell.
+#[derive(Debug)]
+struct Index {
+    batch: RecordBatch,
+    order: u8,
+    /// Unit vectors of the build rows, in cell order.
+    xyz: Vec<[f64; 3]>,
+    /// Build row of each entry of `xyz`.
+    rows: Vec<u32>,
+    /// Cell → range of `xyz`/`rows`.
+    cells: foldhash::HashMap<u64, (u32, u32)>,
+    /// Squared chord of the candidate radius (the radius widened by a hair, so that
+    /// rounding never drops a pair the exact predicate keeps).
+    chord2_max: f64,
+    radius_deg: f64,
+    _reservation: MemoryReservation,
+}
+
+impl Index {
+    async fn build(
+        plan: Arc<dyn ExecutionPlan>,
+        pos: [Arc<dyn PhysicalExpr>; 2],
+        radius_deg: f64,
+        context: Arc<TaskContext>,
+    ) -> Result<Arc<Index>> {
+        let started = std::time::Instant::now();
+        let reservation = MemoryConsumer::new("XMatch build side").register(context.memory_pool());
+        let schema = plan.schema();
+        let mut stream = plan.execute(0, context)?;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            reservation.try_grow(batch.get_array_memory_size())?;
+            batches.push(batch);
+        }
+        let batch = concat_batches(&schema, &batches)?;
+        drop(batches);
+        let n = batch.num_rows();
+        if n > u32::MAX as usize {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "cross-match build side has {n} rows; at most {} are supported",
+                u32::MAX
+            )));
+        }
+        // Per entry: a unit vector, a row number, a cell (temporarily) and a map slot.
+        reservation.try_grow(n * (24 + 4 + 8 + 24))?;
+        let [ra, dec] = positions(&pos, &batch)?;
+        // Cells no finer than needed for the neighbourhood rule, and not much finer than
+        // one row per cell on average.
+        let density_order = (0u8..=29)
+            .find(|&k| meridian_sky::healpix::n_cells(k) >= n as u64)
+            .unwrap_or(29);
+        let order = neighbourhood_order(radius_deg)
+            .expect("radius checked when planned")
+            .min(density_order);
+        let layer = cdshealpix::nested::get(order);
+        let mut keyed: Vec<(u64, u32, [f64; 3])> = (0..n)
+            .filter_map(|i| {
+                let (v, lon, lat) = unit_vector(&ra, &dec, i)?;
+                Some((layer.hash(lon, lat), i as u32, v))
+            })
+            .collect();
+        keyed.sort_unstable_by_key(|k| k.0);
+        let mut cells = foldhash::HashMap::default();
+        let mut start = 0;
+        while start < keyed.len() {
+            let cell = keyed[start].0;
+            let end = start + keyed[start..].partition_point(|k| k.0 == cell);
+            cells.insert(cell, (start as u32, end as u32));
+            start = end;
+        }
+        let rows = keyed.iter().map(|k| k.1).collect();
+        let xyz = keyed.iter().map(|k| k.2).collect();
+        let widened = (radius_deg * (1.0 + 1e-7) + 1e-10).to_radians();
+        let chord = 2.0 * (widened / 2.0).sin();
+        tracing::debug!(
+            rows = n,
+            order,
+            cells = cells.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cross-match index built"
+        );
+        Ok(Arc::new(Index {
+            batch,
+            order,
+            xyz,
+            rows,
+            cells,
+            chord2_max: chord * chord,
+            radius_deg,
+            _reservation: reservation,
+        }))
+    }
+}
+
+/// Matched (probe row, build row) pairs of one probe batch.
+struct Pairs {
+    probe: Vec<u32>,
+    build: Vec<u32>,
+}
+
+/// Probes the index; remembers the candidate cells of the last probe cell, since probe
+/// inputs are often sorted by HEALPix index.
+struct Matcher {
+    index: Arc<Index>,
+    mode: Mode,
+    last_cell: Option<u64>,
+    neighbours: Vec<u64>,
+    ranges: Vec<(u32, u32)>,
+}
+
+impl Matcher {
+    fn new(index: Arc<Index>, mode: Mode) -> Self {
+        Self {
+            index,
+            mode,
+            last_cell: None,
+            neighbours: Vec::with_capacity(9),
+            ranges: Vec::with_capacity(9),
+        }
+    }
+
+    fn pairs(&mut self, ra: &dyn Array, dec: &dyn Array) -> Pairs {
+        let idx = Arc::clone(&self.index);
+        let layer = cdshealpix::nested::get(idx.order);
+        let mut out = Pairs {
+            probe: Vec::new(),
+            build: Vec::new(),
+        };
+        for i in 0..ra.len() {
+            let Some((v, lon, lat)) = unit_vector(ra, dec, i) else {
+                continue;
+            };
+            let cell = layer.hash(lon, lat);
+            if self.last_cell != Some(cell) {
+                self.last_cell = Some(cell);
+                self.neighbours.clear();
+                layer.append_bulk_neighbours(cell, &mut self.neighbours);
+                self.neighbours.push(cell);
+                self.ranges.clear();
+                self.ranges.extend(
+                    self.neighbours
+                        .iter()
+                        .filter_map(|c| idx.cells.get(c).copied()),
+                );
+            }
+            let mut best: Option<(f64, u32)> = None;
+            for &(s, e) in &self.ranges {
+                for j in s as usize..e as usize {
+                    let d = chord2(&v, &idx.xyz[j]);
+                    if d > idx.chord2_max {
+                        continue;
+                    }
+                    match self.mode {
+                        Mode::All => {
+                            out.probe.push(i as u32);
+                            out.build.push(idx.rows[j]);
+                        }
+                        Mode::Nearest => {
+                            let better = match best {
+                                None => true,
+                                Some((bd, br)) => d < bd || (d == bd && idx.rows[j] < br),
+                            };
+                            if better {
+                                best = Some((d, idx.rows[j]));
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some((d, row)) = best {
+                // The nearest partner must be within the radius exactly.
+                let theta = 2.0 * (d.sqrt() / 2.0).min(1.0).asin();
+                if theta.to_degrees() <= idx.radius_deg {
+                    out.probe.push(i as u32);
+                    out.build.push(row);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Output rows of matched pairs: left columns, then right columns.
+fn assemble(
+    schema: &SchemaRef,
+    probe: &RecordBatch,
+    build: &RecordBatch,
+    pairs: Pairs,
+    build_left: bool,
+) -> Result<RecordBatch> {
+    let p = UInt32Array::from(pairs.probe);
+    let b = UInt32Array::from(pairs.build);
+    let pick = |batch: &RecordBatch, idx: &UInt32Array| -> Result<Vec<Arc<dyn Array>>> {
+        batch
+            .columns()
+            .iter()
+            .map(|c| Ok(take(c.as_ref(), idx, None)?))
+            .collect()
+    };
+    let (mut cols, right) = if build_left {
+        (pick(build, &b)?, pick(probe, &p)?)
+    } else {
+        (pick(probe, &p)?, pick(build, &b)?)
+    };
+    cols.extend(right);
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(p.len()));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        cols,
+        &options,
+    )?)
+}
+
+/// Splits a batch into slices of at most `size` rows; empty batches vanish.
+fn split(batch: RecordBatch, size: usize) -> impl Iterator<Item = RecordBatch> {
+    let n = batch.num_rows();
+    (0..n)
+        .step_by(size.max(1))
+        .map(move |s| batch.slice(s, size.min(n - s)))
+}

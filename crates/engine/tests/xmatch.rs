@@ -1,0 +1,365 @@
+//! The cross-match operator against a brute-force oracle, on two catalogs made to stress it:
+//! clusters at both poles and on RA=0/360, pairs planted at and around the radius, many
+//! small partitions. Every join form (DISTANCE, CONTAINS, q3c_join, either side first,
+//! explicit join or WHERE) must return exactly the brute-force pair set and run as the
+//! cross-match operator; best-match mode returns each left row's nearest partner.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::sync::OnceLock;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type};
+use meridian_catalog::{IngestOptions, Store};
+use meridian_engine::{Engine, EngineConfig, Lang, XMatchMode, XMatchSpec};
+use meridian_sky::angular_separation_deg;
+use rand::{Rng, SeedableRng};
+
+type Rows = Vec<(i64, f64, f64)>;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    a: Rows,
+    b: Rows,
+}
+
+/// A position at `sep_deg` from (ra, dec) towards position angle `pa` (radians).
+fn offset(ra: f64, dec: f64, sep_deg: f64, pa: f64) -> (f64, f64) {
+    let (a, d, s) = (ra.to_radians(), dec.to_radians(), sep_deg.to_radians());
+    let p = [d.cos() * a.cos(), d.cos() * a.sin(), d.sin()];
+    let east = [-a.sin(), a.cos(), 0.0];
+    let north = [-d.sin() * a.cos(), -d.sin() * a.sin(), d.cos()];
+    let v: Vec<f64> = (0..3)
+        .map(|i| p[i] * s.cos() + s.sin() * (pa.cos() * north[i] + pa.sin() * east[i]))
+        .collect();
+    let ra = v[1].atan2(v[0]).to_degrees().rem_euclid(360.0);
+    let dec = v[2].clamp(-1.0, 1.0).asin().to_degrees();
+    (ra % 360.0, dec)
+}
+
+fn sky_points(rng: &mut impl Rng, n: usize, first_id: i64) -> Rows {
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let (ra, dec) = match i % 5 {
+            // Around the poles and the RA seam.
+            0 => (rng.random_range(0.0..360.0), rng.random_range(89.98..90.0)),
+            1 => (
+                rng.random_range(0.0..360.0),
+                rng.random_range(-90.0..-89.98),
+            ),
+            2 => (
+                (rng.random_range(-0.02..0.02f64)).rem_euclid(360.0),
+                rng.random_range(-1.0..1.0),
+            ),
+            _ => (
+                rng.random_range(0.0..360.0),
+                rng.random_range(-1.0f64..1.0).asin().to_degrees(),
+            ),
+        };
+        rows.push((first_id + i as i64, ra % 360.0, dec));
+    }
+    rows
+}
+
+fn write_csv(path: &std::path::Path, rows: &Rows) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(f, "id,ra,dec").unwrap();
+    for (id, ra, dec) in rows {
+        writeln!(f, "{id},{ra:.12},{dec:.12}").unwrap();
+    }
+}
+
+const RADIUS_DEG: f64 = 5.0 / 3600.0;
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20261121);
+        let b = sky_points(&mut rng, 12_000, 1_000_000);
+        // Partners of most of b at separations spread over 0..2r, several for some.
+        let mut a = Vec::new();
+        let mut id = 1;
+        for &(_, ra, dec) in &b {
+            for _ in 0..rng.random_range(0..3) {
+                let sep = rng.random_range(0.0..2.0 * RADIUS_DEG);
+                let (r2, d2) = offset(ra, dec, sep, rng.random_range(0.0..std::f64::consts::TAU));
+                a.push((id, r2, d2));
+                id += 1;
+            }
+        }
+        a.extend(sky_points(&mut rng, 4_000, id));
+        // Positions as the CSV holds them, so that the oracle sees the ingested values.
+        let exact = |x: f64| format!("{x:.12}").parse::<f64>().unwrap();
+        let (a, b): (Rows, Rows) = [a, b]
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|(i, r, d)| (i, exact(r), exact(d)))
+                    .collect()
+            })
+            .into();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let opts = IngestOptions {
+            partition_rows: 1_500,
+            row_group_rows: 500,
+            ..Default::default()
+        };
+        for (name, rows) in [("xa", &a), ("xb", &b)] {
+            let path = dir.path().join(format!("{name}.csv"));
+            write_csv(&path, rows);
+            meridian_catalog::ingest::ingest(&store, name, &[path], &opts, &|_| {}).unwrap();
+        }
+        Fixture {
+            _dir: dir,
+            store,
+            a,
+            b,
+        }
+    })
+}
+
+/// Every (a, b) pair within `r_deg`, by a sweep over Dec (|dDec| bounds the separation).
+fn brute_pairs(a: &Rows, b: &Rows, r_deg: f64) -> BTreeSet<(i64, i64)> {
+    let mut sorted = b.clone();
+    sorted.sort_by(|x, y| x.2.total_cmp(&y.2));
+    let mut out = BTreeSet::new();
+    for &(ia, ra, da) in a {
+        let lo = sorted.partition_point(|x| x.2 < da - r_deg);
+        for &(ib, rb, db) in sorted[lo..].iter().take_while(|x| x.2 <= da + r_deg) {
+            if angular_separation_deg(ra, da, rb, db) < r_deg {
+                out.insert((ia, ib));
+            }
+        }
+    }
+    out
+}
+
+fn run(engine: &Engine, q: &str, lang: Lang) -> (Vec<RecordBatch>, String) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let df = engine
+            .query(q, lang)
+            .await
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+        let plan = df.clone().create_physical_plan().await.unwrap();
+        let shown = meridian_engine::display_plan(&plan);
+        let batches = meridian_engine::execute(plan, engine)
+            .unwrap()
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+        (batches, shown)
+    })
+}
+
+use futures::StreamExt;
+
+fn pairs(batches: &[RecordBatch]) -> BTreeSet<(i64, i64)> {
+    let mut out = BTreeSet::new();
+    for b in batches {
+        let x = b.column(0).as_primitive::<Int64Type>();
+        let y = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            assert!(out.insert((x.value(i), y.value(i))), "duplicate pair");
+        }
+    }
+    out
+}
+
+fn engine(config: &EngineConfig) -> Engine {
+    Engine::open(&fixture().store, config).unwrap()
+}
+
+#[test]
+fn every_join_form_equals_brute_force() {
+    let f = fixture();
+    let e = engine(&EngineConfig::default());
+    let want = brute_pairs(&f.a, &f.b, RADIUS_DEG);
+    assert!(want.len() > 8_000, "{} planted pairs", want.len());
+    // The fixture puts pairs at the poles and on the seam.
+    let near = |id: i64, pred: &dyn Fn(f64, f64) -> bool| {
+        f.a.iter().any(|&(i, ra, dec)| i == id && pred(ra, dec))
+    };
+    assert!(want.iter().any(|p| near(p.0, &|_, d| d > 89.99)));
+    assert!(want.iter().any(|p| near(p.0, &|_, d| d < -89.99)));
+    assert!(want.iter().any(|p| near(p.0, &|r, _| r > 359.999)));
+    let r = RADIUS_DEG;
+    let queries = [
+        (
+            format!(
+                "SELECT a.id, b.id FROM xa AS a JOIN xb AS b \
+                 ON DISTANCE(POINT('ICRS', a.ra, a.dec), POINT('ICRS', b.ra, b.dec)) < {r}"
+            ),
+            Lang::Adql,
+        ),
+        (
+            format!(
+                "SELECT a.id, b.id FROM xa AS a, xb AS b WHERE \
+                 1 = CONTAINS(POINT(b.ra, b.dec), CIRCLE(a.ra, a.dec, {r})) \
+                 AND DISTANCE(POINT(a.ra, a.dec), POINT(b.ra, b.dec)) < {r}"
+            ),
+            Lang::Adql,
+        ),
+        (
+            format!(
+                "SELECT b.id, a.id FROM xb b JOIN xa a \
+                 ON q3c_join(a.ra, a.dec, b.ra, b.dec, {r}) AND q3c_dist(a.ra, a.dec, b.ra, b.dec) < {r}"
+            ),
+            Lang::Sql,
+        ),
+    ];
+    for (i, (q, lang)) in queries.iter().enumerate() {
+        let (batches, plan) = run(&e, q, *lang);
+        assert!(plan.contains("XMatchExec"), "{q}\n{plan}");
+        let mut got = pairs(&batches);
+        if i == 2 {
+            got = got.into_iter().map(|(x, y)| (y, x)).collect();
+        }
+        assert_eq!(got.len(), want.len(), "{q}");
+        assert_eq!(got, want, "{q}");
+    }
+}
+
+#[test]
+fn cross_match_keeps_other_conditions_and_large_radii() {
+    let f = fixture();
+    let e = engine(&EngineConfig::default());
+    let r = 60.0 / 3600.0;
+    let want: BTreeSet<_> = brute_pairs(&f.a, &f.b, r)
+        .into_iter()
+        .filter(|&(x, y)| (x + y) % 3 == 0)
+        .collect();
+    let q = format!(
+        "SELECT a.id, b.id FROM xa a JOIN xb b \
+         ON 1 = CONTAINS(POINT(a.ra, a.dec), CIRCLE(b.ra, b.dec, {r})) WHERE MOD(a.id + b.id, 3) = 0"
+    );
+    let (batches, plan) = run(&e, &q, Lang::Adql);
+    assert!(plan.contains("XMatchExec"), "{plan}");
+    assert_eq!(pairs(&batches), want);
+}
+
+#[test]
+fn best_match_is_the_nearest_partner_within_the_radius() {
+    let f = fixture();
+    let e = engine(&EngineConfig::default());
+    let mut want: BTreeMap<i64, (f64, i64)> = BTreeMap::new();
+    for (x, y) in brute_pairs(&f.a, &f.b, RADIUS_DEG) {
+        let pa = f.a.iter().find(|r| r.0 == x).unwrap();
+        let pb = f.b.iter().find(|r| r.0 == y).unwrap();
+        let d = angular_separation_deg(pa.1, pa.2, pb.1, pb.2);
+        let best = want.entry(x).or_insert((d, y));
+        if d < best.0 {
+            *best = (d, y);
+        }
+    }
+    let spec = XMatchSpec {
+        left: "xa".into(),
+        right: "xb".into(),
+        radius_deg: RADIUS_DEG,
+        left_id: None,
+        right_id: None,
+        mode: XMatchMode::Nearest,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let batches = rt
+        .block_on(async { e.xmatch(&spec).await.unwrap().collect().await })
+        .unwrap();
+    let mut got = BTreeMap::new();
+    for b in &batches {
+        assert_eq!(
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>(),
+            [
+                "id1",
+                "ra1",
+                "dec1",
+                "id2",
+                "ra2",
+                "dec2",
+                "distance_arcsec"
+            ]
+        );
+        let id1 = b.column(0).as_primitive::<Int64Type>();
+        let id2 = b.column(3).as_primitive::<Int64Type>();
+        let dist = b.column(6).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            assert!(
+                got.insert(id1.value(i), (dist.value(i), id2.value(i)))
+                    .is_none()
+            );
+        }
+    }
+    assert_eq!(got.len(), want.len());
+    for (id, (d, partner)) in &want {
+        let (gd, gp) = got[id];
+        assert_eq!(gp, *partner, "left row {id}");
+        assert!(
+            (gd - d * 3600.0).abs() < 1e-9,
+            "left row {id}: {gd} vs {}",
+            d * 3600.0
+        );
+    }
+}
+
+#[test]
+fn unknown_names_in_a_cross_match_are_clear_errors() {
+    let e = engine(&EngineConfig::default());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spec = XMatchSpec {
+        left: "xa".into(),
+        right: "xbb".into(),
+        radius_deg: RADIUS_DEG,
+        left_id: None,
+        right_id: None,
+        mode: XMatchMode::Nearest,
+    };
+    let err = rt.block_on(e.xmatch(&spec)).err().unwrap().to_string();
+    assert!(
+        err.contains("no catalog named 'xbb'; did you mean xb?"),
+        "{err}"
+    );
+    let spec = XMatchSpec {
+        right: "xb".into(),
+        left_id: Some("idd".into()),
+        ..spec
+    };
+    let err = rt.block_on(e.xmatch(&spec)).err().unwrap().to_string();
+    assert!(err.contains("no column 'idd'; did you mean id?"), "{err}");
+    let spec = XMatchSpec {
+        left_id: None,
+        radius_deg: 40.0,
+        ..spec
+    };
+    let err = rt.block_on(e.xmatch(&spec)).err().unwrap().to_string();
+    assert!(err.contains("radius"), "{err}");
+}
+
+#[test]
+fn a_build_side_over_the_memory_budget_fails_cleanly() {
+    let e = engine(&EngineConfig {
+        memory_limit_bytes: 64 << 10,
+        ..Default::default()
+    });
+    let q = format!(
+        "SELECT a.id, b.id FROM xa a JOIN xb b ON DISTANCE(POINT(a.ra, a.dec), POINT(b.ra, b.dec)) < {RADIUS_DEG}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt
+        .block_on(async { e.query(&q, Lang::Adql).await.unwrap().collect().await })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Resources exhausted"), "{err}");
+    // The engine still answers afterwards.
+    let (batches, _) = run(&engine(&EngineConfig::default()), &q, Lang::Adql);
+    assert!(!batches.is_empty());
+}
