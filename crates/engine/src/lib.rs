@@ -15,6 +15,7 @@ pub use error::{Error, Result};
 pub use session::{EngineConfig, build_session};
 pub use xmatch::Mode as XMatchMode;
 
+pub use datafusion::dataframe::DataFrame;
 pub use datafusion::physical_plan::{
     ExecutionPlan, SendableRecordBatchStream as RecordBatchStream,
 };

@@ -12,6 +12,9 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// Writing a result failed (disk full, closed pipe...).
+    #[error("writing the result: {0}")]
+    Output(#[from] std::io::Error),
     /// The file is not in the format its name or content claims, or is structurally broken.
     #[error("{}: {message}", file.display())]
     Format {

@@ -15,6 +15,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Ingest defaults.
     pub ingest: IngestConfig,
+    /// Query limits.
+    pub query: QueryConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -39,6 +41,27 @@ pub struct IngestConfig {
     pub threads: usize,
 }
 
+/// Limits every query runs under.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Memory pool of one query's execution, MiB; beyond it operators spill or the query
+    /// fails with a resources error.
+    pub memory_limit_mib: u64,
+    /// Parallel partitions per query (0: the number of cores).
+    pub target_partitions: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        let d = meridian_engine::EngineConfig::default();
+        Self {
+            memory_limit_mib: (d.memory_limit_bytes >> 20) as u64,
+            target_partitions: d.target_partitions,
+        }
+    }
+}
+
 /// Logging settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +77,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("data"),
             ingest: IngestConfig::default(),
+            query: QueryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -92,7 +116,7 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 3] = ["data_dir", "ingest", "log"];
+        const TOP: [&str; 4] = ["data_dir", "ingest", "query", "log"];
         let mut ignored = Vec::new();
         let mut table = match file {
             Some(f) => {
@@ -148,6 +172,9 @@ impl Config {
         if !(0.0..=3600.0).contains(&i.margin_arcsec) {
             bail!("ingest.margin_arcsec must be in [0, 3600]");
         }
+        if self.query.memory_limit_mib < 16 {
+            bail!("query.memory_limit_mib must be at least 16");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be 'text' or 'json'");
         }
@@ -169,6 +196,7 @@ mod tests {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../meridian.example.toml");
         let (c, _) = Config::load(Some(&example), std::iter::empty()).unwrap();
         assert_eq!(c.ingest, IngestConfig::default());
+        assert_eq!(c.query, QueryConfig::default());
         assert_eq!(c.log, LogConfig::default());
     }
 

@@ -76,6 +76,9 @@ enum Command {
     },
     /// Run an ADQL (or SQL) query over the catalogs, streaming the result.
     Query(QueryArgs),
+    /// Cross-match two catalogs: each left row's nearest partner within a radius (or every
+    /// pair), as a table id1, ra1, dec1, id2, ra2, dec2, distance_arcsec.
+    Xmatch(XMatchArgs),
     /// Sky geometry utilities reading CSV lines on standard input.
     #[command(subcommand)]
     Sky(SkyCommand),
@@ -94,6 +97,40 @@ struct QueryArgs {
     /// Query language.
     #[arg(long, value_enum, default_value_t = LangArg::Adql)]
     lang: LangArg,
+    /// Print the translated SQL, the physical plan and the partitions read on standard error.
+    #[arg(long)]
+    explain: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(clap::Args)]
+struct XMatchArgs {
+    /// Catalog whose rows are matched (id1, ra1, dec1).
+    left: String,
+    /// Catalog searched for partners (id2, ra2, dec2).
+    right: String,
+    /// Match radius with its unit: 1.5arcsec, 2", 0.5arcmin, 0.01deg, 50mas.
+    #[arg(long)]
+    radius: String,
+    /// Every pair within the radius instead of each left row's nearest partner.
+    #[arg(long)]
+    all: bool,
+    /// Identifier column of the left catalog (default: its main identifier).
+    #[arg(long)]
+    id1: Option<String>,
+    /// Identifier column of the right catalog (default: its main identifier).
+    #[arg(long)]
+    id2: Option<String>,
+    /// Print the physical plan on standard error.
+    #[arg(long)]
+    explain: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(clap::Args)]
+struct OutputArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = FormatArg::Csv)]
     format: FormatArg,
@@ -106,9 +143,6 @@ struct QueryArgs {
     /// Time limit, seconds.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
-    /// Print the translated SQL, the physical plan and the partitions read on standard error.
-    #[arg(long)]
-    explain: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,6 +157,14 @@ enum FormatArg {
     Tsv,
     Json,
     Parquet,
+    /// VOTable, BINARY2 serialization.
+    Votable,
+    /// VOTable, TABLEDATA serialization.
+    VotableTabledata,
+    /// VOTable, BINARY serialization.
+    VotableBinary,
+    /// FITS binary table.
+    Fits,
 }
 
 #[derive(Subcommand)]
@@ -335,7 +377,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
         }
-        Command::Query(args) => query(&config, &args)?,
+        Command::Query(args) => query(&config, &args, quiet)?,
+        Command::Xmatch(args) => xmatch(&config, &args, quiet)?,
         Command::Sky(cmd) => sky(cmd)?,
         Command::Demo { objects } => demo(&config, objects, quiet)?,
     }
@@ -632,89 +675,141 @@ fn sky(cmd: SkyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn query(config: &Config, args: &QueryArgs) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    use meridian_formats::write::{OutputFormat, ResultWriter};
+fn engine_config(config: &Config) -> meridian_engine::EngineConfig {
+    meridian_engine::EngineConfig {
+        memory_limit_bytes: (config.query.memory_limit_mib as usize) << 20,
+        target_partitions: config.query.target_partitions,
+        ..Default::default()
+    }
+}
+
+fn query(config: &Config, args: &QueryArgs, quiet: bool) -> anyhow::Result<()> {
     let store = Store::open(config.catalog_dir())?;
-    let engine = meridian_engine::Engine::open(&store, &meridian_engine::EngineConfig::default())?;
+    let engine = meridian_engine::Engine::open(&store, &engine_config(config))?;
     let lang = match args.lang {
         LangArg::Adql => meridian_engine::Lang::Adql,
         LangArg::Sql => meridian_engine::Lang::Sql,
     };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        if args.explain && lang == meridian_engine::Lang::Adql {
+            eprintln!("sql: {}", engine.translate(&args.query)?);
+        }
+        let df = engine.query(&args.query, lang);
+        emit(&engine, df, &args.output, args.explain, quiet).await?;
+        if args.explain {
+            eprintln!("scan: {}", engine.scan_report(&args.query, lang).await?);
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn xmatch(config: &Config, args: &XMatchArgs, quiet: bool) -> anyhow::Result<()> {
+    let store = Store::open(config.catalog_dir())?;
+    let engine = meridian_engine::Engine::open(&store, &engine_config(config))?;
+    let spec = meridian_engine::XMatchSpec {
+        left: args.left.clone(),
+        right: args.right.clone(),
+        radius_deg: meridian_sky::parse_angle_deg(&args.radius).context("--radius")?,
+        left_id: args.id1.clone(),
+        right_id: args.id2.clone(),
+        mode: if args.all {
+            meridian_engine::XMatchMode::All
+        } else {
+            meridian_engine::XMatchMode::Nearest
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(emit(&engine, engine.xmatch(&spec), &args.output, args.explain, quiet))
+}
+
+/// Plans, runs and writes a result under the output options: streaming, MAXREC, time
+/// limit, progress and timing on standard error.
+async fn emit(
+    engine: &meridian_engine::Engine,
+    df: impl std::future::Future<Output = meridian_engine::Result<meridian_engine::DataFrame>>,
+    args: &OutputArgs,
+    explain: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use meridian_formats::write::{OutputFormat, ResultWriter, Serialization};
     let format = match args.format {
         FormatArg::Csv => OutputFormat::Csv,
         FormatArg::Tsv => OutputFormat::Tsv,
         FormatArg::Json => OutputFormat::Json,
         FormatArg::Parquet => OutputFormat::Parquet,
+        FormatArg::Votable => OutputFormat::VoTable(Serialization::Binary2),
+        FormatArg::VotableTabledata => OutputFormat::VoTable(Serialization::TableData),
+        FormatArg::VotableBinary => OutputFormat::VoTable(Serialization::Binary),
+        FormatArg::Fits => OutputFormat::Fits,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let start = Instant::now();
-    let limit = std::time::Duration::from_secs(args.timeout_s);
-    rt.block_on(async {
-        let run = async {
-            if args.explain && lang == meridian_engine::Lang::Adql {
-                eprintln!("sql: {}", engine.translate(&args.query)?);
-            }
-            let mut df = engine.query(&args.query, lang).await?;
-            // One row past MAXREC tells whether the limit cut the result.
-            if let Some(m) = args.maxrec {
-                df = df.limit(0, Some(m + 1))?;
-            }
-            let plan = df.clone().create_physical_plan().await?;
-            if args.explain {
-                let shown = datafusion_display(&plan);
-                eprintln!("plan:\n{shown}");
-            }
-            let schema = plan.schema();
-            let mut writer = match &args.out {
-                Some(p) => ResultWriter::create(format, p, &schema)?,
-                None => ResultWriter::new(
-                    format,
-                    Box::new(std::io::BufWriter::new(std::io::stdout())),
-                    &schema,
-                )?,
-            };
-            let mut stream = datafusion_execute(plan, &engine)?;
-            let mut overflow = false;
-            while let Some(batch) = stream.next().await {
-                let mut batch = batch?;
-                if let Some(m) = args.maxrec {
-                    let room = m.saturating_sub(writer.rows() as usize);
-                    if batch.num_rows() > room {
-                        batch = batch.slice(0, room);
-                        overflow = true;
-                    }
-                }
-                writer.write(&batch)?;
-            }
-            let rows = writer.finish()?;
-            anyhow::Ok((rows, overflow))
-        };
-        let (rows, overflow) = tokio::time::timeout(limit, run).await.map_err(|_| {
-            anyhow::anyhow!(
-                "the query exceeded its time limit of {} s and was stopped",
-                args.timeout_s
-            )
-        })??;
-        if args.explain {
-            eprintln!("scan: {}", engine.scan_report(&args.query, lang).await?);
+    let limit = Duration::from_secs(args.timeout_s);
+    let progress = bar(quiet, 0, "{spinner} {human_pos} rows ({per_sec}) {elapsed}");
+    let run = async {
+        let mut df = df.await?;
+        // One row past MAXREC tells whether the limit cut the result.
+        if let Some(m) = args.maxrec {
+            df = df.limit(0, Some(m + 1))?;
         }
-        eprintln!(
-            "{rows} rows in {:.1} ms{}",
-            start.elapsed().as_secs_f64() * 1e3,
-            if overflow {
-                format!(
-                    " (MAXREC {} reached: more rows match)",
-                    args.maxrec.unwrap_or(0)
-                )
-            } else {
-                String::new()
+        let plan = df.create_physical_plan().await?;
+        if explain {
+            eprintln!("plan:\n{}", datafusion_display(&plan));
+        }
+        let schema = plan.schema();
+        let mut writer = match &args.out {
+            Some(p) => ResultWriter::create(format, p, &schema)?,
+            None => ResultWriter::new(
+                format,
+                Box::new(std::io::BufWriter::new(std::io::stdout())),
+                &schema,
+            )?,
+        };
+        let mut stream = datafusion_execute(plan, engine)?;
+        let mut overflow = false;
+        while let Some(batch) = stream.next().await {
+            let mut batch = batch?;
+            if let Some(m) = args.maxrec {
+                let room = m.saturating_sub(writer.rows() as usize);
+                if batch.num_rows() > room {
+                    batch = batch.slice(0, room);
+                    overflow = true;
+                    writer.set_overflow();
+                }
             }
-        );
-        anyhow::Ok(())
-    })
+            writer.write(&batch)?;
+            progress.set_position(writer.rows());
+        }
+        let rows = writer.finish()?;
+        anyhow::Ok((rows, overflow))
+    };
+    let (rows, overflow) = tokio::time::timeout(limit, run).await.map_err(|_| {
+        anyhow::anyhow!(
+            "the query exceeded its time limit of {} s and was stopped",
+            args.timeout_s
+        )
+    })??;
+    progress.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{rows} rows in {:.1} ms ({:.0} rows/s){}",
+        secs * 1e3,
+        rows as f64 / secs.max(1e-9),
+        if overflow {
+            format!(
+                " (MAXREC {} reached: more rows match)",
+                args.maxrec.unwrap_or(0)
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 fn datafusion_display(plan: &std::sync::Arc<dyn meridian_engine::ExecutionPlan>) -> String {

@@ -5,11 +5,13 @@
 //! HEALPix indexing is delegated to `cdshealpix` and MOC algebra to `moc` (CDS); this crate
 //! adds input validation and the ADQL meaning of each region.
 
+mod angle;
 mod error;
 pub mod healpix;
 mod point;
 pub mod region;
 
+pub use angle::parse_angle_deg;
 pub use error::{Error, Result};
 pub use point::{SkyPoint, angular_separation_deg};
 pub use region::{Circle, Polygon, Region, SkyBox};

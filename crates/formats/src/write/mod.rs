@@ -11,6 +11,12 @@ use arrow::record_batch::RecordBatch;
 
 use crate::{Error, Result};
 
+mod columns;
+mod fits;
+mod votable;
+
+pub use votable::Serialization;
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -22,18 +28,25 @@ pub enum OutputFormat {
     Json,
     /// Apache Parquet.
     Parquet,
+    /// VOTable 1.4 in the given serialization.
+    VoTable(Serialization),
+    /// FITS binary table.
+    Fits,
 }
 
 enum Inner {
     Csv(Box<arrow::csv::Writer<Box<dyn Write + Send>>>),
     Json(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),
     Parquet(Box<parquet::arrow::ArrowWriter<Box<dyn Write + Send>>>),
+    VoTable(votable::VotableWriter),
+    Fits(Box<fits::FitsWriter>),
 }
 
 /// A writer of one result table.
 pub struct ResultWriter {
     inner: Inner,
     rows: u64,
+    overflow: bool,
     /// (temporary, final) paths when writing a file.
     rename: Option<(PathBuf, PathBuf)>,
 }
@@ -66,10 +79,13 @@ impl ResultWriter {
                     }
                 })?,
             )),
+            OutputFormat::VoTable(s) => Inner::VoTable(votable::VotableWriter::new(out, schema, s)?),
+            OutputFormat::Fits => Inner::Fits(Box::new(fits::FitsWriter::new(out, schema)?)),
         };
         Ok(Self {
             inner,
             rows: 0,
+            overflow: false,
             rename: None,
         })
     }
@@ -102,8 +118,16 @@ impl ResultWriter {
                 file: PathBuf::from("<output>"),
                 source: e,
             })?,
+            Inner::VoTable(w) => w.write(batch)?,
+            Inner::Fits(w) => w.write(batch)?,
         }
         Ok(())
+    }
+
+    /// Records that a row limit cut the result: VOTable output then ends with DALI's
+    /// OVERFLOW status.
+    pub fn set_overflow(&mut self) {
+        self.overflow = true;
     }
 
     /// Rows written so far.
@@ -126,6 +150,8 @@ impl ResultWriter {
                     source: e,
                 })?;
             }
+            Inner::VoTable(w) => w.finish(self.overflow)?,
+            Inner::Fits(w) => w.finish()?,
         }
         if let Some((tmp, path)) = self.rename {
             std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;

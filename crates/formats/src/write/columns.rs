@@ -1,0 +1,135 @@
+//! How Arrow columns map onto the primitive types VOTable and FITS share: each output
+//! column has one [`VoType`], and batches are cast to the Arrow type that holds it.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
+
+use crate::Result;
+use crate::meta::ColumnMeta;
+
+/// Column types of the VO formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VoType {
+    Boolean,
+    UnsignedByte,
+    Short,
+    Int,
+    Long,
+    Float,
+    Double,
+    /// Text (UTF-8 bytes); timestamps are ISO 8601 text with xtype "timestamp".
+    Char,
+}
+
+impl VoType {
+    /// The VOTable `datatype`.
+    pub(crate) fn votable(self) -> &'static str {
+        match self {
+            VoType::Boolean => "boolean",
+            VoType::UnsignedByte => "unsignedByte",
+            VoType::Short => "short",
+            VoType::Int => "int",
+            VoType::Long => "long",
+            VoType::Float => "float",
+            VoType::Double => "double",
+            VoType::Char => "char",
+        }
+    }
+
+}
+
+/// The Arrow type a column is cast to before it is written.
+pub(crate) fn arrow_type(vo: VoType) -> DataType {
+        match vo {
+            VoType::Boolean => DataType::Boolean,
+            VoType::UnsignedByte => DataType::UInt8,
+            VoType::Short => DataType::Int16,
+            VoType::Int => DataType::Int32,
+            VoType::Long => DataType::Int64,
+            VoType::Float => DataType::Float32,
+            VoType::Double => DataType::Float64,
+            VoType::Char => DataType::Utf8,
+        }
+}
+
+/// One output column.
+#[derive(Debug, Clone)]
+pub(crate) struct OutColumn {
+    pub name: String,
+    pub vo: VoType,
+    /// DALI xtype ("timestamp" for times).
+    pub xtype: Option<&'static str>,
+    pub meta: ColumnMeta,
+}
+
+fn vo_type(t: &DataType) -> (VoType, Option<&'static str>) {
+    match t {
+        DataType::Boolean => (VoType::Boolean, None),
+        DataType::UInt8 => (VoType::UnsignedByte, None),
+        DataType::Int8 | DataType::Int16 => (VoType::Short, None),
+        DataType::UInt16 | DataType::Int32 => (VoType::Int, None),
+        // Unsigned 64-bit values above i64::MAX fail the cast with a clear error.
+        DataType::UInt32 | DataType::Int64 | DataType::UInt64 => (VoType::Long, None),
+        DataType::Float16 | DataType::Float32 => (VoType::Float, None),
+        DataType::Float64 | DataType::Decimal128(..) | DataType::Decimal256(..) => {
+            (VoType::Double, None)
+        }
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+            (VoType::Char, Some("timestamp"))
+        }
+        _ => (VoType::Char, None),
+    }
+}
+
+/// The output columns of a schema.
+pub(crate) fn out_columns(schema: &SchemaRef) -> Vec<OutColumn> {
+    schema
+        .fields()
+        .iter()
+        .map(|f: &Arc<Field>| {
+            let (vo, xtype) = vo_type(f.data_type());
+            OutColumn {
+                name: f.name().clone(),
+                vo,
+                xtype,
+                meta: ColumnMeta::of(f),
+            }
+        })
+        .collect()
+}
+
+/// A batch's columns cast to their output types.
+pub(crate) fn normalise(batch: &RecordBatch, columns: &[OutColumn]) -> Result<Vec<ArrayRef>> {
+    batch
+        .columns()
+        .iter()
+        .zip(columns)
+        .map(|(a, c)| {
+            let a = match a.data_type() {
+                // Times as ISO 8601 in UTC, without a zone suffix (DALI timestamp).
+                DataType::Timestamp(unit, Some(_)) => arrow::compute::cast(
+                    a,
+                    &DataType::Timestamp(unit.clone(), None),
+                )?,
+                DataType::Date64 => {
+                    arrow::compute::cast(a, &DataType::Timestamp(TimeUnit::Millisecond, None))?
+                }
+                _ => a.clone(),
+            };
+            if a.data_type() == &arrow_type(c.vo) {
+                Ok(a)
+            } else {
+                Ok(arrow::compute::cast_with_options(
+                    &a,
+                    &arrow_type(c.vo),
+                    &arrow::compute::CastOptions {
+                        safe: false,
+                        ..Default::default()
+                    },
+                )?)
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,242 @@
+//! FITS binary table output. A FITS header states the row count and every string column's
+//! width before the first row, so batches are spooled to an Arrow IPC file on disk (memory
+//! stays constant) while the widths are measured, then written out in one pass at the end.
+//!
+//! Columns: L (logical), B, I, J, K (with TNULLn for NULL), E, D (NaN for NULL), nA (text
+//! and ISO 8601 times; NULL as blanks). TUNITn carries units; TUCDn and TCOMMn carry UCDs
+//! and descriptions, as STILTS writes them.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef,
+    UInt8Type,
+};
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+
+use super::columns::{OutColumn, VoType, normalise, out_columns};
+use crate::Result;
+
+const BLOCK: usize = 2880;
+
+/// A FITS file being spooled.
+pub(crate) struct FitsWriter {
+    out: Box<dyn Write + Send>,
+    columns: Vec<OutColumn>,
+    widths: Vec<usize>,
+    spool: FileWriter<BufWriter<File>>,
+    spool_file: tempfile::NamedTempFile,
+    rows: u64,
+}
+
+/// One 80-character header card.
+fn card(key: &str, value: &str, comment: &str) -> String {
+    let mut c = if value.is_empty() {
+        format!("{key:<8}")
+    } else {
+        format!("{key:<8}= {value:>20}")
+    };
+    if !comment.is_empty() {
+        c.push_str(" / ");
+        c.push_str(comment);
+    }
+    let mut c: String = c.chars().filter(|ch| ch.is_ascii() && !ch.is_ascii_control()).collect();
+    c.truncate(80);
+    format!("{c:<80}")
+}
+
+/// A FITS string value: quoted, quotes doubled, at most 68 characters.
+fn string(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .take(60)
+        .collect();
+    format!("'{:<8}'", clean.replace('\'', "''"))
+}
+
+fn string_card(key: &str, s: &str) -> String {
+    // String values start in column 11 and are left-aligned.
+    let mut c = format!("{key:<8}= {}", string(s));
+    c.truncate(80);
+    format!("{c:<80}")
+}
+
+impl FitsWriter {
+    pub(crate) fn new(out: Box<dyn Write + Send>, schema: &SchemaRef) -> Result<Self> {
+        let columns = out_columns(schema);
+        let spool_schema = Schema::new(
+            columns
+                .iter()
+                .map(|c| {
+                    arrow::datatypes::Field::new(&c.name, super::columns::arrow_type(c.vo), true)
+                })
+                .collect::<Vec<_>>(),
+        );
+        let spool_file = tempfile::NamedTempFile::new()?;
+        let spool = FileWriter::try_new(
+            BufWriter::with_capacity(1 << 20, spool_file.reopen()?),
+            &spool_schema,
+        )?;
+        Ok(Self {
+            out,
+            widths: vec![1; columns.len()],
+            columns,
+            spool,
+            spool_file,
+            rows: 0,
+        })
+    }
+
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let arrays = normalise(batch, &self.columns)?;
+        for (k, a) in arrays.iter().enumerate() {
+            if self.columns[k].vo == VoType::Char {
+                let s = a.as_string::<i32>();
+                let widest = s.iter().flatten().map(str::len).max().unwrap_or(0);
+                self.widths[k] = self.widths[k].max(widest);
+            }
+        }
+        let b = RecordBatch::try_new(self.spool.schema().clone(), arrays)?;
+        self.spool.write(&b)?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    fn tform(&self, k: usize) -> (String, usize) {
+        match self.columns[k].vo {
+            VoType::Boolean => ("L".into(), 1),
+            VoType::UnsignedByte => ("B".into(), 1),
+            VoType::Short => ("I".into(), 2),
+            VoType::Int => ("J".into(), 4),
+            VoType::Long => ("K".into(), 8),
+            VoType::Float => ("E".into(), 4),
+            VoType::Double => ("D".into(), 8),
+            VoType::Char => (format!("{}A", self.widths[k]), self.widths[k]),
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Result<()> {
+        self.spool.finish()?;
+        let mut h = Vec::new();
+        h.push(card("SIMPLE", "T", "conforms to FITS"));
+        h.push(card("BITPIX", "8", ""));
+        h.push(card("NAXIS", "0", ""));
+        h.push(card("EXTEND", "T", ""));
+        h.push(card("END", "", ""));
+        write_header(&mut self.out, &h)?;
+        let forms: Vec<(String, usize)> = (0..self.columns.len()).map(|k| self.tform(k)).collect();
+        let row_bytes: usize = forms.iter().map(|f| f.1).sum();
+        let mut h = vec![
+            string_card("XTENSION", "BINTABLE"),
+            card("BITPIX", "8", ""),
+            card("NAXIS", "2", ""),
+            card("NAXIS1", &row_bytes.to_string(), "bytes per row"),
+            card("NAXIS2", &self.rows.to_string(), "rows"),
+            card("PCOUNT", "0", ""),
+            card("GCOUNT", "1", ""),
+            card("TFIELDS", &self.columns.len().to_string(), ""),
+        ];
+        for (k, c) in self.columns.iter().enumerate() {
+            let n = k + 1;
+            h.push(string_card(&format!("TTYPE{n}"), &c.name));
+            h.push(string_card(&format!("TFORM{n}"), &forms[k].0));
+            if let Some(u) = &c.meta.unit {
+                h.push(string_card(&format!("TUNIT{n}"), u));
+            }
+            let tnull = match c.vo {
+                VoType::UnsignedByte => Some(255i64),
+                VoType::Short => Some(i16::MIN as i64),
+                VoType::Int => Some(i32::MIN as i64),
+                VoType::Long => Some(i64::MIN),
+                _ => None,
+            };
+            if let Some(t) = tnull {
+                h.push(card(&format!("TNULL{n}"), &t.to_string(), ""));
+            }
+            if let Some(u) = &c.meta.ucd {
+                h.push(string_card(&format!("TUCD{n}"), u));
+            }
+            if let Some(d) = &c.meta.description {
+                h.push(string_card(&format!("TCOMM{n}"), d));
+            }
+        }
+        h.push(card("END", "", ""));
+        write_header(&mut self.out, &h)?;
+        let reader = FileReader::try_new(BufReader::new(self.spool_file.reopen()?), None)?;
+        let mut row = Vec::with_capacity(row_bytes);
+        let mut written = 0usize;
+        for batch in reader {
+            let batch = batch?;
+            for i in 0..batch.num_rows() {
+                row.clear();
+                for (k, a) in batch.columns().iter().enumerate() {
+                    cell(a, i, self.widths[k], &mut row);
+                }
+                self.out.write_all(&row)?;
+                written += row.len();
+            }
+        }
+        let pad = (BLOCK - written % BLOCK) % BLOCK;
+        self.out.write_all(&vec![0u8; pad])?;
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+fn write_header(out: &mut dyn Write, cards: &[String]) -> Result<()> {
+    let mut bytes: Vec<u8> = cards.concat().into_bytes();
+    bytes.resize(bytes.len().div_ceil(BLOCK) * BLOCK, b' ');
+    out.write_all(&bytes)?;
+    Ok(())
+}
+
+fn cell(a: &ArrayRef, i: usize, width: usize, out: &mut Vec<u8>) {
+    let null = a.is_null(i);
+    match a.data_type() {
+        DataType::Boolean => out.push(if null {
+            0
+        } else if a.as_boolean().value(i) {
+            b'T'
+        } else {
+            b'F'
+        }),
+        DataType::UInt8 => out.push(if null {
+            255
+        } else {
+            a.as_primitive::<UInt8Type>().value(i)
+        }),
+        DataType::Int16 => {
+            let v = a.as_primitive::<Int16Type>();
+            out.extend_from_slice(&(if null { i16::MIN } else { v.value(i) }).to_be_bytes())
+        }
+        DataType::Int32 => {
+            let v = a.as_primitive::<Int32Type>();
+            out.extend_from_slice(&(if null { i32::MIN } else { v.value(i) }).to_be_bytes())
+        }
+        DataType::Int64 => {
+            let v = a.as_primitive::<Int64Type>();
+            out.extend_from_slice(&(if null { i64::MIN } else { v.value(i) }).to_be_bytes())
+        }
+        DataType::Float32 => {
+            let v = a.as_primitive::<Float32Type>();
+            out.extend_from_slice(&(if null { f32::NAN } else { v.value(i) }).to_be_bytes())
+        }
+        DataType::Float64 => {
+            let v = a.as_primitive::<Float64Type>();
+            out.extend_from_slice(&(if null { f64::NAN } else { v.value(i) }).to_be_bytes())
+        }
+        _ => {
+            let s = if null {
+                &[][..]
+            } else {
+                a.as_string::<i32>().value(i).as_bytes()
+            };
+            out.extend_from_slice(s);
+            out.extend(std::iter::repeat_n(b' ', width - s.len()));
+        }
+    }
+}
