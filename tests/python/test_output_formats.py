@@ -1,0 +1,99 @@
+"""Every output format of `meridian query` (in SQL mode, for a boolean column), read back by astropy (VOTable, FITS, CSV) and
+pyarrow (Parquet): same values, NULLs, units and UCDs, and DALI's OVERFLOW status."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from astropy.io.votable import parse
+from astropy.table import Table
+
+from conftest import run
+
+QUERY = ("SELECT hip, ra, dec, plx, CASE WHEN plx > 10 THEN hip END AS near_hip, "
+         "CASE WHEN plx > 10 THEN 'near' ELSE 'far' END AS label, "
+         "CASE WHEN plx > 10 THEN plx END AS near_plx, plx > 10 AS is_near "
+         "FROM hipparcos WHERE adql_contains_circle(ra, dec, 10, 10, 5) = 1 ORDER BY hip")
+
+
+@pytest.fixture(scope="module")
+def hip_store(tmp_path_factory, shared):
+    d = tmp_path_factory.mktemp("formats")
+    run("ingest", "hipparcos", shared / "catalogs/hipparcos2.vot", data_dir=d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(hip_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.parquet"
+    run("query", QUERY, "--lang", "sql", "--format", "parquet", "--out", out, data_dir=hip_store)
+    t = pq.read_table(out)
+    assert 100 < t.num_rows < 5000
+    assert t.column("near_hip").null_count > 0 and t.column("near_plx").null_count > 0
+    return t
+
+
+def check(table, ref, nulls_masked=True):
+    assert len(table) == ref.num_rows
+    for name in ["hip", "ra", "dec", "plx"]:
+        assert np.array_equal(np.asarray(table[name], dtype=float), ref.column(name).to_numpy()), name
+    want_null = ref.column("near_hip").is_null().to_numpy(zero_copy_only=False)
+    for name in ["near_hip", "near_plx"]:
+        col = table[name]
+        mask = np.asarray(getattr(col, "mask", np.zeros(len(col), bool)))
+        if name == "near_plx":
+            mask = mask | np.isnan(np.asarray(col, dtype=float))
+        assert np.array_equal(mask, want_null), name
+        vals = np.asarray(col, dtype=float)[~want_null]
+        assert np.array_equal(vals, ref.column(name).drop_null().to_numpy().astype(float)), name
+    assert [str(x) for x in table["label"]] == ref.column("label").to_pylist()
+
+
+@pytest.mark.parametrize("fmt", ["votable", "votable-tabledata", "votable-binary"])
+def test_votable_round_trip(hip_store, reference, tmp_path, fmt):
+    out = tmp_path / "r.vot"
+    run("query", QUERY, "--lang", "sql", "--format", fmt, "--out", out, data_dir=hip_store)
+    vot = parse(str(out), verify="exception")
+    assert vot.resources[0].infos[0].name == "QUERY_STATUS" and vot.resources[0].infos[0].value == "OK"
+    table = vot.get_first_table()
+    fields = {f.name: f for f in table.fields}
+    assert fields["ra"].unit == "deg" and fields["ra"].ucd == "pos.eq.ra;meta.main"
+    assert fields["plx"].unit == "mas"
+    assert fields["hip"].datatype == "long" and fields["label"].datatype == "char"
+    t = table.to_table()
+    check(t, reference)
+    assert list(t["is_near"]) == reference.column("is_near").to_pylist()
+
+
+def test_fits_round_trip(hip_store, reference, tmp_path):
+    out = tmp_path / "r.fits"
+    run("query", QUERY, "--lang", "sql", "--format", "fits", "--out", out, data_dir=hip_store)
+    t = Table.read(out)
+    assert str(t["ra"].unit) == "deg" and str(t["plx"].unit) == "mas"
+    check(t, reference)
+    assert list(t["is_near"]) == reference.column("is_near").to_pylist()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_text_round_trip(hip_store, reference, tmp_path, fmt):
+    out = tmp_path / f"r.{fmt}"
+    run("query", QUERY, "--lang", "sql", "--format", fmt, "--out", out, data_dir=hip_store)
+    t = Table.read(out, format="ascii.csv" if fmt == "csv" else "ascii.tab")
+    check(t, reference)
+
+
+def test_votable_overflow_status_after_the_table(hip_store, tmp_path):
+    out = tmp_path / "o.vot"
+    p = run("query", QUERY, "--lang", "sql", "--format", "votable", "--maxrec", "7", "--out", out, data_dir=hip_store)
+    assert "MAXREC 7 reached" in p.stderr
+    vot = parse(str(out))
+    assert len(vot.get_first_table().to_table()) == 7
+    text = out.read_text()
+    assert text.index('value="OVERFLOW"') > text.index("</TABLE>")
+
+
+def test_fits_to_standard_output(hip_store):
+    import subprocess
+    from conftest import meridian_bin
+    p = subprocess.run([meridian_bin(), "--quiet", "--data-dir", str(hip_store), "query", QUERY, "--lang", "sql", "--format", "fits"],
+                       capture_output=True, check=True)
+    assert p.stdout[:6] == b"SIMPLE" and len(p.stdout) % 2880 == 0
