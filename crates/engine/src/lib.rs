@@ -4,6 +4,7 @@
 
 mod engine;
 mod error;
+pub mod geometry;
 pub mod hats_table;
 pub mod session;
 pub mod translate;

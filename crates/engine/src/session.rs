@@ -54,7 +54,10 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
         .with_query_planner(Arc::new(MeridianQueryPlanner))
         .build();
     let ctx = SessionContext::new_with_state(state);
-    for udf in crate::udf::spatial_udfs() {
+    for udf in crate::udf::spatial_udfs()
+        .into_iter()
+        .chain(crate::geometry::geometry_udfs())
+    {
         ctx.register_udf(udf);
     }
     Ok(ctx)

@@ -11,6 +11,8 @@ use arrow::datatypes::SchemaRef;
 use meridian_adql::ast::*;
 use meridian_adql::{Error as AdqlError, Span};
 
+use meridian_sky::Region;
+
 use crate::{Error, Result};
 
 /// Looks up tables by ADQL name.
@@ -471,6 +473,97 @@ impl Translator<'_> {
         Ok(Some(self.args(coords, scope)?))
     }
 
+    /// A geometry constructor (POINT, CIRCLE, BOX, POLYGON, or REGION of an STC-S literal)
+    /// as its kind and coordinates in degrees.
+    fn shape(
+        &mut self,
+        e: &Expr,
+        scope: &[ScopeTable],
+    ) -> Result<Option<(ShapeKind, Vec<String>)>> {
+        let Expr::Function { name, args, .. } = strip(e) else {
+            return Ok(None);
+        };
+        let kind = match name.value.to_ascii_uppercase().as_str() {
+            "POINT" => {
+                return Ok(self.point_coords(e, scope)?.map(|c| (ShapeKind::Point, c)));
+            }
+            "CIRCLE" => ShapeKind::Circle,
+            "BOX" => ShapeKind::Box,
+            "POLYGON" => ShapeKind::Polygon,
+            "REGION" => {
+                let Some(Expr::Literal(Literal::String(text), span)) = args.first().map(strip)
+                else {
+                    return Err(Error::Unsupported(format!(
+                        "REGION at {}: the argument must be an STC-S string literal",
+                        name.span
+                    )));
+                };
+                let shape = meridian_sky::stcs::parse_stcs(text)
+                    .map_err(|e| semantic(*span, e.to_string()))?;
+                let num = |x: f64| format!("{x:?}");
+                return Ok(Some(match shape {
+                    meridian_sky::stcs::Shape::Point(p) => {
+                        (ShapeKind::Point, vec![num(p.ra_deg()), num(p.dec_deg())])
+                    }
+                    meridian_sky::stcs::Shape::Region(Region::Circle(c)) => (
+                        ShapeKind::Circle,
+                        vec![
+                            num(c.center().ra_deg()),
+                            num(c.center().dec_deg()),
+                            num(c.radius_deg()),
+                        ],
+                    ),
+                    meridian_sky::stcs::Shape::Region(Region::Box(b)) => (
+                        ShapeKind::Box,
+                        vec![
+                            num(b.center().ra_deg()),
+                            num(b.center().dec_deg()),
+                            num(b.width_deg()),
+                            num(b.height_deg()),
+                        ],
+                    ),
+                    meridian_sky::stcs::Shape::Region(Region::Polygon(p)) => (
+                        ShapeKind::Polygon,
+                        p.vertices()
+                            .iter()
+                            .flat_map(|v| [num(v.ra_deg()), num(v.dec_deg())])
+                            .collect(),
+                    ),
+                    meridian_sky::stcs::Shape::Region(Region::Moc(_)) => {
+                        return Err(Error::Unsupported(format!(
+                            "MOC in REGION at {}",
+                            name.span
+                        )));
+                    }
+                }));
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some((kind, self.shape_coords(args, scope)?)))
+    }
+
+    /// The two coordinates of a point-valued expression: a POINT's own arguments, or the
+    /// components of any other point value (CENTROID, a point column).
+    fn point_or_value(&mut self, e: &Expr, scope: &[ScopeTable]) -> Result<Vec<String>> {
+        match self.shape(e, scope)? {
+            Some((ShapeKind::Point, c)) => Ok(c),
+            Some((kind, _)) => Err(semantic(
+                e.span(),
+                format!(
+                    "a POINT is expected here, not a {}",
+                    format!("{kind:?}").to_uppercase()
+                ),
+            )),
+            None => {
+                let v = self.expr(e, scope)?;
+                Ok(vec![
+                    format!("adql_coord1({v})"),
+                    format!("adql_coord2({v})"),
+                ])
+            }
+        }
+    }
+
     /// Arguments after an optional coordinate system, which must be ICRS (or empty/NULL,
     /// meaning the catalog's own frame).
     fn without_frame<'e>(&self, args: &'e [Expr], n: usize) -> Result<&'e [Expr]> {
@@ -504,54 +597,36 @@ impl Translator<'_> {
 
     /// CONTAINS / INTERSECTS of a point and a shape, as a UDF call.
     fn containment(&mut self, name: &Ident, args: &[Expr], scope: &[ScopeTable]) -> Result<String> {
-        let (point, shape) = match (
-            self.point_coords(&args[0], scope)?,
-            self.point_coords(&args[1], scope)?,
-        ) {
-            (Some(p), _) => (p, &args[1]),
-            (None, Some(p)) if name.value.eq_ignore_ascii_case("INTERSECTS") => (p, &args[0]),
+        let up = name.value.to_ascii_uppercase();
+        let (a, b) = (self.shape(&args[0], scope)?, self.shape(&args[1], scope)?);
+        let (point, region) = match (a, b) {
+            (Some((ShapeKind::Point, p)), Some(r)) => (p, r),
+            (Some(r), Some((ShapeKind::Point, p))) if up == "INTERSECTS" => (p, r),
+            (None, Some(r)) if r.0 != ShapeKind::Point => {
+                (self.point_or_value(&args[0], scope)?, r)
+            }
             _ => {
                 return Err(Error::Unsupported(format!(
-                    "{} at {}: only a POINT against a CIRCLE, BOX or POLYGON is supported so far",
-                    name.value.to_ascii_uppercase(),
+                    "{up} at {}: only a POINT against a CIRCLE, BOX, POLYGON or REGION literal is supported",
                     name.span
                 )));
             }
         };
-        let Expr::Function {
-            name: shape_name,
-            args: shape_args,
-            ..
-        } = strip(shape)
-        else {
-            return Err(Error::Unsupported(format!(
-                "{} at {}: the region must be a CIRCLE, BOX or POLYGON literal so far",
-                name.value.to_ascii_uppercase(),
-                name.span
-            )));
-        };
-        let kind = shape_name.value.to_ascii_uppercase();
-        let (udf, coords) = match kind.as_str() {
-            "CIRCLE" => (
-                "adql_contains_circle",
-                self.shape_coords(shape_args, scope)?,
-            ),
-            "BOX" => ("adql_contains_box", self.shape_coords(shape_args, scope)?),
-            "POLYGON" => (
-                "adql_contains_polygon",
-                self.shape_coords(shape_args, scope)?,
-            ),
-            other => {
+        let udf = match region.0 {
+            ShapeKind::Circle => "adql_contains_circle",
+            ShapeKind::Box => "adql_contains_box",
+            ShapeKind::Polygon => "adql_contains_polygon",
+            ShapeKind::Point => {
                 return Err(Error::Unsupported(format!(
-                    "{other} regions in CONTAINS at {}",
-                    shape_name.span
+                    "{up} at {} of two POINTs (compare them with DISTANCE)",
+                    name.span
                 )));
             }
         };
         Ok(format!(
             "{udf}({}, {})",
             point.join(", "),
-            coords.join(", ")
+            region.1.join(", ")
         ))
     }
 
@@ -744,31 +819,56 @@ impl Translator<'_> {
             "CONTAINS" | "INTERSECTS" => self.containment(name, args, scope)?,
             "DISTANCE" => {
                 let coords = if args.len() == 2 {
-                    match (
-                        self.point_coords(&args[0], scope)?,
-                        self.point_coords(&args[1], scope)?,
-                    ) {
-                        (Some(a), Some(b)) => [a, b].concat(),
-                        _ => {
-                            return Err(Error::Unsupported(format!(
-                                "DISTANCE at {} between non-POINT values",
-                                name.span
-                            )));
-                        }
-                    }
+                    [
+                        self.point_or_value(&args[0], scope)?,
+                        self.point_or_value(&args[1], scope)?,
+                    ]
+                    .concat()
                 } else {
                     self.args(args, scope)?
                 };
                 simple("adql_distance", coords)
             }
-            "POINT" | "CIRCLE" | "BOX" | "POLYGON" | "REGION" | "CENTROID" | "AREA" | "COORD1"
-            | "COORD2" | "COORDSYS" => {
-                return Err(Error::Unsupported(format!(
-                    "{up} at {} as a value (geometry values in results come with the TAP service); use it inside CONTAINS, INTERSECTS or DISTANCE",
-                    name.span
-                )));
+            "POINT" | "CIRCLE" | "BOX" | "POLYGON" | "REGION" => {
+                let (kind, coords) = self
+                    .shape(
+                        &Expr::Function {
+                            name: name.clone(),
+                            args: args.to_vec(),
+                            star,
+                            distinct,
+                        },
+                        scope,
+                    )?
+                    .expect("a geometry constructor");
+                simple(kind.value_udf(), coords)
             }
-            "IN_UNIT" => return Err(Error::Unsupported(format!("IN_UNIT at {}", name.span))),
+            "AREA" | "CENTROID" => {
+                let Some((kind, coords)) = self.shape(&args[0], scope)? else {
+                    return Err(Error::Unsupported(format!(
+                        "{up} at {}: the argument must be a CIRCLE, BOX, POLYGON or REGION",
+                        name.span
+                    )));
+                };
+                match (up.as_str(), kind) {
+                    ("AREA", ShapeKind::Point) => "0.0".into(),
+                    ("AREA", ShapeKind::Circle) => simple("adql_area_circle", coords),
+                    ("AREA", ShapeKind::Box) => simple("adql_area_box", coords),
+                    ("AREA", ShapeKind::Polygon) => simple("adql_area_polygon", coords),
+                    (_, ShapeKind::Polygon) => simple("adql_centroid_polygon", coords),
+                    _ => simple("adql_point", coords[..2].to_vec()),
+                }
+            }
+            "COORD1" | "COORD2" => {
+                let c = self.point_or_value(&args[0], scope)?;
+                c[if up == "COORD1" { 0 } else { 1 }].clone()
+            }
+            "COORDSYS" => {
+                // Every position Meridian serves is ICRS; the argument is still translated so
+                // that its errors surface.
+                self.expr(&args[0], scope)?;
+                "'ICRS'".into()
+            }
             "LOG" => simple("ln", self.args(args, scope)?),
             "CEILING" => simple("ceil", self.args(args, scope)?),
             "TRUNCATE" => simple("trunc", self.args(args, scope)?),
@@ -786,6 +886,27 @@ impl Translator<'_> {
             }
             _ => simple(&up.to_ascii_lowercase(), self.args(args, scope)?),
         })
+    }
+}
+
+/// Geometry constructors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ShapeKind {
+    Point,
+    Circle,
+    Box,
+    Polygon,
+}
+
+impl ShapeKind {
+    /// The function building this shape as a DALI value.
+    fn value_udf(self) -> &'static str {
+        match self {
+            ShapeKind::Point => "adql_point",
+            ShapeKind::Circle => "adql_circle",
+            ShapeKind::Box => "adql_box",
+            ShapeKind::Polygon => "adql_polygon",
+        }
     }
 }
 

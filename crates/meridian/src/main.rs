@@ -79,6 +79,9 @@ enum Command {
     /// Cross-match two catalogs: each left row's nearest partner within a radius (or every
     /// pair), as a table id1, ra1, dec1, id2, ra2, dec2, distance_arcsec.
     Xmatch(XMatchArgs),
+    /// Measure query latency in one process (warm caches), for the bench/ harness.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Sky geometry utilities reading CSV lines on standard input.
     #[command(subcommand)]
     Sky(SkyCommand),
@@ -168,6 +171,28 @@ enum FormatArg {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    /// Random cone searches (uniform centres on the sphere) through the ADQL path; prints
+    /// one JSON line with latency percentiles in milliseconds.
+    Cone {
+        /// Catalog name.
+        catalog: String,
+        /// Cone radius with its unit (1arcsec, 1arcmin, 0.5deg).
+        #[arg(long)]
+        radius: String,
+        /// Measured queries.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Unmeasured queries first, to warm caches.
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// Seed of the cone centres.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
 enum SkyCommand {
     /// "ra,dec" lines (degrees) to HEALPix NESTED indices at `order`.
     Healpix {
@@ -229,6 +254,10 @@ struct GenerateArgs {
     /// Objects per output file.
     #[arg(long, default_value_t = 1_000_000)]
     chunk_objects: u64,
+    /// Gaussian scatter of positions per axis, milliarcseconds: with the same seed, a second
+    /// epoch of the same sky.
+    #[arg(long, default_value_t = 0.0)]
+    position_jitter_mas: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -380,6 +409,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(args) => query(&config, &args, quiet)?,
         Command::Xmatch(args) => xmatch(&config, &args, quiet)?,
         Command::Sky(cmd) => sky(cmd)?,
+        Command::Bench(cmd) => bench(&config, cmd)?,
         Command::Demo { objects } => demo(&config, objects, quiet)?,
     }
     Ok(())
@@ -410,6 +440,7 @@ fn generate(args: &GenerateArgs, quiet: bool) -> anyhow::Result<meridian_synth::
         source_epochs: args.source_epochs,
         forced_epochs: args.forced_epochs,
         chunk_objects: args.chunk_objects,
+        position_jitter_mas: args.position_jitter_mas,
     };
     let format = match args.format {
         OutFormat::Csv => meridian_synth::OutFormat::Csv,
@@ -724,7 +755,13 @@ fn xmatch(config: &Config, args: &XMatchArgs, quiet: bool) -> anyhow::Result<()>
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(emit(&engine, engine.xmatch(&spec), &args.output, args.explain, quiet))
+    rt.block_on(emit(
+        &engine,
+        engine.xmatch(&spec),
+        &args.output,
+        args.explain,
+        quiet,
+    ))
 }
 
 /// Plans, runs and writes a result under the output options: streaming, MAXREC, time
@@ -823,6 +860,63 @@ fn datafusion_execute(
     Ok(meridian_engine::execute(plan, engine)?)
 }
 
+fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng};
+    let BenchCommand::Cone {
+        catalog,
+        radius,
+        queries,
+        warmup,
+        seed,
+    } = cmd;
+    let radius_deg = meridian_sky::parse_angle_deg(&radius).context("--radius")?;
+    let store = Store::open(config.catalog_dir())?;
+    let engine = meridian_engine::Engine::open(&store, &engine_config(config))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut times_ms = Vec::with_capacity(queries);
+    let mut rows = 0usize;
+    for i in 0..warmup + queries {
+        let ra = rng.random_range(0.0..360.0);
+        let dec = rng.random_range(-1.0f64..1.0).asin().to_degrees();
+        let q = format!(
+            "SELECT * FROM {catalog} WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), \
+             CIRCLE('ICRS', {ra}, {dec}, {radius_deg}))"
+        );
+        let start = Instant::now();
+        let batches = rt.block_on(async {
+            anyhow::Ok(
+                engine
+                    .query(&q, meridian_engine::Lang::Adql)
+                    .await?
+                    .collect()
+                    .await?,
+            )
+        })?;
+        let elapsed = start.elapsed().as_secs_f64() * 1e3;
+        if i >= warmup {
+            times_ms.push(elapsed);
+            rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+        }
+    }
+    times_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| times_ms[((times_ms.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{}",
+        serde_json::json!({
+            "catalog": catalog,
+            "radius_deg": radius_deg,
+            "queries": queries,
+            "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99),
+            "mean_rows": rows as f64 / queries.max(1) as f64,
+        })
+    );
+    Ok(())
+}
+
 /// Prints the cells at `order` of a region's coverage, one per line.
 fn write_cells(region: &Region, order: u8, out: &mut dyn Write) -> anyhow::Result<()> {
     let shift = 2 * (29 - order as u32);
@@ -849,6 +943,7 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
             source_epochs: 10,
             forced_epochs: 0,
             chunk_objects: 1_000_000,
+            position_jitter_mas: 0.0,
         },
         quiet,
     )?;

@@ -12,7 +12,9 @@ pub fn parse_angle_deg(text: &str) -> Result<f64> {
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let value: f64 = number.trim().parse().map_err(|_| {
-        Error::Coordinate(format!("'{text}' is not an angle: expected a number and a unit"))
+        Error::Coordinate(format!(
+            "'{text}' is not an angle: expected a number and a unit"
+        ))
     })?;
     let per_deg = match unit.trim().to_ascii_lowercase().as_str() {
         "deg" | "d" | "degree" | "degrees" | "°" => 1.0,
@@ -52,8 +54,18 @@ mod tests {
         assert_eq!(parse_angle_deg("0.01deg").unwrap(), 0.01);
         assert_eq!(parse_angle_deg("10mas").unwrap(), 10.0 / 3.6e6);
         assert_eq!(parse_angle_deg("1e-3deg").unwrap(), 1e-3);
-        assert!(parse_angle_deg("1.5").unwrap_err().to_string().contains("no unit"));
-        assert!(parse_angle_deg("1.5parsec").unwrap_err().to_string().contains("unknown angle unit"));
+        assert!(
+            parse_angle_deg("1.5")
+                .unwrap_err()
+                .to_string()
+                .contains("no unit")
+        );
+        assert!(
+            parse_angle_deg("1.5parsec")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown angle unit")
+        );
         assert!(parse_angle_deg("-1arcsec").is_err());
         assert!(parse_angle_deg("arcsec").is_err());
     }

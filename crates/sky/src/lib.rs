@@ -10,6 +10,7 @@ mod error;
 pub mod healpix;
 mod point;
 pub mod region;
+pub mod stcs;
 
 pub use angle::parse_angle_deg;
 pub use error::{Error, Result};

@@ -261,6 +261,27 @@ impl Polygon {
         self.area_sr
     }
 
+    /// Centroid of the interior: the direction of the integral of the position vector over
+    /// the area, which by Stokes' theorem is half the sum over edges of each edge's arc
+    /// length times its unit pole (exact for great-circle edges).
+    pub fn centroid(&self) -> SkyPoint {
+        let v: Vec<Vec3> = self.vertices.iter().map(SkyPoint::to_unit_vector).collect();
+        let n = v.len();
+        let mut sum = [0.0; 3];
+        for i in 0..n {
+            let (a, b) = (v[i], v[(i + 1) % n]);
+            let c = cross(a, b);
+            let arc = norm(c).atan2(dot(a, b));
+            sum = add_scaled(sum, normalize(c), arc);
+        }
+        // The sum points into the region on the left of the path; the interior may be
+        // the right side.
+        if dot(sum, self.inside.to_unit_vector()) < 0.0 {
+            sum = [-sum[0], -sum[1], -sum[2]];
+        }
+        SkyPoint::from_vector(normalize(sum))
+    }
+
     fn hpx_polygon(&self) -> HpxPolygon {
         let coos: Box<[Coo3D]> = self
             .vertices
@@ -322,6 +343,36 @@ pub enum Region {
 }
 
 impl Region {
+    /// Area in square degrees (MOCs: the sum of their cells).
+    pub fn area_deg2(&self) -> f64 {
+        let sr = match self {
+            Region::Circle(c) => {
+                2.0 * std::f64::consts::PI * (1.0 - c.radius_deg.min(180.0).to_radians().cos())
+            }
+            Region::Box(b) => b.polygon.area_sr(),
+            Region::Polygon(p) => p.area_sr(),
+            Region::Moc(m) => 4.0 * std::f64::consts::PI * m.coverage_percentage(),
+        };
+        sr.to_degrees().to_degrees()
+    }
+
+    /// Centre of a circle or box, centroid of a polygon or MOC's cells' mean direction.
+    pub fn centroid(&self) -> SkyPoint {
+        match self {
+            Region::Circle(c) => c.center,
+            Region::Box(b) => b.center,
+            Region::Polygon(p) => p.centroid(),
+            Region::Moc(m) => {
+                let mut sum = [0.0; 3];
+                for cell in m.flatten_to_fixed_depth_cells() {
+                    let p = healpix::center(m.depth_max(), cell);
+                    sum = add_scaled(sum, p.to_unit_vector(), 1.0);
+                }
+                SkyPoint::from_vector(normalize(sum))
+            }
+        }
+    }
+
     /// Whether `p` lies in the region (boundaries included for circles).
     pub fn contains(&self, p: &SkyPoint) -> bool {
         match self {

@@ -74,6 +74,9 @@ pub struct SurveySpec {
     pub forced_epochs: u32,
     /// Objects per generated chunk (and per output file part).
     pub chunk_objects: u64,
+    /// Gaussian scatter of Object positions per axis, milliarcseconds (0: none). The same
+    /// seed with a scatter gives a second epoch of the same sky: cross-match test data.
+    pub position_jitter_mas: f64,
 }
 
 impl Default for SurveySpec {
@@ -85,6 +88,7 @@ impl Default for SurveySpec {
             source_epochs: 0,
             forced_epochs: 0,
             chunk_objects: 1_000_000,
+            position_jitter_mas: 0.0,
         }
     }
 }
@@ -354,6 +358,29 @@ fn epochs_for(obj: &Obj, mean: u32) -> u32 {
     ((mean as f64) * frac).round().max(1.0) as u32
 }
 
+/// Moves each position by an independent Gaussian offset of `sigma_mas` per axis (drawn
+/// from its own stream, so every other column is unchanged), along the local east and north
+/// directions on the sphere.
+fn jitter(spec: &SurveySpec, objs: &mut [Obj], chunk: u64) {
+    if spec.position_jitter_mas <= 0.0 {
+        return;
+    }
+    let mut rng = chunk_rng(spec.seed, 4, chunk);
+    let unit = Normal::new(0.0, 1.0).expect("valid normal");
+    let sigma = (spec.position_jitter_mas / 3.6e6).to_radians();
+    for o in objs {
+        let (a, d) = (o.ra.to_radians(), o.dec.to_radians());
+        let (e, n) = (sigma * unit.sample(&mut rng), sigma * unit.sample(&mut rng));
+        let p = [d.cos() * a.cos(), d.cos() * a.sin(), d.sin()];
+        let east = [-a.sin(), a.cos(), 0.0];
+        let north = [-d.sin() * a.cos(), -d.sin() * a.sin(), d.cos()];
+        let v: Vec<f64> = (0..3).map(|i| p[i] + e * east[i] + n * north[i]).collect();
+        let norm = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        o.ra = v[1].atan2(v[0]).to_degrees().rem_euclid(360.0) % 360.0;
+        o.dec = (v[2] / norm).clamp(-1.0, 1.0).asin().to_degrees();
+    }
+}
+
 fn object_batch(spec: &SurveySpec, objs: &[Obj]) -> RecordBatch {
     let schema = object_schema(spec.profile);
     let mut cols: Vec<ArrayRef> = vec![
@@ -555,7 +582,8 @@ pub fn generate(
     let results: Vec<[(PathBuf, u64); 3]> = (0..chunks)
         .into_par_iter()
         .map(|chunk| {
-            let objs = gen_objects(spec, chunk);
+            let mut objs = gen_objects(spec, chunk);
+            jitter(spec, &mut objs, chunk);
             let mut out: [(PathBuf, u64); 3] = Default::default();
             let tables: [(&str, Option<RecordBatch>); 3] = [
                 ("object", Some(object_batch(spec, &objs))),
@@ -660,6 +688,48 @@ mod tests {
             a.iter()
                 .all(|o| (-90.0..=90.0).contains(&o.dec) && (0.0..360.0).contains(&o.ra))
         );
+    }
+
+    #[test]
+    fn jitter_moves_positions_by_the_requested_scatter() {
+        let spec = SurveySpec {
+            objects: 20_000,
+            chunk_objects: 20_000,
+            ..Default::default()
+        };
+        let moved = SurveySpec {
+            position_jitter_mas: 200.0,
+            ..spec.clone()
+        };
+        let a = gen_objects(&spec, 0);
+        let mut b = gen_objects(&moved, 0);
+        jitter(&moved, &mut b, 0);
+        let seps: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| {
+                assert_eq!((x.id, x.mags), (y.id, y.mags));
+                let (p, q) = (unit(x.ra, x.dec), unit(y.ra, y.dec));
+                let c =
+                    ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt();
+                (2.0 * (c / 2.0).asin()).to_degrees() * 3.6e6
+            })
+            .collect();
+        // The offset is Rayleigh-distributed: mean sigma * sqrt(pi / 2).
+        let mean = seps.iter().sum::<f64>() / seps.len() as f64;
+        assert!(
+            (mean - 200.0 * (std::f64::consts::PI / 2.0).sqrt()).abs() < 5.0,
+            "{mean}"
+        );
+        assert!(
+            b.iter()
+                .all(|o| (0.0..360.0).contains(&o.ra) && o.dec.abs() <= 90.0)
+        );
+    }
+
+    fn unit(ra: f64, dec: f64) -> [f64; 3] {
+        let (a, d) = (ra.to_radians(), dec.to_radians());
+        [d.cos() * a.cos(), d.cos() * a.sin(), d.sin()]
     }
 
     #[test]

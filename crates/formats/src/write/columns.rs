@@ -21,6 +21,8 @@ pub(crate) enum VoType {
     Double,
     /// Text (UTF-8 bytes); timestamps are ISO 8601 text with xtype "timestamp".
     Char,
+    /// Array of doubles, of fixed length or variable (`None`): DALI geometry values.
+    Doubles(Option<i32>),
 }
 
 impl VoType {
@@ -35,23 +37,30 @@ impl VoType {
             VoType::Float => "float",
             VoType::Double => "double",
             VoType::Char => "char",
+            VoType::Doubles(_) => "double",
         }
     }
-
 }
 
 /// The Arrow type a column is cast to before it is written.
 pub(crate) fn arrow_type(vo: VoType) -> DataType {
-        match vo {
-            VoType::Boolean => DataType::Boolean,
-            VoType::UnsignedByte => DataType::UInt8,
-            VoType::Short => DataType::Int16,
-            VoType::Int => DataType::Int32,
-            VoType::Long => DataType::Int64,
-            VoType::Float => DataType::Float32,
-            VoType::Double => DataType::Float64,
-            VoType::Char => DataType::Utf8,
+    match vo {
+        VoType::Boolean => DataType::Boolean,
+        VoType::UnsignedByte => DataType::UInt8,
+        VoType::Short => DataType::Int16,
+        VoType::Int => DataType::Int32,
+        VoType::Long => DataType::Int64,
+        VoType::Float => DataType::Float32,
+        VoType::Double => DataType::Float64,
+        VoType::Char => DataType::Utf8,
+        VoType::Doubles(n) => {
+            let item = Arc::new(Field::new("item", DataType::Float64, true));
+            match n {
+                Some(n) => DataType::FixedSizeList(item, n),
+                None => DataType::List(item),
+            }
         }
+    }
 }
 
 /// One output column.
@@ -59,12 +68,13 @@ pub(crate) fn arrow_type(vo: VoType) -> DataType {
 pub(crate) struct OutColumn {
     pub name: String,
     pub vo: VoType,
-    /// DALI xtype ("timestamp" for times).
-    pub xtype: Option<&'static str>,
+    /// DALI xtype ("timestamp" for times, "point", "circle", "polygon" from the field).
+    pub xtype: Option<String>,
     pub meta: ColumnMeta,
 }
 
 fn vo_type(t: &DataType) -> (VoType, Option<&'static str>) {
+    let numeric = |t: &DataType| t.is_numeric();
     match t {
         DataType::Boolean => (VoType::Boolean, None),
         DataType::UInt8 => (VoType::UnsignedByte, None),
@@ -78,6 +88,12 @@ fn vo_type(t: &DataType) -> (VoType, Option<&'static str>) {
         }
         DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
             (VoType::Char, Some("timestamp"))
+        }
+        DataType::FixedSizeList(f, n) if numeric(f.data_type()) => {
+            (VoType::Doubles(Some(*n)), None)
+        }
+        DataType::List(f) | DataType::LargeList(f) if numeric(f.data_type()) => {
+            (VoType::Doubles(None), None)
         }
         _ => (VoType::Char, None),
     }
@@ -93,7 +109,11 @@ pub(crate) fn out_columns(schema: &SchemaRef) -> Vec<OutColumn> {
             OutColumn {
                 name: f.name().clone(),
                 vo,
-                xtype,
+                xtype: f
+                    .metadata()
+                    .get("xtype")
+                    .cloned()
+                    .or(xtype.map(str::to_string)),
                 meta: ColumnMeta::of(f),
             }
         })
@@ -109,10 +129,9 @@ pub(crate) fn normalise(batch: &RecordBatch, columns: &[OutColumn]) -> Result<Ve
         .map(|(a, c)| {
             let a = match a.data_type() {
                 // Times as ISO 8601 in UTC, without a zone suffix (DALI timestamp).
-                DataType::Timestamp(unit, Some(_)) => arrow::compute::cast(
-                    a,
-                    &DataType::Timestamp(unit.clone(), None),
-                )?,
+                DataType::Timestamp(unit, Some(_)) => {
+                    arrow::compute::cast(a, &DataType::Timestamp(*unit, None))?
+                }
                 DataType::Date64 => {
                     arrow::compute::cast(a, &DataType::Timestamp(TimeUnit::Millisecond, None))?
                 }
@@ -132,4 +151,44 @@ pub(crate) fn normalise(batch: &RecordBatch, columns: &[OutColumn]) -> Result<Ve
             }
         })
         .collect()
+}
+
+/// The values of row `i` of a (fixed-size) list of doubles, as normalised.
+pub(crate) fn doubles(a: &ArrayRef, i: usize) -> Vec<f64> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Float64Type;
+    let values = match a.data_type() {
+        DataType::FixedSizeList(..) => a.as_fixed_size_list().value(i),
+        _ => a.as_list::<i32>().value(i),
+    };
+    let v = values.as_primitive::<Float64Type>();
+    (0..v.len())
+        .map(|k| if v.is_null(k) { f64::NAN } else { v.value(k) })
+        .collect()
+}
+
+/// The list-of-Float64 type with the same shape as list type `t`.
+pub(crate) fn list_of_doubles(t: &DataType) -> DataType {
+    let item = Arc::new(Field::new("item", DataType::Float64, true));
+    match t {
+        DataType::FixedSizeList(_, n) => DataType::FixedSizeList(item, *n),
+        _ => DataType::List(item),
+    }
+}
+
+/// A (fixed-size) list of doubles as DALI text: the values separated by spaces.
+pub(crate) fn doubles_as_text(a: &ArrayRef) -> Result<ArrayRef> {
+    use arrow::array::{Array, StringArray};
+    let s: StringArray = (0..a.len())
+        .map(|i| {
+            (!a.is_null(i)).then(|| {
+                doubles(a, i)
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        })
+        .collect();
+    Ok(Arc::new(s))
 }

@@ -17,7 +17,7 @@ use arrow::datatypes::{
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 
-use super::columns::{OutColumn, VoType, normalise, out_columns};
+use super::columns::{OutColumn, VoType, doubles, normalise, out_columns};
 use crate::Result;
 
 const BLOCK: usize = 2880;
@@ -43,7 +43,10 @@ fn card(key: &str, value: &str, comment: &str) -> String {
         c.push_str(" / ");
         c.push_str(comment);
     }
-    let mut c: String = c.chars().filter(|ch| ch.is_ascii() && !ch.is_ascii_control()).collect();
+    let mut c: String = c
+        .chars()
+        .filter(|ch| ch.is_ascii() && !ch.is_ascii_control())
+        .collect();
     c.truncate(80);
     format!("{c:<80}")
 }
@@ -94,11 +97,15 @@ impl FitsWriter {
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let arrays = normalise(batch, &self.columns)?;
         for (k, a) in arrays.iter().enumerate() {
-            if self.columns[k].vo == VoType::Char {
-                let s = a.as_string::<i32>();
-                let widest = s.iter().flatten().map(str::len).max().unwrap_or(0);
-                self.widths[k] = self.widths[k].max(widest);
-            }
+            let widest = match self.columns[k].vo {
+                VoType::Char => a.as_string::<i32>().iter().flatten().map(str::len).max(),
+                VoType::Doubles(None) => {
+                    let l = a.as_list::<i32>();
+                    (0..l.len()).map(|i| l.value_length(i) as usize).max()
+                }
+                _ => None,
+            };
+            self.widths[k] = self.widths[k].max(widest.unwrap_or(0));
         }
         let b = RecordBatch::try_new(self.spool.schema().clone(), arrays)?;
         self.spool.write(&b)?;
@@ -116,17 +123,20 @@ impl FitsWriter {
             VoType::Float => ("E".into(), 4),
             VoType::Double => ("D".into(), 8),
             VoType::Char => (format!("{}A", self.widths[k]), self.widths[k]),
+            VoType::Doubles(Some(n)) => (format!("{n}D"), 8 * n as usize),
+            VoType::Doubles(None) => (format!("{}D", self.widths[k]), 8 * self.widths[k]),
         }
     }
 
     pub(crate) fn finish(mut self) -> Result<()> {
         self.spool.finish()?;
-        let mut h = Vec::new();
-        h.push(card("SIMPLE", "T", "conforms to FITS"));
-        h.push(card("BITPIX", "8", ""));
-        h.push(card("NAXIS", "0", ""));
-        h.push(card("EXTEND", "T", ""));
-        h.push(card("END", "", ""));
+        let h = [
+            card("SIMPLE", "T", "conforms to FITS"),
+            card("BITPIX", "8", ""),
+            card("NAXIS", "0", ""),
+            card("EXTEND", "T", ""),
+            card("END", "", ""),
+        ];
         write_header(&mut self.out, &h)?;
         let forms: Vec<(String, usize)> = (0..self.columns.len()).map(|k| self.tform(k)).collect();
         let row_bytes: usize = forms.iter().map(|f| f.1).sum();
@@ -156,6 +166,9 @@ impl FitsWriter {
             };
             if let Some(t) = tnull {
                 h.push(card(&format!("TNULL{n}"), &t.to_string(), ""));
+            }
+            if let Some(x) = &c.xtype {
+                h.push(string_card(&format!("TXTYP{n}"), x));
             }
             if let Some(u) = &c.meta.ucd {
                 h.push(string_card(&format!("TUCD{n}"), u));
@@ -228,6 +241,17 @@ fn cell(a: &ArrayRef, i: usize, width: usize, out: &mut Vec<u8>) {
         DataType::Float64 => {
             let v = a.as_primitive::<Float64Type>();
             out.extend_from_slice(&(if null { f64::NAN } else { v.value(i) }).to_be_bytes())
+        }
+        DataType::FixedSizeList(..) | DataType::List(_) => {
+            // Variable-length arrays are padded with NaN to the column's widest row.
+            let v = if null { Vec::new() } else { doubles(a, i) };
+            let n = match a.data_type() {
+                DataType::FixedSizeList(_, n) => *n as usize,
+                _ => width,
+            };
+            for k in 0..n {
+                out.extend_from_slice(&v.get(k).copied().unwrap_or(f64::NAN).to_be_bytes());
+            }
         }
         _ => {
             let s = if null {

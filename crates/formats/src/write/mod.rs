@@ -79,7 +79,9 @@ impl ResultWriter {
                     }
                 })?,
             )),
-            OutputFormat::VoTable(s) => Inner::VoTable(votable::VotableWriter::new(out, schema, s)?),
+            OutputFormat::VoTable(s) => {
+                Inner::VoTable(votable::VotableWriter::new(out, schema, s)?)
+            }
             OutputFormat::Fits => Inner::Fits(Box::new(fits::FitsWriter::new(out, schema)?)),
         };
         Ok(Self {
@@ -112,7 +114,44 @@ impl ResultWriter {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         match &mut self.inner {
-            Inner::Csv(w) => w.write(batch)?,
+            Inner::Csv(w) => {
+                // Arrays (DALI geometry values) as space-separated numbers.
+                if batch.columns().iter().any(|c| {
+                    matches!(
+                        c.data_type(),
+                        arrow::datatypes::DataType::FixedSizeList(..)
+                            | arrow::datatypes::DataType::List(_)
+                    )
+                }) {
+                    let cols: Vec<_> = batch
+                        .columns()
+                        .iter()
+                        .map(|c| match c.data_type() {
+                            arrow::datatypes::DataType::FixedSizeList(..)
+                            | arrow::datatypes::DataType::List(_) => columns::doubles_as_text(
+                                &arrow::compute::cast(c, &columns::list_of_doubles(c.data_type()))?,
+                            ),
+                            _ => Ok(c.clone()),
+                        })
+                        .collect::<Result<_>>()?;
+                    let fields: Vec<_> = batch
+                        .schema()
+                        .fields()
+                        .iter()
+                        .zip(&cols)
+                        .map(|(f, c)| {
+                            arrow::datatypes::Field::new(f.name(), c.data_type().clone(), true)
+                        })
+                        .collect();
+                    let b = RecordBatch::try_new(
+                        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+                        cols,
+                    )?;
+                    w.write(&b)?
+                } else {
+                    w.write(batch)?
+                }
+            }
             Inner::Json(w) => w.write(batch)?,
             Inner::Parquet(w) => w.write(batch).map_err(|e| Error::Parquet {
                 file: PathBuf::from("<output>"),

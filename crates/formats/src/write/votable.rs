@@ -12,7 +12,7 @@ use arrow::datatypes::{
 use base64::engine::general_purpose::STANDARD;
 use base64::write::EncoderWriter;
 
-use super::columns::{OutColumn, VoType, normalise, out_columns};
+use super::columns::{OutColumn, VoType, doubles, normalise, out_columns};
 use crate::Result;
 
 /// VOTable serializations.
@@ -29,7 +29,7 @@ pub enum Serialization {
 
 enum Body {
     Xml(Box<dyn Write + Send>),
-    Base64(EncoderWriter<'static, base64::engine::GeneralPurpose, Box<dyn Write + Send>>),
+    Base64(Box<EncoderWriter<'static, base64::engine::GeneralPurpose, Box<dyn Write + Send>>>),
 }
 
 /// A VOTable document being written.
@@ -70,17 +70,21 @@ impl VotableWriter {
             "<VOTABLE version=\"1.4\" xmlns=\"http://www.ivoa.net/xml/VOTable/v1.3\" \
              xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\n",
         );
-        h.push_str("<RESOURCE type=\"results\">\n<INFO name=\"QUERY_STATUS\" value=\"OK\"/>\n<TABLE>\n");
+        h.push_str(
+            "<RESOURCE type=\"results\">\n<INFO name=\"QUERY_STATUS\" value=\"OK\"/>\n<TABLE>\n",
+        );
         for c in &columns {
             h.push_str(&format!(
                 "<FIELD name=\"{}\" datatype=\"{}\"",
                 escape(&c.name),
                 c.vo.votable()
             ));
-            if c.vo == VoType::Char {
-                h.push_str(" arraysize=\"*\"");
+            match c.vo {
+                VoType::Char | VoType::Doubles(None) => h.push_str(" arraysize=\"*\""),
+                VoType::Doubles(Some(n)) => h.push_str(&format!(" arraysize=\"{n}\"")),
+                _ => {}
             }
-            if let Some(x) = c.xtype {
+            if let Some(x) = &c.xtype {
                 h.push_str(&format!(" xtype=\"{x}\""));
             }
             for (k, v) in [
@@ -112,7 +116,7 @@ impl VotableWriter {
         out.write_all(h.as_bytes())?;
         let body = match serialization {
             Serialization::TableData => Body::Xml(out),
-            _ => Body::Base64(EncoderWriter::new(out, &STANDARD)),
+            _ => Body::Base64(Box::new(EncoderWriter::new(out, &STANDARD))),
         };
         Ok(Self {
             body: Some(body),
@@ -242,6 +246,14 @@ fn text_cell(a: &ArrayRef, i: usize, out: &mut String) {
         arrow::datatypes::DataType::Float64 => {
             float_text(a.as_primitive::<Float64Type>().value(i), out)
         }
+        arrow::datatypes::DataType::FixedSizeList(..) | arrow::datatypes::DataType::List(_) => {
+            for (k, x) in doubles(a, i).iter().enumerate() {
+                if k > 0 {
+                    out.push(' ');
+                }
+                float_text(*x, out);
+            }
+        }
         _ => out.push_str(&escape(a.as_string::<i32>().value(i))),
     }
     out.push_str("</TD>");
@@ -280,6 +292,20 @@ fn binary_cell(a: &ArrayRef, i: usize, out: &mut Vec<u8>) {
         arrow::datatypes::DataType::Float64 => {
             let v = a.as_primitive::<Float64Type>();
             out.extend_from_slice(&(if null { f64::NAN } else { v.value(i) }).to_be_bytes())
+        }
+        arrow::datatypes::DataType::FixedSizeList(_, n) => {
+            let v = doubles(a, i);
+            for x in v.iter().take(*n as usize) {
+                let x = if null { f64::NAN } else { *x };
+                out.extend_from_slice(&x.to_be_bytes());
+            }
+        }
+        arrow::datatypes::DataType::List(_) => {
+            let v = if null { Vec::new() } else { doubles(a, i) };
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            for x in v {
+                out.extend_from_slice(&x.to_be_bytes());
+            }
         }
         _ => {
             let s = if null {
