@@ -8,6 +8,7 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
+use arrow::array::Array;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, Result, ScalarValue};
@@ -103,13 +104,34 @@ pub(crate) fn number(e: &Expr) -> Option<f64> {
     }
 }
 
+/// The numbers of an array literal (`ARRAY[...]`, `[...]`, `make_array(...)`).
+fn array_numbers(e: &Expr) -> Option<Vec<f64>> {
+    match e {
+        Expr::Literal(ScalarValue::List(list), _) if list.len() == 1 && !list.is_null(0) => {
+            let values = arrow::compute::cast(&list.value(0), &arrow::datatypes::DataType::Float64)
+                .ok()?;
+            let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::Float64Type>(&values);
+            (v.null_count() == 0).then(|| v.values().to_vec())
+        }
+        Expr::ScalarFunction(f) if f.func.name() == "make_array" => {
+            f.args.iter().map(number).collect()
+        }
+        Expr::Cast(c) => array_numbers(&c.expr),
+        _ => None,
+    }
+}
+
 /// The region a spatial function call on (ra, dec) with literal arguments selects.
 fn call_region(f: &ScalarFunction, ra: &str, dec: &str, bound: Option<f64>) -> Option<Region> {
     let a = &f.args;
     if a.len() < 2 || !is_column(&a[0], ra) || !is_column(&a[1], dec) {
         return None;
     }
-    let nums: Option<Vec<f64>> = a[2..].iter().map(number).collect();
+    let nums: Option<Vec<f64>> = if f.func.name() == "q3c_poly_query" && a.len() == 3 {
+        array_numbers(&a[2])
+    } else {
+        a[2..].iter().map(number).collect()
+    };
     let v = nums?;
     let point = |i: usize| SkyPoint::new(v[i], v[i + 1]).ok();
     match (f.func.name(), bound) {
@@ -119,7 +141,9 @@ fn call_region(f: &ScalarFunction, ra: &str, dec: &str, bound: Option<f64>) -> O
         ("adql_contains_box", None) if v.len() == 4 => {
             SkyBox::new(point(0)?, v[2], v[3]).ok().map(Region::Box)
         }
-        ("adql_contains_polygon", None) if v.len() >= 6 && v.len() % 2 == 0 => {
+        ("adql_contains_polygon" | "q3c_poly_query", None)
+            if v.len() >= 6 && v.len().is_multiple_of(2) =>
+        {
             let pts: Option<Vec<SkyPoint>> = (0..v.len()).step_by(2).map(point).collect();
             Polygon::new(pts?).ok().map(Region::Polygon)
         }

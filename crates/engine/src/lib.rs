@@ -9,6 +9,7 @@ pub mod hats_table;
 pub mod session;
 pub mod translate;
 pub mod udf;
+pub mod units;
 pub mod xmatch;
 
 pub use engine::{Engine, Lang, ScanReport, XMatchSpec, functions, id_column};

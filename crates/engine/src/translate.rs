@@ -50,6 +50,8 @@ pub(crate) fn suggest<'a>(wanted: &str, candidates: impl Iterator<Item = &'a str
 struct ScopeTable {
     qualifier: Ident,
     columns: Vec<String>,
+    /// Units of the columns that declare one (catalog tables only).
+    units: HashMap<String, String>,
 }
 
 struct Translator<'a> {
@@ -200,6 +202,7 @@ impl Translator<'_> {
     fn scope_of(&mut self, t: &TableRef, out: &mut Vec<ScopeTable>) -> Result<()> {
         match t {
             TableRef::Table { name, alias } => {
+                let mut units = HashMap::new();
                 let columns = if let (1, Some(cols)) = (
                     name.0.len(),
                     self.ctes.get(&name.last().value.to_lowercase()),
@@ -207,11 +210,17 @@ impl Translator<'_> {
                     cols.clone()
                 } else {
                     let (_, schema) = self.lookup_table(name)?;
+                    for f in schema.fields() {
+                        if let Some(u) = f.metadata().get("unit").filter(|u| !u.is_empty()) {
+                            units.insert(f.name().clone(), u.clone());
+                        }
+                    }
                     schema.fields().iter().map(|f| f.name().clone()).collect()
                 };
                 out.push(ScopeTable {
                     qualifier: alias.clone().unwrap_or_else(|| name.last().clone()),
                     columns,
+                    units,
                 });
             }
             TableRef::Derived { query, alias } => {
@@ -219,6 +228,7 @@ impl Translator<'_> {
                 out.push(ScopeTable {
                     qualifier: alias.clone(),
                     columns,
+                    units: HashMap::new(),
                 });
             }
             TableRef::Join { left, right, .. } => {
@@ -868,6 +878,31 @@ impl Translator<'_> {
                 // that its errors surface.
                 self.expr(&args[0], scope)?;
                 "'ICRS'".into()
+            }
+            "IN_UNIT" => {
+                let Expr::Literal(Literal::String(to), _) = strip(&args[1]) else {
+                    return Err(semantic(
+                        args[1].span(),
+                        "IN_UNIT: the target unit must be a string literal".into(),
+                    ));
+                };
+                let Expr::Column(c) = strip(&args[0]) else {
+                    return Err(semantic(
+                        args[0].span(),
+                        "IN_UNIT: only a column with a declared unit can be converted".into(),
+                    ));
+                };
+                let (q, col) = self.resolve_column(c, scope)?;
+                let from = scope
+                    .iter()
+                    .find(|t| t.qualifier.value == q)
+                    .and_then(|t| t.units.get(&col))
+                    .ok_or_else(|| {
+                        semantic(c.span(), format!("IN_UNIT: column {col} declares no unit"))
+                    })?;
+                let f = crate::units::factor(from, to)
+                    .map_err(|m| semantic(args[1].span(), format!("IN_UNIT: {m}")))?;
+                format!("({} * {f:?})", self.expr(&args[0], scope)?)
             }
             "LOG" => simple("ln", self.args(args, scope)?),
             "CEILING" => simple("ceil", self.args(args, scope)?),

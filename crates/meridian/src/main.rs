@@ -325,9 +325,15 @@ fn main() {
             }) {
                 std::process::exit(0);
             }
-            eprintln!("error: {e}");
+            let mut shown = e.to_string();
+            eprintln!("error: {shown}");
+            // Libraries often repeat their cause in their own message: print only news.
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown = text;
+                }
             }
             std::process::exit(1);
         }
