@@ -97,3 +97,19 @@ def test_fits_to_standard_output(hip_store):
     p = subprocess.run([meridian_bin(), "--quiet", "--data-dir", str(hip_store), "query", QUERY, "--lang", "sql", "--format", "fits"],
                        capture_output=True, check=True)
     assert p.stdout[:6] == b"SIMPLE" and len(p.stdout) % 2880 == 0
+
+
+def test_in_unit_converts_with_the_declared_unit(hip_store, tmp_path):
+    from astropy import units as u
+    out = tmp_path / "u.parquet"
+    run("query", "SELECT plx, IN_UNIT(plx, 'arcsec') AS plx_as, ra, IN_UNIT(ra, 'rad') AS ra_rad, "
+        "IN_UNIT(pmra, 'arcsec/yr') AS pm FROM hipparcos WHERE plx > 100", "--format", "parquet", "--out", out,
+        data_dir=hip_store)
+    t = pq.read_table(out).to_pandas()
+    assert len(t) > 10
+    assert np.allclose(t["plx_as"], (t["plx"].values * u.mas).to_value(u.arcsec), rtol=1e-14)
+    assert np.allclose(t["ra_rad"], (t["ra"].values * u.deg).to_value(u.rad), rtol=1e-14)
+    p = run("query", "SELECT IN_UNIT(plx, 'km') FROM hipparcos", data_dir=hip_store, check=False)
+    assert p.returncode == 1 and "'mas'" in p.stderr and "cannot be converted to 'km'" in p.stderr
+    p = run("query", "SELECT IN_UNIT(hip, 'deg') FROM hipparcos", data_dir=hip_store, check=False)
+    assert p.returncode == 1 and "declares no unit" in p.stderr

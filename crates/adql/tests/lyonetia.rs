@@ -15,7 +15,8 @@ struct Case {
 }
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/lyonetia/adql")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("../../../shared/corpora/lyonetia/adql")
 }
 
 fn read_cases(path: &Path) -> Vec<Case> {

@@ -9,7 +9,7 @@ use meridian_catalog::{Error, IngestOptions, Store};
 use meridian_sky::{Circle, Region, SkyPoint};
 
 fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .join("../../../shared/data")
         .join(rel)
 }

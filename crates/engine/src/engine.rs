@@ -62,6 +62,7 @@ pub struct Engine {
 pub fn functions() -> FunctionRegistry {
     let mut f = FunctionRegistry::adql();
     f.declare("ivo_healpix_index", 3, 3, Kind::Numeric)
+        .declare("healpix_parent", 2, 2, Kind::Numeric)
         .declare("q3c_dist", 4, 4, Kind::Numeric)
         .declare("q3c_radial_query", 5, 5, Kind::Boolean)
         .declare("q3c_join", 5, 5, Kind::Boolean);
@@ -165,7 +166,7 @@ impl Engine {
     /// Plans a cross-match of two catalogs: rows (id1, ra1, dec1, id2, ra2, dec2,
     /// distance_arcsec).
     pub async fn xmatch(&self, spec: &XMatchSpec) -> Result<DataFrame> {
-        use datafusion::logical_expr::{LogicalPlanBuilder, col};
+        use datafusion::logical_expr::LogicalPlanBuilder;
         let side = |name: &str, id: &Option<String>, alias: &str| -> Result<_> {
             let table = self.table(name).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -219,8 +220,13 @@ impl Engine {
                     .build()?,
             );
         }
-        let qcol =
-            |s: &(String, String, String, String, String), c: &str| col(format!("{}.{}", s.0, c));
+        // Exact (case-preserving) names: `col("l.objectId")` would parse and fold the case.
+        let qcol = |s: &(String, String, String, String, String), c: &str| {
+            datafusion::logical_expr::Expr::Column(datafusion::common::Column::new(
+                Some(s.0.as_str()),
+                c,
+            ))
+        };
         let right_plan = plans.pop().expect("two plans");
         let left_plan = plans.pop().expect("two plans");
         let node = XMatchNode::try_new(

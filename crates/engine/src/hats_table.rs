@@ -108,8 +108,8 @@ pub(crate) fn number(e: &Expr) -> Option<f64> {
 fn array_numbers(e: &Expr) -> Option<Vec<f64>> {
     match e {
         Expr::Literal(ScalarValue::List(list), _) if list.len() == 1 && !list.is_null(0) => {
-            let values = arrow::compute::cast(&list.value(0), &arrow::datatypes::DataType::Float64)
-                .ok()?;
+            let values =
+                arrow::compute::cast(&list.value(0), &arrow::datatypes::DataType::Float64).ok()?;
             let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::Float64Type>(&values);
             (v.null_count() == 0).then(|| v.values().to_vec())
         }
@@ -254,12 +254,20 @@ impl TableProvider for HatsTable {
             };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
+        let mut partitions = partitions;
+        partitions.sort_by_key(|p| p.hpx29_range().start);
         let urls = partitions
             .iter()
             .map(|p| ListingTableUrl::parse(p.path_in(self.catalog.dir()).to_string_lossy()))
             .collect::<Result<Vec<_>>>()?;
-        let options =
+        let mut options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        // Every partition file is sorted by `_healpix_29` and partitions cover disjoint
+        // ranges: declared, this lets DataFusion keep the order across files (grouped by
+        // their statistics) and aggregate or merge by HEALPix cell without hashing or sorting.
+        if let Some(h) = self.catalog.healpix_column() {
+            options = options.with_file_sort_order(vec![vec![col(h).sort(true, false)]]);
+        }
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
             .with_schema(schema);

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -35,8 +36,11 @@ impl Default for EngineConfig {
 
 /// Builds a session: UDFs, memory pool, parallelism.
 pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
+    // A fair pool: spilling operators (sorts, aggregations, joins) share the budget evenly
+    // and spill instead of starving each other; others (a cross-match's index) take what
+    // they need or fail with a resources error.
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit(config.memory_limit_bytes, 1.0)
+        .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit_bytes)))
         .build_arc()?;
     let mut sc = SessionConfig::new()
         .with_batch_size(config.batch_size)
@@ -44,6 +48,12 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     if config.target_partitions > 0 {
         sc = sc.with_target_partitions(config.target_partitions);
     }
+    // Each sorting partition reserves room to merge its spill files; keep that a small share
+    // of the pool so that small budgets still sort (DataFusion's default is 10 MB each).
+    let partitions = sc.target_partitions().max(1);
+    sc.options_mut().execution.sort_spill_reservation_bytes =
+        (config.memory_limit_bytes / (8 * partitions)).min(10 << 20);
+    sc.options_mut().execution.split_file_groups_by_statistics = true;
     sc.options_mut().execution.parquet.pruning = true;
     sc.options_mut().execution.parquet.enable_page_index = true;
     let state = SessionStateBuilder::new()
@@ -57,6 +67,7 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     for udf in crate::udf::spatial_udfs()
         .into_iter()
         .chain(crate::geometry::geometry_udfs())
+        .chain(crate::udf::healpix_udfs())
     {
         ctx.register_udf(udf);
     }

@@ -12,6 +12,7 @@
 //! | `q3c_dist` | ra1, dec1, ra2, dec2 | separation, degrees |
 //! | `q3c_radial_query` | ra, dec, centre ra, centre dec, radius | true inside |
 //! | `q3c_join` | ra1, dec1, ra2, dec2, radius | true within radius |
+//! | `healpix_parent` | `_healpix_29`, order | NESTED cell at that order (keeps the sort) |
 //! | `q3c_poly_query` | ra, dec, polygon as an array ra1, dec1, ra2, dec2, ... | true inside |
 //! | `q3c_ang2ipix` | ra, dec | Q3C cube-face pixel at Q3C's default depth (nside 2^30) |
 //!
@@ -308,7 +309,11 @@ fn q3c_poly_query(name: &str, args: ScalarFunctionArgs) -> Result<ColumnarValue>
         polygon(name, v.values()).map(Some)
     };
     let constant = matches!(args.args[2], ColumnarValue::Scalar(_));
-    let shared = if constant && n > 0 { Some(poly_at(0)?) } else { None };
+    let shared = if constant && n > 0 {
+        Some(poly_at(0)?)
+    } else {
+        None
+    };
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let poly = match &shared {
@@ -368,4 +373,67 @@ mod tests {
         assert_eq!(q3c_ang2ipix(-1.0, 0.0), 1825388318008017157);
         assert_eq!(q3c_ang2ipix(0.0, -90.0), 6629298651489370112);
     }
+}
+
+/// `healpix_parent(hpx29, order)`: the NESTED cell at `order` holding the order-29 cell
+/// `hpx29` (a catalog's `_healpix_29`), i.e. `hpx29 >> 2 (29 - order)`. It is monotonic in
+/// its first argument, and says so: over catalogs sorted by `_healpix_29`, a GROUP BY on it
+/// streams in order instead of hashing.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct HealpixParent {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for HealpixParent {
+    fn name(&self) -> &str {
+        "healpix_parent"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let hpx = arrays[0].as_primitive::<arrow::datatypes::Int64Type>();
+        let order = arrays[1].as_primitive::<arrow::datatypes::Int64Type>();
+        let mut out = Vec::with_capacity(hpx.len());
+        for i in 0..hpx.len() {
+            if hpx.is_null(i) || order.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            let k = order.value(i);
+            if !(0..=29).contains(&k) {
+                return Err(err("healpix_parent", format!("order {k} is not in 0..29")));
+            }
+            out.push(Some(hpx.value(i) >> (2 * (29 - k))));
+        }
+        Ok(ColumnarValue::Array(Arc::new(Int64Array::from(out))))
+    }
+
+    fn output_ordering(
+        &self,
+        inputs: &[datafusion::logical_expr::sort_properties::ExprProperties],
+    ) -> Result<datafusion::logical_expr::sort_properties::SortProperties> {
+        use datafusion::logical_expr::sort_properties::SortProperties;
+        Ok(match inputs[1].sort_properties {
+            SortProperties::Singleton => inputs[0].sort_properties,
+            _ => SortProperties::Unordered,
+        })
+    }
+}
+
+/// The HEALPix helper functions over the order-29 index column.
+pub fn healpix_udfs() -> Vec<ScalarUDF> {
+    vec![ScalarUDF::new_from_impl(HealpixParent {
+        signature: Signature::exact(
+            vec![DataType::Int64, DataType::Int64],
+            Volatility::Immutable,
+        ),
+    })]
 }

@@ -64,7 +64,7 @@ fn sky_points(rng: &mut impl Rng, n: usize, first_id: i64) -> Rows {
 
 fn write_csv(path: &std::path::Path, rows: &Rows) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(f, "id,ra,dec").unwrap();
+    writeln!(f, "objectId,ra,dec").unwrap();
     for (id, ra, dec) in rows {
         writeln!(f, "{id},{ra:.12},{dec:.12}").unwrap();
     }
@@ -194,14 +194,14 @@ fn every_join_form_equals_brute_force() {
     let queries = [
         (
             format!(
-                "SELECT a.id, b.id FROM xa AS a JOIN xb AS b \
+                "SELECT a.objectId, b.objectId FROM xa AS a JOIN xb AS b \
                  ON DISTANCE(POINT('ICRS', a.ra, a.dec), POINT('ICRS', b.ra, b.dec)) < {r}"
             ),
             Lang::Adql,
         ),
         (
             format!(
-                "SELECT a.id, b.id FROM xa AS a, xb AS b WHERE \
+                "SELECT a.objectId, b.objectId FROM xa AS a, xb AS b WHERE \
                  1 = CONTAINS(POINT(b.ra, b.dec), CIRCLE(a.ra, a.dec, {r})) \
                  AND DISTANCE(POINT(a.ra, a.dec), POINT(b.ra, b.dec)) < {r}"
             ),
@@ -209,7 +209,7 @@ fn every_join_form_equals_brute_force() {
         ),
         (
             format!(
-                "SELECT b.id, a.id FROM xb b JOIN xa a \
+                "SELECT b.\"objectId\", a.\"objectId\" FROM xb b JOIN xa a \
                  ON q3c_join(a.ra, a.dec, b.ra, b.dec, {r}) AND q3c_dist(a.ra, a.dec, b.ra, b.dec) < {r}"
             ),
             Lang::Sql,
@@ -237,8 +237,8 @@ fn cross_match_keeps_other_conditions_and_large_radii() {
         .filter(|&(x, y)| (x + y) % 3 == 0)
         .collect();
     let q = format!(
-        "SELECT a.id, b.id FROM xa a JOIN xb b \
-         ON 1 = CONTAINS(POINT(a.ra, a.dec), CIRCLE(b.ra, b.dec, {r})) WHERE MOD(a.id + b.id, 3) = 0"
+        "SELECT a.objectId, b.objectId FROM xa a JOIN xb b \
+         ON 1 = CONTAINS(POINT(a.ra, a.dec), CIRCLE(b.ra, b.dec, {r})) WHERE MOD(a.objectId + b.objectId, 3) = 0"
     );
     let (batches, plan) = run(&e, &q, Lang::Adql);
     assert!(plan.contains("XMatchExec"), "{plan}");
@@ -334,7 +334,7 @@ fn unknown_names_in_a_cross_match_are_clear_errors() {
         ..spec
     };
     let err = rt.block_on(e.xmatch(&spec)).err().unwrap().to_string();
-    assert!(err.contains("no column 'idd'; did you mean id?"), "{err}");
+    assert!(err.contains("no column 'idd'"), "{err}");
     let spec = XMatchSpec {
         left_id: None,
         radius_deg: 40.0,
@@ -351,7 +351,7 @@ fn a_build_side_over_the_memory_budget_fails_cleanly() {
         ..Default::default()
     });
     let q = format!(
-        "SELECT a.id, b.id FROM xa a JOIN xb b ON DISTANCE(POINT(a.ra, a.dec), POINT(b.ra, b.dec)) < {RADIUS_DEG}"
+        "SELECT a.objectId, b.objectId FROM xa a JOIN xb b ON DISTANCE(POINT(a.ra, a.dec), POINT(b.ra, b.dec)) < {RADIUS_DEG}"
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let err = rt

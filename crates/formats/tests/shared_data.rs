@@ -8,7 +8,7 @@ use arrow::datatypes::{DataType, Float64Type};
 use meridian_formats::{ColumnMeta, ReadOptions, open};
 
 fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .join("../../../shared/data")
         .join(rel)
 }

@@ -193,7 +193,8 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_matches_defaults() {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../meridian.example.toml");
+        let example = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join("../../meridian.example.toml");
         let (c, _) = Config::load(Some(&example), std::iter::empty()).unwrap();
         assert_eq!(c.ingest, IngestConfig::default());
         assert_eq!(c.query, QueryConfig::default());

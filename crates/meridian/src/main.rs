@@ -831,12 +831,34 @@ async fn emit(
         let rows = writer.finish()?;
         anyhow::Ok((rows, overflow))
     };
-    let (rows, overflow) = tokio::time::timeout(limit, run).await.map_err(|_| {
-        anyhow::anyhow!(
-            "the query exceeded its time limit of {} s and was stopped",
-            args.timeout_s
-        )
-    })??;
+    // Ctrl-C or SIGTERM cancels: the running plan is dropped, which stops its tasks, and
+    // the unfinished output file is removed.
+    let cancelled = async {
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let (rows, overflow) = tokio::select! {
+        r = tokio::time::timeout(limit, run) => r.map_err(|_| {
+            anyhow::anyhow!(
+                "the query exceeded its time limit of {} s and was stopped",
+                args.timeout_s
+            )
+        })??,
+        _ = cancelled => {
+            progress.finish_and_clear();
+            bail!("the query was cancelled");
+        }
+    };
     progress.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     eprintln!(

@@ -7,7 +7,7 @@ use meridian_catalog::{IngestOptions, Store};
 
 /// The input file.
 pub fn gaia_input() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .join("../../../shared/data/catalogs/gaia_dr3_bright.csv.gz")
 }
 

@@ -40,6 +40,8 @@ enum Inner {
     Parquet(Box<parquet::arrow::ArrowWriter<Box<dyn Write + Send>>>),
     VoTable(votable::VotableWriter),
     Fits(Box<fits::FitsWriter>),
+    /// After `finish`.
+    Closed,
 }
 
 /// A writer of one result table.
@@ -159,6 +161,7 @@ impl ResultWriter {
             })?,
             Inner::VoTable(w) => w.write(batch)?,
             Inner::Fits(w) => w.write(batch)?,
+            Inner::Closed => unreachable!("write after finish"),
         }
         Ok(())
     }
@@ -175,8 +178,9 @@ impl ResultWriter {
     }
 
     /// Flushes, closes, and for files renames the temporary file into place.
-    pub fn finish(self) -> Result<u64> {
-        match self.inner {
+    pub fn finish(mut self) -> Result<u64> {
+        let inner = std::mem::replace(&mut self.inner, Inner::Closed);
+        match inner {
             Inner::Csv(w) => {
                 let mut out = w.into_inner();
                 out.flush()
@@ -191,10 +195,21 @@ impl ResultWriter {
             }
             Inner::VoTable(w) => w.finish(self.overflow)?,
             Inner::Fits(w) => w.finish()?,
+            Inner::Closed => {}
         }
-        if let Some((tmp, path)) = self.rename {
+        if let Some((tmp, path)) = self.rename.take() {
             std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         }
         Ok(self.rows)
+    }
+}
+
+impl Drop for ResultWriter {
+    /// A result abandoned before [`ResultWriter::finish`] (an error, a cancelled query)
+    /// leaves no file behind.
+    fn drop(&mut self) {
+        if let Some((tmp, _)) = self.rename.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
 }
