@@ -18,13 +18,15 @@ def meridian_bin() -> str:
     return str(Path(target) / "debug" / "meridian")
 
 
-def run(*args, data_dir=None, check=True, input=None, timeout=600):
-    """Runs meridian; returns the CompletedProcess (stdout and stderr as text)."""
+def run(*args, data_dir=None, check=True, input=None, timeout=600, env=None):
+    """Runs meridian (with `env` added to the environment); returns the CompletedProcess
+    (stdout and stderr as text)."""
     cmd = [meridian_bin(), "--quiet"]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     cmd += [str(a) for a in args]
-    p = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout,
+                       env=None if env is None else {**os.environ, **env})
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr}")
     return p

@@ -2,7 +2,6 @@
 signal with a clear error, promptly, leaving no partial output; a sort beyond the memory
 budget spills and succeeds; a cross-match whose indexed side exceeds it fails cleanly."""
 
-import os
 import signal
 import subprocess
 import time
@@ -14,20 +13,7 @@ import pytest
 from conftest import meridian_bin, run
 
 
-def run_env(extra):
-    """run() with extra environment variables."""
-    def go(*args, **kw):
-        old = {k: os.environ.get(k) for k in extra}
-        os.environ.update(extra)
-        try:
-            return run(*args, **kw)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k)
-                else:
-                    os.environ[k] = v
-    return go
+SMALL_BUDGET = {"MERIDIAN_QUERY__MEMORY_LIMIT_MIB": "16"}
 
 
 def test_time_limit_stops_a_runaway_cross_join(store):
@@ -43,18 +29,16 @@ def test_time_limit_stops_a_runaway_cross_join(store):
 
 def test_sort_beyond_the_memory_budget_spills_and_succeeds(store, tmp_path):
     out = tmp_path / "sorted.parquet"
-    env_run = run_env({"MERIDIAN_QUERY__MEMORY_LIMIT_MIB": "16"})
-    env_run("query", "SELECT source_id, ra, dec, phot_g_mean_mag FROM gaia ORDER BY phot_g_mean_mag, source_id",
-            "--format", "parquet", "--out", out, data_dir=store)
+    run("query", "SELECT source_id, ra, dec, phot_g_mean_mag FROM gaia ORDER BY phot_g_mean_mag, source_id",
+            "--format", "parquet", "--out", out, data_dir=store, env=SMALL_BUDGET)
     g = pq.read_table(out).column("phot_g_mean_mag").to_numpy()
     assert len(g) == 482106 and np.all(np.diff(g) >= 0)
 
 
 def test_cross_match_beyond_the_memory_budget_fails_cleanly(store, tmp_path):
     out = tmp_path / "pairs.parquet"
-    env_run = run_env({"MERIDIAN_QUERY__MEMORY_LIMIT_MIB": "16"})
-    p = env_run("xmatch", "gaia", "tycho2", "--radius", "1arcsec", "--format", "parquet", "--out", out,
-                data_dir=store, check=False)
+    p = run("xmatch", "gaia", "tycho2", "--radius", "1arcsec", "--format", "parquet", "--out", out,
+            data_dir=store, check=False, env=SMALL_BUDGET)
     assert p.returncode == 1
     assert "Resources exhausted" in p.stderr and "XMatch build side" in p.stderr, p.stderr
     assert not out.exists() and not list(tmp_path.iterdir()), "no partial output"

@@ -21,12 +21,14 @@ use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, Float64Builder, ListBuilder,
 };
 use arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::Result;
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     TypeSignature, Volatility,
 };
-use meridian_sky::{Circle, Polygon, Region, SkyBox, SkyPoint};
+use meridian_sky::{Circle, Region, SkyBox, SkyPoint};
+
+use crate::udf::{err, polygon};
 
 /// Field metadata key of the DALI xtype.
 pub const XTYPE: &str = "xtype";
@@ -69,10 +71,6 @@ pub fn doubles(n: Option<i32>) -> DataType {
     }
 }
 
-fn err(name: &str, message: impl std::fmt::Display) -> DataFusionError {
-    DataFusionError::Execution(format!("{name}: {message}"))
-}
-
 impl GeometryUdf {
     fn new(name: &'static str, op: Op) -> Self {
         let sig = match op {
@@ -109,13 +107,7 @@ impl GeometryUdf {
             Op::Box | Op::AreaBox => {
                 Region::Box(SkyBox::new(point(0)?, v[2], v[3]).map_err(|e| err(self.name, e))?)
             }
-            _ => {
-                let pts = (0..v.len())
-                    .step_by(2)
-                    .map(point)
-                    .collect::<Result<Vec<_>>>()?;
-                Region::Polygon(Polygon::new(pts).map_err(|e| err(self.name, e))?)
-            }
+            _ => polygon(self.name, v)?,
         })
     }
 }

@@ -156,8 +156,16 @@ fn call_region(f: &ScalarFunction, ra: &str, dec: &str, bound: Option<f64>) -> O
 
 /// Reads a region off one filter conjunct.
 fn region_of(e: &Expr, ra: &str, dec: &str) -> Option<Region> {
+    let (f, bound) = spatial_call(e)?;
+    call_region(f, ra, dec, bound)
+}
+
+/// The function call of a spatial predicate and its bound: a bare call or `f(...) = 1` give
+/// `(f, None)`; `f(...) < r` or `f(...) <= r` (either way round) give `(f, Some(r))`. The
+/// caller checks the function's name and arguments.
+pub(crate) fn spatial_call(e: &Expr) -> Option<(&ScalarFunction, Option<f64>)> {
     match e {
-        Expr::ScalarFunction(f) => call_region(f, ra, dec, None),
+        Expr::ScalarFunction(f) => Some((f, None)),
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let (func, other, op) = match (&**left, &**right) {
                 (Expr::ScalarFunction(f), other) => (f, other, *op),
@@ -166,8 +174,8 @@ fn region_of(e: &Expr, ra: &str, dec: &str) -> Option<Region> {
             };
             let value = number(other)?;
             match op {
-                Operator::Eq if value == 1.0 => call_region(func, ra, dec, None),
-                Operator::Lt | Operator::LtEq => call_region(func, ra, dec, Some(value)),
+                Operator::Eq if value == 1.0 => Some((func, None)),
+                Operator::Lt | Operator::LtEq => Some((func, Some(value))),
                 _ => None,
             }
         }
@@ -231,7 +239,7 @@ impl TableProvider for HatsTable {
             ),
             None => None,
         };
-        let partitions: Vec<Pixel> = self
+        let mut partitions: Vec<Pixel> = self
             .catalog
             .partitions()
             .iter()
@@ -242,6 +250,8 @@ impl TableProvider for HatsTable {
             })
             .copied()
             .collect();
+        // In `_healpix_29` order, as the declared file sort order requires.
+        partitions.sort_by_key(|p| p.hpx29_range().start);
         *self.last.lock().expect("pruning lock") = Pruning {
             partitions_total: self.catalog.partitions().len(),
             partitions_read: partitions.len(),
@@ -254,8 +264,6 @@ impl TableProvider for HatsTable {
             };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let mut partitions = partitions;
-        partitions.sort_by_key(|p| p.hpx29_range().start);
         let urls = partitions
             .iter()
             .map(|p| ListingTableUrl::parse(p.path_in(self.catalog.dir()).to_string_lossy()))

@@ -84,7 +84,8 @@ impl SpatialUdf {
     }
 }
 
-fn err(name: &str, message: impl std::fmt::Display) -> DataFusionError {
+/// An execution error naming the function.
+pub(crate) fn err(name: &str, message: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Execution(format!("{name}: {message}"))
 }
 
@@ -331,7 +332,8 @@ fn q3c_poly_query(name: &str, args: ScalarFunctionArgs) -> Result<ColumnarValue>
     Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(out))))
 }
 
-fn polygon(name: &str, coords: &[f64]) -> Result<Region> {
+/// A polygon region from flat (ra, dec, ...) coordinates; errors name the function.
+pub(crate) fn polygon(name: &str, coords: &[f64]) -> Result<Region> {
     let pts = coords
         .chunks(2)
         .map(|c| SkyPoint::new(c[0], c[1]))

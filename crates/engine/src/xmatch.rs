@@ -30,10 +30,9 @@ use datafusion::common::{DFSchemaRef, DataFusionError, Result};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
-    BinaryExpr, Expr, Extension, Filter, JoinType, LogicalPlan, Operator, UserDefinedLogicalNode,
+    Expr, Extension, Filter, JoinType, LogicalPlan, UserDefinedLogicalNode,
     UserDefinedLogicalNodeCore,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -49,7 +48,7 @@ use futures::{StreamExt, TryStreamExt};
 use meridian_sky::healpix::neighbourhood_order;
 use tokio::sync::OnceCell;
 
-use crate::hats_table::number;
+use crate::hats_table::{number, spatial_call};
 
 /// Which pairs the operator returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
@@ -203,42 +202,20 @@ impl UserDefinedLogicalNodeCore for XMatchNode {
 
 /// A spatial join condition read off one conjunct: (position A, position B, radius).
 fn spatial_condition(e: &Expr) -> Option<([Expr; 2], [Expr; 2], f64)> {
-    let call = |f: &ScalarFunction, radius: Option<f64>| -> Option<([Expr; 2], [Expr; 2], f64)> {
-        let a = &f.args;
-        let radius = match (f.func.name(), radius) {
-            ("adql_distance" | "q3c_dist", Some(r)) if a.len() == 4 => r,
-            ("adql_contains_circle" | "q3c_join" | "q3c_radial_query", None) if a.len() == 5 => {
-                number(&a[4])?
-            }
-            _ => return None,
-        };
-        Some((
-            [a[0].clone(), a[1].clone()],
-            [a[2].clone(), a[3].clone()],
-            radius,
-        ))
+    let (f, bound) = spatial_call(e)?;
+    let a = &f.args;
+    let radius = match (f.func.name(), bound) {
+        ("adql_distance" | "q3c_dist", Some(r)) if a.len() == 4 => r,
+        ("adql_contains_circle" | "q3c_join" | "q3c_radial_query", None) if a.len() == 5 => {
+            number(&a[4])?
+        }
+        _ => return None,
     };
-    match e {
-        Expr::ScalarFunction(f) if matches!(f.func.name(), "q3c_join" | "q3c_radial_query") => {
-            call(f, None)
-        }
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let (f, other, op) = match (&**left, &**right) {
-                (Expr::ScalarFunction(f), other) => (f, other, *op),
-                (other, Expr::ScalarFunction(f)) => (f, other, op.swap()?),
-                _ => return None,
-            };
-            let value = number(other)?;
-            match op {
-                Operator::Eq if value == 1.0 && f.func.name() == "adql_contains_circle" => {
-                    call(f, None)
-                }
-                Operator::Lt | Operator::LtEq => call(f, Some(value)),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
+    Some((
+        [a[0].clone(), a[1].clone()],
+        [a[2].clone(), a[3].clone()],
+        radius,
+    ))
 }
 
 /// Which input of `join` all of `exprs` read from: `Some(true)` left, `Some(false)` right.

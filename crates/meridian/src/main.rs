@@ -712,24 +712,31 @@ fn sky(cmd: SkyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn engine_config(config: &Config) -> meridian_engine::EngineConfig {
-    meridian_engine::EngineConfig {
-        memory_limit_bytes: (config.query.memory_limit_mib as usize) << 20,
-        target_partitions: config.query.target_partitions,
-        ..Default::default()
-    }
+/// The query engine over the configured catalogs, with the runtime to drive it.
+fn open_engine(
+    config: &Config,
+) -> anyhow::Result<(meridian_engine::Engine, tokio::runtime::Runtime)> {
+    let store = Store::open(config.catalog_dir())?;
+    let engine = meridian_engine::Engine::open(
+        &store,
+        &meridian_engine::EngineConfig {
+            memory_limit_bytes: (config.query.memory_limit_mib as usize) << 20,
+            target_partitions: config.query.target_partitions,
+            ..Default::default()
+        },
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok((engine, rt))
 }
 
 fn query(config: &Config, args: &QueryArgs, quiet: bool) -> anyhow::Result<()> {
-    let store = Store::open(config.catalog_dir())?;
-    let engine = meridian_engine::Engine::open(&store, &engine_config(config))?;
+    let (engine, rt) = open_engine(config)?;
     let lang = match args.lang {
         LangArg::Adql => meridian_engine::Lang::Adql,
         LangArg::Sql => meridian_engine::Lang::Sql,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     rt.block_on(async {
         if args.explain && lang == meridian_engine::Lang::Adql {
             eprintln!("sql: {}", engine.translate(&args.query)?);
@@ -744,8 +751,7 @@ fn query(config: &Config, args: &QueryArgs, quiet: bool) -> anyhow::Result<()> {
 }
 
 fn xmatch(config: &Config, args: &XMatchArgs, quiet: bool) -> anyhow::Result<()> {
-    let store = Store::open(config.catalog_dir())?;
-    let engine = meridian_engine::Engine::open(&store, &engine_config(config))?;
+    let (engine, rt) = open_engine(config)?;
     let spec = meridian_engine::XMatchSpec {
         left: args.left.clone(),
         right: args.right.clone(),
@@ -758,9 +764,6 @@ fn xmatch(config: &Config, args: &XMatchArgs, quiet: bool) -> anyhow::Result<()>
             meridian_engine::XMatchMode::Nearest
         },
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     rt.block_on(emit(
         &engine,
         engine.xmatch(&spec),
@@ -898,11 +901,7 @@ fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
         seed,
     } = cmd;
     let radius_deg = meridian_sky::parse_angle_deg(&radius).context("--radius")?;
-    let store = Store::open(config.catalog_dir())?;
-    let engine = meridian_engine::Engine::open(&store, &engine_config(config))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let (engine, rt) = open_engine(config)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut times_ms = Vec::with_capacity(queries);
     let mut rows = 0usize;

@@ -74,7 +74,6 @@ pub(crate) struct OutColumn {
 }
 
 fn vo_type(t: &DataType) -> (VoType, Option<&'static str>) {
-    let numeric = |t: &DataType| t.is_numeric();
     match t {
         DataType::Boolean => (VoType::Boolean, None),
         DataType::UInt8 => (VoType::UnsignedByte, None),
@@ -89,10 +88,10 @@ fn vo_type(t: &DataType) -> (VoType, Option<&'static str>) {
         DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
             (VoType::Char, Some("timestamp"))
         }
-        DataType::FixedSizeList(f, n) if numeric(f.data_type()) => {
+        DataType::FixedSizeList(f, n) if f.data_type().is_numeric() => {
             (VoType::Doubles(Some(*n)), None)
         }
-        DataType::List(f) | DataType::LargeList(f) if numeric(f.data_type()) => {
+        DataType::List(f) | DataType::LargeList(f) if f.data_type().is_numeric() => {
             (VoType::Doubles(None), None)
         }
         _ => (VoType::Char, None),
@@ -151,6 +150,56 @@ pub(crate) fn normalise(batch: &RecordBatch, columns: &[OutColumn]) -> Result<Ve
             }
         })
         .collect()
+}
+
+/// The value standing for NULL in integer columns, the same in both binary formats
+/// (VOTable BINARY's `VALUES null`, FITS `TNULLn`); BINARY2 writes it under its NULL bit.
+pub(crate) fn null_sentinel(vo: VoType) -> Option<i64> {
+    match vo {
+        VoType::UnsignedByte => Some(255),
+        VoType::Short => Some(i16::MIN as i64),
+        VoType::Int => Some(i32::MIN as i64),
+        VoType::Long => Some(i64::MIN),
+        _ => None,
+    }
+}
+
+/// Appends cell `i` of a numeric column (as normalised) big-endian, as VOTable's binary
+/// serializations and FITS both store numbers: NULL integers as [`null_sentinel`], NULL
+/// floats as NaN. Returns false, writing nothing, for other types.
+pub(crate) fn push_number_be(a: &ArrayRef, i: usize, out: &mut Vec<u8>) -> bool {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, UInt8Type};
+    let null = a.is_null(i);
+    match a.data_type() {
+        DataType::UInt8 => out.push(if null {
+            255
+        } else {
+            a.as_primitive::<UInt8Type>().value(i)
+        }),
+        DataType::Int16 => {
+            let v = a.as_primitive::<Int16Type>();
+            out.extend_from_slice(&(if null { i16::MIN } else { v.value(i) }).to_be_bytes())
+        }
+        DataType::Int32 => {
+            let v = a.as_primitive::<Int32Type>();
+            out.extend_from_slice(&(if null { i32::MIN } else { v.value(i) }).to_be_bytes())
+        }
+        DataType::Int64 => {
+            let v = a.as_primitive::<Int64Type>();
+            out.extend_from_slice(&(if null { i64::MIN } else { v.value(i) }).to_be_bytes())
+        }
+        DataType::Float32 => {
+            let v = a.as_primitive::<Float32Type>();
+            out.extend_from_slice(&(if null { f32::NAN } else { v.value(i) }).to_be_bytes())
+        }
+        DataType::Float64 => {
+            let v = a.as_primitive::<Float64Type>();
+            out.extend_from_slice(&(if null { f64::NAN } else { v.value(i) }).to_be_bytes())
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// The values of row `i` of a (fixed-size) list of doubles, as normalised.

@@ -10,14 +10,13 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{
-    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef,
-    UInt8Type,
-};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 
-use super::columns::{OutColumn, VoType, doubles, normalise, out_columns};
+use super::columns::{
+    OutColumn, VoType, doubles, normalise, null_sentinel, out_columns, push_number_be,
+};
 use crate::Result;
 
 const BLOCK: usize = 2880;
@@ -157,14 +156,7 @@ impl FitsWriter {
             if let Some(u) = &c.meta.unit {
                 h.push(string_card(&format!("TUNIT{n}"), u));
             }
-            let tnull = match c.vo {
-                VoType::UnsignedByte => Some(255i64),
-                VoType::Short => Some(i16::MIN as i64),
-                VoType::Int => Some(i32::MIN as i64),
-                VoType::Long => Some(i64::MIN),
-                _ => None,
-            };
-            if let Some(t) = tnull {
+            if let Some(t) = null_sentinel(c.vo) {
                 h.push(card(&format!("TNULL{n}"), &t.to_string(), ""));
             }
             if let Some(x) = &c.xtype {
@@ -208,6 +200,9 @@ fn write_header(out: &mut dyn Write, cards: &[String]) -> Result<()> {
 }
 
 fn cell(a: &ArrayRef, i: usize, width: usize, out: &mut Vec<u8>) {
+    if push_number_be(a, i, out) {
+        return;
+    }
     let null = a.is_null(i);
     match a.data_type() {
         DataType::Boolean => out.push(if null {
@@ -217,31 +212,6 @@ fn cell(a: &ArrayRef, i: usize, width: usize, out: &mut Vec<u8>) {
         } else {
             b'F'
         }),
-        DataType::UInt8 => out.push(if null {
-            255
-        } else {
-            a.as_primitive::<UInt8Type>().value(i)
-        }),
-        DataType::Int16 => {
-            let v = a.as_primitive::<Int16Type>();
-            out.extend_from_slice(&(if null { i16::MIN } else { v.value(i) }).to_be_bytes())
-        }
-        DataType::Int32 => {
-            let v = a.as_primitive::<Int32Type>();
-            out.extend_from_slice(&(if null { i32::MIN } else { v.value(i) }).to_be_bytes())
-        }
-        DataType::Int64 => {
-            let v = a.as_primitive::<Int64Type>();
-            out.extend_from_slice(&(if null { i64::MIN } else { v.value(i) }).to_be_bytes())
-        }
-        DataType::Float32 => {
-            let v = a.as_primitive::<Float32Type>();
-            out.extend_from_slice(&(if null { f32::NAN } else { v.value(i) }).to_be_bytes())
-        }
-        DataType::Float64 => {
-            let v = a.as_primitive::<Float64Type>();
-            out.extend_from_slice(&(if null { f64::NAN } else { v.value(i) }).to_be_bytes())
-        }
         DataType::FixedSizeList(..) | DataType::List(_) => {
             // Variable-length arrays are padded with NaN to the column's widest row.
             let v = if null { Vec::new() } else { doubles(a, i) };

@@ -12,7 +12,9 @@ use arrow::datatypes::{
 use base64::engine::general_purpose::STANDARD;
 use base64::write::EncoderWriter;
 
-use super::columns::{OutColumn, VoType, doubles, normalise, out_columns};
+use super::columns::{
+    OutColumn, VoType, doubles, normalise, null_sentinel, out_columns, push_number_be,
+};
 use crate::Result;
 
 /// VOTable serializations.
@@ -44,17 +46,6 @@ pub(crate) struct VotableWriter {
 /// XML-escapes text for content and attribute values.
 pub(crate) fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     quick_xml::escape::escape(s)
-}
-
-/// The NULL value declared for integer columns in BINARY serialization.
-fn null_value(t: VoType) -> Option<i64> {
-    match t {
-        VoType::UnsignedByte => Some(255),
-        VoType::Short => Some(i16::MIN as i64),
-        VoType::Int => Some(i32::MIN as i64),
-        VoType::Long => Some(i64::MIN),
-        _ => None,
-    }
 }
 
 impl VotableWriter {
@@ -101,7 +92,7 @@ impl VotableWriter {
                 h.push_str(&format!("<DESCRIPTION>{}</DESCRIPTION>", escape(d)));
             }
             if serialization == Serialization::Binary
-                && let Some(n) = null_value(c.vo)
+                && let Some(n) = null_sentinel(c.vo)
             {
                 h.push_str(&format!("<VALUES null=\"{n}\"/>"));
             }
@@ -260,6 +251,9 @@ fn text_cell(a: &ArrayRef, i: usize, out: &mut String) {
 }
 
 fn binary_cell(a: &ArrayRef, i: usize, out: &mut Vec<u8>) {
+    if push_number_be(a, i, out) {
+        return;
+    }
     let null = a.is_null(i);
     match a.data_type() {
         arrow::datatypes::DataType::Boolean => out.push(if null {
@@ -269,30 +263,6 @@ fn binary_cell(a: &ArrayRef, i: usize, out: &mut Vec<u8>) {
         } else {
             b'F'
         }),
-        arrow::datatypes::DataType::UInt8 => {
-            let v = a.as_primitive::<UInt8Type>();
-            out.push(if null { 255 } else { v.value(i) })
-        }
-        arrow::datatypes::DataType::Int16 => {
-            let v = a.as_primitive::<Int16Type>();
-            out.extend_from_slice(&(if null { i16::MIN } else { v.value(i) }).to_be_bytes())
-        }
-        arrow::datatypes::DataType::Int32 => {
-            let v = a.as_primitive::<Int32Type>();
-            out.extend_from_slice(&(if null { i32::MIN } else { v.value(i) }).to_be_bytes())
-        }
-        arrow::datatypes::DataType::Int64 => {
-            let v = a.as_primitive::<Int64Type>();
-            out.extend_from_slice(&(if null { i64::MIN } else { v.value(i) }).to_be_bytes())
-        }
-        arrow::datatypes::DataType::Float32 => {
-            let v = a.as_primitive::<Float32Type>();
-            out.extend_from_slice(&(if null { f32::NAN } else { v.value(i) }).to_be_bytes())
-        }
-        arrow::datatypes::DataType::Float64 => {
-            let v = a.as_primitive::<Float64Type>();
-            out.extend_from_slice(&(if null { f64::NAN } else { v.value(i) }).to_be_bytes())
-        }
         arrow::datatypes::DataType::FixedSizeList(_, n) => {
             let v = doubles(a, i);
             for x in v.iter().take(*n as usize) {
