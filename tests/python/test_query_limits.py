@@ -24,7 +24,8 @@ def test_time_limit_stops_a_runaway_cross_join(store):
     elapsed = time.time() - start
     assert p.returncode != 0
     assert "exceeded its time limit of 3 s" in p.stderr, p.stderr
-    assert elapsed < 30, f"took {elapsed:.1f} s to stop"
+    # The limit is kept even while every worker is inside a long operator poll.
+    assert elapsed < 8, f"took {elapsed:.1f} s to stop"
 
 
 def test_sort_beyond_the_memory_budget_spills_and_succeeds(store, tmp_path):
@@ -58,6 +59,7 @@ def test_a_cancelled_query_stops_promptly_and_leaves_no_file(store, tmp_path, si
     start = time.time()
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert time.time() - start < 10
+    # Noticed at once, even while every worker is inside a long operator poll.
+    assert time.time() - start < 3
     assert p.returncode == 1 and "the query was cancelled" in err, err
     assert not list(tmp_path.iterdir()), "no partial output"

@@ -30,12 +30,30 @@ pub fn display_plan(plan: &std::sync::Arc<dyn ExecutionPlan>) -> String {
 }
 
 /// Starts executing a physical plan of `engine`'s session, as one stream.
+///
+/// The plan is driven by a task of the current tokio runtime and its batches arrive over a
+/// small channel, so the caller's own task never runs operator code: it stays free to
+/// notice a cancellation or a time limit even while an operator is in a long CPU-bound
+/// poll. Dropping the stream aborts that task. Must be called within a tokio runtime.
 pub fn execute(
     plan: std::sync::Arc<dyn ExecutionPlan>,
     engine: &Engine,
 ) -> Result<RecordBatchStream> {
-    Ok(datafusion::physical_plan::execute_stream(
-        plan,
-        engine.session().task_ctx(),
-    )?)
+    use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+    use futures::StreamExt;
+    let mut inner =
+        datafusion::physical_plan::execute_stream(plan.clone(), engine.session().task_ctx())?;
+    let mut builder = RecordBatchReceiverStream::builder(plan.schema(), 2);
+    let tx = builder.tx();
+    builder.spawn(async move {
+        while let Some(batch) = inner.next().await {
+            let failed = batch.is_err();
+            // A closed channel means the consumer is gone: stop producing.
+            if tx.send(batch).await.is_err() || failed {
+                break;
+            }
+        }
+        Ok(())
+    });
+    Ok(builder.build())
 }

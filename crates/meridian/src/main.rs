@@ -737,7 +737,7 @@ fn query(config: &Config, args: &QueryArgs, quiet: bool) -> anyhow::Result<()> {
         LangArg::Adql => meridian_engine::Lang::Adql,
         LangArg::Sql => meridian_engine::Lang::Sql,
     };
-    rt.block_on(async {
+    let result = rt.block_on(async {
         if args.explain && lang == meridian_engine::Lang::Adql {
             eprintln!("sql: {}", engine.translate(&args.query)?);
         }
@@ -747,7 +747,11 @@ fn query(config: &Config, args: &QueryArgs, quiet: bool) -> anyhow::Result<()> {
             eprintln!("scan: {}", engine.scan_report(&args.query, lang).await?);
         }
         anyhow::Ok(())
-    })
+    });
+    // A cancelled or timed-out plan may have tasks inside a long CPU-bound poll: do not
+    // wait for them to notice, the process is about to exit.
+    rt.shutdown_background();
+    result
 }
 
 fn xmatch(config: &Config, args: &XMatchArgs, quiet: bool) -> anyhow::Result<()> {
@@ -764,13 +768,15 @@ fn xmatch(config: &Config, args: &XMatchArgs, quiet: bool) -> anyhow::Result<()>
             meridian_engine::XMatchMode::Nearest
         },
     };
-    rt.block_on(emit(
+    let result = rt.block_on(emit(
         &engine,
         engine.xmatch(&spec),
         &args.output,
         args.explain,
         quiet,
-    ))
+    ));
+    rt.shutdown_background();
+    result
 }
 
 /// Plans, runs and writes a result under the output options: streaming, MAXREC, time
@@ -836,27 +842,16 @@ async fn emit(
     };
     // Ctrl-C or SIGTERM cancels: the running plan is dropped, which stops its tasks, and
     // the unfinished output file is removed.
-    let cancelled = async {
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let cancelled = interrupted();
     let (rows, overflow) = tokio::select! {
-        r = tokio::time::timeout(limit, run) => r.map_err(|_| {
-            anyhow::anyhow!(
+        r = run => r?,
+        _ = deadline(limit) => {
+            progress.finish_and_clear();
+            bail!(
                 "the query exceeded its time limit of {} s and was stopped",
                 args.timeout_s
-            )
-        })??,
+            );
+        }
         _ = cancelled => {
             progress.finish_and_clear();
             bail!("the query was cancelled");
@@ -878,6 +873,48 @@ async fn emit(
         }
     );
     Ok(())
+}
+
+/// Resolves at the first Ctrl-C or SIGTERM. The signal is caught on `ctrlc`'s own thread
+/// rather than by tokio's signal driver, which only runs when a runtime worker parks and so
+/// would not see it while every worker is inside a long CPU-bound poll.
+fn interrupted() -> impl std::future::Future<Output = ()> {
+    static SIGNALLED: std::sync::OnceLock<Option<tokio::sync::watch::Receiver<bool>>> =
+        std::sync::OnceLock::new();
+    let rx = SIGNALLED.get_or_init(|| {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        match ctrlc::set_handler(move || {
+            let _ = tx.send(true);
+        }) {
+            Ok(()) => Some(rx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot catch Ctrl-C and SIGTERM");
+                None
+            }
+        }
+    });
+    let rx = rx.clone();
+    async move {
+        if let Some(mut rx) = rx
+            && rx.wait_for(|&fired| fired).await.is_ok()
+        {
+            return;
+        }
+        std::future::pending().await
+    }
+}
+
+/// Resolves after `limit`, timed on a thread of its own for the same reason as
+/// [`interrupted`]: tokio's timers only fire when a runtime worker parks.
+fn deadline(limit: Duration) -> impl std::future::Future<Output = ()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        let _ = tx.send(());
+    });
+    async move {
+        let _ = rx.await;
+    }
 }
 
 fn datafusion_display(plan: &std::sync::Arc<dyn meridian_engine::ExecutionPlan>) -> String {
