@@ -2,6 +2,7 @@
 //! spatial functions, a table provider serving HATS catalogs with spatial pruning, and the
 //! translation of ADQL into DataFusion SQL.
 
+pub mod codec;
 mod engine;
 mod error;
 pub mod geometry;
@@ -12,6 +13,7 @@ pub mod udf;
 pub mod units;
 pub mod xmatch;
 
+pub use codec::{MeridianCodec, plan_from_bytes, plan_to_bytes};
 pub use engine::{Engine, Lang, ScanReport, XMatchSpec, functions, id_column};
 pub use error::{Error, Result};
 pub use session::{EngineConfig, build_session};

@@ -34,6 +34,21 @@ impl Default for EngineConfig {
     }
 }
 
+/// Applies DataFusion's own environment convention on top of Meridian's settings, for
+/// tuning and diagnosis: `DATAFUSION_EXECUTION_BATCH_SIZE=32768` sets
+/// `datafusion.execution.batch_size`, and so on for every option.
+fn apply_env_overrides(sc: &mut SessionConfig) -> Result<()> {
+    let keys: Vec<String> = sc.options().entries().into_iter().map(|e| e.key).collect();
+    for key in keys {
+        let var = key.to_uppercase().replace('.', "_");
+        if let Ok(value) = std::env::var(&var) {
+            sc.options_mut().set(&key, &value)?;
+            tracing::info!(option = %key, %value, "DataFusion option from the environment");
+        }
+    }
+    Ok(())
+}
+
 /// Builds a session: UDFs, memory pool, parallelism.
 pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     // A fair pool: spilling operators (sorts, aggregations, joins) share the budget evenly
@@ -56,6 +71,7 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     sc.options_mut().execution.split_file_groups_by_statistics = true;
     sc.options_mut().execution.parquet.pruning = true;
     sc.options_mut().execution.parquet.enable_page_index = true;
+    apply_env_overrides(&mut sc)?;
     let state = SessionStateBuilder::new()
         .with_config(sc)
         .with_runtime_env(runtime)

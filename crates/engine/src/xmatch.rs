@@ -369,21 +369,21 @@ type Side<'a> = (&'a Arc<dyn ExecutionPlan>, &'a [Arc<dyn PhysicalExpr>; 2]);
 /// Physical cross-match; see the module documentation.
 #[derive(Debug)]
 pub struct XMatchExec {
-    left: Arc<dyn ExecutionPlan>,
-    right: Arc<dyn ExecutionPlan>,
-    left_pos: [Arc<dyn PhysicalExpr>; 2],
-    right_pos: [Arc<dyn PhysicalExpr>; 2],
-    radius_deg: f64,
-    mode: Mode,
+    pub(crate) left: Arc<dyn ExecutionPlan>,
+    pub(crate) right: Arc<dyn ExecutionPlan>,
+    pub(crate) left_pos: [Arc<dyn PhysicalExpr>; 2],
+    pub(crate) right_pos: [Arc<dyn PhysicalExpr>; 2],
+    pub(crate) radius_deg: f64,
+    pub(crate) mode: Mode,
     /// Index the left input and stream the right one (otherwise the reverse).
-    build_left: bool,
+    pub(crate) build_left: bool,
     properties: Arc<PlanProperties>,
     index: Arc<OnceCell<Arc<Index>>>,
 }
 
 impl XMatchExec {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn new(
         left: Arc<dyn ExecutionPlan>,
         right: Arc<dyn ExecutionPlan>,
         left_pos: [Arc<dyn PhysicalExpr>; 2],

@@ -363,3 +363,77 @@ fn a_build_side_over_the_memory_budget_fails_cleanly() {
     let (batches, _) = run(&engine(&EngineConfig::default()), &q, Lang::Adql);
     assert!(!batches.is_empty());
 }
+
+/// A plan made in one session, sent as bytes and run by another (as a Ballista executor
+/// would): the cross-match operator, its position expressions, Meridian's UDFs and the HATS
+/// scans survive, and the answer is still the brute-force pair set.
+#[test]
+fn cross_match_plans_survive_serialization_to_another_session() {
+    let f = fixture();
+    let planner = engine(&EngineConfig::default());
+    let executor = engine(&EngineConfig::default());
+    let r = RADIUS_DEG;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run_elsewhere = |df: meridian_engine::DataFrame| {
+        rt.block_on(async {
+            let plan = df.create_physical_plan().await.unwrap();
+            let bytes = meridian_engine::plan_to_bytes(plan).unwrap();
+            let task = executor.session().task_ctx();
+            let plan = meridian_engine::plan_from_bytes(&bytes, &task).unwrap();
+            let shown = meridian_engine::display_plan(&plan);
+            let batches = meridian_engine::execute(plan, &executor)
+                .unwrap()
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            (batches, shown)
+        })
+    };
+    // Every pair, with the index on either side, the pair filter using a Meridian UDF.
+    let q = format!(
+        "SELECT a.objectId, b.objectId FROM xa AS a JOIN xb AS b \
+         ON DISTANCE(POINT(a.ra, a.dec), POINT(b.ra, b.dec)) < {r}"
+    );
+    let df = rt.block_on(planner.query(&q, Lang::Adql)).unwrap();
+    let (batches, shown) = run_elsewhere(df);
+    assert!(shown.contains("XMatchExec: mode=All"), "{shown}");
+    assert_eq!(pairs(&batches), brute_pairs(&f.a, &f.b, r));
+    // Best match.
+    let spec = XMatchSpec {
+        left: "xa".into(),
+        right: "xb".into(),
+        radius_deg: r,
+        left_id: None,
+        right_id: None,
+        mode: XMatchMode::Nearest,
+    };
+    let df = rt.block_on(planner.xmatch(&spec)).unwrap();
+    let (batches, shown) = run_elsewhere(df);
+    assert!(shown.contains("XMatchExec: mode=Nearest"), "{shown}");
+    let matched: BTreeSet<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    let want: BTreeSet<i64> = brute_pairs(&f.a, &f.b, r)
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(matched, want);
+    // A cone search: the pruned scan and the spatial UDF in its filter.
+    let q = "SELECT objectId FROM xb WHERE 1 = CONTAINS(POINT(ra, dec), CIRCLE(10, 20, 5))";
+    let df = rt.block_on(planner.query(q, Lang::Adql)).unwrap();
+    let (batches, _) = run_elsewhere(df);
+    let got: BTreeSet<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    let want: BTreeSet<i64> =
+        f.b.iter()
+            .filter(|p| angular_separation_deg(10.0, 20.0, p.1, p.2) < 5.0)
+            .map(|p| p.0)
+            .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+}

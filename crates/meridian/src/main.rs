@@ -17,6 +17,12 @@ use meridian_sky::{Circle, Region, SkyPoint};
 
 use config::Config;
 
+// Query execution allocates and frees many short-lived column buffers; glibc's allocator
+// returns them to the kernel and faults them back in (about a fifth of a full-scan
+// aggregation's time), mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meridian",
