@@ -2,6 +2,7 @@
 //! spatial functions, a table provider serving HATS catalogs with spatial pruning, and the
 //! translation of ADQL into DataFusion SQL.
 
+pub mod aggregate;
 pub mod codec;
 mod engine;
 mod error;

@@ -80,6 +80,7 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
         .with_query_planner(Arc::new(MeridianQueryPlanner))
         .build();
     let ctx = SessionContext::new_with_state(state);
+    ctx.register_udaf(crate::aggregate::avg_udaf());
     for udf in crate::udf::spatial_udfs()
         .into_iter()
         .chain(crate::geometry::geometry_udfs())
