@@ -45,3 +45,26 @@ def store(tmp_path_factory, shared):
     run("ingest", "gaia", shared / "catalogs/gaia_dr3_bright.csv.gz", "--partition-rows", 20000, data_dir=d)
     run("ingest", "tycho2", shared / "catalogs/tycho2_subset.fits.gz", "--partition-rows", 100000, data_dir=d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tap(store):
+    """A running `meridian serve` over the Gaia and Tycho-2 store; yields the TAP URL."""
+    import re
+    import subprocess
+    import time
+    cmd = [meridian_bin(), "--data-dir", str(store), "serve", "--addr", "127.0.0.1:0"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = None
+    deadline = time.time() + 60
+    while url is None and time.time() < deadline:
+        line = p.stderr.readline()
+        if not line:
+            break
+        m = re.search(r"TAP service: (http://\S+)", line)
+        if m:
+            url = m.group(1)
+    assert url, "meridian serve did not start"
+    yield url
+    p.terminate()
+    p.wait(timeout=30)

@@ -94,6 +94,11 @@ impl Engine {
         &self.ctx
     }
 
+    /// The catalog tables, by name.
+    pub fn tables(&self) -> impl Iterator<Item = (&str, &Arc<HatsTable>)> {
+        self.tables.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
     /// A catalog table by exact name.
     pub fn table(&self, name: &str) -> Option<&Arc<HatsTable>> {
         self.tables.iter().find(|(n, _)| n == name).map(|(_, t)| t)

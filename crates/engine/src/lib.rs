@@ -21,6 +21,7 @@ pub use session::{EngineConfig, build_session};
 pub use xmatch::Mode as XMatchMode;
 
 pub use datafusion::dataframe::DataFrame;
+pub use datafusion::error::DataFusionError;
 pub use datafusion::physical_plan::{
     ExecutionPlan, SendableRecordBatchStream as RecordBatchStream,
 };

@@ -19,6 +19,38 @@ pub struct Config {
     pub query: QueryConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The HTTP services.
+    pub server: ServerConfig,
+}
+
+/// The HTTP services (`meridian serve`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub addr: String,
+    /// The URL clients reach the service at, if not the address they connect to (behind a
+    /// proxy); VOSI documents advertise it.
+    pub public_url: Option<String>,
+    /// Rows returned when a query gives no MAXREC.
+    pub default_maxrec: u64,
+    /// The most rows a query may ask for.
+    pub max_maxrec: u64,
+    /// Time limit of a synchronous query, seconds.
+    pub sync_timeout_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let d = meridian_server::Limits::default();
+        Self {
+            addr: "127.0.0.1:8070".into(),
+            public_url: None,
+            default_maxrec: d.default_maxrec,
+            max_maxrec: d.max_maxrec,
+            sync_timeout_s: d.sync_timeout_s,
+        }
+    }
 }
 
 /// Ingest defaults (each can be overridden on the command line).
@@ -79,6 +111,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             query: QueryConfig::default(),
             log: LogConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }
@@ -116,7 +149,7 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 4] = ["data_dir", "ingest", "query", "log"];
+        const TOP: [&str; 5] = ["data_dir", "ingest", "query", "log", "server"];
         let mut ignored = Vec::new();
         let mut table = match file {
             Some(f) => {

@@ -85,6 +85,12 @@ enum Command {
     /// Cross-match two catalogs: each left row's nearest partner within a radius (or every
     /// pair), as a table id1, ra1, dec1, id2, ra2, dec2, distance_arcsec.
     Xmatch(XMatchArgs),
+    /// Serve the catalogs over HTTP: TAP (sync), VOSI, health and metrics.
+    Serve {
+        /// Address to listen on (default: the `[server] addr` setting).
+        #[arg(long)]
+        addr: Option<String>,
+    },
     /// Measure query latency in one process (warm caches), for the bench/ harness.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -420,6 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Query(args) => query(&config, &args, quiet)?,
         Command::Xmatch(args) => xmatch(&config, &args, quiet)?,
+        Command::Serve { addr } => serve(&config, addr)?,
         Command::Sky(cmd) => sky(cmd)?,
         Command::Bench(cmd) => bench(&config, cmd)?,
         Command::Demo { objects } => demo(&config, objects, quiet)?,
@@ -879,6 +886,37 @@ async fn emit(
         }
     );
     Ok(())
+}
+
+fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
+    let (engine, rt) = open_engine(config)?;
+    let s = &config.server;
+    let mut state = meridian_server::AppState::new(
+        engine,
+        meridian_server::Limits {
+            default_maxrec: s.default_maxrec,
+            max_maxrec: s.max_maxrec,
+            sync_timeout_s: s.sync_timeout_s,
+        },
+    );
+    state.public_url = s.public_url.clone();
+    let addr = addr.unwrap_or_else(|| s.addr.clone());
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let tables: Vec<String> = state.engine.tables().map(|(n, _)| n.to_string()).collect();
+        tracing::info!(addr = %local, tables = ?tables, "serving");
+        eprintln!("TAP service: http://{local}/tap");
+        eprintln!("  pyvo:  pyvo.dal.TAPService(\"http://{local}/tap\").search(\"SELECT TOP 10 * FROM {}\")",
+            tables.first().map(String::as_str).unwrap_or("<table>"));
+        eprintln!("  TOPCAT: VO > Table Access Protocol (TAP) query, TAP URL http://{local}/tap");
+        // Ctrl-C or SIGTERM: stop accepting, finish the requests in flight.
+        meridian_server::serve(listener, state, interrupted()).await?;
+        tracing::info!("server stopped");
+        anyhow::Ok(())
+    })
 }
 
 /// Resolves at the first Ctrl-C or SIGTERM. The signal is caught on `ctrlc`'s own thread

@@ -241,3 +241,37 @@ pub(crate) fn doubles_as_text(a: &ArrayRef) -> Result<ArrayRef> {
         .collect();
     Ok(Arc::new(s))
 }
+
+/// How a column is declared in VOTable (and so in VOSI tables and TAP_SCHEMA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoField {
+    /// Column name.
+    pub name: String,
+    /// VOTable `datatype`.
+    pub datatype: &'static str,
+    /// VOTable `arraysize` ("*" for text and variable arrays, "2" for a point...).
+    pub arraysize: Option<String>,
+    /// DALI xtype.
+    pub xtype: Option<String>,
+    /// Unit, UCD, description.
+    pub meta: ColumnMeta,
+}
+
+/// The VOTable declaration of every column of `schema`.
+pub fn vo_fields(schema: &SchemaRef) -> Vec<VoField> {
+    out_columns(schema)
+        .into_iter()
+        .map(|c| VoField {
+            arraysize: match c.vo {
+                VoType::Char => Some("*".to_string()),
+                VoType::Doubles(Some(n)) => Some(n.to_string()),
+                VoType::Doubles(None) => Some("*".to_string()),
+                _ => None,
+            },
+            datatype: c.vo.votable(),
+            name: c.name,
+            xtype: c.xtype,
+            meta: c.meta,
+        })
+        .collect()
+}

@@ -15,7 +15,8 @@ mod columns;
 mod fits;
 mod votable;
 
-pub use votable::Serialization;
+pub use columns::{VoField, vo_fields};
+pub use votable::{Serialization, escape as xml_escape};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

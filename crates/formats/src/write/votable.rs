@@ -44,7 +44,7 @@ pub(crate) struct VotableWriter {
 }
 
 /// XML-escapes text for content and attribute values.
-pub(crate) fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     quick_xml::escape::escape(s)
 }
 

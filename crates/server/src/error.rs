@@ -1,0 +1,88 @@
+//! The one place where failures become HTTP responses: a DALI error document (a VOTable
+//! with `INFO name="QUERY_STATUS" value="ERROR"`) with the status DALI prescribes.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use meridian_formats::write::xml_escape;
+
+/// Errors of the HTTP services.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed: a missing or invalid parameter.
+    #[error("{0}")]
+    Usage(String),
+    /// The named resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The query failed.
+    #[error(transparent)]
+    Engine(#[from] meridian_engine::Error),
+    /// Writing the result failed.
+    #[error(transparent)]
+    Format(#[from] meridian_formats::Error),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// DALI: a request the client can fix is 400, an unknown resource 404, a failure of
+    /// the service 500.
+    pub fn status(&self) -> StatusCode {
+        use meridian_engine::Error as E;
+        match self {
+            Error::Usage(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Engine(E::Adql(_) | E::Invalid(_) | E::Unsupported(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::Engine(E::DataFusion(e)) => {
+                use meridian_engine::DataFusionError as D;
+                match e.find_root() {
+                    D::Plan(_) | D::SchemaError(..) | D::SQL(..) | D::NotImplemented(_) => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                }
+            }
+            Error::Engine(E::Catalog(_)) | Error::Format(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// A DALI error document carrying `message`.
+pub fn error_votable(message: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <VOTABLE version=\"1.4\" xmlns=\"http://www.ivoa.net/xml/VOTable/v1.3\">\n\
+         <RESOURCE type=\"results\">\n\
+         <INFO name=\"QUERY_STATUS\" value=\"ERROR\">{}</INFO>\n\
+         </RESOURCE>\n\
+         </VOTABLE>\n",
+        xml_escape(message)
+    )
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = self.to_string();
+        if status.is_server_error() {
+            tracing::error!(%status, error = %message, "request failed");
+        } else {
+            tracing::info!(%status, error = %message, "request refused");
+        }
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/x-votable+xml")],
+            error_votable(&message),
+        )
+            .into_response()
+    }
+}
+
+impl From<meridian_engine::DataFusionError> for Error {
+    fn from(e: meridian_engine::DataFusionError) -> Self {
+        Error::Engine(e.into())
+    }
+}

@@ -1,0 +1,173 @@
+//! Meridian's HTTP services on axum: TAP 1.1 synchronous queries, VOSI, health and
+//! Prometheus metrics. Every failure becomes a DALI error document in one place
+//! ([`error`]).
+
+pub mod error;
+pub mod params;
+pub mod tap;
+pub mod vosi;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use meridian_engine::Engine;
+
+pub use error::{Error, Result};
+
+/// Row and time limits of the service.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Rows returned when a request gives no MAXREC.
+    pub default_maxrec: u64,
+    /// The most rows a request may ask for.
+    pub max_maxrec: u64,
+    /// Time limit of a synchronous query, seconds.
+    pub sync_timeout_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_maxrec: 100_000,
+            max_maxrec: 100_000_000,
+            sync_timeout_s: 600,
+        }
+    }
+}
+
+/// Counters exposed at `/metrics` in the Prometheus text format. Written by hand: four
+/// counters do not need a metrics framework.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    bytes_out: AtomicU64,
+    latency_us_sum: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts result bytes sent.
+    pub fn add_bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn render(&self) -> String {
+        let r = self.requests.load(Ordering::Relaxed);
+        format!(
+            "# HELP meridian_http_requests_total HTTP requests served.\n\
+             # TYPE meridian_http_requests_total counter\n\
+             meridian_http_requests_total {r}\n\
+             # HELP meridian_http_errors_total HTTP requests answered with a 4xx or 5xx status.\n\
+             # TYPE meridian_http_errors_total counter\n\
+             meridian_http_errors_total {}\n\
+             # HELP meridian_http_request_seconds_sum Time to the response head, summed.\n\
+             # TYPE meridian_http_request_seconds_sum counter\n\
+             meridian_http_request_seconds_sum {}\n\
+             # HELP meridian_result_bytes_total Result bytes sent.\n\
+             # TYPE meridian_result_bytes_total counter\n\
+             meridian_result_bytes_total {}\n",
+            self.errors.load(Ordering::Relaxed),
+            self.latency_us_sum.load(Ordering::Relaxed) as f64 / 1e6,
+            self.bytes_out.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The query engine over the served catalogs.
+    pub engine: Arc<Engine>,
+    /// Row and time limits.
+    pub limits: Arc<Limits>,
+    /// Request counters.
+    pub metrics: Arc<Metrics>,
+    /// The URL clients reach the service at, when it differs from the Host they send.
+    pub public_url: Option<String>,
+}
+
+impl AppState {
+    /// State for `engine` under `limits`.
+    pub fn new(engine: Engine, limits: Limits) -> Self {
+        Self {
+            engine: Arc::new(engine),
+            limits: Arc::new(limits),
+            metrics: Arc::new(Metrics::default()),
+            public_url: None,
+        }
+    }
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Structured request log line and counters.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let response = next.run(req).await;
+    let elapsed = start.elapsed();
+    let m = &state.metrics;
+    m.requests.fetch_add(1, Ordering::Relaxed);
+    if response.status().is_client_error() || response.status().is_server_error() {
+        m.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    m.latency_us_sum
+        .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    tracing::info!(
+        %method,
+        route,
+        status = response.status().as_u16(),
+        ms = elapsed.as_secs_f64() * 1e3,
+        "request"
+    );
+    response
+}
+
+/// The routes of the service.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/tap/sync", get(tap::sync).post(tap::sync))
+        .route("/tap/availability", get(vosi::availability))
+        .route("/tap/capabilities", get(vosi::capabilities))
+        .route("/tap/tables", get(vosi::tables))
+        .route("/tap/tables/{name}", get(vosi::table))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(tower_http::cors::CorsLayer::permissive())
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then finishes the requests in
+/// flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

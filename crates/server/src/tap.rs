@@ -1,0 +1,295 @@
+//! TAP 1.1 synchronous queries: parameters, output formats, MAXREC, and a result that
+//! streams from the engine to the socket in constant memory.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use meridian_engine::Lang;
+use meridian_formats::write::{OutputFormat, ResultWriter, Serialization};
+
+use crate::AppState;
+use crate::error::{Error, Result};
+use crate::params::{DaliRequest, Params};
+
+/// An output format with the media type it is served as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    /// The writer.
+    pub output: OutputFormat,
+    /// The response's Content-Type.
+    pub media_type: &'static str,
+}
+
+/// The output formats: (RESPONSEFORMAT values accepted, format). The first name is the
+/// one advertised in the capabilities.
+pub const FORMATS: &[(&[&str], Format)] = &[
+    (
+        &[
+            "application/x-votable+xml",
+            "votable",
+            "application/x-votable+xml;serialization=binary2",
+            "votable/b2",
+            "text/xml",
+        ],
+        Format {
+            output: OutputFormat::VoTable(Serialization::Binary2),
+            media_type: "application/x-votable+xml",
+        },
+    ),
+    (
+        &[
+            "application/x-votable+xml;serialization=tabledata",
+            "votable/td",
+            "votabletd",
+        ],
+        Format {
+            output: OutputFormat::VoTable(Serialization::TableData),
+            media_type: "application/x-votable+xml;serialization=TABLEDATA",
+        },
+    ),
+    (
+        &[
+            "application/x-votable+xml;serialization=binary",
+            "votable/b",
+        ],
+        Format {
+            output: OutputFormat::VoTable(Serialization::Binary),
+            media_type: "application/x-votable+xml;serialization=BINARY",
+        },
+    ),
+    (
+        &["text/csv", "csv", "text/csv;header=present"],
+        Format {
+            output: OutputFormat::Csv,
+            media_type: "text/csv;header=present",
+        },
+    ),
+    (
+        &["text/tab-separated-values", "tsv"],
+        Format {
+            output: OutputFormat::Tsv,
+            media_type: "text/tab-separated-values",
+        },
+    ),
+    (
+        &["application/fits", "fits"],
+        Format {
+            output: OutputFormat::Fits,
+            media_type: "application/fits",
+        },
+    ),
+    (
+        &["application/vnd.apache.parquet", "parquet"],
+        Format {
+            output: OutputFormat::Parquet,
+            media_type: "application/vnd.apache.parquet",
+        },
+    ),
+    (
+        &["application/x-ndjson", "json", "application/json"],
+        Format {
+            output: OutputFormat::Json,
+            media_type: "application/x-ndjson",
+        },
+    ),
+];
+
+/// The format a RESPONSEFORMAT (or FORMAT) value names; VOTable BINARY2 when absent.
+pub fn format(value: Option<&str>) -> Result<Format> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(FORMATS[0].1);
+    };
+    // Media types compare without spaces and case; parameters other than serialization
+    // and header are ignored.
+    let norm: String = v
+        .split(';')
+        .map(|p| p.trim().to_ascii_lowercase())
+        .filter(|p| {
+            !p.is_empty()
+                && (!p.contains('=')
+                    || p.starts_with("serialization")
+                    || p.starts_with("header=present"))
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    FORMATS
+        .iter()
+        .find(|(names, _)| names.iter().any(|n| *n == norm))
+        .map(|(_, f)| *f)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "RESPONSEFORMAT '{v}' is not supported; use one of: {}",
+                FORMATS
+                    .iter()
+                    .map(|(n, _)| n[0])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
+/// The query language a LANG value names.
+pub fn lang(value: Option<&str>) -> Result<Lang> {
+    match value.map(|v| v.trim().to_ascii_uppercase()).as_deref() {
+        None | Some("ADQL") | Some("ADQL-2.0") | Some("ADQL-2.1") => Ok(Lang::Adql),
+        Some("SQL") | Some("POSTGRESQL") => Ok(Lang::Sql),
+        Some(other) => Err(Error::Usage(format!(
+            "LANG '{other}' is not supported; use ADQL (ADQL-2.0, ADQL-2.1) or SQL"
+        ))),
+    }
+}
+
+/// A validated TAP query request.
+#[derive(Debug, Clone)]
+pub struct QuerySpec {
+    /// Query text.
+    pub query: String,
+    /// Its language.
+    pub lang: Lang,
+    /// Output format.
+    pub format: Format,
+    /// Row limit (MAXREC, or the service default), bounded by the service maximum.
+    pub maxrec: u64,
+}
+
+impl QuerySpec {
+    /// Reads a query from TAP parameters under the service's limits.
+    pub fn from_params(p: &Params, limits: &crate::Limits) -> Result<Self> {
+        if let Some(r) = p.get("REQUEST")
+            && !r.eq_ignore_ascii_case("doQuery")
+        {
+            return Err(Error::Usage(format!(
+                "REQUEST '{r}' is not supported; use doQuery (or omit it)"
+            )));
+        }
+        let query = p.required("QUERY")?.to_string();
+        let lang = lang(p.get("LANG"))?;
+        let format = format(p.get("RESPONSEFORMAT").or(p.get("FORMAT")))?;
+        let maxrec = match p.get("MAXREC").map(str::trim) {
+            None | Some("") => limits.default_maxrec,
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| Error::Usage(format!("MAXREC '{v}' is not a non-negative integer")))?
+                .min(limits.max_maxrec),
+        };
+        Ok(Self {
+            query,
+            lang,
+            format,
+            maxrec,
+        })
+    }
+}
+
+/// A `Write` whose bytes are collected until taken, to become the next chunk of a body.
+#[derive(Clone, Default)]
+struct Chunks(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Chunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("chunk buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Chunks {
+    fn take(&self) -> Bytes {
+        Bytes::from(std::mem::take(&mut *self.0.lock().expect("chunk buffer")))
+    }
+}
+
+/// Plans and starts `spec`; the response streams the result. Planning errors (bad ADQL,
+/// unknown columns) come back as error documents before any byte of the result.
+pub async fn run_streaming(state: &AppState, spec: QuerySpec) -> Result<Response> {
+    let engine = state.engine.clone();
+    let mut df = engine.query(&spec.query, spec.lang).await?;
+    // One row past MAXREC tells whether the limit cut the result.
+    df = df
+        .limit(0, Some(spec.maxrec as usize + 1))
+        .map_err(meridian_engine::Error::from)?;
+    let plan = df
+        .create_physical_plan()
+        .await
+        .map_err(meridian_engine::Error::from)?;
+    let schema = plan.schema();
+    let mut stream = meridian_engine::execute(plan, &engine)?;
+    let chunks = Chunks::default();
+    let mut writer = ResultWriter::new(spec.format.output, Box::new(chunks.clone()), &schema)?;
+    // The first batch is awaited here, so an execution error that comes at once is still
+    // an error document with its status.
+    let first = stream.next().await.transpose()?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let maxrec = spec.maxrec;
+    let metrics = state.metrics.clone();
+    tokio::spawn(async move {
+        let mut pending = first;
+        let result: Result<()> = async {
+            loop {
+                let batch = match pending.take() {
+                    Some(b) => b,
+                    None => match stream.next().await {
+                        Some(b) => b?,
+                        None => break,
+                    },
+                };
+                let room = maxrec.saturating_sub(writer.rows()) as usize;
+                let batch = if batch.num_rows() > room {
+                    writer.set_overflow();
+                    batch.slice(0, room)
+                } else {
+                    batch
+                };
+                writer.write(&batch)?;
+                let chunk = chunks.take();
+                if !chunk.is_empty() {
+                    metrics.add_bytes_out(chunk.len() as u64);
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        // The client went away: dropping the stream stops the query.
+                        return Ok(());
+                    }
+                }
+            }
+            writer.finish()?;
+            Ok(())
+        }
+        .await;
+        let tail = chunks.take();
+        match result {
+            Ok(()) => {
+                if !tail.is_empty() {
+                    metrics.add_bytes_out(tail.len() as u64);
+                    let _ = tx.send(Ok(tail)).await;
+                }
+            }
+            Err(e) => {
+                // The status line is gone: end the body with an error so that the client
+                // sees a broken transfer, never a silently short table.
+                tracing::error!(error = %e, "result stream failed");
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+            }
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, spec.format.media_type)],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// `/tap/sync`, GET or POST.
+pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+    let spec = QuerySpec::from_params(&req.params, &state.limits)?;
+    tracing::info!(query = %spec.query, maxrec = spec.maxrec, "sync query");
+    run_streaming(&state, spec).await
+}

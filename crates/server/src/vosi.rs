@@ -1,0 +1,221 @@
+//! VOSI: availability, capabilities (with TAPRegExt) and the table set.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use meridian_formats::write::{vo_fields, xml_escape};
+
+use crate::AppState;
+use crate::error::{Error, Result};
+
+fn xml(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+/// The service's base URL as the client reached it (`http://host:port`).
+pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(u) = &state.public_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// `/tap/availability`.
+pub async fn availability() -> Response {
+    xml("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <vosi:availability xmlns:vosi=\"http://www.ivoa.net/xml/VOSIAvailability/v1.0\">\n\
+         <vosi:available>true</vosi:available>\n\
+         <vosi:note>Meridian TAP service is accepting queries</vosi:note>\n\
+         </vosi:availability>\n"
+        .to_string())
+}
+
+/// `/tap/capabilities`: VOSI capabilities and TAPRegExt (languages, formats, limits).
+pub async fn capabilities(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let base = xml_escape(&base_url(&state, &headers)).into_owned();
+    let mut out = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <vosi:capabilities xmlns:vosi=\"http://www.ivoa.net/xml/VOSICapabilities/v1.0\" \
+         xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+         xmlns:vr=\"http://www.ivoa.net/xml/VOResource/v1.0\" \
+         xmlns:vs=\"http://www.ivoa.net/xml/VODataService/v1.1\" \
+         xmlns:tr=\"http://www.ivoa.net/xml/TAPRegExt/v1.0\">\n",
+    );
+    for (standard, path) in [
+        ("ivo://ivoa.net/std/VOSI#capabilities", "capabilities"),
+        ("ivo://ivoa.net/std/VOSI#availability", "availability"),
+        ("ivo://ivoa.net/std/VOSI#tables-1.1", "tables"),
+    ] {
+        out.push_str(&format!(
+            "<capability standardID=\"{standard}\">\n\
+             <interface xsi:type=\"vs:ParamHTTP\" version=\"1.1\">\n\
+             <accessURL use=\"full\">{base}/tap/{path}</accessURL>\n\
+             </interface>\n</capability>\n"
+        ));
+    }
+    out.push_str(&format!(
+        "<capability standardID=\"ivo://ivoa.net/std/TAP\" xsi:type=\"tr:TableAccess\">\n\
+         <interface role=\"std\" xsi:type=\"vs:ParamHTTP\" version=\"1.1\">\n\
+         <accessURL use=\"base\">{base}/tap</accessURL>\n\
+         </interface>\n\
+         <language>\n<name>ADQL</name>\n\
+         <version ivo-id=\"ivo://ivoa.net/std/ADQL#v2.0\">2.0</version>\n\
+         <version ivo-id=\"ivo://ivoa.net/std/ADQL#v2.1\">2.1</version>\n\
+         <description>ADQL 2.1 with HEALPix-pruned geometry and cross-match joins</description>\n"
+    ));
+    out.push_str("<languageFeatures type=\"ivo://ivoa.net/std/TAPRegExt#features-adqlgeo\">\n");
+    for f in [
+        "POINT",
+        "CIRCLE",
+        "BOX",
+        "POLYGON",
+        "REGION",
+        "CONTAINS",
+        "INTERSECTS",
+        "AREA",
+        "CENTROID",
+        "COORD1",
+        "COORD2",
+        "COORDSYS",
+        "DISTANCE",
+    ] {
+        out.push_str(&format!("<feature><form>{f}</form></feature>\n"));
+    }
+    out.push_str("</languageFeatures>\n");
+    out.push_str("<languageFeatures type=\"ivo://ivoa.net/std/TAPRegExt#features-udf\">\n");
+    for (form, what) in [
+        (
+            "ivo_healpix_index(order INTEGER, ra DOUBLE, dec DOUBLE) -> BIGINT",
+            "HEALPix NESTED index of a position",
+        ),
+        (
+            "healpix_parent(index BIGINT, order INTEGER) -> BIGINT",
+            "the order-k parent of an order-29 HEALPix index",
+        ),
+        (
+            "q3c_dist(ra1 DOUBLE, dec1 DOUBLE, ra2 DOUBLE, dec2 DOUBLE) -> DOUBLE",
+            "angular distance in degrees",
+        ),
+        (
+            "q3c_radial_query(ra DOUBLE, dec DOUBLE, ra0 DOUBLE, dec0 DOUBLE, radius DOUBLE) -> INTEGER",
+            "1 within radius degrees of (ra0, dec0)",
+        ),
+        (
+            "q3c_join(ra1 DOUBLE, dec1 DOUBLE, ra2 DOUBLE, dec2 DOUBLE, radius DOUBLE) -> INTEGER",
+            "1 when the positions are within radius degrees; joins run as a cross-match",
+        ),
+    ] {
+        out.push_str(&format!(
+            "<feature><form>{}</form><description>{}</description></feature>\n",
+            xml_escape(form),
+            xml_escape(what)
+        ));
+    }
+    out.push_str("</languageFeatures>\n");
+    out.push_str(
+        "<languageFeatures type=\"ivo://ivoa.net/std/TAPRegExt#features-adql-unit\">\n\
+         <feature><form>IN_UNIT</form></feature>\n</languageFeatures>\n",
+    );
+    out.push_str("</language>\n");
+    for (names, f) in crate::tap::FORMATS {
+        out.push_str(&format!(
+            "<outputFormat><mime>{}</mime>{}</outputFormat>\n",
+            xml_escape(f.media_type),
+            names
+                .iter()
+                .filter(|n| !n.contains('/'))
+                .map(|n| format!("<alias>{n}</alias>"))
+                .collect::<String>()
+        ));
+    }
+    let l = &state.limits;
+    out.push_str(&format!(
+        "<outputLimit>\n<default unit=\"row\">{}</default>\n<hard unit=\"row\">{}</hard>\n</outputLimit>\n\
+         <executionDuration>\n<default>{}</default>\n<hard>{}</hard>\n</executionDuration>\n",
+        l.default_maxrec, l.max_maxrec, l.sync_timeout_s, l.sync_timeout_s
+    ));
+    out.push_str("</capability>\n</vosi:capabilities>\n");
+    xml(out)
+}
+
+fn table_xml(name: &str, table: &meridian_engine::hats_table::HatsTable, out: &mut String) {
+    let schema = table.catalog().schema();
+    out.push_str(&format!(
+        "<table type=\"table\">\n<name>{}</name>\n",
+        xml_escape(name)
+    ));
+    if let Some(title) = table.catalog().properties().get("obs_title") {
+        out.push_str(&format!(
+            "<description>{}</description>\n",
+            xml_escape(title)
+        ));
+    }
+    for f in vo_fields(&schema) {
+        out.push_str(&format!("<column>\n<name>{}</name>\n", xml_escape(&f.name)));
+        if let Some(d) = &f.meta.description {
+            out.push_str(&format!("<description>{}</description>\n", xml_escape(d)));
+        }
+        if let Some(u) = &f.meta.unit {
+            out.push_str(&format!("<unit>{}</unit>\n", xml_escape(u)));
+        }
+        if let Some(u) = &f.meta.ucd {
+            out.push_str(&format!("<ucd>{}</ucd>\n", xml_escape(u)));
+        }
+        out.push_str(&format!(
+            "<dataType xsi:type=\"vs:VOTableType\"{}{}>{}</dataType>\n</column>\n",
+            f.arraysize
+                .as_ref()
+                .map(|a| format!(" arraysize=\"{a}\""))
+                .unwrap_or_default(),
+            f.xtype
+                .as_ref()
+                .map(|x| format!(" extendedType=\"{}\"", xml_escape(x)))
+                .unwrap_or_default(),
+            f.datatype
+        ));
+    }
+    out.push_str("</table>\n");
+}
+
+const TABLESET_OPEN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+    <vosi:tableset xmlns:vosi=\"http://www.ivoa.net/xml/VOSITables/v1.0\" \
+    xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+    xmlns:vs=\"http://www.ivoa.net/xml/VODataService/v1.1\">\n";
+
+/// `/tap/tables`: every catalog table with its columns.
+pub async fn tables(State(state): State<AppState>) -> Response {
+    let mut out = String::from(TABLESET_OPEN);
+    out.push_str("<schema>\n<name>default</name>\n<description>Meridian catalogs</description>\n");
+    for (name, t) in state.engine.tables() {
+        table_xml(name, t, &mut out);
+    }
+    out.push_str("</schema>\n</vosi:tableset>\n");
+    xml(out)
+}
+
+/// `/tap/tables/{name}`: one table's document.
+pub async fn table(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    let (name, t) = state
+        .engine
+        .tables()
+        .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+        .ok_or_else(|| Error::NotFound(format!("no table '{name}'")))?;
+    let mut out = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<vosi:table xmlns:vosi=\"http://www.ivoa.net/xml/VOSITables/v1.0\" \
+         xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+         xmlns:vs=\"http://www.ivoa.net/xml/VODataService/v1.1\" type=\"table\">\n",
+    );
+    let mut inner = String::new();
+    table_xml(name, t, &mut inner);
+    // The per-table document's root is the table element itself.
+    let inner = inner
+        .trim_start_matches("<table type=\"table\">\n")
+        .trim_end_matches("</table>\n");
+    out.push_str(inner);
+    out.push_str("</vosi:table>\n");
+    Ok(xml(out))
+}
