@@ -47,24 +47,36 @@ def store(tmp_path_factory, shared):
     return d
 
 
+class Server:
+    """`meridian serve` on a free loopback port, with `env` added to its environment."""
+
+    def __init__(self, store, env=None):
+        import re
+        import time
+        cmd = [meridian_bin(), "--data-dir", str(store), "serve", "--addr", "127.0.0.1:0"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=None if env is None else {**os.environ, **env})
+        self.url = None
+        deadline = time.time() + 60
+        while self.url is None and time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            m = re.search(r"TAP service: (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+        assert self.url, "meridian serve did not start"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def tap(store):
     """A running `meridian serve` over the Gaia and Tycho-2 store; yields the TAP URL."""
-    import re
-    import subprocess
-    import time
-    cmd = [meridian_bin(), "--data-dir", str(store), "serve", "--addr", "127.0.0.1:0"]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = None
-    deadline = time.time() + 60
-    while url is None and time.time() < deadline:
-        line = p.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"TAP service: (http://\S+)", line)
-        if m:
-            url = m.group(1)
-    assert url, "meridian serve did not start"
-    yield url
-    p.terminate()
-    p.wait(timeout=30)
+    with Server(store) as s:
+        yield s.url

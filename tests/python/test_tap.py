@@ -16,6 +16,8 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.io.votable import parse_single_table
 
+from conftest import Server
+
 CONE = ("SELECT source_id, ra, dec, phot_g_mean_mag FROM gaia "
         "WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', 56.75, 24.12, 2))")
 
@@ -116,3 +118,17 @@ def test_health_and_metrics(tap):
     assert requests.get(f"{base}/health").text.strip() == "ok"
     m = requests.get(f"{base}/metrics").text
     assert "meridian_http_requests_total" in m and "meridian_result_bytes_total" in m
+
+
+def test_sync_time_limit_stops_a_runaway_query(store):
+    import time
+    with Server(store, env={"MERIDIAN_SERVER__SYNC_TIMEOUT_S": "2"}) as s:
+        start = time.time()
+        r = requests.post(f"{s.url}/sync", data={
+            "QUERY": "SELECT COUNT(*) FROM gaia AS a, gaia AS b WHERE a.ra + b.ra > 1000"})
+        elapsed = time.time() - start
+        assert r.status_code == 500 and "time limit of 2 s" in r.text, r.text
+        assert 'value="ERROR"' in r.text
+        assert elapsed < 6, elapsed
+        # The service is still there.
+        assert requests.get(f"{s.url}/availability").status_code == 200

@@ -56,6 +56,7 @@ pub struct Engine {
     ctx: SessionContext,
     tables: Vec<(String, Arc<HatsTable>)>,
     functions: FunctionRegistry,
+    executor: Option<tokio::runtime::Handle>,
 }
 
 /// The functions ADQL queries may call: ADQL's own and the UDFs Meridian provides.
@@ -86,7 +87,21 @@ impl Engine {
             ctx,
             tables,
             functions: functions(),
+            executor: None,
         })
+    }
+
+    /// Runs query operators on `runtime` instead of the caller's. A server gives queries
+    /// a runtime of their own so that CPU-bound operators never hold the threads that
+    /// answer requests, notice time limits and stream results.
+    pub fn with_executor(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.executor = Some(runtime);
+        self
+    }
+
+    /// The runtime query operators run on, if not the caller's.
+    pub fn executor(&self) -> Option<&tokio::runtime::Handle> {
+        self.executor.as_ref()
     }
 
     /// The session (for registering more tables).

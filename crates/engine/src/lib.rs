@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod codec;
+mod deadline;
 mod engine;
 mod error;
 pub mod geometry;
@@ -15,6 +16,7 @@ pub mod units;
 pub mod xmatch;
 
 pub use codec::{MeridianCodec, plan_from_bytes, plan_to_bytes};
+pub use deadline::deadline;
 pub use engine::{Engine, Lang, ScanReport, XMatchSpec, functions, id_column};
 pub use error::{Error, Result};
 pub use session::{EngineConfig, build_session};
@@ -35,21 +37,29 @@ pub fn display_plan(plan: &std::sync::Arc<dyn ExecutionPlan>) -> String {
 
 /// Starts executing a physical plan of `engine`'s session, as one stream.
 ///
-/// The plan is driven by a task of the current tokio runtime and its batches arrive over a
-/// small channel, so the caller's own task never runs operator code: it stays free to
-/// notice a cancellation or a time limit even while an operator is in a long CPU-bound
-/// poll. Dropping the stream aborts that task. Must be called within a tokio runtime.
+/// The plan is driven by a task of the engine's executor runtime (or the current one) and
+/// its batches arrive over a small channel, so the caller's own task never runs operator
+/// code: it stays free to notice a cancellation or a time limit even while an operator is
+/// in a long CPU-bound poll. Dropping the stream aborts that task. Must be called within a
+/// tokio runtime.
 pub fn execute(
     plan: std::sync::Arc<dyn ExecutionPlan>,
     engine: &Engine,
 ) -> Result<RecordBatchStream> {
     use datafusion::physical_plan::stream::RecordBatchReceiverStream;
     use futures::StreamExt;
-    let mut inner =
-        datafusion::physical_plan::execute_stream(plan.clone(), engine.session().task_ctx())?;
     let mut builder = RecordBatchReceiverStream::builder(plan.schema(), 2);
     let tx = builder.tx();
-    builder.spawn(async move {
+    let ctx = engine.session().task_ctx();
+    // Operators start (and spawn their own tasks) on the runtime that drives them.
+    let task = async move {
+        let mut inner = match datafusion::physical_plan::execute_stream(plan, ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return Ok(());
+            }
+        };
         while let Some(batch) = inner.next().await {
             let failed = batch.is_err();
             // A closed channel means the consumer is gone: stop producing.
@@ -58,6 +68,10 @@ pub fn execute(
             }
         }
         Ok(())
-    });
+    };
+    match engine.executor() {
+        Some(rt) => builder.spawn_on(task, rt),
+        None => builder.spawn(task),
+    }
     Ok(builder.build())
 }

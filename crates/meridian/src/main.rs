@@ -97,11 +97,14 @@ enum Command {
     /// Sky geometry utilities reading CSV lines on standard input.
     #[command(subcommand)]
     Sky(SkyCommand),
-    /// Generate and ingest the demo survey, then run a sample query.
+    /// Generate and ingest the demo survey, run a sample query, then serve it over TAP.
     Demo {
         /// Objects in the demo survey.
         #[arg(long, default_value_t = 200_000)]
         objects: u64,
+        /// Stop after the sample query instead of serving.
+        #[arg(long)]
+        no_serve: bool,
     },
 }
 
@@ -429,7 +432,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { addr } => serve(&config, addr)?,
         Command::Sky(cmd) => sky(cmd)?,
         Command::Bench(cmd) => bench(&config, cmd)?,
-        Command::Demo { objects } => demo(&config, objects, quiet)?,
+        Command::Demo { objects, no_serve } => {
+            demo(&config, objects, quiet)?;
+            if !no_serve {
+                serve(&config, None)?;
+            }
+        }
     }
     Ok(())
 }
@@ -858,7 +866,7 @@ async fn emit(
     let cancelled = interrupted();
     let (rows, overflow) = tokio::select! {
         r = run => r?,
-        _ = deadline(limit) => {
+        _ = meridian_engine::deadline(limit) => {
             progress.finish_and_clear();
             bail!(
                 "the query exceeded its time limit of {} s and was stopped",
@@ -890,6 +898,13 @@ async fn emit(
 
 fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
     let (engine, rt) = open_engine(config)?;
+    // Queries get a runtime of their own: CPU-bound operators never hold the threads that
+    // accept requests, stream results and enforce time limits.
+    let queries = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("meridian-query")
+        .enable_all()
+        .build()?;
+    let engine = engine.with_executor(queries.handle().clone());
     let s = &config.server;
     let mut state = meridian_server::AppState::new(
         engine,
@@ -916,7 +931,10 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         meridian_server::serve(listener, state, interrupted()).await?;
         tracing::info!("server stopped");
         anyhow::Ok(())
-    })
+    })?;
+    queries.shutdown_background();
+    rt.shutdown_background();
+    Ok(())
 }
 
 /// Resolves at the first Ctrl-C or SIGTERM. The signal is caught on `ctrlc`'s own thread
@@ -945,19 +963,6 @@ fn interrupted() -> impl std::future::Future<Output = ()> {
             return;
         }
         std::future::pending().await
-    }
-}
-
-/// Resolves after `limit`, timed on a thread of its own for the same reason as
-/// [`interrupted`]: tokio's timers only fire when a runtime worker parks.
-fn deadline(limit: Duration) -> impl std::future::Future<Output = ()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        let _ = tx.send(());
-    });
-    async move {
-        let _ = rx.await;
     }
 }
 

@@ -17,6 +17,9 @@ pub enum Error {
     /// The query failed.
     #[error(transparent)]
     Engine(#[from] meridian_engine::Error),
+    /// The query ran past the service's time limit.
+    #[error("the query exceeded the time limit of {0} s and was stopped")]
+    Timeout(u64),
     /// Writing the result failed.
     #[error(transparent)]
     Format(#[from] meridian_formats::Error),
@@ -45,7 +48,9 @@ impl Error {
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 }
             }
-            Error::Engine(E::Catalog(_)) | Error::Format(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Engine(E::Catalog(_)) | Error::Format(_) | Error::Timeout(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }

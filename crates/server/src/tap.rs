@@ -208,7 +208,27 @@ impl Chunks {
 
 /// Plans and starts `spec`; the response streams the result. Planning errors (bad ADQL,
 /// unknown columns) come back as error documents before any byte of the result.
-pub async fn run_streaming(state: &AppState, spec: QuerySpec) -> Result<Response> {
+///
+/// The whole query, planning and streaming, runs under `limit`; past it the query stops
+/// (an error document if nothing was sent yet, a broken transfer otherwise).
+pub async fn run_streaming(
+    state: &AppState,
+    spec: QuerySpec,
+    limit: std::time::Duration,
+) -> Result<Response> {
+    let ends = std::time::Instant::now() + limit;
+    tokio::select! {
+        r = start(state, spec, ends, limit.as_secs()) => r,
+        _ = meridian_engine::deadline(limit) => Err(Error::Timeout(limit.as_secs())),
+    }
+}
+
+async fn start(
+    state: &AppState,
+    spec: QuerySpec,
+    ends: std::time::Instant,
+    limit_s: u64,
+) -> Result<Response> {
     let engine = state.engine.clone();
     let mut df = engine.query(&spec.query, spec.lang).await?;
     // One row past MAXREC tells whether the limit cut the result.
@@ -229,9 +249,10 @@ pub async fn run_streaming(state: &AppState, spec: QuerySpec) -> Result<Response
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let maxrec = spec.maxrec;
     let metrics = state.metrics.clone();
+    let left = ends.saturating_duration_since(std::time::Instant::now());
     tokio::spawn(async move {
         let mut pending = first;
-        let result: Result<()> = async {
+        let work = async {
             loop {
                 let batch = match pending.take() {
                     Some(b) => b,
@@ -259,8 +280,11 @@ pub async fn run_streaming(state: &AppState, spec: QuerySpec) -> Result<Response
             }
             writer.finish()?;
             Ok(())
-        }
-        .await;
+        };
+        let result: Result<()> = tokio::select! {
+            r = work => r,
+            _ = meridian_engine::deadline(left) => Err(Error::Timeout(limit_s)),
+        };
         let tail = chunks.take();
         match result {
             Ok(()) => {
@@ -291,5 +315,6 @@ pub async fn run_streaming(state: &AppState, spec: QuerySpec) -> Result<Response
 pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
     let spec = QuerySpec::from_params(&req.params, &state.limits)?;
     tracing::info!(query = %spec.query, maxrec = spec.maxrec, "sync query");
-    run_streaming(&state, spec).await
+    let limit = std::time::Duration::from_secs(state.limits.sync_timeout_s);
+    run_streaming(&state, spec, limit).await
 }
