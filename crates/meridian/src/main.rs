@@ -843,21 +843,15 @@ async fn emit(
                 &schema,
             )?,
         };
+        if let Some(m) = args.maxrec {
+            writer.set_maxrec(m as u64);
+        }
         let mut stream = datafusion_execute(plan, engine)?;
-        let mut overflow = false;
         while let Some(batch) = stream.next().await {
-            let mut batch = batch?;
-            if let Some(m) = args.maxrec {
-                let room = m.saturating_sub(writer.rows() as usize);
-                if batch.num_rows() > room {
-                    batch = batch.slice(0, room);
-                    overflow = true;
-                    writer.set_overflow();
-                }
-            }
-            writer.write(&batch)?;
+            writer.write(&batch?)?;
             progress.set_position(writer.rows());
         }
+        let overflow = writer.overflowed();
         let rows = writer.finish()?;
         anyhow::Ok((rows, overflow))
     };

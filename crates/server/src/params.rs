@@ -36,19 +36,6 @@ impl Params {
             .ok_or_else(|| Error::Usage(format!("missing parameter {name}")))
     }
 
-    /// Every value of `name`.
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.pairs
-            .iter()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every (name, value) pair.
-    pub fn pairs(&self) -> &[(String, String)] {
-        &self.pairs
-    }
-
     /// Adds a pair.
     pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.pairs.push((name.into(), value.into()));

@@ -105,15 +105,14 @@ pub fn format(value: Option<&str>) -> Result<Format> {
         return Ok(FORMATS[0].1);
     };
     // Media types compare without spaces and case; parameters other than serialization
-    // and header are ignored.
+    // and header (charset...) are ignored. CSV without a header (`header=absent`) is not
+    // served, so it is refused rather than answered with a header.
     let norm: String = v
         .split(';')
         .map(|p| p.trim().to_ascii_lowercase())
         .filter(|p| {
             !p.is_empty()
-                && (!p.contains('=')
-                    || p.starts_with("serialization")
-                    || p.starts_with("header=present"))
+                && (!p.contains('=') || p.starts_with("serialization") || p.starts_with("header"))
         })
         .collect::<Vec<_>>()
         .join(";");
@@ -243,11 +242,11 @@ async fn start(
     let mut stream = meridian_engine::execute(plan, &engine)?;
     let chunks = Chunks::default();
     let mut writer = ResultWriter::new(spec.format.output, Box::new(chunks.clone()), &schema)?;
+    writer.set_maxrec(spec.maxrec);
     // The first batch is awaited here, so an execution error that comes at once is still
     // an error document with its status.
     let first = stream.next().await.transpose()?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
-    let maxrec = spec.maxrec;
     let metrics = state.metrics.clone();
     let left = ends.saturating_duration_since(std::time::Instant::now());
     tokio::spawn(async move {
@@ -260,13 +259,6 @@ async fn start(
                         Some(b) => b?,
                         None => break,
                     },
-                };
-                let room = maxrec.saturating_sub(writer.rows()) as usize;
-                let batch = if batch.num_rows() > room {
-                    writer.set_overflow();
-                    batch.slice(0, room)
-                } else {
-                    batch
                 };
                 writer.write(&batch)?;
                 let chunk = chunks.take();

@@ -142,12 +142,10 @@ pub async fn capabilities(State(state): State<AppState>, headers: HeaderMap) -> 
     xml(out)
 }
 
+/// The content of a table element: name, description, columns.
 fn table_xml(name: &str, table: &meridian_engine::hats_table::HatsTable, out: &mut String) {
     let schema = table.catalog().schema();
-    out.push_str(&format!(
-        "<table type=\"table\">\n<name>{}</name>\n",
-        xml_escape(name)
-    ));
+    out.push_str(&format!("<name>{}</name>\n", xml_escape(name)));
     if let Some(title) = table.catalog().properties().get("obs_title") {
         out.push_str(&format!(
             "<description>{}</description>\n",
@@ -178,7 +176,6 @@ fn table_xml(name: &str, table: &meridian_engine::hats_table::HatsTable, out: &m
             f.datatype
         ));
     }
-    out.push_str("</table>\n");
 }
 
 const TABLESET_OPEN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
@@ -191,7 +188,9 @@ pub async fn tables(State(state): State<AppState>) -> Response {
     let mut out = String::from(TABLESET_OPEN);
     out.push_str("<schema>\n<name>default</name>\n<description>Meridian catalogs</description>\n");
     for (name, t) in state.engine.tables() {
+        out.push_str("<table type=\"table\">\n");
         table_xml(name, t, &mut out);
+        out.push_str("</table>\n");
     }
     out.push_str("</schema>\n</vosi:tableset>\n");
     xml(out)
@@ -209,13 +208,8 @@ pub async fn table(State(state): State<AppState>, Path(name): Path<String>) -> R
          xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
          xmlns:vs=\"http://www.ivoa.net/xml/VODataService/v1.1\" type=\"table\">\n",
     );
-    let mut inner = String::new();
-    table_xml(name, t, &mut inner);
     // The per-table document's root is the table element itself.
-    let inner = inner
-        .trim_start_matches("<table type=\"table\">\n")
-        .trim_end_matches("</table>\n");
-    out.push_str(inner);
+    table_xml(name, t, &mut out);
     out.push_str("</vosi:table>\n");
     Ok(xml(out))
 }

@@ -49,6 +49,9 @@ enum Inner {
 pub struct ResultWriter {
     inner: Inner,
     rows: u64,
+    /// Rows the result may hold (MAXREC); rows past it are dropped.
+    maxrec: Option<u64>,
+    /// A row was dropped by `maxrec`.
     overflow: bool,
     /// (temporary, final) paths when writing a file.
     rename: Option<(PathBuf, PathBuf)>,
@@ -90,6 +93,7 @@ impl ResultWriter {
         Ok(Self {
             inner,
             rows: 0,
+            maxrec: None,
             overflow: false,
             rename: None,
         })
@@ -113,8 +117,17 @@ impl ResultWriter {
         Ok(w)
     }
 
-    /// Appends a batch.
+    /// Appends a batch; under a row limit, only the rows that still fit.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let cut;
+        let batch = match self.maxrec {
+            Some(m) if self.rows + batch.num_rows() as u64 > m => {
+                self.overflow = true;
+                cut = batch.slice(0, m.saturating_sub(self.rows) as usize);
+                &cut
+            }
+            _ => batch,
+        };
         self.rows += batch.num_rows() as u64;
         match &mut self.inner {
             Inner::Csv(w) => {
@@ -167,10 +180,15 @@ impl ResultWriter {
         Ok(())
     }
 
-    /// Records that a row limit cut the result: VOTable output then ends with DALI's
-    /// OVERFLOW status.
-    pub fn set_overflow(&mut self) {
-        self.overflow = true;
+    /// Limits the result to `maxrec` rows (DALI's MAXREC): later rows are dropped, and if
+    /// any is, VOTable output ends with the OVERFLOW status.
+    pub fn set_maxrec(&mut self, maxrec: u64) {
+        self.maxrec = Some(maxrec);
+    }
+
+    /// Whether the row limit dropped rows.
+    pub fn overflowed(&self) -> bool {
+        self.overflow
     }
 
     /// Rows written so far.
