@@ -1,0 +1,11 @@
+//! Meridian's services below the protocols. [`jobs`] is the UWS 1.1 job model: phases and
+//! their transitions, a bounded worker pool with per-owner limits, blocking waits, the
+//! destruction sweeper, and persistence in SQLite so that jobs outlive the process.
+//!
+//! Protocol code (the HTTP server) renders these types as UWS documents and supplies the
+//! work a job does through [`jobs::Runner`]; nothing here knows about HTTP or queries.
+
+pub mod error;
+pub mod jobs;
+
+pub use error::{Error, Result};
