@@ -50,12 +50,18 @@ def store(tmp_path_factory, shared):
 class Server:
     """`meridian serve` on a free loopback port, with `env` added to its environment."""
 
-    def __init__(self, store, env=None):
+    def __init__(self, store, env=None, jobs_dir=None):
         import re
+        import tempfile
         import time
+        # Each server gets a job directory of its own unless told which to use (a restart).
+        if jobs_dir is None:
+            self._jobs = tempfile.TemporaryDirectory(prefix="meridian-jobs-")
+            jobs_dir = self._jobs.name
+        self.jobs_dir = jobs_dir
         cmd = [meridian_bin(), "--data-dir", str(store), "serve", "--addr", "127.0.0.1:0"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=None if env is None else {**os.environ, **env})
+                                     env={**os.environ, **(env or {}), "MERIDIAN_JOBS__DIR": str(jobs_dir)})
         self.url = None
         deadline = time.time() + 60
         while self.url is None and time.time() < deadline:
@@ -66,13 +72,24 @@ class Server:
             if m:
                 self.url = m.group(1)
         assert self.url, "meridian serve did not start"
+        # Keep reading the log so that the server never blocks on a full pipe; the tail is
+        # kept for failure messages.
+        import collections
+        import threading
+        self.log = collections.deque(maxlen=200)
+
+        def drain():
+            for line in self.proc.stderr:
+                self.log.append(line)
+        threading.Thread(target=drain, daemon=True).start()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

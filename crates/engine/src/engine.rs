@@ -51,10 +51,27 @@ impl std::fmt::Display for ScanReport {
     }
 }
 
+/// A table outside the catalogs, reached by a schema-qualified name (`TAP_SCHEMA.tables`,
+/// `TAP_UPLOAD.mine`).
+#[derive(Clone)]
+struct ExtraTable {
+    schema: String,
+    name: String,
+    provider: Arc<dyn datafusion::datasource::TableProvider>,
+}
+
+impl ExtraTable {
+    /// The name it is registered under: one identifier holding `schema.name`.
+    fn registered(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
 /// Catalog tables and a session to query them.
 pub struct Engine {
     ctx: SessionContext,
     tables: Vec<(String, Arc<HatsTable>)>,
+    extra: Vec<ExtraTable>,
     functions: FunctionRegistry,
     executor: Option<tokio::runtime::Handle>,
 }
@@ -86,6 +103,7 @@ impl Engine {
         Ok(Self {
             ctx,
             tables,
+            extra: Vec::new(),
             functions: functions(),
             executor: None,
         })
@@ -97,6 +115,91 @@ impl Engine {
     pub fn with_executor(mut self, runtime: tokio::runtime::Handle) -> Self {
         self.executor = Some(runtime);
         self
+    }
+
+    /// Adds a table reached as `schema.name` (ADQL matches both parts case-insensitively
+    /// unless delimited).
+    pub fn add_table(
+        &mut self,
+        schema: &str,
+        name: &str,
+        provider: Arc<dyn datafusion::datasource::TableProvider>,
+    ) -> Result<()> {
+        let t = ExtraTable {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            provider,
+        };
+        self.ctx.register_table(
+            datafusion::common::TableReference::bare(t.registered()),
+            t.provider.clone(),
+        )?;
+        self.extra.push(t);
+        Ok(())
+    }
+
+    /// The tables added with [`Engine::add_table`]: (schema, name, provider).
+    pub fn extra_tables(
+        &self,
+    ) -> impl Iterator<Item = (&str, &str, &Arc<dyn datafusion::datasource::TableProvider>)> {
+        self.extra
+            .iter()
+            .map(|t| (t.schema.as_str(), t.name.as_str(), &t.provider))
+    }
+
+    /// An engine over the same catalogs, session settings, memory pool and executor, with
+    /// `extra` tables of its own (one query's `TAP_UPLOAD` tables). The tables live in a
+    /// catalog list of the new session only, so concurrent queries never see each
+    /// other's.
+    pub fn with_tables(
+        &self,
+        extra: Vec<(
+            String,
+            String,
+            Arc<dyn datafusion::datasource::TableProvider>,
+        )>,
+    ) -> Result<Engine> {
+        use datafusion::catalog::{
+            CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+            MemorySchemaProvider,
+        };
+        let state = self.ctx.state();
+        let options = state.config().options();
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        catalog.register_schema(
+            &options.catalog.default_schema,
+            Arc::new(MemorySchemaProvider::new()),
+        )?;
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog(options.catalog.default_catalog.clone(), catalog);
+        let state =
+            datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state)
+                .with_catalog_list(catalogs)
+                .build();
+        let ctx = SessionContext::new_with_state(state);
+        for (name, t) in &self.tables {
+            ctx.register_table(
+                datafusion::common::TableReference::bare(name.as_str()),
+                t.clone(),
+            )?;
+        }
+        for t in &self.extra {
+            ctx.register_table(
+                datafusion::common::TableReference::bare(t.registered()),
+                t.provider.clone(),
+            )?;
+        }
+        let mut engine = Engine {
+            ctx,
+            tables: self.tables.clone(),
+            extra: self.extra.clone(),
+            functions: self.functions.clone(),
+            executor: self.executor.clone(),
+        };
+        for (schema, name, provider) in extra {
+            engine.add_table(&schema, &name, provider)?;
+        }
+        Ok(engine)
     }
 
     /// The runtime query operators run on, if not the caller's.
@@ -329,6 +432,19 @@ impl Engine {
 impl Tables for Engine {
     fn resolve(&self, name: &ObjectName) -> Option<(String, SchemaRef)> {
         let last = name.last();
+        let matches = |ident: &meridian_adql::ast::Ident, s: &str| {
+            ident.value == s || (!ident.quoted && ident.value.eq_ignore_ascii_case(s))
+        };
+        if name.0.len() >= 2 {
+            let schema = &name.0[name.0.len() - 2];
+            if let Some(t) = self
+                .extra
+                .iter()
+                .find(|t| matches(schema, &t.schema) && matches(last, &t.name))
+            {
+                return Some((t.registered(), t.provider.schema()));
+            }
+        }
         // A qualifying schema is accepted as written; catalogs live in one namespace.
         self.tables
             .iter()
@@ -351,6 +467,10 @@ impl Tables for Engine {
     }
 
     fn names(&self) -> Vec<String> {
-        self.tables.iter().map(|(n, _)| n.clone()).collect()
+        self.tables
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain(self.extra.iter().map(ExtraTable::registered))
+            .collect()
     }
 }

@@ -21,6 +21,69 @@ pub struct Config {
     pub log: LogConfig,
     /// The HTTP services.
     pub server: ServerConfig,
+    /// Asynchronous (UWS) jobs.
+    pub jobs: JobsConfig,
+}
+
+/// Asynchronous jobs: the worker pool, per-client limits, lifetimes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Where job records and results live (default: `jobs` in the data directory).
+    pub dir: Option<PathBuf>,
+    /// Jobs executing at once.
+    pub max_running: usize,
+    /// Jobs executing at once for one client.
+    pub max_running_per_client: usize,
+    /// Jobs one client may have queued or executing.
+    pub max_active_per_client: usize,
+    /// Execution duration of a new job, seconds.
+    pub default_execution_duration_s: u64,
+    /// Longest execution duration a client may set, seconds.
+    pub max_execution_duration_s: u64,
+    /// Lifetime of a new job (until its destruction), seconds.
+    pub default_lifetime_s: u64,
+    /// Longest lifetime a client may set, seconds.
+    pub max_lifetime_s: u64,
+    /// How often jobs past their destruction time are removed, seconds.
+    pub sweep_interval_s: u64,
+    /// Longest blocking WAIT, seconds.
+    pub max_wait_s: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        let d = meridian_services::jobs::JobConfig::default();
+        Self {
+            dir: None,
+            max_running: d.max_running,
+            max_running_per_client: d.max_running_per_client,
+            max_active_per_client: d.max_active_per_client,
+            default_execution_duration_s: d.default_execution_duration_s,
+            max_execution_duration_s: d.max_execution_duration_s,
+            default_lifetime_s: d.default_lifetime_s,
+            max_lifetime_s: d.max_lifetime_s,
+            sweep_interval_s: d.sweep_interval_s,
+            max_wait_s: d.max_wait_s,
+        }
+    }
+}
+
+impl JobsConfig {
+    /// The job service's settings.
+    pub fn to_services(&self) -> meridian_services::jobs::JobConfig {
+        meridian_services::jobs::JobConfig {
+            max_running: self.max_running,
+            max_running_per_client: self.max_running_per_client,
+            max_active_per_client: self.max_active_per_client,
+            default_execution_duration_s: self.default_execution_duration_s,
+            max_execution_duration_s: self.max_execution_duration_s,
+            default_lifetime_s: self.default_lifetime_s,
+            max_lifetime_s: self.max_lifetime_s,
+            sweep_interval_s: self.sweep_interval_s,
+            max_wait_s: self.max_wait_s,
+        }
+    }
 }
 
 /// The HTTP services (`meridian serve`).
@@ -38,6 +101,12 @@ pub struct ServerConfig {
     pub max_maxrec: u64,
     /// Time limit of a synchronous query, seconds.
     pub sync_timeout_s: u64,
+    /// Largest uploaded table, MiB.
+    pub upload_max_mib: u64,
+    /// Most rows of an uploaded table.
+    pub upload_max_rows: u64,
+    /// Whether UPLOAD may name http(s) URLs.
+    pub allow_url_uploads: bool,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +118,9 @@ impl Default for ServerConfig {
             default_maxrec: d.default_maxrec,
             max_maxrec: d.max_maxrec,
             sync_timeout_s: d.sync_timeout_s,
+            upload_max_mib: d.upload_max_bytes >> 20,
+            upload_max_rows: d.upload_max_rows,
+            allow_url_uploads: d.allow_url_uploads,
         }
     }
 }
@@ -112,6 +184,7 @@ impl Default for Config {
             query: QueryConfig::default(),
             log: LogConfig::default(),
             server: ServerConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -149,7 +222,7 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 5] = ["data_dir", "ingest", "query", "log", "server"];
+        const TOP: [&str; 6] = ["data_dir", "ingest", "query", "log", "server", "jobs"];
         let mut ignored = Vec::new();
         let mut table = match file {
             Some(f) => {
@@ -208,10 +281,24 @@ impl Config {
         if self.query.memory_limit_mib < 16 {
             bail!("query.memory_limit_mib must be at least 16");
         }
+        let j = &self.jobs;
+        if j.max_running == 0 || j.max_running_per_client == 0 || j.max_active_per_client == 0 {
+            bail!(
+                "jobs.max_running, max_running_per_client and max_active_per_client must be positive"
+            );
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be 'text' or 'json'");
         }
         Ok(())
+    }
+
+    /// The directory of asynchronous jobs.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.jobs
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("jobs"))
     }
 
     /// The catalog store directory.
@@ -232,6 +319,8 @@ mod tests {
         assert_eq!(c.ingest, IngestConfig::default());
         assert_eq!(c.query, QueryConfig::default());
         assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.jobs, JobsConfig::default());
     }
 
     #[test]

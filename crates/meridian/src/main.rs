@@ -906,8 +906,13 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
             default_maxrec: s.default_maxrec,
             max_maxrec: s.max_maxrec,
             sync_timeout_s: s.sync_timeout_s,
+            upload_max_bytes: s.upload_max_mib << 20,
+            upload_max_rows: s.upload_max_rows,
+            allow_url_uploads: s.allow_url_uploads,
         },
-    );
+        &config.jobs_dir(),
+        config.jobs.to_services(),
+    )?;
     state.public_url = s.public_url.clone();
     let addr = addr.unwrap_or_else(|| s.addr.clone());
     rt.block_on(async {

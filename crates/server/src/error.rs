@@ -23,6 +23,9 @@ pub enum Error {
     /// Writing the result failed.
     #[error(transparent)]
     Format(#[from] meridian_formats::Error),
+    /// A job request failed.
+    #[error(transparent)]
+    Jobs(#[from] meridian_services::Error),
 }
 
 /// Result type of this crate.
@@ -48,9 +51,12 @@ impl Error {
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 }
             }
-            Error::Engine(E::Catalog(_)) | Error::Format(_) | Error::Timeout(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Jobs(meridian_services::Error::NotFound(_)) => StatusCode::NOT_FOUND,
+            Error::Jobs(meridian_services::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Error::Engine(E::Catalog(_))
+            | Error::Format(_)
+            | Error::Timeout(_)
+            | Error::Jobs(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

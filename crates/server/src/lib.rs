@@ -1,10 +1,12 @@
-//! Meridian's HTTP services on axum: TAP 1.1 synchronous queries, VOSI, health and
-//! Prometheus metrics. Every failure becomes a DALI error document in one place
+//! Meridian's HTTP services on axum: TAP 1.1 synchronous and asynchronous (UWS) queries
+//! with table uploads, VOSI, health and Prometheus metrics. Every failure becomes a DALI error document in one place
 //! ([`error`]).
 
 pub mod error;
 pub mod params;
 pub mod tap;
+pub mod upload;
+pub mod uws;
 pub mod vosi;
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meridian_engine::Engine;
+use meridian_services::jobs::{JobConfig, Jobs, Phase};
 
 pub use error::{Error, Result};
 
@@ -30,6 +33,12 @@ pub struct Limits {
     pub max_maxrec: u64,
     /// Time limit of a synchronous query, seconds.
     pub sync_timeout_s: u64,
+    /// Largest uploaded table file, bytes.
+    pub upload_max_bytes: u64,
+    /// Most rows of one uploaded table.
+    pub upload_max_rows: u64,
+    /// Whether UPLOAD may name http(s) URLs.
+    pub allow_url_uploads: bool,
 }
 
 impl Default for Limits {
@@ -38,6 +47,9 @@ impl Default for Limits {
             default_maxrec: 100_000,
             max_maxrec: 100_000_000,
             sync_timeout_s: 600,
+            upload_max_bytes: 256 << 20,
+            upload_max_rows: 10_000_000,
+            allow_url_uploads: false,
         }
     }
 }
@@ -91,17 +103,32 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The URL clients reach the service at, when it differs from the Host they send.
     pub public_url: Option<String>,
+    /// Asynchronous (UWS) jobs.
+    pub jobs: Arc<Jobs>,
 }
 
 impl AppState {
-    /// State for `engine` under `limits`.
-    pub fn new(engine: Engine, limits: Limits) -> Self {
-        Self {
-            engine: Arc::new(engine),
-            limits: Arc::new(limits),
+    /// State for `engine` under `limits`, with asynchronous jobs kept in `jobs_dir`.
+    /// Queued jobs start once [`serve`] runs.
+    pub fn new(
+        engine: Engine,
+        limits: Limits,
+        jobs_dir: &std::path::Path,
+        job_config: JobConfig,
+    ) -> Result<Self> {
+        let engine = Arc::new(engine);
+        let limits = Arc::new(limits);
+        let runner = Arc::new(uws::TapRunner {
+            engine: engine.clone(),
+            limits: limits.clone(),
+        });
+        Ok(Self {
+            engine,
+            limits,
             metrics: Arc::new(Metrics::default()),
             public_url: None,
-        }
+            jobs: Jobs::open(jobs_dir, job_config, runner)?,
+        })
     }
 }
 
@@ -110,11 +137,20 @@ async fn health() -> &'static str {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    text.push_str("# HELP meridian_jobs Asynchronous jobs by phase.\n# TYPE meridian_jobs gauge\n");
+    let counts = state.jobs.counts().unwrap_or_default();
+    for phase in Phase::ALL {
+        let n = counts
+            .iter()
+            .find(|(p, _)| *p == phase)
+            .map_or(0, |(_, n)| *n);
+        text.push_str(&format!(
+            "meridian_jobs{{phase=\"{}\"}} {n}\n",
+            phase.as_str()
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Structured request log line and counters.
@@ -155,6 +191,36 @@ pub fn router(state: AppState) -> Router {
         .route("/tap/capabilities", get(vosi::capabilities))
         .route("/tap/tables", get(vosi::tables))
         .route("/tap/tables/{name}", get(vosi::table))
+        .route("/tap/async", get(uws::list).post(uws::create))
+        .route(
+            "/tap/async/{id}",
+            get(uws::job).post(uws::post_job).delete(uws::delete),
+        )
+        .route(
+            "/tap/async/{id}/phase",
+            get(uws::phase).post(uws::post_phase),
+        )
+        .route(
+            "/tap/async/{id}/executionduration",
+            get(uws::execution_duration).post(uws::post_execution_duration),
+        )
+        .route(
+            "/tap/async/{id}/destruction",
+            get(uws::destruction).post(uws::post_destruction),
+        )
+        .route("/tap/async/{id}/quote", get(uws::quote))
+        .route("/tap/async/{id}/owner", get(uws::owner))
+        .route("/tap/async/{id}/error", get(uws::error))
+        .route(
+            "/tap/async/{id}/parameters",
+            get(uws::parameters).post(uws::post_parameters),
+        )
+        .route("/tap/async/{id}/results", get(uws::results))
+        .route("/tap/async/{id}/results/{name}", get(uws::result))
+        // Uploads travel in request bodies: allow the upload limit plus the form around it.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            (state.limits.upload_max_bytes as usize).saturating_add(1 << 20),
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(tower_http::cors::CorsLayer::permissive())
         .with_state(state)
@@ -167,7 +233,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    state.jobs.start();
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

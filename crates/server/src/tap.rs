@@ -15,6 +15,7 @@ use meridian_formats::write::{OutputFormat, ResultWriter, Serialization};
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::params::{DaliRequest, Params};
+use crate::upload;
 
 /// An output format with the media type it is served as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub struct Format {
     pub output: OutputFormat,
     /// The response's Content-Type.
     pub media_type: &'static str,
+    /// File name extension of a stored result.
+    pub extension: &'static str,
 }
 
 /// The output formats: (RESPONSEFORMAT values accepted, format). The first name is the
@@ -39,6 +42,7 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         Format {
             output: OutputFormat::VoTable(Serialization::Binary2),
             media_type: "application/x-votable+xml",
+            extension: "vot",
         },
     ),
     (
@@ -50,6 +54,7 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         Format {
             output: OutputFormat::VoTable(Serialization::TableData),
             media_type: "application/x-votable+xml;serialization=TABLEDATA",
+            extension: "vot",
         },
     ),
     (
@@ -60,6 +65,7 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         Format {
             output: OutputFormat::VoTable(Serialization::Binary),
             media_type: "application/x-votable+xml;serialization=BINARY",
+            extension: "vot",
         },
     ),
     (
@@ -67,6 +73,7 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         Format {
             output: OutputFormat::Csv,
             media_type: "text/csv;header=present",
+            extension: "csv",
         },
     ),
     (
@@ -74,6 +81,7 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         Format {
             output: OutputFormat::Tsv,
             media_type: "text/tab-separated-values",
+            extension: "tsv",
         },
     ),
     (
@@ -81,6 +89,7 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         Format {
             output: OutputFormat::Fits,
             media_type: "application/fits",
+            extension: "fits",
         },
     ),
     (
@@ -88,6 +97,7 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         Format {
             output: OutputFormat::Parquet,
             media_type: "application/vnd.apache.parquet",
+            extension: "parquet",
         },
     ),
     (
@@ -95,6 +105,7 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         Format {
             output: OutputFormat::Json,
             media_type: "application/x-ndjson",
+            extension: "json",
         },
     ),
 ];
@@ -212,25 +223,27 @@ impl Chunks {
 /// (an error document if nothing was sent yet, a broken transfer otherwise).
 pub async fn run_streaming(
     state: &AppState,
+    req: &DaliRequest,
     spec: QuerySpec,
     limit: std::time::Duration,
 ) -> Result<Response> {
     let ends = std::time::Instant::now() + limit;
     tokio::select! {
-        r = start(state, spec, ends, limit.as_secs()) => r,
+        r = start(state, req, spec, ends, limit.as_secs()) => r,
         _ = meridian_engine::deadline(limit) => Err(Error::Timeout(limit.as_secs())),
     }
 }
 
-async fn start(
-    state: &AppState,
-    spec: QuerySpec,
-    ends: std::time::Instant,
-    limit_s: u64,
-) -> Result<Response> {
-    let engine = state.engine.clone();
+/// Plans `spec` on the engine and starts it: the result's schema and its batch stream (one
+/// row past MAXREC, so that the writer can tell whether the limit cut the result).
+pub(crate) async fn plan(
+    engine: &Arc<meridian_engine::Engine>,
+    spec: &QuerySpec,
+) -> Result<(
+    arrow::datatypes::SchemaRef,
+    meridian_engine::RecordBatchStream,
+)> {
     let mut df = engine.query(&spec.query, spec.lang).await?;
-    // One row past MAXREC tells whether the limit cut the result.
     df = df
         .limit(0, Some(spec.maxrec as usize + 1))
         .map_err(meridian_engine::Error::from)?;
@@ -239,7 +252,18 @@ async fn start(
         .await
         .map_err(meridian_engine::Error::from)?;
     let schema = plan.schema();
-    let mut stream = meridian_engine::execute(plan, &engine)?;
+    Ok((schema, meridian_engine::execute(plan, engine)?))
+}
+
+async fn start(
+    state: &AppState,
+    req: &DaliRequest,
+    spec: QuerySpec,
+    ends: std::time::Instant,
+    limit_s: u64,
+) -> Result<Response> {
+    let engine = sync_uploads(state, req).await?;
+    let (schema, mut stream) = plan(&engine, &spec).await?;
     let chunks = Chunks::default();
     let mut writer = ResultWriter::new(spec.format.output, Box::new(chunks.clone()), &schema)?;
     writer.set_maxrec(spec.maxrec);
@@ -303,10 +327,25 @@ async fn start(
         .into_response())
 }
 
+/// The engine for a sync query: with the request's uploads as `TAP_UPLOAD` tables, read
+/// through a temporary directory that is gone when this returns.
+async fn sync_uploads(state: &AppState, req: &DaliRequest) -> Result<Arc<meridian_engine::Engine>> {
+    if req.params.get("UPLOAD").is_none() {
+        return Ok(state.engine.clone());
+    }
+    let dir = tempfile::tempdir().map_err(|e| Error::Usage(format!("upload space: {e}")))?;
+    let mut params = req.params.clone();
+    for (k, v) in upload::store(&req.files, dir.path(), &state.limits)? {
+        params.push(k, v);
+    }
+    let uploads = upload::stored(&params, dir.path(), &state.limits)?;
+    upload::with_uploads(&state.engine, uploads, &state.limits).await
+}
+
 /// `/tap/sync`, GET or POST.
 pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
     let spec = QuerySpec::from_params(&req.params, &state.limits)?;
     tracing::info!(query = %spec.query, maxrec = spec.maxrec, "sync query");
     let limit = std::time::Duration::from_secs(state.limits.sync_timeout_s);
-    run_streaming(&state, spec, limit).await
+    run_streaming(&state, &req, spec, limit).await
 }

@@ -279,6 +279,8 @@ struct Running {
 struct Inner {
     db: Connection,
     running: HashMap<String, Running>,
+    /// Held for the life of the service: one process per job directory.
+    _lock: std::fs::File,
 }
 
 /// The job service.
@@ -349,6 +351,21 @@ impl Jobs {
     pub fn open(dir: &Path, config: JobConfig, runner: Arc<dyn Runner>) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // Two processes on one job directory would each take the other's executing jobs
+        // for interrupted ones: the directory is locked for the life of the service.
+        let lock_path = dir.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Invalid(format!(
+                "the job directory {} is in use by another Meridian process",
+                dir.display()
+            )));
+        }
         let db = Connection::open(dir.join("jobs.sqlite"))?;
         db.busy_timeout(Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
@@ -359,6 +376,7 @@ impl Jobs {
             inner: Mutex::new(Inner {
                 db,
                 running: HashMap::new(),
+                _lock: lock,
             }),
             changed: watch::Sender::new(0),
         });
@@ -850,8 +868,9 @@ impl Jobs {
     }
 }
 
-/// Suffix of files being written; a result is renamed to its final name only when whole.
-pub const PARTIAL_SUFFIX: &str = ".part";
+/// Suffix of files being written (as `meridian_formats` names them); a result is renamed to
+/// its final name only when whole.
+pub const PARTIAL_SUFFIX: &str = ".partial";
 
 fn remove_partial_files(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -287,14 +287,17 @@ async fn destruction_time_is_honoured_by_the_sweeper() {
     assert!(jobs.get(&keep.id).is_ok());
 }
 
-#[tokio::test]
-async fn jobs_survive_a_restart() {
+#[test]
+fn jobs_survive_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let config = JobConfig {
         max_running: 1,
         ..JobConfig::default()
     };
-    let (done_id, running_id, queued_id) = {
+    // The first "process": its runtime is dropped with a job executing and one queued,
+    // so nothing is finished or cleaned up, as after a kill -9.
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let (done_id, running_id, queued_id) = first.block_on(async {
         let (jobs, _) = open(tmp.path(), config.clone());
         let done = jobs.create(new_job("a", &[])).unwrap();
         jobs.run(&done.id).unwrap();
@@ -305,24 +308,42 @@ async fn jobs_survive_a_restart() {
         jobs.run(&running.id).unwrap();
         let queued = jobs.create(new_job("a", &[])).unwrap();
         jobs.run(&queued.id).unwrap();
-        std::fs::write(jobs.job_dir(&running.id).join("result.vot.part"), b"half").unwrap();
+        std::fs::write(
+            jobs.job_dir(&running.id).join(".result.vot.partial"),
+            b"half",
+        )
+        .unwrap();
         assert_eq!(jobs.get(&running.id).unwrap().phase, Phase::Executing);
         assert_eq!(jobs.get(&queued.id).unwrap().phase, Phase::Queued);
-        // The process "dies": nothing is finished or cleaned up.
-        std::mem::forget(jobs);
+        // A second service on the same directory is refused while this one lives.
+        let other = Jobs::open(
+            tmp.path(),
+            JobConfig::default(),
+            Arc::new(Shared(Arc::default())),
+        );
+        assert!(matches!(other, Err(meridian_services::Error::Invalid(_))));
         (done.id, running.id, queued.id)
-    };
-    let (jobs, _) = open(tmp.path(), config);
-    assert_eq!(jobs.get(&done_id).unwrap().phase, Phase::Completed);
-    let cut = jobs.get(&running_id).unwrap();
-    assert_eq!(cut.phase, Phase::Error);
-    assert!(cut.error.unwrap().message.contains("service stopped"));
-    assert!(!jobs.job_dir(&running_id).join("result.vot.part").exists());
-    let requeued = jobs
-        .wait(&queued_id, None, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(requeued.phase, Phase::Completed);
+    });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let (jobs, _) = open(tmp.path(), config);
+        assert_eq!(jobs.get(&done_id).unwrap().phase, Phase::Completed);
+        let cut = jobs.get(&running_id).unwrap();
+        assert_eq!(cut.phase, Phase::Error);
+        assert!(cut.error.unwrap().message.contains("service stopped"));
+        assert!(
+            !jobs
+                .job_dir(&running_id)
+                .join(".result.vot.partial")
+                .exists()
+        );
+        let requeued = jobs
+            .wait(&queued_id, None, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(requeued.phase, Phase::Completed);
+    });
 }
 
 #[test]

@@ -1,0 +1,191 @@
+//! TAP table uploads (`UPLOAD=name,param:part`): inline multipart tables as VOTable (any
+//! serialization), CSV, TSV, FITS or Parquet, read into memory under the service's size
+//! and row limits and queryable as `TAP_UPLOAD.name` for the one query.
+//!
+//! Each uploaded part is first written to a file (in the job's directory for async jobs,
+//! in a temporary directory for sync queries), so that both paths read uploads the same
+//! way and an async job can run again after a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use datafusion::datasource::{MemTable, TableProvider};
+use meridian_engine::Engine;
+
+use crate::Limits;
+use crate::error::{Error, Result};
+use crate::params::Params;
+
+/// Value prefix of a job parameter whose content is an uploaded file kept with the job.
+pub const STORED_PREFIX: &str = "stored:";
+
+/// The schema upload tables are reached in.
+pub const SCHEMA: &str = "TAP_UPLOAD";
+
+/// File name extension for the table format `data` starts with.
+fn sniff(data: &[u8]) -> &'static str {
+    let head = &data[..data.len().min(512)];
+    let text = String::from_utf8_lossy(head);
+    let t = text.trim_start_matches('\u{feff}').trim_start();
+    if head.starts_with(b"PAR1") {
+        "parquet"
+    } else if head.starts_with(b"SIMPLE  =") {
+        "fits"
+    } else if t.starts_with('<') {
+        "vot"
+    } else if t.lines().next().is_some_and(|l| l.contains('\t')) {
+        "tsv"
+    } else {
+        "csv"
+    }
+}
+
+/// Writes the file parts of a request into `dir` and returns the parameters that refer to
+/// them (part name, `stored:<file>`).
+pub fn store(
+    files: &[(String, Option<String>, Bytes)],
+    dir: &Path,
+    limits: &Limits,
+) -> Result<Vec<(String, String)>> {
+    let mut refs = Vec::new();
+    for (part, _, data) in files {
+        if data.len() as u64 > limits.upload_max_bytes {
+            return Err(Error::Usage(format!(
+                "upload '{part}' is {} bytes, over the limit of {} bytes",
+                data.len(),
+                limits.upload_max_bytes
+            )));
+        }
+        let safe: String = part
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let file = format!("upload-{safe}.{}", sniff(data));
+        let tmp = dir.join(format!(".{file}.partial"));
+        std::fs::write(&tmp, data)
+            .and_then(|_| std::fs::rename(&tmp, dir.join(&file)))
+            .map_err(|e| Error::Usage(format!("storing upload '{part}': {e}")))?;
+        refs.push((part.clone(), format!("{STORED_PREFIX}{file}")));
+    }
+    Ok(refs)
+}
+
+/// One table to upload: the name it is queried by and where its content is.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Table name in `TAP_UPLOAD`.
+    pub name: String,
+    /// File holding the table.
+    pub path: PathBuf,
+}
+
+/// Reads the UPLOAD parameter: each `name,param:part` entry names a stored part.
+pub fn stored(params: &Params, dir: &Path, limits: &Limits) -> Result<Vec<Upload>> {
+    let mut out: Vec<Upload> = Vec::new();
+    for value in params.all("UPLOAD") {
+        for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, uri) = entry.split_once(',').ok_or_else(|| {
+                Error::Usage(format!(
+                    "UPLOAD '{entry}' must be 'table_name,URI' (for example t1,param:t1)"
+                ))
+            })?;
+            let (name, uri) = (name.trim(), uri.trim());
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(Error::Usage(format!(
+                    "UPLOAD table name '{name}' is not an ADQL identifier (a letter, then \
+                     letters, digits or _)"
+                )));
+            }
+            if out.iter().any(|u| u.name.eq_ignore_ascii_case(name)) {
+                return Err(Error::Usage(format!("UPLOAD names table '{name}' twice")));
+            }
+            let path = if let Some(part) = uri.strip_prefix("param:") {
+                let file = params
+                    .get(part)
+                    .and_then(|v| v.strip_prefix(STORED_PREFIX))
+                    .ok_or_else(|| {
+                        Error::Usage(format!(
+                            "UPLOAD '{name}' refers to param:{part}, but the request has no \
+                             file part named '{part}'"
+                        ))
+                    })?;
+                dir.join(file)
+            } else if uri.starts_with("http://") || uri.starts_with("https://") {
+                return Err(Error::Usage(if limits.allow_url_uploads {
+                    format!(
+                        "UPLOAD '{name}': fetching tables from URLs is not available in this \
+                         build; send the table inline (UPLOAD={name},param:{name} with a \
+                         multipart part '{name}')"
+                    )
+                } else {
+                    format!(
+                        "UPLOAD '{name}': uploads by URL are disabled on this service; send \
+                         the table inline (UPLOAD={name},param:{name} with a multipart part \
+                         '{name}')"
+                    )
+                }));
+            } else {
+                return Err(Error::Usage(format!(
+                    "UPLOAD '{name}': URI '{uri}' is not supported; use param:<part name>"
+                )));
+            };
+            out.push(Upload {
+                name: name.to_string(),
+                path,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one uploaded table into memory, within the row limit.
+fn read(upload: &Upload, limits: &Limits) -> Result<Arc<dyn TableProvider>> {
+    let bad = |e: meridian_formats::Error| {
+        Error::Usage(format!("UPLOAD '{}' cannot be read: {e}", upload.name))
+    };
+    let reader = meridian_formats::open(&upload.path, &meridian_formats::ReadOptions::default())
+        .map_err(bad)?;
+    let schema = reader.schema();
+    let mut batches = Vec::new();
+    let mut rows = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(bad)?;
+        rows += batch.num_rows() as u64;
+        if rows > limits.upload_max_rows {
+            return Err(Error::Usage(format!(
+                "UPLOAD '{}' has more than {} rows, the service's limit",
+                upload.name, limits.upload_max_rows
+            )));
+        }
+        batches.push(batch);
+    }
+    let table = MemTable::try_new(schema, vec![batches])
+        .map_err(|e| Error::Usage(format!("UPLOAD '{}' cannot be used: {e}", upload.name)))?;
+    Ok(Arc::new(table))
+}
+
+/// The engine to run a query on: `engine` itself without uploads, else an engine with
+/// the uploaded tables as `TAP_UPLOAD.<name>`.
+pub async fn with_uploads(
+    engine: &Arc<Engine>,
+    uploads: Vec<Upload>,
+    limits: &Limits,
+) -> Result<Arc<Engine>> {
+    if uploads.is_empty() {
+        return Ok(engine.clone());
+    }
+    let mut tables = Vec::new();
+    for u in uploads {
+        tracing::info!(table = %u.name, "reading upload");
+        // Reading is blocking file work: keep it off the request threads.
+        let (upload, limits) = (u.clone(), limits.clone());
+        let table = tokio::task::spawn_blocking(move || read(&upload, &limits))
+            .await
+            .map_err(|e| Error::Usage(format!("reading upload '{}': {e}", u.name)))??;
+        tables.push((SCHEMA.to_string(), u.name, table));
+    }
+    Ok(Arc::new(engine.with_tables(tables)?))
+}

@@ -1,0 +1,606 @@
+//! TAP asynchronous queries: the UWS 1.1 REST binding of [`meridian_services::jobs`] at
+//! `/tap/async`, and the runner that executes a TAP job into a result file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use meridian_formats::write::{ResultWriter, xml_escape};
+use meridian_services::jobs::{
+    ErrorSummary, Job, JobResult, ListFilter, NewJob, Phase, Runner, format_time, parse_time,
+};
+
+use crate::AppState;
+use crate::error::{Error, Result, error_votable};
+use crate::params::{DaliRequest, Params};
+use crate::tap::{QuerySpec, plan};
+use crate::upload;
+use crate::vosi::base_url;
+
+const UWS_NS: &str = "xmlns:uws=\"http://www.ivoa.net/xml/UWS/v1.0\" \
+     xmlns:xlink=\"http://www.w3.org/1999/xlink\" \
+     xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"";
+
+/// Parameters that steer the job itself rather than being job parameters.
+const CONTROL: &[&str] = &["PHASE", "ACTION", "RUNID", "WAIT"];
+
+/// Executes TAP jobs: the query of the job's parameters, its uploads from the job's
+/// directory, the result written to `result.<ext>` there (through a temporary file).
+pub struct TapRunner {
+    /// The engine queries run on.
+    pub engine: Arc<meridian_engine::Engine>,
+    /// Row limits.
+    pub limits: Arc<crate::Limits>,
+}
+
+impl Runner for TapRunner {
+    fn run(
+        &self,
+        job: Job,
+        dir: PathBuf,
+    ) -> BoxFuture<'static, Result<Vec<JobResult>, ErrorSummary>> {
+        let engine = self.engine.clone();
+        let limits = self.limits.clone();
+        async move {
+            run_query(&engine, &limits, &job, &dir)
+                .await
+                .map_err(|e| match e {
+                    Error::Timeout(_) => ErrorSummary::transient(e.to_string()),
+                    e if e.status().is_server_error() => ErrorSummary::transient(e.to_string()),
+                    e => ErrorSummary::fatal(e.to_string()),
+                })
+        }
+        .boxed()
+    }
+}
+
+async fn run_query(
+    engine: &Arc<meridian_engine::Engine>,
+    limits: &crate::Limits,
+    job: &Job,
+    dir: &std::path::Path,
+) -> Result<Vec<JobResult>> {
+    let params = Params::from_pairs(job.parameters.clone());
+    let spec = QuerySpec::from_params(&params, limits)?;
+    let uploads = upload::stored(&params, dir, limits)?;
+    let engine = upload::with_uploads(engine, uploads, limits).await?;
+    let (schema, mut stream) = plan(&engine, &spec).await?;
+    let file = format!("result.{}", spec.format.extension);
+    let path = dir.join(&file);
+    let mut writer = ResultWriter::create(spec.format.output, &path, &schema)?;
+    writer.set_maxrec(spec.maxrec);
+    while let Some(batch) = stream.next().await {
+        writer.write(&batch?)?;
+        if writer.rows() >= spec.maxrec && writer.overflowed() {
+            break;
+        }
+    }
+    writer.finish()?;
+    let size_bytes = std::fs::metadata(&path)
+        .map_err(|e| Error::Usage(format!("result file: {e}")))?
+        .len();
+    Ok(vec![JobResult {
+        id: "result".into(),
+        file,
+        mime_type: spec.format.media_type.to_string(),
+        size_bytes,
+    }])
+}
+
+fn jobs_url(state: &AppState, headers: &HeaderMap) -> String {
+    format!("{}/tap/async", base_url(state, headers))
+}
+
+fn see_other(location: String) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn xml(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+fn jobs_of(state: &AppState) -> &Arc<meridian_services::jobs::Jobs> {
+    &state.jobs
+}
+
+/// The UWS `job` document.
+fn job_xml(job: &Job, url: &str) -> String {
+    let mut o = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    o += &format!("<uws:job {UWS_NS} version=\"1.1\">\n");
+    o += &format!("  <uws:jobId>{}</uws:jobId>\n", xml_escape(&job.id));
+    if let Some(r) = &job.run_id {
+        o += &format!("  <uws:runId>{}</uws:runId>\n", xml_escape(r));
+    }
+    match &job.owner {
+        Some(owner) => o += &format!("  <uws:ownerId>{}</uws:ownerId>\n", xml_escape(owner)),
+        None => o += "  <uws:ownerId xsi:nil=\"true\"/>\n",
+    }
+    o += &format!("  <uws:phase>{}</uws:phase>\n", job.phase.as_str());
+    o += "  <uws:quote xsi:nil=\"true\"/>\n";
+    o += &format!(
+        "  <uws:creationTime>{}</uws:creationTime>\n",
+        format_time(job.creation_ms)
+    );
+    for (name, t) in [("startTime", job.start_ms), ("endTime", job.end_ms)] {
+        match t {
+            Some(t) => o += &format!("  <uws:{name}>{}</uws:{name}>\n", format_time(t)),
+            None => o += &format!("  <uws:{name} xsi:nil=\"true\"/>\n"),
+        }
+    }
+    o += &format!(
+        "  <uws:executionDuration>{}</uws:executionDuration>\n",
+        job.execution_duration_s
+    );
+    o += &format!(
+        "  <uws:destruction>{}</uws:destruction>\n",
+        format_time(job.destruction_ms)
+    );
+    o += &parameters_xml(job, false);
+    o += &results_xml(job, url, false);
+    if let Some(e) = &job.error {
+        o += &format!(
+            "  <uws:errorSummary type=\"{}\" hasDetail=\"true\">\n    <uws:message>{}</uws:message>\n  </uws:errorSummary>\n",
+            match e.kind {
+                meridian_services::jobs::ErrorKind::Fatal => "fatal",
+                meridian_services::jobs::ErrorKind::Transient => "transient",
+            },
+            xml_escape(&e.message)
+        );
+    }
+    o += "</uws:job>\n";
+    o
+}
+
+fn parameters_xml(job: &Job, standalone: bool) -> String {
+    let mut o = String::new();
+    if standalone {
+        o += &format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:parameters {UWS_NS}>\n");
+    } else {
+        o += "  <uws:parameters>\n";
+    }
+    for (k, v) in &job.parameters {
+        match v.strip_prefix(upload::STORED_PREFIX) {
+            // An inline upload's content lives in the job's directory.
+            Some(file) => {
+                o += &format!(
+                    "    <uws:parameter id=\"{}\" byReference=\"true\">{}</uws:parameter>\n",
+                    xml_escape(k),
+                    xml_escape(file)
+                )
+            }
+            None => {
+                o += &format!(
+                    "    <uws:parameter id=\"{}\">{}</uws:parameter>\n",
+                    xml_escape(&k.to_ascii_lowercase()),
+                    xml_escape(v)
+                )
+            }
+        }
+    }
+    o += if standalone {
+        "</uws:parameters>\n"
+    } else {
+        "  </uws:parameters>\n"
+    };
+    o
+}
+
+fn results_xml(job: &Job, url: &str, standalone: bool) -> String {
+    let mut o = String::new();
+    if standalone {
+        o += &format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:results {UWS_NS}>\n");
+    } else {
+        o += "  <uws:results>\n";
+    }
+    if job.phase == Phase::Completed {
+        for r in &job.results {
+            o += &format!(
+                "    <uws:result id=\"{}\" xlink:type=\"simple\" xlink:href=\"{}/{}/results/{}\" size=\"{}\" mime-type=\"{}\"/>\n",
+                xml_escape(&r.id),
+                xml_escape(url),
+                xml_escape(&job.id),
+                xml_escape(&r.id),
+                r.size_bytes,
+                xml_escape(&r.mime_type)
+            );
+        }
+    }
+    o += if standalone {
+        "</uws:results>\n"
+    } else {
+        "  </uws:results>\n"
+    };
+    o
+}
+
+/// `GET /tap/async`: the job list, filtered by PHASE (repeatable), AFTER and LAST.
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    let mut filter = ListFilter::default();
+    for v in req.params.all("PHASE") {
+        filter.phases.push(
+            Phase::parse(v)
+                .ok_or_else(|| Error::Usage(format!("PHASE '{v}' is not a UWS phase")))?,
+        );
+    }
+    if let Some(a) = req.params.get("AFTER") {
+        filter.after_ms = Some(
+            parse_time(a)
+                .ok_or_else(|| Error::Usage(format!("AFTER '{a}' is not an ISO 8601 time")))?,
+        );
+    }
+    if let Some(n) = req.params.get("LAST") {
+        filter.last = Some(
+            n.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| Error::Usage(format!("LAST '{n}' is not a positive integer")))?,
+        );
+    }
+    let url = jobs_url(&state, &headers);
+    let mut o = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:jobs {UWS_NS} version=\"1.1\">\n"
+    );
+    for job in jobs_of(&state).list(&filter)? {
+        o += &format!(
+            "  <uws:jobref id=\"{id}\" xlink:type=\"simple\" xlink:href=\"{url}/{id}\">\n    <uws:phase>{}</uws:phase>\n",
+            job.phase.as_str(),
+            id = xml_escape(&job.id),
+            url = xml_escape(&url),
+        );
+        if let Some(r) = &job.run_id {
+            o += &format!("    <uws:runId>{}</uws:runId>\n", xml_escape(r));
+        }
+        match &job.owner {
+            Some(owner) => o += &format!("    <uws:ownerId>{}</uws:ownerId>\n", xml_escape(owner)),
+            None => o += "    <uws:ownerId xsi:nil=\"true\"/>\n",
+        }
+        o += &format!(
+            "    <uws:creationTime>{}</uws:creationTime>\n  </uws:jobref>\n",
+            format_time(job.creation_ms)
+        );
+    }
+    o += "</uws:jobs>\n";
+    Ok(xml(o))
+}
+
+/// `POST /tap/async`: creates a job from the request's parameters and inline uploads,
+/// queues it at once with PHASE=RUN, and redirects to it.
+pub async fn create(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    let jobs = jobs_of(&state);
+    let run = match req.params.get("PHASE") {
+        None => false,
+        Some(p) if p.eq_ignore_ascii_case("RUN") => true,
+        Some(p) => {
+            return Err(Error::Usage(format!(
+                "PHASE '{p}' cannot be given when creating a job; use RUN or leave it out"
+            )));
+        }
+    };
+    let parameters: Vec<(String, String)> = req
+        .params
+        .pairs()
+        .iter()
+        .filter(|(k, _)| !CONTROL.iter().any(|c| c.eq_ignore_ascii_case(k)))
+        .cloned()
+        .collect();
+    let job = jobs.create(NewJob {
+        run_id: req.params.get("RUNID").map(str::to_string),
+        owner: None,
+        client: peer.ip().to_string(),
+        parameters,
+    })?;
+    // Inline uploads are kept with the job, so that it can run (again) after a restart.
+    let stored = upload::store(&req.files, &jobs.job_dir(&job.id), &state.limits);
+    match stored {
+        Ok(refs) if !refs.is_empty() => {
+            jobs.set_parameters(&job.id, &refs)?;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let _ = jobs.delete(&job.id);
+            return Err(e);
+        }
+    }
+    tracing::info!(job = %job.id, run, "job created");
+    if run {
+        jobs.run(&job.id)?;
+    }
+    Ok(see_other(format!(
+        "{}/{}",
+        jobs_url(&state, &headers),
+        job.id
+    )))
+}
+
+/// `GET /tap/async/{id}`: the job, after a blocking WAIT when asked.
+pub async fn job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    let jobs = jobs_of(&state);
+    let job = match req.params.get("WAIT") {
+        None => jobs.get(&id)?,
+        Some(w) => {
+            let secs: i64 = w
+                .trim()
+                .parse()
+                .map_err(|_| Error::Usage(format!("WAIT '{w}' is not an integer")))?;
+            let phase = match req.params.get("PHASE") {
+                Some(p) => Some(
+                    Phase::parse(p)
+                        .ok_or_else(|| Error::Usage(format!("PHASE '{p}' is not a UWS phase")))?,
+                ),
+                None => None,
+            };
+            // WAIT=-1 waits as long as the service allows.
+            let timeout = if secs < 0 {
+                Duration::MAX
+            } else {
+                Duration::from_secs(secs as u64)
+            };
+            jobs.wait(&id, phase, timeout).await?
+        }
+    };
+    Ok(xml(job_xml(&job, &jobs_url(&state, &headers))))
+}
+
+/// `POST /tap/async/{id}`: ACTION=DELETE destroys the job; PHASE, DESTRUCTION and
+/// EXECUTIONDURATION act as on their own resources; other parameters update a PENDING job.
+pub async fn post_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    let jobs = jobs_of(&state);
+    let url = jobs_url(&state, &headers);
+    if let Some(a) = req.params.get("ACTION") {
+        if a.eq_ignore_ascii_case("DELETE") {
+            jobs.delete(&id)?;
+            return Ok(see_other(url));
+        }
+        return Err(Error::Usage(format!(
+            "ACTION '{a}' is not supported; use ACTION=DELETE"
+        )));
+    }
+    jobs.get(&id)?;
+    let mut updates = Vec::new();
+    for (k, v) in req.params.pairs() {
+        match k.to_ascii_uppercase().as_str() {
+            "PHASE" => change_phase(&state, &id, v)?,
+            "DESTRUCTION" => set_destruction(&state, &id, v)?,
+            "EXECUTIONDURATION" => set_duration(&state, &id, v)?,
+            "RUNID" | "WAIT" => {}
+            _ => updates.push((k.clone(), v.clone())),
+        }
+    }
+    if !updates.is_empty() {
+        jobs.set_parameters(&id, &updates)?;
+    }
+    Ok(see_other(format!("{url}/{id}")))
+}
+
+/// `DELETE /tap/async/{id}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    jobs_of(&state).delete(&id)?;
+    Ok(see_other(jobs_url(&state, &headers)))
+}
+
+fn change_phase(state: &AppState, id: &str, phase: &str) -> Result<()> {
+    let jobs = jobs_of(state);
+    match phase.trim().to_ascii_uppercase().as_str() {
+        "RUN" => jobs.run(id).map(drop)?,
+        "ABORT" => jobs.abort(id).map(drop)?,
+        other => {
+            return Err(Error::Usage(format!(
+                "PHASE '{other}' cannot be requested; use RUN or ABORT"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn set_destruction(state: &AppState, id: &str, value: &str) -> Result<()> {
+    let at = parse_time(value)
+        .ok_or_else(|| Error::Usage(format!("DESTRUCTION '{value}' is not an ISO 8601 time")))?;
+    jobs_of(state).set_destruction(id, at)?;
+    Ok(())
+}
+
+fn set_duration(state: &AppState, id: &str, value: &str) -> Result<()> {
+    let s = value.trim().parse::<u64>().map_err(|_| {
+        Error::Usage(format!(
+            "EXECUTIONDURATION '{value}' is not a whole number of seconds"
+        ))
+    })?;
+    jobs_of(state).set_execution_duration(id, s)?;
+    Ok(())
+}
+
+/// `GET /tap/async/{id}/phase`.
+pub async fn phase(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    Ok(text(jobs_of(&state).get(&id)?.phase.as_str().to_string()))
+}
+
+/// `POST /tap/async/{id}/phase`: PHASE=RUN or PHASE=ABORT.
+pub async fn post_phase(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    change_phase(&state, &id, req.params.required("PHASE")?)?;
+    Ok(see_other(format!("{}/{id}", jobs_url(&state, &headers))))
+}
+
+/// `GET /tap/async/{id}/executionduration`.
+pub async fn execution_duration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    Ok(text(
+        jobs_of(&state).get(&id)?.execution_duration_s.to_string(),
+    ))
+}
+
+/// `POST /tap/async/{id}/executionduration`.
+pub async fn post_execution_duration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    set_duration(&state, &id, req.params.required("EXECUTIONDURATION")?)?;
+    Ok(see_other(format!("{}/{id}", jobs_url(&state, &headers))))
+}
+
+/// `GET /tap/async/{id}/destruction`.
+pub async fn destruction(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    Ok(text(format_time(jobs_of(&state).get(&id)?.destruction_ms)))
+}
+
+/// `POST /tap/async/{id}/destruction`.
+pub async fn post_destruction(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    set_destruction(&state, &id, req.params.required("DESTRUCTION")?)?;
+    Ok(see_other(format!("{}/{id}", jobs_url(&state, &headers))))
+}
+
+/// `GET /tap/async/{id}/quote`: the service does not predict completion times, so the
+/// quote is empty (UWS: "don't know").
+pub async fn quote(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    jobs_of(&state).get(&id)?;
+    Ok(text(String::new()))
+}
+
+/// `GET /tap/async/{id}/owner`: empty for an anonymous job.
+pub async fn owner(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    Ok(text(jobs_of(&state).get(&id)?.owner.unwrap_or_default()))
+}
+
+/// `GET /tap/async/{id}/error`: the DALI error document of a failed job.
+pub async fn error(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    let job = jobs_of(&state).get(&id)?;
+    let message = match (&job.error, job.phase) {
+        (Some(e), _) => e.message.clone(),
+        (None, Phase::Aborted) => "the job was aborted".to_string(),
+        _ => {
+            return Err(Error::NotFound(format!(
+                "job {id} is {} and has no error",
+                job.phase.as_str()
+            )));
+        }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-votable+xml")],
+        error_votable(&message),
+    )
+        .into_response())
+}
+
+/// `GET /tap/async/{id}/parameters`.
+pub async fn parameters(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    Ok(xml(parameters_xml(&jobs_of(&state).get(&id)?, true)))
+}
+
+/// `POST /tap/async/{id}/parameters`: updates a PENDING job's parameters.
+pub async fn post_parameters(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    let jobs = jobs_of(&state);
+    let pairs: Vec<(String, String)> = req
+        .params
+        .pairs()
+        .iter()
+        .filter(|(k, _)| !CONTROL.iter().any(|c| c.eq_ignore_ascii_case(k)))
+        .cloned()
+        .collect();
+    jobs.set_parameters(&id, &pairs)?;
+    if !req.files.is_empty() {
+        let refs = upload::store(&req.files, &jobs.job_dir(&id), &state.limits)?;
+        jobs.set_parameters(&id, &refs)?;
+    }
+    Ok(see_other(format!("{}/{id}", jobs_url(&state, &headers))))
+}
+
+/// `GET /tap/async/{id}/results`.
+pub async fn results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let job = jobs_of(&state).get(&id)?;
+    Ok(xml(results_xml(&job, &jobs_url(&state, &headers), true)))
+}
+
+/// `GET /tap/async/{id}/results/{name}`: the result file, streamed from disk.
+pub async fn result(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response> {
+    let jobs = jobs_of(&state);
+    let job = jobs.get(&id)?;
+    let r = job
+        .results
+        .iter()
+        .find(|r| r.id == name)
+        .filter(|_| job.phase == Phase::Completed)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "job {id} ({}) has no result '{name}'",
+                job.phase.as_str()
+            ))
+        })?;
+    let path = jobs.job_dir(&id).join(&r.file);
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Error::NotFound(format!("result '{name}' of job {id}: {e}")))?;
+    let len = file.metadata().await.map(|m| m.len()).ok();
+    state.metrics.add_bytes_out(len.unwrap_or(0));
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+    let mut response = ([(header::CONTENT_TYPE, r.mime_type.clone())], body).into_response();
+    if let Some(len) = len {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, len.into());
+    }
+    Ok(response)
+}
