@@ -16,7 +16,7 @@ mod validate;
 
 pub use error::{Error, Result, Span};
 pub use functions::{FunctionRegistry, FunctionSig};
-pub use parser::parse_query;
+pub use parser::{is_reserved, parse_query};
 pub use validate::validate;
 
 /// Parses and validates an ADQL query against `functions`.
@@ -24,4 +24,18 @@ pub fn parse(text: &str, functions: &FunctionRegistry) -> Result<ast::Query> {
     let q = parse_query(text)?;
     validate(&q, functions)?;
     Ok(q)
+}
+
+/// `name` as it is written in ADQL: as is when it is a regular identifier (a letter, then
+/// letters, digits and underscores, not a reserved word), else delimited with double
+/// quotes (`"_healpix_29"`, `"size"`).
+pub fn identifier(name: &str) -> String {
+    let regular = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !is_reserved(name);
+    if regular {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
 }

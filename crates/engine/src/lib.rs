@@ -19,6 +19,7 @@ pub use codec::{MeridianCodec, plan_from_bytes, plan_to_bytes};
 pub use deadline::deadline;
 pub use engine::{Engine, Lang, ScanReport, XMatchSpec, functions, id_column};
 pub use error::{Error, Result};
+pub use meridian_adql::identifier as adql_identifier;
 pub use session::{EngineConfig, build_session};
 pub use xmatch::Mode as XMatchMode;
 

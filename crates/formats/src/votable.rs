@@ -98,6 +98,8 @@ struct VoField {
     arraysize: Option<Option<usize>>,
     null: Option<String>,
     meta: ColumnMeta,
+    /// DALI xtype (timestamp, point, circle, polygon...), kept so that it is written back.
+    xtype: Option<String>,
     /// Not representable in Arrow here (bit, complex): read and dropped.
     skipped: bool,
 }
@@ -358,6 +360,7 @@ impl VoTableReader {
                                     utype: attr(e, b"utype"),
                                     description: None,
                                 },
+                                xtype: attr(e, b"xtype").filter(|x| !x.is_empty()),
                                 skipped,
                             };
                             if empty {
@@ -435,7 +438,17 @@ impl VoTableReader {
         let arrow_fields: Vec<Field> = fields
             .iter()
             .filter(|f| !f.skipped)
-            .map(|f| f.meta.merge_into(&Field::new(&f.name, f.data_type(), true)))
+            .map(|f| {
+                let field = f.meta.merge_into(&Field::new(&f.name, f.data_type(), true));
+                match &f.xtype {
+                    Some(x) => {
+                        let mut m = field.metadata().clone();
+                        m.insert("xtype".to_string(), x.clone());
+                        field.with_metadata(m)
+                    }
+                    None => field,
+                }
+            })
             .collect();
         for f in fields.iter().filter(|f| f.skipped) {
             tracing::warn!(file = %path.display(), column = %f.name, "skipping VOTable column of unsupported datatype");

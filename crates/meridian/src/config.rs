@@ -107,6 +107,8 @@ pub struct ServerConfig {
     pub upload_max_rows: u64,
     /// Whether UPLOAD may name http(s) URLs.
     pub allow_url_uploads: bool,
+    /// Whether URL uploads may read from loopback and private networks.
+    pub url_uploads_allow_private: bool,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +123,7 @@ impl Default for ServerConfig {
             upload_max_mib: d.upload_max_bytes >> 20,
             upload_max_rows: d.upload_max_rows,
             allow_url_uploads: d.allow_url_uploads,
+            url_uploads_allow_private: d.url_uploads_allow_private,
         }
     }
 }

@@ -909,6 +909,7 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
             upload_max_bytes: s.upload_max_mib << 20,
             upload_max_rows: s.upload_max_rows,
             allow_url_uploads: s.allow_url_uploads,
+            url_uploads_allow_private: s.url_uploads_allow_private,
         },
         &config.jobs_dir(),
         config.jobs.to_services(),

@@ -3,6 +3,8 @@
 //! ([`error`]).
 
 pub mod error;
+pub mod examples;
+pub mod metadata;
 pub mod params;
 pub mod tap;
 pub mod upload;
@@ -39,6 +41,9 @@ pub struct Limits {
     pub upload_max_rows: u64,
     /// Whether UPLOAD may name http(s) URLs.
     pub allow_url_uploads: bool,
+    /// Whether URL uploads may read from loopback and private networks (off: the service
+    /// cannot be used to reach what sits behind its firewall).
+    pub url_uploads_allow_private: bool,
 }
 
 impl Default for Limits {
@@ -50,6 +55,7 @@ impl Default for Limits {
             upload_max_bytes: 256 << 20,
             upload_max_rows: 10_000_000,
             allow_url_uploads: false,
+            url_uploads_allow_private: false,
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Asynchronous (UWS) jobs.
     pub jobs: Arc<Jobs>,
+    /// Table metadata (VOSI, TAP_SCHEMA).
+    pub model: Arc<Vec<metadata::SchemaMeta>>,
 }
 
 impl AppState {
@@ -116,6 +124,9 @@ impl AppState {
         jobs_dir: &std::path::Path,
         job_config: JobConfig,
     ) -> Result<Self> {
+        let mut engine = engine;
+        let model = metadata::model(&engine);
+        metadata::register_tap_schema(&mut engine, &model)?;
         let engine = Arc::new(engine);
         let limits = Arc::new(limits);
         let runner = Arc::new(uws::TapRunner {
@@ -128,6 +139,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             public_url: None,
             jobs: Jobs::open(jobs_dir, job_config, runner)?,
+            model: Arc::new(model),
         })
     }
 }
@@ -162,7 +174,11 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(
+        header::SERVER,
+        header::HeaderValue::from_static(concat!("Meridian/", env!("CARGO_PKG_VERSION"))),
+    );
     let elapsed = start.elapsed();
     let m = &state.metrics;
     m.requests.fetch_add(1, Ordering::Relaxed);
@@ -191,6 +207,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tap/capabilities", get(vosi::capabilities))
         .route("/tap/tables", get(vosi::tables))
         .route("/tap/tables/{name}", get(vosi::table))
+        .route("/tap/examples", get(examples::examples_document))
         .route("/tap/async", get(uws::list).post(uws::create))
         .route(
             "/tap/async/{id}",

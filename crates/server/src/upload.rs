@@ -71,13 +71,22 @@ pub fn store(
     Ok(refs)
 }
 
+/// Where an uploaded table's content is.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file (an inline part, stored).
+    File(PathBuf),
+    /// An http(s) URL the service fetches.
+    Url(String),
+}
+
 /// One table to upload: the name it is queried by and where its content is.
 #[derive(Debug, Clone)]
 pub struct Upload {
     /// Table name in `TAP_UPLOAD`.
     pub name: String,
-    /// File holding the table.
-    pub path: PathBuf,
+    /// Its content.
+    pub source: Source,
 }
 
 /// Reads the UPLOAD parameter: each `name,param:part` entry names a stored part.
@@ -102,7 +111,7 @@ pub fn stored(params: &Params, dir: &Path, limits: &Limits) -> Result<Vec<Upload
             if out.iter().any(|u| u.name.eq_ignore_ascii_case(name)) {
                 return Err(Error::Usage(format!("UPLOAD names table '{name}' twice")));
             }
-            let path = if let Some(part) = uri.strip_prefix("param:") {
+            let source = if let Some(part) = uri.strip_prefix("param:") {
                 let file = params
                     .get(part)
                     .and_then(|v| v.strip_prefix(STORED_PREFIX))
@@ -112,21 +121,16 @@ pub fn stored(params: &Params, dir: &Path, limits: &Limits) -> Result<Vec<Upload
                              file part named '{part}'"
                         ))
                     })?;
-                dir.join(file)
+                Source::File(dir.join(file))
             } else if uri.starts_with("http://") || uri.starts_with("https://") {
-                return Err(Error::Usage(if limits.allow_url_uploads {
-                    format!(
-                        "UPLOAD '{name}': fetching tables from URLs is not available in this \
-                         build; send the table inline (UPLOAD={name},param:{name} with a \
-                         multipart part '{name}')"
-                    )
-                } else {
-                    format!(
+                if !limits.allow_url_uploads {
+                    return Err(Error::Usage(format!(
                         "UPLOAD '{name}': uploads by URL are disabled on this service; send \
                          the table inline (UPLOAD={name},param:{name} with a multipart part \
                          '{name}')"
-                    )
-                }));
+                    )));
+                }
+                Source::Url(uri.to_string())
             } else {
                 return Err(Error::Usage(format!(
                     "UPLOAD '{name}': URI '{uri}' is not supported; use param:<part name>"
@@ -134,11 +138,87 @@ pub fn stored(params: &Params, dir: &Path, limits: &Limits) -> Result<Vec<Upload
             };
             out.push(Upload {
                 name: name.to_string(),
-                path,
+                source,
             });
         }
     }
     Ok(out)
+}
+
+/// Whether the service may fetch from `ip`: not itself, not a private network, unless
+/// allowed (an open service must not become a proxy into the network it sits in).
+fn public_address(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| !public_address(v4.into())))
+        }
+    }
+}
+
+/// Fetches an http(s) upload into a temporary file, within the size limit.
+fn fetch(name: &str, url: &str, limits: &Limits) -> Result<tempfile::TempPath> {
+    let fail = |what: String| Error::Usage(format!("UPLOAD '{name}' from {url}: {what}"));
+    let uri: axum::http::Uri = url.parse().map_err(|e| fail(format!("not a URL: {e}")))?;
+    let host = uri.host().ok_or_else(|| fail("no host".into()))?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = (host.trim_matches(|c| c == '[' || c == ']'), port)
+        .to_socket_addrs()
+        .map_err(|e| fail(format!("cannot resolve the host: {e}")))?
+        .collect();
+    if !limits.url_uploads_allow_private && addrs.iter().any(|a| !public_address(a.ip())) {
+        return Err(fail(
+            "the host is this machine or a private network, which uploads may not read".into(),
+        ));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .max_redirects(0)
+        .build()
+        .into();
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|e| fail(format!("request failed: {e}")))?;
+    let data = response
+        .into_body()
+        .with_config()
+        .limit(limits.upload_max_bytes)
+        .read_to_vec()
+        .map_err(|e| {
+            fail(format!(
+                "reading the table (limit {} bytes): {e}",
+                limits.upload_max_bytes
+            ))
+        })?;
+    let file = tempfile::Builder::new()
+        .prefix("meridian-upload-")
+        .suffix(&format!(".{}", sniff(&data)))
+        .tempfile()
+        .map_err(|e| fail(format!("temporary file: {e}")))?;
+    std::fs::write(file.path(), &data).map_err(|e| fail(format!("temporary file: {e}")))?;
+    Ok(file.into_temp_path())
 }
 
 /// Reads one uploaded table into memory, within the row limit.
@@ -146,8 +226,16 @@ fn read(upload: &Upload, limits: &Limits) -> Result<Arc<dyn TableProvider>> {
     let bad = |e: meridian_formats::Error| {
         Error::Usage(format!("UPLOAD '{}' cannot be read: {e}", upload.name))
     };
-    let reader = meridian_formats::open(&upload.path, &meridian_formats::ReadOptions::default())
-        .map_err(bad)?;
+    let fetched;
+    let path = match &upload.source {
+        Source::File(p) => p.as_path(),
+        Source::Url(url) => {
+            fetched = fetch(&upload.name, url, limits)?;
+            &*fetched
+        }
+    };
+    let reader =
+        meridian_formats::open(path, &meridian_formats::ReadOptions::default()).map_err(bad)?;
     let schema = reader.schema();
     let mut batches = Vec::new();
     let mut rows = 0u64;

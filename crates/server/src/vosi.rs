@@ -3,10 +3,12 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use meridian_formats::write::{vo_fields, xml_escape};
+use meridian_formats::write::xml_escape;
 
 use crate::AppState;
 use crate::error::{Error, Result};
+use crate::metadata::TableMeta;
+use crate::params::DaliRequest;
 
 fn xml(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
@@ -49,6 +51,7 @@ pub async fn capabilities(State(state): State<AppState>, headers: HeaderMap) -> 
         ("ivo://ivoa.net/std/VOSI#capabilities", "capabilities"),
         ("ivo://ivoa.net/std/VOSI#availability", "availability"),
         ("ivo://ivoa.net/std/VOSI#tables-1.1", "tables"),
+        ("ivo://ivoa.net/std/DALI#examples", "examples"),
     ] {
         out.push_str(&format!(
             "<capability standardID=\"{standard}\">\n\
@@ -132,49 +135,91 @@ pub async fn capabilities(State(state): State<AppState>, headers: HeaderMap) -> 
                 .collect::<String>()
         ));
     }
+    out.push_str("<uploadMethod ivo-id=\"ivo://ivoa.net/std/TAPRegExt#upload-inline\"/>\n");
+    if state.limits.allow_url_uploads {
+        out.push_str(
+            "<uploadMethod ivo-id=\"ivo://ivoa.net/std/TAPRegExt#upload-http\"/>\n\
+             <uploadMethod ivo-id=\"ivo://ivoa.net/std/TAPRegExt#upload-https\"/>\n",
+        );
+    }
     let l = &state.limits;
+    let j = state.jobs.config();
+    // TAPRegExt order: retentionPeriod, executionDuration, outputLimit, uploadLimit.
     out.push_str(&format!(
-        "<outputLimit>\n<default unit=\"row\">{}</default>\n<hard unit=\"row\">{}</hard>\n</outputLimit>\n\
-         <executionDuration>\n<default>{}</default>\n<hard>{}</hard>\n</executionDuration>\n",
-        l.default_maxrec, l.max_maxrec, l.sync_timeout_s, l.sync_timeout_s
+        "<retentionPeriod>\n<default>{}</default>\n<hard>{}</hard>\n</retentionPeriod>\n\
+         <executionDuration>\n<default>{}</default>\n<hard>{}</hard>\n</executionDuration>\n\
+         <outputLimit>\n<default unit=\"row\">{}</default>\n<hard unit=\"row\">{}</hard>\n</outputLimit>\n\
+         <uploadLimit>\n<default unit=\"byte\">{}</default>\n<hard unit=\"byte\">{}</hard>\n</uploadLimit>\n",
+        j.default_lifetime_s,
+        j.max_lifetime_s,
+        j.default_execution_duration_s,
+        j.max_execution_duration_s,
+        l.default_maxrec,
+        l.max_maxrec,
+        l.upload_max_bytes,
+        l.upload_max_bytes,
     ));
     out.push_str("</capability>\n</vosi:capabilities>\n");
     xml(out)
 }
 
-/// The content of a table element: name, description, columns.
-fn table_xml(name: &str, table: &meridian_engine::hats_table::HatsTable, out: &mut String) {
-    let schema = table.catalog().schema();
-    out.push_str(&format!("<name>{}</name>\n", xml_escape(name)));
-    if let Some(title) = table.catalog().properties().get("obs_title") {
-        out.push_str(&format!(
-            "<description>{}</description>\n",
-            xml_escape(title)
-        ));
+/// The content of a table element: name, description and (unless `min`) columns.
+fn table_xml(t: &TableMeta, min: bool, out: &mut String) {
+    out.push_str(&format!("<name>{}</name>\n", xml_escape(&t.name)));
+    if let Some(d) = &t.description {
+        out.push_str(&format!("<description>{}</description>\n", xml_escape(d)));
     }
-    for f in vo_fields(&schema) {
-        out.push_str(&format!("<column>\n<name>{}</name>\n", xml_escape(&f.name)));
-        if let Some(d) = &f.meta.description {
+    if min {
+        return;
+    }
+    for c in &t.columns {
+        out.push_str(&format!(
+            "<column std=\"{}\">\n<name>{}</name>\n",
+            c.std,
+            xml_escape(&c.name)
+        ));
+        if let Some(d) = &c.description {
             out.push_str(&format!("<description>{}</description>\n", xml_escape(d)));
         }
-        if let Some(u) = &f.meta.unit {
+        if let Some(u) = &c.unit {
             out.push_str(&format!("<unit>{}</unit>\n", xml_escape(u)));
         }
-        if let Some(u) = &f.meta.ucd {
+        if let Some(u) = &c.ucd {
             out.push_str(&format!("<ucd>{}</ucd>\n", xml_escape(u)));
         }
         out.push_str(&format!(
-            "<dataType xsi:type=\"vs:VOTableType\"{}{}>{}</dataType>\n</column>\n",
-            f.arraysize
+            "<dataType xsi:type=\"vs:VOTableType\"{}{}>{}</dataType>\n",
+            c.arraysize
                 .as_ref()
                 .map(|a| format!(" arraysize=\"{a}\""))
                 .unwrap_or_default(),
-            f.xtype
+            c.xtype
                 .as_ref()
                 .map(|x| format!(" extendedType=\"{}\"", xml_escape(x)))
                 .unwrap_or_default(),
-            f.datatype
+            c.datatype
         ));
+        if c.indexed {
+            out.push_str("<flag>indexed</flag>\n");
+        }
+        if c.principal {
+            out.push_str("<flag>principal</flag>\n");
+        }
+        out.push_str("</column>\n");
+    }
+    for k in &t.foreign_keys {
+        out.push_str(&format!(
+            "<foreignKey>\n<targetTable>{}</targetTable>\n",
+            xml_escape(&k.target_table)
+        ));
+        for (from, target) in &k.columns {
+            out.push_str(&format!(
+                "<fkColumn>\n<fromColumn>{}</fromColumn>\n<targetColumn>{}</targetColumn>\n</fkColumn>\n",
+                xml_escape(from),
+                xml_escape(target)
+            ));
+        }
+        out.push_str("</foreignKey>\n");
     }
 }
 
@@ -183,25 +228,50 @@ const TABLESET_OPEN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
     xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
     xmlns:vs=\"http://www.ivoa.net/xml/VODataService/v1.1\">\n";
 
-/// `/tap/tables`: every catalog table with its columns.
-pub async fn tables(State(state): State<AppState>) -> Response {
-    let mut out = String::from(TABLESET_OPEN);
-    out.push_str("<schema>\n<name>default</name>\n<description>Meridian catalogs</description>\n");
-    for (name, t) in state.engine.tables() {
-        out.push_str("<table type=\"table\">\n");
-        table_xml(name, t, &mut out);
-        out.push_str("</table>\n");
+fn detail_min(req: &DaliRequest) -> Result<bool> {
+    match req
+        .params
+        .get("detail")
+        .map(|d| d.trim().to_ascii_lowercase())
+    {
+        None => Ok(false),
+        Some(d) if d == "max" => Ok(false),
+        Some(d) if d == "min" => Ok(true),
+        Some(d) => Err(Error::Usage(format!("detail '{d}' is not min or max"))),
     }
-    out.push_str("</schema>\n</vosi:tableset>\n");
-    xml(out)
 }
 
-/// `/tap/tables/{name}`: one table's document.
+/// `/tap/tables`: every schema and table, with columns unless `detail=min`.
+pub async fn tables(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+    let min = detail_min(&req)?;
+    let mut out = String::from(TABLESET_OPEN);
+    for s in state.model.iter() {
+        out.push_str(&format!(
+            "<schema>\n<name>{}</name>\n<description>{}</description>\n",
+            xml_escape(&s.name),
+            xml_escape(&s.description)
+        ));
+        for t in &s.tables {
+            out.push_str("<table type=\"table\">\n");
+            table_xml(t, min, &mut out);
+            out.push_str("</table>\n");
+        }
+        out.push_str("</schema>\n");
+    }
+    out.push_str("</vosi:tableset>\n");
+    Ok(xml(out))
+}
+
+/// `/tap/tables/{name}`: one table's document (`gaia`, `public.gaia`, `TAP_SCHEMA.tables`).
 pub async fn table(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response> {
-    let (name, t) = state
-        .engine
-        .tables()
-        .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+    let t = state
+        .model
+        .iter()
+        .flat_map(|s| &s.tables)
+        .find(|t| {
+            t.name.eq_ignore_ascii_case(&name)
+                || format!("{}.{}", t.schema, t.name).eq_ignore_ascii_case(&name)
+        })
         .ok_or_else(|| Error::NotFound(format!("no table '{name}'")))?;
     let mut out = String::from(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<vosi:table xmlns:vosi=\"http://www.ivoa.net/xml/VOSITables/v1.0\" \
@@ -209,7 +279,7 @@ pub async fn table(State(state): State<AppState>, Path(name): Path<String>) -> R
          xmlns:vs=\"http://www.ivoa.net/xml/VODataService/v1.1\" type=\"table\">\n",
     );
     // The per-table document's root is the table element itself.
-    table_xml(name, t, &mut out);
+    table_xml(t, false, &mut out);
     out.push_str("</vosi:table>\n");
     Ok(xml(out))
 }
