@@ -77,10 +77,26 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         },
     ),
     (
+        &["text/csv;header=absent", "csv-noheader"],
+        Format {
+            output: OutputFormat::CsvNoHeader,
+            media_type: "text/csv;header=absent",
+            extension: "csv",
+        },
+    ),
+    (
         &["text/tab-separated-values", "tsv"],
         Format {
             output: OutputFormat::Tsv,
             media_type: "text/tab-separated-values",
+            extension: "tsv",
+        },
+    ),
+    (
+        &["text/tab-separated-values;header=absent", "tsv-noheader"],
+        Format {
+            output: OutputFormat::TsvNoHeader,
+            media_type: "text/tab-separated-values;header=absent",
             extension: "tsv",
         },
     ),
@@ -115,32 +131,61 @@ pub fn format(value: Option<&str>) -> Result<Format> {
     let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(FORMATS[0].1);
     };
-    // Media types compare without spaces and case; parameters other than serialization
-    // and header (charset...) are ignored. CSV without a header (`header=absent`) is not
-    // served, so it is refused rather than answered with a header.
-    let norm: String = v
+    // Media types compare without spaces and case; parameters other than serialization,
+    // header and version (charset...) are ignored. `version=1.5` asks for VOTable 1.5.
+    let parts: Vec<String> = v
         .split(';')
-        .map(|p| p.trim().to_ascii_lowercase())
+        .map(|p| p.replace(' ', "").to_ascii_lowercase())
+        .collect();
+    let version = parts
+        .iter()
+        .find_map(|p| p.strip_prefix("version="))
+        .map(str::to_string);
+    let norm: String = parts
+        .iter()
         .filter(|p| {
             !p.is_empty()
                 && (!p.contains('=') || p.starts_with("serialization") || p.starts_with("header"))
         })
+        .cloned()
         .collect::<Vec<_>>()
         .join(";");
-    FORMATS
+    let found = FORMATS
         .iter()
         .find(|(names, _)| names.iter().any(|n| *n == norm))
-        .map(|(_, f)| *f)
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "RESPONSEFORMAT '{v}' is not supported; use one of: {}",
-                FORMATS
-                    .iter()
-                    .map(|(n, _)| n[0])
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
+        .map(|(_, f)| *f);
+    let found = match (found, version.as_deref()) {
+        (Some(f), None | Some("1.4")) => Some(f),
+        (
+            Some(Format {
+                output: OutputFormat::VoTable(s),
+                media_type,
+                extension,
+            }),
+            Some("1.5"),
+        ) => Some(Format {
+            output: OutputFormat::VoTable15(s),
+            media_type,
+            extension,
+        }),
+        (Some(_), Some(other)) => {
+            return Err(Error::Usage(format!(
+                "RESPONSEFORMAT '{v}': version {other} is not served; VOTable is written as \
+                 1.4 (default) or 1.5"
+            )));
+        }
+        (None, _) => None,
+    };
+    found.ok_or_else(|| {
+        Error::Usage(format!(
+            "RESPONSEFORMAT '{v}' is not supported; use one of: {}",
+            FORMATS
+                .iter()
+                .map(|(n, _)| n[0])
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }
 
 /// The query language a LANG value names.

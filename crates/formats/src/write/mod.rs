@@ -25,12 +25,18 @@ pub enum OutputFormat {
     Csv,
     /// Tab-separated values with a header line.
     Tsv,
+    /// Comma-separated values without a header line.
+    CsvNoHeader,
+    /// Tab-separated values without a header line.
+    TsvNoHeader,
     /// JSON lines (one object per row).
     Json,
     /// Apache Parquet.
     Parquet,
     /// VOTable 1.4 in the given serialization.
     VoTable(Serialization),
+    /// VOTable 1.5 in the given serialization.
+    VoTable15(Serialization),
     /// FITS binary table.
     Fits,
 }
@@ -65,28 +71,50 @@ impl ResultWriter {
         schema: &SchemaRef,
     ) -> Result<Self> {
         let inner = match format {
-            OutputFormat::Csv | OutputFormat::Tsv => {
-                let delimiter = if format == OutputFormat::Tsv {
-                    b'\t'
-                } else {
-                    b','
-                };
+            OutputFormat::Csv
+            | OutputFormat::Tsv
+            | OutputFormat::CsvNoHeader
+            | OutputFormat::TsvNoHeader => {
+                let tab = matches!(format, OutputFormat::Tsv | OutputFormat::TsvNoHeader);
+                let header = matches!(format, OutputFormat::Csv | OutputFormat::Tsv);
                 let w = arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .with_delimiter(delimiter);
+                    .with_header(header)
+                    .with_delimiter(if tab { b'\t' } else { b',' });
                 Inner::Csv(Box::new(w.build(out)))
             }
             OutputFormat::Json => Inner::Json(arrow::json::LineDelimitedWriter::new(out)),
             OutputFormat::Parquet => Inner::Parquet(Box::new(
-                parquet::arrow::ArrowWriter::try_new(out, schema.clone(), None).map_err(|e| {
-                    Error::Parquet {
-                        file: PathBuf::from("<output>"),
-                        source: e,
-                    }
+                // VO-Parquet: the column metadata travels as a VOTable in the file's
+                // key-value metadata, where VO-aware readers (astropy's parquet.votable,
+                // TOPCAT) find units, UCDs and descriptions.
+                parquet::arrow::ArrowWriter::try_new(
+                    out,
+                    schema.clone(),
+                    Some(
+                        parquet::file::properties::WriterProperties::builder()
+                            .set_key_value_metadata(Some(vec![
+                                parquet::file::metadata::KeyValue::new(
+                                    "IVOA.VOTable-Parquet.version".to_string(),
+                                    "1.0".to_string(),
+                                ),
+                                parquet::file::metadata::KeyValue::new(
+                                    "IVOA.VOTable-Parquet.content".to_string(),
+                                    votable::vo_parquet_content(schema),
+                                ),
+                            ]))
+                            .build(),
+                    ),
+                )
+                .map_err(|e| Error::Parquet {
+                    file: PathBuf::from("<output>"),
+                    source: e,
                 })?,
             )),
             OutputFormat::VoTable(s) => {
-                Inner::VoTable(votable::VotableWriter::new(out, schema, s)?)
+                Inner::VoTable(votable::VotableWriter::new(out, schema, s, "1.4")?)
+            }
+            OutputFormat::VoTable15(s) => {
+                Inner::VoTable(votable::VotableWriter::new(out, schema, s, "1.5")?)
             }
             OutputFormat::Fits => Inner::Fits(Box::new(fits::FitsWriter::new(out, schema)?)),
         };

@@ -48,56 +48,79 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     quick_xml::escape::escape(s)
 }
 
+/// The FIELD elements of `columns` (with null sentinels where BINARY needs them).
+fn fields_xml(columns: &[OutColumn], serialization: Serialization) -> String {
+    let mut h = String::new();
+    for c in columns {
+        h.push_str(&format!(
+            "<FIELD name=\"{}\" datatype=\"{}\"",
+            escape(&c.name),
+            c.vo.votable()
+        ));
+        match c.vo {
+            VoType::Char | VoType::Doubles(None) => h.push_str(" arraysize=\"*\""),
+            VoType::Doubles(Some(n)) => h.push_str(&format!(" arraysize=\"{n}\"")),
+            _ => {}
+        }
+        if let Some(x) = &c.xtype {
+            h.push_str(&format!(" xtype=\"{x}\""));
+        }
+        for (k, v) in [
+            ("unit", &c.meta.unit),
+            ("ucd", &c.meta.ucd),
+            ("utype", &c.meta.utype),
+        ] {
+            if let Some(v) = v {
+                h.push_str(&format!(" {k}=\"{}\"", escape(v)));
+            }
+        }
+        h.push('>');
+        if let Some(d) = &c.meta.description {
+            h.push_str(&format!("<DESCRIPTION>{}</DESCRIPTION>", escape(d)));
+        }
+        if serialization == Serialization::Binary
+            && let Some(n) = null_sentinel(c.vo)
+        {
+            h.push_str(&format!("<VALUES null=\"{n}\"/>"));
+        }
+        h.push_str("</FIELD>\n");
+    }
+    h
+}
+
+/// The VOTable that VO-Parquet keeps in the file's `IVOA.VOTable-Parquet.content` key:
+/// the table's FIELDs (units, UCDs, descriptions, xtypes) with a PARQUET element in place
+/// of DATA.
+pub(crate) fn vo_parquet_content(schema: &SchemaRef) -> String {
+    let columns = out_columns(schema);
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <VOTABLE version=\"1.5\" xmlns=\"http://www.ivoa.net/xml/VOTable/v1.3\">\n\
+         <RESOURCE type=\"results\">\n<TABLE>\n{}<PARQUET type=\"Parquet-local-XML\"/>\n\
+         </TABLE>\n</RESOURCE>\n</VOTABLE>\n",
+        fields_xml(&columns, Serialization::TableData)
+    )
+}
+
 impl VotableWriter {
     pub(crate) fn new(
         mut out: Box<dyn Write + Send>,
         schema: &SchemaRef,
         serialization: Serialization,
+        version: &str,
     ) -> Result<Self> {
         let columns = out_columns(schema);
         let mut h = String::new();
         h.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        h.push_str(
-            "<VOTABLE version=\"1.4\" xmlns=\"http://www.ivoa.net/xml/VOTable/v1.3\" \
-             xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\n",
-        );
+        // VOTable 1.4 and 1.5 share the v1.3 namespace; what is written here is valid in both.
+        h.push_str(&format!(
+            "<VOTABLE version=\"{version}\" xmlns=\"http://www.ivoa.net/xml/VOTable/v1.3\" \
+             xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\n"
+        ));
         h.push_str(
             "<RESOURCE type=\"results\">\n<INFO name=\"QUERY_STATUS\" value=\"OK\"/>\n<TABLE>\n",
         );
-        for c in &columns {
-            h.push_str(&format!(
-                "<FIELD name=\"{}\" datatype=\"{}\"",
-                escape(&c.name),
-                c.vo.votable()
-            ));
-            match c.vo {
-                VoType::Char | VoType::Doubles(None) => h.push_str(" arraysize=\"*\""),
-                VoType::Doubles(Some(n)) => h.push_str(&format!(" arraysize=\"{n}\"")),
-                _ => {}
-            }
-            if let Some(x) = &c.xtype {
-                h.push_str(&format!(" xtype=\"{x}\""));
-            }
-            for (k, v) in [
-                ("unit", &c.meta.unit),
-                ("ucd", &c.meta.ucd),
-                ("utype", &c.meta.utype),
-            ] {
-                if let Some(v) = v {
-                    h.push_str(&format!(" {k}=\"{}\"", escape(v)));
-                }
-            }
-            h.push('>');
-            if let Some(d) = &c.meta.description {
-                h.push_str(&format!("<DESCRIPTION>{}</DESCRIPTION>", escape(d)));
-            }
-            if serialization == Serialization::Binary
-                && let Some(n) = null_sentinel(c.vo)
-            {
-                h.push_str(&format!("<VALUES null=\"{n}\"/>"));
-            }
-            h.push_str("</FIELD>\n");
-        }
+        h.push_str(&fields_xml(&columns, serialization));
         h.push_str("<DATA>");
         h.push_str(match serialization {
             Serialization::TableData => "<TABLEDATA>\n",
