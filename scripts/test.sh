@@ -12,6 +12,15 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
 
+step "system packages"
+# stilts (taplint, votlint) validates the TAP service.
+if ! command -v stilts >/dev/null; then
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq stilts >/dev/null
+fi
+
 step "python packages"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
