@@ -251,6 +251,15 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     state.jobs.start();
+    // Without TCP_NODELAY a response's head and its first body chunk go out as two small
+    // segments and the second waits for the client's delayed ACK (40 ms on Linux), which
+    // would dominate every small query.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
