@@ -23,7 +23,7 @@ use crate::error::{Error, Result, error_votable};
 use crate::params::{DaliRequest, Params};
 use crate::tap::{QuerySpec, plan};
 use crate::upload;
-use crate::vosi::base_url;
+use crate::vosi::{base_url, xml};
 
 const UWS_NS: &str = "xmlns:uws=\"http://www.ivoa.net/xml/UWS/v1.0\" \
      xmlns:xlink=\"http://www.w3.org/1999/xlink\" \
@@ -79,7 +79,7 @@ async fn run_query(
     writer.set_maxrec(spec.maxrec);
     while let Some(batch) = stream.next().await {
         writer.write(&batch?)?;
-        if writer.rows() >= spec.maxrec && writer.overflowed() {
+        if writer.overflowed() {
             break;
         }
     }
@@ -107,12 +107,19 @@ fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
-fn xml(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+/// 303 to job `id`'s resource, where UWS sends a client after a change to the job.
+fn to_job(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
+    see_other(format!("{}/{id}", jobs_url(state, headers)))
 }
 
-fn jobs_of(state: &AppState) -> &Arc<meridian_services::jobs::Jobs> {
-    &state.jobs
+/// The job parameters of a request: all but those that steer the job itself.
+fn job_parameters(params: &Params) -> Vec<(String, String)> {
+    params
+        .pairs()
+        .iter()
+        .filter(|(k, _)| !CONTROL.iter().any(|c| c.eq_ignore_ascii_case(k)))
+        .cloned()
+        .collect()
 }
 
 /// The UWS `job` document.
@@ -257,7 +264,7 @@ pub async fn list(
     let mut o = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:jobs {UWS_NS} version=\"1.1\">\n"
     );
-    for job in jobs_of(&state).list(&filter)? {
+    for job in state.jobs.list(&filter)? {
         o += &format!(
             "  <uws:jobref id=\"{id}\" xlink:type=\"simple\" xlink:href=\"{url}/{id}\">\n    <uws:phase>{}</uws:phase>\n",
             job.phase.as_str(),
@@ -288,7 +295,7 @@ pub async fn create(
     headers: HeaderMap,
     req: DaliRequest,
 ) -> Result<Response> {
-    let jobs = jobs_of(&state);
+    let jobs = &state.jobs;
     let run = match req.params.get("PHASE") {
         None => false,
         Some(p) if p.eq_ignore_ascii_case("RUN") => true,
@@ -298,18 +305,11 @@ pub async fn create(
             )));
         }
     };
-    let parameters: Vec<(String, String)> = req
-        .params
-        .pairs()
-        .iter()
-        .filter(|(k, _)| !CONTROL.iter().any(|c| c.eq_ignore_ascii_case(k)))
-        .cloned()
-        .collect();
     let job = jobs.create(NewJob {
         run_id: req.params.get("RUNID").map(str::to_string),
         owner: None,
         client: peer.ip().to_string(),
-        parameters,
+        parameters: job_parameters(&req.params),
     })?;
     // Inline uploads are kept with the job, so that it can run (again) after a restart.
     let stored = upload::store(&req.files, &jobs.job_dir(&job.id), &state.limits);
@@ -327,11 +327,7 @@ pub async fn create(
     if run {
         jobs.run(&job.id)?;
     }
-    Ok(see_other(format!(
-        "{}/{}",
-        jobs_url(&state, &headers),
-        job.id
-    )))
+    Ok(to_job(&state, &headers, &job.id))
 }
 
 /// `GET /tap/async/{id}`: the job, after a blocking WAIT when asked.
@@ -341,7 +337,7 @@ pub async fn job(
     headers: HeaderMap,
     req: DaliRequest,
 ) -> Result<Response> {
-    let jobs = jobs_of(&state);
+    let jobs = &state.jobs;
     let job = match req.params.get("WAIT") {
         None => jobs.get(&id)?,
         Some(w) => {
@@ -376,7 +372,7 @@ pub async fn post_job(
     headers: HeaderMap,
     req: DaliRequest,
 ) -> Result<Response> {
-    let jobs = jobs_of(&state);
+    let jobs = &state.jobs;
     let url = jobs_url(&state, &headers);
     if let Some(a) = req.params.get("ACTION") {
         if a.eq_ignore_ascii_case("DELETE") {
@@ -410,12 +406,12 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    jobs_of(&state).delete(&id)?;
+    state.jobs.delete(&id)?;
     Ok(see_other(jobs_url(&state, &headers)))
 }
 
 fn change_phase(state: &AppState, id: &str, phase: &str) -> Result<()> {
-    let jobs = jobs_of(state);
+    let jobs = &state.jobs;
     match phase.trim().to_ascii_uppercase().as_str() {
         "RUN" => jobs.run(id).map(drop)?,
         "ABORT" => jobs.abort(id).map(drop)?,
@@ -431,7 +427,7 @@ fn change_phase(state: &AppState, id: &str, phase: &str) -> Result<()> {
 fn set_destruction(state: &AppState, id: &str, value: &str) -> Result<()> {
     let at = parse_time(value)
         .ok_or_else(|| Error::Usage(format!("DESTRUCTION '{value}' is not an ISO 8601 time")))?;
-    jobs_of(state).set_destruction(id, at)?;
+    state.jobs.set_destruction(id, at)?;
     Ok(())
 }
 
@@ -441,13 +437,13 @@ fn set_duration(state: &AppState, id: &str, value: &str) -> Result<()> {
             "EXECUTIONDURATION '{value}' is not a whole number of seconds"
         ))
     })?;
-    jobs_of(state).set_execution_duration(id, s)?;
+    state.jobs.set_execution_duration(id, s)?;
     Ok(())
 }
 
 /// `GET /tap/async/{id}/phase`.
 pub async fn phase(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    Ok(text(jobs_of(&state).get(&id)?.phase.as_str().to_string()))
+    Ok(text(state.jobs.get(&id)?.phase.as_str().to_string()))
 }
 
 /// `POST /tap/async/{id}/phase`: PHASE=RUN or PHASE=ABORT.
@@ -458,7 +454,7 @@ pub async fn post_phase(
     req: DaliRequest,
 ) -> Result<Response> {
     change_phase(&state, &id, req.params.required("PHASE")?)?;
-    Ok(see_other(format!("{}/{id}", jobs_url(&state, &headers))))
+    Ok(to_job(&state, &headers, &id))
 }
 
 /// `GET /tap/async/{id}/executionduration`.
@@ -466,9 +462,7 @@ pub async fn execution_duration(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    Ok(text(
-        jobs_of(&state).get(&id)?.execution_duration_s.to_string(),
-    ))
+    Ok(text(state.jobs.get(&id)?.execution_duration_s.to_string()))
 }
 
 /// `POST /tap/async/{id}/executionduration`.
@@ -479,7 +473,7 @@ pub async fn post_execution_duration(
     req: DaliRequest,
 ) -> Result<Response> {
     set_duration(&state, &id, req.params.required("EXECUTIONDURATION")?)?;
-    Ok(see_other(format!("{}/{id}", jobs_url(&state, &headers))))
+    Ok(to_job(&state, &headers, &id))
 }
 
 /// `GET /tap/async/{id}/destruction`.
@@ -487,7 +481,7 @@ pub async fn destruction(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    Ok(text(format_time(jobs_of(&state).get(&id)?.destruction_ms)))
+    Ok(text(format_time(state.jobs.get(&id)?.destruction_ms)))
 }
 
 /// `POST /tap/async/{id}/destruction`.
@@ -498,24 +492,24 @@ pub async fn post_destruction(
     req: DaliRequest,
 ) -> Result<Response> {
     set_destruction(&state, &id, req.params.required("DESTRUCTION")?)?;
-    Ok(see_other(format!("{}/{id}", jobs_url(&state, &headers))))
+    Ok(to_job(&state, &headers, &id))
 }
 
 /// `GET /tap/async/{id}/quote`: the service does not predict completion times, so the
 /// quote is empty (UWS: "don't know").
 pub async fn quote(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    jobs_of(&state).get(&id)?;
+    state.jobs.get(&id)?;
     Ok(text(String::new()))
 }
 
 /// `GET /tap/async/{id}/owner`: empty for an anonymous job.
 pub async fn owner(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    Ok(text(jobs_of(&state).get(&id)?.owner.unwrap_or_default()))
+    Ok(text(state.jobs.get(&id)?.owner.unwrap_or_default()))
 }
 
 /// `GET /tap/async/{id}/error`: the DALI error document of a failed job.
 pub async fn error(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    let job = jobs_of(&state).get(&id)?;
+    let job = state.jobs.get(&id)?;
     let message = match (&job.error, job.phase) {
         (Some(e), _) => e.message.clone(),
         (None, Phase::Aborted) => "the job was aborted".to_string(),
@@ -535,7 +529,7 @@ pub async fn error(State(state): State<AppState>, Path(id): Path<String>) -> Res
 
 /// `GET /tap/async/{id}/parameters`.
 pub async fn parameters(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    Ok(xml(parameters_xml(&jobs_of(&state).get(&id)?, true)))
+    Ok(xml(parameters_xml(&state.jobs.get(&id)?, true)))
 }
 
 /// `POST /tap/async/{id}/parameters`: updates a PENDING job's parameters.
@@ -545,20 +539,13 @@ pub async fn post_parameters(
     headers: HeaderMap,
     req: DaliRequest,
 ) -> Result<Response> {
-    let jobs = jobs_of(&state);
-    let pairs: Vec<(String, String)> = req
-        .params
-        .pairs()
-        .iter()
-        .filter(|(k, _)| !CONTROL.iter().any(|c| c.eq_ignore_ascii_case(k)))
-        .cloned()
-        .collect();
-    jobs.set_parameters(&id, &pairs)?;
+    let jobs = &state.jobs;
+    jobs.set_parameters(&id, &job_parameters(&req.params))?;
     if !req.files.is_empty() {
         let refs = upload::store(&req.files, &jobs.job_dir(&id), &state.limits)?;
         jobs.set_parameters(&id, &refs)?;
     }
-    Ok(see_other(format!("{}/{id}", jobs_url(&state, &headers))))
+    Ok(to_job(&state, &headers, &id))
 }
 
 /// `GET /tap/async/{id}/results`.
@@ -567,7 +554,7 @@ pub async fn results(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let job = jobs_of(&state).get(&id)?;
+    let job = state.jobs.get(&id)?;
     Ok(xml(results_xml(&job, &jobs_url(&state, &headers), true)))
 }
 
@@ -576,7 +563,7 @@ pub async fn result(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response> {
-    let jobs = jobs_of(&state);
+    let jobs = &state.jobs;
     let job = jobs.get(&id)?;
     let r = job
         .results

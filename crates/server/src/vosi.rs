@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::metadata::TableMeta;
 use crate::params::DaliRequest;
 
-fn xml(body: String) -> Response {
+/// An XML document response.
+pub(crate) fn xml(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
 }
 

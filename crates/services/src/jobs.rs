@@ -573,24 +573,18 @@ impl Jobs {
     pub fn abort(&self, id: &str) -> Result<Job> {
         let mut inner = self.lock();
         let mut job = load(&inner.db, id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
-        match job.phase {
-            Phase::Executing => {
-                if let Some(r) = inner.running.remove(id) {
-                    let _ = r.abort.send(());
-                }
-                // The phase is set here so that the client sees ABORTED at once; the worker
-                // finds the job no longer running and leaves it alone.
-                job.phase = Phase::Aborted;
-                job.end_ms = Some(now_ms());
-                save(&inner.db, &job)?;
-            }
-            p if p.is_active() => {
-                job.phase = Phase::Aborted;
-                job.end_ms = Some(now_ms());
-                save(&inner.db, &job)?;
-            }
-            _ => return Ok(job),
+        if !job.phase.is_active() {
+            return Ok(job);
         }
+        // An executing job's worker is told to stop; the phase is set here so that the
+        // client sees ABORTED at once, and the worker finds the job no longer running and
+        // leaves it alone.
+        if let Some(r) = inner.running.remove(id) {
+            let _ = r.abort.send(());
+        }
+        job.phase = Phase::Aborted;
+        job.end_ms = Some(now_ms());
+        save(&inner.db, &job)?;
         drop(inner);
         self.notify();
         Ok(job)
