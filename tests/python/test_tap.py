@@ -134,3 +134,37 @@ def test_sync_time_limit_stops_a_runaway_query(store):
         assert elapsed < 6, elapsed
         # The service is still there.
         assert requests.get(f"{s.url}/availability").status_code == 200
+
+
+def test_time_limit_mid_stream_breaks_the_transfer(store):
+    """A result already streaming when the time limit strikes must end as a broken
+    transfer, never as a well-formed but silently short table."""
+    import time
+    with Server(store, env={"MERIDIAN_SERVER__SYNC_TIMEOUT_S": "2"}) as s:
+        query = "SELECT a.source_id, b.source_id AS other FROM gaia AS a, gaia AS b"
+        got = b""
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            with requests.post(f"{s.url}/sync", stream=True, data={
+                    "QUERY": query, "MAXREC": "100000000", "FORMAT": "csv"}) as r:
+                assert r.status_code == 200
+                for chunk in r.iter_content(65536):
+                    got += chunk
+                    time.sleep(0.01)  # a slow reader: the server must wait, not buffer
+        assert got.startswith(b"source_id,other\r\n") or got.startswith(b"source_id,other\n")
+        assert requests.get(f"{s.url}/availability").status_code == 200
+
+
+def test_client_leaving_mid_stream_stops_the_query(store):
+    with Server(store) as s:
+        base = s.url.rsplit("/tap", 1)[0]
+        query = "SELECT a.source_id, b.source_id AS other FROM gaia AS a, gaia AS b"
+        for fmt in ("votable", "fits", "csv"):
+            with requests.post(f"{s.url}/sync", stream=True, data={
+                    "QUERY": query, "MAXREC": "100000000", "FORMAT": fmt}) as r:
+                assert r.status_code == 200
+                next(r.iter_content(65536))
+        # The server is still serving, and the abandoned queries do not hold it up.
+        r = requests.post(f"{s.url}/sync", data={"QUERY": "SELECT COUNT(*) AS n FROM tycho2",
+                                                  "FORMAT": "csv"}, timeout=30)
+        assert r.status_code == 200 and r.text.splitlines()[1].strip().isdigit()
+        assert requests.get(f"{base}/health").status_code == 200

@@ -26,6 +26,9 @@ pub enum Error {
     /// A job request failed.
     #[error(transparent)]
     Jobs(#[from] meridian_services::Error),
+    /// The service failed in a way no request can cause or fix.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Result type of this crate.
@@ -56,7 +59,8 @@ impl Error {
             Error::Engine(E::Catalog(_))
             | Error::Format(_)
             | Error::Timeout(_)
-            | Error::Jobs(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Jobs(_)
+            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

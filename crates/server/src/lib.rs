@@ -6,6 +6,7 @@ pub mod error;
 pub mod examples;
 pub mod metadata;
 pub mod params;
+mod result;
 pub mod tap;
 pub mod upload;
 pub mod uws;

@@ -1,8 +1,7 @@
 //! TAP 1.1 synchronous queries: parameters, output formats, MAXREC, and a result that
 //! streams from the engine to the socket in constant memory.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -15,6 +14,7 @@ use meridian_formats::write::{OutputFormat, ResultWriter, Serialization};
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::params::{DaliRequest, Params};
+use crate::result::{BodySink, write_stream};
 use crate::upload;
 
 /// An output format with the media type it is served as.
@@ -241,26 +241,6 @@ impl QuerySpec {
     }
 }
 
-/// A `Write` whose bytes are collected until taken, to become the next chunk of a body.
-#[derive(Clone, Default)]
-struct Chunks(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Chunks {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("chunk buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Chunks {
-    fn take(&self) -> Bytes {
-        Bytes::from(std::mem::take(&mut *self.0.lock().expect("chunk buffer")))
-    }
-}
-
 /// Plans and starts `spec`; the response streams the result. Planning errors (bad ADQL,
 /// unknown columns) come back as error documents before any byte of the result.
 ///
@@ -309,51 +289,23 @@ async fn start(
 ) -> Result<Response> {
     let engine = sync_uploads(state, req).await?;
     let (schema, mut stream) = plan(&engine, &spec).await?;
-    let chunks = Chunks::default();
-    let mut writer = ResultWriter::new(spec.format.output, Box::new(chunks.clone()), &schema)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let sink = BodySink::new(tx.clone(), state.metrics.clone());
+    let mut writer = ResultWriter::new(spec.format.output, Box::new(sink.clone()), &schema)?;
     writer.set_maxrec(spec.maxrec);
     // The first batch is awaited here, so an execution error that comes at once is still
     // an error document with its status.
     let first = stream.next().await.transpose()?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
-    let metrics = state.metrics.clone();
     let left = ends.saturating_duration_since(std::time::Instant::now());
     tokio::spawn(async move {
-        let mut pending = first;
-        let work = async {
-            loop {
-                let batch = match pending.take() {
-                    Some(b) => b,
-                    None => match stream.next().await {
-                        Some(b) => b?,
-                        None => break,
-                    },
-                };
-                writer.write(&batch)?;
-                let chunk = chunks.take();
-                if !chunk.is_empty() {
-                    metrics.add_bytes_out(chunk.len() as u64);
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        // The client went away: dropping the stream stops the query.
-                        return Ok(());
-                    }
-                }
-            }
-            writer.finish()?;
-            Ok(())
-        };
-        let result: Result<()> = tokio::select! {
-            r = work => r,
+        let batches = futures::stream::iter(first.map(Ok)).chain(stream);
+        let result: Result<u64> = tokio::select! {
+            r = write_stream(writer, batches) => r,
             _ = meridian_engine::deadline(left) => Err(Error::Timeout(limit_s)),
         };
-        let tail = chunks.take();
         match result {
-            Ok(()) => {
-                if !tail.is_empty() {
-                    metrics.add_bytes_out(tail.len() as u64);
-                    let _ = tx.send(Ok(tail)).await;
-                }
-            }
+            Ok(_) => sink.send_rest().await,
+            Err(_) if tx.is_closed() => tracing::debug!("the client went away"),
             Err(e) => {
                 // The status line is gone: end the body with an error so that the client
                 // sees a broken transfer, never a silently short table.

@@ -11,7 +11,6 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use meridian_formats::write::{ResultWriter, xml_escape};
 use meridian_services::jobs::{
@@ -21,6 +20,7 @@ use meridian_services::jobs::{
 use crate::AppState;
 use crate::error::{Error, Result, error_votable};
 use crate::params::{DaliRequest, Params};
+use crate::result::write_stream;
 use crate::tap::{QuerySpec, plan};
 use crate::upload;
 use crate::vosi::{base_url, xml};
@@ -72,18 +72,12 @@ async fn run_query(
     let spec = QuerySpec::from_params(&params, limits)?;
     let uploads = upload::stored(&params, dir, limits)?;
     let engine = upload::with_uploads(engine, uploads, limits).await?;
-    let (schema, mut stream) = plan(&engine, &spec).await?;
+    let (schema, stream) = plan(&engine, &spec).await?;
     let file = format!("result.{}", spec.format.extension);
     let path = dir.join(&file);
     let mut writer = ResultWriter::create(spec.format.output, &path, &schema)?;
     writer.set_maxrec(spec.maxrec);
-    while let Some(batch) = stream.next().await {
-        writer.write(&batch?)?;
-        if writer.overflowed() {
-            break;
-        }
-    }
-    writer.finish()?;
+    write_stream(writer, stream).await?;
     let size_bytes = std::fs::metadata(&path)
         .map_err(|e| Error::Usage(format!("result file: {e}")))?
         .len();
