@@ -112,6 +112,11 @@ impl ScalarUDFImpl for SpatialUdf {
         if self.op == Op::Q3cPoly {
             return q3c_poly_query(self.name, args);
         }
+        if matches!(self.op, Op::ContainsCircle | Op::Q3cRadial)
+            && let Some(cone) = constant_cone(self.name, &args.args, self.op == Op::ContainsCircle)?
+        {
+            return self.cone_query(&cone, &args.args);
+        }
         // A polygon given by literals is built once, not per row.
         let constant_polygon = if self.op == Op::ContainsPolygon
             && args.args[2..]
@@ -226,6 +231,100 @@ impl ScalarUDFImpl for SpatialUdf {
                     .map(|i| get(i).map(|v| angular_separation_deg(v[0], v[1], v[2], v[3]) <= v[4]))
                     .collect::<BooleanArray>(),
             ),
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// A cone given by literals, the usual case (`CONTAINS(POINT(ra, dec), CIRCLE(...))` and
+/// `q3c_radial_query` with constants): its centre is checked once, and most rows are
+/// rejected by their declination alone (the separation is at least the difference in
+/// declination), so the exact separation is computed only for rows in the cone's band.
+struct ConstantCone {
+    ra_deg: f64,
+    dec_deg: f64,
+    radius_deg: f64,
+}
+
+impl ConstantCone {
+    fn contains(&self, ra_deg: f64, dec_deg: f64) -> bool {
+        // The margin (3.6 microarcseconds) leaves rows on the boundary to the exact test.
+        (dec_deg - self.dec_deg).abs() <= self.radius_deg + 1e-9
+            && angular_separation_deg(ra_deg, dec_deg, self.ra_deg, self.dec_deg) <= self.radius_deg
+    }
+}
+
+/// The cone of arguments 2..5 when all are non-NULL literals; `None` otherwise (a cone per
+/// row, or NULL, which the general path handles). `validate` checks the centre and radius
+/// as ADQL does; Q3C takes them as given.
+fn constant_cone(
+    name: &str,
+    args: &[ColumnarValue],
+    validate: bool,
+) -> Result<Option<ConstantCone>> {
+    let mut v = [0.0; 3];
+    for (k, a) in args[2..5].iter().enumerate() {
+        let ColumnarValue::Scalar(s) = a else {
+            return Ok(None);
+        };
+        match s.cast_to(&DataType::Float64)? {
+            datafusion::scalar::ScalarValue::Float64(Some(x)) => v[k] = x,
+            _ => return Ok(None),
+        }
+    }
+    if !validate {
+        return Ok(Some(ConstantCone {
+            ra_deg: v[0],
+            dec_deg: v[1],
+            radius_deg: v[2],
+        }));
+    }
+    let circle = Circle::new(SkyPoint::new(v[0], v[1]).map_err(|e| err(name, e))?, v[2])
+        .map_err(|e| err(name, e))?;
+    Ok(Some(ConstantCone {
+        ra_deg: circle.center().ra_deg(),
+        dec_deg: circle.center().dec_deg(),
+        radius_deg: circle.radius_deg(),
+    }))
+}
+
+impl SpatialUdf {
+    /// `adql_contains_circle` (1/0, positions validated as everywhere else) or
+    /// `q3c_radial_query` (true/false, positions taken as given, as Q3C does) over a
+    /// constant cone.
+    fn cone_query(&self, cone: &ConstantCone, args: &[ColumnarValue]) -> Result<ColumnarValue> {
+        let n = match (&args[0], &args[1]) {
+            (ColumnarValue::Array(a), _) | (_, ColumnarValue::Array(a)) => a.len(),
+            _ => 1,
+        };
+        let ra = arrow::compute::cast(&args[0].to_array(n)?, &DataType::Float64)?;
+        let dec = arrow::compute::cast(&args[1].to_array(n)?, &DataType::Float64)?;
+        let (ra, dec) = (
+            ra.as_primitive::<Float64Type>(),
+            dec.as_primitive::<Float64Type>(),
+        );
+        let rows = (0..n)
+            .map(|i| (!ra.is_null(i) && !dec.is_null(i)).then(|| (ra.value(i), dec.value(i))));
+        let out: ArrayRef = if self.op == Op::Q3cRadial {
+            Arc::new(
+                rows.map(|p| p.map(|(r, d)| cone.contains(r, d)))
+                    .collect::<BooleanArray>(),
+            )
+        } else {
+            let mut out = Vec::with_capacity(n);
+            for p in rows {
+                out.push(match p {
+                    None => None,
+                    Some((r, d)) => {
+                        if !(r.is_finite() && (-90.0..=90.0).contains(&d)) {
+                            // The error SkyPoint gives everywhere else.
+                            SkyPoint::new(r, d).map_err(|e| err(self.name, e))?;
+                        }
+                        Some(cone.contains(r, d) as i32)
+                    }
+                });
+            }
+            Arc::new(Int32Array::from(out))
         };
         Ok(ColumnarValue::Array(out))
     }
@@ -365,7 +464,88 @@ pub fn spatial_udfs() -> Vec<ScalarUDF> {
 
 #[cfg(test)]
 mod tests {
-    use super::q3c_ang2ipix;
+    use super::*;
+
+    /// `adql_contains_circle` over positions `ra`, `dec` and a centre and radius given as
+    /// literals or as columns.
+    fn contains_circle(
+        ra: &[Option<f64>],
+        dec: &[Option<f64>],
+        centre: [f64; 3],
+        literal: bool,
+    ) -> Result<Int32Array> {
+        use arrow::datatypes::Field;
+        let n = ra.len();
+        let mut args = vec![
+            ColumnarValue::Array(Arc::new(Float64Array::from(ra.to_vec()))),
+            ColumnarValue::Array(Arc::new(Float64Array::from(dec.to_vec()))),
+        ];
+        args.extend(centre.map(|v| match literal {
+            true => ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Float64(Some(v))),
+            false => ColumnarValue::Array(Arc::new(Float64Array::from(vec![v; n]))),
+        }));
+        let udf = SpatialUdf::new("adql_contains_circle", Op::ContainsCircle);
+        let out = udf.invoke_with_args(ScalarFunctionArgs {
+            args,
+            arg_fields: (0..5)
+                .map(|k| Arc::new(Field::new(format!("a{k}"), DataType::Float64, true)))
+                .collect(),
+            number_rows: n,
+            return_field: Arc::new(Field::new("r", DataType::Int32, true)),
+            config_options: Arc::default(),
+        })?;
+        Ok(out
+            .to_array(n)?
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .clone())
+    }
+
+    /// The constant-cone path gives exactly what the per-row path (a cone per row, as in a
+    /// join) gives, including rows on and near the boundary and NULLs.
+    #[test]
+    fn constant_cone_agrees_with_the_per_row_path() {
+        use rand::{Rng, SeedableRng};
+        let (ra0, dec0, r) = (359.99, 89.2, 0.9);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let (mut ra, mut dec): (Vec<_>, Vec<_>) = (0..20_000)
+            .map(|_| {
+                (
+                    Some(rng.random_range(0.0..360.0)),
+                    Some(rng.random_range(88.0..=90.0)),
+                )
+            })
+            .unzip();
+        // On the boundary on both sides of the pole, the pole itself, and a NULL.
+        for p in [
+            (ra0, dec0 - r),
+            (ra0 - 180.0, 90.0 - (r - (90.0 - dec0))),
+            (0.0, 90.0),
+        ] {
+            ra.push(Some(p.0));
+            dec.push(Some(p.1));
+        }
+        ra.push(None);
+        dec.push(Some(0.0));
+        let n = ra.len();
+        let constant = contains_circle(&ra, &dec, [ra0, dec0, r], true).unwrap();
+        let per_row = contains_circle(&ra, &dec, [ra0, dec0, r], false).unwrap();
+        assert_eq!(constant, per_row);
+        let inside = constant.iter().flatten().filter(|v| *v == 1).count();
+        assert!(inside > 1000 && inside < n - 1000, "{inside} of {n} inside");
+        assert!(constant.is_null(n - 1));
+        // A position off the sphere is an error naming it, as on the per-row path.
+        ra.push(Some(10.0));
+        dec.push(Some(95.0));
+        for literal in [true, false] {
+            let e = contains_circle(&ra, &dec, [ra0, dec0, r], literal)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("adql_contains_circle") && e.contains("Dec 95"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn q3c_pixels_match_published_values() {
