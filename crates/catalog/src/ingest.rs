@@ -52,6 +52,8 @@ pub struct IngestOptions {
     pub max_order: u8,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// Rows per Parquet data page: the unit a small cone decodes, through the page index.
+    pub page_rows: usize,
     /// Margin cache width in arcseconds; 0 for none.
     pub margin_arcsec: f64,
     /// Reader settings (schema file, skipping bad rows).
@@ -73,6 +75,7 @@ impl Default for IngestOptions {
             min_order: 0,
             max_order: 10,
             row_group_rows: 100_000,
+            page_rows: 4096,
             margin_arcsec: 10.0,
             read: ReadOptions::default(),
             memory_budget_bytes: 1 << 30,
@@ -254,7 +257,7 @@ pub fn ingest(
     }
 
     // 3. Reduce, finding margin rows on the way.
-    let props = writer_properties(opts.row_group_rows, HPX_COLUMN, &schema);
+    let props = writer_properties(opts.row_group_rows, opts.page_rows, HPX_COLUMN, &schema);
     let margin = if opts.margin_arcsec > 0.0 {
         Some(crate::margin::MarginBuilder::new(
             Arc::new(pixels.clone()),

@@ -19,11 +19,13 @@ use crate::layout::Pixel;
 use crate::{Error, Result};
 
 /// Parquet writer settings for partitions: row groups small enough that a cone reads only
-/// the ones it needs, page statistics on the sort key, snappy pages, and dictionary encoding
-/// only for text columns (numeric measurements are nearly all distinct, so a dictionary is
-/// built and then abandoned: wasted time).
+/// the ones it needs, page statistics on the sort key (with the offset index, a cone decodes
+/// only the `page_rows` pages it overlaps, in every column), snappy pages, and dictionary
+/// encoding only for text columns (numeric measurements are nearly all distinct, so a
+/// dictionary is built and then abandoned: wasted time).
 pub(crate) fn writer_properties(
     row_group_rows: usize,
+    page_rows: usize,
     hpx_column: &str,
     schema: &SchemaRef,
 ) -> Arc<WriterProperties> {
@@ -39,6 +41,10 @@ pub(crate) fn writer_properties(
     Arc::new(
         b.set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+            // A page ends once a write (a batch, or a piece of one) takes it to the limit:
+            // pages hold from `page_rows` to twice as many rows.
+            .set_data_page_row_count_limit(page_rows.max(1))
+            .set_write_batch_size((page_rows / 4).clamp(1, 1024))
             .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_column_statistics_enabled(ColumnPath::from(hpx_column), EnabledStatistics::Page)
             .set_sorting_columns(Some(vec![SortingColumn {

@@ -62,6 +62,7 @@ fn gaia_csv_gz_ingests_and_cones_match_brute_force() {
     let input = shared("catalogs/gaia_dr3_bright.csv.gz");
     let opts = IngestOptions {
         partition_rows: 50_000,
+        page_rows: 1_000,
         ..small_opts()
     };
     let report = ingest(&store, "gaia", std::slice::from_ref(&input), &opts, &quiet).unwrap();
@@ -109,6 +110,34 @@ fn gaia_csv_gz_ingests_and_cones_match_brute_force() {
         let got: usize = scan.by_ref().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(got, expected, "cone ({ra}, {dec}, {r})");
         assert!(scan.stats().partitions_read < scan.stats().partitions_total);
+    }
+    // Row groups and pages have the sizes asked for, and every page is in the offset index
+    // (which lets a cone decode only the pages it overlaps).
+    for p in cat.partitions().iter().take(3) {
+        use parquet::file::reader::FileReader;
+        let file = std::fs::File::open(p.path_in(cat.dir())).unwrap();
+        let options = parquet::file::serialized_reader::ReadOptionsBuilder::new()
+            .with_page_index()
+            .build();
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new_with_options(file, options)
+                .unwrap();
+        let meta = reader.metadata();
+        let index = meta.offset_index().expect("offset index");
+        for (g, group) in meta.row_groups().iter().enumerate() {
+            assert!(group.num_rows() <= 5_000);
+            for column in &index[g] {
+                let starts: Vec<i64> = column
+                    .page_locations()
+                    .iter()
+                    .map(|l| l.first_row_index)
+                    .chain([group.num_rows()])
+                    .collect();
+                // A page ends once a write takes it to 1,000 rows.
+                assert!(starts.windows(2).all(|w| w[1] - w[0] < 2_000), "{starts:?}");
+                assert!(group.num_rows() <= 1_000 || starts.len() > 2, "{starts:?}");
+            }
+        }
     }
     // Column metadata from the input survives (CSV has none; the index column has a UCD).
     let cols = cat.columns();

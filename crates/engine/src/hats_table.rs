@@ -11,16 +11,20 @@ use std::sync::{Arc, Mutex};
 use arrow::array::Array;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
+use datafusion::common::Statistics;
 use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::listing::{ListingTableUrl, PartitionedFile};
+use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, col, lit};
+use datafusion::object_store::ObjectStoreExt;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use meridian_catalog::{Catalog, Pixel};
@@ -35,11 +39,23 @@ pub struct Pruning {
     pub partitions_read: usize,
 }
 
+/// A partition file as the Parquet scan sees it: its object (path, size, modification
+/// time, which key the shared metadata cache) and the statistics of its footer.
+#[derive(Debug, Clone)]
+struct PartitionFile {
+    pixel: Pixel,
+    file: PartitionedFile,
+    rows: usize,
+}
+
 /// A HATS catalog served to DataFusion.
 #[derive(Debug)]
 pub struct HatsTable {
     catalog: Catalog,
     last: Mutex<Pruning>,
+    /// Read once, on the first scan: a catalog version never changes on disk (a re-ingest
+    /// writes a new version), so no query lists or stats files again.
+    files: tokio::sync::OnceCell<Vec<PartitionFile>>,
 }
 
 impl HatsTable {
@@ -48,7 +64,43 @@ impl HatsTable {
         Self {
             catalog,
             last: Mutex::new(Pruning::default()),
+            files: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Every partition file with its statistics (exact row counts and column bounds from
+    /// the footers, which also fills the session's metadata cache).
+    async fn files(&self, state: &dyn Session) -> Result<&[PartitionFile]> {
+        let files = self
+            .files
+            .get_or_try_init(|| async {
+                let store = state
+                    .runtime_env()
+                    .object_store(ObjectStoreUrl::local_filesystem())?;
+                let cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+                let schema = self.catalog.schema();
+                let mut files = Vec::with_capacity(self.catalog.partitions().len());
+                for &pixel in self.catalog.partitions() {
+                    let path = pixel.path_in(self.catalog.dir());
+                    let url = ListingTableUrl::parse(path.to_string_lossy())?;
+                    let meta = store.head(url.prefix()).await?;
+                    let stats = DFParquetMetadata::new(store.as_ref(), &meta)
+                        .with_file_metadata_cache(Some(cache.clone()))
+                        .fetch_statistics(&schema)
+                        .await?;
+                    let rows = *stats.num_rows.get_value().unwrap_or(&0);
+                    files.push(PartitionFile {
+                        pixel,
+                        file: PartitionedFile::from(meta).with_statistics(Arc::new(stats)),
+                        rows,
+                    });
+                }
+                // In `_healpix_29` order, as the declared sort order of the scan requires.
+                files.sort_by_key(|f| f.pixel.hpx29_range().start);
+                Ok::<_, datafusion::error::DataFusionError>(files)
+            })
+            .await?;
+        Ok(files)
     }
 
     /// The catalog served.
@@ -183,6 +235,27 @@ pub(crate) fn spatial_call(e: &Expr) -> Option<(&ScalarFunction, Option<f64>)> {
     }
 }
 
+/// `files` (in order) cut into at most `n` runs of consecutive files with about equal rows.
+fn contiguous_groups(files: &[&PartitionFile], n: usize) -> Vec<FileGroup> {
+    let total: usize = files.iter().map(|f| f.rows).sum();
+    let per_group = total.div_ceil(n.max(1)).max(1);
+    let mut groups = Vec::new();
+    let mut current = Vec::new();
+    let mut rows = 0;
+    for f in files {
+        current.push(f.file.clone());
+        rows += f.rows;
+        if rows >= per_group {
+            groups.push(FileGroup::new(std::mem::take(&mut current)));
+            rows = 0;
+        }
+    }
+    if !current.is_empty() {
+        groups.push(FileGroup::new(current));
+    }
+    groups
+}
+
 /// `_healpix_29` range filter equivalent to (a superset of) `ranges`, at most `max` terms.
 fn hpx_filter(column: &str, ranges: &[Range<u64>], max: usize) -> Option<Expr> {
     if ranges.is_empty() {
@@ -239,48 +312,58 @@ impl TableProvider for HatsTable {
             ),
             None => None,
         };
-        let mut partitions: Vec<Pixel> = self
-            .catalog
-            .partitions()
+        let files: Vec<&PartitionFile> = self
+            .files(state)
+            .await?
             .iter()
-            .filter(|p| {
+            .filter(|f| {
                 ranges
                     .as_ref()
-                    .is_none_or(|r| meridian_catalog::overlaps(r, &p.hpx29_range()))
+                    .is_none_or(|r| meridian_catalog::overlaps(r, &f.pixel.hpx29_range()))
             })
-            .copied()
             .collect();
-        // In `_healpix_29` order, as the declared file sort order requires.
-        partitions.sort_by_key(|p| p.hpx29_range().start);
         *self.last.lock().expect("pruning lock") = Pruning {
             partitions_total: self.catalog.partitions().len(),
-            partitions_read: partitions.len(),
+            partitions_read: files.len(),
         };
         let schema = self.catalog.schema();
-        if partitions.is_empty() {
+        if files.is_empty() {
             let projected = match projection {
                 Some(p) => Arc::new(schema.project(p)?),
                 None => schema,
             };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let urls = partitions
-            .iter()
-            .map(|p| ListingTableUrl::parse(p.path_in(self.catalog.dir()).to_string_lossy()))
-            .collect::<Result<Vec<_>>>()?;
-        let mut options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        // Every partition file is sorted by `_healpix_29` and partitions cover disjoint
-        // ranges: declared, this lets DataFusion keep the order across files (grouped by
-        // their statistics) and aggregate or merge by HEALPix cell without hashing or sorting.
+        // Partition files are sorted by `_healpix_29` and cover disjoint ranges, so any run
+        // of consecutive files is in order: declared, this lets DataFusion aggregate or
+        // merge by HEALPix cell without hashing or sorting. One group per target partition,
+        // of about equal rows; the files are never split (a cone reads one or two row
+        // groups, and splitting would open each file twice for nothing).
+        let groups = contiguous_groups(&files, state.config().target_partitions());
+        let statistics = Statistics::try_merge_iter(
+            files.iter().filter_map(|f| f.file.statistics.as_deref()),
+            &schema,
+        )?;
+        let format = ParquetFormat::default();
+        let mut config = FileScanConfigBuilder::new(
+            ObjectStoreUrl::local_filesystem(),
+            format.file_source(schema.clone().into()),
+        )
+        .with_file_groups(groups)
+        .with_statistics(statistics)
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit);
         if let Some(h) = self.catalog.healpix_column() {
-            options = options.with_file_sort_order(vec![vec![col(h).sort(true, false)]]);
+            let sort = PhysicalSortExpr::new(
+                datafusion::physical_expr::expressions::col(h, &schema)?,
+                arrow::compute::SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                },
+            );
+            config = config.with_output_ordering(LexOrdering::new([sort]).into_iter().collect());
         }
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(schema);
-        let table = ListingTable::try_new(config)?;
-        let plan = table.scan(state, projection, filters, limit).await?;
+        let plan = format.create_physical_plan(state, config.build()).await?;
         // Give the Parquet scan the `_healpix_29` ranges as its predicate: it prunes row
         // groups and pages by their statistics (filters pushed down later are added to it).
         let hpx = match (&ranges, self.catalog.healpix_column()) {

@@ -69,6 +69,10 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     sc.options_mut().execution.sort_spill_reservation_bytes =
         (config.memory_limit_bytes / (8 * partitions)).min(10 << 20);
     sc.options_mut().execution.split_file_groups_by_statistics = true;
+    // Catalog scans spread whole partition files over the partitions themselves
+    // (`HatsTable`); cutting files into byte ranges as well would make a cone open its one
+    // file twice.
+    sc.options_mut().optimizer.repartition_file_scans = false;
     sc.options_mut().execution.parquet.pruning = true;
     sc.options_mut().execution.parquet.enable_page_index = true;
     apply_env_overrides(&mut sc)?;

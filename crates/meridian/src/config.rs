@@ -140,6 +140,8 @@ pub struct IngestConfig {
     pub max_order: u8,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// Rows per Parquet data page.
+    pub page_rows: usize,
     /// Margin cache width, arcseconds (0 for none).
     pub margin_arcsec: f64,
     /// Memory budget of an ingest, MiB.
@@ -200,6 +202,7 @@ impl Default for IngestConfig {
             min_order: d.min_order,
             max_order: d.max_order,
             row_group_rows: d.row_group_rows,
+            page_rows: d.page_rows,
             margin_arcsec: d.margin_arcsec,
             memory_budget_mib: d.memory_budget_bytes >> 20,
             threads: d.threads,
@@ -275,8 +278,10 @@ impl Config {
         if i.max_order > 19 || i.min_order > i.max_order {
             bail!("ingest.min_order <= ingest.max_order <= 19 is required");
         }
-        if i.partition_rows == 0 || i.row_group_rows == 0 {
-            bail!("ingest.partition_rows and ingest.row_group_rows must be positive");
+        if i.partition_rows == 0 || i.row_group_rows == 0 || i.page_rows == 0 {
+            bail!(
+                "ingest.partition_rows, ingest.row_group_rows and ingest.page_rows must be positive"
+            );
         }
         if !(0.0..=3600.0).contains(&i.margin_arcsec) {
             bail!("ingest.margin_arcsec must be in [0, 3600]");

@@ -318,6 +318,9 @@ struct IngestArgs {
     /// Rows per Parquet row group.
     #[arg(long)]
     row_group_rows: Option<usize>,
+    /// Rows per Parquet data page.
+    #[arg(long)]
+    page_rows: Option<usize>,
     /// Margin cache width, arcseconds (0: none).
     #[arg(long)]
     margin_arcsec: Option<f64>,
@@ -506,6 +509,7 @@ fn ingest(
         min_order: args.min_order.unwrap_or(c.min_order),
         max_order: args.max_order.unwrap_or(c.max_order),
         row_group_rows: args.row_group_rows.unwrap_or(c.row_group_rows),
+        page_rows: args.page_rows.unwrap_or(c.page_rows),
         margin_arcsec: args.margin_arcsec.unwrap_or(c.margin_arcsec),
         read: ReadOptions {
             schema: args
@@ -1073,6 +1077,7 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
             min_order: None,
             max_order: None,
             row_group_rows: None,
+            page_rows: None,
             margin_arcsec: None,
             threads: None,
             title: Some(format!("Meridian demo survey: {table} table")),
