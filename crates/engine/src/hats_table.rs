@@ -18,7 +18,6 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingTableUrl, PartitionedFile};
 use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::expr::ScalarFunction;
@@ -345,14 +344,25 @@ impl TableProvider for HatsTable {
             &schema,
         )?;
         let format = ParquetFormat::default();
-        let mut config = FileScanConfigBuilder::new(
-            ObjectStoreUrl::local_filesystem(),
-            format.file_source(schema.clone().into()),
-        )
-        .with_file_groups(groups)
-        .with_statistics(statistics)
-        .with_projection_indices(projection.cloned())?
-        .with_limit(limit);
+        let mut source = format.file_source(schema.clone().into());
+        // Give the Parquet scan the `_healpix_29` ranges as its predicate: it prunes row
+        // groups and pages by their statistics (filters pushed down later are added to it).
+        let hpx = match (&ranges, self.catalog.healpix_column()) {
+            (Some(r), Some(h)) => hpx_filter(h, r, 64),
+            _ => None,
+        };
+        if let Some(hpx) = hpx
+            && let Some(parquet) = source.downcast_ref::<ParquetSource>()
+        {
+            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+            let predicate = state.create_physical_expr(hpx, &df_schema)?;
+            source = Arc::new(parquet.with_predicate(predicate));
+        }
+        let mut config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+            .with_file_groups(groups)
+            .with_statistics(statistics)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit);
         if let Some(h) = self.catalog.healpix_column() {
             let sort = PhysicalSortExpr::new(
                 datafusion::physical_expr::expressions::col(h, &schema)?,
@@ -363,26 +373,6 @@ impl TableProvider for HatsTable {
             );
             config = config.with_output_ordering(LexOrdering::new([sort]).into_iter().collect());
         }
-        let plan = format.create_physical_plan(state, config.build()).await?;
-        // Give the Parquet scan the `_healpix_29` ranges as its predicate: it prunes row
-        // groups and pages by their statistics (filters pushed down later are added to it).
-        let hpx = match (&ranges, self.catalog.healpix_column()) {
-            (Some(r), Some(h)) => hpx_filter(h, r, 64),
-            _ => None,
-        };
-        let Some(hpx) = hpx else { return Ok(plan) };
-        let Some((conf, source)) = plan
-            .downcast_ref::<DataSourceExec>()
-            .and_then(|exec| exec.downcast_to_file_source::<ParquetSource>())
-        else {
-            return Ok(plan);
-        };
-        let df_schema = DFSchema::try_from(self.catalog.schema().as_ref().clone())?;
-        let predicate = state.create_physical_expr(hpx, &df_schema)?;
-        let source = Arc::new(source.with_predicate(predicate));
-        let conf = FileScanConfigBuilder::from(conf.clone())
-            .with_source(source)
-            .build();
-        Ok(DataSourceExec::from_data_source(conf))
+        format.create_physical_plan(state, config.build()).await
     }
 }

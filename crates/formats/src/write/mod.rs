@@ -86,7 +86,9 @@ impl ResultWriter {
             OutputFormat::Parquet => Inner::Parquet(Box::new(
                 // VO-Parquet: the column metadata travels as a VOTable in the file's
                 // key-value metadata, where VO-aware readers (astropy's parquet.votable,
-                // TOPCAT) find units, UCDs and descriptions.
+                // TOPCAT) find units, UCDs and descriptions. A row group is held in memory
+                // until it is written, so groups are kept to 128 Ki rows (the default,
+                // 1 Mi rows, would hold about 100 MB of a wide table per stream).
                 parquet::arrow::ArrowWriter::try_new(
                     out,
                     schema.clone(),
@@ -102,6 +104,7 @@ impl ResultWriter {
                                     votable::vo_parquet_content(schema),
                                 ),
                             ]))
+                            .set_max_row_group_row_count(Some(128 * 1024))
                             .build(),
                     ),
                 )
