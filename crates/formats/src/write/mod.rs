@@ -84,29 +84,10 @@ impl ResultWriter {
             }
             OutputFormat::Json => Inner::Json(arrow::json::LineDelimitedWriter::new(out)),
             OutputFormat::Parquet => Inner::Parquet(Box::new(
-                // VO-Parquet: the column metadata travels as a VOTable in the file's
-                // key-value metadata, where VO-aware readers (astropy's parquet.votable,
-                // TOPCAT) find units, UCDs and descriptions. A row group is held in memory
-                // until it is written, so groups are kept to 128 Ki rows (the default,
-                // 1 Mi rows, would hold about 100 MB of a wide table per stream).
                 parquet::arrow::ArrowWriter::try_new(
                     out,
                     schema.clone(),
-                    Some(
-                        parquet::file::properties::WriterProperties::builder()
-                            .set_key_value_metadata(Some(vec![
-                                parquet::file::metadata::KeyValue::new(
-                                    "IVOA.VOTable-Parquet.version".to_string(),
-                                    "1.0".to_string(),
-                                ),
-                                parquet::file::metadata::KeyValue::new(
-                                    "IVOA.VOTable-Parquet.content".to_string(),
-                                    votable::vo_parquet_content(schema),
-                                ),
-                            ]))
-                            .set_max_row_group_row_count(Some(128 * 1024))
-                            .build(),
-                    ),
+                    Some(parquet_properties(schema)),
                 )
                 .map_err(|e| Error::Parquet {
                     file: PathBuf::from("<output>"),
@@ -262,4 +243,38 @@ impl Drop for ResultWriter {
             let _ = std::fs::remove_file(tmp);
         }
     }
+}
+
+/// VO-Parquet writer settings. The column metadata travels as a VOTable in the file's
+/// key-value metadata, where VO-aware readers (astropy's parquet.votable, TOPCAT) find
+/// units, UCDs and descriptions. A row group is held in memory until it is written, so
+/// groups are kept to 128 Ki rows (the default, 1 Mi rows, would hold about 100 MB of a
+/// wide table per stream). Only text columns get a dictionary: measurements are nearly all
+/// distinct, and a dictionary would be built for every row group and then abandoned.
+fn parquet_properties(schema: &SchemaRef) -> parquet::file::properties::WriterProperties {
+    use parquet::file::metadata::KeyValue;
+    let mut b = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new("IVOA.VOTable-Parquet.version".into(), "1.0".to_string()),
+            KeyValue::new(
+                "IVOA.VOTable-Parquet.content".into(),
+                votable::vo_parquet_content(schema),
+            ),
+        ]))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .set_dictionary_enabled(false);
+    for f in schema.fields() {
+        if matches!(
+            f.data_type(),
+            arrow::datatypes::DataType::Utf8
+                | arrow::datatypes::DataType::LargeUtf8
+                | arrow::datatypes::DataType::Utf8View
+        ) {
+            b = b.set_column_dictionary_enabled(
+                parquet::schema::types::ColumnPath::from(f.name().as_str()),
+                true,
+            );
+        }
+    }
+    b.build()
 }
