@@ -48,9 +48,10 @@ class Meridian:
     def has(self, name):
         return name in self("catalogs").stdout.split()
 
-    def catalog(self, name, rows, seed, work, jitter_mas=0.0):
-        """Generates (narrow profile, Parquet) and ingests a synthetic Object table once."""
-        if self.has(name):
+    def catalog(self, name, rows, seed, work, jitter_mas=0.0, keep_input=False):
+        """Generates (narrow profile, Parquet) and ingests a synthetic Object table once;
+        `keep_input` leaves the generated Parquet files under `work` for other systems."""
+        if self.has(name) and (not keep_input or (work / f"input-{name}").is_dir()):
             return
         src = work / f"input-{name}"
         shutil.rmtree(src, ignore_errors=True)
@@ -61,7 +62,8 @@ class Meridian:
         t = time.time()
         self("ingest", name, *sorted(src.glob("object*.parquet")))
         print(f"  {name}: {rows:,} rows generated in {gen_s:.1f} s, ingested in {time.time() - t:.1f} s", flush=True)
-        shutil.rmtree(src)
+        if not keep_input:
+            shutil.rmtree(src)
 
     def query_ms(self, sql, out):
         p = self("query", "--lang", "sql", sql, "--format", "parquet", "--out", out)

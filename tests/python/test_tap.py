@@ -168,3 +168,13 @@ def test_client_leaving_mid_stream_stops_the_query(store):
                                                   "FORMAT": "csv"}, timeout=30)
         assert r.status_code == 200 and r.text.splitlines()[1].strip().isdigit()
         assert requests.get(f"{base}/health").status_code == 200
+
+
+def test_empty_csv_and_tsv_results_keep_their_header(tap):
+    """An empty result is still a table: its header names the columns."""
+    for fmt, sep in (("csv", ","), ("tsv", "\t")):
+        r = requests.post(f"{tap}/sync", data={
+            "QUERY": "SELECT source_id, ra FROM gaia WHERE ra < -1", "FORMAT": fmt})
+        assert r.status_code == 200, r.text
+        df = pd.read_csv(io.StringIO(r.text), sep=sep)
+        assert list(df.columns) == ["source_id", "ra"] and len(df) == 0, r.text

@@ -61,6 +61,10 @@ pub struct ResultWriter {
     overflow: bool,
     /// (temporary, final) paths when writing a file.
     rename: Option<(PathBuf, PathBuf)>,
+    /// The result's columns, for a table with no batch at all.
+    schema: SchemaRef,
+    /// `write` was called at least once.
+    started: bool,
 }
 
 impl ResultWriter {
@@ -108,6 +112,8 @@ impl ResultWriter {
             maxrec: None,
             overflow: false,
             rename: None,
+            schema: schema.clone(),
+            started: false,
         })
     }
 
@@ -131,6 +137,7 @@ impl ResultWriter {
 
     /// Appends a batch; under a row limit, only the rows that still fit.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.started = true;
         let cut;
         let batch = match self.maxrec {
             Some(m) if self.rows + batch.num_rows() as u64 > m => {
@@ -210,6 +217,11 @@ impl ResultWriter {
 
     /// Flushes, closes, and for files renames the temporary file into place.
     pub fn finish(mut self) -> Result<u64> {
+        // A CSV or TSV writer writes its header with the first batch: an empty result
+        // still gets its header line.
+        if !self.started && matches!(self.inner, Inner::Csv(_)) {
+            self.write(&RecordBatch::new_empty(self.schema.clone()))?;
+        }
         let inner = std::mem::replace(&mut self.inner, Inner::Closed);
         match inner {
             Inner::Csv(w) => {
