@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -29,17 +29,9 @@ pub(crate) fn writer_properties(
     hpx_column: &str,
     schema: &SchemaRef,
 ) -> Arc<WriterProperties> {
-    let mut b = WriterProperties::builder().set_dictionary_enabled(false);
-    for f in schema.fields() {
-        if matches!(
-            f.data_type(),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-        ) {
-            b = b.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), true);
-        }
-    }
     Arc::new(
-        b.set_compression(Compression::SNAPPY)
+        meridian_formats::write::text_dictionaries(WriterProperties::builder(), schema)
+            .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
             // A page ends once a write (a batch, or a piece of one) takes it to the limit:
             // pages hold from `page_rows` to twice as many rows.

@@ -44,7 +44,16 @@ pub struct Pruning {
 struct PartitionFile {
     pixel: Pixel,
     file: PartitionedFile,
-    rows: usize,
+}
+
+impl PartitionFile {
+    fn rows(&self) -> usize {
+        self.file
+            .statistics
+            .as_ref()
+            .and_then(|s| s.num_rows.get_value().copied())
+            .unwrap_or(0)
+    }
 }
 
 /// A HATS catalog served to DataFusion.
@@ -87,11 +96,9 @@ impl HatsTable {
                         .with_file_metadata_cache(Some(cache.clone()))
                         .fetch_statistics(&schema)
                         .await?;
-                    let rows = *stats.num_rows.get_value().unwrap_or(&0);
                     files.push(PartitionFile {
                         pixel,
                         file: PartitionedFile::from(meta).with_statistics(Arc::new(stats)),
-                        rows,
                     });
                 }
                 // In `_healpix_29` order, as the declared sort order of the scan requires.
@@ -236,14 +243,14 @@ pub(crate) fn spatial_call(e: &Expr) -> Option<(&ScalarFunction, Option<f64>)> {
 
 /// `files` (in order) cut into at most `n` runs of consecutive files with about equal rows.
 fn contiguous_groups(files: &[&PartitionFile], n: usize) -> Vec<FileGroup> {
-    let total: usize = files.iter().map(|f| f.rows).sum();
+    let total: usize = files.iter().map(|f| f.rows()).sum();
     let per_group = total.div_ceil(n.max(1)).max(1);
     let mut groups = Vec::new();
     let mut current = Vec::new();
     let mut rows = 0;
     for f in files {
         current.push(f.file.clone());
-        rows += f.rows;
+        rows += f.rows();
         if rows >= per_group {
             groups.push(FileGroup::new(std::mem::take(&mut current)));
             rows = 0;
@@ -343,7 +350,9 @@ impl TableProvider for HatsTable {
             files.iter().filter_map(|f| f.file.statistics.as_deref()),
             &schema,
         )?;
-        let format = ParquetFormat::default();
+        // The session's Parquet options (pruning, page index, and any set through
+        // `DATAFUSION_EXECUTION_PARQUET_*`).
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
         let mut source = format.file_source(schema.clone().into());
         // Give the Parquet scan the `_healpix_29` ranges as its predicate: it prunes row
         // groups and pages by their statistics (filters pushed down later are added to it).

@@ -68,7 +68,6 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     let partitions = sc.target_partitions().max(1);
     sc.options_mut().execution.sort_spill_reservation_bytes =
         (config.memory_limit_bytes / (8 * partitions)).min(10 << 20);
-    sc.options_mut().execution.split_file_groups_by_statistics = true;
     // Catalog scans spread whole partition files over the partitions themselves
     // (`HatsTable`); cutting files into byte ranges as well would make a cone open its one
     // file twice.

@@ -115,7 +115,7 @@ impl ScalarUDFImpl for SpatialUdf {
         if matches!(self.op, Op::ContainsCircle | Op::Q3cRadial)
             && let Some(cone) = constant_cone(self.name, &args.args, self.op == Op::ContainsCircle)?
         {
-            return self.cone_query(&cone, &args.args);
+            return self.cone_query(&cone, &args.args, n);
         }
         // A polygon given by literals is built once, not per row.
         let constant_polygon = if self.op == Op::ContainsPolygon
@@ -272,31 +272,28 @@ fn constant_cone(
             _ => return Ok(None),
         }
     }
-    if !validate {
-        return Ok(Some(ConstantCone {
-            ra_deg: v[0],
-            dec_deg: v[1],
-            radius_deg: v[2],
-        }));
+    if validate {
+        let c = Circle::new(SkyPoint::new(v[0], v[1]).map_err(|e| err(name, e))?, v[2])
+            .map_err(|e| err(name, e))?;
+        v = [c.center().ra_deg(), c.center().dec_deg(), c.radius_deg()];
     }
-    let circle = Circle::new(SkyPoint::new(v[0], v[1]).map_err(|e| err(name, e))?, v[2])
-        .map_err(|e| err(name, e))?;
     Ok(Some(ConstantCone {
-        ra_deg: circle.center().ra_deg(),
-        dec_deg: circle.center().dec_deg(),
-        radius_deg: circle.radius_deg(),
+        ra_deg: v[0],
+        dec_deg: v[1],
+        radius_deg: v[2],
     }))
 }
 
 impl SpatialUdf {
     /// `adql_contains_circle` (1/0, positions validated as everywhere else) or
-    /// `q3c_radial_query` (true/false, positions taken as given, as Q3C does) over a
-    /// constant cone.
-    fn cone_query(&self, cone: &ConstantCone, args: &[ColumnarValue]) -> Result<ColumnarValue> {
-        let n = match (&args[0], &args[1]) {
-            (ColumnarValue::Array(a), _) | (_, ColumnarValue::Array(a)) => a.len(),
-            _ => 1,
-        };
+    /// `q3c_radial_query` (true/false, positions taken as given, as Q3C does) of `n` rows
+    /// against a constant cone.
+    fn cone_query(
+        &self,
+        cone: &ConstantCone,
+        args: &[ColumnarValue],
+        n: usize,
+    ) -> Result<ColumnarValue> {
         let ra = arrow::compute::cast(&args[0].to_array(n)?, &DataType::Float64)?;
         let dec = arrow::compute::cast(&args[1].to_array(n)?, &DataType::Float64)?;
         let (ra, dec) = (

@@ -61,10 +61,6 @@ pub struct ResultWriter {
     overflow: bool,
     /// (temporary, final) paths when writing a file.
     rename: Option<(PathBuf, PathBuf)>,
-    /// The result's columns, for a table with no batch at all.
-    schema: SchemaRef,
-    /// `write` was called at least once.
-    started: bool,
 }
 
 impl ResultWriter {
@@ -106,15 +102,19 @@ impl ResultWriter {
             }
             OutputFormat::Fits => Inner::Fits(Box::new(fits::FitsWriter::new(out, schema)?)),
         };
-        Ok(Self {
+        let mut w = Self {
             inner,
             rows: 0,
             maxrec: None,
             overflow: false,
             rename: None,
-            schema: schema.clone(),
-            started: false,
-        })
+        };
+        // A CSV or TSV writer writes its header with its first batch: an empty one now, so
+        // that a result without rows still has its header line.
+        if matches!(w.inner, Inner::Csv(_)) {
+            w.write(&RecordBatch::new_empty(schema.clone()))?;
+        }
+        Ok(w)
     }
 
     /// Writes to file `path` (through a temporary file renamed by [`ResultWriter::finish`]).
@@ -137,7 +137,6 @@ impl ResultWriter {
 
     /// Appends a batch; under a row limit, only the rows that still fit.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.started = true;
         let cut;
         let batch = match self.maxrec {
             Some(m) if self.rows + batch.num_rows() as u64 > m => {
@@ -217,11 +216,6 @@ impl ResultWriter {
 
     /// Flushes, closes, and for files renames the temporary file into place.
     pub fn finish(mut self) -> Result<u64> {
-        // A CSV or TSV writer writes its header with the first batch: an empty result
-        // still gets its header line.
-        if !self.started && matches!(self.inner, Inner::Csv(_)) {
-            self.write(&RecordBatch::new_empty(self.schema.clone()))?;
-        }
         let inner = std::mem::replace(&mut self.inner, Inner::Closed);
         match inner {
             Inner::Csv(w) => {
@@ -261,11 +255,10 @@ impl Drop for ResultWriter {
 /// key-value metadata, where VO-aware readers (astropy's parquet.votable, TOPCAT) find
 /// units, UCDs and descriptions. A row group is held in memory until it is written, so
 /// groups are kept to 128 Ki rows (the default, 1 Mi rows, would hold about 100 MB of a
-/// wide table per stream). Only text columns get a dictionary: measurements are nearly all
-/// distinct, and a dictionary would be built for every row group and then abandoned.
+/// wide table per stream).
 fn parquet_properties(schema: &SchemaRef) -> parquet::file::properties::WriterProperties {
     use parquet::file::metadata::KeyValue;
-    let mut b = parquet::file::properties::WriterProperties::builder()
+    let b = parquet::file::properties::WriterProperties::builder()
         .set_key_value_metadata(Some(vec![
             KeyValue::new("IVOA.VOTable-Parquet.version".into(), "1.0".to_string()),
             KeyValue::new(
@@ -273,20 +266,32 @@ fn parquet_properties(schema: &SchemaRef) -> parquet::file::properties::WriterPr
                 votable::vo_parquet_content(schema),
             ),
         ]))
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .set_dictionary_enabled(false);
-    for f in schema.fields() {
-        if matches!(
-            f.data_type(),
-            arrow::datatypes::DataType::Utf8
-                | arrow::datatypes::DataType::LargeUtf8
-                | arrow::datatypes::DataType::Utf8View
-        ) {
-            b = b.set_column_dictionary_enabled(
+        .set_max_row_group_row_count(Some(128 * 1024));
+    text_dictionaries(b, schema).build()
+}
+
+/// Dictionary encoding for the text columns of `schema` only: numeric measurements are
+/// nearly all distinct, so a dictionary would be built and then abandoned (wasted time, and
+/// for small row groups a larger file).
+pub fn text_dictionaries(
+    builder: parquet::file::properties::WriterPropertiesBuilder,
+    schema: &SchemaRef,
+) -> parquet::file::properties::WriterPropertiesBuilder {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.data_type(),
+                arrow::datatypes::DataType::Utf8
+                    | arrow::datatypes::DataType::LargeUtf8
+                    | arrow::datatypes::DataType::Utf8View
+            )
+        })
+        .fold(builder.set_dictionary_enabled(false), |b, f| {
+            b.set_column_dictionary_enabled(
                 parquet::schema::types::ColumnPath::from(f.name().as_str()),
                 true,
-            );
-        }
-    }
-    b.build()
+            )
+        })
 }
