@@ -151,11 +151,18 @@ def stats(values_s, scale=1.0):
             "p99": v[int(0.99 * (len(v) - 1))]}
 
 
+def number(x):
+    """Three significant digits, without exponents."""
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if x >= 0.001 else f"{x:.1e}"
+
+
 class Report:
     """Workloads as rows; for each system either its stats or why it has none."""
 
-    def __init__(self):
-        self.rows, self.disagreements = [], []
+    def __init__(self, rows=(), disagreements=()):
+        self.rows, self.disagreements = list(rows), list(disagreements)
 
     def add(self, workload, unit, results, better="lower", check=None, note=None):
         row = {"workload": workload, "unit": unit, "better": better, "results": results,
@@ -189,10 +196,10 @@ class Report:
             return ""
         if isinstance(r, str):
             return "n/a"
-        text = f"{r['median']:.3g} {row['unit']}"
+        text = f"{number(r['median'])} {row['unit']}"
         if system != "meridian":
             s = Report.speedup(row, system)
-            text += f" (×{s:.2g})" if s is not None else ""
+            text += f" (×{number(s)})" if s is not None else ""
         return text
 
     def line(self, row):
@@ -709,7 +716,7 @@ def tap_workloads(report, args, table, m_server, dachs):
                "1-arcmin cones", "req/s", results, better="higher", check=check,
                note="; ".join(notes))
 
-    rows = min(1_000_000, args.rows)
+    rows = min(1_000_000, args.tap_rows)
     results, answers = {}, {}
     for s, (host, port, t) in servers.items():
         tap = Tap(host, port)
@@ -822,13 +829,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--rows", type=int, default=1_000_000,
-                    help="rows of the survey for cones, scans, TAP and ingest (default 10^6)")
+    ap.add_argument("--rows", type=int, default=10_000_000,
+                    help="rows of the survey for cones, scans and ingest (default 10^7)")
     ap.add_argument("--xmatch", type=int, nargs="*", default=[1_000_000, 10_000_000],
                     help="cross-match sizes n (n x n rows)")
     ap.add_argument("--tap-rows", type=int, default=None,
                     help="rows published through both TAP services (default: --rows, at most "
-                         "10^7, since DaCHS imports about 10^4 rows/s)")
+                         "10^6, since DaCHS imports about 10^4 rows/s)")
     ap.add_argument("--cones", type=int, default=200, help="measured cones per radius")
     ap.add_argument("--lsdb-cones", type=int, default=20, help="of these, measured on LSDB")
     ap.add_argument("--tap-cones", type=int, default=200)
@@ -844,7 +851,11 @@ def main():
                     help="comma-separated workload groups to run")
     ap.add_argument("--work", type=Path, default=Path("/tmp/meridian-bench-peers"))
     ap.add_argument("--meridian", default=None, help="meridian binary (default: build release)")
+    ap.add_argument("--render", type=Path, help="print and rewrite the Markdown of an earlier "
+                    "run's JSON, then exit")
     args = ap.parse_args()
+    if args.render:
+        return render(args.render)
     args.lsdb_warmup = 2
     only = set(args.only.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -863,7 +874,7 @@ def main():
 
     print("loading", flush=True)
     survey = f"object_{args.rows}"
-    tap_rows = args.tap_rows or min(args.rows, 10_000_000)
+    tap_rows = args.tap_rows = args.tap_rows or min(args.rows, 1_000_000)
     tap_table = f"object_{tap_rows}"
     datasets = {}  # name -> generated Parquet files
 
@@ -967,25 +978,35 @@ def main():
                         "lsdb": lsdb.__version__, "dachs": dachs.version if dachs else None,
                         "duckdb_python": duckdb.__version__}
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = ROOT / "bench" / "results" / f"peers-{stamp}"
-    text = report.table(markdown=False)
-    print("\n" + text + "\n")
-    md = (f"# Meridian vs peers, {stamp}\n\n"
-          f"Machine: {machine['cpu']}, {machine['cpus']} cores, {machine['memory_gib']} GiB, "
-          f"{machine['platform']}. Survey {args.rows:,} rows; cross-match sizes "
-          f"{', '.join(f'{n:,}' for n in sizes)}; {args.repeat} timed runs after warm-up "
-          f"(fewer when a run is long: see n in the JSON). Cells: median (×speed-up of "
-          f"Meridian over that peer; above 1 Meridian is faster). Total run "
-          f"{(time.time() - started) / 60:.0f} min.\n\n" + report.table(markdown=True) + "\n")
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps({
+    out = ROOT / "bench" / "results" / f"peers-{stamp}.json"
+    out.write_text(json.dumps({
         "when": stamp, "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+        "sizes": {"rows": args.rows, "xmatch": sizes, "tap_rows": tap_rows},
         "rows": report.rows, "disagreements": report.disagreements,
         "minutes": round((time.time() - started) / 60, 1)}, indent=1, default=str) + "\n")
-    print(f"results: {out.with_suffix('.md')} and .json")
+    render(out)
+    print(f"results: {out.with_suffix('.md')} and {out.name}")
     if report.disagreements:
         print(f"!!! {len(report.disagreements)} DISAGREEMENTS; see the JSON", flush=True)
         sys.exit(1)
+
+
+def render(path):
+    """Prints the table of a run's JSON and writes it as Markdown beside it."""
+    run_ = json.loads(path.read_text())
+    report = Report(run_["rows"], run_["disagreements"])
+    machine, sizes = run_["machine"], run_["sizes"]
+    print("\n" + report.table(markdown=False) + "\n")
+    md = (f"# Meridian vs peers, {run_['when']}\n\n"
+          f"Machine: {machine['cpu']}, {machine['cpus']} cores, {machine['memory_gib']} GiB, "
+          f"{machine['platform']}; Meridian {machine['meridian_commit']}; peers "
+          + ", ".join(f"{SYSTEMS[k]} {v}" for k, v in machine["peers"].items() if k in SYSTEMS and v)
+          + f". Survey {sizes['rows']:,} rows (TAP: {sizes['tap_rows']:,}); cross-match sizes "
+          f"{', '.join(f'{n:,}' for n in sizes['xmatch'])}. Timed runs after warm-up (fewer "
+          f"when a run is long: n in the JSON). Cells: median (×how many times faster Meridian "
+          f"is than that peer; above 1 Meridian is faster). The whole run took "
+          f"{run_['minutes']:.0f} min.\n\n" + report.table(markdown=True) + "\n")
+    path.with_suffix(".md").write_text(md)
 
 
 def machine_description(binary):
