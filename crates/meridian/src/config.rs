@@ -23,6 +23,34 @@ pub struct Config {
     pub server: ServerConfig,
     /// Asynchronous (UWS) jobs.
     pub jobs: JobsConfig,
+    /// Accounts and tokens.
+    pub auth: AuthConfig,
+}
+
+/// Accounts and tokens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The account database (default: `accounts.sqlite` in the data directory).
+    pub db: Option<PathBuf>,
+    /// How long a token issued at login lives, days.
+    pub token_lifetime_days: u64,
+    /// Whether anyone may create an account through `/api/auth/register`.
+    pub self_registration: bool,
+    /// Whether callers without a token may run asynchronous jobs.
+    pub anonymous_jobs: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        let d = meridian_server::auth::AuthConfig::default();
+        Self {
+            db: None,
+            token_lifetime_days: 30,
+            self_registration: d.self_registration,
+            anonymous_jobs: d.anonymous_jobs,
+        }
+    }
 }
 
 /// Asynchronous jobs: the worker pool, per-client limits, lifetimes.
@@ -190,6 +218,7 @@ impl Default for Config {
             log: LogConfig::default(),
             server: ServerConfig::default(),
             jobs: JobsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -228,7 +257,9 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 6] = ["data_dir", "ingest", "query", "log", "server", "jobs"];
+        const TOP: [&str; 7] = [
+            "data_dir", "ingest", "query", "log", "server", "jobs", "auth",
+        ];
         let mut ignored = Vec::new();
         let mut table = match file {
             Some(f) => {
@@ -295,6 +326,9 @@ impl Config {
                 "jobs.max_running, max_running_per_client and max_active_per_client must be positive"
             );
         }
+        if self.auth.token_lifetime_days == 0 {
+            bail!("auth.token_lifetime_days must be positive");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be 'text' or 'json'");
         }
@@ -307,6 +341,14 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("jobs"))
+    }
+
+    /// The account database.
+    pub fn accounts_db(&self) -> PathBuf {
+        self.auth
+            .db
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("accounts.sqlite"))
     }
 
     /// The catalog store directory.
@@ -329,6 +371,7 @@ mod tests {
         assert_eq!(c.log, LogConfig::default());
         assert_eq!(c.server, ServerConfig::default());
         assert_eq!(c.jobs, JobsConfig::default());
+        assert_eq!(c.auth, AuthConfig::default());
     }
 
     #[test]

@@ -97,6 +97,9 @@ enum Command {
     /// Sky geometry utilities reading CSV lines on standard input.
     #[command(subcommand)]
     Sky(SkyCommand),
+    /// Manage user accounts and tokens (administrator, on the server's data directory).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Generate and ingest the demo survey, run a sample query, then serve it over TAP.
     Demo {
         /// Objects in the demo survey.
@@ -332,6 +335,39 @@ struct IngestArgs {
     title: Option<String>,
 }
 
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from standard input (first line) or prompted.
+    Add {
+        /// Login name: a letter, then letters, digits, '_' or '-'.
+        name: String,
+        /// Contact address.
+        #[arg(long)]
+        email: Option<String>,
+        /// May manage users and tokens through the service.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List the users.
+    List,
+    /// Remove a user and revoke their tokens.
+    Remove { name: String },
+    /// Set a user's password (read from standard input) and revoke their tokens.
+    Passwd { name: String },
+    /// Issue a token for a user without their password, printed on standard output.
+    Token {
+        name: String,
+        /// Comma-separated scopes: catalogs:read, storage:write, jobs:run, admin.
+        #[arg(long, default_value = "catalogs:read,storage:write,jobs:run")]
+        scopes: String,
+        /// Lifetime with its unit, for example 12h or 90days.
+        #[arg(long, default_value = "30days")]
+        expires: humantime::Duration,
+    },
+    /// Revoke a token (read from standard input).
+    Revoke,
+}
+
 fn main() {
     let cli = Cli::parse();
     match run(cli) {
@@ -435,6 +471,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { addr } => serve(&config, addr)?,
         Command::Sky(cmd) => sky(cmd)?,
         Command::Bench(cmd) => bench(&config, cmd)?,
+        Command::User(cmd) => user(&config, cmd)?,
         Command::Demo { objects, no_serve } => {
             demo(&config, objects, quiet)?;
             if !no_serve {
@@ -894,6 +931,78 @@ async fn emit(
     Ok(())
 }
 
+fn open_accounts(config: &Config) -> anyhow::Result<meridian_services::accounts::Accounts> {
+    let path = config.accounts_db();
+    let lifetime = Duration::from_secs(config.auth.token_lifetime_days * 86_400);
+    meridian_services::accounts::Accounts::open(&path, lifetime)
+        .with_context(|| format!("opening the account database {}", path.display()))
+}
+
+/// The first line of standard input, or a prompt when it is a terminal.
+fn read_secret(what: &str) -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if std::io::IsTerminal::is_terminal(&stdin) {
+        eprint!("{what}: ");
+        std::io::stderr().flush()?;
+    }
+    let mut line = String::new();
+    stdin.read_line(&mut line)?;
+    let line = line.trim_end_matches(['\r', '\n']).to_string();
+    if line.is_empty() {
+        bail!("no {what} on standard input");
+    }
+    Ok(line)
+}
+
+fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
+    use meridian_services::accounts::Scopes;
+    let accounts = open_accounts(config)?;
+    match cmd {
+        UserCommand::Add { name, email, admin } => {
+            let password = read_secret("password")?;
+            let u = accounts.create_user(&name, &password, email.as_deref(), admin)?;
+            println!("created user '{}' (uid {})", u.name, u.uid);
+        }
+        UserCommand::List => {
+            for u in accounts.users()? {
+                println!(
+                    "{}\tuid {}\t{}\t{}{}",
+                    u.name,
+                    u.uid,
+                    meridian_services::jobs::format_time(u.created_ms),
+                    u.email.as_deref().unwrap_or("-"),
+                    if u.admin { "\tadmin" } else { "" }
+                );
+            }
+        }
+        UserCommand::Remove { name } => {
+            accounts.delete_user(&name)?;
+            println!("removed user '{name}'");
+        }
+        UserCommand::Passwd { name } => {
+            accounts.set_password(&name, &read_secret("new password")?)?;
+            println!("password of '{name}' changed; their tokens are revoked");
+        }
+        UserCommand::Token {
+            name,
+            scopes,
+            expires,
+        } => {
+            let t = accounts.issue_for(&name, Scopes::parse(&scopes)?, *expires)?;
+            println!("{}", t.token);
+            eprintln!(
+                "expires {}",
+                meridian_services::jobs::format_time(t.expires_ms)
+            );
+        }
+        UserCommand::Revoke => {
+            accounts.revoke(&read_secret("token")?)?;
+            println!("revoked");
+        }
+    }
+    Ok(())
+}
+
 fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
     let (engine, rt) = open_engine(config)?;
     // Queries get a runtime of their own: CPU-bound operators never hold the threads that
@@ -917,6 +1026,11 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         },
         &config.jobs_dir(),
         config.jobs.to_services(),
+        open_accounts(config)?,
+        meridian_server::auth::AuthConfig {
+            self_registration: config.auth.self_registration,
+            anonymous_jobs: config.auth.anonymous_jobs,
+        },
     )?;
     state.public_url = s.public_url.clone();
     let addr = addr.unwrap_or_else(|| s.addr.clone());

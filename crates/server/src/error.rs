@@ -23,9 +23,9 @@ pub enum Error {
     /// Writing the result failed.
     #[error(transparent)]
     Format(#[from] meridian_formats::Error),
-    /// A job request failed.
+    /// A job or account request failed.
     #[error(transparent)]
-    Jobs(#[from] meridian_services::Error),
+    Services(#[from] meridian_services::Error),
     /// The service failed in a way no request can cause or fix.
     #[error("{0}")]
     Internal(String),
@@ -36,7 +36,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// DALI: a request the client can fix is 400, an unknown resource 404, a failure of
-    /// the service 500.
+    /// the service 500; no valid credentials 401, a refused action 403.
     pub fn status(&self) -> StatusCode {
         use meridian_engine::Error as E;
         match self {
@@ -54,12 +54,22 @@ impl Error {
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 }
             }
-            Error::Jobs(meridian_services::Error::NotFound(_)) => StatusCode::NOT_FOUND,
-            Error::Jobs(meridian_services::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Error::Services(e) => {
+                use meridian_services::Error as S;
+                match e {
+                    S::NotFound(_) => StatusCode::NOT_FOUND,
+                    S::Invalid(_) => StatusCode::BAD_REQUEST,
+                    S::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                    S::Forbidden(_) => StatusCode::FORBIDDEN,
+                    S::Conflict(_) => StatusCode::CONFLICT,
+                    S::Storage(_) | S::Io { .. } | S::Record(_) => {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                }
+            }
             Error::Engine(E::Catalog(_))
             | Error::Format(_)
             | Error::Timeout(_)
-            | Error::Jobs(_)
             | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,12 +97,19 @@ impl IntoResponse for Error {
         } else {
             tracing::info!(%status, error = %message, "request refused");
         }
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/x-votable+xml")],
             error_votable(&message),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"Meridian\""),
+            );
+        }
+        response
     }
 }
 

@@ -1,7 +1,8 @@
 //! Meridian's HTTP services on axum: TAP 1.1 synchronous and asynchronous (UWS) queries
-//! with table uploads, VOSI, health and Prometheus metrics. Every failure becomes a DALI error document in one place
+//! with table uploads, VOSI, accounts and tokens ([`auth`]), health and Prometheus metrics. Every failure becomes a DALI error document in one place
 //! ([`error`]).
 
+pub mod auth;
 pub mod error;
 pub mod examples;
 pub mod metadata;
@@ -23,6 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meridian_engine::Engine;
+use meridian_services::accounts::Accounts;
 use meridian_services::jobs::{JobConfig, Jobs, Phase};
 
 pub use error::{Error, Result};
@@ -114,16 +116,22 @@ pub struct AppState {
     pub jobs: Arc<Jobs>,
     /// Table metadata (VOSI, TAP_SCHEMA).
     pub model: Arc<Vec<metadata::SchemaMeta>>,
+    /// Users and tokens.
+    pub accounts: Arc<Accounts>,
+    /// Account settings.
+    pub auth: Arc<auth::AuthConfig>,
 }
 
 impl AppState {
-    /// State for `engine` under `limits`, with asynchronous jobs kept in `jobs_dir`.
-    /// Queued jobs start once [`serve`] runs.
+    /// State for `engine` under `limits`, with asynchronous jobs kept in `jobs_dir` and
+    /// users in `accounts`. Queued jobs start once [`serve`] runs.
     pub fn new(
         engine: Engine,
         limits: Limits,
         jobs_dir: &std::path::Path,
         job_config: JobConfig,
+        accounts: Accounts,
+        auth: auth::AuthConfig,
     ) -> Result<Self> {
         let mut engine = engine;
         let model = metadata::model(&engine);
@@ -141,6 +149,8 @@ impl AppState {
             public_url: None,
             jobs: Jobs::open(jobs_dir, job_config, runner)?,
             model: Arc::new(model),
+            accounts: Arc::new(accounts),
+            auth: Arc::new(auth),
         })
     }
 }
@@ -200,16 +210,10 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 
 /// The routes of the service.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/tap/sync", get(tap::sync).post(tap::sync))
-        .route("/tap/availability", get(vosi::availability))
-        .route("/tap/capabilities", get(vosi::capabilities))
-        .route("/tap/tables", get(vosi::tables))
-        .route("/tap/tables/{name}", get(vosi::table))
-        .route("/tap/examples", get(examples::examples_document))
-        .route("/tap/async", get(uws::list).post(uws::create))
+    use axum::middleware::{from_fn, from_fn_with_state};
+    use axum::routing::post;
+    // One job's resources: only its owner reaches them.
+    let job = Router::new()
         .route(
             "/tap/async/{id}",
             get(uws::job).post(uws::post_job).delete(uws::delete),
@@ -235,11 +239,36 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tap/async/{id}/results", get(uws::results))
         .route("/tap/async/{id}/results/{name}", get(uws::result))
+        .route_layer(from_fn_with_state(state.clone(), uws::owner_only));
+    // Everything that serves data: an invalid token is refused rather than taken for
+    // anonymous.
+    let protected = Router::new()
+        .route("/tap/sync", get(tap::sync).post(tap::sync))
+        .route("/tap/availability", get(vosi::availability))
+        .route("/tap/capabilities", get(vosi::capabilities))
+        .route("/tap/tables", get(vosi::tables))
+        .route("/tap/tables/{name}", get(vosi::table))
+        .route("/tap/examples", get(examples::examples_document))
+        .route("/tap/async", get(uws::list).post(uws::create))
+        .merge(job)
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/auth/whoami", get(auth::whoami))
+        .route_layer(from_fn(auth::reject_invalid_token));
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/register", post(auth::register))
+        .route("/auth", get(auth::dl_alive))
+        .route("/auth/", get(auth::dl_alive))
+        .route("/auth/{call}", get(auth::dl_call))
+        .merge(protected)
         // Uploads travel in request bodies: allow the upload limit plus the form around it.
         .layer(axum::extract::DefaultBodyLimit::max(
             (state.limits.upload_max_bytes as usize).saturating_add(1 << 20),
         ))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(from_fn_with_state(state.clone(), auth::identify))
+        .layer(from_fn_with_state(state.clone(), observe))
         .layer(tower_http::cors::CorsLayer::permissive())
         .with_state(state)
 }

@@ -340,7 +340,12 @@ async fn sync_uploads(state: &AppState, req: &DaliRequest) -> Result<Arc<meridia
 }
 
 /// `/tap/sync`, GET or POST.
-pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+pub async fn sync(
+    State(state): State<AppState>,
+    axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
+    req: DaliRequest,
+) -> Result<Response> {
+    caller.allows(meridian_services::accounts::Scope::ReadCatalogs)?;
     let spec = QuerySpec::from_params(&req.params, &state.limits)?;
     tracing::info!(query = %spec.query, maxrec = spec.maxrec, "sync query");
     let limit = std::time::Duration::from_secs(state.limits.sync_timeout_s);

@@ -7,17 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use meridian_formats::write::{ResultWriter, xml_escape};
+use meridian_services::accounts::Scope;
 use meridian_services::jobs::{
     ErrorSummary, Job, JobResult, ListFilter, NewJob, Phase, Runner, format_time, parse_time,
 };
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{Error, Result, error_votable};
 use crate::params::{DaliRequest, Params};
 use crate::result::write_stream;
@@ -226,13 +228,35 @@ fn results_xml(job: &Job, url: &str, standalone: bool) -> String {
     o
 }
 
-/// `GET /tap/async`: the job list, filtered by PHASE (repeatable), AFTER and LAST.
+/// Middleware of a job's resources: a job that is not the caller's is answered as if it
+/// did not exist, so that job ids cannot be probed. Anonymous callers share the anonymous
+/// jobs.
+pub async fn owner_only(
+    State(state): State<AppState>,
+    Path(path): Path<std::collections::HashMap<String, String>>,
+    Extension(caller): Extension<Caller>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response> {
+    let id = path.get("id").map(String::as_str).unwrap_or_default();
+    let job = state.jobs.get(id)?;
+    if job.owner.as_deref() != caller.user()? {
+        return Err(Error::NotFound(format!("no job '{id}'")));
+    }
+    Ok(next.run(req).await)
+}
+
+/// `GET /tap/async`: the caller's jobs, filtered by PHASE (repeatable), AFTER and LAST.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     req: DaliRequest,
 ) -> Result<Response> {
-    let mut filter = ListFilter::default();
+    let mut filter = ListFilter {
+        owner: Some(caller.user()?.map(str::to_string)),
+        ..ListFilter::default()
+    };
     for v in req.params.all("PHASE") {
         filter.phases.push(
             Phase::parse(v)
@@ -286,10 +310,16 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     req: DaliRequest,
 ) -> Result<Response> {
     let jobs = &state.jobs;
+    caller.allows(Scope::RunJobs)?;
+    let owner = caller.user()?.map(str::to_string);
+    if owner.is_none() && !state.auth.anonymous_jobs {
+        caller.identity()?; // 401: log in first
+    }
     let run = match req.params.get("PHASE") {
         None => false,
         Some(p) if p.eq_ignore_ascii_case("RUN") => true,
@@ -301,8 +331,9 @@ pub async fn create(
     };
     let job = jobs.create(NewJob {
         run_id: req.params.get("RUNID").map(str::to_string),
-        owner: None,
-        client: peer.ip().to_string(),
+        // Per-client limits count a user's jobs together, wherever they come from.
+        client: owner.clone().unwrap_or_else(|| peer.ip().to_string()),
+        owner,
         parameters: job_parameters(&req.params),
     })?;
     // Inline uploads are kept with the job, so that it can run (again) after a restart.

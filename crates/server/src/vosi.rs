@@ -66,6 +66,14 @@ pub async fn capabilities(State(state): State<AppState>, headers: HeaderMap) -> 
          <interface role=\"std\" xsi:type=\"vs:ParamHTTP\" version=\"1.1\">\n\
          <accessURL use=\"base\">{base}/tap</accessURL>\n\
          </interface>\n\
+         <interface role=\"std\" xsi:type=\"vs:ParamHTTP\" version=\"1.1\">\n\
+         <accessURL use=\"base\">{base}/tap</accessURL>\n\
+         <securityMethod standardID=\"ivo://ivoa.net/sso#cookie\"/>\n\
+         </interface>\n\
+         <interface role=\"std\" xsi:type=\"vs:ParamHTTP\" version=\"1.1\">\n\
+         <accessURL use=\"base\">{base}/tap</accessURL>\n\
+         <securityMethod standardID=\"ivo://ivoa.net/sso#token\"/>\n\
+         </interface>\n\
          <language>\n<name>ADQL</name>\n\
          <version ivo-id=\"ivo://ivoa.net/std/ADQL#v2.0\">2.0</version>\n\
          <version ivo-id=\"ivo://ivoa.net/std/ADQL#v2.1\">2.1</version>\n\

@@ -3,14 +3,24 @@
 /// Errors of the services.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No such job (or it has been destroyed).
-    #[error("no job '{0}'")]
+    /// No such job (or it has been destroyed), user or token; the message names it.
+    #[error("{0}")]
     NotFound(String),
+    /// No valid credentials: a token that is unknown, revoked or expired, or a wrong
+    /// password.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    Conflict(String),
     /// The request is not allowed in the job's current phase, or a value is invalid.
     #[error("{0}")]
     Invalid(String),
-    /// The job database failed.
-    #[error("job database: {0}")]
+    /// The job or account database failed.
+    #[error("database: {0}")]
     Storage(#[from] rusqlite::Error),
     /// A job's files could not be written or read.
     #[error("{context}: {source}")]

@@ -262,6 +262,8 @@ pub struct ListFilter {
     pub after_ms: Option<i64>,
     /// Only the most recently created `n`, newest first.
     pub last: Option<usize>,
+    /// Only the jobs of this owner (`Some(None)`: anonymous jobs); `None`: everybody's.
+    pub owner: Option<Option<String>>,
 }
 
 /// How a worker's job ended.
@@ -467,7 +469,7 @@ impl Jobs {
 
     /// Job `id`.
     pub fn get(&self, id: &str) -> Result<Job> {
-        load(&self.lock().db, id)?.ok_or_else(|| Error::NotFound(id.to_string()))
+        load(&self.lock().db, id)?.ok_or_else(|| Error::NotFound(format!("no job '{id}'")))
     }
 
     /// The jobs `filter` selects: oldest first, or newest first under LAST.
@@ -487,6 +489,10 @@ impl Jobs {
         if let Some(after) = filter.after_ms {
             sql.push_str(" AND creation_ms > ?");
             args.push(after.into());
+        }
+        if let Some(owner) = &filter.owner {
+            sql.push_str(" AND json_extract(record, '$.owner') IS ?");
+            args.push(owner.clone().into());
         }
         match filter.last {
             Some(n) => {
@@ -527,7 +533,8 @@ impl Jobs {
     pub fn run(self: &Arc<Self>, id: &str) -> Result<Job> {
         {
             let inner = self.lock();
-            let mut job = load(&inner.db, id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+            let mut job =
+                load(&inner.db, id)?.ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
             match job.phase {
                 Phase::Pending | Phase::Held => {
                     let active: i64 = inner.db.query_row(
@@ -572,7 +579,8 @@ impl Jobs {
     /// its worker stops). Aborting a finished job changes nothing.
     pub fn abort(&self, id: &str) -> Result<Job> {
         let mut inner = self.lock();
-        let mut job = load(&inner.db, id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let mut job =
+            load(&inner.db, id)?.ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
         if !job.phase.is_active() {
             return Ok(job);
         }
@@ -601,7 +609,7 @@ impl Jobs {
             .execute("DELETE FROM jobs WHERE id = ?1", params![id])?;
         drop(inner);
         if n == 0 {
-            return Err(Error::NotFound(id.to_string()));
+            return Err(Error::NotFound(format!("no job '{id}'")));
         }
         let dir = self.job_dir(id);
         if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -629,7 +637,8 @@ impl Jobs {
     /// now.
     pub fn set_destruction(&self, id: &str, at_ms: i64) -> Result<Job> {
         let inner = self.lock();
-        let mut job = load(&inner.db, id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let mut job =
+            load(&inner.db, id)?.ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
         let latest = now_ms() + (self.config.max_lifetime_s as i64) * 1000;
         job.destruction_ms = at_ms.min(latest);
         save(&inner.db, &job)?;
@@ -661,7 +670,8 @@ impl Jobs {
         change: impl FnOnce(&mut Job, &JobConfig),
     ) -> Result<Job> {
         let inner = self.lock();
-        let mut job = load(&inner.db, id)?.ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let mut job =
+            load(&inner.db, id)?.ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
         if job.phase != Phase::Pending {
             return Err(Error::Invalid(format!(
                 "job {id} is {}: its {what} can only change while it is PENDING",

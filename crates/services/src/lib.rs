@@ -1,10 +1,12 @@
-//! Meridian's services below the protocols. [`jobs`] is the UWS 1.1 job model: phases and
+//! Meridian's services below the protocols. [`accounts`] holds users and their tokens.
+//! [`jobs`] is the UWS 1.1 job model: phases and
 //! their transitions, a bounded worker pool with per-owner limits, blocking waits, the
 //! destruction sweeper, and persistence in SQLite so that jobs outlive the process.
 //!
 //! Protocol code (the HTTP server) renders these types as UWS documents and supplies the
 //! work a job does through [`jobs::Runner`]; nothing here knows about HTTP or queries.
 
+pub mod accounts;
 pub mod error;
 pub mod jobs;
 

@@ -257,6 +257,26 @@ async fn listing_filters_by_phase_creation_time_and_recency() {
         last.iter().map(|j| &j.id).collect::<Vec<_>>(),
         [&c.id, &b.id]
     );
+    // By owner: a user's jobs, or the anonymous ones.
+    let mine = jobs
+        .create(NewJob {
+            owner: Some("alice".into()),
+            ..new_job("alice", &[])
+        })
+        .unwrap();
+    let of = |owner: Option<&str>| {
+        jobs.list(&ListFilter {
+            owner: Some(owner.map(str::to_string)),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(of(Some("alice")), [mine.id]);
+    assert_eq!(of(Some("bob")), Vec::<String>::new());
+    assert_eq!(of(None), [a.id, b.id, c.id]);
 }
 
 #[tokio::test]

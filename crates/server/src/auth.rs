@@ -1,0 +1,439 @@
+//! Who a request comes from, and the account endpoints.
+//!
+//! A token travels as `Authorization: Bearer <token>`, as Data Lab's `X-DL-AuthToken`
+//! header, or as the `meridian_token` cookie a browser gets at login. [`identify`] checks
+//! it once per request and leaves a [`Caller`] in the request's extensions; protected routes
+//! turn an invalid token into 401 ([`reject_invalid_token`]), while Data Lab's `isValid*`
+//! calls answer `False` for it.
+//!
+//! Endpoints: `/api/auth/login`, `/logout`, `/whoami` and (when enabled) `/register` for
+//! Meridian's own clients and the portal; `/auth/...` for Data Lab's `authClient`, as
+//! ../shared/specs/datalab-clients-wire.md describes it.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use meridian_services::accounts::{Identity, Scope};
+
+use crate::AppState;
+use crate::error::{Error, Result};
+use crate::params::DaliRequest;
+
+/// The cookie holding a browser's token.
+pub const COOKIE: &str = "meridian_token";
+
+/// Account settings of the service.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Whether anyone may create an account at `/api/auth/register`.
+    pub self_registration: bool,
+    /// Whether callers without a token may run asynchronous jobs (they share one anonymous
+    /// job list).
+    pub anonymous_jobs: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            self_registration: false,
+            anonymous_jobs: true,
+        }
+    }
+}
+
+/// Who a request comes from.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No token (or Data Lab's anonymous one).
+    Anonymous,
+    /// A valid token's holder.
+    User(Identity),
+    /// A token that is unknown, revoked or expired, with the reason.
+    Invalid(String),
+}
+
+impl Caller {
+    /// The user's name, `None` for anonymous callers; 401 for an invalid token.
+    pub fn user(&self) -> Result<Option<&str>> {
+        match self {
+            Caller::Anonymous => Ok(None),
+            Caller::User(id) => Ok(Some(&id.user)),
+            Caller::Invalid(why) => Err(Error::Services(meridian_services::Error::Unauthorized(
+                why.clone(),
+            ))),
+        }
+    }
+
+    /// The identity, or 401 when there is none.
+    pub fn identity(&self) -> Result<&Identity> {
+        match self {
+            Caller::User(id) => Ok(id),
+            Caller::Anonymous => Err(Error::Services(meridian_services::Error::Unauthorized(
+                "this needs a login: send a token as 'Authorization: Bearer <token>'".into(),
+            ))),
+            Caller::Invalid(why) => Err(Error::Services(meridian_services::Error::Unauthorized(
+                why.clone(),
+            ))),
+        }
+    }
+
+    /// Refuses (403) a token without `scope`; anonymous callers pass (what they may do is
+    /// decided where it matters).
+    pub fn allows(&self, scope: Scope) -> Result<()> {
+        match self {
+            Caller::User(id) => Ok(id.require(scope)?),
+            _ => self.user().map(drop),
+        }
+    }
+}
+
+/// The token a request carries, if any: Bearer first, then Data Lab's header, then the
+/// cookie.
+pub fn token_of(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(t.trim().to_string());
+        }
+    }
+    if let Some(v) = headers.get("x-dl-authtoken").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn caller_for(state: &AppState, token: Option<&str>) -> Result<Caller> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Ok(Caller::Anonymous);
+    };
+    Ok(match state.accounts.authenticate(token) {
+        Ok(Some(id)) => Caller::User(id),
+        Ok(None) => Caller::Anonymous,
+        Err(meridian_services::Error::Unauthorized(why)) => Caller::Invalid(why),
+        Err(e) => return Err(e.into()),
+    })
+}
+
+/// Middleware: checks the request's token and leaves a [`Caller`] for the handlers.
+pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let token = token_of(req.headers());
+    match caller_for(&state, token.as_deref()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Middleware for protected routes: an unknown, revoked or expired token gets 401 rather
+/// than being taken for anonymous.
+pub async fn reject_invalid_token(
+    Extension(caller): Extension<Caller>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match caller.user() {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn login_cookie(token: &str, max_age_s: i64) -> String {
+    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_s}")
+}
+
+/// Runs the password hash off the async workers: argon2 takes tens of milliseconds on
+/// purpose.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> meridian_services::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("account task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+/// `POST /api/auth/login` (form or query: `username`, `password`): a JSON body with the
+/// token and its expiry, and the token as a cookie for browsers.
+pub async fn login(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+    let user = req.params.required("username")?.to_string();
+    let password = req.params.required("password")?.to_string();
+    let accounts = state.accounts.clone();
+    let who = user.clone();
+    let issued = blocking(move || accounts.login(&who, &password)).await?;
+    tracing::info!(user, "login");
+    let max_age = ((issued.expires_ms - meridian_services::jobs::now_ms()) / 1000).max(0);
+    let body = serde_json::json!({
+        "token": issued.token,
+        "user": user,
+        "expires": meridian_services::jobs::format_time(issued.expires_ms),
+    });
+    Ok((
+        [(header::SET_COOKIE, login_cookie(&issued.token, max_age))],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// `POST /api/auth/logout`: revokes the request's token and clears the cookie.
+pub async fn logout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    caller.identity()?;
+    let token = token_of(&headers).unwrap_or_default();
+    state.accounts.revoke(&token)?;
+    Ok((
+        [(header::SET_COOKIE, login_cookie("", 0))],
+        Json(serde_json::json!({"logged_out": true})),
+    )
+        .into_response())
+}
+
+/// `GET /api/auth/whoami`: the caller's name, scopes and token expiry; 401 without a
+/// valid token.
+pub async fn whoami(Extension(caller): Extension<Caller>) -> Result<Response> {
+    let id = caller.identity()?;
+    Ok(Json(serde_json::json!({
+        "user": id.user,
+        "scopes": id.scopes.names(),
+        "expires": meridian_services::jobs::format_time(id.expires_ms),
+    }))
+    .into_response())
+}
+
+/// `POST /api/auth/register` (`username`, `password`, optional `email`), when the service
+/// allows self-registration.
+pub async fn register(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+    if !state.auth.self_registration {
+        return Err(Error::Services(meridian_services::Error::Forbidden(
+            "this service does not allow self-registration; ask its administrator for an account"
+                .into(),
+        )));
+    }
+    let user = req.params.required("username")?.to_string();
+    let password = req.params.required("password")?.to_string();
+    let email = req.params.get("email").map(str::to_string);
+    let accounts = state.accounts.clone();
+    let made =
+        blocking(move || accounts.create_user(&user, &password, email.as_deref(), false)).await?;
+    tracing::info!(user = made.name, "registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"user": made.name})),
+    )
+        .into_response())
+}
+
+// ---------------------------------------------------------------------------------------
+// Data Lab's authClient. Every call is a GET; booleans are the bodies `True` and `False`;
+// failures are non-200 answers whose body starts with `Error: `.
+
+fn query_of(req: &Request) -> HashMap<String, String> {
+    // First value wins, decoded leniently as a form, as the wire description asks.
+    let mut out = HashMap::new();
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+    }
+    out
+}
+
+fn plain(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn boolean(b: bool) -> Response {
+    plain(StatusCode::OK, if b { "True" } else { "False" })
+}
+
+fn dl_error(e: impl std::fmt::Display, status: StatusCode) -> Response {
+    plain(status, format!("Error: {e}"))
+}
+
+fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `GET /auth`: Data Lab's liveness answer.
+pub async fn dl_alive() -> Response {
+    plain(
+        StatusCode::OK,
+        "Hello World! This is the Meridian authentication service.",
+    )
+}
+
+/// `GET /auth/{call}`: Data Lab's authClient calls.
+pub async fn dl_call(
+    State(state): State<AppState>,
+    axum::extract::Path(call): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let q = query_of(&req);
+    let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    let accounts = state.accounts.clone();
+    let valid = |token: &str| matches!(accounts.authenticate(token), Ok(Some(_)));
+    match call.as_str() {
+        "login" => {
+            let user = get("username").to_string();
+            let password = header_str(&req, "x-dl-password")
+                .map(str::to_string)
+                .or_else(|| q.get("password").cloned())
+                .unwrap_or_default();
+            let accounts = state.accounts.clone();
+            let known = match accounts.user(&user) {
+                Ok(u) => u.is_some(),
+                Err(e) => return dl_error(e, StatusCode::INTERNAL_SERVER_ERROR),
+            };
+            if !known {
+                return dl_error(
+                    format!("Username \"{user}\" does not exist."),
+                    StatusCode::UNAUTHORIZED,
+                );
+            }
+            match blocking(move || accounts.login(&user, &password)).await {
+                // The body is the token and nothing else: the client puts it in headers.
+                Ok(t) => plain(StatusCode::OK, t.token),
+                Err(Error::Services(meridian_services::Error::Unauthorized(_))) => {
+                    dl_error("Invalid password", StatusCode::UNAUTHORIZED)
+                }
+                Err(e) => dl_error(e, StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
+        "logout" => {
+            let token = q
+                .get("token")
+                .cloned()
+                .or_else(|| header_str(&req, "x-dl-authtoken").map(str::to_string))
+                .unwrap_or_default();
+            match state.accounts.revoke(&token) {
+                Ok(()) => plain(StatusCode::OK, "OK"),
+                Err(e) => dl_error(e, StatusCode::UNAUTHORIZED),
+            }
+        }
+        "isValidToken" | "isTokenLoggedIn" => boolean(valid(get("token"))),
+        "isValidUser" => boolean(matches!(state.accounts.user(get("user")), Ok(Some(_)))),
+        "isValidPassword" => {
+            let (user, password) = (get("user").to_string(), get("password").to_string());
+            let accounts = state.accounts.clone();
+            boolean(matches!(
+                blocking(move || accounts.verify_password(&user, &password)).await,
+                Ok(true)
+            ))
+        }
+        "isUserLoggedIn" => boolean(matches!(state.accounts.logged_in(get("user")), Ok(true))),
+        // `user` carries a token here. A valid token reaches the caller's own resources;
+        // which resource it names is checked by the service that holds it.
+        "hasAccess" => boolean(valid(get("user"))),
+        "passwordReset" => {
+            let caller = match caller_for(&state, header_str(&req, "x-dl-authtoken")) {
+                Ok(Caller::User(id)) => id,
+                _ => return dl_error("log in to change a password", StatusCode::UNAUTHORIZED),
+            };
+            let target = match get("username") {
+                "" => caller.user.clone(),
+                u => u.to_string(),
+            };
+            if target != caller.user && !caller.scopes.has(Scope::Admin) {
+                return dl_error(
+                    "only an administrator may change another user's password",
+                    StatusCode::FORBIDDEN,
+                );
+            }
+            let Some(password) = header_str(&req, "x-dl-password").map(str::to_string) else {
+                return dl_error(
+                    "the new password goes in X-DL-Password",
+                    StatusCode::BAD_REQUEST,
+                );
+            };
+            let accounts = state.accounts.clone();
+            let result = blocking(move || {
+                accounts.set_password(&target, &password)?;
+                accounts.login(&target, &password)
+            })
+            .await;
+            match result {
+                Ok(t) => plain(StatusCode::OK, t.token),
+                Err(e) => dl_error(e, StatusCode::BAD_REQUEST),
+            }
+        }
+        other => dl_error(
+            format!("'{other}' is not an authentication call"),
+            StatusCode::NOT_FOUND,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_comes_from_bearer_then_data_lab_header_then_cookie() {
+        assert_eq!(token_of(&headers(&[])), None);
+        assert_eq!(
+            token_of(&headers(&[("authorization", "Bearer  abc ")])).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            token_of(&headers(&[
+                ("x-dl-authtoken", "u.1.1.$1$x"),
+                ("cookie", "meridian_token=c")
+            ]))
+            .as_deref(),
+            Some("u.1.1.$1$x")
+        );
+        assert_eq!(
+            token_of(&headers(&[
+                ("authorization", "Bearer b"),
+                ("x-dl-authtoken", "d")
+            ]))
+            .as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            token_of(&headers(&[(
+                "cookie",
+                "theme=dark; meridian_token=t1; other=x"
+            )]))
+            .as_deref(),
+            Some("t1")
+        );
+        // Basic credentials are not a token.
+        assert_eq!(
+            token_of(&headers(&[("authorization", "Basic Zm9vOmJhcg==")])),
+            None
+        );
+    }
+}

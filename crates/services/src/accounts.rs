@@ -1,0 +1,626 @@
+//! Accounts: users with argon2id password hashes, and the tokens they log in for.
+//!
+//! A token has Data Lab's shape, `user.uid.gid.$1$<8 characters>$<22 characters>`, so that
+//! the unmodified `astro-datalab` client accepts it (the client silently replaces a token
+//! of any other shape by the anonymous one). Its 30 random characters carry 180 bits; only
+//! their SHA-256 is stored, so the database never holds a usable token. Every token has
+//! scopes, an expiry time, and can be revoked (logout). The same token is accepted as
+//! `Authorization: Bearer`, as Data Lab's `X-DL-AuthToken` header and as a cookie.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use rand::Rng;
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::jobs::now_ms;
+
+/// The token Data Lab's clients send when nobody is logged in.
+pub const ANONYMOUS_TOKEN: &str = "anonymous.0.0.anon_access";
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Query the catalogs.
+    ReadCatalogs,
+    /// Write to one's storage (VOSpace, MyDB).
+    WriteStorage,
+    /// Run asynchronous jobs.
+    RunJobs,
+    /// Manage users.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 4] = [
+        Scope::ReadCatalogs,
+        Scope::WriteStorage,
+        Scope::RunJobs,
+        Scope::Admin,
+    ];
+
+    /// The scope's name, as given on the command line and shown by `whoami`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::ReadCatalogs => "catalogs:read",
+            Scope::WriteStorage => "storage:write",
+            Scope::RunJobs => "jobs:run",
+            Scope::Admin => "admin",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// Everything a user who is not an administrator may do.
+    pub fn user() -> Self {
+        Self::of(&[Scope::ReadCatalogs, Scope::WriteStorage, Scope::RunJobs])
+    }
+
+    /// The set of `scopes`.
+    pub fn of(scopes: &[Scope]) -> Self {
+        Self(scopes.iter().fold(0, |b, s| b | s.bit()))
+    }
+
+    /// Whether `scope` is in the set.
+    pub fn has(self, scope: Scope) -> bool {
+        self.0 & scope.bit() != 0
+    }
+
+    /// Parses a comma-separated list of scope names.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut out = Self::default();
+        for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let scope = Scope::ALL
+                .into_iter()
+                .find(|s| s.as_str() == name)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "unknown scope '{name}'; the scopes are {}",
+                        Scope::ALL.map(Scope::as_str).join(", ")
+                    ))
+                })?;
+            out.0 |= scope.bit();
+        }
+        Ok(out)
+    }
+
+    /// The names of the scopes in the set.
+    pub fn names(self) -> Vec<&'static str> {
+        Scope::ALL
+            .into_iter()
+            .filter(|s| self.has(*s))
+            .map(Scope::as_str)
+            .collect()
+    }
+}
+
+/// A user as listed (never with the password hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Numeric id (Data Lab's tokens carry it).
+    pub uid: i64,
+    /// Contact address, if given.
+    pub email: Option<String>,
+    /// Whether the user may manage users.
+    pub admin: bool,
+    /// When the account was made, ms since the epoch.
+    pub created_ms: i64,
+}
+
+/// Who a request comes from, once its token is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Login name.
+    pub user: String,
+    /// What the token allows.
+    pub scopes: Scopes,
+    /// When the token expires, ms since the epoch.
+    pub expires_ms: i64,
+}
+
+impl Identity {
+    /// Refuses (403) unless the token carries `scope`.
+    pub fn require(&self, scope: Scope) -> Result<()> {
+        if self.scopes.has(scope) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "this token does not allow '{}'; log in again or ask for a token with that scope",
+                scope.as_str()
+            )))
+        }
+    }
+}
+
+/// A newly issued token: the only time its text is known.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// The token, to send back on every request.
+    pub token: String,
+    /// When it expires, ms since the epoch.
+    pub expires_ms: i64,
+}
+
+/// The account database.
+pub struct Accounts {
+    db: Mutex<Connection>,
+    token_lifetime: Duration,
+}
+
+const SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA foreign_keys = ON;
+    CREATE TABLE IF NOT EXISTS users (
+        name TEXT PRIMARY KEY,
+        uid INTEGER NOT NULL UNIQUE,
+        password TEXT NOT NULL,
+        email TEXT,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS tokens (
+        hash TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+        scopes INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user);
+";
+
+/// Data Lab numbers its users from here.
+const FIRST_UID: i64 = 1001;
+
+/// Checks a login name: a letter, then letters, digits, `_` or `-`, at most 32 in all. A
+/// dot or slash would break the token's shape and the `vos://` and `mydb://` names.
+pub fn check_user_name(name: &str) -> Result<()> {
+    let ok = name.len() <= 32
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "user name '{name}' is not allowed: use a letter, then letters, digits, '_' or '-', \
+             at most 32 characters"
+        )))
+    }
+}
+
+fn check_password(password: &str) -> Result<()> {
+    if password.chars().count() < 8 {
+        return Err(Error::Invalid(
+            "the password is too short: use at least 8 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `n` characters of the md5-crypt alphabet, from the operating system's generator.
+fn random_chars(n: usize) -> String {
+    const ALPHABET: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| ALPHABET[rng.random_range(0..64)] as char)
+        .collect()
+}
+
+impl Accounts {
+    /// Opens (or creates) the account database at `path`; tokens issued at login live for
+    /// `token_lifetime`.
+    pub fn open(path: &Path, token_lifetime: Duration) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        let db = Connection::open(path)?;
+        db.busy_timeout(Duration::from_secs(5))?;
+        db.execute_batch(SCHEMA)?;
+        Ok(Self {
+            db: Mutex::new(db),
+            token_lifetime,
+        })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // Every change is one statement, so a poisoned lock leaves the database whole.
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates user `name`.
+    pub fn create_user(
+        &self,
+        name: &str,
+        password: &str,
+        email: Option<&str>,
+        admin: bool,
+    ) -> Result<User> {
+        check_user_name(name)?;
+        check_password(password)?;
+        let hash = hash_password(password)?;
+        let db = self.db();
+        let uid: i64 = db.query_row(
+            "SELECT COALESCE(MAX(uid) + 1, ?1) FROM users",
+            [FIRST_UID],
+            |r| r.get(0),
+        )?;
+        let created_ms = now_ms();
+        let inserted = db.execute(
+            "INSERT OR IGNORE INTO users (name, uid, password, email, admin, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, uid, hash, email, admin, created_ms],
+        )?;
+        if inserted == 0 {
+            return Err(Error::Conflict(format!("user '{name}' already exists")));
+        }
+        Ok(User {
+            name: name.to_string(),
+            uid,
+            email: email.map(str::to_string),
+            admin,
+            created_ms,
+        })
+    }
+
+    /// User `name`, if there is one.
+    pub fn user(&self, name: &str) -> Result<Option<User>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT name, uid, email, admin, created_ms FROM users WHERE name = ?1",
+                [name],
+                read_user,
+            )
+            .optional()?)
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<User>> {
+        let db = self.db();
+        let mut stmt =
+            db.prepare("SELECT name, uid, email, admin, created_ms FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], read_user)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Removes user `name` and their tokens.
+    pub fn delete_user(&self, name: &str) -> Result<()> {
+        let db = self.db();
+        db.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
+        if db.execute("DELETE FROM users WHERE name = ?1", [name])? == 0 {
+            return Err(Error::NotFound(format!("user '{name}'")));
+        }
+        Ok(())
+    }
+
+    /// Sets user `name`'s password and revokes their tokens.
+    pub fn set_password(&self, name: &str, password: &str) -> Result<()> {
+        check_password(password)?;
+        let hash = hash_password(password)?;
+        let db = self.db();
+        if db.execute(
+            "UPDATE users SET password = ?2 WHERE name = ?1",
+            params![name, hash],
+        )? == 0
+        {
+            return Err(Error::NotFound(format!("user '{name}'")));
+        }
+        db.execute("UPDATE tokens SET revoked = 1 WHERE user = ?1", [name])?;
+        Ok(())
+    }
+
+    /// Whether `password` is user `name`'s. Unknown users take as long as known ones, so
+    /// that timing does not tell which names exist.
+    pub fn verify_password(&self, name: &str, password: &str) -> Result<bool> {
+        let stored: Option<String> = self
+            .db()
+            .query_row("SELECT password FROM users WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let hash = match &stored {
+            Some(h) => h.clone(),
+            None => dummy_hash()?,
+        };
+        let parsed = PasswordHash::new(&hash)
+            .map_err(|e| Error::Invalid(format!("stored password hash of '{name}': {e}")))?;
+        let ok = Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+        Ok(ok && stored.is_some())
+    }
+
+    /// Checks the password and issues a token with every scope the user has.
+    pub fn login(&self, name: &str, password: &str) -> Result<IssuedToken> {
+        if !self.verify_password(name, password)? {
+            return Err(Error::Unauthorized(
+                "wrong user name or password".to_string(),
+            ));
+        }
+        let user = self
+            .user(name)?
+            .ok_or_else(|| Error::Unauthorized("wrong user name or password".into()))?;
+        let mut scopes = Scopes::user();
+        if user.admin {
+            scopes.0 |= Scope::Admin.bit();
+        }
+        self.issue(&user, scopes, self.token_lifetime)
+    }
+
+    /// Issues a token for user `name` without a password (the administrator's command).
+    pub fn issue_for(&self, name: &str, scopes: Scopes, lifetime: Duration) -> Result<IssuedToken> {
+        let user = self
+            .user(name)?
+            .ok_or_else(|| Error::NotFound(format!("user '{name}'")))?;
+        if scopes.has(Scope::Admin) && !user.admin {
+            return Err(Error::Forbidden(format!(
+                "user '{name}' is not an administrator, so a token cannot carry 'admin'"
+            )));
+        }
+        self.issue(&user, scopes, lifetime)
+    }
+
+    fn issue(&self, user: &User, scopes: Scopes, lifetime: Duration) -> Result<IssuedToken> {
+        let token = format!(
+            "{}.{uid}.{uid}.$1${}${}",
+            user.name,
+            random_chars(8),
+            random_chars(22),
+            uid = user.uid
+        );
+        let now = now_ms();
+        let expires_ms = now.saturating_add(lifetime.as_millis().min(i64::MAX as u128) as i64);
+        self.db().execute(
+            "INSERT INTO tokens (hash, user, scopes, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash_token(&token), user.name, scopes.0, now, expires_ms],
+        )?;
+        Ok(IssuedToken { token, expires_ms })
+    }
+
+    /// The identity `token` stands for: `None` for Data Lab's anonymous token, 401 for a
+    /// token that was never issued here, has been revoked or has expired.
+    pub fn authenticate(&self, token: &str) -> Result<Option<Identity>> {
+        let token = token.trim();
+        if token == ANONYMOUS_TOKEN {
+            return Ok(None);
+        }
+        let row: Option<(String, u8, i64, bool)> = self
+            .db()
+            .query_row(
+                "SELECT user, scopes, expires_ms, revoked FROM tokens WHERE hash = ?1",
+                [hash_token(token)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((user, scopes, expires_ms, revoked)) = row else {
+            return Err(Error::Unauthorized(
+                "the token is not valid: it was not issued by this service".into(),
+            ));
+        };
+        if revoked {
+            return Err(Error::Unauthorized(
+                "the token has been revoked (logged out); log in again".into(),
+            ));
+        }
+        if expires_ms <= now_ms() {
+            return Err(Error::Unauthorized(format!(
+                "the token expired at {}; log in again",
+                crate::jobs::format_time(expires_ms)
+            )));
+        }
+        Ok(Some(Identity {
+            user,
+            scopes: Scopes(scopes),
+            expires_ms,
+        }))
+    }
+
+    /// Revokes `token` (logout). Revoking an unknown token is an error.
+    pub fn revoke(&self, token: &str) -> Result<()> {
+        if self.db().execute(
+            "UPDATE tokens SET revoked = 1 WHERE hash = ?1",
+            [hash_token(token.trim())],
+        )? == 0
+        {
+            return Err(Error::NotFound("token".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether user `name` holds a token that is neither expired nor revoked.
+    pub fn logged_in(&self, name: &str) -> Result<bool> {
+        Ok(self.db().query_row(
+            "SELECT EXISTS (SELECT 1 FROM tokens WHERE user = ?1 AND revoked = 0 AND expires_ms > ?2)",
+            params![name, now_ms()],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+fn read_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        name: r.get(0)?,
+        uid: r.get(1)?,
+        email: r.get(2)?,
+        admin: r.get(3)?,
+        created_ms: r.get(4)?,
+    })
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill(&mut bytes);
+    let salt = SaltString::encode_b64(&bytes)
+        .map_err(|e| Error::Invalid(format!("making a password salt: {e}")))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Invalid(format!("hashing the password: {e}")))
+}
+
+/// A hash to verify against when the user does not exist, made once.
+fn dummy_hash() -> Result<String> {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(h) = DUMMY.get() {
+        return Ok(h.clone());
+    }
+    let h = hash_password("not a password of anyone")?;
+    Ok(DUMMY.get_or_init(|| h).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accounts(dir: &tempfile::TempDir) -> Accounts {
+        Accounts::open(
+            &dir.path().join("accounts.sqlite"),
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn login_issues_a_data_lab_shaped_token_that_authenticates() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(&dir);
+        let alice = a
+            .create_user("alice", "correct horse", None, false)
+            .unwrap();
+        assert_eq!(alice.uid, FIRST_UID);
+        let t = a.login("alice", "correct horse").unwrap();
+        // The astro-datalab client's own pattern (Util.py): user.uid.gid.$1$<22+ chars>.
+        let parts: Vec<&str> = t.token.splitn(4, '.').collect();
+        assert_eq!(parts[..3], ["alice", "1001", "1001"]);
+        assert!(parts[3].starts_with("$1$") && parts[3].len() >= 3 + 22);
+        assert!(!t.token.chars().any(char::is_whitespace));
+        let id = a.authenticate(&t.token).unwrap().unwrap();
+        assert_eq!(id.user, "alice");
+        assert!(id.scopes.has(Scope::RunJobs) && !id.scopes.has(Scope::Admin));
+        assert!(a.logged_in("alice").unwrap());
+        // Stored hashed: the token's text appears nowhere in the database file.
+        drop(a);
+        let raw = std::fs::read(dir.path().join("accounts.sqlite")).unwrap();
+        let wal = std::fs::read(dir.path().join("accounts.sqlite-wal")).unwrap_or_default();
+        for bytes in [raw, wal] {
+            assert!(
+                !bytes
+                    .windows(t.token.len())
+                    .any(|w| w == t.token.as_bytes())
+            );
+            assert!(!bytes.windows(13).any(|w| w == b"correct horse"));
+        }
+    }
+
+    #[test]
+    fn wrong_password_unknown_user_revoked_and_expired_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(&dir);
+        a.create_user("bob", "hunter2hunter2", None, false).unwrap();
+        assert!(matches!(
+            a.login("bob", "wrong password"),
+            Err(Error::Unauthorized(_))
+        ));
+        assert!(matches!(
+            a.login("nobody", "hunter2hunter2"),
+            Err(Error::Unauthorized(_))
+        ));
+        assert!(matches!(
+            a.authenticate("bob.1001.1001.$1$aaaaaaaa$bbbbbbbbbbbbbbbbbbbbbb"),
+            Err(Error::Unauthorized(m)) if m.contains("not issued")
+        ));
+        assert_eq!(a.authenticate(ANONYMOUS_TOKEN).unwrap(), None);
+
+        let t = a.login("bob", "hunter2hunter2").unwrap();
+        a.revoke(&t.token).unwrap();
+        assert!(matches!(
+            a.authenticate(&t.token),
+            Err(Error::Unauthorized(m)) if m.contains("revoked")
+        ));
+        assert!(!a.logged_in("bob").unwrap());
+
+        let t = a
+            .issue_for("bob", Scopes::user(), Duration::from_millis(1))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(
+            a.authenticate(&t.token),
+            Err(Error::Unauthorized(m)) if m.contains("expired")
+        ));
+    }
+
+    #[test]
+    fn names_passwords_and_scopes_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(&dir);
+        for bad in ["", "1abc", "a.b", "a/b", "../x", "a b", &"x".repeat(33)] {
+            assert!(matches!(
+                a.create_user(bad, "long enough", None, false),
+                Err(Error::Invalid(_))
+            ));
+        }
+        assert!(matches!(
+            a.create_user("carol", "short", None, false),
+            Err(Error::Invalid(_))
+        ));
+        a.create_user("carol", "long enough", None, false).unwrap();
+        assert!(matches!(
+            a.create_user("carol", "long enough", None, false),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            a.issue_for(
+                "carol",
+                Scopes::of(&[Scope::Admin]),
+                Duration::from_secs(60)
+            ),
+            Err(Error::Forbidden(_))
+        ));
+        let s = Scopes::parse("catalogs:read, jobs:run").unwrap();
+        assert_eq!(s.names(), ["catalogs:read", "jobs:run"]);
+        assert!(Scopes::parse("root").is_err());
+        let t = a
+            .issue_for(
+                "carol",
+                Scopes::of(&[Scope::ReadCatalogs]),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let id = a.authenticate(&t.token).unwrap().unwrap();
+        assert!(matches!(
+            id.require(Scope::RunJobs),
+            Err(Error::Forbidden(_))
+        ));
+        // A new password revokes the old tokens.
+        a.set_password("carol", "another long one").unwrap();
+        assert!(a.authenticate(&t.token).is_err());
+        a.delete_user("carol").unwrap();
+        assert!(a.user("carol").unwrap().is_none());
+    }
+}

@@ -1,0 +1,184 @@
+"""Accounts and tokens over HTTP: Meridian's own login, Data Lab's authClient wire calls,
+401 and 403 answers, and async jobs that only their owner sees (pyvo with an AuthSession)."""
+
+import re
+import time
+
+import pytest
+import requests
+
+from conftest import Server, run
+
+# The astro-datalab client's own token pattern (dl/Util.py): anything else is silently
+# replaced by the anonymous token.
+DL_TOKEN = re.compile(r"([^/\s]+)\.(\d+)\.(\d+)\.((?:\$1\$\S{22,})|(?:\S+_access))")
+
+
+@pytest.fixture(scope="module")
+def auth_env(tmp_path_factory):
+    return {"MERIDIAN_AUTH__DB": str(tmp_path_factory.mktemp("accounts") / "accounts.sqlite")}
+
+
+@pytest.fixture(scope="module")
+def service(store, auth_env):
+    for name, password in [("alice", "alice-password"), ("bob", "bob-password-1")]:
+        run("user", "add", name, data_dir=store, input=password + "\n", env=auth_env)
+    with Server(store, env=auth_env) as s:
+        yield s.url.removesuffix("/tap"), auth_env
+
+
+def login(base, user, password):
+    r = requests.post(f"{base}/api/auth/login", data={"username": user, "password": password})
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_admin_command_refuses_bad_names_and_duplicates(store, service):
+    _, env = service
+    p = run("user", "add", "../evil", data_dir=store, input="long enough\n", env=env, check=False)
+    assert p.returncode != 0 and "not allowed" in p.stderr
+    p = run("user", "add", "alice", data_dir=store, input="long enough\n", env=env, check=False)
+    assert p.returncode != 0 and "already exists" in p.stderr
+    listed = run("user", "list", data_dir=store, env=env).stdout
+    assert "alice" in listed and "bob" in listed and "password" not in listed
+
+
+def test_login_token_works_as_bearer_data_lab_header_and_cookie(service):
+    base, _ = service
+    r = login(base, "alice", "alice-password")
+    token = r.json()["token"]
+    assert DL_TOKEN.fullmatch(token) and token.startswith("alice.")
+    assert "meridian_token=" in r.headers["Set-Cookie"] and "HttpOnly" in r.headers["Set-Cookie"]
+    for headers, cookies in [({"Authorization": f"Bearer {token}"}, None),
+                             ({"X-DL-AuthToken": token}, None),
+                             ({}, {"meridian_token": token})]:
+        w = requests.get(f"{base}/api/auth/whoami", headers=headers, cookies=cookies)
+        assert w.status_code == 200, w.text
+        assert w.json()["user"] == "alice"
+        assert "jobs:run" in w.json()["scopes"] and "admin" not in w.json()["scopes"]
+
+
+def test_wrong_password_and_bad_tokens_get_401_with_a_reason(store, service):
+    base, env = service
+    r = requests.post(f"{base}/api/auth/login", data={"username": "alice", "password": "nope"})
+    assert r.status_code == 401 and "wrong user name or password" in r.text
+    assert requests.get(f"{base}/api/auth/whoami").status_code == 401
+
+    q = {"LANG": "ADQL", "QUERY": "SELECT TOP 1 * FROM gaia"}
+    forged = "alice.1001.1001.$1$abcdefgh$abcdefghijklmnopqrstuv"
+    r = requests.get(f"{base}/tap/sync", params=q, headers={"Authorization": f"Bearer {forged}"})
+    assert r.status_code == 401 and "not issued" in r.text
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert 'value="ERROR"' in r.text  # a DALI error document
+    # Anonymous queries of public catalogs need no token.
+    assert requests.get(f"{base}/tap/sync", params=q).status_code == 200
+
+    # Logged out: revoked.
+    token = login(base, "bob", "bob-password-1").json()["token"]
+    h = {"Authorization": f"Bearer {token}"}
+    assert requests.post(f"{base}/api/auth/logout", headers=h).status_code == 200
+    r = requests.get(f"{base}/tap/sync", params=q, headers=h)
+    assert r.status_code == 401 and "revoked" in r.text
+
+    # Expired.
+    token = run("user", "token", "bob", "--expires", "1s", data_dir=store, env=env).stdout.strip()
+    time.sleep(1.5)
+    r = requests.get(f"{base}/api/auth/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401 and "expired" in r.text
+
+
+def test_a_token_without_the_jobs_scope_cannot_run_async_jobs(store, service):
+    base, env = service
+    token = run("user", "token", "bob", "--scopes", "catalogs:read", data_dir=store,
+                env=env).stdout.strip()
+    h = {"Authorization": f"Bearer {token}"}
+    r = requests.post(f"{base}/tap/async", headers=h, allow_redirects=False,
+                      data={"LANG": "ADQL", "QUERY": "SELECT TOP 1 * FROM gaia"})
+    assert r.status_code == 403 and "jobs:run" in r.text
+    q = {"LANG": "ADQL", "QUERY": "SELECT TOP 1 * FROM gaia"}
+    assert requests.get(f"{base}/tap/sync", params=q, headers=h).status_code == 200
+
+
+def test_data_lab_auth_client_calls(service):
+    """The calls of astro-datalab's authClient, as its code makes them."""
+    base, _ = service
+    auth = f"{base}/auth"
+    assert requests.get(auth).text.lower().startswith("hello world")
+    r = requests.get(f"{auth}/login", params={"username": "alice", "profile": "default", "debug": "False"},
+                     headers={"X-DL-Password": "alice-password"})
+    assert r.status_code == 200
+    token = r.text
+    assert DL_TOKEN.fullmatch(token) and token == token.strip()
+
+    def ask(call, **params):
+        r = requests.get(f"{auth}/{call}", params={**params, "profile": "default"},
+                         headers={"X-DL-AuthToken": token})
+        assert r.status_code == 200, r.text
+        return r.text
+
+    assert ask("isValidToken", token=token) == "True"
+    assert ask("isValidToken", token="alice.1001.1001.$1$xxxxxxxx$yyyyyyyyyyyyyyyyyyyyyy") == "False"
+    assert ask("isValidUser", user="alice") == "True"
+    assert ask("isValidUser", user="mallory") == "False"
+    assert ask("isValidPassword", user="alice", password="alice-password") == "True"
+    assert ask("isValidPassword", user="alice", password="guess") == "False"
+    assert ask("isUserLoggedIn", user="alice") == "True"
+    assert ask("isTokenLoggedIn", token=token) == "True"
+    assert ask("hasAccess", user=token, resource="vos://") == "True"
+
+    r = requests.get(f"{auth}/login", params={"username": "mallory"}, headers={"X-DL-Password": "x"})
+    assert r.status_code != 200 and r.text == 'Error: Username "mallory" does not exist.'
+    r = requests.get(f"{auth}/login", params={"username": "alice"}, headers={"X-DL-Password": "x"})
+    assert r.status_code != 200 and r.text == "Error: Invalid password"
+
+    # The client repeats the query string on logout.
+    r = requests.get(f"{auth}/logout?token={token}&debug=False&token={token}&debug=False",
+                     headers={"X-DL-AuthToken": token})
+    assert r.status_code == 200 and r.text == "OK"
+    assert ask("isValidToken", token=token) == "False"
+
+
+def test_async_jobs_are_seen_and_controlled_only_by_their_owner(service):
+    import pyvo
+    from pyvo.auth import AuthSession
+    base, _ = service
+    url = f"{base}/tap"
+
+    def session(user, password):
+        s = AuthSession()
+        s.credentials.set_cookie("meridian_token", login(base, user, password).json()["token"])
+        svc = pyvo.dal.TAPService(url, session=s)
+        s.update_from_capabilities(svc.capabilities)
+        return svc
+
+    alice, bob = session("alice", "alice-password"), session("bob", "bob-password-1")
+    job = alice.submit_job("SELECT TOP 5 source_id FROM gaia")
+    job.run().wait(timeout=60)
+    assert job.phase == "COMPLETED"
+    assert job.owner == "alice"
+    assert len(job.fetch_result().to_table()) == 5
+
+    def ids(svc):
+        r = svc._session.get(f"{url}/async")
+        assert r.status_code == 200
+        return set(re.findall(r'jobref id="([^"]+)"', r.text))
+
+    assert job.job_id in ids(alice)
+    assert job.job_id not in ids(bob)
+    # Another user's job does not exist for them: no phase, no results, no delete.
+    for path in ["", "/phase", "/results/result", "/parameters"]:
+        assert bob._session.get(f"{job.url}{path}").status_code == 404
+    assert bob._session.post(f"{job.url}/phase", data={"PHASE": "ABORT"}).status_code == 404
+    assert bob._session.delete(job.url, allow_redirects=False).status_code == 404
+    # Nor for anonymous callers, who see only anonymous jobs.
+    assert requests.get(job.url).status_code == 404
+    anon = requests.get(f"{url}/async").text
+    assert job.job_id not in anon
+    job.delete()
+
+
+def test_capabilities_declare_the_security_methods(service):
+    base, _ = service
+    caps = requests.get(f"{base}/tap/capabilities").text
+    assert 'standardID="ivo://ivoa.net/sso#cookie"' in caps
+    assert 'standardID="ivo://ivoa.net/sso#token"' in caps
