@@ -3,6 +3,7 @@
 //! ([`error`]).
 
 pub mod auth;
+pub mod datalab;
 pub mod error;
 pub mod examples;
 pub mod metadata;
@@ -262,6 +263,9 @@ pub fn router(state: AppState) -> Router {
         .route("/auth", get(auth::dl_alive))
         .route("/auth/", get(auth::dl_alive))
         .route("/auth/{call}", get(auth::dl_call))
+        .route("/query", get(datalab::alive))
+        .route("/query/", get(datalab::alive))
+        .route("/query/{call}", get(datalab::call).post(datalab::call))
         .merge(protected)
         // Uploads travel in request bodies: allow the upload limit plus the form around it.
         .layer(axum::extract::DefaultBodyLimit::max(

@@ -37,7 +37,10 @@ pub async fn availability() -> Response {
         .to_string())
 }
 
-/// `/tap/capabilities`: VOSI capabilities and TAPRegExt (languages, formats, limits).
+/// `/tap/capabilities`: VOSI capabilities and TAPRegExt (languages, formats, limits). The
+/// TAP interface declares anonymous access (a `securityMethod` without standardID) and the
+/// login cookie, so that pyvo's `AuthSession` sends the cookie; a Bearer token works too,
+/// but SSO 2.0 defines no identifier for it.
 pub async fn capabilities(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let base = xml_escape(&base_url(&state, &headers)).into_owned();
     let mut out = String::from(
@@ -65,14 +68,8 @@ pub async fn capabilities(State(state): State<AppState>, headers: HeaderMap) -> 
         "<capability standardID=\"ivo://ivoa.net/std/TAP\" xsi:type=\"tr:TableAccess\">\n\
          <interface role=\"std\" xsi:type=\"vs:ParamHTTP\" version=\"1.1\">\n\
          <accessURL use=\"base\">{base}/tap</accessURL>\n\
-         </interface>\n\
-         <interface role=\"std\" xsi:type=\"vs:ParamHTTP\" version=\"1.1\">\n\
-         <accessURL use=\"base\">{base}/tap</accessURL>\n\
+         <securityMethod/>\n\
          <securityMethod standardID=\"ivo://ivoa.net/sso#cookie\"/>\n\
-         </interface>\n\
-         <interface role=\"std\" xsi:type=\"vs:ParamHTTP\" version=\"1.1\">\n\
-         <accessURL use=\"base\">{base}/tap</accessURL>\n\
-         <securityMethod standardID=\"ivo://ivoa.net/sso#token\"/>\n\
          </interface>\n\
          <language>\n<name>ADQL</name>\n\
          <version ivo-id=\"ivo://ivoa.net/std/ADQL#v2.0\">2.0</version>\n\
