@@ -23,6 +23,15 @@ fi
 
 step "python packages"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+# Data Lab's own client pins old numpy, astropy and pyvo: it lives in a venv of its own,
+# which the tests find through DATALAB_PYTHON.
+export DATALAB_PYTHON="${DATALAB_PYTHON:-$HOME/.cache/meridian/datalab-venv/bin/python}"
+if ! "$DATALAB_PYTHON" -c "import dl.queryClient" 2>/dev/null; then
+    venv="$(dirname "$(dirname "$DATALAB_PYTHON")")"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$DATALAB_PYTHON" -m pip install --quiet --disable-pip-version-check astro-datalab==2.24.0
+fi
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -1,0 +1,56 @@
+"""A notebook-style workflow with the unmodified astro-datalab client, run under its own
+Python (DATALAB_PYTHON) by test_datalab_client.py. Prints one JSON line of what it saw.
+
+    python datalab_workflow.py BASE_URL USER PASSWORD
+"""
+
+import json
+import sys
+import time
+
+# Import every module first, then point them all at the service (importing queryClient
+# resets storeClient's URL).
+from dl import authClient as ac
+from dl import queryClient as qc
+from dl import storeClient as sc
+
+base, user, password = sys.argv[1:4]
+ac.set_svc_url(f"{base}/auth")
+qc.set_svc_url(f"{base}/query")
+sc.set_svc_url(f"{base}/storage")
+
+# isAlive() without an argument pings the default (NOIRLab) URL, whatever set_svc_url said.
+seen = {"alive": ac.isAlive(f"{base}/auth"), "query_alive": qc.isAlive(f"{base}/query")}
+token = ac.login(user, password)
+seen["token"] = token
+seen["whoami"] = ac.whoAmI()
+seen["valid"] = ac.isValidToken(token)
+
+sql = ("SELECT source_id, ra, dec, phot_g_mean_mag FROM gaia "
+       "WHERE q3c_radial_query(ra, dec, 56.75, 24.12, 1) ORDER BY source_id")
+df = qc.query(sql=sql, fmt="pandas")
+seen["pandas_rows"] = len(df)
+seen["pandas_columns"] = list(df.columns)
+seen["pandas_first_ids"] = [int(x) for x in df["source_id"][:5]]
+
+adql = "SELECT TOP 3 source_id FROM gaia ORDER BY source_id"
+seen["adql_csv"] = qc.query(adql=adql, fmt="csv")
+
+job = qc.query(sql=sql, fmt="csv", async_=True)
+seen["job"] = job
+deadline = time.time() + 60
+while (status := qc.status(jobId=job)) not in ("COMPLETED", "ERROR") and time.time() < deadline:
+    time.sleep(0.5)
+seen["status"] = status
+result = qc.results(jobId=job)
+seen["async_rows"] = len(result.strip().split("\n")) - 1
+
+try:
+    qc.query(sql="SELECT nonexistent FROM gaia", fmt="csv")
+    seen["bad_query"] = "no error"
+except Exception as e:  # queryClientError carrying the service's message
+    seen["bad_query"] = str(e)
+
+seen["logout"] = ac.logout(token)
+seen["valid_after_logout"] = ac.isValidToken(token)
+print(json.dumps(seen))

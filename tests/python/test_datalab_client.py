@@ -1,0 +1,60 @@
+"""The real astro-datalab 2.24 client (PyPI, in a venv of its own: DATALAB_PYTHON, set up by
+scripts/test.sh) against a running Meridian: login, queries as pandas and CSV, an async
+query with status and results, a failing query, logout. Its answers are compared with the
+same queries through TAP."""
+
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from conftest import Server, run
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def datalab_python():
+    python = os.environ.get("DATALAB_PYTHON",
+                            str(Path.home() / ".cache/meridian/datalab-venv/bin/python"))
+    assert Path(python).exists(), (
+        f"astro-datalab's venv is missing at {python}: scripts/test.sh creates it")
+    return python
+
+
+def test_notebook_workflow_with_the_unmodified_client(store, tmp_path, datalab_python):
+    env = {"MERIDIAN_AUTH__DB": str(tmp_path / "accounts.sqlite")}
+    run("user", "add", "erin", data_dir=store, input="erin-password\n", env=env)
+    with Server(store, env=env) as s:
+        base = s.url.removesuffix("/tap")
+        home = tmp_path / "home"
+        home.mkdir()
+        p = subprocess.run([datalab_python, HERE / "datalab_workflow.py", base, "erin", "erin-password"],
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "HOME": str(home)})
+        assert p.returncode == 0, p.stderr[-3000:]
+        seen = json.loads(p.stdout.strip().splitlines()[-1])
+
+        sql = ("SELECT source_id, ra, dec, phot_g_mean_mag FROM gaia "
+               "WHERE q3c_radial_query(ra, dec, 56.75, 24.12, 1) ORDER BY source_id")
+        tap = pd.read_csv(io.StringIO(requests.get(
+            f"{s.url}/sync", params={"LANG": "SQL", "QUERY": sql, "FORMAT": "csv",
+                                     "MAXREC": 10**9}).text))
+
+    assert seen["alive"] is True and seen["query_alive"] is True, seen
+    assert seen["token"].startswith("erin.1001.1001.$1$")
+    assert seen["whoami"] == "erin"
+    assert seen["valid"] is True
+    assert seen["pandas_rows"] == len(tap) > 100
+    assert seen["pandas_columns"] == list(tap.columns)
+    assert seen["pandas_first_ids"] == [int(x) for x in tap["source_id"][:5]]
+    assert seen["adql_csv"].splitlines()[0] == "source_id" and len(seen["adql_csv"].splitlines()) == 4
+    assert seen["status"] == "COMPLETED"
+    assert seen["async_rows"] == len(tap)
+    assert "nonexistent" in seen["bad_query"]
+    assert seen["valid_after_logout"] is False
