@@ -1,6 +1,8 @@
 //! Meridian's HTTP services on axum: TAP 1.1 synchronous and asynchronous (UWS) queries
-//! with table uploads, VOSI, accounts and tokens ([`auth`]), health and Prometheus metrics. Every failure becomes a DALI error document in one place
-//! ([`error`]).
+//! with table uploads, VOSI, accounts and tokens ([`auth`]), Data Lab's query service
+//! ([`datalab`]), health and Prometheus metrics. Every failure's status is decided in one
+//! place ([`error`]): TAP answers it as a DALI error document, Data Lab's calls as the
+//! `Error: ...` text their clients expect.
 
 pub mod auth;
 pub mod datalab;
