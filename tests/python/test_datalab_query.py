@@ -75,7 +75,7 @@ def test_errors_are_error_texts_with_4xx(service):
     assert r.status_code == 400 and "hdf5" in r.text
     r = call(base, "query", "carol.1001.1001.$1$abcdefgh$abcdefghijklmnopqrstuv", adql="SELECT 1")
     assert r.status_code == 401 and r.text.startswith("Error: ") and "not issued" in r.text
-    r = call(base, "query", tokens["carol"], sql="SELECT * FROM gaia", out="mydb://t")
+    r = call(base, "query", tokens["carol"], sql="SELECT * FROM gaia", out="vos://t.csv")
     assert r.status_code == 400 and r.text.startswith("Error: ")
 
 
@@ -118,3 +118,76 @@ def test_profiles(service):
     assert call(base, "profiles", format="text").text == "default"
     prof = call(base, "profiles", profile="default", format="text").json()
     assert {"accessURL", "description", "database", "vosRoot", "type"} <= prof.keys()
+
+
+def test_mydb_tables_are_kept_listed_queried_joined_and_private(service):
+    base, tokens = service
+    carol, dave = tokens["carol"], tokens["dave"]
+    cone = "q3c_radial_query(ra, dec, 56.75, 24.12, 1)"
+    sql = f"SELECT source_id, ra, dec, phot_g_mean_mag FROM gaia WHERE {cone}"
+    r = call(base, "query", carol, sql=sql, out="mydb://pleiades", drop="False")
+    assert r.status_code == 200 and r.text.startswith("OK"), r.text
+    r = call(base, "query", carol, sql=sql, out="mydb://pleiades", drop="False")
+    assert r.status_code == 409 and r.text.startswith("Error: ") and "exists" in r.text
+    r = call(base, "query", carol, sql=sql, out="mydb://pleiades", drop="True")
+    assert r.status_code == 200, r.text
+
+    assert call(base, "list", carol, table="").text == "pleiades"
+    columns = call(base, "list", carol, table="mydb://pleiades").text.splitlines()
+    assert [c.split(",")[0] for c in columns] == ["source_id", "ra", "dec", "phot_g_mean_mag"]
+    assert call(base, "list", carol, table="nope").text == 'relation "nope" not known'
+
+    expected = len(pd.read_csv(io.StringIO(call(base, "query", carol, sql=sql).text)))
+    assert expected > 100
+    # Data Lab style (mydb://) and ADQL through TAP with the same token (mydb.).
+    n = pd.read_csv(io.StringIO(call(base, "query", carol, sql="SELECT COUNT(*) AS n FROM mydb://pleiades").text))
+    assert int(n["n"][0]) == expected
+    bearer = {"Authorization": f"Bearer {carol}"}
+    tap = requests.get(f"{base}/tap/sync", headers=bearer, params={
+        "LANG": "ADQL", "FORMAT": "csv",
+        "QUERY": "SELECT COUNT(*) AS n FROM mydb.pleiades WHERE phot_g_mean_mag < 12"})
+    assert tap.status_code == 200, tap.text
+    bright = len(pd.read_csv(io.StringIO(call(base, "query", carol, sql=sql + " AND phot_g_mean_mag < 12").text)))
+    assert int(pd.read_csv(io.StringIO(tap.text))["n"][0]) == bright
+
+    # A cross-match of the MyDB table with a catalog gives the pairs the catalog itself gives.
+    def pairs(table):
+        q = (f"SELECT p.source_id, t.ra AS tra FROM {table} AS p JOIN tycho2 AS t "
+             "ON 1 = CONTAINS(POINT('ICRS', t.ra, t.dec), CIRCLE('ICRS', p.ra, p.dec, 1.0 / 3600))")
+        if table == "gaia":
+            q += " WHERE 1 = CONTAINS(POINT('ICRS', p.ra, p.dec), CIRCLE('ICRS', 56.75, 24.12, 1))"
+        r = requests.get(f"{base}/tap/sync", headers=bearer,
+                         params={"LANG": "ADQL", "FORMAT": "csv", "MAXREC": 10**7, "QUERY": q})
+        assert r.status_code == 200, r.text
+        return pd.read_csv(io.StringIO(r.text)).sort_values(["source_id", "tra"]).reset_index(drop=True)
+    mine, catalog = pairs("mydb.pleiades"), pairs("gaia")
+    assert len(mine) > 20
+    pd.testing.assert_frame_equal(mine, catalog)
+
+    # An async TAP job of carol's sees her tables.
+    r = requests.post(f"{base}/tap/async", headers=bearer, data={
+        "LANG": "ADQL", "FORMAT": "csv", "PHASE": "RUN",
+        "QUERY": "SELECT COUNT(*) AS n FROM mydb.pleiades"})
+    job = r.url
+    for _ in range(300):
+        phase = requests.get(f"{job}/phase", headers=bearer).text
+        if phase in ("COMPLETED", "ERROR"):
+            break
+        time.sleep(0.2)
+    assert phase == "COMPLETED"
+    got = requests.get(f"{job}/results/result", headers=bearer).text
+    assert int(pd.read_csv(io.StringIO(got))["n"][0]) == expected
+
+    # Private: dave neither lists nor queries carol's table; anonymous callers cannot write.
+    assert call(base, "list", dave, table="").text == ""
+    r = requests.get(f"{base}/tap/sync", headers={"Authorization": f"Bearer {dave}"},
+                     params={"LANG": "ADQL", "QUERY": "SELECT * FROM mydb.pleiades"})
+    assert r.status_code == 400
+    r = call(base, "query", ANON, sql=sql, out="mydb://mine")
+    assert r.status_code == 401 and r.text.startswith("Error: ")
+    r = call(base, "query", carol, sql=sql, out="mydb://Bad-Name")
+    assert r.status_code == 400 and "not allowed" in r.text
+
+    assert call(base, "delete", carol, table="pleiades").text == "OK"
+    assert call(base, "list", carol, table="").text == ""
+    assert "not known" in call(base, "delete", carol, table="pleiades").text

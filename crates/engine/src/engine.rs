@@ -65,6 +65,42 @@ impl ExtraTable {
     fn registered(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
+
+    /// Registers the table in `ctx` twice: as the one identifier translated ADQL names,
+    /// and as `schema.name` in lower case, which is how SQL (`LANG=SQL`, Data Lab's `sql=`)
+    /// resolves an unquoted `schema.name`.
+    fn register(&self, ctx: &SessionContext) -> Result<()> {
+        use datafusion::catalog::MemorySchemaProvider;
+        ctx.register_table(
+            datafusion::common::TableReference::bare(self.registered()),
+            self.provider.clone(),
+        )?;
+        let catalog_name = ctx
+            .state()
+            .config()
+            .options()
+            .catalog
+            .default_catalog
+            .clone();
+        let Some(catalog) = ctx.catalog(&catalog_name) else {
+            return Ok(());
+        };
+        let schema = self.schema.to_ascii_lowercase();
+        let provider = match catalog.schema(&schema) {
+            Some(p) => p,
+            None => {
+                let p: Arc<dyn datafusion::catalog::SchemaProvider> =
+                    Arc::new(MemorySchemaProvider::new());
+                catalog.register_schema(&schema, p.clone())?;
+                p
+            }
+        };
+        let name = self.name.to_ascii_lowercase();
+        if !provider.table_exist(&name) {
+            provider.register_table(name, self.provider.clone())?;
+        }
+        Ok(())
+    }
 }
 
 /// Catalog tables and a session to query them.
@@ -130,10 +166,7 @@ impl Engine {
             name: name.to_string(),
             provider,
         };
-        self.ctx.register_table(
-            datafusion::common::TableReference::bare(t.registered()),
-            t.provider.clone(),
-        )?;
+        t.register(&self.ctx)?;
         self.extra.push(t);
         Ok(())
     }
@@ -184,10 +217,7 @@ impl Engine {
             )?;
         }
         for t in &self.extra {
-            ctx.register_table(
-                datafusion::common::TableReference::bare(t.registered()),
-                t.provider.clone(),
-            )?;
+            t.register(&ctx)?;
         }
         let mut engine = Engine {
             ctx,
@@ -210,6 +240,27 @@ impl Engine {
     /// The session (for registering more tables).
     pub fn session(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// A table over one Parquet file (a user's table), read as catalogs are: streamed,
+    /// with row-group pruning by its statistics.
+    pub async fn parquet_table(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<Arc<dyn datafusion::datasource::TableProvider>> {
+        use datafusion::datasource::file_format::parquet::ParquetFormat;
+        use datafusion::datasource::listing::{
+            ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+        };
+        let url = ListingTableUrl::parse(path.to_string_lossy())?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let state = self.ctx.state();
+        let schema = options.infer_schema(&state, &url).await?;
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(schema);
+        Ok(Arc::new(ListingTable::try_new(config)?))
     }
 
     /// The catalog tables, by name.

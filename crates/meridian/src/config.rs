@@ -25,6 +25,27 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Accounts and tokens.
     pub auth: AuthConfig,
+    /// Users' own tables.
+    pub mydb: MyDbConfig,
+}
+
+/// Users' own tables.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MyDbConfig {
+    /// Where they live (default: `mydb` in the data directory).
+    pub dir: Option<PathBuf>,
+    /// What one user's tables may take, MiB.
+    pub quota_mib: u64,
+}
+
+impl Default for MyDbConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            quota_mib: 1024,
+        }
+    }
 }
 
 /// Accounts and tokens.
@@ -219,6 +240,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             jobs: JobsConfig::default(),
             auth: AuthConfig::default(),
+            mydb: MyDbConfig::default(),
         }
     }
 }
@@ -257,8 +279,8 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 7] = [
-            "data_dir", "ingest", "query", "log", "server", "jobs", "auth",
+        const TOP: [&str; 8] = [
+            "data_dir", "ingest", "query", "log", "server", "jobs", "auth", "mydb",
         ];
         let mut ignored = Vec::new();
         let mut table = match file {
@@ -343,6 +365,14 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("jobs"))
     }
 
+    /// The directory of users' tables.
+    pub fn mydb_dir(&self) -> PathBuf {
+        self.mydb
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mydb"))
+    }
+
     /// The account database.
     pub fn accounts_db(&self) -> PathBuf {
         self.auth
@@ -372,6 +402,7 @@ mod tests {
         assert_eq!(c.server, ServerConfig::default());
         assert_eq!(c.jobs, JobsConfig::default());
         assert_eq!(c.auth, AuthConfig::default());
+        assert_eq!(c.mydb, MyDbConfig::default());
     }
 
     #[test]

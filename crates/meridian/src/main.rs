@@ -1031,6 +1031,7 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
             self_registration: config.auth.self_registration,
             anonymous_jobs: config.auth.anonymous_jobs,
         },
+        meridian_services::mydb::MyDb::new(config.mydb_dir(), config.mydb.quota_mib << 20),
     )?;
     state.public_url = s.public_url.clone();
     let addr = addr.unwrap_or_else(|| s.addr.clone());

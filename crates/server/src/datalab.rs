@@ -1,6 +1,7 @@
 //! Data Lab's query service on the wire, for the unmodified `astro-datalab` queryClient:
 //! `/query/query` (synchronous, or asynchronous with `async=True`), `/query/status`,
-//! `/query/results`, `/query/error`, `/query/abort` and `/query/profiles`, as
+//! `/query/results`, `/query/error`, `/query/abort`, `/query/profiles`, and the MyDB calls
+//! `/query/list` and `/query/delete` (with `out=mydb://<table>` on queries), as
 //! ../shared/specs/datalab-clients-wire.md describes them. Queries run exactly as TAP
 //! queries do (same planner, limits and result writers); asynchronous ones are UWS jobs of
 //! the caller, visible through `/tap/async` too.
@@ -112,6 +113,16 @@ pub async fn call(
             .and_then(|job| Ok(state.jobs.abort(&job.id)?))
             .map(|_| plain("OK")),
         "profiles" => Ok(profiles(&state, &f)),
+        "list" => mydb_list(&state, &caller, &f).await,
+        "delete" => caller
+            .identity()
+            .and_then(|id| {
+                let table = meridian_services::mydb::strip_scheme(
+                    f.get("table").map(String::as_str).unwrap_or(""),
+                );
+                Ok(state.mydb.drop_table(&id.user, table)?)
+            })
+            .map(|()| plain("OK")),
         other => Err(Error::NotFound(format!(
             "'{other}' is not a query service call"
         ))),
@@ -146,27 +157,41 @@ async fn query(
         (_, Some(q)) if !q.trim().is_empty() => ("ADQL", q),
         _ => return Err(Error::Usage("give the query as sql=... or adql=...".into())),
     };
+    let text = crate::mydb::rewrite(text);
     let out = f
         .get("out")
         .map(String::as_str)
         .filter(|o| !o.is_empty() && *o != "None");
-    if let Some(o) = out.filter(|o| o.contains("://")) {
+    let mydb_out = out.and_then(|o| o.strip_prefix("mydb://"));
+    if let Some(o) = out.filter(|o| o.contains("://") && !o.starts_with("mydb://")) {
         return Err(Error::Usage(format!(
-            "out={o}: saving results to MyDB or VOSpace is not offered by this service yet; \
-             leave out unset to receive the result"
+            "out={o}: saving results to VOSpace is not offered by this service yet; use \
+             out=mydb://<table> or leave out unset to receive the result"
         )));
     }
     let format = format_name(f.get("ofmt").map(String::as_str).unwrap_or("csv"))?;
     // Data Lab answers with every row; the service's own ceiling still applies.
     let params = Params::from_pairs(vec![
         ("LANG".into(), lang.into()),
-        ("QUERY".into(), text.clone()),
+        ("QUERY".into(), text),
         ("FORMAT".into(), format.into()),
         ("MAXREC".into(), state.limits.max_maxrec.to_string()),
     ]);
     let is_async = f
         .get("async")
         .is_some_and(|a| a.eq_ignore_ascii_case("true"));
+    if let Some(table) = mydb_out {
+        // Kept as a MyDB table, synchronously; the client answers "OK" whatever the body.
+        let user = caller.identity()?.user.clone();
+        caller.allows(Scope::WriteStorage)?;
+        let replace = f
+            .get("drop")
+            .is_some_and(|d| d.eq_ignore_ascii_case("true"));
+        let spec = QuerySpec::from_params(&params, &state.limits)?;
+        let rows =
+            crate::mydb::save(&state.engine, &state.mydb, &user, &spec, table, replace).await?;
+        return Ok(plain(format!("OK: {rows} rows written to mydb://{table}")));
+    }
     if is_async {
         caller.allows(Scope::RunJobs)?;
         let owner = caller.user()?.map(str::to_string);
@@ -197,6 +222,7 @@ async fn query(
     run_streaming(
         state,
         &req,
+        caller.user()?,
         spec,
         std::time::Duration::from_secs_f64(limit_s),
     )
@@ -253,4 +279,39 @@ fn profiles(state: &AppState, f: &HashMap<String, String>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `list`: with no table, the caller's MyDB tables one per line; with one, its columns as
+/// `name,type` lines.
+async fn mydb_list(
+    state: &AppState,
+    caller: &Caller,
+    f: &HashMap<String, String>,
+) -> Result<Response> {
+    let user = caller.identity()?.user.clone();
+    let table =
+        meridian_services::mydb::strip_scheme(f.get("table").map(String::as_str).unwrap_or(""));
+    if table.is_empty() {
+        let names: Vec<String> = state
+            .mydb
+            .list(&user)?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        return Ok(plain(names.join("\n")));
+    }
+    if !state.mydb.exists(&user, table)? {
+        return Ok(plain(format!("relation \"{table}\" not known")));
+    }
+    let provider = state
+        .engine
+        .parquet_table(&state.mydb.path(&user, table)?)
+        .await?;
+    let lines: Vec<String> = provider
+        .schema()
+        .fields()
+        .iter()
+        .map(|c| format!("{},{}", c.name(), c.data_type()))
+        .collect();
+    Ok(plain(lines.join("\n")))
 }

@@ -9,6 +9,7 @@ pub mod datalab;
 pub mod error;
 pub mod examples;
 pub mod metadata;
+pub mod mydb;
 pub mod params;
 mod result;
 pub mod tap;
@@ -29,6 +30,7 @@ use axum::routing::get;
 use meridian_engine::Engine;
 use meridian_services::accounts::Accounts;
 use meridian_services::jobs::{JobConfig, Jobs, Phase};
+use meridian_services::mydb::MyDb;
 
 pub use error::{Error, Result};
 
@@ -123,11 +125,13 @@ pub struct AppState {
     pub accounts: Arc<Accounts>,
     /// Account settings.
     pub auth: Arc<auth::AuthConfig>,
+    /// Users' own tables.
+    pub mydb: Arc<MyDb>,
 }
 
 impl AppState {
-    /// State for `engine` under `limits`, with asynchronous jobs kept in `jobs_dir` and
-    /// users in `accounts`. Queued jobs start once [`serve`] runs.
+    /// State for `engine` under `limits`, with asynchronous jobs kept in `jobs_dir`, users
+    /// in `accounts` and their tables in `mydb`. Queued jobs start once [`serve`] runs.
     pub fn new(
         engine: Engine,
         limits: Limits,
@@ -135,15 +139,18 @@ impl AppState {
         job_config: JobConfig,
         accounts: Accounts,
         auth: auth::AuthConfig,
+        mydb: MyDb,
     ) -> Result<Self> {
         let mut engine = engine;
         let model = metadata::model(&engine);
         metadata::register_tap_schema(&mut engine, &model)?;
         let engine = Arc::new(engine);
         let limits = Arc::new(limits);
+        let mydb = Arc::new(mydb);
         let runner = Arc::new(uws::TapRunner {
             engine: engine.clone(),
             limits: limits.clone(),
+            mydb: mydb.clone(),
         });
         Ok(Self {
             engine,
@@ -154,6 +161,7 @@ impl AppState {
             model: Arc::new(model),
             accounts: Arc::new(accounts),
             auth: Arc::new(auth),
+            mydb,
         })
     }
 }

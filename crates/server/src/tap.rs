@@ -246,15 +246,17 @@ impl QuerySpec {
 ///
 /// The whole query, planning and streaming, runs under `limit`; past it the query stops
 /// (an error document if nothing was sent yet, a broken transfer otherwise).
+/// `user`'s MyDB tables are visible as `mydb.<name>`.
 pub async fn run_streaming(
     state: &AppState,
     req: &DaliRequest,
+    user: Option<&str>,
     spec: QuerySpec,
     limit: std::time::Duration,
 ) -> Result<Response> {
     let ends = std::time::Instant::now() + limit;
     tokio::select! {
-        r = start(state, req, spec, ends, limit.as_secs()) => r,
+        r = start(state, req, user, spec, ends, limit.as_secs()) => r,
         _ = meridian_engine::deadline(limit) => Err(Error::Timeout(limit.as_secs())),
     }
 }
@@ -283,11 +285,13 @@ pub(crate) async fn plan(
 async fn start(
     state: &AppState,
     req: &DaliRequest,
+    user: Option<&str>,
     spec: QuerySpec,
     ends: std::time::Instant,
     limit_s: u64,
 ) -> Result<Response> {
     let engine = sync_uploads(state, req).await?;
+    let engine = crate::mydb::engine_for(&engine, &state.mydb, user, &spec.query).await?;
     let (schema, mut stream) = plan(&engine, &spec).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let sink = BodySink::new(tx.clone(), state.metrics.clone());
@@ -349,5 +353,5 @@ pub async fn sync(
     let spec = QuerySpec::from_params(&req.params, &state.limits)?;
     tracing::info!(query = %spec.query, maxrec = spec.maxrec, "sync query");
     let limit = std::time::Duration::from_secs(state.limits.sync_timeout_s);
-    run_streaming(&state, &req, spec, limit).await
+    run_streaming(&state, &req, caller.user()?, spec, limit).await
 }

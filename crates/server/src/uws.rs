@@ -41,6 +41,8 @@ pub struct TapRunner {
     pub engine: Arc<meridian_engine::Engine>,
     /// Row limits.
     pub limits: Arc<crate::Limits>,
+    /// Users' tables, which their jobs see as `mydb.<name>`.
+    pub mydb: Arc<meridian_services::mydb::MyDb>,
 }
 
 impl Runner for TapRunner {
@@ -51,8 +53,9 @@ impl Runner for TapRunner {
     ) -> BoxFuture<'static, Result<Vec<JobResult>, ErrorSummary>> {
         let engine = self.engine.clone();
         let limits = self.limits.clone();
+        let mydb = self.mydb.clone();
         async move {
-            run_query(&engine, &limits, &job, &dir)
+            run_query(&engine, &limits, &mydb, &job, &dir)
                 .await
                 .map_err(|e| match e {
                     Error::Timeout(_) => ErrorSummary::transient(e.to_string()),
@@ -67,6 +70,7 @@ impl Runner for TapRunner {
 async fn run_query(
     engine: &Arc<meridian_engine::Engine>,
     limits: &crate::Limits,
+    mydb: &meridian_services::mydb::MyDb,
     job: &Job,
     dir: &std::path::Path,
 ) -> Result<Vec<JobResult>> {
@@ -74,6 +78,7 @@ async fn run_query(
     let spec = QuerySpec::from_params(&params, limits)?;
     let uploads = upload::stored(&params, dir, limits)?;
     let engine = upload::with_uploads(engine, uploads, limits).await?;
+    let engine = crate::mydb::engine_for(&engine, mydb, job.owner.as_deref(), &spec.query).await?;
     let (schema, stream) = plan(&engine, &spec).await?;
     let file = format!("result.{}", spec.format.extension);
     let path = dir.join(&file);

@@ -1,5 +1,5 @@
 //! Meridian's services below the protocols. [`accounts`] holds users and their tokens.
-//! [`jobs`] is the UWS 1.1 job model: phases and
+//! [`mydb`] keeps each user's tables. [`jobs`] is the UWS 1.1 job model: phases and
 //! their transitions, a bounded worker pool with per-owner limits, blocking waits, the
 //! destruction sweeper, and persistence in SQLite so that jobs outlive the process.
 //!
@@ -9,5 +9,6 @@
 pub mod accounts;
 pub mod error;
 pub mod jobs;
+pub mod mydb;
 
 pub use error::{Error, Result};
