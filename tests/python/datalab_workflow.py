@@ -51,6 +51,20 @@ try:
 except Exception as e:  # queryClientError carrying the service's message
     seen["bad_query"] = str(e)
 
+# MyDB: a query kept as a table, listed, described, queried, renamed, copied, dropped.
+seen["mydb_save"] = qc.query(sql=sql, out="mydb://pleiades")
+seen["mydb_list"] = qc.mydb_list()
+seen["mydb_columns"] = qc.mydb_list(table="pleiades")
+seen["mydb_count"] = qc.query(sql="SELECT COUNT(*) AS n FROM mydb://pleiades", fmt="pandas")["n"][0].item()
+seen["mydb_rename"] = qc.mydb_rename("pleiades", "pleiades2")
+seen["mydb_copy"] = qc.mydb_copy("pleiades2", "pleiades3")
+seen["mydb_truncate"] = qc.mydb_truncate("pleiades3")
+seen["mydb_truncated_count"] = qc.query(sql="SELECT COUNT(*) AS n FROM mydb://pleiades3", fmt="pandas")["n"][0].item()
+seen["mydb_list_after"] = qc.mydb_list()
+seen["mydb_drop"] = [qc.mydb_drop("pleiades2"), qc.mydb_drop("pleiades3")]
+seen["mydb_drop_missing"] = qc.mydb_drop("pleiades2")
+seen["mydb_list_end"] = qc.mydb_list()
+
 seen["logout"] = ac.logout(token)
 seen["valid_after_logout"] = ac.isValidToken(token)
 print(json.dumps(seen))

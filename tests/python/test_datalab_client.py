@@ -1,6 +1,7 @@
 """The real astro-datalab 2.24 client (PyPI, in a venv of its own: DATALAB_PYTHON, set up by
 scripts/test.sh) against a running Meridian: login, queries as pandas and CSV, an async
-query with status and results, a failing query, logout. Its answers are compared with the
+query with status and results, a failing query, MyDB (save, list, describe, query, rename,
+copy, truncate, drop), logout. Its answers are compared with the
 same queries through TAP."""
 
 import io
@@ -58,3 +59,14 @@ def test_notebook_workflow_with_the_unmodified_client(store, tmp_path, datalab_p
     assert seen["async_rows"] == len(tap)
     assert "nonexistent" in seen["bad_query"]
     assert seen["valid_after_logout"] is False
+    assert seen["mydb_save"] == "OK"
+    assert seen["mydb_list"].strip() == "pleiades"
+    assert [line.split(",")[0] for line in seen["mydb_columns"].split("\n")] == [
+        "source_id", "ra", "dec", "phot_g_mean_mag"]
+    assert seen["mydb_count"] == len(tap)
+    assert seen["mydb_rename"] == seen["mydb_copy"] == seen["mydb_truncate"] == "OK"
+    assert seen["mydb_truncated_count"] == 0
+    assert seen["mydb_list_after"].split("\n") == ["pleiades2", "pleiades3"]
+    assert seen["mydb_drop"] == ["OK", "OK"]
+    assert "not known" in seen["mydb_drop_missing"]
+    assert seen["mydb_list_end"] == ""

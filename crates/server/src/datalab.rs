@@ -1,7 +1,8 @@
 //! Data Lab's query service on the wire, for the unmodified `astro-datalab` queryClient:
 //! `/query/query` (synchronous, or asynchronous with `async=True`), `/query/status`,
 //! `/query/results`, `/query/error`, `/query/abort`, `/query/profiles`, and the MyDB calls
-//! `/query/list` and `/query/delete` (with `out=mydb://<table>` on queries), as
+//! `/query/list`, `/query/delete`, `/query/rename`, `/query/copy` and `/query/truncate`
+//! (with `out=mydb://<table>` on queries), as
 //! ../shared/specs/datalab-clients-wire.md describes them. Queries run exactly as TAP
 //! queries do (same planner, limits and result writers); asynchronous ones are UWS jobs of
 //! the caller, visible through `/tap/async` too.
@@ -114,6 +115,7 @@ pub async fn call(
             .map(|_| plain("OK")),
         "profiles" => Ok(profiles(&state, &f)),
         "list" => mydb_list(&state, &caller, &f).await,
+        "rename" | "copy" | "truncate" => mydb_change(&state, &caller, &call, &f).await,
         "delete" => caller
             .identity()
             .and_then(|id| {
@@ -314,4 +316,40 @@ async fn mydb_list(
         .map(|c| format!("{},{}", c.name(), c.data_type()))
         .collect();
     Ok(plain(lines.join("\n")))
+}
+
+/// `rename` and `copy` (`source`, `target`) and `truncate` (`table`, emptied with its
+/// columns kept).
+async fn mydb_change(
+    state: &AppState,
+    caller: &Caller,
+    call: &str,
+    f: &HashMap<String, String>,
+) -> Result<Response> {
+    use meridian_services::mydb::strip_scheme;
+    let user = caller.identity()?.user.clone();
+    caller.allows(Scope::WriteStorage)?;
+    let arg = |k: &str| strip_scheme(f.get(k).map(String::as_str).unwrap_or("")).to_string();
+    match call {
+        "rename" => state.mydb.rename(&user, &arg("source"), &arg("target"))?,
+        "copy" => state.mydb.copy(&user, &arg("source"), &arg("target"))?,
+        _ => {
+            let table = arg("table");
+            if !state.mydb.exists(&user, &table)? {
+                return Err(Error::Services(meridian_services::Error::NotFound(
+                    format!("relation \"{table}\" not known"),
+                )));
+            }
+            let params = Params::from_pairs(vec![
+                ("LANG".into(), "SQL".into()),
+                (
+                    "QUERY".into(),
+                    format!("SELECT * FROM mydb.{table} LIMIT 0"),
+                ),
+            ]);
+            let spec = QuerySpec::from_params(&params, &state.limits)?;
+            crate::mydb::save(&state.engine, &state.mydb, &user, &spec, &table, true).await?;
+        }
+    }
+    Ok(plain("OK"))
 }
