@@ -65,6 +65,26 @@ seen["mydb_drop"] = [qc.mydb_drop("pleiades2"), qc.mydb_drop("pleiades3")]
 seen["mydb_drop_missing"] = qc.mydb_drop("pleiades2")
 seen["mydb_list_end"] = qc.mydb_list()
 
+# Import a CSV of the user's own (positions near 40 of the Pleiades stars, 0.3 arcsec off),
+# then cross-match it with the catalog.
+import math
+import os
+import tempfile
+rows = df[(abs(df["dec"] - 24.12) < 0.7)].head(40)
+csv_path = os.path.join(tempfile.mkdtemp(), "mystars.csv")
+with open(csv_path, "w") as f:
+    f.write("id,ra,dec\n")
+    for i, (ra, dec) in enumerate(zip(rows["ra"], rows["dec"])):
+        f.write(f"{i},{ra + 0.3 / 3600 / math.cos(math.radians(dec))!r},{dec!r}\n")
+seen["mystars"] = open(csv_path).read()
+seen["mydb_import"] = qc.mydb_import("mystars", csv_path)
+# The module-level call returns the service's error text rather than raising it.
+seen["mydb_import_again"] = qc.mydb_import("mystars", csv_path)
+seen["xmatch"] = qc.query(adql="SELECT m.id, g.source_id FROM mydb://mystars AS m JOIN gaia AS g "
+                                "ON 1 = CONTAINS(POINT('ICRS', g.ra, g.dec), "
+                                "CIRCLE('ICRS', m.ra, m.dec, 1.0 / 3600))", fmt="csv")
+qc.mydb_drop("mystars")
+
 seen["logout"] = ac.logout(token)
 seen["valid_after_logout"] = ac.isValidToken(token)
 print(json.dumps(seen))

@@ -70,3 +70,18 @@ def test_notebook_workflow_with_the_unmodified_client(store, tmp_path, datalab_p
     assert seen["mydb_drop"] == ["OK", "OK"]
     assert "not known" in seen["mydb_drop_missing"]
     assert seen["mydb_list_end"] == ""
+
+    # mydb_import of a CSV, then a cross-match of it with the catalog, against astropy.
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord, search_around_sky
+    assert seen["mydb_import"] == "OK"
+    assert "exists" in seen["mydb_import_again"] and "append=True" in seen["mydb_import_again"]
+    mine = pd.read_csv(io.StringIO(seen["mystars"]))
+    assert len(mine) == 40
+    c1 = SkyCoord(mine["ra"].values * u.deg, mine["dec"].values * u.deg)
+    c2 = SkyCoord(tap["ra"].values * u.deg, tap["dec"].values * u.deg)
+    i, j, _, _ = search_around_sky(c1, c2, 1 * u.arcsec)
+    expected = sorted(zip(mine["id"].values[i].tolist(), tap["source_id"].values[j].tolist()))
+    got = pd.read_csv(io.StringIO(seen["xmatch"]))
+    assert sorted(zip(got["id"].tolist(), got["source_id"].tolist())) == expected
+    assert len(expected) >= 40

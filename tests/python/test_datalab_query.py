@@ -191,3 +191,67 @@ def test_mydb_tables_are_kept_listed_queried_joined_and_private(service):
     assert call(base, "delete", carol, table="pleiades").text == "OK"
     assert call(base, "list", carol, table="").text == ""
     assert "not known" in call(base, "delete", carol, table="pleiades").text
+
+
+def test_staged_uploads_import_append_and_refusals(service):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    base, tokens = service
+    carol = tokens["carol"]
+
+    def xfer(name, data, init=True, token=carol):
+        return requests.post(f"{base}/storage/xfer", data=data, headers={
+            "X-DL-AuthToken": token, "X-DL-FileName": name,
+            "X-DL-InitXfer": "True" if init else "False",
+            "Content-type": "application/octet-stream"})
+
+    def imp(table, filename, **extra):
+        return requests.post(f"{base}/query/import", headers={"X-DL-AuthToken": carol}, params={
+            "table": table, "delimiter": ",", "append": "False", "profile": "default",
+            "csv_header": "True", "schema_def": "", "filename": filename, **extra})
+
+    def count(table):
+        r = call(base, "query", carol, sql=f"SELECT COUNT(*) AS n FROM mydb://{table}")
+        return int(pd.read_csv(io.StringIO(r.text))["n"][0])
+
+    # Chunks append; the first one starts the file.
+    assert xfer("part.csv", b"x,y\n1,2.5\n").status_code == 200
+    assert xfer("part.csv", b"2,3.5\n3,4.5\n", init=False).status_code == 200
+    r = imp("parts", "part.csv")
+    assert r.status_code == 200 and r.text == "OK", r.text
+    assert count("parts") == 3
+    r = imp("parts", "part.csv")
+    assert r.status_code == 409 and "append=True" in r.text
+    assert imp("parts", "part.csv", append="True").status_code == 200
+    assert count("parts") == 6
+    assert xfer("other.csv", b"a,b,c\n1,2,3\n").status_code == 200
+    r = imp("parts", "other.csv", append="True")
+    assert r.status_code == 400 and "cannot append" in r.text
+    assert count("parts") == 6  # nothing lost
+
+    # Parquet, recognised from its content whatever the name.
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": [1, 2, 3, 4], "ra": [10.0, 20, 30, 40]}), buf)
+    assert xfer("tmpabc", buf.getvalue()).status_code == 200
+    assert imp("fromparquet", "tmpabc").status_code == 200
+    assert count("fromparquet") == 4
+
+    # Refusals: names that would leave the user's space, no login, a missing file, bad data.
+    for bad in ["../evil.csv", "a/b.csv", ".hidden", "%2e%2e%2fx"]:
+        r = xfer(bad, b"x\n1\n")
+        assert r.status_code == 400 and r.text.startswith("Error: "), bad
+    r = xfer("anon.csv", b"x\n1\n", token=ANON)
+    assert r.status_code == 401
+    r = imp("nothing", "never-uploaded.csv")
+    assert r.status_code == 404 and "upload it" in r.text
+    assert xfer("broken.csv", b"x,y\n1,2\n3\n").status_code == 200
+    r = imp("broken", "broken.csv")
+    assert r.status_code == 400 and r.text.startswith("Error: ") and "broken.csv" in r.text
+    assert "broken" not in call(base, "list", carol, table="").text.split("\n")
+    # Another user's staged file is not theirs to import.
+    assert xfer("mine.csv", b"x\n1\n").status_code == 200
+    r = requests.post(f"{base}/query/import", headers={"X-DL-AuthToken": tokens["dave"]},
+                      params={"table": "stolen", "filename": "mine.csv", "csv_header": "True"})
+    assert r.status_code == 404
+    for t in ["parts", "fromparquet"]:
+        assert call(base, "delete", carol, table=t).text == "OK"

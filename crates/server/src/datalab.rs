@@ -1,8 +1,9 @@
 //! Data Lab's query service on the wire, for the unmodified `astro-datalab` queryClient:
 //! `/query/query` (synchronous, or asynchronous with `async=True`), `/query/status`,
 //! `/query/results`, `/query/error`, `/query/abort`, `/query/profiles`, and the MyDB calls
-//! `/query/list`, `/query/delete`, `/query/rename`, `/query/copy` and `/query/truncate`
-//! (with `out=mydb://<table>` on queries), as
+//! `/query/list`, `/query/delete`, `/query/rename`, `/query/copy`, `/query/truncate` and
+//! `/query/import` (with `out=mydb://<table>` on queries, and uploads staged by
+//! `/storage/xfer`), as
 //! ../shared/specs/datalab-clients-wire.md describes them. Queries run exactly as TAP
 //! queries do (same planner, limits and result writers); asynchronous ones are UWS jobs of
 //! the caller, visible through `/tap/async` too.
@@ -116,6 +117,7 @@ pub async fn call(
         "profiles" => Ok(profiles(&state, &f)),
         "list" => mydb_list(&state, &caller, &f).await,
         "rename" | "copy" | "truncate" => mydb_change(&state, &caller, &call, &f).await,
+        "import" => mydb_import(&state, &caller, &f).await,
         "delete" => caller
             .identity()
             .and_then(|id| {
@@ -352,4 +354,196 @@ async fn mydb_change(
         }
     }
     Ok(plain("OK"))
+}
+
+/// `import`: a file staged with `POST /storage/xfer` (CSV with a header line, TSV, FITS,
+/// VOTable or Parquet, recognised from its content) becomes table `table`, or is appended
+/// to it with `append=True` when the columns match.
+async fn mydb_import(
+    state: &AppState,
+    caller: &Caller,
+    f: &HashMap<String, String>,
+) -> Result<Response> {
+    use meridian_services::mydb::strip_scheme;
+    let user = caller.identity()?.user.clone();
+    caller.allows(Scope::WriteStorage)?;
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    let table = strip_scheme(get("table")).to_string();
+    let target = state.mydb.path(&user, &table)?;
+    let file = get("filename").to_string();
+    if file.contains("://") {
+        return Err(Error::Usage(format!(
+            "importing from '{file}' is not offered yet: upload the file instead"
+        )));
+    }
+    if get("csv_header").eq_ignore_ascii_case("false") {
+        return Err(Error::Usage(
+            "files without a header line cannot be imported: the first line must name the columns"
+                .into(),
+        ));
+    }
+    let delimiter = match get("delimiter") {
+        "" | "," => None,
+        "\t" | "\\t" => Some("tsv"),
+        d => {
+            return Err(Error::Usage(format!(
+                "delimiter '{d}' is not supported; use ',' or a tab"
+            )));
+        }
+    };
+    let append = get("append").eq_ignore_ascii_case("true");
+    let exists = target.is_file();
+    if exists && !append {
+        return Err(Error::Services(meridian_services::Error::Conflict(
+            format!("MyDB table '{table}' exists; drop it first or import with append=True"),
+        )));
+    }
+    let source = state.mydb.upload_path(&user, &file)?;
+    if !source.is_file() {
+        return Err(Error::NotFound(format!(
+            "no uploaded file '{file}': upload it (POST /storage/xfer) first"
+        )));
+    }
+    let staged = state.mydb.staging_path(&user, &table)?;
+    let existing = (append && exists).then_some(target);
+    let out = staged.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        import_file(&source, &file, delimiter, existing.as_deref(), &out)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("import task failed: {e}")))?;
+    let rows = match rows {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e);
+        }
+    };
+    state.mydb.commit(&user, &table, &staged, true)?;
+    tracing::info!(user, table, rows, "MyDB import");
+    Ok(plain("OK"))
+}
+
+/// Reads `source` (its format recognised from its content, or `format`) into a VO-Parquet
+/// table at `out`, after the rows of `existing` when appending.
+fn import_file(
+    source: &std::path::Path,
+    file: &str,
+    format: Option<&str>,
+    existing: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> Result<u64> {
+    use std::io::Read;
+    let bad = |e: meridian_formats::Error| Error::Usage(format!("file '{file}': {e}"));
+    let ext = match format {
+        Some(f) => f,
+        None => {
+            let mut head = vec![0u8; 512];
+            let n = std::fs::File::open(source)
+                .and_then(|mut fh| fh.read(&mut head))
+                .map_err(|e| Error::Usage(format!("file '{file}': {e}")))?;
+            crate::upload::sniff(&head[..n])
+        }
+    };
+    // The readers know a format by its file name: read through a link that carries it,
+    // beside the upload (same file system).
+    let link = source.with_file_name(format!(
+        ".import-{}-{}.{ext}",
+        std::process::id(),
+        meridian_services::jobs::now_ms()
+    ));
+    std::fs::hard_link(source, &link)
+        .map_err(|e| Error::Internal(format!("reading upload '{file}': {e}")))?;
+    let result = (|| {
+        let options = meridian_formats::ReadOptions::default();
+        let reader = meridian_formats::open(&link, &options).map_err(bad)?;
+        let schema = reader.schema();
+        let format = crate::tap::format(Some("parquet"))?;
+        let mut writer =
+            meridian_formats::write::ResultWriter::create(format.output, out, &schema)?;
+        if let Some(old) = existing {
+            let previous = meridian_formats::open(old, &options)?;
+            let columns = |s: &arrow::datatypes::SchemaRef| -> Vec<String> {
+                s.fields()
+                    .iter()
+                    .map(|c| format!("{} {}", c.name(), c.data_type()))
+                    .collect()
+            };
+            let (was, new) = (columns(&previous.schema()), columns(&schema));
+            if was != new {
+                return Err(Error::Usage(format!(
+                    "cannot append '{file}': the table has columns ({}) and the file ({})",
+                    was.join(", "),
+                    new.join(", ")
+                )));
+            }
+            for batch in previous {
+                writer.write(&batch?)?;
+            }
+        }
+        for batch in reader {
+            writer.write(&batch.map_err(bad)?)?;
+        }
+        Ok(writer.finish()?)
+    })();
+    let _ = std::fs::remove_file(&link);
+    result
+}
+
+/// `POST /storage/xfer`: one chunk of Data Lab's chunked upload (`X-DL-FileName`; the
+/// first chunk has `X-DL-InitXfer: True` and starts the file, later ones append), staged
+/// for a MyDB import. A file may not grow past the service's upload limit.
+pub async fn xfer(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        let user = caller.identity()?.user.clone();
+        caller.allows(Scope::WriteStorage)?;
+        let header = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let file = header("x-dl-filename");
+        let init = !header("x-dl-initxfer").eq_ignore_ascii_case("false");
+        let path = state.mydb.upload_path(&user, &file)?;
+        let limit = state.limits.upload_max_bytes;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::io::Write;
+            let io = |e: std::io::Error| Error::Internal(format!("staging '{file}': {e}"));
+            let mut fh = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(!init)
+                .truncate(init)
+                .open(&path)
+                .map_err(io)?;
+            let size = fh.metadata().map_err(io)?.len() + body.len() as u64;
+            if size > limit {
+                drop(fh);
+                let _ = std::fs::remove_file(&path);
+                return Err(Error::Usage(format!(
+                    "upload '{file}' is over the limit of {limit} bytes"
+                )));
+            }
+            fh.write_all(&body).map_err(io)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("upload task failed: {e}")))?
+    }
+    .await;
+    match result {
+        Ok(()) => plain("OK"),
+        Err(e) => failure(e),
+    }
+}
+
+/// `GET /storage`: liveness.
+pub async fn storage_alive() -> Response {
+    plain("Hello World! This is the Meridian storage service.")
 }

@@ -276,6 +276,8 @@ pub fn router(state: AppState) -> Router {
         .route("/query", get(datalab::alive))
         .route("/query/", get(datalab::alive))
         .route("/query/{call}", get(datalab::call).post(datalab::call))
+        .route("/storage", get(datalab::storage_alive))
+        .route("/storage/xfer", post(datalab::xfer))
         .merge(protected)
         // Uploads travel in request bodies: allow the upload limit plus the form around it.
         .layer(axum::extract::DefaultBodyLimit::max(

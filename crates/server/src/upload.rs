@@ -24,7 +24,7 @@ pub const STORED_PREFIX: &str = "stored:";
 pub const SCHEMA: &str = "TAP_UPLOAD";
 
 /// File name extension for the table format `data` starts with.
-fn sniff(data: &[u8]) -> &'static str {
+pub(crate) fn sniff(data: &[u8]) -> &'static str {
     let head = &data[..data.len().min(512)];
     let text = String::from_utf8_lossy(head);
     let t = text.trim_start_matches('\u{feff}').trim_start();

@@ -155,6 +155,28 @@ impl MyDb {
         result
     }
 
+    /// Where `user`'s staged upload `file` lives (Data Lab's `POST /storage/xfer` puts files
+    /// there for a later import): a plain file name of letters, digits, `.`, `_` and `-`,
+    /// not starting with a dot, so that it can never leave the user's directory.
+    pub fn upload_path(&self, user: &str, file: &str) -> Result<PathBuf> {
+        let ok = !file.is_empty()
+            && file.len() <= 255
+            && !file.starts_with('.')
+            && file
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "file name '{file}' is not allowed: use letters, digits, '.', '_' and '-', \
+                 not starting with '.'"
+            )));
+        }
+        let dir = self.dir(user)?.join("uploads");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        Ok(dir.join(file))
+    }
+
     /// Drops `user`'s table `name`.
     pub fn drop_table(&self, user: &str, name: &str) -> Result<()> {
         let path = self.path(user, name)?;
@@ -235,6 +257,16 @@ mod tests {
             );
         }
         assert!(db.path("../bob", "t").is_err());
+        for bad in ["", "../x", "a/b", ".hidden", "a%2fb", "a b"] {
+            assert!(
+                matches!(db.upload_path("alice", bad), Err(Error::Invalid(_))),
+                "{bad}"
+            );
+        }
+        let up = db.upload_path("alice", "tmpx1_2.csv").unwrap();
+        assert!(up.starts_with(tmp.path().join("alice")));
+        // Staged uploads are not tables.
+        std::fs::write(&up, b"a,b\n").unwrap();
         assert_eq!(strip_scheme("mydb://t1"), "t1");
         db.rename("alice", "t1", "t3").unwrap();
         assert!(matches!(
