@@ -182,3 +182,42 @@ def test_capabilities_declare_the_security_methods(service):
     caps = requests.get(f"{base}/tap/capabilities").text
     assert 'standardID="ivo://ivoa.net/sso#cookie"' in caps
     assert "<securityMethod/>" in caps  # anonymous access too
+
+
+def test_self_registration_only_when_enabled(store, service, tmp_path):
+    base, _ = service
+    r = requests.post(f"{base}/api/auth/register", data={"username": "eve", "password": "eve-password"})
+    assert r.status_code == 403 and "self-registration" in r.text
+    env = {"MERIDIAN_AUTH__DB": str(tmp_path / "open.sqlite"), "MERIDIAN_AUTH__SELF_REGISTRATION": "true"}
+    with Server(store, env=env) as s:
+        open_base = s.url.removesuffix("/tap")
+        r = requests.post(f"{open_base}/api/auth/register",
+                          data={"username": "eve", "password": "eve-password", "email": "eve@example.org"})
+        assert r.status_code == 201, r.text
+        r = requests.post(f"{open_base}/api/auth/register", data={"username": "eve", "password": "other-pass"})
+        assert r.status_code == 409 and "already exists" in r.text
+        r = requests.post(f"{open_base}/api/auth/register", data={"username": "x/y", "password": "long enough"})
+        assert r.status_code == 400 and "not allowed" in r.text
+        r = requests.post(f"{open_base}/api/auth/register", data={"username": "zed", "password": "short"})
+        assert r.status_code == 400 and "too short" in r.text
+        assert login(open_base, "eve", "eve-password").json()["user"] == "eve"
+
+
+def test_data_lab_password_reset(store, service):
+    base, env = service
+    run("user", "add", "frank", data_dir=store, input="frank-password\n", env=env)
+    token = requests.get(f"{base}/auth/login", params={"username": "frank"},
+                         headers={"X-DL-Password": "frank-password"}).text
+    # Someone else's password: refused for a non-administrator.
+    bob = requests.get(f"{base}/auth/login", params={"username": "bob"},
+                       headers={"X-DL-Password": "bob-password-1"}).text
+    r = requests.get(f"{base}/auth/passwordReset", params={"username": "frank", "token": bob},
+                     headers={"X-DL-AuthToken": bob, "X-DL-Password": "hijacked!!"})
+    assert r.status_code == 403 and r.text.startswith("Error: ")
+    r = requests.get(f"{base}/auth/passwordReset", params={"username": "frank", "token": token},
+                     headers={"X-DL-AuthToken": token, "X-DL-Password": "frank-new-password"})
+    assert r.status_code == 200 and DL_TOKEN.fullmatch(r.text)
+    # The old token and password no longer work; the new ones do.
+    assert requests.get(f"{base}/auth/isValidToken", params={"token": token}).text == "False"
+    assert requests.get(f"{base}/auth/isValidToken", params={"token": r.text}).text == "True"
+    login(base, "frank", "frank-new-password")

@@ -20,10 +20,13 @@ pub struct TableInfo {
 }
 
 /// The MyDB store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MyDb {
     root: PathBuf,
     quota_bytes: u64,
+    /// Held from the quota check to the rename, so that tables kept at the same moment
+    /// cannot together pass the quota that each alone passes.
+    commits: std::sync::Mutex<()>,
 }
 
 /// Checks a MyDB table name (Data Lab's rule): a lower-case letter or `_`, then lower-case
@@ -58,6 +61,7 @@ impl MyDb {
         Self {
             root: root.into(),
             quota_bytes,
+            commits: std::sync::Mutex::new(()),
         }
     }
 
@@ -128,6 +132,7 @@ impl MyDb {
     /// table exists and `replace` is false, or when it would take `user` over the quota.
     pub fn commit(&self, user: &str, name: &str, staged: &Path, replace: bool) -> Result<()> {
         let target = self.path(user, name)?;
+        let _guard = self.commits.lock().unwrap_or_else(|p| p.into_inner());
         let result = (|| {
             if target.exists() && !replace {
                 return Err(Error::Conflict(format!(
@@ -279,5 +284,31 @@ mod tests {
         ));
         db.drop_table("alice", "t3").unwrap();
         assert!(db.list("alice").unwrap().is_empty());
+    }
+
+    #[test]
+    fn concurrent_commits_never_exceed_the_quota() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(MyDb::new(tmp.path(), 10_000));
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    let name = format!("t{i}");
+                    let s = stage(&db, "alice", &name, 3_000);
+                    db.commit("alice", &name, &s, false).is_ok()
+                })
+            })
+            .collect();
+        let kept = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|kept| *kept)
+            .count();
+        assert_eq!(kept, 3);
+        assert_eq!(db.usage_bytes("alice").unwrap(), 9_000);
+        // The refused ones left no files behind.
+        let files = std::fs::read_dir(tmp.path().join("alice")).unwrap().count();
+        assert_eq!(files, 3);
     }
 }
