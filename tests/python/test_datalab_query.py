@@ -222,6 +222,9 @@ def test_staged_uploads_import_append_and_refusals(service):
     assert count("parts") == 3
     r = imp("parts", "part.csv")
     assert r.status_code == 409 and "append=True" in r.text
+    # An import consumes its staged file.
+    assert imp("parts", "part.csv", append="True").status_code == 404
+    assert xfer("part.csv", b"x,y\n1,2.5\n2,3.5\n3,4.5\n").status_code == 200
     assert imp("parts", "part.csv", append="True").status_code == 200
     assert count("parts") == 6
     assert xfer("other.csv", b"a,b,c\n1,2,3\n").status_code == 200
@@ -255,3 +258,28 @@ def test_staged_uploads_import_append_and_refusals(service):
     assert r.status_code == 404
     for t in ["parts", "fromparquet"]:
         assert call(base, "delete", carol, table=t).text == "OK"
+
+
+def test_uploads_and_tables_share_the_quota(store, tmp_path):
+    env = {"MERIDIAN_AUTH__DB": str(tmp_path / "accounts.sqlite"),
+           "MERIDIAN_MYDB__DIR": str(tmp_path / "mydb"), "MERIDIAN_MYDB__QUOTA_MIB": "1"}
+    run("user", "add", "gina", data_dir=store, input="gina-password\n", env=env)
+    with Server(store, env=env) as s:
+        base = s.url.removesuffix("/tap")
+        token = requests.get(f"{base}/auth/login", params={"username": "gina"},
+                             headers={"X-DL-Password": "gina-password"}).text
+        chunk = b"x\n" + b"1\n" * 300_000  # 600 kB
+
+        def xfer(init):
+            return requests.post(f"{base}/storage/xfer", data=chunk, headers={
+                "X-DL-AuthToken": token, "X-DL-FileName": "big.csv",
+                "X-DL-InitXfer": "True" if init else "False"})
+        assert xfer(True).status_code == 200
+        r = xfer(False)
+        assert r.status_code == 403 and "quota" in r.text
+        assert not (tmp_path / "mydb" / "gina" / "uploads" / "big.csv").exists()
+        # A query result past the quota is refused too, and leaves nothing behind.
+        r = call(base, "query", token, sql="SELECT * FROM tycho2", out="mydb://all")
+        assert r.status_code == 403 and "quota" in r.text
+        assert call(base, "list", token, table="").text == ""
+        assert [p.name for p in (tmp_path / "mydb" / "gina").iterdir()] in ([], ["uploads"])

@@ -420,6 +420,8 @@ async fn mydb_import(
         }
     };
     state.mydb.commit(&user, &table, &staged, true)?;
+    // The staged upload has served its purpose; it would otherwise count against the quota.
+    let _ = std::fs::remove_file(state.mydb.upload_path(&user, get("filename"))?);
     tracing::info!(user, table, rows, "MyDB import");
     Ok(plain("OK"))
 }
@@ -492,7 +494,8 @@ fn import_file(
 
 /// `POST /storage/xfer`: one chunk of Data Lab's chunked upload (`X-DL-FileName`; the
 /// first chunk has `X-DL-InitXfer: True` and starts the file, later ones append), staged
-/// for a MyDB import. A file may not grow past the service's upload limit.
+/// for a MyDB import (and removed by it). A file may not grow past the service's upload
+/// limit, nor the user's tables and staged files past their MyDB quota.
 pub async fn xfer(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -512,6 +515,11 @@ pub async fn xfer(
         let file = header("x-dl-filename");
         let init = !header("x-dl-initxfer").eq_ignore_ascii_case("false");
         let path = state.mydb.upload_path(&user, &file)?;
+        if let Err(e) = state.mydb.check_room(&user, body.len() as u64) {
+            // A refused chunk ends the upload: no partial file stays behind.
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
         let limit = state.limits.upload_max_bytes;
         tokio::task::spawn_blocking(move || -> Result<()> {
             use std::io::Write;

@@ -182,6 +182,34 @@ impl MyDb {
         Ok(dir.join(file))
     }
 
+    /// Bytes `user`'s staged uploads take.
+    pub fn uploads_bytes(&self, user: &str) -> Result<u64> {
+        let dir = self.dir(user)?.join("uploads");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+        };
+        Ok(entries
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum())
+    }
+
+    /// Refuses (403) `more` bytes that would take `user`'s tables and staged uploads
+    /// together past the quota.
+    pub fn check_room(&self, user: &str, more: u64) -> Result<()> {
+        let used = self.usage_bytes(user)? + self.uploads_bytes(user)?;
+        if used + more > self.quota_bytes {
+            return Err(Error::Forbidden(format!(
+                "MyDB quota exceeded: {used} of the {} bytes allowed are in use (tables and \
+                 staged uploads); drop tables to make room",
+                self.quota_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Drops `user`'s table `name`.
     pub fn drop_table(&self, user: &str, name: &str) -> Result<()> {
         let path = self.path(user, name)?;
