@@ -29,7 +29,14 @@ export DATALAB_PYTHON="${DATALAB_PYTHON:-$HOME/.cache/meridian/datalab-venv/bin/
 if ! "$DATALAB_PYTHON" -c "import dl.queryClient" 2>/dev/null; then
     venv="$(dirname "$(dirname "$DATALAB_PYTHON")")"
     rm -rf "$venv"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        # Debian's own Python keeps venv in a package of its own.
+        sudo_cmd=""
+        [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv >/dev/null
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+    fi
     "$DATALAB_PYTHON" -m pip install --quiet --disable-pip-version-check astro-datalab==2.24.0
 fi
 
