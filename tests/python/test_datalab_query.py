@@ -113,6 +113,18 @@ def test_async_query_status_results_and_privacy(service):
     assert message.startswith("Error: ") and "no_such_column" in message
 
 
+def test_schema_lists_schemas_tables_and_columns(service):
+    base, _ = service
+    top = call(base, "schema", value="", format="text", profile="default")
+    assert top.status_code == 200 and "TAP_SCHEMA" in top.text
+    gaia = call(base, "schema", value="gaia", format="text").text
+    assert "source_id" in gaia and "phot_g_mean_mag" in gaia
+    tycho = call(base, "schema", value="tycho2", format="text").text
+    assert "ra " in tycho and "[deg]" in tycho  # units from the FITS header
+    r = call(base, "schema", value="no_such_thing")
+    assert r.status_code == 404 and r.text.startswith("Error: ")
+
+
 def test_profiles(service):
     base, _ = service
     assert call(base, "profiles", format="text").text == "default"

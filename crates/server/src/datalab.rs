@@ -115,6 +115,7 @@ pub async fn call(
             .and_then(|job| Ok(state.jobs.abort(&job.id)?))
             .map(|_| plain("OK")),
         "profiles" => Ok(profiles(&state, &f)),
+        "schema" => schema_text(&state, f.get("value").map(String::as_str).unwrap_or("")),
         "list" => mydb_list(&state, &caller, &f).await,
         "rename" | "copy" | "truncate" => mydb_change(&state, &caller, &call, &f).await,
         "import" => mydb_import(&state, &caller, &f).await,
@@ -554,4 +555,75 @@ pub async fn xfer(
 /// `GET /storage`: liveness.
 pub async fn storage_alive() -> Response {
     plain("Hello World! This is the Meridian storage service.")
+}
+
+/// `schema`: with no value, the schemas; with a schema, its tables; with a table (its ADQL
+/// name, or `schema.table`), its columns with type, unit and description. Plain text, one
+/// item per line, as the client prints it.
+fn schema_text(state: &AppState, value: &str) -> Result<Response> {
+    let value = value.trim();
+    let line = |name: &str, what: &str| format!("{name:<32} {what}");
+    if value.is_empty() {
+        let lines: Vec<String> = state
+            .model
+            .iter()
+            .map(|s| line(&s.name, &s.description))
+            .collect();
+        return Ok(plain(format!("Schemas:\n\n{}\n", lines.join("\n"))));
+    }
+    if let Some(s) = state
+        .model
+        .iter()
+        .find(|s| s.name.eq_ignore_ascii_case(value))
+    {
+        let lines: Vec<String> = s
+            .tables
+            .iter()
+            .map(|t| line(&t.name, t.description.as_deref().unwrap_or("")))
+            .collect();
+        return Ok(plain(format!(
+            "Schema: {}\n\nTables:\n{}\n",
+            s.name,
+            lines.join("\n")
+        )));
+    }
+    let table = state
+        .model
+        .iter()
+        .flat_map(|s| &s.tables)
+        .find(|t| {
+            t.name.eq_ignore_ascii_case(value)
+                || format!("{}.{}", t.schema, t.name).eq_ignore_ascii_case(value)
+        })
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "'{value}' is neither a schema nor a table here; schema with no value lists \
+                 the schemas"
+            ))
+        })?;
+    let lines: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| {
+            let unit = c
+                .unit
+                .as_deref()
+                .map(|u| format!(" [{u}]"))
+                .unwrap_or_default();
+            line(
+                &c.name,
+                &format!(
+                    "{}{unit}  {}",
+                    c.datatype,
+                    c.description.as_deref().unwrap_or("")
+                ),
+            )
+        })
+        .collect();
+    Ok(plain(format!(
+        "Table: {}\n{}\n\nColumns:\n{}\n",
+        table.name,
+        table.description.as_deref().unwrap_or(""),
+        lines.join("\n")
+    )))
 }
