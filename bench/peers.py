@@ -307,24 +307,14 @@ class MeridianSystem:
     def synthetic(self, name, rows, seed, jitter_mas=0.0):
         """Generates and ingests once; returns (ingest seconds or None when reused, the
         generated Parquet files, which the other systems load)."""
-        src = self.work / f"input-{name}"
-        if self.cli.has(name) and src.is_dir():
-            return None, sorted(src.glob("object*.parquet"))
-        shutil.rmtree(src, ignore_errors=True)
-        self.cli("generate", "--out", src, "--objects", rows, "--seed", seed, "--profile",
-                 "narrow", "--position-jitter-mas", jitter_mas)
-        files = sorted(src.glob("object*.parquet"))
-        shutil.rmtree(self.catalog_dir(name), ignore_errors=True)  # an older one, inputs gone
-        t = time.time()
-        self.cli("ingest", name, *files)
-        return time.time() - t, files
+        secs = self.cli.catalog(name, rows, seed, self.work, jitter_mas, keep_input=True)
+        return secs, sorted((self.work / f"input-{name}").glob("object*.parquet"))
 
     def real(self, name):
+        """Ingests a real sample once; False when it was there already."""
         if self.cli.has(name):
-            return None
-        t = time.time()
+            return False
         self.cli("ingest", name, REAL[name])
-        return time.time() - t
 
     def xmatch(self, left, right, out):
         self.cli("xmatch", left, right, "--radius", "1arcsec", "--all", "--format", "parquet",
@@ -893,7 +883,7 @@ def main():
         synthetic(f"xb_{n}", n, 11, 300.0)
     real = list(REAL) if "real" in only else []
     for name in real:
-        loads.timed("meridian", name, lambda: msys.real(name) is not None or False)
+        loads.timed("meridian", name, lambda: msys.real(name))
 
     pg = PostgresQ3C(args.work)
     duck = DuckDB(args.work)

@@ -50,9 +50,10 @@ class Meridian:
 
     def catalog(self, name, rows, seed, work, jitter_mas=0.0, keep_input=False):
         """Generates (narrow profile, Parquet) and ingests a synthetic Object table once;
-        `keep_input` leaves the generated Parquet files under `work` for other systems."""
+        `keep_input` leaves the generated Parquet files under `work` for other systems.
+        Returns the ingest time in seconds, or None when the catalog was there already."""
         if self.has(name) and (not keep_input or (work / f"input-{name}").is_dir()):
-            return
+            return None
         src = work / f"input-{name}"
         shutil.rmtree(src, ignore_errors=True)
         t = time.time()
@@ -61,9 +62,11 @@ class Meridian:
         gen_s = time.time() - t
         t = time.time()
         self("ingest", name, *sorted(src.glob("object*.parquet")))
-        print(f"  {name}: {rows:,} rows generated in {gen_s:.1f} s, ingested in {time.time() - t:.1f} s", flush=True)
+        ingest_s = time.time() - t
+        print(f"  {name}: {rows:,} rows generated in {gen_s:.1f} s, ingested in {ingest_s:.1f} s", flush=True)
         if not keep_input:
             shutil.rmtree(src)
+        return ingest_s
 
     def query_ms(self, sql, out):
         p = self("query", "--lang", "sql", sql, "--format", "parquet", "--out", out)

@@ -10,8 +10,6 @@
 //! Meridian's own clients and the portal; `/auth/...` for Data Lab's `authClient`, as
 //! ../shared/specs/datalab-clients-wire.md describes it.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,9 +17,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use meridian_services::accounts::{Identity, Scope};
 
-use crate::AppState;
 use crate::error::{Error, Result};
 use crate::params::DaliRequest;
+use crate::params::query_fields;
+use crate::{AppState, text, text_with};
 
 /// The cookie holding a browser's token.
 pub const COOKIE: &str = "meridian_token";
@@ -79,6 +78,14 @@ impl Caller {
                 why.clone(),
             ))),
         }
+    }
+
+    /// The user's name when the token carries `scope`: 401 without a login, 403 without
+    /// the scope.
+    pub fn user_with(&self, scope: Scope) -> Result<&str> {
+        let id = self.identity()?;
+        id.require(scope)?;
+        Ok(&id.user)
     }
 
     /// Refuses (403) a token without `scope`; anonymous callers pass (what they may do is
@@ -248,30 +255,12 @@ pub async fn register(State(state): State<AppState>, req: DaliRequest) -> Result
 // Data Lab's authClient. Every call is a GET; booleans are the bodies `True` and `False`;
 // failures are non-200 answers whose body starts with `Error: `.
 
-fn query_of(req: &Request) -> HashMap<String, String> {
-    // First value wins, decoded leniently as a form, as the wire description asks.
-    let mut out = HashMap::new();
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
-    }
-    out
-}
-
-fn plain(status: StatusCode, body: impl Into<String>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body.into(),
-    )
-        .into_response()
-}
-
 fn boolean(b: bool) -> Response {
-    plain(StatusCode::OK, if b { "True" } else { "False" })
+    text(if b { "True" } else { "False" })
 }
 
 fn dl_error(e: impl std::fmt::Display, status: StatusCode) -> Response {
-    plain(status, format!("Error: {e}"))
+    text_with(status, format!("Error: {e}"))
 }
 
 fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
@@ -280,10 +269,7 @@ fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 
 /// `GET /auth`: Data Lab's liveness answer.
 pub async fn dl_alive() -> Response {
-    plain(
-        StatusCode::OK,
-        "Hello World! This is the Meridian authentication service.",
-    )
+    text("Hello World! This is the Meridian authentication service.")
 }
 
 /// `GET /auth/{call}`: Data Lab's authClient calls.
@@ -292,7 +278,7 @@ pub async fn dl_call(
     axum::extract::Path(call): axum::extract::Path<String>,
     req: Request,
 ) -> Response {
-    let q = query_of(&req);
+    let q = query_fields(req.uri());
     let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
     let accounts = state.accounts.clone();
     let valid = |token: &str| matches!(accounts.authenticate(token), Ok(Some(_)));
@@ -316,7 +302,7 @@ pub async fn dl_call(
             }
             match blocking(move || accounts.login(&user, &password)).await {
                 // The body is the token and nothing else: the client puts it in headers.
-                Ok(t) => plain(StatusCode::OK, t.token),
+                Ok(t) => text(t.token),
                 Err(Error::Services(meridian_services::Error::Unauthorized(_))) => {
                     dl_error("Invalid password", StatusCode::UNAUTHORIZED)
                 }
@@ -330,7 +316,7 @@ pub async fn dl_call(
                 .or_else(|| header_str(&req, "x-dl-authtoken").map(str::to_string))
                 .unwrap_or_default();
             match state.accounts.revoke(&token) {
-                Ok(()) => plain(StatusCode::OK, "OK"),
+                Ok(()) => text("OK"),
                 Err(e) => dl_error(e, StatusCode::UNAUTHORIZED),
             }
         }
@@ -376,7 +362,7 @@ pub async fn dl_call(
             })
             .await;
             match result {
-                Ok(t) => plain(StatusCode::OK, t.token),
+                Ok(t) => text(t.token),
                 Err(e) => dl_error(e, StatusCode::BAD_REQUEST),
             }
         }

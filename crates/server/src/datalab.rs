@@ -14,18 +14,18 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use meridian_services::accounts::Scope;
-use meridian_services::jobs::{Job, NewJob, Phase};
+use meridian_services::jobs::{Job, Phase};
 
-use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::params::{DaliRequest, Params};
+use crate::params::{DaliRequest, Params, query_fields};
 use crate::tap::{QuerySpec, run_streaming};
+use crate::uws::{new_job, result_file};
+use crate::{AppState, text, text_with};
 
 /// Data Lab's names of output formats, as the client sends them, to ours.
 fn format_name(ofmt: &str) -> Result<&'static str> {
@@ -46,41 +46,18 @@ fn format_name(ofmt: &str) -> Result<&'static str> {
     })
 }
 
-/// The query string, first value of each key, decoded leniently (the client builds it by
-/// hand), then a form body's fields for keys the query string lacks.
-fn fields(req: &Request) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
-    }
-    out
-}
-
 /// `Error: <message>` with the status the error calls for.
 fn failure(e: Error) -> Response {
     let status = e.status();
     if status.is_server_error() {
         tracing::error!(%status, error = %e, "data lab call failed");
     }
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("Error: {e}"),
-    )
-        .into_response()
-}
-
-fn plain(body: impl Into<String>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body.into(),
-    )
-        .into_response()
+    text_with(status, format!("Error: {e}"))
 }
 
 /// `GET /query`: liveness.
 pub async fn alive() -> Response {
-    plain("Hello World! This is the Meridian query service.")
+    text("Hello World! This is the Meridian query service.")
 }
 
 /// `GET /query/{call}`: the queryClient's calls.
@@ -91,7 +68,7 @@ pub async fn call(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    let f = fields(&req);
+    let f = query_fields(req.uri());
     let timeout_s = req
         .headers()
         .get("x-dl-timeoutrequest")
@@ -99,13 +76,14 @@ pub async fn call(
         .and_then(|v| v.trim().parse::<f64>().ok());
     let result = match call.as_str() {
         "query" => query(&state, &caller, peer, &f, timeout_s).await,
-        "status" => owned_job(&state, &caller, &f).map(|j| plain(j.phase.as_str())),
+        "status" => owned_job(&state, &caller, &f).map(|j| text(j.phase.as_str())),
+        // The client reads the body whatever the status.
         "results" => match owned_job(&state, &caller, &f) {
-            Ok(job) => results(&state, &job).await,
+            Ok(job) => result_file(&state, &job, "result").await,
             Err(e) => Err(e),
         },
         "error" => owned_job(&state, &caller, &f).map(|job| {
-            plain(match (&job.error, job.phase) {
+            text(match (&job.error, job.phase) {
                 (Some(e), _) => format!("Error: {}", e.message),
                 (None, Phase::Aborted) => "Error: the job was aborted".to_string(),
                 (None, p) => format!("job {} is {} and has no error", job.id, p.as_str()),
@@ -113,7 +91,7 @@ pub async fn call(
         }),
         "abort" => owned_job(&state, &caller, &f)
             .and_then(|job| Ok(state.jobs.abort(&job.id)?))
-            .map(|_| plain("OK")),
+            .map(|_| text("OK")),
         "profiles" => Ok(profiles(&state, &f)),
         "schema" => schema_text(&state, f.get("value").map(String::as_str).unwrap_or("")),
         "list" => mydb_list(&state, &caller, &f).await,
@@ -127,7 +105,7 @@ pub async fn call(
                 );
                 Ok(state.mydb.drop_table(&id.user, table)?)
             })
-            .map(|()| plain("OK")),
+            .map(|()| text("OK")),
         other => Err(Error::NotFound(format!(
             "'{other}' is not a query service call"
         ))),
@@ -142,11 +120,7 @@ fn owned_job(state: &AppState, caller: &Caller, f: &HashMap<String, String>) -> 
         .map(String::as_str)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Error::Usage("the call needs a jobid".into()))?;
-    let job = state.jobs.get(id)?;
-    if job.owner.as_deref() != caller.user()? {
-        return Err(Error::NotFound(format!("no job '{id}'")));
-    }
-    Ok(job)
+    crate::uws::owned_job(state, caller, id)
 }
 
 async fn query(
@@ -157,12 +131,12 @@ async fn query(
     timeout_s: Option<f64>,
 ) -> Result<Response> {
     caller.allows(Scope::ReadCatalogs)?;
-    let (lang, text) = match (f.get("sql"), f.get("adql")) {
+    let (lang, raw) = match (f.get("sql"), f.get("adql")) {
         (Some(q), _) if !q.trim().is_empty() => ("SQL", q),
         (_, Some(q)) if !q.trim().is_empty() => ("ADQL", q),
         _ => return Err(Error::Usage("give the query as sql=... or adql=...".into())),
     };
-    let text = crate::mydb::rewrite(text);
+    let adql_or_sql = crate::mydb::rewrite(raw);
     let out = f
         .get("out")
         .map(String::as_str)
@@ -178,7 +152,7 @@ async fn query(
     // Data Lab answers with every row; the service's own ceiling still applies.
     let params = Params::from_pairs(vec![
         ("LANG".into(), lang.into()),
-        ("QUERY".into(), text),
+        ("QUERY".into(), adql_or_sql),
         ("FORMAT".into(), format.into()),
         ("MAXREC".into(), state.limits.max_maxrec.to_string()),
     ]);
@@ -187,33 +161,22 @@ async fn query(
         .is_some_and(|a| a.eq_ignore_ascii_case("true"));
     if let Some(table) = mydb_out {
         // Kept as a MyDB table, synchronously; the client answers "OK" whatever the body.
-        let user = caller.identity()?.user.clone();
-        caller.allows(Scope::WriteStorage)?;
+        let user = caller.user_with(Scope::WriteStorage)?.to_string();
         let replace = f
             .get("drop")
             .is_some_and(|d| d.eq_ignore_ascii_case("true"));
         let spec = QuerySpec::from_params(&params, &state.limits)?;
         let rows =
             crate::mydb::save(&state.engine, &state.mydb, &user, &spec, table, replace).await?;
-        return Ok(plain(format!("OK: {rows} rows written to mydb://{table}")));
+        return Ok(text(format!("OK: {rows} rows written to mydb://{table}")));
     }
     if is_async {
-        caller.allows(Scope::RunJobs)?;
-        let owner = caller.user()?.map(str::to_string);
-        if owner.is_none() && !state.auth.anonymous_jobs {
-            caller.identity()?;
-        }
         // Checked now, so that a bad query fails here rather than in the job.
         QuerySpec::from_params(&params, &state.limits)?;
-        let job = state.jobs.create(NewJob {
-            run_id: None,
-            client: owner.clone().unwrap_or_else(|| peer.ip().to_string()),
-            owner,
-            parameters: params.pairs().to_vec(),
-        })?;
+        let job = new_job(state, caller, peer, None, params.pairs().to_vec())?;
         state.jobs.run(&job.id)?;
         tracing::info!(job = %job.id, "data lab async query");
-        return Ok(plain(job.id));
+        return Ok(text(job.id));
     }
     let spec = QuerySpec::from_params(&params, &state.limits)?;
     let mut limit_s = state.limits.sync_timeout_s as f64;
@@ -234,27 +197,6 @@ async fn query(
     .await
 }
 
-/// A completed job's result file, as the body; the client reads it whatever the status.
-async fn results(state: &AppState, job: &Job) -> Result<Response> {
-    let r = job
-        .results
-        .first()
-        .filter(|_| job.phase == Phase::Completed)
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "job {} is {} and has no result yet",
-                job.id,
-                job.phase.as_str()
-            ))
-        })?;
-    let path = state.jobs.job_dir(&job.id).join(&r.file);
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| Error::NotFound(format!("result of job {}: {e}", job.id)))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-    Ok(([(header::CONTENT_TYPE, r.mime_type.clone())], body).into_response())
-}
-
 /// `profiles`: one profile, `default`, for this service.
 fn profiles(state: &AppState, f: &HashMap<String, String>) -> Response {
     match f
@@ -262,7 +204,7 @@ fn profiles(state: &AppState, f: &HashMap<String, String>) -> Response {
         .map(String::as_str)
         .filter(|p| !p.is_empty())
     {
-        None => plain("default"),
+        None => text("default"),
         Some("default") => {
             let base = state.public_url.clone().unwrap_or_default();
             (
@@ -278,11 +220,10 @@ fn profiles(state: &AppState, f: &HashMap<String, String>) -> Response {
             )
                 .into_response()
         }
-        Some(other) => (
+        Some(other) => text_with(
             StatusCode::NOT_FOUND,
             format!("Error: no profile '{other}'; the only profile is 'default'"),
-        )
-            .into_response(),
+        ),
     }
 }
 
@@ -303,10 +244,10 @@ async fn mydb_list(
             .into_iter()
             .map(|t| t.name)
             .collect();
-        return Ok(plain(names.join("\n")));
+        return Ok(text(names.join("\n")));
     }
     if !state.mydb.exists(&user, table)? {
-        return Ok(plain(format!("relation \"{table}\" not known")));
+        return Ok(text(format!("relation \"{table}\" not known")));
     }
     let provider = state
         .engine
@@ -318,7 +259,7 @@ async fn mydb_list(
         .iter()
         .map(|c| format!("{},{}", c.name(), c.data_type()))
         .collect();
-    Ok(plain(lines.join("\n")))
+    Ok(text(lines.join("\n")))
 }
 
 /// `rename` and `copy` (`source`, `target`) and `truncate` (`table`, emptied with its
@@ -330,19 +271,14 @@ async fn mydb_change(
     f: &HashMap<String, String>,
 ) -> Result<Response> {
     use meridian_services::mydb::strip_scheme;
-    let user = caller.identity()?.user.clone();
-    caller.allows(Scope::WriteStorage)?;
+    let user = caller.user_with(Scope::WriteStorage)?.to_string();
     let arg = |k: &str| strip_scheme(f.get(k).map(String::as_str).unwrap_or("")).to_string();
     match call {
         "rename" => state.mydb.rename(&user, &arg("source"), &arg("target"))?,
         "copy" => state.mydb.copy(&user, &arg("source"), &arg("target"))?,
         _ => {
             let table = arg("table");
-            if !state.mydb.exists(&user, &table)? {
-                return Err(Error::Services(meridian_services::Error::NotFound(
-                    format!("relation \"{table}\" not known"),
-                )));
-            }
+            state.mydb.existing(&user, &table)?;
             let params = Params::from_pairs(vec![
                 ("LANG".into(), "SQL".into()),
                 (
@@ -354,7 +290,7 @@ async fn mydb_change(
             crate::mydb::save(&state.engine, &state.mydb, &user, &spec, &table, true).await?;
         }
     }
-    Ok(plain("OK"))
+    Ok(text("OK"))
 }
 
 /// `import`: a file staged with `POST /storage/xfer` (CSV with a header line, TSV, FITS,
@@ -366,8 +302,7 @@ async fn mydb_import(
     f: &HashMap<String, String>,
 ) -> Result<Response> {
     use meridian_services::mydb::strip_scheme;
-    let user = caller.identity()?.user.clone();
-    caller.allows(Scope::WriteStorage)?;
+    let user = caller.user_with(Scope::WriteStorage)?.to_string();
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
     let table = strip_scheme(get("table")).to_string();
     let target = state.mydb.path(&user, &table)?;
@@ -407,9 +342,9 @@ async fn mydb_import(
     }
     let staged = state.mydb.staging_path(&user, &table)?;
     let existing = (append && exists).then_some(target);
-    let out = staged.clone();
+    let (out, upload) = (staged.clone(), source.clone());
     let rows = tokio::task::spawn_blocking(move || {
-        import_file(&source, &file, delimiter, existing.as_deref(), &out)
+        import_file(&upload, &file, delimiter, existing.as_deref(), &out)
     })
     .await
     .map_err(|e| Error::Internal(format!("import task failed: {e}")))?;
@@ -422,9 +357,9 @@ async fn mydb_import(
     };
     state.mydb.commit(&user, &table, &staged, true)?;
     // The staged upload has served its purpose; it would otherwise count against the quota.
-    let _ = std::fs::remove_file(state.mydb.upload_path(&user, get("filename"))?);
+    let _ = std::fs::remove_file(&source);
     tracing::info!(user, table, rows, "MyDB import");
-    Ok(plain("OK"))
+    Ok(text("OK"))
 }
 
 /// Reads `source` (its format recognised from its content, or `format`) into a VO-Parquet
@@ -504,8 +439,7 @@ pub async fn xfer(
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
-        let user = caller.identity()?.user.clone();
-        caller.allows(Scope::WriteStorage)?;
+        let user = caller.user_with(Scope::WriteStorage)?.to_string();
         let header = |k: &str| {
             headers
                 .get(k)
@@ -547,14 +481,14 @@ pub async fn xfer(
     }
     .await;
     match result {
-        Ok(()) => plain("OK"),
+        Ok(()) => text("OK"),
         Err(e) => failure(e),
     }
 }
 
 /// `GET /storage`: liveness.
 pub async fn storage_alive() -> Response {
-    plain("Hello World! This is the Meridian storage service.")
+    text("Hello World! This is the Meridian storage service.")
 }
 
 /// `schema`: with no value, the schemas; with a schema, its tables; with a table (its ADQL
@@ -569,7 +503,7 @@ fn schema_text(state: &AppState, value: &str) -> Result<Response> {
             .iter()
             .map(|s| line(&s.name, &s.description))
             .collect();
-        return Ok(plain(format!("Schemas:\n\n{}\n", lines.join("\n"))));
+        return Ok(text(format!("Schemas:\n\n{}\n", lines.join("\n"))));
     }
     if let Some(s) = state
         .model
@@ -581,7 +515,7 @@ fn schema_text(state: &AppState, value: &str) -> Result<Response> {
             .iter()
             .map(|t| line(&t.name, t.description.as_deref().unwrap_or("")))
             .collect();
-        return Ok(plain(format!(
+        return Ok(text(format!(
             "Schema: {}\n\nTables:\n{}\n",
             s.name,
             lines.join("\n")
@@ -620,7 +554,7 @@ fn schema_text(state: &AppState, value: &str) -> Result<Response> {
             )
         })
         .collect();
-    Ok(plain(format!(
+    Ok(text(format!(
         "Table: {}\n{}\n\nColumns:\n{}\n",
         table.name,
         table.description.as_deref().unwrap_or(""),

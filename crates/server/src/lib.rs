@@ -166,6 +166,21 @@ impl AppState {
     }
 }
 
+/// A plain-text answer with `status` (UWS resources, Data Lab's calls).
+pub(crate) fn text_with(status: axum::http::StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+/// A plain-text 200 answer.
+pub(crate) fn text(body: impl Into<String>) -> Response {
+    text_with(axum::http::StatusCode::OK, body)
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }

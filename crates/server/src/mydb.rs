@@ -16,14 +16,11 @@ pub const SCHEMA: &str = "mydb";
 /// Data Lab writes MyDB tables as `mydb://name` inside query text; that is `mydb.name`.
 /// (A string literal containing `mydb://` would be rewritten too.)
 pub fn rewrite(query: &str) -> String {
-    if !query.contains("mydb://") {
-        return query.to_string();
-    }
     query.replace("mydb://", "mydb.")
 }
 
-/// `engine` with `user`'s MyDB tables as `mydb.<name>`, when the query names MyDB at all
-/// (otherwise `engine` itself, at no cost).
+/// `engine` with the MyDB tables of `user` that the query names, as `mydb.<name>`
+/// (`engine` itself, at no cost, when it names none).
 pub async fn engine_for(
     engine: &Arc<Engine>,
     mydb: &MyDb,
@@ -33,11 +30,17 @@ pub async fn engine_for(
     let Some(user) = user else {
         return Ok(engine.clone());
     };
-    if !query.to_ascii_lowercase().contains(SCHEMA) {
+    let text = query.to_ascii_lowercase();
+    if !text.contains(SCHEMA) {
         return Ok(engine.clone());
     }
     let mut tables = Vec::new();
-    for t in mydb.list(user)? {
+    // Only tables the query names: each one costs a read of its Parquet footer.
+    for t in mydb
+        .list(user)?
+        .into_iter()
+        .filter(|t| text.contains(&t.name))
+    {
         let provider = engine.parquet_table(&mydb.path(user, &t.name)?).await?;
         tables.push((SCHEMA.to_string(), t.name, provider));
     }

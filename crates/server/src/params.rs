@@ -117,3 +117,13 @@ impl<S: Send + Sync> FromRequest<S> for DaliRequest {
         Ok(out)
     }
 }
+
+/// The query string's fields, first value of each key, decoded leniently as a form: Data
+/// Lab's clients build query strings by hand and sometimes repeat keys.
+pub fn query_fields(uri: &axum::http::Uri) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+    }
+    out
+}

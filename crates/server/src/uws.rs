@@ -18,7 +18,6 @@ use meridian_services::jobs::{
     ErrorSummary, Job, JobResult, ListFilter, NewJob, Phase, Runner, format_time, parse_time,
 };
 
-use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, Result, error_votable};
 use crate::params::{DaliRequest, Params};
@@ -26,6 +25,7 @@ use crate::result::write_stream;
 use crate::tap::{QuerySpec, plan};
 use crate::upload;
 use crate::vosi::{base_url, xml};
+use crate::{AppState, text};
 
 const UWS_NS: &str = "xmlns:uws=\"http://www.ivoa.net/xml/UWS/v1.0\" \
      xmlns:xlink=\"http://www.w3.org/1999/xlink\" \
@@ -102,10 +102,6 @@ fn jobs_url(state: &AppState, headers: &HeaderMap) -> String {
 
 fn see_other(location: String) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
-}
-
-fn text(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
 /// 303 to job `id`'s resource, where UWS sends a client after a change to the job.
@@ -244,11 +240,40 @@ pub async fn owner_only(
     next: axum::middleware::Next,
 ) -> Result<Response> {
     let id = path.get("id").map(String::as_str).unwrap_or_default();
+    owned_job(&state, &caller, id)?;
+    Ok(next.run(req).await)
+}
+
+/// Job `id` when it is the caller's; another's is answered as if it did not exist.
+pub(crate) fn owned_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job> {
     let job = state.jobs.get(id)?;
     if job.owner.as_deref() != caller.user()? {
         return Err(Error::NotFound(format!("no job '{id}'")));
     }
-    Ok(next.run(req).await)
+    Ok(job)
+}
+
+/// A new PENDING job of the caller's with `parameters`: refused without the `jobs:run`
+/// scope, and for anonymous callers unless the service lets them run jobs.
+pub(crate) fn new_job(
+    state: &AppState,
+    caller: &Caller,
+    peer: SocketAddr,
+    run_id: Option<String>,
+    parameters: Vec<(String, String)>,
+) -> Result<Job> {
+    caller.allows(Scope::RunJobs)?;
+    let owner = caller.user()?.map(str::to_string);
+    if owner.is_none() && !state.auth.anonymous_jobs {
+        caller.identity()?; // 401: log in first
+    }
+    Ok(state.jobs.create(NewJob {
+        run_id,
+        // Per-client limits count a user's jobs together, wherever they come from.
+        client: owner.clone().unwrap_or_else(|| peer.ip().to_string()),
+        owner,
+        parameters,
+    })?)
 }
 
 /// `GET /tap/async`: the caller's jobs, filtered by PHASE (repeatable), AFTER and LAST.
@@ -320,11 +345,6 @@ pub async fn create(
     req: DaliRequest,
 ) -> Result<Response> {
     let jobs = &state.jobs;
-    caller.allows(Scope::RunJobs)?;
-    let owner = caller.user()?.map(str::to_string);
-    if owner.is_none() && !state.auth.anonymous_jobs {
-        caller.identity()?; // 401: log in first
-    }
     let run = match req.params.get("PHASE") {
         None => false,
         Some(p) if p.eq_ignore_ascii_case("RUN") => true,
@@ -334,13 +354,13 @@ pub async fn create(
             )));
         }
     };
-    let job = jobs.create(NewJob {
-        run_id: req.params.get("RUNID").map(str::to_string),
-        // Per-client limits count a user's jobs together, wherever they come from.
-        client: owner.clone().unwrap_or_else(|| peer.ip().to_string()),
-        owner,
-        parameters: job_parameters(&req.params),
-    })?;
+    let job = new_job(
+        &state,
+        &caller,
+        peer,
+        req.params.get("RUNID").map(str::to_string),
+        job_parameters(&req.params),
+    )?;
     // Inline uploads are kept with the job, so that it can run (again) after a restart.
     let stored = upload::store(&req.files, &jobs.job_dir(&job.id), &state.limits);
     match stored {
@@ -593,8 +613,12 @@ pub async fn result(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response> {
-    let jobs = &state.jobs;
-    let job = jobs.get(&id)?;
+    result_file(&state, &state.jobs.get(&id)?, &name).await
+}
+
+/// Result `name` of `job`, streamed from disk with its length, once the job is COMPLETED.
+pub(crate) async fn result_file(state: &AppState, job: &Job, name: &str) -> Result<Response> {
+    let id = &job.id;
     let r = job
         .results
         .iter()
@@ -606,7 +630,7 @@ pub async fn result(
                 job.phase.as_str()
             ))
         })?;
-    let path = jobs.job_dir(&id).join(&r.file);
+    let path = state.jobs.job_dir(id).join(&r.file);
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| Error::NotFound(format!("result '{name}' of job {id}: {e}")))?;

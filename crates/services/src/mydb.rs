@@ -76,6 +76,16 @@ impl MyDb {
         Ok(self.dir(user)?.join(format!("{name}.parquet")))
     }
 
+    /// The file of `user`'s table `name`, which must exist (404 in Data Lab's words
+    /// otherwise).
+    pub fn existing(&self, user: &str, name: &str) -> Result<PathBuf> {
+        let path = self.path(user, name)?;
+        if !path.is_file() {
+            return Err(Error::NotFound(format!("relation \"{name}\" not known")));
+        }
+        Ok(path)
+    }
+
     /// Whether `user` has table `name`.
     pub fn exists(&self, user: &str, name: &str) -> Result<bool> {
         Ok(self.path(user, name)?.is_file())
@@ -224,10 +234,7 @@ impl MyDb {
 
     /// Renames `user`'s table `from` to `to` (which must not exist).
     pub fn rename(&self, user: &str, from: &str, to: &str) -> Result<()> {
-        let (a, b) = (self.path(user, from)?, self.path(user, to)?);
-        if !a.is_file() {
-            return Err(Error::NotFound(format!("relation \"{from}\" not known")));
-        }
+        let (a, b) = (self.existing(user, from)?, self.path(user, to)?);
         if b.exists() {
             return Err(Error::Conflict(format!("MyDB table '{to}' exists")));
         }
@@ -236,10 +243,7 @@ impl MyDb {
 
     /// Copies `user`'s table `from` to a new table `to`, within the quota.
     pub fn copy(&self, user: &str, from: &str, to: &str) -> Result<()> {
-        let a = self.path(user, from)?;
-        if !a.is_file() {
-            return Err(Error::NotFound(format!("relation \"{from}\" not known")));
-        }
+        let a = self.existing(user, from)?;
         let staged = self.staging_path(user, to)?;
         std::fs::copy(&a, &staged).map_err(|e| Error::io(format!("copying '{from}'"), e))?;
         self.commit(user, to, &staged, false)
