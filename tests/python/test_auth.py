@@ -97,6 +97,14 @@ def test_a_token_without_the_jobs_scope_cannot_run_async_jobs(store, service):
     assert r.status_code == 403 and "jobs:run" in r.text
     q = {"LANG": "ADQL", "QUERY": "SELECT TOP 1 * FROM gaia"}
     assert requests.get(f"{base}/tap/sync", params=q, headers=h).status_code == 200
+    # Nor change MyDB: writing, dropping, renaming and staging files need storage:write.
+    dl = {"X-DL-AuthToken": token}
+    for call, params in [("query", {"sql": "SELECT 1 AS x", "out": "mydb://t"}),
+                         ("delete", {"table": "t"}), ("rename", {"source": "t", "target": "u"})]:
+        r = requests.get(f"{base}/query/{call}", params=params, headers=dl)
+        assert r.status_code == 403 and "storage:write" in r.text, (call, r.text)
+    r = requests.post(f"{base}/storage/xfer", data=b"x\n1\n", headers={**dl, "X-DL-FileName": "a.csv"})
+    assert r.status_code == 403
 
 
 def test_data_lab_auth_client_calls(service):

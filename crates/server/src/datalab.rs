@@ -98,12 +98,12 @@ pub async fn call(
         "rename" | "copy" | "truncate" => mydb_change(&state, &caller, &call, &f).await,
         "import" => mydb_import(&state, &caller, &f).await,
         "delete" => caller
-            .identity()
-            .and_then(|id| {
+            .user_with(Scope::WriteStorage)
+            .and_then(|user| {
                 let table = meridian_services::mydb::strip_scheme(
                     f.get("table").map(String::as_str).unwrap_or(""),
                 );
-                Ok(state.mydb.drop_table(&id.user, table)?)
+                Ok(state.mydb.drop_table(user, table)?)
             })
             .map(|()| text("OK")),
         other => Err(Error::NotFound(format!(
