@@ -295,3 +295,11 @@ def test_uploads_and_tables_share_the_quota(store, tmp_path):
         assert r.status_code == 403 and "quota" in r.text
         assert call(base, "list", token, table="").text == ""
         assert [p.name for p in (tmp_path / "mydb" / "gina").iterdir()] in ([], ["uploads"])
+
+
+def test_saving_to_mydb_obeys_the_clients_timeout(service):
+    base, tokens = service
+    r = requests.get(f"{base}/query/query", params={"sql": "SELECT * FROM tycho2 ORDER BY ra", "out": "mydb://slow"},
+                     headers={**CLIENT_HEADERS, "X-DL-AuthToken": tokens["dave"], "X-DL-TimeoutRequest": "0.001"})
+    assert r.status_code >= 400 and r.text.startswith("Error: ") and "time limit" in r.text
+    assert "slow" not in call(base, "list", tokens["dave"], table="").text

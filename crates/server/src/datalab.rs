@@ -159,6 +159,12 @@ async fn query(
     let is_async = f
         .get("async")
         .is_some_and(|a| a.eq_ignore_ascii_case("true"));
+    // The client's timeout, within the service's limit for synchronous queries.
+    let mut limit_s = state.limits.sync_timeout_s as f64;
+    if let Some(t) = timeout_s.filter(|t| *t > 0.0) {
+        limit_s = limit_s.min(t);
+    }
+    let limit = std::time::Duration::from_secs_f64(limit_s);
     if let Some(table) = mydb_out {
         // Kept as a MyDB table, synchronously; the client answers "OK" whatever the body.
         let user = caller.user_with(Scope::WriteStorage)?.to_string();
@@ -166,8 +172,11 @@ async fn query(
             .get("drop")
             .is_some_and(|d| d.eq_ignore_ascii_case("true"));
         let spec = QuerySpec::from_params(&params, &state.limits)?;
-        let rows =
-            crate::mydb::save(&state.engine, &state.mydb, &user, &spec, table, replace).await?;
+        // Past the limit the write is dropped unfinished and no table appears.
+        let rows = tokio::select! {
+            r = crate::mydb::save(&state.engine, &state.mydb, &user, &spec, table, replace) => r?,
+            _ = meridian_engine::deadline(limit) => return Err(Error::Timeout(limit.as_secs())),
+        };
         return Ok(text(format!("OK: {rows} rows written to mydb://{table}")));
     }
     if is_async {
@@ -179,22 +188,11 @@ async fn query(
         return Ok(text(job.id));
     }
     let spec = QuerySpec::from_params(&params, &state.limits)?;
-    let mut limit_s = state.limits.sync_timeout_s as f64;
-    if let Some(t) = timeout_s.filter(|t| *t > 0.0) {
-        limit_s = limit_s.min(t);
-    }
     let req = DaliRequest {
         params,
         files: Vec::new(),
     };
-    run_streaming(
-        state,
-        &req,
-        caller.user()?,
-        spec,
-        std::time::Duration::from_secs_f64(limit_s),
-    )
-    .await
+    run_streaming(state, &req, caller.user()?, spec, limit).await
 }
 
 /// `profiles`: one profile, `default`, for this service.
