@@ -62,6 +62,7 @@ impl Error {
                     S::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                     S::Forbidden(_) => StatusCode::FORBIDDEN,
                     S::Conflict(_) => StatusCode::CONFLICT,
+                    S::Quota(_) => StatusCode::PAYLOAD_TOO_LARGE,
                     S::Storage(_) | S::Io { .. } | S::Record(_) => {
                         StatusCode::INTERNAL_SERVER_ERROR
                     }

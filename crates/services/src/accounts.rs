@@ -183,6 +183,18 @@ const SCHEMA: &str = "
         revoked INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user);
+    CREATE TABLE IF NOT EXISTS groups (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS members (
+        grp TEXT NOT NULL REFERENCES groups (name) ON DELETE CASCADE,
+        user TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        PRIMARY KEY (grp, user)
+    );
+    CREATE INDEX IF NOT EXISTS members_by_user ON members (user);
 ";
 
 /// Data Lab numbers its users from here.
@@ -248,7 +260,7 @@ impl Accounts {
         })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         // Every change is one statement, so a poisoned lock leaves the database whole.
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -271,6 +283,15 @@ impl Accounts {
             |r| r.get(0),
         )?;
         let created_ms = now_ms();
+        // Users and groups share one name space: both name a storage space and a schema.
+        let group: Option<String> = db
+            .query_row("SELECT name FROM groups WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if group.is_some() {
+            return Err(Error::Conflict(format!("'{name}' is the name of a group")));
+        }
         let inserted = db.execute(
             "INSERT OR IGNORE INTO users (name, uid, password, email, admin, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -16,6 +16,9 @@ pub enum Error {
     /// The thing to create exists already.
     #[error("{0}")]
     Conflict(String),
+    /// A quota or size limit would be passed.
+    #[error("{0}")]
+    Quota(String),
     /// The request is not allowed in the job's current phase, or a value is invalid.
     #[error("{0}")]
     Invalid(String),

@@ -1,4 +1,5 @@
-//! Meridian's services below the protocols. [`accounts`] holds users and their tokens.
+//! Meridian's services below the protocols. [`accounts`] holds users and their tokens,
+//! [`groups`] their groups with roles, [`storage`] their files (VOSpace nodes).
 //! [`mydb`] keeps each user's tables. [`jobs`] is the UWS 1.1 job model: phases and
 //! their transitions, a bounded worker pool with per-owner limits, blocking waits, the
 //! destruction sweeper, and persistence in SQLite so that jobs outlive the process.
@@ -8,7 +9,9 @@
 
 pub mod accounts;
 pub mod error;
+pub mod groups;
 pub mod jobs;
 pub mod mydb;
+pub mod storage;
 
 pub use error::{Error, Result};
