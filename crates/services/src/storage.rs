@@ -470,10 +470,8 @@ impl Storage {
     fn granted(&self, path: &str, grants: impl Fn(&Node) -> bool) -> Result<bool> {
         let mut p = path;
         loop {
-            if let Some(n) = self.get(p)? {
-                if grants(&n) {
-                    return Ok(true);
-                }
+            if self.get(p)?.is_some_and(|n| grants(&n)) {
+                return Ok(true);
             }
             if !p.contains('/') {
                 return Ok(false);
