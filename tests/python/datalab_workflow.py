@@ -85,6 +85,41 @@ seen["xmatch"] = qc.query(adql="SELECT m.id, g.source_id FROM mydb://mystars AS 
                                 "CIRCLE('ICRS', m.ra, m.dec, 1.0 / 3600))", fmt="csv")
 qc.mydb_drop("mystars")
 
+# Storage: a home with public/ and tmp/, files put, listed, fetched, moved, copied, removed.
+seen["ls_home"] = sc.ls("vos://")
+seen["mkdir"] = sc.mkdir("vos://work")
+seen["put"] = sc.put(csv_path, "vos://work/")
+seen["ls_work"] = sc.ls("vos://work")
+seen["ls_long"] = sc.ls("work", format="long")
+seen["get_text"] = sc.get("vos://work/mystars.csv")
+got_path = os.path.join(tempfile.mkdtemp(), "back.csv")
+seen["get_file"] = sc.get("vos://work/mystars.csv", got_path)
+seen["got_file"] = open(got_path).read()
+seen["stat"] = sc.stat("vos://work/mystars.csv")
+from dl.storeClient import is_vosDir
+seen["isdir"] = [is_vosDir(f"{base}/storage", token, "vos://work"), is_vosDir(f"{base}/storage", token, "vos://work/mystars.csv")]
+seen["access"] = sc.access("vos://work/mystars.csv", "r")
+seen["mv"] = sc.mv("vos://work/mystars.csv", "vos://public")
+seen["ls_public"] = sc.ls("vos://public")
+seen["cp"] = sc.cp("vos://public/mystars.csv", "vos://work/copy.csv")
+seen["tag"] = sc.tag("vos://work/copy.csv", "forty Pleiades stars")
+seen["ln"] = sc.ln("vos://work/link.csv", "vos://work/copy.csv")
+seen["via_link"] = sc.get("vos://work/link.csv")
+seen["ls_work_after"] = sc.ls("vos://work")
+seen["rm"] = [sc.rm("vos://work/link.csv"), sc.rm("vos://work/copy.csv"),
+              sc.rm("vos://public/mystars.csv")]
+seen["rm_missing"] = sc.rm("vos://work/copy.csv")
+seen["rmdir"] = sc.rmdir("vos://work")
+seen["ls_home_end"] = sc.ls("vos://")
+# A query result written straight to storage, in any output format.
+seen["query_to_vos"] = qc.query(sql=sql, fmt="csv", out="vos://pleiades.csv")
+seen["query_to_vos_text"] = sc.get("vos://pleiades.csv")
+seen["query_to_vos_fits"] = qc.query(sql=sql, fmt="fits", out="vos://pleiades.fits")
+fits_path = os.path.join(tempfile.mkdtemp(), "pleiades.fits")
+sc.get("vos://pleiades.fits", fits_path)
+seen["fits_path"] = fits_path
+seen["rm_results"] = [sc.rm("vos://pleiades.csv"), sc.rm("vos://pleiades.fits")]
+
 seen["logout"] = ac.logout(token)
 seen["valid_after_logout"] = ac.isValidToken(token)
 print(json.dumps(seen))

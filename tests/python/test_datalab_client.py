@@ -85,3 +85,34 @@ def test_notebook_workflow_with_the_unmodified_client(store, tmp_path, datalab_p
     got = pd.read_csv(io.StringIO(seen["xmatch"]))
     assert sorted(zip(got["id"].tolist(), got["source_id"].tolist())) == expected
     assert len(expected) >= 40
+
+    # Storage: put, ls, get, mv, cp, ln, tag, rm, rmdir, and query results kept as files.
+    text = seen["mystars"]
+    assert seen["ls_home"] == "public,tmp"
+    assert seen["mkdir"] == "OK"
+    assert seen["put"] == ["OK"]  # the client returns a list per file
+    assert seen["ls_work"] == "mystars.csv"
+    assert seen["ls_long"].startswith("-rw-") and seen["ls_long"].rstrip().endswith("mystars.csv")
+    assert f"erin  {len(text.encode())}  " in seen["ls_long"]
+    assert seen["get_text"] == text
+    assert seen["get_file"] == ["OK"] and seen["got_file"] == text
+    assert seen["stat"]["type"] == "data" and seen["stat"]["size"] == len(text.encode())
+    assert seen["stat"]["owner"] == "erin"
+    assert seen["isdir"] == [True, False]
+    assert seen["access"] is True
+    assert seen["mv"] == "OK"
+    assert seen["ls_public"] == "mystars.csv"
+    assert seen["cp"] == "OK" and seen["tag"] == "OK" and seen["ln"] == "OK"
+    assert seen["via_link"] == text
+    assert seen["ls_work_after"] == "copy.csv,link.csv"
+    assert seen["rm"] == ["OK", "OK", "OK"]
+    assert "does not exist" in seen["rm_missing"]
+    assert seen["rmdir"] == "OK"
+    assert seen["ls_home_end"] == "public,tmp"
+    assert seen["query_to_vos"] == "OK"
+    kept = pd.read_csv(io.StringIO(seen["query_to_vos_text"]))
+    assert list(kept["source_id"]) == list(tap["source_id"])
+    from astropy.table import Table
+    fits = Table.read(seen["fits_path"])
+    assert list(fits["source_id"]) == list(tap["source_id"])
+    assert seen["rm_results"] == ["OK", "OK"]

@@ -27,6 +27,38 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Users' own tables.
     pub mydb: MyDbConfig,
+    /// Users' files (VOSpace) and survey file collections.
+    pub storage: StorageConfig,
+}
+
+/// Users' files and survey file collections.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Where file bytes live: a directory (default: `storage` in the data directory).
+    pub dir: Option<PathBuf>,
+    /// Or an object-store URL instead (`s3://bucket/prefix` in builds with the `s3`
+    /// feature, `memory:///` for tests).
+    pub url: Option<String>,
+    /// The node tree (default: `storage.sqlite` in the data directory).
+    pub db: Option<PathBuf>,
+    /// What one user's or group's files may take, MiB.
+    pub quota_mib: u64,
+    /// Read-only survey file collections, `name = "directory"`: listed and fetched as
+    /// `<name>://path`.
+    pub collections: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            url: None,
+            db: None,
+            quota_mib: 10 * 1024,
+            collections: Default::default(),
+        }
+    }
 }
 
 /// Users' own tables.
@@ -241,6 +273,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             auth: AuthConfig::default(),
             mydb: MyDbConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -279,8 +312,8 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 8] = [
-            "data_dir", "ingest", "query", "log", "server", "jobs", "auth", "mydb",
+        const TOP: [&str; 9] = [
+            "data_dir", "ingest", "query", "log", "server", "jobs", "auth", "mydb", "storage",
         ];
         let mut ignored = Vec::new();
         let mut table = match file {
@@ -371,6 +404,22 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("mydb"))
+    }
+
+    /// The directory of users' file bytes.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.storage
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("storage"))
+    }
+
+    /// The database of users' file trees.
+    pub fn storage_db(&self) -> PathBuf {
+        self.storage
+            .db
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("storage.sqlite"))
     }
 
     /// The account database.

@@ -938,6 +938,27 @@ fn open_accounts(config: &Config) -> anyhow::Result<meridian_services::accounts:
         .with_context(|| format!("opening the account database {}", path.display()))
 }
 
+fn open_storage(config: &Config) -> anyhow::Result<meridian_services::storage::Storage> {
+    use meridian_services::storage::{Collection, Storage};
+    let store = match &config.storage.url {
+        Some(url) => Storage::store_at(url)?,
+        None => Storage::local_store(&config.storage_dir())?,
+    };
+    let collections = config
+        .storage
+        .collections
+        .iter()
+        .map(|(name, dir)| Collection::local(name, dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    Storage::open(
+        &config.storage_db(),
+        store,
+        config.storage.quota_mib << 20,
+        collections,
+    )
+    .with_context(|| format!("opening the file store {}", config.storage_db().display()))
+}
+
 /// The first line of standard input, or a prompt when it is a terminal.
 fn read_secret(what: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
@@ -1026,12 +1047,18 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         },
         &config.jobs_dir(),
         config.jobs.to_services(),
-        open_accounts(config)?,
-        meridian_server::auth::AuthConfig {
-            self_registration: config.auth.self_registration,
-            anonymous_jobs: config.auth.anonymous_jobs,
+        meridian_server::Personal {
+            accounts: open_accounts(config)?,
+            auth: meridian_server::auth::AuthConfig {
+                self_registration: config.auth.self_registration,
+                anonymous_jobs: config.auth.anonymous_jobs,
+            },
+            mydb: meridian_services::mydb::MyDb::new(
+                config.mydb_dir(),
+                config.mydb.quota_mib << 20,
+            ),
+            storage: open_storage(config)?,
         },
-        meridian_services::mydb::MyDb::new(config.mydb_dir(), config.mydb.quota_mib << 20),
     )?;
     state.public_url = s.public_url.clone();
     let addr = addr.unwrap_or_else(|| s.addr.clone());

@@ -142,12 +142,7 @@ async fn query(
         .map(String::as_str)
         .filter(|o| !o.is_empty() && *o != "None");
     let mydb_out = out.and_then(|o| o.strip_prefix("mydb://"));
-    if let Some(o) = out.filter(|o| o.contains("://") && !o.starts_with("mydb://")) {
-        return Err(Error::Usage(format!(
-            "out={o}: saving results to VOSpace is not offered by this service yet; use \
-             out=mydb://<table> or leave out unset to receive the result"
-        )));
-    }
+    let file_out = out.filter(|o| o.contains("://") && !o.starts_with("mydb://"));
     let format = format_name(f.get("ofmt").map(String::as_str).unwrap_or("csv"))?;
     // Data Lab answers with every row; the service's own ceiling still applies.
     let params = Params::from_pairs(vec![
@@ -178,6 +173,23 @@ async fn query(
             _ = meridian_engine::deadline(limit) => return Err(Error::Timeout(limit.as_secs())),
         };
         return Ok(text(format!("OK: {rows} rows written to mydb://{table}")));
+    }
+    if let Some(name) = file_out {
+        // Written as a file in the caller's storage, in the format asked for.
+        let who = crate::storage::who(state, caller, true)?;
+        let target = crate::storage::resolve(state, &who, name)?;
+        let crate::storage::Target::Node(path) = target else {
+            return Err(Error::Usage(format!(
+                "out={name}: collections are read-only"
+            )));
+        };
+        let spec = QuerySpec::from_params(&params, &state.limits)?;
+        let user = who.user.clone().unwrap_or_default();
+        let rows = tokio::select! {
+            r = crate::storage::save_query(state, &who, &user, &spec, &path) => r?,
+            _ = meridian_engine::deadline(limit) => return Err(Error::Timeout(limit.as_secs())),
+        };
+        return Ok(text(format!("OK: {rows} rows written to vos://{path}")));
     }
     if is_async {
         // Checked now, so that a bad query fails here rather than in the job.

@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod mydb;
 pub mod params;
 mod result;
+pub mod storage;
 pub mod tap;
 pub mod upload;
 pub mod uws;
@@ -31,6 +32,7 @@ use meridian_engine::Engine;
 use meridian_services::accounts::Accounts;
 use meridian_services::jobs::{JobConfig, Jobs, Phase};
 use meridian_services::mydb::MyDb;
+use meridian_services::storage::Storage;
 
 pub use error::{Error, Result};
 
@@ -127,20 +129,41 @@ pub struct AppState {
     pub auth: Arc<auth::AuthConfig>,
     /// Users' own tables.
     pub mydb: Arc<MyDb>,
+    /// Users' files.
+    pub storage: Arc<Storage>,
+    /// Open transfer URLs.
+    pub tickets: Arc<storage::Tickets>,
+}
+
+/// What belongs to users: accounts, their settings, tables and files.
+pub struct Personal {
+    /// Users, tokens and groups.
+    pub accounts: Accounts,
+    /// Account settings.
+    pub auth: auth::AuthConfig,
+    /// Users' own tables.
+    pub mydb: MyDb,
+    /// Users' files.
+    pub storage: Storage,
 }
 
 impl AppState {
-    /// State for `engine` under `limits`, with asynchronous jobs kept in `jobs_dir`, users
-    /// in `accounts` and their tables in `mydb`. Queued jobs start once [`serve`] runs.
+    /// State for `engine` under `limits`, with asynchronous jobs kept in `jobs_dir` and
+    /// users with their tables and files in `personal`. Queued jobs start once [`serve`]
+    /// runs.
     pub fn new(
         engine: Engine,
         limits: Limits,
         jobs_dir: &std::path::Path,
         job_config: JobConfig,
-        accounts: Accounts,
-        auth: auth::AuthConfig,
-        mydb: MyDb,
+        personal: Personal,
     ) -> Result<Self> {
+        let Personal {
+            accounts,
+            auth,
+            mydb,
+            storage,
+        } = personal;
         let mut engine = engine;
         let model = metadata::model(&engine);
         metadata::register_tap_schema(&mut engine, &model)?;
@@ -162,6 +185,8 @@ impl AppState {
             accounts: Arc::new(accounts),
             auth: Arc::new(auth),
             mydb,
+            storage: Arc::new(storage),
+            tickets: Arc::new(storage::Tickets::default()),
         })
     }
 }
@@ -279,6 +304,7 @@ pub fn router(state: AppState) -> Router {
         .merge(job)
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/whoami", get(auth::whoami))
+        .route("/storage/{call}", get(storage::call))
         .route_layer(from_fn(auth::reject_invalid_token));
     Router::new()
         .route("/health", get(health))
@@ -293,6 +319,11 @@ pub fn router(state: AppState) -> Router {
         .route("/query/{call}", get(datalab::call).post(datalab::call))
         .route("/storage", get(datalab::storage_alive))
         .route("/storage/xfer", post(datalab::xfer))
+        // Transfer URLs carry their own permission and work without a token.
+        .route(
+            "/storage/xfer/{ticket}",
+            get(storage::xfer_get).put(storage::xfer_put),
+        )
         .merge(protected)
         // Uploads travel in request bodies: allow the upload limit plus the form around it.
         .layer(axum::extract::DefaultBodyLimit::max(

@@ -171,7 +171,7 @@ fn public_address(ip: std::net::IpAddr) -> bool {
 }
 
 /// Fetches an http(s) upload into a temporary file, within the size limit.
-fn fetch(name: &str, url: &str, limits: &Limits) -> Result<tempfile::TempPath> {
+pub(crate) fn fetch(name: &str, url: &str, limits: &Limits) -> Result<tempfile::TempPath> {
     let fail = |what: String| Error::Usage(format!("UPLOAD '{name}' from {url}: {what}"));
     let uri: axum::http::Uri = url.parse().map_err(|e| fail(format!("not a URL: {e}")))?;
     let host = uri.host().ok_or_else(|| fail("no host".into()))?;

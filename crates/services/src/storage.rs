@@ -231,6 +231,25 @@ pub struct Collection {
     pub store: Arc<dyn ObjectStore>,
 }
 
+impl Collection {
+    /// The collection `name` of the files under the local directory `dir`.
+    pub fn local(name: &str, dir: &Path) -> Result<Self> {
+        check_segment(name)?;
+        if !dir.is_dir() {
+            return Err(Error::Invalid(format!(
+                "collection '{name}': {} is not a directory",
+                dir.display()
+            )));
+        }
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| store_error(&format!("collection '{name}'"), e))?;
+        Ok(Self {
+            name: name.to_string(),
+            store: Arc::new(fs),
+        })
+    }
+}
+
 /// An entry of a collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -323,6 +342,20 @@ impl Storage {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| store_error(&format!("opening {}", dir.display()), e))?;
         Ok(Arc::new(fs))
+    }
+
+    /// The store an object-store URL names (`file:///dir`, `memory:///`, and `s3://bucket/
+    /// prefix` in builds with the `s3` feature).
+    pub fn store_at(url: &str) -> Result<Arc<dyn ObjectStore>> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| Error::Invalid(format!("storage URL '{url}': {e}")))?;
+        let (store, prefix) = object_store::parse_url(&parsed)
+            .map_err(|e| Error::Invalid(format!("storage URL '{url}': {e}")))?;
+        Ok(if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        })
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -1093,10 +1126,22 @@ fn space_of(path: &str) -> &str {
     path.split('/').next().unwrap_or(path)
 }
 
+/// The authority part of this service's node URIs (`vos://meridian!vospace/space/path`).
+pub const AUTHORITY: &str = "meridian!vospace";
+
+/// The VOSpace URI of node `path`.
+pub fn node_uri(path: &str) -> String {
+    format!("vos://{AUTHORITY}/{path}")
+}
+
 /// The node path of a `vos://authority!vospace/space/path` or `space/path` link target.
 pub fn target_path(target: &str) -> Option<String> {
     let rest = match target.strip_prefix("vos://") {
-        Some(r) => r.split_once('/').map_or("", |(_, p)| p),
+        Some(r) => match r.split_once('/') {
+            Some((authority, p)) if authority.contains('!') => p,
+            _ if r.contains('!') => "",
+            _ => r,
+        },
         None if !target.contains("://") => target,
         None => return None,
     };
