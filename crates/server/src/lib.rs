@@ -17,6 +17,7 @@ pub mod tap;
 pub mod upload;
 pub mod uws;
 pub mod vosi;
+pub mod vospace;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,6 +134,8 @@ pub struct AppState {
     pub storage: Arc<Storage>,
     /// Open transfer URLs.
     pub tickets: Arc<storage::Tickets>,
+    /// VOSpace transfers.
+    pub transfers: Arc<vospace::Transfers>,
 }
 
 /// What belongs to users: accounts, their settings, tables and files.
@@ -187,6 +190,7 @@ impl AppState {
             mydb,
             storage: Arc::new(storage),
             tickets: Arc::new(storage::Tickets::default()),
+            transfers: Arc::new(vospace::Transfers::default()),
         })
     }
 }
@@ -305,6 +309,37 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/whoami", get(auth::whoami))
         .route("/storage/{call}", get(storage::call))
+        .route("/vospace/availability", get(vospace::availability))
+        .route("/vospace/capabilities", get(vospace::capabilities))
+        .route("/vospace/protocols", get(vospace::protocols))
+        .route("/vospace/views", get(vospace::views))
+        .route("/vospace/properties", get(vospace::property_list))
+        .route(
+            "/vospace/nodes/{*path}",
+            get(vospace::get_node)
+                .put(vospace::put_node)
+                .post(vospace::post_node)
+                .delete(vospace::delete_node),
+        )
+        .route(
+            "/vospace/synctrans",
+            post(vospace::synctrans).get(vospace::synctrans),
+        )
+        .route("/vospace/synctrans/{id}", get(vospace::transfer_details))
+        .route("/vospace/transfers", post(vospace::create_transfer))
+        .route("/vospace/transfers/{id}", get(vospace::transfer_job))
+        .route(
+            "/vospace/transfers/{id}/phase",
+            get(vospace::transfer_phase).post(vospace::post_transfer_phase),
+        )
+        .route(
+            "/vospace/transfers/{id}/error",
+            get(vospace::transfer_error),
+        )
+        .route(
+            "/vospace/transfers/{id}/results/transferDetails",
+            get(vospace::transfer_details),
+        )
         .route_layer(from_fn(auth::reject_invalid_token));
     Router::new()
         .route("/health", get(health))
