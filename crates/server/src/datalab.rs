@@ -167,9 +167,17 @@ async fn query(
             .get("drop")
             .is_some_and(|d| d.eq_ignore_ascii_case("true"));
         let spec = QuerySpec::from_params(&params, &state.limits)?;
+        let (space, name) = crate::mydb::writable_space(state, &user, table)?;
+        let groups = crate::tap::user_groups(state, Some(&user));
+        let to = crate::mydb::Destination {
+            user: &user,
+            groups: &groups,
+            space: &space,
+            name: &name,
+        };
         // Past the limit the write is dropped unfinished and no table appears.
         let rows = tokio::select! {
-            r = crate::mydb::save(&state.engine, &state.mydb, &user, &spec, table, replace) => r?,
+            r = crate::mydb::save(&state.engine, &state.mydb, &spec, &to, replace) => r?,
             _ = meridian_engine::deadline(limit) => return Err(Error::Timeout(limit.as_secs())),
         };
         return Ok(text(format!("OK: {rows} rows written to mydb://{table}")));
@@ -297,7 +305,13 @@ async fn mydb_change(
                 ),
             ]);
             let spec = QuerySpec::from_params(&params, &state.limits)?;
-            crate::mydb::save(&state.engine, &state.mydb, &user, &spec, &table, true).await?;
+            let to = crate::mydb::Destination {
+                user: &user,
+                groups: &[],
+                space: &user,
+                name: &table,
+            };
+            crate::mydb::save(&state.engine, &state.mydb, &spec, &to, true).await?;
         }
     }
     Ok(text("OK"))

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod datalab;
 pub mod error;
 pub mod examples;
+pub mod groups;
 pub mod metadata;
 pub mod mydb;
 pub mod params;
@@ -173,10 +174,12 @@ impl AppState {
         let engine = Arc::new(engine);
         let limits = Arc::new(limits);
         let mydb = Arc::new(mydb);
+        let accounts = Arc::new(accounts);
         let runner = Arc::new(uws::TapRunner {
             engine: engine.clone(),
             limits: limits.clone(),
             mydb: mydb.clone(),
+            accounts: accounts.clone(),
         });
         Ok(Self {
             engine,
@@ -185,7 +188,7 @@ impl AppState {
             public_url: None,
             jobs: Jobs::open(jobs_dir, job_config, runner)?,
             model: Arc::new(model),
-            accounts: Arc::new(accounts),
+            accounts,
             auth: Arc::new(auth),
             mydb,
             storage: Arc::new(storage),
@@ -309,6 +312,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/whoami", get(auth::whoami))
         .route("/storage/{call}", get(storage::call))
+        .route("/api/groups", get(groups::list).post(groups::create))
+        .route(
+            "/api/groups/{name}",
+            get(groups::show).delete(groups::dissolve),
+        )
+        .route("/api/groups/{name}/members", post(groups::set_member))
+        .route(
+            "/api/groups/{name}/members/{user}",
+            axum::routing::delete(groups::remove_member),
+        )
         .route("/vospace/availability", get(vospace::availability))
         .route("/vospace/capabilities", get(vospace::capabilities))
         .route("/vospace/protocols", get(vospace::protocols))

@@ -19,30 +19,41 @@ pub fn rewrite(query: &str) -> String {
     query.replace("mydb://", "mydb.")
 }
 
-/// `engine` with the MyDB tables of `user` that the query names, as `mydb.<name>`
-/// (`engine` itself, at no cost, when it names none).
+/// `engine` with the MyDB tables of `user` that the query names, as `mydb.<name>`, and
+/// those of the user's `groups`, as `<group>.<name>` (`engine` itself, at no cost, when it
+/// names none).
 pub async fn engine_for(
     engine: &Arc<Engine>,
     mydb: &MyDb,
     user: Option<&str>,
+    groups: &[String],
     query: &str,
 ) -> Result<Arc<Engine>> {
     let Some(user) = user else {
         return Ok(engine.clone());
     };
     let text = query.to_ascii_lowercase();
-    if !text.contains(SCHEMA) {
-        return Ok(engine.clone());
+    let mut spaces = Vec::new();
+    if text.contains(SCHEMA) {
+        spaces.push((SCHEMA.to_string(), user.to_string()));
+    }
+    for g in groups {
+        let schema = g.to_ascii_lowercase();
+        if text.contains(&format!("{schema}.")) {
+            spaces.push((schema, g.clone()));
+        }
     }
     let mut tables = Vec::new();
-    // Only tables the query names: each one costs a read of its Parquet footer.
-    for t in mydb
-        .list(user)?
-        .into_iter()
-        .filter(|t| text.contains(&t.name))
-    {
-        let provider = engine.parquet_table(&mydb.path(user, &t.name)?).await?;
-        tables.push((SCHEMA.to_string(), t.name, provider));
+    for (schema, space) in spaces {
+        // Only tables the query names: each one costs a read of its Parquet footer.
+        for t in mydb
+            .list(&space)?
+            .into_iter()
+            .filter(|t| text.contains(&t.name))
+        {
+            let provider = engine.parquet_table(&mydb.path(&space, &t.name)?).await?;
+            tables.push((schema.clone(), t.name, provider));
+        }
     }
     if tables.is_empty() {
         return Ok(engine.clone());
@@ -50,24 +61,51 @@ pub async fn engine_for(
     Ok(Arc::new(engine.with_tables(tables)?))
 }
 
-/// Runs `spec` and keeps its result as `user`'s table `name` (VO-Parquet, so units and UCDs
-/// stay), replacing an existing one only when `replace`. Returns the rows written.
+/// The MyDB space and table a name written by `user` means: `table` is theirs,
+/// `group.table` a group's, where their role must allow writing.
+pub fn writable_space(state: &crate::AppState, user: &str, name: &str) -> Result<(String, String)> {
+    let Some((group, table)) = name.split_once('.') else {
+        return Ok((user.to_string(), name.to_string()));
+    };
+    match state.accounts.role(group, user)? {
+        Some(role) if role.writes() => Ok((group.to_string(), table.to_string())),
+        Some(_) => Err(Error::Services(meridian_services::Error::Forbidden(
+            format!("your role in '{group}' is read-only"),
+        ))),
+        None => Err(Error::NotFound(format!("no group '{group}' of yours"))),
+    }
+}
+
+/// Where a query result is kept: `user`'s table, or a group's (`<group>.<table>`).
+pub struct Destination<'a> {
+    /// The user running the query.
+    pub user: &'a str,
+    /// Their groups (whose tables the query may read).
+    pub groups: &'a [String],
+    /// The MyDB space written: the user, or a group they write in.
+    pub space: &'a str,
+    /// The table.
+    pub name: &'a str,
+}
+
+/// Runs `spec` and keeps its result as table `to.name` of `to.space` (VO-Parquet, so units
+/// and UCDs stay), replacing an existing one only when `replace`. Returns the rows written.
 pub async fn save(
     engine: &Arc<Engine>,
     mydb: &MyDb,
-    user: &str,
     spec: &QuerySpec,
-    name: &str,
+    to: &Destination<'_>,
     replace: bool,
 ) -> Result<u64> {
-    if mydb.exists(user, name)? && !replace {
+    let (user, space, name) = (to.user, to.space, to.name);
+    if mydb.exists(space, name)? && !replace {
         return Err(Error::Services(meridian_services::Error::Conflict(
             format!("MyDB table '{name}' exists; drop it first or ask to replace it (drop=True)"),
         )));
     }
-    let engine = engine_for(engine, mydb, Some(user), &spec.query).await?;
+    let engine = engine_for(engine, mydb, Some(user), to.groups, &spec.query).await?;
     let (schema, stream) = plan(&engine, spec).await?;
-    let staged = mydb.staging_path(user, name)?;
+    let staged = mydb.staging_path(space, name)?;
     let written = async {
         let format = crate::tap::format(Some("parquet"))?;
         let mut writer =
@@ -78,8 +116,8 @@ pub async fn save(
     .await;
     match written {
         Ok(rows) => {
-            mydb.commit(user, name, &staged, replace)?;
-            tracing::info!(user, table = name, rows, "MyDB table written");
+            mydb.commit(space, name, &staged, replace)?;
+            tracing::info!(user, space, table = name, rows, "MyDB table written");
             Ok(rows)
         }
         Err(e) => {

@@ -288,10 +288,12 @@ pub async fn save_query(
     spec: &crate::tap::QuerySpec,
     path: &str,
 ) -> Result<u64> {
+    let groups: Vec<String> = who.groups.iter().map(|(g, _)| g.clone()).collect();
     let engine = crate::mydb::engine_for(
         &state.engine,
         &state.mydb,
         Some(user).filter(|u| !u.is_empty()),
+        &groups,
         &spec.query,
     )
     .await?;

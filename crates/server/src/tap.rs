@@ -282,6 +282,15 @@ pub(crate) async fn plan(
     Ok((schema, meridian_engine::execute(plan, engine)?))
 }
 
+/// The names of `user`'s groups (none for anonymous callers).
+pub(crate) fn user_groups(state: &AppState, user: Option<&str>) -> Vec<String> {
+    user.and_then(|u| state.accounts.groups_of(u).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(g, _)| g)
+        .collect()
+}
+
 async fn start(
     state: &AppState,
     req: &DaliRequest,
@@ -291,7 +300,8 @@ async fn start(
     limit_s: u64,
 ) -> Result<Response> {
     let engine = sync_uploads(state, req).await?;
-    let engine = crate::mydb::engine_for(&engine, &state.mydb, user, &spec.query).await?;
+    let groups = user_groups(state, user);
+    let engine = crate::mydb::engine_for(&engine, &state.mydb, user, &groups, &spec.query).await?;
     let (schema, mut stream) = plan(&engine, &spec).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let sink = BodySink::new(tx.clone(), state.metrics.clone());

@@ -43,6 +43,8 @@ pub struct TapRunner {
     pub limits: Arc<crate::Limits>,
     /// Users' tables, which their jobs see as `mydb.<name>`.
     pub mydb: Arc<meridian_services::mydb::MyDb>,
+    /// Users and their groups (a job sees its owner's groups' tables).
+    pub accounts: Arc<meridian_services::accounts::Accounts>,
 }
 
 impl Runner for TapRunner {
@@ -54,8 +56,16 @@ impl Runner for TapRunner {
         let engine = self.engine.clone();
         let limits = self.limits.clone();
         let mydb = self.mydb.clone();
+        let groups = job
+            .owner
+            .as_deref()
+            .and_then(|o| self.accounts.groups_of(o).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect::<Vec<_>>();
         async move {
-            run_query(&engine, &limits, &mydb, &job, &dir)
+            run_query(&engine, &limits, &mydb, &groups, &job, &dir)
                 .await
                 .map_err(|e| match e {
                     Error::Timeout(_) => ErrorSummary::transient(e.to_string()),
@@ -71,6 +81,7 @@ async fn run_query(
     engine: &Arc<meridian_engine::Engine>,
     limits: &crate::Limits,
     mydb: &meridian_services::mydb::MyDb,
+    groups: &[String],
     job: &Job,
     dir: &std::path::Path,
 ) -> Result<Vec<JobResult>> {
@@ -78,7 +89,8 @@ async fn run_query(
     let spec = QuerySpec::from_params(&params, limits)?;
     let uploads = upload::stored(&params, dir, limits)?;
     let engine = upload::with_uploads(engine, uploads, limits).await?;
-    let engine = crate::mydb::engine_for(&engine, mydb, job.owner.as_deref(), &spec.query).await?;
+    let engine =
+        crate::mydb::engine_for(&engine, mydb, job.owner.as_deref(), groups, &spec.query).await?;
     let (schema, stream) = plan(&engine, &spec).await?;
     let file = format!("result.{}", spec.format.extension);
     let path = dir.join(&file);

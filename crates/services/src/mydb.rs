@@ -56,6 +56,18 @@ pub fn strip_scheme(name: &str) -> &str {
 }
 
 impl MyDb {
+    /// Removes every table of `space` (a dissolved group's).
+    pub fn remove_space(&self, space: &str) -> Result<()> {
+        crate::accounts::check_user_name(space)?;
+        let dir = self.root.join(space);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("removing {}", dir.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The store under `root`, each user allowed `quota_bytes`.
     pub fn new(root: impl Into<PathBuf>, quota_bytes: u64) -> Self {
         Self {
