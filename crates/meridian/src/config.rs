@@ -329,7 +329,9 @@ impl Config {
             let Some(rest) = key.strip_prefix("MERIDIAN_") else {
                 continue;
             };
-            if rest == "CONFIG" {
+            // The command line's own variables (configuration file; service and token of the
+            // client commands).
+            if matches!(rest, "CONFIG" | "SERVICE" | "TOKEN") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();

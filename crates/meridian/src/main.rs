@@ -1,6 +1,7 @@
 //! The `meridian` command: parses flags, sets up logging and configuration, and calls the
 //! libraries. No logic of its own beyond presentation.
 
+mod client;
 mod config;
 
 use std::io::Write;
@@ -100,6 +101,39 @@ enum Command {
     /// Manage user accounts and tokens (administrator, on the server's data directory).
     #[command(subcommand)]
     User(UserCommand),
+    /// Log in to a Meridian service; later client commands use the saved token.
+    Login {
+        /// User name.
+        user: String,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Revoke and forget the saved token.
+    Logout {
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Your tables (MyDB) on a service.
+    Mydb {
+        #[command(subcommand)]
+        cmd: client::MyDbCommand,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Your files (VOSpace) on a service.
+    Vos {
+        #[command(subcommand)]
+        cmd: client::VosCommand,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Your groups on a service.
+    Group {
+        #[command(subcommand)]
+        cmd: client::GroupCommand,
+        #[command(flatten)]
+        remote: client::Remote,
+    },
     /// Generate and ingest the demo survey, run a sample query, then serve it over TAP.
     Demo {
         /// Objects in the demo survey.
@@ -123,6 +157,10 @@ struct QueryArgs {
     explain: bool,
     #[command(flatten)]
     output: OutputArgs,
+    /// With `--out mydb://table` or `--out vos://file`, the query runs on this service
+    /// (default: the one `meridian login` saved) and its result is kept there.
+    #[command(flatten)]
+    remote: client::Remote,
 }
 
 #[derive(clap::Args)]
@@ -155,7 +193,8 @@ struct OutputArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = FormatArg::Csv)]
     format: FormatArg,
-    /// Output file (standard output when absent); written whole or not at all.
+    /// Output file (standard output when absent); written whole or not at all. For
+    /// `query`, `mydb://table` or `vos://file` keep the result on the logged-in service.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Most rows to return (MAXREC); the output says when it was reached.
@@ -472,6 +511,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sky(cmd) => sky(cmd)?,
         Command::Bench(cmd) => bench(&config, cmd)?,
         Command::User(cmd) => user(&config, cmd)?,
+        Command::Login { user, remote } => {
+            client::login(&remote, &user, &read_secret("password")?)?
+        }
+        Command::Logout { remote } => client::logout(&remote)?,
+        Command::Mydb { cmd, remote } => client::mydb(&remote, &cmd, quiet)?,
+        Command::Vos { cmd, remote } => client::vos_command(&remote, &cmd, quiet)?,
+        Command::Group { cmd, remote } => client::group(&remote, &cmd)?,
         Command::Demo { objects, no_serve } => {
             demo(&config, objects, quiet)?;
             if !no_serve {
@@ -794,6 +840,30 @@ fn open_engine(
 }
 
 fn query(config: &Config, args: &QueryArgs, quiet: bool) -> anyhow::Result<()> {
+    if let Some(out) = args
+        .output
+        .out
+        .as_ref()
+        .and_then(|o| o.to_str())
+        .filter(|o| o.contains("://"))
+    {
+        let format = match args.output.format {
+            FormatArg::Csv => "csv",
+            FormatArg::Tsv => "ascii",
+            FormatArg::Json => "json",
+            FormatArg::Parquet => "parquet",
+            FormatArg::Fits => "fits",
+            FormatArg::Votable | FormatArg::VotableTabledata | FormatArg::VotableBinary => {
+                "votable"
+            }
+        };
+        let sql = matches!(args.lang, LangArg::Sql);
+        let message = client::query_out(&args.remote, &args.query, sql, out, format)?;
+        if !quiet {
+            eprintln!("{}", message.trim());
+        }
+        return Ok(());
+    }
     let (engine, rt) = open_engine(config)?;
     let lang = match args.lang {
         LangArg::Adql => meridian_engine::Lang::Adql,

@@ -330,11 +330,15 @@ async fn mydb_import(
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
     let table = strip_scheme(get("table")).to_string();
     let target = state.mydb.path(&user, &table)?;
-    let file = get("filename").to_string();
+    let mut file = get("filename").to_string();
     if file.contains("://") {
-        return Err(Error::Usage(format!(
-            "importing from '{file}' is not offered yet: upload the file instead"
-        )));
+        // A file of the caller's storage (or a collection): staged like an upload.
+        let who = crate::storage::who(state, caller, false)?;
+        let target = crate::storage::resolve(state, &who, &file)?;
+        let base = file.rsplit('/').next().unwrap_or("import").to_string();
+        let staged = state.mydb.upload_path(&user, &base)?;
+        crate::storage::copy_out(state, &who, &target, &staged).await?;
+        file = base;
     }
     if get("csv_header").eq_ignore_ascii_case("false") {
         return Err(Error::Usage(

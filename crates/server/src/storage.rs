@@ -310,6 +310,34 @@ pub async fn save_query(
     Ok(rows)
 }
 
+/// Copies the bytes of `target` to the local file `to` (written whole or not at all).
+pub async fn copy_out(
+    state: &AppState,
+    who: &Who,
+    target: &Target,
+    to: &std::path::Path,
+) -> Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = match target {
+        Target::Node(p) => state.storage.read(who, p).await?.1,
+        Target::Collection { name, path } => state.storage.collection_read(name, path).await?.1,
+    };
+    let io = |e: std::io::Error| Error::Internal(format!("writing {}: {e}", to.display()));
+    let dir = to.parent().unwrap_or(std::path::Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let (std_file, tmp_path) = tmp.into_parts();
+    let mut fh = tokio::fs::File::from_std(std_file);
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        n += chunk.len() as u64;
+        fh.write_all(&chunk).await.map_err(io)?;
+    }
+    fh.flush().await.map_err(io)?;
+    tmp_path.persist(to).map_err(|e| io(e.error))?;
+    Ok(n)
+}
+
 /// `PUT /storage/xfer/{ticket}`: the bytes of a `put`.
 pub async fn xfer_put(
     State(state): State<AppState>,
