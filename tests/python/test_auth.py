@@ -229,3 +229,16 @@ def test_data_lab_password_reset(store, service):
     assert requests.get(f"{base}/auth/isValidToken", params={"token": token}).text == "False"
     assert requests.get(f"{base}/auth/isValidToken", params={"token": r.text}).text == "True"
     login(base, "frank", "frank-new-password")
+
+
+def test_repeated_failed_logins_are_refused_for_a_while(store, service):
+    base, env = service
+    run("user", "add", "mallory", data_dir=store, input="mallory-password\n", env=env)
+    for _ in range(5):
+        r = requests.post(f"{base}/api/auth/login", data={"username": "mallory", "password": "guess"})
+        assert r.status_code == 401
+    r = requests.post(f"{base}/api/auth/login",
+                      data={"username": "mallory", "password": "mallory-password"})
+    assert r.status_code == 429 and "try again" in r.text
+    # Other users log in as usual.
+    login(base, "bob", "bob-password-1")

@@ -306,7 +306,10 @@ pub async fn dl_call(
                 Err(Error::Services(meridian_services::Error::Unauthorized(_))) => {
                     dl_error("Invalid password", StatusCode::UNAUTHORIZED)
                 }
-                Err(e) => dl_error(e, StatusCode::INTERNAL_SERVER_ERROR),
+                Err(e) => {
+                    let status = e.status();
+                    dl_error(e, status)
+                }
             }
         }
         "logout" => {

@@ -63,6 +63,7 @@ impl Error {
                     S::Forbidden(_) => StatusCode::FORBIDDEN,
                     S::Conflict(_) => StatusCode::CONFLICT,
                     S::Quota(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    S::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
                     S::Storage(_) | S::Io { .. } | S::Record(_) => {
                         StatusCode::INTERNAL_SERVER_ERROR
                     }

@@ -161,7 +161,15 @@ pub struct IssuedToken {
 pub struct Accounts {
     db: Mutex<Connection>,
     token_lifetime: Duration,
+    /// Failed logins per user name: how many, and when the first of the window was.
+    failures: Mutex<std::collections::HashMap<String, (u32, i64)>>,
 }
+
+/// Failed logins allowed for one user name within [`LOGIN_WINDOW_MS`] before more
+/// attempts are refused until the window ends.
+pub const LOGIN_ATTEMPTS: u32 = 5;
+/// The window of [`LOGIN_ATTEMPTS`], ms.
+pub const LOGIN_WINDOW_MS: i64 = 5 * 60 * 1000;
 
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
@@ -257,7 +265,34 @@ impl Accounts {
         Ok(Self {
             db: Mutex::new(db),
             token_lifetime,
+            failures: Mutex::new(Default::default()),
         })
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u32, i64)>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses a login for `name` while too many attempts have failed lately, so that
+    /// passwords cannot be guessed at speed.
+    fn check_throttle(&self, name: &str) -> Result<()> {
+        let now = now_ms();
+        let mut f = self.failures();
+        f.retain(|_, (_, first)| now - *first < LOGIN_WINDOW_MS);
+        match f.get(name) {
+            Some((n, first)) if *n >= LOGIN_ATTEMPTS => Err(Error::RateLimited(format!(
+                "too many failed logins for '{name}': try again in {} s",
+                (LOGIN_WINDOW_MS - (now - first)) / 1000 + 1
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn note_failure(&self, name: &str) {
+        let now = now_ms();
+        let mut f = self.failures();
+        let e = f.entry(name.to_string()).or_insert((0, now));
+        e.0 += 1;
     }
 
     pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -379,11 +414,14 @@ impl Accounts {
 
     /// Checks the password and issues a token with every scope the user has.
     pub fn login(&self, name: &str, password: &str) -> Result<IssuedToken> {
+        self.check_throttle(name)?;
         if !self.verify_password(name, password)? {
+            self.note_failure(name);
             return Err(Error::Unauthorized(
                 "wrong user name or password".to_string(),
             ));
         }
+        self.failures().remove(name);
         let user = self
             .user(name)?
             .ok_or_else(|| Error::Unauthorized("wrong user name or password".into()))?;
@@ -557,6 +595,29 @@ mod tests {
             );
             assert!(!bytes.windows(13).any(|w| w == b"correct horse"));
         }
+    }
+
+    #[test]
+    fn repeated_failed_logins_are_throttled() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(&dir);
+        a.create_user("eve", "the-right-one", None, false).unwrap();
+        a.create_user("joe", "the-right-one", None, false).unwrap();
+        // A success clears the count.
+        a.login("joe", "guess").unwrap_err();
+        a.login("joe", "the-right-one").unwrap();
+        for _ in 0..LOGIN_ATTEMPTS {
+            assert!(matches!(
+                a.login("eve", "guess"),
+                Err(Error::Unauthorized(_))
+            ));
+        }
+        // Now even the right password waits; other users are not affected.
+        assert!(matches!(
+            a.login("eve", "the-right-one"),
+            Err(Error::RateLimited(m)) if m.contains("try again")
+        ));
+        a.login("joe", "the-right-one").unwrap();
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum Error {
     /// The thing to create exists already.
     #[error("{0}")]
     Conflict(String),
+    /// Too many attempts; the message says when to try again.
+    #[error("{0}")]
+    RateLimited(String),
     /// A quota or size limit would be passed.
     #[error("{0}")]
     Quota(String),
