@@ -490,7 +490,12 @@ fn map_inputs(
             .to_map(),
         ),
     )];
-    fields.extend(in_schema.fields().iter().cloned());
+    // An input that already carries `_healpix_29` (a HATS catalog's rows, re-ingested) gets
+    // it recomputed rather than twice.
+    let kept: Vec<usize> = (0..in_schema.fields().len())
+        .filter(|&i| in_schema.field(i).name() != HPX_COLUMN)
+        .collect();
+    fields.extend(kept.iter().map(|&i| in_schema.fields()[i].clone()));
     let schema: SchemaRef = Arc::new(Schema::new(fields));
     let spill_order = opts.max_order.min(3);
     let mut spill = Spill::new(
@@ -553,7 +558,7 @@ fn map_inputs(
                 histogram.add_hpx29(*h as u64);
             }
             let mut cols: Vec<ArrayRef> = vec![Arc::new(hpx)];
-            cols.extend(batch.columns().iter().cloned());
+            cols.extend(kept.iter().map(|&i| batch.column(i).clone()));
             let full = RecordBatch::try_new(schema.clone(), cols)?;
             rows += full.num_rows() as u64;
             spill.push(full)?;

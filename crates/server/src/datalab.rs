@@ -97,20 +97,26 @@ pub async fn call(
         "list" => mydb_list(&state, &caller, &f).await,
         "rename" | "copy" | "truncate" => mydb_change(&state, &caller, &call, &f).await,
         "import" => mydb_import(&state, &caller, &f).await,
-        "delete" => caller
-            .user_with(Scope::WriteStorage)
-            .and_then(|user| {
-                let table = meridian_services::mydb::strip_scheme(
-                    f.get("table").map(String::as_str).unwrap_or(""),
-                );
-                Ok(state.mydb.drop_table(user, table)?)
-            })
-            .map(|()| text("OK")),
+        "delete" => mydb_drop(&state, &caller, &f).await,
         other => Err(Error::NotFound(format!(
             "'{other}' is not a query service call"
         ))),
     };
     result.unwrap_or_else(failure)
+}
+
+/// `delete`: drops a table and its index.
+async fn mydb_drop(
+    state: &AppState,
+    caller: &Caller,
+    f: &HashMap<String, String>,
+) -> Result<Response> {
+    let user = caller.user_with(Scope::WriteStorage)?;
+    let table =
+        meridian_services::mydb::strip_scheme(f.get("table").map(String::as_str).unwrap_or(""));
+    state.mydb.drop_table(user, table)?;
+    crate::mydb::reindex(&state.mydb, user, table).await;
+    Ok(text("OK"))
 }
 
 /// The job `jobid` names, when it is the caller's (otherwise it does not exist for them).
@@ -292,8 +298,15 @@ async fn mydb_change(
     let user = caller.user_with(Scope::WriteStorage)?.to_string();
     let arg = |k: &str| strip_scheme(f.get(k).map(String::as_str).unwrap_or("")).to_string();
     match call {
-        "rename" => state.mydb.rename(&user, &arg("source"), &arg("target"))?,
-        "copy" => state.mydb.copy(&user, &arg("source"), &arg("target"))?,
+        "rename" => {
+            state.mydb.rename(&user, &arg("source"), &arg("target"))?;
+            crate::mydb::reindex(&state.mydb, &user, &arg("source")).await;
+            crate::mydb::reindex(&state.mydb, &user, &arg("target")).await;
+        }
+        "copy" => {
+            state.mydb.copy(&user, &arg("source"), &arg("target"))?;
+            crate::mydb::reindex(&state.mydb, &user, &arg("target")).await;
+        }
         _ => {
             let table = arg("table");
             state.mydb.existing(&user, &table)?;
@@ -384,6 +397,7 @@ async fn mydb_import(
         }
     };
     state.mydb.commit(&user, &table, &staged, true)?;
+    crate::mydb::reindex(&state.mydb, &user, &table).await;
     // The staged upload has served its purpose; it would otherwise count against the quota.
     let _ = std::fs::remove_file(&source);
     tracing::info!(user, table, rows, "MyDB import");

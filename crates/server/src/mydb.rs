@@ -51,7 +51,11 @@ pub async fn engine_for(
             .into_iter()
             .filter(|t| text.contains(&t.name))
         {
-            let provider = engine.parquet_table(&mydb.path(&space, &t.name)?).await?;
+            let provider = match current_index(mydb, &space, &t.name) {
+                Some(catalog) => Arc::new(meridian_engine::hats_table::HatsTable::new(catalog))
+                    as Arc<dyn datafusion::datasource::TableProvider>,
+                None => engine.parquet_table(&mydb.path(&space, &t.name)?).await?,
+            };
             tables.push((schema.clone(), t.name, provider));
         }
     }
@@ -76,6 +80,57 @@ pub fn writable_space(state: &crate::AppState, user: &str, name: &str) -> Result
     }
 }
 
+/// The spatial index of table `name` of `space`, when there is one at least as new as the
+/// table (an index being rebuilt after a change is not used until it is done).
+fn current_index(mydb: &MyDb, space: &str, name: &str) -> Option<meridian_catalog::Catalog> {
+    let table = mydb.path(space, name).ok()?;
+    let index = mydb.index_dir(space).ok()?.join(name);
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&index)? < modified(&table)? {
+        return None;
+    }
+    meridian_catalog::Catalog::open(&index).ok()
+}
+
+/// Brings the spatial index of table `name` of `space` in line with the table: rebuilt
+/// (HATS, partitioned by HEALPix, with a margin) when the table has positions (`ra`/`dec`
+/// or the other names ingest recognises), removed when the table is gone or has none.
+/// Failures are logged: queries then read the table's file, as they do without an index.
+pub async fn reindex(mydb: &Arc<MyDb>, space: &str, name: &str) {
+    let (mydb, space, name) = (mydb.clone(), space.to_string(), name.to_string());
+    let done = tokio::task::spawn_blocking(move || -> std::result::Result<Option<u64>, String> {
+        let store =
+            meridian_catalog::Store::open(mydb.index_dir(&space).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        let table = mydb.path(&space, &name).map_err(|e| e.to_string())?;
+        if store.catalog_path(&name).is_ok() {
+            store.remove(&name).map_err(|e| e.to_string())?;
+        }
+        if !table.is_file() {
+            return Ok(None);
+        }
+        let opts = meridian_catalog::IngestOptions {
+            partition_rows: 500_000,
+            memory_budget_bytes: 256 << 20,
+            threads: 1,
+            ..Default::default()
+        };
+        match meridian_catalog::ingest::ingest(&store, &name, &[table], &opts, &|_| {}) {
+            Ok(report) => Ok(Some(report.rows)),
+            // No position columns: nothing to index.
+            Err(e) if e.to_string().contains("missing position column") => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(Some(rows))) => tracing::info!(rows, "MyDB table indexed (HATS)"),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "MyDB table not indexed"),
+        Err(e) => tracing::warn!(error = %e, "MyDB index task failed"),
+    }
+}
+
 /// Where a query result is kept: `user`'s table, or a group's (`<group>.<table>`).
 pub struct Destination<'a> {
     /// The user running the query.
@@ -92,7 +147,7 @@ pub struct Destination<'a> {
 /// and UCDs stay), replacing an existing one only when `replace`. Returns the rows written.
 pub async fn save(
     engine: &Arc<Engine>,
-    mydb: &MyDb,
+    mydb: &Arc<MyDb>,
     spec: &QuerySpec,
     to: &Destination<'_>,
     replace: bool,
@@ -118,6 +173,7 @@ pub async fn save(
         Ok(rows) => {
             mydb.commit(space, name, &staged, replace)?;
             tracing::info!(user, space, table = name, rows, "MyDB table written");
+            reindex(mydb, space, name).await;
             Ok(rows)
         }
         Err(e) => {

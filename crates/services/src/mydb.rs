@@ -56,6 +56,13 @@ pub fn strip_scheme(name: &str) -> &str {
 }
 
 impl MyDb {
+    /// The directory of `user`'s spatial indexes: a HATS catalog store whose catalog
+    /// `<table>` is the table partitioned by HEALPix (built by the server when a table has
+    /// positions; queries use it while it is newer than the table's file).
+    pub fn index_dir(&self, user: &str) -> Result<PathBuf> {
+        Ok(self.dir(user)?.join(".hats"))
+    }
+
     /// Removes every table of `space` (a dissolved group's).
     pub fn remove_space(&self, space: &str) -> Result<()> {
         crate::accounts::check_user_name(space)?;
