@@ -23,11 +23,13 @@ fi
 
 step "python packages"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-# Data Lab's own client pins old numpy, astropy and pyvo: it lives in a venv of its own,
-# which the tests find through DATALAB_PYTHON.
-export DATALAB_PYTHON="${DATALAB_PYTHON:-$HOME/.cache/meridian/datalab-venv/bin/python}"
-if ! "$DATALAB_PYTHON" -c "import dl.queryClient" 2>/dev/null; then
-    venv="$(dirname "$(dirname "$DATALAB_PYTHON")")"
+# Clients that pin dependencies of their own live in venvs of their own, which the tests
+# find through DATALAB_PYTHON (Data Lab's astro-datalab pins old numpy, astropy and pyvo)
+# and VOS_PYTHON (CADC's vos).
+client_venv() { # python, module it must import, requirement to install
+    local python="$1" module="$2" requirement="$3" venv
+    "$python" -c "import $module" 2>/dev/null && return
+    venv="$(dirname "$(dirname "$python")")"
     rm -rf "$venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
         # Debian's own Python keeps venv in a package of its own.
@@ -37,8 +39,12 @@ if ! "$DATALAB_PYTHON" -c "import dl.queryClient" 2>/dev/null; then
         rm -rf "$venv"
         python3 -m venv "$venv"
     fi
-    "$DATALAB_PYTHON" -m pip install --quiet --disable-pip-version-check astro-datalab==2.24.0
-fi
+    "$python" -m pip install --quiet --disable-pip-version-check "$requirement"
+}
+export DATALAB_PYTHON="${DATALAB_PYTHON:-$HOME/.cache/meridian/datalab-venv/bin/python}"
+client_venv "$DATALAB_PYTHON" dl.queryClient astro-datalab==2.24.0
+export VOS_PYTHON="${VOS_PYTHON:-$HOME/.cache/meridian/vos-venv/bin/python}"
+client_venv "$VOS_PYTHON" vos vos==3.7
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -334,6 +334,7 @@ pub fn router(state: AppState) -> Router {
                 .post(vospace::post_node)
                 .delete(vospace::delete_node),
         )
+        .route("/vospace/files/{*path}", get(vospace::get_file))
         .route(
             "/vospace/synctrans",
             post(vospace::synctrans).get(vospace::synctrans),

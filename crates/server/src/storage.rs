@@ -90,8 +90,16 @@ impl Tickets {
 
     fn take(&self, id: &str, upload: bool) -> Result<Ticket> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // A ticket is spent only by the use it was issued for (a HEAD or GET on an upload
+        // URL leaves it alone).
+        if map.get(id).is_some_and(|t| t.upload != upload) {
+            return Err(Error::NotFound(format!(
+                "transfer {id} is an {}",
+                if upload { "download" } else { "upload" }
+            )));
+        }
         match map.remove(id) {
-            Some(t) if t.expires > Instant::now() && t.upload == upload => Ok(t),
+            Some(t) if t.expires > Instant::now() => Ok(t),
             _ => Err(Error::NotFound(format!(
                 "no transfer {id}: transfer URLs are used once and expire after {} minutes",
                 TICKET_LIFETIME.as_secs() / 60

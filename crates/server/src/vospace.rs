@@ -11,6 +11,8 @@
 //!   (`direction` a node URI, `keepBytes` false or true), `pullToVoSpace` from a URL.
 //!   They run at `PHASE=RUN` and are quick (a move is one transaction), so they are kept
 //!   in memory for the life of the process.
+//! - `/vospace/files/{space/path}`: a file's bytes in one request (the `files-proto`
+//!   capability CADC's `vos` client reads files with).
 //! - `/vospace/protocols`, `/vospace/views`, `/vospace/properties`, and VOSI
 //!   `/vospace/availability` and `/vospace/capabilities`.
 //!
@@ -599,12 +601,23 @@ fn negotiate(state: &AppState, headers: &HeaderMap, who: &Who, t: &Transfer) -> 
             )));
         }
     };
-    let offered = t.protocols.is_empty() || t.protocols.iter().any(|(p, _)| p == protocol);
-    if !offered {
-        return Err(Error::Usage(format!(
-            "ProtocolNotSupported: this service transfers with {protocol}"
-        )));
-    }
+    // The https variants are answered with the service's own base URL (https when it is
+    // published behind TLS): clients such as CADC's `vos` only ever ask for those.
+    let secure = protocol.replace("#http", "#https");
+    let chosen = if t.protocols.is_empty() {
+        protocol.to_string()
+    } else {
+        t.protocols
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .find(|p| *p == protocol || *p == secure)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "ProtocolNotSupported: this service transfers with {protocol} (or {secure})"
+                ))
+            })?
+    };
     if upload {
         state.storage.access(who, &path, true).and_then(|ok| {
             if ok {
@@ -625,7 +638,7 @@ fn negotiate(state: &AppState, headers: &HeaderMap, who: &Who, t: &Transfer) -> 
     }
     let ticket = state.tickets.issue(who, Target::Node(path), upload);
     Ok(Transfer {
-        protocols: vec![(protocol.into(), Some(ticket_url(state, headers, &ticket)))],
+        protocols: vec![(chosen, Some(ticket_url(state, headers, &ticket)))],
         ..t.clone()
     })
 }
@@ -707,7 +720,10 @@ pub async fn synctrans(
             error: None,
             result: None,
         });
-        Ok(see_other(&format!("{base}/vospace/synctrans/{id}")))
+        // A synchronous transfer is a UWS job too (phase, error), as clients check.
+        Ok(see_other(&format!(
+            "{base}/vospace/transfers/{id}/results/transferDetails"
+        )))
     }
     .await;
     result.unwrap_or_else(fault)
@@ -938,6 +954,21 @@ pub async fn transfer_error(
     result.unwrap_or_else(fault)
 }
 
+/// `GET /vospace/files/{path}`: a data node's bytes (a link's target's), for the caller.
+pub async fn get_file(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let result = async {
+        let who = who(&state, &caller, false)?;
+        let path = path_of(&raw)?;
+        crate::storage::download(&state, &who, &Target::Node(path)).await
+    }
+    .await;
+    result.unwrap_or_else(fault)
+}
+
 /// `GET /vospace/protocols`.
 pub async fn protocols() -> Response {
     xml(
@@ -1022,6 +1053,7 @@ pub async fn capabilities(State(state): State<AppState>, headers: HeaderMap) -> 
         "/transfers",
     ));
     out.push_str(&cap("ivo://ivoa.net/std/VOSpace#sync-2.1", "/synctrans"));
+    out.push_str(&cap("ivo://ivoa.net/std/VOSpace#files-proto", "/files"));
     out.push_str(&cap(
         "ivo://ivoa.net/std/VOSpace/v2.0#protocols",
         "/protocols",
