@@ -47,6 +47,16 @@ def store(tmp_path_factory, shared):
     return d
 
 
+def personal_env(d, **extra):
+    """Environment for a server whose accounts, files and MyDB tables live in directory `d`
+    (so that a test's users and their data are its own)."""
+    return {"MERIDIAN_AUTH__DB": str(d / "accounts.sqlite"),
+            "MERIDIAN_STORAGE__DB": str(d / "storage.sqlite"),
+            "MERIDIAN_STORAGE__DIR": str(d / "bytes"),
+            "MERIDIAN_MYDB__DIR": str(d / "mydb"),
+            **extra}
+
+
 class Server:
     """`meridian serve` on a free loopback port, with `env` added to its environment."""
 

@@ -8,16 +8,13 @@ import stat
 import pandas as pd
 import pytest
 
-from conftest import Server, run
+from conftest import Server, personal_env, run
 
 
 @pytest.fixture(scope="module")
 def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    env = {"MERIDIAN_AUTH__DB": str(d / "accounts.sqlite"),
-           "MERIDIAN_STORAGE__DB": str(d / "storage.sqlite"),
-           "MERIDIAN_STORAGE__DIR": str(d / "bytes"),
-           "MERIDIAN_MYDB__DIR": str(d / "mydb")}
+    env = personal_env(d)
     for name in ["kim", "lee"]:
         run("user", "add", name, data_dir=store, input=f"{name}-password\n", env=env)
     with Server(store, env=env) as s:

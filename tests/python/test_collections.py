@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import requests
 
-from conftest import Server, run
+from conftest import Server, personal_env, run
 
 
 @pytest.fixture(scope="module")
@@ -15,10 +15,7 @@ def service(store, shared, tmp_path_factory):
     d = tmp_path_factory.mktemp("collections")
     config = d / "meridian.toml"
     config.write_text(f'[storage.collections]\nimages = "{shared / "images"}"\n')
-    env = {"MERIDIAN_CONFIG": str(config),
-           "MERIDIAN_AUTH__DB": str(d / "accounts.sqlite"),
-           "MERIDIAN_STORAGE__DB": str(d / "storage.sqlite"),
-           "MERIDIAN_STORAGE__DIR": str(d / "bytes")}
+    env = personal_env(d, MERIDIAN_CONFIG=str(config))
     run("user", "add", "jude", data_dir=store, input="jude-password\n", env=env)
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")

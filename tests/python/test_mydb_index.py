@@ -9,14 +9,13 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import Server, run
+from conftest import Server, personal_env, run
 
 
 @pytest.fixture(scope="module")
 def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("mydb-index")
-    env = {"MERIDIAN_AUTH__DB": str(d / "accounts.sqlite"),
-           "MERIDIAN_MYDB__DIR": str(d / "mydb")}
+    env = personal_env(d)
     run("user", "add", "nora", data_dir=store, input="nora-password\n", env=env)
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")

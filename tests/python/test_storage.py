@@ -9,16 +9,13 @@ import urllib.parse
 import pytest
 import requests
 
-from conftest import Server, run
+from conftest import Server, personal_env, run
 
 
 @pytest.fixture(scope="module")
 def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("storage")
-    env = {"MERIDIAN_AUTH__DB": str(d / "accounts.sqlite"),
-           "MERIDIAN_STORAGE__DB": str(d / "storage.sqlite"),
-           "MERIDIAN_STORAGE__DIR": str(d / "bytes"),
-           "MERIDIAN_STORAGE__QUOTA_MIB": "1"}
+    env = personal_env(d, MERIDIAN_STORAGE__QUOTA_MIB="1")
     for name in ["alice", "bob"]:
         run("user", "add", name, data_dir=store, input=f"{name}-password\n", env=env)
     with Server(store, env=env) as s:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import Server, run
+from conftest import Server, personal_env, run
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,7 @@ def vos_bin():
 @pytest.fixture(scope="module")
 def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("vos-client")
-    env = {"MERIDIAN_AUTH__DB": str(d / "accounts.sqlite"),
-           "MERIDIAN_STORAGE__DB": str(d / "storage.sqlite"),
-           "MERIDIAN_STORAGE__DIR": str(d / "bytes")}
+    env = personal_env(d)
     run("user", "add", "olga", data_dir=store, input="olga-password\n", env=env)
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")

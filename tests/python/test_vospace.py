@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import requests
 
-from conftest import Server, run
+from conftest import Server, personal_env, run
 
 VOS = "http://www.ivoa.net/xml/VOSpace/v2.0"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -22,9 +22,7 @@ NS = {"vos": VOS, "uws": UWS}
 @pytest.fixture(scope="module")
 def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("vospace")
-    env = {"MERIDIAN_AUTH__DB": str(d / "accounts.sqlite"),
-           "MERIDIAN_STORAGE__DB": str(d / "storage.sqlite"),
-           "MERIDIAN_STORAGE__DIR": str(d / "bytes")}
+    env = personal_env(d)
     sessions = {}
     for name in ["carol", "dave"]:
         run("user", "add", name, data_dir=store, input=f"{name}-password\n", env=env)
