@@ -85,6 +85,14 @@ seen["xmatch"] = qc.query(adql="SELECT m.id, g.source_id FROM mydb://mystars AS 
                                 "CIRCLE('ICRS', m.ra, m.dec, 1.0 / 3600))", fmt="csv")
 qc.mydb_drop("mystars")
 
+# A table made empty with its columns, then filled by inserts (rows appended in its types).
+seen["mydb_create"] = qc.mydb_create("made", "id,integer\nra,double precision\ndec,double precision\n")
+seen["mydb_insert"] = [qc.mydb_insert("made", csv_path), qc.mydb_insert("made", csv_path)]
+seen["mydb_index"] = qc.mydb_index("made", "ra")
+seen["made_count"] = qc.query(sql="SELECT COUNT(*) AS n FROM mydb://made", fmt="pandas")["n"][0].item()
+seen["made_columns"] = qc.mydb_list(table="made")
+qc.mydb_drop("made")
+
 # Storage: a home with public/ and tmp/, files put, listed, fetched, moved, copied, removed.
 seen["ls_home"] = sc.ls("vos://")
 seen["mkdir"] = sc.mkdir("vos://work")

@@ -86,6 +86,13 @@ def test_notebook_workflow_with_the_unmodified_client(store, tmp_path, datalab_p
     assert sorted(zip(got["id"].tolist(), got["source_id"].tolist())) == expected
     assert len(expected) >= 40
 
+    # mydb_create, mydb_insert (twice), mydb_index: the rows in the created column types.
+    assert seen["mydb_create"] == "OK" and seen["mydb_index"] == "OK"
+    assert seen["made_count"] == 2 * len(mine)
+    # The client keeps only the names (text before the first comma); an insert whose rows
+    # had other types than the created columns would have been refused.
+    assert seen["made_columns"].split("\n") == ["id", "ra", "dec"]
+
     # Storage: put, ls, get, mv, cp, ln, tag, rm, rmdir, and query results kept as files.
     text = seen["mystars"]
     assert seen["ls_home"] == "public,tmp"

@@ -247,6 +247,27 @@ def test_staged_uploads_import_append_and_refusals(service):
     assert r.status_code == 400 and "cannot append" in r.text
     assert count("parts") == 6  # nothing lost
 
+    # schema_def gives column types; create makes an empty table that ingest (mydb_insert)
+    # fills, the rows taking the created types.
+    assert xfer("typed.csv", b"id,mag\n1,2.5\n2,3.5\n").status_code == 200
+    r = imp("typed", "typed.csv", schema_def="id,bigint\nmag,real")
+    assert r.status_code == 200, r.text
+    assert call(base, "list", carol, table="typed").text.split("\n") == ["id,bigint", "mag,real"]
+    r = requests.post(f"{base}/query/create", headers={"X-DL-AuthToken": carol},
+                      params={"table": "made", "schema": "id,smallint\nname,text\n", "drop": "True"})
+    assert r.status_code == 200 and count("made") == 0
+    assert xfer("rows.csv", b"id,name\n7,vega\n8,deneb\n").status_code == 200
+    r = requests.post(f"{base}/query/ingest", headers={"X-DL-AuthToken": carol},
+                      params={"table": "made", "filename": "rows.csv", "csv_header": "True"})
+    assert r.status_code == 200, r.text
+    assert call(base, "list", carol, table="made").text.split("\n") == ["id,smallint", "name,text"]
+    assert count("made") == 2
+    r = requests.post(f"{base}/query/create", headers={"X-DL-AuthToken": carol},
+                      params={"table": "bad", "schema": "id,geometry"})
+    assert r.status_code == 400 and "geometry" in r.text
+    services = call(base, "services", carol, profile="default", type="vos", mode="list").text
+    assert f"{base}/storage" in services and f"{base}/vospace" in services
+
     # Parquet, recognised from its content whatever the name.
     buf = io.BytesIO()
     pq.write_table(pa.table({"id": [1, 2, 3, 4], "ra": [10.0, 20, 30, 40]}), buf)

@@ -69,6 +69,7 @@ pub async fn call(
     req: Request,
 ) -> Response {
     let f = query_fields(req.uri());
+    let req_headers = req.headers().clone();
     let timeout_s = req
         .headers()
         .get("x-dl-timeoutrequest")
@@ -96,13 +97,158 @@ pub async fn call(
         "schema" => schema_text(&state, f.get("value").map(String::as_str).unwrap_or("")),
         "list" => mydb_list(&state, &caller, &f).await,
         "rename" | "copy" | "truncate" => mydb_change(&state, &caller, &call, &f).await,
-        "import" => mydb_import(&state, &caller, &f).await,
+        "import" => mydb_import(&state, &caller, &f, false).await,
+        // mydb_insert: rows of a staged file appended to a table (made by mydb_create).
+        "ingest" => mydb_import(&state, &caller, &f, true).await,
+        "create" => mydb_create(&state, &caller, &f).await,
+        // Positions are indexed (HATS) whenever a table changes, and Parquet keeps
+        // per-column statistics: there is nothing more to build.
+        "index" => caller.user_with(Scope::WriteStorage).and_then(|user| {
+            let table = f
+                .get("tbl")
+                .or(f.get("table"))
+                .map(String::as_str)
+                .unwrap_or("");
+            state
+                .mydb
+                .existing(user, meridian_services::mydb::strip_scheme(table))?;
+            Ok(text("OK"))
+        }),
+        "flush" => Ok(text("OK")),
+        "services" => Ok(services(&state, &req_headers)),
         "delete" => mydb_drop(&state, &caller, &f).await,
         other => Err(Error::NotFound(format!(
             "'{other}' is not a query service call"
         ))),
     };
     result.unwrap_or_else(failure)
+}
+
+/// Data Lab's (PostgreSQL's) column type names as the readers' type names.
+fn column_type(pg: &str) -> Result<&'static str> {
+    let t = pg.trim().to_ascii_lowercase();
+    let base = t.split('(').next().unwrap_or("").trim();
+    Ok(match base {
+        "text" | "varchar" | "character varying" | "char" | "character" | "string" | "date"
+        | "timestamp" | "timestamptz" | "time" => "string",
+        "smallint" | "int2" => "int16",
+        "integer" | "int" | "int4" => "int32",
+        "bigint" | "int8" | "long" => "int64",
+        "real" | "float4" | "float" => "float32",
+        "double precision" | "double" | "float8" | "numeric" | "decimal" => "float64",
+        "boolean" | "bool" => "bool",
+        _ => {
+            return Err(Error::Usage(format!(
+                "column type '{pg}' is not offered; use text, smallint, integer, bigint, real, \
+                 double precision or boolean"
+            )));
+        }
+    })
+}
+
+/// The readers' type name of an Arrow type, when they have one.
+fn type_name(t: &arrow::datatypes::DataType) -> Option<&'static str> {
+    use arrow::datatypes::DataType as D;
+    Some(match t {
+        D::Boolean => "bool",
+        D::Int8 => "int8",
+        D::Int16 => "int16",
+        D::Int32 => "int32",
+        D::Int64 => "int64",
+        D::UInt8 => "uint8",
+        D::UInt16 => "uint16",
+        D::UInt32 => "uint32",
+        D::UInt64 => "uint64",
+        D::Float32 => "float32",
+        D::Float64 => "float64",
+        D::Utf8 | D::LargeUtf8 | D::Utf8View => "string",
+        _ => return None,
+    })
+}
+
+/// `col,type` lines (or `col type` items separated by commas or newlines) as column types.
+fn parse_columns(text: &str) -> Result<Vec<(String, &'static str)>> {
+    let pairs: Vec<&str> = text.split(',').map(str::trim).collect();
+    let items: Vec<&str> = if !text.contains('\n') && pairs.iter().all(|p| p.contains(' ')) {
+        pairs
+    } else {
+        text.lines().collect()
+    };
+    let mut out = Vec::new();
+    // `col,type` on one line each, or `col type, col type`.
+    for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+        let (name, ty) = item
+            .split_once(',')
+            .or_else(|| item.split_once(char::is_whitespace))
+            .ok_or_else(|| Error::Usage(format!("column '{item}' has no type")))?;
+        let name = name.trim().trim_matches('"');
+        if name.is_empty() {
+            return Err(Error::Usage(format!("column '{item}' has no name")));
+        }
+        out.push((name.to_string(), column_type(ty)?));
+    }
+    Ok(out)
+}
+
+/// `create` (mydb_create): an empty table with the given columns (`schema` as `col,type`
+/// lines); `drop=True` replaces an existing one.
+async fn mydb_create(
+    state: &AppState,
+    caller: &Caller,
+    f: &HashMap<String, String>,
+) -> Result<Response> {
+    let user = caller.user_with(Scope::WriteStorage)?.to_string();
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    let table = meridian_services::mydb::strip_scheme(get("table")).to_string();
+    let target = state.mydb.path(&user, &table)?;
+    let columns = parse_columns(get("schema"))?;
+    if columns.is_empty() {
+        return Err(Error::Usage(
+            "give the columns as schema=<col,type lines>".into(),
+        ));
+    }
+    let replace = get("drop").eq_ignore_ascii_case("true");
+    if target.is_file() && !replace {
+        return Err(Error::Services(meridian_services::Error::Conflict(
+            format!("MyDB table '{table}' exists; drop it first or create with drop=True"),
+        )));
+    }
+    let fields: Vec<arrow::datatypes::Field> = columns
+        .iter()
+        .map(|(name, ty)| {
+            let t = match *ty {
+                "string" => arrow::datatypes::DataType::Utf8,
+                "int16" => arrow::datatypes::DataType::Int16,
+                "int32" => arrow::datatypes::DataType::Int32,
+                "int64" => arrow::datatypes::DataType::Int64,
+                "float32" => arrow::datatypes::DataType::Float32,
+                "bool" => arrow::datatypes::DataType::Boolean,
+                _ => arrow::datatypes::DataType::Float64,
+            };
+            arrow::datatypes::Field::new(name, t, true)
+        })
+        .collect();
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+    let staged = state.mydb.staging_path(&user, &table)?;
+    let format = crate::tap::format(Some("parquet"))?;
+    let written = meridian_formats::write::ResultWriter::create(format.output, &staged, &schema)
+        .and_then(|w| w.finish());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&staged);
+        return Err(e.into());
+    }
+    state.mydb.commit(&user, &table, &staged, true)?;
+    crate::mydb::reindex(&state.mydb, &user, &table).await;
+    Ok(text("OK"))
+}
+
+/// `services`: the service's endpoints, one `name<TAB>type<TAB>URL` line each.
+fn services(state: &AppState, headers: &axum::http::HeaderMap) -> Response {
+    let base = crate::vosi::base_url(state, headers);
+    text(format!(
+        "tap\ttap\t{base}/tap\nquery\tquery\t{base}/query\nauth\tauth\t{base}/auth\n\
+         storage\tvos\t{base}/storage\nvospace\tvos\t{base}/vospace\n"
+    ))
 }
 
 /// `delete`: drops a table and its index.
@@ -281,9 +427,27 @@ async fn mydb_list(
         .schema()
         .fields()
         .iter()
-        .map(|c| format!("{},{}", c.name(), c.data_type()))
+        .map(|c| format!("{},{}", c.name(), pg_type(c.data_type())))
         .collect();
     Ok(text(lines.join("\n")))
+}
+
+/// A column type as Data Lab (PostgreSQL) names it.
+fn pg_type(t: &arrow::datatypes::DataType) -> String {
+    use arrow::datatypes::DataType as D;
+    match t {
+        D::Boolean => "boolean".into(),
+        D::Int8 | D::Int16 | D::UInt8 => "smallint".into(),
+        D::Int32 | D::UInt16 => "integer".into(),
+        D::Int64 | D::UInt32 | D::UInt64 => "bigint".into(),
+        D::Float16 | D::Float32 => "real".into(),
+        D::Float64 => "double precision".into(),
+        D::Utf8 | D::LargeUtf8 | D::Utf8View => "text".into(),
+        D::Binary | D::LargeBinary | D::BinaryView => "bytea".into(),
+        D::Timestamp(..) => "timestamp".into(),
+        D::Date32 | D::Date64 => "date".into(),
+        other => other.to_string().to_ascii_lowercase(),
+    }
 }
 
 /// `rename` and `copy` (`source`, `target`) and `truncate` (`table`, emptied with its
@@ -337,6 +501,7 @@ async fn mydb_import(
     state: &AppState,
     caller: &Caller,
     f: &HashMap<String, String>,
+    insert: bool,
 ) -> Result<Response> {
     use meridian_services::mydb::strip_scheme;
     let user = caller.user_with(Scope::WriteStorage)?.to_string();
@@ -368,8 +533,18 @@ async fn mydb_import(
             )));
         }
     };
-    let append = get("append").eq_ignore_ascii_case("true");
+    let append = insert || get("append").eq_ignore_ascii_case("true");
     let exists = target.is_file();
+    // Column types: as `schema_def` gives them, and an appended file's as the table's.
+    let mut types = parse_columns(get("schema_def"))?;
+    if append && exists {
+        let table_schema = meridian_formats::open(&target, &Default::default())?.schema();
+        for field in table_schema.fields() {
+            if let Some(t) = type_name(field.data_type()) {
+                types.push((field.name().clone(), t));
+            }
+        }
+    }
     if exists && !append {
         return Err(Error::Services(meridian_services::Error::Conflict(
             format!("MyDB table '{table}' exists; drop it first or import with append=True"),
@@ -385,7 +560,7 @@ async fn mydb_import(
     let existing = (append && exists).then_some(target);
     let (out, upload) = (staged.clone(), source.clone());
     let rows = tokio::task::spawn_blocking(move || {
-        import_file(&upload, &file, delimiter, existing.as_deref(), &out)
+        import_file(&upload, &file, delimiter, &types, existing.as_deref(), &out)
     })
     .await
     .map_err(|e| Error::Internal(format!("import task failed: {e}")))?;
@@ -410,6 +585,7 @@ fn import_file(
     source: &std::path::Path,
     file: &str,
     format: Option<&str>,
+    types: &[(String, &'static str)],
     existing: Option<&std::path::Path>,
     out: &std::path::Path,
 ) -> Result<u64> {
@@ -436,7 +612,25 @@ fn import_file(
         .map_err(|e| Error::Internal(format!("reading upload '{file}': {e}")))?;
     let result = (|| {
         let options = meridian_formats::ReadOptions::default();
-        let reader = meridian_formats::open(&link, &options).map_err(bad)?;
+        let mut reader = meridian_formats::open(&link, &options).map_err(bad)?;
+        if !types.is_empty() {
+            // Types given for the file's own columns; appended rows take the table's.
+            let names: Vec<String> = reader
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let mut over = meridian_formats::SchemaOverride::new(Vec::new(), &link);
+            for (name, ty) in types.iter().filter(|(n, _)| names.contains(n)) {
+                over.force_type(name, ty);
+            }
+            let given = meridian_formats::ReadOptions {
+                schema: Some(over),
+                ..Default::default()
+            };
+            reader = meridian_formats::open(&link, &given).map_err(bad)?;
+        }
         let schema = reader.schema();
         let format = crate::tap::format(Some("parquet"))?;
         let mut writer =
