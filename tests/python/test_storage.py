@@ -174,3 +174,47 @@ def test_wrong_tokens_and_missing_scopes(service, store):
     assert call(base, ro, "ls", name="vos://").status_code == 200
     r = call(base, ro, "mkdir", dir="vos://newdir")
     assert r.status_code == 403 and "storage:write" in r.text
+
+
+def test_files_fetched_from_urls_only_when_allowed(service, store, tmp_path):
+    import http.server
+    import threading
+    base, t, _ = service
+    # Off by default (this service): nothing is fetched.
+    r = call(base, t["alice"], "load", name="vos://tmp/fetched.txt", endpoint="http://example.org/x")
+    assert r.status_code == 400 and "allow_url_uploads" in r.text
+    payload = b"a spectrum\n" * 1000
+    (tmp_path / "spec.txt").write_bytes(payload)
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    d = tmp_path / "svc"
+    d.mkdir()
+    env = personal_env(d, MERIDIAN_SERVER__ALLOW_URL_UPLOADS="true",
+                       MERIDIAN_SERVER__URL_UPLOADS_ALLOW_PRIVATE="true")
+    run("user", "add", "pia", data_dir=store, input="pia-password\n", env=env)
+    try:
+        with Server(store, env=env) as s:
+            b = s.url.removesuffix("/tap")
+            tok = requests.post(f"{b}/api/auth/login",
+                                data={"username": "pia", "password": "pia-password"}).json()["token"]
+            # Data Lab's load, then VOSpace's pullToVoSpace (an asynchronous transfer).
+            r = call(b, tok, "load", name="vos://tmp/a.txt", endpoint=f"{url}/spec.txt")
+            assert r.status_code == 200 and r.text == "OK", r.text
+            assert get(b, tok, "vos://tmp/a.txt").content == payload
+            doc = ('<vos:transfer xmlns:vos="http://www.ivoa.net/xml/VOSpace/v2.0" version="2.1">'
+                   "<vos:target>vos://meridian!vospace/pia/tmp/b.txt</vos:target>"
+                   "<vos:direction>pullToVoSpace</vos:direction>"
+                   '<vos:protocol uri="ivo://ivoa.net/vospace/core#httpget">'
+                   f"<vos:endpoint>{url}/spec.txt</vos:endpoint></vos:protocol></vos:transfer>")
+            r = requests.post(f"{b}/vospace/transfers?PHASE=RUN", data=doc,
+                              headers={"Authorization": f"Bearer {tok}", "Content-Type": "text/xml"})
+            assert "<uws:phase>COMPLETED</uws:phase>" in r.text, r.text
+            assert get(b, tok, "vos://tmp/b.txt").content == payload
+            # A missing remote file stores nothing.
+            r = call(b, tok, "load", name="vos://tmp/c.txt", endpoint=f"{url}/missing.txt")
+            assert r.status_code == 400, r.text
+            assert call(b, tok, "ls", name="vos://tmp").text == "a.txt,b.txt"
+    finally:
+        httpd.shutdown()
