@@ -50,6 +50,21 @@ pub fn check_table_name(name: &str) -> Result<()> {
     }
 }
 
+/// Bytes of the files under `dir` (0 when it is missing).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// `mydb://name` or `name` as a table name.
 pub fn strip_scheme(name: &str) -> &str {
     name.trim().strip_prefix("mydb://").unwrap_or(name.trim())
@@ -138,9 +153,11 @@ impl MyDb {
         Ok(out)
     }
 
-    /// Bytes `user`'s tables take.
+    /// Bytes `user`'s tables and their spatial indexes take.
     pub fn usage_bytes(&self, user: &str) -> Result<u64> {
-        Ok(self.list(user)?.iter().map(|t| t.bytes).sum())
+        let tables: u64 = self.list(user)?.iter().map(|t| t.bytes).sum();
+        // Spatial indexes take room too (followed through the store's version links).
+        Ok(tables + tree_bytes(&self.index_dir(user)?))
     }
 
     /// A temporary path in `user`'s directory to write a new table's file into, before
@@ -288,6 +305,12 @@ mod tests {
         assert!(db.list("alice").unwrap().is_empty());
         db.commit("alice", "t1", &s, false).unwrap();
         assert_eq!(db.list("alice").unwrap()[0].name, "t1");
+        // A spatial index counts against the quota (its version directory, not its link).
+        let version = db.index_dir("alice").unwrap().join(".versions/t1.1");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::write(version.join("part.parquet"), vec![0u8; 50]).unwrap();
+        std::os::unix::fs::symlink(&version, db.index_dir("alice").unwrap().join("t1")).unwrap();
+        assert_eq!(db.usage_bytes("alice").unwrap(), 650);
         // Over the quota: refused, nothing left behind.
         let s = stage(&db, "alice", "t2", 600);
         assert!(matches!(
@@ -303,7 +326,8 @@ mod tests {
         ));
         let s = stage(&db, "alice", "t1", 900);
         db.commit("alice", "t1", &s, true).unwrap();
-        assert_eq!(db.usage_bytes("alice").unwrap(), 900);
+        // (The index stays until the server rebuilds it.)
+        assert_eq!(db.usage_bytes("alice").unwrap(), 950);
         // Another user's space is separate.
         assert!(db.list("bob").unwrap().is_empty());
         for bad in ["T1", "1t", "a-b", "../x", "a/b", "a.b", "", "mydb://x"] {
