@@ -26,7 +26,8 @@ pub use detect::{Compression, Format, detect};
 pub use error::{Error, Result};
 pub use meta::ColumnMeta;
 pub use progress::ByteCounter;
-pub use schema_file::{ColumnSpec, SchemaOverride};
+pub use schema_file::{ColumnSpec, SchemaOverride, parse_type, type_name};
+pub use votable::xml_reference;
 
 /// Options common to every reader.
 #[derive(Debug, Clone)]

@@ -74,7 +74,8 @@ pub struct SchemaOverride {
     source: PathBuf,
 }
 
-fn parse_type(s: &str) -> Option<DataType> {
+/// The Arrow type a schema file's type name means (`float64`, `int32`, `string`, ...).
+pub fn parse_type(s: &str) -> Option<DataType> {
     Some(match s.to_ascii_lowercase().as_str() {
         "bool" | "boolean" => DataType::Boolean,
         "int8" => DataType::Int8,
@@ -88,6 +89,26 @@ fn parse_type(s: &str) -> Option<DataType> {
         "float32" | "float" | "real" => DataType::Float32,
         "float64" | "double" => DataType::Float64,
         "string" | "utf8" | "text" | "char" => DataType::Utf8,
+        _ => return None,
+    })
+}
+
+/// The schema file's name of an Arrow type, when it has one (the inverse of
+/// [`parse_type`]).
+pub fn type_name(t: &DataType) -> Option<&'static str> {
+    Some(match t {
+        DataType::Boolean => "bool",
+        DataType::Int8 => "int8",
+        DataType::Int16 => "int16",
+        DataType::Int32 => "int32",
+        DataType::Int64 => "int64",
+        DataType::UInt8 => "uint8",
+        DataType::UInt16 => "uint16",
+        DataType::UInt32 => "uint32",
+        DataType::UInt64 => "uint64",
+        DataType::Float32 => "float32",
+        DataType::Float64 => "float64",
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string",
         _ => return None,
     })
 }

@@ -281,6 +281,25 @@ pub(crate) struct VoTableReader {
     row: u64,
 }
 
+/// The text an entity or character reference in XML text stands for (`&amp;`, `&#233;`);
+/// an unknown entity is kept as written.
+pub fn xml_reference(r: &quick_xml::events::BytesRef) -> String {
+    let name = r.decode().unwrap_or_default();
+    match name.as_ref() {
+        "lt" => "<".to_string(),
+        "gt" => ">".to_string(),
+        "amp" => "&".to_string(),
+        "quot" => "\"".to_string(),
+        "apos" => "'".to_string(),
+        n => r
+            .resolve_char_ref()
+            .ok()
+            .flatten()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| format!("&{n};")),
+    }
+}
+
 fn attr(e: &BytesStart, name: &[u8]) -> Option<String> {
     e.attributes()
         .flatten()
@@ -597,22 +616,8 @@ impl VoTableReader {
                     }
                 }
                 Event::GeneralRef(ref r) if in_td => {
-                    let name = r.decode().unwrap_or_default();
-                    let ch = match name.as_ref() {
-                        "lt" => "<".to_string(),
-                        "gt" => ">".to_string(),
-                        "amp" => "&".to_string(),
-                        "quot" => "\"".to_string(),
-                        "apos" => "'".to_string(),
-                        n => r
-                            .resolve_char_ref()
-                            .ok()
-                            .flatten()
-                            .map(|c| c.to_string())
-                            .unwrap_or_else(|| format!("&{n};")),
-                    };
                     if let Some(Some(cur)) = texts.last_mut() {
-                        cur.push_str(&ch);
+                        cur.push_str(&xml_reference(r));
                     }
                 }
                 Event::CData(ref t) if in_td => {

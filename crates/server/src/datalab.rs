@@ -146,26 +146,6 @@ fn column_type(pg: &str) -> Result<&'static str> {
     })
 }
 
-/// The readers' type name of an Arrow type, when they have one.
-fn type_name(t: &arrow::datatypes::DataType) -> Option<&'static str> {
-    use arrow::datatypes::DataType as D;
-    Some(match t {
-        D::Boolean => "bool",
-        D::Int8 => "int8",
-        D::Int16 => "int16",
-        D::Int32 => "int32",
-        D::Int64 => "int64",
-        D::UInt8 => "uint8",
-        D::UInt16 => "uint16",
-        D::UInt32 => "uint32",
-        D::UInt64 => "uint64",
-        D::Float32 => "float32",
-        D::Float64 => "float64",
-        D::Utf8 | D::LargeUtf8 | D::Utf8View => "string",
-        _ => return None,
-    })
-}
-
 /// `col,type` lines (or `col type` items separated by commas or newlines) as column types.
 fn parse_columns(text: &str) -> Result<Vec<(String, &'static str)>> {
     let pairs: Vec<&str> = text.split(',').map(str::trim).collect();
@@ -216,18 +196,11 @@ async fn mydb_create(
     let fields: Vec<arrow::datatypes::Field> = columns
         .iter()
         .map(|(name, ty)| {
-            let t = match *ty {
-                "string" => arrow::datatypes::DataType::Utf8,
-                "int16" => arrow::datatypes::DataType::Int16,
-                "int32" => arrow::datatypes::DataType::Int32,
-                "int64" => arrow::datatypes::DataType::Int64,
-                "float32" => arrow::datatypes::DataType::Float32,
-                "bool" => arrow::datatypes::DataType::Boolean,
-                _ => arrow::datatypes::DataType::Float64,
-            };
-            arrow::datatypes::Field::new(name, t, true)
+            let t = meridian_formats::parse_type(ty)
+                .ok_or_else(|| Error::Internal(format!("column type '{ty}' has no Arrow type")))?;
+            Ok(arrow::datatypes::Field::new(name, t, true))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
     let staged = state.mydb.staging_path(&user, &table)?;
     let format = crate::tap::format(Some("parquet"))?;
@@ -540,7 +513,7 @@ async fn mydb_import(
     if append && exists {
         let table_schema = meridian_formats::open(&target, &Default::default())?.schema();
         for field in table_schema.fields() {
-            if let Some(t) = type_name(field.data_type()) {
+            if let Some(t) = meridian_formats::type_name(field.data_type()) {
                 types.push((field.name().clone(), t));
             }
         }

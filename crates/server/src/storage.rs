@@ -68,11 +68,7 @@ const TICKET_LIFETIME: Duration = Duration::from_secs(15 * 60);
 impl Tickets {
     /// A new single-use ticket for `who` to read (or, when `upload`, write) `target`.
     pub fn issue(&self, who: &Who, target: Target, upload: bool) -> String {
-        use rand::Rng;
-        let mut rng = rand::rng();
-        let id: String = (0..2)
-            .map(|_| format!("{:016x}", rng.random::<u64>()))
-            .collect();
+        let id = meridian_services::storage::random_key();
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         map.retain(|_, t| t.expires > now);

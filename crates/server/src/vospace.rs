@@ -44,6 +44,27 @@ const CORE: &str = "ivo://ivoa.net/vospace/core";
 const HTTP_GET: &str = "ivo://ivoa.net/vospace/core#httpget";
 const HTTP_PUT: &str = "ivo://ivoa.net/vospace/core#httpput";
 
+/// A failure, answered as VOSpace names it (handlers return it with `?`).
+pub struct Fault(Error);
+
+impl From<Error> for Fault {
+    fn from(e: Error) -> Self {
+        Fault(e)
+    }
+}
+
+impl From<meridian_services::Error> for Fault {
+    fn from(e: meridian_services::Error) -> Self {
+        Fault(e.into())
+    }
+}
+
+impl IntoResponse for Fault {
+    fn into_response(self) -> Response {
+        fault(self.0)
+    }
+}
+
 /// A failure as VOSpace names it.
 fn fault(e: Error) -> Response {
     let (status, message) = fault_text(&e);
@@ -279,21 +300,7 @@ fn elements(body: &[u8]) -> Result<Vec<Element>> {
             }
             Event::GeneralRef(r) => {
                 if let Some(&i) = open.last() {
-                    let name = r.decode().map_err(|e| bad(e.to_string()))?;
-                    let ch = match name.as_ref() {
-                        "lt" => "<".to_string(),
-                        "gt" => ">".to_string(),
-                        "amp" => "&".to_string(),
-                        "quot" => "\"".to_string(),
-                        "apos" => "'".to_string(),
-                        _ => r
-                            .resolve_char_ref()
-                            .ok()
-                            .flatten()
-                            .map(String::from)
-                            .unwrap_or_default(),
-                    };
-                    out[i].text.push_str(&ch);
+                    out[i].text.push_str(&meridian_formats::xml_reference(&r));
                 }
             }
             Event::CData(t) => {
@@ -333,30 +340,27 @@ pub async fn get_node(
     Path(raw): Path<String>,
     Extension(caller): Extension<Caller>,
     req: Request,
-) -> Response {
+) -> Result<Response, Fault> {
     let f = query_fields(req.uri());
-    let result = (|| {
-        let who = who(&state, &caller, false)?;
-        let path = path_of(&raw)?;
-        let node = state.storage.node(&who, &path)?;
-        let detail = f.get("detail").map(String::as_str).unwrap_or("max");
-        let limit = f
-            .get("limit")
-            .and_then(|l| l.parse::<usize>().ok())
-            .unwrap_or(usize::MAX);
-        let children = if node.kind == Kind::Container && detail != "properties" {
-            let mut c = state.storage.list(&who, &path)?;
-            c.truncate(limit);
-            Some(c)
-        } else {
-            None
-        };
-        Ok(xml(
-            StatusCode::OK,
-            node_xml(&node, children.as_deref(), detail),
-        ))
-    })();
-    result.unwrap_or_else(fault)
+    let who = who(&state, &caller, false)?;
+    let path = path_of(&raw)?;
+    let node = state.storage.node(&who, &path)?;
+    let detail = f.get("detail").map(String::as_str).unwrap_or("max");
+    let limit = f
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
+    let children = if node.kind == Kind::Container && detail != "properties" {
+        let mut c = state.storage.list(&who, &path)?;
+        c.truncate(limit);
+        Some(c)
+    } else {
+        None
+    };
+    Ok(xml(
+        StatusCode::OK,
+        node_xml(&node, children.as_deref(), detail),
+    ))
 }
 
 /// What a posted Node document gives: its uri, type, properties and link target.
@@ -419,45 +423,42 @@ pub async fn put_node(
     Path(raw): Path<String>,
     Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
-) -> Response {
-    let result = async {
-        let who = who(&state, &caller, true)?;
-        let path = path_of(&raw)?;
-        let (uri, kind, props, target) = posted_node(&body)?;
-        if !uri.is_empty() && uri_path(&uri)? != path {
-            return Err(Error::Usage(format!(
-                "InvalidURI: the node's uri {uri} is not the path it is put at"
-            )));
-        }
-        let node = match kind.unwrap_or(Kind::Data) {
-            Kind::Container => state.storage.mkdir(&who, &path)?,
-            Kind::Link => state.storage.link(
-                &who,
-                &path,
-                &target.ok_or_else(|| Error::Usage("a LinkNode needs a target".into()))?,
-            )?,
-            Kind::Data => {
-                state
-                    .storage
-                    .write(
-                        &who,
-                        &path,
-                        futures::stream::empty::<std::result::Result<bytes::Bytes, String>>(),
-                        Some(0),
-                        0,
-                    )
-                    .await?
-            }
-        };
-        let node = if props.is_empty() {
-            node
-        } else {
-            state.storage.set_properties(&who, &node.path, &props)?
-        };
-        Ok(xml(StatusCode::CREATED, node_xml(&node, None, "max")))
+) -> Result<Response, Fault> {
+    let who = who(&state, &caller, true)?;
+    let path = path_of(&raw)?;
+    let (uri, kind, props, target) = posted_node(&body)?;
+    if !uri.is_empty() && uri_path(&uri)? != path {
+        return Err(Error::Usage(format!(
+            "InvalidURI: the node's uri {uri} is not the path it is put at"
+        ))
+        .into());
     }
-    .await;
-    result.unwrap_or_else(fault)
+    let node = match kind.unwrap_or(Kind::Data) {
+        Kind::Container => state.storage.mkdir(&who, &path)?,
+        Kind::Link => state.storage.link(
+            &who,
+            &path,
+            &target.ok_or_else(|| Error::Usage("a LinkNode needs a target".into()))?,
+        )?,
+        Kind::Data => {
+            state
+                .storage
+                .write(
+                    &who,
+                    &path,
+                    futures::stream::empty::<std::result::Result<bytes::Bytes, String>>(),
+                    Some(0),
+                    0,
+                )
+                .await?
+        }
+    };
+    let node = if props.is_empty() {
+        node
+    } else {
+        state.storage.set_properties(&who, &node.path, &props)?
+    };
+    Ok(xml(StatusCode::CREATED, node_xml(&node, None, "max")))
 }
 
 /// `POST /vospace/nodes/{path}`: sets the properties the body lists.
@@ -466,26 +467,22 @@ pub async fn post_node(
     Path(raw): Path<String>,
     Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
-) -> Response {
-    let result = (|| {
-        let who = who(&state, &caller, true)?;
-        let path = path_of(&raw)?;
-        let (uri, kind, props, _) = posted_node(&body)?;
-        if !uri.is_empty() && uri_path(&uri)? != path {
-            return Err(Error::Usage(format!(
-                "InvalidURI: the node's uri {uri} is not the path it is posted to"
-            )));
-        }
-        let current = state.storage.node(&who, &path)?;
-        if kind.is_some_and(|k| k != current.kind) {
-            return Err(Error::Usage(
-                "InvalidArgument: a node's type cannot change".into(),
-            ));
-        }
-        let node = state.storage.set_properties(&who, &path, &props)?;
-        Ok(xml(StatusCode::OK, node_xml(&node, None, "max")))
-    })();
-    result.unwrap_or_else(fault)
+) -> Result<Response, Fault> {
+    let who = who(&state, &caller, true)?;
+    let path = path_of(&raw)?;
+    let (uri, kind, props, _) = posted_node(&body)?;
+    if !uri.is_empty() && uri_path(&uri)? != path {
+        return Err(Error::Usage(format!(
+            "InvalidURI: the node's uri {uri} is not the path it is posted to"
+        ))
+        .into());
+    }
+    let current = state.storage.node(&who, &path)?;
+    if kind.is_some_and(|k| k != current.kind) {
+        return Err(Error::Usage("InvalidArgument: a node's type cannot change".into()).into());
+    }
+    let node = state.storage.set_properties(&who, &path, &props)?;
+    Ok(xml(StatusCode::OK, node_xml(&node, None, "max")))
 }
 
 /// `DELETE /vospace/nodes/{path}`.
@@ -493,15 +490,11 @@ pub async fn delete_node(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let result = async {
-        let who = who(&state, &caller, true)?;
-        let path = path_of(&raw)?;
-        state.storage.delete(&who, &path, true).await?;
-        Ok(StatusCode::NO_CONTENT.into_response())
-    }
-    .await;
-    result.unwrap_or_else(fault)
+) -> Result<Response, Fault> {
+    let who = who(&state, &caller, true)?;
+    let path = path_of(&raw)?;
+    state.storage.delete(&who, &path, true).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// A transfer request.
@@ -662,8 +655,7 @@ impl Transfers {
     }
 
     fn add(&self, job: TransferJob) -> String {
-        use rand::Rng;
-        let id = format!("{:016x}", rand::rng().random::<u64>());
+        let id = meridian_services::storage::random_key();
         let mut map = self.lock();
         // A bounded memory: the oldest finished transfers go first.
         if map.len() > 10_000 {
@@ -696,37 +688,33 @@ pub async fn synctrans(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     req: Request,
-) -> Response {
+) -> Result<Response, Fault> {
     let f = query_fields(req.uri());
     let headers = req.headers().clone();
-    let result = async {
-        let form = posted(req).await?;
-        let f: HashMap<String, String> = f.into_iter().chain(form.fields).collect();
-        let t = transfer_from(&form.body, &f)?;
-        let who = who(&state, &caller, t.direction == "pushToVoSpace")?;
-        let done = negotiate(&state, &headers, &who, &t)?;
-        let base = crate::vosi::base_url(&state, &headers);
-        let redirect_to_endpoint = f
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("REQUEST") && v == "redirect");
-        if redirect_to_endpoint {
-            let endpoint = done.protocols[0].1.clone().unwrap_or_default();
-            return Ok(see_other(&endpoint));
-        }
-        let id = state.transfers.add(TransferJob {
-            owner: who.user.clone(),
-            transfer: done,
-            phase: "EXECUTING",
-            error: None,
-            result: None,
-        });
-        // A synchronous transfer is a UWS job too (phase, error), as clients check.
-        Ok(see_other(&format!(
-            "{base}/vospace/transfers/{id}/results/transferDetails"
-        )))
+    let form = posted(req).await?;
+    let f: HashMap<String, String> = f.into_iter().chain(form.fields).collect();
+    let t = transfer_from(&form.body, &f)?;
+    let who = who(&state, &caller, t.direction == "pushToVoSpace")?;
+    let done = negotiate(&state, &headers, &who, &t)?;
+    let base = crate::vosi::base_url(&state, &headers);
+    let redirect_to_endpoint = f
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("REQUEST") && v == "redirect");
+    if redirect_to_endpoint {
+        let endpoint = done.protocols[0].1.clone().unwrap_or_default();
+        return Ok(see_other(&endpoint));
     }
-    .await;
-    result.unwrap_or_else(fault)
+    let id = state.transfers.add(TransferJob {
+        owner: who.user.clone(),
+        transfer: done,
+        phase: "EXECUTING",
+        error: None,
+        result: None,
+    });
+    // A synchronous transfer is a UWS job too (phase, error), as clients check.
+    Ok(see_other(&format!(
+        "{base}/vospace/transfers/{id}/results/transferDetails"
+    )))
 }
 
 fn see_other(location: &str) -> Response {
@@ -743,13 +731,10 @@ pub async fn transfer_details(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let result = (|| {
-        let who = who(&state, &caller, false)?;
-        let job = state.transfers.get(&id, &who)?;
-        Ok(xml(StatusCode::OK, transfer_xml(&job.transfer)))
-    })();
-    result.unwrap_or_else(fault)
+) -> Result<Response, Fault> {
+    let who = who(&state, &caller, false)?;
+    let job = state.transfers.get(&id, &who)?;
+    Ok(xml(StatusCode::OK, transfer_xml(&job.transfer)))
 }
 
 /// `POST /vospace/transfers`: a transfer job; it runs at once with `PHASE=RUN`.
@@ -757,31 +742,27 @@ pub async fn create_transfer(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     req: Request,
-) -> Response {
+) -> Result<Response, Fault> {
     let f = query_fields(req.uri());
     let headers = req.headers().clone();
-    let result = async {
-        let form = posted(req).await?;
-        let f: HashMap<String, String> = f.into_iter().chain(form.fields).collect();
-        let t = transfer_from(&form.body, &f)?;
-        let who = who(&state, &caller, true)?;
-        let id = state.transfers.add(TransferJob {
-            owner: who.user.clone(),
-            transfer: t,
-            phase: "PENDING",
-            error: None,
-            result: None,
-        });
-        if f.iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("PHASE") && v.eq_ignore_ascii_case("RUN"))
-        {
-            run_transfer(&state, &headers, &who, &id).await;
-        }
-        let base = crate::vosi::base_url(&state, &headers);
-        Ok(see_other(&format!("{base}/vospace/transfers/{id}")))
+    let form = posted(req).await?;
+    let f: HashMap<String, String> = f.into_iter().chain(form.fields).collect();
+    let t = transfer_from(&form.body, &f)?;
+    let who = who(&state, &caller, true)?;
+    let id = state.transfers.add(TransferJob {
+        owner: who.user.clone(),
+        transfer: t,
+        phase: "PENDING",
+        error: None,
+        result: None,
+    });
+    if f.iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("PHASE") && v.eq_ignore_ascii_case("RUN"))
+    {
+        run_transfer(&state, &headers, &who, &id).await;
     }
-    .await;
-    result.unwrap_or_else(fault)
+    let base = crate::vosi::base_url(&state, &headers);
+    Ok(see_other(&format!("{base}/vospace/transfers/{id}")))
 }
 
 /// Runs a pending transfer job to its end.
@@ -848,45 +829,42 @@ pub async fn transfer_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let result = (|| {
-        let who = who(&state, &caller, false)?;
-        let job = state.transfers.get(&id, &who)?;
-        let mut out = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:job xmlns:uws=\"http://www.ivoa.net/xml/UWS/v1.0\" \
-             xmlns:xlink=\"http://www.w3.org/1999/xlink\" version=\"1.1\">\n  <uws:jobId>{id}</uws:jobId>\n  \
-             <uws:ownerId>{}</uws:ownerId>\n  <uws:phase>{}</uws:phase>\n  <uws:jobInfo>\n{}  </uws:jobInfo>\n",
-            xml_escape(job.owner.as_deref().unwrap_or("anonymous")),
-            job.phase,
-            transfer_xml(&job.transfer)
-                .lines()
-                .skip(1)
-                .map(|l| format!("    {l}\n"))
-                .collect::<String>()
-        );
-        out.push_str("  <uws:results>\n");
-        if job.phase != "PENDING" && job.phase != "ERROR" {
-            out.push_str(&format!(
-                "    <uws:result id=\"transferDetails\" xlink:href=\"/vospace/transfers/{id}/results/transferDetails\"/>\n"
-            ));
-        }
-        if let Some(r) = &job.result {
-            out.push_str(&format!(
-                "    <uws:result id=\"dataNode\" xlink:href=\"{}\"/>\n",
-                xml_escape(r)
-            ));
-        }
-        out.push_str("  </uws:results>\n");
-        if let Some(e) = &job.error {
-            out.push_str(&format!(
-                "  <uws:errorSummary type=\"fatal\" hasDetail=\"true\"><uws:message>{}</uws:message></uws:errorSummary>\n",
-                xml_escape(e)
-            ));
-        }
-        out.push_str("</uws:job>\n");
-        Ok(xml(StatusCode::OK, out))
-    })();
-    result.unwrap_or_else(fault)
+) -> Result<Response, Fault> {
+    let who = who(&state, &caller, false)?;
+    let job = state.transfers.get(&id, &who)?;
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:job xmlns:uws=\"http://www.ivoa.net/xml/UWS/v1.0\" \
+         xmlns:xlink=\"http://www.w3.org/1999/xlink\" version=\"1.1\">\n  <uws:jobId>{id}</uws:jobId>\n  \
+         <uws:ownerId>{}</uws:ownerId>\n  <uws:phase>{}</uws:phase>\n  <uws:jobInfo>\n{}  </uws:jobInfo>\n",
+        xml_escape(job.owner.as_deref().unwrap_or("anonymous")),
+        job.phase,
+        transfer_xml(&job.transfer)
+            .lines()
+            .skip(1)
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    out.push_str("  <uws:results>\n");
+    if job.phase != "PENDING" && job.phase != "ERROR" {
+        out.push_str(&format!(
+            "    <uws:result id=\"transferDetails\" xlink:href=\"/vospace/transfers/{id}/results/transferDetails\"/>\n"
+        ));
+    }
+    if let Some(r) = &job.result {
+        out.push_str(&format!(
+            "    <uws:result id=\"dataNode\" xlink:href=\"{}\"/>\n",
+            xml_escape(r)
+        ));
+    }
+    out.push_str("  </uws:results>\n");
+    if let Some(e) = &job.error {
+        out.push_str(&format!(
+            "  <uws:errorSummary type=\"fatal\" hasDetail=\"true\"><uws:message>{}</uws:message></uws:errorSummary>\n",
+            xml_escape(e)
+        ));
+    }
+    out.push_str("</uws:job>\n");
+    Ok(xml(StatusCode::OK, out))
 }
 
 /// `GET /vospace/transfers/{id}/phase`.
@@ -894,12 +872,9 @@ pub async fn transfer_phase(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let result = (|| {
-        let who = who(&state, &caller, false)?;
-        Ok(text(state.transfers.get(&id, &who)?.phase))
-    })();
-    result.unwrap_or_else(fault)
+) -> Result<Response, Fault> {
+    let who = who(&state, &caller, false)?;
+    Ok(text(state.transfers.get(&id, &who)?.phase))
 }
 
 /// `POST /vospace/transfers/{id}/phase`: `PHASE=RUN` runs the job.
@@ -908,36 +883,32 @@ pub async fn post_transfer_phase(
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
     req: Request,
-) -> Response {
+) -> Result<Response, Fault> {
     let headers = req.headers().clone();
-    let result = async {
-        let who = who(&state, &caller, true)?;
-        state.transfers.get(&id, &who)?;
-        let form = posted(req).await?;
-        let phase = form
-            .fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("PHASE"))
-            .map(|(_, v)| v.to_ascii_uppercase());
-        match phase.as_deref() {
-            Some("RUN") => run_transfer(&state, &headers, &who, &id).await,
-            Some("ABORT") => {
-                if let Some(j) = state
-                    .transfers
-                    .lock()
-                    .get_mut(&id)
-                    .filter(|j| j.phase == "PENDING")
-                {
-                    j.phase = "ABORTED";
-                }
+    let who = who(&state, &caller, true)?;
+    state.transfers.get(&id, &who)?;
+    let form = posted(req).await?;
+    let phase = form
+        .fields
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("PHASE"))
+        .map(|(_, v)| v.to_ascii_uppercase());
+    match phase.as_deref() {
+        Some("RUN") => run_transfer(&state, &headers, &who, &id).await,
+        Some("ABORT") => {
+            if let Some(j) = state
+                .transfers
+                .lock()
+                .get_mut(&id)
+                .filter(|j| j.phase == "PENDING")
+            {
+                j.phase = "ABORTED";
             }
-            _ => return Err(Error::Usage("PHASE must be RUN or ABORT".into())),
         }
-        let base = crate::vosi::base_url(&state, &headers);
-        Ok(see_other(&format!("{base}/vospace/transfers/{id}")))
+        _ => return Err(Error::Usage("PHASE must be RUN or ABORT".into()).into()),
     }
-    .await;
-    result.unwrap_or_else(fault)
+    let base = crate::vosi::base_url(&state, &headers);
+    Ok(see_other(&format!("{base}/vospace/transfers/{id}")))
 }
 
 /// `GET /vospace/transfers/{id}/error`.
@@ -945,13 +916,10 @@ pub async fn transfer_error(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let result = (|| {
-        let who = who(&state, &caller, false)?;
-        let job = state.transfers.get(&id, &who)?;
-        Ok(text(job.error.unwrap_or_default()))
-    })();
-    result.unwrap_or_else(fault)
+) -> Result<Response, Fault> {
+    let who = who(&state, &caller, false)?;
+    let job = state.transfers.get(&id, &who)?;
+    Ok(text(job.error.unwrap_or_default()))
 }
 
 /// `GET /vospace/files/{path}`: a data node's bytes (a link's target's), for the caller.
@@ -959,14 +927,10 @@ pub async fn get_file(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let result = async {
-        let who = who(&state, &caller, false)?;
-        let path = path_of(&raw)?;
-        crate::storage::download(&state, &who, &Target::Node(path)).await
-    }
-    .await;
-    result.unwrap_or_else(fault)
+) -> Result<Response, Fault> {
+    let who = who(&state, &caller, false)?;
+    let path = path_of(&raw)?;
+    Ok(crate::storage::download(&state, &who, &Target::Node(path)).await?)
 }
 
 /// `GET /vospace/protocols`.

@@ -97,7 +97,7 @@ impl Node {
 
     /// The space the node is in.
     pub fn space(&self) -> &str {
-        self.path.split('/').next().unwrap_or(&self.path)
+        space_of(&self.path)
     }
 }
 
@@ -474,7 +474,7 @@ impl Storage {
         if who.admin {
             return Ok(true);
         }
-        let space = path.split('/').next().unwrap_or(path);
+        let space = space_of(path);
         if who.user.as_deref() == Some(space) || who.role_in(space).is_some() {
             return Ok(true);
         }
@@ -488,7 +488,7 @@ impl Storage {
         if who.admin {
             return Ok(true);
         }
-        let space = path.split('/').next().unwrap_or(path);
+        let space = space_of(path);
         if who.user.as_deref() == Some(space) || who.role_in(space).is_some_and(Role::writes) {
             return Ok(true);
         }
@@ -617,6 +617,17 @@ impl Storage {
         Ok(())
     }
 
+    /// `bytes` reserved in `space`, released when the reservation is dropped.
+    fn reservation(&self, space: &str, bytes: u64) -> Result<Reservation<'_>> {
+        let mut r = Reservation {
+            storage: self,
+            space: space.to_string(),
+            bytes: 0,
+        };
+        r.grow(bytes)?;
+        Ok(r)
+    }
+
     /// Bytes kept in `space`.
     pub fn usage_bytes(&self, space: &str) -> Result<u64> {
         let n: i64 = self.db().query_row(
@@ -645,20 +656,15 @@ impl Storage {
     {
         let owner = Self::creator(who)?.to_string();
         let old = self.check_create(who, path, true)?;
-        let space = path.split('/').next().unwrap_or(path).to_string();
         if let Some(n) = declared.filter(|n| *n > max_bytes) {
             return Err(Error::Quota(format!(
                 "{n} bytes is over the upload limit of {max_bytes} bytes"
             )));
         }
-        let mut reservation = Reservation {
-            storage: self,
-            space: space.clone(),
-            bytes: 0,
-        };
         // What the replaced bytes free counts for the new ones.
         let credit = old.as_ref().map_or(0, |n| n.size);
-        reservation.grow(declared.unwrap_or(0).saturating_sub(credit))?;
+        let mut reservation =
+            self.reservation(space_of(path), declared.unwrap_or(0).saturating_sub(credit))?;
         let key = format!("nodes/{}", random_key());
         let location = ObjectPath::from(key.as_str());
         let upload = self
@@ -855,23 +861,13 @@ impl Storage {
         }
         let dest = self.destination(who, from, to)?;
         self.check_create(who, &dest, false)?;
-        let (src_space, dst_space) = (node.space().to_string(), space_of(&dest).to_string());
-        if src_space != dst_space {
-            let bytes = self.subtree_bytes(from)?;
-            // Counted against the destination, released once the rows have moved.
-            let _reservation = {
-                let mut r = Reservation {
-                    storage: self,
-                    space: dst_space.clone(),
-                    bytes: 0,
-                };
-                r.grow(bytes)?;
-                r
-            };
-            self.rename_rows(from, &dest)?;
+        // A move to another space is counted against it, released once the rows have moved.
+        let _reservation = if node.space() != space_of(&dest) {
+            Some(self.reservation(space_of(&dest), self.subtree_bytes(from)?)?)
         } else {
-            self.rename_rows(from, &dest)?;
-        }
+            None
+        };
+        self.rename_rows(from, &dest)?;
         self.get(&dest)?.ok_or_else(|| not_found(&dest))
     }
 
@@ -923,12 +919,7 @@ impl Storage {
             rows.collect::<rusqlite::Result<_>>()?
         };
         let bytes: u64 = nodes.iter().map(|n| n.size).sum();
-        let mut reservation = Reservation {
-            storage: self,
-            space: space_of(&dest).to_string(),
-            bytes: 0,
-        };
-        reservation.grow(bytes)?;
+        let reservation = self.reservation(space_of(&dest), bytes)?;
         let mut copies = Vec::with_capacity(nodes.len());
         let mut new_keys = Vec::new();
         let copied: Result<()> = async {
@@ -1156,7 +1147,8 @@ fn like_escape(s: &str) -> String {
         .replace('_', "\\_")
 }
 
-fn random_key() -> String {
+/// 128 random bits as hex: object keys, transfer tickets and job ids.
+pub fn random_key() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     (0..2)
