@@ -57,6 +57,22 @@ def personal_env(d, **extra):
             **extra}
 
 
+def add_users(store, env, *names):
+    """Accounts `names` (in the account database `env` names), each with the password
+    '<name>-password'."""
+    for name in names:
+        run("user", "add", name, data_dir=store, input=f"{name}-password\n", env=env)
+
+
+def token_of(base, name):
+    """A login token of a user made by `add_users`, from the service at `base`."""
+    import requests
+    r = requests.post(f"{base}/api/auth/login",
+                      data={"username": name, "password": f"{name}-password"})
+    assert r.status_code == 200, r.text
+    return r.json()["token"]
+
+
 class Server:
     """`meridian serve` on a free loopback port, with `env` added to its environment."""
 

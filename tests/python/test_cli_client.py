@@ -8,15 +8,14 @@ import stat
 import pandas as pd
 import pytest
 
-from conftest import Server, personal_env, run
+from conftest import Server, add_users, personal_env, run
 
 
 @pytest.fixture(scope="module")
 def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     env = personal_env(d)
-    for name in ["kim", "lee"]:
-        run("user", "add", name, data_dir=store, input=f"{name}-password\n", env=env)
+    add_users(store, env, "kim", "lee")
     with Server(store, env=env) as s:
         yield s.url.removesuffix("/tap"), d
 

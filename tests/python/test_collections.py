@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import requests
 
-from conftest import Server, personal_env, run
+from conftest import Server, add_users, personal_env, token_of
 
 
 @pytest.fixture(scope="module")
@@ -16,12 +16,11 @@ def service(store, shared, tmp_path_factory):
     config = d / "meridian.toml"
     config.write_text(f'[storage.collections]\nimages = "{shared / "images"}"\n')
     env = personal_env(d, MERIDIAN_CONFIG=str(config))
-    run("user", "add", "jude", data_dir=store, input="jude-password\n", env=env)
+    add_users(store, env, "jude")
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")
         sess = requests.Session()
-        r = sess.post(f"{base}/api/auth/login", data={"username": "jude", "password": "jude-password"})
-        sess.headers["X-DL-AuthToken"] = r.json()["token"]
+        sess.headers["X-DL-AuthToken"] = token_of(base, "jude")
         yield base, sess
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import Server, personal_env, run
+from conftest import Server, add_users, personal_env, token_of
 
 
 @pytest.fixture(scope="module")
@@ -16,16 +16,13 @@ def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("groups")
     env = personal_env(d)
     users = ["gina", "hugo", "iris"]
-    for name in users:
-        run("user", "add", name, data_dir=store, input=f"{name}-password\n", env=env)
+    add_users(store, env, *users)
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")
         sessions = {}
         for name in users:
             sess = requests.Session()
-            r = sess.post(f"{base}/api/auth/login",
-                          data={"username": name, "password": f"{name}-password"})
-            sess.headers["X-DL-AuthToken"] = r.json()["token"]
+            sess.headers["X-DL-AuthToken"] = token_of(base, name)
             sessions[name] = sess
         yield base, sessions
 

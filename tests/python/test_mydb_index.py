@@ -9,18 +9,17 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import Server, personal_env, run
+from conftest import Server, add_users, personal_env, token_of
 
 
 @pytest.fixture(scope="module")
 def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("mydb-index")
     env = personal_env(d)
-    run("user", "add", "nora", data_dir=store, input="nora-password\n", env=env)
+    add_users(store, env, "nora")
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")
-        r = requests.post(f"{base}/api/auth/login", data={"username": "nora", "password": "nora-password"})
-        yield base, {"X-DL-AuthToken": r.json()["token"]}, d / "mydb" / "nora"
+        yield base, {"X-DL-AuthToken": token_of(base, "nora")}, d / "mydb" / "nora"
 
 
 def sql(base, headers, q, **extra):

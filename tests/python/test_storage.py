@@ -9,23 +9,17 @@ import urllib.parse
 import pytest
 import requests
 
-from conftest import Server, personal_env, run
+from conftest import Server, add_users, personal_env, run, token_of
 
 
 @pytest.fixture(scope="module")
 def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("storage")
     env = personal_env(d, MERIDIAN_STORAGE__QUOTA_MIB="1")
-    for name in ["alice", "bob"]:
-        run("user", "add", name, data_dir=store, input=f"{name}-password\n", env=env)
+    add_users(store, env, "alice", "bob")
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")
-        tokens = {}
-        for name in ["alice", "bob"]:
-            r = requests.post(f"{base}/api/auth/login",
-                              data={"username": name, "password": f"{name}-password"})
-            tokens[name] = r.json()["token"]
-        yield base, tokens, d / "bytes"
+        yield base, {name: token_of(base, name) for name in ["alice", "bob"]}, d / "bytes"
 
 
 def call(base, token, verb, **params):
@@ -193,12 +187,11 @@ def test_files_fetched_from_urls_only_when_allowed(service, store, tmp_path):
     d.mkdir()
     env = personal_env(d, MERIDIAN_SERVER__ALLOW_URL_UPLOADS="true",
                        MERIDIAN_SERVER__URL_UPLOADS_ALLOW_PRIVATE="true")
-    run("user", "add", "pia", data_dir=store, input="pia-password\n", env=env)
+    add_users(store, env, "pia")
     try:
         with Server(store, env=env) as s:
             b = s.url.removesuffix("/tap")
-            tok = requests.post(f"{b}/api/auth/login",
-                                data={"username": "pia", "password": "pia-password"}).json()["token"]
+            tok = token_of(b, "pia")
             # Data Lab's load, then VOSpace's pullToVoSpace (an asynchronous transfer).
             r = call(b, tok, "load", name="vos://tmp/a.txt", endpoint=f"{url}/spec.txt")
             assert r.status_code == 200 and r.text == "OK", r.text

@@ -11,9 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import requests
 
-from conftest import Server, personal_env, run
+from conftest import Server, add_users, personal_env, token_of
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +26,10 @@ def vos_bin():
 def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("vos-client")
     env = personal_env(d)
-    run("user", "add", "olga", data_dir=store, input="olga-password\n", env=env)
+    add_users(store, env, "olga")
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")
-        token = requests.post(f"{base}/api/auth/login",
-                              data={"username": "olga", "password": "olga-password"}).json()["token"]
+        token = token_of(base, "olga")
         home = d / "home"
         (home / ".config/vos").mkdir(parents=True)
         (home / ".config/vos/vos-config").write_text(

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import requests
 
-from conftest import Server, personal_env, run
+from conftest import Server, add_users, personal_env, token_of
 
 VOS = "http://www.ivoa.net/xml/VOSpace/v2.0"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -24,18 +24,14 @@ def service(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("vospace")
     env = personal_env(d)
     sessions = {}
-    for name in ["carol", "dave"]:
-        run("user", "add", name, data_dir=store, input=f"{name}-password\n", env=env)
+    add_users(store, env, "carol", "dave")
     with Server(store, env=env) as s:
-        base = s.url.removesuffix("/tap") + "/vospace"
+        base = s.url.removesuffix("/tap")
         for name in ["carol", "dave"]:
             sess = requests.Session()
-            r = sess.post(base.removesuffix("/vospace") + "/api/auth/login",
-                          data={"username": name, "password": f"{name}-password"})
-            assert r.status_code == 200
-            sess.headers["Authorization"] = f"Bearer {r.json()['token']}"
+            sess.headers["Authorization"] = f"Bearer {token_of(base, name)}"
             sessions[name] = sess
-        yield base, sessions
+        yield base + "/vospace", sessions
 
 
 def node_doc(kind, uri, props=(), target=None):
