@@ -315,9 +315,23 @@ pub fn is_reserved(word: &str) -> bool {
     ADQL_FUNCTIONS.contains(&up) || ADQL_KEYWORDS.contains(&up) || SQL_RESERVED.contains(&up)
 }
 
+/// How deeply a query may nest: parentheses, subqueries, function arguments, NOT and
+/// unary signs, each counting one level, and each operator of a chain such as `a + b + c`
+/// one more (the tree it builds is that deep). Real queries stay far below; the limit keeps
+/// the recursion of the parser, the validator, the translator and DataFusion's planner
+/// within the stack of the thread that plans.
+pub const MAX_DEPTH: usize = 200;
+
+/// The most items an `IN (...)` list, a select list or a chain of `AND` or `OR` may hold.
+/// Chains of `AND`/`OR` are built balanced (a list of ids as `id = 1 OR id = 2 OR ...` is
+/// only log2(n) deep), so this bounds work, not recursion.
+pub const MAX_LIST_ITEMS: usize = 100_000;
+
 struct Parser {
     toks: Vec<Token>,
     pos: usize,
+    /// Current nesting, against [`MAX_DEPTH`].
+    depth: usize,
 }
 
 /// Parses one ADQL query (a trailing `;` is allowed).
@@ -325,6 +339,7 @@ pub fn parse_query(text: &str) -> Result<Query> {
     let mut p = Parser {
         toks: tokenize(text)?,
         pos: 0,
+        depth: 0,
     };
     let q = p.query(true)?;
     p.eat_sym(";");
@@ -332,6 +347,22 @@ pub fn parse_query(text: &str) -> Result<Query> {
         return Err(p.unexpected("the end of the query"));
     }
     Ok(q)
+}
+
+/// `terms` joined by `op` into a balanced tree; `spans[i]` is where the operator after
+/// `terms[i]` was.
+fn balanced(mut terms: Vec<Expr>, spans: &[Span], op: BinaryOp) -> Expr {
+    if terms.len() == 1 {
+        return terms.pop().expect("one term");
+    }
+    let mid = terms.len() / 2;
+    let right = terms.split_off(mid);
+    Expr::Binary {
+        op,
+        left: Box::new(balanced(terms, &spans[..mid - 1], op)),
+        right: Box::new(balanced(right, &spans[mid..], op)),
+        span: spans[mid - 1],
+    }
 }
 
 fn describe(t: &Tok) -> String {
@@ -356,6 +387,36 @@ impl Parser {
 
     fn span(&self) -> Span {
         self.toks[self.pos].span
+    }
+
+    /// One level deeper (`n` levels for a chain); an error past [`MAX_DEPTH`].
+    fn enter(&mut self, n: usize) -> Result<()> {
+        self.depth += n;
+        if self.depth > MAX_DEPTH {
+            return Err(Error::Syntax {
+                span: self.span(),
+                message: format!(
+                    "the query nests too deeply here (more than {MAX_DEPTH} levels of \
+                     parentheses, subqueries, function calls or chained operators)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self, n: usize) {
+        self.depth -= n;
+    }
+
+    /// An error unless a list may grow to `len` items.
+    fn check_list(&self, len: usize, what: &str) -> Result<()> {
+        if len > MAX_LIST_ITEMS {
+            return Err(Error::Syntax {
+                span: self.span(),
+                message: format!("{what} has more than {MAX_LIST_ITEMS} items"),
+            });
+        }
+        Ok(())
     }
 
     fn advance(&mut self) -> Token {
@@ -481,6 +542,13 @@ impl Parser {
 
     /// A query; `WITH` is allowed only at the outermost level (`top`).
     fn query(&mut self, top: bool) -> Result<Query> {
+        self.enter(1)?;
+        let q = self.query_body(top);
+        self.leave(1);
+        q
+    }
+
+    fn query_body(&mut self, top: bool) -> Result<Query> {
         let mut with = Vec::new();
         if self.is_kw("WITH") && !top {
             return Err(Error::Syntax {
@@ -549,6 +617,7 @@ impl Parser {
 
     fn set_expr(&mut self) -> Result<SetExpr> {
         let mut left = self.set_term()?;
+        let mut levels = 0;
         loop {
             let op = if self.is_kw("UNION") {
                 SetOp::Union
@@ -562,6 +631,8 @@ impl Parser {
             if !all {
                 self.eat_kw("DISTINCT");
             }
+            self.enter(1)?;
+            levels += 1;
             let right = self.set_term()?;
             left = SetExpr::SetOp {
                 op,
@@ -570,16 +641,20 @@ impl Parser {
                 right: Box::new(right),
             };
         }
+        self.leave(levels);
         Ok(left)
     }
 
     fn set_term(&mut self) -> Result<SetExpr> {
         let mut left = self.set_primary()?;
+        let mut levels = 0;
         while self.eat_kw("INTERSECT") {
             let all = self.eat_kw("ALL");
             if !all {
                 self.eat_kw("DISTINCT");
             }
+            self.enter(1)?;
+            levels += 1;
             let right = self.set_primary()?;
             left = SetExpr::SetOp {
                 op: SetOp::Intersect,
@@ -588,6 +663,7 @@ impl Parser {
                 right: Box::new(right),
             };
         }
+        self.leave(levels);
         Ok(left)
     }
 
@@ -617,6 +693,7 @@ impl Parser {
         };
         let mut items = Vec::new();
         loop {
+            self.check_list(items.len() + 1, "the select list")?;
             items.push(self.select_item()?);
             if !self.eat_sym(",") {
                 break;
@@ -693,6 +770,9 @@ impl Parser {
 
     fn table_ref(&mut self) -> Result<TableRef> {
         let mut left = self.table_primary()?;
+        // Each join makes the tree one level deeper (errors end the parse, so only the
+        // successful path needs to give the levels back).
+        let mut levels = 0;
         loop {
             let natural = self.eat_kw("NATURAL");
             let kind = if self.eat_kw("CROSS") {
@@ -716,6 +796,8 @@ impl Parser {
                 break;
             };
             self.expect_kw("JOIN")?;
+            self.enter(1)?;
+            levels += 1;
             if natural && kind == JoinKind::Cross {
                 return Err(self.unexpected("a join type other than CROSS after NATURAL"));
             }
@@ -747,10 +829,18 @@ impl Parser {
                 constraint,
             };
         }
+        self.leave(levels);
         Ok(left)
     }
 
     fn table_primary(&mut self) -> Result<TableRef> {
+        self.enter(1)?;
+        let t = self.table_primary_body();
+        self.leave(1);
+        t
+    }
+
+    fn table_primary_body(&mut self) -> Result<TableRef> {
         if self.is_sym("(") {
             // A derived table (subquery) or a parenthesised join.
             let is_query = self.is_kw_at(1, "SELECT")
@@ -805,43 +895,45 @@ impl Parser {
     // ---- expressions ----
 
     fn expr(&mut self) -> Result<Expr> {
-        self.or_expr()
+        self.enter(1)?;
+        let e = self.or_expr();
+        self.leave(1);
+        e
     }
 
     fn or_expr(&mut self) -> Result<Expr> {
-        let mut left = self.and_expr()?;
-        while self.is_kw("OR") {
-            let span = self.advance().span;
-            let right = self.and_expr()?;
-            left = Expr::Binary {
-                op: BinaryOp::Or,
-                left: Box::new(left),
-                right: Box::new(right),
-                span,
-            };
-        }
-        Ok(left)
+        self.logical_chain("OR", BinaryOp::Or, Self::and_expr)
     }
 
     fn and_expr(&mut self) -> Result<Expr> {
-        let mut left = self.not_expr()?;
-        while self.is_kw("AND") {
-            let span = self.advance().span;
-            let right = self.not_expr()?;
-            left = Expr::Binary {
-                op: BinaryOp::And,
-                left: Box::new(left),
-                right: Box::new(right),
-                span,
-            };
+        self.logical_chain("AND", BinaryOp::And, Self::not_expr)
+    }
+
+    /// `term (kw term)*` as a balanced tree: AND and OR are associative, and a balanced
+    /// tree of n terms is log2(n) deep where the usual left-deep one is n deep.
+    fn logical_chain(
+        &mut self,
+        kw: &str,
+        op: BinaryOp,
+        next: fn(&mut Self) -> Result<Expr>,
+    ) -> Result<Expr> {
+        let mut terms = vec![next(self)?];
+        let mut spans = Vec::new();
+        while self.is_kw(kw) {
+            spans.push(self.advance().span);
+            self.check_list(terms.len() + 1, &format!("a chain of {kw}"))?;
+            terms.push(next(self)?);
         }
-        Ok(left)
+        Ok(balanced(terms, &spans, op))
     }
 
     fn not_expr(&mut self) -> Result<Expr> {
         if self.is_kw("NOT") {
             let span = self.advance().span;
-            let expr = self.not_expr()?;
+            self.enter(1)?;
+            let expr = self.not_expr();
+            self.leave(1);
+            let expr = expr?;
             return Ok(Expr::Unary {
                 op: UnaryOp::Not,
                 expr: Box::new(expr),
@@ -933,6 +1025,7 @@ impl Parser {
             }
             let mut list = Vec::new();
             loop {
+                self.check_list(list.len() + 1, "the IN list")?;
                 list.push(self.bitor_expr()?);
                 if !self.eat_sym(",") {
                     break;
@@ -957,9 +1050,14 @@ impl Parser {
         next: fn(&mut Self) -> Result<Expr>,
     ) -> Result<Expr> {
         let mut left = next(self)?;
+        // Each operator makes the tree one level deeper.
+        let mut levels = 0;
         while let Some((_, op)) = ops.iter().find(|(s, _)| self.is_sym(s)) {
             let op = *op;
             let span = self.advance().span;
+            // Errors end the parse: only the successful path gives the levels back.
+            self.enter(1)?;
+            levels += 1;
             let right = next(self)?;
             left = Expr::Binary {
                 op,
@@ -968,6 +1066,7 @@ impl Parser {
                 span,
             };
         }
+        self.leave(levels);
         Ok(left)
     }
 
@@ -1018,7 +1117,10 @@ impl Parser {
         };
         match op {
             Some(op) => {
-                let expr = self.unary()?;
+                self.enter(1)?;
+                let expr = self.unary();
+                self.leave(1);
+                let expr = expr?;
                 Ok(Expr::Unary {
                     op,
                     expr: Box::new(expr),

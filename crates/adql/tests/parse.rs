@@ -148,3 +148,45 @@ fn case_cast_in_unit_and_literals() {
     let e = err("SELECT CAST(ra AS BLOB) FROM t");
     assert!(e.to_string().contains("cannot CAST to 'BLOB'"), "{e}");
 }
+
+/// Hostile nesting is an error naming the limit, never a stack overflow; long chains of
+/// OR and AND (lists of ids) parse, balanced.
+#[test]
+fn deep_nesting_is_refused_and_long_chains_parse() {
+    let f = meridian_adql::FunctionRegistry::adql();
+    let deep = format!(
+        "SELECT a FROM t WHERE {}a = 1{}",
+        "(".repeat(1000),
+        ")".repeat(1000)
+    );
+    let e = meridian_adql::parse(&deep, &f).unwrap_err().to_string();
+    assert!(e.contains("nests too deeply"), "{e}");
+    let nots = format!("SELECT a FROM t WHERE {} a = 1", "NOT ".repeat(100_000));
+    let e = meridian_adql::parse(&nots, &f).unwrap_err().to_string();
+    assert!(e.contains("nests too deeply"), "{e}");
+    let sums = format!("SELECT {} FROM t", vec!["a"; 50_000].join(" + "));
+    let e = meridian_adql::parse(&sums, &f).unwrap_err().to_string();
+    assert!(e.contains("nests too deeply"), "{e}");
+    let minus = format!("SELECT {}a FROM t", "-".repeat(100_000));
+    assert!(meridian_adql::parse(&minus, &f).is_err());
+    let subqueries = format!(
+        "SELECT a FROM {}t{}",
+        "(SELECT a FROM ".repeat(500),
+        ") AS s".repeat(500)
+    );
+    let e = meridian_adql::parse(&subqueries, &f)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nests too deeply"), "{e}");
+    // 5,000 ids as an OR chain and 50,000 in an IN list are real queries.
+    let ors: Vec<String> = (0..5000).map(|i| format!("hip = {i}")).collect();
+    meridian_adql::parse(&format!("SELECT a FROM t WHERE {}", ors.join(" OR ")), &f).unwrap();
+    let ids: Vec<String> = (0..50_000).map(|i| i.to_string()).collect();
+    meridian_adql::parse(
+        &format!("SELECT a FROM t WHERE hip IN ({})", ids.join(", ")),
+        &f,
+    )
+    .unwrap();
+    let ands: Vec<String> = (0..5000).map(|i| format!("x <> {i}")).collect();
+    meridian_adql::parse(&format!("SELECT a FROM t WHERE {}", ands.join(" AND ")), &f).unwrap();
+}
