@@ -1231,6 +1231,7 @@ impl Parser {
                 self.eat_kw("ALL");
             }
             loop {
+                self.check_list(args.len() + 1, "the argument list")?;
                 args.push(self.expr()?);
                 if !self.eat_sym(",") {
                     break;

@@ -279,14 +279,55 @@ impl Engine {
         to_sql(&q, self)
     }
 
-    /// Plans a query; run it with `DataFrame::execute_stream`.
+    /// Plans a query; run it with `DataFrame::execute_stream`, or better make its physical
+    /// plan with [`Engine::physical_plan`].
+    ///
+    /// Only queries are planned (see [`crate::guard`]): DDL, DML, `COPY` and `SET` are
+    /// refused whatever the language. Parsing and planning run on a thread with a large
+    /// stack, after the text's size and depth are checked.
     pub async fn query(&self, text: &str, lang: Lang) -> Result<DataFrame> {
+        if text.len() > crate::guard::MAX_QUERY_BYTES {
+            return Err(Error::Invalid(format!(
+                "the query is {} bytes long; the limit is {} bytes",
+                text.len(),
+                crate::guard::MAX_QUERY_BYTES
+            )));
+        }
+        let plan = crate::guard::on_planning_stack(|| {
+            futures::executor::block_on(self.logical_plan(text, lang))
+        })?;
+        Ok(DataFrame::new(self.ctx.state(), plan))
+    }
+
+    async fn logical_plan(
+        &self,
+        text: &str,
+        lang: Lang,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
         let sql = match lang {
             Lang::Adql => self.translate(text)?,
             Lang::Sql => text.to_string(),
         };
-        tracing::debug!(%sql, "planning");
-        Ok(self.ctx.sql(&sql).await?)
+        crate::guard::check_sql_text(&sql)?;
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let mut statement = state.sql_to_statement(&sql, &dialect)?;
+        crate::guard::check_statement(&statement)?;
+        crate::guard::rebalance(&mut statement);
+        let plan = state.statement_to_plan(statement).await?;
+        crate::guard::check_plan(&plan)?;
+        Ok(plan)
+    }
+
+    /// The optimized physical plan of `df` (a query of this engine), made on the planning
+    /// thread as [`Engine::query`] is: the optimizer recurses over the query's expressions.
+    pub async fn physical_plan(
+        &self,
+        df: DataFrame,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        crate::guard::on_planning_stack(move || {
+            futures::executor::block_on(df.create_physical_plan()).map_err(Error::from)
+        })
     }
 }
 
@@ -444,8 +485,7 @@ impl Engine {
             t.reset_pruning();
         }
         let batches = self
-            .ctx
-            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+            .query(&format!("EXPLAIN ANALYZE {sql}"), Lang::Sql)
             .await?
             .collect()
             .await?;

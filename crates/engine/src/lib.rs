@@ -3,11 +3,13 @@
 //! translation of ADQL into DataFusion SQL.
 
 pub mod aggregate;
+mod bounded;
 pub mod codec;
 mod deadline;
 mod engine;
 mod error;
 pub mod geometry;
+pub mod guard;
 pub mod hats_table;
 pub mod session;
 pub mod translate;

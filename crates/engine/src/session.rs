@@ -74,6 +74,10 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     sc.options_mut().optimizer.repartition_file_scans = false;
     sc.options_mut().execution.parquet.pruning = true;
     sc.options_mut().execution.parquet.enable_page_index = true;
+    // Real queries (IN lists, OR chains of ids, nested subqueries) go far past the parser's
+    // default of 50; the planning thread's stack is sized for this limit (crate::guard).
+    sc.options_mut().sql_parser.recursion_limit =
+        datafusion::common::config::ConfigNonZeroUsize::try_new(crate::guard::SQL_RECURSION_LIMIT)?;
     apply_env_overrides(&mut sc)?;
     let state = SessionStateBuilder::new()
         .with_config(sc)
@@ -91,5 +95,6 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     {
         ctx.register_udf(udf);
     }
+    crate::bounded::register(&ctx);
     Ok(ctx)
 }
