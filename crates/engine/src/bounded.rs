@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, FieldRef, Int64Type};
-use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::common::{Result, ScalarValue, plan_err, resources_err};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
@@ -188,7 +188,7 @@ impl Bounded {
             }
             Growth::Range => {
                 if a.iter().any(|v| !v.data_type().is_integer()) {
-                    return exec_err!(
+                    return plan_err!(
                         "{} of dates or times is not available as a list function; \
                          use the table function generate_series in FROM",
                         self.inner.name()
@@ -215,7 +215,7 @@ impl Bounded {
         let estimate = self.estimate(args)?;
         let name = self.inner.name();
         if let Some(big) = estimate.iter().find(|b| **b > MAX_VALUE_BYTES) {
-            return exec_err!(
+            return resources_err!(
                 "{name} would make a value of about {} MiB; the limit is {} MiB",
                 big >> 20,
                 MAX_VALUE_BYTES >> 20
@@ -223,7 +223,7 @@ impl Bounded {
         }
         let total: u64 = estimate.iter().fold(0, |a, b| a.saturating_add(*b));
         if total > MAX_BATCH_BYTES {
-            return exec_err!(
+            return resources_err!(
                 "{name} would make about {} MiB for {} rows at once; the limit is {} MiB",
                 total >> 20,
                 estimate.len(),
@@ -268,9 +268,10 @@ impl ScalarUDFImpl for Bounded {
             ExprSimplifyResult::Simplified(Expr::Literal(ScalarValue::Utf8(Some(s)), _))
                 if s.len() as u64 > MAX_VALUE_BYTES =>
             {
-                exec_err!(
-                    "{} would make a value over {} MiB",
+                resources_err!(
+                    "{} would make a value over {} MiB; the limit is {} MiB",
                     self.name(),
+                    MAX_VALUE_BYTES >> 20,
                     MAX_VALUE_BYTES >> 20
                 )
             }

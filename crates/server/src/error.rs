@@ -48,9 +48,13 @@ impl Error {
             Error::Engine(E::DataFusion(e)) => {
                 use meridian_engine::DataFusionError as D;
                 match e.find_root() {
-                    D::Plan(_) | D::SchemaError(..) | D::SQL(..) | D::NotImplemented(_) => {
-                        StatusCode::BAD_REQUEST
-                    }
+                    // A query that asks for more than its limits allow is the request's
+                    // fault, not the service's.
+                    D::Plan(_)
+                    | D::SchemaError(..)
+                    | D::SQL(..)
+                    | D::NotImplemented(_)
+                    | D::ResourcesExhausted(_) => StatusCode::BAD_REQUEST,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 }
             }

@@ -5,6 +5,7 @@
 //! `Error: ...` text their clients expect.
 
 pub mod auth;
+pub mod csrf;
 pub mod datalab;
 pub mod error;
 pub mod examples;
@@ -379,6 +380,7 @@ pub fn router(state: AppState) -> Router {
             (state.limits.upload_max_bytes as usize).saturating_add(1 << 20),
         ))
         .layer(from_fn_with_state(state.clone(), auth::identify))
+        .layer(from_fn_with_state(state.clone(), csrf::cross_site_cookies))
         .layer(from_fn_with_state(state.clone(), observe))
         .layer(tower_http::cors::CorsLayer::permissive())
         .with_state(state)

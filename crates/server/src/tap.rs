@@ -274,10 +274,7 @@ pub(crate) async fn plan(
     df = df
         .limit(0, Some(spec.maxrec as usize + 1))
         .map_err(meridian_engine::Error::from)?;
-    let plan = df
-        .create_physical_plan()
-        .await
-        .map_err(meridian_engine::Error::from)?;
+    let plan = engine.physical_plan(df).await?;
     let schema = plan.schema();
     Ok((schema, meridian_engine::execute(plan, engine)?))
 }
@@ -353,6 +350,17 @@ async fn sync_uploads(state: &AppState, req: &DaliRequest) -> Result<Arc<meridia
     upload::with_uploads(&state.engine, uploads, &state.limits).await
 }
 
+/// A query text as logged: its first 1,000 bytes and its length, so that one request
+/// cannot write a log line of megabytes.
+pub(crate) fn loggable(text: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 1000;
+    if text.len() <= MAX {
+        return text.into();
+    }
+    let cut = text.floor_char_boundary(MAX);
+    format!("{}... ({} bytes)", &text[..cut], text.len()).into()
+}
+
 /// `/tap/sync`, GET or POST.
 pub async fn sync(
     State(state): State<AppState>,
@@ -361,7 +369,7 @@ pub async fn sync(
 ) -> Result<Response> {
     caller.allows(meridian_services::accounts::Scope::ReadCatalogs)?;
     let spec = QuerySpec::from_params(&req.params, &state.limits)?;
-    tracing::info!(query = %spec.query, maxrec = spec.maxrec, "sync query");
+    tracing::info!(query = %loggable(&spec.query), maxrec = spec.maxrec, "sync query");
     let limit = std::time::Duration::from_secs(state.limits.sync_timeout_s);
     run_streaming(&state, &req, caller.user()?, spec, limit).await
 }
