@@ -1,6 +1,15 @@
 //! The `meridian` command: parses flags, sets up logging and configuration, and calls the
 //! libraries. No logic of its own beyond presentation.
 
+/// `println!` that returns the write's error instead of panicking, so that output cut
+/// short by a closed pipe (`meridian info gaia | head`) ends the command quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod client;
 mod config;
 
@@ -468,22 +477,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Register { name, path } => {
             let store = Store::open(config.catalog_dir())?;
             let c = store.register_external(&name, &path)?;
-            println!(
+            out!(
                 "registered '{name}' -> {} ({} partitions, {} rows)",
                 path.display(),
                 c.partitions().len(),
                 c.total_rows()?
-            );
+            )?;
         }
         Command::Catalogs => {
             let store = Store::open(config.catalog_dir())?;
             for name in store.list()? {
                 let c = store.catalog(&name)?;
-                println!(
+                out!(
                     "{name}\t{} rows\t{} partitions",
                     c.total_rows()?,
                     c.partitions().len()
-                );
+                )?;
             }
         }
         Command::Info { name } => info(&Store::open(config.catalog_dir())?, &name)?,
@@ -684,16 +693,16 @@ fn ingest(
 
 fn info(store: &Store, name: &str) -> anyhow::Result<()> {
     let c = store.catalog(name)?;
-    println!("catalog {name} at {}", c.dir().display());
+    out!("catalog {name} at {}", c.dir().display())?;
     for (k, v) in c.properties().entries() {
-        println!("  {k} = {v}");
+        out!("  {k} = {v}")?;
     }
     let orders: std::collections::BTreeMap<u8, usize> =
         c.partitions().iter().fold(Default::default(), |mut m, p| {
             *m.entry(p.order).or_default() += 1;
             m
         });
-    println!(
+    out!(
         "partitions: {} ({})",
         c.partitions().len(),
         orders
@@ -701,24 +710,24 @@ fn info(store: &Store, name: &str) -> anyhow::Result<()> {
             .map(|(o, n)| format!("order {o}: {n}"))
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    )?;
     if let Some(m) = c.margin() {
-        println!(
+        out!(
             "margin cache: {} ({} rows)",
             m.dir().display(),
             m.total_rows()?
-        );
+        )?;
     }
-    println!("columns:");
+    out!("columns:")?;
     for col in c.columns() {
-        println!(
+        out!(
             "  {:<20} {:<10} unit={:<8} ucd={:<28} {}",
             col.name,
             col.data_type.to_string(),
             col.meta.unit.unwrap_or_default(),
             col.meta.ucd.unwrap_or_default(),
             col.meta.description.unwrap_or_default()
-        );
+        )?;
     }
     Ok(())
 }
@@ -834,6 +843,7 @@ fn open_engine(
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
         .enable_all()
         .build()?;
     Ok((engine, rt))
@@ -941,7 +951,7 @@ async fn emit(
         if let Some(m) = args.maxrec {
             df = df.limit(0, Some(m + 1))?;
         }
-        let plan = df.create_physical_plan().await?;
+        let plan = engine.physical_plan(df).await?;
         if explain {
             eprintln!("plan:\n{}", datafusion_display(&plan));
         }
@@ -1052,27 +1062,27 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add { name, email, admin } => {
             let password = read_secret("password")?;
             let u = accounts.create_user(&name, &password, email.as_deref(), admin)?;
-            println!("created user '{}' (uid {})", u.name, u.uid);
+            out!("created user '{}' (uid {})", u.name, u.uid)?;
         }
         UserCommand::List => {
             for u in accounts.users()? {
-                println!(
+                out!(
                     "{}\tuid {}\t{}\t{}{}",
                     u.name,
                     u.uid,
                     meridian_services::jobs::format_time(u.created_ms),
                     u.email.as_deref().unwrap_or("-"),
                     if u.admin { "\tadmin" } else { "" }
-                );
+                )?;
             }
         }
         UserCommand::Remove { name } => {
             accounts.delete_user(&name)?;
-            println!("removed user '{name}'");
+            out!("removed user '{name}'")?;
         }
         UserCommand::Passwd { name } => {
             accounts.set_password(&name, &read_secret("new password")?)?;
-            println!("password of '{name}' changed; their tokens are revoked");
+            out!("password of '{name}' changed; their tokens are revoked")?;
         }
         UserCommand::Token {
             name,
@@ -1080,7 +1090,7 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             expires,
         } => {
             let t = accounts.issue_for(&name, Scopes::parse(&scopes)?, *expires)?;
-            println!("{}", t.token);
+            out!("{}", t.token)?;
             eprintln!(
                 "expires {}",
                 meridian_services::jobs::format_time(t.expires_ms)
@@ -1088,7 +1098,7 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Revoke => {
             accounts.revoke(&read_secret("token")?)?;
-            println!("revoked");
+            out!("revoked")?;
         }
     }
     Ok(())
@@ -1100,6 +1110,7 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
     // accept requests, stream results and enforce time limits.
     let queries = tokio::runtime::Builder::new_multi_thread()
         .thread_name("meridian-query")
+        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
         .enable_all()
         .build()?;
     let engine = engine.with_executor(queries.handle().clone());
@@ -1137,6 +1148,19 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
+        // URLs the service hands out (job and transfer locations) are built on the public
+        // URL, never on the Host header a client sends.
+        let mut state = state;
+        if state.public_url.is_none() {
+            if local.ip().is_unspecified() {
+                tracing::warn!(
+                    "listening on every address without [server] public_url: URLs in \
+                     responses follow the Host header clients send; set public_url"
+                );
+            } else {
+                state.public_url = Some(format!("http://{local}"));
+            }
+        }
         let tables: Vec<String> = state.engine.tables().map(|(n, _)| n.to_string()).collect();
         tracing::info!(addr = %local, tables = ?tables, "serving");
         eprintln!("TAP service: http://{local}/tap");
@@ -1232,7 +1256,7 @@ fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
     }
     times_ms.sort_by(f64::total_cmp);
     let pct = |p: f64| times_ms[((times_ms.len() - 1) as f64 * p).round() as usize];
-    println!(
+    out!(
         "{}",
         serde_json::json!({
             "catalog": catalog,
@@ -1242,7 +1266,7 @@ fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
             "p99_ms": pct(0.99),
             "mean_rows": rows as f64 / queries.max(1) as f64,
         })
-    );
+    )?;
     Ok(())
 }
 
@@ -1312,10 +1336,10 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
     )?;
     let text = String::from_utf8_lossy(&buf);
     for line in text.lines().take(6) {
-        println!("{line}");
+        out!("{line}")?;
     }
     if rows > 5 {
-        println!("... ({rows} rows)");
+        out!("... ({rows} rows)")?;
     }
     eprintln!(
         "\ncatalogs are in {}; try `meridian info demo_object`",
