@@ -9,10 +9,17 @@
 //! Endpoints: `/api/auth/login`, `/logout`, `/whoami` and (when enabled) `/register` for
 //! Meridian's own clients and the portal; `/auth/...` for Data Lab's `authClient`, as
 //! ../shared/specs/datalab-clients-wire.md describes it.
+//!
+//! Every password check (both logins, `isValidPassword`, the old password of a
+//! `passwordReset`) is throttled by the client's address, the TCP peer's ([`ClientAddr`]);
+//! `X-Forwarded-For` is not read, since nothing says which proxy may be trusted to set it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::Json;
-use axum::extract::{Extension, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Extension, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use meridian_services::accounts::{Identity, Scope};
@@ -126,6 +133,32 @@ pub fn token_of(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
+/// The address a request comes from: the TCP peer's. Without one (a router served without
+/// connection information) every request counts as coming from one unknown address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    fn of(extensions: &Extensions) -> Self {
+        Self(
+            extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
+        )
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Self::of(&parts.extensions))
+    }
+}
+
 fn caller_for(state: &AppState, token: Option<&str>) -> Result<Caller> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Ok(Caller::Anonymous);
@@ -179,13 +212,18 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// `POST /api/auth/login` (form or query: `username`, `password`): a JSON body with the
-/// token and its expiry, and the token as a cookie for browsers.
-pub async fn login(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+/// token and its expiry, and the token as a cookie for browsers. A wrong password and a
+/// missing user get the same 401; repeated failures get 429 for a while.
+pub async fn login(
+    State(state): State<AppState>,
+    ClientAddr(from): ClientAddr,
+    req: DaliRequest,
+) -> Result<Response> {
     let user = req.params.required("username")?.to_string();
     let password = req.params.required("password")?.to_string();
     let accounts = state.accounts.clone();
     let who = user.clone();
-    let issued = blocking(move || accounts.login(&who, &password)).await?;
+    let issued = blocking(move || accounts.login(&who, &password, from)).await?;
     tracing::info!(user, "login");
     let max_age = ((issued.expires_ms - meridian_services::jobs::now_ms()) / 1000).max(0);
     let body = serde_json::json!({
@@ -282,6 +320,13 @@ pub async fn dl_call(
     let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
     let accounts = state.accounts.clone();
     let valid = |token: &str| matches!(accounts.authenticate(token), Ok(Some(_)));
+    let from = ClientAddr::of(req.extensions()).0;
+    // Who asks, by the token the request carries (Data Lab's client sends its own in
+    // X-DL-AuthToken once logged in).
+    let asker = match req.extensions().get::<Caller>() {
+        Some(Caller::User(id)) => Some(id.clone()),
+        _ => None,
+    };
     match call.as_str() {
         "login" => {
             let user = get("username").to_string();
@@ -290,21 +335,12 @@ pub async fn dl_call(
                 .or_else(|| q.get("password").cloned())
                 .unwrap_or_default();
             let accounts = state.accounts.clone();
-            let known = match accounts.user(&user) {
-                Ok(u) => u.is_some(),
-                Err(e) => return dl_error(e, StatusCode::INTERNAL_SERVER_ERROR),
-            };
-            if !known {
-                return dl_error(
-                    format!("Username \"{user}\" does not exist."),
-                    StatusCode::UNAUTHORIZED,
-                );
-            }
-            match blocking(move || accounts.login(&user, &password)).await {
+            match blocking(move || accounts.login(&user, &password, from)).await {
                 // The body is the token and nothing else: the client puts it in headers.
                 Ok(t) => text(t.token),
+                // The same words whether the user exists or not.
                 Err(Error::Services(meridian_services::Error::Unauthorized(_))) => {
-                    dl_error("Invalid password", StatusCode::UNAUTHORIZED)
+                    dl_error(DL_LOGIN_FAILED, StatusCode::UNAUTHORIZED)
                 }
                 Err(e) => {
                     let status = e.status();
@@ -324,55 +360,113 @@ pub async fn dl_call(
             }
         }
         "isValidToken" | "isTokenLoggedIn" => boolean(valid(get("token"))),
-        "isValidUser" => boolean(matches!(state.accounts.user(get("user")), Ok(Some(_)))),
+        // Which names exist is told only to holders of a valid token (a group's owner adds
+        // members by name anyway); anonymous callers get `False` for every name.
+        "isValidUser" => {
+            boolean(asker.is_some() && matches!(state.accounts.user(get("user")), Ok(Some(_))))
+        }
         "isValidPassword" => {
             let (user, password) = (get("user").to_string(), get("password").to_string());
             let accounts = state.accounts.clone();
-            boolean(matches!(
-                blocking(move || accounts.verify_password(&user, &password)).await,
-                Ok(true)
-            ))
+            match blocking(move || accounts.check_password(&user, &password, from)).await {
+                Ok(ok) => boolean(ok),
+                Err(e @ Error::Services(meridian_services::Error::RateLimited(_))) => {
+                    dl_error(e, StatusCode::TOO_MANY_REQUESTS)
+                }
+                Err(_) => boolean(false),
+            }
         }
-        "isUserLoggedIn" => boolean(matches!(state.accounts.logged_in(get("user")), Ok(true))),
+        // Only about oneself (or, for an administrator, anyone): whether someone else is
+        // logged in is nobody else's business, and would tell that the name exists.
+        "isUserLoggedIn" => {
+            let user = get("user");
+            let may_ask = asker
+                .as_ref()
+                .is_some_and(|id| id.user == user || id.scopes.has(Scope::Admin));
+            boolean(may_ask && matches!(state.accounts.logged_in(user), Ok(true)))
+        }
         // `user` carries a token here. A valid token reaches the caller's own resources;
         // which resource it names is checked by the service that holds it.
         "hasAccess" => boolean(valid(get("user"))),
-        "passwordReset" => {
-            let caller = match caller_for(&state, header_str(&req, "x-dl-authtoken")) {
-                Ok(Caller::User(id)) => id,
-                _ => return dl_error("log in to change a password", StatusCode::UNAUTHORIZED),
-            };
-            let target = match get("username") {
-                "" => caller.user.clone(),
-                u => u.to_string(),
-            };
-            if target != caller.user && !caller.scopes.has(Scope::Admin) {
-                return dl_error(
-                    "only an administrator may change another user's password",
-                    StatusCode::FORBIDDEN,
-                );
-            }
-            let Some(password) = header_str(&req, "x-dl-password").map(str::to_string) else {
-                return dl_error(
-                    "the new password goes in X-DL-Password",
-                    StatusCode::BAD_REQUEST,
-                );
-            };
-            let accounts = state.accounts.clone();
-            let result = blocking(move || {
-                accounts.set_password(&target, &password)?;
-                accounts.login(&target, &password)
-            })
-            .await;
-            match result {
-                Ok(t) => text(t.token),
-                Err(e) => dl_error(e, StatusCode::BAD_REQUEST),
-            }
-        }
+        "passwordReset" => password_reset(&state, req.headers(), get("username"), from).await,
         other => dl_error(
             format!("'{other}' is not an authentication call"),
             StatusCode::NOT_FOUND,
         ),
+    }
+}
+
+/// What Data Lab's `/auth/login` says when it fails, whether the user exists or not.
+pub const DL_LOGIN_FAILED: &str = "Invalid user name or password";
+
+/// The header carrying the current password when one changes one's own.
+pub const OLD_PASSWORD_HEADER: &str = "x-dl-old-password";
+
+/// `GET /auth/passwordReset?username=U`, with the caller's token in `X-DL-AuthToken` and the
+/// new password in `X-DL-Password`.
+///
+/// - One's own password (no `username`, or one's own): the current one must come too, in
+///   `X-DL-Old-Password` (checked and throttled as a login). Every token of the user is
+///   revoked, and the answer is a new token with the scopes of the caller's token, never
+///   more.
+/// - Another user's: only with a token that carries `admin`. That user's tokens are
+///   revoked; the answer is the caller's own token, which stays valid (Data Lab's client
+///   keeps the answer as its token). No token of the other user is issued.
+async fn password_reset(
+    state: &AppState,
+    headers: &HeaderMap,
+    username: &str,
+    from: IpAddr,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let token = header("x-dl-authtoken").unwrap_or_default().trim();
+    let caller = match caller_for(state, Some(token)) {
+        Ok(Caller::User(id)) => id,
+        _ => return dl_error("log in to change a password", StatusCode::UNAUTHORIZED),
+    };
+    let target = match username {
+        "" => caller.user.clone(),
+        u => u.to_string(),
+    };
+    let Some(new) = header("x-dl-password").map(str::to_string) else {
+        return dl_error(
+            "the new password goes in X-DL-Password",
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    let accounts = state.accounts.clone();
+    let changed = target.clone();
+    let result = if target == caller.user {
+        let Some(old) = header(OLD_PASSWORD_HEADER).map(str::to_string) else {
+            return dl_error(
+                "changing your password needs your current one in X-DL-Old-Password",
+                StatusCode::FORBIDDEN,
+            );
+        };
+        blocking(move || accounts.change_password(&target, &old, &new, from, caller.scopes))
+            .await
+            .map(|t| t.token)
+    } else {
+        if !caller.scopes.has(Scope::Admin) {
+            return dl_error(
+                "only an administrator's token may change another user's password",
+                StatusCode::FORBIDDEN,
+            );
+        }
+        let token = token.to_string();
+        blocking(move || accounts.set_password(&target, &new))
+            .await
+            .map(|()| token)
+    };
+    match result {
+        Ok(token) => {
+            tracing::info!(user = changed, by = caller.user, "password changed");
+            text(token)
+        }
+        Err(e) => {
+            let status = e.status();
+            dl_error(e, status)
+        }
     }
 }
 
@@ -386,6 +480,27 @@ mod tests {
             h.append(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn the_client_address_is_the_tcp_peers_and_never_a_header() {
+        let mut ext = Extensions::new();
+        assert_eq!(ClientAddr::of(&ext).0, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        ext.insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 40000))));
+        assert_eq!(
+            ClientAddr::of(&ext).0,
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))
+        );
+        // A forwarded-for header does not change it.
+        let (mut parts, ()) = axum::http::Request::builder()
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts.extensions = ext;
+        let addr =
+            futures::executor::block_on(ClientAddr::from_request_parts(&mut parts, &())).unwrap();
+        assert_eq!(addr.0, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
     }
 
     #[test]

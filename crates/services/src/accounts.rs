@@ -6,7 +6,14 @@
 //! their SHA-256 is stored, so the database never holds a usable token. Every token has
 //! scopes, an expiry time, and can be revoked (logout). The same token is accepted as
 //! `Authorization: Bearer`, as Data Lab's `X-DL-AuthToken` header and as a cookie.
+//!
+//! Every password check ([`Accounts::check_password`], and through it [`Accounts::login`]
+//! and [`Accounts::change_password`]) is throttled by where it comes from: failures are
+//! counted per (user name, client address) and per client address, never per user name
+//! alone, so that a stranger's guesses cannot lock a user out.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -161,15 +168,191 @@ pub struct IssuedToken {
 pub struct Accounts {
     db: Mutex<Connection>,
     token_lifetime: Duration,
-    /// Failed logins per user name: how many, and when the first of the window was.
-    failures: Mutex<std::collections::HashMap<String, (u32, i64)>>,
+    throttle: Mutex<Throttle>,
 }
 
-/// Failed logins allowed for one user name within [`LOGIN_WINDOW_MS`] before more
-/// attempts are refused until the window ends.
+/// Failed password checks allowed for one user name from one client address within
+/// [`LOGIN_WINDOW_MS`]; more checks of that name from that address are refused until the
+/// window ends. The same name from another address is not affected.
 pub const LOGIN_ATTEMPTS: u32 = 5;
-/// The window of [`LOGIN_ATTEMPTS`], ms.
+/// Failed password checks allowed from one client address within [`LOGIN_WINDOW_MS`],
+/// whatever the names, so that one address cannot try a password on many users.
+pub const ADDRESS_ATTEMPTS: u32 = 20;
+/// The window of [`LOGIN_ATTEMPTS`] and [`ADDRESS_ATTEMPTS`], ms.
 pub const LOGIN_WINDOW_MS: i64 = 5 * 60 * 1000;
+
+/// Failures within one window.
+#[derive(Debug)]
+struct Window {
+    /// Failed checks (and checks under way, counted until they succeed).
+    count: u32,
+    /// When the window began, ms since the epoch.
+    first_ms: i64,
+    /// Keyed digests of the wrong passwords counted, so that asking whether one of them
+    /// is valid (Data Lab's client asks `isValidPassword` after a failed login) is not
+    /// counted as another guess.
+    wrong: Vec<[u8; 32]>,
+}
+
+impl Window {
+    fn new(now: i64) -> Self {
+        Self {
+            count: 0,
+            first_ms: now,
+            wrong: Vec::new(),
+        }
+    }
+}
+
+/// Failed password checks by (user name, client address) and by client address.
+struct Throttle {
+    /// Key of the digests of wrong passwords, random per process; they never leave memory.
+    key: [u8; 32],
+    by_name: HashMap<(String, IpAddr), Window>,
+    by_address: HashMap<IpAddr, Window>,
+}
+
+/// A password check under way: counted as a failure until it succeeds.
+struct Attempt {
+    name: (String, IpAddr),
+    address: IpAddr,
+    digest: [u8; 32],
+    /// Whether it was counted.
+    counted: bool,
+}
+
+/// The address failures are counted under: an IPv4 address as it is (IPv4-mapped IPv6
+/// addresses too), an IPv6 address by its /64 network, which one subscriber usually holds
+/// whole.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut s = v6.segments();
+                s[4..].fill(0);
+                IpAddr::V6(s.into())
+            }
+        },
+    }
+}
+
+/// A user name as a throttle key: names longer than any valid one are cut, so that a
+/// failure costs a bounded amount of memory.
+fn name_key(name: &str) -> String {
+    name.chars().take(40).collect()
+}
+
+impl Throttle {
+    fn new() -> Self {
+        let mut key = [0u8; 32];
+        rand::rng().fill(&mut key);
+        Self {
+            key,
+            by_name: HashMap::new(),
+            by_address: HashMap::new(),
+        }
+    }
+
+    fn digest(&self, name: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// Refuses a check while its name and address, or its address, has failed too often;
+    /// otherwise counts it as a failure until [`Throttle::finish`] says otherwise. With
+    /// `recount` false, a wrong password already counted for the name from the address is
+    /// not counted again (it tells the caller nothing new).
+    fn begin(
+        &mut self,
+        name: &str,
+        password: &str,
+        from: IpAddr,
+        now: i64,
+        recount: bool,
+    ) -> Result<Attempt> {
+        self.by_name
+            .retain(|_, w| now - w.first_ms < LOGIN_WINDOW_MS);
+        self.by_address
+            .retain(|_, w| now - w.first_ms < LOGIN_WINDOW_MS);
+        let address = address_key(from);
+        let key = (name_key(name), address);
+        let wait = |w: &Window| (LOGIN_WINDOW_MS - (now - w.first_ms)) / 1000 + 1;
+        if let Some(w) = self.by_name.get(&key).filter(|w| w.count >= LOGIN_ATTEMPTS) {
+            return Err(Error::RateLimited(format!(
+                "too many failed password attempts for '{}' from your address: try again in {} s",
+                key.0,
+                wait(w)
+            )));
+        }
+        if let Some(w) = self
+            .by_address
+            .get(&address)
+            .filter(|w| w.count >= ADDRESS_ATTEMPTS)
+        {
+            return Err(Error::RateLimited(format!(
+                "too many failed password attempts from your address: try again in {} s",
+                wait(w)
+            )));
+        }
+        let digest = self.digest(&key.0, password);
+        let repeated = !recount
+            && self
+                .by_name
+                .get(&key)
+                .is_some_and(|w| w.wrong.contains(&digest));
+        if !repeated {
+            self.by_name
+                .entry(key.clone())
+                .or_insert_with(|| Window::new(now))
+                .count += 1;
+            self.by_address
+                .entry(address)
+                .or_insert_with(|| Window::new(now))
+                .count += 1;
+        }
+        Ok(Attempt {
+            name: key,
+            address,
+            digest,
+            counted: !repeated,
+        })
+    }
+
+    /// Ends a check: `Some(true)` if the password was right (the name's failures from
+    /// that address are forgotten, the address's are kept), `Some(false)` if wrong,
+    /// `None` if it could not be decided (it then counts for nothing).
+    fn finish(&mut self, a: Attempt, outcome: Option<bool>) {
+        if outcome == Some(false) {
+            if let Some(w) = self.by_name.get_mut(&a.name)
+                && !w.wrong.contains(&a.digest)
+            {
+                w.wrong.push(a.digest);
+            }
+            return;
+        }
+        if a.counted
+            && let Some(w) = self.by_address.get_mut(&a.address)
+        {
+            w.count = w.count.saturating_sub(1);
+            if w.count == 0 {
+                self.by_address.remove(&a.address);
+            }
+        }
+        if outcome == Some(true) {
+            self.by_name.remove(&a.name);
+        } else if a.counted
+            && let Some(w) = self.by_name.get_mut(&a.name)
+        {
+            w.count = w.count.saturating_sub(1);
+        }
+    }
+}
 
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
@@ -262,37 +445,17 @@ impl Accounts {
         let db = Connection::open(path)?;
         db.busy_timeout(Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
+        // Made now, so that the first check of a missing user takes no longer than others.
+        dummy_hash()?;
         Ok(Self {
             db: Mutex::new(db),
             token_lifetime,
-            failures: Mutex::new(Default::default()),
+            throttle: Mutex::new(Throttle::new()),
         })
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u32, i64)>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Refuses a login for `name` while too many attempts have failed lately, so that
-    /// passwords cannot be guessed at speed.
-    fn check_throttle(&self, name: &str) -> Result<()> {
-        let now = now_ms();
-        let mut f = self.failures();
-        f.retain(|_, (_, first)| now - *first < LOGIN_WINDOW_MS);
-        match f.get(name) {
-            Some((n, first)) if *n >= LOGIN_ATTEMPTS => Err(Error::RateLimited(format!(
-                "too many failed logins for '{name}': try again in {} s",
-                (LOGIN_WINDOW_MS - (now - first)) / 1000 + 1
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    fn note_failure(&self, name: &str) {
-        let now = now_ms();
-        let mut f = self.failures();
-        let e = f.entry(name.to_string()).or_insert((0, now));
-        e.0 += 1;
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -391,9 +554,37 @@ impl Accounts {
         Ok(())
     }
 
-    /// Whether `password` is user `name`'s. Unknown users take as long as known ones, so
-    /// that timing does not tell which names exist.
-    pub fn verify_password(&self, name: &str, password: &str) -> Result<bool> {
+    /// Whether `password` is user `name`'s, asked from client address `from` (Data Lab's
+    /// `isValidPassword`). Refused (rate limited) while that name has failed
+    /// [`LOGIN_ATTEMPTS`] times from that address, or the address [`ADDRESS_ATTEMPTS`]
+    /// times, within [`LOGIN_WINDOW_MS`]; a wrong password is a failure, unless it is one
+    /// already counted for that name from that address. A missing user is checked against
+    /// a dummy hash, so the answer takes as long as for one who exists.
+    pub fn check_password(&self, name: &str, password: &str, from: IpAddr) -> Result<bool> {
+        self.throttled_check(name, password, from, false)
+    }
+
+    /// Every password check of the service goes through here: see
+    /// [`Accounts::check_password`]. With `recount`, every wrong password counts.
+    fn throttled_check(
+        &self,
+        name: &str,
+        password: &str,
+        from: IpAddr,
+        recount: bool,
+    ) -> Result<bool> {
+        let attempt = self
+            .throttle()
+            .begin(name, password, from, now_ms(), recount)?;
+        let result = self.verify_password(name, password);
+        self.throttle()
+            .finish(attempt, result.as_ref().ok().copied());
+        result
+    }
+
+    /// Whether `password` is user `name`'s, unthrottled. Unknown users take as long as
+    /// known ones, so that timing does not tell which names exist.
+    fn verify_password(&self, name: &str, password: &str) -> Result<bool> {
         let stored: Option<String> = self
             .db()
             .query_row("SELECT password FROM users WHERE name = ?1", [name], |r| {
@@ -412,23 +603,39 @@ impl Accounts {
         Ok(ok && stored.is_some())
     }
 
-    /// Checks the password and issues a token with every scope the user has.
-    pub fn login(&self, name: &str, password: &str) -> Result<IssuedToken> {
-        self.check_throttle(name)?;
-        if !self.verify_password(name, password)? {
-            self.note_failure(name);
-            return Err(Error::Unauthorized(
-                "wrong user name or password".to_string(),
-            ));
+    /// Checks the password (throttled, as [`Accounts::check_password`]) and issues a
+    /// token with every scope the user has. A wrong password and a missing user get the
+    /// same answer.
+    pub fn login(&self, name: &str, password: &str, from: IpAddr) -> Result<IssuedToken> {
+        let wrong = || Error::Unauthorized(LOGIN_FAILED.to_string());
+        if !self.throttled_check(name, password, from, true)? {
+            return Err(wrong());
         }
-        self.failures().remove(name);
+        let user = self.user(name)?.ok_or_else(wrong)?;
+        self.issue(&user, allowed_scopes(&user), self.token_lifetime)
+    }
+
+    /// Changes user `name`'s password from `old` to `new`, asked from `from` by the holder
+    /// of a token with `scopes`: the old password is checked (throttled, as
+    /// [`Accounts::check_password`]), every token of the user is revoked, and the answer is
+    /// a new token with the caller's scopes (never more than the user has).
+    pub fn change_password(
+        &self,
+        name: &str,
+        old: &str,
+        new: &str,
+        from: IpAddr,
+        scopes: Scopes,
+    ) -> Result<IssuedToken> {
+        check_password(new)?;
+        if !self.throttled_check(name, old, from, true)? {
+            return Err(Error::Forbidden("the current password is wrong".into()));
+        }
+        self.set_password(name, new)?;
         let user = self
             .user(name)?
-            .ok_or_else(|| Error::Unauthorized("wrong user name or password".into()))?;
-        let mut scopes = Scopes::user();
-        if user.admin {
-            scopes.0 |= Scope::Admin.bit();
-        }
+            .ok_or_else(|| Error::NotFound(format!("user '{name}'")))?;
+        let scopes = Scopes(scopes.0 & allowed_scopes(&user).0);
         self.issue(&user, scopes, self.token_lifetime)
     }
 
@@ -522,6 +729,18 @@ impl Accounts {
     }
 }
 
+/// What a failed login says, whether the user exists or not.
+pub const LOGIN_FAILED: &str = "wrong user name or password";
+
+/// Every scope user `user` may hold.
+fn allowed_scopes(user: &User) -> Scopes {
+    let mut scopes = Scopes::user();
+    if user.admin {
+        scopes.0 |= Scope::Admin.bit();
+    }
+    scopes
+}
+
 fn read_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         name: r.get(0)?,
@@ -557,6 +776,9 @@ fn dummy_hash() -> Result<String> {
 mod tests {
     use super::*;
 
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const THERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
+
     fn accounts(dir: &tempfile::TempDir) -> Accounts {
         Accounts::open(
             &dir.path().join("accounts.sqlite"),
@@ -573,7 +795,7 @@ mod tests {
             .create_user("alice", "correct horse", None, false)
             .unwrap();
         assert_eq!(alice.uid, FIRST_UID);
-        let t = a.login("alice", "correct horse").unwrap();
+        let t = a.login("alice", "correct horse", HERE).unwrap();
         // The astro-datalab client's own pattern (Util.py): user.uid.gid.$1$<22+ chars>.
         let parts: Vec<&str> = t.token.splitn(4, '.').collect();
         assert_eq!(parts[..3], ["alice", "1001", "1001"]);
@@ -598,26 +820,165 @@ mod tests {
     }
 
     #[test]
-    fn repeated_failed_logins_are_throttled() {
+    fn repeated_failed_logins_are_throttled_by_name_and_address() {
         let dir = tempfile::tempdir().unwrap();
         let a = accounts(&dir);
         a.create_user("eve", "the-right-one", None, false).unwrap();
         a.create_user("joe", "the-right-one", None, false).unwrap();
         // A success clears the count.
-        a.login("joe", "guess").unwrap_err();
-        a.login("joe", "the-right-one").unwrap();
+        a.login("joe", "guess", HERE).unwrap_err();
+        a.login("joe", "the-right-one", HERE).unwrap();
+        // Every failed login counts, even with the same password.
         for _ in 0..LOGIN_ATTEMPTS {
             assert!(matches!(
-                a.login("eve", "guess"),
+                a.login("eve", "guess", HERE),
                 Err(Error::Unauthorized(_))
             ));
         }
-        // Now even the right password waits; other users are not affected.
+        // Now even the right password waits from that address, and so do other checks of
+        // the name; other users are not affected.
         assert!(matches!(
-            a.login("eve", "the-right-one"),
+            a.login("eve", "the-right-one", HERE),
             Err(Error::RateLimited(m)) if m.contains("try again")
         ));
-        a.login("joe", "the-right-one").unwrap();
+        assert!(matches!(
+            a.check_password("eve", "another guess", HERE),
+            Err(Error::RateLimited(_))
+        ));
+        a.login("joe", "the-right-one", HERE).unwrap();
+        // A stranger's failures do not lock the user out: from elsewhere she logs in.
+        a.login("eve", "the-right-one", THERE).unwrap();
+    }
+
+    #[test]
+    fn one_address_cannot_try_passwords_on_many_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(&dir);
+        a.create_user("zoe", "zoe-password", None, false).unwrap();
+        for i in 0..ADDRESS_ATTEMPTS {
+            assert!(
+                !a.check_password(&format!("user{i}"), "Password1", HERE)
+                    .unwrap()
+            );
+        }
+        assert!(matches!(
+            a.check_password("someone-else", "Password1", HERE),
+            Err(Error::RateLimited(m)) if m.contains("from your address")
+        ));
+        assert!(matches!(
+            a.login("zoe", "zoe-password", HERE),
+            Err(Error::RateLimited(_))
+        ));
+        // Logging in to one's own account does not reset the address's count.
+        assert!(a.check_password("zoe", "zoe-password", HERE).is_err());
+        a.login("zoe", "zoe-password", THERE).unwrap();
+        // IPv6 addresses count by their /64.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            address_key(v6("2001:db8:1:2:aaaa::1")),
+            address_key(v6("2001:db8:1:2:bbbb::9"))
+        );
+        assert_ne!(
+            address_key(v6("2001:db8:1:2::1")),
+            address_key(v6("2001:db8:1:3::1"))
+        );
+        assert_eq!(address_key(v6("::ffff:192.0.2.1")), HERE);
+    }
+
+    #[test]
+    fn asking_again_about_a_counted_wrong_password_is_not_another_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(&dir);
+        a.create_user("ann", "ann-password", None, false).unwrap();
+        // Data Lab's client asks isValidPassword with the password a login just failed
+        // with: that check tells nothing new and does not count.
+        for i in 0..LOGIN_ATTEMPTS - 1 {
+            let typo = format!("ann-passwrod{i}");
+            assert!(matches!(
+                a.login("ann", &typo, HERE),
+                Err(Error::Unauthorized(_))
+            ));
+            for _ in 0..3 {
+                assert!(!a.check_password("ann", &typo, HERE).unwrap());
+            }
+        }
+        a.login("ann", "ann-password", HERE).unwrap();
+        // A new wrong password does count.
+        for i in 0..LOGIN_ATTEMPTS {
+            assert!(
+                !a.check_password("ann", &format!("new guess {i}"), HERE)
+                    .unwrap()
+            );
+        }
+        assert!(a.check_password("ann", "ann-password", HERE).is_err());
+    }
+
+    #[test]
+    fn login_failures_read_the_same_for_missing_and_existing_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(&dir);
+        a.create_user("ida", "ida-password", None, false).unwrap();
+        let message = |name: &str| match a.login(name, "not it at all", HERE) {
+            Err(Error::Unauthorized(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(message("ida"), LOGIN_FAILED);
+        assert_eq!(message("nobody-here"), LOGIN_FAILED);
+        // And take comparable time: both verify an argon2 hash.
+        let time = |name: &str| {
+            let t = std::time::Instant::now();
+            for _ in 0..3 {
+                assert!(!a.verify_password(name, "not it at all").unwrap());
+            }
+            t.elapsed().as_secs_f64()
+        };
+        let (known, missing) = (time("ida"), time("nobody-here"));
+        assert!(
+            missing > known / 3.0 && known > missing / 3.0,
+            "{known} s for a user, {missing} s for a missing one"
+        );
+    }
+
+    #[test]
+    fn changing_a_password_needs_the_old_one_and_grants_no_more_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(&dir);
+        a.create_user("kai", "kai-password", None, false).unwrap();
+        let read = Scopes::of(&[Scope::ReadCatalogs]);
+        let t = a.issue_for("kai", read, Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            a.change_password("kai", "wrong guess", "kai-new-password", HERE, read),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(a.verify_password("kai", "kai-password").unwrap());
+        assert!(a.authenticate(&t.token).unwrap().is_some());
+        // A too-short new password is refused before the old one is checked.
+        assert!(matches!(
+            a.change_password("kai", "kai-password", "short", HERE, read),
+            Err(Error::Invalid(_))
+        ));
+        // Even a request for more scopes than the user has gets only what they have.
+        let all = Scopes::of(&Scope::ALL);
+        let new = a
+            .change_password("kai", "kai-password", "kai-new-password", HERE, all)
+            .unwrap();
+        let id = a.authenticate(&new.token).unwrap().unwrap();
+        assert_eq!(id.scopes, Scopes::user());
+        assert!(a.authenticate(&t.token).is_err());
+        // A read-only token's holder gets a read-only token.
+        let new = a
+            .change_password("kai", "kai-new-password", "kai-third-password", HERE, read)
+            .unwrap();
+        assert_eq!(a.authenticate(&new.token).unwrap().unwrap().scopes, read);
+        assert!(a.verify_password("kai", "kai-third-password").unwrap());
+        // Wrong old passwords are throttled like logins.
+        for i in 0..LOGIN_ATTEMPTS {
+            let _ = a.change_password("kai", &format!("guess {i}"), "whatever123", HERE, read);
+        }
+        assert!(matches!(
+            a.change_password("kai", "kai-third-password", "whatever123", HERE, read),
+            Err(Error::RateLimited(_))
+        ));
     }
 
     #[test]
@@ -626,11 +987,11 @@ mod tests {
         let a = accounts(&dir);
         a.create_user("bob", "hunter2hunter2", None, false).unwrap();
         assert!(matches!(
-            a.login("bob", "wrong password"),
+            a.login("bob", "wrong password", HERE),
             Err(Error::Unauthorized(_))
         ));
         assert!(matches!(
-            a.login("nobody", "hunter2hunter2"),
+            a.login("nobody", "hunter2hunter2", HERE),
             Err(Error::Unauthorized(_))
         ));
         assert!(matches!(
@@ -639,7 +1000,7 @@ mod tests {
         ));
         assert_eq!(a.authenticate(ANONYMOUS_TOKEN).unwrap(), None);
 
-        let t = a.login("bob", "hunter2hunter2").unwrap();
+        let t = a.login("bob", "hunter2hunter2", HERE).unwrap();
         a.revoke(&t.token).unwrap();
         assert!(matches!(
             a.authenticate(&t.token),
