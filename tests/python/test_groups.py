@@ -1,6 +1,7 @@
 """Groups with roles over HTTP: a group's storage space and MyDB schema reached by its
 members with their role's rights (read-only members read, read-write members write,
-others see nothing), membership managed by owner and admins, dissolution by the owner."""
+others see nothing), membership managed by owner and admins (an added user is invited and
+reaches nothing until they accept), dissolution by the owner."""
 
 import io
 
@@ -60,8 +61,11 @@ def test_a_groups_files_and_tables_follow_roles(service):
     assert get(hugo, base, "survey://catalog.csv").status_code == 404
     assert hugo.get(f"{base}/storage/ls", params={"name": "survey://"}).text == ""
 
-    # Read-only: reads, cannot write or manage.
+    # Invited: nothing until hugo accepts. Read-only: reads, cannot write or manage.
     r = gina.post(f"{base}/api/groups/survey/members", data={"user": "hugo", "role": "ro"})
+    assert r.status_code == 200 and r.json()["status"] == "invited", r.text
+    assert get(hugo, base, "survey://catalog.csv").status_code == 404
+    r = hugo.post(f"{base}/api/groups/survey/members", data={"action": "accept"})
     assert r.status_code == 200, r.text
     assert get(hugo, base, "survey://catalog.csv").content == b"id\n1\n2\n"
     assert hugo.get(f"{base}/storage/ls", params={"name": "survey://"}).text == \
@@ -87,6 +91,11 @@ def test_a_groups_files_and_tables_follow_roles(service):
     code, body = tap_count(iris, base, "survey.north")
     assert code == 400, body
     gina.post(f"{base}/api/groups/survey/members", data={"user": "iris", "role": "ro"})
+    assert tap_count(iris, base, "survey.north")[0] == 400
+    # Accepting by naming oneself as the member works too.
+    r = iris.post(f"{base}/api/groups/survey/members", data={"user": "iris"})
+    assert r.status_code == 200 and r.json()["status"] == "member", r.text
+    assert tap_count(iris, base, "survey.north")[0] == 200
     r = iris.get(f"{base}/query/query", params={
         "sql": "SELECT 1 AS x", "out": "mydb://survey.t"})
     assert r.status_code == 403 and "read-only" in r.text

@@ -1077,8 +1077,21 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::Remove { name } => {
-            accounts.delete_user(&name)?;
+            // With their files, tables and owned groups; the name is never given again.
+            let gone = accounts.remove_user(&name)?;
+            let storage = open_storage(config)?;
+            let mydb =
+                meridian_services::mydb::MyDb::new(config.mydb_dir(), config.mydb.quota_mib << 20);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            for g in &gone {
+                rt.block_on(meridian_services::groups::purge(&storage, &mydb, g))?;
+            }
             out!("removed user '{name}'")?;
+            for g in gone.iter().filter(|g| g.group) {
+                out!("dissolved their group '{}'", g.name)?;
+            }
         }
         UserCommand::Passwd { name } => {
             accounts.set_password(&name, &read_secret("new password")?)?;

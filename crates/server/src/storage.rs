@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use meridian_services::accounts::Scope;
-use meridian_services::storage::{DESCRIPTION, Kind, Node, Who, node_path};
+use meridian_services::storage::{DESCRIPTION, Kind, Node, Who, grant_names, node_path};
 
 use crate::auth::Caller;
 use crate::error::{Error, Result};
@@ -104,8 +104,9 @@ impl Tickets {
     }
 }
 
-/// The caller as the file store sees them (their home made on first use). With
-/// `write_scope`, 401 without a login and 403 without the `storage:write` scope.
+/// The caller as the file store sees them, with the ids of their account and groups (their
+/// home made on first use). With `write_scope`, 401 without a login and 403 without the
+/// `storage:write` scope.
 pub fn who(state: &AppState, caller: &Caller, write_scope: bool) -> Result<Who> {
     if write_scope {
         caller.user_with(Scope::WriteStorage)?;
@@ -113,13 +114,30 @@ pub fn who(state: &AppState, caller: &Caller, write_scope: bool) -> Result<Who> 
     let Some(user) = caller.user()? else {
         return Ok(Who::anonymous());
     };
-    let id = caller.identity()?;
-    state.storage.ensure_space(user, user)?;
+    let identity = caller.identity()?;
+    let user_id = state.accounts.user_id(user)?.ok_or_else(|| {
+        Error::Services(meridian_services::Error::Unauthorized(format!(
+            "the account '{user}' no longer exists"
+        )))
+    })?;
+    state.storage.ensure_space(user, user, user_id)?;
+    let memberships = state.accounts.memberships(user)?;
+    let mut ids: HashMap<String, i64> = memberships
+        .iter()
+        .map(|(g, _, id)| (g.clone(), *id))
+        .collect();
+    ids.insert(user.to_string(), user_id);
     Ok(Who {
         user: Some(user.to_string()),
-        groups: state.accounts.groups_of(user)?,
-        admin: id.scopes.has(Scope::Admin),
+        groups: memberships.into_iter().map(|(g, r, _)| (g, r)).collect(),
+        admin: identity.scopes.has(Scope::Admin),
+        ids,
     })
+}
+
+/// The id of group `name`, for the grants of nodes (which are bound to it).
+pub fn group_id(state: &AppState, name: &str) -> meridian_services::Result<Option<i64>> {
+    state.accounts.group_id(name)
 }
 
 /// Reads a Data Lab name (`vos://p`, `p`, `<space>://p`, `<collection>://p`).
@@ -519,6 +537,7 @@ pub async fn call(
                     &who,
                     node_of(&target)?,
                     &[(DESCRIPTION.to_string(), arg("tag"))],
+                    &|g| group_id(&state, g),
                 )?;
                 Ok(text("OK"))
             }
@@ -648,8 +667,8 @@ async fn stat(state: &AppState, caller: &Caller, name: &str) -> Result<Response>
                 "size": n.size,
                 "owner": n.owner,
                 "perms": perms(&n),
-                "groupread": n.group_read.join(" "),
-                "groupwrite": n.group_write.join(" "),
+                "groupread": grant_names(&n.group_read),
+                "groupwrite": grant_names(&n.group_write),
                 "publicread": n.public_read,
                 "target": n.target.clone().unwrap_or_default(),
                 "date": date(n.mtime_ms),

@@ -1,8 +1,9 @@
 //! The REST binding of IVOA VOSpace 2.1 over users' files, under `/vospace`:
 //!
 //! - `/vospace/nodes/{space/path}`: `GET` a node (`detail=min|max|properties`, `limit`),
-//!   `PUT` a new ContainerNode, DataNode or LinkNode with properties, `POST` properties
-//!   (a `xsi:nil` property is removed), `DELETE` (recursively).
+//!   `PUT` a new ContainerNode, DataNode or LinkNode with properties (a node that exists
+//!   is a `DuplicateNode`, never replaced), `POST` properties (a `xsi:nil` property is
+//!   removed), `DELETE` (recursively).
 //! - `/vospace/synctrans`: synchronous transfers, posted as a Transfer document or as
 //!   `TARGET`, `DIRECTION`, `PROTOCOL` parameters; `pushToVoSpace` and `pullFromVoSpace`
 //!   answer with single-use `httpput`/`httpget` endpoints (a 303 to the transfer details,
@@ -29,14 +30,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use meridian_formats::write::xml_escape;
 use meridian_services::storage::{
-    DESCRIPTION, GROUP_READ, GROUP_WRITE, Kind, Node, PUBLIC_READ, Who, node_path, node_uri,
-    target_path,
+    DESCRIPTION, GROUP_READ, GROUP_WRITE, Kind, Node, PUBLIC_READ, Who, grant_names, node_path,
+    node_uri, target_path,
 };
 
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::params::query_fields;
-use crate::storage::{Target, ticket_url, who};
+use crate::storage::{Target, group_id, ticket_url, who};
 use crate::{AppState, text, text_with};
 
 const NS: &str = "http://www.ivoa.net/xml/VOSpace/v2.0";
@@ -178,10 +179,10 @@ fn properties(node: &Node) -> Vec<(String, String)> {
         ));
     }
     if !node.group_read.is_empty() {
-        p.push((GROUP_READ.to_string(), node.group_read.join(" ")));
+        p.push((GROUP_READ.to_string(), grant_names(&node.group_read)));
     }
     if !node.group_write.is_empty() {
-        p.push((GROUP_WRITE.to_string(), node.group_write.join(" ")));
+        p.push((GROUP_WRITE.to_string(), grant_names(&node.group_write)));
     }
     p.extend(node.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
     p
@@ -440,23 +441,16 @@ pub async fn put_node(
             &path,
             &target.ok_or_else(|| Error::Usage("a LinkNode needs a target".into()))?,
         )?,
-        Kind::Data => {
-            state
-                .storage
-                .write(
-                    &who,
-                    &path,
-                    futures::stream::empty::<std::result::Result<bytes::Bytes, String>>(),
-                    Some(0),
-                    0,
-                )
-                .await?
-        }
+        // A node that exists is a DuplicateNode (409), whatever it is: a PUT never
+        // empties a file.
+        Kind::Data => state.storage.create_data(&who, &path).await?,
     };
     let node = if props.is_empty() {
         node
     } else {
-        state.storage.set_properties(&who, &node.path, &props)?
+        state
+            .storage
+            .set_properties(&who, &node.path, &props, &|g| group_id(&state, g))?
     };
     Ok(xml(StatusCode::CREATED, node_xml(&node, None, "max")))
 }
@@ -481,7 +475,9 @@ pub async fn post_node(
     if kind.is_some_and(|k| k != current.kind) {
         return Err(Error::Usage("InvalidArgument: a node's type cannot change".into()).into());
     }
-    let node = state.storage.set_properties(&who, &path, &props)?;
+    let node = state
+        .storage
+        .set_properties(&who, &path, &props, &|g| group_id(&state, g))?;
     Ok(xml(StatusCode::OK, node_xml(&node, None, "max")))
 }
 

@@ -17,6 +17,12 @@
 //! container that is) or group-read for one of their groups, and write when it grants
 //! group-write to a group where they write. A node the caller may not read does not exist
 //! for them: they get the same answer as for a missing one.
+//!
+//! Names are reused (a group is dissolved and another takes its name), so spaces and
+//! grants are bound to the id of the user or group they were made for, which is never
+//! given again: a space made for an earlier holder of a name is not its later holder's
+//! (and is replaced, empty, when the later holder's is made), and a grant to an earlier
+//! `proj` gives the later `proj` nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -80,13 +86,64 @@ pub struct Node {
     /// Readable by anyone.
     pub public_read: bool,
     /// Groups whose members read it.
-    pub group_read: Vec<String>,
+    pub group_read: Vec<Grant>,
     /// Groups whose writing members write it.
-    pub group_write: Vec<String>,
+    pub group_write: Vec<Grant>,
     /// Other properties, by URI (`ivo://ivoa.net/vospace/core#description`, ...).
     pub properties: BTreeMap<String, String>,
     /// The key of its bytes in the object store.
     object: Option<String>,
+}
+
+/// A group a node is shared with: the group's name, and the id of the group that had the
+/// name when the grant was made (none for grants made before groups had ids, which go by
+/// the name alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The group's name.
+    pub name: String,
+    /// The group's id.
+    pub id: Option<i64>,
+}
+
+impl Grant {
+    /// A grant as stored: `<id>:<name>`, or `<name>` for one without an id.
+    fn parse(word: &str) -> Self {
+        match word.split_once(':') {
+            Some((id, name)) if id.parse::<i64>().is_ok() => Grant {
+                name: name.to_string(),
+                id: id.parse().ok(),
+            },
+            _ => Grant {
+                name: word.to_string(),
+                id: None,
+            },
+        }
+    }
+
+    fn stored(&self) -> String {
+        match self.id {
+            Some(id) => format!("{id}:{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+fn stored_grants(grants: &[Grant]) -> String {
+    grants
+        .iter()
+        .map(Grant::stored)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The names of `grants`, space-separated (as the permission properties show them).
+pub fn grant_names(grants: &[Grant]) -> String {
+    grants
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Node {
@@ -110,6 +167,9 @@ pub struct Who {
     pub groups: Vec<(String, Role)>,
     /// Administrators reach everything.
     pub admin: bool,
+    /// The ids of the user and of their groups, by name: spaces and grants bound to
+    /// other ids (made for earlier holders of those names) do not reach them.
+    pub ids: HashMap<String, i64>,
 }
 
 impl Who {
@@ -118,11 +178,21 @@ impl Who {
         Self::default()
     }
 
+    /// Their role in `group`.
     fn role_in(&self, group: &str) -> Option<Role> {
         self.groups
             .iter()
             .find(|(g, _)| g == group)
             .map(|(_, r)| *r)
+    }
+
+    /// Their role in the group `grant` was made for.
+    fn granted_role(&self, grant: &Grant) -> Option<Role> {
+        let role = self.role_in(&grant.name)?;
+        match grant.id {
+            Some(id) if self.ids.get(&grant.name) != Some(&id) => None,
+            _ => Some(role),
+        }
     }
 }
 
@@ -154,13 +224,17 @@ const SCHEMA: &str = "
     );
     CREATE INDEX IF NOT EXISTS nodes_by_parent ON nodes (parent);
     CREATE INDEX IF NOT EXISTS nodes_by_space ON nodes (space);
+    CREATE TABLE IF NOT EXISTS spaces (
+        name TEXT PRIMARY KEY,
+        principal INTEGER NOT NULL
+    );
 ";
 
 const COLUMNS: &str = "path, kind, owner, size, mtime_ms, object, target, public_read, \
                        group_read, group_write, props";
 
 fn read_node(r: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
-    let words = |s: String| -> Vec<String> { s.split_whitespace().map(str::to_string).collect() };
+    let words = |s: String| -> Vec<Grant> { s.split_whitespace().map(Grant::parse).collect() };
     let props: String = r.get(10)?;
     Ok(Node {
         path: r.get(0)?,
@@ -220,6 +294,32 @@ fn not_found(path: &str) -> Error {
     Error::NotFound(format!(
         "no node {path}: a node does not exist with the requested URI"
     ))
+}
+
+/// Deletes the rows of `path` and below in `tx`, returning their objects' keys.
+fn delete_rows_in(tx: &Connection, path: &str) -> Result<Vec<String>> {
+    let below = format!("{}/%", like_escape(path));
+    let objects = {
+        let mut stmt = tx.prepare(
+            "SELECT object FROM nodes WHERE (path = ?1 OR path LIKE ?2 ESCAPE '\\') \
+             AND object IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([path, &below], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    tx.execute(
+        "DELETE FROM nodes WHERE path = ?1 OR path LIKE ?2 ESCAPE '\\'",
+        [path, &below],
+    )?;
+    Ok(objects)
+}
+
+async fn delete_objects(store: &Arc<dyn ObjectStore>, keys: Vec<String>) {
+    for key in keys {
+        if let Err(e) = store.delete(&ObjectPath::from(key.as_str())).await {
+            tracing::warn!(key, error = %e, "could not delete a removed node's bytes");
+        }
+    }
 }
 
 /// A read-only survey file collection.
@@ -409,8 +509,8 @@ impl Storage {
                 node.object,
                 node.target,
                 node.public_read,
-                node.group_read.join(" "),
-                node.group_write.join(" "),
+                stored_grants(&node.group_read),
+                stored_grants(&node.group_write),
                 serde_json::to_string(&node.properties)?,
             ],
         )?;
@@ -433,40 +533,190 @@ impl Storage {
         }
     }
 
-    /// Creates the space `name` owned by `owner` if it is missing: a home has `public`
-    /// (readable by anyone) and `tmp` containers, as Data Lab's do.
-    pub fn ensure_space(&self, name: &str, owner: &str) -> Result<()> {
+    /// The id of the user or group space `name` was made for (`None` for a space made
+    /// before spaces were bound, or no space).
+    pub fn space_id(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT principal FROM spaces WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Makes sure the space `name` of the user or group with id `id` exists (made by
+    /// `owner`): a home has `public` (readable by anyone) and `tmp` containers, as Data
+    /// Lab's do. A space made for another id (an earlier holder of the name) is deleted
+    /// first, with its files; a space made before spaces were bound is taken as it is.
+    pub fn ensure_space(&self, name: &str, owner: &str, id: i64) -> Result<()> {
         check_segment(name)?;
-        if self.get(name)?.is_some() {
+        if self.space_id(name)? == Some(id) {
             return Ok(());
         }
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let exists: Option<String> = tx
-            .query_row("SELECT path FROM nodes WHERE path = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if exists.is_none() {
-            self.insert(&tx, &Self::new_node(name, Kind::Container, owner))?;
-            let mut public = Self::new_node(&format!("{name}/public"), Kind::Container, owner);
-            public.public_read = true;
-            self.insert(&tx, &public)?;
-            self.insert(
-                &tx,
-                &Self::new_node(&format!("{name}/tmp"), Kind::Container, owner),
+        let stale = {
+            let mut db = self.db();
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let bound: Option<i64> = tx
+                .query_row(
+                    "SELECT principal FROM spaces WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if bound == Some(id) {
+                return Ok(());
+            }
+            let stale = match bound {
+                Some(_) => delete_rows_in(&tx, name)?,
+                None => Vec::new(),
+            };
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM nodes WHERE path = ?1)",
+                [name],
+                |r| r.get(0),
             )?;
+            if !exists {
+                self.insert(&tx, &Self::new_node(name, Kind::Container, owner))?;
+                let mut public = Self::new_node(&format!("{name}/public"), Kind::Container, owner);
+                public.public_read = true;
+                self.insert(&tx, &public)?;
+                self.insert(
+                    &tx,
+                    &Self::new_node(&format!("{name}/tmp"), Kind::Container, owner),
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO spaces (name, principal) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET principal = excluded.principal",
+                params![name, id],
+            )?;
+            tx.commit()?;
+            stale
+        };
+        if !stale.is_empty() {
+            tracing::warn!(
+                space = name,
+                files = stale.len(),
+                "a space left by an earlier holder of the name was deleted"
+            );
+            self.delete_objects_later(stale);
         }
-        tx.commit()?;
         Ok(())
     }
 
-    /// Removes a whole space (a dissolved group's) with its bytes.
+    /// Removes a whole space with its bytes, whoever it was made for.
     pub async fn remove_space(&self, name: &str) -> Result<()> {
         check_segment(name)?;
-        let objects = self.delete_rows(name)?;
+        let objects = {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let objects = delete_rows_in(&tx, name)?;
+            tx.execute("DELETE FROM spaces WHERE name = ?1", [name])?;
+            tx.commit()?;
+            objects
+        };
         self.delete_objects(objects).await;
         Ok(())
+    }
+
+    /// Removes the space `name` with its bytes if it was made for id `id` (or before
+    /// spaces were bound); a space of a later holder of the name stays. Returns whether
+    /// it went.
+    pub async fn remove_space_of(&self, name: &str, id: i64) -> Result<bool> {
+        check_segment(name)?;
+        let objects = {
+            let mut db = self.db();
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let bound: Option<i64> = tx
+                .query_row(
+                    "SELECT principal FROM spaces WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if bound.is_some_and(|b| b != id) {
+                return Ok(false);
+            }
+            let objects = delete_rows_in(&tx, name)?;
+            tx.execute("DELETE FROM spaces WHERE name = ?1", [name])?;
+            tx.commit()?;
+            objects
+        };
+        self.delete_objects(objects).await;
+        Ok(true)
+    }
+
+    /// Removes the grants to group `name` made for the group with id `id`, and those made
+    /// to the name alone (before grants had ids); with `id` `None`, every grant to `name`.
+    /// Returns how many nodes changed.
+    pub fn revoke_group(&self, name: &str, id: Option<i64>) -> Result<usize> {
+        self.retain_grants(name, |g| id.is_some() && g.id.is_some() && g.id != id)
+    }
+
+    /// Removes the grants to group `name` that were not made for the group with id `id`:
+    /// those left by earlier groups of that name. Returns how many nodes changed.
+    pub fn revoke_stale_grants(&self, name: &str, id: i64) -> Result<usize> {
+        self.retain_grants(name, |g| g.id == Some(id))
+    }
+
+    /// Keeps, of the grants to group `name`, those `keep` says.
+    fn retain_grants(&self, name: &str, keep: impl Fn(&Grant) -> bool) -> Result<usize> {
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let like = format!("%{}%", like_escape(name));
+        let rows: Vec<(String, String, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT path, group_read, group_write FROM nodes \
+                 WHERE group_read LIKE ?1 ESCAPE '\\' OR group_write LIKE ?1 ESCAPE '\\'",
+            )?;
+            let r = stmt.query_map([&like], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            r.collect::<rusqlite::Result<_>>()?
+        };
+        let mut changed = 0;
+        for (path, read, write) in rows {
+            let filter = |text: &str| -> String {
+                let kept: Vec<Grant> = text
+                    .split_whitespace()
+                    .map(Grant::parse)
+                    .filter(|g| g.name != name || keep(g))
+                    .collect();
+                stored_grants(&kept)
+            };
+            let (new_read, new_write) = (filter(&read), filter(&write));
+            if new_read != read || new_write != write {
+                tx.execute(
+                    "UPDATE nodes SET group_read = ?2, group_write = ?3 WHERE path = ?1",
+                    params![path, new_read, new_write],
+                )?;
+                changed += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// Whether `space` is the one made for the holder of its name that `who` knows (a
+    /// space made before spaces were bound is taken to be).
+    fn bound_for(&self, who: &Who, space: &str) -> Result<bool> {
+        Ok(match self.space_id(space)? {
+            Some(id) => who.ids.get(space) == Some(&id),
+            None => true,
+        })
+    }
+
+    /// Whether `space` is `who`'s home.
+    fn is_home(&self, who: &Who, space: &str) -> Result<bool> {
+        Ok(who.user.as_deref() == Some(space) && self.bound_for(who, space)?)
+    }
+
+    /// `who`'s role in the group whose space `space` is.
+    fn space_role(&self, who: &Who, space: &str) -> Result<Option<Role>> {
+        Ok(match who.role_in(space) {
+            Some(role) if self.bound_for(who, space)? => Some(role),
+            _ => None,
+        })
     }
 
     /// Whether `who` reads `node`'s tree position (see the module's rules).
@@ -475,11 +725,11 @@ impl Storage {
             return Ok(true);
         }
         let space = space_of(path);
-        if who.user.as_deref() == Some(space) || who.role_in(space).is_some() {
+        if self.is_home(who, space)? || self.space_role(who, space)?.is_some() {
             return Ok(true);
         }
         self.granted(path, |n| {
-            n.public_read || n.group_read.iter().any(|g| who.role_in(g).is_some())
+            n.public_read || n.group_read.iter().any(|g| who.granted_role(g).is_some())
         })
     }
 
@@ -489,13 +739,13 @@ impl Storage {
             return Ok(true);
         }
         let space = space_of(path);
-        if who.user.as_deref() == Some(space) || who.role_in(space).is_some_and(Role::writes) {
+        if self.is_home(who, space)? || self.space_role(who, space)?.is_some_and(Role::writes) {
             return Ok(true);
         }
         self.granted(path, |n| {
             n.group_write
                 .iter()
-                .any(|g| who.role_in(g).is_some_and(Role::writes))
+                .any(|g| who.granted_role(g).is_some_and(Role::writes))
         })
     }
 
@@ -738,6 +988,32 @@ impl Storage {
         Ok(node)
     }
 
+    /// Creates an empty data node at `path` (VOSpace's PUT of a DataNode): refused, as any
+    /// other node, when one is there already; an existing file's bytes stay.
+    pub async fn create_data(&self, who: &Who, path: &str) -> Result<Node> {
+        let owner = Self::creator(who)?.to_string();
+        self.check_create(who, path, false)?;
+        let key = format!("nodes/{}", random_key());
+        let location = ObjectPath::from(key.as_str());
+        self.store
+            .put(&location, object_store::PutPayload::default())
+            .await
+            .map_err(|e| store_error("creating an empty file", e))?;
+        let mut node = Self::new_node(path, Kind::Data, &owner);
+        node.object = Some(key);
+        let inserted = self.insert(&self.db(), &node);
+        if let Err(e) = inserted {
+            let _ = self.store.delete(&location).await;
+            if self.get(path)?.is_some() {
+                return Err(Error::Conflict(format!(
+                    "{path}: a node already exists with the requested URI"
+                )));
+            }
+            return Err(e);
+        }
+        Ok(node)
+    }
+
     /// The bytes of data node `path`, as a stream, with the node.
     pub async fn read(
         &self,
@@ -806,28 +1082,24 @@ impl Storage {
     fn delete_rows(&self, path: &str) -> Result<Vec<String>> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let below = format!("{}/%", like_escape(path));
-        let objects = {
-            let mut stmt = tx.prepare(
-                "SELECT object FROM nodes WHERE (path = ?1 OR path LIKE ?2 ESCAPE '\\') \
-                 AND object IS NOT NULL",
-            )?;
-            let rows = stmt.query_map([path, &below], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        tx.execute(
-            "DELETE FROM nodes WHERE path = ?1 OR path LIKE ?2 ESCAPE '\\'",
-            [path, &below],
-        )?;
+        let objects = delete_rows_in(&tx, path)?;
         tx.commit()?;
         Ok(objects)
     }
 
     async fn delete_objects(&self, keys: Vec<String>) {
-        for key in keys {
-            if let Err(e) = self.store.delete(&ObjectPath::from(key.as_str())).await {
-                tracing::warn!(key, error = %e, "could not delete a removed node's bytes");
-            }
+        delete_objects(&self.store, keys).await
+    }
+
+    /// Deletes `keys` from the store in the background (from code that cannot wait).
+    fn delete_objects_later(&self, keys: Vec<String>) {
+        let store = self.store.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(async move { delete_objects(&store, keys).await })),
+            Err(_) => tracing::warn!(
+                count = keys.len(),
+                "bytes of deleted nodes left in the store: no runtime to delete them"
+            ),
         }
     }
 
@@ -961,12 +1233,15 @@ impl Storage {
 
     /// Sets properties of `path`: the permission properties ([`PUBLIC_READ`],
     /// [`GROUP_READ`], [`GROUP_WRITE`]) change the permissions; an empty value removes
-    /// any other property. Only who writes the node changes them.
+    /// any other property. Only who writes the node changes them. The groups the
+    /// permission properties name (`proj`, or CADC's `ivo://.../gms?proj`) must exist:
+    /// `group_id` gives the id of each, to which the grant is bound.
     pub fn set_properties(
         &self,
         who: &Who,
         path: &str,
         props: &[(String, String)],
+        group_id: &dyn Fn(&str) -> Result<Option<i64>>,
     ) -> Result<Node> {
         let mut node = self.node(who, path)?;
         if !self.can_write(who, path)? {
@@ -974,13 +1249,29 @@ impl Storage {
                 "permission denied: you may not change {path}"
             )));
         }
+        let grants = |value: &str| -> Result<Vec<Grant>> {
+            let mut out: Vec<Grant> = Vec::new();
+            for word in value.split_whitespace() {
+                let name = word.rsplit(['?', '#']).next().unwrap_or(word);
+                let id = group_id(name)?.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "no group '{name}': nodes are shared with groups that exist"
+                    ))
+                })?;
+                if !out.iter().any(|g| g.name == name) {
+                    out.push(Grant {
+                        name: name.to_string(),
+                        id: Some(id),
+                    });
+                }
+            }
+            Ok(out)
+        };
         for (k, v) in props {
             match k.as_str() {
                 PUBLIC_READ => node.public_read = matches!(v.trim(), "true" | "True" | "1" | "yes"),
-                GROUP_READ => node.group_read = v.split_whitespace().map(str::to_string).collect(),
-                GROUP_WRITE => {
-                    node.group_write = v.split_whitespace().map(str::to_string).collect()
-                }
+                GROUP_READ => node.group_read = grants(v)?,
+                GROUP_WRITE => node.group_write = grants(v)?,
                 "ivo://ivoa.net/vospace/core#length" | "ivo://ivoa.net/vospace/core#date" => {}
                 _ if v.is_empty() => {
                     node.properties.remove(k);
@@ -996,8 +1287,8 @@ impl Storage {
             params![
                 path,
                 node.public_read,
-                node.group_read.join(" "),
-                node.group_write.join(" "),
+                stored_grants(&node.group_read),
+                stored_grants(&node.group_write),
                 serde_json::to_string(&node.properties)?
             ],
         )?;
@@ -1160,12 +1451,25 @@ pub fn random_key() -> String {
 mod tests {
     use super::*;
 
+    /// Ids of the tests' users and groups.
+    fn id_of(name: &str) -> i64 {
+        name.bytes().fold(7, |h, b| h * 31 + i64::from(b))
+    }
+
     fn who(user: &str, groups: &[(&str, Role)]) -> Who {
         Who {
             user: Some(user.to_string()),
             groups: groups.iter().map(|(g, r)| (g.to_string(), *r)).collect(),
             admin: false,
+            ids: std::iter::once(user)
+                .chain(groups.iter().map(|(g, _)| *g))
+                .map(|n| (n.to_string(), id_of(n)))
+                .collect(),
         }
+    }
+
+    fn group_ids(name: &str) -> Result<Option<i64>> {
+        Ok(Some(id_of(name)))
     }
 
     fn storage(quota: u64) -> (tempfile::TempDir, Storage) {
@@ -1173,7 +1477,7 @@ mod tests {
         let store = Storage::local_store(&tmp.path().join("bytes")).unwrap();
         let s = Storage::open(&tmp.path().join("s.sqlite"), store, quota, Vec::new()).unwrap();
         for u in ["ann", "bob"] {
-            s.ensure_space(u, u).unwrap();
+            s.ensure_space(u, u, id_of(u)).unwrap();
         }
         (tmp, s)
     }
@@ -1267,8 +1571,13 @@ mod tests {
         // Granting a group read lets its members in.
         let bob_in = who("bob", &[("team", Role::ReadOnly)]);
         s.mkdir(&ann, "ann/shared").unwrap();
-        s.set_properties(&ann, "ann/shared", &[(GROUP_READ.into(), "team".into())])
-            .unwrap();
+        s.set_properties(
+            &ann,
+            "ann/shared",
+            &[(GROUP_READ.into(), "team".into())],
+            &group_ids,
+        )
+        .unwrap();
         assert!(s.list(&bob_in, "ann/shared").unwrap().is_empty());
         assert!(s.list(&bob, "ann/shared").is_err());
     }
@@ -1320,6 +1629,110 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(walk(&tmp.path().join("bytes")).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn spaces_and_grants_reach_only_the_holder_they_were_made_for() {
+        let (tmp, s) = storage(1 << 20);
+        let ann = who("ann", &[("proj", Role::ReadWrite)]);
+        let bob = who("bob", &[("proj", Role::ReadOnly)]);
+        s.ensure_space("proj", "ann", id_of("proj")).unwrap();
+        s.write(&ann, "proj/plan.txt", body(b"secret"), Some(6), 100)
+            .await
+            .unwrap();
+        s.mkdir(&ann, "ann/shared").unwrap();
+        s.write(&ann, "ann/shared/f", body(b"shared"), Some(6), 100)
+            .await
+            .unwrap();
+        // A grant names a group that exists, and is bound to its id.
+        assert!(matches!(
+            s.set_properties(
+                &ann,
+                "ann/shared",
+                &[(GROUP_READ.into(), "nope".into())],
+                &|_| { Ok(None) }
+            ),
+            Err(Error::Invalid(_))
+        ));
+        let node = s
+            .set_properties(
+                &ann,
+                "ann/shared",
+                &[(GROUP_READ.into(), "ivo://cadc.nrc.ca/gms?proj".into())],
+                &group_ids,
+            )
+            .unwrap();
+        assert_eq!(grant_names(&node.group_read), "proj");
+        assert_eq!(read_all(&s, &bob, "ann/shared/f").await.unwrap(), b"shared");
+        assert_eq!(
+            read_all(&s, &bob, "proj/plan.txt").await.unwrap(),
+            b"secret"
+        );
+
+        // A later group of the same name (another id) gets neither the space nor the grant.
+        let later = Who {
+            ids: [("bob".to_string(), id_of("bob")), ("proj".to_string(), 99)].into(),
+            ..who("bob", &[("proj", Role::Admin)])
+        };
+        assert!(matches!(
+            read_all(&s, &later, "ann/shared/f").await,
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            read_all(&s, &later, "proj/plan.txt").await,
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            s.write(&later, "proj/x", body(b"x"), None, 100).await,
+            Err(Error::NotFound(_))
+        ));
+        // Its own space replaces the old one, empty.
+        s.ensure_space("proj", "bob", 99).unwrap();
+        assert_eq!(s.space_id("proj").unwrap(), Some(99));
+        assert_eq!(
+            s.list(&later, "proj")
+                .unwrap()
+                .iter()
+                .map(|n| n.name().to_string())
+                .collect::<Vec<_>>(),
+            ["public", "tmp"]
+        );
+        assert!(s.node(&ann, "proj/plan.txt").is_err());
+
+        // Grants to a group go with it; a space of a later holder is not removed for an
+        // earlier one.
+        assert_eq!(s.revoke_group("proj", Some(id_of("proj"))).unwrap(), 1);
+        assert!(s.node(&ann, "ann/shared").unwrap().group_read.is_empty());
+        assert!(!s.remove_space_of("proj", id_of("proj")).await.unwrap());
+        assert!(s.remove_space_of("proj", 99).await.unwrap());
+        assert!(s.space_id("proj").unwrap().is_none());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            walk(&tmp.path().join("bytes")).len(),
+            1,
+            "only ann/shared/f"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_data_node_is_made_only_where_there_is_none() {
+        let (_tmp, s) = storage(1 << 20);
+        let ann = who("ann", &[]);
+        s.write(&ann, "ann/f", body(b"bytes"), Some(5), 100)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.create_data(&ann, "ann/f").await,
+            Err(Error::Conflict(_))
+        ));
+        assert_eq!(read_all(&s, &ann, "ann/f").await.unwrap(), b"bytes");
+        let n = s.create_data(&ann, "ann/g").await.unwrap();
+        assert_eq!((n.kind, n.size), (Kind::Data, 0));
+        assert!(read_all(&s, &ann, "ann/g").await.unwrap().is_empty());
+        assert!(matches!(
+            s.create_data(&who("bob", &[]), "ann/h").await,
+            Err(Error::NotFound(_))
+        ));
     }
 
     fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
