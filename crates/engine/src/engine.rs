@@ -286,13 +286,7 @@ impl Engine {
     /// refused whatever the language. Parsing and planning run on a thread with a large
     /// stack, after the text's size and depth are checked.
     pub async fn query(&self, text: &str, lang: Lang) -> Result<DataFrame> {
-        if text.len() > crate::guard::MAX_QUERY_BYTES {
-            return Err(Error::Invalid(format!(
-                "the query is {} bytes long; the limit is {} bytes",
-                text.len(),
-                crate::guard::MAX_QUERY_BYTES
-            )));
-        }
+        crate::guard::check_length(text)?;
         let plan = crate::guard::on_planning_stack(|| {
             futures::executor::block_on(self.logical_plan(text, lang))
         })?;
