@@ -379,7 +379,7 @@ pub fn mydb(remote: &Remote, cmd: &MyDbCommand, quiet: bool) -> anyhow::Result<(
         }
         MyDbCommand::Truncate { table } => s.get("/query/truncate", &[("table", table)])?,
     };
-    println!("{}", out.trim_end());
+    out!("{}", out.trim_end())?;
     Ok(())
 }
 
@@ -520,7 +520,7 @@ pub fn vos_command(remote: &Remote, cmd: &VosCommand, quiet: bool) -> anyhow::Re
                 print!("{out}");
             } else {
                 for n in out.split(',').filter(|n| !n.is_empty()) {
-                    println!("{n}");
+                    out!("{n}")?;
                 }
             }
         }
@@ -582,9 +582,7 @@ pub fn vos_command(remote: &Remote, cmd: &VosCommand, quiet: bool) -> anyhow::Re
         VosCommand::Tag { name, tag } => {
             drop(s.get("/storage/tag", &[("name", &vos(name)), ("tag", tag)])?)
         }
-        VosCommand::Stat { name } => {
-            println!("{}", s.get("/storage/stat", &[("name", &vos(name))])?)
-        }
+        VosCommand::Stat { name } => out!("{}", s.get("/storage/stat", &[("name", &vos(name))])?)?,
     }
     Ok(())
 }
@@ -646,7 +644,7 @@ pub fn group(remote: &Remote, cmd: &GroupCommand) -> anyhow::Result<()> {
         GroupCommand::Dissolve { name } => s.send("DELETE", &format!("/api/groups/{name}"), &[])?,
     };
     if !out.trim().is_empty() {
-        println!("{}", out.trim_end());
+        out!("{}", out.trim_end())?;
     }
     Ok(())
 }
