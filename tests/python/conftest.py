@@ -5,6 +5,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import requests
+from requests.adapters import HTTPAdapter
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -123,3 +125,22 @@ def tap(store):
     """A running `meridian serve` over the Gaia and Tycho-2 store; yields the TAP URL."""
     with Server(store) as s:
         yield s.url
+
+
+class SourceAddress(HTTPAdapter):
+    """Connections from a given local address."""
+
+    def __init__(self, ip, **kw):
+        self.ip = ip
+        super().__init__(**kw)
+
+    def init_poolmanager(self, *args, **kw):
+        kw["source_address"] = (self.ip, 0)
+        super().init_poolmanager(*args, **kw)
+
+
+def client(ip):
+    """A requests session whose connections come from `ip` (any 127.x.y.z works on Linux)."""
+    s = requests.Session()
+    s.mount("http://", SourceAddress(ip))
+    return s

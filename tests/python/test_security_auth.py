@@ -16,32 +16,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
 
-from conftest import Server, add_users, personal_env, run
+from conftest import Server, add_users, client, personal_env, run
 
 # As in accounts.rs: failures allowed per (user name, address) and per address, per window.
 LOGIN_ATTEMPTS = 5
 ADDRESS_ATTEMPTS = 20
-
-
-class SourceAddress(HTTPAdapter):
-    """Connections from a given local address."""
-
-    def __init__(self, ip, **kw):
-        self.ip = ip
-        super().__init__(**kw)
-
-    def init_poolmanager(self, *args, **kw):
-        kw["source_address"] = (self.ip, 0)
-        super().init_poolmanager(*args, **kw)
-
-
-def client(ip):
-    """A requests session whose connections come from `ip` (any 127.x.y.z works on Linux)."""
-    s = requests.Session()
-    s.mount("http://", SourceAddress(ip))
-    return s
 
 
 @pytest.fixture(scope="module")
