@@ -174,15 +174,15 @@ def test_files_fetched_from_urls_only_when_allowed(service, store, tmp_path):
     import http.server
     import threading
     base, t, _ = service
-    # Off by default (this service): nothing is fetched.
-    r = call(base, t["alice"], "load", name="vos://tmp/fetched.txt", endpoint="http://example.org/x")
-    assert r.status_code == 400 and "allow_url_uploads" in r.text
     payload = b"a spectrum\n" * 1000
     (tmp_path / "spec.txt").write_bytes(payload)
     handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    # On by default (this service), but not from this machine or a private network.
+    r = call(base, t["alice"], "load", name="vos://tmp/fetched.txt", endpoint=f"{url}/spec.txt")
+    assert r.status_code == 400 and "private network" in r.text, r.text
     d = tmp_path / "svc"
     d.mkdir()
     env = personal_env(d, MERIDIAN_SERVER__ALLOW_URL_UPLOADS="true",

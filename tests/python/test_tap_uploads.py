@@ -122,12 +122,15 @@ def test_upload_errors_are_clear(tap, store):
     assert r.status_code == 400 and "param:missing" in r.text
     r = requests.post(f"{tap}/sync", data={"QUERY": "SELECT 1 AS x", "UPLOAD": "1bad,param:x"})
     assert r.status_code == 400 and "not an ADQL identifier" in r.text
-    r = requests.post(f"{tap}/sync", data={"QUERY": "SELECT * FROM TAP_UPLOAD.t", "UPLOAD": "t,http://example.org/t.xml"})
-    assert r.status_code == 400 and "disabled" in r.text
     rows = "\n".join(f"{i},{i}" for i in range(50))
-    with Server(store, env={"MERIDIAN_SERVER__UPLOAD_MAX_ROWS": "10"}) as s:
+    with Server(store, env={"MERIDIAN_SERVER__UPLOAD_MAX_ROWS": "10",
+                            "MERIDIAN_SERVER__ALLOW_URL_UPLOADS": "false"}) as s:
         r = upload(s.url, "t", f"a,b\n{rows}\n".encode(), "t.csv", "SELECT * FROM TAP_UPLOAD.t")
         assert r.status_code == 400 and "more than 10 rows" in r.text
+        # URL uploads turned off.
+        r = requests.post(f"{s.url}/sync", data={"QUERY": "SELECT * FROM TAP_UPLOAD.t",
+                                                 "UPLOAD": "t,http://example.org/t.xml"})
+        assert r.status_code == 400 and "disabled" in r.text
     with Server(store, env={"MERIDIAN_SERVER__UPLOAD_MAX_MIB": "1"}) as s:
         r = upload(s.url, "t", b"a,b\n" + b"1,2\n" * 400_000, "t.csv", "SELECT * FROM TAP_UPLOAD.t")
         assert r.status_code in (400, 413), r.status_code
@@ -141,8 +144,9 @@ def test_url_uploads_when_enabled(store, nulls, tmp_path):
     url = f"http://127.0.0.1:{httpd.server_address[1]}/t.xml"
     q = {"QUERY": "SELECT COUNT(*) AS n FROM TAP_UPLOAD.t", "UPLOAD": f"t,{url}", "RESPONSEFORMAT": "csv"}
     try:
-        # Enabled, but loopback is refused: the service is no proxy into its own network.
-        with Server(store, env={"MERIDIAN_SERVER__ALLOW_URL_UPLOADS": "true"}) as s:
+        # Enabled by default, but loopback is refused: the service is no proxy into its own
+        # network.
+        with Server(store) as s:
             r = requests.post(f"{s.url}/sync", data=q)
             assert r.status_code == 400 and "private network" in r.text
         with Server(store, env={"MERIDIAN_SERVER__ALLOW_URL_UPLOADS": "true",

@@ -18,9 +18,10 @@ pytestmark = pytest.mark.skipif(shutil.which("stilts") is None, reason="stilts i
 
 @pytest.fixture(scope="module")
 def full_tap(store):
-    """The service with URL uploads enabled, which TAP 1.1 requires of a service that takes
-    uploads (off by default for safety; taplint reports their absence as an error)."""
-    with Server(store, env={"MERIDIAN_SERVER__ALLOW_URL_UPLOADS": "true"}) as s:
+    """The service as configured by default: with URL uploads, which TAP 1.1 requires of a
+    service that takes uploads (taplint reports their absence as an error), behind the
+    guard that keeps them out of this machine and its private network."""
+    with Server(store) as s:
         yield s.url
 
 

@@ -15,6 +15,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use crate::detect::open_stream;
+use crate::limits::{InputLimits, Meter, batch_rows_for};
 use crate::{BadRows, BatchSource, ByteCounter, Compression, Error, Format, ReadOptions, Result};
 
 /// How a column's text is parsed; the Arrow type of the batch may be a narrower cast of it.
@@ -87,7 +88,9 @@ struct Column {
 }
 
 impl Column {
+    /// A column buffer for about `cap` rows (memory is taken as rows arrive).
     fn new(kind: Kind, cap: usize) -> Self {
+        let cap = cap.min(1024);
         let buf = match kind {
             Kind::Int => ColBuf::Int(Vec::with_capacity(cap)),
             Kind::Float => ColBuf::Float(Vec::with_capacity(cap)),
@@ -173,12 +176,15 @@ pub(crate) struct CsvReader {
     schema: SchemaRef,
     kinds: Vec<Kind>,
     columns: Vec<Column>,
-    pending: VecDeque<csv::ByteRecord>,
+    /// Rows read to infer types, not yet in a batch; a row of the wrong length is kept as
+    /// its error only (its fields could be many).
+    pending: VecDeque<Result<csv::ByteRecord>>,
     record: csv::ByteRecord,
     batch_rows: usize,
     skip_bad_rows: bool,
     bad: BadRows,
     done: bool,
+    meter: Meter,
 }
 
 impl BatchSource for CsvReader {
@@ -202,8 +208,11 @@ impl CsvReader {
         compression: Compression,
         options: &ReadOptions,
         counter: ByteCounter,
+        mut meter: Meter,
     ) -> Result<Self> {
-        let stream = open_stream(path, compression, counter)?;
+        // A line (or quoted field) is bounded by the record limit, whatever the file says.
+        meter.bound_records();
+        let stream = open_stream(path, compression, counter, &mut meter)?;
         let delimiter = if format == Format::Tsv { b'\t' } else { b',' };
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
@@ -216,6 +225,18 @@ impl CsvReader {
             .byte_headers()
             .map_err(|e| csv_error(path, e))?
             .clone();
+        meter.mark();
+        let limits = meter.limits().clone();
+        if headers.len() > limits.max_columns {
+            return Err(Error::limit(
+                path,
+                format!(
+                    "the header names {} columns, over the limit of {}",
+                    headers.len(),
+                    limits.max_columns
+                ),
+            ));
+        }
         if headers.is_empty() || (headers.len() == 1 && headers[0].is_empty()) {
             return Err(Error::format(
                 path,
@@ -246,15 +267,24 @@ impl CsvReader {
         if let Some(o) = &options.schema {
             o.check_columns(names.iter().map(String::as_str), path)?;
         }
-        // Sample rows to infer the types of columns the schema file does not fix.
+        // Sample rows to infer the types of columns the schema file does not fix, within a
+        // batch's bytes.
         let mut pending = VecDeque::new();
         let mut record = csv::ByteRecord::new();
+        let sample_start = meter.total();
         while pending.len() < options.infer_rows
+            && meter.total() - sample_start < InputLimits::BATCH_BYTES
             && reader
                 .read_byte_record(&mut record)
                 .map_err(|e| csv_error(path, e))?
         {
-            pending.push_back(record.clone());
+            meter.mark();
+            let blank = record.len() == 1 && record[0].is_empty();
+            pending.push_back(if record.len() == names.len() || blank {
+                Ok(record.clone())
+            } else {
+                Err(length_error(path, &names, &record))
+            });
         }
         let mut fields = Vec::with_capacity(names.len());
         let mut kinds = Vec::with_capacity(names.len());
@@ -262,7 +292,11 @@ impl CsvReader {
             let spec = options.schema.as_ref().and_then(|o| o.column(name));
             let data_type = match spec.and_then(|s| s.data_type()) {
                 Some(t) => t,
-                None => infer(pending.iter().filter_map(|r| r.get(i))),
+                None => infer(
+                    pending
+                        .iter()
+                        .filter_map(|r| r.as_ref().ok().and_then(|r| r.get(i))),
+                ),
             };
             let field = Field::new(name, data_type.clone(), true);
             let field = match spec {
@@ -284,10 +318,11 @@ impl CsvReader {
             columns,
             pending,
             record: csv::ByteRecord::new(),
-            batch_rows: options.batch_rows.max(1),
+            batch_rows: batch_rows_for(options.batch_rows, 1, names.len()),
             skip_bad_rows: options.skip_bad_rows,
             bad: BadRows::default(),
             done: false,
+            meter,
         })
     }
 
@@ -295,21 +330,13 @@ impl CsvReader {
     fn push_record(&mut self, record: &csv::ByteRecord, rows: usize) -> Result<()> {
         let line = record.position().map(|p| p.line()).unwrap_or(0);
         if record.len() != self.kinds.len() {
-            // A blank line inside the file is not a row.
-            return Err(Error::Value {
-                file: self.path.clone(),
-                location: format!("line {line}"),
-                column: self
-                    .schema
-                    .field(record.len().min(self.kinds.len() - 1))
-                    .name()
-                    .clone(),
-                message: format!(
-                    "row has {} fields but the header has {}",
-                    record.len(),
-                    self.kinds.len()
-                ),
-            });
+            let names: Vec<String> = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            return Err(length_error(&self.path, &names, record));
         }
         for (i, raw) in record.iter().enumerate() {
             if !self.columns[i].push(raw) {
@@ -332,12 +359,14 @@ impl CsvReader {
         Ok(())
     }
 
-    /// Appends rows to the column buffers until the batch is full or the input ends.
+    /// Appends rows to the column buffers until the batch is full (in rows or bytes) or the
+    /// input ends.
     fn fill(&mut self, record: &mut csv::ByteRecord, rows: &mut usize) -> Result<()> {
-        while *rows < self.batch_rows {
-            let pending = self.pending.pop_front();
-            let rec = match &pending {
-                Some(r) => r,
+        let start = self.meter.total();
+        while *rows < self.batch_rows && self.meter.total() - start < InputLimits::BATCH_BYTES {
+            let result = match self.pending.pop_front() {
+                Some(Err(e)) => Err(e),
+                Some(Ok(r)) => self.push_nonblank(&r, *rows),
                 None => {
                     if !self
                         .reader
@@ -347,19 +376,27 @@ impl CsvReader {
                         self.done = true;
                         break;
                     }
-                    &*record
+                    self.meter.mark();
+                    self.push_nonblank(record, *rows)
                 }
             };
-            if rec.len() == 1 && rec[0].is_empty() {
-                continue;
-            }
-            match self.push_record(rec, *rows) {
-                Ok(()) => *rows += 1,
+            match result {
+                Ok(true) => *rows += 1,
+                Ok(false) => {}
                 Err(e) if self.skip_bad_rows => self.bad.record(e.to_string()),
                 Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// Appends a record unless it is a blank line (inside the file, not a row); whether it
+    /// was appended.
+    fn push_nonblank(&mut self, record: &csv::ByteRecord, rows: usize) -> Result<bool> {
+        if record.len() == 1 && record[0].is_empty() {
+            return Ok(false);
+        }
+        self.push_record(record, rows).map(|()| true)
     }
 
     fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
@@ -399,6 +436,21 @@ impl CsvReader {
             }
         }
         Ok(Some(RecordBatch::try_new(self.schema.clone(), arrays)?))
+    }
+}
+
+/// The error of a row whose field count is not the header's.
+fn length_error(path: &Path, names: &[String], record: &csv::ByteRecord) -> Error {
+    let line = record.position().map(|p| p.line()).unwrap_or(0);
+    Error::Value {
+        file: path.to_path_buf(),
+        location: format!("line {line}"),
+        column: names[record.len().min(names.len() - 1)].clone(),
+        message: format!(
+            "row has {} fields but the header has {}",
+            record.len(),
+            names.len()
+        ),
     }
 }
 

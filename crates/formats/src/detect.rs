@@ -2,6 +2,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use crate::limits::Meter;
 use crate::progress::Counted;
 use crate::{ByteCounter, Error, Result};
 
@@ -121,6 +122,20 @@ pub fn detect(path: &Path) -> Result<(Format, Compression)> {
     Ok((format, compression))
 }
 
+/// The first bytes of a file's content from its first bytes `head`: decompressed when they
+/// are gzip (as much as `head` holds of the first `max` bytes), else `head` itself.
+pub fn content_head(head: &[u8], max: usize) -> std::borrow::Cow<'_, [u8]> {
+    if !head.starts_with(&[0x1f, 0x8b]) {
+        return std::borrow::Cow::Borrowed(head);
+    }
+    let mut inner = Vec::with_capacity(max.min(1 << 16));
+    // A cut-off stream ends in an error after the bytes it could decode, which are kept.
+    let _ = flate2::read::MultiGzDecoder::new(head)
+        .take(max as u64)
+        .read_to_end(&mut inner);
+    std::borrow::Cow::Owned(inner)
+}
+
 /// Drops a UTF-8 sequence cut by the end of a sample.
 fn trim_partial_utf8(b: &[u8]) -> &[u8] {
     match std::str::from_utf8(b) {
@@ -150,19 +165,52 @@ fn looks_like(head: &[u8]) -> String {
     }
 }
 
-/// Opens a file for sequential reading, decompressing if needed, counting raw bytes.
+/// Opens a file for sequential reading, decompressing if needed, counting raw bytes in
+/// `counter` and measuring what is read (after decompression) with `meter`.
 pub(crate) fn open_stream(
     path: &Path,
     compression: Compression,
     counter: ByteCounter,
+    meter: &mut Meter,
 ) -> Result<Box<dyn Read + Send>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let counted = Counted::new(BufReader::with_capacity(1 << 20, file), counter);
     Ok(match compression {
-        Compression::None => Box::new(counted),
-        Compression::Gzip => Box::new(BufReader::with_capacity(
-            1 << 20,
-            flate2::read::MultiGzDecoder::new(counted),
-        )),
+        Compression::None => Box::new(meter.reader(counted)),
+        Compression::Gzip => {
+            let packed = Counted::new(counted, meter.compressed());
+            Box::new(meter.reader(BufReader::with_capacity(
+                1 << 20,
+                flate2::read::MultiGzDecoder::new(packed),
+            )))
+        }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn content_head_looks_inside_gzip() {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let text: String = (0..20_000)
+            .map(|i| format!("{i},{}\n", i * 7919 % 10007))
+            .collect();
+        e.write_all(format!("a,b\n{text}").as_bytes()).unwrap();
+        let packed = e.finish().unwrap();
+        let head = content_head(&packed, 512);
+        assert_eq!(head.len(), 512);
+        assert!(head.starts_with(b"a,b\n0,0\n1,7919\n"));
+        // Cut off: what could be decoded.
+        let cut = content_head(&packed[..packed.len() / 2], 1 << 20);
+        assert!(
+            cut.len() > 512 && cut.starts_with(b"a,b\n"),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(&*content_head(b"a,b\n", 512), b"a,b\n");
+    }
 }

@@ -46,6 +46,16 @@ pub enum Error {
     /// An Arrow error while assembling batches.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The file passes a limit of [`crate::InputLimits`] (or declares sizes that would):
+    /// too large after decompression, a decompression bomb, a record or a declared array
+    /// too long, too many columns.
+    #[error("{}: {message}", file.display())]
+    Limit {
+        /// The file.
+        file: PathBuf,
+        /// Which limit, and by how much.
+        message: String,
+    },
     /// A Parquet error.
     #[error("{}: parquet: {source}", file.display())]
     Parquet {
@@ -58,6 +68,15 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(file: &std::path::Path, source: std::io::Error) -> Self {
+        if let Some(limit) = source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<crate::limits::LimitExceeded>())
+        {
+            return Error::Limit {
+                file: file.to_path_buf(),
+                message: limit.0.clone(),
+            };
+        }
         // A truncated gzip stream surfaces as UnexpectedEof from the decoder.
         if source.kind() == std::io::ErrorKind::UnexpectedEof {
             return Error::Format {
@@ -77,6 +96,37 @@ impl Error {
             file: file.to_path_buf(),
             source,
         }
+    }
+
+    pub(crate) fn limit(file: &std::path::Path, message: impl Into<String>) -> Self {
+        Error::Limit {
+            file: file.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// What is wrong, without the file's path (for messages to remote clients, who should
+    /// not learn where the service keeps files).
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Io { source, .. } => source.to_string(),
+            Error::Format { message, .. } | Error::Limit { message, .. } => message.clone(),
+            Error::Value {
+                location,
+                column,
+                message,
+                ..
+            } => format!("{location}, column '{column}': {message}"),
+            Error::Schema { message, .. } => format!("schema: {message}"),
+            Error::Parquet { source, .. } => format!("parquet: {source}"),
+            Error::Output(e) => format!("writing the result: {e}"),
+            Error::Arrow(e) => format!("arrow: {e}"),
+        }
+    }
+
+    /// Whether a limit of [`crate::InputLimits`] was passed.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Error::Limit { .. })
     }
 
     pub(crate) fn format(file: &std::path::Path, message: impl Into<String>) -> Self {

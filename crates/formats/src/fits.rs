@@ -17,6 +17,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use crate::detect::open_stream;
+use crate::limits::{Meter, batch_rows_for};
 use crate::{
     BatchSource, ByteCounter, ColumnMeta, Compression, Error, ReadOptions, Result, apply_override,
     cast_batch,
@@ -25,22 +26,51 @@ use crate::{
 const BLOCK: usize = 2880;
 const CARD: usize = 80;
 
-/// Header of one HDU: ordered (keyword, value, comment).
+/// Most header blocks of one HDU (a header of 100,000 cards).
+const MAX_HEADER_BLOCKS: usize = 100_000 / (BLOCK / CARD) + 1;
+
+/// Most columns (TFIELDS) and axes (NAXIS) the FITS standard allows.
+const MAX_FITS_INDEX: i64 = 999;
+
+/// Header of one HDU: ordered (keyword, value, comment), and where each keyword first is.
 struct Header {
     cards: Vec<(String, String, String)>,
+    index: std::collections::HashMap<String, usize>,
 }
 
 impl Header {
+    fn new(cards: Vec<(String, String, String)>) -> Self {
+        let mut index = std::collections::HashMap::with_capacity(cards.len());
+        for (i, c) in cards.iter().enumerate() {
+            index.entry(c.0.clone()).or_insert(i);
+        }
+        Self { cards, index }
+    }
+
+    fn card(&self, key: &str) -> Option<&(String, String, String)> {
+        self.index.get(key).map(|i| &self.cards[*i])
+    }
+
     fn get(&self, key: &str) -> Option<&str> {
-        self.cards.iter().find(|c| c.0 == key).map(|c| c.1.as_str())
+        self.card(key).map(|c| c.1.as_str())
     }
 
     fn comment(&self, key: &str) -> Option<&str> {
-        self.cards
-            .iter()
-            .find(|c| c.0 == key)
+        self.card(key)
             .map(|c| c.2.as_str())
             .filter(|c| !c.is_empty())
+    }
+
+    /// A non-negative integer keyword no larger than `max`.
+    fn count(&self, key: &str, max: i64, path: &Path) -> Result<u64> {
+        let v = self.int(key, path)?;
+        if !(0..=max).contains(&v) {
+            return Err(Error::format(
+                path,
+                format!("FITS keyword {key} = {v} is out of range (0 to {max})"),
+            ));
+        }
+        Ok(v as u64)
     }
 
     fn int(&self, key: &str, path: &Path) -> Result<i64> {
@@ -110,7 +140,12 @@ fn read_header(stream: &mut dyn Read, path: &Path) -> Result<Option<Header>> {
     let mut cards = Vec::new();
     let mut block = vec![0u8; BLOCK];
     let mut first = true;
+    let mut blocks = 0;
     loop {
+        blocks += 1;
+        if blocks > MAX_HEADER_BLOCKS {
+            return Err(Error::format(path, "FITS header has no END card"));
+        }
         match read_full(stream, &mut block) {
             Ok(0) if first => return Ok(None),
             Ok(n) if n < BLOCK => {
@@ -126,7 +161,7 @@ fn read_header(stream: &mut dyn Read, path: &Path) -> Result<Option<Header>> {
         for card in block.chunks(CARD) {
             let parsed = parse_card(card);
             if parsed.0 == "END" {
-                return Ok(Some(Header { cards }));
+                return Ok(Some(Header::new(cards)));
             }
             if !parsed.0.is_empty() {
                 cards.push(parsed);
@@ -170,13 +205,16 @@ fn padded(n: u64) -> u64 {
 /// Bytes of an HDU's data unit before padding.
 fn data_bytes(h: &Header, path: &Path) -> Result<u64> {
     let bitpix = h.int("BITPIX", path)?.unsigned_abs();
-    let naxis = h.int("NAXIS", path)?;
+    let naxis = h.count("NAXIS", MAX_FITS_INDEX, path)?;
     if naxis == 0 {
         return Ok(0);
     }
+    let overflow = || Error::format(path, "FITS header declares a data unit too large to exist");
     let mut n: u64 = 1;
     for i in 1..=naxis {
-        n = n.saturating_mul(h.int(&format!("NAXIS{i}"), path)?.max(0) as u64);
+        n = n
+            .checked_mul(h.count(&format!("NAXIS{i}"), i64::MAX, path)?)
+            .ok_or_else(overflow)?;
     }
     let pcount = h
         .get("PCOUNT")
@@ -186,7 +224,11 @@ fn data_bytes(h: &Header, path: &Path) -> Result<u64> {
         .get("GCOUNT")
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(1);
-    Ok(bitpix / 8 * gcount * (pcount + n))
+    pcount
+        .checked_add(n)
+        .and_then(|x| x.checked_mul(gcount))
+        .and_then(|x| x.checked_mul(bitpix / 8))
+        .ok_or_else(overflow)
 }
 
 /// How a column's bytes become an Arrow array.
@@ -237,6 +279,16 @@ pub(crate) struct FitsReader {
     buf: Vec<u8>,
 }
 
+/// What follows the bytes read so far in a plain file, or `None` for a compressed one.
+fn remaining(path: &Path, compression: Compression, read: u64) -> Option<u64> {
+    match compression {
+        Compression::None => std::fs::metadata(path)
+            .ok()
+            .map(|m| m.len().saturating_sub(read)),
+        Compression::Gzip => None,
+    }
+}
+
 impl BatchSource for FitsReader {
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         self.read_batch()
@@ -253,8 +305,10 @@ impl FitsReader {
         compression: Compression,
         options: &ReadOptions,
         counter: ByteCounter,
+        mut meter: Meter,
     ) -> Result<Self> {
-        let mut stream = open_stream(path, compression, counter)?;
+        let limits = meter.limits().clone();
+        let mut stream = open_stream(path, compression, counter, &mut meter)?;
         let primary = read_header(&mut stream, path)?
             .ok_or_else(|| Error::format(path, "empty FITS file"))?;
         if primary.get("SIMPLE") != Some("T") {
@@ -263,6 +317,7 @@ impl FitsReader {
                 "not a standard FITS file (SIMPLE is not T)",
             ));
         }
+        // Skipping what a header declares reads no more than the file has.
         skip(&mut stream, padded(data_bytes(&primary, path)?), path)?;
         let header = loop {
             let Some(h) = read_header(&mut stream, path)? else {
@@ -276,9 +331,58 @@ impl FitsReader {
             }
             skip(&mut stream, padded(data_bytes(&h, path)?), path)?;
         };
-        let row_bytes = header.int("NAXIS1", path)? as usize;
-        let rows = header.int("NAXIS2", path)?.max(0) as u64;
-        let tfields = header.int("TFIELDS", path)? as usize;
+        // Every size the header declares is checked against the file and the limits before
+        // anything is allocated for it.
+        let row_bytes = header.count("NAXIS1", i64::MAX, path)?;
+        let rows = header.count("NAXIS2", i64::MAX, path)?;
+        if row_bytes > limits.max_record_bytes {
+            return Err(Error::limit(
+                path,
+                format!(
+                    "FITS rows of {row_bytes} bytes (NAXIS1) are longer than the limit of {} bytes",
+                    limits.max_record_bytes
+                ),
+            ));
+        }
+        let table_bytes = row_bytes.checked_mul(rows).ok_or_else(|| {
+            Error::format(
+                path,
+                "FITS header declares a table (NAXIS1 x NAXIS2) too large to exist",
+            )
+        })?;
+        if let Some(left) = remaining(path, compression, meter.total())
+            && table_bytes > left
+        {
+            return Err(Error::format(
+                path,
+                format!(
+                    "FITS header declares a table of {rows} rows of {row_bytes} bytes \
+                     ({table_bytes} bytes) but only {left} bytes follow (truncated or corrupt)"
+                ),
+            ));
+        }
+        if let Some(max) = limits.max_data_bytes
+            && table_bytes.saturating_add(meter.total()) > max
+        {
+            return Err(Error::limit(
+                path,
+                format!(
+                    "FITS header declares a table of {table_bytes} bytes ({rows} rows of \
+                     {row_bytes} bytes), over the limit of {max} bytes"
+                ),
+            ));
+        }
+        let row_bytes = row_bytes as usize;
+        let tfields = header.count("TFIELDS", MAX_FITS_INDEX, path)? as usize;
+        if tfields > limits.max_columns {
+            return Err(Error::limit(
+                path,
+                format!(
+                    "FITS table has {tfields} columns, over the limit of {}",
+                    limits.max_columns
+                ),
+            ));
+        }
         let mut cols = Vec::new();
         let mut fields = Vec::new();
         let mut offset = 0usize;
@@ -296,12 +400,23 @@ impl FitsReader {
                 )
             })?;
             let width = if code == b'X' {
-                repeat.div_ceil(8)
+                Some(repeat.div_ceil(8))
             } else {
-                repeat * code_width(code)
+                repeat.checked_mul(code_width(code))
             };
             let col_offset = offset;
-            offset += width;
+            offset = match width.and_then(|w| offset.checked_add(w)) {
+                Some(end) if end <= row_bytes => end,
+                _ => {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "column {i} '{name}' (TFORM{i} = '{tform}') does not fit in rows \
+                             of {row_bytes} bytes (NAXIS1)"
+                        ),
+                    ));
+                }
+            };
             let scale = header.float(&format!("TSCAL{i}")).unwrap_or(1.0);
             let zero = header.float(&format!("TZERO{i}")).unwrap_or(0.0);
             let tnull = header
@@ -377,7 +492,7 @@ impl FitsReader {
             cols,
             file_schema,
             schema,
-            batch_rows: options.batch_rows.max(1),
+            batch_rows: batch_rows_for(options.batch_rows, row_bytes as u64, tfields),
             buf: Vec::new(),
         })
     }
@@ -387,10 +502,14 @@ impl FitsReader {
             return Ok(None);
         }
         let n = (self.batch_rows as u64).min(self.rows_left) as usize;
-        self.buf.resize(n * self.row_bytes, 0);
-        let got =
-            read_full(&mut self.stream, &mut self.buf).map_err(|e| Error::io(&self.path, e))?;
-        if got < self.buf.len() {
+        // Memory follows the bytes that are there, not what the header promised.
+        let want = n * self.row_bytes;
+        self.buf.clear();
+        let got = (&mut self.stream)
+            .take(want as u64)
+            .read_to_end(&mut self.buf)
+            .map_err(|e| Error::io(&self.path, e))?;
+        if got < want {
             return Err(Error::format(
                 &self.path,
                 format!(

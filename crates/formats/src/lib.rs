@@ -9,6 +9,7 @@ mod csv;
 mod detect;
 mod error;
 mod fits;
+mod limits;
 pub mod meta;
 mod parquet;
 mod progress;
@@ -22,8 +23,9 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-pub use detect::{Compression, Format, detect};
+pub use detect::{Compression, Format, content_head, detect};
 pub use error::{Error, Result};
+pub use limits::InputLimits;
 pub use meta::ColumnMeta;
 pub use progress::ByteCounter;
 pub use schema_file::{ColumnSpec, SchemaOverride, parse_type, type_name};
@@ -40,6 +42,8 @@ pub struct ReadOptions {
     pub skip_bad_rows: bool,
     /// Rows sampled to infer column types of text formats.
     pub infer_rows: usize,
+    /// What reading one file may cost (sizes after decompression, record length, columns).
+    pub limits: InputLimits,
 }
 
 impl Default for ReadOptions {
@@ -49,6 +53,7 @@ impl Default for ReadOptions {
             schema: None,
             skip_bad_rows: false,
             infer_rows: 10_000,
+            limits: InputLimits::default(),
         }
     }
 }
@@ -105,20 +110,25 @@ pub(crate) trait BatchSource: Send {
     }
 }
 
-/// A [`BatchSource`] as an iterator that stops for good after the end or an error.
+/// A [`BatchSource`] as an iterator that stops for good after the end or an error; an
+/// error caused by a limit of the input's [`limits::Meter`] is reported as that limit.
 pub(crate) struct Batches<S> {
     source: S,
     done: bool,
+    meter: limits::Meter,
+    path: std::path::PathBuf,
 }
 
 impl<S: BatchSource> Batches<S> {
-    pub(crate) fn boxed(source: S) -> Box<dyn TableReader>
+    fn boxed(source: S, meter: limits::Meter, path: &Path) -> Box<dyn TableReader>
     where
         S: 'static,
     {
         Box::new(Self {
             source,
             done: false,
+            meter,
+            path: path.to_path_buf(),
         })
     }
 }
@@ -138,7 +148,7 @@ impl<S: BatchSource> Iterator for Batches<S> {
             }
             Err(e) => {
                 self.done = true;
-                Some(Err(e))
+                Some(Err(self.meter.explain(e, &self.path)))
             }
         }
     }
@@ -167,25 +177,21 @@ pub fn open_counted(
     counter: ByteCounter,
 ) -> Result<Box<dyn TableReader>> {
     let (format, compression) = detect(path)?;
-    Ok(match format {
-        Format::Csv | Format::Tsv => Batches::boxed(csv::CsvReader::open(
-            path,
-            format,
-            compression,
-            options,
-            counter,
-        )?),
-        Format::Fits => {
-            Batches::boxed(fits::FitsReader::open(path, compression, options, counter)?)
+    let meter = limits::Meter::new(&options.limits);
+    let m = meter.clone();
+    let opened = match format {
+        Format::Csv | Format::Tsv => {
+            csv::CsvReader::open(path, format, compression, options, counter, m)
+                .map(|r| Batches::boxed(r, meter.clone(), path))
         }
-        Format::VoTable => Batches::boxed(votable::VoTableReader::open(
-            path,
-            compression,
-            options,
-            counter,
-        )?),
-        Format::Parquet => Batches::boxed(parquet::ParquetReader::open(path, options, counter)?),
-    })
+        Format::Fits => fits::FitsReader::open(path, compression, options, counter, m)
+            .map(|r| Batches::boxed(r, meter.clone(), path)),
+        Format::VoTable => votable::VoTableReader::open(path, compression, options, counter, m)
+            .map(|r| Batches::boxed(r, meter.clone(), path)),
+        Format::Parquet => parquet::ParquetReader::open(path, options, counter)
+            .map(|r| Batches::boxed(r, meter.clone(), path)),
+    };
+    opened.map_err(|e| meter.explain(e, path))
 }
 
 /// Applies a schema override's metadata (unit, UCD, description) to a schema and returns the

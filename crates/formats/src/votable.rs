@@ -17,6 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use quick_xml::events::{BytesStart, Event};
 
 use crate::detect::open_stream;
+use crate::limits::{InputLimits, LimitExceeded, Meter, batch_rows_for};
 use crate::{
     BadRows, BatchSource, ByteCounter, ColumnMeta, Compression, Error, ReadOptions, Result,
     apply_override, cast_batch,
@@ -74,21 +75,27 @@ impl VoType {
     }
 }
 
-/// Element count of an arraysize: None for scalars, Some(None) for variable, Some(Some(n)).
-fn parse_arraysize(a: Option<&str>) -> Option<Option<usize>> {
-    let a = a?.trim();
-    if a.is_empty() {
-        return None;
-    }
+/// Element count of an arraysize: None for scalars, Some(None) for variable, Some(Some(n));
+/// an error for a fixed size whose element count overflows.
+fn parse_arraysize(a: Option<&str>) -> Result<Option<Option<usize>>, String> {
+    let Some(a) = a.map(str::trim).filter(|a| !a.is_empty()) else {
+        return Ok(None);
+    };
     if a.ends_with('*') {
-        return Some(None);
+        return Ok(Some(None));
     }
-    let n = a
-        .split('x')
-        .map(|d| d.trim().parse::<usize>().unwrap_or(1))
-        .product();
-    Some(Some(n))
+    let mut n: usize = 1;
+    for d in a.split('x') {
+        let d = d.trim().parse::<usize>().unwrap_or(1);
+        n = n
+            .checked_mul(d)
+            .ok_or_else(|| format!("arraysize '{a}' is too large to exist"))?;
+    }
+    Ok(Some(Some(n)))
 }
+
+/// Longest DESCRIPTION kept, characters.
+const MAX_DESCRIPTION: usize = 64 << 10;
 
 #[derive(Debug, Clone)]
 struct VoField {
@@ -279,6 +286,7 @@ pub(crate) struct VoTableReader {
     skip_bad_rows: bool,
     bad: BadRows,
     row: u64,
+    meter: Meter,
 }
 
 /// The text an entity or character reference in XML text stands for (`&amp;`, `&#233;`);
@@ -327,8 +335,15 @@ impl VoTableReader {
         compression: Compression,
         options: &ReadOptions,
         counter: ByteCounter,
+        mut meter: Meter,
     ) -> Result<Self> {
-        let src: Src = BufReader::with_capacity(1 << 16, open_stream(path, compression, counter)?);
+        // An XML event (then a row) is bounded by the record limit.
+        meter.bound_records();
+        let limits = meter.limits().clone();
+        let src: Src = BufReader::with_capacity(
+            1 << 16,
+            open_stream(path, compression, counter, &mut meter)?,
+        );
         let mut xml = quick_xml::Reader::from_reader(src);
         xml.config_mut().trim_text(true);
         let mut buf = Vec::new();
@@ -337,6 +352,8 @@ impl VoTableReader {
         let mut current: Option<VoField> = None;
         let mut in_description = false;
         let mut data_kind: Option<&'static str> = None;
+        let mut depth = 0usize;
+        let mut row_bytes: u64 = 0;
         let xml_err = |xml: &quick_xml::Reader<Src>, e: quick_xml::Error| {
             Error::format(
                 path,
@@ -347,6 +364,23 @@ impl VoTableReader {
             let event = xml
                 .read_event_into(&mut buf)
                 .map_err(|e| xml_err(&xml, e))?;
+            meter.mark();
+            match event {
+                Event::Start(_) => {
+                    depth += 1;
+                    if depth > limits.max_xml_depth {
+                        return Err(Error::limit(
+                            path,
+                            format!(
+                                "XML elements are nested deeper than the limit of {}",
+                                limits.max_xml_depth
+                            ),
+                        ));
+                    }
+                }
+                Event::End(_) => depth = depth.saturating_sub(1),
+                _ => {}
+            }
             match event {
                 Event::Start(ref e) | Event::Empty(ref e) => {
                     let empty = matches!(event, Event::Empty(_));
@@ -363,7 +397,38 @@ impl VoTableReader {
                                     format!("FIELD '{name}' has unknown datatype '{dt}'"),
                                 )
                             })?;
-                            let arraysize = parse_arraysize(attr(e, b"arraysize").as_deref());
+                            if fields.len() >= limits.max_columns {
+                                return Err(Error::limit(
+                                    path,
+                                    format!(
+                                        "the TABLE has more than {} FIELDs, the limit",
+                                        limits.max_columns
+                                    ),
+                                ));
+                            }
+                            let arraysize = parse_arraysize(attr(e, b"arraysize").as_deref())
+                                .map_err(|m| Error::format(path, format!("FIELD '{name}': {m}")))?;
+                            // A fixed-size value is read whole: it must fit in a record.
+                            let value_bytes = match arraysize {
+                                None => vo_type.size() as u64,
+                                Some(None) => 4,
+                                Some(Some(n)) if vo_type == VoType::Bit => n.div_ceil(8) as u64,
+                                Some(Some(n)) => (n as u64).saturating_mul(vo_type.size() as u64),
+                            };
+                            row_bytes = row_bytes.saturating_add(value_bytes);
+                            if value_bytes > limits.max_record_bytes
+                                || row_bytes > limits.max_record_bytes
+                            {
+                                return Err(Error::limit(
+                                    path,
+                                    format!(
+                                        "FIELD '{name}' (arraysize '{}') makes rows longer than \
+                                         the limit of {} bytes",
+                                        attr(e, b"arraysize").unwrap_or_default(),
+                                        limits.max_record_bytes
+                                    ),
+                                ));
+                            }
                             let skipped = matches!(
                                 vo_type,
                                 VoType::Bit | VoType::FloatComplex | VoType::DoubleComplex
@@ -425,7 +490,9 @@ impl VoTableReader {
                     if let Some(f) = current.as_mut() {
                         let text = t.decode().map(|c| c.into_owned()).unwrap_or_default();
                         let d = f.meta.description.get_or_insert_with(String::new);
-                        d.push_str(text.trim());
+                        if d.len() < MAX_DESCRIPTION {
+                            d.push_str(text.trim());
+                        }
                     }
                 }
                 Event::End(ref e) => match e.local_name().as_ref() {
@@ -494,6 +561,7 @@ impl VoTableReader {
             .iter()
             .map(|f| Builder::new(f.data_type()))
             .collect();
+        let batch_rows = batch_rows_for(options.batch_rows, row_bytes, fields.len());
         Ok(Self {
             path: path.to_path_buf(),
             state,
@@ -501,10 +569,11 @@ impl VoTableReader {
             file_schema,
             schema,
             builders,
-            batch_rows: options.batch_rows.max(1),
+            batch_rows,
             skip_bad_rows: options.skip_bad_rows,
             bad: BadRows::default(),
             row: 0,
+            meter,
         })
     }
 
@@ -591,9 +660,16 @@ impl VoTableReader {
         );
         let mut buf = Vec::new();
         let mut texts: Vec<Option<String>> = Vec::new();
+        // TD cells past the table's FIELDs: counted, not kept.
+        let mut extra = 0usize;
         let mut in_td = false;
         let mut more = true;
-        while self.builders[0].len() < self.batch_rows {
+        let mut depth = 0usize;
+        let start = self.meter.total();
+        let max_depth = self.meter.limits().max_xml_depth;
+        while self.builders[0].len() < self.batch_rows
+            && self.meter.total() - start < InputLimits::BATCH_BYTES
+        {
             let ev = xml.read_event_into(&mut buf).map_err(|e| {
                 Error::format(
                     &self.path,
@@ -601,7 +677,29 @@ impl VoTableReader {
                 )
             })?;
             match ev {
-                Event::Start(ref e) if e.local_name().as_ref() == b"TR" => texts.clear(),
+                Event::Start(_) => {
+                    depth += 1;
+                    if depth > max_depth {
+                        return Err(Error::limit(
+                            &self.path,
+                            format!("XML elements are nested deeper than the limit of {max_depth}"),
+                        ));
+                    }
+                }
+                Event::End(_) => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            let full = texts.len() >= self.fields.len();
+            match ev {
+                Event::Start(ref e) if e.local_name().as_ref() == b"TR" => {
+                    texts.clear();
+                    extra = 0;
+                }
+                Event::Start(ref e) if e.local_name().as_ref() == b"TD" && full => {
+                    in_td = false;
+                    extra += 1;
+                }
+                Event::Empty(ref e) if e.local_name().as_ref() == b"TD" && full => extra += 1,
                 Event::Start(ref e) if e.local_name().as_ref() == b"TD" => {
                     in_td = true;
                     texts.push(Some(String::new()));
@@ -628,7 +726,8 @@ impl VoTableReader {
                 Event::End(ref e) if e.local_name().as_ref() == b"TD" => in_td = false,
                 Event::End(ref e) if e.local_name().as_ref() == b"TR" => {
                     self.row += 1;
-                    match self.row_from_texts(&texts) {
+                    self.meter.mark();
+                    match self.row_from_texts(&texts, extra) {
                         Ok(cells) => self.push_row(cells),
                         Err(e) if self.skip_bad_rows => self.bad.record(e.to_string()),
                         Err(e) => return Err(e),
@@ -659,14 +758,14 @@ impl VoTableReader {
         Ok(more)
     }
 
-    fn row_from_texts(&self, texts: &[Option<String>]) -> Result<Vec<Cell>> {
-        if texts.len() != self.fields.len() {
+    fn row_from_texts(&self, texts: &[Option<String>], extra: usize) -> Result<Vec<Cell>> {
+        if texts.len() != self.fields.len() || extra > 0 {
             let f = &self.fields[texts.len().min(self.fields.len() - 1)];
             return Err(self.value_error(
                 f,
                 format!(
                     "row has {} TD cells but the table has {} FIELDs",
-                    texts.len(),
+                    texts.len() + extra,
                     self.fields.len()
                 ),
             ));
@@ -694,10 +793,13 @@ impl VoTableReader {
             0
         };
         let mut mask = vec![0u8; nmask];
-        let mut rows = Vec::with_capacity(self.batch_rows);
+        let mut rows = Vec::new();
         let mut more = true;
         let path = self.path.clone();
-        while rows.len() < self.batch_rows {
+        let start = self.meter.total();
+        let max_value = self.meter.limits().max_record_bytes;
+        while rows.len() < self.batch_rows && self.meter.total() - start < InputLimits::BATCH_BYTES
+        {
             // The end of the stream may only fall between rows.
             if nmask > 0 || !self.fields.is_empty() {
                 let mut first = [0u8; 1];
@@ -722,11 +824,12 @@ impl VoTableReader {
                 let mut cells = Vec::with_capacity(self.fields.len());
                 for (i, f) in self.fields.iter().enumerate() {
                     let is_null = nmask > 0 && mask[i / 8] & (0x80 >> (i % 8)) != 0;
-                    let cell = read_binary_cell(&mut chained, f)
+                    let cell = read_binary_cell(&mut chained, f, max_value)
                         .map_err(|e| truncated(&path, row_no, e))?;
                     cells.push(if is_null { Cell::Null } else { cell });
                 }
                 rows.push(cells);
+                self.meter.mark();
             }
         }
         self.row += rows.len() as u64;
@@ -769,23 +872,38 @@ fn truncated(path: &Path, row: u64, e: std::io::Error) -> Error {
     }
 }
 
-fn read_binary_cell(r: &mut dyn Read, f: &VoField) -> std::io::Result<Cell> {
+/// Reads one BINARY/BINARY2 value of `f`, at most `max_bytes` long: a variable length is
+/// checked before anything is allocated, and memory follows the bytes actually there.
+fn read_binary_cell(r: &mut dyn Read, f: &VoField, max_bytes: u64) -> std::io::Result<Cell> {
     let count = match f.arraysize {
         None => 1,
-        Some(Some(n)) => n,
+        Some(Some(n)) => n as u64,
         Some(None) => {
             let mut b = [0u8; 4];
             r.read_exact(&mut b)?;
-            u32::from_be_bytes(b) as usize
+            u32::from_be_bytes(b) as u64
         }
     };
     let bytes = if f.vo_type == VoType::Bit {
         count.div_ceil(8)
     } else {
-        count * f.vo_type.size()
+        count.saturating_mul(f.vo_type.size() as u64)
     };
-    let mut buf = vec![0u8; bytes];
-    r.read_exact(&mut buf)?;
+    if bytes > max_bytes {
+        return Err(std::io::Error::other(LimitExceeded(format!(
+            "column '{}': a value of {bytes} bytes is longer than the limit of {max_bytes} bytes",
+            f.name
+        ))));
+    }
+    let mut buf = Vec::new();
+    r.take(bytes).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < bytes {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    // The scalar decoders below need their bytes.
+    if buf.is_empty() && !f.vo_type.is_text() && !f.is_list() && !f.skipped {
+        return Ok(Cell::Null);
+    }
     if f.skipped {
         return Ok(Cell::Null);
     }

@@ -116,8 +116,12 @@ pub struct JobsConfig {
     pub max_running: usize,
     /// Jobs executing at once for one client.
     pub max_running_per_client: usize,
-    /// Jobs one client may have queued or executing.
+    /// Unfinished jobs (pending, queued, executing...) one client may have.
     pub max_active_per_client: usize,
+    /// Jobs in any phase one client may keep.
+    pub max_jobs_per_client: usize,
+    /// What the uploads kept with one client's jobs may take, MiB.
+    pub max_upload_mib_per_client: u64,
     /// Execution duration of a new job, seconds.
     pub default_execution_duration_s: u64,
     /// Longest execution duration a client may set, seconds.
@@ -126,6 +130,8 @@ pub struct JobsConfig {
     pub default_lifetime_s: u64,
     /// Longest lifetime a client may set, seconds.
     pub max_lifetime_s: u64,
+    /// Lifetime of an anonymous job, and the longest it may be given, seconds.
+    pub anonymous_lifetime_s: u64,
     /// How often jobs past their destruction time are removed, seconds.
     pub sweep_interval_s: u64,
     /// Longest blocking WAIT, seconds.
@@ -140,10 +146,13 @@ impl Default for JobsConfig {
             max_running: d.max_running,
             max_running_per_client: d.max_running_per_client,
             max_active_per_client: d.max_active_per_client,
+            max_jobs_per_client: d.max_jobs_per_client,
+            max_upload_mib_per_client: d.max_upload_bytes_per_client >> 20,
             default_execution_duration_s: d.default_execution_duration_s,
             max_execution_duration_s: d.max_execution_duration_s,
             default_lifetime_s: d.default_lifetime_s,
             max_lifetime_s: d.max_lifetime_s,
+            anonymous_lifetime_s: d.anonymous_lifetime_s,
             sweep_interval_s: d.sweep_interval_s,
             max_wait_s: d.max_wait_s,
         }
@@ -157,10 +166,13 @@ impl JobsConfig {
             max_running: self.max_running,
             max_running_per_client: self.max_running_per_client,
             max_active_per_client: self.max_active_per_client,
+            max_jobs_per_client: self.max_jobs_per_client,
+            max_upload_bytes_per_client: self.max_upload_mib_per_client << 20,
             default_execution_duration_s: self.default_execution_duration_s,
             max_execution_duration_s: self.max_execution_duration_s,
             default_lifetime_s: self.default_lifetime_s,
             max_lifetime_s: self.max_lifetime_s,
+            anonymous_lifetime_s: self.anonymous_lifetime_s,
             sweep_interval_s: self.sweep_interval_s,
             max_wait_s: self.max_wait_s,
         }
@@ -186,7 +198,8 @@ pub struct ServerConfig {
     pub upload_max_mib: u64,
     /// Most rows of an uploaded table.
     pub upload_max_rows: u64,
-    /// Whether UPLOAD may name http(s) URLs.
+    /// Whether UPLOAD (and Data Lab's and VOSpace's fetches) may name http(s) URLs; on by
+    /// default, as TAP 1.1 expects of a service that takes uploads, behind the guard below.
     pub allow_url_uploads: bool,
     /// Whether URL uploads may read from loopback and private networks.
     pub url_uploads_allow_private: bool,
@@ -203,7 +216,7 @@ impl Default for ServerConfig {
             sync_timeout_s: d.sync_timeout_s,
             upload_max_mib: d.upload_max_bytes >> 20,
             upload_max_rows: d.upload_max_rows,
-            allow_url_uploads: d.allow_url_uploads,
+            allow_url_uploads: true,
             url_uploads_allow_private: d.url_uploads_allow_private,
         }
     }
@@ -378,10 +391,18 @@ impl Config {
             bail!("query.memory_limit_mib must be at least 16");
         }
         let j = &self.jobs;
-        if j.max_running == 0 || j.max_running_per_client == 0 || j.max_active_per_client == 0 {
+        if j.max_running == 0
+            || j.max_running_per_client == 0
+            || j.max_active_per_client == 0
+            || j.max_jobs_per_client == 0
+        {
             bail!(
-                "jobs.max_running, max_running_per_client and max_active_per_client must be positive"
+                "jobs.max_running, max_running_per_client, max_active_per_client and \
+                 max_jobs_per_client must be positive"
             );
+        }
+        if j.anonymous_lifetime_s == 0 {
+            bail!("jobs.anonymous_lifetime_s must be positive");
         }
         if self.auth.token_lifetime_days == 0 {
             bail!("auth.token_lifetime_days must be positive");

@@ -18,14 +18,20 @@ use crate::error::{Error, Result};
 use crate::params::Params;
 
 /// Value prefix of a job parameter whose content is an uploaded file kept with the job.
+/// Only the service writes such values (see [`store`]); one a client sends names at most a
+/// file [`store`] wrote into the same request's or job's own directory (see [`stored`]).
 pub const STORED_PREFIX: &str = "stored:";
+
+/// Extensions [`sniff`] gives, the only ones a stored upload's file name may end in.
+const STORED_EXTENSIONS: [&str; 5] = ["csv", "tsv", "vot", "fits", "parquet"];
 
 /// The schema upload tables are reached in.
 pub const SCHEMA: &str = "TAP_UPLOAD";
 
-/// File name extension for the table format `data` starts with.
+/// File name extension for the table format `data` starts with (looking inside gzip).
 pub(crate) fn sniff(data: &[u8]) -> &'static str {
-    let head = &data[..data.len().min(512)];
+    let content = meridian_formats::content_head(&data[..data.len().min(64 << 10)], 512);
+    let head = &content[..content.len().min(512)];
     let text = String::from_utf8_lossy(head);
     let t = text.trim_start_matches('\u{feff}').trim_start();
     if head.starts_with(b"PAR1") {
@@ -62,6 +68,7 @@ pub fn store(
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
         let file = format!("upload-{safe}.{}", sniff(data));
+        debug_assert!(is_stored_name(&file));
         let tmp = dir.join(format!(".{file}.partial"));
         std::fs::write(&tmp, data)
             .and_then(|_| std::fs::rename(&tmp, dir.join(&file)))
@@ -89,7 +96,36 @@ pub struct Upload {
     pub source: Source,
 }
 
-/// Reads the UPLOAD parameter: each `name,param:part` entry names a stored part.
+/// Whether `file` is a name [`store`] gives: `upload-<letters, digits, _>.<extension>`,
+/// so no directory, no `..`, nothing but an upload.
+fn is_stored_name(file: &str) -> bool {
+    let Some((stem, ext)) = file
+        .strip_prefix("upload-")
+        .and_then(|rest| rest.rsplit_once('.'))
+    else {
+        return false;
+    };
+    !stem.is_empty()
+        && stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && STORED_EXTENSIONS.contains(&ext)
+}
+
+/// The file of part `part`: the last `stored:` value of that name (the service adds its
+/// own after what the client sent) that names an upload [`store`] wrote into `dir`. A
+/// value that names anything else (another directory, an absolute path, `..`) is ignored
+/// as if absent, so that an answer never tells whether some path exists.
+fn stored_file(params: &Params, part: &str, dir: &Path) -> Option<PathBuf> {
+    params
+        .all(part)
+        .filter_map(|v| v.strip_prefix(STORED_PREFIX))
+        .filter(|f| is_stored_name(f))
+        .map(|f| dir.join(f))
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .last()
+}
+
+/// Reads the UPLOAD parameter: each `name,param:part` entry names a part stored in `dir`
+/// (the request's or the job's own directory) by [`store`].
 pub fn stored(params: &Params, dir: &Path, limits: &Limits) -> Result<Vec<Upload>> {
     let mut out: Vec<Upload> = Vec::new();
     for value in params.all("UPLOAD") {
@@ -112,16 +148,13 @@ pub fn stored(params: &Params, dir: &Path, limits: &Limits) -> Result<Vec<Upload
                 return Err(Error::Usage(format!("UPLOAD names table '{name}' twice")));
             }
             let source = if let Some(part) = uri.strip_prefix("param:") {
-                let file = params
-                    .get(part)
-                    .and_then(|v| v.strip_prefix(STORED_PREFIX))
-                    .ok_or_else(|| {
-                        Error::Usage(format!(
-                            "UPLOAD '{name}' refers to param:{part}, but the request has no \
-                             file part named '{part}'"
-                        ))
-                    })?;
-                Source::File(dir.join(file))
+                let file = stored_file(params, part, dir).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "UPLOAD '{name}' refers to param:{part}, but the request has no \
+                         file part named '{part}'"
+                    ))
+                })?;
+                Source::File(file)
             } else if uri.starts_with("http://") || uri.starts_with("https://") {
                 if !limits.allow_url_uploads {
                     return Err(Error::Usage(format!(
@@ -221,10 +254,28 @@ pub(crate) fn fetch(name: &str, url: &str, limits: &Limits) -> Result<tempfile::
     Ok(file.into_temp_path())
 }
 
-/// Reads one uploaded table into memory, within the row limit.
+/// The options uploads are read with: the table's data, decompressed, within the upload
+/// limit; the other bounds of [`meridian_formats::InputLimits`] as they are.
+fn read_options(limits: &Limits) -> meridian_formats::ReadOptions {
+    meridian_formats::ReadOptions {
+        limits: meridian_formats::InputLimits {
+            max_data_bytes: Some(limits.upload_max_bytes),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Reads one uploaded table into memory, within the size and row limits.
 fn read(upload: &Upload, limits: &Limits) -> Result<Arc<dyn TableProvider>> {
+    // The message leaves out where the service keeps the file; a limit passed is 413.
     let bad = |e: meridian_formats::Error| {
-        Error::Usage(format!("UPLOAD '{}' cannot be read: {e}", upload.name))
+        let message = format!("UPLOAD '{}' cannot be read: {}", upload.name, e.detail());
+        if e.is_limit() {
+            Error::Services(meridian_services::Error::Quota(message))
+        } else {
+            Error::Usage(message)
+        }
     };
     let fetched;
     let path = match &upload.source {
@@ -234,8 +285,7 @@ fn read(upload: &Upload, limits: &Limits) -> Result<Arc<dyn TableProvider>> {
             &*fetched
         }
     };
-    let reader =
-        meridian_formats::open(path, &meridian_formats::ReadOptions::default()).map_err(bad)?;
+    let reader = meridian_formats::open(path, &read_options(limits)).map_err(bad)?;
     let schema = reader.schema();
     let mut batches = Vec::new();
     let mut rows = 0u64;
@@ -276,4 +326,80 @@ pub async fn with_uploads(
         tables.push((SCHEMA.to_string(), u.name, table));
     }
     Ok(Arc::new(engine.with_tables(tables)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn only_names_store_gives_are_stored_names() {
+        for ok in ["upload-t.csv", "upload-My_table2.parquet", "upload-x.fits"] {
+            assert!(is_stored_name(ok), "{ok}");
+        }
+        for bad in [
+            "/etc/passwd",
+            "../upload-t.csv",
+            "upload-../../x.csv",
+            "upload-a/b.csv",
+            "upload-t.csv/..",
+            "upload-.csv",
+            "upload-t.sh",
+            "result.vot",
+            ".upload-t.csv.partial",
+            "",
+        ] {
+            assert!(!is_stored_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forged_stored_references_read_nothing_and_tell_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("job");
+        std::fs::create_dir(&dir).unwrap();
+        let secret = root.path().join("secret.csv");
+        std::fs::write(&secret, "a\n1\n").unwrap();
+        std::fs::write(dir.join("upload-t.csv"), "a\n2\n").unwrap();
+        let limits = Limits::default();
+        let missing = root.path().join("missing.csv");
+        let mut errors = Vec::new();
+        for forged in [
+            format!("stored:{}", secret.display()),
+            "stored:../secret.csv".to_string(),
+            format!("stored:{}", missing.display()),
+            "stored:upload-u.csv".to_string(),
+        ] {
+            let p = params(&[("UPLOAD", "t,param:t"), ("t", &forged)]);
+            let e = stored(&p, &dir, &limits).unwrap_err().to_string();
+            assert!(e.contains("no file part named 't'"), "{forged}: {e}");
+            errors.push(e);
+        }
+        errors.dedup();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        // The service's own reference, added after what the client sent, is the one read.
+        let p = params(&[
+            ("UPLOAD", "t,param:t"),
+            ("t", "stored:../secret.csv"),
+            ("t", "stored:upload-t.csv"),
+        ]);
+        let got = stored(&p, &dir, &limits).unwrap();
+        assert!(matches!(&got[0].source, Source::File(f) if *f == dir.join("upload-t.csv")));
+    }
+
+    #[test]
+    fn uploads_are_named_by_their_content() {
+        assert_eq!(sniff(b"a\tb\n1\t2\n"), "tsv");
+        assert_eq!(sniff(b"a,b\n"), "csv");
+        assert_eq!(sniff(b"SIMPLE  =                    T"), "fits");
+    }
 }

@@ -373,8 +373,12 @@ pub async fn create(
         req.params.get("RUNID").map(str::to_string),
         job_parameters(&req.params),
     )?;
-    // Inline uploads are kept with the job, so that it can run (again) after a restart.
-    let stored = upload::store(&req.files, &jobs.job_dir(&job.id), &state.limits);
+    // Inline uploads are kept with the job, so that it can run (again) after a restart,
+    // within what one client's jobs may keep.
+    let stored = jobs
+        .check_upload(&job.client, upload_bytes(&req.files))
+        .map_err(Error::from)
+        .and_then(|()| upload::store(&req.files, &jobs.job_dir(&job.id), &state.limits));
     match stored {
         Ok(refs) if !refs.is_empty() => {
             jobs.set_parameters(&job.id, &refs)?;
@@ -390,6 +394,11 @@ pub async fn create(
         jobs.run(&job.id)?;
     }
     Ok(to_job(&state, &headers, &job.id))
+}
+
+/// Bytes of a request's inline uploads.
+fn upload_bytes(files: &[(String, Option<String>, axum::body::Bytes)]) -> u64 {
+    files.iter().map(|(_, _, data)| data.len() as u64).sum()
 }
 
 /// `GET /tap/async/{id}`: the job, after a blocking WAIT when asked.
@@ -604,6 +613,7 @@ pub async fn post_parameters(
     let jobs = &state.jobs;
     jobs.set_parameters(&id, &job_parameters(&req.params))?;
     if !req.files.is_empty() {
+        jobs.check_upload(&jobs.get(&id)?.client, upload_bytes(&req.files))?;
         let refs = upload::store(&req.files, &jobs.job_dir(&id), &state.limits)?;
         jobs.set_parameters(&id, &refs)?;
     }

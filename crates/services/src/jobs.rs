@@ -220,8 +220,14 @@ pub struct JobConfig {
     pub max_running: usize,
     /// Jobs executing at once for one client; more wait in the queue.
     pub max_running_per_client: usize,
-    /// Jobs one client may have queued or executing; RUN beyond it is refused.
+    /// Unfinished jobs (pending, queued, executing, held, suspended) one client may have;
+    /// creating one more is refused.
     pub max_active_per_client: usize,
+    /// Jobs in any phase one client may keep; creating one more is refused until some are
+    /// deleted or destroyed.
+    pub max_jobs_per_client: usize,
+    /// Bytes of uploads one client's jobs may keep, bytes.
+    pub max_upload_bytes_per_client: u64,
     /// Execution duration of a new job, seconds.
     pub default_execution_duration_s: u64,
     /// The longest execution duration a client may set, seconds.
@@ -230,6 +236,9 @@ pub struct JobConfig {
     pub default_lifetime_s: u64,
     /// The longest lifetime a client may set, seconds.
     pub max_lifetime_s: u64,
+    /// Lifetime of a job without an owner (anonymous), and the longest it may be given from
+    /// its creation, seconds (no more than the lifetimes above).
+    pub anonymous_lifetime_s: u64,
     /// How often the sweeper looks for jobs past their destruction time, seconds.
     pub sweep_interval_s: u64,
     /// The longest a blocking WAIT holds a request, seconds.
@@ -242,10 +251,13 @@ impl Default for JobConfig {
             max_running: 2,
             max_running_per_client: 2,
             max_active_per_client: 100,
+            max_jobs_per_client: 1_000,
+            max_upload_bytes_per_client: 1 << 30,
             default_execution_duration_s: 3_600,
             max_execution_duration_s: 86_400,
             default_lifetime_s: 7 * 86_400,
             max_lifetime_s: 30 * 86_400,
+            anonymous_lifetime_s: 86_400,
             sweep_interval_s: 60,
             max_wait_s: 600,
         }
@@ -344,7 +356,11 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS jobs_by_phase ON jobs (phase, queue_seq);
     CREATE INDEX IF NOT EXISTS jobs_by_creation ON jobs (creation_ms);
     CREATE INDEX IF NOT EXISTS jobs_by_destruction ON jobs (destruction_ms);
+    CREATE INDEX IF NOT EXISTS jobs_by_client ON jobs (json_extract(record, '$.client'));
 ";
+
+/// The phases of a job that has not finished, which count towards a client's limit (as SQL).
+const UNFINISHED: &str = "('PENDING', 'QUEUED', 'EXECUTING', 'HELD', 'SUSPENDED', 'UNKNOWN')";
 
 impl Jobs {
     /// Opens (or creates) the job service in `dir`: `dir/jobs.sqlite` and one directory per
@@ -425,10 +441,46 @@ impl Jobs {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Creates a PENDING job.
+    /// The lifetime of a new job of `owner`'s, seconds: shorter for anonymous jobs.
+    fn lifetime_s(&self, owner: Option<&str>) -> u64 {
+        match owner {
+            Some(_) => self.config.default_lifetime_s,
+            None => self
+                .config
+                .anonymous_lifetime_s
+                .min(self.config.default_lifetime_s),
+        }
+    }
+
+    /// Creates a PENDING job, unless its client has reached the number of unfinished jobs
+    /// or of jobs in all it may have (429).
     pub fn create(&self, new: NewJob) -> Result<Job> {
         let now = now_ms();
         let inner = self.lock();
+        let (unfinished, kept): (i64, i64) = inner.db.query_row(
+            &format!(
+                "SELECT COALESCE(SUM(phase IN {UNFINISHED}), 0), COUNT(*) FROM jobs
+                 WHERE json_extract(record, '$.client') = ?1"
+            ),
+            params![new.client],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let c = &self.config;
+        if unfinished as usize >= c.max_active_per_client {
+            return Err(Error::RateLimited(format!(
+                "too many unfinished jobs: this client has {unfinished} pending, queued or \
+                 executing (limit {}); run, abort or delete some before creating more",
+                c.max_active_per_client
+            )));
+        }
+        if kept as usize >= c.max_jobs_per_client {
+            return Err(Error::RateLimited(format!(
+                "too many jobs: this client keeps {kept} (limit {}); delete finished ones \
+                 before creating more",
+                c.max_jobs_per_client
+            )));
+        }
+        let lifetime_s = self.lifetime_s(new.owner.as_deref());
         let mut job = Job {
             id: String::new(),
             run_id: new.run_id.filter(|r| !r.is_empty()),
@@ -440,7 +492,7 @@ impl Jobs {
             start_ms: None,
             end_ms: None,
             execution_duration_s: self.config.default_execution_duration_s,
-            destruction_ms: now + (self.config.default_lifetime_s as i64) * 1000,
+            destruction_ms: now + (lifetime_s as i64) * 1000,
             parameters: new.parameters,
             results: Vec::new(),
             error: None,
@@ -465,6 +517,46 @@ impl Jobs {
         drop(inner);
         self.notify();
         Ok(job)
+    }
+
+    /// Refuses to keep `bytes` more of uploads with the jobs of `client` when their uploads
+    /// (every file of a job's directory but its results) would pass the per-client limit
+    /// (413).
+    pub fn check_upload(&self, client: &str, bytes: u64) -> Result<()> {
+        let jobs: Vec<Job> = {
+            let inner = self.lock();
+            let mut stmt = inner
+                .db
+                .prepare("SELECT record FROM jobs WHERE json_extract(record, '$.client') = ?1")?;
+            let rows = stmt.query_map(params![client], |r| r.get::<_, String>(0))?;
+            let mut v = Vec::new();
+            for r in rows {
+                v.push(serde_json::from_str(&r?)?);
+            }
+            v
+        };
+        let mut used = 0u64;
+        for job in &jobs {
+            let Ok(entries) = std::fs::read_dir(self.job_dir(&job.id)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if job.results.iter().any(|r| r.file == name) {
+                    continue;
+                }
+                used += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        let max = self.config.max_upload_bytes_per_client;
+        if used.saturating_add(bytes) > max {
+            return Err(Error::Quota(format!(
+                "uploads kept with this client's jobs would take {} bytes, over the limit of \
+                 {max} bytes; delete some jobs first",
+                used.saturating_add(bytes)
+            )));
+        }
+        Ok(())
     }
 
     /// Job `id`.
@@ -544,7 +636,7 @@ impl Jobs {
                         |r| r.get(0),
                     )?;
                     if active as usize >= self.config.max_active_per_client {
-                        return Err(Error::Invalid(format!(
+                        return Err(Error::RateLimited(format!(
                             "too many active jobs: {active} are queued or executing for this \
                              client (limit {}); wait for some to finish or abort them",
                             self.config.max_active_per_client
@@ -634,12 +726,15 @@ impl Jobs {
     }
 
     /// Sets when job `id` is destroyed, no later than the service's maximum lifetime from
-    /// now.
+    /// now (an anonymous job: its lifetime from its creation).
     pub fn set_destruction(&self, id: &str, at_ms: i64) -> Result<Job> {
         let inner = self.lock();
         let mut job =
             load(&inner.db, id)?.ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
-        let latest = now_ms() + (self.config.max_lifetime_s as i64) * 1000;
+        let mut latest = now_ms() + (self.config.max_lifetime_s as i64) * 1000;
+        if job.owner.is_none() {
+            latest = latest.min(job.creation_ms + (self.lifetime_s(None) as i64) * 1000);
+        }
         job.destruction_ms = at_ms.min(latest);
         save(&inner.db, &job)?;
         drop(inner);
@@ -920,4 +1015,130 @@ fn rand_u64() -> u64 {
     h.write_i64(now_ms());
     h.write_u64(std::process::id() as u64);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Idle;
+
+    impl Runner for Idle {
+        fn run(
+            &self,
+            _job: Job,
+            _dir: PathBuf,
+        ) -> BoxFuture<'static, Result<Vec<JobResult>, ErrorSummary>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    fn open(dir: &Path, config: JobConfig) -> Arc<Jobs> {
+        Jobs::open(dir, config, Arc::new(Idle)).unwrap()
+    }
+
+    fn new(client: &str, owner: Option<&str>) -> NewJob {
+        NewJob {
+            client: client.into(),
+            owner: owner.map(str::to_string),
+            ..NewJob::default()
+        }
+    }
+
+    #[test]
+    fn pending_jobs_count_towards_the_client_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jobs = open(
+            tmp.path(),
+            JobConfig {
+                max_active_per_client: 3,
+                ..JobConfig::default()
+            },
+        );
+        let ids: Vec<String> = (0..3)
+            .map(|_| jobs.create(new("10.0.0.1", None)).unwrap().id)
+            .collect();
+        let e = jobs.create(new("10.0.0.1", None)).unwrap_err();
+        assert!(
+            matches!(&e, Error::RateLimited(m) if m.contains("limit 3")),
+            "{e}"
+        );
+        // Nothing is kept of a refused job; other clients are not affected.
+        assert_eq!(jobs.list(&ListFilter::default()).unwrap().len(), 3);
+        jobs.create(new("10.0.0.2", None)).unwrap();
+        // A finished (here aborted) or deleted job no longer counts.
+        jobs.abort(&ids[0]).unwrap();
+        jobs.create(new("10.0.0.1", None)).unwrap();
+        assert!(jobs.create(new("10.0.0.1", None)).is_err());
+        jobs.delete(&ids[1]).unwrap();
+        jobs.create(new("10.0.0.1", None)).unwrap();
+    }
+
+    #[test]
+    fn the_jobs_a_client_keeps_are_capped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jobs = open(
+            tmp.path(),
+            JobConfig {
+                max_jobs_per_client: 2,
+                ..JobConfig::default()
+            },
+        );
+        for _ in 0..2 {
+            let j = jobs.create(new("alice", Some("alice"))).unwrap();
+            jobs.abort(&j.id).unwrap();
+        }
+        let e = jobs.create(new("alice", Some("alice"))).unwrap_err();
+        assert!(
+            matches!(&e, Error::RateLimited(m) if m.contains("too many jobs")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn anonymous_jobs_live_shorter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = JobConfig {
+            anonymous_lifetime_s: 3_600,
+            ..JobConfig::default()
+        };
+        let jobs = open(tmp.path(), config.clone());
+        let anon = jobs.create(new("10.0.0.1", None)).unwrap();
+        let owned = jobs.create(new("bob", Some("bob"))).unwrap();
+        assert_eq!(anon.destruction_ms - anon.creation_ms, 3_600_000);
+        assert_eq!(
+            owned.destruction_ms - owned.creation_ms,
+            config.default_lifetime_s as i64 * 1000
+        );
+        // An anonymous job cannot be kept longer on request.
+        let later = jobs
+            .set_destruction(&anon.id, now_ms() + 86_400_000)
+            .unwrap();
+        assert_eq!(later.destruction_ms, anon.creation_ms + 3_600_000);
+        let later = jobs
+            .set_destruction(&owned.id, now_ms() + 86_400_000)
+            .unwrap();
+        assert!(later.destruction_ms > owned.creation_ms + 3_600_000);
+    }
+
+    #[test]
+    fn uploads_kept_per_client_are_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jobs = open(
+            tmp.path(),
+            JobConfig {
+                max_upload_bytes_per_client: 100,
+                ..JobConfig::default()
+            },
+        );
+        let j = jobs.create(new("10.0.0.1", None)).unwrap();
+        std::fs::write(jobs.job_dir(&j.id).join("upload-t.csv"), [b'x'; 80]).unwrap();
+        jobs.check_upload("10.0.0.1", 20).unwrap();
+        let e = jobs.check_upload("10.0.0.1", 21).unwrap_err();
+        assert!(
+            matches!(&e, Error::Quota(m) if m.contains("limit of 100 bytes")),
+            "{e}"
+        );
+        jobs.check_upload("10.0.0.2", 100).unwrap();
+    }
 }
