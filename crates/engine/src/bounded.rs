@@ -15,19 +15,69 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, FieldRef, Int64Type};
+use datafusion::common::DFSchema;
 use datafusion::common::{Result, ScalarValue, plan_err, resources_err};
+use datafusion::logical_expr::ExprSchemable;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::utils::AggregateOrderSensitivity;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, Documentation, Expr,
+    ReturnFieldArgs, ReversedUDAF, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
 };
 use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::BinaryOperator;
 
 /// The largest value one call may make, bytes.
 pub const MAX_VALUE_BYTES: u64 = 16 << 20;
 
 /// The most bytes one call may make for one batch of rows.
 pub const MAX_BATCH_BYTES: u64 = 256 << 20;
+
+/// The most memory one value of a gathering aggregate (`string_agg`, `array_agg`) may
+/// hold, bytes. The memory pool sees an aggregate's state only between batches, and a
+/// growing string doubles its buffer: without this bound one group's value could take
+/// twice the pool before the pool refuses it.
+pub const MAX_AGGREGATE_BYTES: usize = 64 << 20;
+
+/// The most bytes the bounded functions may make from constants alone while one query is
+/// planned: as much as the query's text may hold ([`crate::guard::MAX_QUERY_BYTES`]). Planning folds constant calls into literals, and a plan's literals are copied
+/// by every optimizer pass: without this budget `repeat('a', 16000000) || repeat('b',
+/// 16000000) || ...` would fill the memory before execution refused the first `||`.
+pub const MAX_CONSTANT_BYTES: u64 = 1 << 20;
+
+thread_local! {
+    /// What is left of [`MAX_CONSTANT_BYTES`] on a planning thread; none elsewhere.
+    static CONSTANT_BUDGET: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Gives the current thread, which plans one query, the budget of [`MAX_CONSTANT_BYTES`].
+pub(crate) fn start_planning() {
+    CONSTANT_BUDGET.with(|b| b.set(Some(MAX_CONSTANT_BYTES)));
+}
+
+/// Charges `bytes` made from constants by `name` to the planning thread's budget.
+fn charge_constants(name: &str, bytes: u64) -> Result<()> {
+    CONSTANT_BUDGET.with(|b| match b.get() {
+        Some(left) if bytes > left => resources_err!(
+            "{name} would make about {} MiB from constants, more than is left of the {} MiB \
+             a query's constants may take",
+            bytes.div_ceil(1 << 20),
+            MAX_CONSTANT_BYTES >> 20
+        ),
+        Some(left) => {
+            b.set(Some(left - bytes));
+            Ok(())
+        }
+        None => Ok(()),
+    })
+}
+
+/// The aggregates that gather their input into one value.
+const GATHERING: [&str; 2] = ["string_agg", "array_agg"];
 
 /// How a function's output size follows from its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,7 +101,7 @@ enum Growth {
     Range,
 }
 
-const BOUNDED: [(&str, Growth); 11] = [
+const BOUNDED: [(&str, Growth); 14] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -63,15 +113,30 @@ const BOUNDED: [(&str, Growth); 11] = [
     ("array_resize", Growth::ListOfN),
     ("range", Growth::Range),
     ("generate_series", Growth::Range),
+    ("array_concat", Growth::Concat),
+    ("array_append", Growth::Concat),
+    ("array_prepend", Growth::Concat),
 ];
 
-/// Replaces the session's functions that multiply their input by bounded ones.
-pub(crate) fn register(ctx: &SessionContext) {
+/// Replaces the session's functions that multiply their input by bounded ones, its
+/// aggregates that gather their input into one value (`string_agg`, `array_agg`) by ones
+/// held to [`MAX_AGGREGATE_BYTES`] a value, and plans the string operator `||` as the
+/// bounded `StringConcat` (see [`ConcatPlanner`]).
+pub(crate) fn register(ctx: &mut SessionContext) -> Result<()> {
     for (name, growth) in BOUNDED {
         if let Ok(inner) = datafusion::execution::FunctionRegistry::udf(ctx, name) {
             ctx.register_udf(ScalarUDF::new_from_impl(Bounded { inner, growth }));
         }
     }
+    for name in GATHERING {
+        if let Ok(inner) = datafusion::execution::FunctionRegistry::udaf(ctx, name) {
+            ctx.register_udaf(AggregateUDF::new_from_impl(BoundedAggregate { inner }));
+        }
+    }
+    datafusion::execution::FunctionRegistry::register_expr_planner(
+        ctx,
+        Arc::new(ConcatPlanner::new()),
+    )
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -141,14 +206,14 @@ fn rows(args: &ScalarFunctionArgs) -> usize {
     arrays.max().unwrap_or(1)
 }
 
-impl Bounded {
-    /// The bytes each row's value would take, as an upper estimate.
-    fn estimate(&self, args: &ScalarFunctionArgs) -> Result<Vec<u64>> {
+impl Growth {
+    /// The bytes each row's value of `function` would take, as an upper estimate.
+    fn estimate(self, function: &str, args: &ScalarFunctionArgs) -> Result<Vec<u64>> {
         let a = &args.args;
         let n = rows(args);
         let per_row =
             |f: &dyn Fn(usize) -> i64| -> Vec<u64> { (0..n).map(|r| f(r).max(0) as u64).collect() };
-        Ok(match self.growth {
+        Ok(match self {
             Growth::Repeat if a.len() >= 2 => {
                 let (s, k) = (sizes(&a[0])?, integers(&a[1])?);
                 per_row(&|r| s.at(r).saturating_mul(k.at(r)))
@@ -170,7 +235,7 @@ impl Bounded {
             }
             Growth::Concat | Growth::ConcatWs => {
                 let cols = a.iter().map(sizes).collect::<Result<Vec<_>>>()?;
-                let sep = matches!(self.growth, Growth::ConcatWs);
+                let sep = matches!(self, Growth::ConcatWs);
                 per_row(&|r| {
                     let sum: i64 = cols.iter().map(|c| c.at(r)).fold(0, i64::saturating_add);
                     if sep {
@@ -189,9 +254,8 @@ impl Bounded {
             Growth::Range => {
                 if a.iter().any(|v| !v.data_type().is_integer()) {
                     return plan_err!(
-                        "{} of dates or times is not available as a list function; \
-                         use the table function generate_series in FROM",
-                        self.inner.name()
+                        "{function} of dates or times is not available as a list function; \
+                         use the table function generate_series in FROM"
                     );
                 }
                 let cols = a.iter().map(integers).collect::<Result<Vec<_>>>()?;
@@ -211,9 +275,17 @@ impl Bounded {
         })
     }
 
-    fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
-        let estimate = self.estimate(args)?;
-        let name = self.inner.name();
+    /// Refuses a call of `name` whose values would pass [`MAX_VALUE_BYTES`] or whose batch
+    /// would pass [`MAX_BATCH_BYTES`].
+    fn check(self, name: &str, args: &ScalarFunctionArgs) -> Result<()> {
+        let estimate = self.estimate(name, args)?;
+        if args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+        {
+            charge_constants(name, estimate.iter().fold(0, |a, b| a.saturating_add(*b)))?;
+        }
         if let Some(big) = estimate.iter().find(|b| **b > MAX_VALUE_BYTES) {
             return resources_err!(
                 "{name} would make a value of about {} MiB; the limit is {} MiB",
@@ -256,7 +328,7 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        self.check(&args)?;
+        self.growth.check(self.inner.name(), &args)?;
         self.inner.inner().invoke_with_args(args)
     }
 
@@ -292,6 +364,271 @@ impl ScalarUDFImpl for Bounded {
     }
 }
 
+/// Plans `a || b` on strings as [`StringConcat`], bounded as `concat` is (DataFusion's own
+/// operator makes whatever its operands add up to, and a chain of them multiplies a
+/// bounded value). Lists are left to DataFusion's planner for nested types, which makes
+/// them `array_concat`, `array_append` or `array_prepend`, bounded above.
+#[derive(Debug)]
+struct ConcatPlanner {
+    udf: Arc<ScalarUDF>,
+}
+
+impl ConcatPlanner {
+    fn new() -> Self {
+        Self {
+            udf: Arc::new(ScalarUDF::new_from_impl(StringConcat::new())),
+        }
+    }
+}
+
+impl ExprPlanner for ConcatPlanner {
+    fn plan_binary_op(
+        &self,
+        expr: RawBinaryExpr,
+        schema: &DFSchema,
+    ) -> Result<PlannerResult<RawBinaryExpr>> {
+        if expr.op != BinaryOperator::StringConcat {
+            return Ok(PlannerResult::Original(expr));
+        }
+        let is_list = |e: &Expr| -> Result<bool> {
+            Ok(matches!(
+                e.get_type(schema)?,
+                DataType::List(_)
+                    | DataType::LargeList(_)
+                    | DataType::FixedSizeList(..)
+                    | DataType::ListView(_)
+                    | DataType::LargeListView(_)
+            ))
+        };
+        if is_list(&expr.left)? || is_list(&expr.right)? {
+            return Ok(PlannerResult::Original(expr));
+        }
+        Ok(PlannerResult::Planned(Expr::ScalarFunction(
+            ScalarFunction::new_udf(self.udf.clone(), vec![expr.left, expr.right]),
+        )))
+    }
+}
+
+/// The string operator `||`: NULL when either side is NULL (unlike `concat`), refused
+/// over [`MAX_VALUE_BYTES`] a value or [`MAX_BATCH_BYTES`] a batch. Its column is named
+/// `a || b`, as the operator's would be.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct StringConcat {
+    signature: Signature,
+}
+
+impl StringConcat {
+    fn new() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for StringConcat {
+    fn name(&self) -> &str {
+        "string_concat_operator"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(format!(
+            "{} || {}",
+            args[0].schema_name(),
+            args[1].schema_name()
+        ))
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        // Anything concatenates as text, in the widest string type of the two.
+        let target = if arg_types.contains(&DataType::Utf8View) {
+            DataType::Utf8View
+        } else if arg_types.contains(&DataType::LargeUtf8) {
+            DataType::LargeUtf8
+        } else {
+            DataType::Utf8
+        };
+        Ok(vec![target; arg_types.len()])
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types.first().cloned().unwrap_or(DataType::Utf8))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [left, right] = args.args.as_slice() else {
+            return plan_err!("|| takes two operands");
+        };
+        Growth::Concat.check("||", &args)?;
+        let n = rows(&args);
+        let scalars = matches!(
+            (left, right),
+            (ColumnarValue::Scalar(_), ColumnarValue::Scalar(_))
+        );
+        let (l, r) = (left.to_array(n)?, right.to_array(n)?);
+        let out = arrow::compute::kernels::concat_elements::concat_elements_dyn(&l, &r)?;
+        Ok(if scalars {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+        } else {
+            ColumnarValue::Array(out)
+        })
+    }
+}
+
+/// An aggregate that gathers its input into one value, refused once a value's state
+/// passes [`MAX_AGGREGATE_BYTES`]. Everything else is the wrapped aggregate's.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BoundedAggregate {
+    inner: Arc<AggregateUDF>,
+}
+
+impl BoundedAggregate {
+    fn wrap(inner: Arc<dyn AggregateUDFImpl>) -> Arc<dyn AggregateUDFImpl> {
+        Arc::new(BoundedAggregate {
+            inner: Arc::new(AggregateUDF::new_from_shared_impl(inner)),
+        })
+    }
+}
+
+impl AggregateUDFImpl for BoundedAggregate {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.inner().aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.inner().signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.inner().return_type(arg_types)
+    }
+
+    fn return_field(&self, arg_fields: &[FieldRef]) -> Result<FieldRef> {
+        self.inner.inner().return_field(arg_fields)
+    }
+
+    fn is_nullable(&self) -> bool {
+        self.inner.inner().is_nullable()
+    }
+
+    fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(BoundedAccumulator {
+            inner: self.inner.inner().accumulator(acc_args)?,
+            name: self.inner.name().to_string(),
+        }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        self.inner.inner().state_fields(args)
+    }
+
+    fn with_beneficial_ordering(
+        self: Arc<Self>,
+        beneficial_ordering: bool,
+    ) -> Result<Option<Arc<dyn AggregateUDFImpl>>> {
+        Ok(self
+            .inner
+            .inner()
+            .clone()
+            .with_beneficial_ordering(beneficial_ordering)?
+            .map(BoundedAggregate::wrap))
+    }
+
+    fn order_sensitivity(&self) -> AggregateOrderSensitivity {
+        self.inner.inner().order_sensitivity()
+    }
+
+    fn reverse_expr(&self) -> ReversedUDAF {
+        match self.inner.inner().reverse_expr() {
+            ReversedUDAF::Reversed(r) => ReversedUDAF::Reversed(Arc::new(
+                AggregateUDF::new_from_shared_impl(BoundedAggregate::wrap(r.inner().clone())),
+            )),
+            other => other,
+        }
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.inner().coerce_types(arg_types)
+    }
+
+    fn default_value(&self, data_type: &DataType) -> Result<ScalarValue> {
+        self.inner.inner().default_value(data_type)
+    }
+
+    fn supports_null_handling_clause(&self) -> bool {
+        self.inner.inner().supports_null_handling_clause()
+    }
+
+    fn supports_within_group_clause(&self) -> bool {
+        self.inner.inner().supports_within_group_clause()
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.inner().documentation()
+    }
+}
+
+/// An accumulator refused once its state passes [`MAX_AGGREGATE_BYTES`].
+#[derive(Debug)]
+struct BoundedAccumulator {
+    inner: Box<dyn Accumulator>,
+    name: String,
+}
+
+impl BoundedAccumulator {
+    fn check(&self) -> Result<()> {
+        let size = self.inner.size();
+        if size > MAX_AGGREGATE_BYTES {
+            return resources_err!(
+                "{} gathered about {} MiB into one value; the limit is {} MiB",
+                self.name,
+                size >> 20,
+                MAX_AGGREGATE_BYTES >> 20
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for BoundedAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.inner.update_batch(values)?;
+        self.check()
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.inner.evaluate()
+    }
+
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.inner.state()
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.inner.merge_batch(states)?;
+        self.check()
+    }
+
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.inner.retract_batch(values)
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        self.inner.supports_retract_batch()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,8 +639,8 @@ mod tests {
 
     #[tokio::test]
     async fn amplifying_functions_are_bounded_and_small_calls_work() {
-        let ctx = SessionContext::new();
-        register(&ctx);
+        let mut ctx = SessionContext::new();
+        register(&mut ctx).unwrap();
         for q in [
             "SELECT repeat('ab', 3) AS v",
             "SELECT lpad('7', 5, '0') AS v",
@@ -315,6 +652,35 @@ mod tests {
         ] {
             run(&ctx, q).await.unwrap_or_else(|e| panic!("{q}: {e}"));
         }
+        // `||` keeps the operator's name and its NULLs, and works on numbers and lists.
+        let b = run(
+            &ctx,
+            "SELECT 'a' || CAST(value AS VARCHAR), 'x' || NULL, 1 || 'b', \
+             [1] || [2, 3], string_agg('x', '-'), cardinality(array_agg(value)) \
+             FROM generate_series(1, 2) GROUP BY 1, 2, 3, 4 ORDER BY 1",
+        )
+        .await
+        .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&b)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("Utf8(\"a\") || generate_series().value"),
+            "{text}"
+        );
+        let line = |n: usize| text.lines().nth(n).unwrap().replace(' ', "");
+        assert_eq!(line(3), "|a1||1b|[1,2,3]|x|1|", "{text}");
+        // Names are those of DataFusion's operator.
+        let b = run(
+            &ctx,
+            "SELECT upper('a' || CAST(value AS VARCHAR)) FROM generate_series(1, 2)",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            b[0].schema().field(0).name(),
+            "upper(Utf8(\"a\") || generate_series().value)"
+        );
         let b = run(&ctx, "SELECT repeat('ab', 3) AS v").await.unwrap();
         assert_eq!(
             arrow::util::pretty::pretty_format_batches(&b)
@@ -332,9 +698,40 @@ mod tests {
             "SELECT cardinality(array_repeat(value, 100000000)) FROM generate_series(1, 10)",
             "SELECT cardinality(range(0, 1000000000)) FROM generate_series(1, 3)",
             "SELECT cardinality(range(value, 1000000000)) FROM generate_series(1, 3)",
+            // A chain of `||` over bounded values, and gathering aggregates.
+            &format!(
+                "SELECT length({}) FROM generate_series(1, 2)",
+                ["repeat(CAST(value AS VARCHAR), 4000000)"; 8].join(" || ")
+            ),
+            "SELECT cardinality(array_concat(array_repeat(1, 1500000), array_repeat(2, 1500000)))",
+            "SELECT string_agg(repeat('x', 10000), '') FROM generate_series(1, 100000)",
+            "SELECT cardinality(array_agg(value)) FROM generate_series(1, 20000000)",
         ] {
             let e = run(&ctx, q).await.expect_err(q).to_string();
             assert!(e.contains("the limit is"), "{q}: {e}");
         }
+    }
+
+    #[tokio::test]
+    async fn constants_made_while_planning_share_one_budget() {
+        let mut ctx = SessionContext::new();
+        register(&mut ctx).unwrap();
+        start_planning();
+        // Within the budget: folded as usual.
+        run(
+            &ctx,
+            "SELECT length(repeat('a', 200000) || repeat('b', 200000))",
+        )
+        .await
+        .unwrap();
+        // Sixty constants of 16 MB each: refused once the budget is spent, before the plan
+        // holds them (execution then refuses the first `||` over the value limit).
+        start_planning();
+        let chain: Vec<String> = (0..60)
+            .map(|i| format!("repeat('{}', 16000000)", char::from(b'a' + i % 26)))
+            .collect();
+        let q = format!("SELECT length({})", chain.join(" || "));
+        let e = run(&ctx, &q).await.expect_err("a chain of large constants");
+        assert!(e.to_string().contains("constants may take"), "{e}");
     }
 }

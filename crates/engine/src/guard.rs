@@ -43,7 +43,8 @@ pub const EXECUTION_STACK_BYTES: usize = 64 << 20;
 
 /// Runs `f` on a thread with a [`PLANNING_STACK_BYTES`] stack and waits for it, inside the
 /// caller's tokio runtime context when there is one (planning may spawn blocking file
-/// listings). The caller's thread is held meanwhile, as it would be by planning itself.
+/// listings). The caller's thread is held meanwhile, as it would be by planning itself. The
+/// thread plans one query: constants it folds share one budget (`bounded`).
 pub(crate) fn on_planning_stack<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     let handle = tokio::runtime::Handle::try_current().ok();
     std::thread::scope(|scope| {
@@ -52,6 +53,7 @@ pub(crate) fn on_planning_stack<T: Send>(f: impl FnOnce() -> Result<T> + Send) -
             .stack_size(PLANNING_STACK_BYTES)
             .spawn_scoped(scope, move || {
                 let _guard = handle.as_ref().map(|h| h.enter());
+                crate::bounded::start_planning();
                 f()
             })
             .map_err(|e| Error::Invalid(format!("no thread to plan the query on: {e}")))?;

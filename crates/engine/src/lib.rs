@@ -31,6 +31,15 @@ pub use datafusion::physical_plan::{
     ExecutionPlan, SendableRecordBatchStream as RecordBatchStream,
 };
 
+/// Whether `df` is an `EXPLAIN` (or `EXPLAIN ANALYZE`), whose plan must stay the root.
+pub fn is_explain(df: &DataFrame) -> bool {
+    matches!(
+        df.logical_plan(),
+        datafusion::logical_expr::LogicalPlan::Explain(_)
+            | datafusion::logical_expr::LogicalPlan::Analyze(_)
+    )
+}
+
 /// The indented text of a physical plan.
 pub fn display_plan(plan: &std::sync::Arc<dyn ExecutionPlan>) -> String {
     datafusion::physical_plan::displayable(plan.as_ref())

@@ -86,7 +86,7 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
         .with_optimizer_rule(Arc::new(XMatchRule))
         .with_query_planner(Arc::new(MeridianQueryPlanner))
         .build();
-    let ctx = SessionContext::new_with_state(state);
+    let mut ctx = SessionContext::new_with_state(state);
     ctx.register_udaf(crate::aggregate::avg_udaf());
     for udf in crate::udf::spatial_udfs()
         .into_iter()
@@ -95,6 +95,6 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     {
         ctx.register_udf(udf);
     }
-    crate::bounded::register(&ctx);
+    crate::bounded::register(&mut ctx)?;
     Ok(ctx)
 }

@@ -948,7 +948,7 @@ async fn emit(
     let run = async {
         let mut df = df.await?;
         // One row past MAXREC tells whether the limit cut the result.
-        if let Some(m) = args.maxrec {
+        if let Some(m) = args.maxrec.filter(|_| !meridian_engine::is_explain(&df)) {
             df = df.limit(0, Some(m + 1))?;
         }
         let plan = engine.physical_plan(df).await?;

@@ -271,9 +271,12 @@ pub(crate) async fn plan(
     meridian_engine::RecordBatchStream,
 )> {
     let mut df = engine.query(&spec.query, spec.lang).await?;
-    df = df
-        .limit(0, Some(spec.maxrec as usize + 1))
-        .map_err(meridian_engine::Error::from)?;
+    // An EXPLAIN's plan must stay the root: its few rows need no limit.
+    if !meridian_engine::is_explain(&df) {
+        df = df
+            .limit(0, Some(spec.maxrec as usize + 1))
+            .map_err(meridian_engine::Error::from)?;
+    }
     let plan = engine.physical_plan(df).await?;
     let schema = plan.schema();
     Ok((schema, meridian_engine::execute(plan, engine)?))
