@@ -144,3 +144,28 @@ def client(ip):
     s = requests.Session()
     s.mount("http://", SourceAddress(ip))
     return s
+
+
+def sessions_of(base, names):
+    """A requests session per user, carrying the user's token as Data Lab's client does."""
+    sessions = {}
+    for name in names:
+        sess = requests.Session()
+        sess.headers["X-DL-AuthToken"] = token_of(base, name)
+        sessions[name] = sess
+    return sessions
+
+
+def storage_put(sess, base, name, data):
+    """Writes `data` to storage node `name` as Data Lab's client does: a transfer URL from
+    /storage/put, then a PUT of the bytes to it."""
+    r = sess.get(f"{base}/storage/put", params={"name": name})
+    assert r.status_code == 200, r.text
+    return requests.put(r.text, data=data)
+
+
+def storage_get(sess, base, name):
+    """Reads storage node `name`: the answer of /storage/get when it refuses, else the
+    bytes fetched from the transfer URL it gives."""
+    r = sess.get(f"{base}/storage/get", params={"name": name})
+    return r if r.status_code != 200 else requests.get(r.text)

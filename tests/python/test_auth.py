@@ -48,7 +48,9 @@ def test_login_token_works_as_bearer_data_lab_header_and_cookie(service):
     r = login(base, "alice", "alice-password")
     token = r.json()["token"]
     assert DL_TOKEN.fullmatch(token) and token.startswith("alice.")
-    assert "meridian_token=" in r.headers["Set-Cookie"] and "HttpOnly" in r.headers["Set-Cookie"]
+    cookie = r.headers["Set-Cookie"]
+    assert "meridian_token=" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # plain http: a Secure cookie would never come back
     for headers, cookies in [({"Authorization": f"Bearer {token}"}, None),
                              ({"X-DL-AuthToken": token}, None),
                              ({}, {"meridian_token": token})]:
@@ -250,3 +252,11 @@ def test_repeated_failed_logins_are_refused_for_a_while(store, service):
     assert r.status_code == 429 and "try again" in r.text
     # Other users log in as usual.
     login(base, "bob", "bob-password-1")
+
+
+def test_the_login_cookie_is_secure_when_the_service_is_reached_over_https(store, service, tmp_path):
+    _, env = service
+    with Server(store, env={**env, "MERIDIAN_SERVER__PUBLIC_URL": "https://meridian.example.org"}) as s:
+        r = login(s.url.removesuffix("/tap"), "alice", "alice-password")
+        cookie = r.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie, cookie

@@ -7,9 +7,8 @@ import io
 
 import pandas as pd
 import pytest
-import requests
 
-from conftest import Server, add_users, personal_env, token_of
+from conftest import Server, add_users, personal_env, sessions_of, storage_get, storage_put
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +19,8 @@ def service(store, tmp_path_factory):
     add_users(store, env, *users)
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")
-        sessions = {}
-        for name in users:
-            sess = requests.Session()
-            sess.headers["X-DL-AuthToken"] = token_of(base, name)
-            sessions[name] = sess
+        sessions = sessions_of(base, users)
         yield base, sessions
-
-
-def put(sess, base, name, data):
-    r = sess.get(f"{base}/storage/put", params={"name": name})
-    assert r.status_code == 200, r.text
-    return requests.put(r.text, data=data)
-
-
-def get(sess, base, name):
-    r = sess.get(f"{base}/storage/get", params={"name": name})
-    return r if r.status_code != 200 else requests.get(r.text)
 
 
 def tap_count(sess, base, table):
@@ -56,27 +40,27 @@ def test_a_groups_files_and_tables_follow_roles(service):
     assert gina.get(f"{base}/api/groups").json() == [{"name": "survey", "role": "owner"}]
 
     # Before joining, hugo sees neither the group nor its files.
-    assert put(gina, base, "survey://catalog.csv", b"id\n1\n2\n").status_code == 201
+    assert storage_put(gina, base, "survey://catalog.csv", b"id\n1\n2\n").status_code == 201
     assert hugo.get(f"{base}/api/groups/survey").status_code == 404
-    assert get(hugo, base, "survey://catalog.csv").status_code == 404
+    assert storage_get(hugo, base, "survey://catalog.csv").status_code == 404
     assert hugo.get(f"{base}/storage/ls", params={"name": "survey://"}).text == ""
 
     # Invited: nothing until hugo accepts. Read-only: reads, cannot write or manage.
     r = gina.post(f"{base}/api/groups/survey/members", data={"user": "hugo", "role": "ro"})
     assert r.status_code == 200 and r.json()["status"] == "invited", r.text
-    assert get(hugo, base, "survey://catalog.csv").status_code == 404
+    assert storage_get(hugo, base, "survey://catalog.csv").status_code == 404
     r = hugo.post(f"{base}/api/groups/survey/members", data={"action": "accept"})
     assert r.status_code == 200, r.text
-    assert get(hugo, base, "survey://catalog.csv").content == b"id\n1\n2\n"
+    assert storage_get(hugo, base, "survey://catalog.csv").content == b"id\n1\n2\n"
     assert hugo.get(f"{base}/storage/ls", params={"name": "survey://"}).text == \
         "catalog.csv,public,tmp"
-    assert put(hugo, base, "survey://mine.csv", b"x").status_code == 403
+    assert storage_put(hugo, base, "survey://mine.csv", b"x").status_code == 403
     r = hugo.post(f"{base}/api/groups/survey/members", data={"user": "iris", "role": "ro"})
     assert r.status_code == 403
 
     # Read-write: writes files and tables.
     gina.post(f"{base}/api/groups/survey/members", data={"user": "hugo", "role": "rw"})
-    assert put(hugo, base, "survey://mine.csv", b"x").status_code == 201
+    assert storage_put(hugo, base, "survey://mine.csv", b"x").status_code == 201
     members = gina.get(f"{base}/api/groups/survey").json()["members"]
     assert members == [{"user": "gina", "role": "owner"}, {"user": "hugo", "role": "rw"}]
 
@@ -102,7 +86,7 @@ def test_a_groups_files_and_tables_follow_roles(service):
 
     # Removed members lose access; only the owner dissolves; dissolving removes everything.
     assert gina.delete(f"{base}/api/groups/survey/members/hugo").status_code == 204
-    assert get(hugo, base, "survey://catalog.csv").status_code == 404
+    assert storage_get(hugo, base, "survey://catalog.csv").status_code == 404
     assert tap_count(hugo, base, "survey.north")[0] == 400
     assert iris.delete(f"{base}/api/groups/survey").status_code == 403
     assert iris.delete(f"{base}/api/groups/survey/members/iris").status_code == 204

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import Server, add_users, personal_env, run, token_of
+from conftest import Server, add_users, personal_env, run, sessions_of, storage_get, storage_put
 
 VOS = "http://www.ivoa.net/xml/VOSpace/v2.0"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -30,23 +30,8 @@ def service(store, tmp_path_factory):
     add_users(store, env, *USERS)
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")
-        sessions = {}
-        for name in USERS:
-            sess = requests.Session()
-            sess.headers["X-DL-AuthToken"] = token_of(base, name)
-            sessions[name] = sess
+        sessions = sessions_of(base, USERS)
         yield base, sessions, store, env, d
-
-
-def put(sess, base, name, data):
-    r = sess.get(f"{base}/storage/put", params={"name": name})
-    assert r.status_code == 200, r.text
-    return requests.put(r.text, data=data)
-
-
-def get(sess, base, name):
-    r = sess.get(f"{base}/storage/get", params={"name": name})
-    return r if r.status_code != 200 else requests.get(r.text)
 
 
 def ls(sess, base, name):
@@ -99,11 +84,11 @@ def test_grants_files_and_tables_do_not_outlive_a_dissolved_group(service):
     join(base, alice, bob, "proj", "bob")
     # alice shares a directory of her home with proj; proj has files and a table.
     assert alice.get(f"{base}/storage/mkdir", params={"dir": "vos://shared"}).status_code == 201
-    assert put(alice, base, "vos://shared/plan.txt", b"the plan").status_code == 201
+    assert storage_put(alice, base, "vos://shared/plan.txt", b"the plan").status_code == 201
     share(alice, base, "alice/shared", "proj")
-    assert put(alice, base, "proj://notes.txt", b"notes").status_code == 201
+    assert storage_put(alice, base, "proj://notes.txt", b"notes").status_code == 201
     keep_table(alice, base, "proj.north")
-    assert get(bob, base, "alice://shared/plan.txt").content == b"the plan"
+    assert storage_get(bob, base, "alice://shared/plan.txt").content == b"the plan"
     code, rows = count(bob, base, "proj.north")
     assert code == 200 and rows > 0
     # Granting to a group that does not exist is refused: it could be made later by anyone.
@@ -122,26 +107,26 @@ def test_grants_files_and_tables_do_not_outlive_a_dissolved_group(service):
 
     # Another user takes the name: they get an empty group and nothing of the old one's.
     assert mallory.post(f"{base}/api/groups", data={"name": "proj"}).status_code == 201
-    assert get(mallory, base, "alice://shared/plan.txt").status_code == 404
+    assert storage_get(mallory, base, "alice://shared/plan.txt").status_code == 404
     assert ls(mallory, base, "alice://shared") == ""
     assert ls(mallory, base, "proj://") == "public,tmp"
-    assert get(mallory, base, "proj://notes.txt").status_code == 404
+    assert storage_get(mallory, base, "proj://notes.txt").status_code == 404
     assert count(mallory, base, "proj.north")[0] == 400
     # bob was in the old proj, not in this one.
-    assert get(bob, base, "proj://notes.txt").status_code == 404
+    assert storage_get(bob, base, "proj://notes.txt").status_code == 404
     assert mallory.delete(f"{base}/api/groups/proj").status_code == 204
 
 
 def test_a_removed_users_files_tables_and_groups_go_and_the_name_is_not_reused(service):
     base, s, store, env, d = service
     eve, bob, mallory = s["eve"], s["bob"], s["mallory"]
-    assert put(eve, base, "vos://diary.txt", b"dear diary").status_code == 201
+    assert storage_put(eve, base, "vos://diary.txt", b"dear diary").status_code == 201
     keep_table(eve, base, "mine")
     assert eve.post(f"{base}/api/groups", data={"name": "evelab"}).status_code == 201
     join(base, eve, bob, "evelab", "bob")
-    assert put(eve, base, "evelab://results.csv", b"x\n1\n").status_code == 201
+    assert storage_put(eve, base, "evelab://results.csv", b"x\n1\n").status_code == 201
     keep_table(eve, base, "evelab.north")
-    assert get(bob, base, "evelab://results.csv").status_code == 200
+    assert storage_get(bob, base, "evelab://results.csv").status_code == 200
 
     p = run("user", "remove", "eve", data_dir=store, env=env)
     assert "removed user 'eve'" in p.stdout and "evelab" in p.stdout
@@ -157,7 +142,7 @@ def test_a_removed_users_files_tables_and_groups_go_and_the_name_is_not_reused(s
     # Her name is not given again, to a group or to a user.
     r = mallory.post(f"{base}/api/groups", data={"name": "eve"})
     assert r.status_code == 409, r.text
-    assert get(mallory, base, "eve://diary.txt").status_code == 404
+    assert storage_get(mallory, base, "eve://diary.txt").status_code == 404
     assert count(mallory, base, "eve.mine")[0] == 400
     p = run("user", "add", "eve", data_dir=store, input="another-password\n", env=env,
             check=False)
@@ -165,7 +150,7 @@ def test_a_removed_users_files_tables_and_groups_go_and_the_name_is_not_reused(s
     # Her group's name is free, and the new group starts empty.
     assert mallory.post(f"{base}/api/groups", data={"name": "evelab"}).status_code == 201
     assert ls(mallory, base, "evelab://") == "public,tmp"
-    assert get(mallory, base, "evelab://results.csv").status_code == 404
+    assert storage_get(mallory, base, "evelab://results.csv").status_code == 404
     assert count(mallory, base, "evelab.north")[0] == 400
     assert mallory.delete(f"{base}/api/groups/evelab").status_code == 204
 
@@ -202,13 +187,13 @@ def test_members_are_invited_and_consent(service):
     base, s, *_ = service
     alice, bob, carol, dave = s["alice"], s["bob"], s["carol"], s["dave"]
     assert alice.post(f"{base}/api/groups", data={"name": "club"}).status_code == 201
-    assert put(alice, base, "club://minutes.txt", b"minutes").status_code == 201
+    assert storage_put(alice, base, "club://minutes.txt", b"minutes").status_code == 201
 
     # Invited: no access yet, but the invitation is shown to them.
     assert invite(base, alice, "club", "bob", "rw") == {
         "group": "club", "user": "bob", "role": "rw", "status": "invited"}
-    assert get(bob, base, "club://minutes.txt").status_code == 404
-    assert put(bob, base, "club://bob.txt", b"x").status_code == 404
+    assert storage_get(bob, base, "club://minutes.txt").status_code == 404
+    assert storage_put(bob, base, "club://bob.txt", b"x").status_code == 404
     assert bob.get(f"{base}/api/groups").json() == [
         {"name": "club", "role": "rw", "invited": True, "by": "alice"}]
     shown = bob.get(f"{base}/api/groups/club").json()
@@ -222,15 +207,15 @@ def test_members_are_invited_and_consent(service):
     # Accepted: a member with the role offered.
     r = bob.post(f"{base}/api/groups/club/members", data={"action": "accept"})
     assert r.status_code == 200 and r.json()["role"] == "rw", r.text
-    assert get(bob, base, "club://minutes.txt").content == b"minutes"
-    assert put(bob, base, "club://bob.txt", b"x").status_code == 201
+    assert storage_get(bob, base, "club://minutes.txt").content == b"minutes"
+    assert storage_put(bob, base, "club://bob.txt", b"x").status_code == 201
     assert bob.get(f"{base}/api/groups").json() == [{"name": "club", "role": "rw"}]
 
     # Declined, either way; withdrawn by the owner.
     invite(base, alice, "club", "carol")
     r = carol.post(f"{base}/api/groups/club/members", data={"action": "decline"})
     assert r.status_code == 204, r.text
-    assert get(carol, base, "club://minutes.txt").status_code == 404
+    assert storage_get(carol, base, "club://minutes.txt").status_code == 404
     assert carol.get(f"{base}/api/groups").json() == []
     invite(base, alice, "club", "carol")
     assert carol.delete(f"{base}/api/groups/club/members/carol").status_code == 204
@@ -242,7 +227,7 @@ def test_members_are_invited_and_consent(service):
 
     # Members leave, and lose access.
     assert bob.delete(f"{base}/api/groups/club/members/bob").status_code == 204
-    assert get(bob, base, "club://minutes.txt").status_code == 404
+    assert storage_get(bob, base, "club://minutes.txt").status_code == 404
     assert alice.get(f"{base}/api/groups/club").json()["members"] == [
         {"user": "alice", "role": "owner"}]
     assert alice.delete(f"{base}/api/groups/club").status_code == 204
@@ -251,18 +236,18 @@ def test_members_are_invited_and_consent(service):
 def test_a_vospace_put_of_an_existing_file_is_a_duplicate_node(service):
     base, s, *_ = service
     carol = s["carol"]
-    assert put(carol, base, "vos://kept.dat", b"precious bytes").status_code == 201
+    assert storage_put(carol, base, "vos://kept.dat", b"precious bytes").status_code == 201
     r = carol.put(f"{base}/vospace/nodes/carol/kept.dat",
                   data=node_doc("DataNode", "carol/kept.dat"),
                   headers={"Content-Type": "text/xml"})
     assert r.status_code == 409 and r.text.startswith("DuplicateNode"), r.text
-    assert get(carol, base, "vos://kept.dat").content == b"precious bytes"
+    assert storage_get(carol, base, "vos://kept.dat").content == b"precious bytes"
     # A new one is still made empty.
     r = carol.put(f"{base}/vospace/nodes/carol/empty.dat",
                   data=node_doc("DataNode", "carol/empty.dat"),
                   headers={"Content-Type": "text/xml"})
     assert r.status_code == 201, r.text
-    assert get(carol, base, "vos://empty.dat").content == b""
+    assert storage_get(carol, base, "vos://empty.dat").content == b""
 
 
 def test_urls_handed_out_ignore_the_host_header(service):

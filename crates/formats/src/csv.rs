@@ -227,16 +227,7 @@ impl CsvReader {
             .clone();
         meter.mark();
         let limits = meter.limits().clone();
-        if headers.len() > limits.max_columns {
-            return Err(Error::limit(
-                path,
-                format!(
-                    "the header names {} columns, over the limit of {}",
-                    headers.len(),
-                    limits.max_columns
-                ),
-            ));
-        }
+        limits.check_column_count(headers.len(), path)?;
         if headers.is_empty() || (headers.len() == 1 && headers[0].is_empty()) {
             return Err(Error::format(
                 path,

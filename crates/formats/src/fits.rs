@@ -374,15 +374,7 @@ impl FitsReader {
         }
         let row_bytes = row_bytes as usize;
         let tfields = header.count("TFIELDS", MAX_FITS_INDEX, path)? as usize;
-        if tfields > limits.max_columns {
-            return Err(Error::limit(
-                path,
-                format!(
-                    "FITS table has {tfields} columns, over the limit of {}",
-                    limits.max_columns
-                ),
-            ));
-        }
+        limits.check_column_count(tfields, path)?;
         let mut cols = Vec::new();
         let mut fields = Vec::new();
         let mut offset = 0usize;

@@ -42,6 +42,26 @@ impl InputLimits {
     pub const BATCH_CELLS: usize = 16 << 20;
 }
 
+impl InputLimits {
+    /// Refuses a table of `columns` columns (read from `path`) over [`Self::max_columns`].
+    pub(crate) fn check_column_count(
+        &self,
+        columns: usize,
+        path: &std::path::Path,
+    ) -> crate::Result<()> {
+        if columns > self.max_columns {
+            return Err(crate::Error::limit(
+                path,
+                format!(
+                    "the table has {columns} columns, over the limit of {}",
+                    self.max_columns
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for InputLimits {
     fn default() -> Self {
         Self {

@@ -56,15 +56,7 @@ fn check_sizes(
     path: &Path,
 ) -> Result<u64> {
     let columns = meta.file_metadata().schema_descr().num_columns();
-    if columns > limits.max_columns {
-        return Err(Error::limit(
-            path,
-            format!(
-                "the table has {columns} columns, over the limit of {}",
-                limits.max_columns
-            ),
-        ));
-    }
+    limits.check_column_count(columns, path)?;
     let corrupt = |what: String| Error::format(path, format!("parquet: corrupt footer: {what}"));
     let (mut packed, mut expanded) = (0u64, 0u64);
     for (g, group) in meta.row_groups().iter().enumerate() {

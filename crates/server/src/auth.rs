@@ -196,8 +196,16 @@ pub async fn reject_invalid_token(
     }
 }
 
-fn login_cookie(token: &str, max_age_s: i64) -> String {
-    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_s}")
+/// The login cookie: never readable by scripts, sent on top-level navigations from other
+/// sites but not on their subrequests (and `csrf` drops it from any cross-site request),
+/// and only over TLS when the service is reached over https.
+fn login_cookie(state: &AppState, token: &str, max_age_s: i64) -> String {
+    let secure = state
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_s}{secure}")
 }
 
 /// Runs the password hash off the async workers: argon2 takes tens of milliseconds on
@@ -232,7 +240,10 @@ pub async fn login(
         "expires": meridian_services::jobs::format_time(issued.expires_ms),
     });
     Ok((
-        [(header::SET_COOKIE, login_cookie(&issued.token, max_age))],
+        [(
+            header::SET_COOKIE,
+            login_cookie(&state, &issued.token, max_age),
+        )],
         Json(body),
     )
         .into_response())
@@ -248,7 +259,7 @@ pub async fn logout(
     let token = token_of(&headers).unwrap_or_default();
     state.accounts.revoke(&token)?;
     Ok((
-        [(header::SET_COOKIE, login_cookie("", 0))],
+        [(header::SET_COOKIE, login_cookie(&state, "", 0))],
         Json(serde_json::json!({"logged_out": true})),
     )
         .into_response())

@@ -91,7 +91,10 @@ pub async fn call(
             })
         }),
         "abort" => owned_job(&state, &caller, &f)
-            .and_then(|job| Ok(state.jobs.abort(&job.id)?))
+            .and_then(|job| {
+                caller.allows(Scope::RunJobs)?;
+                Ok(state.jobs.abort(&job.id)?)
+            })
             .map(|_| text("OK")),
         "profiles" => Ok(profiles(&state, &f)),
         "schema" => schema_text(&state, f.get("value").map(String::as_str).unwrap_or("")),

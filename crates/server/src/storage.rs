@@ -468,7 +468,8 @@ pub async fn call(
             "put" => {
                 let who = who(&state, &caller, true)?;
                 let target = resolve(&state, &who, &arg("name"))?;
-                node_of(&target)?;
+                // Checked now, so that a URL is handed out only for what the caller may write.
+                state.storage.check_upload(&who, node_of(&target)?)?;
                 let ticket = state.tickets.issue(&who, target, true);
                 Ok(text(ticket_url(&state, &headers, &ticket)))
             }
@@ -545,6 +546,8 @@ pub async fn call(
                 let who = who(&state, &caller, true)?;
                 let target = resolve(&state, &who, &arg("name"))?;
                 let path = node_of(&target)?.to_string();
+                // Nothing is fetched for a file the caller may not write.
+                state.storage.check_upload(&who, &path)?;
                 load(&state, &who, &path, &arg("endpoint")).await?;
                 Ok(text("OK"))
             }

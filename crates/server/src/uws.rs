@@ -243,7 +243,7 @@ fn results_xml(job: &Job, url: &str, standalone: bool) -> String {
 
 /// Middleware of a job's resources: a job that is not the caller's is answered as if it
 /// did not exist, so that job ids cannot be probed. Anonymous callers share the anonymous
-/// jobs.
+/// jobs. Changing a job needs the `jobs:run` scope.
 pub async fn owner_only(
     State(state): State<AppState>,
     Path(path): Path<std::collections::HashMap<String, String>>,
@@ -253,6 +253,14 @@ pub async fn owner_only(
 ) -> Result<Response> {
     let id = path.get("id").map(String::as_str).unwrap_or_default();
     owned_job(&state, &caller, id)?;
+    // Reading a job needs no scope; changing it (phase, parameters, times, deletion) is
+    // running jobs, as creating one is.
+    if !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        caller.allows(Scope::RunJobs)?;
+    }
     Ok(next.run(req).await)
 }
 

@@ -474,22 +474,19 @@ impl Accounts {
         check_user_name(name)?;
         check_password(password)?;
         let hash = hash_password(password)?;
-        let db = self.db();
+        let db = self.gdb()?;
         let uid: i64 = db.query_row(
             "SELECT COALESCE(MAX(uid) + 1, ?1) FROM users",
             [FIRST_UID],
             |r| r.get(0),
         )?;
         let created_ms = now_ms();
-        // Users and groups share one name space: both name a storage space and a schema.
-        let group: Option<String> = db
-            .query_row("SELECT name FROM groups WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if group.is_some() {
-            return Err(Error::Conflict(format!("'{name}' is the name of a group")));
+        if self.user_exists(&db, name)? {
+            return Err(Error::Conflict(format!("user '{name}' already exists")));
         }
+        // Users and groups share one name space (both name a storage space and a schema);
+        // reserved names, removed users' names and names differing only in case are refused.
+        crate::groups::name_free(&db, name)?;
         let inserted = db.execute(
             "INSERT OR IGNORE INTO users (name, uid, password, email, admin, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -505,6 +502,14 @@ impl Accounts {
             admin,
             created_ms,
         })
+    }
+
+    fn user_exists(&self, db: &Connection, name: &str) -> Result<bool> {
+        Ok(db.query_row(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
+            [name],
+            |r| r.get(0),
+        )?)
     }
 
     /// User `name`, if there is one.

@@ -410,6 +410,18 @@ fn store_error(context: &str, e: object_store::Error) -> Error {
     Error::io(context, std::io::Error::other(e))
 }
 
+/// The id of the user or group space `name` was made for (none for a space made before
+/// spaces were bound, or no space).
+fn bound_principal(db: &rusqlite::Connection, name: &str) -> Result<Option<i64>> {
+    Ok(db
+        .query_row(
+            "SELECT principal FROM spaces WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 impl Storage {
     /// The tree recorded in `db`, bytes in `store`, each space allowed `quota_bytes`, with
     /// the survey `collections`.
@@ -536,14 +548,7 @@ impl Storage {
     /// The id of the user or group space `name` was made for (`None` for a space made
     /// before spaces were bound, or no space).
     pub fn space_id(&self, name: &str) -> Result<Option<i64>> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT principal FROM spaces WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()?)
+        bound_principal(&self.db(), name)
     }
 
     /// Makes sure the space `name` of the user or group with id `id` exists (made by
@@ -558,13 +563,7 @@ impl Storage {
         let stale = {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let bound: Option<i64> = tx
-                .query_row(
-                    "SELECT principal FROM spaces WHERE name = ?1",
-                    [name],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let bound = bound_principal(&tx, name)?;
             if bound == Some(id) {
                 return Ok(());
             }
@@ -629,13 +628,7 @@ impl Storage {
         let objects = {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let bound: Option<i64> = tx
-                .query_row(
-                    "SELECT principal FROM spaces WHERE name = ?1",
-                    [name],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let bound = bound_principal(&tx, name)?;
             if bound.is_some_and(|b| b != id) {
                 return Ok(false);
             }
@@ -792,6 +785,12 @@ impl Storage {
         ))?;
         let rows = stmt.query_map([path], read_node)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Checks that `who` may write the data node at `path` (a new one, or one there to
+    /// replace), as a later upload to it would: for handing out an upload URL.
+    pub fn check_upload(&self, who: &Who, path: &str) -> Result<()> {
+        self.check_create(who, path, true).map(drop)
     }
 
     /// Checks that `who` may create a node at `path`: its parent is a container they write
