@@ -244,7 +244,21 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
     let mut response = next.run(req).await;
+    // A refusal may come before the request's body is read, and the connection then closes
+    // after the answer: say so, so that a client does not send its next request on it.
+    if has_body && (response.status().is_client_error() || response.status().is_server_error())
+    {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     response.headers_mut().insert(
         header::SERVER,
         header::HeaderValue::from_static(concat!("Meridian/", env!("CARGO_PKG_VERSION"))),
