@@ -19,8 +19,8 @@ use arrow::record_batch::RecordBatch;
 use crate::detect::open_stream;
 use crate::limits::{Meter, batch_rows_for};
 use crate::{
-    BatchSource, ByteCounter, ColumnMeta, Compression, Error, ReadOptions, Result, apply_override,
-    cast_batch,
+    BatchSource, ByteCounter, ColumnMeta, Compression, Error, InputLimits, ReadOptions, Result,
+    apply_override, cast_batch,
 };
 
 const BLOCK: usize = 2880;
@@ -33,7 +33,9 @@ const MAX_HEADER_BLOCKS: usize = 100_000 / (BLOCK / CARD) + 1;
 const MAX_FITS_INDEX: i64 = 999;
 
 /// Header of one HDU: ordered (keyword, value, comment), and where each keyword first is.
-struct Header {
+/// String values are unquoted; other values are as written.
+#[derive(Debug, Clone)]
+pub struct Header {
     cards: Vec<(String, String, String)>,
     index: std::collections::HashMap<String, usize>,
 }
@@ -51,8 +53,14 @@ impl Header {
         self.index.get(key).map(|i| &self.cards[*i])
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    /// The value of `key` (its first card), as written (strings unquoted).
+    pub fn get(&self, key: &str) -> Option<&str> {
         self.card(key).map(|c| c.1.as_str())
+    }
+
+    /// Every card, in order: (keyword, value, comment).
+    pub fn cards(&self) -> &[(String, String, String)] {
+        &self.cards
     }
 
     fn comment(&self, key: &str) -> Option<&str> {
@@ -85,12 +93,14 @@ impl Header {
         })
     }
 
-    fn float(&self, key: &str) -> Option<f64> {
+    /// A number keyword (Fortran's `D` exponents too); `None` when absent or not a number.
+    pub fn float(&self, key: &str) -> Option<f64> {
         self.get(key)
             .and_then(|v| v.trim().replace(['D', 'd'], "E").parse().ok())
     }
 
-    fn string(&self, key: &str) -> Option<String> {
+    /// A non-empty string keyword.
+    pub fn string(&self, key: &str) -> Option<String> {
         self.get(key)
             .map(|s| s.to_string())
             .filter(|s| !s.is_empty())
@@ -137,6 +147,11 @@ fn parse_card(card: &[u8]) -> (String, String, String) {
 }
 
 fn read_header(stream: &mut dyn Read, path: &Path) -> Result<Option<Header>> {
+    Ok(read_header_blocks(stream, path)?.map(|(h, _)| h))
+}
+
+/// The next header and the number of 2880-byte blocks it took.
+fn read_header_blocks(stream: &mut dyn Read, path: &Path) -> Result<Option<(Header, usize)>> {
     let mut cards = Vec::new();
     let mut block = vec![0u8; BLOCK];
     let mut first = true;
@@ -161,7 +176,7 @@ fn read_header(stream: &mut dyn Read, path: &Path) -> Result<Option<Header>> {
         for card in block.chunks(CARD) {
             let parsed = parse_card(card);
             if parsed.0 == "END" {
-                return Ok(Some(Header::new(cards)));
+                return Ok(Some((Header::new(cards), blocks)));
             }
             if !parsed.0.is_empty() {
                 cards.push(parsed);
@@ -171,6 +186,59 @@ fn read_header(stream: &mut dyn Read, path: &Path) -> Result<Option<Header>> {
             return Err(Error::format(path, "FITS header has no END card"));
         }
     }
+}
+
+/// One HDU of a FITS file: its header and where its data unit lies in the (decompressed)
+/// file.
+#[derive(Debug, Clone)]
+pub struct HduHeader {
+    /// The HDU's header.
+    pub header: Header,
+    /// Byte offset of its data unit from the start of the (decompressed) file.
+    pub data_offset: u64,
+    /// Bytes of its data unit, before padding.
+    pub data_bytes: u64,
+}
+
+/// The headers of every HDU of the FITS file at `path` (plain, or gzip-compressed whatever
+/// its name), checking each declared data unit against the file's length.
+pub fn read_headers(path: &Path) -> Result<Vec<HduHeader>> {
+    let mut magic = [0u8; 2];
+    let gz = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(|e| Error::io(path, e))?
+        == 2
+        && magic == [0x1f, 0x8b];
+    let compression = if gz {
+        Compression::Gzip
+    } else {
+        Compression::None
+    };
+    let mut meter = Meter::new(&InputLimits::default());
+    let mut stream = open_stream(path, compression, ByteCounter::default(), &mut meter)?;
+    let mut out: Vec<HduHeader> = Vec::new();
+    let mut offset = 0u64;
+    while let Some((header, blocks)) = read_header_blocks(&mut stream, path)? {
+        if out.is_empty() && header.get("SIMPLE") != Some("T") {
+            return Err(Error::format(
+                path,
+                "not a standard FITS file (SIMPLE is not T)",
+            ));
+        }
+        offset += (blocks * BLOCK) as u64;
+        let data_bytes = data_bytes(&header, path)?;
+        skip(&mut stream, padded(data_bytes), path)?;
+        out.push(HduHeader {
+            header,
+            data_offset: offset,
+            data_bytes,
+        });
+        offset += padded(data_bytes);
+    }
+    if out.is_empty() {
+        return Err(Error::format(path, "empty FITS file"));
+    }
+    Ok(out)
 }
 
 fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -25,6 +25,7 @@ use arrow::record_batch::RecordBatch;
 
 pub use detect::{Compression, Format, content_head, detect};
 pub use error::{Error, Result};
+pub use fits::{HduHeader, Header as FitsHeader, read_headers as read_fits_headers};
 pub use limits::InputLimits;
 pub use meta::ColumnMeta;
 pub use progress::ByteCounter;

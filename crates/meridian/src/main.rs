@@ -11,6 +11,7 @@ macro_rules! out {
 }
 
 mod client;
+mod commands;
 mod config;
 
 use std::io::Write;
@@ -104,6 +105,9 @@ enum Command {
     /// Measure query latency in one process (warm caches), for the bench/ harness.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// FITS images: their HDUs, world coordinate systems and footprints.
+    #[command(subcommand)]
+    Images(commands::images::ImagesCommand),
     /// Sky geometry utilities reading CSV lines on standard input.
     #[command(subcommand)]
     Sky(SkyCommand),
@@ -518,6 +522,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Xmatch(args) => xmatch(&config, &args, quiet)?,
         Command::Serve { addr } => serve(&config, addr)?,
         Command::Sky(cmd) => sky(cmd)?,
+        Command::Images(cmd) => commands::images::run(cmd)?,
         Command::Bench(cmd) => bench(&config, cmd)?,
         Command::User(cmd) => user(&config, cmd)?,
         Command::Login { user, remote } => {

@@ -1,0 +1,15 @@
+//! The crate's one error type.
+
+/// What went wrong with an image.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read as FITS.
+    #[error(transparent)]
+    Fits(#[from] meridian_formats::Error),
+    /// The header has no usable celestial WCS, or one this crate cannot evaluate.
+    #[error("{0}")]
+    Wcs(String),
+}
+
+/// Results of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,151 @@
+//! `meridian images`: FITS images and their world coordinate systems.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use meridian_images::Wcs;
+
+#[derive(Subcommand)]
+pub enum ImagesCommand {
+    /// The image HDUs of FITS files with their sizes, frames and footprint corners.
+    Info {
+        /// FITS files (plain, gzip or tile-compressed).
+        files: Vec<PathBuf>,
+    },
+    /// "x,y" lines (FITS pixel coordinates, first pixel's centre at 1) to "lon,lat"
+    /// degrees in the image's own frame.
+    Xy2sky {
+        /// The FITS file.
+        file: PathBuf,
+        /// The HDU (0 is the primary); default: the first with a celestial WCS.
+        #[arg(long)]
+        hdu: Option<usize>,
+    },
+    /// "lon,lat" lines (degrees, in the image's own frame) to "x,y" FITS pixel coordinates.
+    Sky2xy {
+        /// The FITS file.
+        file: PathBuf,
+        /// The HDU (0 is the primary); default: the first with a celestial WCS.
+        #[arg(long)]
+        hdu: Option<usize>,
+    },
+}
+
+/// Runs an `images` command.
+pub fn run(cmd: ImagesCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImagesCommand::Info { files } => {
+            for file in files {
+                info(&file)?;
+            }
+            Ok(())
+        }
+        ImagesCommand::Xy2sky { file, hdu } => {
+            let wcs = wcs_of(&file, hdu)?;
+            convert(|x, y| wcs.pixel_to_world([x, y]))
+        }
+        ImagesCommand::Sky2xy { file, hdu } => {
+            let wcs = wcs_of(&file, hdu)?;
+            convert(|lon, lat| wcs.world_to_pixel(lon, lat).map(|p| (p[0], p[1])))
+        }
+    }
+}
+
+/// The WCS of HDU `hdu` of `file`, or of its first HDU that has one.
+fn wcs_of(file: &Path, hdu: Option<usize>) -> anyhow::Result<Wcs> {
+    let hdus = meridian_formats::read_fits_headers(file)?;
+    if let Some(i) = hdu {
+        let h = hdus
+            .get(i)
+            .with_context(|| format!("{}: no HDU {i} ({} HDUs)", file.display(), hdus.len()))?;
+        return Wcs::from_header(&h.header).with_context(|| format!("{}, HDU {i}", file.display()));
+    }
+    let mut last = None;
+    for h in &hdus {
+        match Wcs::from_header(&h.header) {
+            Ok(w) => return Ok(w),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => {
+            Err(e).with_context(|| format!("{}: no HDU with a celestial WCS", file.display()))
+        }
+        None => bail!("{}: no HDU", file.display()),
+    }
+}
+
+/// Reads "a,b" lines on standard input and writes `f(a, b)` as "c,d" (or "nan,nan" where
+/// `f` has no answer).
+fn convert(f: impl Fn(f64, f64) -> Option<(f64, f64)>) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line?;
+        let v: Vec<f64> = line
+            .split(',')
+            .map(|t| t.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .with_context(|| {
+                format!(
+                    "line {}: '{line}' is not two comma-separated numbers",
+                    i + 1
+                )
+            })?;
+        if v.len() != 2 {
+            bail!("line {}: expected 2 numbers, got {}", i + 1, v.len());
+        }
+        match f(v[0], v[1]) {
+            Some((a, b)) => writeln!(out, "{a:.15e},{b:.15e}")?,
+            None => writeln!(out, "nan,nan")?,
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn info(file: &Path) -> anyhow::Result<()> {
+    let hdus = meridian_formats::read_fits_headers(file)?;
+    for (i, h) in hdus.iter().enumerate() {
+        let header = &h.header;
+        let compressed = header.get("ZIMAGE") == Some("T");
+        let axis = |k: &str| {
+            header
+                .float(&format!("{}{k}", if compressed { "Z" } else { "" }))
+                .unwrap_or(0.0) as u64
+        };
+        let (nx, ny) = (axis("NAXIS1"), axis("NAXIS2"));
+        if nx == 0 || ny == 0 {
+            continue;
+        }
+        let wcs = match Wcs::from_header(header) {
+            Ok(w) => w,
+            Err(e) => {
+                out!(
+                    "{}[{i}]: {nx} x {ny}, no celestial WCS ({e})",
+                    file.display()
+                )?;
+                continue;
+            }
+        };
+        let corners: Vec<String> = [
+            [0.5, 0.5],
+            [nx as f64 + 0.5, 0.5],
+            [nx as f64 + 0.5, ny as f64 + 0.5],
+            [0.5, ny as f64 + 0.5],
+        ]
+        .iter()
+        .filter_map(|p| wcs.pixel_to_world(*p))
+        .map(|(a, b)| format!("({a:.6}, {b:.6})"))
+        .collect();
+        out!(
+            "{}[{i}]: {nx} x {ny}{}, {:?}, corners {}",
+            file.display(),
+            if compressed { " (tile-compressed)" } else { "" },
+            wcs.frame(),
+            corners.join(" ")
+        )?;
+    }
+    Ok(())
+}
