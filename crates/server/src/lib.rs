@@ -252,8 +252,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let mut response = next.run(req).await;
     // A refusal may come before the request's body is read, and the connection then closes
     // after the answer: say so, so that a client does not send its next request on it.
-    if has_body && (response.status().is_client_error() || response.status().is_server_error())
-    {
+    if has_body && (response.status().is_client_error() || response.status().is_server_error()) {
         response.headers_mut().insert(
             header::CONNECTION,
             header::HeaderValue::from_static("close"),
