@@ -37,16 +37,30 @@ const MAX_FITS_INDEX: i64 = 999;
 #[derive(Debug, Clone)]
 pub struct Header {
     cards: Vec<(String, String, String)>,
+    /// Each card's 80 characters, as written.
+    images: Vec<String>,
     index: std::collections::HashMap<String, usize>,
 }
 
 impl Header {
-    fn new(cards: Vec<(String, String, String)>) -> Self {
+    fn new(cards: Vec<(String, String, String)>, images: Vec<String>) -> Self {
         let mut index = std::collections::HashMap::with_capacity(cards.len());
         for (i, c) in cards.iter().enumerate() {
             index.entry(c.0.clone()).or_insert(i);
         }
-        Self { cards, index }
+        Self {
+            cards,
+            images,
+            index,
+        }
+    }
+
+    /// Every card as written (80 characters), in order, with its keyword.
+    pub fn card_images(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.cards
+            .iter()
+            .zip(&self.images)
+            .map(|(c, i)| (c.0.as_str(), i.as_str()))
     }
 
     fn card(&self, key: &str) -> Option<&(String, String, String)> {
@@ -153,6 +167,7 @@ fn read_header(stream: &mut dyn Read, path: &Path) -> Result<Option<Header>> {
 /// The next header and the number of 2880-byte blocks it took.
 fn read_header_blocks(stream: &mut dyn Read, path: &Path) -> Result<Option<(Header, usize)>> {
     let mut cards = Vec::new();
+    let mut images = Vec::new();
     let mut block = vec![0u8; BLOCK];
     let mut first = true;
     let mut blocks = 0;
@@ -176,10 +191,11 @@ fn read_header_blocks(stream: &mut dyn Read, path: &Path) -> Result<Option<(Head
         for card in block.chunks(CARD) {
             let parsed = parse_card(card);
             if parsed.0 == "END" {
-                return Ok(Some((Header::new(cards), blocks)));
+                return Ok(Some((Header::new(cards, images), blocks)));
             }
             if !parsed.0.is_empty() {
                 cards.push(parsed);
+                images.push(String::from_utf8_lossy(card).into_owned());
             }
         }
         if cards.len() > 100_000 {

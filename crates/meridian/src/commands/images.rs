@@ -23,6 +23,23 @@ pub enum ImagesCommand {
         #[arg(long)]
         hdu: Option<usize>,
     },
+    /// Cut out the pixels of an image within a circle (or a pixel box) as a FITS file.
+    Cutout {
+        /// The FITS file.
+        file: PathBuf,
+        /// The HDU (0 is the primary); default: the first image with a celestial WCS.
+        #[arg(long)]
+        hdu: Option<usize>,
+        /// "lon,lat,radius" in degrees, in the image's own frame.
+        #[arg(long, allow_hyphen_values = true, conflicts_with = "pixels")]
+        circle: Option<String>,
+        /// "x1:x2,y1:y2": FITS pixel ranges, inclusive, 1-based.
+        #[arg(long)]
+        pixels: Option<String>,
+        /// Output FITS file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// "lon,lat" lines (degrees, in the image's own frame) to "x,y" FITS pixel coordinates.
     Sky2xy {
         /// The FITS file.
@@ -46,6 +63,13 @@ pub fn run(cmd: ImagesCommand) -> anyhow::Result<()> {
             let wcs = wcs_of(&file, hdu)?;
             convert(|x, y| wcs.pixel_to_world([x, y]))
         }
+        ImagesCommand::Cutout {
+            file,
+            hdu,
+            circle,
+            pixels,
+            out,
+        } => cutout(&file, hdu, circle.as_deref(), pixels.as_deref(), &out),
         ImagesCommand::Sky2xy { file, hdu } => {
             let wcs = wcs_of(&file, hdu)?;
             convert(|lon, lat| wcs.world_to_pixel(lon, lat).map(|p| (p[0], p[1])))
@@ -148,4 +172,97 @@ fn info(file: &Path) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn cutout(
+    file: &Path,
+    hdu: Option<usize>,
+    circle: Option<&str>,
+    pixels: Option<&str>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let hdus = meridian_images::image_hdus(file)?;
+    let image = match hdu {
+        Some(i) => hdus
+            .iter()
+            .find(|h| h.index == i)
+            .with_context(|| format!("{}: HDU {i} is not an image", file.display()))?,
+        None => hdus
+            .iter()
+            .find(|h| h.wcs().is_ok())
+            .or(hdus.first())
+            .with_context(|| format!("{}: no image HDU", file.display()))?,
+    };
+    let size = image.size();
+    let b = match (circle, pixels) {
+        (Some(c), _) => {
+            let v: Vec<f64> = c
+                .split(',')
+                .map(|t| t.trim().parse::<f64>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--circle '{c}' is not lon,lat,radius in degrees"))?;
+            let [lon, lat, r] = v[..] else {
+                bail!("--circle '{c}' is not lon,lat,radius in degrees");
+            };
+            if !((-90.0..=90.0).contains(&lat) && r > 0.0 && r <= 180.0) {
+                bail!(
+                    "--circle '{c}': latitude must be within [-90, 90] and the radius within (0, 180]"
+                );
+            }
+            let wcs = image
+                .wcs()
+                .with_context(|| format!("{}[{}]", file.display(), image.index))?;
+            meridian_images::circle_box(&wcs, size, lon, lat, r).with_context(|| {
+                format!(
+                    "the circle {c} does not meet {}[{}]",
+                    file.display(),
+                    image.index
+                )
+            })?
+        }
+        (None, Some(p)) => parse_pixels(p, size)?,
+        (None, None) => bail!("give --circle or --pixels"),
+    };
+    let tmp = out.with_extension("partial");
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    meridian_images::write_cutout(file, image, &b, &mut w)?;
+    w.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    eprintln!(
+        "{}: {} x {} pixels [{}:{},{}:{}]",
+        out.display(),
+        b.x.end - b.x.start,
+        b.y.end - b.y.start,
+        b.x.start + 1,
+        b.x.end,
+        b.y.start + 1,
+        b.y.end
+    );
+    Ok(())
+}
+
+/// "x1:x2,y1:y2" (1-based, inclusive) as a pixel box within `size`.
+fn parse_pixels(p: &str, size: (u64, u64)) -> anyhow::Result<meridian_images::PixelBox> {
+    let bad = || anyhow::anyhow!("--pixels '{p}' is not x1:x2,y1:y2 (1-based, inclusive)");
+    let (x, y) = p.split_once(',').ok_or_else(bad)?;
+    let range = |s: &str, n: u64| -> anyhow::Result<std::ops::Range<u64>> {
+        let (a, b) = s.split_once(':').ok_or_else(bad)?;
+        let (a, b): (u64, u64) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if a < 1 || b < a || b > n {
+            bail!("--pixels '{p}': {a}:{b} is not within 1:{n}");
+        }
+        Ok(a - 1..b)
+    };
+    Ok(meridian_images::PixelBox {
+        x: range(x, size.0)?,
+        y: range(y, size.1)?,
+    })
 }

@@ -1,0 +1,305 @@
+//! Pixels of image HDUs and cutouts of them as FITS files.
+//!
+//! Pixels are read by CFITSIO (the `fitsio` crate, built from its bundled source), which
+//! decodes tile-compressed images (RICE_1, GZIP_1, GZIP_2, HCOMPRESS_1, PLIO_1) and reads
+//! only the tiles a region touches. Values are read as stored (BSCALE and BZERO not
+//! applied) and written with the same BITPIX, BSCALE, BZERO and BLANK, so that a cutout's
+//! pixels are the original's exactly.
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::Path;
+
+use meridian_formats::{FitsHeader, HduHeader};
+
+use crate::{Error, Result, Wcs};
+
+/// One image HDU of a file: its header as an image (for a tile-compressed image, the
+/// header of the image it holds), its size and its pixel type.
+#[derive(Debug, Clone)]
+pub struct ImageHdu {
+    /// The HDU's index in the file (0 is the primary).
+    pub index: usize,
+    /// The header, raw (a compressed image's binary-table header).
+    pub header: FitsHeader,
+    /// BITPIX of the pixels (ZBITPIX of a compressed image).
+    pub bitpix: i64,
+    /// Length of each axis, NAXIS1 first.
+    pub axes: Vec<u64>,
+    /// Whether the image is tile-compressed.
+    pub compressed: bool,
+}
+
+impl ImageHdu {
+    /// The image HDU of `h` (at `index`), if it holds an image of two or more axes.
+    pub fn from_header(index: usize, h: &HduHeader) -> Option<Self> {
+        let header = &h.header;
+        let compressed = header.get("ZIMAGE") == Some("T");
+        let z = if compressed { "Z" } else { "" };
+        if !compressed && header.get("XTENSION").is_some_and(|x| x.trim() != "IMAGE") {
+            return None;
+        }
+        let naxis = header.float(&format!("{z}NAXIS"))? as usize;
+        let axes: Vec<u64> = (1..=naxis)
+            .map(|i| header.float(&format!("{z}NAXIS{i}")).map(|v| v as u64))
+            .collect::<Option<_>>()?;
+        if axes.len() < 2 || axes.contains(&0) {
+            return None;
+        }
+        Some(ImageHdu {
+            index,
+            header: header.clone(),
+            bitpix: header.float(&format!("{z}BITPIX"))? as i64,
+            axes,
+            compressed,
+        })
+    }
+
+    /// Width and height (NAXIS1, NAXIS2).
+    pub fn size(&self) -> (u64, u64) {
+        (self.axes[0], self.axes[1])
+    }
+
+    /// The HDU's celestial WCS.
+    pub fn wcs(&self) -> Result<Wcs> {
+        Wcs::from_header(&self.header)
+    }
+}
+
+/// The image HDUs of the FITS file at `path`.
+pub fn image_hdus(path: &Path) -> Result<Vec<ImageHdu>> {
+    Ok(meridian_formats::read_fits_headers(path)?
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| ImageHdu::from_header(i, h))
+        .collect())
+}
+
+/// Pixel values as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    /// Integer pixels (BITPIX 8, 16, 32, 64).
+    Int(Vec<i64>),
+    /// Floating-point pixels (BITPIX -32, -64).
+    Float(Vec<f64>),
+}
+
+/// A rectangle of pixels, 0-based and end-exclusive on each axis (x along NAXIS1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PixelBox {
+    pub x: Range<u64>,
+    pub y: Range<u64>,
+}
+
+impl PixelBox {
+    /// Pixels in the box.
+    pub fn pixels(&self) -> u64 {
+        (self.x.end - self.x.start) * (self.y.end - self.y.start)
+    }
+}
+
+fn fits_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Pixels(format!("{}: {e}", path.display()))
+}
+
+/// Reads the pixels of `b` from image `hdu` of `path`, as stored, row by row (x fastest).
+/// Extra axes beyond the second are read at their first plane.
+pub fn read_box(path: &Path, hdu: &ImageHdu, b: &PixelBox) -> Result<Values> {
+    let (w, h) = hdu.size();
+    if b.x.end > w || b.y.end > h || b.x.is_empty() || b.y.is_empty() {
+        return Err(Error::Pixels(format!(
+            "{}: pixel box {:?} is outside the {w} x {h} image",
+            path.display(),
+            b
+        )));
+    }
+    let mut f = fitsio::FitsFile::open(path).map_err(|e| fits_err(path, e))?;
+    let fh = f.hdu(hdu.index).map_err(|e| fits_err(path, e))?;
+    // Values as stored: CFITSIO would otherwise apply BSCALE and BZERO.
+    let mut status = 0;
+    // SAFETY: the file handle is open and current on this HDU (`hdu` made it current).
+    unsafe {
+        fitsio::sys::ffpscl(f.as_raw(), 1.0, 0.0, &mut status);
+    }
+    if status != 0 {
+        return Err(fits_err(path, format!("CFITSIO status {status}")));
+    }
+    let mut ranges: Vec<Range<usize>> = Vec::with_capacity(hdu.axes.len());
+    ranges.push(b.x.start as usize..b.x.end as usize);
+    ranges.push(b.y.start as usize..b.y.end as usize);
+    for _ in 2..hdu.axes.len() {
+        ranges.push(0..1);
+    }
+    let refs: Vec<&Range<usize>> = ranges.iter().collect();
+    Ok(if hdu.bitpix > 0 {
+        Values::Int(
+            fh.read_region::<Vec<i64>>(&mut f, &refs)
+                .map_err(|e| fits_err(path, e))?,
+        )
+    } else {
+        Values::Float(
+            fh.read_region::<Vec<f64>>(&mut f, &refs)
+                .map_err(|e| fits_err(path, e))?,
+        )
+    })
+}
+
+/// The pixel box of `hdu` that covers the circle of `radius_deg` about (`lon_deg`,
+/// `lat_deg`) (in the image's frame), clipped to the image; `None` when they do not meet.
+pub fn circle_box(
+    wcs: &Wcs,
+    size: (u64, u64),
+    lon_deg: f64,
+    lat_deg: f64,
+    radius_deg: f64,
+) -> Option<PixelBox> {
+    // The circle's edge (and centre) in pixels: a small circle projects to a convex shape
+    // whose bounding box these points give to well under a pixel.
+    let (sl, cl) = lat_deg.to_radians().sin_cos();
+    let (sr, cr) = radius_deg.to_radians().sin_cos();
+    let mut points = vec![wcs.world_to_pixel(lon_deg, lat_deg)];
+    for k in 0..360 {
+        let az = (k as f64).to_radians();
+        let lat = (sl * cr + cl * sr * az.cos()).asin();
+        let lon = lon_deg.to_radians() + (az.sin() * sr * cl).atan2(cr - sl * lat.sin());
+        points.push(wcs.world_to_pixel(lon.to_degrees(), lat.to_degrees()));
+    }
+    let points: Vec<[f64; 2]> = points.into_iter().flatten().collect();
+    if points.is_empty() {
+        return None;
+    }
+    let min = |i: usize| points.iter().map(|p| p[i]).fold(f64::INFINITY, f64::min);
+    let max = |i: usize| {
+        points
+            .iter()
+            .map(|p| p[i])
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
+    // Pixel i (1-based) spans [i - 0.5, i + 0.5): index floor(p - 0.5).
+    let span = |lo: f64, hi: f64, n: u64| -> Option<Range<u64>> {
+        let a = (lo - 0.5).floor().max(0.0);
+        let b = ((hi - 0.5).floor() + 1.0).min(n as f64);
+        (a < b).then_some(a as u64..b as u64)
+    };
+    Some(PixelBox {
+        x: span(min(0), max(0), size.0)?,
+        y: span(min(1), max(1), size.1)?,
+    })
+}
+
+/// Keywords of a header that describe the HDU's structure or its compression, rewritten
+/// or dropped in a cutout.
+fn structural(key: &str) -> bool {
+    const EXACT: [&str; 16] = [
+        "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "TFIELDS", "ZIMAGE",
+        "ZSIMPLE", "ZBITPIX", "ZNAXIS", "ZCMPTYPE", "ZQUANTIZ", "ZDITHER0", "END",
+    ];
+    const PREFIXES: [&str; 12] = [
+        "NAXIS", "ZNAXIS", "ZTILE", "ZNAME", "ZVAL", "TTYPE", "TFORM", "TUNIT", "CHECKSUM",
+        "DATASUM", "ZHECKSUM", "ZDATASUM",
+    ];
+    EXACT.contains(&key)
+        || PREFIXES.iter().any(|p| key.starts_with(p))
+        || matches!(
+            key,
+            "ZEXTEND" | "ZBLOCKED" | "ZPCOUNT" | "ZGCOUNT" | "ZTENSION"
+        )
+}
+
+/// A FITS card: `key = value` with the value as FITS writes it.
+fn card(key: &str, value: &str) -> String {
+    let c = format!("{key:<8}= {value:>20}");
+    format!("{c:<80}")
+}
+
+fn number(v: f64) -> String {
+    let s = format!("{v:?}");
+    if s.contains('.') || s.contains('e') || s.contains("inf") || s.contains("NaN") {
+        s.replace('e', "E")
+    } else {
+        format!("{s}.0")
+    }
+}
+
+/// Writes the pixels of `b` of image `hdu` of `path` to `out` as a FITS file with one
+/// image HDU: the original header with the structure rewritten, CRPIX (and a DSS plate's
+/// CNPIX) shifted so that every pixel keeps its world coordinates, and a HISTORY card.
+pub fn write_cutout(path: &Path, hdu: &ImageHdu, b: &PixelBox, out: &mut dyn Write) -> Result<()> {
+    let values = read_box(path, hdu, b)?;
+    let (nx, ny) = (b.x.end - b.x.start, b.y.end - b.y.start);
+    let mut cards = vec![
+        card("SIMPLE", "T"),
+        card("BITPIX", &hdu.bitpix.to_string()),
+        card("NAXIS", "2"),
+        card("NAXIS1", &nx.to_string()),
+        card("NAXIS2", &ny.to_string()),
+    ];
+    let shift = [b.x.start as f64, b.y.start as f64];
+    let h = &hdu.header;
+    for (key, image) in h.card_images() {
+        if structural(key) || (hdu.compressed && key == "EXTNAME") {
+            continue;
+        }
+        let shifted = match key {
+            "CRPIX1" => Some(0),
+            "CRPIX2" => Some(1),
+            _ => None,
+        };
+        if let Some(axis) = shifted {
+            let v = h.float(key).unwrap_or(0.0) - shift[axis];
+            cards.push(card(key, &number(v)));
+        } else if key == "CNPIX1" || key == "CNPIX2" {
+            let axis = usize::from(key == "CNPIX2");
+            let v = h.float(key).unwrap_or(0.0) + shift[axis];
+            cards.push(card(key, &number(v)));
+        } else {
+            cards.push(image.to_string());
+        }
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let history = format!(
+        "Meridian cutout of {name}[{}] pixels [{}:{},{}:{}]",
+        hdu.index,
+        b.x.start + 1,
+        b.x.end,
+        b.y.start + 1,
+        b.y.end
+    );
+    for chunk in history.as_bytes().chunks(70) {
+        cards.push(format!(
+            "{:<80}",
+            format!("HISTORY {}", String::from_utf8_lossy(chunk))
+        ));
+    }
+    cards.push(format!("{:<80}", "END"));
+    let mut head = cards.concat().into_bytes();
+    head.resize(head.len().div_ceil(2880) * 2880, b' ');
+    out.write_all(&head).map_err(|e| fits_err(path, e))?;
+    let mut data: Vec<u8> = Vec::new();
+    match (&values, hdu.bitpix) {
+        (Values::Int(v), 8) => data.extend(v.iter().map(|x| *x as u8)),
+        (Values::Int(v), 16) => v
+            .iter()
+            .for_each(|x| data.extend((*x as i16).to_be_bytes())),
+        (Values::Int(v), 32) => v
+            .iter()
+            .for_each(|x| data.extend((*x as i32).to_be_bytes())),
+        (Values::Int(v), 64) => v.iter().for_each(|x| data.extend(x.to_be_bytes())),
+        (Values::Float(v), -32) => v
+            .iter()
+            .for_each(|x| data.extend((*x as f32).to_be_bytes())),
+        (Values::Float(v), -64) => v.iter().for_each(|x| data.extend(x.to_be_bytes())),
+        (_, bitpix) => {
+            return Err(Error::Pixels(format!(
+                "{}: BITPIX {bitpix} is not a FITS pixel type",
+                path.display()
+            )));
+        }
+    }
+    data.resize(data.len().div_ceil(2880) * 2880, 0);
+    out.write_all(&data).map_err(|e| fits_err(path, e))?;
+    Ok(())
+}
