@@ -195,4 +195,6 @@ def test_a_bounded_run_of_hostile_inputs(service, outside):
     assert sorted(p.name for p in outside.iterdir()) == before, "a file was written outside"
     assert not Path("/tmp/meridian-hostile.csv").exists()
     peak = peak_rss_mib(service.proc)
+    print(f"hostile run: {len(answers)} requests, {created} of 120 anonymous jobs accepted, "
+          f"peak RSS {peak:.0f} MiB (budget {BUDGET_MIB} + {OVERHEAD_MIB} MiB)")
     assert peak < BUDGET_MIB + OVERHEAD_MIB, f"peak RSS {peak:.0f} MiB"
