@@ -232,6 +232,16 @@ pub fn read_headers(path: &Path) -> Result<Vec<HduHeader>> {
     };
     let mut meter = Meter::new(&InputLimits::default());
     let mut stream = open_stream(path, compression, ByteCounter::default(), &mut meter)?;
+    // A FITS file starts with its SIMPLE card; anything else is refused before more is read.
+    let mut first = [0u8; CARD];
+    let n = read_full(&mut stream, &mut first).map_err(|e| Error::io(path, e))?;
+    if n < CARD || !first.starts_with(b"SIMPLE  =") {
+        return Err(Error::format(
+            path,
+            "not a FITS file (it does not start with a SIMPLE card)",
+        ));
+    }
+    let mut stream = std::io::Cursor::new(first).chain(stream);
     let mut out: Vec<HduHeader> = Vec::new();
     let mut offset = 0u64;
     while let Some((header, blocks)) = read_header_blocks(&mut stream, path)? {

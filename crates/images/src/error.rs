@@ -9,6 +9,9 @@ pub enum Error {
     /// The header has no usable celestial WCS, or one this crate cannot evaluate.
     #[error("{0}")]
     Wcs(String),
+    /// A request or a name that is not valid.
+    #[error("{0}")]
+    Invalid(String),
     /// Pixels could not be read or written.
     #[error("{0}")]
     Pixels(String),

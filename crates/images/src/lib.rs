@@ -4,10 +4,14 @@
 //! Angles crossing this API are in degrees and say so in their names; pixel coordinates
 //! follow FITS, the centre of the first pixel being 1.
 
+pub mod collection;
 pub mod cutout;
 mod error;
+pub mod footprint;
+pub mod frames;
 pub mod wcs;
 
 pub use cutout::{ImageHdu, PixelBox, Values, circle_box, image_hdus, read_box, write_cutout};
 pub use error::{Error, Result};
+pub use footprint::Footprint;
 pub use wcs::{Frame, Wcs};

@@ -522,7 +522,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Xmatch(args) => xmatch(&config, &args, quiet)?,
         Command::Serve { addr } => serve(&config, addr)?,
         Command::Sky(cmd) => sky(cmd)?,
-        Command::Images(cmd) => commands::images::run(cmd)?,
+        Command::Images(cmd) => commands::images::run(&config.data_dir.join("images"), cmd)?,
         Command::Bench(cmd) => bench(&config, cmd)?,
         Command::User(cmd) => user(&config, cmd)?,
         Command::Login { user, remote } => {
@@ -542,7 +542,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bar(quiet: bool, len: u64, template: &str) -> ProgressBar {
+pub(crate) fn bar(quiet: bool, len: u64, template: &str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }

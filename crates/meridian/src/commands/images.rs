@@ -9,6 +9,37 @@ use meridian_images::Wcs;
 
 #[derive(Subcommand)]
 pub enum ImagesCommand {
+    /// Register FITS images in place as collection NAME (made if new; files new or changed
+    /// since the last add are read, the others kept).
+    Add {
+        /// Collection name.
+        name: String,
+        /// FITS files and directories (plain, gzip or tile-compressed).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Look into subdirectories too.
+        #[arg(long)]
+        recursive: bool,
+        /// Report files that cannot be registered and go on (otherwise the first one fails
+        /// the add and nothing is changed).
+        #[arg(long)]
+        skip_bad: bool,
+        /// Don't show progress.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// The collections, with their numbers of images.
+    List,
+    /// The images of a collection: id, size, centre, field of view, time and band.
+    Show {
+        /// Collection name.
+        name: String,
+    },
+    /// Remove a collection (its files stay where they are).
+    Remove {
+        /// Collection name.
+        name: String,
+    },
     /// The image HDUs of FITS files with their sizes, frames and footprint corners.
     Info {
         /// FITS files (plain, gzip or tile-compressed).
@@ -50,9 +81,92 @@ pub enum ImagesCommand {
     },
 }
 
-/// Runs an `images` command.
-pub fn run(cmd: ImagesCommand) -> anyhow::Result<()> {
+/// Runs an `images` command; collections live in `dir`.
+pub fn run(dir: &Path, cmd: ImagesCommand) -> anyhow::Result<()> {
+    use meridian_images::collection;
     match cmd {
+        ImagesCommand::Add {
+            name,
+            paths,
+            recursive,
+            skip_bad,
+            quiet,
+        } => {
+            collection::check_name(&name)?;
+            let files = collection::files(&paths, recursive)?;
+            if files.is_empty() {
+                bail!(
+                    "no FITS files in {}",
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let root = paths.first().filter(|p| p.is_dir() && paths.len() == 1);
+            let progress = crate::bar(
+                quiet,
+                files.len() as u64,
+                "{spinner} {pos}/{len} files ({per_sec}, ETA {eta}) {wide_msg}",
+            );
+            let added = collection::add(
+                dir,
+                &name,
+                root.map(PathBuf::as_path),
+                &files,
+                skip_bad,
+                |f| {
+                    progress.set_message(f.display().to_string());
+                    progress.inc(1);
+                },
+            )?;
+            progress.finish_and_clear();
+            for r in &added.rejected {
+                eprintln!("skipped {}: {}", r.path.display(), r.reason);
+            }
+            out!(
+                "{name}: {} images ({} files read, {} unchanged, {} skipped)",
+                added.datasets,
+                added.read,
+                added.unchanged,
+                added.rejected.len()
+            )?;
+            Ok(())
+        }
+        ImagesCommand::List => {
+            for c in collection::list(dir)? {
+                out!("{}\t{} images", c.name, c.datasets.len())?;
+            }
+            Ok(())
+        }
+        ImagesCommand::Show { name } => {
+            let c = collection::open(dir, &name)?
+                .with_context(|| format!("no image collection '{name}'"))?;
+            out!("id\twidth\theight\tra\tdec\tfov_deg\tpixel_arcsec\tt_min_mjd\tfilter")?;
+            for d in &c.datasets {
+                out!(
+                    "{}\t{}\t{}\t{:.6}\t{:.6}\t{:.5}\t{:.4}\t{}\t{}",
+                    d.id,
+                    d.width,
+                    d.height,
+                    d.ra_deg,
+                    d.dec_deg,
+                    d.fov_deg,
+                    d.pixel_arcsec,
+                    d.t_min_mjd.map(|t| format!("{t:.6}")).unwrap_or_default(),
+                    d.filter.as_deref().unwrap_or("")
+                )?;
+            }
+            Ok(())
+        }
+        ImagesCommand::Remove { name } => {
+            if !collection::remove(dir, &name)? {
+                bail!("no image collection '{name}'");
+            }
+            out!("removed image collection '{name}' (its files are untouched)")?;
+            Ok(())
+        }
         ImagesCommand::Info { files } => {
             for file in files {
                 info(&file)?;
