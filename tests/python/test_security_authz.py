@@ -206,6 +206,8 @@ READ_ONLY = "catalogs:read"  # the scoped caller's token
 ROUTES = [
     # ---- public: no user's data is reached -------------------------------------------
     Entry("/health", ("GET",), get("/health"), public="liveness answer, no data"),
+    Entry("/images/file", ("GET",), get("/images/file", ID="ivo://meridian/images/none?x"),
+          public="the files of published image collections, found by their ObsCore DID only"),
     Entry("/metrics", ("GET",), get("/metrics"),
           public="service-wide request counters and job counts by phase; nobody's data"),
     Entry("/tap/availability", ("GET",), get("/tap/availability"), public="VOSI availability"),

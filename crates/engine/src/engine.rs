@@ -171,6 +171,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Adds `batch` as the in-memory table `schema.name`.
+    pub fn add_batch_table(
+        &mut self,
+        schema: &str,
+        name: &str,
+        batch: arrow::record_batch::RecordBatch,
+    ) -> Result<()> {
+        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        self.add_table(schema, name, Arc::new(table))
+    }
+
     /// The tables added with [`Engine::add_table`]: (schema, name, provider).
     pub fn extra_tables(
         &self,

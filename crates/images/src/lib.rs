@@ -9,6 +9,7 @@ pub mod cutout;
 mod error;
 pub mod footprint;
 pub mod frames;
+pub mod obscore;
 pub mod wcs;
 
 pub use cutout::{ImageHdu, PixelBox, Values, circle_box, image_hdus, read_box, write_cutout};

@@ -1122,6 +1122,9 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The authority of image datasets' publisher DIDs.
+const IMAGE_AUTHORITY: &str = "meridian";
+
 fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
     let (engine, rt) = open_engine(config)?;
     // Queries get a runtime of their own: CPU-bound operators never hold the threads that
@@ -1131,8 +1134,29 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
         .enable_all()
         .build()?;
-    let engine = engine.with_executor(queries.handle().clone());
+    let mut engine = engine.with_executor(queries.handle().clone());
     let s = &config.server;
+    let addr = addr.unwrap_or_else(|| s.addr.clone());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&addr))
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    // Image collections: ivoa.obscore, whose access URLs name the service's own address.
+    let collections = meridian_images::collection::list(&config.data_dir.join("images"))?;
+    if !collections.is_empty() {
+        let base = s
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}"));
+        let base = base.trim_end_matches('/');
+        let batch = meridian_images::obscore::batch(
+            &collections,
+            &format!("{base}/images/file"),
+            IMAGE_AUTHORITY,
+        )?;
+        tracing::info!(images = batch.num_rows(), "ivoa.obscore");
+        engine.add_batch_table("ivoa", "obscore", batch)?;
+    }
     let mut state = meridian_server::AppState::new(
         engine,
         meridian_server::Limits {
@@ -1160,12 +1184,11 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         },
     )?;
     state.public_url = s.public_url.clone();
-    let addr = addr.unwrap_or_else(|| s.addr.clone());
+    state.images = std::sync::Arc::new(meridian_server::images::ImageIndex::new(
+        &collections,
+        IMAGE_AUTHORITY,
+    ));
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        let local = listener.local_addr()?;
         // URLs the service hands out (job and transfer locations) are built on the public
         // URL, never on the Host header a client sends.
         let mut state = state;

@@ -10,6 +10,7 @@ pub mod datalab;
 pub mod error;
 pub mod examples;
 pub mod groups;
+pub mod images;
 pub mod metadata;
 pub mod mydb;
 pub mod params;
@@ -126,6 +127,8 @@ pub struct AppState {
     pub jobs: Arc<Jobs>,
     /// Table metadata (VOSI, TAP_SCHEMA).
     pub model: Arc<Vec<metadata::SchemaMeta>>,
+    /// The registered image datasets, for their files.
+    pub images: Arc<images::ImageIndex>,
     /// Users and tokens.
     pub accounts: Arc<Accounts>,
     /// Account settings.
@@ -189,6 +192,7 @@ impl AppState {
             public_url: None,
             jobs: Jobs::open(jobs_dir, job_config, runner)?,
             model: Arc::new(model),
+            images: Arc::new(images::ImageIndex::default()),
             accounts,
             auth: Arc::new(auth),
             mydb,
@@ -371,6 +375,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn(auth::reject_invalid_token));
     Router::new()
         .route("/health", get(health))
+        .route("/images/file", get(images::file))
         .route("/metrics", get(metrics))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/register", post(auth::register))

@@ -28,6 +28,8 @@ pub struct ColumnMeta {
     pub unit: Option<String>,
     /// UCD 1+.
     pub ucd: Option<String>,
+    /// Data model utype (ObsCore's, say).
+    pub utype: Option<String>,
     /// VOTable datatype.
     pub datatype: String,
     /// VOTable arraysize.
@@ -122,6 +124,7 @@ fn columns_of(
             description: f.meta.description,
             unit: f.meta.unit,
             ucd: f.meta.ucd,
+            utype: f.meta.utype,
             datatype: f.datatype.to_string(),
             arraysize: f.arraysize,
             xtype: f.xtype,
@@ -273,18 +276,50 @@ pub fn model(engine: &Engine) -> Vec<SchemaMeta> {
                 .collect(),
         })
         .collect();
-    vec![
-        SchemaMeta {
-            name: CATALOG_SCHEMA.to_string(),
-            description: "Meridian catalogs".to_string(),
-            tables: catalogs,
-        },
-        SchemaMeta {
-            name: "TAP_SCHEMA".to_string(),
-            description: "the TAP metadata of this service".to_string(),
-            tables: tap_schema,
-        },
-    ]
+    // Tables added to the engine in schemas of their own (ivoa.obscore), TAP_SCHEMA aside.
+    let mut extra: std::collections::BTreeMap<String, Vec<TableMeta>> = Default::default();
+    for (schema_name, name, provider) in engine.extra_tables() {
+        if schema_name.eq_ignore_ascii_case("TAP_SCHEMA") {
+            continue;
+        }
+        let schema = provider.schema();
+        extra
+            .entry(schema_name.to_string())
+            .or_default()
+            .push(TableMeta {
+                schema: schema_name.to_string(),
+                name: format!("{schema_name}.{name}"),
+                description: (schema_name == "ivoa" && name == "obscore")
+                    .then(|| "ObsCore 1.1: the registered images".to_string()),
+                columns: columns_of(&schema, &|_| true, &[])
+                    .into_iter()
+                    .map(|c| ColumnMeta { std: true, ..c })
+                    .collect(),
+                foreign_keys: Vec::new(),
+            });
+    }
+    let mut schemas = vec![SchemaMeta {
+        name: CATALOG_SCHEMA.to_string(),
+        description: "Meridian catalogs".to_string(),
+        tables: catalogs,
+    }];
+    for (name, tables) in extra {
+        schemas.push(SchemaMeta {
+            description: if name == "ivoa" {
+                "IVOA data models (ObsCore)".to_string()
+            } else {
+                String::new()
+            },
+            name,
+            tables,
+        });
+    }
+    schemas.push(SchemaMeta {
+        name: "TAP_SCHEMA".to_string(),
+        description: "the TAP metadata of this service".to_string(),
+        tables: tap_schema,
+    });
+    schemas
 }
 
 fn text<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
@@ -340,7 +375,7 @@ pub fn register_tap_schema(engine: &mut Engine, model: &[SchemaMeta]) -> Result<
             vec![
                 text(columns.iter().map(|(t, _, _)| Some(t.name.as_str()))),
                 text(columns.iter().map(|(_, _, c)| Some(c.name.as_str()))),
-                text(columns.iter().map(|_| None)),
+                text(columns.iter().map(|(_, _, c)| c.utype.as_deref())),
                 text(columns.iter().map(|(_, _, c)| c.ucd.as_deref())),
                 text(columns.iter().map(|(_, _, c)| c.unit.as_deref())),
                 text(columns.iter().map(|(_, _, c)| c.description.as_deref())),

@@ -193,6 +193,9 @@ fn table_xml(t: &TableMeta, min: bool, out: &mut String) {
         if let Some(u) = &c.ucd {
             out.push_str(&format!("<ucd>{}</ucd>\n", xml_escape(u)));
         }
+        if let Some(u) = &c.utype {
+            out.push_str(&format!("<utype>{}</utype>\n", xml_escape(u)));
+        }
         out.push_str(&format!(
             "<dataType xsi:type=\"vs:VOTableType\"{}{}>{}</dataType>\n",
             c.arraysize
