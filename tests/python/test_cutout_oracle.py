@@ -130,3 +130,8 @@ def test_bad_cutout_requests_are_refused_clearly(tmp_path):
         p = cutout(m13, 0, out, pixels=pixels)
         assert p.returncode != 0 and "--pixels" in p.stderr, p.stderr
         assert not out.exists()
+    # A cutout over the pixel limit is refused before any pixel is read.
+    p = subprocess.run([meridian_bin(), "images", "cutout", str(m13), "--pixels", "1:300,1:300",
+                        "--max-pixels", "10000", "--out", str(out)], capture_output=True, text=True)
+    assert p.returncode != 0 and "300 x 300 = 90000 pixels, over the limit of 10000" in p.stderr, p.stderr
+    assert not out.exists()

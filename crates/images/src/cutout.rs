@@ -221,6 +221,19 @@ fn number(v: f64) -> String {
     }
 }
 
+/// Refuses (before any pixel is read) a box of more than `max_pixels` pixels.
+pub fn check_size(b: &PixelBox, max_pixels: u64) -> Result<()> {
+    if b.pixels() > max_pixels {
+        return Err(Error::Invalid(format!(
+            "the cutout would hold {} x {} = {} pixels, over the limit of {max_pixels}",
+            b.x.end - b.x.start,
+            b.y.end - b.y.start,
+            b.pixels()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes the pixels of `b` of image `hdu` of `path` to `out` as a FITS file with one
 /// image HDU: the original header with the structure rewritten, CRPIX (and a DSS plate's
 /// CNPIX) shifted so that every pixel keeps its world coordinates, and a HISTORY card.

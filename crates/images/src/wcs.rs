@@ -288,6 +288,26 @@ fn newton2(
     ((fx - tx).abs() < 1e-9 && (fy - ty).abs() < 1e-9).then_some((x, y))
 }
 
+/// The DSS plate model's polynomial of (u, v): the 13 position terms of AMDX (with u = x)
+/// or AMDY (with u = y); the magnitude and colour terms are not used.
+fn plate_polynomial(c: &[f64; 13], u: f64, v: f64) -> f64 {
+    let (u2, v2) = (u * u, v * v);
+    let r2 = u2 + v2;
+    c[0] * u
+        + c[1] * v
+        + c[2]
+        + c[3] * u2
+        + c[4] * u * v
+        + c[5] * v2
+        + c[6] * r2
+        + c[7] * u2 * u
+        + c[8] * u2 * v
+        + c[9] * u * v2
+        + c[10] * v2 * v
+        + c[11] * u * r2
+        + c[12] * u * r2 * r2
+}
+
 /// A Digitized Sky Survey plate solution.
 #[derive(Debug, Clone)]
 struct Dss {
@@ -339,38 +359,13 @@ impl Dss {
         )
     }
 
-    /// Plate millimetres to standard coordinates (xi, eta), arcseconds.
+    /// Plate millimetres to standard coordinates (xi, eta), arcseconds: eta's polynomial
+    /// is xi's with the roles of x and y exchanged.
     fn standard(&self, x: f64, y: f64) -> (f64, f64) {
-        let (a, b) = (&self.a, &self.b);
-        let (x2, y2, xy) = (x * x, y * y, x * y);
-        let r2 = x2 + y2;
-        let xi = a[0] * x
-            + a[1] * y
-            + a[2]
-            + a[3] * x2
-            + a[4] * xy
-            + a[5] * y2
-            + a[6] * r2
-            + a[7] * x2 * x
-            + a[8] * x2 * y
-            + a[9] * x * y2
-            + a[10] * y2 * y
-            + a[11] * x * r2
-            + a[12] * x * r2 * r2;
-        let eta = b[0] * y
-            + b[1] * x
-            + b[2]
-            + b[3] * y2
-            + b[4] * xy
-            + b[5] * x2
-            + b[6] * r2
-            + b[7] * y2 * y
-            + b[8] * x * y2
-            + b[9] * x2 * y
-            + b[10] * x2 * x
-            + b[11] * y * r2
-            + b[12] * y * r2 * r2;
-        (xi, eta)
+        (
+            plate_polynomial(&self.a, x, y),
+            plate_polynomial(&self.b, y, x),
+        )
     }
 
     fn pixel_to_world(&self, px: f64, py: f64) -> (f64, f64) {

@@ -70,6 +70,10 @@ pub enum ImagesCommand {
         /// Output FITS file.
         #[arg(long)]
         out: PathBuf,
+        /// Most pixels the cutout may hold (a request for more is refused before any pixel
+        /// is read).
+        #[arg(long, default_value_t = 100_000_000)]
+        max_pixels: u64,
     },
     /// "lon,lat" lines (degrees, in the image's own frame) to "x,y" FITS pixel coordinates.
     Sky2xy {
@@ -183,7 +187,15 @@ pub fn run(dir: &Path, cmd: ImagesCommand) -> anyhow::Result<()> {
             circle,
             pixels,
             out,
-        } => cutout(&file, hdu, circle.as_deref(), pixels.as_deref(), &out),
+            max_pixels,
+        } => cutout(
+            &file,
+            hdu,
+            circle.as_deref(),
+            pixels.as_deref(),
+            &out,
+            max_pixels,
+        ),
         ImagesCommand::Sky2xy { file, hdu } => {
             let wcs = wcs_of(&file, hdu)?;
             convert(|lon, lat| wcs.world_to_pixel(lon, lat).map(|p| (p[0], p[1])))
@@ -294,6 +306,7 @@ fn cutout(
     circle: Option<&str>,
     pixels: Option<&str>,
     out: &Path,
+    max_pixels: u64,
 ) -> anyhow::Result<()> {
     let hdus = meridian_images::image_hdus(file)?;
     let image = match hdu {
@@ -337,6 +350,7 @@ fn cutout(
         (None, Some(p)) => parse_pixels(p, size)?,
         (None, None) => bail!("give --circle or --pixels"),
     };
+    meridian_images::cutout::check_size(&b, max_pixels)?;
     let tmp = out.with_extension("partial");
     let mut w = std::io::BufWriter::new(
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
