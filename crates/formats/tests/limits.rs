@@ -32,6 +32,17 @@ fn gzip_bomb(text: &[u8], chunk: &[u8], repeat: usize) -> Vec<u8> {
 }
 
 /// Reads the whole table; the first error.
+/// Options that hold a file's (decompressed) table data to `bytes`.
+fn with_data_limit(bytes: u64) -> ReadOptions {
+    ReadOptions {
+        limits: InputLimits {
+            max_data_bytes: Some(bytes),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 fn read_all(path: &Path, options: &ReadOptions) -> Result<usize, Error> {
     let mut rows = 0;
     for b in open(path, options)? {
@@ -103,13 +114,7 @@ fn a_fits_header_bomb_is_refused_before_allocating() {
     assert!(e.to_string().contains("only 2880 bytes follow"), "{e}");
     // Compressed, its size is not known in advance: the data limit refuses it at once...
     let packed = write(dir.path(), "bomb.fits.gz", &gzip(&bomb));
-    let limited = ReadOptions {
-        limits: InputLimits {
-            max_data_bytes: Some(256 << 20),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let limited = with_data_limit(256 << 20);
     let e = fails(&packed, &limited);
     assert!(
         e.is_limit() && e.to_string().contains("limit of 268435456 bytes"),
@@ -155,13 +160,7 @@ fn a_gzip_bomb_is_stopped_early() {
     assert!(e.is_limit(), "{e}");
     assert!(e.to_string().contains("decompression bomb"), "{e}");
     // With an upload limit, that limit is named.
-    let limited = ReadOptions {
-        limits: InputLimits {
-            max_data_bytes: Some(10 << 20),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let limited = with_data_limit(10 << 20);
     let e = fails(&p, &limited);
     assert!(
         e.is_limit() && e.to_string().contains("limit of 10485760 bytes"),
@@ -390,13 +389,7 @@ fn parquet_declared_sizes_are_checked_against_the_limits() {
     };
     let e = fails(&p, &few);
     assert!(e.is_limit() && e.to_string().contains("20 columns"), "{e}");
-    let small = ReadOptions {
-        limits: InputLimits {
-            max_data_bytes: Some(100_000),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let small = with_data_limit(100_000);
     let e = fails(&p, &small);
     assert!(
         e.is_limit() && e.to_string().contains("limit of 100000 bytes"),

@@ -356,6 +356,7 @@ pub fn add(
         by_path.entry(d.path.clone()).or_default().push(d);
     }
     let mut added = Added::default();
+    let root = root.and_then(|r| std::fs::canonicalize(r).ok());
     for f in files {
         let path = std::fs::canonicalize(f).map_err(|e| io(f, e))?;
         let meta = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
@@ -369,7 +370,7 @@ pub fn add(
             continue;
         }
         let id_base = root
-            .and_then(|r| std::fs::canonicalize(r).ok())
+            .as_deref()
             .and_then(|r| path.strip_prefix(r).ok().map(Path::to_path_buf))
             .unwrap_or_else(|| path.clone())
             .to_string_lossy()
