@@ -1,6 +1,6 @@
 """ivoa.obscore over TAP: the registered images, queried with pyvo like any table, listed
 in VOSI tables and TAP_SCHEMA with ObsCore's units, UCDs and utypes, s_region a DALI
-polygon; access_url serves the image's file."""
+polygon; access_url is the image's DataLink document, whose #this link serves its file."""
 
 import json
 import os
@@ -63,14 +63,22 @@ def test_obscore_metadata_is_published(service):
     assert "ivoa.obscore" in tables
 
 
-def test_access_urls_serve_the_files(service):
+def test_access_urls_are_datalink_documents_that_serve_the_files(service):
+    import io
     import pyvo
+    from astropy.io.votable import parse
+    from pyvo.dal.adhoc import DatalinkResults
     url, _ = service
     rows = pyvo.dal.TAPService(url).search(
-        "SELECT obs_id, access_url, access_format, access_estsize, s_region FROM ivoa.obscore").to_table()
+        "SELECT obs_id, obs_publisher_did, access_url, access_format, access_estsize, s_region "
+        "FROM ivoa.obscore").to_table()
     for r in rows:
+        assert r["access_format"] == "application/x-votable+xml;content=datalink"
+        dl = DatalinkResults(parse(io.BytesIO(requests.get(r["access_url"]).content)))
+        this = next(dl.bysemantics("#this", include_narrower=False))
+        assert this["ID"] == r["obs_publisher_did"]
         name = r["obs_id"].split("[")[0]
-        body = requests.get(r["access_url"]).content
+        body = requests.get(this.access_url).content
         assert body == (IMAGES / name).read_bytes(), r["obs_id"]
         assert r["access_estsize"] == -(-len(body) // 1024)
         assert len(r["s_region"]) == 8  # four corners

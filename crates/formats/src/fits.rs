@@ -121,6 +121,17 @@ impl Header {
     }
 }
 
+impl Header {
+    /// A header from its 80-byte cards up to END, as a file holds them.
+    pub fn parse(cards: &[u8]) -> Result<Self> {
+        let mut padded = cards.to_vec();
+        padded.resize(padded.len().div_ceil(BLOCK) * BLOCK, b' ');
+        let here = Path::new("<header>");
+        read_header(&mut std::io::Cursor::new(padded), here)?
+            .ok_or_else(|| Error::format(here, "empty FITS header"))
+    }
+}
+
 /// Parses one card into (keyword, value, comment); string values are unquoted.
 fn parse_card(card: &[u8]) -> (String, String, String) {
     let text = String::from_utf8_lossy(card);

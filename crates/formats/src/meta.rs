@@ -12,6 +12,9 @@ pub const UCD: &str = "ucd";
 pub const UTYPE: &str = "utype";
 /// Field metadata key of the free-text description.
 pub const DESCRIPTION: &str = "description";
+/// Field metadata key of the VOTable FIELD's XML `ID`, which a PARAM's `ref` may name (as
+/// DataLink service descriptors do).
+pub const XML_ID: &str = "votable_id";
 
 /// Descriptive metadata of one column.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -268,6 +268,29 @@ fn dataset(path: &Path, id_base: &str, h: &ImageHdu, meta: &std::fs::Metadata) -
     })
 }
 
+/// MJD as an ISO 8601 UTC time (`YYYY-MM-DDThh:mm:ss.sss`).
+pub fn mjd_to_iso(mjd: f64) -> String {
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let ms = ((mjd - 40_587.0) * 86_400_000.0).round() as i64;
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000
+    )
+}
+
 /// The Modified Julian Date of a FITS date: `YYYY-MM-DD[THH:MM:SS[.s]]` or the old
 /// `DD/MM/YY` (19YY).
 pub fn parse_date_mjd(s: &str) -> Option<f64> {
@@ -410,6 +433,15 @@ fn save(dir: &Path, collection: &Collection) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mjd_to_iso_inverts_parse_date_mjd() {
+        assert_eq!(mjd_to_iso(51_544.5), "2000-01-01T12:00:00.000");
+        for mjd in [40_587.0, 58_225.149_560_185, 60_949.25] {
+            let back = parse_date_mjd(&mjd_to_iso(mjd)).unwrap();
+            assert!((back - mjd).abs() < 1e-8, "{mjd}: {back}");
+        }
+    }
 
     #[test]
     fn dates_become_mjd() {

@@ -102,9 +102,56 @@ fn fits_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Pixels(format!("{}: {e}", path.display()))
 }
 
-/// Reads the pixels of `b` from image `hdu` of `path`, as stored, row by row (x fastest).
-/// Extra axes beyond the second are read at their first plane.
-pub fn read_box(path: &Path, hdu: &ImageHdu, b: &PixelBox) -> Result<Values> {
+/// An image HDU opened for reading pixels as stored (BSCALE and BZERO not applied).
+struct PixelReader<'a> {
+    path: &'a Path,
+    file: fitsio::FitsFile,
+    hdu: fitsio::hdu::FitsHdu,
+    bitpix: i64,
+}
+
+impl<'a> PixelReader<'a> {
+    fn open(path: &'a Path, hdu: &ImageHdu) -> Result<Self> {
+        let mut file = fitsio::FitsFile::open(path).map_err(|e| fits_err(path, e))?;
+        let fh = file.hdu(hdu.index).map_err(|e| fits_err(path, e))?;
+        // Values as stored: CFITSIO would otherwise apply BSCALE and BZERO.
+        let mut status = 0;
+        // SAFETY: the file handle is open and current on this HDU (`hdu` made it current).
+        unsafe {
+            fitsio::sys::ffpscl(file.as_raw(), 1.0, 0.0, &mut status);
+        }
+        if status != 0 {
+            return Err(fits_err(path, format!("CFITSIO status {status}")));
+        }
+        Ok(Self {
+            path,
+            file,
+            hdu: fh,
+            bitpix: hdu.bitpix,
+        })
+    }
+
+    /// The pixels of `ranges` (0-based, end-exclusive, one per axis), x fastest.
+    fn read(&mut self, ranges: &[Range<usize>]) -> Result<Values> {
+        let refs: Vec<&Range<usize>> = ranges.iter().collect();
+        let path = self.path;
+        Ok(if self.bitpix > 0 {
+            Values::Int(
+                self.hdu
+                    .read_region::<Vec<i64>>(&mut self.file, &refs)
+                    .map_err(|e| fits_err(path, e))?,
+            )
+        } else {
+            Values::Float(
+                self.hdu
+                    .read_region::<Vec<f64>>(&mut self.file, &refs)
+                    .map_err(|e| fits_err(path, e))?,
+            )
+        })
+    }
+}
+
+fn check_box(path: &Path, hdu: &ImageHdu, b: &PixelBox) -> Result<()> {
     let (w, h) = hdu.size();
     if b.x.end > w || b.y.end > h || b.x.is_empty() || b.y.is_empty() {
         return Err(Error::Pixels(format!(
@@ -113,35 +160,21 @@ pub fn read_box(path: &Path, hdu: &ImageHdu, b: &PixelBox) -> Result<Values> {
             b
         )));
     }
-    let mut f = fitsio::FitsFile::open(path).map_err(|e| fits_err(path, e))?;
-    let fh = f.hdu(hdu.index).map_err(|e| fits_err(path, e))?;
-    // Values as stored: CFITSIO would otherwise apply BSCALE and BZERO.
-    let mut status = 0;
-    // SAFETY: the file handle is open and current on this HDU (`hdu` made it current).
-    unsafe {
-        fitsio::sys::ffpscl(f.as_raw(), 1.0, 0.0, &mut status);
-    }
-    if status != 0 {
-        return Err(fits_err(path, format!("CFITSIO status {status}")));
-    }
+    Ok(())
+}
+
+/// Reads the pixels of `b` from image `hdu` of `path`, as stored, row by row (x fastest).
+/// Extra axes beyond the second are read at their first plane.
+pub fn read_box(path: &Path, hdu: &ImageHdu, b: &PixelBox) -> Result<Values> {
+    check_box(path, hdu, b)?;
+    let mut r = PixelReader::open(path, hdu)?;
     let mut ranges: Vec<Range<usize>> = Vec::with_capacity(hdu.axes.len());
     ranges.push(b.x.start as usize..b.x.end as usize);
     ranges.push(b.y.start as usize..b.y.end as usize);
     for _ in 2..hdu.axes.len() {
         ranges.push(0..1);
     }
-    let refs: Vec<&Range<usize>> = ranges.iter().collect();
-    Ok(if hdu.bitpix > 0 {
-        Values::Int(
-            fh.read_region::<Vec<i64>>(&mut f, &refs)
-                .map_err(|e| fits_err(path, e))?,
-        )
-    } else {
-        Values::Float(
-            fh.read_region::<Vec<f64>>(&mut f, &refs)
-                .map_err(|e| fits_err(path, e))?,
-        )
-    })
+    r.read(&ranges)
 }
 
 /// The pixel box of `hdu` that covers the circle of `radius_deg` about (`lon_deg`,
@@ -221,7 +254,8 @@ fn number(v: f64) -> String {
     }
 }
 
-/// Refuses (before any pixel is read) a box of more than `max_pixels` pixels.
+/// Refuses (before any pixel is read) a box of more than `max_pixels` pixels (in each plane
+/// of an image with more than two axes; see [`check_cutout_size`] for all of them).
 pub fn check_size(b: &PixelBox, max_pixels: u64) -> Result<()> {
     if b.pixels() > max_pixels {
         return Err(Error::Invalid(format!(
@@ -234,19 +268,68 @@ pub fn check_size(b: &PixelBox, max_pixels: u64) -> Result<()> {
     Ok(())
 }
 
+/// The pixels a cutout of `b` holds: the box in every plane of the extra axes.
+pub fn cutout_pixels(hdu: &ImageHdu, b: &PixelBox) -> u64 {
+    b.pixels() * hdu.axes[2..].iter().product::<u64>()
+}
+
+/// Refuses (before any pixel is read) a cutout of more than `max_pixels` pixels, every
+/// plane of the extra axes counted.
+pub fn check_cutout_size(hdu: &ImageHdu, b: &PixelBox, max_pixels: u64) -> Result<()> {
+    check_size(b, max_pixels)?;
+    let n = cutout_pixels(hdu, b);
+    if n > max_pixels {
+        return Err(Error::Invalid(format!(
+            "the cutout would hold {n} pixels in its {} planes, over the limit of {max_pixels}",
+            n / b.pixels().max(1)
+        )));
+    }
+    Ok(())
+}
+
+/// Pixels read and written at a time: a cutout streams in strips of rows, so memory stays
+/// flat however large the cutout.
+const STRIP_PIXELS: u64 = 1 << 18;
+
 /// Writes the pixels of `b` of image `hdu` of `path` to `out` as a FITS file with one
-/// image HDU: the original header with the structure rewritten, CRPIX (and a DSS plate's
-/// CNPIX) shifted so that every pixel keeps its world coordinates, and a HISTORY card.
+/// image HDU: see [`write_cutout_hdu`].
 pub fn write_cutout(path: &Path, hdu: &ImageHdu, b: &PixelBox, out: &mut dyn Write) -> Result<()> {
-    let values = read_box(path, hdu, b)?;
+    write_cutout_hdu(path, hdu, b, true, out)
+}
+
+/// Writes the pixels of `b` of image `hdu` of `path` to `out` as one HDU (the primary, or
+/// an IMAGE extension that follows others): the original header with the structure
+/// rewritten, CRPIX (and a DSS plate's CNPIX) shifted so that every pixel keeps its world
+/// coordinates (distortion terms are relative to CRPIX and stay as they are), extra axes
+/// kept whole, and a HISTORY card. Pixels go out in strips of rows as they are read.
+pub fn write_cutout_hdu(
+    path: &Path,
+    hdu: &ImageHdu,
+    b: &PixelBox,
+    primary: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    check_box(path, hdu, b)?;
+    let mut reader = PixelReader::open(path, hdu)?;
     let (nx, ny) = (b.x.end - b.x.start, b.y.end - b.y.start);
-    let mut cards = vec![
-        card("SIMPLE", "T"),
-        card("BITPIX", &hdu.bitpix.to_string()),
-        card("NAXIS", "2"),
-        card("NAXIS1", &nx.to_string()),
-        card("NAXIS2", &ny.to_string()),
-    ];
+    let mut cards = if primary {
+        vec![card("SIMPLE", "T")]
+    } else {
+        vec![card("XTENSION", "'IMAGE   '")]
+    };
+    cards.push(card("BITPIX", &hdu.bitpix.to_string()));
+    cards.push(card("NAXIS", &hdu.axes.len().to_string()));
+    cards.push(card("NAXIS1", &nx.to_string()));
+    cards.push(card("NAXIS2", &ny.to_string()));
+    for (i, n) in hdu.axes.iter().enumerate().skip(2) {
+        cards.push(card(&format!("NAXIS{}", i + 1), &n.to_string()));
+    }
+    if primary {
+        cards.push(card("EXTEND", "T"));
+    } else {
+        cards.push(card("PCOUNT", "0"));
+        cards.push(card("GCOUNT", "1"));
+    }
     let shift = [b.x.start as f64, b.y.start as f64];
     let h = &hdu.header;
     for (key, image) in h.card_images() {
@@ -291,8 +374,39 @@ pub fn write_cutout(path: &Path, hdu: &ImageHdu, b: &PixelBox, out: &mut dyn Wri
     let mut head = cards.concat().into_bytes();
     head.resize(head.len().div_ceil(2880) * 2880, b' ');
     out.write_all(&head).map_err(|e| fits_err(path, e))?;
+    let planes: u64 = hdu.axes[2..].iter().product();
+    let rows_per_strip = (STRIP_PIXELS / nx).max(1);
+    let mut written: u64 = 0;
     let mut data: Vec<u8> = Vec::new();
-    match (&values, hdu.bitpix) {
+    for plane in 0..planes {
+        let mut ranges: Vec<Range<usize>> = vec![b.x.start as usize..b.x.end as usize, 0..0];
+        let mut rest = plane;
+        for n in &hdu.axes[2..] {
+            let i = (rest % n) as usize;
+            rest /= n;
+            ranges.push(i..i + 1);
+        }
+        let mut y = b.y.start;
+        while y < b.y.end {
+            let y_end = (y + rows_per_strip).min(b.y.end);
+            ranges[1] = y as usize..y_end as usize;
+            let values = reader.read(&ranges)?;
+            data.clear();
+            encode(&values, hdu.bitpix, &mut data).map_err(|e| fits_err(path, e))?;
+            out.write_all(&data).map_err(|e| fits_err(path, e))?;
+            written += data.len() as u64;
+            y = y_end;
+        }
+    }
+    let pad = written.div_ceil(2880) * 2880 - written;
+    out.write_all(&vec![0u8; pad as usize])
+        .map_err(|e| fits_err(path, e))?;
+    Ok(())
+}
+
+/// Pixel values as FITS stores them (big-endian, BITPIX's type).
+fn encode(values: &Values, bitpix: i64, data: &mut Vec<u8>) -> std::result::Result<(), String> {
+    match (values, bitpix) {
         (Values::Int(v), 8) => data.extend(v.iter().map(|x| *x as u8)),
         (Values::Int(v), 16) => v
             .iter()
@@ -305,14 +419,7 @@ pub fn write_cutout(path: &Path, hdu: &ImageHdu, b: &PixelBox, out: &mut dyn Wri
             .iter()
             .for_each(|x| data.extend((*x as f32).to_be_bytes())),
         (Values::Float(v), -64) => v.iter().for_each(|x| data.extend(x.to_be_bytes())),
-        (_, bitpix) => {
-            return Err(Error::Pixels(format!(
-                "{}: BITPIX {bitpix} is not a FITS pixel type",
-                path.display()
-            )));
-        }
+        (_, bitpix) => return Err(format!("BITPIX {bitpix} is not a FITS pixel type")),
     }
-    data.resize(data.len().div_ceil(2880) * 2880, 0);
-    out.write_all(&data).map_err(|e| fits_err(path, e))?;
     Ok(())
 }

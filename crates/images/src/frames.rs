@@ -122,3 +122,57 @@ pub fn to_icrs(frame: Frame, lon_deg: f64, lat_deg: f64) -> (f64, f64) {
     };
     angles(icrs)
 }
+
+/// ICRS (ra, dec) as `(lon_deg, lat_deg)` in `frame`, degrees: [`to_icrs`] inverted. Each
+/// frame is a rotation (FK4 with its E-terms, well under an arcsecond, added): the
+/// rotation's matrix, read off [`to_icrs`] of the axes, gives the first answer, and its
+/// transpose applied to the remaining difference corrects it to double precision.
+pub fn from_icrs(frame: Frame, ra_deg: f64, dec_deg: f64) -> (f64, f64) {
+    if frame == Frame::Icrs {
+        return (ra_deg, dec_deg);
+    }
+    let forward = |v: [f64; 3]| {
+        let (lon, lat) = angles(v);
+        let (ra, dec) = to_icrs(frame, lon, lat);
+        unit(ra, dec)
+    };
+    // Columns: the images of the frame's axes.
+    let cols = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]].map(forward);
+    let back = |w: [f64; 3]| [0, 1, 2].map(|i| (0..3).map(|k| cols[i][k] * w[k]).sum::<f64>());
+    let target = unit(ra_deg, dec_deg);
+    let mut v = back(target);
+    for _ in 0..4 {
+        let got = forward(v);
+        let step = back([0, 1, 2].map(|i| target[i] - got[i]));
+        let w = [0, 1, 2].map(|i| v[i] + step[i]);
+        let n = (w[0] * w[0] + w[1] * w[1] + w[2] * w[2]).sqrt();
+        v = w.map(|x| x / n);
+    }
+    angles(v)
+}
+
+#[cfg(test)]
+mod inverse_tests {
+    use super::*;
+
+    #[test]
+    fn from_icrs_inverts_to_icrs() {
+        for frame in [
+            Frame::Galactic,
+            Frame::Ecliptic,
+            Frame::Fk5 { equinox: 1975.0 },
+            Frame::Fk4 { equinox: 1950.0 },
+        ] {
+            for (ra, dec) in [(10.0, 20.0), (359.9, -89.0), (180.0, 45.0)] {
+                let (l, b) = from_icrs(frame, ra, dec);
+                let (ra2, dec2) = to_icrs(frame, l, b);
+                let d = ((ra2 - ra)
+                    .rem_euclid(360.0)
+                    .min((ra - ra2).rem_euclid(360.0))
+                    * dec.to_radians().cos())
+                .hypot(dec2 - dec);
+                assert!(d < 1e-10, "{frame:?} {ra} {dec}: {d}");
+            }
+        }
+    }
+}

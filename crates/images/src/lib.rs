@@ -10,6 +10,10 @@ mod error;
 pub mod footprint;
 pub mod frames;
 pub mod obscore;
+pub mod preview;
+pub mod sia;
+pub mod soda;
+pub mod synth;
 pub mod wcs;
 
 pub use cutout::{ImageHdu, PixelBox, Values, circle_box, image_hdus, read_box, write_cutout};

@@ -279,6 +279,13 @@ pub fn schema() -> SchemaRef {
             if *kind == "p" {
                 meta.insert("xtype".to_string(), "polygon".to_string());
             }
+            // DataLink service descriptors name the identifier column by this ID.
+            if *name == "obs_publisher_did" {
+                meta.insert(
+                    meridian_formats::meta::XML_ID.to_string(),
+                    "obs_publisher_did".to_string(),
+                );
+            }
             let nullable = !matches!(
                 *name,
                 "dataproduct_type"
@@ -298,46 +305,66 @@ pub fn publisher_did(authority: &str, collection: &str, id: &str) -> String {
     format!("ivo://{authority}/images/{collection}?{id}")
 }
 
-/// The rows of `collections`: `access_url` of dataset `id` of collection `c` is
-/// `{files_url}?ID=<publisher DID>` (the FITS file of the image), `authority` names the
-/// publisher in DIDs.
-pub fn batch(collections: &[Collection], files_url: &str, authority: &str) -> Result<RecordBatch> {
-    let rows: Vec<(&str, &Dataset)> = collections
+/// The rows of `collections`, DIDs under `authority`, access URLs under `base_url` (the
+/// service's address): see [`rows`].
+pub fn batch(collections: &[Collection], base_url: &str, authority: &str) -> Result<RecordBatch> {
+    let dids: Vec<(&str, &Dataset, String)> = collections
         .iter()
-        .flat_map(|c| c.datasets.iter().map(move |d| (c.name.as_str(), d)))
+        .flat_map(|c| {
+            c.datasets
+                .iter()
+                .map(move |d| (c.name.as_str(), d, publisher_did(authority, &c.name, &d.id)))
+        })
         .collect();
-    let s = |f: &dyn Fn(&str, &Dataset) -> Option<String>| -> ArrayRef {
-        Arc::new(rows.iter().map(|(c, d)| f(c, d)).collect::<StringArray>())
+    let rows: Vec<(&str, &Dataset, &str)> = dids
+        .iter()
+        .map(|(c, d, did)| (*c, *d, did.as_str()))
+        .collect();
+    self::rows(&rows, base_url)
+}
+
+/// ObsCore rows of (collection, dataset, publisher DID): `access_url` is the dataset's
+/// DataLink document, `{base_url}/datalink?ID=<DID>` (its file, cutouts, preview and
+/// header are links there).
+pub fn rows(rows: &[(&str, &Dataset, &str)], base_url: &str) -> Result<RecordBatch> {
+    let s = |f: &dyn Fn(&str, &Dataset, &str) -> Option<String>| -> ArrayRef {
+        Arc::new(
+            rows.iter()
+                .map(|(c, d, did)| f(c, d, did))
+                .collect::<StringArray>(),
+        )
     };
     let dbl = |f: &dyn Fn(&Dataset) -> Option<f64>| -> ArrayRef {
-        Arc::new(rows.iter().map(|(_, d)| f(d)).collect::<Float64Array>())
+        Arc::new(rows.iter().map(|(_, d, _)| f(d)).collect::<Float64Array>())
     };
     let long = |f: &dyn Fn(&Dataset) -> Option<i64>| -> ArrayRef {
-        Arc::new(rows.iter().map(|(_, d)| f(d)).collect::<Int64Array>())
+        Arc::new(rows.iter().map(|(_, d, _)| f(d)).collect::<Int64Array>())
     };
     let mut region = ListBuilder::new(Float64Builder::new()).with_field(Arc::new(Field::new(
         "item",
         DataType::Float64,
         true,
     )));
-    for (_, d) in &rows {
+    for (_, d, _) in rows {
         for (ra, dec) in &d.corners_deg {
             region.values().append_value(*ra);
             region.values().append_value(*dec);
         }
         region.append(true);
     }
-    let did = |c: &str, d: &Dataset| publisher_did(authority, c, &d.id);
     let columns: Vec<ArrayRef> = vec![
-        s(&|_, _| Some("image".into())),
-        Arc::new(Int32Array::from(vec![2; rows.len()])),
-        s(&|c, _| Some(c.to_string())),
-        s(&|_, d| Some(d.id.clone())),
-        s(&|c, d| Some(did(c, d))),
-        s(&|c, d| Some(format!("{files_url}?ID={}", encode(&did(c, d))))),
-        s(&|_, _| Some("image/fits".into())),
+        s(&|_, _, _| Some("image".into())),
+        Arc::new(Int32Array::from(vec![
+            crate::sia::CALIB_LEVEL as i32;
+            rows.len()
+        ])),
+        s(&|c, _, _| Some(c.to_string())),
+        s(&|_, d, _| Some(d.id.clone())),
+        s(&|_, _, did| Some(did.to_string())),
+        s(&|_, _, did| Some(format!("{base_url}/datalink?ID={}", encode(did)))),
+        s(&|_, _, _| Some(crate::sia::DATALINK_FORMAT.into())),
         long(&|d| Some(d.file_bytes.div_ceil(1024) as i64)),
-        s(&|_, d| d.target.clone()),
+        s(&|_, d, _| d.target.clone()),
         dbl(&|d| Some(d.ra_deg)),
         dbl(&|d| Some(d.dec_deg)),
         dbl(&|d| Some(d.fov_deg)),
@@ -354,10 +381,10 @@ pub fn batch(collections: &[Collection], files_url: &str, authority: &str) -> Re
         dbl(&|d| d.em_max_m),
         dbl(&|_| None),
         long(&|d| d.em_min_m.map(|_| 1)),
-        s(&|_, _| Some("phot.count".into())),
-        s(&|_, _| None),
-        s(&|_, d| d.facility.clone()),
-        s(&|_, d| d.instrument.clone()),
+        s(&|_, _, _| Some("phot.count".into())),
+        s(&|_, _, _| None),
+        s(&|_, d, _| d.facility.clone()),
+        s(&|_, d, _| d.instrument.clone()),
     ];
     RecordBatch::try_new(schema(), columns)
         .map_err(|e| Error::Invalid(format!("the ObsCore table: {e}")))

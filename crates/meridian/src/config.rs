@@ -203,6 +203,8 @@ pub struct ServerConfig {
     pub allow_url_uploads: bool,
     /// Whether URL uploads may read from loopback and private networks.
     pub url_uploads_allow_private: bool,
+    /// The most pixels one SODA request may cut out (all its HDUs together).
+    pub cutout_max_pixels: u64,
 }
 
 impl Default for ServerConfig {
@@ -218,6 +220,7 @@ impl Default for ServerConfig {
             upload_max_rows: d.upload_max_rows,
             allow_url_uploads: true,
             url_uploads_allow_private: d.url_uploads_allow_private,
+            cutout_max_pixels: 100_000_000,
         }
     }
 }

@@ -108,6 +108,10 @@ enum Command {
     /// FITS images: their HDUs, world coordinate systems and footprints.
     #[command(subcommand)]
     Images(commands::images::ImagesCommand),
+    /// Find registered images by position, band, time and collection (SIA 2.0's search).
+    Sia(commands::image_access::SiaArgs),
+    /// Cut out a registered image (by its dataset ID) as a FITS file (SODA's cutout).
+    Cutout(commands::image_access::CutoutArgs),
     /// Sky geometry utilities reading CSV lines on standard input.
     #[command(subcommand)]
     Sky(SkyCommand),
@@ -328,6 +332,14 @@ struct GenerateArgs {
     /// epoch of the same sky.
     #[arg(long, default_value_t = 0.0)]
     position_jitter_mas: f64,
+    /// Survey images to render of the objects into OUT/images (0: none): each bright object
+    /// picked gets six bands at several epochs; some images are tile-compressed (RICE_1),
+    /// some hold two detectors.
+    #[arg(long, default_value_t = 0)]
+    images: u64,
+    /// Pixels per side of each image (0.2 arcsec pixels).
+    #[arg(long, default_value_t = 256)]
+    image_size: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -523,6 +535,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { addr } => serve(&config, addr)?,
         Command::Sky(cmd) => sky(cmd)?,
         Command::Images(cmd) => commands::images::run(&config.data_dir.join("images"), cmd)?,
+        Command::Sia(args) => {
+            commands::image_access::sia(&config.data_dir.join("images"), IMAGE_AUTHORITY, &args)?
+        }
+        Command::Cutout(args) => {
+            commands::image_access::cutout(&config.data_dir.join("images"), IMAGE_AUTHORITY, &args)?
+        }
         Command::Bench(cmd) => bench(&config, cmd)?,
         Command::User(cmd) => user(&config, cmd)?,
         Command::Login { user, remote } => {
@@ -587,6 +605,16 @@ fn generate(args: &GenerateArgs, quiet: bool) -> anyhow::Result<meridian_synth::
             files.len(),
             args.out.display()
         );
+    }
+    if args.images > 0 {
+        commands::survey_images::generate(
+            &args.out.join("images"),
+            &meridian_synth::objects(&spec),
+            args.images,
+            args.image_size,
+            args.seed,
+            quiet,
+        )?;
     }
     eprintln!("generated in {:.1} s", start.elapsed().as_secs_f64());
     Ok(out)
@@ -1149,11 +1177,7 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("http://{local}"));
         let base = base.trim_end_matches('/');
-        let batch = meridian_images::obscore::batch(
-            &collections,
-            &format!("{base}/images/file"),
-            IMAGE_AUTHORITY,
-        )?;
+        let batch = meridian_images::obscore::batch(&collections, base, IMAGE_AUTHORITY)?;
         tracing::info!(images = batch.num_rows(), "ivoa.obscore");
         engine.add_batch_table("ivoa", "obscore", batch)?;
     }
@@ -1184,9 +1208,10 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         },
     )?;
     state.public_url = s.public_url.clone();
-    state.images = std::sync::Arc::new(meridian_server::images::ImageIndex::new(
+    state.images = std::sync::Arc::new(meridian_server::images::ImageService::new(
         &collections,
         IMAGE_AUTHORITY,
+        s.cutout_max_pixels,
     ));
     rt.block_on(async {
         // URLs the service hands out (job and transfer locations) are built on the public
@@ -1322,6 +1347,9 @@ fn write_cells(region: &Region, order: u8, out: &mut dyn Write) -> anyhow::Resul
     Ok(())
 }
 
+/// Survey images the demo renders.
+const DEMO_IMAGES: u64 = 120;
+
 fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
     if objects == 0 {
         bail!("--objects must be positive");
@@ -1338,8 +1366,35 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
             forced_epochs: 0,
             chunk_objects: 1_000_000,
             position_jitter_mas: 0.0,
+            images: 0,
+            image_size: 256,
         },
         quiet,
+    )?;
+    // Survey images of the same objects, kept in place and registered as collection
+    // "demo": SIA, DataLink, SODA cutouts and previews have something to serve.
+    let images_dir = config.data_dir.join("demo-images");
+    let spec = meridian_synth::SurveySpec {
+        objects,
+        seed: 42,
+        ..Default::default()
+    };
+    commands::survey_images::generate(
+        &images_dir,
+        &meridian_synth::objects(&spec),
+        DEMO_IMAGES,
+        256,
+        42,
+        quiet,
+    )?;
+    let files = meridian_images::collection::files(std::slice::from_ref(&images_dir), false)?;
+    meridian_images::collection::add(
+        &config.data_dir.join("images"),
+        "demo",
+        Some(&images_dir),
+        &files,
+        false,
+        |_| {},
     )?;
     let store = Store::open(config.catalog_dir())?;
     for (table, files, _) in &generated.tables {

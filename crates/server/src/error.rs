@@ -23,6 +23,9 @@ pub enum Error {
     /// Writing the result failed.
     #[error(transparent)]
     Format(#[from] meridian_formats::Error),
+    /// An image request failed.
+    #[error(transparent)]
+    Images(#[from] meridian_images::Error),
     /// A job or account request failed.
     #[error(transparent)]
     Services(#[from] meridian_services::Error),
@@ -73,6 +76,8 @@ impl Error {
                     }
                 }
             }
+            Error::Images(meridian_images::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Error::Images(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Engine(E::Catalog(_))
             | Error::Format(_)
             | Error::Timeout(_)

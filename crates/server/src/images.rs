@@ -1,53 +1,120 @@
-//! The FITS files of the registered image collections, as ObsCore's `access_url` names
-//! them: `GET /images/file?ID=<obs_publisher_did>`. Only registered datasets are served,
-//! found by their identifier; no path ever comes from the request.
+//! The registered images: their files (`/images/file`, ObsCore's `#this`), headers
+//! (`/images/header`, DataLink's `#auxiliary`), coverage (`/images/coverage`, a MOC) and
+//! quick-look previews (`/preview`). Only registered datasets are served, found by their
+//! publisher DID; no path ever comes from the request.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use meridian_images::ImageHdu;
 use meridian_images::collection::Collection;
+use meridian_images::preview::Stretch;
+use meridian_images::sia::{Entry, ObsIndex};
 
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::params::DaliRequest;
 
-/// The registered datasets by publisher DID.
-#[derive(Debug, Default)]
-pub struct ImageIndex {
-    by_did: HashMap<String, PathBuf>,
+/// Bytes of previews kept in memory; the oldest go first.
+const PREVIEW_CACHE_BYTES: usize = 64 << 20;
+
+/// Default preview side, pixels.
+pub const PREVIEW_SIZE: u32 = 512;
+
+type PreviewKey = (String, u32, Stretch);
+
+#[derive(Default)]
+struct PreviewCache {
+    items: HashMap<PreviewKey, Bytes>,
+    order: VecDeque<PreviewKey>,
+    bytes: usize,
 }
 
-impl ImageIndex {
-    /// The datasets of `collections`, with DIDs under `authority`.
-    pub fn new(collections: &[Collection], authority: &str) -> Self {
-        let by_did = collections
-            .iter()
-            .flat_map(|c| {
-                c.datasets.iter().map(|d| {
-                    (
-                        meridian_images::obscore::publisher_did(authority, &c.name, &d.id),
-                        d.path.clone(),
-                    )
-                })
-            })
-            .collect();
-        Self { by_did }
+/// The registered datasets with what the image services keep of them.
+#[derive(Default)]
+pub struct ImageService {
+    /// Every dataset, for SIA, DataLink and SODA.
+    pub index: ObsIndex,
+    /// The most pixels one cutout may hold.
+    pub max_cutout_pixels: u64,
+    previews: Mutex<PreviewCache>,
+}
+
+impl std::fmt::Debug for ImageService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageService")
+            .field("datasets", &self.index.len())
+            .finish()
     }
+}
+
+impl ImageService {
+    /// The datasets of `collections`, with DIDs under `authority`.
+    pub fn new(collections: &[Collection], authority: &str, max_cutout_pixels: u64) -> Self {
+        Self {
+            index: ObsIndex::new(collections, authority),
+            max_cutout_pixels,
+            previews: Mutex::default(),
+        }
+    }
+
+    /// Dataset `did`, or a 404 naming it.
+    pub fn entry(&self, did: &str) -> Result<&Entry> {
+        self.index
+            .get(did)
+            .ok_or_else(|| Error::NotFound(format!("ID: no image dataset '{did}'")))
+    }
+
+    fn cached(&self, key: &PreviewKey) -> Option<Bytes> {
+        self.previews.lock().ok()?.items.get(key).cloned()
+    }
+
+    fn keep(&self, key: PreviewKey, png: Bytes) {
+        let Ok(mut c) = self.previews.lock() else {
+            return;
+        };
+        if png.len() > PREVIEW_CACHE_BYTES || c.items.contains_key(&key) {
+            return;
+        }
+        while c.bytes + png.len() > PREVIEW_CACHE_BYTES {
+            let Some(old) = c.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = c.items.remove(&old) {
+                c.bytes -= b.len();
+            }
+        }
+        c.bytes += png.len();
+        c.order.push_back(key.clone());
+        c.items.insert(key, png);
+    }
+}
+
+/// The image HDU of `entry`, read from its file.
+pub(crate) fn image_hdu(entry: &Entry) -> Result<ImageHdu> {
+    let d = &entry.dataset;
+    meridian_images::image_hdus(&d.path)?
+        .into_iter()
+        .find(|h| h.index == d.hdu)
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "image dataset '{}': HDU {} of {} is no longer an image",
+                entry.did,
+                d.hdu,
+                d.path.display()
+            ))
+        })
 }
 
 /// `GET /images/file?ID=...`: the file that holds the dataset, as it is registered.
 pub async fn file(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
     let id = req.params.required("ID")?;
-    let path = state
-        .images
-        .by_did
-        .get(id)
-        .ok_or_else(|| Error::NotFound(format!("no image dataset '{id}'")))?;
-    let fh = tokio::fs::File::open(path)
+    let path = state.images.entry(id)?.dataset.path.clone();
+    let fh = tokio::fs::File::open(&path)
         .await
         .map_err(|e| Error::Internal(format!("image dataset '{id}' cannot be read: {e}")))?;
     let len = fh
@@ -74,6 +141,90 @@ pub async fn file(State(state): State<AppState>, req: DaliRequest) -> Result<Res
             ),
         ],
         Body::from_stream(tokio_util::io::ReaderStream::new(fh)),
+    )
+        .into_response())
+}
+
+/// `GET /images/header?ID=...`: the dataset's FITS header as text, one card a line.
+pub async fn header_text(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+    let id = req.params.required("ID")?;
+    let entry = state.images.entry(id)?.clone();
+    let hdu = tokio::task::spawn_blocking(move || image_hdu(&entry))
+        .await
+        .map_err(|e| Error::Internal(format!("header: {e}")))??;
+    let mut text = String::new();
+    for (_, card) in hdu.header.card_images() {
+        text.push_str(card.trim_end());
+        text.push('\n');
+    }
+    text.push_str("END\n");
+    Ok(crate::text(text))
+}
+
+/// `GET /images/coverage?ID=...`: the dataset's footprint as a MOC (Aladin's JSON), at
+/// the order whose cells are about a twentieth of the field.
+pub async fn coverage(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+    let id = req.params.required("ID")?;
+    let d = &state.images.entry(id)?.dataset;
+    let vertices = d
+        .corners_deg
+        .iter()
+        .map(|(ra, dec)| meridian_sky::SkyPoint::new(ra.rem_euclid(360.0), *dec))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .and_then(meridian_sky::Polygon::new)
+        .map_err(|e| Error::Internal(format!("footprint of '{id}': {e}")))?;
+    let order = (0..=18u8)
+        .rev()
+        .find(|o| meridian_sky::healpix::mean_cell_size_deg(*o) >= d.fov_deg / 20.0)
+        .unwrap_or(0);
+    let moc = meridian_sky::Region::Polygon(vertices)
+        .coverage(order)
+        .map_err(|e| Error::Internal(format!("coverage of '{id}': {e}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        meridian_sky::moc_json(&moc),
+    )
+        .into_response())
+}
+
+/// `GET /preview?ID=...[&SIZE=512][&STRETCH=zscale|asinh]`: a PNG quick-look, cached.
+pub async fn preview(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+    let id = req.params.required("ID")?.to_string();
+    let size = match req.params.get("SIZE") {
+        None => PREVIEW_SIZE,
+        Some(s) => s
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| Error::Usage(format!("SIZE: '{s}' is not a number of pixels")))?,
+    };
+    let stretch = Stretch::parse(req.params.get("STRETCH").unwrap_or("zscale"))?;
+    let entry = state.images.entry(&id)?.clone();
+    let key = (id, size, stretch);
+    let png = match state.images.cached(&key) {
+        Some(png) => png,
+        None => {
+            let png = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+                let hdu = image_hdu(&entry)?;
+                Ok(meridian_images::preview::png(
+                    &entry.dataset.path,
+                    &hdu,
+                    size,
+                    stretch,
+                )?)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("preview: {e}")))??;
+            let png = Bytes::from(png);
+            state.images.keep(key, png.clone());
+            png
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        png,
     )
         .into_response())
 }

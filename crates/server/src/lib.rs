@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod csrf;
 pub mod datalab;
+pub mod datalink;
 pub mod error;
 pub mod examples;
 pub mod groups;
@@ -15,6 +16,8 @@ pub mod metadata;
 pub mod mydb;
 pub mod params;
 mod result;
+pub mod sia;
+pub mod soda;
 pub mod storage;
 pub mod tap;
 pub mod upload;
@@ -127,8 +130,8 @@ pub struct AppState {
     pub jobs: Arc<Jobs>,
     /// Table metadata (VOSI, TAP_SCHEMA).
     pub model: Arc<Vec<metadata::SchemaMeta>>,
-    /// The registered image datasets, for their files.
-    pub images: Arc<images::ImageIndex>,
+    /// The registered image datasets (SIA, DataLink, SODA, previews).
+    pub images: Arc<images::ImageService>,
     /// Users and tokens.
     pub accounts: Arc<Accounts>,
     /// Account settings.
@@ -192,7 +195,7 @@ impl AppState {
             public_url: None,
             jobs: Jobs::open(jobs_dir, job_config, runner)?,
             model: Arc::new(model),
-            images: Arc::new(images::ImageIndex::default()),
+            images: Arc::new(images::ImageService::default()),
             accounts,
             auth: Arc::new(auth),
             mydb,
@@ -326,6 +329,26 @@ pub fn router(state: AppState) -> Router {
         .route("/tap/tables/{name}", get(vosi::table))
         .route("/tap/examples", get(examples::examples_document))
         .route("/tap/async", get(uws::list).post(uws::create))
+        .route("/sia/query", get(sia::query).post(sia::query))
+        .route("/sia/capabilities", get(sia::capabilities))
+        .route("/sia/availability", get(sia::availability))
+        .route(
+            "/sia/{collection}/query",
+            get(sia::collection_query).post(sia::collection_query),
+        )
+        .route(
+            "/sia/{collection}/capabilities",
+            get(sia::collection_capabilities),
+        )
+        .route(
+            "/sia/{collection}/availability",
+            get(sia::collection_availability),
+        )
+        .route("/datalink", get(datalink::links).post(datalink::links))
+        .route("/soda/sync", get(soda::sync).post(soda::sync))
+        .route("/images/header", get(images::header_text))
+        .route("/images/coverage", get(images::coverage))
+        .route("/preview", get(images::preview))
         .merge(job)
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/whoami", get(auth::whoami))

@@ -104,6 +104,15 @@ impl BodySink {
         std::mem::take(&mut *self.pending.lock().expect("body sink"))
     }
 
+    /// Sends what is left, after the writer has finished, from a blocking thread.
+    pub(crate) fn send_rest_blocking(&self) {
+        let rest = self.take();
+        if !rest.is_empty() {
+            self.metrics.add_bytes_out(rest.len() as u64);
+            let _ = self.tx.blocking_send(Ok(Bytes::from(rest)));
+        }
+    }
+
     /// Sends what is left, after the writer has finished.
     pub(crate) async fn send_rest(&self) {
         let rest = self.take();

@@ -199,6 +199,17 @@ pub fn lang(value: Option<&str>) -> Result<Lang> {
     }
 }
 
+/// DALI's MAXREC of `p`: the service default when absent, bounded by the service maximum.
+pub fn maxrec(p: &Params, limits: &crate::Limits) -> Result<u64> {
+    Ok(match p.get("MAXREC").map(str::trim) {
+        None | Some("") => limits.default_maxrec,
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| Error::Usage(format!("MAXREC '{v}' is not a non-negative integer")))?
+            .min(limits.max_maxrec),
+    })
+}
+
 /// A validated TAP query request.
 #[derive(Debug, Clone)]
 pub struct QuerySpec {
@@ -225,13 +236,7 @@ impl QuerySpec {
         let query = p.required("QUERY")?.to_string();
         let lang = lang(p.get("LANG"))?;
         let format = format(p.get("RESPONSEFORMAT").or(p.get("FORMAT")))?;
-        let maxrec = match p.get("MAXREC").map(str::trim) {
-            None | Some("") => limits.default_maxrec,
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| Error::Usage(format!("MAXREC '{v}' is not a non-negative integer")))?
-                .min(limits.max_maxrec),
-        };
+        let maxrec = maxrec(p, limits)?;
         Ok(Self {
             query,
             lang,

@@ -15,4 +15,4 @@ pub mod stcs;
 pub use angle::parse_angle_deg;
 pub use error::{Error, Result};
 pub use point::{SkyPoint, angular_separation_deg};
-pub use region::{Circle, Polygon, Region, SkyBox};
+pub use region::{Circle, CoordRange, Polygon, Region, SkyBox, moc_json};

@@ -419,6 +419,246 @@ impl Region {
     }
 }
 
+/// A coordinate range: right ascension from `ra_min_deg` eastward to `ra_max_deg` (across
+/// 0 when `ra_min_deg > ra_max_deg`), declination from `dec_min_deg` to `dec_max_deg`, as
+/// SIA's `POS=RANGE` gives it. Its sides of constant declination are small circles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoordRange {
+    ra_min_deg: f64,
+    ra_max_deg: f64,
+    dec_min_deg: f64,
+    dec_max_deg: f64,
+}
+
+impl CoordRange {
+    /// A range; right ascensions in [0, 360] (a span of 360 is every right ascension),
+    /// declinations in [-90, 90] with `dec_min_deg <= dec_max_deg`.
+    pub fn new(
+        ra_min_deg: f64,
+        ra_max_deg: f64,
+        dec_min_deg: f64,
+        dec_max_deg: f64,
+    ) -> Result<Self> {
+        let all = [ra_min_deg, ra_max_deg, dec_min_deg, dec_max_deg];
+        if all.iter().any(|v| v.is_nan()) {
+            return Err(Error::Region("a range's limits must be numbers".into()));
+        }
+        if !(-90.0..=90.0).contains(&dec_min_deg)
+            || !(-90.0..=90.0).contains(&dec_max_deg)
+            || dec_min_deg > dec_max_deg
+        {
+            return Err(Error::Region(format!(
+                "range declinations {dec_min_deg} {dec_max_deg} are not an interval within \
+                 [-90, 90]"
+            )));
+        }
+        let full = ra_max_deg - ra_min_deg >= 360.0 || (ra_min_deg <= 0.0 && ra_max_deg >= 360.0);
+        let (lo, hi) = if full {
+            (0.0, 360.0)
+        } else {
+            (ra_min_deg.rem_euclid(360.0), ra_max_deg.rem_euclid(360.0))
+        };
+        Ok(Self {
+            ra_min_deg: lo,
+            ra_max_deg: if full { 360.0 } else { hi },
+            dec_min_deg,
+            dec_max_deg,
+        })
+    }
+
+    /// (ra_min, ra_max, dec_min, dec_max), degrees; ra_min > ra_max across RA 0.
+    pub fn limits(&self) -> (f64, f64, f64, f64) {
+        (
+            self.ra_min_deg,
+            self.ra_max_deg,
+            self.dec_min_deg,
+            self.dec_max_deg,
+        )
+    }
+
+    fn span_deg(&self) -> f64 {
+        if self.ra_min_deg <= self.ra_max_deg {
+            self.ra_max_deg - self.ra_min_deg
+        } else {
+            self.ra_max_deg + 360.0 - self.ra_min_deg
+        }
+    }
+
+    fn full_ra(&self) -> bool {
+        self.ra_max_deg - self.ra_min_deg >= 360.0
+    }
+
+    /// Whether `p` lies in the range (boundaries included).
+    pub fn contains(&self, p: &SkyPoint) -> bool {
+        let (ra, dec) = (p.ra_deg(), p.dec_deg());
+        if dec < self.dec_min_deg || dec > self.dec_max_deg {
+            return false;
+        }
+        if self.full_ra() || dec.abs() >= 90.0 {
+            return true;
+        }
+        if self.ra_min_deg <= self.ra_max_deg {
+            (self.ra_min_deg..=self.ra_max_deg).contains(&ra)
+        } else {
+            ra >= self.ra_min_deg || ra <= self.ra_max_deg
+        }
+    }
+
+    /// The boundary as short great-circle pieces: the meridian sides exactly, the sides
+    /// of constant declination as chords at most 0.25 degree long (their sagitta, under
+    /// 1e-3 arcsec at the equator and growing with tan(dec), is the only approximation).
+    fn boundary(&self) -> Vec<(Vec3, Vec3)> {
+        let span = self.span_deg();
+        let v = |ra: f64, dec: f64| {
+            SkyPoint::new(ra.rem_euclid(360.0), dec).map(|p| p.to_unit_vector())
+        };
+        let mut out = Vec::new();
+        let steps = ((span / 0.25).ceil() as usize).max(1);
+        for dec in [self.dec_min_deg, self.dec_max_deg] {
+            if dec.abs() >= 90.0 {
+                continue;
+            }
+            for i in 0..steps {
+                let a = self.ra_min_deg + span * i as f64 / steps as f64;
+                let b = self.ra_min_deg + span * (i + 1) as f64 / steps as f64;
+                if let (Ok(a), Ok(b)) = (v(a, dec), v(b, dec)) {
+                    out.push((a, b));
+                }
+            }
+        }
+        if !self.full_ra() {
+            for ra in [self.ra_min_deg, self.ra_max_deg] {
+                // Meridian sides, split so that no piece reaches 180 degrees.
+                let (d0, d1) = (self.dec_min_deg, self.dec_max_deg);
+                let mid = (d0 + d1) / 2.0;
+                for (a, b) in [(d0, mid), (mid, d1)] {
+                    if let (Ok(a), Ok(b)) = (v(ra, a), v(ra, b))
+                        && norm(cross(a, b)) > 1e-15
+                    {
+                        out.push((a, b));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn corners(&self) -> Vec<SkyPoint> {
+        let mut out = Vec::new();
+        let mid = self.ra_min_deg + self.span_deg() / 2.0;
+        for ra in [self.ra_min_deg, self.ra_max_deg, mid] {
+            for dec in [self.dec_min_deg, self.dec_max_deg] {
+                if let Ok(p) = SkyPoint::new(ra.rem_euclid(360.0), dec) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Shortest angle, radians, from `p` to the great-circle arc a-b (unit vectors).
+fn arc_distance_rad(p: Vec3, a: Vec3, b: Vec3) -> f64 {
+    let angle = |u: Vec3, v: Vec3| norm(cross(u, v)).atan2(dot(u, v));
+    let n = cross(a, b);
+    if norm(n) > 1e-15 {
+        let n = normalize(n);
+        // The foot of the perpendicular lies on the arc when it is on the inner side of
+        // both of the arc's end planes.
+        let foot = add_scaled(p, n, -dot(p, n));
+        if norm(foot) > 1e-15 {
+            let f = normalize(foot);
+            if dot(cross(a, f), n) >= 0.0 && dot(cross(f, b), n) >= 0.0 {
+                return dot(p, n).abs().clamp(-1.0, 1.0).asin();
+            }
+        }
+    }
+    angle(p, a).min(angle(p, b))
+}
+
+impl Polygon {
+    fn edges(&self) -> Vec<(Vec3, Vec3)> {
+        let v: Vec<Vec3> = self.vertices.iter().map(SkyPoint::to_unit_vector).collect();
+        (0..v.len()).map(|i| (v[i], v[(i + 1) % v.len()])).collect()
+    }
+
+    /// Whether the polygon and `other` share a point (boundaries included).
+    pub fn intersects_polygon(&self, other: &Polygon) -> bool {
+        let (a, b) = (self.hpx_polygon(), other.hpx_polygon());
+        let has = |poly: &HpxPolygon, p: &SkyPoint| {
+            poly.contains(&Coo3D::from_sph_coo(
+                p.ra_deg().to_radians(),
+                p.dec_deg().to_radians(),
+            ))
+        };
+        if other.vertices.iter().any(|p| has(&a, p)) || self.vertices.iter().any(|p| has(&b, p)) {
+            return true;
+        }
+        edges_cross(&self.edges(), &other.edges())
+    }
+
+    /// Whether the polygon and circle `c` share a point.
+    pub fn intersects_circle(&self, c: &Circle) -> bool {
+        if polygon_contains(self, &c.center) {
+            return true;
+        }
+        let p = c.center.to_unit_vector();
+        let r = c.radius_deg.to_radians();
+        self.edges()
+            .iter()
+            .any(|(a, b)| arc_distance_rad(p, *a, *b) <= r)
+    }
+
+    /// Whether the polygon and range `r` share a point.
+    pub fn intersects_range(&self, r: &CoordRange) -> bool {
+        if self.vertices.iter().any(|p| r.contains(p)) {
+            return true;
+        }
+        let poly = self.hpx_polygon();
+        if r.corners().iter().any(|p| {
+            poly.contains(&Coo3D::from_sph_coo(
+                p.ra_deg().to_radians(),
+                p.dec_deg().to_radians(),
+            ))
+        }) {
+            return true;
+        }
+        edges_cross(&self.edges(), &r.boundary())
+    }
+}
+
+fn edges_cross(a: &[(Vec3, Vec3)], b: &[(Vec3, Vec3)]) -> bool {
+    a.iter()
+        .any(|(p, q)| b.iter().any(|(r, s)| arcs_intersect(*p, *q, *r, *s)))
+}
+
+impl Region {
+    /// Whether the region and polygon `poly` share a point (MOCs: whether a cell of the
+    /// MOC meets the polygon's coverage at the MOC's order).
+    pub fn intersects_polygon(&self, poly: &Polygon) -> bool {
+        match self {
+            Region::Circle(c) => poly.intersects_circle(c),
+            Region::Box(b) => poly.intersects_polygon(&b.polygon),
+            Region::Polygon(p) => poly.intersects_polygon(p),
+            Region::Moc(m) => {
+                let cov = polygon_coverage(poly, m.depth_max());
+                !m.intersection(&cov).is_empty()
+            }
+        }
+    }
+}
+
+/// `moc` as the JSON Aladin and MOCPy read (`{"order":[cells...],...}`).
+pub fn moc_json(moc: &Moc) -> String {
+    use moc::moc::{CellMOCIterator, RangeMOCIntoIterator, RangeMOCIterator};
+    let mut out = Vec::new();
+    moc.into_range_moc_iter()
+        .cells()
+        .to_json_aladin(None, &mut out)
+        .expect("writing to memory");
+    String::from_utf8(out).expect("the JSON of a MOC is ASCII")
+}
+
 fn polygon_contains(poly: &Polygon, p: &SkyPoint) -> bool {
     let c = Coo3D::from_sph_coo(p.ra_deg().to_radians(), p.dec_deg().to_radians());
     poly.hpx_polygon().contains(&c)
@@ -438,6 +678,57 @@ mod tests {
 
     fn pt(ra: f64, dec: f64) -> SkyPoint {
         SkyPoint::new(ra, dec).unwrap()
+    }
+
+    #[test]
+    fn intersections_of_polygons_circles_and_ranges() {
+        let square = Polygon::new(vec![
+            pt(359.0, -1.0),
+            pt(1.0, -1.0),
+            pt(1.0, 1.0),
+            pt(359.0, 1.0),
+        ])
+        .unwrap();
+        let circle = |ra, dec, r| Circle::new(pt(ra, dec), r).unwrap();
+        // Centre inside; edge within the radius; just out of reach.
+        assert!(square.intersects_circle(&circle(0.0, 0.0, 0.01)));
+        assert!(square.intersects_circle(&circle(2.0, 0.0, 1.01)));
+        assert!(!square.intersects_circle(&circle(2.0, 0.0, 0.99)));
+        // Near a corner the closest point is the vertex, not the edge's great circle.
+        let d = pt(1.0, 1.0).separation_deg(&pt(2.0, 2.0));
+        assert!(square.intersects_circle(&circle(2.0, 2.0, d + 1e-9)));
+        assert!(!square.intersects_circle(&circle(2.0, 2.0, d - 1e-6)));
+        // A cross: no vertex of either inside the other, edges cross.
+        let wide = Polygon::new(vec![
+            pt(357.0, -0.5),
+            pt(3.0, -0.5),
+            pt(3.0, 0.5),
+            pt(357.0, 0.5),
+        ])
+        .unwrap();
+        let tall = Polygon::new(vec![
+            pt(359.5, -3.0),
+            pt(0.5, -3.0),
+            pt(0.5, 3.0),
+            pt(359.5, 3.0),
+        ])
+        .unwrap();
+        assert!(wide.intersects_polygon(&tall));
+        assert!(square.intersects_polygon(&wide));
+        let far = Polygon::new(vec![pt(10.0, 10.0), pt(12.0, 10.0), pt(12.0, 12.0)]).unwrap();
+        assert!(!square.intersects_polygon(&far));
+        // Ranges, across RA 0 and inside out.
+        let r = |a, b, c, d| CoordRange::new(a, b, c, d).unwrap();
+        assert!(square.intersects_range(&r(350.0, 10.0, -5.0, 5.0)));
+        assert!(square.intersects_range(&r(0.5, 0.6, -0.1, 0.1)));
+        assert!(square.intersects_range(&r(0.0, 360.0, 0.5, 0.6)));
+        assert!(!square.intersects_range(&r(10.0, 350.0, -5.0, 5.0)));
+        assert!(!square.intersects_range(&r(0.0, 360.0, 2.0, 90.0)));
+        // A polygon round the pole meets a polar cap range.
+        let cap = Polygon::new(vec![pt(0.0, 85.0), pt(120.0, 85.0), pt(240.0, 85.0)]).unwrap();
+        assert!(cap.intersects_range(&r(10.0, 20.0, 89.0, 90.0)));
+        assert!(!cap.intersects_range(&r(10.0, 20.0, 60.0, 70.0)));
+        assert!(CoordRange::new(0.0, 1.0, 5.0, 4.0).is_err());
     }
 
     #[test]

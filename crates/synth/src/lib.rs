@@ -548,6 +548,34 @@ fn source_batch(spec: &SurveySpec, objs: &[Obj], chunk: u64, forced: bool) -> Re
     RecordBatch::try_new(source_schema(forced), cols).expect("columns match the schema")
 }
 
+/// One object of the survey as images see it: its Object row's id, position and
+/// magnitudes in u, g, r, i, z, y.
+#[derive(Debug, Clone, Copy)]
+pub struct SkyObject {
+    pub id: i64,
+    pub ra_deg: f64,
+    pub dec_deg: f64,
+    pub mags: [f64; 6],
+}
+
+/// Every object of `spec`, exactly as [`generate`] writes them to the Object table.
+pub fn objects(spec: &SurveySpec) -> Vec<SkyObject> {
+    let chunks = spec.objects.div_ceil(spec.chunk_objects.max(1));
+    (0..chunks)
+        .into_par_iter()
+        .flat_map_iter(|chunk| {
+            let mut objs = gen_objects(spec, chunk);
+            jitter(spec, &mut objs, chunk);
+            objs.into_iter().map(|o| SkyObject {
+                id: o.id,
+                ra_deg: o.ra,
+                dec_deg: o.dec,
+                mags: o.mags,
+            })
+        })
+        .collect()
+}
+
 /// The tables of a generated survey: name and files.
 #[derive(Debug, Clone)]
 pub struct Generated {

@@ -71,6 +71,8 @@ pub(crate) struct OutColumn {
     /// DALI xtype ("timestamp" for times, "point", "circle", "polygon" from the field).
     pub xtype: Option<String>,
     pub meta: ColumnMeta,
+    /// The FIELD's XML ID, if the field's metadata gives one.
+    pub xml_id: Option<String>,
 }
 
 fn vo_type(t: &DataType) -> (VoType, Option<&'static str>) {
@@ -114,6 +116,7 @@ pub(crate) fn out_columns(schema: &SchemaRef) -> Vec<OutColumn> {
                     .cloned()
                     .or(xtype.map(str::to_string)),
                 meta: ColumnMeta::of(f),
+                xml_id: f.metadata().get(crate::meta::XML_ID).cloned(),
             }
         })
         .collect()

@@ -61,6 +61,8 @@ pub struct ResultWriter {
     overflow: bool,
     /// (temporary, final) paths when writing a file.
     rename: Option<(PathBuf, PathBuf)>,
+    /// RESOURCE elements a VOTable ends with.
+    resources: String,
 }
 
 impl ResultWriter {
@@ -108,6 +110,7 @@ impl ResultWriter {
             maxrec: None,
             overflow: false,
             rename: None,
+            resources: String::new(),
         };
         // A CSV or TSV writer writes its header with its first batch: an empty one now, so
         // that a result without rows still has its header line.
@@ -204,6 +207,12 @@ impl ResultWriter {
         self.maxrec = Some(maxrec);
     }
 
+    /// Whole RESOURCE elements (DataLink service descriptors) that a VOTable result ends
+    /// with, after its results; other formats have no place for them.
+    pub fn set_votable_resources(&mut self, xml: String) {
+        self.resources = xml;
+    }
+
     /// Whether the row limit dropped rows.
     pub fn overflowed(&self) -> bool {
         self.overflow
@@ -230,7 +239,7 @@ impl ResultWriter {
                     source: e,
                 })?;
             }
-            Inner::VoTable(w) => w.finish(self.overflow)?,
+            Inner::VoTable(w) => w.finish(self.overflow, &self.resources)?,
             Inner::Fits(w) => w.finish()?,
             Inner::Closed => {}
         }

@@ -57,6 +57,9 @@ fn fields_xml(columns: &[OutColumn], serialization: Serialization) -> String {
             escape(&c.name),
             c.vo.votable()
         ));
+        if let Some(id) = &c.xml_id {
+            h.push_str(&format!(" ID=\"{}\"", escape(id)));
+        }
         match c.vo {
             VoType::Char | VoType::Doubles(None) => h.push_str(" arraysize=\"*\""),
             VoType::Doubles(Some(n)) => h.push_str(&format!(" arraysize=\"{n}\"")),
@@ -186,8 +189,10 @@ impl VotableWriter {
         }
     }
 
-    /// Closes the document; `overflow` adds DALI's OVERFLOW status after the table.
-    pub(crate) fn finish(mut self, overflow: bool) -> Result<()> {
+    /// Closes the document; `overflow` adds DALI's OVERFLOW status after the table, and
+    /// `resources` (whole RESOURCE elements, such as DataLink service descriptors) follows
+    /// the results.
+    pub(crate) fn finish(mut self, overflow: bool, resources: &str) -> Result<()> {
         let (mut out, close) = match self.body.take().expect("finished once") {
             Body::Xml(w) => (w, "</TABLEDATA>"),
             Body::Base64(mut w) => (
@@ -204,7 +209,9 @@ impl VotableWriter {
         if overflow {
             out.write_all(b"<INFO name=\"QUERY_STATUS\" value=\"OVERFLOW\"/>\n")?;
         }
-        out.write_all(b"</RESOURCE>\n</VOTABLE>\n")?;
+        out.write_all(b"</RESOURCE>\n")?;
+        out.write_all(resources.as_bytes())?;
+        out.write_all(b"</VOTABLE>\n")?;
         out.flush()?;
         Ok(())
     }

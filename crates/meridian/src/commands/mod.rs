@@ -1,4 +1,6 @@
 //! Command groups, one module each; `main.rs` keeps the flags of the older commands and
 //! the dispatch.
 
+pub mod image_access;
 pub mod images;
+pub mod survey_images;

@@ -1,0 +1,158 @@
+//! SODA cutouts: which pixels of an image a sky region (CIRCLE, POLYGON, POS) or a pixel
+//! range (PIXELS) asks for.
+//!
+//! A region's pixel box is the bounding box, in the image's pixels, of points along the
+//! region's boundary (converted from ICRS to the image's frame and projected by its WCS),
+//! clipped to the image: SODA allows a cutout to hold more than the region, never less.
+
+use std::ops::Range;
+
+use meridian_sky::SkyPoint;
+
+use crate::frames::from_icrs;
+use crate::sia::{Pos, parse_pos};
+use crate::{Error, PixelBox, Result, Wcs};
+
+/// Points taken along each edge of a polygon, and around a circle.
+const EDGE_POINTS: usize = 64;
+
+/// A SODA `CIRCLE` value, `ra dec radius` (degrees, ICRS).
+pub fn parse_circle(text: &str) -> Result<Pos> {
+    parse_pos("CIRCLE", &format!("CIRCLE {text}"))
+}
+
+/// A SODA `POLYGON` value, `ra1 dec1 ra2 dec2 ...` (degrees, ICRS).
+pub fn parse_polygon(text: &str) -> Result<Pos> {
+    parse_pos("POLYGON", &format!("POLYGON {text}"))
+}
+
+fn slerp(a: [f64; 3], b: [f64; 3], t: f64) -> [f64; 3] {
+    let v = [0, 1, 2].map(|i| a[i] * (1.0 - t) + b[i] * t);
+    let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+    v.map(|x| x / n)
+}
+
+/// ICRS points along the boundary of `pos`.
+fn boundary(pos: &Pos) -> Vec<SkyPoint> {
+    match pos {
+        Pos::Circle(c) => {
+            let (ra, dec) = (c.center().ra_deg(), c.center().dec_deg());
+            let (sl, cl) = dec.to_radians().sin_cos();
+            let (sr, cr) = c.radius_deg().to_radians().sin_cos();
+            let mut out = vec![c.center()];
+            for k in 0..360 {
+                let az = (k as f64).to_radians();
+                let lat = (sl * cr + cl * sr * az.cos()).clamp(-1.0, 1.0).asin();
+                let lon = ra.to_radians() + (az.sin() * sr * cl).atan2(cr - sl * lat.sin());
+                if let Ok(p) = SkyPoint::new(lon.to_degrees().rem_euclid(360.0), lat.to_degrees()) {
+                    out.push(p);
+                }
+            }
+            out
+        }
+        Pos::Polygon(p) => {
+            let v: Vec<[f64; 3]> = p.vertices().iter().map(SkyPoint::to_unit_vector).collect();
+            (0..v.len())
+                .flat_map(|i| {
+                    let (a, b) = (v[i], v[(i + 1) % v.len()]);
+                    (0..EDGE_POINTS).map(move |k| {
+                        SkyPoint::from_vector(slerp(a, b, k as f64 / EDGE_POINTS as f64))
+                    })
+                })
+                .collect()
+        }
+        Pos::Range(r) => {
+            let (ra1, ra2, dec1, dec2) = r.limits();
+            let span = if ra1 <= ra2 {
+                ra2 - ra1
+            } else {
+                ra2 + 360.0 - ra1
+            };
+            let n = ((span / 0.25).ceil() as usize).clamp(EDGE_POINTS, 1440);
+            let mut out = Vec::new();
+            for k in 0..=n {
+                let ra = (ra1 + span * k as f64 / n as f64).rem_euclid(360.0);
+                for dec in [dec1, dec2] {
+                    out.extend(SkyPoint::new(ra, dec).ok());
+                }
+            }
+            for k in 0..=EDGE_POINTS {
+                let dec = dec1 + (dec2 - dec1) * k as f64 / EDGE_POINTS as f64;
+                for ra in [ra1, ra2] {
+                    out.extend(SkyPoint::new(ra.rem_euclid(360.0), dec).ok());
+                }
+            }
+            out
+        }
+    }
+}
+
+/// The pixel box of an image of `size` under `wcs` that holds region `pos` (ICRS), clipped
+/// to the image; `None` when the box misses the image. A boundary point that the
+/// projection cannot place (beyond a zenithal projection's horizon) widens the box to the
+/// whole image.
+pub fn region_box(wcs: &Wcs, size: (u64, u64), pos: &Pos) -> Option<PixelBox> {
+    let mut lo = [f64::INFINITY; 2];
+    let mut hi = [f64::NEG_INFINITY; 2];
+    for p in boundary(pos) {
+        let (lon, lat) = from_icrs(wcs.frame(), p.ra_deg(), p.dec_deg());
+        match wcs.world_to_pixel(lon, lat) {
+            Some(px) if px.iter().all(|v| v.is_finite()) => {
+                for i in 0..2 {
+                    lo[i] = lo[i].min(px[i]);
+                    hi[i] = hi[i].max(px[i]);
+                }
+            }
+            _ => {
+                lo = [f64::NEG_INFINITY; 2];
+                hi = [f64::INFINITY; 2];
+                break;
+            }
+        }
+    }
+    // Pixel i (1-based) spans [i - 0.5, i + 0.5): index floor(p - 0.5).
+    let span = |lo: f64, hi: f64, n: u64| -> Option<Range<u64>> {
+        let a = (lo - 0.5).floor().max(0.0);
+        let b = ((hi - 0.5).floor() + 1.0).min(n as f64);
+        (a < b).then_some(a as u64..b as u64)
+    };
+    Some(PixelBox {
+        x: span(lo[0], hi[0], size.0)?,
+        y: span(lo[1], hi[1], size.1)?,
+    })
+}
+
+/// A pixel range `x1:x2,y1:y2` (1-based, inclusive; `*` or an empty side for the whole
+/// axis, as in `*,100:200`) within an image of `size`, clipped to it. Ranges that miss the
+/// image are an error naming `param`.
+pub fn parse_pixels(param: &str, text: &str, size: (u64, u64)) -> Result<PixelBox> {
+    let t = text.trim().trim_start_matches('[').trim_end_matches(']');
+    let bad = || {
+        Error::Invalid(format!(
+            "{param}: '{text}' is not x1:x2,y1:y2 (pixels, 1-based and inclusive)"
+        ))
+    };
+    let (x, y) = t.split_once(',').ok_or_else(bad)?;
+    let range = |s: &str, n: u64, axis: usize| -> Result<Range<u64>> {
+        let s = s.trim();
+        if s == "*" {
+            return Ok(0..n);
+        }
+        let (a, b) = s.split_once(':').ok_or_else(bad)?;
+        let a: u64 = a.trim().parse().map_err(|_| bad())?;
+        let b: u64 = b.trim().parse().map_err(|_| bad())?;
+        if a < 1 || b < a {
+            return Err(bad());
+        }
+        if a > n {
+            return Err(Error::Invalid(format!(
+                "{param}: {a}:{b} does not overlap axis {axis} of the image (1:{n})"
+            )));
+        }
+        Ok(a - 1..b.min(n))
+    };
+    Ok(PixelBox {
+        x: range(x, size.0, 1)?,
+        y: range(y, size.1, 2)?,
+    })
+}

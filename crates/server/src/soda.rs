@@ -1,0 +1,187 @@
+//! SODA 1.0 cutouts of the registered images at `/soda/sync`: ID (one or more) with
+//! CIRCLE, POLYGON or POS (sky regions, ICRS degrees) or PIXELS (`x1:x2,y1:y2`), and BAND,
+//! TIME and POL, which a 2-D image either meets whole or not at all. Every (ID, region)
+//! pair that meets gives one HDU of the resulting FITS file, the first as the primary.
+//! The file streams as its pixels are read; the whole request is bounded by the
+//! configured pixel limit, checked before any pixel is read.
+
+use std::path::PathBuf;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use meridian_images::sia::{Interval, Pos, parse_interval, parse_pos};
+use meridian_images::soda::{parse_circle, parse_pixels, parse_polygon, region_box};
+use meridian_images::{ImageHdu, PixelBox};
+
+use crate::AppState;
+use crate::error::{Error, Result};
+use crate::params::{DaliRequest, Params};
+use crate::result::BodySink;
+
+/// What to cut from each image.
+enum Cut {
+    Region(Pos),
+    Pixels(String),
+}
+
+/// One HDU of the answer.
+pub(crate) struct Piece {
+    path: PathBuf,
+    hdu: ImageHdu,
+    pixels: PixelBox,
+}
+
+/// Most IDs one request may name.
+const MAX_IDS: usize = 100;
+
+/// The pieces `params` ask for, each checked (IDs known, regions overlapping, the pixel
+/// limit kept) before anything is read.
+pub(crate) fn plan(state: &AppState, params: &Params) -> Result<Vec<Piece>> {
+    if let Some(f) = params.get("RESPONSEFORMAT")
+        && !matches!(f.trim(), "application/fits" | "image/fits" | "fits")
+    {
+        return Err(Error::Usage(format!(
+            "RESPONSEFORMAT: '{f}' is not supported; cutouts are FITS (application/fits)"
+        )));
+    }
+    let ids: Vec<&str> = params.all("ID").map(str::trim).collect();
+    if ids.is_empty() || ids.iter().any(|i| i.is_empty()) {
+        return Err(Error::Usage("missing parameter ID".into()));
+    }
+    if ids.len() > MAX_IDS {
+        return Err(Error::Usage(format!(
+            "ID: {} identifiers in one request; at most {MAX_IDS}",
+            ids.len()
+        )));
+    }
+    let mut cuts = Vec::new();
+    let mut bands: Vec<Interval> = Vec::new();
+    let mut times: Vec<Interval> = Vec::new();
+    let mut pols: Vec<&str> = Vec::new();
+    for (name, value) in params.pairs() {
+        match name.to_ascii_uppercase().as_str() {
+            "CIRCLE" => cuts.push(Cut::Region(parse_circle(value)?)),
+            "POLYGON" => cuts.push(Cut::Region(parse_polygon(value)?)),
+            "POS" => cuts.push(Cut::Region(parse_pos("POS", value)?)),
+            "PIXELS" => cuts.push(Cut::Pixels(value.clone())),
+            "BAND" => bands.push(parse_interval("BAND", value)?),
+            "TIME" => times.push(parse_interval("TIME", value)?),
+            "POL" => pols.push(value.as_str()),
+            _ => {}
+        }
+    }
+    let mut pieces = Vec::new();
+    let mut misses = Vec::new();
+    let mut total: u64 = 0;
+    for id in &ids {
+        let entry = state.images.entry(id)?;
+        let d = &entry.dataset;
+        let meets = |want: &[Interval], lo: Option<f64>, hi: Option<f64>| {
+            want.is_empty()
+                || matches!((lo, hi), (Some(lo), Some(hi)) if want.iter().any(|w| lo <= w.hi && hi >= w.lo))
+        };
+        if !meets(&bands, d.em_min_m, d.em_max_m) {
+            misses.push(format!("{id}: BAND does not meet the image's band"));
+            continue;
+        }
+        if !meets(&times, d.t_min_mjd, d.t_max_mjd) {
+            misses.push(format!("{id}: TIME does not meet the image's time"));
+            continue;
+        }
+        if !pols.is_empty() {
+            misses.push(format!("{id}: POL: the image has no polarization axis"));
+            continue;
+        }
+        let hdu = crate::images::image_hdu(entry)?;
+        let size = hdu.size();
+        let mut boxes = Vec::new();
+        if cuts.is_empty() {
+            boxes.push(PixelBox {
+                x: 0..size.0,
+                y: 0..size.1,
+            });
+        }
+        for cut in &cuts {
+            match cut {
+                Cut::Pixels(text) => boxes.push(parse_pixels("PIXELS", text, size)?),
+                Cut::Region(pos) => {
+                    let b = if entry.overlaps(pos) {
+                        region_box(&hdu.wcs()?, size, pos)
+                    } else {
+                        None
+                    };
+                    match b {
+                        Some(b) => boxes.push(b),
+                        None => misses.push(format!("{id}: the region does not overlap the image")),
+                    }
+                }
+            }
+        }
+        for b in boxes {
+            total = total.saturating_add(meridian_images::cutout::cutout_pixels(&hdu, &b));
+            if total > state.images.max_cutout_pixels {
+                return Err(Error::Usage(format!(
+                    "the cutouts would hold more than {} pixels, the service's limit: ask for \
+                     smaller regions",
+                    state.images.max_cutout_pixels
+                )));
+            }
+            pieces.push(Piece {
+                path: d.path.clone(),
+                hdu: hdu.clone(),
+                pixels: b,
+            });
+        }
+    }
+    if pieces.is_empty() {
+        return Err(Error::Usage(format!(
+            "NoOverlap: nothing to cut out: {}",
+            misses.join("; ")
+        )));
+    }
+    Ok(pieces)
+}
+
+/// Writes `pieces` as one FITS file to `out`.
+pub(crate) fn write(pieces: &[Piece], out: &mut dyn std::io::Write) -> Result<()> {
+    for (i, p) in pieces.iter().enumerate() {
+        meridian_images::cutout::write_cutout_hdu(&p.path, &p.hdu, &p.pixels, i == 0, out)?;
+    }
+    Ok(())
+}
+
+/// `/soda/sync`, GET or POST.
+pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+    let st = state.clone();
+    let params = req.params;
+    let pieces = tokio::task::spawn_blocking(move || plan(&st, &params))
+        .await
+        .map_err(|e| Error::Internal(format!("SODA: {e}")))??;
+    tracing::info!(hdus = pieces.len(), "SODA cutout");
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let mut sink = BodySink::new(tx.clone(), state.metrics.clone());
+    tokio::task::spawn_blocking(move || match write(&pieces, &mut sink) {
+        Ok(()) => sink.send_rest_blocking(),
+        Err(e) if tx.is_closed() => tracing::debug!(error = %e, "the client went away"),
+        Err(e) => {
+            tracing::error!(error = %e, "cutout failed");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/fits"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"cutout.fits\"",
+            ),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
