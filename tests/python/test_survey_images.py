@@ -65,7 +65,7 @@ def test_files_are_what_they_say(survey):
     kinds = {"plain": 0, "rice": 0, "mef": 0}
     for f in files[:40]:
         with fits.open(f) as hl:
-            if any(h.header.get("ZCMPTYPE") == "RICE_1" for h in hl):
+            if any(isinstance(h, fits.CompImageHDU) and h.compression_type == "RICE_1" for h in hl):
                 kinds["rice"] += 1
             elif len(hl) == 3:
                 kinds["mef"] += 1

@@ -91,10 +91,16 @@ impl Rng {
 }
 
 fn card(key: &str, value: &str, comment: &str) -> String {
-    let c = if comment.is_empty() {
-        format!("{key:<8}= {value:>20}")
+    // Strings start at column 11, numbers end at column 30 (FITS's fixed format).
+    let value = if value.starts_with('\'') {
+        format!("{value:<20}")
     } else {
-        format!("{key:<8}= {value:>20} / {comment}")
+        format!("{value:>20}")
+    };
+    let c = if comment.is_empty() {
+        format!("{key:<8}= {value}")
+    } else {
+        format!("{key:<8}= {value} / {comment}")
     };
     format!("{:<80}", &c[..c.len().min(80)])
 }
@@ -311,7 +317,7 @@ fn compress(plain: &Path, out: &Path) -> Result<()> {
         fitsio::sys::ffopen(&mut fin, inp.as_ptr(), 0, &mut status);
         fitsio::sys::ffinit(&mut fout, outp.as_ptr(), &mut status);
         fitsio::sys::fits_set_compression_type(fout, 11, &mut status); // RICE_1
-        fitsio::sys::ffcopy(fin, fout, 0, &mut status);
+        fitsio::sys::fits_img_compress(fin, fout, &mut status);
         let mut close = 0;
         if !fout.is_null() {
             fitsio::sys::ffclos(fout, &mut close);
