@@ -295,6 +295,15 @@ ROUTES = [
               "LANG": "ADQL", "QUERY": "SELECT TOP 1 source_id FROM gaia"}),
           touches=("jobs",), scope="jobs:run", modes={ANON: OWN, BOB: OWN, XSITE: OWN},
           owner=uws_redirect, owner_mutates=True),
+    Entry("/soda/async", ("GET",), get("/soda/async"), touches=("jobs",),
+          modes={ANON: OWN, BOB: OWN, XSITE: OWN},
+          owner=status_is(200, contains=lambda s: s.ctx.job_pending)),
+    # The audit's store has no images: the owner's request passes the checks of who may
+    # run jobs and stops at the dataset lookup.
+    Entry("/soda/async", ("POST",),
+          lambda s, c: Call("POST", "/soda/async", data={"ID": "ivo://meridian/images/none?x"}),
+          touches=("jobs",), scope="jobs:run", modes={ANON: OWN, BOB: OWN, XSITE: OWN},
+          owner=status_is(404, contains="no image dataset")),
     Entry("/tap/async/{id}", ("GET",), job_get("job_pending"), touches=("jobs",),
           owner=status_is(200, contains=JOB_MARK)),
     Entry("/tap/async/{id}", ("POST",), job_post("job_pending", "", {"ACTION": "DELETE"}),

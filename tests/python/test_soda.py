@@ -221,3 +221,31 @@ def test_cli_sia_and_cutout_by_id(service, tmp_path):
     p = subprocess.run([meridian_bin(), "--data-dir", data_dir, "cutout", "shared?nosuch", "--circle",
                         f"{ra},{dec},{r}", "--out", str(out)], capture_output=True, text=True)
     assert p.returncode != 0 and "no image dataset" in p.stderr
+
+
+def test_async_cutout_job(service):
+    import time
+    import xml.etree.ElementTree as ET
+    base, doc = service
+    m13 = next(d for d in doc["datasets"] if d["id"] == "astropy_m13.fits")
+    circle = f"{m13['ra_deg']} {m13['dec_deg']} 0.01"
+    r = requests.post(f"{base}/soda/async", data={"ID": did(m13), "CIRCLE": circle, "PHASE": "RUN"},
+                      allow_redirects=False)
+    assert r.status_code == 303, r.text
+    job = r.headers["location"]
+    for _ in range(200):
+        phase = requests.get(f"{job}/phase").text.strip()
+        if phase in ("COMPLETED", "ERROR"):
+            break
+        time.sleep(0.05)
+    assert phase == "COMPLETED", requests.get(job).text
+    ns = {"uws": "http://www.ivoa.net/xml/UWS/v1.0", "xlink": "http://www.w3.org/1999/xlink"}
+    results = ET.fromstring(requests.get(f"{job}/results").content)
+    href = results.find("uws:result", ns).get("{http://www.w3.org/1999/xlink}href")
+    from astropy.io import fits
+    got = fits.open(io.BytesIO(requests.get(href).content))
+    want = soda(base, ID=did(m13), CIRCLE=circle)
+    assert np.array_equal(got[0].data, want[0].data)
+    # A bad request is refused at once, before any job exists.
+    r = requests.post(f"{base}/soda/async", data={"ID": did(m13), "CIRCLE": "0 -60 0.1"})
+    assert r.status_code == 400 and "NoOverlap" in r.text

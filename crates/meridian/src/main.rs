@@ -1206,13 +1206,13 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
             ),
             storage: open_storage(config)?,
         },
+        meridian_server::images::ImageService::new(
+            &collections,
+            IMAGE_AUTHORITY,
+            s.cutout_max_pixels,
+        ),
     )?;
     state.public_url = s.public_url.clone();
-    state.images = std::sync::Arc::new(meridian_server::images::ImageService::new(
-        &collections,
-        IMAGE_AUTHORITY,
-        s.cutout_max_pixels,
-    ));
     rt.block_on(async {
         // URLs the service hands out (job and transfer locations) are built on the public
         // URL, never on the Host header a client sends.

@@ -159,15 +159,16 @@ pub struct Personal {
 }
 
 impl AppState {
-    /// State for `engine` under `limits`, with asynchronous jobs kept in `jobs_dir` and
-    /// users with their tables and files in `personal`. Queued jobs start once [`serve`]
-    /// runs.
+    /// State for `engine` under `limits`, with asynchronous jobs kept in `jobs_dir`,
+    /// users with their tables and files in `personal`, and the registered `images`.
+    /// Queued jobs start once [`serve`] runs.
     pub fn new(
         engine: Engine,
         limits: Limits,
         jobs_dir: &std::path::Path,
         job_config: JobConfig,
         personal: Personal,
+        images: images::ImageService,
     ) -> Result<Self> {
         let Personal {
             accounts,
@@ -182,11 +183,13 @@ impl AppState {
         let limits = Arc::new(limits);
         let mydb = Arc::new(mydb);
         let accounts = Arc::new(accounts);
+        let images = Arc::new(images);
         let runner = Arc::new(uws::TapRunner {
             engine: engine.clone(),
             limits: limits.clone(),
             mydb: mydb.clone(),
             accounts: accounts.clone(),
+            images: images.clone(),
         });
         Ok(Self {
             engine,
@@ -195,7 +198,7 @@ impl AppState {
             public_url: None,
             jobs: Jobs::open(jobs_dir, job_config, runner)?,
             model: Arc::new(model),
-            images: Arc::new(images::ImageService::default()),
+            images,
             accounts,
             auth: Arc::new(auth),
             mydb,
@@ -346,6 +349,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/datalink", get(datalink::links).post(datalink::links))
         .route("/soda/sync", get(soda::sync).post(soda::sync))
+        .route("/soda/async", get(uws::list).post(soda::create_async))
         .route("/images/header", get(images::header_text))
         .route("/images/coverage", get(images::coverage))
         .route("/preview", get(images::preview))

@@ -4,6 +4,9 @@
 //! pair that meets gives one HDU of the resulting FITS file, the first as the primary.
 //! The file streams as its pixels are read; the whole request is bounded by the
 //! configured pixel limit, checked before any pixel is read.
+//!
+//! `/soda/async` takes the same parameters as a UWS job among TAP's (its resources are
+//! the job's, under `/tap/async/{id}`); its result is the FITS file.
 
 use std::path::PathBuf;
 
@@ -16,7 +19,9 @@ use meridian_images::soda::{parse_circle, parse_pixels, parse_polygon, region_bo
 use meridian_images::{ImageHdu, PixelBox};
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
+use crate::images::ImageService;
 use crate::params::{DaliRequest, Params};
 use crate::result::BodySink;
 
@@ -38,7 +43,7 @@ const MAX_IDS: usize = 100;
 
 /// The pieces `params` ask for, each checked (IDs known, regions overlapping, the pixel
 /// limit kept) before anything is read.
-pub(crate) fn plan(state: &AppState, params: &Params) -> Result<Vec<Piece>> {
+pub(crate) fn plan(images: &ImageService, params: &Params) -> Result<Vec<Piece>> {
     if let Some(f) = params.get("RESPONSEFORMAT")
         && !matches!(f.trim(), "application/fits" | "image/fits" | "fits")
     {
@@ -76,7 +81,7 @@ pub(crate) fn plan(state: &AppState, params: &Params) -> Result<Vec<Piece>> {
     let mut misses = Vec::new();
     let mut total: u64 = 0;
     for id in &ids {
-        let entry = state.images.entry(id)?;
+        let entry = images.entry(id)?;
         let d = &entry.dataset;
         let meets = |want: &[Interval], lo: Option<f64>, hi: Option<f64>| {
             want.is_empty()
@@ -121,11 +126,11 @@ pub(crate) fn plan(state: &AppState, params: &Params) -> Result<Vec<Piece>> {
         }
         for b in boxes {
             total = total.saturating_add(meridian_images::cutout::cutout_pixels(&hdu, &b));
-            if total > state.images.max_cutout_pixels {
+            if total > images.max_cutout_pixels {
                 return Err(Error::Usage(format!(
                     "the cutouts would hold more than {} pixels, the service's limit: ask for \
                      smaller regions",
-                    state.images.max_cutout_pixels
+                    images.max_cutout_pixels
                 )));
             }
             pieces.push(Piece {
@@ -154,9 +159,9 @@ pub(crate) fn write(pieces: &[Piece], out: &mut dyn std::io::Write) -> Result<()
 
 /// `/soda/sync`, GET or POST.
 pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
-    let st = state.clone();
+    let images = state.images.clone();
     let params = req.params;
-    let pieces = tokio::task::spawn_blocking(move || plan(&st, &params))
+    let pieces = tokio::task::spawn_blocking(move || plan(&images, &params))
         .await
         .map_err(|e| Error::Internal(format!("SODA: {e}")))??;
     tracing::info!(hdus = pieces.len(), "SODA cutout");
@@ -184,4 +189,80 @@ pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Res
         axum::body::Body::from_stream(body),
     )
         .into_response())
+}
+
+/// The parameter that marks a UWS job as a SODA cutout (TAP refuses it, so the two kinds
+/// of job never mix).
+pub(crate) const JOB_REQUEST: &str = "SODA-cutout";
+
+/// Runs the cutout job of `params`: its FITS file written to `dir` (through a temporary
+/// name); returns the result's file name and size.
+pub(crate) fn run_job(
+    images: &ImageService,
+    params: &Params,
+    dir: &std::path::Path,
+) -> Result<(String, u64)> {
+    let pieces = plan(images, params)?;
+    let file = "cutout.fits";
+    let tmp = dir.join(".cutout.fits.partial");
+    let io = |e: std::io::Error| Error::Internal(format!("cutout file: {e}"));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    let written = write(&pieces, &mut out);
+    let done = written.and_then(|()| {
+        let f = out.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, dir.join(file)).map_err(io)
+    });
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let size = std::fs::metadata(dir.join(file)).map_err(io)?.len();
+    Ok((file.to_string(), size))
+}
+
+/// `POST /soda/async`: a cutout job. The request is checked first (unknown IDs, bad
+/// regions and the pixel limit are refused at once), then queued like a TAP job; PHASE=RUN
+/// starts it.
+pub async fn create_async(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+    headers: axum::http::HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    caller.allows(meridian_services::accounts::Scope::RunJobs)?;
+    let run = match req.params.get("PHASE") {
+        None => false,
+        Some(p) if p.eq_ignore_ascii_case("RUN") => true,
+        Some(p) => {
+            return Err(Error::Usage(format!(
+                "PHASE '{p}' cannot be given when creating a job; use RUN or leave it out"
+            )));
+        }
+    };
+    let images = state.images.clone();
+    let params = req.params.clone();
+    tokio::task::spawn_blocking(move || plan(&images, &params).map(drop))
+        .await
+        .map_err(|e| Error::Internal(format!("SODA: {e}")))??;
+    let mut parameters: Vec<(String, String)> = req
+        .params
+        .pairs()
+        .iter()
+        .filter(|(k, _)| {
+            !["PHASE", "RUNID", "REQUEST"]
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(k))
+        })
+        .cloned()
+        .collect();
+    parameters.push(("REQUEST".into(), JOB_REQUEST.into()));
+    let run_id = req.params.get("RUNID").map(str::to_string);
+    let job = crate::uws::new_job(&state, &caller, peer, run_id, parameters)?;
+    tracing::info!(job = %job.id, run, "SODA job created");
+    if run {
+        state.jobs.run(&job.id)?;
+    }
+    Ok(crate::uws::to_job(&state, &headers, &job.id))
 }

@@ -45,6 +45,8 @@ pub struct TapRunner {
     pub mydb: Arc<meridian_services::mydb::MyDb>,
     /// Users and their groups (a job sees its owner's groups' tables).
     pub accounts: Arc<meridian_services::accounts::Accounts>,
+    /// The registered images, for SODA cutout jobs.
+    pub images: Arc<crate::images::ImageService>,
 }
 
 impl Runner for TapRunner {
@@ -53,6 +55,34 @@ impl Runner for TapRunner {
         job: Job,
         dir: PathBuf,
     ) -> BoxFuture<'static, Result<Vec<JobResult>, ErrorSummary>> {
+        let params = Params::from_pairs(job.parameters.clone());
+        if params
+            .get("REQUEST")
+            .is_some_and(|r| r == crate::soda::JOB_REQUEST)
+        {
+            let images = self.images.clone();
+            return async move {
+                let ran = tokio::task::spawn_blocking(move || {
+                    crate::soda::run_job(&images, &params, &dir)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("cutout job: {e}")))
+                .and_then(|r| r);
+                match ran {
+                    Ok((file, size_bytes)) => Ok(vec![JobResult {
+                        id: "result".into(),
+                        file,
+                        mime_type: "application/fits".into(),
+                        size_bytes,
+                    }]),
+                    Err(e) if e.status().is_server_error() => {
+                        Err(ErrorSummary::transient(e.to_string()))
+                    }
+                    Err(e) => Err(ErrorSummary::fatal(e.to_string())),
+                }
+            }
+            .boxed();
+        }
         let engine = self.engine.clone();
         let limits = self.limits.clone();
         let mydb = self.mydb.clone();
@@ -117,7 +147,7 @@ fn see_other(location: String) -> Response {
 }
 
 /// 303 to job `id`'s resource, where UWS sends a client after a change to the job.
-fn to_job(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
+pub(crate) fn to_job(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
     see_other(format!("{}/{id}", jobs_url(state, headers)))
 }
 
