@@ -271,15 +271,16 @@ impl Entry {
 
     /// Whether the dataset's footprint meets `pos`.
     pub fn overlaps(&self, pos: &Pos) -> bool {
-        let (centre, radius) = match pos {
-            Pos::Circle(c) => (c.center().to_unit_vector(), c.radius_deg().to_radians()),
-            Pos::Polygon(p) => bounding_cap(p),
-            Pos::Range(_) => ([0.0; 3], std::f64::consts::PI),
-        };
+        self.meets(&Cap::of(pos))
+    }
+
+    fn meets(&self, cap: &Cap) -> bool {
         // Caps that do not meet cannot hold shapes that do (a margin for rounding).
-        if angle(centre, self.centre) > radius + self.radius_rad + 1e-9 {
+        let reach = cap.radius_rad + self.radius_rad + 1e-9;
+        if reach < std::f64::consts::PI && dot(cap.centre, self.centre) < reach.cos() {
             return false;
         }
+        let pos = &cap.pos;
         let Some(poly) = &self.polygon else {
             let p = SkyPoint::from_vector(self.centre);
             return match pos {
@@ -295,7 +296,11 @@ impl Entry {
         }
     }
 
-    fn matches(&self, q: &SiaQuery) -> bool {
+    fn matches(&self, q: &SiaQuery, caps: &[Cap]) -> bool {
+        // The position first: one dot product rejects nearly every dataset.
+        if !caps.is_empty() && !caps.iter().any(|c| self.meets(c)) {
+            return false;
+        }
         let d = &self.dataset;
         let any_str = |want: &[String], have: Option<&str>| {
             want.is_empty() || have.is_some_and(|h| want.iter().any(|w| w == h))
@@ -329,8 +334,33 @@ impl Entry {
             && any_num(&q.timeres, d.exptime_s)
             && any_span(&q.band, d.em_min_m, d.em_max_m)
             && any_span(&q.time, d.t_min_mjd, d.t_max_mjd)
-            && (q.pos.is_empty() || q.pos.iter().any(|p| self.overlaps(p)))
     }
+}
+
+/// A POS value with a cap (centre, angular radius) that holds it.
+struct Cap {
+    pos: Pos,
+    centre: [f64; 3],
+    radius_rad: f64,
+}
+
+impl Cap {
+    fn of(pos: &Pos) -> Self {
+        let (centre, radius_rad) = match pos {
+            Pos::Circle(c) => (c.center().to_unit_vector(), c.radius_deg().to_radians()),
+            Pos::Polygon(p) => bounding_cap(p),
+            Pos::Range(_) => ([0.0, 0.0, 1.0], std::f64::consts::PI),
+        };
+        Self {
+            pos: pos.clone(),
+            centre,
+            radius_rad,
+        }
+    }
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
 /// The calibration level of registered images (ObsCore: 2, science-ready).
@@ -371,6 +401,12 @@ fn bounding_cap(p: &Polygon) -> ([f64; 3], f64) {
 pub struct ObsIndex {
     entries: Vec<Entry>,
     by_did: HashMap<String, usize>,
+    /// Entry numbers sorted by the declination of their centres, and those declinations
+    /// (radians): a position constraint reads only the band of declinations it can reach.
+    by_dec: Vec<u32>,
+    decs_rad: Vec<f64>,
+    /// The largest angle from an entry's centre to its corners, radians.
+    max_radius_rad: f64,
 }
 
 impl ObsIndex {
@@ -385,7 +421,38 @@ impl ObsIndex {
             .enumerate()
             .map(|(i, e)| (e.did.clone(), i))
             .collect();
-        Self { entries, by_did }
+        let dec = |e: &Entry| e.centre[2].clamp(-1.0, 1.0).asin();
+        let mut by_dec: Vec<u32> = (0..entries.len() as u32).collect();
+        by_dec.sort_by(|a, b| dec(&entries[*a as usize]).total_cmp(&dec(&entries[*b as usize])));
+        let decs_rad = by_dec.iter().map(|i| dec(&entries[*i as usize])).collect();
+        let max_radius_rad = entries.iter().map(|e| e.radius_rad).fold(0.0, f64::max);
+        Self {
+            entries,
+            by_did,
+            by_dec,
+            decs_rad,
+            max_radius_rad,
+        }
+    }
+
+    /// Entry numbers whose centres lie in the declination bands `caps` reach, in
+    /// registration order; `None` when a cap reaches every declination.
+    fn candidates(&self, caps: &[Cap]) -> Option<Vec<u32>> {
+        let mut out = Vec::new();
+        for c in caps {
+            let reach = c.radius_rad + self.max_radius_rad + 1e-9;
+            let dec = c.centre[2].clamp(-1.0, 1.0).asin();
+            let (lo, hi) = (dec - reach, dec + reach);
+            if lo <= -std::f64::consts::FRAC_PI_2 && hi >= std::f64::consts::FRAC_PI_2 {
+                return None;
+            }
+            let a = self.decs_rad.partition_point(|d| *d < lo);
+            let b = self.decs_rad.partition_point(|d| *d <= hi);
+            out.extend_from_slice(&self.by_dec[a..b]);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
     }
 
     /// The dataset with publisher DID `did`.
@@ -410,11 +477,21 @@ impl ObsIndex {
 
     /// The datasets that meet `q`, in registration order, at most `limit` of them.
     pub fn search(&self, q: &SiaQuery, limit: usize) -> Vec<&Entry> {
-        self.entries
-            .iter()
-            .filter(|e| e.matches(q))
-            .take(limit)
-            .collect()
+        let caps: Vec<Cap> = q.pos.iter().map(Cap::of).collect();
+        match (caps.is_empty(), self.candidates(&caps)) {
+            (false, Some(ids)) => ids
+                .into_iter()
+                .map(|i| &self.entries[i as usize])
+                .filter(|e| e.matches(q, &caps))
+                .take(limit)
+                .collect(),
+            _ => self
+                .entries
+                .iter()
+                .filter(|e| e.matches(q, &caps))
+                .take(limit)
+                .collect(),
+        }
     }
 
     /// The ObsCore rows of `entries` (see [`crate::obscore::rows`]).

@@ -42,7 +42,13 @@ pub struct ImageService {
     /// The most pixels one cutout may hold.
     pub max_cutout_pixels: u64,
     previews: Mutex<PreviewCache>,
+    /// Image HDUs read so far, by DID: finding a HDU means reading every header before it
+    /// (and, in a plain file, passing over their data), which a cutout should not repeat.
+    hdus: Mutex<HashMap<String, std::sync::Arc<ImageHdu>>>,
 }
+
+/// Image HDUs kept in [`ImageService`]'s cache before it is emptied.
+const HDU_CACHE_ENTRIES: usize = 4096;
 
 impl std::fmt::Debug for ImageService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,7 +65,28 @@ impl ImageService {
             index: ObsIndex::new(collections, authority),
             max_cutout_pixels,
             previews: Mutex::default(),
+            hdus: Mutex::default(),
         }
+    }
+
+    /// The image HDU of `entry`, read from its file the first time only.
+    pub(crate) fn hdu(&self, entry: &Entry) -> Result<std::sync::Arc<ImageHdu>> {
+        if let Some(h) = self
+            .hdus
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&entry.did).cloned())
+        {
+            return Ok(h);
+        }
+        let h = std::sync::Arc::new(image_hdu(entry)?);
+        if let Ok(mut c) = self.hdus.lock() {
+            if c.len() >= HDU_CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(entry.did.clone(), h.clone());
+        }
+        Ok(h)
     }
 
     /// Dataset `did`, or a 404 naming it.

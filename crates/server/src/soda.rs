@@ -34,7 +34,7 @@ enum Cut {
 /// One HDU of the answer.
 pub(crate) struct Piece {
     path: PathBuf,
-    hdu: ImageHdu,
+    hdu: std::sync::Arc<ImageHdu>,
     pixels: PixelBox,
 }
 
@@ -99,7 +99,7 @@ pub(crate) fn plan(images: &ImageService, params: &Params) -> Result<Vec<Piece>>
             misses.push(format!("{id}: POL: the image has no polarization axis"));
             continue;
         }
-        let hdu = crate::images::image_hdu(entry)?;
+        let hdu = images.hdu(entry)?;
         let size = hdu.size();
         let mut boxes = Vec::new();
         if cuts.is_empty() {
