@@ -142,3 +142,12 @@ def test_bad_files_fail_the_add_or_are_skipped(tmp_path):
     assert images(data, "remove", "c").returncode == 0
     assert images(data, "show", "c", check=False).returncode != 0
     assert images(data, "add", "bad/name", src, check=False).returncode != 0
+
+
+def test_quoted_globs_are_expanded(tmp_path):
+    data = tmp_path / "data"
+    out = images(data, "add", "m13", str(IMAGES / "astropy_m13*.fits"), "--quiet").stdout
+    assert "5 images (5 files read" in out, out
+    p = subprocess.run([meridian_bin(), "--data-dir", str(data), "images", "add", "none",
+                        str(IMAGES / "nothing*.fits")], capture_output=True, text=True)
+    assert p.returncode != 0 and "no FITS file matches" in p.stderr

@@ -150,7 +150,8 @@ pub fn is_fits_name(p: &Path) -> bool {
 }
 
 /// The FITS files `paths` name: files as given, directories' FITS files (and their
-/// subdirectories' with `recursive`), sorted.
+/// subdirectories' with `recursive`), and the matches of glob patterns (`*`, `?`, `[...]`)
+/// that the shell left unexpanded, sorted.
 pub fn files(paths: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
         for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
@@ -167,10 +168,27 @@ pub fn files(paths: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>> {
     }
     let mut out = Vec::new();
     for p in paths {
+        let text = p.to_string_lossy();
         if p.is_dir() {
             walk(p, recursive, &mut out)?;
         } else if p.exists() {
             out.push(p.clone());
+        } else if text.contains(['*', '?', '[']) {
+            // A pattern the shell did not expand (quoted): matching files and directories.
+            let matches = glob::glob(&text)
+                .map_err(|e| Error::Invalid(format!("{text}: not a valid pattern: {e}")))?;
+            let before = out.len();
+            for m in matches {
+                let m = m.map_err(|e| Error::Invalid(format!("{text}: {e}")))?;
+                if m.is_dir() {
+                    walk(&m, recursive, &mut out)?;
+                } else if is_fits_name(&m) {
+                    out.push(m);
+                }
+            }
+            if out.len() == before {
+                return Err(Error::Invalid(format!("{text}: no FITS file matches")));
+            }
         } else {
             return Err(Error::Invalid(format!(
                 "{}: no such file or directory",
