@@ -86,3 +86,26 @@ def test_access_urls_are_datalink_documents_that_serve_the_files(service):
     r = requests.get(f"{base}/images/file", params={"ID": "ivo://meridian/images/shared?../../etc/passwd"})
     assert r.status_code == 404 and "root:" not in r.text
     assert requests.get(f"{base}/images/file").status_code == 400
+
+
+def test_adql_geometry_on_s_region(service):
+    """INTERSECTS and CONTAINS with s_region, as TOPCAT's ObsCore queries write them,
+    against the footprints astropy computes (the oracle of test_sia.py)."""
+    import pyvo
+    from test_sia import footprint_points, oracle
+    url, doc = service
+    tap = pyvo.dal.TAPService(url)
+    points = {d["id"]: footprint_points(d) for d in doc["datasets"]}
+    m13 = next(d for d in doc["datasets"] if d["id"] == "astropy_m13.fits")
+    for ra, dec, r in [(m13["ra_deg"], m13["dec_deg"], 0.05), (m13["ra_deg"] + 0.1, m13["dec_deg"], 0.04),
+                       (0, 0, 90), (180, 0, 90)]:
+        got = {row["obs_id"] for row in tap.search(
+            f"SELECT obs_id FROM ivoa.obscore WHERE 1 = INTERSECTS(s_region, CIRCLE('ICRS', {ra}, {dec}, {r}))")}
+        yes, no = oracle(points, ra, dec, r)
+        assert yes <= got and not (no & got), (ra, dec, r, yes - got, no & got)
+    got = {row["obs_id"] for row in tap.search(
+        f"SELECT obs_id FROM ivoa.obscore WHERE 1 = CONTAINS(POINT('ICRS', {m13['ra_deg']}, {m13['dec_deg']}), s_region)")}
+    assert got == {d["id"] for d in doc["datasets"] if d["id"].startswith("astropy_m13")}
+    inside = {row["obs_id"] for row in tap.search(
+        f"SELECT obs_id FROM ivoa.obscore WHERE 1 = CONTAINS(s_region, CIRCLE('ICRS', {m13['ra_deg']}, {m13['dec_deg']}, 1))")}
+    assert inside >= got

@@ -290,3 +290,35 @@ def test_taplint_obscore_stage_and_datalinklint(service):
     out = p.stdout + p.stderr
     problems = "\n".join(line for line in out.splitlines() if re.match(r"^[EW]-", line))
     assert not problems, out
+
+
+def test_hostile_requests_are_bounded(service):
+    """A POLYGON's cost grows with the square of its vertices, a parameter list costs
+    more memory than its bytes: both are bounded, and the service keeps answering."""
+    import time
+    base, _ = service
+    ring = " ".join(f"{10 + 0.5 * np.cos(t)} {20 + 0.5 * np.sin(t)}" for t in np.linspace(0, 6.28, 600)[:-1])
+    t = time.time()
+    r = requests.post(f"{base}/sia/query", data={"POS": f"POLYGON {ring}"})
+    assert r.status_code == 400 and "at most 500" in r.text and time.time() - t < 2
+    r = requests.post(f"{base}/sia/query", data={"POS": ["CIRCLE 10 10 1"] * 65})
+    assert r.status_code == 400 and "POS" in r.text
+    r = requests.post(f"{base}/datalink", data=b"ID=" + b"x" * (2 << 20),
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code in (400, 413) and "limit" in r.text.lower(), r.text[:300]
+    assert requests.get(f"{base}/health").status_code == 200
+
+
+def test_range_with_open_ends(service):
+    from astropy.io.votable import parse_single_table
+    import io
+    base, _ = service
+
+    def ids(pos):
+        r = requests.get(f"{base}/sia/query", params={"POS": pos, "COLLECTION": "shared"})
+        assert r.status_code == 200, r.text
+        return {x["obs_id"] for x in parse_single_table(io.BytesIO(r.content)).to_table()}
+
+    assert ids("RANGE 200 +Inf -90 90") == ids("RANGE 200 360 -90 90")
+    assert ids("RANGE -Inf 200 -90 90") == ids("RANGE 0 200 -90 90")
+    assert ids("RANGE 200 +Inf -90 90") != ids("RANGE -Inf 200 -90 90")

@@ -249,3 +249,41 @@ def test_async_cutout_job(service):
     # A bad request is refused at once, before any job exists.
     r = requests.post(f"{base}/soda/async", data={"ID": did(m13), "CIRCLE": "0 -60 0.1"})
     assert r.status_code == 400 and "NoOverlap" in r.text
+
+
+def test_circles_at_the_pole_and_odd_file_names(tmp_path):
+    """A circle centred on a pole is cut whole; a file name outside ASCII leaves every
+    header card 80 bytes long."""
+    import shutil
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    n = 200
+    h = fits.Header()
+    h.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=0.0, CRVAL2=90.0, CRPIX1=100.5, CRPIX2=100.5,
+             CDELT1=-0.001, CDELT2=0.001)
+    pole = tmp_path / "pole.fits"
+    fits.PrimaryHDU(np.arange(n * n, dtype=np.float32).reshape(n, n), h).writeto(pole)
+    for ra in (0, 123):
+        out = tmp_path / f"c{ra}.fits"
+        subprocess.run([meridian_bin(), "images", "cutout", str(pole), "--circle", f"{ra},90,0.05",
+                        "--out", str(out)], check=True, capture_output=True)
+        shape = fits.getdata(out).shape
+        assert all(abs(s - 101) <= 1 for s in shape), (ra, shape)
+    odd = tmp_path / "pöläröö-ñ.fits"
+    shutil.copy(IMAGES / "astropy_m13.fits", odd)
+    out = tmp_path / "odd.fits"
+    subprocess.run([meridian_bin(), "images", "cutout", str(odd), "--pixels", "1:10,1:10", "--out", str(out)],
+                   check=True, capture_output=True)
+    raw = out.read_bytes()
+    assert raw.index(b"END" + b" " * 77) % 80 == 0
+    with fits.open(out) as hl:
+        assert hl[0].data.shape == (10, 10) and WCS(hl[0].header).celestial.naxis == 2
+
+
+def test_soda_bounds_regions_and_hdus(service):
+    base, doc = service
+    m13 = next(d for d in doc["datasets"] if d["id"] == "astropy_m13.fits")
+    r = requests.get(f"{base}/soda/sync", params=[("ID", did(m13))] + [("PIXELS", "1:2,1:2")] * 70)
+    assert r.status_code == 400 and "regions" in r.text
+    r = requests.get(f"{base}/soda/sync", params=[("ID", did(m13))] * 5 + [("PIXELS", "1:2,1:2")] * 60)
+    assert r.status_code == 400 and "HDUs" in r.text

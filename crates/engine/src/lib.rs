@@ -11,6 +11,7 @@ mod error;
 pub mod geometry;
 pub mod guard;
 pub mod hats_table;
+pub mod region_value;
 pub mod session;
 pub mod translate;
 pub mod udf;

@@ -91,6 +91,7 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     for udf in crate::udf::spatial_udfs()
         .into_iter()
         .chain(crate::geometry::geometry_udfs())
+        .chain(crate::region_value::region_udfs())
         .chain(crate::udf::healpix_udfs())
     {
         ctx.register_udf(udf);

@@ -612,12 +612,30 @@ impl Translator<'_> {
         let (point, region) = match (a, b) {
             (Some((ShapeKind::Point, p)), Some(r)) => (p, r),
             (Some(r), Some((ShapeKind::Point, p))) if up == "INTERSECTS" => (p, r),
-            (None, Some(r)) if r.0 != ShapeKind::Point => {
-                (self.point_or_value(&args[0], scope)?, r)
+            // A geometry value (a polygon column such as ObsCore's s_region, a point
+            // column, a function's result) against a literal shape.
+            (None, Some(r)) if r.0 != ShapeKind::Point || up == "INTERSECTS" => {
+                let value = self.expr(&args[0], scope)?;
+                let mode = match (r.0, up.as_str()) {
+                    (ShapeKind::Point, _) => "holds",
+                    (_, "INTERSECTS") => "intersects",
+                    _ => "contains",
+                };
+                return Ok(region_meets(&value, mode, &r));
+            }
+            (Some(r), None) if up == "INTERSECTS" || r.0 == ShapeKind::Point => {
+                let value = self.expr(&args[1], scope)?;
+                let mode = if r.0 == ShapeKind::Point {
+                    "holds"
+                } else {
+                    "intersects"
+                };
+                return Ok(region_meets(&value, mode, &r));
             }
             _ => {
                 return Err(Error::Unsupported(format!(
-                    "{up} at {}: only a POINT against a CIRCLE, BOX, POLYGON or REGION literal is supported",
+                    "{up} at {}: one side must be a POINT, CIRCLE, BOX, POLYGON or REGION \
+                     literal (CONTAINS of a shape in a geometry value is not supported)",
                     name.span
                 )));
             }
@@ -950,4 +968,19 @@ fn strip(e: &Expr) -> &Expr {
         Expr::Nested(inner) => strip(inner),
         other => other,
     }
+}
+
+/// `adql_region_meets` (see [`crate::region_value`]) of a geometry value and a literal
+/// shape.
+fn region_meets(value: &str, mode: &str, shape: &(ShapeKind, Vec<String>)) -> String {
+    let kind = match shape.0 {
+        ShapeKind::Point => "point",
+        ShapeKind::Circle => "circle",
+        ShapeKind::Box => "box",
+        ShapeKind::Polygon => "polygon",
+    };
+    format!(
+        "adql_region_meets({value}, '{mode}', '{kind}', {})",
+        shape.1.join(", ")
+    )
 }

@@ -188,14 +188,11 @@ pub fn circle_box(
 ) -> Option<PixelBox> {
     // The circle's edge (and centre) in pixels: a small circle projects to a convex shape
     // whose bounding box these points give to well under a pixel.
-    let (sl, cl) = lat_deg.to_radians().sin_cos();
-    let (sr, cr) = radius_deg.to_radians().sin_cos();
     let mut points = vec![wcs.world_to_pixel(lon_deg, lat_deg)];
-    for k in 0..360 {
-        let az = (k as f64).to_radians();
-        let lat = (sl * cr + cl * sr * az.cos()).asin();
-        let lon = lon_deg.to_radians() + (az.sin() * sr * cl).atan2(cr - sl * lat.sin());
-        points.push(wcs.world_to_pixel(lon.to_degrees(), lat.to_degrees()));
+    if let Ok(centre) = meridian_sky::SkyPoint::new(lon_deg.rem_euclid(360.0), lat_deg) {
+        for p in crate::soda::circle_points(centre, radius_deg) {
+            points.push(wcs.world_to_pixel(p.ra_deg(), p.dec_deg()));
+        }
     }
     let points: Vec<[f64; 2]> = points.into_iter().flatten().collect();
     if points.is_empty() {
@@ -371,7 +368,22 @@ pub fn write_cutout_hdu(
         ));
     }
     cards.push(format!("{:<80}", "END"));
-    let mut head = cards.concat().into_bytes();
+    // Every card exactly 80 ASCII bytes, whatever a file name or a damaged header holds.
+    let mut head: Vec<u8> = Vec::with_capacity(cards.len() * 80);
+    for c in &cards {
+        let mut b: Vec<u8> = c
+            .chars()
+            .map(|ch| {
+                if ch.is_ascii() && !ch.is_ascii_control() {
+                    ch as u8
+                } else {
+                    b'?'
+                }
+            })
+            .collect();
+        b.resize(80, b' ');
+        head.extend_from_slice(&b);
+    }
     head.resize(head.len().div_ceil(2880) * 2880, b' ');
     out.write_all(&head).map_err(|e| fits_err(path, e))?;
     let planes: u64 = hdu.axes[2..].iter().product();

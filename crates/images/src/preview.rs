@@ -44,7 +44,7 @@ fn binned(path: &Path, hdu: &ImageHdu, size: u32) -> Result<(usize, usize, Vec<f
     let factor = w.max(h).div_ceil(u64::from(size.max(1))).max(1);
     let (bw, bh) = (w.div_ceil(factor) as usize, h.div_ceil(factor) as usize);
     let mut sum = vec![0.0f64; bw * bh];
-    let mut count = vec![0u32; bw * bh];
+    let mut count = vec![0u64; bw * bh];
     let scale = hdu.header.float("BSCALE").unwrap_or(1.0);
     let zero = hdu.header.float("BZERO").unwrap_or(0.0);
     let blank = if hdu.compressed {
@@ -80,7 +80,7 @@ fn binned(path: &Path, hdu: &ImageHdu, size: u32) -> Result<(usize, usize, Vec<f
     let values = sum
         .iter()
         .zip(&count)
-        .map(|(s, n)| if *n > 0 { s / f64::from(*n) } else { f64::NAN })
+        .map(|(s, n)| if *n > 0 { s / *n as f64 } else { f64::NAN })
         .collect();
     Ok((bw, bh, values))
 }

@@ -123,6 +123,15 @@ fn point(param: &str, ra: f64, dec: f64) -> Result<SkyPoint> {
     SkyPoint::new(ra.rem_euclid(360.0), dec).map_err(|e| Error::Invalid(format!("{param}: {e}")))
 }
 
+/// Most vertices of a POLYGON (the self-intersection check grows with their square).
+pub const MAX_VERTICES: usize = 500;
+
+/// Most values of POS (each is tested against every candidate image).
+pub const MAX_POS: usize = 64;
+
+/// Most parameter values one query may give.
+pub const MAX_VALUES: usize = 1000;
+
 /// A POS value: `CIRCLE ra dec radius`, `RANGE ra1 ra2 dec1 dec2` or
 /// `POLYGON ra1 dec1 ra2 dec2 ra3 dec3 ...`, degrees (ICRS).
 pub fn parse_pos(param: &str, text: &str) -> Result<Pos> {
@@ -151,11 +160,9 @@ pub fn parse_pos(param: &str, text: &str) -> Result<Pos> {
                     v.len()
                 )));
             };
-            let (ra1, ra2) = if ra1 == f64::NEG_INFINITY || ra2 == f64::INFINITY {
-                (0.0, 360.0)
-            } else {
-                (ra1, ra2)
-            };
+            // An open end is the end of the circle on that side.
+            let ra1 = if ra1 == f64::NEG_INFINITY { 0.0 } else { ra1 };
+            let ra2 = if ra2 == f64::INFINITY { 360.0 } else { ra2 };
             let (dec1, dec2) = (dec1.max(-90.0), dec2.min(90.0));
             if !ra1.is_finite() || !ra2.is_finite() {
                 return Err(Error::Invalid(format!(
@@ -172,6 +179,12 @@ pub fn parse_pos(param: &str, text: &str) -> Result<Pos> {
                 .map_err(region)
         }
         "POLYGON" => {
+            if v.len() > 2 * MAX_VERTICES {
+                return Err(Error::Invalid(format!(
+                    "{param}: a POLYGON of {} vertices; at most {MAX_VERTICES}",
+                    v.len() / 2
+                )));
+            }
             if v.len() < 6 || v.len() % 2 != 0 {
                 return Err(Error::Invalid(format!(
                     "{param}: POLYGON takes at least 3 vertices as ra dec pairs, got {} numbers",
@@ -196,10 +209,20 @@ impl SiaQuery {
     /// other parameters are ignored, as SIA says.
     pub fn from_params<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         let mut q = SiaQuery::default();
-        for (name, value) in params {
+        for (k, (name, value)) in params.into_iter().enumerate() {
+            if k >= MAX_VALUES {
+                return Err(Error::Invalid(format!(
+                    "more than {MAX_VALUES} parameter values in one query"
+                )));
+            }
             let name = name.to_ascii_uppercase();
             let text = || value.trim().to_string();
             match name.as_str() {
+                "POS" if q.pos.len() >= MAX_POS => {
+                    return Err(Error::Invalid(format!(
+                        "POS: more than {MAX_POS} regions in one query"
+                    )));
+                }
                 "POS" => q.pos.push(parse_pos(&name, value)?),
                 "BAND" => q.band.push(parse_interval(&name, value)?),
                 "TIME" => q.time.push(parse_interval(&name, value)?),
@@ -324,7 +347,9 @@ impl Entry {
             && any_str(&q.instrument, d.instrument.as_deref())
             && any_str(&q.target, d.target.as_deref())
             && (q.format.is_empty()
-                || q.format.iter().any(|f| f == "image/fits" || f == DATALINK_FORMAT))
+                || q.format.iter().any(|f| {
+                    matches!(f.as_str(), "image/fits" | "application/fits" | DATALINK_FORMAT)
+                }))
             // No polarization states are recorded for these images.
             && q.pol.is_empty()
             && q.specrp.is_empty()
@@ -349,7 +374,16 @@ impl Cap {
         let (centre, radius_rad) = match pos {
             Pos::Circle(c) => (c.center().to_unit_vector(), c.radius_deg().to_radians()),
             Pos::Polygon(p) => bounding_cap(p),
-            Pos::Range(_) => ([0.0, 0.0, 1.0], std::f64::consts::PI),
+            Pos::Range(r) => {
+                // A cap about the pole nearer the band's middle, reaching its far edge:
+                // a band of declinations, which is what the index filters on.
+                let (_, _, lo, hi) = r.limits();
+                if lo + hi >= 0.0 {
+                    ([0.0, 0.0, 1.0], (90.0 - lo).to_radians())
+                } else {
+                    ([0.0, 0.0, -1.0], (90.0 + hi).to_radians())
+                }
+            }
         };
         Self {
             pos: pos.clone(),
@@ -440,9 +474,18 @@ impl ObsIndex {
     fn candidates(&self, caps: &[Cap]) -> Option<Vec<u32>> {
         let mut out = Vec::new();
         for c in caps {
-            let reach = c.radius_rad + self.max_radius_rad + 1e-9;
-            let dec = c.centre[2].clamp(-1.0, 1.0).asin();
-            let (lo, hi) = (dec - reach, dec + reach);
+            let (lo, hi) = match &c.pos {
+                Pos::Range(r) => {
+                    let (_, _, lo, hi) = r.limits();
+                    let m = self.max_radius_rad + 1e-9;
+                    (lo.to_radians() - m, hi.to_radians() + m)
+                }
+                _ => {
+                    let reach = c.radius_rad + self.max_radius_rad + 1e-9;
+                    let dec = c.centre[2].clamp(-1.0, 1.0).asin();
+                    (dec - reach, dec + reach)
+                }
+            };
             if lo <= -std::f64::consts::FRAC_PI_2 && hi >= std::f64::consts::FRAC_PI_2 {
                 return None;
             }

@@ -32,22 +32,42 @@ fn slerp(a: [f64; 3], b: [f64; 3], t: f64) -> [f64; 3] {
     v.map(|x| x / n)
 }
 
+/// 360 points on the circle of `radius_deg` about `centre`, built from vectors so that a
+/// centre at a pole is no special case.
+pub fn circle_points(centre: SkyPoint, radius_deg: f64) -> Vec<SkyPoint> {
+    let c = centre.to_unit_vector();
+    // Any unit vector at right angles to the centre, and a third completing the frame.
+    let helper = if c[2].abs() < 0.9 {
+        [0.0, 0.0, 1.0]
+    } else {
+        [1.0, 0.0, 0.0]
+    };
+    let cross = |a: [f64; 3], b: [f64; 3]| {
+        [
+            a[1] * b[2] - a[2] * b[1],
+            a[2] * b[0] - a[0] * b[2],
+            a[0] * b[1] - a[1] * b[0],
+        ]
+    };
+    let e = cross(helper, c);
+    let n = (e[0] * e[0] + e[1] * e[1] + e[2] * e[2]).sqrt();
+    let e = e.map(|x| x / n);
+    let f = cross(c, e);
+    let (sr, cr) = radius_deg.to_radians().sin_cos();
+    (0..360)
+        .map(|k| {
+            let (sa, ca) = (k as f64).to_radians().sin_cos();
+            SkyPoint::from_vector([0, 1, 2].map(|i| c[i] * cr + (e[i] * ca + f[i] * sa) * sr))
+        })
+        .collect()
+}
+
 /// ICRS points along the boundary of `pos`.
 fn boundary(pos: &Pos) -> Vec<SkyPoint> {
     match pos {
         Pos::Circle(c) => {
-            let (ra, dec) = (c.center().ra_deg(), c.center().dec_deg());
-            let (sl, cl) = dec.to_radians().sin_cos();
-            let (sr, cr) = c.radius_deg().to_radians().sin_cos();
             let mut out = vec![c.center()];
-            for k in 0..360 {
-                let az = (k as f64).to_radians();
-                let lat = (sl * cr + cl * sr * az.cos()).clamp(-1.0, 1.0).asin();
-                let lon = ra.to_radians() + (az.sin() * sr * cl).atan2(cr - sl * lat.sin());
-                if let Ok(p) = SkyPoint::new(lon.to_degrees().rem_euclid(360.0), lat.to_degrees()) {
-                    out.push(p);
-                }
-            }
+            out.extend(circle_points(c.center(), c.radius_deg()));
             out
         }
         Pos::Polygon(p) => {

@@ -322,16 +322,9 @@ pub fn router(state: AppState) -> Router {
         .route("/tap/async/{id}/results", get(uws::results))
         .route("/tap/async/{id}/results/{name}", get(uws::result))
         .route_layer(from_fn_with_state(state.clone(), uws::owner_only));
-    // Everything that serves data: an invalid token is refused rather than taken for
-    // anonymous.
-    let protected = Router::new()
-        .route("/tap/sync", get(tap::sync).post(tap::sync))
-        .route("/tap/availability", get(vosi::availability))
-        .route("/tap/capabilities", get(vosi::capabilities))
-        .route("/tap/tables", get(vosi::tables))
-        .route("/tap/tables/{name}", get(vosi::table))
-        .route("/tap/examples", get(examples::examples_document))
-        .route("/tap/async", get(uws::list).post(uws::create))
+    // The image services take small requests: their bodies are held to 1 MiB (a parameter
+    // list costs far more memory than its bytes).
+    let image_access = Router::new()
         .route("/sia/query", get(sia::query).post(sia::query))
         .route("/sia/capabilities", get(sia::capabilities))
         .route("/sia/availability", get(sia::availability))
@@ -353,6 +346,18 @@ pub fn router(state: AppState) -> Router {
         .route("/images/header", get(images::header_text))
         .route("/images/coverage", get(images::coverage))
         .route("/preview", get(images::preview))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20));
+    // Everything that serves data: an invalid token is refused rather than taken for
+    // anonymous.
+    let protected = Router::new()
+        .route("/tap/sync", get(tap::sync).post(tap::sync))
+        .route("/tap/availability", get(vosi::availability))
+        .route("/tap/capabilities", get(vosi::capabilities))
+        .route("/tap/tables", get(vosi::tables))
+        .route("/tap/tables/{name}", get(vosi::table))
+        .route("/tap/examples", get(examples::examples_document))
+        .route("/tap/async", get(uws::list).post(uws::create))
+        .merge(image_access)
         .merge(job)
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/whoami", get(auth::whoami))

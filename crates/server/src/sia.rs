@@ -56,7 +56,15 @@ async fn answer(
             "REQUEST: '{r}' is not supported; use query"
         )));
     }
-    let mut q = SiaQuery::from_params(p.pairs().iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let mut q = {
+        // Parsing checks polygons, whose cost grows with their vertices: off the runtime.
+        let pairs = p.pairs().to_vec();
+        tokio::task::spawn_blocking(move || {
+            SiaQuery::from_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("SIA query: {e}")))??
+    };
     if let Some(c) = collection {
         check_collection(state, c)?;
         q.within = Some(c.to_string());

@@ -41,6 +41,12 @@ pub(crate) struct Piece {
 /// Most IDs one request may name.
 const MAX_IDS: usize = 100;
 
+/// Most regions (CIRCLE, POLYGON, POS, PIXELS) one request may give.
+const MAX_REGIONS: usize = 64;
+
+/// Most HDUs one answer may hold.
+const MAX_HDUS: usize = 256;
+
 /// The pieces `params` ask for, each checked (IDs known, regions overlapping, the pixel
 /// limit kept) before anything is read.
 pub(crate) fn plan(images: &ImageService, params: &Params) -> Result<Vec<Piece>> {
@@ -66,6 +72,11 @@ pub(crate) fn plan(images: &ImageService, params: &Params) -> Result<Vec<Piece>>
     let mut times: Vec<Interval> = Vec::new();
     let mut pols: Vec<&str> = Vec::new();
     for (name, value) in params.pairs() {
+        if cuts.len() > MAX_REGIONS {
+            return Err(Error::Usage(format!(
+                "more than {MAX_REGIONS} regions (CIRCLE, POLYGON, POS, PIXELS) in one request"
+            )));
+        }
         match name.to_ascii_uppercase().as_str() {
             "CIRCLE" => cuts.push(Cut::Region(parse_circle(value)?)),
             "POLYGON" => cuts.push(Cut::Region(parse_polygon(value)?)),
@@ -101,6 +112,11 @@ pub(crate) fn plan(images: &ImageService, params: &Params) -> Result<Vec<Piece>>
         }
         let hdu = images.hdu(entry)?;
         let size = hdu.size();
+        let wcs = if cuts.iter().any(|c| matches!(c, Cut::Region(_))) {
+            Some(hdu.wcs()?)
+        } else {
+            None
+        };
         let mut boxes = Vec::new();
         if cuts.is_empty() {
             boxes.push(PixelBox {
@@ -112,10 +128,9 @@ pub(crate) fn plan(images: &ImageService, params: &Params) -> Result<Vec<Piece>>
             match cut {
                 Cut::Pixels(text) => boxes.push(parse_pixels("PIXELS", text, size)?),
                 Cut::Region(pos) => {
-                    let b = if entry.overlaps(pos) {
-                        region_box(&hdu.wcs()?, size, pos)
-                    } else {
-                        None
+                    let b = match &wcs {
+                        Some(w) if entry.overlaps(pos) => region_box(w, size, pos),
+                        _ => None,
                     };
                     match b {
                         Some(b) => boxes.push(b),
@@ -125,6 +140,12 @@ pub(crate) fn plan(images: &ImageService, params: &Params) -> Result<Vec<Piece>>
             }
         }
         for b in boxes {
+            if pieces.len() >= MAX_HDUS {
+                return Err(Error::Usage(format!(
+                    "the cutouts would make more than {MAX_HDUS} HDUs: ask for fewer IDs or \
+                     regions"
+                )));
+            }
             total = total.saturating_add(meridian_images::cutout::cutout_pixels(&hdu, &b));
             if total > images.max_cutout_pixels {
                 return Err(Error::Usage(format!(

@@ -428,6 +428,8 @@ pub struct CoordRange {
     ra_max_deg: f64,
     dec_min_deg: f64,
     dec_max_deg: f64,
+    /// The boundary as great-circle pieces, built once.
+    edges: Vec<(Vec3, Vec3)>,
 }
 
 impl CoordRange {
@@ -458,12 +460,15 @@ impl CoordRange {
         } else {
             (ra_min_deg.rem_euclid(360.0), ra_max_deg.rem_euclid(360.0))
         };
-        Ok(Self {
+        let mut r = Self {
             ra_min_deg: lo,
             ra_max_deg: if full { 360.0 } else { hi },
             dec_min_deg,
             dec_max_deg,
-        })
+            edges: Vec::new(),
+        };
+        r.edges = r.boundary();
+        Ok(r)
     }
 
     /// (ra_min, ra_max, dec_min, dec_max), degrees; ra_min > ra_max across RA 0.
@@ -623,7 +628,7 @@ impl Polygon {
         }) {
             return true;
         }
-        edges_cross(&self.edges(), &r.boundary())
+        edges_cross(&self.edges(), &r.edges)
     }
 }
 
