@@ -253,15 +253,7 @@ pub async fn create_async(
     req: DaliRequest,
 ) -> Result<Response> {
     caller.allows(meridian_services::accounts::Scope::RunJobs)?;
-    let run = match req.params.get("PHASE") {
-        None => false,
-        Some(p) if p.eq_ignore_ascii_case("RUN") => true,
-        Some(p) => {
-            return Err(Error::Usage(format!(
-                "PHASE '{p}' cannot be given when creating a job; use RUN or leave it out"
-            )));
-        }
-    };
+    let run = crate::uws::run_on_create(&req.params)?;
     let images = state.images.clone();
     let params = req.params.clone();
     tokio::task::spawn_blocking(move || plan(&images, &params).map(drop))

@@ -395,15 +395,7 @@ pub async fn create(
     req: DaliRequest,
 ) -> Result<Response> {
     let jobs = &state.jobs;
-    let run = match req.params.get("PHASE") {
-        None => false,
-        Some(p) if p.eq_ignore_ascii_case("RUN") => true,
-        Some(p) => {
-            return Err(Error::Usage(format!(
-                "PHASE '{p}' cannot be given when creating a job; use RUN or leave it out"
-            )));
-        }
-    };
+    let run = run_on_create(&req.params)?;
     let job = new_job(
         &state,
         &caller,
@@ -432,6 +424,17 @@ pub async fn create(
         jobs.run(&job.id)?;
     }
     Ok(to_job(&state, &headers, &job.id))
+}
+
+/// Whether a job's creation asks to start it (PHASE=RUN); another PHASE is refused.
+pub(crate) fn run_on_create(params: &Params) -> Result<bool> {
+    match params.get("PHASE") {
+        None => Ok(false),
+        Some(p) if p.eq_ignore_ascii_case("RUN") => Ok(true),
+        Some(p) => Err(Error::Usage(format!(
+            "PHASE '{p}' cannot be given when creating a job; use RUN or leave it out"
+        ))),
+    }
 }
 
 /// Bytes of a request's inline uploads.
