@@ -92,6 +92,21 @@ pub struct PixelBox {
 }
 
 impl PixelBox {
+    /// The pixels of an image of `size` whose areas meet the rectangle of FITS pixel
+    /// coordinates `lo`..`hi` (x, y), clipped to the image; `None` when it misses the image.
+    pub fn covering(lo: [f64; 2], hi: [f64; 2], size: (u64, u64)) -> Option<Self> {
+        // Pixel i (1-based) spans [i - 0.5, i + 0.5): index floor(p - 0.5).
+        let span = |lo: f64, hi: f64, n: u64| -> Option<Range<u64>> {
+            let a = (lo - 0.5).floor().max(0.0);
+            let b = ((hi - 0.5).floor() + 1.0).min(n as f64);
+            (a < b).then_some(a as u64..b as u64)
+        };
+        Some(PixelBox {
+            x: span(lo[0], hi[0], size.0)?,
+            y: span(lo[1], hi[1], size.1)?,
+        })
+    }
+
     /// Pixels in the box.
     pub fn pixels(&self) -> u64 {
         (self.x.end - self.x.start) * (self.y.end - self.y.start)
@@ -103,7 +118,7 @@ fn fits_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// An image HDU opened for reading pixels as stored (BSCALE and BZERO not applied).
-struct PixelReader<'a> {
+pub(crate) struct PixelReader<'a> {
     path: &'a Path,
     file: fitsio::FitsFile,
     hdu: fitsio::hdu::FitsHdu,
@@ -111,7 +126,7 @@ struct PixelReader<'a> {
 }
 
 impl<'a> PixelReader<'a> {
-    fn open(path: &'a Path, hdu: &ImageHdu) -> Result<Self> {
+    pub(crate) fn open(path: &'a Path, hdu: &ImageHdu) -> Result<Self> {
         let mut file = fitsio::FitsFile::open(path).map_err(|e| fits_err(path, e))?;
         let fh = file.hdu(hdu.index).map_err(|e| fits_err(path, e))?;
         // Values as stored: CFITSIO would otherwise apply BSCALE and BZERO.
@@ -132,7 +147,7 @@ impl<'a> PixelReader<'a> {
     }
 
     /// The pixels of `ranges` (0-based, end-exclusive, one per axis), x fastest.
-    fn read(&mut self, ranges: &[Range<usize>]) -> Result<Values> {
+    pub(crate) fn read(&mut self, ranges: &[Range<usize>]) -> Result<Values> {
         let refs: Vec<&Range<usize>> = ranges.iter().collect();
         let path = self.path;
         Ok(if self.bitpix > 0 {
@@ -167,14 +182,18 @@ fn check_box(path: &Path, hdu: &ImageHdu, b: &PixelBox) -> Result<()> {
 /// Extra axes beyond the second are read at their first plane.
 pub fn read_box(path: &Path, hdu: &ImageHdu, b: &PixelBox) -> Result<Values> {
     check_box(path, hdu, b)?;
-    let mut r = PixelReader::open(path, hdu)?;
+    PixelReader::open(path, hdu)?.read(&first_plane(hdu, b))
+}
+
+/// The ranges of box `b` in the first plane of every axis past the second.
+pub(crate) fn first_plane(hdu: &ImageHdu, b: &PixelBox) -> Vec<Range<usize>> {
     let mut ranges: Vec<Range<usize>> = Vec::with_capacity(hdu.axes.len());
     ranges.push(b.x.start as usize..b.x.end as usize);
     ranges.push(b.y.start as usize..b.y.end as usize);
     for _ in 2..hdu.axes.len() {
         ranges.push(0..1);
     }
-    r.read(&ranges)
+    ranges
 }
 
 /// The pixel box of `hdu` that covers the circle of `radius_deg` about (`lon_deg`,
@@ -205,16 +224,7 @@ pub fn circle_box(
             .map(|p| p[i])
             .fold(f64::NEG_INFINITY, f64::max)
     };
-    // Pixel i (1-based) spans [i - 0.5, i + 0.5): index floor(p - 0.5).
-    let span = |lo: f64, hi: f64, n: u64| -> Option<Range<u64>> {
-        let a = (lo - 0.5).floor().max(0.0);
-        let b = ((hi - 0.5).floor() + 1.0).min(n as f64);
-        (a < b).then_some(a as u64..b as u64)
-    };
-    Some(PixelBox {
-        x: span(min(0), max(0), size.0)?,
-        y: span(min(1), max(1), size.1)?,
-    })
+    PixelBox::covering([min(0), min(1)], [max(0), max(1)], size)
 }
 
 /// Keywords of a header that describe the HDU's structure or its compression, rewritten

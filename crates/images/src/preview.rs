@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::cutout::{PixelBox, Values, read_box};
+use crate::cutout::{PixelBox, PixelReader, Values, first_plane};
 use crate::{Error, ImageHdu, Result};
 
 /// How pixel values become grey levels.
@@ -54,10 +54,12 @@ fn binned(path: &Path, hdu: &ImageHdu, size: u32) -> Result<(usize, usize, Vec<f
     };
     // Whole strips of binned rows.
     let rows = ((STRIP_PIXELS / w).max(1) / factor).max(1) * factor;
+    // One open file for every strip: a gzip file is not decompressed again for each.
+    let mut reader = PixelReader::open(path, hdu)?;
     let mut y0 = 0;
     while y0 < h {
         let y1 = (y0 + rows).min(h);
-        let strip = read_box(path, hdu, &PixelBox { x: 0..w, y: y0..y1 })?;
+        let strip = reader.read(&first_plane(hdu, &PixelBox { x: 0..w, y: y0..y1 }))?;
         let mut add = |i: usize, v: f64| {
             if v.is_finite() {
                 let x = (i as u64 % w) / factor;

@@ -46,6 +46,16 @@ impl Interval {
     }
 }
 
+/// Whether the span `lo`..`hi` meets one of `want` (true when `want` is empty; a missing
+/// end never meets).
+pub fn meets_any(want: &[Interval], lo: Option<f64>, hi: Option<f64>) -> bool {
+    want.is_empty()
+        || match (lo, hi) {
+            (Some(lo), Some(hi)) => want.iter().any(|w| w.overlaps(lo, hi)),
+            _ => false,
+        }
+}
+
 /// The constraints of one SIA query.
 #[derive(Debug, Clone, Default)]
 pub struct SiaQuery {
@@ -331,13 +341,6 @@ impl Entry {
         let any_num = |want: &[Interval], have: Option<f64>| {
             want.is_empty() || have.is_some_and(|h| want.iter().any(|w| w.contains(h)))
         };
-        let any_span = |want: &[Interval], lo: Option<f64>, hi: Option<f64>| {
-            want.is_empty()
-                || match (lo, hi) {
-                    (Some(lo), Some(hi)) => want.iter().any(|w| w.overlaps(lo, hi)),
-                    _ => false,
-                }
-        };
         q.within.as_ref().is_none_or(|c| *c == self.collection)
             && any_str(&q.id, Some(&self.did))
             && any_str(&q.collection, Some(&self.collection))
@@ -357,8 +360,8 @@ impl Entry {
             && any_num(&q.spatres, Some(d.pixel_arcsec))
             && any_num(&q.exptime, d.exptime_s)
             && any_num(&q.timeres, d.exptime_s)
-            && any_span(&q.band, d.em_min_m, d.em_max_m)
-            && any_span(&q.time, d.t_min_mjd, d.t_max_mjd)
+            && meets_any(&q.band, d.em_min_m, d.em_max_m)
+            && meets_any(&q.time, d.t_min_mjd, d.t_max_mjd)
     }
 }
 
@@ -441,6 +444,7 @@ pub struct ObsIndex {
     decs_rad: Vec<f64>,
     /// The largest angle from an entry's centre to its corners, radians.
     max_radius_rad: f64,
+    collections: std::collections::HashSet<String>,
 }
 
 impl ObsIndex {
@@ -466,6 +470,7 @@ impl ObsIndex {
             by_dec,
             decs_rad,
             max_radius_rad,
+            collections: collections.iter().map(|c| c.name.clone()).collect(),
         }
     }
 
@@ -505,7 +510,7 @@ impl ObsIndex {
 
     /// Whether a collection of that name is registered.
     pub fn has_collection(&self, name: &str) -> bool {
-        self.entries.iter().any(|e| e.collection == name)
+        self.collections.contains(name)
     }
 
     /// Number of datasets.

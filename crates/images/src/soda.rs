@@ -130,16 +130,7 @@ pub fn region_box(wcs: &Wcs, size: (u64, u64), pos: &Pos) -> Option<PixelBox> {
             }
         }
     }
-    // Pixel i (1-based) spans [i - 0.5, i + 0.5): index floor(p - 0.5).
-    let span = |lo: f64, hi: f64, n: u64| -> Option<Range<u64>> {
-        let a = (lo - 0.5).floor().max(0.0);
-        let b = ((hi - 0.5).floor() + 1.0).min(n as f64);
-        (a < b).then_some(a as u64..b as u64)
-    };
-    Some(PixelBox {
-        x: span(lo[0], hi[0], size.0)?,
-        y: span(lo[1], hi[1], size.1)?,
-    })
+    PixelBox::covering(lo, hi, size)
 }
 
 /// A pixel range `x1:x2,y1:y2` (1-based, inclusive; `*` or an empty side for the whole

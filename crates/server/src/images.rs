@@ -122,7 +122,7 @@ impl ImageService {
 }
 
 /// The image HDU of `entry`, read from its file.
-pub(crate) fn image_hdu(entry: &Entry) -> Result<ImageHdu> {
+fn image_hdu(entry: &Entry) -> Result<ImageHdu> {
     let d = &entry.dataset;
     meridian_images::image_hdus(&d.path)?
         .into_iter()
@@ -176,7 +176,8 @@ pub async fn file(State(state): State<AppState>, req: DaliRequest) -> Result<Res
 pub async fn header_text(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
     let id = req.params.required("ID")?;
     let entry = state.images.entry(id)?.clone();
-    let hdu = tokio::task::spawn_blocking(move || image_hdu(&entry))
+    let images = state.images.clone();
+    let hdu = tokio::task::spawn_blocking(move || images.hdu(&entry))
         .await
         .map_err(|e| Error::Internal(format!("header: {e}")))??;
     let mut text = String::new();
@@ -230,8 +231,9 @@ pub async fn preview(State(state): State<AppState>, req: DaliRequest) -> Result<
     let png = match state.images.cached(&key) {
         Some(png) => png,
         None => {
+            let images = state.images.clone();
             let png = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-                let hdu = image_hdu(&entry)?;
+                let hdu = images.hdu(&entry)?;
                 Ok(meridian_images::preview::png(
                     &entry.dataset.path,
                     &hdu,

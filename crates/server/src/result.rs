@@ -81,6 +81,14 @@ where
     written
 }
 
+/// The response body of the chunks `rx` receives (from a [`BodySink`] and the task that
+/// feeds it), in order; an error ends it as a broken transfer.
+pub(crate) fn body(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> axum::body::Body {
+    axum::body::Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
 /// A `Write` whose bytes become the chunks of a response body. A full chunk waits for room
 /// in the body's channel, so the encoder never runs ahead of the client by more than a
 /// few chunks. Only for blocking threads (see [`write_stream`]).

@@ -72,6 +72,7 @@ async fn answer(
     let format = tap::format(p.get("RESPONSEFORMAT"))?;
     let maxrec = tap::maxrec(p, &state.limits)?;
     let base = base_url(state, headers);
+    let descriptor = datalink_descriptor(&base);
     let images = state.images.clone();
     let (schema, batches) = tokio::task::spawn_blocking(move || -> Result<_> {
         let hits = images.index.search(&q, maxrec.saturating_add(1) as usize);
@@ -92,7 +93,7 @@ async fn answer(
     let sink = BodySink::new(tx.clone(), state.metrics.clone());
     let mut writer = ResultWriter::new(format.output, Box::new(sink.clone()), &schema)?;
     writer.set_maxrec(maxrec);
-    writer.set_votable_resources(datalink_descriptor(&base_url(state, headers)));
+    writer.set_votable_resources(descriptor);
     tokio::spawn(async move {
         let stream = futures::stream::iter(batches.into_iter().map(Ok::<_, Error>));
         match write_stream(writer, stream).await {
@@ -103,12 +104,9 @@ async fn answer(
             }
         }
     });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
     Ok((
         [(header::CONTENT_TYPE, format.media_type)],
-        axum::body::Body::from_stream(body),
+        crate::result::body(rx),
     )
         .into_response())
 }

@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use meridian_images::sia::{Interval, Pos, parse_interval, parse_pos};
+use meridian_images::sia::{Interval, Pos, meets_any, parse_interval, parse_pos};
 use meridian_images::soda::{parse_circle, parse_pixels, parse_polygon, region_box};
 use meridian_images::{ImageHdu, PixelBox};
 
@@ -94,15 +94,11 @@ pub(crate) fn plan(images: &ImageService, params: &Params) -> Result<Vec<Piece>>
     for id in &ids {
         let entry = images.entry(id)?;
         let d = &entry.dataset;
-        let meets = |want: &[Interval], lo: Option<f64>, hi: Option<f64>| {
-            want.is_empty()
-                || matches!((lo, hi), (Some(lo), Some(hi)) if want.iter().any(|w| lo <= w.hi && hi >= w.lo))
-        };
-        if !meets(&bands, d.em_min_m, d.em_max_m) {
+        if !meets_any(&bands, d.em_min_m, d.em_max_m) {
             misses.push(format!("{id}: BAND does not meet the image's band"));
             continue;
         }
-        if !meets(&times, d.t_min_mjd, d.t_max_mjd) {
+        if !meets_any(&times, d.t_min_mjd, d.t_max_mjd) {
             misses.push(format!("{id}: TIME does not meet the image's time"));
             continue;
         }
@@ -196,9 +192,6 @@ pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Res
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
     Ok((
         [
             (header::CONTENT_TYPE, "application/fits"),
@@ -207,7 +200,7 @@ pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Res
                 "attachment; filename=\"cutout.fits\"",
             ),
         ],
-        axum::body::Body::from_stream(body),
+        crate::result::body(rx),
     )
         .into_response())
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -333,12 +333,9 @@ async fn start(
             }
         }
     });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
     Ok((
         [(header::CONTENT_TYPE, spec.format.media_type)],
-        Body::from_stream(body),
+        crate::result::body(rx),
     )
         .into_response())
 }

@@ -132,26 +132,5 @@ pub fn cutout(dir: &Path, authority: &str, args: &CutoutArgs) -> anyhow::Result<
         (None, None) => bail!("give --circle or --pixels"),
     };
     meridian_images::cutout::check_cutout_size(&hdu, &b, args.max_pixels)?;
-    let tmp = args.out.with_extension("partial");
-    let mut w = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-    );
-    meridian_images::write_cutout(&d.path, &hdu, &b, &mut w)?;
-    w.into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out)
-        .with_context(|| format!("renaming to {}", args.out.display()))?;
-    eprintln!(
-        "{}: {} x {} pixels [{}:{},{}:{}] of {did}",
-        args.out.display(),
-        b.x.end - b.x.start,
-        b.y.end - b.y.start,
-        b.x.start + 1,
-        b.x.end,
-        b.y.start + 1,
-        b.y.end
-    );
-    Ok(())
+    super::images::write_cutout_file(&d.path, &hdu, &b, &args.out, &format!(" of {did}"))
 }

@@ -351,18 +351,30 @@ fn cutout(
         (None, None) => bail!("give --circle or --pixels"),
     };
     meridian_images::cutout::check_size(&b, max_pixels)?;
+    write_cutout_file(file, image, &b, out, "")
+}
+
+/// Writes the cutout `b` of image `hdu` of `file` to `out` (a temporary file, synced and
+/// renamed) and says so on standard error, `source` appended.
+pub(crate) fn write_cutout_file(
+    file: &Path,
+    hdu: &meridian_images::ImageHdu,
+    b: &meridian_images::PixelBox,
+    out: &Path,
+    source: &str,
+) -> anyhow::Result<()> {
     let tmp = out.with_extension("partial");
     let mut w = std::io::BufWriter::new(
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
     );
-    meridian_images::write_cutout(file, image, &b, &mut w)?;
+    meridian_images::write_cutout(file, hdu, b, &mut w)?;
     w.into_inner()
         .map_err(|e| e.into_error())
         .and_then(|f| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
     eprintln!(
-        "{}: {} x {} pixels [{}:{},{}:{}]",
+        "{}: {} x {} pixels [{}:{},{}:{}]{source}",
         out.display(),
         b.x.end - b.x.start,
         b.y.end - b.y.start,
