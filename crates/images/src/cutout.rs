@@ -28,6 +28,10 @@ pub struct ImageHdu {
     pub axes: Vec<u64>,
     /// Whether the image is tile-compressed.
     pub compressed: bool,
+    /// Byte offset of the data unit in the file when its pixels lie there as stored (an
+    /// uncompressed image in a file that is not gzipped): cutouts then copy rows of bytes
+    /// straight from the file.
+    pub raw_offset: Option<u64>,
 }
 
 impl ImageHdu {
@@ -52,6 +56,7 @@ impl ImageHdu {
             bitpix: header.float(&format!("{z}BITPIX"))? as i64,
             axes,
             compressed,
+            raw_offset: None,
         })
     }
 
@@ -68,10 +73,22 @@ impl ImageHdu {
 
 /// The image HDUs of the FITS file at `path`.
 pub fn image_hdus(path: &Path) -> Result<Vec<ImageHdu>> {
-    Ok(meridian_formats::read_fits_headers(path)?
+    let headers = meridian_formats::read_fits_headers(path)?;
+    let mut magic = [0u8; 2];
+    let gzipped = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == [0x1f, 0x8b];
+    Ok(headers
         .iter()
         .enumerate()
-        .filter_map(|(i, h)| ImageHdu::from_header(i, h))
+        .filter_map(|(i, h)| {
+            let mut hdu = ImageHdu::from_header(i, h)?;
+            if !gzipped && !hdu.compressed {
+                hdu.raw_offset = Some(h.data_offset);
+            }
+            Some(hdu)
+        })
         .collect())
 }
 
@@ -317,7 +334,10 @@ pub fn write_cutout_hdu(
     out: &mut dyn Write,
 ) -> Result<()> {
     check_box(path, hdu, b)?;
-    let mut reader = PixelReader::open(path, hdu)?;
+    let mut source = match hdu.raw_offset {
+        Some(offset) => Source::Raw(RawRows::open(path, hdu, offset)?),
+        None => Source::Cfitsio(PixelReader::open(path, hdu)?),
+    };
     let (nx, ny) = (b.x.end - b.x.start, b.y.end - b.y.start);
     let mut cards = if primary {
         vec![card("SIMPLE", "T")]
@@ -412,9 +432,14 @@ pub fn write_cutout_hdu(
         while y < b.y.end {
             let y_end = (y + rows_per_strip).min(b.y.end);
             ranges[1] = y as usize..y_end as usize;
-            let values = reader.read(&ranges)?;
             data.clear();
-            encode(&values, hdu.bitpix, &mut data).map_err(|e| fits_err(path, e))?;
+            match &mut source {
+                Source::Raw(raw) => raw.read(plane, &b.x, y..y_end, &mut data)?,
+                Source::Cfitsio(reader) => {
+                    let values = reader.read(&ranges)?;
+                    encode(&values, hdu.bitpix, &mut data).map_err(|e| fits_err(path, e))?;
+                }
+            }
             out.write_all(&data).map_err(|e| fits_err(path, e))?;
             written += data.len() as u64;
             y = y_end;
@@ -424,6 +449,76 @@ pub fn write_cutout_hdu(
     out.write_all(&vec![0u8; pad as usize])
         .map_err(|e| fits_err(path, e))?;
     Ok(())
+}
+
+/// Where a cutout's pixels come from.
+enum Source<'a> {
+    /// Rows of bytes copied from an uncompressed data unit.
+    Raw(RawRows<'a>),
+    /// Pixels decoded by CFITSIO (tile-compressed or gzipped files).
+    Cfitsio(PixelReader<'a>),
+}
+
+/// Rows of an uncompressed image read as stored, straight from the file: the bytes a
+/// cutout writes are those of the original, with no decoding and no conversion.
+struct RawRows<'a> {
+    path: &'a Path,
+    file: std::fs::File,
+    offset: u64,
+    pixel_bytes: u64,
+    width: u64,
+    height: u64,
+}
+
+impl<'a> RawRows<'a> {
+    fn open(path: &'a Path, hdu: &ImageHdu, offset: u64) -> Result<Self> {
+        let pixel_bytes = match hdu.bitpix {
+            8 | 16 | 32 | 64 | -32 | -64 => hdu.bitpix.unsigned_abs() / 8,
+            other => {
+                return Err(fits_err(
+                    path,
+                    format!("BITPIX {other} is not a FITS pixel type"),
+                ));
+            }
+        };
+        Ok(Self {
+            path,
+            file: std::fs::File::open(path).map_err(|e| fits_err(path, e))?,
+            offset,
+            pixel_bytes,
+            width: hdu.axes[0],
+            height: hdu.axes[1],
+        })
+    }
+
+    /// Appends to `out` the bytes of columns `x` of rows `y` of `plane` (the planes of the
+    /// axes past the second, counted as FITS orders them). Reading past the end of the file
+    /// (one truncated since it was registered) is an error, never a short cutout.
+    fn read(&mut self, plane: u64, x: &Range<u64>, y: Range<u64>, out: &mut Vec<u8>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let row_bytes = (x.end - x.start) * self.pixel_bytes;
+        let at = |row: u64| {
+            self.offset + ((plane * self.height + row) * self.width + x.start) * self.pixel_bytes
+        };
+        let start = out.len();
+        let rows = y.end - y.start;
+        out.resize(start + (rows * row_bytes) as usize, 0);
+        let err = |e: std::io::Error| fits_err(self.path, format!("reading pixels: {e}"));
+        if x.start == 0 && x.end == self.width {
+            // Whole rows lie one after another: one read.
+            self.file
+                .read_exact_at(&mut out[start..], at(y.start))
+                .map_err(err)?;
+        } else {
+            for (i, row) in y.enumerate() {
+                let a = start + i * row_bytes as usize;
+                self.file
+                    .read_exact_at(&mut out[a..a + row_bytes as usize], at(row))
+                    .map_err(err)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Pixel values as FITS stores them (big-endian, BITPIX's type).
@@ -444,4 +539,85 @@ fn encode(values: &Values, bitpix: i64, data: &mut Vec<u8>) -> std::result::Resu
         (_, bitpix) => return Err(format!("BITPIX {bitpix} is not a FITS pixel type")),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FITS file of a 3-axis 16-bit image (`w` x `h` x `planes`) whose pixels count up
+    /// from 0, with BZERO so that stored and physical values differ.
+    fn cube(dir: &Path, w: u64, h: u64, planes: u64) -> std::path::PathBuf {
+        let cards = [
+            "SIMPLE  =                    T".to_string(),
+            "BITPIX  =                   16".into(),
+            "NAXIS   =                    3".into(),
+            format!("NAXIS1  = {w:>20}"),
+            format!("NAXIS2  = {h:>20}"),
+            format!("NAXIS3  = {planes:>20}"),
+            "BZERO   =                32768".into(),
+            "END".into(),
+        ];
+        let mut bytes: Vec<u8> = Vec::new();
+        for c in &cards {
+            bytes.extend(format!("{c:<80}").as_bytes());
+        }
+        bytes.resize(bytes.len().div_ceil(2880) * 2880, b' ');
+        for i in 0..w * h * planes {
+            bytes.extend(((i % 30000) as i16 - 1000).to_be_bytes());
+        }
+        bytes.resize(bytes.len().div_ceil(2880) * 2880, 0);
+        let path = dir.join("cube.fits");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn cut(path: &Path, hdu: &ImageHdu, b: &PixelBox) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_cutout_hdu(path, hdu, b, true, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn rows_copied_from_the_file_equal_cfitsio_pixels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cube(dir.path(), 37, 23, 3);
+        let raw = image_hdus(&path).unwrap().remove(0);
+        assert_eq!(raw.raw_offset, Some(2880));
+        let decoded = ImageHdu {
+            raw_offset: None,
+            ..raw.clone()
+        };
+        for b in [
+            PixelBox { x: 0..37, y: 0..23 },
+            PixelBox { x: 5..6, y: 22..23 },
+            PixelBox { x: 3..30, y: 4..17 },
+            PixelBox {
+                x: 0..37,
+                y: 10..12,
+            },
+        ] {
+            let (a, c) = (cut(&path, &raw, &b), cut(&path, &decoded, &b));
+            assert_eq!(a.len() % 2880, 0);
+            assert!(
+                a == c,
+                "box {b:?}: copied rows differ from CFITSIO's pixels"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_truncated_after_registration_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cube(dir.path(), 40, 40, 1);
+        let hdu = image_hdus(&path).unwrap().remove(0);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(2880 + 40 * 20 * 2).unwrap();
+        let b = PixelBox {
+            x: 0..10,
+            y: 30..40,
+        };
+        let err = write_cutout_hdu(&path, &hdu, &b, true, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("reading pixels"), "{err}");
+    }
 }

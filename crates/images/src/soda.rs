@@ -54,10 +54,16 @@ pub fn circle_points(centre: SkyPoint, radius_deg: f64) -> Vec<SkyPoint> {
     let e = e.map(|x| x / n);
     let f = cross(c, e);
     let (sr, cr) = radius_deg.to_radians().sin_cos();
+    // The position angle advances one degree a point by rotating (cos, sin) rather than
+    // calling the trigonometric functions 360 times.
+    let (step_s, step_c) = 1f64.to_radians().sin_cos();
+    let (mut sa, mut ca) = (0.0f64, 1.0f64);
     (0..360)
-        .map(|k| {
-            let (sa, ca) = (k as f64).to_radians().sin_cos();
-            SkyPoint::from_vector([0, 1, 2].map(|i| c[i] * cr + (e[i] * ca + f[i] * sa) * sr))
+        .map(|_| {
+            let p =
+                SkyPoint::from_vector([0, 1, 2].map(|i| c[i] * cr + (e[i] * ca + f[i] * sa) * sr));
+            (sa, ca) = (sa * step_c + ca * step_s, ca * step_c - sa * step_s);
+            p
         })
         .collect()
 }

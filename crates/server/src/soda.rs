@@ -178,20 +178,34 @@ pub(crate) fn write(pieces: &[Piece], out: &mut dyn std::io::Write) -> Result<()
 pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
     let images = state.images.clone();
     let params = req.params;
-    let pieces = tokio::task::spawn_blocking(move || plan(&images, &params))
-        .await
-        .map_err(|e| Error::Internal(format!("SODA: {e}")))??;
-    tracing::info!(hdus = pieces.len(), "SODA cutout");
+    // One blocking task plans the cutouts (answering at once whether they can be made)
+    // and then writes them: one hand-off between threads rather than two.
+    let (planned, is_planned) = tokio::sync::oneshot::channel::<Result<()>>();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let mut sink = BodySink::new(tx.clone(), state.metrics.clone());
-    tokio::task::spawn_blocking(move || match write(&pieces, &mut sink) {
-        Ok(()) => sink.send_rest_blocking(),
-        Err(e) if tx.is_closed() => tracing::debug!(error = %e, "the client went away"),
-        Err(e) => {
-            tracing::error!(error = %e, "cutout failed");
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+    tokio::task::spawn_blocking(move || {
+        let pieces = match plan(&images, &params) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = planned.send(Err(e));
+                return;
+            }
+        };
+        tracing::info!(hdus = pieces.len(), "SODA cutout");
+        let _ = planned.send(Ok(()));
+        match write(&pieces, &mut sink) {
+            Ok(()) => sink.send_rest_blocking(),
+            Err(e) if tx.is_closed() => tracing::debug!(error = %e, "the client went away"),
+            Err(e) => {
+                tracing::error!(error = %e, "cutout failed");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
         }
     });
+    is_planned
+        .await
+        .map_err(|e| Error::Internal(format!("SODA: {e}")))??;
+    let body = crate::result::body(rx);
     Ok((
         [
             (header::CONTENT_TYPE, "application/fits"),
@@ -200,7 +214,7 @@ pub async fn sync(State(state): State<AppState>, req: DaliRequest) -> Result<Res
                 "attachment; filename=\"cutout.fits\"",
             ),
         ],
-        crate::result::body(rx),
+        body,
     )
         .into_response())
 }
