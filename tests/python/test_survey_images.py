@@ -84,6 +84,7 @@ def test_sia_matches_astropy_footprints(survey):
     from astropy.wcs import WCS
     base, out, doc = survey
     sia = pyvo.dal.SIA2Service(f"{base}/sia")
+    tap = pyvo.dal.TAPService(f"{base}/tap")
     rng = np.random.default_rng(5)
     ds = doc["datasets"]
     centres = SkyCoord([d["ra_deg"] for d in ds] * u.deg, [d["dec_deg"] for d in ds] * u.deg)
@@ -113,6 +114,10 @@ def test_sia_matches_astropy_footprints(survey):
             elif nearest >= r + 0.01 / 3600:
                 no.add(key)
         got = {row["obs_publisher_did"] for row in sia.search(pos=(ra, dec, r), maxrec=10_000)}
+        # ivoa.obscore over TAP (read through its position index) agrees with SIA.
+        adql = (f"SELECT obs_publisher_did FROM ivoa.obscore "
+                f"WHERE 1 = INTERSECTS(s_region, CIRCLE('ICRS', {ra}, {dec}, {r}))")
+        assert {row["obs_publisher_did"] for row in tap.search(adql)} == got, adql
         far = {f"ivo://meridian/images/synth?{ds[j]['id']}" for j in near}
         assert yes <= got, (ra, dec, r, yes - got)
         assert not (no & got)

@@ -182,6 +182,19 @@ impl Engine {
         self.add_table(schema, name, Arc::new(table))
     }
 
+    /// Adds `batch` as table `schema.name`, indexed by position for spatial queries (see
+    /// [`crate::footprint_table`]): centre columns `ra`, `dec` and outline column `outline`.
+    pub fn add_footprint_table(
+        &mut self,
+        schema: &str,
+        name: &str,
+        batch: arrow::record_batch::RecordBatch,
+        (ra, dec, outline): (&str, &str, &str),
+    ) -> Result<()> {
+        let table = crate::footprint_table::FootprintTable::new(batch, ra, dec, outline)?;
+        self.add_table(schema, name, Arc::new(table))
+    }
+
     /// The tables added with [`Engine::add_table`]: (schema, name, provider).
     pub fn extra_tables(
         &self,

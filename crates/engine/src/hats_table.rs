@@ -213,7 +213,7 @@ fn call_region(f: &ScalarFunction, ra: &str, dec: &str, bound: Option<f64>) -> O
 }
 
 /// Reads a region off one filter conjunct.
-fn region_of(e: &Expr, ra: &str, dec: &str) -> Option<Region> {
+pub(crate) fn region_of(e: &Expr, ra: &str, dec: &str) -> Option<Region> {
     let (f, bound) = spatial_call(e)?;
     call_region(f, ra, dec, bound)
 }

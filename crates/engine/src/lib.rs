@@ -8,6 +8,7 @@ pub mod codec;
 mod deadline;
 mod engine;
 mod error;
+pub mod footprint_table;
 pub mod geometry;
 pub mod guard;
 pub mod hats_table;

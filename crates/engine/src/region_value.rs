@@ -42,7 +42,7 @@ enum Mode {
 }
 
 /// The literal shape a value is tested against.
-enum Shape {
+pub(crate) enum Shape {
     Region(Region),
     Point(SkyPoint),
 }
@@ -88,7 +88,7 @@ fn polygon_of(v: &[f64]) -> Result<Polygon> {
     Polygon::new(pts).map_err(|e| err(NAME, e))
 }
 
-fn shape_of(kind: &str, v: &[f64]) -> Result<Shape> {
+pub(crate) fn shape_of(kind: &str, v: &[f64]) -> Result<Shape> {
     let need = |n: usize| {
         if v.len() == n {
             Ok(())
@@ -119,6 +119,25 @@ fn shape_of(kind: &str, v: &[f64]) -> Result<Shape> {
         "polygon" => Shape::Region(Region::Polygon(polygon_of(v)?)),
         other => return Err(err(NAME, format!("unknown shape '{other}'"))),
     })
+}
+
+/// The literal shape of an `adql_region_meets(column, mode, kind, coords...)` filter on
+/// `column` (bare, or `= 1`), for tables that can skip rows far from it.
+pub(crate) fn filter_shape(e: &datafusion::logical_expr::Expr, column: &str) -> Option<Shape> {
+    use datafusion::logical_expr::Expr;
+    let (f, bound) = crate::hats_table::spatial_call(e)?;
+    if f.func.name() != NAME || bound.is_some() || f.args.len() < 4 {
+        return None;
+    }
+    if !matches!(&f.args[0], Expr::Column(c) if c.name == column) {
+        return None;
+    }
+    let kind = match &f.args[2] {
+        Expr::Literal(ScalarValue::Utf8(Some(k)), _) => k.as_str(),
+        _ => return None,
+    };
+    let coords: Option<Vec<f64>> = f.args[3..].iter().map(crate::hats_table::number).collect();
+    shape_of(kind, &coords?).ok()
 }
 
 impl RegionMeets {

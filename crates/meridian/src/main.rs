@@ -1169,7 +1169,8 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         .block_on(tokio::net::TcpListener::bind(&addr))
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    // Image collections: ivoa.obscore, whose access URLs name the service's own address.
+    // Image collections: ivoa.obscore, whose access URLs name the service's own address,
+    // indexed by position so that spatial queries read only the images near their region.
     let collections = meridian_images::collection::list(&config.data_dir.join("images"))?;
     if !collections.is_empty() {
         let base = s
@@ -1179,7 +1180,7 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         let base = base.trim_end_matches('/');
         let batch = meridian_images::obscore::batch(&collections, base, IMAGE_AUTHORITY)?;
         tracing::info!(images = batch.num_rows(), "ivoa.obscore");
-        engine.add_batch_table("ivoa", "obscore", batch)?;
+        engine.add_footprint_table("ivoa", "obscore", batch, ("s_ra", "s_dec", "s_region"))?;
     }
     let mut state = meridian_server::AppState::new(
         engine,

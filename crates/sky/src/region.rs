@@ -373,6 +373,32 @@ impl Region {
         }
     }
 
+    /// A cap (centre, radius in degrees) holding the whole region, for quick rejection of
+    /// what lies far from it; `None` when no cap under 90 degrees does (or for a MOC).
+    ///
+    /// A polygon's boundary lies in the cap about its centroid through its farthest
+    /// vertex (a cap under 90 degrees holds the great-circle arcs between its points);
+    /// the rest of the sphere, then larger than a hemisphere and never touching the
+    /// boundary, is wholly outside a polygon of at most a hemisphere's area.
+    pub fn bounding_cap(&self) -> Option<(SkyPoint, f64)> {
+        let polygon = match self {
+            Region::Circle(c) => return Some((c.center, c.radius_deg)),
+            Region::Box(b) => &b.polygon,
+            Region::Polygon(p) => p,
+            Region::Moc(_) => return None,
+        };
+        if polygon.area_sr() > 2.0 * std::f64::consts::PI {
+            return None;
+        }
+        let centre = polygon.centroid();
+        let radius = polygon
+            .vertices()
+            .iter()
+            .map(|v| v.separation_deg(&centre))
+            .fold(0.0, f64::max);
+        (radius < 90.0).then_some((centre, radius))
+    }
+
     /// Whether `p` lies in the region (boundaries included for circles).
     pub fn contains(&self, p: &SkyPoint) -> bool {
         match self {
@@ -683,6 +709,36 @@ mod tests {
 
     fn pt(ra: f64, dec: f64) -> SkyPoint {
         SkyPoint::new(ra, dec).unwrap()
+    }
+
+    #[test]
+    fn bounding_caps_hold_their_regions() {
+        let square = Region::Polygon(
+            Polygon::new(vec![
+                pt(359.0, 88.0),
+                pt(90.0, 88.0),
+                pt(179.0, 88.0),
+                pt(269.0, 88.0),
+            ])
+            .unwrap(),
+        );
+        let (c, r) = square.bounding_cap().unwrap();
+        assert!(c.dec_deg() > 89.9 && (r - 2.0).abs() < 0.01, "{c:?} {r}");
+        // Points of the interior and along the edges are all inside the cap.
+        for ra in 0..360 {
+            for dec in [88.0, 89.0, 90.0] {
+                let p = pt(ra as f64, dec);
+                assert!(!square.contains(&p) || p.separation_deg(&c) <= r + 1e-9);
+            }
+        }
+        let sky_box = Region::Box(SkyBox::new(pt(0.5, -10.0), 3.0, 2.0).unwrap());
+        let (c, r) = sky_box.bounding_cap().unwrap();
+        assert!(
+            c.separation_deg(&pt(0.5, -10.0)) < 0.01 && r > 1.5 && r < 2.0,
+            "{c:?} {r}"
+        );
+        let circle = Region::Circle(Circle::new(pt(10.0, 20.0), 120.0).unwrap());
+        assert_eq!(circle.bounding_cap().unwrap().1, 120.0);
     }
 
     #[test]
