@@ -115,3 +115,53 @@ def test_headers_without_a_celestial_wcs_are_refused_clearly(tmp_path):
     p = subprocess.run([meridian_bin(), "images", "info", str(tmp_path / "not.fits")],
                        capture_output=True, text=True)
     assert p.returncode != 0 and "not.fits" in p.stderr, p.stderr
+
+
+# SCAMP-style TPV solutions (as DECam and many survey pipelines write them): the
+# polynomial up to the 3rd order with the radial terms, one with every order up to 7,
+# and one without PV1_1/PV2_1 (which then are 0, as wcslib reads TPV: here xi follows y).
+TPV = {
+    "decam": {"PV1_0": 0.00112, "PV1_1": 1.0017, "PV1_2": -0.00025, "PV1_4": -0.0021, "PV1_5": 0.0015,
+              "PV1_6": -0.00093, "PV1_7": -0.0107, "PV1_8": 0.00061, "PV1_9": -0.0081, "PV1_10": 0.00042,
+              "PV2_0": -0.00093, "PV2_1": 0.9983, "PV2_2": 0.00031, "PV2_4": 0.0017, "PV2_5": -0.0012,
+              "PV2_6": 0.00071, "PV2_7": -0.0102, "PV2_8": 0.00048, "PV2_9": -0.0079, "PV2_10": 0.00057},
+    "radial": {"PV1_1": 1.0, "PV1_3": 0.004, "PV1_11": -0.021, "PV2_1": 1.0, "PV2_3": -0.003,
+               "PV2_11": 0.018},
+    "seventh": {**{f"PV1_{k}": 0.003 / (1 + k) * (-1) ** k for k in range(1, 40)},
+                **{f"PV2_{k}": 0.002 / (1 + k) * (-1) ** (k // 2) for k in range(1, 40)},
+                "PV1_1": 1.001, "PV2_1": 0.999},
+    "defaults": {"PV1_2": 1.0, "PV1_4": 0.003, "PV2_2": 1.0, "PV2_7": -0.01},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TPV))
+def test_tpv_agrees_with_astropy(tmp_path, name):
+    n = 300
+    header = fits.Header()
+    header.update({"NAXIS": 2, "NAXIS1": n, "NAXIS2": n, "CTYPE1": "RA---TPV", "CTYPE2": "DEC--TPV",
+                   "CRVAL1": 359.8, "CRVAL2": -12.5, "CRPIX1": 140.2, "CRPIX2": 161.7,
+                   "CD1_1": -1.2e-3, "CD1_2": 1.1e-4, "CD2_1": 9e-5, "CD2_2": 1.2e-3, "RADESYS": "ICRS",
+                   **TPV[name]})
+    path = tmp_path / f"tpv-{name}.fits"
+    fits.PrimaryHDU(np.zeros((n, n), dtype=np.float32), header=header).writeto(path)
+    # The distortion is real: astropy's sky differs from plain TAN's by arcseconds.
+    tan = fits.getheader(path)
+    tan["CTYPE1"], tan["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    for k in list(tan):
+        if k.startswith("PV"):
+            del tan[k]
+    pix = grid(n, n, 20)
+    shift = np.abs(WCS(fits.getheader(path)).all_pix2world(pix, 1) - WCS(tan).all_pix2world(pix, 1)).max()
+    assert shift * 3600 > 1.0, f"{name}: distortion of only {shift * 3600:.3g} arcsec"
+    check_against_astropy(path, 0, fits.getheader(path), (n, n))
+
+
+def test_tpv_without_pv_cards_is_refused(tmp_path):
+    header = fits.Header()
+    header.update({"CTYPE1": "RA---TPV", "CTYPE2": "DEC--TPV", "CRVAL1": 10.0, "CRVAL2": 0.0,
+                   "CRPIX1": 5.0, "CRPIX2": 5.0, "CD1_1": -1e-3, "CD2_2": 1e-3, "PV1_1": 1.0})
+    path = tmp_path / "tpv.fits"
+    fits.PrimaryHDU(np.zeros((10, 10), dtype=np.float32), header=header).writeto(path)
+    p = subprocess.run([meridian_bin(), "images", "xy2sky", str(path)], input="1,1\n",
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "PV2_m" in p.stderr, p.stderr

@@ -3,7 +3,7 @@
 //! Follows the FITS WCS papers (Greisen & Calabretta 2002, paper I; Calabretta & Greisen
 //! 2002, paper II) for the linear transformation (CD, PC with CDELT, or CROTA2), the
 //! projections and the rotation to the celestial frame; the SIP convention (Shupe et al.
-//! 2005) for polynomial distortions; and the Digitized Sky Survey's plate solutions
+//! 2005) and the TPV convention (SCAMP's) for polynomial distortions; and the Digitized Sky Survey's plate solutions
 //! (PLTRAH..., AMDX/AMDY), as WCSTools and wcslib read them.
 //!
 //! Written by hand: wcslib, the reference, has no Rust crate and the build may not carry
@@ -258,6 +258,83 @@ impl Sip {
     }
 }
 
+/// TPV polynomial distortion (the TPV registry convention, as SCAMP writes it): after the
+/// linear transformation, the intermediate coordinates (x, y), degrees, become
+/// xi = sum PV1_k T_k(x, y) and eta = sum PV2_k T_k(y, x), with the 40 terms T_k of
+/// [`tpv_terms`]. A coefficient not given is 0, PVi_1 included, as wcslib reads TPV; an axis
+/// with no PV cards at all would map the whole image to one line and is refused.
+#[derive(Debug, Clone)]
+struct Tpv {
+    xi: [f64; 40],
+    eta: [f64; 40],
+}
+
+/// The 40 TPV terms of (u, v), in PV order: 1, u, v, r, then for each degree d from 2 to
+/// 7 the monomials u^d, u^(d-1) v, ..., v^d, followed by r^d when d is odd
+/// (r = sqrt(u^2 + v^2)).
+fn tpv_terms(u: f64, v: f64) -> [f64; 40] {
+    let r = u.hypot(v);
+    let mut t = [0.0; 40];
+    t[0] = 1.0;
+    t[1] = u;
+    t[2] = v;
+    t[3] = r;
+    let mut k = 4;
+    for d in 2..=7 {
+        for j in 0..=d {
+            t[k] = u.powi(d - j) * v.powi(j);
+            k += 1;
+        }
+        if d % 2 == 1 {
+            t[k] = r.powi(d);
+            k += 1;
+        }
+    }
+    t
+}
+
+impl Tpv {
+    /// The coefficients of the header's PV cards on the longitude (`lon`) and latitude
+    /// (`lat`) axes (0-based), if it has any.
+    fn from_header(h: &FitsHeader, lon: usize, lat: usize) -> Result<Self> {
+        let coefficients = |axis: usize| {
+            let mut c = [0.0; 40];
+            let mut any = false;
+            for (m, v) in c.iter_mut().enumerate() {
+                if let Some(x) = h.float(&format!("PV{}_{m}", axis + 1)) {
+                    *v = x;
+                    any = true;
+                }
+            }
+            if any {
+                Ok(c)
+            } else {
+                Err(Error::Wcs(format!(
+                    "TPV without any PV{}_m card: the distortion is undefined",
+                    axis + 1
+                )))
+            }
+        };
+        Ok(Tpv {
+            xi: coefficients(lon)?,
+            eta: coefficients(lat)?,
+        })
+    }
+
+    fn forward(&self, x: f64, y: f64) -> (f64, f64) {
+        let dot = |c: &[f64; 40], t: [f64; 40]| c.iter().zip(t).map(|(a, b)| a * b).sum::<f64>();
+        (
+            dot(&self.xi, tpv_terms(x, y)),
+            dot(&self.eta, tpv_terms(y, x)),
+        )
+    }
+
+    /// The (x, y) whose distorted position is (xi, eta), by Newton's method.
+    fn inverse(&self, xi: f64, eta: f64) -> Option<(f64, f64)> {
+        newton2(|x, y| self.forward(x, y), xi, eta, (xi, eta))
+    }
+}
+
 /// Solves f(x, y) = (tx, ty) from `start` by Newton's method with a numerical Jacobian.
 fn newton2(
     f: impl Fn(f64, f64) -> (f64, f64),
@@ -422,6 +499,7 @@ pub struct Wcs {
     delta_p: f64,
     phi_p: f64,
     sip: Option<Sip>,
+    tpv: Option<Tpv>,
     dss: Option<Dss>,
     frame: Frame,
 }
@@ -429,7 +507,7 @@ pub struct Wcs {
 fn projection_of(code: &str, h: &FitsHeader, lat: usize) -> Result<Projection> {
     let pv = |m: usize| h.float(&format!("PV{}_{m}", lat + 1));
     Ok(match code {
-        "TAN" => Projection::Tan,
+        "TAN" | "TPV" => Projection::Tan,
         "SIN" => {
             if pv(1).unwrap_or(0.0) != 0.0 || pv(2).unwrap_or(0.0) != 0.0 {
                 return Err(Error::Wcs(
@@ -577,6 +655,11 @@ impl Wcs {
         } else {
             None
         };
+        let tpv = if code == "TPV" {
+            Some(Tpv::from_header(h, lon_axis, lat_axis)?)
+        } else {
+            None
+        };
         Ok(Wcs {
             lon_axis,
             lat_axis,
@@ -588,6 +671,7 @@ impl Wcs {
             delta_p,
             phi_p: lonpole * D2R,
             sip,
+            tpv,
             dss: None,
             frame,
         })
@@ -605,6 +689,7 @@ impl Wcs {
             delta_p: 0.0,
             phi_p: 0.0,
             sip: None,
+            tpv: None,
             dss: Some(dss),
             frame,
         }
@@ -634,8 +719,11 @@ impl Wcs {
             (d[1], d[0])
         };
         let m = &self.matrix;
-        let x = m[0][0] * dl + m[0][1] * db;
-        let y = m[1][0] * dl + m[1][1] * db;
+        let mut x = m[0][0] * dl + m[0][1] * db;
+        let mut y = m[1][0] * dl + m[1][1] * db;
+        if let Some(tpv) = &self.tpv {
+            (x, y) = tpv.forward(x, y);
+        }
         let (phi, theta) = self.projection.deproject(x, y)?;
         Some(self.native_to_celestial(phi * D2R, theta * D2R))
     }
@@ -647,7 +735,10 @@ impl Wcs {
             return dss.world_to_pixel(lon_deg, lat_deg).map(|(x, y)| [x, y]);
         }
         let (phi, theta) = self.celestial_to_native(lon_deg * D2R, lat_deg * D2R);
-        let (x, y) = self.projection.project(phi * R2D, theta * R2D)?;
+        let (mut x, mut y) = self.projection.project(phi * R2D, theta * R2D)?;
+        if let Some(tpv) = &self.tpv {
+            (x, y) = tpv.inverse(x, y)?;
+        }
         let m = &self.inverse;
         let dl = m[0][0] * x + m[0][1] * y;
         let db = m[1][0] * x + m[1][1] * y;
