@@ -214,6 +214,8 @@ ROUTES = [
           public="footprints (MOCs) of published images"),
     Entry("/preview", ("GET",), get("/preview", ID="ivo://meridian/images/none?x"),
           public="quick-look PNGs of published images"),
+    Entry("/moc/{name}", ("GET",), get("/moc/none"),
+          public="coverage (MOCs) of published catalogs and image collections"),
     Entry("/sia/query", ("GET", "POST"), get("/sia/query", POS="CIRCLE 10 10 1"),
           public="SIA 2.0 search of the published images (ObsCore rows)"),
     Entry("/sia/capabilities", ("GET",), get("/sia/capabilities"), public="VOSI capabilities"),

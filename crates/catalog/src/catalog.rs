@@ -237,6 +237,98 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Rows per HEALPix cell at `order`, as (cell, rows) in cell order, without empty
+    /// cells: one pass over the partitions reading only the `_healpix_29` column (or the
+    /// positions, for a catalog without it). `progress` hears the rows read so far.
+    pub fn cell_counts(&self, order: u8, progress: &dyn Fn(u64)) -> Result<Vec<(u64, u64)>> {
+        let order = healpix::check_order(order).map_err(|e| Error::Invalid(e.to_string()))?;
+        let shift = 2 * (29 - order as u32);
+        let mut counts: Vec<(u64, u64)> = Vec::new();
+        let mut push = |cell: u64| match counts.last_mut() {
+            Some((c, n)) if *c == cell => *n += 1,
+            _ => counts.push((cell, 1)),
+        };
+        let mut rows = 0u64;
+        for pixel in &self.partitions {
+            let path = pixel.path_in(&self.dir);
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| Error::parquet(&path, e))?;
+            let wanted: Vec<&str> = match &self.hpx_column {
+                Some(h) => vec![h.as_str()],
+                None => vec![self.ra_column.as_str(), self.dec_column.as_str()],
+            };
+            let schema = builder.parquet_schema();
+            let leaves: Vec<usize> = wanted
+                .iter()
+                .map(|name| {
+                    (0..schema.num_columns())
+                        .find(|&i| schema.column(i).name() == *name)
+                        .ok_or_else(|| {
+                            Error::Invalid(format!("{}: no column '{name}'", path.display()))
+                        })
+                })
+                .collect::<Result<_>>()?;
+            let mask = parquet::arrow::ProjectionMask::leaves(schema, leaves);
+            let reader = builder
+                .with_projection(mask)
+                .with_batch_size(65_536)
+                .build()
+                .map_err(|e| Error::parquet(&path, e))?;
+            for batch in reader {
+                let batch =
+                    batch.map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+                if self.hpx_column.is_some() {
+                    let h = arrow::compute::cast(batch.column(0), &DataType::Int64)
+                        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+                    for v in h.as_primitive::<Int64Type>().iter().flatten() {
+                        push((v as u64) >> shift);
+                    }
+                } else {
+                    let f = |i: usize| {
+                        arrow::compute::cast(batch.column(i), &DataType::Float64)
+                            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+                    };
+                    let (ra, dec) = (f(0)?, f(1)?);
+                    let (ra, dec) = (
+                        ra.as_primitive::<Float64Type>(),
+                        dec.as_primitive::<Float64Type>(),
+                    );
+                    for i in 0..batch.num_rows() {
+                        if ra.is_valid(i)
+                            && dec.is_valid(i)
+                            && let Ok(p) =
+                                SkyPoint::new(ra.value(i).rem_euclid(360.0), dec.value(i))
+                        {
+                            push(healpix::hash(order, &p));
+                        }
+                    }
+                }
+                rows += batch.num_rows() as u64;
+                progress(rows);
+            }
+        }
+        // Partitions are in no particular order, and cells of a coarse order span several.
+        counts.sort_unstable_by_key(|c| c.0);
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(counts.len());
+        for (cell, n) in counts {
+            match merged.last_mut() {
+                Some((c, m)) if *c == cell => *m += n,
+                _ => merged.push((cell, n)),
+            }
+        }
+        Ok(merged)
+    }
+
+    /// The MOC at `order` of the catalog's rows: the cells holding at least one.
+    pub fn moc(&self, order: u8, progress: &dyn Fn(u64)) -> Result<meridian_sky::Moc> {
+        let cells = self.cell_counts(order, progress)?;
+        meridian_sky::moc_from_cells(order, cells.into_iter().map(|(c, _)| c))
+            .map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
 /// A HEALPix order fine enough to prune row groups for this region, coarse enough to keep
 /// the range list short.
 pub fn coverage_order(region: &Region) -> u8 {

@@ -49,6 +49,35 @@ pub struct Collection {
     pub datasets: Vec<Dataset>,
 }
 
+impl Collection {
+    /// The MOC at `order` of the collection's footprints: every cell that meets one of
+    /// the images (each image's polygon of its outer pixel corners, ICRS).
+    pub fn moc(&self, order: u8) -> Result<meridian_sky::Moc> {
+        let mut mocs = Vec::with_capacity(self.datasets.len());
+        for d in &self.datasets {
+            mocs.push(d.moc(order)?);
+        }
+        Ok(meridian_sky::moc_union(&mocs))
+    }
+}
+
+impl Dataset {
+    /// The MOC at `order` of the image's footprint.
+    pub fn moc(&self, order: u8) -> Result<meridian_sky::Moc> {
+        let bad = |e: meridian_sky::Error| Error::Wcs(format!("footprint of '{}': {e}", self.id));
+        let vertices = self
+            .corners_deg
+            .iter()
+            .map(|(ra, dec)| meridian_sky::SkyPoint::new(ra.rem_euclid(360.0), *dec))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .and_then(meridian_sky::Polygon::new)
+            .map_err(bad)?;
+        meridian_sky::Region::Polygon(vertices)
+            .coverage(order)
+            .map_err(bad)
+    }
+}
+
 /// A file that could not be registered, and why.
 #[derive(Debug, Clone)]
 pub struct Rejected {

@@ -508,7 +508,22 @@ impl ObsIndex {
         self.by_did.get(did).map(|&i| &self.entries[i])
     }
 
-    /// Whether a collection of that name is registered.
+    /// The MOC at `order` of collection `name`'s footprints; `None` when there is no such
+    /// collection.
+    pub fn collection_moc(&self, name: &str, order: u8) -> Option<Result<meridian_sky::Moc>> {
+        if !self.has_collection(name) {
+            return None;
+        }
+        let mocs: Result<Vec<_>> = self
+            .entries
+            .iter()
+            .filter(|e| e.collection == name)
+            .map(|e| e.dataset.moc(order))
+            .collect();
+        Some(mocs.map(|m| meridian_sky::moc_union(&m)))
+    }
+
+    /// Whether a collection of this name is indexed.
     pub fn has_collection(&self, name: &str) -> bool {
         self.collections.contains(name)
     }

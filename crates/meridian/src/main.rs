@@ -108,6 +108,8 @@ enum Command {
     /// FITS images: their HDUs, world coordinate systems and footprints.
     #[command(subcommand)]
     Images(commands::images::ImagesCommand),
+    /// The coverage (MOC 2.0) of a catalog or image collection, as FITS, JSON or ASCII.
+    Moc(commands::sky_maps::MocArgs),
     /// Find registered images by position, band, time and collection (SIA 2.0's search).
     Sia(commands::image_access::SiaArgs),
     /// Cut out a registered image (by its dataset ID) as a FITS file (SODA's cutout).
@@ -535,6 +537,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { addr } => serve(&config, addr)?,
         Command::Sky(cmd) => sky(cmd)?,
         Command::Images(cmd) => commands::images::run(&config.data_dir.join("images"), cmd)?,
+        Command::Moc(args) => commands::sky_maps::moc(
+            &config.catalog_dir(),
+            &config.data_dir.join("images"),
+            &args,
+        )?,
         Command::Sia(args) => {
             commands::image_access::sia(&config.data_dir.join("images"), IMAGE_AUTHORITY, &args)?
         }

@@ -194,19 +194,12 @@ pub async fn header_text(State(state): State<AppState>, req: DaliRequest) -> Res
 pub async fn coverage(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
     let id = req.params.required("ID")?;
     let d = &state.images.entry(id)?.dataset;
-    let vertices = d
-        .corners_deg
-        .iter()
-        .map(|(ra, dec)| meridian_sky::SkyPoint::new(ra.rem_euclid(360.0), *dec))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .and_then(meridian_sky::Polygon::new)
-        .map_err(|e| Error::Internal(format!("footprint of '{id}': {e}")))?;
     let order = (0..=18u8)
         .rev()
         .find(|o| meridian_sky::healpix::mean_cell_size_deg(*o) >= d.fov_deg / 20.0)
         .unwrap_or(0);
-    let moc = meridian_sky::Region::Polygon(vertices)
-        .coverage(order)
+    let moc = d
+        .moc(order)
         .map_err(|e| Error::Internal(format!("coverage of '{id}': {e}")))?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],

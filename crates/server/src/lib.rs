@@ -17,6 +17,7 @@ pub mod mydb;
 pub mod params;
 mod result;
 pub mod sia;
+pub mod sky_maps;
 pub mod soda;
 pub mod storage;
 pub mod tap;
@@ -144,6 +145,8 @@ pub struct AppState {
     pub tickets: Arc<storage::Tickets>,
     /// VOSpace transfers.
     pub transfers: Arc<vospace::Transfers>,
+    /// Coverage maps computed so far.
+    pub mocs: Arc<sky_maps::MocCache>,
 }
 
 /// What belongs to users: accounts, their settings, tables and files.
@@ -205,6 +208,7 @@ impl AppState {
             storage: Arc::new(storage),
             tickets: Arc::new(storage::Tickets::default()),
             transfers: Arc::new(vospace::Transfers::default()),
+            mocs: Arc::default(),
         })
     }
 }
@@ -346,6 +350,7 @@ pub fn router(state: AppState) -> Router {
         .route("/images/header", get(images::header_text))
         .route("/images/coverage", get(images::coverage))
         .route("/preview", get(images::preview))
+        .route("/moc/{name}", get(sky_maps::moc))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20));
     // Everything that serves data: an invalid token is refused rather than taken for
     // anonymous.

@@ -10,6 +10,9 @@ pub enum Error {
     /// A HEALPix order outside 0..=29 or a cell index outside that order.
     #[error("invalid HEALPix argument: {0}")]
     Healpix(String),
+    /// A MOC could not be written or read.
+    #[error("MOC: {0}")]
+    Moc(String),
 }
 
 /// Result type of this crate.

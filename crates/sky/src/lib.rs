@@ -8,11 +8,13 @@
 mod angle;
 mod error;
 pub mod healpix;
+pub mod moc_io;
 mod point;
 pub mod region;
 pub mod stcs;
 
 pub use angle::parse_angle_deg;
 pub use error::{Error, Result};
+pub use moc_io::{moc_ascii, moc_fits, moc_from_cells, moc_from_ranges, moc_union};
 pub use point::{SkyPoint, angular_separation_deg};
-pub use region::{Circle, CoordRange, Polygon, Region, SkyBox, moc_json};
+pub use region::{Circle, CoordRange, Moc, Polygon, Region, SkyBox, moc_json};

@@ -3,4 +3,5 @@
 
 pub mod image_access;
 pub mod images;
+pub mod sky_maps;
 pub mod survey_images;

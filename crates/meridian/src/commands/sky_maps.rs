@@ -1,0 +1,116 @@
+//! `meridian moc`: the coverage (MOC 2.0) of a catalog or an image collection, written as
+//! FITS, JSON or ASCII.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// `meridian moc`.
+#[derive(clap::Args)]
+pub struct MocArgs {
+    /// A catalog or an image collection.
+    name: String,
+    /// HEALPix order of the MOC's finest cells (0 to 29; 10 is about 3.4 arcminutes).
+    #[arg(long, default_value_t = 10)]
+    order: u8,
+    /// Output file; its format from `--format` or else its extension (.fits, .json,
+    /// .txt or .ascii).
+    #[arg(long)]
+    out: PathBuf,
+    /// fits, json or ascii.
+    #[arg(long)]
+    format: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// A MOC serialisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MocFormat {
+    Fits,
+    Json,
+    Ascii,
+}
+
+impl MocFormat {
+    /// The format a name (`fits`, `json`, `ascii`/`txt`) gives.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "fits" | "fit" => Some(Self::Fits),
+            "json" => Some(Self::Json),
+            "ascii" | "txt" | "text" => Some(Self::Ascii),
+            _ => None,
+        }
+    }
+}
+
+/// The bytes of `moc` in `format`.
+pub fn moc_bytes(
+    moc: &meridian_sky::Moc,
+    format: MocFormat,
+    name: &str,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(match format {
+        MocFormat::Fits => meridian_sky::moc_fits(moc, Some(name))?,
+        MocFormat::Json => meridian_sky::moc_json(moc).into_bytes(),
+        MocFormat::Ascii => meridian_sky::moc_ascii(moc)?.into_bytes(),
+    })
+}
+
+/// Writes the MOC of `args.name` (a catalog of `catalogs`, else a collection of `images`).
+pub fn moc(catalogs: &Path, images: &Path, args: &MocArgs) -> anyhow::Result<()> {
+    let format = match &args.format {
+        Some(f) => MocFormat::parse(f)
+            .with_context(|| format!("--format: '{f}' is not fits, json or ascii"))?,
+        None => args
+            .out
+            .extension()
+            .and_then(|e| MocFormat::parse(&e.to_string_lossy()))
+            .with_context(|| {
+                format!(
+                    "{}: give --format (fits, json or ascii) or a .fits, .json or .txt name",
+                    args.out.display()
+                )
+            })?,
+    };
+    if args.order > 29 {
+        bail!("--order: {} is not a HEALPix order (0 to 29)", args.order);
+    }
+    let store = meridian_catalog::Store::open(catalogs)?;
+    let moc = if let Ok(catalog) = store.catalog(&args.name) {
+        let rows = catalog.total_rows().unwrap_or(0);
+        let bar = crate::bar(
+            args.quiet,
+            rows,
+            "{msg} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}",
+        );
+        bar.set_message(format!("MOC of {}", args.name));
+        let moc = catalog.moc(args.order, &|n| bar.set_position(n))?;
+        bar.finish_and_clear();
+        moc
+    } else if let Some(c) = meridian_images::collection::list(images)?
+        .into_iter()
+        .find(|c| c.name == args.name)
+    {
+        c.moc(args.order)?
+    } else {
+        bail!(
+            "'{}' is neither a catalog nor an image collection",
+            args.name
+        );
+    };
+    let bytes = moc_bytes(&moc, format, &args.name)?;
+    // Written then renamed: never a half-written file under the name asked for.
+    let tmp = args.out.with_extension("partial");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "{}: MOC of order {} covering {:.6}% of the sky, {} bytes",
+        args.out.display(),
+        args.order,
+        100.0 * moc.coverage_percentage(),
+        bytes.len()
+    );
+    Ok(())
+}
