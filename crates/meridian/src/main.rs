@@ -110,6 +110,9 @@ enum Command {
     Images(commands::images::ImagesCommand),
     /// The coverage (MOC 2.0) of a catalog or image collection, as FITS, JSON or ASCII.
     Moc(commands::sky_maps::MocArgs),
+    /// Sky maps (HiPS): density maps of catalogs.
+    #[command(subcommand)]
+    Hips(commands::sky_maps::HipsCommand),
     /// Find registered images by position, band, time and collection (SIA 2.0's search).
     Sia(commands::image_access::SiaArgs),
     /// Cut out a registered image (by its dataset ID) as a FITS file (SODA's cutout).
@@ -537,6 +540,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { addr } => serve(&config, addr)?,
         Command::Sky(cmd) => sky(cmd)?,
         Command::Images(cmd) => commands::images::run(&config.data_dir.join("images"), cmd)?,
+        Command::Hips(cmd) => {
+            commands::sky_maps::hips(&config.catalog_dir(), &config.data_dir.join("hips"), cmd)?
+        }
         Command::Moc(args) => commands::sky_maps::moc(
             &config.catalog_dir(),
             &config.data_dir.join("images"),
@@ -1221,6 +1227,9 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         ),
     )?;
     state.public_url = s.public_url.clone();
+    state.sky_maps = std::sync::Arc::new(meridian_server::sky_maps::SkyMaps::new(Some(
+        config.data_dir.join("hips"),
+    )));
     rt.block_on(async {
         // URLs the service hands out (job and transfer locations) are built on the public
         // URL, never on the Host header a client sends.

@@ -145,8 +145,8 @@ pub struct AppState {
     pub tickets: Arc<storage::Tickets>,
     /// VOSpace transfers.
     pub transfers: Arc<vospace::Transfers>,
-    /// Coverage maps computed so far.
-    pub mocs: Arc<sky_maps::MocCache>,
+    /// Coverage maps and HiPS.
+    pub sky_maps: Arc<sky_maps::SkyMaps>,
 }
 
 /// What belongs to users: accounts, their settings, tables and files.
@@ -208,7 +208,7 @@ impl AppState {
             storage: Arc::new(storage),
             tickets: Arc::new(storage::Tickets::default()),
             transfers: Arc::new(vospace::Transfers::default()),
-            mocs: Arc::default(),
+            sky_maps: Arc::default(),
         })
     }
 }
@@ -351,6 +351,8 @@ pub fn router(state: AppState) -> Router {
         .route("/images/coverage", get(images::coverage))
         .route("/preview", get(images::preview))
         .route("/moc/{name}", get(sky_maps::moc))
+        .route("/hips/list", get(sky_maps::list))
+        .route("/hips/{name}/{*path}", get(sky_maps::file))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20));
     // Everything that serves data: an invalid token is refused rather than taken for
     // anonymous.

@@ -1,9 +1,15 @@
-//! Coverage maps: `/moc/{name}` is the MOC 2.0 of a catalog (the cells holding its rows)
-//! or of an image collection (the cells its footprints meet), as FITS (the default), JSON
-//! or ASCII (`fmt=`), at `order=` (default 10, at most 16). Computed once for each name
-//! and order, then kept: catalogs and collections do not change while the server runs.
+//! Sky maps.
+//!
+//! - `/moc/{name}` is the MOC 2.0 of a catalog (the cells holding its rows) or of an image
+//!   collection (the cells its footprints meet), as FITS (the default), JSON or ASCII
+//!   (`fmt=`), at `order=` (default 10, at most 16). Computed once for each name and
+//!   order, then kept: catalogs and collections do not change while the server runs.
+//! - `/hips/{name}/...` serves the HiPS under the data directory's `hips/` (tiles,
+//!   `properties`, `Norder3/Allsky.*`, `Moc.fits`) with ETags, cache headers and CORS;
+//!   `/hips/list` lists them in the HiPS list format.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
@@ -20,22 +26,36 @@ const MAX_ORDER: u8 = 16;
 /// Order of a MOC when the request names none (3.4 arcminute cells).
 const DEFAULT_ORDER: u8 = 10;
 
-/// The MOCs computed so far, by (name, order).
+/// The sky maps served: the MOCs computed so far, by (name, order), and the HiPS
+/// directory.
 #[derive(Default)]
-pub struct MocCache {
+pub struct SkyMaps {
     mocs: Mutex<HashMap<(String, u8), Arc<meridian_sky::Moc>>>,
+    hips_dir: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for MocCache {
+impl SkyMaps {
+    /// Sky maps with the HiPS under `hips_dir`.
+    pub fn new(hips_dir: Option<PathBuf>) -> Self {
+        Self {
+            mocs: Mutex::default(),
+            hips_dir,
+        }
+    }
+}
+
+impl std::fmt::Debug for SkyMaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MocCache").finish_non_exhaustive()
+        f.debug_struct("SkyMaps")
+            .field("hips_dir", &self.hips_dir)
+            .finish_non_exhaustive()
     }
 }
 
 /// The MOC of catalog or collection `name` at `order`.
 pub(crate) fn moc_of(state: &AppState, name: &str, order: u8) -> Result<Arc<meridian_sky::Moc>> {
     let key = (name.to_string(), order);
-    if let Some(m) = state.mocs.mocs.lock().expect("MOC cache").get(&key) {
+    if let Some(m) = state.sky_maps.mocs.lock().expect("MOC cache").get(&key) {
         return Ok(m.clone());
     }
     let moc = if let Some(table) = state.engine.table(name) {
@@ -52,7 +72,7 @@ pub(crate) fn moc_of(state: &AppState, name: &str, order: u8) -> Result<Arc<meri
     };
     let moc = Arc::new(moc);
     state
-        .mocs
+        .sky_maps
         .mocs
         .lock()
         .expect("MOC cache")
@@ -118,6 +138,125 @@ pub async fn moc(
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         body,
+    )
+        .into_response())
+}
+
+/// The HiPS under the served directory: (name, properties text), by name.
+fn hips_list(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.ends_with(".building") || name.ends_with(".old") {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(e.path().join("properties")) {
+                out.push((name, text));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `GET /hips/list`: every served HiPS's properties with its `hips_service_url`, in the
+/// HiPS list format (records separated by blank lines).
+pub async fn list(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response> {
+    let base = crate::vosi::base_url(&state, &headers);
+    let mut body = String::new();
+    if let Some(dir) = &state.sky_maps.hips_dir {
+        for (name, text) in hips_list(dir) {
+            let p = meridian_hips::Properties::parse(&text);
+            let mut p = p.clone();
+            p.set("hips_service_url", format!("{base}/hips/{name}"));
+            body.push_str(&p.text());
+            body.push('\n');
+        }
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /hips/{name}/{*path}`: a file of a HiPS.
+pub async fn file(
+    State(state): State<AppState>,
+    Path((name, path)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response> {
+    let not_found = || Error::NotFound(format!("no file '{path}' in HiPS '{name}'"));
+    let dir = state.sky_maps.hips_dir.as_ref().ok_or_else(not_found)?;
+    // Only plain names: never a way out of the HiPS's directory.
+    let rel = std::path::Path::new(&path);
+    let plain = |p: &std::path::Path| {
+        p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    };
+    if name.starts_with('.') || name.contains('/') || !plain(rel) || path.is_empty() {
+        return Err(not_found());
+    }
+    let full = dir.join(&name).join(rel);
+    let meta = tokio::fs::metadata(&full).await.map_err(|_| not_found())?;
+    if !meta.is_file() {
+        return Err(not_found());
+    }
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let etag = format!("\"{:x}-{:x}\"", meta.len(), modified);
+    let tile = path.starts_with("Norder");
+    let cache = if tile {
+        "public, max-age=86400, immutable"
+    } else {
+        "public, max-age=60"
+    };
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        return Ok((
+            axum::http::StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, etag),
+                (header::CACHE_CONTROL, cache.to_string()),
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_string()),
+            ],
+        )
+            .into_response());
+    }
+    let kind = match rel.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "fits" => "application/fits",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "tsv" => "text/tab-separated-values",
+        "json" => "application/json",
+        "html" => "text/html; charset=utf-8",
+        _ => "text/plain; charset=utf-8",
+    };
+    let bytes = tokio::fs::read(&full).await.map_err(|_| not_found())?;
+    state.metrics.add_bytes_out(bytes.len() as u64);
+    Ok((
+        [
+            (header::CONTENT_TYPE, kind.to_string()),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, cache.to_string()),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_string()),
+        ],
+        bytes,
     )
         .into_response())
 }

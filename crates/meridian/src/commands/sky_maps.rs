@@ -114,3 +114,118 @@ pub fn moc(catalogs: &Path, images: &Path, args: &MocArgs) -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// `meridian hips ...`: sky maps in HiPS, under the data directory's `hips/`, served at
+/// `/hips/<name>/`.
+#[derive(clap::Subcommand)]
+pub enum HipsCommand {
+    /// A density map of a catalog: rows per HEALPix cell, as a HiPS image.
+    Density(DensityArgs),
+    /// The HiPS under the data directory, with their titles and orders.
+    List,
+}
+
+/// `meridian hips density`.
+#[derive(clap::Args)]
+pub struct DensityArgs {
+    /// The catalog.
+    catalog: String,
+    /// Name of the HiPS (default: CATALOG-density).
+    #[arg(long)]
+    out: Option<String>,
+    /// Deepest tile order (3 to 11 with 512-pixel tiles; pixels are 9 orders deeper).
+    #[arg(long, default_value_t = 3)]
+    order: u8,
+    /// Tile width in pixels (a power of two).
+    #[arg(long, default_value_t = 512)]
+    tile_width: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Runs a `meridian hips` command.
+pub fn hips(catalogs: &Path, hips_dir: &Path, cmd: HipsCommand) -> anyhow::Result<()> {
+    match cmd {
+        HipsCommand::Density(args) => {
+            let store = meridian_catalog::Store::open(catalogs)?;
+            let catalog = store.catalog(&args.catalog)?;
+            let name = args
+                .out
+                .unwrap_or_else(|| format!("{}-density", args.catalog));
+            check_name(&name)?;
+            let rows = catalog.total_rows().unwrap_or(0);
+            let bar = crate::bar(
+                args.quiet,
+                rows,
+                "{msg} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}",
+            );
+            bar.set_message(format!("density of {}", args.catalog));
+            let opts = meridian_hips::density::DensityOptions {
+                name: name.clone(),
+                order: args.order,
+                tile_width: args.tile_width,
+            };
+            let report = meridian_hips::density::build(
+                &catalog,
+                &hips_dir.join(&name),
+                &opts,
+                &|stage, n| {
+                    if stage == "rows" {
+                        bar.set_position(n)
+                    } else {
+                        bar.set_message(format!("{n} tiles"))
+                    }
+                },
+            )?;
+            bar.finish_and_clear();
+            eprintln!(
+                "{name}: {} rows in {} cells, {} tiles, at {}",
+                report.rows,
+                report.cells,
+                report.tiles,
+                hips_dir.join(&name).display()
+            );
+        }
+        HipsCommand::List => {
+            for (name, p) in list(hips_dir)? {
+                println!(
+                    "{name}\t{}\torder {}\t{}",
+                    p.get("dataproduct_type").unwrap_or("?"),
+                    p.get("hips_order").unwrap_or("?"),
+                    p.get("obs_title").unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A HiPS name: letters, digits, `-`, `_` and `.`, not starting with a dot.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("'{name}' is not a HiPS name (letters, digits, '-', '_' and '.')");
+    }
+    Ok(())
+}
+
+/// The HiPS under `dir`, by name, with their properties.
+pub fn list(dir: &Path) -> anyhow::Result<Vec<(String, meridian_hips::Properties)>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(text) = std::fs::read_to_string(e.path().join("properties")) {
+            out.push((name, meridian_hips::Properties::parse(&text)));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}

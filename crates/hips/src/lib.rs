@@ -1,0 +1,43 @@
+//! HiPS (IVOA Hierarchical Progressive Surveys 1.0) sky maps: the tile geometry, FITS and
+//! PNG tiles, `properties`, the `Norder3/Allsky` mosaic, and HiPS built from catalogs
+//! (density maps of source counts per HEALPix cell).
+//!
+//! Tile geometry: the tile of order `k` and index `n` is a `w` x `w` image (`w` a power of
+//! two) of the HEALPix cells of order `k + log2(w)` inside cell `n`; the cell of a pixel is
+//! `n * w^2 + s`, where the sub-index `s` interleaves the bits of the pixel's row counted
+//! from the top of the PNG image (even bits) and its column (odd bits). FITS tiles hold
+//! the same image with its rows from the bottom, as FITS stores them.
+
+pub mod density;
+pub mod tile;
+
+pub use tile::{Properties, TileGeometry, tile_path};
+
+/// Errors of HiPS building.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file.
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A parameter out of range, or input that cannot make a HiPS.
+    #[error("{0}")]
+    Invalid(String),
+    /// The catalog could not be read.
+    #[error(transparent)]
+    Catalog(#[from] meridian_catalog::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
