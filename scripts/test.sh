@@ -13,13 +13,20 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
 
 step "system packages"
-# stilts (taplint, votlint) validates the TAP service.
-if ! command -v stilts >/dev/null; then
+# stilts (taplint, votlint) validates the TAP service; CDS's Hipsgen (in Debian's aladin)
+# is the oracle for HiPS tiles; Chromium runs Aladin Lite on the HiPS Meridian serves.
+if ! command -v stilts >/dev/null || [ ! -f /usr/share/java/aladin.jar ] \
+    || [ ! -x /usr/lib/chromium/chromium ]; then
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq stilts >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq stilts aladin chromium >/dev/null
 fi
+
+step "browser packages"
+# Aladin Lite, from the committed lock file (Playwright drives Debian's Chromium: no
+# browser is downloaded).
+(cd tests/browser && npm ci --silent --no-audit --no-fund)
 
 step "python packages"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt

@@ -238,6 +238,22 @@ impl Catalog {
 }
 
 impl Catalog {
+    /// All rows of one partition, in file order.
+    pub fn read_partition(&self, pixel: &Pixel) -> Result<Vec<RecordBatch>> {
+        let path = pixel.path_in(&self.dir);
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| Error::parquet(&path, e))?
+            .with_batch_size(65_536)
+            .build()
+            .map_err(|e| Error::parquet(&path, e))?;
+        reader
+            .map(|b| b.map_err(|e| Error::Invalid(format!("{}: {e}", path.display()))))
+            .collect()
+    }
+}
+
+impl Catalog {
     /// Rows per HEALPix cell at `order`, as (cell, rows) in cell order, without empty
     /// cells: one pass over the partitions reading only the `_healpix_29` column (or the
     /// positions, for a catalog without it). `progress` hears the rows read so far.

@@ -169,18 +169,7 @@ pub fn build(
         .set("data_pixel_bitpix", "-32")
         .set("bunit", "count");
     p.write(&building)?;
-    // Swap the finished map in: readers see the old one or the new one, whole.
-    let old = out.with_extension("old");
-    if out.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-        }
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-    }
-    std::fs::rename(&building, out).map_err(|e| Error::io(out, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
+    crate::swap_in(&building, out)?;
     Ok(DensityReport {
         rows,
         tiles,

@@ -8,7 +8,10 @@
 //! from the top of the PNG image (even bits) and its column (odd bits). FITS tiles hold
 //! the same image with its rows from the bottom, as FITS stores them.
 
+pub mod catalog;
 pub mod density;
+pub mod hips2fits;
+pub mod image;
 pub mod tile;
 
 pub use tile::{Properties, TileGeometry, tile_path};
@@ -41,3 +44,20 @@ impl Error {
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Puts the finished HiPS in `building` in place of `out`: readers see the old one or the
+/// new one, whole.
+pub(crate) fn swap_in(building: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let old = out.with_extension("old");
+    if out.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(building, out).map_err(|e| Error::io(out, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}

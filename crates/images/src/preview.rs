@@ -37,6 +37,66 @@ pub const MAX_SIZE: u32 = 2048;
 /// Rows read at a time.
 const STRIP_PIXELS: u64 = 1 << 20;
 
+/// How stored pixel values become physical ones: BSCALE, BZERO, and BLANK (ZBLANK for a
+/// compressed image) for integer pixels.
+struct Physical {
+    scale: f64,
+    zero: f64,
+    blank: Option<f64>,
+}
+
+impl Physical {
+    fn of(hdu: &ImageHdu) -> Self {
+        let h = &hdu.header;
+        Self {
+            scale: h.float("BSCALE").unwrap_or(1.0),
+            zero: h.float("BZERO").unwrap_or(0.0),
+            blank: if hdu.compressed {
+                h.float("ZBLANK").or(h.float("BLANK"))
+            } else {
+                h.float("BLANK")
+            },
+        }
+    }
+
+    /// Calls `f(i, value)` for every pixel of `v` that has a finite physical value.
+    fn each(&self, v: &Values, mut f: impl FnMut(usize, f64)) {
+        let mut put = |i: usize, x: f64| {
+            let y = x * self.scale + self.zero;
+            if y.is_finite() {
+                f(i, y)
+            }
+        };
+        match v {
+            Values::Int(v) => v.iter().enumerate().for_each(|(i, x)| {
+                if self.blank != Some(*x as f64) {
+                    put(i, *x as f64)
+                }
+            }),
+            Values::Float(v) => v.iter().enumerate().for_each(|(i, x)| put(i, *x)),
+        }
+    }
+}
+
+/// The physical values of every pixel of `hdu`'s first plane (BSCALE, BZERO and BLANK
+/// applied; NaN where a pixel has none), FITS row order (the first row is y = 1).
+pub fn physical(path: &Path, hdu: &ImageHdu) -> Result<Vec<f32>> {
+    let (w, h) = hdu.size();
+    let mut out = vec![f32::NAN; (w * h) as usize];
+    let phys = Physical::of(hdu);
+    let rows = (STRIP_PIXELS / w).max(1);
+    let mut reader = PixelReader::open(path, hdu)?;
+    let mut y0 = 0;
+    while y0 < h {
+        let y1 = (y0 + rows).min(h);
+        let strip = reader.read(&first_plane(hdu, &PixelBox { x: 0..w, y: y0..y1 }))?;
+        let base = (y0 * w) as usize;
+        phys.each(&strip, |i, v| out[base + i] = v as f32);
+        y0 = y1;
+    }
+    Ok(out)
+}
+
 /// The binned physical values of `hdu` (BSCALE, BZERO and BLANK applied, NaN where no
 /// pixel had a value), at most `size` pixels a side: (width, height, values, y up).
 fn binned(path: &Path, hdu: &ImageHdu, size: u32) -> Result<(usize, usize, Vec<f64>)> {
@@ -45,13 +105,7 @@ fn binned(path: &Path, hdu: &ImageHdu, size: u32) -> Result<(usize, usize, Vec<f
     let (bw, bh) = (w.div_ceil(factor) as usize, h.div_ceil(factor) as usize);
     let mut sum = vec![0.0f64; bw * bh];
     let mut count = vec![0u64; bw * bh];
-    let scale = hdu.header.float("BSCALE").unwrap_or(1.0);
-    let zero = hdu.header.float("BZERO").unwrap_or(0.0);
-    let blank = if hdu.compressed {
-        hdu.header.float("ZBLANK").or(hdu.header.float("BLANK"))
-    } else {
-        hdu.header.float("BLANK")
-    };
+    let phys = Physical::of(hdu);
     // Whole strips of binned rows.
     let rows = ((STRIP_PIXELS / w).max(1) / factor).max(1) * factor;
     // One open file for every strip: a gzip file is not decompressed again for each.
@@ -60,23 +114,13 @@ fn binned(path: &Path, hdu: &ImageHdu, size: u32) -> Result<(usize, usize, Vec<f
     while y0 < h {
         let y1 = (y0 + rows).min(h);
         let strip = reader.read(&first_plane(hdu, &PixelBox { x: 0..w, y: y0..y1 }))?;
-        let mut add = |i: usize, v: f64| {
-            if v.is_finite() {
-                let x = (i as u64 % w) / factor;
-                let y = (y0 + i as u64 / w) / factor;
-                let k = y as usize * bw + x as usize;
-                sum[k] += v * scale + zero;
-                count[k] += 1;
-            }
-        };
-        match strip {
-            Values::Int(v) => v.iter().enumerate().for_each(|(i, x)| {
-                if blank != Some(*x as f64) {
-                    add(i, *x as f64)
-                }
-            }),
-            Values::Float(v) => v.iter().enumerate().for_each(|(i, x)| add(i, *x)),
-        }
+        phys.each(&strip, |i, v| {
+            let x = (i as u64 % w) / factor;
+            let y = (y0 + i as u64 / w) / factor;
+            let k = y as usize * bw + x as usize;
+            sum[k] += v;
+            count[k] += 1;
+        });
         y0 = y1;
     }
     let values = sum

@@ -110,7 +110,7 @@ enum Command {
     Images(commands::images::ImagesCommand),
     /// The coverage (MOC 2.0) of a catalog or image collection, as FITS, JSON or ASCII.
     Moc(commands::sky_maps::MocArgs),
-    /// Sky maps (HiPS): density maps of catalogs.
+    /// Sky maps (HiPS): image HiPS of image collections, density maps of catalogs.
     #[command(subcommand)]
     Hips(commands::sky_maps::HipsCommand),
     /// Find registered images by position, band, time and collection (SIA 2.0's search).
@@ -540,9 +540,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { addr } => serve(&config, addr)?,
         Command::Sky(cmd) => sky(cmd)?,
         Command::Images(cmd) => commands::images::run(&config.data_dir.join("images"), cmd)?,
-        Command::Hips(cmd) => {
-            commands::sky_maps::hips(&config.catalog_dir(), &config.data_dir.join("hips"), cmd)?
-        }
+        Command::Hips(cmd) => commands::sky_maps::hips(
+            &config.catalog_dir(),
+            &config.data_dir.join("images"),
+            &config.data_dir.join("hips"),
+            cmd,
+        )?,
         Command::Moc(args) => commands::sky_maps::moc(
             &config.catalog_dir(),
             &config.data_dir.join("images"),

@@ -352,6 +352,10 @@ pub fn router(state: AppState) -> Router {
         .route("/preview", get(images::preview))
         .route("/moc/{name}", get(sky_maps::moc))
         .route("/hips/list", get(sky_maps::list))
+        .route(
+            "/hips2fits",
+            get(sky_maps::hips2fits).post(sky_maps::hips2fits),
+        )
         .route("/hips/{name}/{*path}", get(sky_maps::file))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20));
     // Everything that serves data: an invalid token is refused rather than taken for

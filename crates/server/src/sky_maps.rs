@@ -7,6 +7,8 @@
 //! - `/hips/{name}/...` serves the HiPS under the data directory's `hips/` (tiles,
 //!   `properties`, `Norder3/Allsky.*`, `Moc.fits`) with ETags, cache headers and CORS;
 //!   `/hips/list` lists them in the HiPS list format.
+//! - `/hips2fits` draws any part of the sky from a served HiPS, in a chosen projection, as
+//!   FITS with its WCS or as PNG.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -243,6 +245,7 @@ pub async fn file(
         "jpg" | "jpeg" => "image/jpeg",
         "webp" => "image/webp",
         "tsv" => "text/tab-separated-values",
+        "xml" => "text/xml; charset=utf-8",
         "json" => "application/json",
         "html" => "text/html; charset=utf-8",
         _ => "text/plain; charset=utf-8",
@@ -257,6 +260,168 @@ pub async fn file(
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_string()),
         ],
         bytes,
+    )
+        .into_response())
+}
+
+/// Most pixels a hips2fits image may have (4096 x 4096).
+const HIPS2FITS_MAX_PIXELS: u64 = 4096 * 4096;
+
+/// `GET|POST /hips2fits?hips=&width=&height=&projection=&coordsys=&ra=&dec=&fov=
+/// [&rotation_angle=][&format=fits|png][&min_cut=&max_cut=][&stretch=linear|sqrt|log|asinh]`:
+/// an image of the sky drawn from a served HiPS (named by its name or its `creator_did`).
+pub async fn hips2fits(State(state): State<AppState>, req: DaliRequest) -> Result<Response> {
+    let p = &req.params;
+    let dir = state
+        .sky_maps
+        .hips_dir
+        .clone()
+        .ok_or_else(|| Error::NotFound("no HiPS are served".into()))?;
+    let wanted = p.required("hips")?.trim().to_string();
+    let name = hips_list(&dir)
+        .into_iter()
+        .find(|(name, text)| {
+            *name == wanted
+                || meridian_hips::Properties::parse(text).get("creator_did")
+                    == Some(wanted.as_str())
+        })
+        .map(|(name, _)| name)
+        .ok_or_else(|| Error::Usage(format!("hips: no HiPS named '{wanted}' is served")))?;
+    let number = |k: &str| -> Result<f64> {
+        let v = p.required(k)?;
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| Error::Usage(format!("{k}: '{v}' is not a number")))
+    };
+    let size = |k: &str| -> Result<usize> {
+        let v = p.required(k)?;
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=16_384).contains(n))
+            .ok_or_else(|| Error::Usage(format!("{k}: '{v}' is not a size from 1 to 16384 pixels")))
+    };
+    let galactic = match p.get("coordsys").map(|c| c.trim().to_ascii_lowercase()) {
+        None => false,
+        Some(c) if c == "icrs" || c.is_empty() => false,
+        Some(c) if c == "galactic" => true,
+        Some(c) => {
+            return Err(Error::Usage(format!(
+                "coordsys: '{c}' is not icrs or galactic"
+            )));
+        }
+    };
+    let request = meridian_hips::hips2fits::Request {
+        width: size("width")?,
+        height: size("height")?,
+        projection: p.get("projection").unwrap_or("TAN").trim().to_string(),
+        galactic,
+        lon_deg: number("ra")?,
+        lat_deg: number("dec")?,
+        fov_deg: number("fov")?,
+        rotation_deg: match p.get("rotation_angle") {
+            Some(_) => number("rotation_angle")?,
+            None => 0.0,
+        },
+    };
+    let format = p
+        .get("format")
+        .unwrap_or("fits")
+        .trim()
+        .to_ascii_lowercase();
+    if !matches!(format.as_str(), "fits" | "png") {
+        return Err(Error::Usage(format!(
+            "format: '{format}' is not fits or png"
+        )));
+    }
+    let cut = |k: &str| -> Result<Option<f64>> {
+        match p.get(k) {
+            Some(_) => number(k).map(Some),
+            None => Ok(None),
+        }
+    };
+    let (min_cut, max_cut) = (cut("min_cut")?, cut("max_cut")?);
+    let stretch = p
+        .get("stretch")
+        .unwrap_or("linear")
+        .trim()
+        .to_ascii_lowercase();
+    if !matches!(stretch.as_str(), "linear" | "sqrt" | "log" | "asinh") {
+        return Err(Error::Usage(format!(
+            "stretch: '{stretch}' is not linear, sqrt, log or asinh"
+        )));
+    }
+    let root = dir.join(&name);
+    let body = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, &'static str)> {
+        let drawn = meridian_hips::hips2fits::draw(&root, &request, HIPS2FITS_MAX_PIXELS)
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        if format == "fits" {
+            let mut cards: Vec<(&str, String)> =
+                drawn.cards.iter().map(|(k, v)| (*k, v.clone())).collect();
+            cards.push(("HIPS", format!("'{}'", name.replace('\'', "''"))));
+            return Ok((
+                meridian_hips::tile::fits_image(
+                    drawn.width,
+                    drawn.height,
+                    &drawn.rows_from_top,
+                    &cards,
+                ),
+                "application/fits",
+            ));
+        }
+        // PNG: the cuts asked for, else the HiPS's own, else the image's range.
+        let props = std::fs::read_to_string(root.join("properties"))
+            .map(|t| meridian_hips::Properties::parse(&t))
+            .unwrap_or_default();
+        let own: Vec<f64> = props
+            .get("hips_pixel_cut")
+            .map(|c| {
+                c.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let finite = drawn.rows_from_top.iter().filter(|v| v.is_finite());
+        let lo = min_cut
+            .or(own.first().copied())
+            .unwrap_or_else(|| finite.clone().fold(f64::INFINITY, |a, &v| a.min(v as f64)));
+        let hi = max_cut
+            .or(own.get(1).copied())
+            .unwrap_or_else(|| finite.fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64)));
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        let f = |t: f64| match stretch.as_str() {
+            "sqrt" => t.sqrt(),
+            "log" => (1.0 + 1000.0 * t).ln() / 1001f64.ln(),
+            "asinh" => (10.0 * t).asinh() / 10f64.asinh(),
+            _ => t,
+        };
+        let mut grey = Vec::with_capacity(drawn.rows_from_top.len());
+        let mut alpha = Vec::with_capacity(drawn.rows_from_top.len());
+        for v in &drawn.rows_from_top {
+            if v.is_finite() {
+                let t = ((*v as f64 - lo) / span).clamp(0.0, 1.0);
+                grey.push((f(t) * 255.0).round() as u8);
+                alpha.push(255);
+            } else {
+                grey.push(0);
+                alpha.push(0);
+            }
+        }
+        let png = meridian_hips::tile::png_image(drawn.width, drawn.height, &grey, Some(&alpha))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok((png, "image/png"))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("hips2fits: {e}")))??;
+    state.metrics.add_bytes_out(body.0.len() as u64);
+    Ok((
+        [
+            (header::CONTENT_TYPE, body.1),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        body.0,
     )
         .into_response())
 }

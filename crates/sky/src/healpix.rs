@@ -57,6 +57,12 @@ pub fn center(order: u8, pix: u64) -> SkyPoint {
     SkyPoint::new(lon.to_degrees(), lat.to_degrees()).expect("cdshealpix returns valid centres")
 }
 
+/// The four cells whose centres surround (`ra_deg`, `dec_deg`) at `order`, with their
+/// bilinear interpolation weights (summing to 1).
+pub fn bilinear(order: u8, ra_deg: f64, dec_deg: f64) -> [(u64, f64); 4] {
+    cdshealpix::nested::bilinear_interpolation(order, ra_deg.to_radians(), dec_deg.to_radians())
+}
+
 /// The (up to 8) neighbours of a cell at the same order.
 pub fn neighbours(order: u8, pix: u64) -> Vec<u64> {
     let mut out = Vec::with_capacity(8);

@@ -119,10 +119,40 @@ pub fn moc(catalogs: &Path, images: &Path, args: &MocArgs) -> anyhow::Result<()>
 /// `/hips/<name>/`.
 #[derive(clap::Subcommand)]
 pub enum HipsCommand {
+    /// An image HiPS of a registered image collection.
+    Build(BuildArgs),
     /// A density map of a catalog: rows per HEALPix cell, as a HiPS image.
     Density(DensityArgs),
+    /// A catalog HiPS (progressive catalog) of a catalog's rows, best first.
+    Catalog(CatalogArgs),
     /// The HiPS under the data directory, with their titles and orders.
     List,
+}
+
+/// `meridian hips build`.
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// The image collection.
+    collection: String,
+    /// Name of the HiPS (default: the collection's).
+    #[arg(long)]
+    out: Option<String>,
+    /// Deepest tile order (default: the order whose pixels are just finer than the
+    /// collection's finest image pixels).
+    #[arg(long)]
+    order: Option<u8>,
+    /// Tile width in pixels (a power of two).
+    #[arg(long, default_value_t = 512)]
+    tile_width: usize,
+    /// Resampling kernel: bilinear or lanczos3.
+    #[arg(long, default_value = "bilinear")]
+    kernel: String,
+    /// Most MiB of image pixels held in memory at once.
+    #[arg(long, default_value_t = 2048)]
+    cache_mib: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// `meridian hips density`.
@@ -144,9 +174,88 @@ pub struct DensityArgs {
     quiet: bool,
 }
 
+/// `meridian hips catalog`.
+#[derive(clap::Args)]
+pub struct CatalogArgs {
+    /// The catalog.
+    catalog: String,
+    /// Name of the HiPS (default: CATALOG-catalog).
+    #[arg(long)]
+    out: Option<String>,
+    /// The column ranking rows, smallest first (default: the first magnitude column, or
+    /// an even sample of the sky when there is none).
+    #[arg(long)]
+    rank: Option<String>,
+    /// Rank largest first (fluxes, significances).
+    #[arg(long)]
+    descending: bool,
+    /// Rows per HEALPix cell at each order.
+    #[arg(long, default_value_t = 50)]
+    per_tile: usize,
+    /// Deepest order, where cells take all the rows they have left.
+    #[arg(long, default_value_t = 10)]
+    max_order: u8,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
 /// Runs a `meridian hips` command.
-pub fn hips(catalogs: &Path, hips_dir: &Path, cmd: HipsCommand) -> anyhow::Result<()> {
+pub fn hips(
+    catalogs: &Path,
+    images: &Path,
+    hips_dir: &Path,
+    cmd: HipsCommand,
+) -> anyhow::Result<()> {
     match cmd {
+        HipsCommand::Build(args) => {
+            let collection = meridian_images::collection::list(images)?
+                .into_iter()
+                .find(|c| c.name == args.collection)
+                .with_context(|| format!("no image collection named '{}'", args.collection))?;
+            let name = args.out.unwrap_or_else(|| args.collection.clone());
+            check_name(&name)?;
+            let kernel = match args.kernel.as_str() {
+                "bilinear" => meridian_hips::image::Kernel::Bilinear,
+                "lanczos3" | "lanczos" => meridian_hips::image::Kernel::Lanczos3,
+                other => bail!("--kernel: '{other}' is not bilinear or lanczos3"),
+            };
+            let opts = meridian_hips::image::ImageHipsOptions {
+                name: name.clone(),
+                order: args.order,
+                tile_width: args.tile_width,
+                kernel,
+                cache_bytes: args.cache_mib << 20,
+            };
+            let bar = crate::bar(
+                args.quiet,
+                0,
+                "{msg} [{bar:30}] {human_pos}/{human_len} tiles {per_sec} ETA {eta}",
+            );
+            bar.set_message(format!("HiPS of {}", args.collection));
+            let report = meridian_hips::image::build(
+                &collection,
+                &hips_dir.join(&name),
+                &opts,
+                &|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            )?;
+            bar.finish_and_clear();
+            for (id, why) in &report.skipped {
+                eprintln!("skipped {id}: {why}");
+            }
+            eprintln!(
+                "{name}: {} images, {} tiles to order {}, pixel cut {} {}, at {}",
+                report.images,
+                report.tiles,
+                report.order,
+                report.cut.0,
+                report.cut.1,
+                hips_dir.join(&name).display()
+            );
+        }
         HipsCommand::Density(args) => {
             let store = meridian_catalog::Store::open(catalogs)?;
             let catalog = store.catalog(&args.catalog)?;
@@ -184,6 +293,49 @@ pub fn hips(catalogs: &Path, hips_dir: &Path, cmd: HipsCommand) -> anyhow::Resul
                 report.rows,
                 report.cells,
                 report.tiles,
+                hips_dir.join(&name).display()
+            );
+        }
+        HipsCommand::Catalog(args) => {
+            let store = meridian_catalog::Store::open(catalogs)?;
+            let catalog = store.catalog(&args.catalog)?;
+            let name = args
+                .out
+                .unwrap_or_else(|| format!("{}-catalog", args.catalog));
+            check_name(&name)?;
+            let rows = catalog.total_rows().unwrap_or(0);
+            let bar = crate::bar(
+                args.quiet,
+                rows,
+                "{msg} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}",
+            );
+            bar.set_message(format!("catalog HiPS of {}", args.catalog));
+            let opts = meridian_hips::catalog::CatalogHipsOptions {
+                name: name.clone(),
+                rank: args.rank,
+                descending: args.descending,
+                per_tile: args.per_tile,
+                max_order: args.max_order,
+            };
+            let report = meridian_hips::catalog::build(
+                &catalog,
+                &hips_dir.join(&name),
+                &opts,
+                &|stage, n| {
+                    if stage == "rows" {
+                        bar.set_position(n)
+                    } else {
+                        bar.set_message(format!("{n} tiles"))
+                    }
+                },
+            )?;
+            bar.finish_and_clear();
+            eprintln!(
+                "{name}: {} rows ranked by {} in {} tiles to order {}, at {}",
+                report.rows,
+                report.rank.as_deref().unwrap_or("position hash"),
+                report.tiles,
+                report.order,
                 hips_dir.join(&name).display()
             );
         }

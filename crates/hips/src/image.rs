@@ -1,0 +1,624 @@
+//! Image HiPS from a registered image collection: every tile pixel of the deepest order
+//! is the value of the sky at its HEALPix cell's centre, resampled through each image's
+//! WCS (bilinear, or Lanczos-3), and where images overlap the mean of theirs; BLANK and
+//! NaN pixels count as no data. Lower orders average each 2 x 2 block of the order
+//! below, as Hipsgen does. Tiles are computed in parallel, in HEALPix nested order, and
+//! each lower-order tile is written as soon as its four children are done, so memory
+//! holds a few tiles per order whatever the survey's size.
+//!
+//! PNG tiles map the pixel cut (the 0.5 and 99.5 percentiles of a sample of the deepest
+//! tiles, computed once before any tile is written) linearly to 0..255; pixels without
+//! data are transparent.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use meridian_images::collection::{Collection, Dataset};
+use meridian_images::frames::from_icrs;
+use meridian_images::{ImageHdu, Wcs};
+use rayon::prelude::*;
+
+use crate::tile::{fits_image, png_image, write_atomic};
+use crate::{Error, Properties, Result, TileGeometry, tile_path};
+
+/// The resampling kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// The four pixels about the position, weighted by distance.
+    Bilinear,
+    /// Lanczos with a = 3 (6 x 6 pixels): sharper, for well-sampled images.
+    Lanczos3,
+}
+
+/// How to build an image HiPS.
+#[derive(Debug, Clone)]
+pub struct ImageHipsOptions {
+    /// The HiPS's name.
+    pub name: String,
+    /// Deepest tile order; `None` for the order whose pixels are just finer than the
+    /// collection's finest image pixels.
+    pub order: Option<u8>,
+    /// Tile width in pixels.
+    pub tile_width: usize,
+    /// The resampling kernel.
+    pub kernel: Kernel,
+    /// Most bytes of image pixels kept in memory at once.
+    pub cache_bytes: usize,
+}
+
+/// What a build made.
+#[derive(Debug, Clone, Default)]
+pub struct ImageHipsReport {
+    /// Deepest tile order.
+    pub order: u8,
+    /// Tiles written (each as FITS and PNG), all orders.
+    pub tiles: usize,
+    /// Images used.
+    pub images: usize,
+    /// Images skipped, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// The pixel cut of the PNG tiles.
+    pub cut: (f32, f32),
+}
+
+/// One image ready for resampling.
+struct Image {
+    wcs: Wcs,
+    width: usize,
+    height: usize,
+    pixels: Vec<f32>,
+}
+
+impl Image {
+    fn load(d: &Dataset) -> Result<Image> {
+        let bad = |e: meridian_images::Error| Error::Invalid(format!("{}: {e}", d.path.display()));
+        let hdu: ImageHdu = meridian_images::image_hdus(&d.path)
+            .map_err(bad)?
+            .into_iter()
+            .find(|h| h.index == d.hdu)
+            .ok_or_else(|| {
+                Error::Invalid(format!("{}: no image HDU {}", d.path.display(), d.hdu))
+            })?;
+        let wcs = hdu.wcs().map_err(bad)?;
+        let pixels = meridian_images::preview::physical(&d.path, &hdu).map_err(bad)?;
+        let (w, h) = hdu.size();
+        Ok(Image {
+            wcs,
+            width: w as usize,
+            height: h as usize,
+            pixels,
+        })
+    }
+
+    fn at(&self, x: isize, y: isize) -> f32 {
+        // Positions past the edge take the edge's value (within half a pixel of it).
+        let x = x.clamp(0, self.width as isize - 1) as usize;
+        let y = y.clamp(0, self.height as isize - 1) as usize;
+        self.pixels[y * self.width + x]
+    }
+
+    /// The value at ICRS (`ra`, `dec`), or NaN outside the image or where it has no data.
+    fn sample(&self, ra: f64, dec: f64, kernel: Kernel) -> f32 {
+        let (lon, lat) = from_icrs(self.wcs.frame(), ra, dec);
+        let Some([px, py]) = self.wcs.world_to_pixel(lon, lat) else {
+            return f32::NAN;
+        };
+        // FITS pixel coordinates: pixel centres at 1..=n, the image spans 0.5..n + 0.5.
+        if !(px >= 0.5
+            && py >= 0.5
+            && px <= self.width as f64 + 0.5
+            && py <= self.height as f64 + 0.5)
+        {
+            return f32::NAN;
+        }
+        let (x, y) = (px - 1.0, py - 1.0);
+        let (x0, y0) = (x.floor(), y.floor());
+        let (fx, fy) = (x - x0, y - y0);
+        let (x0, y0) = (x0 as isize, y0 as isize);
+        let (mut sum, mut weight) = (0.0f64, 0.0f64);
+        let mut add = |v: f32, w: f64| {
+            if v.is_finite() && w != 0.0 {
+                sum += v as f64 * w;
+                weight += w;
+            }
+        };
+        match kernel {
+            Kernel::Bilinear => {
+                add(self.at(x0, y0), (1.0 - fx) * (1.0 - fy));
+                add(self.at(x0 + 1, y0), fx * (1.0 - fy));
+                add(self.at(x0, y0 + 1), (1.0 - fx) * fy);
+                add(self.at(x0 + 1, y0 + 1), fx * fy);
+            }
+            Kernel::Lanczos3 => {
+                let wx: Vec<f64> = (-2..=3).map(|i| lanczos3(fx - i as f64)).collect();
+                let wy: Vec<f64> = (-2..=3).map(|j| lanczos3(fy - j as f64)).collect();
+                for (j, wyj) in wy.iter().enumerate() {
+                    for (i, wxi) in wx.iter().enumerate() {
+                        add(self.at(x0 - 2 + i as isize, y0 - 2 + j as isize), wxi * wyj);
+                    }
+                }
+            }
+        }
+        if weight > 0.0 {
+            (sum / weight) as f32
+        } else {
+            f32::NAN
+        }
+    }
+}
+
+fn lanczos3(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    if x.abs() >= 3.0 {
+        return 0.0;
+    }
+    let px = std::f64::consts::PI * x;
+    3.0 * px.sin() * (px / 3.0).sin() / (px * px)
+}
+
+/// The loaded images by dataset number, the order they were loaded in, and their bytes.
+type Loaded = (
+    HashMap<usize, Arc<Image>>,
+    std::collections::VecDeque<usize>,
+    usize,
+);
+
+/// Writes a finished tile: (order, tile, pixel values).
+type WriteTile<'a> = &'a dyn Fn(u8, u64, &[f32]) -> Result<()>;
+
+/// Loaded images, by dataset number, within a budget of bytes (the oldest loaded go first).
+struct ImageCache<'a> {
+    datasets: &'a [Dataset],
+    budget: usize,
+    state: Mutex<Loaded>,
+}
+
+impl ImageCache<'_> {
+    fn get(&self, i: usize) -> Result<Arc<Image>> {
+        if let Some(img) = self.state.lock().expect("image cache").0.get(&i) {
+            return Ok(img.clone());
+        }
+        let img = Arc::new(Image::load(&self.datasets[i])?);
+        let bytes = img.pixels.len() * 4;
+        let mut s = self.state.lock().expect("image cache");
+        while s.2 + bytes > self.budget && !s.1.is_empty() {
+            let old = s.1.pop_front().expect("not empty");
+            if let Some(o) = s.0.remove(&old) {
+                s.2 -= o.pixels.len() * 4;
+            }
+        }
+        s.0.insert(i, img.clone());
+        s.1.push_back(i);
+        s.2 += bytes;
+        Ok(img)
+    }
+}
+
+/// The tile order whose pixels are just finer than `pixel_arcsec`.
+pub fn order_for(pixel_arcsec: f64, geometry: TileGeometry) -> u8 {
+    let pixel_order = (0..=29u8)
+        .find(|o| meridian_sky::healpix::mean_cell_size_deg(*o) * 3600.0 <= pixel_arcsec)
+        .unwrap_or(29);
+    pixel_order.saturating_sub(geometry.shift).max(3)
+}
+
+/// A lower-order tile being filled from its children: sums and counts of its pixels.
+struct Pending {
+    tile: u64,
+    sum: Vec<f64>,
+    count: Vec<u32>,
+}
+
+/// Builds the image HiPS of `collection` into directory `out` (swapped in whole when
+/// done). `progress` hears (tiles done, tiles at the deepest order).
+pub fn build(
+    collection: &Collection,
+    out: &Path,
+    opts: &ImageHipsOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<ImageHipsReport> {
+    let geometry = TileGeometry::new(opts.tile_width)?;
+    let s = geometry.shift;
+    let w = geometry.width;
+    // Images with a usable footprint; the others reported and skipped.
+    let mut skipped = Vec::new();
+    let mut usable: Vec<Dataset> = Vec::new();
+    for d in &collection.datasets {
+        let wcs = meridian_images::image_hdus(&d.path)
+            .and_then(|hdus| {
+                hdus.into_iter()
+                    .find(|h| h.index == d.hdu)
+                    .ok_or_else(|| meridian_images::Error::Wcs(format!("no image HDU {}", d.hdu)))
+            })
+            .and_then(|h| h.wcs());
+        match wcs {
+            Ok(_) => usable.push(d.clone()),
+            Err(e) => skipped.push((d.id.clone(), e.to_string())),
+        }
+    }
+    if usable.is_empty() {
+        return Err(Error::Invalid(format!(
+            "collection '{}' has no image with a usable WCS",
+            collection.name
+        )));
+    }
+    let finest = usable
+        .iter()
+        .map(|d| d.pixel_arcsec)
+        .fold(f64::INFINITY, f64::min);
+    let order = match opts.order {
+        Some(o) if (3..=29 - s).contains(&o) => o,
+        Some(o) => {
+            return Err(Error::Invalid(format!(
+                "order {o}: tiles of {w} pixels have orders 3 to {}",
+                29 - s
+            )));
+        }
+        None => order_for(finest, geometry),
+    };
+    let pixel_order = order + s;
+    // The tiles each image meets, from its footprint's MOC at the tile order.
+    let mut candidates: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, d) in usable.iter().enumerate() {
+        let moc = d.moc(order).map_err(|e| Error::Invalid(e.to_string()))?;
+        for r in moc.moc_ranges().iter() {
+            let shift = 2 * (29 - order as u32);
+            for t in (r.start >> shift)..(r.end >> shift) {
+                candidates.entry(t).or_default().push(i);
+            }
+        }
+    }
+    let mut tiles: Vec<u64> = candidates.keys().copied().collect();
+    tiles.sort_unstable();
+    let cache = ImageCache {
+        datasets: &usable,
+        budget: opts.cache_bytes,
+        state: Mutex::new(Default::default()),
+    };
+    let render = |t: u64| -> Result<Vec<f32>> {
+        let images: Vec<Arc<Image>> = candidates[&t]
+            .iter()
+            .map(|&i| cache.get(i))
+            .collect::<Result<_>>()?;
+        let mut values = vec![f32::NAN; w * w];
+        for r in 0..w {
+            for c in 0..w {
+                let cell = (t << (2 * s)) | geometry.sub_index(r, c);
+                let p = meridian_sky::healpix::center(pixel_order, cell);
+                let (mut sum, mut n) = (0.0f64, 0u32);
+                for img in &images {
+                    let v = img.sample(p.ra_deg(), p.dec_deg(), opts.kernel);
+                    if v.is_finite() {
+                        sum += v as f64;
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    values[r * w + c] = (sum / n as f64) as f32;
+                }
+            }
+        }
+        Ok(values)
+    };
+    // The pixel cut, once, from a sample of up to 64 tiles spread over the list.
+    let step = tiles.len().div_ceil(64).max(1);
+    let sample: Vec<Vec<f32>> = tiles
+        .iter()
+        .step_by(step)
+        .collect::<Vec<_>>()
+        .par_iter()
+        .map(|&&t| render(t))
+        .collect::<Result<_>>()?;
+    let mut finite: Vec<f32> = sample
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    finite.sort_unstable_by(f32::total_cmp);
+    let cut = if finite.is_empty() {
+        (0.0, 1.0)
+    } else {
+        let q = |f: f64| finite[((finite.len() - 1) as f64 * f).round() as usize];
+        let (lo, hi) = (q(0.005), q(0.995));
+        (lo, if hi > lo { hi } else { lo + 1.0 })
+    };
+    let building = out.with_extension("building");
+    if building.exists() {
+        std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+    }
+    std::fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+    let written = std::sync::atomic::AtomicUsize::new(0);
+    let write = |k: u8, t: u64, values: &[f32]| -> Result<()> {
+        let grey: Vec<u8> = values
+            .iter()
+            .map(|v| {
+                (((v - cut.0) / (cut.1 - cut.0)) * 255.0)
+                    .round()
+                    .clamp(0.0, 255.0) as u8
+            })
+            .collect();
+        let alpha: Vec<u8> = values
+            .iter()
+            .map(|v| if v.is_finite() { 255 } else { 0 })
+            .collect();
+        write_atomic(
+            &tile_path(&building, k, t, "fits"),
+            &fits_image(w, w, values, &[]),
+        )?;
+        write_atomic(
+            &tile_path(&building, k, t, "png"),
+            &png_image(w, w, &grey, Some(&alpha))?,
+        )?;
+        written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
+    // Allsky: the order-3 tiles at 64 pixels (or the tile width), 27 to a row.
+    let sub = TileGeometry::new(w.min(64))?;
+    let (aw, ah) = (27 * sub.width, 29 * sub.width);
+    let mut allsky = vec![f32::NAN; aw * ah];
+    // Levels above the deepest: the tile being filled at each order (index 0 = order 3).
+    let mut pending: Vec<Option<Pending>> = (3..order).map(|_| None).collect();
+    let mut done = 0u64;
+    let total = tiles.len() as u64;
+    // Flushes the pending tile of `k` (and, into it, nothing more will come).
+    fn flush(
+        pending: &mut [Option<Pending>],
+        k: u8,
+        w: usize,
+        s: u8,
+        write: WriteTile<'_>,
+        allsky: &mut dyn FnMut(u64, &[f32]),
+    ) -> Result<()> {
+        let Some(p) = pending[(k - 3) as usize].take() else {
+            return Ok(());
+        };
+        let values: Vec<f32> = p
+            .sum
+            .iter()
+            .zip(&p.count)
+            .map(|(s, n)| {
+                if *n > 0 {
+                    (*s / *n as f64) as f32
+                } else {
+                    f32::NAN
+                }
+            })
+            .collect();
+        write(k, p.tile, &values)?;
+        if k == 3 {
+            allsky(p.tile, &values);
+        } else {
+            push_up(pending, k - 1, p.tile, &values, w, s, write, allsky)?;
+        }
+        Ok(())
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn push_up(
+        pending: &mut [Option<Pending>],
+        k: u8,
+        child: u64,
+        values: &[f32],
+        w: usize,
+        s: u8,
+        write: WriteTile<'_>,
+        allsky: &mut dyn FnMut(u64, &[f32]),
+    ) -> Result<()> {
+        let parent = child >> 2;
+        if pending[(k - 3) as usize]
+            .as_ref()
+            .is_some_and(|p| p.tile != parent)
+        {
+            flush(pending, k, w, s, write, allsky)?;
+        }
+        let p = pending[(k - 3) as usize].get_or_insert_with(|| Pending {
+            tile: parent,
+            sum: vec![0.0; w * w],
+            count: vec![0; w * w],
+        });
+        let quarter = (child & 3) << (2 * s - 2);
+        let g = TileGeometry { width: w, shift: s };
+        for sub in 0..(w * w) as u64 {
+            let (r, c) = g.pixel_of(sub);
+            let v = values[r * w + c];
+            if v.is_finite() {
+                let (r, c) = g.pixel_of(quarter | (sub >> 2));
+                p.sum[r * w + c] += v as f64;
+                p.count[r * w + c] += 1;
+            }
+        }
+        Ok(())
+    }
+    let mut put_allsky = |t: u64, values: &[f32]| {
+        let f = w / sub.width;
+        let (row0, col0) = ((t as usize / 27) * sub.width, (t as usize % 27) * sub.width);
+        for r in 0..sub.width {
+            for c in 0..sub.width {
+                let (mut sum, mut n) = (0.0f64, 0u32);
+                for dr in 0..f {
+                    for dc in 0..f {
+                        let v = values[(r * f + dr) * w + c * f + dc];
+                        if v.is_finite() {
+                            sum += v as f64;
+                            n += 1;
+                        }
+                    }
+                }
+                if n > 0 {
+                    allsky[(row0 + r) * aw + col0 + c] = (sum / n as f64) as f32;
+                }
+            }
+        }
+    };
+    for chunk in tiles.chunks(64) {
+        let rendered: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|&t| render(t))
+            .collect::<Result<_>>()?;
+        for (&t, values) in chunk.iter().zip(&rendered) {
+            write(order, t, values)?;
+            if order == 3 {
+                put_allsky(t, values);
+            } else {
+                push_up(
+                    &mut pending,
+                    order - 1,
+                    t,
+                    values,
+                    w,
+                    s,
+                    &write,
+                    &mut put_allsky,
+                )?;
+            }
+            done += 1;
+            progress(done, total);
+        }
+    }
+    for k in (3..order).rev() {
+        flush(&mut pending, k, w, s, &write, &mut put_allsky)?;
+    }
+    let dir = building.join("Norder3");
+    write_atomic(&dir.join("Allsky.fits"), &fits_image(aw, ah, &allsky, &[]))?;
+    let grey: Vec<u8> = allsky
+        .iter()
+        .map(|v| {
+            (((v - cut.0) / (cut.1 - cut.0)) * 255.0)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    let alpha: Vec<u8> = allsky
+        .iter()
+        .map(|v| if v.is_finite() { 255 } else { 0 })
+        .collect();
+    write_atomic(
+        &dir.join("Allsky.png"),
+        &png_image(aw, ah, &grey, Some(&alpha))?,
+    )?;
+    let moc = collection_moc(&usable, order)?;
+    write_atomic(
+        &building.join("Moc.fits"),
+        &meridian_sky::moc_fits(&moc, Some(&opts.name))
+            .map_err(|e| Error::Invalid(e.to_string()))?,
+    )?;
+    let (ra, dec, fov) = initial_view(&usable);
+    let mut p = Properties::default();
+    p.set("creator_did", format!("ivo://meridian/hips/{}", opts.name))
+        .set("obs_title", format!("{}: images", opts.name))
+        .set(
+            "obs_description",
+            format!(
+                "The images of collection {} resampled on HEALPix",
+                collection.name
+            ),
+        )
+        .set("dataproduct_type", "image")
+        .set("hips_version", "1.4")
+        .set(
+            "hips_builder",
+            format!("Meridian {}", env!("CARGO_PKG_VERSION")),
+        )
+        .set("hips_creator", "Meridian")
+        .set("hips_creation_date", now_iso())
+        .set("hips_release_date", now_iso())
+        .set("hips_status", "public master clonableOnce")
+        .set("hips_frame", "equatorial")
+        .set("hips_order", order.to_string())
+        .set("hips_order_min", "3")
+        .set("hips_tile_width", w.to_string())
+        .set("hips_tile_format", "png fits")
+        .set("hips_pixel_bitpix", "-32")
+        .set("data_pixel_bitpix", "-32")
+        .set(
+            "hips_pixel_scale",
+            format!(
+                "{:.8}",
+                meridian_sky::healpix::mean_cell_size_deg(pixel_order)
+            ),
+        )
+        .set("s_pixel_scale", format!("{:.8}", finest / 3600.0))
+        .set("hips_pixel_cut", format!("{} {}", cut.0, cut.1))
+        .set(
+            "hips_data_range",
+            format!(
+                "{} {}",
+                finite.first().copied().unwrap_or(0.0),
+                finite.last().copied().unwrap_or(1.0)
+            ),
+        )
+        .set("hips_initial_ra", format!("{ra:.6}"))
+        .set("hips_initial_dec", format!("{dec:.6}"))
+        .set("hips_initial_fov", format!("{fov:.6}"))
+        .set(
+            "moc_sky_fraction",
+            format!("{:.8}", moc.coverage_percentage()),
+        )
+        .set(
+            "hips_sampling",
+            match opts.kernel {
+                Kernel::Bilinear => "bilinear",
+                Kernel::Lanczos3 => "lanczos3",
+            },
+        )
+        .set("hips_overlay", "mean")
+        .set(
+            "hips_nb_tiles",
+            written
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+        );
+    p.write(&building)?;
+    crate::swap_in(&building, out)?;
+    Ok(ImageHipsReport {
+        order,
+        tiles: written.into_inner(),
+        images: usable.len(),
+        skipped,
+        cut,
+    })
+}
+
+fn collection_moc(datasets: &[Dataset], order: u8) -> Result<meridian_sky::Moc> {
+    let mocs: Vec<_> = datasets
+        .iter()
+        .map(|d| d.moc(order))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(meridian_sky::moc_union(&mocs))
+}
+
+/// Where a viewer opens: the mean direction of the images' centres, and a field holding
+/// them (at least one image's width).
+fn initial_view(datasets: &[Dataset]) -> (f64, f64, f64) {
+    let mut v = [0.0f64; 3];
+    for d in datasets {
+        if let Ok(p) = meridian_sky::SkyPoint::new(d.ra_deg.rem_euclid(360.0), d.dec_deg) {
+            let u = p.to_unit_vector();
+            (0..3).for_each(|i| v[i] += u[i]);
+        }
+    }
+    let c = meridian_sky::SkyPoint::from_vector(v);
+    let fov = datasets
+        .iter()
+        .map(|d| {
+            meridian_sky::angular_separation_deg(c.ra_deg(), c.dec_deg(), d.ra_deg, d.dec_deg) * 2.0
+                + d.fov_deg
+        })
+        .fold(0.0, f64::max)
+        .min(180.0);
+    (c.ra_deg(), c.dec_deg(), fov)
+}
+
+/// Now as an ISO 8601 UTC time to the minute (`YYYY-mm-ddTHH:MMZ`), as HiPS dates are.
+fn now_iso() -> String {
+    let unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let iso = meridian_images::collection::mjd_to_iso(unix_s / 86_400.0 + 40_587.0);
+    format!("{}Z", &iso[..16.min(iso.len())])
+}
