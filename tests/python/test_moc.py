@@ -3,6 +3,7 @@ ASCII) and written by `meridian moc`. Oracles: mocpy's `MOC.from_lonlat` on the 
 rows read from the input file with astropy, and mocpy's polygon MOCs of the footprints
 astropy.wcs computes from each image's header."""
 
+import io
 import json
 import os
 import subprocess
@@ -115,3 +116,70 @@ def test_bad_moc_requests_get_clear_errors(service):
     r = requests.get(f"{base}/moc/gaia", params={"fmt": "png"})
     assert r.status_code == 400 and "fmt" in r.text
     assert requests.get(f"{base}/health").status_code == 200
+
+
+def gaia_ids_in(moc):
+    """Source ids of the Gaia sample's rows inside `moc`, by mocpy."""
+    import astropy.units as u
+    from astropy.table import Table
+    t = Table.read(SHARED / "catalogs/gaia_dr3_bright.csv.gz", format="ascii.csv")
+    inside = moc.contains_lonlat(np.asarray(t["ra"], float) * u.deg, np.asarray(t["dec"], float) * u.deg)
+    return set(np.asarray(t["source_id"], dtype=np.int64)[inside].tolist())
+
+
+def region_moc():
+    """A MOC of mixed orders: a cone and a polygon, as mocpy builds them."""
+    import astropy.units as u
+    from astropy.coordinates import Latitude, Longitude
+    from mocpy import MOC
+    cone = MOC.from_cone(Longitude(83.8 * u.deg), Latitude(-5.4 * u.deg), radius=3 * u.deg, max_depth=9)
+    poly = MOC.from_polygon_skycoord(__import__("astropy.coordinates", fromlist=["SkyCoord"]).SkyCoord(
+        [200, 210, 212, 198] * u.deg, [10, 11, 20, 19] * u.deg), max_depth=8)
+    return cone.union(poly)
+
+
+def test_adql_moc_literal_selects_the_rows_mocpy_says(service):
+    import pyvo
+    base, _, _ = service
+    moc = region_moc()
+    ascii_text = moc.serialize(format="str")
+    want = gaia_ids_in(moc)
+    assert 100 < len(want) < 50_000
+    tap = pyvo.dal.TAPService(f"{base}/tap")
+    got = tap.run_sync(f"SELECT source_id FROM gaia WHERE CONTAINS(POINT('ICRS', ra, dec), "
+                       f"MOC('{ascii_text}')) = 1", maxrec=100_000).to_table()
+    assert set(np.asarray(got["source_id"], dtype=np.int64).tolist()) == want
+    # Its area, against mocpy's sky fraction.
+    area = tap.run_sync(f"SELECT AREA(MOC('{ascii_text}')) AS a FROM gaia WHERE source_id = "
+                        f"{next(iter(want))}").to_table()["a"][0]
+    assert abs(area - moc.sky_fraction * 41252.961249419) < 1e-6 * area
+
+
+def test_uploaded_moc_restricts_a_query(service, tmp_path):
+    import pyvo
+    base, _, _ = service
+    moc = region_moc()
+    want = gaia_ids_in(moc)
+    tap = pyvo.dal.TAPService(f"{base}/tap")
+    query = ("SELECT g.source_id FROM gaia AS g, TAP_UPLOAD.cov AS m "
+             "WHERE CONTAINS(POINT('ICRS', g.ra, g.dec), MOC(m.moc)) = 1")
+    for fmt, name in [("fits", "cov.fits"), ("json", "cov.json"), ("ascii", "cov.txt")]:
+        path = tmp_path / name
+        if fmt == "fits":
+            moc.save(path, format="fits", overwrite=True)
+        else:
+            path.write_text(moc.serialize(format="json" if fmt == "json" else "str") if fmt == "ascii"
+                            else json.dumps(moc.serialize(format="json")))
+        # pyvo sends a file object as it is (a path it would open as text).
+        got = tap.run_sync(query, uploads={"cov": io.BytesIO(path.read_bytes())}, maxrec=100_000).to_table()
+        assert set(np.asarray(got["source_id"], dtype=np.int64).tolist()) == want, fmt
+
+
+def test_bad_mocs_are_usage_errors(service):
+    base, _, _ = service
+    for q, word in [("SELECT source_id FROM gaia WHERE CONTAINS(POINT('ICRS', ra, dec), MOC('3/x')) = 1", "MOC"),
+                    ("SELECT MOC('3/1') FROM gaia", "MOC"),
+                    ("SELECT source_id FROM gaia WHERE CONTAINS(CIRCLE('ICRS', 1, 2, 3), MOC('3/1')) = 1",
+                     "POINT")]:
+        r = requests.post(f"{base}/tap/sync", data={"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": q})
+        assert r.status_code == 400 and word in r.text, (q, r.status_code, r.text[:300])

@@ -107,6 +107,8 @@ impl FunctionRegistry {
         f.insert("BOX".into(), sig(3, 5, Geometry, None));
         f.insert("POLYGON".into(), sig(3, usize::MAX, Geometry, None));
         f.insert("REGION".into(), sig(1, 1, Geometry, Some(String)));
+        // Meridian's extension: a MOC 2.0 coverage (ASCII or JSON text) as a region.
+        f.insert("MOC".into(), sig(1, 1, Geometry, Some(String)));
         f.insert("CENTROID".into(), sig(1, 1, Geometry, Some(Geometry)));
         for n in ["CONTAINS", "INTERSECTS"] {
             f.insert(n.into(), sig(2, 2, Numeric, Some(Geometry)));

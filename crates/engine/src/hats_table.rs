@@ -185,6 +185,14 @@ fn call_region(f: &ScalarFunction, ra: &str, dec: &str, bound: Option<f64>) -> O
     if a.len() < 2 || !is_column(&a[0], ra) || !is_column(&a[1], dec) {
         return None;
     }
+    if f.func.name() == "adql_contains_moc" && a.len() == 3 && bound.is_none() {
+        let Expr::Literal(datafusion::scalar::ScalarValue::Utf8(Some(text)), _) = &a[2] else {
+            return None;
+        };
+        return meridian_sky::moc_parse(text.as_bytes())
+            .ok()
+            .map(|m| Region::Moc(Box::new(m)));
+    }
     let nums: Option<Vec<f64>> = if f.func.name() == "q3c_poly_query" && a.len() == 3 {
         array_numbers(&a[2])
     } else {

@@ -500,6 +500,24 @@ impl Translator<'_> {
             "CIRCLE" => ShapeKind::Circle,
             "BOX" => ShapeKind::Box,
             "POLYGON" => ShapeKind::Polygon,
+            "MOC" => {
+                let Some(arg) = args.first() else {
+                    return Err(semantic(name.span, "MOC takes one argument".into()));
+                };
+                // A literal is checked (and its pruning region read) here; any other text
+                // expression (an uploaded MOC's column) is read as it is evaluated.
+                let Expr::Literal(Literal::String(text), span) = strip(arg) else {
+                    return Ok(Some((ShapeKind::Moc, vec![self.expr(arg, scope)?])));
+                };
+                let moc = meridian_sky::moc_parse(text.as_bytes())
+                    .map_err(|e| semantic(*span, format!("MOC: {e}")))?;
+                let ascii = meridian_sky::moc_ascii(&moc)
+                    .map_err(|e| semantic(*span, format!("MOC: {e}")))?
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                return Ok(Some((ShapeKind::Moc, vec![format!("'{ascii}'")])));
+            }
             "REGION" => {
                 let Some(Expr::Literal(Literal::String(text), span)) = args.first().map(strip)
                 else {
@@ -609,6 +627,17 @@ impl Translator<'_> {
     fn containment(&mut self, name: &Ident, args: &[Expr], scope: &[ScopeTable]) -> Result<String> {
         let up = name.value.to_ascii_uppercase();
         let (a, b) = (self.shape(&args[0], scope)?, self.shape(&args[1], scope)?);
+        let is = |s: &Option<(ShapeKind, Vec<String>)>, k: ShapeKind| {
+            s.as_ref().is_some_and(|s| s.0 == k)
+        };
+        if (is(&a, ShapeKind::Moc) && !is(&b, ShapeKind::Point))
+            || (is(&b, ShapeKind::Moc) && !is(&a, ShapeKind::Point))
+        {
+            return Err(Error::Unsupported(format!(
+                "{up} at {}: a MOC can only be tested against a POINT",
+                name.span
+            )));
+        }
         let (point, region) = match (a, b) {
             (Some((ShapeKind::Point, p)), Some(r)) => (p, r),
             (Some(r), Some((ShapeKind::Point, p))) if up == "INTERSECTS" => (p, r),
@@ -644,6 +673,7 @@ impl Translator<'_> {
             ShapeKind::Circle => "adql_contains_circle",
             ShapeKind::Box => "adql_contains_box",
             ShapeKind::Polygon => "adql_contains_polygon",
+            ShapeKind::Moc => "adql_contains_moc",
             ShapeKind::Point => {
                 return Err(Error::Unsupported(format!(
                     "{up} at {} of two POINTs (compare them with DISTANCE)",
@@ -857,7 +887,7 @@ impl Translator<'_> {
                 };
                 simple("adql_distance", coords)
             }
-            "POINT" | "CIRCLE" | "BOX" | "POLYGON" | "REGION" => {
+            "POINT" | "CIRCLE" | "BOX" | "POLYGON" | "REGION" | "MOC" => {
                 let (kind, coords) = self
                     .shape(
                         &Expr::Function {
@@ -869,6 +899,13 @@ impl Translator<'_> {
                         scope,
                     )?
                     .expect("a geometry constructor");
+                if kind == ShapeKind::Moc {
+                    return Err(Error::Unsupported(format!(
+                        "MOC at {}: a MOC is a region for CONTAINS(POINT(...), MOC(...)) \
+                         and AREA, not a value to select",
+                        name.span
+                    )));
+                }
                 simple(kind.value_udf(), coords)
             }
             "AREA" | "CENTROID" => {
@@ -883,6 +920,26 @@ impl Translator<'_> {
                     ("AREA", ShapeKind::Circle) => simple("adql_area_circle", coords),
                     ("AREA", ShapeKind::Box) => simple("adql_area_box", coords),
                     ("AREA", ShapeKind::Polygon) => simple("adql_area_polygon", coords),
+                    ("AREA", ShapeKind::Moc) => {
+                        let Some(text) = coords[0]
+                            .strip_prefix('\'')
+                            .and_then(|t| t.strip_suffix('\''))
+                        else {
+                            return Err(Error::Unsupported(format!(
+                                "AREA at {} of a MOC that is not a literal",
+                                name.span
+                            )));
+                        };
+                        let moc = meridian_sky::moc_parse(text.as_bytes())
+                            .map_err(|e| semantic(name.span, format!("MOC: {e}")))?;
+                        format!("{:?}", meridian_sky::Region::Moc(Box::new(moc)).area_deg2())
+                    }
+                    (_, ShapeKind::Moc) => {
+                        return Err(Error::Unsupported(format!(
+                            "CENTROID at {} of a MOC",
+                            name.span
+                        )));
+                    }
                     (_, ShapeKind::Polygon) => simple("adql_centroid_polygon", coords),
                     _ => simple("adql_point", coords[..2].to_vec()),
                 }
@@ -949,6 +1006,8 @@ enum ShapeKind {
     Circle,
     Box,
     Polygon,
+    /// A MOC, carried as one SQL string literal of its ASCII serialisation.
+    Moc,
 }
 
 impl ShapeKind {
@@ -959,6 +1018,7 @@ impl ShapeKind {
             ShapeKind::Circle => "adql_circle",
             ShapeKind::Box => "adql_box",
             ShapeKind::Polygon => "adql_polygon",
+            ShapeKind::Moc => "adql_moc",
         }
     }
 }
@@ -978,6 +1038,7 @@ fn region_meets(value: &str, mode: &str, shape: &(ShapeKind, Vec<String>)) -> St
         ShapeKind::Circle => "circle",
         ShapeKind::Box => "box",
         ShapeKind::Polygon => "polygon",
+        ShapeKind::Moc => "moc",
     };
     format!(
         "adql_region_meets({value}, '{mode}', '{kind}', {})",

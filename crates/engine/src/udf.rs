@@ -15,6 +15,7 @@
 //! | `healpix_parent` | `_healpix_29`, order | NESTED cell at that order (keeps the sort) |
 //! | `q3c_poly_query` | ra, dec, polygon as an array ra1, dec1, ra2, dec2, ... | true inside |
 //! | `q3c_ang2ipix` | ra, dec | Q3C cube-face pixel at Q3C's default depth (nside 2^30) |
+//! | `adql_contains_moc` | ra, dec, MOC (ASCII text) | 1 in one of the MOC's cells, 0 outside |
 //!
 //! A NULL argument gives NULL; an invalid region (negative radius, self-intersecting
 //! polygon) is an execution error naming the function and the value.
@@ -440,8 +441,104 @@ pub(crate) fn polygon(name: &str, coords: &[f64]) -> Result<Region> {
     ))
 }
 
+/// `adql_contains_moc(ra, dec, moc)`: whether each position lies in a MOC given as its
+/// ASCII text (ADQL's `CONTAINS(POINT(ra, dec), MOC('...'))`). The MOC is parsed once per
+/// distinct text and kept for the function's life.
+#[derive(Debug)]
+struct MocUdf {
+    signature: Signature,
+    parsed: std::sync::Mutex<Option<(String, Arc<meridian_sky::Moc>)>>,
+}
+
+impl PartialEq for MocUdf {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for MocUdf {}
+
+impl std::hash::Hash for MocUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "adql_contains_moc".hash(state);
+    }
+}
+
+impl MocUdf {
+    fn new() -> Self {
+        Self {
+            signature: Signature::exact(
+                vec![DataType::Float64, DataType::Float64, DataType::Utf8],
+                Volatility::Immutable,
+            ),
+            parsed: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn moc(&self, text: &str) -> Result<Arc<meridian_sky::Moc>> {
+        let mut p = self.parsed.lock().expect("MOC cache");
+        if let Some((t, m)) = p.as_ref()
+            && t == text
+        {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(
+            meridian_sky::moc_parse(text.as_bytes()).map_err(|e| err("adql_contains_moc", e))?,
+        );
+        *p = Some((text.to_string(), m.clone()));
+        Ok(m)
+    }
+}
+
+impl ScalarUDFImpl for MocUdf {
+    fn name(&self) -> &str {
+        "adql_contains_moc"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let ra = arrow::compute::cast(&arrays[0], &DataType::Float64)?;
+        let dec = arrow::compute::cast(&arrays[1], &DataType::Float64)?;
+        let text = arrow::compute::cast(&arrays[2], &DataType::Utf8)?;
+        let (ra, dec, text) = (
+            ra.as_primitive::<Float64Type>(),
+            dec.as_primitive::<Float64Type>(),
+            text.as_string::<i32>(),
+        );
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            if ra.is_null(i) || dec.is_null(i) || text.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            let moc = self.moc(text.value(i))?;
+            let p = SkyPoint::new(ra.value(i), dec.value(i))
+                .map_err(|e| err("adql_contains_moc", e))?;
+            out.push(Some(
+                moc.is_in(p.ra_deg().to_radians(), p.dec_deg().to_radians()) as i32,
+            ));
+        }
+        Ok(ColumnarValue::Array(Arc::new(Int32Array::from(out))))
+    }
+}
+
 /// Every spatial function, for registration.
 pub fn spatial_udfs() -> Vec<ScalarUDF> {
+    std::iter::once(ScalarUDF::new_from_impl(MocUdf::new()))
+        .chain(spatial_numeric_udfs())
+        .collect()
+}
+
+fn spatial_numeric_udfs() -> Vec<ScalarUDF> {
     [
         ("adql_distance", Op::Distance),
         ("adql_contains_circle", Op::ContainsCircle),

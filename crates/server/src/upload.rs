@@ -285,6 +285,9 @@ fn read(upload: &Upload, limits: &Limits) -> Result<Arc<dyn TableProvider>> {
             &*fetched
         }
     };
+    if let Some(moc) = moc_upload(&upload.name, path, limits)? {
+        return Ok(moc);
+    }
     let reader = meridian_formats::open(path, &read_options(limits)).map_err(bad)?;
     let schema = reader.schema();
     let mut batches = Vec::new();
@@ -303,6 +306,70 @@ fn read(upload: &Upload, limits: &Limits) -> Result<Arc<dyn TableProvider>> {
     let table = MemTable::try_new(schema, vec![batches])
         .map_err(|e| Error::Usage(format!("UPLOAD '{}' cannot be used: {e}", upload.name)))?;
     Ok(Arc::new(table))
+}
+
+/// An uploaded MOC (MOC 2.0 FITS, ASCII or JSON) as a one-row table whose column `moc`
+/// holds its ASCII text, for `... FROM t, TAP_UPLOAD.name AS m WHERE
+/// CONTAINS(POINT(t.ra, t.dec), MOC(m.moc)) = 1`;
+/// `None` when the file is not a MOC (a table, then).
+fn moc_upload(
+    name: &str,
+    path: &std::path::Path,
+    limits: &Limits,
+) -> Result<Option<Arc<dyn TableProvider>>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4 * 2880).read_to_end(&mut head))
+        .map_err(|e| Error::Usage(format!("UPLOAD '{name}' cannot be read: {e}")))?;
+    let text = String::from_utf8_lossy(&head);
+    let fits_moc = head.starts_with(b"SIMPLE  =")
+        && (text.contains("MOCORDER") || text.contains("MOCVERS") || text.contains("MOCDIM"));
+    let trimmed = text.trim_start();
+    let ascii_moc = !trimmed.is_empty()
+        && trimmed
+            .chars()
+            .take(512)
+            .all(|c| c.is_ascii_digit() || " \t\r\n/-,".contains(c))
+        && trimmed
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.contains('/'));
+    let json_moc = trimmed.starts_with('{') && trimmed[1..].trim_start().starts_with('"');
+    if !(fits_moc || ascii_moc || json_moc) {
+        return Ok(None);
+    }
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size > limits.upload_max_bytes {
+        return Err(Error::Services(meridian_services::Error::Quota(format!(
+            "UPLOAD '{name}' is over the service's limit of {} bytes",
+            limits.upload_max_bytes
+        ))));
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Usage(format!("UPLOAD '{name}' cannot be read: {e}")))?;
+    let moc = match meridian_sky::moc_parse(&bytes) {
+        Ok(m) => m,
+        // JSON that is not a MOC may still be a table.
+        Err(_) if json_moc => return Ok(None),
+        Err(e) => return Err(Error::Usage(format!("UPLOAD '{name}': {e}"))),
+    };
+    let ascii = meridian_sky::moc_ascii(&moc)
+        .map_err(|e| Error::Usage(format!("UPLOAD '{name}': {e}")))?
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("moc", arrow::datatypes::DataType::Utf8, false),
+    ]));
+    let batch = arrow::array::RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow::array::StringArray::from(vec![ascii]))],
+    )
+    .map_err(|e| Error::Usage(format!("UPLOAD '{name}': {e}")))?;
+    let table = MemTable::try_new(schema, vec![vec![batch]])
+        .map_err(|e| Error::Usage(format!("UPLOAD '{name}' cannot be used: {e}")))?;
+    Ok(Some(Arc::new(table)))
 }
 
 /// The engine to run a query on: `engine` itself without uploads, else an engine with

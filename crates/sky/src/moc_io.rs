@@ -83,3 +83,81 @@ mod tests {
         assert!((moc_sky_fraction(&union) - 6.0 / 768.0 - 1.0 / 3072.0).abs() < 1e-12);
     }
 }
+
+/// Reads a space MOC from any of its serialisations: MOC 2.0 FITS (NUNIQ or RANGE, any
+/// integer width), ASCII (`order/cells ...`) or Aladin's JSON (`{"order": [cells]}`).
+pub fn moc_parse(bytes: &[u8]) -> Result<Moc> {
+    use moc::deser::fits::{MocIdxType, MocQtyType, MocType, from_fits_ivoa};
+    use moc::idx::Idx;
+    use moc::moc::{CellMOCIntoIterator, CellMOCIterator, CellOrCellRangeMOCIntoIterator};
+    use moc::moc::{CellOrCellRangeMOCIterator, RangeMOCIterator};
+    use moc::qty::{Hpx, MocQty};
+
+    /// A MOC of narrower indices as one of u64 (the cells' order-29 ranges).
+    fn widen<T: Idx, I: RangeMOCIterator<T, Qty = Hpx<T>>>(it: I) -> Moc {
+        let depth = it.depth_max();
+        let shift = 2 * (Hpx::<u64>::MAX_DEPTH - Hpx::<T>::MAX_DEPTH) as u32;
+        let ranges = it
+            .map(|r| (r.start.to_u64() << shift)..(r.end.to_u64() << shift))
+            .collect();
+        RangeMOC::new(depth, MocRanges::new_from(ranges))
+    }
+    fn space<T: Idx, R: std::io::BufRead>(q: MocQtyType<T, R>) -> Result<Moc> {
+        match q {
+            MocQtyType::Hpx(MocType::Ranges(r)) => Ok(widen(r)),
+            MocQtyType::Hpx(MocType::Cells(c)) => Ok(widen(c.into_cell_moc_iter().ranges())),
+            _ => Err(Error::Moc(
+                "the FITS file holds a time or frequency MOC, not a space MOC".into(),
+            )),
+        }
+    }
+    let head = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    if bytes.starts_with(b"SIMPLE  =") {
+        return match from_fits_ivoa(std::io::Cursor::new(bytes))
+            .map_err(|e| Error::Moc(format!("reading a FITS MOC: {e}")))?
+        {
+            MocIdxType::U16(q) => space(q),
+            MocIdxType::U32(q) => space(q),
+            MocIdxType::U64(q) => space(q),
+        };
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Error::Moc("a MOC is FITS, ASCII or JSON, not binary data".into()))?;
+    if bytes.get(head) == Some(&b'{') {
+        let cells = moc::deser::json::from_json_aladin::<u64, Hpx<u64>>(text)
+            .map_err(|e| Error::Moc(format!("reading a JSON MOC: {e}")))?;
+        return Ok(widen(cells.into_cell_moc_iter().ranges()));
+    }
+    let cells = moc::deser::ascii::from_ascii_ivoa::<u64, Hpx<u64>>(text.trim())
+        .map_err(|e| Error::Moc(format!("reading an ASCII MOC: {e}")))?;
+    Ok(widen(cells.into_cellcellrange_moc_iter().ranges()))
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn every_serialisation_reads_back() {
+        let moc = moc_from_cells(9, [5u64, 6, 7, 100, 3_000_000]).unwrap();
+        let fits = moc_fits(&moc, Some("t")).unwrap();
+        let ascii = moc_ascii(&moc).unwrap();
+        let json = crate::moc_json(&moc);
+        for (what, bytes) in [
+            ("fits", fits),
+            ("ascii", ascii.into_bytes()),
+            ("json", json.into_bytes()),
+        ] {
+            let back = moc_parse(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(back.moc_ranges(), moc.moc_ranges(), "{what}");
+        }
+        // Mixed orders, written by hand.
+        let m = moc_parse(b" 3/1-2 4/40 ").unwrap();
+        assert_eq!(m.depth_max(), 4);
+        assert!(moc_parse(b"3/abc").is_err());
+        assert!(moc_parse(&[0u8, 159, 146, 150]).is_err());
+    }
+}
