@@ -101,6 +101,12 @@ def test_moc_and_properties(density, rows):
     assert set(props["hips_tile_format"].split()) == {"png", "fits"}
     moc = MOC.from_fits(root / "Moc.fits")
     assert moc == MOC.from_lonlat(rows[0] * u.deg, rows[1] * u.deg, max_norder=7)
+    # The HiPS's MOC at /moc/<name> too, coarsened when asked.
+    served = MOC.from_fits(io.BytesIO(requests.get(f"{base}/moc/gaia-density?order=7").content))
+    assert served == moc
+    coarse = MOC.from_fits(io.BytesIO(requests.get(f"{base}/moc/gaia-density?order=5").content))
+    assert coarse == MOC.from_lonlat(rows[0] * u.deg, rows[1] * u.deg, max_norder=5)
+    assert f"moc_access_url" in requests.get(f"{base}/hips/list").text
 
 
 def test_tiles_are_served_with_cache_headers(density):
@@ -120,3 +126,41 @@ def test_tiles_are_served_with_cache_headers(density):
     for bad in ["Norder3/Dir0/Npix99999.png", "..%2F..%2Fcatalogs", "%2E%2E/properties"]:
         assert requests.get(f"{base}/hips/gaia-density/{bad}").status_code == 404, bad
     assert requests.get(f"{base}/hips/nothing/properties").status_code == 404
+
+
+def test_mean_of_a_column_per_cell(density, tmp_path):
+    """`--aggregate mean --column phot_g_mean_mag`: each pixel the mean magnitude of its
+    cell's rows (numpy over healpy's cells), NaN where a cell has none."""
+    import healpy as hp
+    from astropy.io import fits
+    from astropy.table import Table
+    base, root = density
+    data = root.parent.parent
+    p = subprocess.run([meridian_bin(), "--data-dir", str(data), "hips", "density", "gaia", "--order", "3",
+                        "--tile-width", str(WIDTH), "--aggregate", "mean", "--column", "phot_g_mean_mag",
+                        "--out", "gaia-gmag", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    t = Table.read(SHARED / "catalogs/gaia_dr3_bright.csv.gz", format="ascii.csv")
+    g = np.asarray(t["phot_g_mean_mag"].filled(np.nan) if hasattr(t["phot_g_mean_mag"], "filled")
+                   else t["phot_g_mean_mag"], dtype=float)
+    pix = hp.ang2pix(2 ** (3 + SHIFT), np.asarray(t["ra"], float), np.asarray(t["dec"], float), nest=True,
+                     lonlat=True)
+    ok = np.isfinite(g)
+    n = np.bincount(pix[ok], minlength=12 * 4 ** (3 + SHIFT))
+    sums = np.bincount(pix[ok], weights=g[ok], minlength=len(n))
+    with np.errstate(invalid="ignore"):
+        mean = (sums / n).reshape(-1, WIDTH * WIDTH)
+    a = hipspy_array(SHIFT)
+    out = root.parent / "gaia-gmag"
+    checked = 0
+    for path in (out / "Norder3").glob("Dir*/Npix*.fits"):
+        k = int(path.stem[4:])
+        got = np.rot90(fits.getdata(path), k=-1).astype(float)
+        want = mean[k][a]
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-6)
+        checked += int((~np.isnan(got)).sum())
+    assert checked > 10_000
+    bad = subprocess.run([meridian_bin(), "--data-dir", str(data), "hips", "density", "gaia", "--aggregate", "mean",
+                          "--column", "nope", "--quiet"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "nope" in bad.stderr

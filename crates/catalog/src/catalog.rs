@@ -258,23 +258,89 @@ impl Catalog {
     /// cells: one pass over the partitions reading only the `_healpix_29` column (or the
     /// positions, for a catalog without it). `progress` hears the rows read so far.
     pub fn cell_counts(&self, order: u8, progress: &dyn Fn(u64)) -> Result<Vec<(u64, u64)>> {
+        let mut counts: Vec<(u64, u64)> = Vec::new();
+        self.fold_cells(
+            order,
+            None,
+            progress,
+            &mut |cell, _| match counts.last_mut() {
+                Some((c, n)) if *c == cell => *n += 1,
+                _ => counts.push((cell, 1)),
+            },
+        )?;
+        // Partitions are in no particular order, and cells of a coarse order span several.
+        counts.sort_unstable_by_key(|c| c.0);
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(counts.len());
+        for (cell, n) in counts {
+            match merged.last_mut() {
+                Some((c, m)) if *c == cell => *m += n,
+                _ => merged.push((cell, n)),
+            }
+        }
+        Ok(merged)
+    }
+
+    /// The rows and the statistics of numeric `column` (its non-null, finite values) per
+    /// HEALPix cell at `order`, in cell order, without empty cells; one pass reading only
+    /// that column and the cells.
+    pub fn cell_stats(
+        &self,
+        order: u8,
+        column: &str,
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<CellStats>> {
+        let mut stats: Vec<CellStats> = Vec::new();
+        self.fold_cells(order, Some(column), progress, &mut |cell, v| {
+            if stats.last().is_none_or(|s| s.cell != cell) {
+                stats.push(CellStats::new(cell));
+            }
+            stats.last_mut().expect("pushed").add(v);
+        })?;
+        stats.sort_unstable_by_key(|c| c.cell);
+        let mut merged: Vec<CellStats> = Vec::with_capacity(stats.len());
+        for s in stats {
+            match merged.last_mut() {
+                Some(m) if m.cell == s.cell => m.merge(&s),
+                _ => merged.push(s),
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Calls `f(cell at order, value of column)` for every row with a position, partition
+    /// by partition (rows of a partition in its file's order).
+    fn fold_cells(
+        &self,
+        order: u8,
+        column: Option<&str>,
+        progress: &dyn Fn(u64),
+        f: &mut dyn FnMut(u64, Option<f64>),
+    ) -> Result<()> {
         let order = healpix::check_order(order).map_err(|e| Error::Invalid(e.to_string()))?;
         let shift = 2 * (29 - order as u32);
-        let mut counts: Vec<(u64, u64)> = Vec::new();
-        let mut push = |cell: u64| match counts.last_mut() {
-            Some((c, n)) if *c == cell => *n += 1,
-            _ => counts.push((cell, 1)),
-        };
+        if let Some(c) = column {
+            let field = self
+                .schema
+                .field_with_name(c)
+                .map_err(|_| Error::Invalid(format!("no column '{c}' in the catalog")))?;
+            if !field.data_type().is_numeric() {
+                return Err(Error::Invalid(format!(
+                    "column '{c}' is {}, not a number",
+                    field.data_type()
+                )));
+            }
+        }
         let mut rows = 0u64;
         for pixel in &self.partitions {
             let path = pixel.path_in(&self.dir);
             let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|e| Error::parquet(&path, e))?;
-            let wanted: Vec<&str> = match &self.hpx_column {
+            let mut wanted: Vec<&str> = match &self.hpx_column {
                 Some(h) => vec![h.as_str()],
                 None => vec![self.ra_column.as_str(), self.dec_column.as_str()],
             };
+            wanted.extend(column);
             let schema = builder.parquet_schema();
             let leaves: Vec<usize> = wanted
                 .iter()
@@ -295,18 +361,35 @@ impl Catalog {
             for batch in reader {
                 let batch =
                     batch.map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-                if self.hpx_column.is_some() {
-                    let h = arrow::compute::cast(batch.column(0), &DataType::Int64)
-                        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-                    for v in h.as_primitive::<Int64Type>().iter().flatten() {
-                        push((v as u64) >> shift);
+                let by_name = |name: &str, t: &DataType| {
+                    let c = batch.column_by_name(name).ok_or_else(|| {
+                        Error::Invalid(format!("{}: no column '{name}'", path.display()))
+                    })?;
+                    arrow::compute::cast(c, t)
+                        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+                };
+                let values = match column {
+                    Some(c) => Some(by_name(c, &DataType::Float64)?),
+                    None => None,
+                };
+                let values = values.as_ref().map(|v| v.as_primitive::<Float64Type>());
+                let value = |i: usize| {
+                    values
+                        .and_then(|v| (v.is_valid(i) && v.value(i).is_finite()).then(|| v.value(i)))
+                };
+                if let Some(h) = &self.hpx_column {
+                    let h = by_name(h, &DataType::Int64)?;
+                    let h = h.as_primitive::<Int64Type>();
+                    for i in 0..batch.num_rows() {
+                        if h.is_valid(i) {
+                            f((h.value(i) as u64) >> shift, value(i));
+                        }
                     }
                 } else {
-                    let f = |i: usize| {
-                        arrow::compute::cast(batch.column(i), &DataType::Float64)
-                            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
-                    };
-                    let (ra, dec) = (f(0)?, f(1)?);
+                    let (ra, dec) = (
+                        by_name(&self.ra_column, &DataType::Float64)?,
+                        by_name(&self.dec_column, &DataType::Float64)?,
+                    );
                     let (ra, dec) = (
                         ra.as_primitive::<Float64Type>(),
                         dec.as_primitive::<Float64Type>(),
@@ -317,7 +400,7 @@ impl Catalog {
                             && let Ok(p) =
                                 SkyPoint::new(ra.value(i).rem_euclid(360.0), dec.value(i))
                         {
-                            push(healpix::hash(order, &p));
+                            f(healpix::hash(order, &p), value(i));
                         }
                     }
                 }
@@ -325,16 +408,7 @@ impl Catalog {
                 progress(rows);
             }
         }
-        // Partitions are in no particular order, and cells of a coarse order span several.
-        counts.sort_unstable_by_key(|c| c.0);
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(counts.len());
-        for (cell, n) in counts {
-            match merged.last_mut() {
-                Some((c, m)) if *c == cell => *m += n,
-                _ => merged.push((cell, n)),
-            }
-        }
-        Ok(merged)
+        Ok(())
     }
 
     /// The MOC at `order` of the catalog's rows: the cells holding at least one.
@@ -379,6 +453,57 @@ pub struct ScanStats {
     pub row_groups_read: usize,
     /// Rows decoded before the exact region test.
     pub rows_scanned: u64,
+}
+
+/// The rows of one HEALPix cell and the statistics of a column's values there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CellStats {
+    /// NESTED cell.
+    pub cell: u64,
+    /// Rows in the cell.
+    pub rows: u64,
+    /// Rows with a finite value.
+    pub values: u64,
+    /// Sum of the values.
+    pub sum: f64,
+    /// Smallest value (+inf when none).
+    pub min: f64,
+    /// Largest value (-inf when none).
+    pub max: f64,
+}
+
+impl CellStats {
+    /// An empty cell.
+    pub fn new(cell: u64) -> Self {
+        Self {
+            cell,
+            rows: 0,
+            values: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    /// Counts one row and its value.
+    pub fn add(&mut self, v: Option<f64>) {
+        self.rows += 1;
+        if let Some(v) = v {
+            self.values += 1;
+            self.sum += v;
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+    }
+
+    /// Adds another cell's rows and values (the cell number is kept).
+    pub fn merge(&mut self, o: &CellStats) {
+        self.rows += o.rows;
+        self.values += o.values;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
 }
 
 /// A streaming, pruned read of a catalog.

@@ -25,7 +25,7 @@ pub mod properties;
 mod store;
 mod write;
 
-pub use catalog::{Catalog, ColumnInfo, Scan, ScanStats, coverage_order, overlaps};
+pub use catalog::{Catalog, CellStats, ColumnInfo, Scan, ScanStats, coverage_order, overlaps};
 pub use error::{Error, Result};
 pub use ingest::{IngestOptions, IngestProgress, IngestReport, Stage};
 pub use layout::Pixel;

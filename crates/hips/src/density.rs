@@ -3,10 +3,14 @@
 //! of order `k + log2(width)`; lower orders sum their children, so every order shows the
 //! same sky at its own resolution. FITS tiles hold the counts; PNG tiles a logarithmic
 //! grey scale (transparent where a cell is empty) for viewers.
+//!
+//! Instead of counts, a map may hold an aggregate of a numeric column per cell (mean, sum,
+//! minimum or maximum of its finite values; NaN where a cell has none), with a linear grey
+//! scale between the deepest order's smallest and largest values.
 
 use std::path::Path;
 
-use meridian_catalog::Catalog;
+use meridian_catalog::{Catalog, CellStats};
 
 use crate::tile::{fits_image, png_image, write_atomic};
 use crate::{Error, Properties, Result, TileGeometry, tile_path};
@@ -20,6 +24,78 @@ pub struct DensityOptions {
     pub order: u8,
     /// Tile width in pixels.
     pub tile_width: usize,
+    /// What each pixel holds.
+    pub aggregate: Aggregate,
+}
+
+/// What a density map's pixels hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Aggregate {
+    /// Rows per cell.
+    Count,
+    /// Mean of a column's finite values.
+    Mean(String),
+    /// Sum of a column's finite values.
+    Sum(String),
+    /// Smallest of a column's values.
+    Min(String),
+    /// Largest of a column's values.
+    Max(String),
+}
+
+impl Aggregate {
+    /// `count`, or `mean|sum|min|max` of `column`.
+    pub fn parse(kind: &str, column: Option<&str>) -> Result<Self> {
+        let col = || {
+            column
+                .map(str::to_string)
+                .ok_or_else(|| Error::Invalid(format!("aggregate '{kind}' needs a column")))
+        };
+        Ok(match kind {
+            "count" => Aggregate::Count,
+            "mean" => Aggregate::Mean(col()?),
+            "sum" => Aggregate::Sum(col()?),
+            "min" => Aggregate::Min(col()?),
+            "max" => Aggregate::Max(col()?),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "aggregate '{other}' is not count, mean, sum, min or max"
+                )));
+            }
+        })
+    }
+
+    fn column(&self) -> Option<&str> {
+        match self {
+            Aggregate::Count => None,
+            Aggregate::Mean(c) | Aggregate::Sum(c) | Aggregate::Min(c) | Aggregate::Max(c) => {
+                Some(c)
+            }
+        }
+    }
+
+    /// The pixel value of a cell.
+    fn value(&self, s: &CellStats) -> f64 {
+        let none = s.values == 0;
+        match self {
+            Aggregate::Count => s.rows as f64,
+            _ if none => f64::NAN,
+            Aggregate::Mean(_) => s.sum / s.values as f64,
+            Aggregate::Sum(_) => s.sum,
+            Aggregate::Min(_) => s.min,
+            Aggregate::Max(_) => s.max,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Aggregate::Count => "rows".into(),
+            Aggregate::Mean(c) => format!("mean of {c}"),
+            Aggregate::Sum(c) => format!("sum of {c}"),
+            Aggregate::Min(c) => format!("smallest {c}"),
+            Aggregate::Max(c) => format!("largest {c}"),
+        }
+    }
 }
 
 /// What a build made.
@@ -49,6 +125,23 @@ fn coarsen(counts: &[(u64, u64)], levels: u8) -> Vec<(u64, u64)> {
     out
 }
 
+/// Merges `stats` (by cell) into the cells `levels` orders coarser.
+fn coarsen_stats(stats: &[CellStats], levels: u8) -> Vec<CellStats> {
+    let mut out: Vec<CellStats> = Vec::new();
+    for s in stats {
+        let p = s.cell >> (2 * levels as u32);
+        match out.last_mut() {
+            Some(q) if q.cell == p => q.merge(s),
+            _ => {
+                let mut q = *s;
+                q.cell = p;
+                out.push(q);
+            }
+        }
+    }
+    out
+}
+
 /// Builds the density map of `catalog` into directory `out` (replacing what was there
 /// only once the new one is complete). `progress` hears (stage, count).
 pub fn build(
@@ -67,8 +160,50 @@ pub fn build(
         )));
     }
     let pixel_order = opts.order + geometry.shift;
-    let counts = catalog.cell_counts(pixel_order, &|n| progress("rows", n))?;
+    let agg = &opts.aggregate;
+    let stats: Vec<CellStats> = match agg.column() {
+        None => catalog
+            .cell_counts(pixel_order, &|n| progress("rows", n))?
+            .into_iter()
+            .map(|(cell, n)| CellStats {
+                rows: n,
+                ..CellStats::new(cell)
+            })
+            .collect(),
+        Some(c) => catalog.cell_stats(pixel_order, c, &|n| progress("rows", n))?,
+    };
+    let counts: Vec<(u64, u64)> = stats.iter().map(|s| (s.cell, s.rows)).collect();
     let rows: u64 = counts.iter().map(|c| c.1).sum();
+    // The grey scale of each order: log(1 + n) up to its largest count, or linear between
+    // its smallest and largest values.
+    let range = |cells: &[CellStats]| -> (f64, f64) {
+        let finite = cells.iter().map(|s| agg.value(s)).filter(|v| v.is_finite());
+        let (lo, hi) = match agg {
+            Aggregate::Count => (0.0, finite.fold(1.0f64, f64::max)),
+            _ => finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            }),
+        };
+        if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) }
+    };
+    let paint = |s: &CellStats, (lo, hi): (f64, f64)| -> (f32, u8, u8) {
+        let v = agg.value(s);
+        if !v.is_finite() {
+            return (f32::NAN, 0, 0);
+        }
+        let t = match agg {
+            Aggregate::Count => v.ln_1p() / hi.ln_1p(),
+            _ if hi > lo => (v - lo) / (hi - lo),
+            _ => 1.0,
+        };
+        (v as f32, (t * 255.0).round().clamp(1.0, 255.0) as u8, 255)
+    };
+    let (lo, hi) = range(&stats);
+    let empty = if *agg == Aggregate::Count {
+        0.0
+    } else {
+        f32::NAN
+    };
     let building = out.with_extension("building");
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
@@ -76,31 +211,33 @@ pub fn build(
     std::fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
     let w = geometry.width;
     let mut tiles = 0usize;
-    let mut cut_max = 0.0f64;
+    let unit = match agg {
+        Aggregate::Count => Some("count".to_string()),
+        _ => agg
+            .column()
+            .and_then(|c| catalog.columns().into_iter().find(|x| x.name == c))
+            .and_then(|c| c.meta.unit),
+    };
     for order in (3..=opts.order).rev() {
-        let cells = coarsen(&counts, opts.order - order);
-        let max = cells.iter().map(|c| c.1).max().unwrap_or(1).max(1) as f64;
-        if order == opts.order {
-            cut_max = max;
-        }
+        let cells = coarsen_stats(&stats, opts.order - order);
+        let cut = range(&cells);
         let mut i = 0;
         while i < cells.len() {
-            let tile = cells[i].0 >> (2 * geometry.shift as u32);
-            let mut values = vec![0f32; w * w];
+            let tile = cells[i].cell >> (2 * geometry.shift as u32);
+            let mut values = vec![empty; w * w];
             let mut grey = vec![0u8; w * w];
             let mut alpha = vec![0u8; w * w];
-            while i < cells.len() && cells[i].0 >> (2 * geometry.shift as u32) == tile {
-                let (cell, n) = cells[i];
+            while i < cells.len() && cells[i].cell >> (2 * geometry.shift as u32) == tile {
+                let cell = cells[i].cell;
                 let (r, c) = geometry.pixel_of(cell & ((1u64 << (2 * geometry.shift)) - 1));
                 let k = r * w + c;
-                values[k] = n as f32;
-                grey[k] = (((n as f64).ln_1p() / max.ln_1p()) * 255.0)
-                    .round()
-                    .clamp(1.0, 255.0) as u8;
-                alpha[k] = 255;
+                (values[k], grey[k], alpha[k]) = paint(&cells[i], cut);
                 i += 1;
             }
-            let cards = [("BUNIT", "'count'".to_string())];
+            let cards: Vec<(&str, String)> = unit
+                .iter()
+                .map(|u| ("BUNIT", format!("'{}'", u.replace('\'', "''"))))
+                .collect();
             write_atomic(
                 &tile_path(&building, order, tile, "fits"),
                 &fits_image(w, w, &values, &cards),
@@ -113,7 +250,10 @@ pub fn build(
             progress("tiles", tiles as u64);
         }
     }
-    allsky(&building, &counts, pixel_order, geometry)?;
+    allsky(&building, &stats, pixel_order, geometry, empty, &|cells| {
+        let cut = range(cells);
+        cells.iter().map(|c| paint(c, cut)).collect()
+    })?;
     // Coverage: the cells with rows, at the tile order plus 3 (cells of an eighth of a tile).
     let moc_order = (opts.order + 3).min(pixel_order);
     let moc_cells = coarsen(&counts, pixel_order - moc_order);
@@ -127,12 +267,14 @@ pub fn build(
     let (ra, dec) = densest(&counts, pixel_order);
     let mut p = Properties::default();
     p.set("creator_did", format!("ivo://meridian/hips/{}", opts.name))
-        .set("obs_title", format!("{}: source density", opts.name))
+        .set("obs_title", format!("{}: {}", opts.name, agg.describe()))
         .set(
             "obs_description",
             format!(
-                "Rows of catalog {} per HEALPix cell of order {pixel_order} (tiles of order {})",
-                opts.name, opts.order
+                "{} per HEALPix cell of order {pixel_order} (tiles of order {}), of catalog {}",
+                agg.describe(),
+                opts.order,
+                opts.name
             ),
         )
         .set("dataproduct_type", "image")
@@ -156,8 +298,8 @@ pub fn build(
                 meridian_sky::healpix::mean_cell_size_deg(pixel_order)
             ),
         )
-        .set("hips_pixel_cut", format!("0 {cut_max}"))
-        .set("hips_data_range", format!("0 {cut_max}"))
+        .set("hips_pixel_cut", format!("{lo} {hi}"))
+        .set("hips_data_range", format!("{lo} {hi}"))
         .set("hips_initial_ra", format!("{ra:.6}"))
         .set("hips_initial_dec", format!("{dec:.6}"))
         .set("hips_initial_fov", "60")
@@ -166,8 +308,10 @@ pub fn build(
             format!("{:.6}", moc.coverage_percentage()),
         )
         .set("hips_nb_tiles", tiles.to_string())
-        .set("data_pixel_bitpix", "-32")
-        .set("bunit", "count");
+        .set("data_pixel_bitpix", "-32");
+    if let Some(u) = &unit {
+        p.set("bunit", u.clone());
+    }
     p.write(&building)?;
     crate::swap_in(&building, out)?;
     Ok(DensityReport {
@@ -187,30 +331,32 @@ fn densest(counts: &[(u64, u64)], pixel_order: u8) -> (f64, f64) {
 
 /// `Norder3/Allsky.{fits,png}`: the 768 tiles of order 3 at 64 pixels (or the tile width,
 /// if smaller), 27 to a row, as Aladin reads them.
-fn allsky(root: &Path, counts: &[(u64, u64)], pixel_order: u8, tile: TileGeometry) -> Result<()> {
+fn allsky(
+    root: &Path,
+    stats: &[CellStats],
+    pixel_order: u8,
+    tile: TileGeometry,
+    empty: f32,
+    paint: &dyn Fn(&[CellStats]) -> Vec<(f32, u8, u8)>,
+) -> Result<()> {
     let sub = TileGeometry::new(tile.width.min(64))?;
     let sub_order = 3 + sub.shift;
     let cells = if pixel_order >= sub_order {
-        coarsen(counts, pixel_order - sub_order)
+        coarsen_stats(stats, pixel_order - sub_order)
     } else {
-        counts.to_vec()
+        stats.to_vec()
     };
     let s = sub.width;
     let (cols, rows) = (27usize, 29usize);
     let (width, height) = (cols * s, rows * s);
-    let mut values = vec![0f32; width * height];
-    let max = cells.iter().map(|c| c.1).max().unwrap_or(1).max(1) as f64;
+    let mut values = vec![empty; width * height];
     let mut grey = vec![0u8; width * height];
     let mut alpha = vec![0u8; width * height];
-    for &(cell, n) in &cells {
-        let t = (cell >> (2 * sub.shift as u32)) as usize;
-        let (r, c) = sub.pixel_of(cell & ((1u64 << (2 * sub.shift)) - 1));
+    for (st, px) in cells.iter().zip(paint(&cells)) {
+        let t = (st.cell >> (2 * sub.shift as u32)) as usize;
+        let (r, c) = sub.pixel_of(st.cell & ((1u64 << (2 * sub.shift)) - 1));
         let k = ((t / cols) * s + r) * width + (t % cols) * s + c;
-        values[k] = n as f32;
-        grey[k] = (((n as f64).ln_1p() / max.ln_1p()) * 255.0)
-            .round()
-            .clamp(1.0, 255.0) as u8;
-        alpha[k] = 255;
+        (values[k], grey[k], alpha[k]) = px;
     }
     let dir = root.join("Norder3");
     write_atomic(

@@ -54,8 +54,26 @@ impl std::fmt::Debug for SkyMaps {
     }
 }
 
-/// The MOC of catalog or collection `name` at `order`.
+/// The MOC of catalog, collection or HiPS `name` at `order` (a HiPS's own `Moc.fits`,
+/// read each time since a HiPS may be rebuilt while the server runs, and coarsened to
+/// `order` when it is finer).
 pub(crate) fn moc_of(state: &AppState, name: &str, order: u8) -> Result<Arc<meridian_sky::Moc>> {
+    if state.engine.table(name).is_none()
+        && !state.images.index.has_collection(name)
+        && let Some(dir) = &state.sky_maps.hips_dir
+        && !name.starts_with('.')
+        && !name.contains('/')
+        && let Ok(bytes) = std::fs::read(dir.join(name).join("Moc.fits"))
+    {
+        let moc = meridian_sky::moc_parse(&bytes)
+            .map_err(|e| Error::Internal(format!("MOC of HiPS '{name}': {e}")))?;
+        let moc = if moc.depth_max() > order {
+            moc.degraded(order)
+        } else {
+            moc
+        };
+        return Ok(Arc::new(moc));
+    }
     let key = (name.to_string(), order);
     if let Some(m) = state.sky_maps.mocs.lock().expect("MOC cache").get(&key) {
         return Ok(m.clone());
@@ -69,7 +87,7 @@ pub(crate) fn moc_of(state: &AppState, name: &str, order: u8) -> Result<Arc<meri
         m.map_err(|e| Error::Internal(format!("MOC of '{name}': {e}")))?
     } else {
         return Err(Error::NotFound(format!(
-            "no catalog or image collection named '{name}'"
+            "no catalog, image collection or HiPS named '{name}'"
         )));
     };
     let moc = Arc::new(moc);
@@ -175,6 +193,7 @@ pub async fn list(
             let p = meridian_hips::Properties::parse(&text);
             let mut p = p.clone();
             p.set("hips_service_url", format!("{base}/hips/{name}"));
+            p.set("moc_access_url", format!("{base}/hips/{name}/Moc.fits"));
             body.push_str(&p.text());
             body.push('\n');
         }

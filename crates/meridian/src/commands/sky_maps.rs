@@ -166,6 +166,12 @@ pub struct DensityArgs {
     /// Deepest tile order (3 to 11 with 512-pixel tiles; pixels are 9 orders deeper).
     #[arg(long, default_value_t = 3)]
     order: u8,
+    /// What each pixel holds: count (rows), or mean, sum, min or max of --column.
+    #[arg(long, default_value = "count")]
+    aggregate: String,
+    /// The numeric column aggregated.
+    #[arg(long)]
+    column: Option<String>,
     /// Tile width in pixels (a power of two).
     #[arg(long, default_value_t = 512)]
     tile_width: usize,
@@ -274,6 +280,10 @@ pub fn hips(
                 name: name.clone(),
                 order: args.order,
                 tile_width: args.tile_width,
+                aggregate: meridian_hips::density::Aggregate::parse(
+                    &args.aggregate,
+                    args.column.as_deref(),
+                )?,
             };
             let report = meridian_hips::density::build(
                 &catalog,
