@@ -329,6 +329,9 @@ fn densest(counts: &[(u64, u64)], pixel_order: u8) -> (f64, f64) {
     (p.ra_deg(), p.dec_deg())
 }
 
+/// Gives cells their (value, grey, alpha) pixels.
+type Painter<'a> = &'a dyn Fn(&[CellStats]) -> Vec<(f32, u8, u8)>;
+
 /// `Norder3/Allsky.{fits,png}`: the 768 tiles of order 3 at 64 pixels (or the tile width,
 /// if smaller), 27 to a row, as Aladin reads them.
 fn allsky(
@@ -337,7 +340,7 @@ fn allsky(
     pixel_order: u8,
     tile: TileGeometry,
     empty: f32,
-    paint: &dyn Fn(&[CellStats]) -> Vec<(f32, u8, u8)>,
+    paint: Painter<'_>,
 ) -> Result<()> {
     let sub = TileGeometry::new(tile.width.min(64))?;
     let sub_order = 3 + sub.shift;
