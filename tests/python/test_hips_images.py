@@ -203,3 +203,58 @@ def test_allsky_properties_and_moc(tmp_path):
         assert moc.contains_skycoords is not None
         cell = int(t[4:-5])
         assert MOC.from_healpix_cells(np.array([cell]), np.array([order]), order).intersection(moc).sky_fraction > 0
+
+
+def test_adding_images_updates_only_what_they_change(tmp_path):
+    """A HiPS built from half a survey and then rebuilt after the other half is added has
+    the tiles of one built from the whole survey at once (FITS values, every order, and
+    the Allsky); tiles the new images do not reach are kept as they were (the same file)."""
+    from astropy.io import fits
+    subprocess.run([meridian_bin(), "--quiet", "generate", "--out", str(tmp_path / "s"), "--objects", "3000",
+                    "--images", "36", "--image-size", "64"], check=True, capture_output=True)
+    # The survey images several objects: the first half of the sky's images, then the rest.
+    ra = {}
+    for f in (tmp_path / "s" / "images").glob("*.fits"):
+        with fits.open(f) as h:
+            ra[f] = next(x.header["CRVAL1"] for x in h if "CRVAL1" in x.header)
+    files = sorted(ra, key=ra.get)
+    assert max(ra.values()) - min(ra.values()) > 1
+
+    def meridian(data, *args):
+        p = subprocess.run([meridian_bin(), "--data-dir", str(data), *args, "--quiet"], capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0, p.stderr
+        return p.stderr
+
+    whole = tmp_path / "whole"
+    for f in files:
+        (tmp_path / "all").mkdir(exist_ok=True)
+        shutil.copy(f, tmp_path / "all")
+    meridian(whole, "images", "add", "s", str(tmp_path / "all"))
+    meridian(whole, "hips", "build", "s")
+    grown = tmp_path / "grown"
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    for f in files[:len(files) // 2]:
+        shutil.copy(f, tmp_path / "first")
+    for f in files[len(files) // 2:]:
+        shutil.copy(f, tmp_path / "second")
+    meridian(grown, "images", "add", "s", str(tmp_path / "first"))
+    meridian(grown, "hips", "build", "s")
+    root = grown / "hips" / "s"
+    before = {p.relative_to(root): p.stat().st_ino for p in root.glob("Norder*/Dir*/*.fits")}
+    meridian(grown, "images", "add", "s", str(tmp_path / "second"))
+    said = meridian(grown, "hips", "build", "s")
+    a = {p.relative_to(whole / "hips" / "s"): p for p in (whole / "hips" / "s").glob("Norder*/Dir*/*.fits")}
+    b = {p.relative_to(root): p for p in root.glob("Norder*/Dir*/*.fits")}
+    assert set(a) == set(b)
+    for t in a:
+        np.testing.assert_array_equal(values(a[t]), values(b[t]), err_msg=str(t))
+    np.testing.assert_array_equal(fits.getdata(whole / "hips/s/Norder3/Allsky.fits"),
+                                  fits.getdata(root / "Norder3/Allsky.fits"))
+    kept = [t for t in before if b[t].stat().st_ino == before[t]]
+    redone = int(said.split(" tiles")[0].split()[-1])
+    assert kept and redone < len(b), (len(kept), redone, len(b))
+    # Nothing new: nothing done.
+    said = meridian(grown, "hips", "build", "s")
+    assert " 0 tiles" in said, said

@@ -6,6 +6,14 @@
 //! each lower-order tile is written as soon as its four children are done, so memory
 //! holds a few tiles per order whatever the survey's size.
 //!
+//! Incremental: a build records what it was made from (`build.json`: order, tile width,
+//! kernel, cut, and each image's id, path, size and time). When a later build of the same
+//! collection finds every earlier image unchanged and only images added, it renders only
+//! the deepest tiles the new images meet, recomputes their parents from their four
+//! children on disk and the Allsky from the order-3 tiles, and keeps every other tile
+//! (linked, not copied) and the earlier pixel cut, so unchanged PNG tiles stay valid.
+//! Anything else (an image changed or removed, other options) builds anew.
+//!
 //! PNG tiles map the pixel cut (the 0.5 and 99.5 percentiles of a sample of the deepest
 //! tiles, computed once before any tile is written) linearly to 0..255; pixels without
 //! data are transparent.
@@ -205,6 +213,104 @@ pub fn order_for(pixel_arcsec: f64, geometry: TileGeometry) -> u8 {
     pixel_order.saturating_sub(geometry.shift).max(3)
 }
 
+/// What a build was made from, kept as `build.json` in the HiPS.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    order: u8,
+    tile_width: usize,
+    kernel: String,
+    cut: (f32, f32),
+    data_range: (f32, f32),
+    /// `id|path|bytes|modified` of each image.
+    images: Vec<String>,
+}
+
+const MANIFEST: &str = "build.json";
+
+fn image_key(d: &Dataset) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        d.id,
+        d.path.display(),
+        d.file_bytes,
+        d.file_modified_s
+    )
+}
+
+/// Links every file of `from` into `to` (same tree), copying where links cannot be made.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for e in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let e = e.map_err(|e| Error::io(from, e))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().map_err(|e| Error::io(&src, e))?.is_dir() {
+            link_tree(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The values of a FITS tile this module wrote (rows from the top), if it exists.
+fn read_tile(path: &Path, w: usize) -> Result<Option<Vec<f32>>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bad = |e: meridian_images::Error| Error::Invalid(format!("{}: {e}", path.display()));
+    let hdus = meridian_images::cutout::image_hdus(path).map_err(bad)?;
+    let hdu = hdus
+        .first()
+        .ok_or_else(|| Error::Invalid(format!("{}: no image", path.display())))?;
+    let data = meridian_images::preview::physical(path, hdu).map_err(bad)?;
+    if data.len() != w * w {
+        return Err(Error::Invalid(format!(
+            "{}: not a {w} x {w} tile",
+            path.display()
+        )));
+    }
+    Ok(Some(
+        (0..w)
+            .flat_map(|r| data[(w - 1 - r) * w..(w - r) * w].iter().copied())
+            .collect(),
+    ))
+}
+
+/// Tile `parent` of order `k`: the mean of each 2 x 2 block of its four children (order
+/// `k + 1`, read from `root`).
+fn parent_from_disk(root: &Path, k: u8, parent: u64, g: TileGeometry) -> Result<Vec<f32>> {
+    let (w, s) = (g.width, g.shift);
+    let mut sum = vec![0f64; w * w];
+    let mut count = vec![0u32; w * w];
+    for q in 0..4u64 {
+        let child = (parent << 2) | q;
+        let Some(values) = read_tile(&tile_path(root, k + 1, child, "fits"), w)? else {
+            continue;
+        };
+        let quarter = q << (2 * s - 2);
+        for sub in 0..(w * w) as u64 {
+            let (r, c) = g.pixel_of(sub);
+            let v = values[r * w + c];
+            if v.is_finite() {
+                let (r, c) = g.pixel_of(quarter | (sub >> 2));
+                sum[r * w + c] += v as f64;
+                count[r * w + c] += 1;
+            }
+        }
+    }
+    Ok(sum
+        .iter()
+        .zip(&count)
+        .map(|(s, n)| {
+            if *n > 0 {
+                (*s / *n as f64) as f32
+            } else {
+                f32::NAN
+            }
+        })
+        .collect())
+}
+
 /// A lower-order tile being filled from its children: sums and counts of its pixels.
 struct Pending {
     tile: u64,
@@ -303,8 +409,49 @@ pub fn build(
         }
         Ok(values)
     };
-    // The pixel cut, once, from a sample of up to 64 tiles spread over the list.
-    let step = tiles.len().div_ceil(64).max(1);
+    // An earlier build of the same images plus some: only what the new ones change.
+    let kernel_name = match opts.kernel {
+        Kernel::Bilinear => "bilinear",
+        Kernel::Lanczos3 => "lanczos3",
+    };
+    let keys: Vec<String> = usable.iter().map(image_key).collect();
+    let previous: Option<Manifest> = std::fs::read(out.join(MANIFEST))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|m: &Manifest| {
+            let now: std::collections::HashSet<&String> = keys.iter().collect();
+            m.order == order
+                && m.tile_width == w
+                && m.kernel == kernel_name
+                && m.images.iter().all(|k| now.contains(k))
+        });
+    let changed: Option<Vec<u64>> = previous.as_ref().map(|m| {
+        let before: std::collections::HashSet<&String> = m.images.iter().collect();
+        tiles
+            .iter()
+            .filter(|t| candidates[t].iter().any(|&i| !before.contains(&keys[i])))
+            .copied()
+            .collect()
+    });
+    if let (Some(m), Some(changed)) = (&previous, &changed)
+        && changed.is_empty()
+        && m.images.len() == keys.len()
+    {
+        return Ok(ImageHipsReport {
+            order,
+            tiles: 0,
+            images: usable.len(),
+            skipped,
+            cut: m.cut,
+        });
+    }
+    // The pixel cut, once, from a sample of up to 64 tiles spread over the list (or the
+    // earlier build's, when only adding to it).
+    let step = if previous.is_some() {
+        usize::MAX
+    } else {
+        tiles.len().div_ceil(64).max(1)
+    };
     let sample: Vec<Vec<f32>> = tiles
         .iter()
         .step_by(step)
@@ -319,18 +466,27 @@ pub fn build(
         .filter(|v| v.is_finite())
         .collect();
     finite.sort_unstable_by(f32::total_cmp);
-    let cut = if finite.is_empty() {
-        (0.0, 1.0)
-    } else {
-        let q = |f: f64| finite[((finite.len() - 1) as f64 * f).round() as usize];
-        let (lo, hi) = (q(0.005), q(0.995));
-        (lo, if hi > lo { hi } else { lo + 1.0 })
+    let (cut, data_range) = match &previous {
+        Some(m) => (m.cut, m.data_range),
+        None if finite.is_empty() => ((0.0, 1.0), (0.0, 1.0)),
+        None => {
+            let q = |f: f64| finite[((finite.len() - 1) as f64 * f).round() as usize];
+            let (lo, hi) = (q(0.005), q(0.995));
+            (
+                (lo, if hi > lo { hi } else { lo + 1.0 }),
+                (finite[0], finite[finite.len() - 1]),
+            )
+        }
     };
     let building = out.with_extension("building");
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
     }
-    std::fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+    if previous.is_some() {
+        link_tree(out, &building)?;
+    } else {
+        std::fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+    }
     let written = std::sync::atomic::AtomicUsize::new(0);
     let write = |k: u8, t: u64, values: &[f32]| -> Result<()> {
         let grey: Vec<u8> = values
@@ -453,7 +609,37 @@ pub fn build(
             }
         }
     };
-    for chunk in tiles.chunks(64) {
+    if let Some(changed) = &changed {
+        let total = changed.len() as u64;
+        for chunk in changed.chunks(64) {
+            let rendered: Vec<Vec<f32>> = chunk
+                .par_iter()
+                .map(|&t| render(t))
+                .collect::<Result<_>>()?;
+            for (&t, values) in chunk.iter().zip(&rendered) {
+                write(order, t, values)?;
+                done += 1;
+                progress(done, total);
+            }
+        }
+        // Their parents, from the four children each now has on disk.
+        let mut level = changed.clone();
+        for k in (3..order).rev() {
+            level = level.iter().map(|t| t >> 2).collect();
+            level.dedup();
+            level
+                .par_iter()
+                .map(|&t| write(k, t, &parent_from_disk(&building, k, t, geometry)?))
+                .collect::<Result<()>>()?;
+        }
+        // The Allsky from every order-3 tile.
+        for t in 0..768u64 {
+            if let Some(values) = read_tile(&tile_path(&building, 3, t, "fits"), w)? {
+                put_allsky(t, &values);
+            }
+        }
+    }
+    for chunk in tiles.chunks(64).filter(|_| changed.is_none()) {
         let rendered: Vec<Vec<f32>> = chunk
             .par_iter()
             .map(|&t| render(t))
@@ -478,7 +664,7 @@ pub fn build(
             progress(done, total);
         }
     }
-    for k in (3..order).rev() {
+    for k in (3..order).rev().filter(|_| changed.is_none()) {
         flush(&mut pending, k, w, s, &write, &mut put_allsky)?;
     }
     let dir = building.join("Norder3");
@@ -544,11 +730,7 @@ pub fn build(
         .set("hips_pixel_cut", format!("{} {}", cut.0, cut.1))
         .set(
             "hips_data_range",
-            format!(
-                "{} {}",
-                finite.first().copied().unwrap_or(0.0),
-                finite.last().copied().unwrap_or(1.0)
-            ),
+            format!("{} {}", data_range.0, data_range.1),
         )
         .set("hips_initial_ra", format!("{ra:.6}"))
         .set("hips_initial_dec", format!("{dec:.6}"))
@@ -557,21 +739,34 @@ pub fn build(
             "moc_sky_fraction",
             format!("{:.8}", moc.coverage_percentage()),
         )
-        .set(
-            "hips_sampling",
-            match opts.kernel {
-                Kernel::Bilinear => "bilinear",
-                Kernel::Lanczos3 => "lanczos3",
-            },
-        )
+        .set("hips_sampling", kernel_name)
         .set("hips_overlay", "mean")
-        .set(
-            "hips_nb_tiles",
-            written
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .to_string(),
-        );
+        .set("hips_nb_tiles", count_tiles(&building).to_string());
+    // Added to: the first build's date stays, this one is the release.
+    if previous.is_some()
+        && let Some(d) = std::fs::read_to_string(out.join("properties"))
+            .ok()
+            .and_then(|t| {
+                Properties::parse(&t)
+                    .get("hips_creation_date")
+                    .map(str::to_string)
+            })
+    {
+        p.set("hips_creation_date", d);
+    }
     p.write(&building)?;
+    let manifest = Manifest {
+        order,
+        tile_width: w,
+        kernel: kernel_name.to_string(),
+        cut,
+        data_range,
+        images: keys,
+    };
+    write_atomic(
+        &building.join(MANIFEST),
+        &serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?,
+    )?;
     crate::swap_in(&building, out)?;
     Ok(ImageHipsReport {
         order,
@@ -580,6 +775,25 @@ pub fn build(
         skipped,
         cut,
     })
+}
+
+/// FITS tiles under a HiPS root.
+fn count_tiles(root: &Path) -> usize {
+    let dirs = |p: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(p)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    dirs(root)
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("Norder"))
+        })
+        .flat_map(|o| dirs(o))
+        .flat_map(|d| dirs(&d))
+        .filter(|f| f.extension().is_some_and(|e| e == "fits"))
+        .count()
 }
 
 fn collection_moc(datasets: &[Dataset], order: u8) -> Result<meridian_sky::Moc> {
