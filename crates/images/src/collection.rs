@@ -61,6 +61,32 @@ impl Collection {
     }
 }
 
+impl Collection {
+    /// The space-time MOC of the images with a time span (t_min to t_max, or the instant
+    /// of t_min), times at `time_order` and footprints at `space_order`; `None` when no
+    /// image has a time.
+    pub fn stmoc(&self, space_order: u8, time_order: u8) -> Option<Result<meridian_sky::StMoc>> {
+        let timed: Vec<&Dataset> = self
+            .datasets
+            .iter()
+            .filter(|d| d.t_min_mjd.is_some())
+            .collect();
+        if timed.is_empty() {
+            return None;
+        }
+        let skies: Result<Vec<meridian_sky::Moc>> =
+            timed.iter().map(|d| d.moc(space_order)).collect();
+        Some(skies.and_then(|skies| {
+            let spans = timed.iter().zip(&skies).map(|(d, sky)| {
+                let t0 = d.t_min_mjd.unwrap_or_default();
+                (t0, d.t_max_mjd.unwrap_or(t0).max(t0), sky)
+            });
+            meridian_sky::stmoc_from_spans(time_order, space_order, spans)
+                .map_err(|e| Error::Wcs(format!("space-time coverage of '{}': {e}", self.name)))
+        }))
+    }
+}
+
 impl Dataset {
     /// The MOC at `order` of the image's footprint.
     pub fn moc(&self, order: u8) -> Result<meridian_sky::Moc> {

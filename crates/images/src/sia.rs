@@ -523,6 +523,29 @@ impl ObsIndex {
         Some(mocs.map(|m| meridian_sky::moc_union(&m)))
     }
 
+    /// The space-time MOC of collection `name` (see [`Collection::stmoc`]); `None` when
+    /// there is no such collection or none of its images has a time.
+    pub fn collection_stmoc(
+        &self,
+        name: &str,
+        space_order: u8,
+        time_order: u8,
+    ) -> Option<Result<meridian_sky::StMoc>> {
+        if !self.has_collection(name) {
+            return None;
+        }
+        crate::collection::Collection {
+            name: name.to_string(),
+            datasets: self
+                .entries
+                .iter()
+                .filter(|e| e.collection == name)
+                .map(|e| e.dataset.clone())
+                .collect(),
+        }
+        .stmoc(space_order, time_order)
+    }
+
     /// Whether a collection of this name is indexed.
     pub fn has_collection(&self, name: &str) -> bool {
         self.collections.contains(name)

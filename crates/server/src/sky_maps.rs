@@ -117,6 +117,13 @@ pub async fn moc(
             }
         },
     };
+    if req
+        .params
+        .get("type")
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("stmoc"))
+    {
+        return stmoc(&state, &name, order, &req).await;
+    }
     let fmt = req
         .params
         .get("fmt")
@@ -154,6 +161,60 @@ pub async fn moc(
     Ok((
         [
             (header::CONTENT_TYPE, kind),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `/moc/{name}?type=stmoc[&order=10][&time_order=61]`: the space-time MOC of an image
+/// collection (its images' footprints over their exposures), as MOC 2.0 FITS.
+async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Result<Response> {
+    let time_order = match req.params.get("time_order") {
+        None => 61,
+        Some(v) => match v.trim().parse::<u8>() {
+            Ok(o) if o <= 61 => o,
+            _ => {
+                return Err(Error::Usage(format!(
+                    "time_order: '{v}' is not a time order from 0 to 61"
+                )));
+            }
+        },
+    };
+    if req
+        .params
+        .get("fmt")
+        .is_some_and(|f| !matches!(f.trim(), "fits" | "application/fits"))
+    {
+        return Err(Error::Usage(
+            "fmt: a space-time MOC is served as FITS only".into(),
+        ));
+    }
+    let (s, n) = (state.clone(), name.to_string());
+    let moc =
+        tokio::task::spawn_blocking(move || s.images.index.collection_stmoc(&n, order, time_order))
+            .await
+            .map_err(|e| Error::Internal(format!("ST-MOC: {e}")))?;
+    let moc = match moc {
+        Some(m) => m.map_err(|e| Error::Internal(e.to_string()))?,
+        None if state.images.index.has_collection(name) || state.engine.table(name).is_some() => {
+            return Err(Error::Usage(format!(
+                "type: '{name}' has no times, so no space-time MOC"
+            )));
+        }
+        None => {
+            return Err(Error::NotFound(format!(
+                "no image collection named '{name}'"
+            )));
+        }
+    };
+    let body =
+        meridian_sky::stmoc_fits(&moc, Some(name)).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/fits"),
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
