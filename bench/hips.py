@@ -160,15 +160,20 @@ def bench_serve(binary, work, args):
             ts.append(time.perf_counter() - t)
             assert resp.status == 200 and body
         one = percentiles(ts)
-        with tempfile.NamedTemporaryFile("w", suffix=".curl") as cfg:
-            picks = [random.choice(tiles) for _ in range(args.requests * 4)]
-            for p in picks:
-                cfg.write(f'url = "{s.url}/hips/survey/{p}"\noutput = "/dev/null"\n')
-            cfg.flush()
-            t = time.perf_counter()
-            subprocess.run(["curl", "-sf", "--parallel", "--parallel-max", str(args.connections), "-K", cfg.name],
-                           check=True, stderr=subprocess.DEVNULL)
-            many = len(picks) / (time.perf_counter() - t)
+        def rate(pool):
+            with tempfile.NamedTemporaryFile("w", suffix=".curl") as cfg:
+                picks = [random.choice(pool) for _ in range(args.requests * 4)]
+                for p in picks:
+                    cfg.write(f'url = "{s.url}/hips/survey/{p}"\noutput = "/dev/null"\n')
+                cfg.flush()
+                t = time.perf_counter()
+                subprocess.run(["curl", "-sf", "--parallel", "--parallel-max", str(args.connections), "-K",
+                                cfg.name], check=True, stderr=subprocess.DEVNULL)
+                return len(picks) / (time.perf_counter() - t)
+        png = [t for t in tiles if t.endswith(".png")]
+        sizes = {k: int(np.mean([(root / t).stat().st_size for t in pool]))
+                 for k, pool in (("png", png), ("fits", [t for t in tiles if t.endswith(".fits")]))}
+        many = {"png": rate(png), "png_and_fits": rate(tiles), "mean_bytes": sizes}
     finally:
         s.close()
     r = {"workload": f"{args.requests} random tiles of {len(tiles)} (PNG and FITS)", "one_connection": one,

@@ -106,12 +106,21 @@ impl Image {
         self.pixels[y * self.width + x]
     }
 
-    /// The value at ICRS (`ra`, `dec`), or NaN outside the image or where it has no data.
-    fn sample(&self, ra: f64, dec: f64, kernel: Kernel) -> f32 {
+    /// The FITS pixel coordinates of ICRS (`ra`, `dec`) in this image.
+    fn pixel_of(&self, ra: f64, dec: f64) -> Option<[f64; 2]> {
         let (lon, lat) = from_icrs(self.wcs.frame(), ra, dec);
-        let Some([px, py]) = self.wcs.world_to_pixel(lon, lat) else {
-            return f32::NAN;
-        };
+        self.wcs.world_to_pixel(lon, lat)
+    }
+
+    /// Whether FITS pixel position (`px`, `py`) is on the image (out to the outer edges of
+    /// its edge pixels).
+    fn covers(&self, px: f64, py: f64) -> bool {
+        px >= 0.5 && py >= 0.5 && px <= self.width as f64 + 0.5 && py <= self.height as f64 + 0.5
+    }
+
+    /// The value at FITS pixel position (`px`, `py`), or NaN off the image or where it
+    /// has no data.
+    fn sample_px(&self, px: f64, py: f64, kernel: Kernel) -> f32 {
         // FITS pixel coordinates: pixel centres at 1..=n, the image spans 0.5..n + 0.5.
         if !(px >= 0.5
             && py >= 0.5
@@ -389,25 +398,135 @@ pub fn build(
             .iter()
             .map(|&i| cache.get(i))
             .collect::<Result<_>>()?;
-        let mut values = vec![f32::NAN; w * w];
-        for r in 0..w {
-            for c in 0..w {
-                let cell = (t << (2 * s)) | geometry.sub_index(r, c);
-                let p = meridian_sky::healpix::center(pixel_order, cell);
-                let (mut sum, mut n) = (0.0f64, 0u32);
-                for img in &images {
-                    let v = img.sample(p.ra_deg(), p.dec_deg(), opts.kernel);
-                    if v.is_finite() {
-                        sum += v as f64;
-                        n += 1;
-                    }
+        let centre = |r: usize, c: usize| {
+            let p = meridian_sky::healpix::center(
+                pixel_order,
+                (t << (2 * s)) | geometry.sub_index(r, c),
+            );
+            (p.ra_deg(), p.dec_deg())
+        };
+        let mut sum = vec![0f64; w * w];
+        let mut count = vec![0u32; w * w];
+        let mut add = |r: usize, c: usize, v: f32| {
+            if v.is_finite() {
+                sum[r * w + c] += v as f64;
+                count[r * w + c] += 1;
+            }
+        };
+        // The image position of each tile pixel's centre, exactly at the corners of
+        // blocks of GRID x GRID pixels and bilinearly between them: the map from a tile's
+        // pixels to an image's is smooth, and a block where the interpolation is off by
+        // more than a thousandth of a pixel at its centre is computed pixel by pixel.
+        const GRID: usize = 16;
+        let g = GRID.min(w - 1).max(1);
+        let at = |k: usize| (k * g).min(w - 1);
+        let points = w.div_ceil(g) + 1;
+        let corners: Vec<(f64, f64)> = (0..points)
+            .flat_map(|kr| (0..points).map(move |kc| (kr, kc)))
+            .map(|(kr, kc)| centre(at(kr), at(kc)))
+            .collect();
+        for img in &images {
+            let grid: Vec<Option<[f64; 2]>> = corners
+                .iter()
+                .map(|&(ra, dec)| img.pixel_of(ra, dec))
+                .collect();
+            for br in 0..points - 1 {
+                let (r0, r1) = (at(br), at(br + 1));
+                if r1 == r0 {
+                    continue;
                 }
-                if n > 0 {
-                    values[r * w + c] = (sum / n as f64) as f32;
+                let rows = if br + 2 == points {
+                    r0..=r1
+                } else {
+                    r0..=r1 - 1
+                };
+                for bc in 0..points - 1 {
+                    let (c0, c1) = (at(bc), at(bc + 1));
+                    if c1 == c0 {
+                        continue;
+                    }
+                    let cols = if bc + 2 == points {
+                        c0..=c1
+                    } else {
+                        c0..=c1 - 1
+                    };
+                    let q = [
+                        grid[br * points + bc],
+                        grid[br * points + bc + 1],
+                        grid[(br + 1) * points + bc],
+                        grid[(br + 1) * points + bc + 1],
+                    ];
+                    let interpolated = match q {
+                        [Some(a), Some(b), Some(c), Some(d)] => {
+                            let lerp = move |u: f64, v: f64| {
+                                let x = (a[0] * (1.0 - v) + b[0] * v) * (1.0 - u)
+                                    + (c[0] * (1.0 - v) + d[0] * v) * u;
+                                let y = (a[1] * (1.0 - v) + b[1] * v) * (1.0 - u)
+                                    + (c[1] * (1.0 - v) + d[1] * v) * u;
+                                (x, y)
+                            };
+                            // A block wholly off the image, by more than a pixel, on one
+                            // side: nothing to sample.
+                            let off = |f: &dyn Fn(&[f64; 2]) -> bool| [a, b, c, d].iter().all(f);
+                            let (wd, ht) = (img.width as f64, img.height as f64);
+                            if off(&|p| p[0] < -0.5)
+                                || off(&|p| p[1] < -0.5)
+                                || off(&|p| p[0] > wd + 1.5)
+                                || off(&|p| p[1] > ht + 1.5)
+                            {
+                                continue;
+                            }
+                            let (rm, cm) = ((r0 + r1) / 2, (c0 + c1) / 2);
+                            let (u, v) = (
+                                (rm - r0) as f64 / (r1 - r0) as f64,
+                                (cm - c0) as f64 / (c1 - c0) as f64,
+                            );
+                            let (ra, dec) = centre(rm, cm);
+                            match img.pixel_of(ra, dec) {
+                                Some(e) => {
+                                    let (x, y) = lerp(u, v);
+                                    ((x - e[0]).abs() < 1e-3 && (y - e[1]).abs() < 1e-3)
+                                        .then_some(lerp)
+                                }
+                                None => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    for r in rows.clone() {
+                        for c in cols.clone() {
+                            let (x, y) = match &interpolated {
+                                Some(lerp) => lerp(
+                                    (r - r0) as f64 / (r1 - r0) as f64,
+                                    (c - c0) as f64 / (c1 - c0) as f64,
+                                ),
+                                None => {
+                                    let (ra, dec) = centre(r, c);
+                                    match img.pixel_of(ra, dec) {
+                                        Some(p) => (p[0], p[1]),
+                                        None => continue,
+                                    }
+                                }
+                            };
+                            if img.covers(x, y) {
+                                add(r, c, img.sample_px(x, y, opts.kernel));
+                            }
+                        }
+                    }
                 }
             }
         }
-        Ok(values)
+        Ok(sum
+            .iter()
+            .zip(&count)
+            .map(|(s, n)| {
+                if *n > 0 {
+                    (*s / *n as f64) as f32
+                } else {
+                    f32::NAN
+                }
+            })
+            .collect())
     };
     // An earlier build of the same images plus some: only what the new ones change.
     let kernel_name = match opts.kernel {

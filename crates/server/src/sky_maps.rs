@@ -34,6 +34,51 @@ const DEFAULT_ORDER: u8 = 10;
 pub struct SkyMaps {
     mocs: Mutex<HashMap<(String, u8), Arc<meridian_sky::Moc>>>,
     hips_dir: Option<PathBuf>,
+    tiles: Mutex<TileCache>,
+}
+
+/// HiPS files read lately, by path, with the ETag they were read under (a file rewritten
+/// since has another), within a budget of bytes: the oldest read go first.
+#[derive(Default)]
+struct TileCache {
+    files: HashMap<PathBuf, (String, bytes::Bytes)>,
+    order: std::collections::VecDeque<PathBuf>,
+    bytes: usize,
+}
+
+/// Bytes of HiPS files kept in memory.
+const TILE_CACHE_BYTES: usize = 256 << 20;
+
+/// Largest file kept.
+const TILE_CACHE_FILE_BYTES: usize = 4 << 20;
+
+impl TileCache {
+    fn get(&self, path: &std::path::Path, etag: &str) -> Option<bytes::Bytes> {
+        self.files
+            .get(path)
+            .filter(|(e, _)| e == etag)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn put(&mut self, path: PathBuf, etag: String, body: bytes::Bytes) {
+        if body.len() > TILE_CACHE_FILE_BYTES {
+            return;
+        }
+        self.bytes += body.len();
+        if let Some((_, old)) = self.files.insert(path.clone(), (etag, body)) {
+            self.bytes -= old.len();
+        } else {
+            self.order.push_back(path);
+        }
+        while self.bytes > TILE_CACHE_BYTES {
+            let Some(p) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, b)) = self.files.remove(&p) {
+                self.bytes -= b.len();
+            }
+        }
+    }
 }
 
 impl SkyMaps {
@@ -42,6 +87,7 @@ impl SkyMaps {
         Self {
             mocs: Mutex::default(),
             hips_dir,
+            tiles: Mutex::default(),
         }
     }
 }
@@ -287,7 +333,8 @@ pub async fn file(
         return Err(not_found());
     }
     let full = dir.join(&name).join(rel);
-    let meta = tokio::fs::metadata(&full).await.map_err(|_| not_found())?;
+    // A stat of a file the page cache holds takes microseconds: no blocking-pool trip.
+    let meta = std::fs::metadata(&full).map_err(|_| not_found())?;
     if !meta.is_file() {
         return Err(not_found());
     }
@@ -330,7 +377,24 @@ pub async fn file(
         "html" => "text/html; charset=utf-8",
         _ => "text/plain; charset=utf-8",
     };
-    let bytes = tokio::fs::read(&full).await.map_err(|_| not_found())?;
+    let cached = state
+        .sky_maps
+        .tiles
+        .lock()
+        .expect("tile cache")
+        .get(&full, &etag);
+    let bytes = match cached {
+        Some(b) => b,
+        None => {
+            let b = bytes::Bytes::from(tokio::fs::read(&full).await.map_err(|_| not_found())?);
+            state.sky_maps.tiles.lock().expect("tile cache").put(
+                full.clone(),
+                etag.clone(),
+                b.clone(),
+            );
+            b
+        }
+    };
     state.metrics.add_bytes_out(bytes.len() as u64);
     Ok((
         [
