@@ -258,7 +258,7 @@ impl Catalog {
     /// cells: one pass over the partitions reading only the `_healpix_29` column (or the
     /// positions, for a catalog without it). `progress` hears the rows read so far.
     pub fn cell_counts(&self, order: u8, progress: &dyn Fn(u64)) -> Result<Vec<(u64, u64)>> {
-        let mut counts: Vec<(u64, u64)> = Vec::new();
+        let mut counts: Vec<(u64, u64)> = Vec::with_capacity(self.cells_bound(order));
         self.fold_cells(
             order,
             None,
@@ -270,14 +270,15 @@ impl Catalog {
         )?;
         // Partitions are in no particular order, and cells of a coarse order span several.
         counts.sort_unstable_by_key(|c| c.0);
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(counts.len());
-        for (cell, n) in counts {
-            match merged.last_mut() {
-                Some((c, m)) if *c == cell => *m += n,
-                _ => merged.push((cell, n)),
+        // Merged in place: no second copy of what may be hundreds of megabytes.
+        counts.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 += later.1;
             }
-        }
-        Ok(merged)
+            same
+        });
+        Ok(counts)
     }
 
     /// The rows and the statistics of numeric `column` (its non-null, finite values) per
@@ -289,7 +290,7 @@ impl Catalog {
         column: &str,
         progress: &dyn Fn(u64),
     ) -> Result<Vec<CellStats>> {
-        let mut stats: Vec<CellStats> = Vec::new();
+        let mut stats: Vec<CellStats> = Vec::with_capacity(self.cells_bound(order));
         self.fold_cells(order, Some(column), progress, &mut |cell, v| {
             if stats.last().is_none_or(|s| s.cell != cell) {
                 stats.push(CellStats::new(cell));
@@ -297,14 +298,22 @@ impl Catalog {
             stats.last_mut().expect("pushed").add(v);
         })?;
         stats.sort_unstable_by_key(|c| c.cell);
-        let mut merged: Vec<CellStats> = Vec::with_capacity(stats.len());
-        for s in stats {
-            match merged.last_mut() {
-                Some(m) if m.cell == s.cell => m.merge(&s),
-                _ => merged.push(s),
+        stats.dedup_by(|later, kept| {
+            let same = later.cell == kept.cell;
+            if same {
+                kept.merge(later);
             }
-        }
-        Ok(merged)
+            same
+        });
+        Ok(stats)
+    }
+
+    /// At most how many cells of `order` hold rows (the rows, or the cells there are,
+    /// within 2^27): room made once rather than by doubling, which would copy and touch
+    /// fresh memory at every step.
+    fn cells_bound(&self, order: u8) -> usize {
+        let rows = self.total_rows().unwrap_or(0);
+        rows.min(healpix::n_cells(order.min(29))).min(1 << 27) as usize
     }
 
     /// Calls `f(cell at order, value of column)` for every row with a position, partition

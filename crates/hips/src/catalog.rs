@@ -25,7 +25,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use meridian_catalog::{Catalog, Pixel};
 use rayon::prelude::*;
 
-use crate::tile::write_atomic;
+use crate::tile::write_new;
 use crate::{Error, Properties, Result, tile_path};
 
 /// How to build a catalog HiPS.
@@ -324,7 +324,7 @@ fn write_tiles(
             text.push_str(l);
             text.push('\n');
         }
-        write_atomic(&tile_path(root, order, cell, "tsv"), text.as_bytes())?;
+        write_new(&tile_path(root, order, cell, "tsv"), text.as_bytes())?;
         n += 1;
     }
     Ok(n)
@@ -559,7 +559,7 @@ pub fn build(
             text.push_str(l);
             text.push('\n');
         }
-        write_atomic(
+        write_new(
             &building.join(format!("Norder{}", k + 1)).join("Allsky.tsv"),
             text.as_bytes(),
         )?;
@@ -568,7 +568,7 @@ pub fn build(
     metadata(&building, catalog, &columns)?;
     let moc = meridian_sky::moc_from_cells(MOC_ORDER, moc_cells)
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    write_atomic(
+    write_new(
         &building.join("Moc.fits"),
         &meridian_sky::moc_fits(&moc, Some(&opts.name))
             .map_err(|e| Error::Invalid(e.to_string()))?,
@@ -666,7 +666,7 @@ fn metadata(root: &Path, catalog: &Catalog, columns: &[usize]) -> Result<()> {
         x.push_str("/>\n");
     }
     x.push_str("<DATA><TABLEDATA></TABLEDATA></DATA>\n</TABLE>\n</RESOURCE>\n</VOTABLE>\n");
-    write_atomic(&root.join("Metadata.xml"), x.as_bytes())
+    write_new(&root.join("Metadata.xml"), x.as_bytes())
 }
 
 #[cfg(test)]

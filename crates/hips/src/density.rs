@@ -11,8 +11,9 @@
 use std::path::Path;
 
 use meridian_catalog::{Catalog, CellStats};
+use rayon::prelude::*;
 
-use crate::tile::{fits_image, png_image, write_atomic};
+use crate::tile::{fits_image, png_image, write_new};
 use crate::{Error, Properties, Result, TileGeometry, tile_path};
 
 /// How to build a density map.
@@ -127,7 +128,8 @@ fn coarsen(counts: &[(u64, u64)], levels: u8) -> Vec<(u64, u64)> {
 
 /// Merges `stats` (by cell) into the cells `levels` orders coarser.
 fn coarsen_stats(stats: &[CellStats], levels: u8) -> Vec<CellStats> {
-    let mut out: Vec<CellStats> = Vec::new();
+    let mut out: Vec<CellStats> =
+        Vec::with_capacity((stats.len() >> (2 * levels as u32)).max(stats.len().min(1 << 20)));
     for s in stats {
         let p = s.cell >> (2 * levels as u32);
         match out.last_mut() {
@@ -148,7 +150,7 @@ pub fn build(
     catalog: &Catalog,
     out: &Path,
     opts: &DensityOptions,
-    progress: &dyn Fn(&str, u64),
+    progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<DensityReport> {
     let geometry = TileGeometry::new(opts.tile_width)?;
     if opts.order < 3 || opts.order + geometry.shift > MAX_PIXEL_ORDER {
@@ -210,7 +212,7 @@ pub fn build(
     }
     std::fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
     let w = geometry.width;
-    let mut tiles = 0usize;
+    let written = std::sync::atomic::AtomicUsize::new(0);
     let unit = match agg {
         Aggregate::Count => Some("count".to_string()),
         _ => agg
@@ -219,37 +221,50 @@ pub fn build(
             .and_then(|c| c.meta.unit),
     };
     for order in (3..=opts.order).rev() {
-        let cells = coarsen_stats(&stats, opts.order - order);
+        let cells: std::borrow::Cow<[CellStats]> = if order == opts.order {
+            std::borrow::Cow::Borrowed(&stats)
+        } else {
+            std::borrow::Cow::Owned(coarsen_stats(&stats, opts.order - order))
+        };
         let cut = range(&cells);
-        let mut i = 0;
-        while i < cells.len() {
-            let tile = cells[i].cell >> (2 * geometry.shift as u32);
-            let mut values = vec![empty; w * w];
-            let mut grey = vec![0u8; w * w];
-            let mut alpha = vec![0u8; w * w];
-            while i < cells.len() && cells[i].cell >> (2 * geometry.shift as u32) == tile {
-                let cell = cells[i].cell;
-                let (r, c) = geometry.pixel_of(cell & ((1u64 << (2 * geometry.shift)) - 1));
-                let k = r * w + c;
-                (values[k], grey[k], alpha[k]) = paint(&cells[i], cut);
-                i += 1;
-            }
-            let cards: Vec<(&str, String)> = unit
-                .iter()
-                .map(|u| ("BUNIT", format!("'{}'", u.replace('\'', "''"))))
-                .collect();
-            write_atomic(
-                &tile_path(&building, order, tile, "fits"),
-                &fits_image(w, w, &values, &cards),
-            )?;
-            write_atomic(
-                &tile_path(&building, order, tile, "png"),
-                &png_image(w, w, &grey, Some(&alpha))?,
-            )?;
-            tiles += 1;
-            progress("tiles", tiles as u64);
-        }
+        // The cells of each tile (cells are in order, so a tile's are consecutive).
+        let tile_of = |i: usize| cells[i].cell >> (2 * geometry.shift as u32);
+        let mut starts: Vec<usize> = (0..cells.len())
+            .filter(|&i| i == 0 || tile_of(i) != tile_of(i - 1))
+            .collect();
+        starts.push(cells.len());
+        let cells: &[CellStats] = &cells;
+        starts
+            .par_windows(2)
+            .map(|span| -> Result<()> {
+                let tile = tile_of(span[0]);
+                let mut values = vec![empty; w * w];
+                let mut grey = vec![0u8; w * w];
+                let mut alpha = vec![0u8; w * w];
+                for st in &cells[span[0]..span[1]] {
+                    let (r, c) = geometry.pixel_of(st.cell & ((1u64 << (2 * geometry.shift)) - 1));
+                    let k = r * w + c;
+                    (values[k], grey[k], alpha[k]) = paint(st, cut);
+                }
+                let cards: Vec<(&str, String)> = unit
+                    .iter()
+                    .map(|u| ("BUNIT", format!("'{}'", u.replace('\'', "''"))))
+                    .collect();
+                write_new(
+                    &tile_path(&building, order, tile, "fits"),
+                    &fits_image(w, w, &values, &cards),
+                )?;
+                write_new(
+                    &tile_path(&building, order, tile, "png"),
+                    &png_image(w, w, &grey, Some(&alpha))?,
+                )?;
+                let n = written.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                progress("tiles", n as u64);
+                Ok(())
+            })
+            .collect::<Result<()>>()?;
     }
+    let tiles = written.load(std::sync::atomic::Ordering::Relaxed);
     allsky(&building, &stats, pixel_order, geometry, empty, &|cells| {
         let cut = range(cells);
         cells.iter().map(|c| paint(c, cut)).collect()
@@ -259,7 +274,7 @@ pub fn build(
     let moc_cells = coarsen(&counts, pixel_order - moc_order);
     let moc = meridian_sky::moc_from_cells(moc_order, moc_cells.iter().map(|c| c.0))
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    write_atomic(
+    write_new(
         &building.join("Moc.fits"),
         &meridian_sky::moc_fits(&moc, Some(&opts.name))
             .map_err(|e| Error::Invalid(e.to_string()))?,
@@ -362,11 +377,11 @@ fn allsky(
         (values[k], grey[k], alpha[k]) = px;
     }
     let dir = root.join("Norder3");
-    write_atomic(
+    write_new(
         &dir.join("Allsky.fits"),
         &fits_image(width, height, &values, &[]),
     )?;
-    write_atomic(
+    write_new(
         &dir.join("Allsky.png"),
         &png_image(width, height, &grey, Some(&alpha))?,
     )

@@ -27,7 +27,7 @@ use meridian_images::frames::from_icrs;
 use meridian_images::{ImageHdu, Wcs};
 use rayon::prelude::*;
 
-use crate::tile::{fits_image, png_image, write_atomic};
+use crate::tile::{fits_image, png_image, write_atomic, write_new};
 use crate::{Error, Properties, Result, TileGeometry, tile_path};
 
 /// The resampling kernel.
@@ -620,11 +620,18 @@ pub fn build(
             .iter()
             .map(|v| if v.is_finite() { 255 } else { 0 })
             .collect();
-        write_atomic(
+        // An incremental build's directory links the served files: replace them, never
+        // write into them.
+        let put = if previous.is_some() {
+            write_atomic
+        } else {
+            write_new
+        };
+        put(
             &tile_path(&building, k, t, "fits"),
             &fits_image(w, w, values, &[]),
         )?;
-        write_atomic(
+        put(
             &tile_path(&building, k, t, "png"),
             &png_image(w, w, &grey, Some(&alpha))?,
         )?;

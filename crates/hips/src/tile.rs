@@ -80,6 +80,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Writes `bytes` to a new file at `path` (made with its directory as needed), directly:
+/// for files of a HiPS being built in a directory of its own, which no reader sees until
+/// the whole directory is swapped in. Never for a file that may be a link to a served
+/// one (an incremental build's), which [`write_atomic`] replaces instead.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    match std::fs::write(path, bytes) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 /// A FITS image of 32-bit floats, `width` x `height`, from `rows` given top row first (as
 /// a PNG shows it): FITS stores the bottom row first.
 pub fn fits_image(
