@@ -223,3 +223,32 @@ def test_collection_stmoc_equals_mocpy(service, time_order):
     for params, status in [({"type": "stmoc", "time_order": 62}, 400), ({"type": "stmoc", "fmt": "json"}, 400)]:
         assert requests.get(f"{base}/moc/shared", params=params).status_code == status
     assert requests.get(f"{base}/moc/gaia", params={"type": "stmoc"}).status_code == 400
+
+
+def test_catalog_stmoc_equals_mocpy(tmp_path):
+    """The space-time MOC of a catalog with times (the synthetic survey's Source table:
+    `midpointMjdTai`, UCD time.epoch): mocpy's `STMOC.from_times_positions` on the rows
+    read from the input Parquet file with pyarrow."""
+    import astropy.units as u
+    import pyarrow.parquet as pq
+    from astropy.time import Time
+    from mocpy import STMOC
+    src = tmp_path / "gen"
+    subprocess.run([meridian_bin(), "--quiet", "generate", "--out", str(src), "--objects", "3000",
+                    "--source-epochs", "4", "--profile", "narrow"], check=True, capture_output=True)
+    data = tmp_path / "data"
+    files = sorted(src.glob("source-*.parquet"))
+    subprocess.run([meridian_bin(), "--quiet", "--data-dir", str(data), "ingest", "src", *map(str, files)],
+                   check=True, capture_output=True)
+    t = pq.read_table(files[0], columns=["ra", "dec", "midpointMjdTai"]).to_pandas()
+    with Server(data) as s:
+        base = s.url.removesuffix("/tap")
+        for order, time_order in [(7, 40), (10, 30)]:
+            want = STMOC.from_times_positions(Time(t["midpointMjdTai"].to_numpy(), format="mjd", scale="tcb"),
+                                              time_order, t["ra"].to_numpy() * u.deg, t["dec"].to_numpy() * u.deg,
+                                              order)
+            r = requests.get(f"{base}/moc/src", params={"type": "stmoc", "order": order, "time_order": time_order})
+            assert r.status_code == 200, r.text[:300]
+            assert STMOC.from_fits(io.BytesIO(r.content)) == want, (order, time_order)
+        r = requests.get(f"{base}/moc/src", params={"type": "stmoc", "time_column": "nope"})
+        assert r.status_code == 400 and "nope" in r.text

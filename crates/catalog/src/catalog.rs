@@ -308,6 +308,43 @@ impl Catalog {
         Ok(stats)
     }
 
+    /// The space-time MOC of the rows: each row's time (`time_column`, else the first
+    /// column whose UCD is `time.epoch`, as MJD) and cell at `space_order`; `None` when
+    /// the catalog has no such column.
+    pub fn stmoc(
+        &self,
+        space_order: u8,
+        time_order: u8,
+        time_column: Option<&str>,
+        progress: &dyn Fn(u64),
+    ) -> Result<Option<meridian_sky::StMoc>> {
+        let column = match time_column {
+            Some(c) => Some(c.to_string()),
+            None => self
+                .columns()
+                .into_iter()
+                .find(|c| {
+                    c.meta
+                        .ucd
+                        .as_deref()
+                        .is_some_and(|u| u.split(';').any(|w| w.trim() == "time.epoch"))
+                })
+                .map(|c| c.name),
+        };
+        let Some(column) = column else {
+            return Ok(None);
+        };
+        let mut points = Vec::with_capacity(self.cells_bound(29));
+        self.fold_cells(space_order, Some(&column), progress, &mut |cell, t| {
+            if let Some(t) = t {
+                points.push((t, cell));
+            }
+        })?;
+        meridian_sky::stmoc_from_points(time_order, space_order, points)
+            .map(Some)
+            .map_err(|e| Error::Invalid(e.to_string()))
+    }
+
     /// At most how many cells of `order` hold rows (the rows, or the cells there are,
     /// within 2^27): room made once rather than by doubling, which would copy and touch
     /// fresh memory at every step.

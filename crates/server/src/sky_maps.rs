@@ -215,8 +215,9 @@ pub async fn moc(
         .into_response())
 }
 
-/// `/moc/{name}?type=stmoc[&order=10][&time_order=61]`: the space-time MOC of an image
-/// collection (its images' footprints over their exposures), as MOC 2.0 FITS.
+/// `/moc/{name}?type=stmoc[&order=10][&time_order=61][&time_column=]`: the space-time
+/// MOC of an image collection (its images' footprints over their exposures) or of a
+/// catalog with times (each row's instant and cell), as MOC 2.0 FITS.
 async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Result<Response> {
     let time_order = match req.params.get("time_order") {
         None => 61,
@@ -239,12 +240,25 @@ async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Re
         ));
     }
     let (s, n) = (state.clone(), name.to_string());
-    let moc =
-        tokio::task::spawn_blocking(move || s.images.index.collection_stmoc(&n, order, time_order))
-            .await
-            .map_err(|e| Error::Internal(format!("ST-MOC: {e}")))?;
+    let time_column = req.params.get("time_column").map(|c| c.trim().to_string());
+    let moc = tokio::task::spawn_blocking(move || -> Result<Option<meridian_sky::StMoc>> {
+        match s.engine.table(&n) {
+            Some(table) => table
+                .catalog()
+                .stmoc(order, time_order, time_column.as_deref(), &|_| {})
+                .map_err(|e| Error::Usage(format!("ST-MOC of '{n}': {e}"))),
+            None => s
+                .images
+                .index
+                .collection_stmoc(&n, order, time_order)
+                .transpose()
+                .map_err(|e| Error::Internal(e.to_string())),
+        }
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("ST-MOC: {e}")))??;
     let moc = match moc {
-        Some(m) => m.map_err(|e| Error::Internal(e.to_string()))?,
+        Some(m) => m,
         None if state.images.index.has_collection(name) || state.engine.table(name).is_some() => {
             return Err(Error::Usage(format!(
                 "type: '{name}' has no times, so no space-time MOC"
@@ -252,7 +266,7 @@ async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Re
         }
         None => {
             return Err(Error::NotFound(format!(
-                "no image collection named '{name}'"
+                "no catalog or image collection named '{name}'"
             )));
         }
     };

@@ -223,3 +223,29 @@ pub fn stmoc_fits(moc: &StMoc, name: Option<&str>) -> Result<Vec<u8>> {
         .map_err(|e| Error::Moc(format!("writing an ST-MOC as FITS: {e}")))?;
     Ok(out)
 }
+
+/// The ST-MOC of instants (MJD, and the cell at `space_order` where something was seen
+/// then), times at `time_order`.
+pub fn stmoc_from_points(
+    time_order: u8,
+    space_order: u8,
+    points: impl IntoIterator<Item = (f64, u64)>,
+) -> Result<StMoc> {
+    let space_order = crate::healpix::check_order(space_order)?;
+    if time_order > 61 {
+        return Err(Error::Moc(format!(
+            "time order {time_order}: time orders are from 0 to 61"
+        )));
+    }
+    use moc::qty::MocQty;
+    let shift = moc::qty::Time::<u64>::shift_from_depth_max(time_order) as u32;
+    Ok(StMoc::from_fixed_depth_cells(
+        time_order,
+        space_order,
+        points
+            .into_iter()
+            .filter(|(t, _)| t.is_finite())
+            .map(|(t, c)| (mjd_to_us(t) >> shift, c)),
+        None,
+    ))
+}
