@@ -334,15 +334,14 @@ impl Catalog {
         let Some(column) = column else {
             return Ok(None);
         };
-        let mut points = Vec::with_capacity(self.cells_bound(29));
+        let mut builder = meridian_sky::StMocBuilder::new(time_order, space_order)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         self.fold_cells(space_order, Some(&column), progress, &mut |cell, t| {
             if let Some(t) = t {
-                points.push((t, cell));
+                builder.push(t, cell);
             }
         })?;
-        meridian_sky::stmoc_from_points(time_order, space_order, points)
-            .map(Some)
-            .map_err(|e| Error::Invalid(e.to_string()))
+        Ok(Some(builder.finish()))
     }
 
     /// At most how many cells of `order` hold rows (the rows, or the cells there are,

@@ -33,6 +33,8 @@ const DEFAULT_ORDER: u8 = 10;
 #[derive(Default)]
 pub struct SkyMaps {
     mocs: Mutex<HashMap<(String, u8), Arc<meridian_sky::Moc>>>,
+    /// Space-time MOCs computed so far, by (name, order, time order, time column).
+    stmocs: Mutex<HashMap<(String, u8, u8, Option<String>), Arc<Vec<u8>>>>,
     hips_dir: Option<PathBuf>,
     tiles: Mutex<TileCache>,
 }
@@ -86,6 +88,7 @@ impl SkyMaps {
     pub fn new(hips_dir: Option<PathBuf>) -> Self {
         Self {
             mocs: Mutex::default(),
+            stmocs: Mutex::default(),
             hips_dir,
             tiles: Mutex::default(),
         }
@@ -241,6 +244,18 @@ async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Re
     }
     let (s, n) = (state.clone(), name.to_string());
     let time_column = req.params.get("time_column").map(|c| c.trim().to_string());
+    // Computed once per (name, orders, column): a catalog's is a pass over its rows.
+    let key = (name.to_string(), order, time_order, time_column.clone());
+    let cached = state
+        .sky_maps
+        .stmocs
+        .lock()
+        .expect("ST-MOC cache")
+        .get(&key)
+        .cloned();
+    if let Some(body) = cached {
+        return Ok(stmoc_response(body.as_ref().clone()));
+    }
     let moc = tokio::task::spawn_blocking(move || -> Result<Option<meridian_sky::StMoc>> {
         match s.engine.table(&n) {
             Some(table) => table
@@ -272,7 +287,17 @@ async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Re
     };
     let body =
         meridian_sky::stmoc_fits(&moc, Some(name)).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok((
+    state
+        .sky_maps
+        .stmocs
+        .lock()
+        .expect("ST-MOC cache")
+        .insert(key, Arc::new(body.clone()));
+    Ok(stmoc_response(body))
+}
+
+fn stmoc_response(body: Vec<u8>) -> Response {
+    (
         [
             (header::CONTENT_TYPE, "application/fits"),
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
@@ -280,7 +305,7 @@ async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Re
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// The HiPS under the served directory: (name, properties text), by name.

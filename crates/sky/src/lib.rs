@@ -16,8 +16,8 @@ pub mod stcs;
 pub use angle::parse_angle_deg;
 pub use error::{Error, Result};
 pub use moc_io::{
-    StMoc, mjd_to_us, moc_ascii, moc_fits, moc_from_cells, moc_from_ranges, moc_parse, moc_union,
-    stmoc_fits, stmoc_from_points, stmoc_from_spans,
+    StMoc, StMocBuilder, mjd_to_us, moc_ascii, moc_fits, moc_from_cells, moc_from_ranges,
+    moc_parse, moc_union, stmoc_fits, stmoc_from_points, stmoc_from_spans,
 };
 pub use point::{SkyPoint, angular_separation_deg};
 pub use region::{Circle, CoordRange, Moc, Polygon, Region, SkyBox, moc_json};

@@ -224,28 +224,60 @@ pub fn stmoc_fits(moc: &StMoc, name: Option<&str>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The ST-MOC of instants (MJD, and the cell at `space_order` where something was seen
-/// then), times at `time_order`.
+/// Builds the ST-MOC of instants (MJD, and the cell at `space_order` where something was
+/// seen then) as they come, in bounded memory: a million at a time are merged in.
+pub struct StMocBuilder {
+    shift: u32,
+    builder: moc::moc2d::builder::maxdepths_cell::FixedDepth2DMocBuilder<
+        u64,
+        moc::qty::Time<u64>,
+        u64,
+        moc::qty::Hpx<u64>,
+    >,
+}
+
+impl StMocBuilder {
+    /// Times at `time_order` (61 is a microsecond), cells at `space_order`.
+    pub fn new(time_order: u8, space_order: u8) -> Result<Self> {
+        use moc::qty::MocQty;
+        let space_order = crate::healpix::check_order(space_order)?;
+        if time_order > 61 {
+            return Err(Error::Moc(format!(
+                "time order {time_order}: time orders are from 0 to 61"
+            )));
+        }
+        Ok(Self {
+            shift: moc::qty::Time::<u64>::shift_from_depth_max(time_order) as u32,
+            builder: moc::moc2d::builder::maxdepths_cell::FixedDepth2DMocBuilder::new(
+                time_order,
+                space_order,
+                Some(1 << 20),
+            ),
+        })
+    }
+
+    /// Adds an instant (a non-finite MJD is left out).
+    pub fn push(&mut self, mjd: f64, cell: u64) {
+        if mjd.is_finite() {
+            self.builder.push(mjd_to_us(mjd) >> self.shift, cell);
+        }
+    }
+
+    /// The ST-MOC.
+    pub fn finish(self) -> StMoc {
+        self.builder.into_moc()
+    }
+}
+
+/// The ST-MOC of instants (see [`StMocBuilder`]).
 pub fn stmoc_from_points(
     time_order: u8,
     space_order: u8,
     points: impl IntoIterator<Item = (f64, u64)>,
 ) -> Result<StMoc> {
-    let space_order = crate::healpix::check_order(space_order)?;
-    if time_order > 61 {
-        return Err(Error::Moc(format!(
-            "time order {time_order}: time orders are from 0 to 61"
-        )));
+    let mut b = StMocBuilder::new(time_order, space_order)?;
+    for (t, c) in points {
+        b.push(t, c);
     }
-    use moc::qty::MocQty;
-    let shift = moc::qty::Time::<u64>::shift_from_depth_max(time_order) as u32;
-    Ok(StMoc::from_fixed_depth_cells(
-        time_order,
-        space_order,
-        points
-            .into_iter()
-            .filter(|(t, _)| t.is_finite())
-            .map(|(t, c)| (mjd_to_us(t) >> shift, c)),
-        None,
-    ))
+    Ok(b.finish())
 }
