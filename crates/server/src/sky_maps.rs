@@ -34,10 +34,13 @@ const DEFAULT_ORDER: u8 = 10;
 pub struct SkyMaps {
     mocs: Mutex<HashMap<(String, u8), Arc<meridian_sky::Moc>>>,
     /// Space-time MOCs computed so far, by (name, order, time order, time column).
-    stmocs: Mutex<HashMap<(String, u8, u8, Option<String>), Arc<Vec<u8>>>>,
+    stmocs: Mutex<HashMap<StMocKey, Arc<Vec<u8>>>>,
     hips_dir: Option<PathBuf>,
     tiles: Mutex<TileCache>,
 }
+
+/// An ST-MOC's name, space order, time order and time column.
+type StMocKey = (String, u8, u8, Option<String>);
 
 /// HiPS files read lately, by path, with the ETag they were read under (a file rewritten
 /// since has another), within a budget of bytes: the oldest read go first.
