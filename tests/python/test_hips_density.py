@@ -126,6 +126,9 @@ def test_tiles_are_served_with_cache_headers(density):
     for bad in ["Norder3/Dir0/Npix99999.png", "..%2F..%2Fcatalogs", "%2E%2E/properties"]:
         assert requests.get(f"{base}/hips/gaia-density/{bad}").status_code == 404, bad
     assert requests.get(f"{base}/hips/nothing/properties").status_code == 404
+    # A build's working directories are never served.
+    for part in ["gaia-density.building", "gaia-density.old"]:
+        assert requests.get(f"{base}/hips/{part}/properties").status_code == 404
 
 
 def test_mean_of_a_column_per_cell(density, tmp_path):

@@ -180,7 +180,11 @@ def test_bad_mocs_are_usage_errors(service):
     for q, word in [("SELECT source_id FROM gaia WHERE CONTAINS(POINT('ICRS', ra, dec), MOC('3/x')) = 1", "MOC"),
                     ("SELECT MOC('3/1') FROM gaia", "MOC"),
                     ("SELECT source_id FROM gaia WHERE CONTAINS(CIRCLE('ICRS', 1, 2, 3), MOC('3/1')) = 1",
-                     "POINT")]:
+                     "POINT"),
+                    # Orders past 29 and cells past the sphere's are refused, not a crash.
+                    ("SELECT source_id FROM gaia WHERE CONTAINS(POINT('ICRS', ra, dec), MOC('30/0')) = 1", "MOC"),
+                    ("SELECT source_id FROM gaia WHERE CONTAINS(POINT('ICRS', ra, dec), MOC('0/12')) = 1",
+                     "sphere")]:
         r = requests.post(f"{base}/tap/sync", data={"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": q})
         assert r.status_code == 400 and word in r.text, (q, r.status_code, r.text[:300])
 
@@ -223,6 +227,10 @@ def test_collection_stmoc_equals_mocpy(service, time_order):
     for params, status in [({"type": "stmoc", "time_order": 62}, 400), ({"type": "stmoc", "fmt": "json"}, 400)]:
         assert requests.get(f"{base}/moc/shared", params=params).status_code == status
     assert requests.get(f"{base}/moc/gaia", params={"type": "stmoc"}).status_code == 400
+    # Bounded: the space order, and a time column only for catalogs.
+    for params in [{"type": "stmoc", "order": 16}, {"type": "stmoc", "time_column": "x"}]:
+        r = requests.get(f"{base}/moc/shared", params=params)
+        assert r.status_code == 400, (params, r.status_code)
 
 
 def test_catalog_stmoc_equals_mocpy(tmp_path):
@@ -250,5 +258,6 @@ def test_catalog_stmoc_equals_mocpy(tmp_path):
             r = requests.get(f"{base}/moc/src", params={"type": "stmoc", "order": order, "time_order": time_order})
             assert r.status_code == 200, r.text[:300]
             assert STMOC.from_fits(io.BytesIO(r.content)) == want, (order, time_order)
-        r = requests.get(f"{base}/moc/src", params={"type": "stmoc", "time_column": "nope"})
-        assert r.status_code == 400 and "nope" in r.text
+        for column in ["nope", "ra"]:
+            r = requests.get(f"{base}/moc/src", params={"type": "stmoc", "time_column": column})
+            assert r.status_code == 400 and column in r.text, (column, r.text[:200])

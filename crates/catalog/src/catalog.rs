@@ -318,8 +318,26 @@ impl Catalog {
         time_column: Option<&str>,
         progress: &dyn Fn(u64),
     ) -> Result<Option<meridian_sky::StMoc>> {
+        let is_time = |c: &ColumnInfo| {
+            c.meta
+                .ucd
+                .as_deref()
+                .is_some_and(|u| u.split(';').any(|w| w.trim().starts_with("time.")))
+        };
         let column = match time_column {
-            Some(c) => Some(c.to_string()),
+            Some(c) => {
+                let info = self
+                    .columns()
+                    .into_iter()
+                    .find(|x| x.name == c)
+                    .ok_or_else(|| Error::Invalid(format!("no column '{c}' in the catalog")))?;
+                if !is_time(&info) {
+                    return Err(Error::Invalid(format!(
+                        "column '{c}' is not a time (its UCD is not time.*)"
+                    )));
+                }
+                Some(c.to_string())
+            }
             None => self
                 .columns()
                 .into_iter()

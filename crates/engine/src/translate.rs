@@ -510,9 +510,9 @@ impl Translator<'_> {
                     return Ok(Some((ShapeKind::Moc, vec![self.expr(arg, scope)?])));
                 };
                 let moc = meridian_sky::moc_parse(text.as_bytes())
-                    .map_err(|e| semantic(*span, format!("MOC: {e}")))?;
+                    .map_err(|e| semantic(*span, e.to_string()))?;
                 let ascii = meridian_sky::moc_ascii(&moc)
-                    .map_err(|e| semantic(*span, format!("MOC: {e}")))?
+                    .map_err(|e| semantic(*span, e.to_string()))?
                     .split_whitespace()
                     .collect::<Vec<_>>()
                     .join(" ");
@@ -931,7 +931,7 @@ impl Translator<'_> {
                             )));
                         };
                         let moc = meridian_sky::moc_parse(text.as_bytes())
-                            .map_err(|e| semantic(name.span, format!("MOC: {e}")))?;
+                            .map_err(|e| semantic(name.span, e.to_string()))?;
                         format!("{:?}", meridian_sky::Region::Moc(Box::new(moc)).area_deg2())
                     }
                     (_, ShapeKind::Moc) => {

@@ -467,8 +467,14 @@ impl std::hash::Hash for MocUdf {
 impl MocUdf {
     fn new() -> Self {
         Self {
-            signature: Signature::exact(
-                vec![DataType::Float64, DataType::Float64, DataType::Utf8],
+            signature: Signature::one_of(
+                [
+                    DataType::Utf8,
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                ]
+                .into_iter()
+                .map(|t| TypeSignature::Exact(vec![DataType::Float64, DataType::Float64, t]))
+                .collect(),
                 Volatility::Immutable,
             ),
             parsed: std::sync::Mutex::new(None),
@@ -505,22 +511,73 @@ impl ScalarUDFImpl for MocUdf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let ra = arrow::compute::cast(&arrays[0], &DataType::Float64)?;
-        let dec = arrow::compute::cast(&arrays[1], &DataType::Float64)?;
-        let text = arrow::compute::cast(&arrays[2], &DataType::Utf8)?;
-        let (ra, dec, text) = (
+        let ra = arrow::compute::cast(&args.args[0].to_array(n)?, &DataType::Float64)?;
+        let dec = arrow::compute::cast(&args.args[1].to_array(n)?, &DataType::Float64)?;
+        let (ra, dec) = (
             ra.as_primitive::<Float64Type>(),
             dec.as_primitive::<Float64Type>(),
-            text.as_string::<i32>(),
         );
+        // The MOC of each row: a literal is parsed once (never copied row by row); a
+        // column (an uploaded MOC, dictionary-encoded) once per distinct value.
+        let mocs: Vec<Option<Arc<meridian_sky::Moc>>> = match &args.args[2] {
+            ColumnarValue::Scalar(s) => {
+                let m = match s {
+                    datafusion::scalar::ScalarValue::Utf8(Some(t))
+                    | datafusion::scalar::ScalarValue::LargeUtf8(Some(t))
+                    | datafusion::scalar::ScalarValue::Utf8View(Some(t)) => Some(self.moc(t)?),
+                    datafusion::scalar::ScalarValue::Dictionary(_, v) => match v.as_ref() {
+                        datafusion::scalar::ScalarValue::Utf8(Some(t)) => Some(self.moc(t)?),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                vec![m; 1]
+            }
+            ColumnarValue::Array(a) => {
+                let (keys, values): (Vec<Option<usize>>, ArrayRef) = match a.data_type() {
+                    DataType::Dictionary(_, _) => {
+                        let d = a.as_any_dictionary();
+                        let keys = arrow::compute::cast(d.keys(), &DataType::Int64)?;
+                        let keys = keys
+                            .as_primitive::<arrow::datatypes::Int64Type>()
+                            .iter()
+                            .map(|k| k.map(|k| k as usize))
+                            .collect();
+                        (keys, d.values().clone())
+                    }
+                    _ => ((0..n).map(Some).collect(), a.clone()),
+                };
+                let values = arrow::compute::cast(&values, &DataType::Utf8)?;
+                let values = values.as_string::<i32>();
+                let mut parsed: Vec<Option<Arc<meridian_sky::Moc>>> = Vec::new();
+                let mut last: Option<(usize, Arc<meridian_sky::Moc>)> = None;
+                for k in keys {
+                    parsed.push(match k {
+                        Some(k) if values.is_valid(k) => match &last {
+                            Some((lk, m)) if *lk == k => Some(m.clone()),
+                            _ => {
+                                let m = self.moc(values.value(k))?;
+                                last = Some((k, m.clone()));
+                                Some(m)
+                            }
+                        },
+                        _ => None,
+                    });
+                }
+                parsed
+            }
+        };
+        let moc_of = |i: usize| if mocs.len() == 1 { &mocs[0] } else { &mocs[i] };
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            if ra.is_null(i) || dec.is_null(i) || text.is_null(i) {
+            let Some(moc) = moc_of(i) else {
+                out.push(None);
+                continue;
+            };
+            if ra.is_null(i) || dec.is_null(i) {
                 out.push(None);
                 continue;
             }
-            let moc = self.moc(text.value(i))?;
             let p = SkyPoint::new(ra.value(i), dec.value(i))
                 .map_err(|e| err("adql_contains_moc", e))?;
             out.push(Some(

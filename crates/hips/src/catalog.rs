@@ -444,7 +444,7 @@ pub fn build(
     }
     drop(all);
 
-    let building = out.with_extension("building");
+    let building = crate::beside(out, "building");
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
     }

@@ -206,7 +206,7 @@ pub fn build(
     } else {
         f32::NAN
     };
-    let building = out.with_extension("building");
+    let building = crate::beside(out, "building");
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
     }

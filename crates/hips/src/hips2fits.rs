@@ -96,6 +96,9 @@ pub fn wcs_cards(r: &Request) -> Result<Vec<(&'static str, String)>> {
     Ok(cards)
 }
 
+/// Most tiles one drawing holds at once.
+const MAX_TILES_HELD: usize = 128;
+
 /// FITS tiles read so far (None where the HiPS has no tile).
 struct TileCache {
     root: PathBuf,
@@ -109,6 +112,11 @@ impl TileCache {
         let shift = 2 * self.geometry.shift as u32;
         let tile = cell >> shift;
         if !self.tiles.contains_key(&(order, tile)) {
+            // A bounded set of tiles: a wide image reads its rows' tiles again rather
+            // than holding every tile of the sky.
+            if self.tiles.len() >= MAX_TILES_HELD {
+                self.tiles.clear();
+            }
             let path = tile_path(&self.root, order, tile, "fits");
             let data = if path.exists() {
                 let hdus = meridian_images::cutout::image_hdus(&path)

@@ -597,7 +597,7 @@ pub fn build(
             )
         }
     };
-    let building = out.with_extension("building");
+    let building = crate::beside(out, "building");
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
     }

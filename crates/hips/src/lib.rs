@@ -45,10 +45,19 @@ impl Error {
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `out` with `.suffix` appended (not replacing a dot in its name: `dss.red` builds in
+/// `dss.red.building`, apart from `dss.blue`'s).
+pub(crate) fn beside(out: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    out.with_file_name(name)
+}
+
 /// Puts the finished HiPS in `building` in place of `out`: readers see the old one or the
 /// new one, whole.
 pub(crate) fn swap_in(building: &std::path::Path, out: &std::path::Path) -> Result<()> {
-    let old = out.with_extension("old");
+    let old = crate::beside(out, "old");
     if out.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;

@@ -34,9 +34,20 @@ const DEFAULT_ORDER: u8 = 10;
 pub struct SkyMaps {
     mocs: Mutex<HashMap<(String, u8), Arc<meridian_sky::Moc>>>,
     /// Space-time MOCs computed so far, by (name, order, time order, time column).
-    stmocs: Mutex<HashMap<StMocKey, Arc<Vec<u8>>>>,
+    stmocs: Mutex<HashMap<StMocKey, bytes::Bytes>>,
     hips_dir: Option<PathBuf>,
     tiles: Mutex<TileCache>,
+    /// hips2fits images drawn at once.
+    drawing: Drawing,
+}
+
+/// Leave to draw a hips2fits image: two at a time, each holding the tiles it reads.
+struct Drawing(Arc<tokio::sync::Semaphore>);
+
+impl Default for Drawing {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(2)))
+    }
 }
 
 /// An ST-MOC's name, space order, time order and time column.
@@ -94,6 +105,7 @@ impl SkyMaps {
             stmocs: Mutex::default(),
             hips_dir,
             tiles: Mutex::default(),
+            drawing: Drawing::default(),
         }
     }
 }
@@ -115,6 +127,8 @@ pub(crate) fn moc_of(state: &AppState, name: &str, order: u8) -> Result<Arc<meri
         && let Some(dir) = &state.sky_maps.hips_dir
         && !name.starts_with('.')
         && !name.contains('/')
+        && !name.ends_with(".building")
+        && !name.ends_with(".old")
         && let Ok(bytes) = std::fs::read(dir.join(name).join("Moc.fits"))
     {
         let moc = meridian_sky::moc_parse(&bytes)
@@ -245,8 +259,18 @@ async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Re
             "fmt: a space-time MOC is served as FITS only".into(),
         ));
     }
+    if order > STMOC_MAX_ORDER {
+        return Err(Error::Usage(format!(
+            "order: a space-time MOC's space order is at most {STMOC_MAX_ORDER}"
+        )));
+    }
     let (s, n) = (state.clone(), name.to_string());
     let time_column = req.params.get("time_column").map(|c| c.trim().to_string());
+    if time_column.is_some() && state.engine.table(name).is_none() {
+        return Err(Error::Usage(
+            "time_column: only a catalog's space-time MOC takes a time column".into(),
+        ));
+    }
     // Computed once per (name, orders, column): a catalog's is a pass over its rows.
     let key = (name.to_string(), order, time_order, time_column.clone());
     let cached = state
@@ -257,7 +281,7 @@ async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Re
         .get(&key)
         .cloned();
     if let Some(body) = cached {
-        return Ok(stmoc_response(body.as_ref().clone()));
+        return Ok(stmoc_response(body));
     }
     let moc = tokio::task::spawn_blocking(move || -> Result<Option<meridian_sky::StMoc>> {
         match s.engine.table(&n) {
@@ -290,16 +314,25 @@ async fn stmoc(state: &AppState, name: &str, order: u8, req: &DaliRequest) -> Re
     };
     let body =
         meridian_sky::stmoc_fits(&moc, Some(name)).map_err(|e| Error::Internal(e.to_string()))?;
-    state
-        .sky_maps
-        .stmocs
-        .lock()
-        .expect("ST-MOC cache")
-        .insert(key, Arc::new(body.clone()));
+    let body = bytes::Bytes::from(body);
+    {
+        let mut cache = state.sky_maps.stmocs.lock().expect("ST-MOC cache");
+        // Kept within a few dozen: the key is the client's to choose.
+        if cache.len() >= STMOC_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, body.clone());
+    }
     Ok(stmoc_response(body))
 }
 
-fn stmoc_response(body: Vec<u8>) -> Response {
+/// Finest space order of a served space-time MOC (order 12 cells are 52 arcseconds).
+const STMOC_MAX_ORDER: u8 = 12;
+
+/// Space-time MOCs kept at most.
+const STMOC_CACHE_ENTRIES: usize = 32;
+
+fn stmoc_response(body: bytes::Bytes) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/fits"),
@@ -371,7 +404,13 @@ pub async fn file(
         p.components()
             .all(|c| matches!(c, std::path::Component::Normal(_)))
     };
-    if name.starts_with('.') || name.contains('/') || !plain(rel) || path.is_empty() {
+    if name.starts_with('.')
+        || name.contains('/')
+        || name.ends_with(".building")
+        || name.ends_with(".old")
+        || !plain(rel)
+        || path.is_empty()
+    {
         return Err(not_found());
     }
     let full = dir.join(&name).join(rel);
@@ -504,7 +543,7 @@ pub async fn hips2fits(State(state): State<AppState>, req: DaliRequest) -> Resul
         height: size("height")?,
         projection: p.get("projection").unwrap_or("TAN").trim().to_string(),
         galactic,
-        lon_deg: number("ra")?,
+        lon_deg: number("ra")?.rem_euclid(360.0),
         lat_deg: number("dec")?,
         fov_deg: number("fov")?,
         rotation_deg: match p.get("rotation_angle") {
@@ -540,9 +579,28 @@ pub async fn hips2fits(State(state): State<AppState>, req: DaliRequest) -> Resul
         )));
     }
     let root = dir.join(&name);
+    // Two images drawn at a time: each holds the tiles it reads.
+    let permit = state
+        .sky_maps
+        .drawing
+        .0
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| Error::Internal(format!("hips2fits: {e}")))?;
     let body = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, &'static str)> {
-        let drawn = meridian_hips::hips2fits::draw(&root, &request, HIPS2FITS_MAX_PIXELS)
-            .map_err(|e| Error::Usage(e.to_string()))?;
+        let _permit = permit;
+        let drawn =
+            meridian_hips::hips2fits::draw(&root, &request, HIPS2FITS_MAX_PIXELS).map_err(|e| {
+                match e {
+                    // The HiPS's files, not the request: no path to the client.
+                    meridian_hips::Error::Io { .. } | meridian_hips::Error::Catalog(_) => {
+                        tracing::warn!(error = %e, "hips2fits");
+                        Error::Internal("hips2fits: the HiPS could not be read".into())
+                    }
+                    meridian_hips::Error::Invalid(m) => Error::Usage(m),
+                }
+            })?;
         if format == "fits" {
             let mut cards: Vec<(&str, String)> =
                 drawn.cards.iter().map(|(k, v)| (*k, v.clone())).collect();

@@ -359,14 +359,18 @@ fn moc_upload(
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
+    // Dictionary-encoded: a join repeats the key, not the MOC's text, on every row.
+    let column: arrow::array::DictionaryArray<arrow::datatypes::Int32Type> =
+        vec![ascii.as_str()].into_iter().collect();
     let schema = Arc::new(arrow::datatypes::Schema::new(vec![
-        arrow::datatypes::Field::new("moc", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new(
+            "moc",
+            arrow::array::Array::data_type(&column).clone(),
+            false,
+        ),
     ]));
-    let batch = arrow::array::RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(arrow::array::StringArray::from(vec![ascii]))],
-    )
-    .map_err(|e| Error::Usage(format!("UPLOAD '{name}': {e}")))?;
+    let batch = arrow::array::RecordBatch::try_new(schema.clone(), vec![Arc::new(column)])
+        .map_err(|e| Error::Usage(format!("UPLOAD '{name}': {e}")))?;
     let table = MemTable::try_new(schema, vec![vec![batch]])
         .map_err(|e| Error::Usage(format!("UPLOAD '{name}' cannot be used: {e}")))?;
     Ok(Some(Arc::new(table)))

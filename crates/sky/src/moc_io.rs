@@ -84,9 +84,35 @@ mod tests {
     }
 }
 
+/// Most ranges a MOC read from outside may have.
+pub const MOC_MAX_RANGES: usize = 1_000_000;
+
 /// Reads a space MOC from any of its serialisations: MOC 2.0 FITS (NUNIQ or RANGE, any
 /// integer width), ASCII (`order/cells ...`) or Aladin's JSON (`{"order": [cells]}`).
+/// Orders past 29, cells past the sphere's and more than [`MOC_MAX_RANGES`] ranges are
+/// refused.
 pub fn moc_parse(bytes: &[u8]) -> Result<Moc> {
+    let moc = moc_parse_unchecked(bytes)?;
+    if moc.depth_max() > 29 {
+        return Err(Error::Moc(format!(
+            "order {} is past 29, the deepest HEALPix order",
+            moc.depth_max()
+        )));
+    }
+    let end = 12u64 << 58;
+    let ranges = moc.moc_ranges();
+    if ranges.iter().count() > MOC_MAX_RANGES {
+        return Err(Error::Moc(format!(
+            "more than {MOC_MAX_RANGES} ranges of cells"
+        )));
+    }
+    if ranges.iter().any(|r| r.start >= r.end || r.end > end) {
+        return Err(Error::Moc("a cell is not on the sphere".into()));
+    }
+    Ok(moc)
+}
+
+fn moc_parse_unchecked(bytes: &[u8]) -> Result<Moc> {
     use moc::deser::fits::{MocIdxType, MocQtyType, MocType, from_fits_ivoa};
     use moc::idx::Idx;
     use moc::moc::{CellMOCIntoIterator, CellMOCIterator, CellOrCellRangeMOCIntoIterator};
@@ -201,6 +227,11 @@ pub fn stmoc_from_spans<'a>(
                 "time span {start} to {end} (MJD) is not an interval"
             )));
         }
+        if start.abs() >= 1e6 || end.abs() >= 1e6 {
+            return Err(Error::Moc(format!(
+                "time span {start} to {end} (MJD) is not a time"
+            )));
+        }
         let (t0, t1) = (mjd_to_us(start), mjd_to_us(end) + 1);
         for r in sky.moc_ranges().iter() {
             for c in (r.start >> shift)..(r.end >> shift) {
@@ -256,9 +287,10 @@ impl StMocBuilder {
         })
     }
 
-    /// Adds an instant (a non-finite MJD is left out).
+    /// Adds an instant (an MJD that is not finite or not within a million days of MJD 0,
+    /// so not a time, is left out).
     pub fn push(&mut self, mjd: f64, cell: u64) {
-        if mjd.is_finite() {
+        if mjd.is_finite() && mjd.abs() < 1e6 {
             self.builder.push(mjd_to_us(mjd) >> self.shift, cell);
         }
     }
