@@ -911,11 +911,21 @@ impl Jobs {
             let id = job.id.clone();
             let limit_s = job.execution_duration_s;
             tracing::info!(job = %id, "job started");
-            let work = this.runner.run(job, this.job_dir(&id));
+            // A panic in the work ends the job as failed, and frees its slot, rather than
+            // leaving it EXECUTING for good.
+            let work = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                this.runner.run(job, this.job_dir(&id)),
+            ));
             let outcome = tokio::select! {
                 r = work => match r {
-                    Ok(results) => Outcome::Done(results),
-                    Err(e) => Outcome::Failed(e),
+                    Ok(Ok(results)) => Outcome::Done(results),
+                    Ok(Err(e)) => Outcome::Failed(e),
+                    Err(_) => {
+                        tracing::error!(job = %id, "job panicked");
+                        Outcome::Failed(ErrorSummary::fatal(
+                            "the service failed while running the job (an internal error)",
+                        ))
+                    }
                 },
                 _ = tokio::time::sleep(Duration::from_secs(limit_s)) => Outcome::Failed(
                     ErrorSummary::transient(format!(
@@ -1035,6 +1045,49 @@ mod tests {
 
     fn open(dir: &Path, config: JobConfig) -> Arc<Jobs> {
         Jobs::open(dir, config, Arc::new(Idle)).unwrap()
+    }
+
+    struct Panics;
+
+    impl Runner for Panics {
+        fn run(
+            &self,
+            _job: Job,
+            _dir: PathBuf,
+        ) -> BoxFuture<'static, Result<Vec<JobResult>, ErrorSummary>> {
+            Box::pin(async { panic!("a defect in the work") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_ends_in_error_and_frees_its_slot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jobs = Jobs::open(
+            tmp.path(),
+            JobConfig {
+                max_running: 1,
+                ..JobConfig::default()
+            },
+            Arc::new(Panics),
+        )
+        .unwrap();
+        jobs.start();
+        for _ in 0..2 {
+            let id = jobs.create(new("10.0.0.2", None)).unwrap().id;
+            jobs.run(&id).unwrap();
+            let mut phase = Phase::Pending;
+            for _ in 0..200 {
+                phase = jobs.get(&id).unwrap().phase;
+                if phase == Phase::Error {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // The second job runs too: the first one's slot was freed.
+            assert_eq!(phase, Phase::Error);
+            let error = jobs.get(&id).unwrap().error.unwrap();
+            assert!(format!("{error:?}").contains("internal error"), "{error:?}");
+        }
     }
 
     fn new(client: &str, owner: Option<&str>) -> NewJob {
