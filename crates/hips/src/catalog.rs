@@ -444,11 +444,7 @@ pub fn build(
     }
     drop(all);
 
-    let building = crate::beside(out, "building");
-    if building.exists() {
-        std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
-    }
-    std::fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+    let building = crate::fresh_building(out)?;
 
     // Rows in each low cell: the partitions inside it.
     let part_rows: Vec<(Pixel, u64)> = firsts.iter().map(|c| (c.pixel, c.rows)).collect();
@@ -570,41 +566,30 @@ pub fn build(
         .map_err(|e| Error::Invalid(e.to_string()))?;
     write_new(
         &building.join("Moc.fits"),
-        &meridian_sky::moc_fits(&moc, Some(&opts.name))
-            .map_err(|e| Error::Invalid(e.to_string()))?,
+        &crate::moc_file(&moc, &opts.name)?,
     )?;
-    let mut p = Properties::default();
-    p.set("creator_did", format!("ivo://meridian/hips/{}", opts.name))
-        .set("obs_title", format!("{}: catalog", opts.name))
-        .set(
-            "obs_description",
-            format!(
-                "Rows of catalog {}, {} per HEALPix cell and order{}",
-                opts.name,
-                per_tile,
-                match &rank {
-                    Some(r) => format!(
-                        ", ranked by {r} ({})",
-                        if opts.descending {
-                            "largest first"
-                        } else {
-                            "smallest first"
-                        }
-                    ),
-                    None => ", sampled evenly".to_string(),
-                }
-            ),
-        )
-        .set("dataproduct_type", "catalog")
-        .set("hips_version", "1.4")
-        .set(
-            "hips_builder",
-            format!("Meridian {}", env!("CARGO_PKG_VERSION")),
-        )
-        .set("hips_creator", "Meridian")
-        .set("hips_status", "public master clonableOnce")
-        .set("hips_frame", "equatorial")
-        .set("hips_order", deepest.max(3).to_string())
+    let mut p = Properties::meridian(
+        &opts.name,
+        "catalog",
+        &format!(
+            "Rows of catalog {}, {} per HEALPix cell and order{}",
+            opts.name,
+            per_tile,
+            match &rank {
+                Some(r) => format!(
+                    ", ranked by {r} ({})",
+                    if opts.descending {
+                        "largest first"
+                    } else {
+                        "smallest first"
+                    }
+                ),
+                None => ", sampled evenly".to_string(),
+            }
+        ),
+        "catalog",
+    );
+    p.set("hips_order", deepest.max(3).to_string())
         .set("hips_order_min", "1")
         .set("hips_tile_format", "tsv")
         .set("hips_cat_nrows", total.to_string())

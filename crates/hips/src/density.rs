@@ -206,11 +206,7 @@ pub fn build(
     } else {
         f32::NAN
     };
-    let building = crate::beside(out, "building");
-    if building.exists() {
-        std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
-    }
-    std::fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+    let building = crate::fresh_building(out)?;
     let w = geometry.width;
     let written = std::sync::atomic::AtomicUsize::new(0);
     let unit = match agg {
@@ -276,32 +272,21 @@ pub fn build(
         .map_err(|e| Error::Invalid(e.to_string()))?;
     write_new(
         &building.join("Moc.fits"),
-        &meridian_sky::moc_fits(&moc, Some(&opts.name))
-            .map_err(|e| Error::Invalid(e.to_string()))?,
+        &crate::moc_file(&moc, &opts.name)?,
     )?;
     let (ra, dec) = densest(&counts, pixel_order);
-    let mut p = Properties::default();
-    p.set("creator_did", format!("ivo://meridian/hips/{}", opts.name))
-        .set("obs_title", format!("{}: {}", opts.name, agg.describe()))
-        .set(
-            "obs_description",
-            format!(
-                "{} per HEALPix cell of order {pixel_order} (tiles of order {}), of catalog {}",
-                agg.describe(),
-                opts.order,
-                opts.name
-            ),
-        )
-        .set("dataproduct_type", "image")
-        .set("hips_version", "1.4")
-        .set(
-            "hips_builder",
-            format!("Meridian {}", env!("CARGO_PKG_VERSION")),
-        )
-        .set("hips_creator", "Meridian")
-        .set("hips_status", "public master clonableOnce")
-        .set("hips_frame", "equatorial")
-        .set("hips_order", opts.order.to_string())
+    let mut p = Properties::meridian(
+        &opts.name,
+        &agg.describe(),
+        &format!(
+            "{} per HEALPix cell of order {pixel_order} (tiles of order {}), of catalog {}",
+            agg.describe(),
+            opts.order,
+            opts.name
+        ),
+        "image",
+    );
+    p.set("hips_order", opts.order.to_string())
         .set("hips_order_min", "3")
         .set("hips_tile_width", w.to_string())
         .set("hips_tile_format", "png fits")

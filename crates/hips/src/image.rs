@@ -27,7 +27,7 @@ use meridian_images::frames::from_icrs;
 use meridian_images::{ImageHdu, Wcs};
 use rayon::prelude::*;
 
-use crate::tile::{fits_image, png_image, write_atomic, write_new};
+use crate::tile::{fits_image, png_of_values, write_atomic, write_new};
 use crate::{Error, Properties, Result, TileGeometry, tile_path};
 
 /// The resampling kernel.
@@ -288,36 +288,14 @@ fn read_tile(path: &Path, w: usize) -> Result<Option<Vec<f32>>> {
 /// Tile `parent` of order `k`: the mean of each 2 x 2 block of its four children (order
 /// `k + 1`, read from `root`).
 fn parent_from_disk(root: &Path, k: u8, parent: u64, g: TileGeometry) -> Result<Vec<f32>> {
-    let (w, s) = (g.width, g.shift);
-    let mut sum = vec![0f64; w * w];
-    let mut count = vec![0u32; w * w];
+    let mut p = Pending::new(parent, g.width);
     for q in 0..4u64 {
         let child = (parent << 2) | q;
-        let Some(values) = read_tile(&tile_path(root, k + 1, child, "fits"), w)? else {
-            continue;
-        };
-        let quarter = q << (2 * s - 2);
-        for sub in 0..(w * w) as u64 {
-            let (r, c) = g.pixel_of(sub);
-            let v = values[r * w + c];
-            if v.is_finite() {
-                let (r, c) = g.pixel_of(quarter | (sub >> 2));
-                sum[r * w + c] += v as f64;
-                count[r * w + c] += 1;
-            }
+        if let Some(values) = read_tile(&tile_path(root, k + 1, child, "fits"), g.width)? {
+            p.add_child(child, &values, g);
         }
     }
-    Ok(sum
-        .iter()
-        .zip(&count)
-        .map(|(s, n)| {
-            if *n > 0 {
-                (*s / *n as f64) as f32
-            } else {
-                f32::NAN
-            }
-        })
-        .collect())
+    Ok(p.means())
 }
 
 /// A lower-order tile being filled from its children: sums and counts of its pixels.
@@ -325,6 +303,51 @@ struct Pending {
     tile: u64,
     sum: Vec<f64>,
     count: Vec<u32>,
+}
+
+impl Pending {
+    fn new(tile: u64, w: usize) -> Self {
+        Self {
+            tile,
+            sum: vec![0.0; w * w],
+            count: vec![0; w * w],
+        }
+    }
+
+    /// Adds child tile `child`'s values (top row first), each 2 x 2 block of them to one
+    /// pixel of its quarter of this tile.
+    fn add_child(&mut self, child: u64, values: &[f32], g: TileGeometry) {
+        let w = g.width;
+        let quarter = (child & 3) << (2 * g.shift - 2);
+        for sub in 0..(w * w) as u64 {
+            let (r, c) = g.pixel_of(sub);
+            let v = values[r * w + c];
+            if v.is_finite() {
+                let (r, c) = g.pixel_of(quarter | (sub >> 2));
+                self.sum[r * w + c] += v as f64;
+                self.count[r * w + c] += 1;
+            }
+        }
+    }
+
+    /// The mean of each pixel's values; NaN where it has none.
+    fn means(&self) -> Vec<f32> {
+        mean_of(&self.sum, &self.count)
+    }
+}
+
+/// Sums over counts, NaN where a count is 0.
+fn mean_of(sum: &[f64], count: &[u32]) -> Vec<f32> {
+    sum.iter()
+        .zip(count)
+        .map(|(s, n)| {
+            if *n > 0 {
+                (*s / *n as f64) as f32
+            } else {
+                f32::NAN
+            }
+        })
+        .collect()
 }
 
 /// Builds the image HiPS of `collection` into directory `out` (swapped in whole when
@@ -516,17 +539,7 @@ pub fn build(
                 }
             }
         }
-        Ok(sum
-            .iter()
-            .zip(&count)
-            .map(|(s, n)| {
-                if *n > 0 {
-                    (*s / *n as f64) as f32
-                } else {
-                    f32::NAN
-                }
-            })
-            .collect())
+        Ok(mean_of(&sum, &count))
     };
     // An earlier build of the same images plus some: only what the new ones change.
     let kernel_name = match opts.kernel {
@@ -597,29 +610,12 @@ pub fn build(
             )
         }
     };
-    let building = crate::beside(out, "building");
-    if building.exists() {
-        std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
-    }
+    let building = crate::fresh_building(out)?;
     if previous.is_some() {
         link_tree(out, &building)?;
-    } else {
-        std::fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
     }
     let written = std::sync::atomic::AtomicUsize::new(0);
     let write = |k: u8, t: u64, values: &[f32]| -> Result<()> {
-        let grey: Vec<u8> = values
-            .iter()
-            .map(|v| {
-                (((v - cut.0) / (cut.1 - cut.0)) * 255.0)
-                    .round()
-                    .clamp(0.0, 255.0) as u8
-            })
-            .collect();
-        let alpha: Vec<u8> = values
-            .iter()
-            .map(|v| if v.is_finite() { 255 } else { 0 })
-            .collect();
         // An incremental build's directory links the served files: replace them, never
         // write into them.
         let put = if previous.is_some() {
@@ -633,7 +629,7 @@ pub fn build(
         )?;
         put(
             &tile_path(&building, k, t, "png"),
-            &png_image(w, w, &grey, Some(&alpha))?,
+            &png_of_values(w, w, values, cut)?,
         )?;
         written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -658,18 +654,7 @@ pub fn build(
         let Some(p) = pending[(k - 3) as usize].take() else {
             return Ok(());
         };
-        let values: Vec<f32> = p
-            .sum
-            .iter()
-            .zip(&p.count)
-            .map(|(s, n)| {
-                if *n > 0 {
-                    (*s / *n as f64) as f32
-                } else {
-                    f32::NAN
-                }
-            })
-            .collect();
+        let values = p.means();
         write(k, p.tile, &values)?;
         if k == 3 {
             allsky(p.tile, &values);
@@ -696,22 +681,9 @@ pub fn build(
         {
             flush(pending, k, w, s, write, allsky)?;
         }
-        let p = pending[(k - 3) as usize].get_or_insert_with(|| Pending {
-            tile: parent,
-            sum: vec![0.0; w * w],
-            count: vec![0; w * w],
-        });
-        let quarter = (child & 3) << (2 * s - 2);
-        let g = TileGeometry { width: w, shift: s };
-        for sub in 0..(w * w) as u64 {
-            let (r, c) = g.pixel_of(sub);
-            let v = values[r * w + c];
-            if v.is_finite() {
-                let (r, c) = g.pixel_of(quarter | (sub >> 2));
-                p.sum[r * w + c] += v as f64;
-                p.count[r * w + c] += 1;
-            }
-        }
+        pending[(k - 3) as usize]
+            .get_or_insert_with(|| Pending::new(parent, w))
+            .add_child(child, values, TileGeometry { width: w, shift: s });
         Ok(())
     }
     let mut put_allsky = |t: u64, values: &[f32]| {
@@ -795,50 +767,27 @@ pub fn build(
     }
     let dir = building.join("Norder3");
     write_atomic(&dir.join("Allsky.fits"), &fits_image(aw, ah, &allsky, &[]))?;
-    let grey: Vec<u8> = allsky
-        .iter()
-        .map(|v| {
-            (((v - cut.0) / (cut.1 - cut.0)) * 255.0)
-                .round()
-                .clamp(0.0, 255.0) as u8
-        })
-        .collect();
-    let alpha: Vec<u8> = allsky
-        .iter()
-        .map(|v| if v.is_finite() { 255 } else { 0 })
-        .collect();
     write_atomic(
         &dir.join("Allsky.png"),
-        &png_image(aw, ah, &grey, Some(&alpha))?,
+        &png_of_values(aw, ah, &allsky, cut)?,
     )?;
     let moc = collection_moc(&usable, order)?;
     write_atomic(
         &building.join("Moc.fits"),
-        &meridian_sky::moc_fits(&moc, Some(&opts.name))
-            .map_err(|e| Error::Invalid(e.to_string()))?,
+        &crate::moc_file(&moc, &opts.name)?,
     )?;
     let (ra, dec, fov) = initial_view(&usable);
-    let mut p = Properties::default();
-    p.set("creator_did", format!("ivo://meridian/hips/{}", opts.name))
-        .set("obs_title", format!("{}: images", opts.name))
-        .set(
-            "obs_description",
-            format!(
-                "The images of collection {} resampled on HEALPix",
-                collection.name
-            ),
-        )
-        .set("dataproduct_type", "image")
-        .set("hips_version", "1.4")
-        .set(
-            "hips_builder",
-            format!("Meridian {}", env!("CARGO_PKG_VERSION")),
-        )
-        .set("hips_creator", "Meridian")
-        .set("hips_creation_date", now_iso())
+    let mut p = Properties::meridian(
+        &opts.name,
+        "images",
+        &format!(
+            "The images of collection {} resampled on HEALPix",
+            collection.name
+        ),
+        "image",
+    );
+    p.set("hips_creation_date", now_iso())
         .set("hips_release_date", now_iso())
-        .set("hips_status", "public master clonableOnce")
-        .set("hips_frame", "equatorial")
         .set("hips_order", order.to_string())
         .set("hips_order_min", "3")
         .set("hips_tile_width", w.to_string())

@@ -54,6 +54,22 @@ pub(crate) fn beside(out: &std::path::Path, suffix: &str) -> std::path::PathBuf 
     out.with_file_name(name)
 }
 
+/// An empty directory beside `out` to build a new HiPS in (an earlier, unfinished build's
+/// removed).
+pub(crate) fn fresh_building(out: &std::path::Path) -> Result<std::path::PathBuf> {
+    let building = beside(out, "building");
+    if building.exists() {
+        std::fs::remove_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+    }
+    std::fs::create_dir_all(&building).map_err(|e| Error::io(&building, e))?;
+    Ok(building)
+}
+
+/// `Moc.fits`'s bytes: `moc` as MOC 2.0 FITS named `name`.
+pub(crate) fn moc_file(moc: &meridian_sky::Moc, name: &str) -> Result<Vec<u8>> {
+    meridian_sky::moc_fits(moc, Some(name)).map_err(|e| Error::Invalid(e.to_string()))
+}
+
 /// Puts the finished HiPS in `building` in place of `out`: readers see the old one or the
 /// new one, whole.
 pub(crate) fn swap_in(building: &std::path::Path, out: &std::path::Path) -> Result<()> {

@@ -132,6 +132,29 @@ pub fn fits_image(
     out
 }
 
+/// A PNG of `values` (`width` x `height`, top row first) mapping `cut` linearly to
+/// 0..255; pixels without a value transparent.
+pub fn png_of_values(
+    width: usize,
+    height: usize,
+    values: &[f32],
+    cut: (f32, f32),
+) -> Result<Vec<u8>> {
+    let grey: Vec<u8> = values
+        .iter()
+        .map(|v| {
+            (((v - cut.0) / (cut.1 - cut.0)) * 255.0)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    let alpha: Vec<u8> = values
+        .iter()
+        .map(|v| if v.is_finite() { 255 } else { 0 })
+        .collect();
+    png_image(width, height, &grey, Some(&alpha))
+}
+
 /// An 8-bit grey PNG (or grey with alpha, when `alpha` is given) of `width` x `height`
 /// pixels, top row first.
 pub fn png_image(
@@ -178,6 +201,25 @@ impl Properties {
             None => self.entries.push((key.to_string(), value)),
         }
         self
+    }
+
+    /// The keys every HiPS Meridian builds shares: its ID, title, description and kind,
+    /// the builder, status and frame.
+    pub fn meridian(name: &str, title: &str, description: &str, dataproduct_type: &str) -> Self {
+        let mut p = Properties::default();
+        p.set("creator_did", format!("ivo://meridian/hips/{name}"))
+            .set("obs_title", format!("{name}: {title}"))
+            .set("obs_description", description)
+            .set("dataproduct_type", dataproduct_type)
+            .set("hips_version", "1.4")
+            .set(
+                "hips_builder",
+                format!("Meridian {}", env!("CARGO_PKG_VERSION")),
+            )
+            .set("hips_creator", "Meridian")
+            .set("hips_status", "public master clonableOnce")
+            .set("hips_frame", "equatorial");
+        p
     }
 
     /// The value of `key`.

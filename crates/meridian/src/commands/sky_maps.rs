@@ -263,19 +263,8 @@ pub fn hips(
             );
         }
         HipsCommand::Density(args) => {
-            let store = meridian_catalog::Store::open(catalogs)?;
-            let catalog = store.catalog(&args.catalog)?;
-            let name = args
-                .out
-                .unwrap_or_else(|| format!("{}-density", args.catalog));
-            check_name(&name)?;
-            let rows = catalog.total_rows().unwrap_or(0);
-            let bar = crate::bar(
-                args.quiet,
-                rows,
-                "{msg} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}",
-            );
-            bar.set_message(format!("density of {}", args.catalog));
+            let (catalog, name, bar) =
+                catalog_job(catalogs, &args.catalog, args.out, "density", args.quiet)?;
             let opts = meridian_hips::density::DensityOptions {
                 name: name.clone(),
                 order: args.order,
@@ -289,13 +278,7 @@ pub fn hips(
                 &catalog,
                 &hips_dir.join(&name),
                 &opts,
-                &|stage, n| {
-                    if stage == "rows" {
-                        bar.set_position(n)
-                    } else {
-                        bar.set_message(format!("{n} tiles"))
-                    }
-                },
+                &|stage, n| stage_progress(&bar, stage, n),
             )?;
             bar.finish_and_clear();
             eprintln!(
@@ -307,19 +290,8 @@ pub fn hips(
             );
         }
         HipsCommand::Catalog(args) => {
-            let store = meridian_catalog::Store::open(catalogs)?;
-            let catalog = store.catalog(&args.catalog)?;
-            let name = args
-                .out
-                .unwrap_or_else(|| format!("{}-catalog", args.catalog));
-            check_name(&name)?;
-            let rows = catalog.total_rows().unwrap_or(0);
-            let bar = crate::bar(
-                args.quiet,
-                rows,
-                "{msg} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}",
-            );
-            bar.set_message(format!("catalog HiPS of {}", args.catalog));
+            let (catalog, name, bar) =
+                catalog_job(catalogs, &args.catalog, args.out, "catalog", args.quiet)?;
             let opts = meridian_hips::catalog::CatalogHipsOptions {
                 name: name.clone(),
                 rank: args.rank,
@@ -331,13 +303,7 @@ pub fn hips(
                 &catalog,
                 &hips_dir.join(&name),
                 &opts,
-                &|stage, n| {
-                    if stage == "rows" {
-                        bar.set_position(n)
-                    } else {
-                        bar.set_message(format!("{n} tiles"))
-                    }
-                },
+                &|stage, n| stage_progress(&bar, stage, n),
             )?;
             bar.finish_and_clear();
             eprintln!(
@@ -361,6 +327,37 @@ pub fn hips(
         }
     }
     Ok(())
+}
+
+/// The catalog a HiPS is built from, the HiPS's name (`out`, else CATALOG-`kind`,
+/// checked) and a progress bar over the catalog's rows.
+fn catalog_job(
+    catalogs: &Path,
+    catalog: &str,
+    out: Option<String>,
+    kind: &str,
+    quiet: bool,
+) -> anyhow::Result<(meridian_catalog::Catalog, String, indicatif::ProgressBar)> {
+    let store = meridian_catalog::Store::open(catalogs)?;
+    let opened = store.catalog(catalog)?;
+    let name = out.unwrap_or_else(|| format!("{catalog}-{kind}"));
+    check_name(&name)?;
+    let bar = crate::bar(
+        quiet,
+        opened.total_rows().unwrap_or(0),
+        "{msg} [{bar:30}] {human_pos}/{human_len} rows {per_sec} ETA {eta}",
+    );
+    bar.set_message(format!("{kind} HiPS of {catalog}"));
+    Ok((opened, name, bar))
+}
+
+/// Shows a build's progress: rows read on the bar, tiles written in its message.
+fn stage_progress(bar: &indicatif::ProgressBar, stage: &str, n: u64) {
+    if stage == "rows" {
+        bar.set_position(n)
+    } else {
+        bar.set_message(format!("{n} tiles"))
+    }
 }
 
 /// A HiPS name: letters, digits, `-`, `_` and `.`, not starting with a dot.
