@@ -460,6 +460,11 @@ impl Config {
     pub fn catalog_dir(&self) -> PathBuf {
         self.data_dir.join("catalogs")
     }
+
+    /// The spectra datasets' directory.
+    pub fn spectra_dir(&self) -> PathBuf {
+        self.data_dir.join("spectra")
+    }
 }
 
 #[cfg(test)]

@@ -113,6 +113,9 @@ enum Command {
     /// Sky maps (HiPS): image HiPS of image collections, density maps of catalogs.
     #[command(subcommand)]
     Hips(commands::sky_maps::HipsCommand),
+    /// Spectra: add DESI, SDSS and 1-D spectra files to datasets, list, get and stack them.
+    #[command(subcommand)]
+    Spectra(commands::spectra::SpectraCommand),
     /// Find registered images by position, band, time and collection (SIA 2.0's search).
     Sia(commands::image_access::SiaArgs),
     /// Cut out a registered image (by its dataset ID) as a FITS file (SODA's cutout).
@@ -345,6 +348,13 @@ struct GenerateArgs {
     /// Pixels per side of each image (0.2 arcsec pixels).
     #[arg(long, default_value_t = 256)]
     image_size: u32,
+    /// Synthetic spectra to make of the objects (0: none), written as spectra dataset
+    /// --spectra-dataset of the data directory.
+    #[arg(long, default_value_t = 0)]
+    spectra: u64,
+    /// Dataset the synthetic spectra go to.
+    #[arg(long, default_value = "SYNTH-DR1")]
+    spectra_dataset: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -489,7 +499,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let quiet = cli.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.command {
         Command::Generate(args) => {
-            generate(&args, quiet)?;
+            generate(&config, &args, quiet)?;
         }
         Command::Ingest(args) => {
             let store = Store::open(config.catalog_dir())?;
@@ -551,6 +561,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &config.data_dir.join("images"),
             &args,
         )?,
+        Command::Spectra(cmd) => {
+            commands::spectra::run(&config.spectra_dir(), cmd, &|| open_engine(&config))?
+        }
         Command::Sia(args) => {
             commands::image_access::sia(&config.data_dir.join("images"), IMAGE_AUTHORITY, &args)?
         }
@@ -590,7 +603,11 @@ pub(crate) fn bar(quiet: bool, len: u64, template: &str) -> ProgressBar {
     b
 }
 
-fn generate(args: &GenerateArgs, quiet: bool) -> anyhow::Result<meridian_synth::Generated> {
+fn generate(
+    config: &Config,
+    args: &GenerateArgs,
+    quiet: bool,
+) -> anyhow::Result<meridian_synth::Generated> {
     let spec = meridian_synth::SurveySpec {
         objects: args.objects,
         seed: args.seed,
@@ -628,6 +645,16 @@ fn generate(args: &GenerateArgs, quiet: bool) -> anyhow::Result<meridian_synth::
             &meridian_synth::objects(&spec),
             args.images,
             args.image_size,
+            args.seed,
+            quiet,
+        )?;
+    }
+    if args.spectra > 0 {
+        commands::spectra::generate(
+            &config.spectra_dir(),
+            &args.spectra_dataset,
+            &meridian_synth::objects(&spec),
+            args.spectra,
             args.seed,
             quiet,
         )?;
@@ -891,6 +918,9 @@ fn open_engine(
             ..Default::default()
         },
     )?;
+    let mut engine = engine;
+    let library = meridian_spectra::store::Library::open(&config.spectra_dir())?;
+    commands::spectra::register(&mut engine, &library)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
         .enable_all()
@@ -1167,7 +1197,7 @@ fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
 }
 
 /// The authority of image datasets' publisher DIDs.
-const IMAGE_AUTHORITY: &str = "meridian";
+pub(crate) const IMAGE_AUTHORITY: &str = "meridian";
 
 fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
     let (engine, rt) = open_engine(config)?;
@@ -1187,15 +1217,24 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     // Image collections: ivoa.obscore, whose access URLs name the service's own address,
     // indexed by position so that spatial queries read only the images near their region.
+    // Spectra join them there (dataproduct_type spectrum).
     let collections = meridian_images::collection::list(&config.data_dir.join("images"))?;
-    if !collections.is_empty() {
+    let spectra = meridian_spectra::store::Library::open(&config.spectra_dir())?;
+    if !collections.is_empty() || !spectra.datasets().is_empty() {
         let base = s
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{local}"));
         let base = base.trim_end_matches('/');
-        let batch = meridian_images::obscore::batch(&collections, base, IMAGE_AUTHORITY)?;
-        tracing::info!(images = batch.num_rows(), "ivoa.obscore");
+        let images = meridian_images::obscore::batch(&collections, base, IMAGE_AUTHORITY)?;
+        let spectra_rows =
+            meridian_server::spectra::obscore_batch(&spectra, base, IMAGE_AUTHORITY)?;
+        let batch = arrow::compute::concat_batches(&images.schema(), [&images, &spectra_rows])?;
+        tracing::info!(
+            images = images.num_rows(),
+            spectra = spectra_rows.num_rows(),
+            "ivoa.obscore"
+        );
         engine.add_footprint_table("ivoa", "obscore", batch, ("s_ra", "s_dec", "s_region"))?;
     }
     let mut state = meridian_server::AppState::new(
@@ -1230,6 +1269,10 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         ),
     )?;
     state.public_url = s.public_url.clone();
+    state.spectra = std::sync::Arc::new(meridian_server::spectra::SpectraService {
+        authority: IMAGE_AUTHORITY.to_string(),
+        ..meridian_server::spectra::SpectraService::new(spectra)
+    });
     state.sky_maps = std::sync::Arc::new(meridian_server::sky_maps::SkyMaps::new(Some(
         config.data_dir.join("hips"),
     )));
@@ -1369,6 +1412,8 @@ fn write_cells(region: &Region, order: u8, out: &mut dyn Write) -> anyhow::Resul
 
 /// Survey images the demo renders.
 const DEMO_IMAGES: u64 = 120;
+/// Synthetic spectra the demo makes of its objects.
+const DEMO_SPECTRA: u64 = 2000;
 
 fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
     if objects == 0 {
@@ -1376,6 +1421,7 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
     }
     let src = config.data_dir.join("demo-input");
     let generated = generate(
+        config,
         &GenerateArgs {
             out: src.clone(),
             objects,
@@ -1388,6 +1434,8 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
             position_jitter_mas: 0.0,
             images: 0,
             image_size: 256,
+            spectra: DEMO_SPECTRA,
+            spectra_dataset: "DEMO-DR1".into(),
         },
         quiet,
     )?;

@@ -166,9 +166,33 @@ fn links_of(e: &Entry, base: &str, soda_id: &str) -> Vec<Link> {
     ]
 }
 
+/// The links of a spectrum: its file as SDM FITS and as SDM VOTable.
+fn spectrum_links(id: &str, base: &str) -> Vec<Link> {
+    let q = encode(id);
+    vec![
+        Link {
+            id: id.to_string(),
+            access_url: Some(format!("{base}/spectra/file?ID={q}&FORMAT=fits")),
+            semantics: "#this",
+            description: "The spectrum (IVOA Spectral Data Model, FITS table)".into(),
+            content_type: Some("application/fits"),
+            ..Link::default()
+        },
+        Link {
+            id: id.to_string(),
+            access_url: Some(format!("{base}/spectra/file?ID={q}&FORMAT=votable")),
+            semantics: "#this",
+            description: "The spectrum (IVOA Spectral Data Model, VOTable)".into(),
+            content_type: Some("application/x-votable+xml;content=spectrum"),
+            ..Link::default()
+        },
+    ]
+}
+
 /// `/datalink?ID=...`, GET or POST.
 pub async fn links(
     State(state): State<AppState>,
+    axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
     headers: HeaderMap,
     req: DaliRequest,
 ) -> Result<Response> {
@@ -193,6 +217,11 @@ pub async fn links(
         )));
     }
     let base = base_url(&state, &headers);
+    let who = match &caller {
+        crate::auth::Caller::User(id) => Some(id),
+        _ => None,
+    };
+    let spectra = crate::spectra::readable(&state, who)?;
     let mut rows = String::new();
     let mut descriptors = String::new();
     for (n, id) in ids.iter().enumerate() {
@@ -202,9 +231,14 @@ pub async fn links(
                 descriptors.push_str(&soda_descriptor(&soda_id, &base, e));
                 links_of(e, &base, &soda_id)
             }
+            None if id.contains("/spectra/")
+                && crate::spectra::ssa::resolve(&spectra, id).is_some() =>
+            {
+                spectrum_links(id, &base)
+            }
             None => vec![Link {
                 id: id.to_string(),
-                error_message: Some(format!("NotFoundFault: no image dataset '{id}'")),
+                error_message: Some(format!("NotFoundFault: no dataset '{id}'")),
                 semantics: "#this",
                 description: "Unknown identifier".into(),
                 ..Link::default()

@@ -29,6 +29,18 @@ pub enum Error {
     /// A job or account request failed.
     #[error(transparent)]
     Services(#[from] meridian_services::Error),
+    /// A spectra request failed.
+    #[error(transparent)]
+    Spectra(#[from] meridian_spectra::Error),
+    /// A SPARCL request refused with one of SPARCL's error codes (BADQUERY, UNKFIELD,
+    /// BADCONST, NODRACCESS).
+    #[error("{message}")]
+    Sparcl {
+        /// SPARCL's code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The service failed in a way no request can cause or fix.
     #[error("{0}")]
     Internal(String),
@@ -77,6 +89,18 @@ impl Error {
                 }
             }
             Error::Images(meridian_images::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Error::Sparcl { .. } => StatusCode::BAD_REQUEST,
+            Error::Spectra(e) => {
+                use meridian_spectra::Error as S;
+                match e {
+                    S::Invalid(_) | S::UnknownField(_) | S::BadFile { .. } => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    S::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    S::NotFound(_) => StatusCode::NOT_FOUND,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                }
+            }
             Error::Images(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Engine(E::Catalog(_))
             | Error::Format(_)
@@ -121,6 +145,54 @@ impl IntoResponse for Error {
             );
         }
         response
+    }
+}
+
+/// An error of the SPARCL API: answered as the JSON body `sparclclient` maps to its
+/// exceptions, `{"errorMessage", "errorCode"}` (status 400 for the request's faults, as
+/// SPARCL does; 429 as `{"detail"}`).
+#[derive(Debug)]
+pub struct Sparcl(pub Error);
+
+impl From<Error> for Sparcl {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for Sparcl {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = e.status();
+        let message = e.to_string();
+        if status.is_server_error() {
+            tracing::error!(%status, error = %message, "sparcl request failed");
+        } else {
+            tracing::info!(%status, error = %message, "sparcl request refused");
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return (status, axum::Json(serde_json::json!({"detail": message}))).into_response();
+        }
+        let code = match &e {
+            Error::Sparcl { code, .. } => code,
+            Error::Spectra(meridian_spectra::Error::UnknownField(_)) => "UNKFIELD",
+            _ if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN => {
+                "NODRACCESS"
+            }
+            _ if status == StatusCode::NOT_FOUND => "BADPATH",
+            _ if status.is_client_error() => "BADQUERY",
+            _ => "INTERNAL",
+        };
+        let status = if status.is_client_error() {
+            StatusCode::BAD_REQUEST
+        } else {
+            status
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({"errorMessage": message, "errorCode": code})),
+        )
+            .into_response()
     }
 }
 

@@ -19,6 +19,7 @@ mod result;
 pub mod sia;
 pub mod sky_maps;
 pub mod soda;
+pub mod spectra;
 pub mod storage;
 pub mod tap;
 pub mod upload;
@@ -147,6 +148,8 @@ pub struct AppState {
     pub transfers: Arc<vospace::Transfers>,
     /// Coverage maps and HiPS.
     pub sky_maps: Arc<sky_maps::SkyMaps>,
+    /// Spectra (SPARCL, SSA, stacks).
+    pub spectra: Arc<spectra::SpectraService>,
 }
 
 /// What belongs to users: accounts, their settings, tables and files.
@@ -209,6 +212,7 @@ impl AppState {
             tickets: Arc::new(storage::Tickets::default()),
             transfers: Arc::new(vospace::Transfers::default()),
             sky_maps: Arc::default(),
+            spectra: Arc::default(),
         })
     }
 }
@@ -345,6 +349,14 @@ pub fn router(state: AppState) -> Router {
             get(sia::collection_availability),
         )
         .route("/datalink", get(datalink::links).post(datalink::links))
+        .route("/ssa", get(spectra::ssa::query).post(spectra::ssa::query))
+        .route("/ssa/capabilities", get(spectra::ssa::capabilities))
+        .route("/ssa/availability", get(spectra::ssa::availability))
+        .route("/spectra/file", get(spectra::ssa::file))
+        .route(
+            "/spectra/stack",
+            get(spectra::stack::stack).post(spectra::stack::stack),
+        )
         .route("/soda/sync", get(soda::sync).post(soda::sync))
         .route("/soda/async", get(uws::list).post(soda::create_async))
         .route("/images/header", get(images::header_text))
@@ -436,6 +448,8 @@ pub fn router(state: AppState) -> Router {
             get(storage::xfer_get).put(storage::xfer_put),
         )
         .merge(protected)
+        // SPARCL's client sends its own token form; its handlers check it.
+        .merge(spectra::sparcl::routes())
         // Uploads travel in request bodies: allow the upload limit plus the form around it.
         .layer(axum::extract::DefaultBodyLimit::max(
             (state.limits.upload_max_bytes as usize).saturating_add(1 << 20),

@@ -556,6 +556,8 @@ pub struct SkyObject {
     pub ra_deg: f64,
     pub dec_deg: f64,
     pub mags: [f64; 6],
+    /// A galaxy (otherwise a star).
+    pub is_galaxy: bool,
 }
 
 /// Every object of `spec`, exactly as [`generate`] writes them to the Object table.
@@ -571,6 +573,7 @@ pub fn objects(spec: &SurveySpec) -> Vec<SkyObject> {
                 ra_deg: o.ra,
                 dec_deg: o.dec,
                 mags: o.mags,
+                is_galaxy: o.is_galaxy,
             })
         })
         .collect()

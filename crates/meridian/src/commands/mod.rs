@@ -4,4 +4,5 @@
 pub mod image_access;
 pub mod images;
 pub mod sky_maps;
+pub mod spectra;
 pub mod survey_images;
