@@ -33,8 +33,9 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requi
 # Clients that pin dependencies of their own live in venvs of their own, which the tests
 # find through DATALAB_PYTHON (Data Lab's astro-datalab pins old numpy, astropy and pyvo)
 # and VOS_PYTHON (CADC's vos).
-client_venv() { # python, module it must import, requirement to install
-    local python="$1" module="$2" requirement="$3" venv
+client_venv() { # python, module it must import, requirements to install
+    local python="$1" module="$2" venv
+    shift 2
     "$python" -c "import $module" 2>/dev/null && return
     venv="$(dirname "$(dirname "$python")")"
     rm -rf "$venv"
@@ -46,12 +47,16 @@ client_venv() { # python, module it must import, requirement to install
         rm -rf "$venv"
         python3 -m venv "$venv"
     fi
-    "$python" -m pip install --quiet --disable-pip-version-check "$requirement"
+    "$python" -m pip install --quiet --disable-pip-version-check "$@"
 }
 export DATALAB_PYTHON="${DATALAB_PYTHON:-$HOME/.cache/meridian/datalab-venv/bin/python}"
 client_venv "$DATALAB_PYTHON" dl.queryClient astro-datalab==2.24.0
 export VOS_PYTHON="${VOS_PYTHON:-$HOME/.cache/meridian/vos-venv/bin/python}"
 client_venv "$VOS_PYTHON" vos vos==3.7
+# sparclclient 1.3.1 pins numpy < 2.4 and pandas < 2.2; its specutils is also the oracle of
+# the spectra stacks.
+export SPARCL_PYTHON="${SPARCL_PYTHON:-$HOME/.cache/meridian/sparcl-venv/bin/python}"
+client_venv "$SPARCL_PYTHON" sparcl.client sparclclient==1.3.1 numpy==1.26.4 pandas==2.1.4
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -124,8 +124,9 @@ impl Spectrum {
                 self.wavelength_aa[0]
             ));
         }
-        if !(self.ra_deg.is_finite() && self.dec_deg.is_finite())
-            || !(-90.0..=90.0).contains(&self.dec_deg)
+        if !(self.ra_deg.is_finite()
+            && self.dec_deg.is_finite()
+            && (-90.0..=90.0).contains(&self.dec_deg))
         {
             return Err(format!(
                 "position ({}, {}) is not on the sky",

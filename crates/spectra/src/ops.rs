@@ -407,9 +407,9 @@ const MEDIAN_BLOCK: usize = 16;
 ///   times the mean's).
 /// - A pixel without contributions has flux 0, ivar 0 and `n` 0.
 ///
-/// Sums are kept in f64. Mean and weighted mean use constant memory (20 bytes a pixel);
-/// the median keeps every flux value (4 bytes a pixel a spectrum) and refuses a spectrum
-/// that would take it past its memory budget.
+/// Sums are kept in f64. Mean and weighted mean use constant memory (28 bytes a pixel);
+/// the median keeps every flux value (4 bytes a pixel a spectrum, plus 68) and refuses a
+/// spectrum that would take it past its memory budget.
 #[derive(Debug)]
 pub struct Stacker {
     method: StackMethod,
@@ -449,19 +449,20 @@ impl Stacker {
         })
     }
 
-    /// Memory that does not grow with the number of spectra, bytes.
+    /// Memory that does not grow with the number of spectra, bytes: the counts, the sums
+    /// and the answer's flux and ivar.
     fn fixed_bytes(n_pix: usize, method: StackMethod) -> usize {
         let per_pixel = match method {
-            StackMethod::Median => 4 + 8,
-            StackMethod::Mean | StackMethod::WeightedMean => 4 + 8 + 8,
+            StackMethod::Median => 4 + 8 + 8,
+            StackMethod::Mean | StackMethod::WeightedMean => 4 + 8 + 8 + 8,
         };
         n_pix.saturating_mul(per_pixel)
     }
 
-    /// Memory each spectrum adds to a median: its values and its share of the block
-    /// gathered to take medians, bytes.
+    /// Memory each spectrum adds to a median: its values and its share of the buffers
+    /// that [`Stacker::finish`] gathers them in, bytes.
     fn bytes_per_spectrum(&self) -> usize {
-        (self.n_pix + MEDIAN_BLOCK).saturating_mul(4)
+        (self.n_pix + MEDIAN_BLOCK + 1).saturating_mul(4)
     }
 
     /// How many spectra the median can hold within the budget (unbounded for the means).
@@ -962,8 +963,8 @@ mod tests {
     #[test]
     fn median_refuses_spectra_past_its_budget() {
         let n_pix = 100;
-        // Fixed part 1200 bytes, then 464 bytes a spectrum: room for 3.
-        let budget = 1200 + 3 * 464 + 100;
+        // Fixed part 2000 bytes, then 468 bytes a spectrum: room for 3.
+        let budget = 2000 + 3 * 468 + 100;
         let mut st = Stacker::new(n_pix, StackMethod::Median, budget).unwrap();
         assert_eq!(st.max_spectra(), Some(3));
         let f = vec![1.0f32; n_pix];
@@ -982,12 +983,12 @@ mod tests {
         assert_eq!(st.finish().n, vec![3; n_pix]);
 
         // The means are not limited by the number of spectra.
-        let mut st = Stacker::new(n_pix, StackMethod::Mean, 2000).unwrap();
+        let mut st = Stacker::new(n_pix, StackMethod::Mean, 2800).unwrap();
         assert_eq!(st.max_spectra(), None);
         for _ in 0..1000 {
             st.add(&f, &f).unwrap();
         }
-        let err = Stacker::new(n_pix, StackMethod::WeightedMean, 1999).unwrap_err();
+        let err = Stacker::new(n_pix, StackMethod::WeightedMean, 2799).unwrap_err();
         assert!(matches!(err, Error::TooLarge(_)), "{err}");
     }
 

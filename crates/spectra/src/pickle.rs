@@ -512,8 +512,11 @@ with open(sys.argv[1], "rb") as f:
 assert type(obj) is list, type(obj)
 assert len(obj) == 3 + 2500, len(obj)
 head, rec, arrays = obj[0], obj[1], obj[2]
-assert head == {"status": {"success": True, "info": ["Successfully found 2 records"], "warnings": []},
-                "UNITS": {"DESI-EDR": {"flux": "10**-17 erg cm-2 s-1 AA-1", "wavelength": "AA", "dec": None}}}, head
+assert head == {
+    "status": {"success": True, "info": ["Successfully found 2 records"], "warnings": []},
+    "UNITS": {"DESI-EDR": {"flux": "10**-17 erg cm-2 s-1 AA-1", "wavelength": "AA",
+                           "dec": None}},
+}, head
 assert rec["_dr"] == "DESI-EDR"
 for k, v in {"a": -2713437, "b": 39627866878511337, "c": 2**62, "d": -2**63, "e": 2**63 - 1,
              "f": 2**31, "g": -2**31 - 1, "h": 0}.items():

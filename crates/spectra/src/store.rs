@@ -183,6 +183,7 @@ pub struct FieldDef {
     pub description: &'static str,
 }
 
+#[allow(clippy::too_many_arguments)] // a table row, read as one
 const fn f(
     name: &'static str,
     storage: Storage,
@@ -611,7 +612,7 @@ fn part_path(dir: &Path, id: u32, suffix: &str) -> PathBuf {
     dir.join("parts").join(format!("{id:05}{suffix}"))
 }
 
-/// Writes one part: spectra go in one at a time; arrays are flushed every [`BATCH_ROWS`].
+/// Writes one part: spectra go in one at a time; arrays are flushed every `BATCH_ROWS` (256).
 pub struct PartWriter {
     dir: PathBuf,
     id: u32,
