@@ -272,6 +272,28 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Spectra in one process: retrieves of --ids random spectra (lookup and the pickle the
+    /// SPARCL API sends, bytes counted and dropped) and a stack of every spectrum of the
+    /// dataset; prints one JSON line with spectra per second.
+    Spectra {
+        /// Dataset name.
+        dataset: String,
+        /// Spectra per retrieve (repeatable).
+        #[arg(long = "ids", default_values_t = [1000usize, 24000])]
+        ids: Vec<usize>,
+        /// SPARCL include (DEFAULT, ALL or field names).
+        #[arg(long, default_value = "DEFAULT")]
+        include: String,
+        /// Measured repeats of each retrieve (the best is kept).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Grid of the stack (start:stop:step in Å); "none" skips it.
+        #[arg(long, default_value = "3600:9800:2")]
+        stack_grid: String,
+        /// Seed of the ids picked.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1348,13 +1370,35 @@ fn datafusion_execute(
 
 fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
     use rand::{Rng, SeedableRng};
-    let BenchCommand::Cone {
-        catalog,
-        radius,
-        queries,
-        warmup,
-        seed,
-    } = cmd;
+    let (catalog, radius, queries, warmup, seed) = match cmd {
+        BenchCommand::Cone {
+            catalog,
+            radius,
+            queries,
+            warmup,
+            seed,
+        } => (catalog, radius, queries, warmup, seed),
+        BenchCommand::Spectra {
+            dataset,
+            ids,
+            include,
+            repeats,
+            stack_grid,
+            seed,
+        } => {
+            let report = commands::spectra::bench(
+                &config.spectra_dir(),
+                &dataset,
+                &ids,
+                &include,
+                repeats,
+                &stack_grid,
+                seed,
+            )?;
+            out!("{report}")?;
+            return Ok(());
+        }
+    };
     let radius_deg = meridian_sky::parse_angle_deg(&radius).context("--radius")?;
     let (engine, rt) = open_engine(config)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

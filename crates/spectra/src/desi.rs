@@ -127,11 +127,11 @@ fn read_zcatalog_fits(path: &Path) -> Result<ZCatalog> {
         None
     };
     let mut out = ZCatalog::default();
-    for i in 0..targetid.len() {
+    for (i, &tid) in targetid.iter().enumerate() {
         if primary.as_ref().is_some_and(|p| p.get(i) == Some(&0)) {
             continue;
         }
-        out.0.entry(targetid[i]).or_insert_with(|| Redshift {
+        out.0.entry(tid).or_insert_with(|| Redshift {
             z: z.get(i).copied().unwrap_or(f64::NAN),
             z_err: zerr.get(i).copied().unwrap_or(f64::NAN),
             zwarn: zwarn.get(i).copied().unwrap_or(0),
@@ -462,10 +462,23 @@ fn union_grid(path: &Path, arms: &[Arm]) -> Result<Grid> {
         ));
     }
     let base = first.wave[0];
+    let total: usize = arms.iter().map(|a| a.wave.len()).sum();
+    let max_len = 2 * total + 16;
     let mut offsets = Vec::with_capacity(arms.len());
     let mut len = 0usize;
     for arm in arms {
         let k0 = ((arm.wave[0] - base) / step).round();
+        if k0 > max_len as f64 {
+            return Err(Error::bad_file(
+                path,
+                Some(&format!("{}_WAVELENGTH", arm.name)),
+                format!(
+                    "starts {k0} pixels of {step} Å after {}_WAVELENGTH: the arms are too \
+                     far apart to merge",
+                    first.name
+                ),
+            ));
+        }
         for (i, &w) in arm.wave.iter().enumerate() {
             let k = (w - base) / step;
             let off = k - (k0 + i as f64);
@@ -486,8 +499,7 @@ fn union_grid(path: &Path, arms: &[Arm]) -> Result<Grid> {
         offsets.push(o);
         len = len.max(o + arm.wave.len());
     }
-    let total: usize = arms.iter().map(|a| a.wave.len()).sum();
-    if len > 2 * total + 16 {
+    if len > max_len {
         return Err(Error::bad_file(
             path,
             None,

@@ -548,6 +548,35 @@ impl Stacker {
         self.n_spectra += 1;
         Ok(())
     }
+    /// Adds the spectra `other` has taken (same grid and method): the stack is the same
+    /// as if they had been added here, in this order after the ones already here.
+    pub fn merge(&mut self, other: Stacker) -> Result<()> {
+        if other.n_pix != self.n_pix || other.method != self.method {
+            return Err(Error::Invalid(format!(
+                "cannot merge a {} stack of {} pixels into a {} stack of {} pixels",
+                other.method, other.n_pix, self.method, self.n_pix
+            )));
+        }
+        if let Some(max) = self.max_spectra()
+            && self.n_spectra + other.n_spectra > max
+        {
+            return Err(Error::TooLarge(format!(
+                "a median stack of {}-pixel spectra holds at most {max} spectra in its memory \
+                 budget of {} bytes",
+                self.n_pix, self.budget_bytes
+            )));
+        }
+        for i in 0..self.n_pix {
+            self.n[i] += other.n[i];
+            self.sum_a[i] += other.sum_a[i];
+        }
+        for (a, b) in self.sum_b.iter_mut().zip(&other.sum_b) {
+            *a += b;
+        }
+        self.values.extend_from_slice(&other.values);
+        self.n_spectra += other.n_spectra;
+        Ok(())
+    }
 
     /// The stack.
     pub fn finish(self) -> Stack {

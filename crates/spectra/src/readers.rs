@@ -1068,4 +1068,45 @@ mod tests {
         std::fs::write(&p, &garbled).unwrap();
         let _ = read(&p, None);
     }
+
+    /// Every reader on cut and corrupted files (compressed masks included): errors are
+    /// fine, panics are not.
+    #[test]
+    fn fuzzed_files_never_panic() {
+        let spectra = data_dir().join("desi_spectra-sv3-dark-26065.fits");
+        if !spectra.exists() {
+            eprintln!("skipped: {} is absent", spectra.display());
+            return;
+        }
+        let bytes = std::fs::read(&spectra).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("fuzz.fits");
+        let try_all = |p: &Path| {
+            let _ = detect(p);
+            let _ = read(p, None);
+            let _ = crate::desi::read(p, None);
+            let _ = crate::sdss::read(p);
+            let _ = crate::generic::read(p);
+            let _ = crate::desi::read_zcatalog(p);
+        };
+        for i in 1..24 {
+            std::fs::write(&p, &bytes[..bytes.len() * i / 24]).unwrap();
+            try_all(&p);
+        }
+        // A linear congruential generator picks the bytes to overwrite.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 33) as usize
+        };
+        for _ in 0..24 {
+            let mut b = bytes.clone();
+            for _ in 0..64 {
+                let at = next() % b.len();
+                b[at] = (next() % 256) as u8;
+            }
+            std::fs::write(&p, &b).unwrap();
+            try_all(&p);
+        }
+    }
 }

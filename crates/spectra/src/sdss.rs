@@ -278,8 +278,8 @@ fn date_obs(date_obs: Option<String>, tai_beg: Option<f64>, mjd: Option<i64>) ->
         let mjd_tai = tai / 86_400.0;
         return mjd_to_iso(mjd_tai - tai_minus_utc_s(mjd_tai) / 86_400.0);
     }
-    if let Some(d) = iso_date {
-        return Some(d[..10].to_string());
+    if let Some(d) = iso_date.and_then(|d| d.get(..10)) {
+        return Some(d.to_string());
     }
     mjd.and_then(|m| mjd_to_iso(m as f64))
         .map(|s| s[..10].to_string())

@@ -495,3 +495,91 @@ pub fn register(engine: &mut meridian_engine::Engine, library: &Library) -> anyh
     }
     Ok(())
 }
+
+/// `meridian bench spectra`: in-process retrieve and stack rates (see the command's help).
+pub fn bench(
+    root: &Path,
+    dataset: &str,
+    sizes: &[usize],
+    include: &str,
+    repeats: usize,
+    stack_grid: &str,
+    seed: u64,
+) -> anyhow::Result<serde_json::Value> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    use std::sync::Arc;
+    let lib = Library::open(root)?;
+    let d = lib
+        .dataset(dataset)
+        .with_context(|| format!("no spectra dataset '{dataset}'"))?
+        .clone();
+    let include = meridian_server::spectra::sparcl::include_fields(include)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut retrieves = Vec::new();
+    let sets = [&d];
+    for &n in sizes {
+        let mut rows: Vec<u32> = (0..d.len() as u32).collect();
+        rows.shuffle(&mut rng);
+        rows.truncate(n);
+        let ids: Vec<String> = rows.iter().map(|&r| d.sparcl_id(r).to_string()).collect();
+        let mut best = f64::INFINITY;
+        let mut bytes = 0u64;
+        for _ in 0..repeats.max(1) {
+            let start = Instant::now();
+            // What the retrieve handler does: look every id up, then pickle the records.
+            let found: Vec<(Arc<Dataset>, u32)> = ids
+                .iter()
+                .filter_map(|id| lib.locate(&sets, id).map(|(d, r)| ((*d).clone(), r)))
+                .collect();
+            let mut total = 0u64;
+            meridian_server::spectra::sparcl::encode_retrieve(
+                "bench",
+                &[],
+                None,
+                &found,
+                &include,
+                &mut |chunk| {
+                    total += chunk.len() as u64;
+                    true
+                },
+            )?;
+            best = best.min(start.elapsed().as_secs_f64());
+            bytes = total;
+        }
+        retrieves.push(serde_json::json!({
+            "spectra": ids.len(),
+            "seconds": best,
+            "spectra_per_s": ids.len() as f64 / best,
+            "pickle_bytes": bytes,
+            "mb_per_s": bytes as f64 / best / 1e6,
+        }));
+    }
+    let mut report = serde_json::json!({
+        "dataset": dataset,
+        "spectra_in_dataset": d.len(),
+        "include": include,
+        "threads": rayon::current_num_threads(),
+        "retrieve": retrieves,
+    });
+    if stack_grid != "none" {
+        let spec = meridian_server::spectra::stack::spec_of(
+            Some(stack_grid),
+            Some("ivar"),
+            Some("false"),
+            4 << 30,
+        )?;
+        let rows: Vec<(&Dataset, u32)> = (0..d.len() as u32).map(|r| (d.as_ref(), r)).collect();
+        let start = Instant::now();
+        let s = meridian_spectra::stack::stack(&rows, &spec, &|_| {})?;
+        let seconds = start.elapsed().as_secs_f64();
+        report["stack"] = serde_json::json!({
+            "spectra": s.used,
+            "grid": stack_grid,
+            "pixels": s.wavelength_aa.len(),
+            "seconds": seconds,
+            "spectra_per_s": s.used as f64 / seconds,
+        });
+    }
+    Ok(report)
+}

@@ -584,28 +584,7 @@ pub async fn spectras(
             ),
         ));
     }
-    let mut include: Vec<&'static str> = vec!["sparcl_id", "specid"];
-    let asked = param(&pairs, "include").unwrap_or("DEFAULT");
-    for name in asked.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let names: Vec<&'static str> = match name {
-            "DEFAULT" | "None" => FIELDS
-                .iter()
-                .filter(|f| f.default)
-                .map(|f| f.name)
-                .collect(),
-            "ALL" => FIELDS.iter().filter(|f| f.all).map(|f| f.name).collect(),
-            n => vec![
-                store::field(n)
-                    .ok_or_else(|| bad("UNKFIELD", format!("unknown field '{n}' in include")))?
-                    .name,
-            ],
-        };
-        for n in names {
-            if !include.contains(&n) {
-                include.push(n);
-            }
-        }
-    }
+    let include = include_fields(param(&pairs, "include").unwrap_or("DEFAULT")).map_err(Sparcl)?;
     let datasets = datasets_for(&state, who.as_ref(), list_param(&pairs, "dataset_list"))?;
     let refs: Vec<&Arc<Dataset>> = datasets.iter().collect();
     let mut found: Vec<(Arc<Dataset>, u32)> = Vec::with_capacity(ids.len());
@@ -657,30 +636,20 @@ pub async fn spectras(
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let metrics = state.metrics.clone();
     tokio::task::spawn_blocking(move || {
-        let mut enc = Encoder::new();
-        let send = |enc: &mut Encoder| -> bool {
-            let chunk = enc.take();
-            metrics.add_bytes_out(chunk.len() as u64);
-            tx.blocking_send(Ok(Bytes::from(chunk))).is_ok()
-        };
-        let header = header_pickle(&info, &warnings, units.as_ref());
-        if let Err(e) = enc.push(&header) {
+        let sent = encode_retrieve(
+            &info,
+            &warnings,
+            units.as_ref(),
+            &found,
+            &include,
+            &mut |chunk| {
+                metrics.add_bytes_out(chunk.len() as u64);
+                tx.blocking_send(Ok(Bytes::from(chunk))).is_ok()
+            },
+        );
+        if let Err(e) = sent {
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-            return;
         }
-        for (d, r) in &found {
-            let rec = record_pickle(d, *r, &include);
-            if let Err(e) = enc.push(&rec) {
-                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                return;
-            }
-            if enc.buffer_len() >= 4 << 20 && !send(&mut enc) {
-                return; // the client went away
-            }
-        }
-        let rest = enc.finish();
-        metrics.add_bytes_out(rest.len() as u64);
-        let _ = tx.blocking_send(Ok(Bytes::from(rest)));
     });
     Ok((
         StatusCode::OK,
@@ -688,6 +657,58 @@ pub async fn spectras(
         crate::result::body(rx),
     )
         .into_response())
+}
+
+/// Encodes a retrieve answer (`[header, record, ...]`) as a pickle, handing `send` chunks
+/// of about 4 MiB as they are made; stops early (without error) when `send` returns false.
+pub fn encode_retrieve(
+    info: &str,
+    warnings: &[String],
+    units: Option<&J>,
+    found: &[(Arc<Dataset>, u32)],
+    include: &[&str],
+    send: &mut dyn FnMut(Vec<u8>) -> bool,
+) -> meridian_spectra::Result<()> {
+    let mut enc = Encoder::new();
+    enc.push(&header_pickle(info, warnings, units))?;
+    for (d, r) in found {
+        enc.push(&record_pickle(d, *r, include))?;
+        if enc.buffer_len() >= 4 << 20 && !send(enc.take()) {
+            return Ok(()); // the client went away
+        }
+    }
+    send(enc.finish());
+    Ok(())
+}
+
+/// The fields `include` names (SPARCL's `include`: names, `DEFAULT` or `ALL`), after
+/// `sparcl_id` and `specid`.
+pub fn include_fields(asked: &str) -> std::result::Result<Vec<&'static str>, Error> {
+    let mut include: Vec<&'static str> = vec!["sparcl_id", "specid"];
+    for name in asked.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let names: Vec<&'static str> = match name {
+            "DEFAULT" | "None" => FIELDS
+                .iter()
+                .filter(|f| f.default)
+                .map(|f| f.name)
+                .collect(),
+            "ALL" => FIELDS.iter().filter(|f| f.all).map(|f| f.name).collect(),
+            n => vec![
+                store::field(n)
+                    .ok_or_else(|| Error::Sparcl {
+                        code: "UNKFIELD",
+                        message: format!("unknown field '{n}' in include"),
+                    })?
+                    .name,
+            ],
+        };
+        for n in names {
+            if !include.contains(&n) {
+                include.push(n);
+            }
+        }
+    }
+    Ok(include)
 }
 
 fn record_json(d: &Dataset, r: u32, include: &[&str]) -> J {
@@ -855,4 +876,41 @@ pub fn routes() -> axum::Router<AppState> {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jwt_carries_the_meridian_token_and_an_expiry() {
+        let t = jwt("erin", "erin.1001.1001.$1$abc$def", 1_900_000_000_123);
+        let parts: Vec<&str> = t.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let claims: J = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[1])
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["exp"], 1_900_000_000);
+        assert_eq!(claims["sub"], "erin");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, t.parse().unwrap());
+        assert_eq!(token_in(&h).as_deref(), Some("erin.1001.1001.$1$abc$def"));
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(token_in(&h).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, "not-a-jwt".parse().unwrap());
+        assert_eq!(token_in(&h), None);
+    }
+
+    #[test]
+    fn include_expands_default_and_all_and_refuses_unknown_fields() {
+        let d = include_fields("DEFAULT").unwrap();
+        assert_eq!(d[..2], ["sparcl_id", "specid"]);
+        assert!(d.contains(&"flux") && d.contains(&"wavelength") && !d.contains(&"ivar"));
+        let a = include_fields("ALL").unwrap();
+        assert!(a.contains(&"ivar") && a.contains(&"redshift"));
+        assert!(include_fields("flux,nope").is_err());
+    }
 }
