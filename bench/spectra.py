@@ -96,6 +96,9 @@ def main():
                 sys.exit("meridian serve did not start")
             m = re.search(r"TAP service: (http://\S+)/tap", line)
             url = m.group(1) if m else None
+        # Keep reading the log: a full pipe would stop the server.
+        import threading
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
         import requests
         rows = requests.get(f"{url}/tap/sync", params={
             "LANG": "ADQL", "FORMAT": "csv", "MAXREC": 10**7,

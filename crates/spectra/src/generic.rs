@@ -30,7 +30,8 @@
 //!
 //! **Units.** Wavelengths are converted to vacuum Å from any length (`m`, `cm`, `mm`, `um`,
 //! `micron`, `nm`, `Angstrom`/`AA`/`A`), frequency (`Hz`, `GHz`…) or energy (`eV`, `keV`…)
-//! unit (TUNITn, CUNIT1, IRAF's `WAT1_001 units=`, or the FIELD's unit); no unit means Å.
+//! unit (a table's TUNITn; an image's CUNIT1, else IRAF's `WAT1_001 units=`; a FIELD's
+//! unit); no unit means Å (`LOGLAM` columns: log10 of Å, or of the unit in `log(…)`).
 //! Air wavelengths (CTYPE1 `AWAV…`, header `AIRORVAC = 'air'` or `VACUUM = F`, or a UCD with
 //! `obs.atmos`) are converted to vacuum with Ciddor (1996, Applied Optics 35, 1566), as
 //! IDL's `airtovac`; anything else is taken as vacuum. Flux (TUNITn, BUNIT or the FIELD's
@@ -43,7 +44,8 @@
 //! Spectra stored in descending wavelength are reversed; pixels with a non-finite flux get
 //! ivar 0; with no uncertainty at all, ivar is 0 everywhere; with no mask, mask is 0.
 //!
-//! **Header keywords** (the data HDU's, then the primary's; PARAMs for VOTables):
+//! **Header keywords** (the data HDU's, then the primary's, except the WCS and BUNIT, which
+//! are the data HDU's alone; PARAMs for VOTables):
 //! position from `RA`/`DEC`, `PLUG_RA`/`PLUG_DEC`, `OBJRA`/`OBJDEC`, `RA_OBJ`/`DEC_OBJ`,
 //! `RA_TARG`/`DEC_TARG`, `TARG_RA`/`TARG_DEC`, `OBJ_RA`/`OBJ_DEC` (degrees, or sexagesimal
 //! text with RA in hours); a spectrum without a position fails. `redshift` from `Z` or
@@ -102,13 +104,15 @@ const POSITION_KEYS: [(&str, &str); 7] = [
 const Z_KEYS: [&str; 2] = ["Z", "REDSHIFT"];
 const Z_ERR_KEYS: [&str; 3] = ["Z_ERR", "ZERR", "REDSHIFT_ERR"];
 const ID_KEYS: [&str; 4] = ["SPECID", "SPECOBJID", "OBJID", "TARGETID"];
-/// Every header keyword the reader looks at besides the WCS.
-const META_KEYS: [&str; 16] = [
+/// Header keywords describing the observation, from the data HDU or else the primary.
+const META_KEYS: [&str; 12] = [
     "DATE-OBS", "TIME-OBS", "UT", "MJD-OBS", "EXPTIME", "EXPOSURE", "SURVEY", "INSTRUME",
-    "TELESCOP", "OBSERVAT", "AIRORVAC", "VACUUM", "BUNIT", "CUNIT1", "CTYPE1", "WAT1_001",
+    "TELESCOP", "OBSERVAT", "AIRORVAC", "VACUUM",
 ];
-const WCS_KEYS: [&str; 7] = [
-    "CRVAL1", "CRPIX1", "CDELT1", "CD1_1", "DC-FLAG", "COEFF0", "COEFF1",
+/// Header keywords describing the data HDU's own axes and values: never inherited.
+const HDU_KEYS: [&str; 11] = [
+    "CTYPE1", "CRVAL1", "CRPIX1", "CDELT1", "CD1_1", "CUNIT1", "DC-FLAG", "COEFF0", "COEFF1",
+    "WAT1_001", "BUNIT",
 ];
 
 /// Reads every spectrum of a generic file: a FITS table or 1-D image, or an SDM VOTable
@@ -247,13 +251,12 @@ fn unit_symbol(s: &str) -> Option<Unit> {
 /// A recursive-descent parser of unit strings as FITS, VOUnit and common practice write
 /// them: `10**-17 erg/(s cm2 Angstrom)`, `erg.s-1.cm-2.Angstrom-1`, `W m^-2 nm^-1`,
 /// `1e-17 erg/cm**2/s/A`, `mJy`.
-struct UnitParser<'a> {
+struct UnitParser {
     c: Vec<char>,
     i: usize,
-    _s: std::marker::PhantomData<&'a ()>,
 }
 
-impl UnitParser<'_> {
+impl UnitParser {
     fn peek(&self) -> Option<char> {
         self.c.get(self.i).copied()
     }
@@ -418,7 +421,6 @@ fn parse_unit(s: &str) -> Option<Unit> {
     let mut p = UnitParser {
         c: s.chars().collect(),
         i: 0,
-        _s: std::marker::PhantomData,
     };
     let u = p.expr(0)?;
     (p.i == p.c.len() && u.scale.is_finite() && u.scale > 0.0).then(|| Unit {
@@ -848,23 +850,28 @@ fn spectrum(
 // ---------------------------------------------------------------------------------------
 // FITS
 
-/// The keywords of `hdu` over those of the primary HDU.
+/// The keywords of `hdu` over those of the primary HDU (its WCS and BUNIT only from
+/// `hdu`).
 fn fits_keys(fits: &mut Fits, hdu: &Hdu) -> Keys {
     let primary = fits.hdus()[0].clone();
-    let wanted = POSITION_KEYS
+    let inherited = POSITION_KEYS
         .iter()
         .flat_map(|(r, d)| [*r, *d])
         .chain(Z_KEYS)
         .chain(Z_ERR_KEYS)
         .chain(ID_KEYS)
-        .chain(META_KEYS)
-        .chain(WCS_KEYS);
+        .chain(META_KEYS);
     let mut keys = Keys::default();
-    for k in wanted {
+    for k in inherited {
         let v = fits
             .key(hdu, k)
             .or_else(|| (hdu.index != 0).then(|| fits.key(&primary, k)).flatten());
         if let Some(v) = v {
+            keys.0.insert(k.to_string(), v);
+        }
+    }
+    for k in HDU_KEYS {
+        if let Some(v) = fits.key(hdu, k) {
             keys.0.insert(k.to_string(), v);
         }
     }
@@ -1023,11 +1030,7 @@ fn read_table(fits: &mut Fits, hdu: &Hdu) -> Result<Vec<Spectrum>> {
         None => None,
     };
     let model = same_shape(fits, &MODEL_NAMES)?;
-    let wave_unit = wave_col.unit.clone().or_else(|| {
-        (!log10)
-            .then(|| keys.get("CUNIT1").map(str::to_string))
-            .flatten()
-    });
+    let wave_unit = wave_col.unit.clone();
     let flux_unit = flux_col.unit.clone().or_else(|| keys.text("BUNIT"));
     let air = keys.air();
     let file = file_name(&path);

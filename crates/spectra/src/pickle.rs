@@ -36,6 +36,12 @@ pub enum Value<'a> {
     F32(&'a [f32]),
     /// A `numpy.ndarray` of dtype `<f8`.
     F64(&'a [f64]),
+    /// A `numpy.ndarray` of dtype `<f8` that repeats from record to record (a shared
+    /// wavelength grid, recognised by the slice's address and length): its bytes are sent
+    /// once and kept in the pickle memo, and each occurrence loads as an array of its own
+    /// (`numpy.array(numpy.frombuffer(<bytes>, '<f8'))`, a writable copy). Past
+    /// [`MAX_SHARED_BYTES`] of distinct grids the rest are sent as plain arrays.
+    SharedF64(&'a [f64]),
     /// A `numpy.ndarray` of dtype `<u4`.
     U32(&'a [u32]),
     /// A `numpy.ndarray` of dtype `<i4`.
@@ -70,6 +76,12 @@ const TUPLE2: u8 = 0x86;
 const REDUCE: u8 = b'R';
 const BINPUT: u8 = b'q';
 const BINGET: u8 = b'h';
+const LONG_BINPUT: u8 = b'r';
+const LONG_BINGET: u8 = b'j';
+
+/// The most bytes of distinct shared arrays kept in the pickle memo (the unpickler holds
+/// them until the load ends).
+pub const MAX_SHARED_BYTES: usize = 64 << 20;
 
 /// Items per `MARK` … `APPENDS`/`SETITEMS` batch (CPython's `_BATCHSIZE`).
 const BATCH: usize = 1000;
@@ -84,9 +96,10 @@ enum Memo {
     U4,
     I4,
     I8,
+    Array,
 }
 
-const N_MEMO: usize = 7;
+const N_MEMO: usize = 8;
 
 impl Memo {
     /// The opcode and argument that push this object the first time.
@@ -105,6 +118,10 @@ impl Memo {
             Memo::U4 => write_str(buf, "<u4"),
             Memo::I4 => write_str(buf, "<i4"),
             Memo::I8 => write_str(buf, "<i8"),
+            Memo::Array => {
+                buf.push(GLOBAL);
+                buf.extend_from_slice(b"numpy\narray\n");
+            }
         }
     }
 }
@@ -125,8 +142,11 @@ impl Memo {
 pub struct Encoder {
     buf: Vec<u8>,
     /// Memo index of each [`Memo`] object once written.
-    memo: [Option<u8>; N_MEMO],
-    next_memo: u8,
+    memo: [Option<u32>; N_MEMO],
+    next_memo: u32,
+    /// Memo index of the bytes of each shared array sent, by (address, length).
+    shared: std::collections::HashMap<(usize, usize), u32>,
+    shared_bytes: usize,
     /// Whether a `MARK` for top-level items is open.
     mark_open: bool,
     /// Items of the top-level list since that `MARK`.
@@ -148,6 +168,8 @@ impl Encoder {
             buf: vec![PROTO, 3, EMPTY_LIST],
             memo: [None; N_MEMO],
             next_memo: 0,
+            shared: std::collections::HashMap::new(),
+            shared_bytes: 0,
             mark_open: false,
             batch: 0,
             max_object_bytes: u32::MAX.into(),
@@ -207,6 +229,7 @@ impl Encoder {
             Value::Str(s) => write_str(&mut self.buf, s),
             Value::F32(a) => self.write_array(a, Memo::F4, |x| x.to_le_bytes()),
             Value::F64(a) => self.write_array(a, Memo::F8, |x| x.to_le_bytes()),
+            Value::SharedF64(a) => self.write_shared_f64(a),
             Value::U32(a) => self.write_array(a, Memo::U4, |x| x.to_le_bytes()),
             Value::I32(a) => self.write_array(a, Memo::I4, |x| x.to_le_bytes()),
             Value::I64(a) => self.write_array(a, Memo::I8, |x| x.to_le_bytes()),
@@ -237,15 +260,67 @@ impl Encoder {
     /// Pushes a memoized object: written and put in the memo the first time, fetched after.
     fn memoized(&mut self, m: Memo) {
         match self.memo[m as usize] {
-            Some(i) => self.buf.extend_from_slice(&[BINGET, i]),
+            Some(i) => self.get(i),
             None => {
                 m.first_write(&mut self.buf);
-                let i = self.next_memo;
-                self.buf.extend_from_slice(&[BINPUT, i]);
-                self.memo[m as usize] = Some(i);
-                self.next_memo += 1;
+                self.memo[m as usize] = Some(self.put());
             }
         }
+    }
+
+    /// Puts the object on the stack in the next memo slot; returns its index.
+    fn put(&mut self) -> u32 {
+        let i = self.next_memo;
+        match u8::try_from(i) {
+            Ok(b) => self.buf.extend_from_slice(&[BINPUT, b]),
+            Err(_) => {
+                self.buf.push(LONG_BINPUT);
+                self.buf.extend_from_slice(&i.to_le_bytes());
+            }
+        }
+        self.next_memo += 1;
+        i
+    }
+
+    /// Pushes memo slot `i`.
+    fn get(&mut self, i: u32) {
+        match u8::try_from(i) {
+            Ok(b) => self.buf.extend_from_slice(&[BINGET, b]),
+            Err(_) => {
+                self.buf.push(LONG_BINGET);
+                self.buf.extend_from_slice(&i.to_le_bytes());
+            }
+        }
+    }
+
+    /// `numpy.array(numpy.frombuffer(<bytes>, '<f8'))`, the bytes sent the first time and
+    /// fetched from the memo after (see [`Value::SharedF64`]).
+    fn write_shared_f64(&mut self, a: &[f64]) {
+        let key = (a.as_ptr() as usize, a.len());
+        let known = self.shared.get(&key).copied();
+        let n_bytes = a.len() * 8;
+        if known.is_none() && self.shared_bytes + n_bytes > MAX_SHARED_BYTES {
+            return self.write_array(a, Memo::F8, |x| x.to_le_bytes());
+        }
+        self.memoized(Memo::Array);
+        self.memoized(Memo::FromBuffer);
+        match known {
+            Some(i) => self.get(i),
+            None => {
+                self.buf.push(BINBYTES);
+                // `check` has bounded n_bytes by u32::MAX.
+                self.buf.extend_from_slice(&(n_bytes as u32).to_le_bytes());
+                for x in a {
+                    self.buf.extend_from_slice(&x.to_le_bytes());
+                }
+                let i = self.put();
+                self.shared.insert(key, i);
+                self.shared_bytes += n_bytes;
+            }
+        }
+        self.memoized(Memo::F8);
+        self.buf
+            .extend_from_slice(&[TUPLE2, REDUCE, TUPLE1, REDUCE]);
     }
 
     /// `numpy.frombuffer(bytearray(<bytes>), <dtype>)`, the bytes those of `a` in
@@ -289,7 +364,7 @@ fn check(v: &Value, max_bytes: u64) -> Result<()> {
     let (len, size, what) = match v {
         Value::Str(s) => (s.len(), 1, "string"),
         Value::F32(a) => (a.len(), 4, "float32 array"),
-        Value::F64(a) => (a.len(), 8, "float64 array"),
+        Value::F64(a) | Value::SharedF64(a) => (a.len(), 8, "float64 array"),
         Value::U32(a) => (a.len(), 4, "uint32 array"),
         Value::I32(a) => (a.len(), 4, "int32 array"),
         Value::I64(a) => (a.len(), 8, "int64 array"),
@@ -679,5 +754,62 @@ print("ok", np.__version__)
         );
         assert!(e.push(&Value::F64(&[1.0])).is_ok());
         assert_eq!(Encoder::new().max_object_bytes, 0xffff_ffff);
+    }
+
+    const SHARED_PY: &str = r#"
+import pickle, sys
+import numpy as np
+with open(sys.argv[1], "rb") as f:
+    obj = pickle.load(f)
+assert len(obj) == 600, len(obj)
+for i, r in enumerate(obj):
+    w = r["wavelength"]
+    assert type(w) is np.ndarray and w.dtype == np.dtype("<f8") and w.flags.writeable
+    k = i % 300
+    assert w.tolist() == [3600.0 + k, 3601.0 + k, 3602.5 + k], (i, w.tolist())
+a, b = obj[0]["wavelength"], obj[300]["wavelength"]
+a[0] = -1.0
+assert b[0] == 3600.0, "records must not share one array"
+print("ok")
+"#;
+
+    #[test]
+    fn shared_arrays_are_sent_once_and_load_as_copies() {
+        let grids: Vec<Vec<f64>> = (0..300)
+            .map(|k| vec![3600.0 + k as f64, 3601.0 + k as f64, 3602.5 + k as f64])
+            .collect();
+        let mut e = Encoder::new();
+        for i in 0..600 {
+            e.push(&Value::Dict(vec![(
+                "wavelength",
+                Value::SharedF64(&grids[i % 300]),
+            )]))
+            .unwrap();
+        }
+        let bytes = e.finish();
+        // 300 grids of 24 bytes, each sent once; 300 memo slots need LONG_BINPUT.
+        let plain = to_bytes(
+            &(0..600)
+                .map(|i| Value::Dict(vec![("wavelength", Value::F64(&grids[i % 300]))]))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert!(bytes.len() < plain.len());
+        assert!(bytes.contains(&LONG_BINPUT) && bytes.contains(&LONG_BINGET));
+        for py in pythons_with_numpy() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("shared.pkl");
+            std::fs::write(&path, &bytes).unwrap();
+            let out = std::process::Command::new(&py)
+                .args(["-c", SHARED_PY])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{py}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

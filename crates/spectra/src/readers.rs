@@ -140,7 +140,7 @@ pub(crate) fn mjd_to_iso(mjd: f64) -> Option<String> {
 
 /// Year, month, day of the day `z` days after 1970-01-01 (proleptic Gregorian), after
 /// Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

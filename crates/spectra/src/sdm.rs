@@ -57,6 +57,55 @@ pub struct Columns<'a> {
     pub n: Option<&'a [u32]>,
 }
 
+impl<'a> Columns<'a> {
+    /// The columns of a stored spectrum.
+    pub fn of(a: crate::store::Arrays<'a>) -> Self {
+        Self {
+            wavelength_aa: a.wavelength_aa,
+            flux: a.flux,
+            ivar: a.ivar,
+            mask: Some(a.mask),
+            model: a.model,
+            n: None,
+        }
+    }
+
+    /// The columns of a stack, with the spectra combined at each pixel.
+    pub fn of_stack(s: &'a crate::stack::Stacked) -> Self {
+        Self {
+            wavelength_aa: &s.wavelength_aa,
+            flux: &s.stack.flux,
+            ivar: &s.stack.ivar,
+            mask: None,
+            model: None,
+            n: Some(&s.stack.n),
+        }
+    }
+}
+
+impl Meta {
+    /// What a stack file says of itself.
+    pub fn of_stack(
+        s: &crate::stack::Stacked,
+        spec: &crate::stack::StackSpec,
+        did: String,
+    ) -> Self {
+        Self {
+            title: format!(
+                "{} stack of {} spectra{}",
+                spec.method,
+                s.used,
+                if spec.rest_frame { " (rest frame)" } else { "" }
+            ),
+            did,
+            collection: "stack".into(),
+            target: "stack".into(),
+            n_combined: Some(s.used),
+            ..Default::default()
+        }
+    }
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -518,19 +518,8 @@ fn now_iso() -> String {
 
 /// `YYYY-MM-DDTHH:MM:SS` of unix seconds (UTC).
 pub fn iso_of_unix(t: i64) -> String {
-    let days = t.div_euclid(86_400);
     let s = t.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    let (y, m, d) = crate::readers::civil_from_days(t.div_euclid(86_400));
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         s / 3600,
@@ -900,6 +889,9 @@ pub struct Staged {
     /// Spectra skipped because their sparcl_id is already in the dataset.
     pub duplicates: u64,
     published: bool,
+    /// Held from begin to publish: two adds to one dataset take turns, so neither loses
+    /// the other's spectra.
+    _lock: File,
 }
 
 impl Drop for Staged {
@@ -954,6 +946,14 @@ impl Staged {
         for d in [root.to_path_buf(), root.join(VERSIONS), staging.clone()] {
             std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
+        let lock_path = root.join(format!(".{name}.lock"));
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
         let dir = staging.join(format!("{name}.{}.{}", std::process::id(), nanos()));
         std::fs::create_dir_all(dir.join("parts")).map_err(|e| Error::io(&dir, e))?;
         let current = root.join(name);
@@ -1004,6 +1004,7 @@ impl Staged {
             part: Some(part),
             duplicates: 0,
             published: false,
+            _lock: lock,
         })
     }
 

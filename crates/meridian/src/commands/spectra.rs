@@ -191,8 +191,14 @@ pub fn run(
                     match r {
                         Ok(spectra) => {
                             for s in spectra {
-                                if let Err(e) = staged.push(s) {
-                                    bad.push(format!("{}: {e}", f.display()));
+                                match staged.push(s) {
+                                    Ok(_) => {}
+                                    // A spectrum that fails its checks is skipped; a failure
+                                    // to write stops the add (nothing is published).
+                                    Err(meridian_spectra::Error::Invalid(why)) => {
+                                        bad.push(format!("{}: {why}", f.display()))
+                                    }
+                                    Err(e) => return Err(e.into()),
                                 }
                             }
                         }
@@ -208,6 +214,13 @@ pub fn run(
             }
             let added = staged.added();
             let duplicates = staged.duplicates;
+            if added == 0 && bad.is_empty() {
+                eprintln!(
+                    "{dataset}: nothing new ({duplicates} spectra already present); nothing \
+                     changed"
+                );
+                return Ok(());
+            }
             if added == 0 {
                 bail!(
                     "no spectra added to {dataset} ({} files bad, {duplicates} spectra already \
@@ -310,14 +323,7 @@ pub fn run(
                     d.sparcl_id(r),
                 ),
             );
-            let cols = sdm::Columns {
-                wavelength_aa: a.wavelength_aa,
-                flux: a.flux,
-                ivar: a.ivar,
-                mask: Some(a.mask),
-                model: a.model,
-                n: None,
-            };
+            let cols = sdm::Columns::of(a);
             write_spectrum(out.as_deref(), &meta, &cols)?;
         }
         SpectraCommand::Stack {
@@ -355,26 +361,8 @@ pub fn run(
             );
             let s = meridian_spectra::stack::stack(&rows, &spec, &|n| pb.set_position(n))?;
             pb.finish_and_clear();
-            let meta = sdm::Meta {
-                title: format!(
-                    "{} stack of {} spectra{}",
-                    spec.method,
-                    s.used,
-                    if rest_frame { " (rest frame)" } else { "" }
-                ),
-                collection: "stack".into(),
-                target: "stack".into(),
-                n_combined: Some(s.used),
-                ..Default::default()
-            };
-            let cols = sdm::Columns {
-                wavelength_aa: &s.wavelength_aa,
-                flux: &s.stack.flux,
-                ivar: &s.stack.ivar,
-                mask: None,
-                model: None,
-                n: Some(&s.stack.n),
-            };
+            let meta = sdm::Meta::of_stack(&s, &spec, String::new());
+            let cols = sdm::Columns::of_stack(&s);
             write_spectrum(Some(&out), &meta, &cols)?;
             eprintln!(
                 "stacked {} spectra ({} without a redshift left out, {unknown} ids unknown) \

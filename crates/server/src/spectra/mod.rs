@@ -28,6 +28,8 @@ pub struct SpectraService {
     pub max_stack: usize,
     /// The naming authority of publisher DIDs (`ivo://AUTHORITY/spectra/...`).
     pub authority: String,
+    /// Stacks computed at once (each keeps the cores busy).
+    pub stacks: tokio::sync::Semaphore,
 }
 
 impl Default for SpectraService {
@@ -42,10 +44,11 @@ impl SpectraService {
         Self {
             library,
             max_retrieve: 25_000,
-            max_find: 10_000_000,
+            max_find: 1_000_000,
             stack_memory_bytes: 2 << 30,
-            max_stack: 10_000_000,
+            max_stack: 1_000_000,
             authority: "meridian".into(),
+            stacks: tokio::sync::Semaphore::new(2),
         }
     }
 }
@@ -60,7 +63,7 @@ pub fn may_read(state: &AppState, who: Option<&Identity>, ds: &Dataset) -> Resul
     let Some(id) = who else {
         return Ok(false);
     };
-    if access.users.iter().any(|u| *u == id.user) {
+    if access.users.contains(&id.user) {
         return Ok(true);
     }
     if access.groups.is_empty() {

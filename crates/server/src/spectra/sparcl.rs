@@ -490,7 +490,8 @@ pub async fn find(
     let datasets = datasets_for(&state, who.as_ref(), asked_drs)?;
     let count_only = param(&pairs, "count").is_some_and(|v| v == "y" || v == "yes");
     let units = units_wanted(&pairs).then(|| units_of(&datasets));
-    let records = tokio::task::spawn_blocking(move || -> Result<(usize, Vec<J>)> {
+    // The answer is written as it is made: a record's JSON value never outlives its line.
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
         let mut hits: Vec<(usize, u32)> = Vec::new();
         for (di, d) in datasets.iter().enumerate() {
             let rows = store::select(d, &constraints).map_err(|e| match e {
@@ -500,8 +501,21 @@ pub async fn find(
             hits.extend(rows.into_iter().map(|r| (di, r)));
         }
         let total = hits.len();
+        let mut out = Vec::new();
+        let write = |out: &mut Vec<u8>, v: &J| {
+            serde_json::to_writer(out, v)
+                .map_err(|e| Sparcl(Error::Internal(format!("writing JSON: {e}"))))
+        };
+        out.push(b'[');
         if count_only {
-            return Ok((total, Vec::new()));
+            write(
+                &mut out,
+                &header_json(format!("Successfully found {total} records"), vec![], units),
+            )?;
+            out.push(b',');
+            write(&mut out, &json!({"count": total}))?;
+            out.push(b']');
+            return Ok(out);
         }
         if !sort.is_empty() {
             hits.sort_by(|a, b| {
@@ -518,40 +532,30 @@ pub async fn find(
             });
         }
         hits.truncate(limit);
-        let out = hits
-            .iter()
-            .map(|&(di, r)| {
-                let d = &datasets[di];
-                let mut m = serde_json::Map::new();
-                m.insert("_dr".into(), J::String(d.name().to_string()));
-                for f in &outfields {
-                    m.insert(f.clone(), cv_json(d.value(f, r).unwrap_or(Cv::Null)));
-                }
-                J::Object(m)
-            })
-            .collect();
-        Ok((total, out))
+        write(
+            &mut out,
+            &header_json(
+                format!("Successfully found {} records", hits.len()),
+                vec![],
+                units,
+            ),
+        )?;
+        for &(di, r) in &hits {
+            let d = &datasets[di];
+            let mut m = serde_json::Map::new();
+            m.insert("_dr".into(), J::String(d.name().to_string()));
+            for f in &outfields {
+                m.insert(f.clone(), cv_json(d.value(f, r).unwrap_or(Cv::Null)));
+            }
+            out.push(b',');
+            write(&mut out, &J::Object(m))?;
+        }
+        out.push(b']');
+        Ok(out)
     })
     .await
     .map_err(|e| Sparcl(Error::Internal(format!("find task failed: {e}"))))??;
-    let (total, recs) = records;
-    let mut out = Vec::with_capacity(recs.len() + 1);
-    if count_only {
-        out.push(header_json(
-            format!("Successfully found {total} records"),
-            vec![],
-            units,
-        ));
-        out.push(json!({"count": total}));
-    } else {
-        out.push(header_json(
-            format!("Successfully found {} records", recs.len()),
-            vec![],
-            units,
-        ));
-        out.extend(recs);
-    }
-    Ok(Json(J::Array(out)).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 fn ids_of(body: &Bytes) -> Result<Vec<J>> {
@@ -747,7 +751,8 @@ fn record_pickle<'a>(d: &'a Dataset, r: u32, include: &[&'a str]) -> Pv<'a> {
             "flux" => Pv::F32(a.flux),
             "ivar" => Pv::F32(a.ivar),
             "mask" => Pv::U32(a.mask),
-            "wavelength" => Pv::F64(a.wavelength_aa),
+            // Spectra of a dataset mostly share their grid: it is sent once.
+            "wavelength" => Pv::SharedF64(a.wavelength_aa),
             "model" => a.model.map_or(Pv::None, Pv::F32),
             _ => cv_pickle(d.value(f, r).unwrap_or(Cv::Null)),
         };
@@ -841,7 +846,8 @@ pub async fn missing_specids(
     missing_among(&state, &headers, &q, &body, true)
 }
 
-/// The SPARCL routes, each with and without its trailing slash.
+/// The SPARCL routes, each with and without its trailing slash. Request bodies (lists of
+/// ids, constraints) are held to 16 MiB.
 pub fn routes() -> axum::Router<AppState> {
     use axum::routing::{get, post};
     let mut r = axum::Router::new();
@@ -875,7 +881,7 @@ pub fn routes() -> axum::Router<AppState> {
             };
         }
     }
-    r
+    r.layer(axum::extract::DefaultBodyLimit::max(16 << 20))
 }
 
 #[cfg(test)]

@@ -468,10 +468,10 @@ fn matches(q: &Query, d: &Dataset, r: u32) -> bool {
             return false;
         }
     }
-    if let Some((lo, hi)) = q.redshift {
-        if !float(d, "redshift", r).is_some_and(|z| z >= lo && z <= hi) {
-            return false;
-        }
+    if let Some((lo, hi)) = q.redshift
+        && !float(d, "redshift", r).is_some_and(|z| z >= lo && z <= hi)
+    {
+        return false;
     }
     if let Some(t) = &q.target {
         let id = d.specid(r).to_string();
@@ -669,6 +669,35 @@ pub fn meta_of(d: &Dataset, r: u32, did: String) -> sdm::Meta {
     }
 }
 
+/// Whether `FORMAT` (`votable` or `fits`, or their media types) asks for FITS; `default`
+/// when absent.
+pub(crate) fn wants_fits(format: Option<&str>, default: bool) -> Result<bool> {
+    match format.map(|f| f.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(f) if matches!(f.as_str(), "votable" | "application/x-votable+xml") => Ok(false),
+        Some(f) if matches!(f.as_str(), "fits" | "application/fits") => Ok(true),
+        Some(f) => Err(Error::Usage(format!(
+            "FORMAT: '{f}' is not offered; use votable or fits"
+        ))),
+    }
+}
+
+/// A spectrum file as FITS or SDM VOTable, with its media type.
+pub(crate) fn render(
+    meta: &sdm::Meta,
+    cols: &sdm::Columns,
+    fits: bool,
+) -> Result<(Vec<u8>, &'static str)> {
+    Ok(if fits {
+        (sdm::fits_bytes(meta, cols)?, "application/fits")
+    } else {
+        (
+            sdm::votable(meta, cols).into_bytes(),
+            "application/x-votable+xml;content=spectrum",
+        )
+    })
+}
+
 /// `/spectra/file?ID=...&FORMAT=votable|fits`: one spectrum as an SDM VOTable (the
 /// default) or FITS table.
 pub async fn file(
@@ -677,20 +706,7 @@ pub async fn file(
     req: DaliRequest,
 ) -> Result<Response> {
     let id = req.params.required("ID")?.to_string();
-    let fits = match req
-        .params
-        .get("FORMAT")
-        .map(|f| f.trim().to_ascii_lowercase())
-    {
-        None => false,
-        Some(f) if matches!(f.as_str(), "votable" | "application/x-votable+xml") => false,
-        Some(f) if matches!(f.as_str(), "fits" | "application/fits") => true,
-        Some(f) => {
-            return Err(Error::Usage(format!(
-                "FORMAT: '{f}' is not offered; use votable or fits"
-            )));
-        }
-    };
+    let fits = wants_fits(req.params.get("FORMAT"), false)?;
     let datasets = super::readable(&state, identity(&caller))?;
     let authority = state.spectra.authority.clone();
     let (body, mime) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, &str)> {
@@ -698,22 +714,8 @@ pub async fn file(
             .ok_or_else(|| Error::NotFound(format!("no spectrum '{id}'")))?;
         let a = d.arrays(r);
         let meta = meta_of(d, r, publisher_did(&authority, d.name(), d.sparcl_id(r)));
-        let cols = sdm::Columns {
-            wavelength_aa: a.wavelength_aa,
-            flux: a.flux,
-            ivar: a.ivar,
-            mask: Some(a.mask),
-            model: a.model,
-            n: None,
-        };
-        Ok(if fits {
-            (sdm::fits_bytes(&meta, &cols)?, "application/fits")
-        } else {
-            (
-                sdm::votable(&meta, &cols).into_bytes(),
-                "application/x-votable+xml;content=spectrum",
-            )
-        })
+        let cols = sdm::Columns::of(a);
+        render(&meta, &cols, fits)
     })
     .await
     .map_err(|e| Error::Internal(format!("spectrum task failed: {e}")))??;

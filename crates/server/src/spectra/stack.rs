@@ -146,20 +146,7 @@ pub async fn stack(
         req.params.get("REST_FRAME"),
         state.spectra.stack_memory_bytes,
     )?;
-    let fits = match req
-        .params
-        .get("FORMAT")
-        .map(|f| f.trim().to_ascii_lowercase())
-    {
-        None => true,
-        Some(f) if matches!(f.as_str(), "fits" | "application/fits") => true,
-        Some(f) if matches!(f.as_str(), "votable" | "application/x-votable+xml") => false,
-        Some(f) => {
-            return Err(Error::Usage(format!(
-                "FORMAT: '{f}' is not offered; use fits or votable"
-            )));
-        }
-    };
+    let fits = super::ssa::wants_fits(req.params.get("FORMAT"), true)?;
     let who = match &caller {
         Caller::User(id) => Some(id.clone()),
         _ => None,
@@ -195,6 +182,11 @@ pub async fn stack(
         )));
     }
     let authority = state.spectra.authority.clone();
+    // Two stacks at a time; a third waits, within the synchronous time limit.
+    let _permit = tokio::time::timeout(limit, state.spectra.stacks.acquire())
+        .await
+        .map_err(|_| Error::Timeout(limit.as_secs()))?
+        .map_err(|e| Error::Internal(format!("stack queue: {e}")))?;
     let body = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, &'static str)> {
         let (rows, unknown) = rows_of(&datasets, &batches)?;
         if rows.is_empty() {
@@ -211,35 +203,9 @@ pub async fn stack(
             method = %spec.method,
             "stack"
         );
-        let meta = sdm::Meta {
-            title: format!(
-                "{} stack of {} spectra{}",
-                spec.method,
-                s.used,
-                if spec.rest_frame { " (rest frame)" } else { "" }
-            ),
-            did: format!("ivo://{authority}/spectra/stack"),
-            collection: "stack".into(),
-            target: "stack".into(),
-            n_combined: Some(s.used),
-            ..Default::default()
-        };
-        let cols = sdm::Columns {
-            wavelength_aa: &s.wavelength_aa,
-            flux: &s.stack.flux,
-            ivar: &s.stack.ivar,
-            mask: None,
-            model: None,
-            n: Some(&s.stack.n),
-        };
-        Ok(if fits {
-            (sdm::fits_bytes(&meta, &cols)?, "application/fits")
-        } else {
-            (
-                sdm::votable(&meta, &cols).into_bytes(),
-                "application/x-votable+xml;content=spectrum",
-            )
-        })
+        let meta = sdm::Meta::of_stack(&s, &spec, format!("ivo://{authority}/spectra/stack"));
+        let cols = sdm::Columns::of_stack(&s);
+        super::ssa::render(&meta, &cols, fits)
     })
     .await
     .map_err(|e| Error::Internal(format!("stack task failed: {e}")))??;
