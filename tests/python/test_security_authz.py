@@ -236,6 +236,18 @@ ROUTES = [
           public="DataLink links of published images"),
     Entry("/soda/sync", ("GET", "POST"), get("/soda/sync", ID="ivo://meridian/images/none?x"),
           public="SODA cutouts of published images"),
+    # Spectra: published datasets for everybody; a private dataset only for the users and
+    # groups its manifest lists (test_spectra_sparcl checks that with a private dataset).
+    Entry("/ssa", ("GET", "POST"), get("/ssa", REQUEST="queryData", POS="10,10", SIZE="1"),
+          public="SSA search of the published spectra"),
+    Entry("/ssa/capabilities", ("GET",), get("/ssa/capabilities"), public="VOSI capabilities"),
+    Entry("/ssa/availability", ("GET",), get("/ssa/availability"), public="VOSI availability"),
+    Entry("/spectra/file", ("GET",), get("/spectra/file", ID="ivo://meridian/spectra/NONE?x"),
+          public="published spectra as SDM files, found by their DID"),
+    Entry("/spectra/stack", ("GET", "POST"),
+          get("/spectra/stack", QUERY="SELECT TOP 1 source_id FROM gaia"),
+          public="stacks of published spectra selected by ADQL over the served catalogs "
+                 "(never a user's MyDB)"),
     Entry("/metrics", ("GET",), get("/metrics"),
           public="service-wide request counters and job counts by phase; nobody's data"),
     Entry("/tap/availability", ("GET",), get("/tap/availability"), public="VOSI availability"),
@@ -654,6 +666,27 @@ ROUTES = [
           owner=status_is(200, contains="/storage/xfer/")),
 ]
 
+# SPARCL's API (crates/server/src/spectra/sparcl.rs, `routes`): each call with and without
+# its trailing slash. Published spectra for everybody; private datasets for their readers.
+SPARCL_CALLS = {
+    "announcement": ("GET", None, "a service announcement"),
+    "version": ("GET", None, "the API version"),
+    "datafields": ("GET", None, "the fields of every dataset"),
+    "auth_status": ("GET", None, "who the caller is and which datasets they may read"),
+    "get_token": ("POST", b'{"email": "nobody", "password": "x"}', "login: a token for the caller's own account"),
+    "renew_token": ("POST", b'{"refresh_token": "x"}', "a new token for the caller's own refresh token"),
+    "find": ("POST", b'{"outfields": ["sparcl_id"], "search": []}', "core fields of the spectra the caller may read"),
+    "spectras": ("POST", b'["00000000-0000-8000-8000-000000000000"]', "spectra the caller may read"),
+    "missing": ("POST", b'["00000000-0000-8000-8000-000000000000"]', "which ids the caller's datasets lack"),
+    "missing_specids": ("POST", b'[1]', "which specids the caller's datasets lack"),
+}
+for _name, (_method, _body, _why) in SPARCL_CALLS.items():
+    for _path in (f"/sparcl/api/{_name}", f"/sparcl/api/{_name}/"):
+        ROUTES.append(Entry(_path, (_method,),
+                            (lambda p, m, b: lambda s, c: Call(m, p, data=b))(_path, _method, _body),
+                            public=_why))
+
+
 PRIVATE = [e for e in ROUTES if e.public is None]
 PUBLIC = [e for e in ROUTES if e.public is not None]
 
@@ -680,6 +713,13 @@ def routes_in_source():
         methods = re.findall(r"\b(get|post|put|delete|patch|head|options|any)\(", arg)
         assert methods, f"no method found for route {path}"
         found |= {(path, meth.upper()) for meth in methods}
+    # SPARCL's calls are listed in a table in sparcl.rs (codes below 10 are GETs).
+    src = (SRC / "spectra" / "sparcl.rs").read_text()
+    body = src[src.index("pub fn routes()"):]
+    body = body[:body.index("\n}\n")]
+    for name, code in re.findall(r'\("([a-z_]+)", (\d+)\)', body):
+        method = "GET" if int(code) < 10 else "POST"
+        found |= {(f"/sparcl/api/{name}", method), (f"/sparcl/api/{name}/", method)}
     return found
 
 
