@@ -1318,6 +1318,12 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         eprintln!("  pyvo:  pyvo.dal.TAPService(\"http://{local}/tap\").search(\"SELECT TOP 10 * FROM {}\")",
             tables.first().map(String::as_str).unwrap_or("<table>"));
         eprintln!("  TOPCAT: VO > Table Access Protocol (TAP) query, TAP URL http://{local}/tap");
+        if !state.spectra.library.datasets().is_empty() {
+            eprintln!(
+                "Spectra: sparcl.client.SparclClient(url=\"http://{local}/sparcl\"); \
+                 SSA http://{local}/ssa"
+            );
+        }
         // Ctrl-C or SIGTERM: stop accepting, finish the requests in flight.
         meridian_server::serve(listener, state, interrupted()).await?;
         tracing::info!("server stopped");
