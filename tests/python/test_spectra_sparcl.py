@@ -52,9 +52,9 @@ def spectra_store(tmp_path_factory, shared):
     env = personal_env(d)
     run("spectra", "add", "DESI-EDR", *desi_files(shared), "--zcatalog", zpath,
         data_dir=d, env=env)
+    run("user", "add", "erin", data_dir=d, input="erin-password\n", env=env)
     run("spectra", "add", "DESI-PRIV", coadd, "--private", "--reader", "erin",
         data_dir=d, env=env)
-    run("user", "add", "erin", data_dir=d, input="erin-password\n", env=env)
     return d, env
 
 

@@ -583,9 +583,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &config.data_dir.join("images"),
             &args,
         )?,
-        Command::Spectra(cmd) => {
-            commands::spectra::run(&config.spectra_dir(), cmd, &|| open_engine(&config))?
-        }
+        Command::Spectra(cmd) => commands::spectra::run(
+            &config.spectra_dir(),
+            cmd,
+            &|| open_engine(&config),
+            &|| open_accounts(&config),
+        )?,
         Command::Sia(args) => {
             commands::image_access::sia(&config.data_dir.join("images"), IMAGE_AUTHORITY, &args)?
         }

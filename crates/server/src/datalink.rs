@@ -231,8 +231,8 @@ pub async fn links(
                 descriptors.push_str(&soda_descriptor(&soda_id, &base, e));
                 links_of(e, &base, &soda_id)
             }
-            None if id.contains("/spectra/")
-                && crate::spectra::ssa::resolve(&spectra, id).is_some() =>
+            None if crate::spectra::ssa::resolve(&spectra, &state.spectra.authority, id)
+                .is_some() =>
             {
                 spectrum_links(id, &base)
             }

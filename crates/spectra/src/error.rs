@@ -35,6 +35,9 @@ pub enum Error {
     /// A request larger than the limits allow.
     #[error("{0}")]
     TooLarge(String),
+    /// Work stopped before its end (its time limit passed, or its caller went away).
+    #[error("{0}")]
+    Stopped(String),
     /// Storage that is not what this version wrote.
     #[error("{0}")]
     Corrupt(String),

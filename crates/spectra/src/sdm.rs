@@ -113,9 +113,20 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Shortest round-trip text of `x` (exponent notation for very small and large numbers, so
+/// that 1e-300 takes 6 characters, not 300).
 fn num(x: f64) -> String {
     if x.is_finite() {
-        format!("{x}")
+        format!("{x:?}")
+    } else {
+        "NaN".into()
+    }
+}
+
+/// The same for a float32 value (its own shortest text, not that of its f64 widening).
+fn num32(x: f32) -> String {
+    if x.is_finite() {
+        format!("{x:?}")
     } else {
         "NaN".into()
     }
@@ -256,15 +267,15 @@ pub fn votable(meta: &Meta, c: &Columns) -> String {
             rows,
             "<TR><TD>{}</TD><TD>{}</TD><TD>{}</TD><TD>{}</TD>",
             num(c.wavelength_aa[i]),
-            num(c.flux[i] as f64),
-            num(sigma(c.ivar[i]) as f64),
-            num(c.ivar[i] as f64)
+            num32(c.flux[i]),
+            num32(sigma(c.ivar[i])),
+            num32(c.ivar[i])
         );
         if let Some(m) = c.mask {
             let _ = write!(rows, "<TD>{}</TD>", m[i]);
         }
         if let Some(m) = c.model {
-            let _ = write!(rows, "<TD>{}</TD>", num(m[i] as f64));
+            let _ = write!(rows, "<TD>{}</TD>", num32(m[i]));
         }
         if let Some(n) = c.n {
             let _ = write!(rows, "<TD>{}</TD>", n[i]);

@@ -93,14 +93,37 @@ pub struct Stacked {
     pub no_redshift: u64,
 }
 
-/// Stacks `rows` (dataset and row) by `spec`; `progress` hears the spectra done so far.
+/// Stacks `rows` (dataset and row) by `spec`; `progress` hears the spectra done so far and
+/// answers whether to go on (false stops the stack with [`Error::Stopped`]).
+///
+/// Memory stays within `spec.budget_bytes`: a median holds its values plus one block of
+/// resampled spectra (the block shrinks on fine grids); means hold a group of partial
+/// stacks, as many as the budget allows.
 pub fn stack(
     rows: &[(&Dataset, u32)],
     spec: &StackSpec,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<Stacked> {
     let grid = spec.grid.centres();
-    let mut stacker = Stacker::new(grid.len(), spec.method, spec.budget_bytes)?;
+    let n_pix = grid.len();
+    // A resampled spectrum in flight: its flux and ivar.
+    let spectrum_bytes = n_pix.saturating_mul(8).max(1);
+    let median = spec.method == StackMethod::Median;
+    let (block_len, group_len, stacker_budget) = if median {
+        let block = (spec.budget_bytes / 4 / spectrum_bytes).clamp(1, BLOCK);
+        (
+            block,
+            1,
+            spec.budget_bytes
+                .saturating_sub(block.saturating_mul(spectrum_bytes)),
+        )
+    } else {
+        // Each partial stack: its sums (28 bytes a pixel) and one spectrum in flight.
+        let per_partial = n_pix.saturating_mul(28).saturating_add(spectrum_bytes);
+        let group = (spec.budget_bytes / 2 / per_partial.max(1)).clamp(1, GROUP);
+        (BLOCK, group, spec.budget_bytes / 2)
+    };
+    let mut stacker = Stacker::new(n_pix, spec.method, stacker_budget)?;
     if let Some(max) = stacker.max_spectra()
         && rows.len() > max
     {
@@ -110,23 +133,23 @@ pub fn stack(
              stack by mean or ivar, which use constant memory",
             spec.method,
             rows.len(),
-            grid.len(),
+            n_pix,
             spec.budget_bytes
         )));
     }
+    let stopped = || Error::Stopped("the stack was stopped before its end".into());
     let mut used = 0u64;
     let mut no_redshift = 0u64;
     let mut done = 0u64;
-    // Blocks of BLOCK spectra are stacked in parallel into partial stacks, merged in block
-    // order: the answer depends on the block size, never on the number of threads. A
-    // median keeps its values in order instead, so its spectra are added one by one.
-    let partial = spec.method != StackMethod::Median;
-    for group in rows.chunks(BLOCK * GROUP) {
-        if partial {
+    // Blocks are stacked in parallel into partial stacks, merged in block order: the answer
+    // depends on the block size, never on the number of threads. A median keeps its values
+    // in order instead, so its spectra are added one by one.
+    for group in rows.chunks(block_len * group_len) {
+        if !median {
             let parts: Vec<(Stacker, u64, u64)> = group
-                .par_chunks(BLOCK)
+                .par_chunks(block_len)
                 .map(|block| -> Result<(Stacker, u64, u64)> {
-                    let mut st = Stacker::new(grid.len(), spec.method, spec.budget_bytes)?;
+                    let mut st = Stacker::new(n_pix, spec.method, stacker_budget)?;
                     let (mut used, mut skipped) = (0, 0);
                     for &(d, r) in block {
                         match on_grid(d, r, spec, &grid)? {
@@ -146,24 +169,24 @@ pub fn stack(
                 no_redshift += s;
             }
         } else {
-            for block in group.chunks(BLOCK) {
-                let on: Vec<Option<(Vec<f32>, Vec<f32>)>> = block
-                    .par_iter()
-                    .map(|&(d, r)| on_grid(d, r, spec, &grid))
-                    .collect::<Result<_>>()?;
-                for x in on {
-                    match x {
-                        Some((flux, ivar)) => {
-                            stacker.add(&flux, &ivar)?;
-                            used += 1;
-                        }
-                        None => no_redshift += 1,
+            let on: Vec<Option<(Vec<f32>, Vec<f32>)>> = group
+                .par_iter()
+                .map(|&(d, r)| on_grid(d, r, spec, &grid))
+                .collect::<Result<_>>()?;
+            for x in on {
+                match x {
+                    Some((flux, ivar)) => {
+                        stacker.add(&flux, &ivar)?;
+                        used += 1;
                     }
+                    None => no_redshift += 1,
                 }
             }
         }
         done += group.len() as u64;
-        progress(done);
+        if !progress(done) {
+            return Err(stopped());
+        }
     }
     Ok(Stacked {
         stack: stacker.finish(),

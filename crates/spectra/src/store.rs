@@ -82,6 +82,16 @@ pub fn table_name(name: &str) -> String {
     }
 }
 
+/// A user or group named in a dataset's access list, with the account database's id of it
+/// when the list was made: a user or group made later under the same name is someone else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// Its name.
+    pub name: String,
+    /// Its id in the account database.
+    pub id: i64,
+}
+
 /// Who may read a dataset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Access {
@@ -89,10 +99,10 @@ pub struct Access {
     pub public: bool,
     /// Groups whose members may read it when it is not public.
     #[serde(default)]
-    pub groups: Vec<String>,
+    pub groups: Vec<Principal>,
     /// Users who may read it when it is not public.
     #[serde(default)]
-    pub users: Vec<String>,
+    pub users: Vec<Principal>,
 }
 
 /// One part: the spectra one `add` wrote.
@@ -1280,8 +1290,12 @@ pub struct Dataset {
 
 /// A UUID's 128 bits (None for text that is not a UUID).
 pub fn uuid_bits(s: &str) -> Option<u128> {
+    let b = s.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
     let hex: String = s.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || s.len() != 36 {
+    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     u128::from_str_radix(&hex, 16).ok()

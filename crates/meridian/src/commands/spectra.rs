@@ -142,6 +142,7 @@ pub fn run(
     root: &Path,
     cmd: SpectraCommand,
     open_engine: &dyn Fn() -> anyhow::Result<(meridian_engine::Engine, tokio::runtime::Runtime)>,
+    open_accounts: &dyn Fn() -> anyhow::Result<meridian_services::accounts::Accounts>,
 ) -> anyhow::Result<()> {
     match cmd {
         SpectraCommand::Add {
@@ -163,6 +164,34 @@ pub fn run(
             if files.is_empty() {
                 bail!("no spectra files found in the paths given");
             }
+            let readers_named = !users.is_empty() || !reader_groups.is_empty();
+            if readers_named && !private {
+                bail!("--reader and --reader-group name who may read a --private dataset");
+            }
+            // Readers are bound to their accounts' ids: a user or group made later under
+            // the same name is someone else.
+            let (users, reader_groups) = if users.is_empty() && reader_groups.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                let accounts = open_accounts()?;
+                let resolve = |names: Vec<String>, kind: &str| {
+                    names
+                        .into_iter()
+                        .map(|name| {
+                            let id = if kind == "user" {
+                                accounts.user_id(&name)?
+                            } else {
+                                accounts.group_id(&name)?
+                            };
+                            match id {
+                                Some(id) => Ok(store::Principal { name, id }),
+                                None => bail!("no {kind} '{name}' in the account database"),
+                            }
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                };
+                (resolve(users, "user")?, resolve(reader_groups, "group")?)
+            };
             let new = NewDataset {
                 datasetgroup: group,
                 access: Access {
@@ -264,7 +293,8 @@ pub fn run(
                 } else {
                     format!(
                         "private (users: {:?}, groups: {:?})",
-                        m.access.users, m.access.groups
+                        m.access.users.iter().map(|p| &p.name).collect::<Vec<_>>(),
+                        m.access.groups.iter().map(|p| &p.name).collect::<Vec<_>>()
                     )
                 }
             );
@@ -349,7 +379,7 @@ pub fn run(
             })?;
             rt.shutdown_background();
             let lib = Library::open(root)?;
-            let (rows, unknown) =
+            let meridian_server::spectra::stack::Selected { rows, unknown, .. } =
                 meridian_server::spectra::stack::rows_of(lib.datasets(), &batches)?;
             if rows.is_empty() {
                 bail!("the query selects no stored spectrum ({unknown} ids matched nothing)");
@@ -359,7 +389,10 @@ pub fn run(
                 rows.len() as u64,
                 "stack [{bar:30}] {human_pos}/{human_len} spectra {per_sec} ETA {eta}",
             );
-            let s = meridian_spectra::stack::stack(&rows, &spec, &|n| pb.set_position(n))?;
+            let s = meridian_spectra::stack::stack(&rows, &spec, &|n| {
+                pb.set_position(n);
+                true
+            })?;
             pb.finish_and_clear();
             let meta = sdm::Meta::of_stack(&s, &spec, String::new());
             let cols = sdm::Columns::of_stack(&s);
@@ -559,7 +592,7 @@ pub fn bench(
         )?;
         let rows: Vec<(&Dataset, u32)> = (0..d.len() as u32).map(|r| (d.as_ref(), r)).collect();
         let start = Instant::now();
-        let s = meridian_spectra::stack::stack(&rows, &spec, &|_| {})?;
+        let s = meridian_spectra::stack::stack(&rows, &spec, &|_| true)?;
         let seconds = start.elapsed().as_secs_f64();
         report["stack"] = serde_json::json!({
             "spectra": s.used,

@@ -29,7 +29,7 @@ pub struct SpectraService {
     /// The naming authority of publisher DIDs (`ivo://AUTHORITY/spectra/...`).
     pub authority: String,
     /// Stacks computed at once (each keeps the cores busy).
-    pub stacks: tokio::sync::Semaphore,
+    pub stacks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for SpectraService {
@@ -48,13 +48,14 @@ impl SpectraService {
             stack_memory_bytes: 2 << 30,
             max_stack: 1_000_000,
             authority: "meridian".into(),
-            stacks: tokio::sync::Semaphore::new(2),
+            stacks: Arc::new(tokio::sync::Semaphore::new(2)),
         }
     }
 }
 
 /// Whether `who` may read `ds`: public datasets everyone, the others their listed users and
-/// the members of their listed groups.
+/// the members of their listed groups (matched by name and account id, so that a user or
+/// group made later under a listed name gets nothing).
 pub fn may_read(state: &AppState, who: Option<&Identity>, ds: &Dataset) -> Result<bool> {
     let access = &ds.manifest().access;
     if access.public {
@@ -63,18 +64,31 @@ pub fn may_read(state: &AppState, who: Option<&Identity>, ds: &Dataset) -> Resul
     let Some(id) = who else {
         return Ok(false);
     };
-    if access.users.contains(&id.user) {
+    let accounts = &state.accounts;
+    if access.users.iter().any(|p| p.name == id.user)
+        && let Some(uid) = accounts.user_id(&id.user).map_err(Error::from)?
+        && access
+            .users
+            .iter()
+            .any(|p| p.name == id.user && p.id == uid)
+    {
         return Ok(true);
     }
     if access.groups.is_empty() {
         return Ok(false);
     }
-    let groups = state.accounts.groups_of(&id.user).map_err(Error::from)?;
-    Ok(groups.iter().any(|(g, _)| access.groups.contains(g)))
+    let mine = accounts.memberships(&id.user).map_err(Error::from)?;
+    Ok(mine
+        .iter()
+        .any(|(g, _, gid)| access.groups.iter().any(|p| p.name == *g && p.id == *gid)))
 }
 
-/// The datasets `who` may read.
+/// The datasets `who` may read. A token without `catalogs:read` reads none (403).
 pub fn readable(state: &AppState, who: Option<&Identity>) -> Result<Vec<Arc<Dataset>>> {
+    if let Some(id) = who {
+        id.require(meridian_services::accounts::Scope::ReadCatalogs)
+            .map_err(Error::from)?;
+    }
     let mut out = Vec::new();
     for d in state.spectra.library.datasets() {
         if may_read(state, who, d)? {

@@ -33,6 +33,16 @@ use crate::error::{Error, Sparcl};
 
 type Result<T> = std::result::Result<T, Sparcl>;
 
+/// The most values one constraint may list (a retrieve by specid sends up to 24,000).
+const MAX_VALUES: usize = 100_000;
+/// The most constraints one find may give.
+const MAX_CONSTRAINTS: usize = 64;
+/// The most ids one `missing` call may check.
+const MAX_MISSING: usize = 1_000_000;
+/// The most spectra one retrieve may ask for as JSON (a convenience for curl users; the
+/// client's pickles are streamed).
+const MAX_JSON_RETRIEVE: usize = 500;
+
 /// The API version announced: the client accepts 14.x.
 const VERSION: &str = "14.2";
 
@@ -89,7 +99,10 @@ fn jwt(user: &str, token: &str, expires_ms: i64) -> String {
 /// it, or `Bearer TOKEN`).
 fn token_in(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    if let Some(t) = v.strip_prefix("Bearer ") {
+    if let Some(t) = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+    {
         return Some(t.trim().to_string());
     }
     let claims = v.split('.').nth(1)?;
@@ -125,9 +138,11 @@ fn datasets_for(
     asked: Option<Vec<String>>,
 ) -> Result<Vec<Arc<Dataset>>> {
     let mine = super::readable(state, who).map_err(Sparcl)?;
-    let Some(asked) = asked else {
+    let Some(mut asked) = asked else {
         return Ok(mine);
     };
+    let mut once = HashSet::new();
+    asked.retain(|n| once.insert(n.clone()));
     let mut out = Vec::new();
     let mut denied = Vec::new();
     for name in &asked {
@@ -234,9 +249,10 @@ pub async fn get_token(
                 .map_or(email, |u| u.name),
         };
         let access = accounts.login(&name, &password, from)?;
+        // The refresh token carries no scope: it is good for renew_token and nothing else.
         let refresh = accounts.issue_for(
             &name,
-            Scopes::user(),
+            Scopes::of(&[]),
             std::time::Duration::from_secs(30 * 86_400),
         )?;
         Ok::<_, meridian_services::Error>((name, access, refresh))
@@ -265,14 +281,23 @@ pub async fn renew_token(State(state): State<AppState>, body: Bytes) -> Result<R
         .accounts
         .authenticate(&refresh)
         .map_err(|e| Sparcl(e.into()))?
+        .filter(|id| {
+            meridian_services::accounts::Scope::ALL
+                .iter()
+                .all(|s| !id.scopes.has(*s))
+        })
         .ok_or_else(|| {
             Sparcl(Error::Services(meridian_services::Error::Unauthorized(
-                "the refresh token is not valid".into(),
+                "not a valid refresh token (get_token gives one)".into(),
             )))
         })?;
     let access = state
         .accounts
-        .issue_for(&id.user, id.scopes, std::time::Duration::from_secs(86_400))
+        .issue_for(
+            &id.user,
+            Scopes::user(),
+            std::time::Duration::from_secs(86_400),
+        )
         .map_err(|e| Sparcl(e.into()))?;
     Ok(Json(json!({"access": jwt(&id.user, &access.token, access.expires_ms)})).into_response())
 }
@@ -373,6 +398,12 @@ pub async fn find(
     let pairs = query_pairs(&q);
     let who = caller(&state, &headers)?;
     let b = body_json(&body)?;
+    if !b.is_object() {
+        return Err(bad(
+            "BADQUERY",
+            "the request body must be a JSON object {\"outfields\": [...], \"search\": [...]}",
+        ));
+    }
     let outfields: Vec<String> = match b.get("outfields") {
         None | Some(J::Null) => vec!["sparcl_id".into()],
         Some(J::Array(a)) => a
@@ -404,6 +435,12 @@ pub async fn find(
     match b.get("search") {
         None | Some(J::Null) => {}
         Some(J::Array(items)) => {
+            if items.len() > MAX_CONSTRAINTS {
+                return Err(bad(
+                    "BADCONST",
+                    format!("{} constraints; at most {MAX_CONSTRAINTS}", items.len()),
+                ));
+            }
             for item in items {
                 let parts = item.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
                     bad(
@@ -422,17 +459,32 @@ pub async fn find(
                 if def.constrain == store::Constrain::No {
                     return Err(bad("BADCONST", format!("'{name}' cannot be constrained")));
                 }
-                let values: Vec<Given> = parts[1..]
-                    .iter()
-                    .map(|v| {
-                        given_of(v).ok_or_else(|| {
-                            bad(
-                                "BADCONST",
-                                format!("value {v} of '{name}' is not a number or text"),
-                            )
-                        })
-                    })
-                    .collect::<Result<_>>()?;
+                if parts.len() < 2 {
+                    return Err(bad("BADCONST", format!("'{name}' is given no value")));
+                }
+                if parts.len() - 1 > MAX_VALUES {
+                    return Err(bad(
+                        "BADCONST",
+                        format!(
+                            "'{name}' is given {} values; at most {MAX_VALUES}",
+                            parts.len() - 1
+                        ),
+                    ));
+                }
+                // Each value once: a repeated value selects nothing more.
+                let mut values: Vec<Given> = Vec::with_capacity(parts.len() - 1);
+                let mut seen = HashSet::new();
+                for v in &parts[1..] {
+                    let g = given_of(v).filter(|_| !v.is_boolean()).ok_or_else(|| {
+                        bad(
+                            "BADCONST",
+                            format!("value {v} of '{name}' is not a number or text"),
+                        )
+                    })?;
+                    if def.constrain == store::Constrain::Range || seen.insert(v.to_string()) {
+                        values.push(g);
+                    }
+                }
                 if def.constrain == store::Constrain::Range && values.len() != 2 {
                     return Err(bad(
                         "BADCONST",
@@ -631,6 +683,15 @@ pub async fn spectras(
     );
     let units = units_wanted(&pairs).then(|| units_of(&datasets));
     if param(&pairs, "format") == Some("json") {
+        if ids.len() > MAX_JSON_RETRIEVE {
+            return Err(bad(
+                "BADQUERY",
+                format!(
+                    "format=json answers at most {MAX_JSON_RETRIEVE} spectra; use format=pkl \
+                     (as sparclclient does) for more"
+                ),
+            ));
+        }
         let mut out = vec![header_json(info, warnings, units)];
         for (d, r) in &found {
             out.push(record_json(d, *r, &include));
@@ -805,6 +866,12 @@ fn missing_among(
     let pairs = query_pairs(q);
     let who = caller(state, headers)?;
     let ids = ids_of(body)?;
+    if ids.len() > MAX_MISSING {
+        return Err(bad(
+            "BADQUERY",
+            format!("{} ids; one call checks at most {MAX_MISSING}", ids.len()),
+        ));
+    }
     let datasets = datasets_for(state, who.as_ref(), list_param(&pairs, "dataset_list"))?;
     let refs: Vec<&Arc<Dataset>> = datasets.iter().collect();
     let missing: Vec<J> = ids

@@ -36,10 +36,21 @@ pub fn publisher_did(authority: &str, data_release: &str, sparcl_id: &str) -> St
     format!("ivo://{authority}/spectra/{data_release}?{sparcl_id}")
 }
 
-/// The spectrum named by `id` (a publisher DID or a bare sparcl_id) among `datasets`.
-pub fn resolve<'a>(datasets: &'a [Arc<Dataset>], id: &str) -> Option<(&'a Arc<Dataset>, u32)> {
-    let key = id.rsplit('?').next().unwrap_or(id);
-    datasets.iter().find_map(|d| d.row_of(key).map(|r| (d, r)))
+/// The spectrum named by `id` among `datasets`: its publisher DID (this service's, naming
+/// its dataset) or its bare sparcl_id.
+pub fn resolve<'a>(
+    datasets: &'a [Arc<Dataset>],
+    authority: &str,
+    id: &str,
+) -> Option<(&'a Arc<Dataset>, u32)> {
+    let key = match id.split_once('?') {
+        Some((_, key)) => key,
+        None => id,
+    };
+    datasets.iter().find_map(|d| {
+        let r = d.row_of(key)?;
+        (id == key || id == publisher_did(authority, d.name(), d.sparcl_id(r))).then_some((d, r))
+    })
 }
 
 fn identity(caller: &Caller) -> Option<&meridian_services::accounts::Identity> {
@@ -95,7 +106,7 @@ pub async fn availability(State(state): State<AppState>) -> Response {
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <vosi:availability xmlns:vosi=\"http://www.ivoa.net/xml/VOSIAvailability/v1.0\">\n\
          <vosi:available>true</vosi:available>\n\
-         <vosi:note>Meridian SSA service: {n} spectra</vosi:note>\n\
+         <vosi:note>Meridian SSA service: {n} public spectra</vosi:note>\n\
          </vosi:availability>\n"
     ))
 }
@@ -605,7 +616,7 @@ fn row(out: &mut String, d: &Dataset, r: u32, base: &str, authority: &str, fits:
     );
     let specid = d.specid(r);
     let spectype = text(d, "spectype", r).map(str::to_string);
-    let f = |x: Option<f64>| x.filter(|x| x.is_finite()).map(|x| format!("{x}"));
+    let f = |x: Option<f64>| x.filter(|x| x.is_finite()).map(|x| format!("{x:?}"));
     out.push_str("<TR>");
     td(
         out,
@@ -636,8 +647,8 @@ fn row(out: &mut String, d: &Dataset, r: u32, base: &str, authority: &str, fits:
     td(out, Some(specid.to_string()));
     td(out, spectype);
     td(out, f(float(d, "redshift", r)));
-    td(out, Some(format!("{ra} {dec}")));
-    td(out, Some(format!("{ra} {dec}")));
+    td(out, Some(format!("{ra:?} {dec:?}")));
+    td(out, Some(format!("{ra:?} {dec:?}")));
     td(out, Some(format!("{APERTURE_DEG}")));
     td(out, f(Some((w0 + w1) / 2.0)));
     td(out, f(Some(w1 - w0)));
@@ -706,11 +717,16 @@ pub async fn file(
     req: DaliRequest,
 ) -> Result<Response> {
     let id = req.params.required("ID")?.to_string();
+    if req.params.all("ID").count() > 1 {
+        return Err(Error::Usage(
+            "ID: one spectrum per request (DataLink lists the links of several)".into(),
+        ));
+    }
     let fits = wants_fits(req.params.get("FORMAT"), false)?;
     let datasets = super::readable(&state, identity(&caller))?;
     let authority = state.spectra.authority.clone();
     let (body, mime) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, &str)> {
-        let (d, r) = resolve(&datasets, &id)
+        let (d, r) = resolve(&datasets, &authority, &id)
             .ok_or_else(|| Error::NotFound(format!("no spectrum '{id}'")))?;
         let a = d.arrays(r);
         let meta = meta_of(d, r, publisher_did(&authority, d.name(), d.sparcl_id(r)));

@@ -27,16 +27,17 @@ use crate::error::{Error, Result};
 use crate::params::DaliRequest;
 
 fn arrow_err(e: arrow::error::ArrowError) -> Error {
-    Error::Internal(format!("reading the query's result: {e}"))
+    Error::Usage(format!(
+        "QUERY: its sparcl_id, specid or data_release column cannot be read as an id: {e}"
+    ))
 }
 
 /// The rows of `batches` as (dataset, row) among `datasets`: by `sparcl_id`, or by `specid`
 /// (every spectrum with that id, in `data_release` when the result has that column).
-/// Returns the rows and how many ids matched nothing readable.
 pub fn rows_of<'a>(
     datasets: &'a [Arc<Dataset>],
     batches: &[arrow::record_batch::RecordBatch],
-) -> Result<(Vec<(&'a Dataset, u32)>, u64)> {
+) -> Result<Selected<'a>> {
     let mut out = Vec::new();
     let mut unknown = 0u64;
     for b in batches {
@@ -97,7 +98,34 @@ pub fn rows_of<'a>(
             ));
         }
     }
-    Ok((out, unknown))
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    let before = out.len();
+    out.retain(|(d, r)| seen.insert((std::ptr::from_ref(*d) as usize, *r)));
+    let repeated = (before - out.len()) as u64;
+    Ok(Selected {
+        rows: out,
+        unknown,
+        repeated,
+    })
+}
+
+/// The spectra a query's result names.
+pub struct Selected<'a> {
+    /// Each spectrum once, in the order first named.
+    pub rows: Vec<(&'a Dataset, u32)>,
+    /// Ids that matched nothing readable.
+    pub unknown: u64,
+    /// Ids that named a spectrum already taken.
+    pub repeated: u64,
+}
+
+/// Sets its flag when dropped: the handler's future is dropped when its client goes away.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Parses the stack's parameters (`GRID`, `METHOD`, `REST_FRAME`).
@@ -152,6 +180,7 @@ pub async fn stack(
         _ => None,
     };
     let datasets = super::readable(&state, who.as_ref())?;
+    let started = std::time::Instant::now();
     let limit = std::time::Duration::from_secs(state.limits.sync_timeout_s);
     let max = state.spectra.max_stack;
     let engine = state.engine.clone();
@@ -182,24 +211,44 @@ pub async fn stack(
         )));
     }
     let authority = state.spectra.authority.clone();
-    // Two stacks at a time; a third waits, within the synchronous time limit.
-    let _permit = tokio::time::timeout(limit, state.spectra.stacks.acquire())
-        .await
-        .map_err(|_| Error::Timeout(limit.as_secs()))?
-        .map_err(|e| Error::Internal(format!("stack queue: {e}")))?;
+    // Two stacks at a time; a third waits, within the synchronous time limit. The slot is
+    // held by the computation itself, which stops at the time limit or when the client
+    // goes away (this handler is then dropped, and with it `_stop`).
+    let ends = started + limit;
+    let permit = tokio::time::timeout(
+        ends.saturating_duration_since(std::time::Instant::now()),
+        state.spectra.stacks.clone().acquire_owned(),
+    )
+    .await
+    .map_err(|_| Error::Timeout(limit.as_secs()))?
+    .map_err(|e| Error::Internal(format!("stack queue: {e}")))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop = StopOnDrop(stop.clone());
     let body = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, &'static str)> {
-        let (rows, unknown) = rows_of(&datasets, &batches)?;
+        let _permit = permit;
+        let Selected {
+            rows,
+            unknown,
+            repeated,
+        } = rows_of(&datasets, &batches)?;
         if rows.is_empty() {
             return Err(Error::Usage(format!(
                 "QUERY selects no spectrum this service holds for you ({unknown} ids matched \
                  nothing)"
             )));
         }
-        let s = meridian_spectra::stack::stack(&rows, &spec, &|_| {})?;
+        let s = meridian_spectra::stack::stack(&rows, &spec, &|_| {
+            !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < ends
+        })
+        .map_err(|e| match e {
+            meridian_spectra::Error::Stopped(_) => Error::Timeout(limit.as_secs()),
+            e => e.into(),
+        })?;
         tracing::info!(
             spectra = s.used,
             no_redshift = s.no_redshift,
             unknown,
+            repeated,
             method = %spec.method,
             "stack"
         );
