@@ -45,6 +45,18 @@ pub(crate) struct VotableWriter {
 
 /// XML-escapes text for content and attribute values.
 pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    // Characters XML 1.0 cannot hold at all (controls other than tab and line ends, U+FFFE,
+    // U+FFFF) become U+FFFD, so that the document stays well-formed.
+    let invalid = |c: char| {
+        (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+    };
+    if s.chars().any(invalid) {
+        let clean: String = s
+            .chars()
+            .map(|c| if invalid(c) { '\u{FFFD}' } else { c })
+            .collect();
+        return std::borrow::Cow::Owned(quick_xml::escape::escape(&clean).into_owned());
+    }
     quick_xml::escape::escape(s)
 }
 
@@ -316,5 +328,17 @@ fn binary_cell(a: &ArrayRef, i: usize, out: &mut Vec<u8>) {
             out.extend_from_slice(&(s.len() as u32).to_be_bytes());
             out.extend_from_slice(s.as_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn characters_xml_cannot_hold_are_replaced() {
+        assert_eq!(escape("a\u{0}b<\u{1b}"), "a\u{FFFD}b&lt;\u{FFFD}");
+        assert_eq!(escape("tab\there\n"), "tab\there\n");
+        assert_eq!(escape("plain"), "plain");
     }
 }
