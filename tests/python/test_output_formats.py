@@ -113,3 +113,34 @@ def test_in_unit_converts_with_the_declared_unit(hip_store, tmp_path):
     assert p.returncode == 1 and "'mas'" in p.stderr and "cannot be converted to 'km'" in p.stderr
     p = run("query", "SELECT IN_UNIT(hip, 'deg') FROM hipparcos", data_dir=hip_store, check=False)
     assert p.returncode == 1 and "declares no unit" in p.stderr
+
+
+def test_tap_answers_arrow_ipc_streams(hip_store, reference):
+    """RESPONSEFORMAT=application/vnd.apache.arrow.stream (sync and async) reads back with
+    pyarrow, values and NULLs equal to the Parquet reference; VOSI lists the format."""
+    import time
+
+    import pyarrow.ipc as ipc
+    import requests
+
+    from conftest import Server
+    with Server(hip_store) as s:
+        r = requests.post(f"{s.url}/sync", data={"LANG": "SQL", "QUERY": QUERY,
+                                                 "RESPONSEFORMAT": "application/vnd.apache.arrow.stream"})
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"].startswith("application/vnd.apache.arrow.stream")
+        t = ipc.open_stream(r.content).read_all()
+        job = requests.post(f"{s.url}/async", data={"LANG": "SQL", "QUERY": QUERY, "PHASE": "RUN",
+                                                    "RESPONSEFORMAT": "arrow"})
+        url = job.url
+        for _ in range(100):
+            if requests.get(f"{url}/phase").text.strip() in ("COMPLETED", "ERROR"):
+                break
+            time.sleep(0.1)
+        a = ipc.open_stream(requests.get(f"{url}/results/result").content).read_all()
+        caps = requests.get(f"{s.url}/capabilities").text
+    assert t.num_rows == reference.num_rows == a.num_rows
+    for name in ["hip", "ra", "dec", "plx", "near_hip", "near_plx", "label", "is_near"]:
+        assert t.column(name).to_pylist() == reference.column(name).to_pylist(), name
+        assert a.column(name).to_pylist() == reference.column(name).to_pylist(), name
+    assert "application/vnd.apache.arrow.stream" in caps

@@ -117,6 +117,18 @@ pub const FORMATS: &[(&[&str], Format)] = &[
         },
     ),
     (
+        &[
+            "application/vnd.apache.arrow.stream",
+            "arrow",
+            "application/vnd.apache.arrow",
+        ],
+        Format {
+            output: OutputFormat::ArrowStream,
+            media_type: "application/vnd.apache.arrow.stream",
+            extension: "arrows",
+        },
+    ),
+    (
         &["application/x-ndjson", "json", "application/json"],
         Format {
             output: OutputFormat::Json,

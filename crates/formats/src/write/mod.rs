@@ -39,6 +39,9 @@ pub enum OutputFormat {
     VoTable15(Serialization),
     /// FITS binary table.
     Fits,
+    /// Apache Arrow IPC stream (`application/vnd.apache.arrow.stream`): the batches as they
+    /// are, for programs and the web portal (apache-arrow, pyarrow).
+    ArrowStream,
 }
 
 enum Inner {
@@ -47,6 +50,7 @@ enum Inner {
     Parquet(Box<parquet::arrow::ArrowWriter<Box<dyn Write + Send>>>),
     VoTable(votable::VotableWriter),
     Fits(Box<fits::FitsWriter>),
+    Arrow(Box<arrow::ipc::writer::StreamWriter<Box<dyn Write + Send>>>),
     /// After `finish`.
     Closed,
 }
@@ -103,6 +107,9 @@ impl ResultWriter {
                 Inner::VoTable(votable::VotableWriter::new(out, schema, s, "1.5")?)
             }
             OutputFormat::Fits => Inner::Fits(Box::new(fits::FitsWriter::new(out, schema)?)),
+            OutputFormat::ArrowStream => Inner::Arrow(Box::new(
+                arrow::ipc::writer::StreamWriter::try_new(out, schema)?,
+            )),
         };
         let mut w = Self {
             inner,
@@ -196,6 +203,7 @@ impl ResultWriter {
             })?,
             Inner::VoTable(w) => w.write(batch)?,
             Inner::Fits(w) => w.write(batch)?,
+            Inner::Arrow(w) => w.write(batch)?,
             Inner::Closed => unreachable!("write after finish"),
         }
         Ok(())
@@ -241,6 +249,12 @@ impl ResultWriter {
             }
             Inner::VoTable(w) => w.finish(self.overflow, &self.resources)?,
             Inner::Fits(w) => w.finish()?,
+            Inner::Arrow(mut w) => {
+                w.finish()?;
+                w.get_mut()
+                    .flush()
+                    .map_err(|e| Error::io(Path::new("<output>"), e))?;
+            }
             Inner::Closed => {}
         }
         if let Some((tmp, path)) = self.rename.take() {
