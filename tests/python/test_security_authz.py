@@ -372,6 +372,9 @@ ROUTES = [
           owner=status_is(200, contains="results/result")),
     Entry("/tap/async/{id}/results/{name}", ("GET",), job_get("job_done", "/results/result"),
           touches=("jobs",), owner=status_is(200, contains=JOB_MARK)),
+    Entry("/tap/async/{id}/results/{name}/window", ("GET",),
+          job_get("job_done", "/results/result/window"), touches=("jobs",),
+          owner=status_is(200)),
 
     # ---- synchronous TAP on MyDB and group tables -------------------------------------
     Entry("/tap/sync", ("GET",),

@@ -26,6 +26,7 @@ pub mod upload;
 pub mod uws;
 pub mod vosi;
 pub mod vospace;
+pub mod window;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -329,6 +330,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tap/async/{id}/results", get(uws::results))
         .route("/tap/async/{id}/results/{name}", get(uws::result))
+        .route("/tap/async/{id}/results/{name}/window", get(window::window))
         .route_layer(from_fn_with_state(state.clone(), uws::owner_only));
     // The image services take small requests: their bodies are held to 1 MiB (a parameter
     // list costs far more memory than its bytes).

@@ -1,0 +1,56 @@
+"""Windows of a finished job's result (`/tap/async/{id}/results/result/window`): offset,
+limit, server-side sort and filters, as Arrow IPC streams, compared with pandas on the whole
+result; bad parameters are 400; another user's job is not theirs to window."""
+
+import io
+import time
+
+import pandas as pd
+import pyarrow.ipc as ipc
+import pytest
+import requests
+
+from conftest import Server
+
+QUERY = "SELECT source_id, ra, dec, phot_g_mean_mag FROM gaia WHERE dec > 20"
+
+
+def finished(url, fmt):
+    job = requests.post(f"{url}/async", data={"LANG": "ADQL", "QUERY": QUERY, "PHASE": "RUN",
+                                              "RESPONSEFORMAT": fmt, "MAXREC": 10**7})
+    for _ in range(300):
+        if requests.get(f"{job.url}/phase").text.strip() in ("COMPLETED", "ERROR"):
+            break
+        time.sleep(0.1)
+    assert requests.get(f"{job.url}/phase").text.strip() == "COMPLETED"
+    return job.url
+
+
+@pytest.mark.parametrize("fmt", ["votable", "csv", "arrow", "parquet"])
+def test_windows_equal_pandas_on_the_whole_result(store, fmt):
+    with Server(store) as s:
+        job = finished(s.url, fmt)
+        whole = pd.read_csv(io.StringIO(requests.get(f"{s.url}/sync", params={
+            "LANG": "ADQL", "QUERY": QUERY, "FORMAT": "csv", "MAXREC": 10**7}).text))
+        w = f"{job}/results/result/window"
+        r = requests.get(w, params={"OFFSET": 10, "LIMIT": 25, "SORT": "-phot_g_mean_mag,source_id"})
+        assert r.status_code == 200, r.text
+        got = ipc.open_stream(r.content).read_all().to_pandas()
+        assert int(r.headers["X-Total-Rows"]) == len(whole) > 1000
+        want = whole.sort_values(["phot_g_mean_mag", "source_id"], ascending=[False, True]).iloc[10:35]
+        assert list(got["source_id"]) == list(want["source_id"])
+        r = requests.get(w, params=[("FILTER", "phot_g_mean_mag:lt:6"), ("FILTER", "ra:ge:100"),
+                                    ("SORT", "source_id"), ("LIMIT", 10000)])
+        got = ipc.open_stream(r.content).read_all().to_pandas()
+        want = whole[(whole.phot_g_mean_mag < 6) & (whole.ra >= 100)].sort_values("source_id")
+        assert int(r.headers["X-Total-Rows"]) == len(want) == len(got) > 0
+        assert list(got["source_id"]) == list(want["source_id"])
+        text = requests.get(w, params={"FILTER": "source_id:contains:123", "LIMIT": 10000})
+        ids = ipc.open_stream(text.content).read_all().column("source_id").to_pylist()
+        assert ids and all("123" in str(i) for i in ids)
+        assert len(ids) == sum("123" in str(i) for i in whole.source_id)
+        for bad in [{"LIMIT": 10001}, {"OFFSET": -1}, {"SORT": "nope"}, {"FILTER": "ra:lt:x"},
+                    {"FILTER": "nope:eq:1"}, {"FILTER": "ra:between:1"}, {"FILTER": "ra"}]:
+            r = requests.get(w, params=bad)
+            assert r.status_code == 400, (bad, r.status_code, r.text)
+        assert requests.get(f"{s.url}/async/nope/results/result/window").status_code == 404
