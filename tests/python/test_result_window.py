@@ -54,3 +54,25 @@ def test_windows_equal_pandas_on_the_whole_result(store, fmt):
             r = requests.get(w, params=bad)
             assert r.status_code == 400, (bad, r.status_code, r.text)
         assert requests.get(f"{s.url}/async/nope/results/result/window").status_code == 404
+
+
+def test_column_statistics_equal_numpy(store):
+    import numpy as np
+    with Server(store) as s:
+        job = finished(s.url, "votable")
+        whole = pd.read_csv(io.StringIO(requests.get(f"{s.url}/sync", params={
+            "LANG": "ADQL", "QUERY": QUERY, "FORMAT": "csv", "MAXREC": 10**7}).text))
+        st = requests.get(f"{job}/results/result/stats",
+                          params={"COLUMN": "phot_g_mean_mag", "BINS": 10}).json()
+        flt = requests.get(f"{job}/results/result/stats",
+                           params={"COLUMN": "ra", "FILTER": "phot_g_mean_mag:lt:6"}).json()
+        text = requests.get(f"{job}/results/result/stats", params={"COLUMN": "nope"})
+    g = whole.phot_g_mean_mag
+    assert st["rows"] == len(whole) and st["count"] == g.count() and st["nulls"] == g.isna().sum()
+    assert st["min"] == pytest.approx(g.min()) and st["max"] == pytest.approx(g.max())
+    assert st["mean"] == pytest.approx(g.mean()) and st["stddev"] == pytest.approx(g.std())
+    counts, edges = np.histogram(g.dropna(), bins=10, range=(g.min(), g.max()))
+    np.testing.assert_allclose(st["histogram"]["edges"], edges)
+    assert st["histogram"]["counts"] == counts.tolist()
+    assert flt["rows"] == (g < 6).sum()
+    assert text.status_code == 400

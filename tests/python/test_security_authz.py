@@ -375,6 +375,10 @@ ROUTES = [
     Entry("/tap/async/{id}/results/{name}/window", ("GET",),
           job_get("job_done", "/results/result/window"), touches=("jobs",),
           owner=status_is(200)),
+    Entry("/tap/async/{id}/results/{name}/stats", ("GET",),
+          lambda s, c: Call("GET", f"/tap/async/{s.ctx.job_done}/results/result/stats",
+                            params={"COLUMN": JOB_MARK}),
+          touches=("jobs",), owner=status_is(200)),
 
     # ---- synchronous TAP on MyDB and group tables -------------------------------------
     Entry("/tap/sync", ("GET",),

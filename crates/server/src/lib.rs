@@ -331,6 +331,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tap/async/{id}/results", get(uws::results))
         .route("/tap/async/{id}/results/{name}", get(uws::result))
         .route("/tap/async/{id}/results/{name}/window", get(window::window))
+        .route("/tap/async/{id}/results/{name}/stats", get(window::stats))
         .route_layer(from_fn_with_state(state.clone(), uws::owner_only));
     // The image services take small requests: their bodies are held to 1 MiB (a parameter
     // list costs far more memory than its bytes).

@@ -140,6 +140,165 @@ fn filter_expr(f: &str, schema: &datafusion::common::DFSchema) -> Result<Expr> {
     })
 }
 
+/// The finished result `name` of job `id` as a data frame over its Parquet copy (made on
+/// first use).
+async fn result_frame(
+    state: &AppState,
+    id: &str,
+    name: &str,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let job = state.jobs.get(id)?;
+    let r = job
+        .results
+        .iter()
+        .find(|r| r.id == name)
+        .filter(|_| job.phase == Phase::Completed)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "job {id} ({}) has no result '{name}'",
+                job.phase.as_str()
+            ))
+        })?;
+    let dir = state.jobs.job_dir(id);
+    let path = dir.join(&r.file);
+    let cache = dir.join(format!("{}.window.parquet", r.file));
+    if !cache.exists() {
+        let (from, to) = (path.clone(), cache.clone());
+        tokio::task::spawn_blocking(move || to_parquet(&from, &to))
+            .await
+            .map_err(|e| Error::Internal(format!("window task failed: {e}")))??;
+    }
+    let provider = state.engine.parquet_table(&cache).await?;
+    Ok(state
+        .engine
+        .session()
+        .read_table(provider)
+        .map_err(meridian_engine::Error::from)?)
+}
+
+/// The FILTERs of a request, applied to `df`.
+fn filtered(
+    mut df: datafusion::dataframe::DataFrame,
+    p: &crate::params::Params,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let filters: Vec<&str> = p.all("FILTER").collect();
+    if filters.len() > MAX_FILTERS {
+        return Err(usage(format!("at most {MAX_FILTERS} FILTERs")));
+    }
+    for f in filters {
+        let e = filter_expr(f, df.schema())?;
+        df = df.filter(e).map_err(meridian_engine::Error::from)?;
+    }
+    Ok(df)
+}
+
+fn df_err(e: datafusion::error::DataFusionError) -> Error {
+    Error::from(meridian_engine::Error::from(e))
+}
+
+/// The first value of column `i` of `b` as a number.
+fn first_f64(b: &arrow::record_batch::RecordBatch, i: usize) -> Option<f64> {
+    let a = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Float64).ok()?;
+    let a = a.as_any().downcast_ref::<arrow::array::Float64Array>()?;
+    (!arrow::array::Array::is_empty(a) && !arrow::array::Array::is_null(a, 0)).then(|| a.value(0))
+}
+
+/// `GET /tap/async/{id}/results/{name}/stats?COLUMN=c[&BINS=20][&FILTER=...]`: a column's
+/// statistics over the rows the filters keep, as JSON: rows, count (non-null), nulls, and
+/// for numbers min, max, mean, standard deviation and a histogram of `BINS` equal bins
+/// (at most 1000) between min and max.
+pub async fn stats(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    req: DaliRequest,
+) -> Result<Response> {
+    use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, stddev};
+    let p = &req.params;
+    let column = p.required("COLUMN")?.to_string();
+    let bins = p.get("BINS").map_or(Ok(20usize), |v| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|b| (1..=1000).contains(b))
+            .ok_or_else(|| usage(format!("BINS: '{v}' is not a whole number from 1 to 1000")))
+    })?;
+    let df = filtered(result_frame(&state, &id, &name).await?, p)?;
+    let field = df
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| *f.name() == column)
+        .cloned()
+        .ok_or_else(|| usage(format!("COLUMN: no column '{column}' in this result")))?;
+    let c = || Expr::Column(Column::new_unqualified(&column));
+    let x = || datafusion::logical_expr::cast(c(), arrow::datatypes::DataType::Float64);
+    let rows = df.clone().count().await.map_err(df_err)? as u64;
+    let mut out = serde_json::json!({
+        "column": column,
+        "type": field.data_type().to_string(),
+        "rows": rows,
+    });
+    let numeric = field.data_type().is_numeric();
+    let mut aggs = vec![count(c()).alias("n")];
+    if numeric {
+        aggs.extend([
+            min(x()).alias("lo"),
+            max(x()).alias("hi"),
+            avg(x()).alias("mean"),
+            stddev(x()).alias("sd"),
+        ]);
+    }
+    let agg = df
+        .clone()
+        .aggregate(vec![], aggs)
+        .map_err(df_err)?
+        .collect()
+        .await
+        .map_err(df_err)?;
+    let b = agg
+        .first()
+        .ok_or_else(|| Error::Internal("stats: no aggregate row".into()))?;
+    let n = first_f64(b, 0).unwrap_or(0.0) as u64;
+    out["count"] = serde_json::json!(n);
+    out["nulls"] = serde_json::json!(rows.saturating_sub(n));
+    if numeric {
+        let (lo, hi) = (first_f64(b, 1), first_f64(b, 2));
+        out["min"] = serde_json::json!(lo);
+        out["max"] = serde_json::json!(hi);
+        out["mean"] = serde_json::json!(first_f64(b, 3));
+        out["stddev"] = serde_json::json!(first_f64(b, 4));
+        if let (Some(lo), Some(hi)) = (lo, hi) {
+            let width = if hi > lo {
+                (hi - lo) / bins as f64
+            } else {
+                1.0
+            };
+            let index = datafusion::functions::math::expr_fn::floor((x() - lit(lo)) / lit(width));
+            let h = df
+                .aggregate(vec![index.alias("bin")], vec![count(c()).alias("n")])
+                .map_err(df_err)?
+                .collect()
+                .await
+                .map_err(df_err)?;
+            let mut counts = vec![0u64; bins];
+            for b in &h {
+                for i in 0..b.num_rows() {
+                    let (Some(bin), Some(n)) =
+                        (first_f64(&b.slice(i, 1), 0), first_f64(&b.slice(i, 1), 1))
+                    else {
+                        continue;
+                    };
+                    // The maximum belongs to the last bin.
+                    counts[(bin.max(0.0) as usize).min(bins - 1)] += n as u64;
+                }
+            }
+            let edges: Vec<f64> = (0..=bins).map(|i| lo + width * i as f64).collect();
+            out["histogram"] = serde_json::json!({"edges": edges, "counts": counts});
+        }
+    }
+    Ok(axum::Json(out).into_response())
+}
+
 /// `GET /tap/async/{id}/results/{name}/window`.
 pub async fn window(
     State(state): State<AppState>,
@@ -159,41 +318,7 @@ pub async fn window(
     if limit > MAX_LIMIT {
         return Err(usage(format!("LIMIT: at most {MAX_LIMIT} rows a window")));
     }
-    let filters: Vec<String> = p.all("FILTER").map(str::to_string).collect();
-    if filters.len() > MAX_FILTERS {
-        return Err(usage(format!("at most {MAX_FILTERS} FILTERs")));
-    }
-    let job = state.jobs.get(&id)?;
-    let r = job
-        .results
-        .iter()
-        .find(|r| r.id == name)
-        .filter(|_| job.phase == Phase::Completed)
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "job {id} ({}) has no result '{name}'",
-                job.phase.as_str()
-            ))
-        })?;
-    let dir = state.jobs.job_dir(&id);
-    let path = dir.join(&r.file);
-    let cache = dir.join(format!("{}.window.parquet", r.file));
-    if !cache.exists() {
-        let (from, to) = (path.clone(), cache.clone());
-        tokio::task::spawn_blocking(move || to_parquet(&from, &to))
-            .await
-            .map_err(|e| Error::Internal(format!("window task failed: {e}")))??;
-    }
-    let provider = state.engine.parquet_table(&cache).await?;
-    let mut df = state
-        .engine
-        .session()
-        .read_table(provider)
-        .map_err(meridian_engine::Error::from)?;
-    for f in &filters {
-        let e = filter_expr(f, df.schema())?;
-        df = df.filter(e).map_err(meridian_engine::Error::from)?;
-    }
+    let mut df = filtered(result_frame(&state, &id, &name).await?, p)?;
     let total = df
         .clone()
         .count()
