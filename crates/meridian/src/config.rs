@@ -29,6 +29,37 @@ pub struct Config {
     pub mydb: MyDbConfig,
     /// Users' files (VOSpace) and survey file collections.
     pub storage: StorageConfig,
+    /// The spectra services' limits.
+    pub spectra: SpectraConfig,
+}
+
+/// Limits of the spectra services (SPARCL, SSA, stacks).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpectraConfig {
+    /// Most spectra one retrieve may ask for (sparclclient stops at 24,000 itself).
+    pub max_retrieve: usize,
+    /// Most records one find may return.
+    pub max_find: usize,
+    /// Most spectra one stack may take.
+    pub max_stack: usize,
+    /// Memory one stack may hold, MiB (medians keep every value).
+    pub stack_memory_mib: u64,
+    /// Stacks computed at once.
+    pub concurrent_stacks: usize,
+}
+
+impl Default for SpectraConfig {
+    fn default() -> Self {
+        let d = meridian_server::spectra::SpectraService::default();
+        Self {
+            max_retrieve: d.max_retrieve,
+            max_find: d.max_find,
+            max_stack: d.max_stack,
+            stack_memory_mib: d.stack_memory_bytes >> 20,
+            concurrent_stacks: d.stacks.available_permits(),
+        }
+    }
 }
 
 /// Users' files and survey file collections.
@@ -290,6 +321,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             mydb: MyDbConfig::default(),
             storage: StorageConfig::default(),
+            spectra: SpectraConfig::default(),
         }
     }
 }
@@ -328,8 +360,9 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 9] = [
+        const TOP: [&str; 10] = [
             "data_dir", "ingest", "query", "log", "server", "jobs", "auth", "mydb", "storage",
+            "spectra",
         ];
         let mut ignored = Vec::new();
         let mut table = match file {
@@ -483,6 +516,7 @@ mod tests {
         assert_eq!(c.jobs, JobsConfig::default());
         assert_eq!(c.auth, AuthConfig::default());
         assert_eq!(c.mydb, MyDbConfig::default());
+        assert_eq!(c.spectra, SpectraConfig::default());
     }
 
     #[test]

@@ -1294,8 +1294,17 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         ),
     )?;
     state.public_url = s.public_url.clone();
+    let sc = &config.spectra;
+    if sc.concurrent_stacks == 0 || sc.max_retrieve == 0 {
+        bail!("[spectra] concurrent_stacks and max_retrieve must be at least 1");
+    }
     state.spectra = std::sync::Arc::new(meridian_server::spectra::SpectraService {
         authority: IMAGE_AUTHORITY.to_string(),
+        max_retrieve: sc.max_retrieve,
+        max_find: sc.max_find,
+        max_stack: sc.max_stack,
+        stack_memory_bytes: sc.stack_memory_mib << 20,
+        stacks: std::sync::Arc::new(tokio::sync::Semaphore::new(sc.concurrent_stacks)),
         ..meridian_server::spectra::SpectraService::new(spectra)
     });
     state.sky_maps = std::sync::Arc::new(meridian_server::sky_maps::SkyMaps::new(Some(
