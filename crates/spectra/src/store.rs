@@ -704,17 +704,44 @@ fn centre_of(dateobs: Option<&str>, exptime_s: Option<f64>) -> Option<String> {
 pub fn parse_iso(s: &str) -> Option<i64> {
     let s = s.trim().trim_end_matches('Z');
     let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "00:00:00"));
+    // A year, a month or a day alone stands for its first moment.
     let mut d = date.split('-');
     let y: i64 = d.next()?.parse().ok()?;
-    let m: i64 = d.next()?.parse().ok()?;
-    let day: i64 = d.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    let m: i64 = d.next().map_or(Some(1), |v| v.parse().ok())?;
+    let day: i64 = d.next().map_or(Some(1), |v| v.parse().ok())?;
+    if d.next().is_some() || !(1..=9999).contains(&y) || !(1..=12).contains(&m) {
+        return None;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=month_days[(m - 1) as usize]).contains(&day) {
         return None;
     }
     let mut t = time.split(':');
     let hh: i64 = t.next()?.parse().ok()?;
     let mm: i64 = t.next().unwrap_or("0").parse().ok()?;
     let ss: f64 = t.next().unwrap_or("0").parse().ok()?;
+    // A leap second (60) is allowed.
+    if t.next().is_some()
+        || !(0..24).contains(&hh)
+        || !(0..60).contains(&mm)
+        || !(0.0..61.0).contains(&ss)
+    {
+        return None;
+    }
     // Days from civil (Howard Hinnant's algorithm).
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);
@@ -1578,6 +1605,8 @@ pub fn select(ds: &Dataset, constraints: &[Constraint]) -> Result<Vec<u32>> {
                         .values
                         .iter()
                         .map(|g| match g {
+                            // sparcl_ids are stored in lower case; a UUID matches in any case.
+                            Given::Str(s) if def.name == "sparcl_id" => s.to_ascii_lowercase(),
                             Given::Str(s) => s.clone(),
                             Given::Int(i) => i.to_string(),
                             Given::Num(x) => x.to_string(),
@@ -1798,6 +1827,28 @@ mod tests {
         assert!(list(tmp.path()).unwrap().is_empty());
         assert!(check_name("../x").is_err());
         assert_eq!(table_name("DESI-EDR"), "desi_edr");
+    }
+
+    #[test]
+    fn iso_times_are_checked_and_may_be_partial() {
+        assert_eq!(parse_iso("2030"), parse_iso("2030-01-01T00:00:00"));
+        assert_eq!(parse_iso("2021-04"), parse_iso("2021-04-01"));
+        assert_eq!(
+            parse_iso("2021-04-06T08:18:53.063Z"),
+            parse_iso("2021-04-06T08:18:53")
+        );
+        for bad in [
+            "2021-02-30T00:00:00",
+            "2021-02-29",
+            "2021-01-01T25:00:00",
+            "2021-01-01T00:61:00",
+            "2021-13-01",
+            "2021-01-01-01",
+            "x",
+        ] {
+            assert_eq!(parse_iso(bad), None, "{bad}");
+        }
+        assert!(parse_iso("2024-02-29").is_some());
     }
 
     #[test]
