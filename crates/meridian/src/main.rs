@@ -944,8 +944,7 @@ fn open_engine(
         },
     )?;
     let mut engine = engine;
-    let library = meridian_spectra::store::Library::open(&config.spectra_dir())?;
-    commands::spectra::register(&mut engine, &library)?;
+    commands::spectra::register(&mut engine, &config.spectra_dir())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
         .enable_all()

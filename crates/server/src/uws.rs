@@ -679,20 +679,28 @@ pub async fn result(
     result_file(&state, &state.jobs.get(&id)?, &name).await
 }
 
-/// Result `name` of `job`, streamed from disk with its length, once the job is COMPLETED.
-pub(crate) async fn result_file(state: &AppState, job: &Job, name: &str) -> Result<Response> {
-    let id = &job.id;
-    let r = job
-        .results
+/// Result `name` of `job` once the job is COMPLETED (404 before, or for another name).
+pub(crate) fn completed_result<'a>(
+    job: &'a Job,
+    name: &str,
+) -> Result<&'a meridian_services::jobs::JobResult> {
+    job.results
         .iter()
         .find(|r| r.id == name)
         .filter(|_| job.phase == Phase::Completed)
         .ok_or_else(|| {
             Error::NotFound(format!(
-                "job {id} ({}) has no result '{name}'",
+                "job {} ({}) has no result '{name}'",
+                job.id,
                 job.phase.as_str()
             ))
-        })?;
+        })
+}
+
+/// Result `name` of `job`, streamed from disk with its length, once the job is COMPLETED.
+pub(crate) async fn result_file(state: &AppState, job: &Job, name: &str) -> Result<Response> {
+    let id = &job.id;
+    let r = completed_result(job, name)?;
     let path = state.jobs.job_dir(id).join(&r.file);
     let file = tokio::fs::File::open(&path)
         .await

@@ -18,7 +18,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use datafusion::common::Column;
 use datafusion::logical_expr::{Expr, lit};
-use meridian_services::jobs::Phase;
 
 use crate::AppState;
 use crate::error::{Error, Result};
@@ -148,17 +147,7 @@ async fn result_frame(
     name: &str,
 ) -> Result<datafusion::dataframe::DataFrame> {
     let job = state.jobs.get(id)?;
-    let r = job
-        .results
-        .iter()
-        .find(|r| r.id == name)
-        .filter(|_| job.phase == Phase::Completed)
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "job {id} ({}) has no result '{name}'",
-                job.phase.as_str()
-            ))
-        })?;
+    let r = crate::uws::completed_result(&job, name)?;
     let dir = state.jobs.job_dir(id);
     let path = dir.join(&r.file);
     let cache = dir.join(format!("{}.window.parquet", r.file));

@@ -1158,6 +1158,20 @@ pub fn remove(root: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The HATS catalogs of the core tables of the public datasets under `root`, by name: what a
+/// query engine registers, without opening the arrays or indexing the ids.
+pub fn public_catalogs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for name in list(root)? {
+        let dir = root.join(&name);
+        let dir = dir.canonicalize().map_err(|e| Error::io(&dir, e))?;
+        if read_manifest(&dir)?.access.public {
+            out.push((name, dir.join("catalog").join(CORE)));
+        }
+    }
+    Ok(out)
+}
+
 /// Names of the datasets under `root`, sorted.
 pub fn list(root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();

@@ -499,18 +499,16 @@ pub fn generate(
     Ok(())
 }
 
-/// Registers the public datasets of `library` as tables `spectra.<name>` of `engine` (the
-/// private ones are reached only through the spectra services, which check the caller).
-pub fn register(engine: &mut meridian_engine::Engine, library: &Library) -> anyhow::Result<()> {
-    for d in library.datasets() {
-        if !d.manifest().access.public {
-            continue;
-        }
-        let catalog = meridian_catalog::Catalog::open(&d.catalog_dir())
-            .with_context(|| format!("the core table of spectra dataset {}", d.name()))?;
+/// Registers the public spectra datasets under `root` as tables `spectra.<name>` of
+/// `engine` (the private ones are reached only through the spectra services, which check
+/// the caller). Only their manifests and core catalogs are read.
+pub fn register(engine: &mut meridian_engine::Engine, root: &Path) -> anyhow::Result<()> {
+    for (name, dir) in store::public_catalogs(root)? {
+        let catalog = meridian_catalog::Catalog::open(&dir)
+            .with_context(|| format!("the core table of spectra dataset {name}"))?;
         engine.add_table(
             "spectra",
-            &store::table_name(d.name()),
+            &store::table_name(&name),
             std::sync::Arc::new(meridian_engine::hats_table::HatsTable::new(catalog)),
         )?;
     }

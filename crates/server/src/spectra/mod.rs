@@ -109,7 +109,6 @@ pub fn obscore_batch(
     use arrow::array::{
         ArrayRef, Float64Builder, Int32Array, Int64Builder, ListBuilder, StringBuilder,
     };
-    use meridian_spectra::store::Value as Cv;
     let schema = meridian_images::obscore::schema();
     let mut s: Vec<StringBuilder> = (0..29).map(|_| StringBuilder::new()).collect();
     let mut f: Vec<Float64Builder> = (0..29).map(|_| Float64Builder::new()).collect();
@@ -125,15 +124,8 @@ pub fn obscore_batch(
         .filter(|d| d.manifest().access.public)
     {
         for r in 0..d.len() as u32 {
-            let get = |name: &str| match d.value(name, r) {
-                Some(Cv::Float(x)) => Some(x),
-                Some(Cv::Int(i)) => Some(i as f64),
-                _ => None,
-            };
-            let text = |name: &str| match d.value(name, r) {
-                Some(Cv::Str(s)) => Some(s.to_string()),
-                _ => None,
-            };
+            let get = |name: &str| ssa::float(d, name, r);
+            let text = |name: &str| ssa::text(d, name, r).map(str::to_string);
             let did = ssa::publisher_did(authority, d.name(), d.sparcl_id(r));
             let ra = get("ra").unwrap_or(0.0);
             let dec = get("dec").unwrap_or(0.0);

@@ -435,7 +435,8 @@ fn parse_query(req: &DaliRequest) -> Result<Query> {
     })
 }
 
-fn float(d: &Dataset, name: &str, r: u32) -> Option<f64> {
+/// Core field `name` of row `r` as a number.
+pub(crate) fn float(d: &Dataset, name: &str, r: u32) -> Option<f64> {
     match d.value(name, r)? {
         Cv::Float(x) => Some(x),
         Cv::Int(i) => Some(i as f64),
@@ -443,7 +444,8 @@ fn float(d: &Dataset, name: &str, r: u32) -> Option<f64> {
     }
 }
 
-fn text<'a>(d: &'a Dataset, name: &str, r: u32) -> Option<&'a str> {
+/// Core field `name` of row `r` as text.
+pub(crate) fn text<'a>(d: &'a Dataset, name: &str, r: u32) -> Option<&'a str> {
     match d.value(name, r)? {
         Cv::Str(s) => Some(s),
         _ => None,
