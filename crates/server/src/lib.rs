@@ -15,6 +15,7 @@ pub mod images;
 pub mod metadata;
 pub mod mydb;
 pub mod params;
+pub mod portal;
 mod result;
 pub mod sia;
 pub mod sky_maps;
@@ -332,6 +333,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tap/async/{id}/results/{name}", get(uws::result))
         .route("/tap/async/{id}/results/{name}/window", get(window::window))
         .route("/tap/async/{id}/results/{name}/stats", get(window::stats))
+        .route("/tap/async/{id}/results/{name}/as", get(window::download))
         .route_layer(from_fn_with_state(state.clone(), uws::owner_only));
     // The image services take small requests: their bodies are held to 1 MiB (a parameter
     // list costs far more memory than its bytes).
@@ -451,6 +453,10 @@ pub fn router(state: AppState) -> Router {
             get(storage::xfer_get).put(storage::xfer_put),
         )
         .merge(protected)
+        // The web portal at `/`: its files are public; what it shows comes from the
+        // services above, with the caller's rights.
+        .route("/", get(portal::file))
+        .fallback(portal::file)
         // SPARCL's client sends its own token form; its handlers check it.
         .merge(spectra::sparcl::routes())
         // Uploads travel in request bodies: allow the upload limit plus the form around it.

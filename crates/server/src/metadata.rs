@@ -53,6 +53,9 @@ pub struct TableMeta {
     pub name: String,
     /// Free text.
     pub description: Option<String>,
+    /// Rows, where known (a catalog's `hats_nrows`): clients use it to warn before a
+    /// query reads a whole large table.
+    pub nrows: Option<u64>,
     /// Columns in order.
     pub columns: Vec<ColumnMeta>,
     /// Foreign keys: (key id, target table, [(from column, target column)]).
@@ -173,6 +176,13 @@ fn tap_schema_tables() -> Vec<(&'static str, &'static str, SchemaRef)> {
                 string("utype", "lists the utype of tables in the tableset", true),
                 string("description", "describes tables in the tableset", true),
                 int("table_index", "recommended sort order when listing tables"),
+                Field::new("nrows", DataType::Int64, true).with_metadata(
+                    [(
+                        DESCRIPTION.to_string(),
+                        "rows in the table, where known (VODataService nrows)".to_string(),
+                    )]
+                    .into(),
+                ),
             ]),
         ),
         (
@@ -251,6 +261,7 @@ pub fn model(engine: &Engine) -> Vec<SchemaMeta> {
             schema: CATALOG_SCHEMA.to_string(),
             name: name.to_string(),
             description: c.properties().get("obs_title").map(str::to_string),
+            nrows: c.properties().get("hats_nrows").and_then(|n| n.parse().ok()),
             columns: columns_of(&schema, &principal, &indexed),
             foreign_keys: Vec::new(),
         });
@@ -261,9 +272,14 @@ pub fn model(engine: &Engine) -> Vec<SchemaMeta> {
             schema: "TAP_SCHEMA".to_string(),
             name: format!("TAP_SCHEMA.{name}"),
             description: Some(description.to_string()),
+            nrows: None,
             columns: columns_of(&schema, &|_| true, &[])
                 .into_iter()
-                .map(|c| ColumnMeta { std: true, ..c })
+                // `tables.nrows` is this service's addition to TAP 1.1.
+                .map(|c| ColumnMeta {
+                    std: c.name != "nrows",
+                    ..c
+                })
                 .collect(),
             foreign_keys: TAP_SCHEMA_KEYS
                 .iter()
@@ -291,6 +307,7 @@ pub fn model(engine: &Engine) -> Vec<SchemaMeta> {
                 name: format!("{schema_name}.{name}"),
                 description: (schema_name == "ivoa" && name == "obscore")
                     .then(|| "ObsCore 1.1: the registered images".to_string()),
+                nrows: None,
                 columns: columns_of(&schema, &|_| true, &[])
                     .into_iter()
                     .map(|c| ColumnMeta { std: true, ..c })
@@ -368,6 +385,12 @@ pub fn register_tap_schema(engine: &mut Engine, model: &[SchemaMeta]) -> Result<
                 text(tables.iter().map(|_| None)),
                 text(tables.iter().map(|t| t.description.as_deref())),
                 ints(0..tables.len() as i32),
+                Arc::new(
+                    tables
+                        .iter()
+                        .map(|t| t.nrows.and_then(|n| i64::try_from(n).ok()))
+                        .collect::<arrow::array::Int64Array>(),
+                ),
             ],
         ),
         (

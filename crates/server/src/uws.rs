@@ -74,6 +74,7 @@ impl Runner for TapRunner {
                         file,
                         mime_type: "application/fits".into(),
                         size_bytes,
+                        rows: None,
                     }]),
                     Err(e) if e.status().is_server_error() => {
                         Err(ErrorSummary::transient(e.to_string()))
@@ -126,7 +127,7 @@ async fn run_query(
     let path = dir.join(&file);
     let mut writer = ResultWriter::create(spec.format.output, &path, &schema)?;
     writer.set_maxrec(spec.maxrec);
-    write_stream(writer, stream).await?;
+    let rows = write_stream(writer, stream).await?;
     let size_bytes = std::fs::metadata(&path)
         .map_err(|e| Error::Usage(format!("result file: {e}")))?
         .len();
@@ -135,6 +136,7 @@ async fn run_query(
         file,
         mime_type: spec.format.media_type.to_string(),
         size_bytes,
+        rows: Some(rows),
     }])
 }
 
@@ -204,6 +206,23 @@ fn job_xml(job: &Job, url: &str) -> String {
             },
             xml_escape(&e.message)
         );
+    }
+    // The rows of each table result, for clients that list jobs (the portal): UWS lets
+    // jobInfo hold elements of other namespaces.
+    let rows: Vec<(&str, u64)> = job
+        .results
+        .iter()
+        .filter_map(|r| Some((r.id.as_str(), r.rows?)))
+        .collect();
+    if job.phase == Phase::Completed && !rows.is_empty() {
+        o += "  <uws:jobInfo>\n";
+        for (id, n) in rows {
+            o += &format!(
+                "    <m:rows xmlns:m=\"urn:meridian:uws\" result=\"{}\">{n}</m:rows>\n",
+                xml_escape(id)
+            );
+        }
+        o += "  </uws:jobInfo>\n";
     }
     o += "</uws:job>\n";
     o

@@ -1,15 +1,24 @@
 //! `/tap/async/{id}/results/{name}/window`: a window of a finished job's result, filtered
 //! and sorted by the server, so that a browser grid never downloads a whole result.
 //!
-//! Parameters: `OFFSET` (rows to skip, default 0), `LIMIT` (rows, default 100, at most
-//! 10,000), `SORT` (comma-separated columns, `-` before a name for descending order) and
-//! any number of `FILTER=column:op:value` with op `eq`, `ne`, `lt`, `le`, `gt`, `ge`,
-//! `contains` (text, case-insensitive), `null` or `notnull`. The answer is an Arrow IPC
-//! stream of the window; its `X-Total-Rows` header counts the rows the filters keep.
+//! Parameters: `OFFSET` (rows to skip, default 0), `LIMIT` (rows, default 100), `COLUMNS`
+//! (comma-separated names, `*` for every column of the result; default `*`), `SORT`
+//! (comma-separated columns, `-` before a name for descending order) and any number of
+//! `FILTER=column:op:value` with op `eq`, `ne`, `lt`, `le`, `gt`, `ge`, `in` (a
+//! comma-separated list), `contains` (text, case-insensitive), `null` or `notnull`. The
+//! answer is an Arrow IPC stream of the window; its `X-Total-Rows` header counts the rows
+//! the filters keep.
+//!
+//! A window holds at most 10,000 rows, or more of a few columns (at most 3,000,000 values
+//! and 1,000,000 rows): a plot fetches the two or three columns it draws in one window.
+//!
+//! Every result has a virtual column `_row`, its rows' positions in the result (from 0),
+//! which `COLUMNS`, `SORT` and `FILTER` may name: a selection made on a plot is a list of
+//! `_row`s that the grid shows or filters on. Without `SORT` the rows come in result order.
 //!
 //! The first window of a result converts it once to Parquet beside it (from VOTable, CSV,
-//! TSV, FITS, Parquet or Arrow); later windows read that file through the engine, with its
-//! row-group statistics.
+//! TSV, FITS, Parquet or Arrow), with `_row` added; later windows read that file through
+//! the engine, with its row-group statistics.
 
 use std::sync::Arc;
 
@@ -23,8 +32,16 @@ use crate::AppState;
 use crate::error::{Error, Result};
 use crate::params::DaliRequest;
 
-/// Rows one window may hold.
+/// Rows one window may hold whatever its columns.
 const MAX_LIMIT: usize = 10_000;
+/// Values (rows times columns) one window of a few columns may hold.
+const MAX_CELLS: usize = 3_000_000;
+/// Rows one window may hold at all.
+const MAX_ROWS: usize = 1_000_000;
+/// Values one `in` filter may list.
+const MAX_IN: usize = 100_000;
+/// The virtual column of row positions.
+pub const ROW: &str = "_row";
 /// Filters one window may apply.
 const MAX_FILTERS: usize = 32;
 
@@ -61,11 +78,45 @@ fn to_parquet(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
         let schema = r.schema();
         (schema, Box::new(r.map(|b| b.map_err(Error::from))))
     };
+    // A result that has a `_row` column of its own keeps it, and its windows are not
+    // numbered.
+    let numbered = schema.field_with_name(ROW).is_err();
+    let out_schema = if numbered {
+        let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            ROW,
+            arrow::datatypes::DataType::UInt64,
+            false,
+        )));
+        Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            fields,
+            schema.metadata().clone(),
+        ))
+    } else {
+        schema
+    };
     let file = std::fs::File::create(&tmp).map_err(|e| internal(&e))?;
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(|e| internal(&e))?;
+    // Row groups of 64k rows: a window's `_row` range reads one or two of them.
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(65_536))
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, out_schema.clone(), Some(props))
+        .map_err(|e| internal(&e))?;
+    let mut next_row = 0u64;
     for b in batches {
-        w.write(&b?).map_err(|e| internal(&e))?;
+        let b = b?;
+        let b = if numbered {
+            let n = b.num_rows() as u64;
+            let rows = arrow::array::UInt64Array::from_iter_values(next_row..next_row + n);
+            next_row += n;
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(rows));
+            arrow::record_batch::RecordBatch::try_new(out_schema.clone(), columns)
+                .map_err(|e| internal(&e))?
+        } else {
+            b
+        };
+        w.write(&b).map_err(|e| internal(&e))?;
     }
     w.close().map_err(|e| internal(&e))?;
     std::fs::rename(&tmp, to).map_err(|e| internal(&e))
@@ -78,8 +129,8 @@ fn filter_expr(f: &str, schema: &datafusion::common::DFSchema) -> Result<Expr> {
         (Some(n), Some(o)) if !n.is_empty() => (n, o.to_ascii_lowercase()),
         _ => {
             return Err(usage(format!(
-                "FILTER '{f}': write column:op:value (op eq, ne, lt, le, gt, ge, contains, \
-                 null, notnull)"
+                "FILTER '{f}': write column:op:value (op eq, ne, lt, le, gt, ge, in, \
+                 contains, null, notnull)"
             )));
         }
     };
@@ -90,8 +141,7 @@ fn filter_expr(f: &str, schema: &datafusion::common::DFSchema) -> Result<Expr> {
         .find(|x| x.name() == name)
         .ok_or_else(|| usage(format!("FILTER: no column '{name}' in this result")))?;
     let c = Expr::Column(Column::new_unqualified(name));
-    let value_of = || -> Result<Expr> {
-        let v = value.ok_or_else(|| usage(format!("FILTER '{f}': op {op} needs a value")))?;
+    let literal = |v: &str| -> Result<Expr> {
         let t = field.data_type();
         Ok(if t.is_numeric() {
             lit(v
@@ -99,10 +149,13 @@ fn filter_expr(f: &str, schema: &datafusion::common::DFSchema) -> Result<Expr> {
                 .parse::<f64>()
                 .ok()
                 .filter(|x| x.is_finite())
-                .ok_or_else(|| usage(format!("FILTER '{f}': '{v}' is not a number")))?)
+                .ok_or_else(|| usage(format!("FILTER on '{name}': '{v}' is not a number")))?)
         } else {
             lit(v.to_string())
         })
+    };
+    let value_of = || -> Result<Expr> {
+        literal(value.ok_or_else(|| usage(format!("FILTER '{f}': op {op} needs a value")))?)
     };
     Ok(match op.as_str() {
         "eq" => c.eq(value_of()?),
@@ -113,6 +166,18 @@ fn filter_expr(f: &str, schema: &datafusion::common::DFSchema) -> Result<Expr> {
         "ge" => c.gt_eq(value_of()?),
         "null" => c.is_null(),
         "notnull" => c.is_not_null(),
+        "in" => {
+            let v = value.ok_or_else(|| usage(format!("FILTER '{name}:in': needs a list")))?;
+            let items: Vec<&str> = v.split(',').filter(|x| !x.trim().is_empty()).collect();
+            if items.len() > MAX_IN {
+                return Err(usage(format!(
+                    "FILTER '{name}:in': at most {MAX_IN} values (this one has {})",
+                    items.len()
+                )));
+            }
+            let list = items.into_iter().map(literal).collect::<Result<Vec<_>>>()?;
+            c.in_list(list, false)
+        }
         "contains" => {
             let v = value.ok_or_else(|| usage(format!("FILTER '{f}': contains needs a value")))?;
             let escaped = v
@@ -132,8 +197,8 @@ fn filter_expr(f: &str, schema: &datafusion::common::DFSchema) -> Result<Expr> {
         }
         other => {
             return Err(usage(format!(
-                "FILTER '{f}': unknown op '{other}' (eq, ne, lt, le, gt, ge, contains, null, \
-                 notnull)"
+                "FILTER '{f}': unknown op '{other}' (eq, ne, lt, le, gt, ge, in, contains, \
+                 null, notnull)"
             )));
         }
     })
@@ -150,7 +215,7 @@ async fn result_frame(
     let r = crate::uws::completed_result(&job, name)?;
     let dir = state.jobs.job_dir(id);
     let path = dir.join(&r.file);
-    let cache = dir.join(format!("{}.window.parquet", r.file));
+    let cache = dir.join(format!("{}.rows.parquet", r.file));
     if !cache.exists() {
         let (from, to) = (path.clone(), cache.clone());
         tokio::task::spawn_blocking(move || to_parquet(&from, &to))
@@ -288,6 +353,90 @@ pub async fn stats(
     Ok(axum::Json(out).into_response())
 }
 
+/// The `SORT` of a request as sort expressions over `df`.
+fn sort_keys(
+    p: &crate::params::Params,
+    df: &datafusion::dataframe::DataFrame,
+) -> Result<Vec<datafusion::logical_expr::SortExpr>> {
+    let mut keys = Vec::new();
+    if let Some(sort) = p.get("SORT").filter(|s| !s.trim().is_empty()) {
+        for k in sort.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            let (name, desc) = match k.strip_prefix('-') {
+                Some(n) => (n, true),
+                None => (k, false),
+            };
+            if df.schema().fields().iter().all(|f| f.name() != name) {
+                return Err(usage(format!("SORT: no column '{name}' in this result")));
+            }
+            keys.push(Expr::Column(Column::new_unqualified(name)).sort(!desc, false));
+        }
+    }
+    Ok(keys)
+}
+
+/// `GET /tap/async/{id}/results/{name}/as?RESPONSEFORMAT=f[&SORT=...][&FILTER=...]`: the
+/// result (the rows the filters keep, in the sort's order) in any TAP output format, as a
+/// download.
+pub async fn download(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    req: DaliRequest,
+) -> Result<Response> {
+    use futures::StreamExt;
+    let p = &req.params;
+    let format = crate::tap::format(p.get("RESPONSEFORMAT").or_else(|| p.get("FORMAT")))?;
+    let mut df = filtered(result_frame(&state, &id, &name).await?, p)?;
+    let numbered = df.schema().fields().iter().any(|f| f.name() == ROW);
+    let mut keys = sort_keys(p, &df)?;
+    if numbered {
+        keys.push(Expr::Column(Column::new_unqualified(ROW)).sort(true, false));
+    }
+    df = df.sort(keys).map_err(meridian_engine::Error::from)?;
+    if numbered {
+        df = df
+            .drop_columns(&[ROW])
+            .map_err(meridian_engine::Error::from)?;
+    }
+    let schema: arrow::datatypes::SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let stream = df
+        .execute_stream()
+        .await
+        .map_err(meridian_engine::Error::from)?
+        .map(|b| b.map_err(meridian_engine::Error::from));
+    let dir = state.jobs.job_dir(&id);
+    let tmp = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(&dir)
+        .map_err(|e| Error::Internal(format!("download file in {}: {e}", dir.display())))?;
+    let writer = meridian_formats::write::ResultWriter::create(format.output, tmp.path(), &schema)?;
+    crate::result::write_stream(writer, stream).await?;
+    // The open file outlives its name: nothing is left behind in the job's directory.
+    let file = tokio::fs::File::open(tmp.path())
+        .await
+        .map_err(|e| Error::Internal(format!("download file: {e}")))?;
+    drop(tmp);
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file,
+        1 << 20,
+    ));
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.media_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{}-{}.{}\"",
+                    id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+                    name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+                    format.extension
+                ),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 /// `GET /tap/async/{id}/results/{name}/window`.
 pub async fn window(
     State(state): State<AppState>,
@@ -304,31 +453,82 @@ pub async fn window(
     };
     let offset = number("OFFSET", 0)?;
     let limit = number("LIMIT", 100)?;
-    if limit > MAX_LIMIT {
-        return Err(usage(format!("LIMIT: at most {MAX_LIMIT} rows a window")));
-    }
     let mut df = filtered(result_frame(&state, &id, &name).await?, p)?;
+    let numbered = df.schema().fields().iter().any(|f| f.name() == ROW);
+    let has = |df: &datafusion::dataframe::DataFrame, c: &str| {
+        df.schema().fields().iter().any(|f| f.name() == c)
+    };
+    let mut columns: Vec<String> = Vec::new();
+    for c in p
+        .get("COLUMNS")
+        .unwrap_or("*")
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        if c == "*" {
+            columns.extend(
+                df.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .filter(|n| n != ROW || !numbered),
+            );
+        } else if has(&df, c) {
+            columns.push(c.to_string());
+        } else {
+            return Err(usage(format!("COLUMNS: no column '{c}' in this result")));
+        }
+    }
+    if columns.is_empty() {
+        return Err(usage("COLUMNS: name at least one column"));
+    }
+    let max_rows = (MAX_CELLS / columns.len()).clamp(MAX_LIMIT, MAX_ROWS);
+    if limit > max_rows {
+        return Err(usage(format!(
+            "LIMIT: at most {max_rows} rows a window of {} column(s)",
+            columns.len()
+        )));
+    }
+    let filters = p.all("FILTER").next().is_some();
     let total = df
         .clone()
         .count()
         .await
         .map_err(meridian_engine::Error::from)?;
-    if let Some(sort) = p.get("SORT").filter(|s| !s.trim().is_empty()) {
-        let mut keys = Vec::new();
-        for k in sort.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-            let (name, desc) = match k.strip_prefix('-') {
-                Some(n) => (n, true),
-                None => (k, false),
-            };
-            if df.schema().fields().iter().all(|x| x.name() != name) {
-                return Err(usage(format!("SORT: no column '{name}' in this result")));
-            }
-            keys.push(Expr::Column(Column::new_unqualified(name)).sort(!desc, false));
+    let mut keys = sort_keys(p, &df)?;
+    let row = || Expr::Column(Column::new_unqualified(ROW));
+    let (df, skip) = if numbered && keys.is_empty() && !filters {
+        // Result order, unfiltered: the window is a `_row` range, which the Parquet
+        // statistics prune to the row groups that hold it.
+        let (lo, hi) = (offset as u64, offset.saturating_add(limit) as u64);
+        (
+            df.filter(row().gt_eq(lit(lo)).and(row().lt(lit(hi))))
+                .map_err(meridian_engine::Error::from)?
+                .sort(vec![row().sort(true, false)])
+                .map_err(meridian_engine::Error::from)?,
+            0,
+        )
+    } else {
+        // Ties (and an unsorted request) keep result order, so that windows of one
+        // ordering never overlap nor miss a row, whatever the scan's parallelism.
+        if numbered {
+            keys.push(row().sort(true, false));
         }
-        df = df.sort(keys).map_err(meridian_engine::Error::from)?;
-    }
+        if !keys.is_empty() {
+            df = df.sort(keys).map_err(meridian_engine::Error::from)?;
+        }
+        (df, offset)
+    };
     let df = df
-        .limit(offset, Some(limit))
+        .limit(skip, Some(limit))
+        .map_err(meridian_engine::Error::from)?
+        .select(
+            columns
+                .iter()
+                .map(|c| Expr::Column(Column::new_unqualified(c)))
+                .collect::<Vec<_>>(),
+        )
         .map_err(meridian_engine::Error::from)?;
     let schema: arrow::datatypes::SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(meridian_engine::Error::from)?;

@@ -106,6 +106,9 @@ pub struct JobResult {
     pub mime_type: String,
     /// Size, bytes.
     pub size_bytes: u64,
+    /// Rows, for a table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
 }
 
 /// Whether a failure may go away if the job is run again.

@@ -52,6 +52,7 @@ impl Runner for Shared {
                 file: "result.txt".into(),
                 mime_type: "text/plain".into(),
                 size_bytes: job.id.len() as u64,
+                rows: None,
             }])
         }
         .boxed()

@@ -695,6 +695,60 @@ pub(crate) fn wants_fits(format: Option<&str>, default: bool) -> Result<bool> {
     }
 }
 
+/// A spectrum as an Arrow IPC stream (for the portal's plot): columns `wavelength` (Å),
+/// `flux`, `ivar`, `mask` and `model` (when there is one); the metadata (title, did,
+/// redshift, spectype, ra, dec) in the schema's metadata.
+fn arrow_bytes(meta: &sdm::Meta, cols: &sdm::Columns) -> Result<Vec<u8>> {
+    use arrow::array::{ArrayRef, Float32Array, Float64Array, UInt32Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let unit = |f: Field, u: &str| f.with_metadata([("unit".to_string(), u.to_string())].into());
+    let mut fields = vec![
+        unit(Field::new("wavelength", DataType::Float64, false), "Angstrom"),
+        Field::new("flux", DataType::Float32, false),
+        Field::new("ivar", DataType::Float32, false),
+    ];
+    let mut arrays: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(Float64Array::from(cols.wavelength_aa.to_vec())),
+        std::sync::Arc::new(Float32Array::from(cols.flux.to_vec())),
+        std::sync::Arc::new(Float32Array::from(cols.ivar.to_vec())),
+    ];
+    if let Some(m) = cols.mask {
+        fields.push(Field::new("mask", DataType::UInt32, false));
+        arrays.push(std::sync::Arc::new(UInt32Array::from(m.to_vec())));
+    }
+    if let Some(m) = cols.model {
+        fields.push(Field::new("model", DataType::Float32, false));
+        arrays.push(std::sync::Arc::new(Float32Array::from(m.to_vec())));
+    }
+    let mut md = std::collections::HashMap::new();
+    md.insert("title".to_string(), meta.title.clone());
+    md.insert("did".to_string(), meta.did.clone());
+    md.insert("collection".to_string(), meta.collection.clone());
+    for (k, v) in [
+        ("redshift", meta.redshift),
+        ("ra", meta.ra_deg),
+        ("dec", meta.dec_deg),
+    ] {
+        if let Some(v) = v {
+            md.insert(k.to_string(), v.to_string());
+        }
+    }
+    if let Some(t) = &meta.spectype {
+        md.insert("spectype".to_string(), t.clone());
+    }
+    let schema = std::sync::Arc::new(Schema::new_with_metadata(fields, md));
+    let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), arrays)
+        .map_err(|e| Error::Internal(format!("spectrum as Arrow: {e}")))?;
+    let mut out = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)
+        .map_err(|e| Error::Internal(format!("spectrum as Arrow: {e}")))?;
+    w.write(&batch)
+        .and_then(|_| w.finish())
+        .map_err(|e| Error::Internal(format!("spectrum as Arrow: {e}")))?;
+    drop(w);
+    Ok(out)
+}
+
 /// A spectrum file as FITS or SDM VOTable, with its media type.
 pub(crate) fn render(
     meta: &sdm::Meta,
@@ -724,7 +778,17 @@ pub async fn file(
             "ID: one spectrum per request (DataLink lists the links of several)".into(),
         ));
     }
-    let fits = wants_fits(req.params.get("FORMAT"), false)?;
+    let arrow = req.params.get("FORMAT").is_some_and(|f| {
+        matches!(
+            f.trim().to_ascii_lowercase().as_str(),
+            "arrow" | "application/vnd.apache.arrow.stream"
+        )
+    });
+    let fits = if arrow {
+        false
+    } else {
+        wants_fits(req.params.get("FORMAT"), false)?
+    };
     let datasets = super::readable(&state, identity(&caller))?;
     let authority = state.spectra.authority.clone();
     let (body, mime) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, &str)> {
@@ -733,6 +797,9 @@ pub async fn file(
         let a = d.arrays(r);
         let meta = meta_of(d, r, publisher_did(&authority, d.name(), d.sparcl_id(r)));
         let cols = sdm::Columns::of(a);
+        if arrow {
+            return Ok((arrow_bytes(&meta, &cols)?, "application/vnd.apache.arrow.stream"));
+        }
         render(&meta, &cols, fits)
     })
     .await

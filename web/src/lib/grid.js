@@ -1,0 +1,116 @@
+// The results grid's logic: which windows of rows to fetch for what is on screen, a small
+// cache of fetched windows, and the per-column filter syntax the server applies.
+
+/** Rows one window fetch asks for. */
+export const PAGE_ROWS = 200;
+
+/** Page numbers covering rows [first, last] (inclusive), plus `ahead` pages around. */
+export function pagesFor(first, last, total, ahead = 1, pageRows = PAGE_ROWS) {
+  if (total <= 0 || last < first) return [];
+  const lastPage = Math.floor((total - 1) / pageRows);
+  const a = Math.max(0, Math.floor(first / pageRows) - ahead);
+  const b = Math.min(lastPage, Math.floor(Math.min(last, total - 1) / pageRows) + ahead);
+  const out = [];
+  for (let p = a; p <= b; p++) out.push(p);
+  return out;
+}
+
+/** A least-recently-used cache of pages (page number -> rows). */
+export class PageCache {
+  constructor(capacity = 40) {
+    this.capacity = capacity;
+    this.pages = new Map();
+  }
+  get(page) {
+    const v = this.pages.get(page);
+    if (v !== undefined) {
+      this.pages.delete(page);
+      this.pages.set(page, v);
+    }
+    return v;
+  }
+  has(page) {
+    return this.pages.has(page);
+  }
+  set(page, rows) {
+    this.pages.delete(page);
+    this.pages.set(page, rows);
+    while (this.pages.size > this.capacity) this.pages.delete(this.pages.keys().next().value);
+  }
+  clear() {
+    this.pages.clear();
+  }
+  get size() {
+    return this.pages.size;
+  }
+}
+
+/**
+ * A column filter as typed in the grid (`< 17.5`, `>= 3`, `= 5`, `!= 2`, `null`, `!null`,
+ * `a..b`, or text to find) as the server's `FILTER` values (`column:op:value`).
+ * Returns { filters: [...], error }.
+ */
+export function parseColumnFilter(column, input, numeric) {
+  const s = (input ?? "").trim();
+  if (!s) return { filters: [] };
+  const f = (op, v) => (v === undefined ? `${column}:${op}` : `${column}:${op}:${v}`);
+  if (/^(is\s+)?null$/i.test(s)) return { filters: [f("null")] };
+  if (/^(!|not\s+)null$/i.test(s)) return { filters: [f("notnull")] };
+  const range = /^(-?[\d.eE+-]+)\s*\.\.\s*(-?[\d.eE+-]+)$/.exec(s);
+  if (range && numeric) {
+    const [a, b] = [Number(range[1]), Number(range[2])];
+    if (!Number.isFinite(a) || !Number.isFinite(b)) return { filters: [], error: `'${s}' is not a range of numbers` };
+    return { filters: [f("ge", Math.min(a, b)), f("le", Math.max(a, b))] };
+  }
+  const m = /^(<=|>=|!=|<>|=|==|<|>)\s*(.*)$/.exec(s);
+  if (m) {
+    const op = { "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "=": "eq", "==": "eq", "!=": "ne", "<>": "ne" }[m[1]];
+    const v = m[2].trim();
+    if (!v) return { filters: [], error: `'${s}': a value is missing after ${m[1]}` };
+    if (numeric && !Number.isFinite(Number(v))) return { filters: [], error: `'${v}' is not a number` };
+    return { filters: [f(op, v)] };
+  }
+  if (numeric) {
+    if (Number.isFinite(Number(s))) return { filters: [f("eq", s)] };
+    return { filters: [], error: `'${s}': write a number, < x, >= x, a..b, null or !null` };
+  }
+  return { filters: [f("contains", s)] };
+}
+
+/** The SORT parameter for [{column, desc}]. */
+export function sortParam(keys) {
+  return keys.map((k) => (k.desc ? "-" : "") + k.column).join(",");
+}
+
+/** The next sort after a click on `column` (ascending, then descending, then none). */
+export function cycleSort(keys, column) {
+  const k = keys.find((x) => x.column === column);
+  if (!k) return [{ column, desc: false }];
+  if (!k.desc) return [{ column, desc: true }];
+  return [];
+}
+
+/** Query parameters of a window or download: columns, sort and filters. */
+export function windowParams({ offset, limit, columns, sort = [], filters = [] }) {
+  const p = new URLSearchParams();
+  if (offset !== undefined) p.set("OFFSET", String(offset));
+  if (limit !== undefined) p.set("LIMIT", String(limit));
+  if (columns) p.set("COLUMNS", columns.join(","));
+  if (sort.length) p.set("SORT", sortParam(sort));
+  for (const f of filters) p.append("FILTER", f);
+  return p;
+}
+
+/** A value as the grid shows it. */
+export function formatValue(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "number") {
+    if (Number.isInteger(v)) return String(v);
+    const a = Math.abs(v);
+    if (a !== 0 && (a < 1e-4 || a >= 1e9)) return v.toExponential(6);
+    return String(Number(v.toPrecision(10)));
+  }
+  if (Array.isArray(v)) return `[${v.map(formatValue).join(", ")}]`;
+  if (v instanceof Date) return v.toISOString();
+  return String(v);
+}
