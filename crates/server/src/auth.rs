@@ -174,10 +174,21 @@ fn caller_for(state: &AppState, token: Option<&str>) -> Result<Caller> {
 /// Middleware: checks the request's token and leaves a [`Caller`] for the handlers.
 pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let token = token_of(req.headers());
+    // A login cookie whose token is no longer valid (expired, revoked, logged out
+    // elsewhere) is cleared with the answer, so that the browser goes on as an anonymous
+    // caller after the 401 rather than being refused for good.
+    let from_cookie = token.is_some()
+        && !req.headers().contains_key(header::AUTHORIZATION)
+        && !req.headers().contains_key("x-dl-authtoken");
     match caller_for(&state, token.as_deref()) {
         Ok(caller) => {
+            let stale = from_cookie && caller.user().is_err();
             req.extensions_mut().insert(caller);
-            next.run(req).await
+            let mut response = next.run(req).await;
+            if stale && let Ok(v) = header::HeaderValue::from_str(&login_cookie(&state, "", 0)) {
+                response.headers_mut().append(header::SET_COOKIE, v);
+            }
+            response
         }
         Err(e) => e.into_response(),
     }

@@ -63,9 +63,10 @@ function kindOf(status) {
 
 /** fetch() that throws a ServiceError for a lost connection or an error status. */
 export async function request(url, options = {}) {
+  const { quiet = false, ...init } = options;
   let response;
   try {
-    response = await fetch(url, { credentials: "same-origin", ...options });
+    response = await fetch(url, { credentials: "same-origin", ...init });
   } catch (e) {
     if (e?.name === "AbortError") throw new ServiceError("cancelled", { kind: "aborted" });
     const err = new ServiceError("The connection to the service was lost: check that it is running, then try again.", { kind: "connection" });
@@ -79,7 +80,7 @@ export async function request(url, options = {}) {
     if (kind === "auth") message = `Your login has expired or is not valid (${message}); log in again.`;
     if (kind === "toolarge") message = `Too large for the service: ${message}`;
     const err = new ServiceError(message, { status: response.status, kind });
-    if (kind === "auth") listeners.forEach((f) => f(err));
+    if (kind === "auth" && !quiet) listeners.forEach((f) => f(err));
     throw err;
   }
   return response;

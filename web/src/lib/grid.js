@@ -101,14 +101,19 @@ export function windowParams({ offset, limit, columns, sort = [], filters = [] }
   return p;
 }
 
-/** A value as the grid shows it. */
-export function formatValue(v) {
+/**
+ * A value as the grid shows it: single-precision floats with the 7 digits they hold,
+ * doubles with up to 10, very small or large numbers in exponent form.
+ */
+export function formatValue(v, type = "") {
   if (v === null || v === undefined) return "";
   if (typeof v === "number") {
-    if (Number.isInteger(v)) return String(v);
+    if (Number.isNaN(v)) return "NaN";
+    if (Number.isInteger(v) && !/float/i.test(type)) return String(v);
+    const digits = /float32|float16|\bfloat\b(?!64)/i.test(type) ? 7 : 10;
     const a = Math.abs(v);
-    if (a !== 0 && (a < 1e-4 || a >= 1e9)) return v.toExponential(6);
-    return String(Number(v.toPrecision(10)));
+    if (a !== 0 && (a < 1e-4 || a >= 1e9)) return v.toExponential(digits - 1);
+    return String(Number(v.toPrecision(digits)));
   }
   if (Array.isArray(v)) return `[${v.map(formatValue).join(", ")}]`;
   if (v instanceof Date) return v.toISOString();

@@ -3,6 +3,7 @@
 
 /** Finite min and max of `values`, or null when there is none. */
 export function extent(values) {
+  if (!values) return null;
   let lo = Infinity;
   let hi = -Infinity;
   for (const v of values) {
@@ -17,7 +18,7 @@ export function extent(values) {
 /** Histogram of `values` in `bins` equal bins over [lo, hi]; the maximum goes in the last bin. */
 export function histogram(values, bins, range = extent(values)) {
   const counts = new Float64Array(bins);
-  if (!range) return { edges: [], counts: Array.from(counts) };
+  if (!range || !values) return { edges: [], counts: Array.from(counts) };
   const [lo, hi] = range;
   const width = hi > lo ? (hi - lo) / bins : 1;
   for (const v of values) {

@@ -31,7 +31,8 @@ export function go(page) {
 
 export async function refreshUser() {
   try {
-    const who = await getJson("api/auth/whoami");
+    // Anonymous callers are told 401: not a lost login.
+    const who = await getJson("api/auth/whoami", { quiet: true });
     app.user = who.user;
     app.scopes = who.scopes ?? [];
   } catch (e) {
