@@ -58,6 +58,10 @@ client_venv "$VOS_PYTHON" vos vos==3.7
 export SPARCL_PYTHON="${SPARCL_PYTHON:-$HOME/.cache/meridian/sparcl-venv/bin/python}"
 client_venv "$SPARCL_PYTHON" sparcl.client sparclclient==1.3.1 numpy==1.26.4 pandas==2.1.4
 
+# The web portal (web/) is built by meridian-portal's build script with npm and node; here a
+# portal that cannot be built is a failure, not a placeholder page.
+export MERIDIAN_PORTAL_REQUIRED=1
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -66,6 +70,12 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+step "portal component tests (vitest)"
+# node_modules is there from the build script's `npm ci` (or MERIDIAN_PORTAL_DIST was set).
+[ -d web/node_modules/vitest ] || (cd web && npm ci --silent --no-audit --no-fund)
+(cd web && NO_COLOR=1 node node_modules/vitest/vitest.mjs run --reporter=dot) | tee "$CARGO_TARGET_DIR/vitest.log"
+js_passed=$(grep -Eo 'Tests +[0-9]+ passed' "$CARGO_TARGET_DIR/vitest.log" | grep -Eo '[0-9]+' || echo 0)
 
 step "cargo test"
 cargo test --workspace --quiet 2>&1 | tee "$CARGO_TARGET_DIR/cargo-test.log"
@@ -80,5 +90,5 @@ python3 -m pytest tests/python -q -p no:cacheprovider -W ignore::DeprecationWarn
 py_passed=$(tail -n 1 "$CARGO_TARGET_DIR/pytest.log" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+' || echo 0)
 
 step "done"
-echo "rust tests: $rust_passed passed; python tests: $py_passed passed"
-echo "tests: $((rust_passed + py_passed)) passed, $rust_failed failed"
+echo "rust tests: $rust_passed passed; portal component tests: $js_passed passed; python tests: $py_passed passed"
+echo "tests: $((rust_passed + js_passed + py_passed)) passed, $rust_failed failed"

@@ -25,7 +25,12 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", web.join(f).display());
     }
-    for v in ["MERIDIAN_PORTAL_DIST", "MERIDIAN_PORTAL_REQUIRED", "NPM", "NODE"] {
+    for v in [
+        "MERIDIAN_PORTAL_DIST",
+        "MERIDIAN_PORTAL_REQUIRED",
+        "NPM",
+        "NODE",
+    ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let dist = match std::env::var_os("MERIDIAN_PORTAL_DIST") {
@@ -149,7 +154,11 @@ fn files(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {
         if p.is_dir() {
             files(&p, base, out);
         } else {
-            let rel = p.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/");
+            let rel = p
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
             out.push((rel, p));
         }
     }

@@ -261,7 +261,10 @@ pub fn model(engine: &Engine) -> Vec<SchemaMeta> {
             schema: CATALOG_SCHEMA.to_string(),
             name: name.to_string(),
             description: c.properties().get("obs_title").map(str::to_string),
-            nrows: c.properties().get("hats_nrows").and_then(|n| n.parse().ok()),
+            nrows: c
+                .properties()
+                .get("hats_nrows")
+                .and_then(|n| n.parse().ok()),
             columns: columns_of(&schema, &principal, &indexed),
             foreign_keys: Vec::new(),
         });

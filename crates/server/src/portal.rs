@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 /// What the portal's page may load and call: only this service.
 const CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-eval' 'wasm-unsafe-eval'; \
-    style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self' data: blob:; \
     worker-src 'self' blob:; font-src 'self' data:; object-src 'none'; base-uri 'self'; \
     frame-ancestors 'self'; form-action 'self'";
 

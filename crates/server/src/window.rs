@@ -9,7 +9,7 @@
 //! answer is an Arrow IPC stream of the window; its `X-Total-Rows` header counts the rows
 //! the filters keep.
 //!
-//! A window holds at most 10,000 rows, or more of a few columns (at most 3,000,000 values
+//! A window holds at most 10,000 rows, or more of a few columns (at most 4,000,000 values
 //! and 1,000,000 rows): a plot fetches the two or three columns it draws in one window.
 //!
 //! Every result has a virtual column `_row`, its rows' positions in the result (from 0),
@@ -35,7 +35,7 @@ use crate::params::DaliRequest;
 /// Rows one window may hold whatever its columns.
 const MAX_LIMIT: usize = 10_000;
 /// Values (rows times columns) one window of a few columns may hold.
-const MAX_CELLS: usize = 3_000_000;
+const MAX_CELLS: usize = 4_000_000;
 /// Rows one window may hold at all.
 const MAX_ROWS: usize = 1_000_000;
 /// Values one `in` filter may list.
@@ -415,10 +415,8 @@ pub async fn download(
         .await
         .map_err(|e| Error::Internal(format!("download file: {e}")))?;
     drop(tmp);
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        file,
-        1 << 20,
-    ));
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
     Ok((
         [
             (header::CONTENT_TYPE, format.media_type.to_string()),

@@ -67,8 +67,14 @@ export async function setPublic(path, on) {
   await request(`vospace/nodes/${encodePath(path)}`, { method: "POST", headers: { "Content-Type": "text/xml" }, body: doc });
 }
 
+/** The Data Lab name of a node path (`space/dir/name` is `space://dir/name`). */
+export function dlName(path) {
+  const [space, ...rest] = path.split("/").filter(Boolean);
+  return `${space}://${rest.join("/")}`;
+}
+
 export async function move(from, to) {
-  return getText(`storage/mv?from=${encodeURIComponent(`vos://${from}`)}&to=${encodeURIComponent(`vos://${to}`)}`);
+  return getText(`storage/mv?from=${encodeURIComponent(dlName(from))}&to=${encodeURIComponent(dlName(to))}`);
 }
 
 export function fileUrl(path) {
@@ -77,7 +83,7 @@ export function fileUrl(path) {
 
 /** Uploads `file` to `path` (`space/dir/name`), reporting progress (0..1). */
 export async function upload(path, file, onprogress = () => {}) {
-  const url = (await getText(`storage/put?name=${encodeURIComponent(`vos://${path}`)}`)).trim();
+  const url = (await getText(`storage/put?name=${encodeURIComponent(dlName(path))}`)).trim();
   await new Promise((resolve, reject) => {
     const x = new XMLHttpRequest();
     x.open("PUT", url);

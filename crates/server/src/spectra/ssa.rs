@@ -703,7 +703,10 @@ fn arrow_bytes(meta: &sdm::Meta, cols: &sdm::Columns) -> Result<Vec<u8>> {
     use arrow::datatypes::{DataType, Field, Schema};
     let unit = |f: Field, u: &str| f.with_metadata([("unit".to_string(), u.to_string())].into());
     let mut fields = vec![
-        unit(Field::new("wavelength", DataType::Float64, false), "Angstrom"),
+        unit(
+            Field::new("wavelength", DataType::Float64, false),
+            "Angstrom",
+        ),
         Field::new("flux", DataType::Float32, false),
         Field::new("ivar", DataType::Float32, false),
     ];
@@ -798,7 +801,10 @@ pub async fn file(
         let meta = meta_of(d, r, publisher_did(&authority, d.name(), d.sparcl_id(r)));
         let cols = sdm::Columns::of(a);
         if arrow {
-            return Ok((arrow_bytes(&meta, &cols)?, "application/vnd.apache.arrow.stream"));
+            return Ok((
+                arrow_bytes(&meta, &cols)?,
+                "application/vnd.apache.arrow.stream",
+            ));
         }
         render(&meta, &cols, fits)
     })
