@@ -1326,6 +1326,7 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         let tables: Vec<String> = state.engine.tables().map(|(n, _)| n.to_string()).collect();
         tracing::info!(addr = %local, tables = ?tables, "serving");
         eprintln!("TAP service: http://{local}/tap");
+        eprintln!("Portal (open in a browser): http://{local}/");
         eprintln!("  pyvo:  pyvo.dal.TAPService(\"http://{local}/tap\").search(\"SELECT TOP 10 * FROM {}\")",
             tables.first().map(String::as_str).unwrap_or("<table>"));
         eprintln!("  TOPCAT: VO > Table Access Protocol (TAP) query, TAP URL http://{local}/tap");
@@ -1546,6 +1547,26 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
         ingest(&store, config, &args, quiet)?;
     }
     let _ = std::fs::remove_dir_all(&src);
+    // A density map of the objects, which the portal's sky view shows (its own HiPS:
+    // nothing is fetched from elsewhere).
+    let density = config.data_dir.join("hips").join("demo_object-density");
+    let _ = std::fs::remove_dir_all(&density);
+    let report = meridian_hips::density::build(
+        &store.catalog("demo_object")?,
+        &density,
+        &meridian_hips::density::DensityOptions {
+            name: "demo_object-density".into(),
+            order: 3,
+            tile_width: 256,
+            aggregate: meridian_hips::density::Aggregate::parse("count", None)?,
+        },
+        &|_, _| {},
+    )?;
+    eprintln!(
+        "sky map: density of demo_object, {} tiles, at {}",
+        report.tiles,
+        density.display()
+    );
     eprintln!(
         "\nsample query: objects within 30 arcmin of the Galactic centre (RA 266.405, Dec -28.936)"
     );

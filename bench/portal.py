@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""The web portal in headless Chromium: first paint, scrolling a 10^6-row result, drawing
+10^6 points.
+
+    python3 bench/portal.py                      # 10^6 rows: about 5 minutes on 2 cores
+    python3 bench/portal.py --rows 100000        # a short run
+
+Debian's Chromium driven by Playwright (software WebGL: SwiftShader), against `meridian
+serve` on loopback with the release binary (else the debug one; `--meridian` names one).
+
+Data: `meridian generate --profile narrow --seed 1` (--rows objects), ingested once as
+`bench_object` under --work and reused.
+
+Measurements:
+- first paint: a new browser context (empty cache) opens `/`; the browser's
+  first-contentful-paint, and the time until the query page is usable (the editor and the
+  schema browser's tables shown), best and median of --repeat;
+- scroll: the whole table as a result (`SELECT * FROM bench_object`, run from the page),
+  then the grid scrolled by requestAnimationFrame steps of 40 rows a frame for 5 s, and
+  by jumps to 20 random places; frames per second and the 95th percentile frame time
+  while scrolling, rows fetched against rows in the result, and the time from a jump to
+  its rows on screen;
+- scatter: the Plots page drawing ra against dec of every row: the time from the click
+  to the drawn plot (fetching three columns of 10^6 rows included) and the draw alone.
+
+Results go to bench/results/portal-<time>.json with the machine description.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from images import meridian_bin  # noqa: E402
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+
+
+def sh(*cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, **kw)
+
+
+def serve(binary, data):
+    p = subprocess.Popen([binary, "--data-dir", str(data), "serve", "--addr", "127.0.0.1:0"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "MERIDIAN_JOBS__DIR": str(data / "jobs")})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        m = re.search(r"TAP service: (http://\S+)", line)
+        if m:
+            import threading
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+            return p, m.group(1).removesuffix("/tap") + "/"
+    raise SystemExit("meridian serve did not start")
+
+
+SCROLL = """async ([rowsPerFrame, seconds]) => {
+  const s = document.querySelector('.scroller');
+  const rowH = 24;
+  const times = [];
+  const before = window.__meridianGrid.rows;
+  let last = performance.now();
+  const end = last + seconds * 1000;
+  await new Promise((done) => {
+    function step(now) {
+      times.push(now - last);
+      last = now;
+      s.scrollTop += rowsPerFrame * rowH;
+      if (now < end && s.scrollTop + s.clientHeight < s.scrollHeight) requestAnimationFrame(step);
+      else done();
+    }
+    requestAnimationFrame(step);
+  });
+  const frames = times.slice(1);
+  frames.sort((a, b) => a - b);
+  const total = frames.reduce((a, b) => a + b, 0);
+  return { frames: frames.length, fps: frames.length / (total / 1000),
+           p95_ms: frames[Math.floor(frames.length * 0.95)], max_ms: frames[frames.length - 1],
+           rows_scrolled: Math.round(s.scrollTop / rowH), rows_fetched: window.__meridianGrid.rows - before };
+}"""
+
+JUMP = """async (fraction) => {
+  const s = document.querySelector('.scroller');
+  const t0 = performance.now();
+  s.scrollTop = s.scrollHeight * fraction;
+  const want = Math.floor(s.scrollTop / 24);
+  await new Promise((done) => {
+    function check() {
+      const r = document.querySelector('.row .cell[role=gridcell]:not(.placeholder)');
+      const row = r && Number(r.parentElement.getAttribute('aria-rowindex'));
+      if (r && Math.abs(row - want) < 60) done(); else requestAnimationFrame(check);
+    }
+    check();
+  });
+  return performance.now() - t0;
+}"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--meridian", help="the meridian binary (default: target/release, else target/debug)")
+    ap.add_argument("--work", default="/tmp/meridian-bench-portal")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    binary = meridian_bin(args)
+    work = Path(args.work)
+    data = work / f"data-{args.rows}"
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "binary": binary,
+                          "chromium": sh(CHROMIUM, "--version").stdout.strip()},
+              "args": vars(args)}
+    if not (data / "catalogs" / "bench_object").exists():
+        sh(binary, "--quiet", "--data-dir", data, "generate", "--out", work / f"survey-{args.rows}",
+           "--seed", 1, "--objects", args.rows, "--profile", "narrow")
+        files = sorted((work / f"survey-{args.rows}").glob("object-*.parquet"))
+        sh(binary, "--quiet", "--data-dir", data, "ingest", "bench_object", *files)
+    proc, base = serve(binary, data)
+    from playwright.sync_api import sync_playwright
+    try:
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"])
+            # First paint, each time with an empty cache.
+            fcp, usable = [], []
+            for _ in range(args.repeat):
+                ctx = b.new_context(viewport={"width": 1280, "height": 800})
+                page = ctx.new_page()
+                t0 = time.perf_counter()
+                page.goto(base)
+                page.wait_for_selector("button.name:has-text('bench_object')")
+                page.wait_for_selector(".cm-content")
+                usable.append((time.perf_counter() - t0) * 1e3)
+                fcp.append(page.evaluate(
+                    "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"))
+                ctx.close()
+            result["first_paint"] = {"fcp_ms": fcp, "usable_ms": usable,
+                                     "fcp_best_ms": min(fcp), "fcp_median_ms": statistics.median(fcp),
+                                     "usable_best_ms": min(usable),
+                                     "usable_median_ms": statistics.median(usable)}
+            # The whole table as a result, then scrolling.
+            ctx = b.new_context(viewport={"width": 1280, "height": 800})
+            page = ctx.new_page()
+            page.goto(base)
+            page.wait_for_selector("button.name:has-text('bench_object')")
+            page.fill("input[aria-label='Row limit (MAXREC)']", str(args.rows + 1))
+            page.locator(".cm-content").click()
+            page.keyboard.type("SELECT * FROM bench_object")
+            page.keyboard.press("Escape")
+            t0 = time.perf_counter()
+            page.keyboard.press("Control+Enter")
+            page.wait_for_selector(".row .cell[role=gridcell]:not(.placeholder)", timeout=600_000)
+            result["query_to_grid_s"] = time.perf_counter() - t0
+            total = int(page.inner_text("[data-testid=row-count]").replace(",", ""))
+            assert total == args.rows, total
+            page.evaluate(SCROLL, [40, 1])  # warm-up
+            scroll = page.evaluate(SCROLL, [40, 5])
+            scroll["rows_in_result"] = total
+            jumps = [page.evaluate(JUMP, f) for f in [0.05 * i for i in range(1, 20)] + [0.999]]
+            scroll["jump_to_rows_ms_median"] = statistics.median(jumps)
+            scroll["jump_to_rows_ms_max"] = max(jumps)
+            scroll["rows_fetched_total"] = page.evaluate("window.__meridianGrid.rows")
+            result["scroll"] = scroll
+            # 10^6 points.
+            page.click("nav >> text=Plots")
+            page.click("[role=tab]:has-text('Scatter')")
+            page.select_option("select[aria-label='x column']", "ra")
+            t0 = time.perf_counter()
+            page.select_option("select[aria-label='y column']", "dec")
+            page.wait_for_selector("[data-testid=scatter][data-drawn=true]", timeout=600_000)
+            plot = page.evaluate("window.__meridianPlot")
+            result["scatter"] = {"points": plot["points"], "draw_ms": plot["drawMs"],
+                                 "select_to_drawn_s": time.perf_counter() - t0}
+            # Interaction: 30 zoom steps, frame times.
+            box = page.locator("[data-testid=scatter] canvas").bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            t0 = time.perf_counter()
+            for _ in range(30):
+                page.mouse.wheel(0, -120)
+                page.evaluate("new Promise(r => requestAnimationFrame(() => r()))")
+            result["scatter"]["zoom_step_ms"] = (time.perf_counter() - t0) / 30 * 1e3
+            ctx.close()
+            b.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    out = ROOT / "bench" / "results" / time.strftime("portal-%Y%m%dT%H%M%SZ.json", time.gmtime())
+    out.write_text(json.dumps(result, indent=2))
+    fp, sc, pl = result["first_paint"], result["scroll"], result["scatter"]
+    print(f"first contentful paint: best {fp['fcp_best_ms']:.0f} ms, median {fp['fcp_median_ms']:.0f} ms; "
+          f"query page usable: best {fp['usable_best_ms']:.0f} ms, median {fp['usable_median_ms']:.0f} ms")
+    print(f"scroll {sc['rows_in_result']:,} rows: {sc['fps']:.1f} fps, p95 frame {sc['p95_ms']:.1f} ms, "
+          f"{sc['rows_scrolled']:,} rows scrolled past with {sc['rows_fetched']:,} fetched; jump to rows "
+          f"median {sc['jump_to_rows_ms_median']:.0f} ms (max {sc['jump_to_rows_ms_max']:.0f}); "
+          f"{sc['rows_fetched_total']:,} rows fetched in all")
+    print(f"scatter of {pl['points']:,} points: draw {pl['draw_ms']:.0f} ms; from the column choice to "
+          f"the drawn plot {pl['select_to_drawn_s']:.2f} s (fetch included); zoom step "
+          f"{pl['zoom_step_ms']:.0f} ms")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
