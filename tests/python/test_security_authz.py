@@ -206,6 +206,8 @@ READ_ONLY = "catalogs:read"  # the scoped caller's token
 ROUTES = [
     # ---- public: no user's data is reached -------------------------------------------
     Entry("/health", ("GET",), get("/health"), public="liveness answer, no data"),
+    Entry("/", ("GET",), get("/"),
+          public="the web portal's page (its files hold no data; it calls the services above)"),
     Entry("/images/file", ("GET",), get("/images/file", ID="ivo://meridian/images/none?x"),
           public="the files of published image collections, found by their ObsCore DID only"),
     Entry("/images/header", ("GET",), get("/images/header", ID="ivo://meridian/images/none?x"),
@@ -375,6 +377,10 @@ ROUTES = [
     Entry("/tap/async/{id}/results/{name}/window", ("GET",),
           job_get("job_done", "/results/result/window"), touches=("jobs",),
           owner=status_is(200)),
+    Entry("/tap/async/{id}/results/{name}/as", ("GET",),
+          lambda s, c: Call("GET", f"/tap/async/{s.ctx.job_done}/results/result/as",
+                            params={"RESPONSEFORMAT": "csv"}),
+          touches=("jobs",), owner=status_is(200, contains=JOB_MARK)),
     Entry("/tap/async/{id}/results/{name}/stats", ("GET",),
           lambda s, c: Call("GET", f"/tap/async/{s.ctx.job_done}/results/result/stats",
                             params={"COLUMN": JOB_MARK}),

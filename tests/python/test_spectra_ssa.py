@@ -47,6 +47,15 @@ def test_pyvo_ssa_finds_and_fetches_spectra(service):
     # Below the R arm only B contributes: the flux is B's, pixel for pixel.
     first = np.asarray(t["flux"][:100], dtype=np.float32)
     assert any(np.allclose(first, f[:100], rtol=1e-6, atol=1e-7) for f in fluxes_b)
+    # An Arrow IPC stream (the portal's plot) holds the same arrays and the metadata.
+    import pyarrow.ipc as ipc
+    r = requests.get(rec.getdataurl().replace("FORMAT=", "X="), params={"FORMAT": "arrow"})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/vnd.apache.arrow.stream"
+    a = ipc.open_stream(r.content).read_all()
+    np.testing.assert_array_equal(a["wavelength"].to_numpy(), np.asarray(t["wavelength"], dtype=float))
+    np.testing.assert_array_equal(a["flux"].to_numpy(), np.asarray(t["flux"], dtype=np.float32))
+    assert a.schema.field("wavelength").metadata[b"unit"] == b"Angstrom"
+    assert a.schema.metadata[b"did"].startswith(b"ivo://") and b"ra" in a.schema.metadata
     # FITS through the same service.
     fres = ssa.search(pos=(217.0, 3.27), diameter=0.3, format="fits")
     with fits.open(fres[0].getdataurl()) as h:
