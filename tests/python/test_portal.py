@@ -435,10 +435,19 @@ def test_sky_view_shows_the_hips_the_rows_mocs_and_footprints(page, server):
         page.click("button:has-text('Image footprints')")
     page.wait_for_function("window.__meridianSky.footprints > 0")
     shot(page, "sky")
-    # Clicking a source selects its row.
-    c = page.evaluate("""() => { const a = window.__meridianSky.aladin;
-        const [ra, dec] = a.getRaDec(); return a.world2pix(ra, dec); }""")
-    assert c
+    # Clicking a source opens its row: the brightest row, where Aladin draws it.
+    first = tap_csv(server, "SELECT TOP 1 objectId, ra, dec FROM demo_object ORDER BY g_mag")
+    page.evaluate(f"window.__meridianSky.aladin.gotoRaDec({first.ra[0]}, {first.dec[0]})")
+    page.evaluate("window.__meridianSky.aladin.setFoV(0.5)")
+    page.wait_for_timeout(800)
+    x, y = page.evaluate(f"window.__meridianSky.aladin.world2pix({first.ra[0]}, {first.dec[0]})")
+    box = page.locator("[data-testid=aladin]").bounding_box()
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.click("nav >> text=Results")
+    detail = page.locator("aside[aria-label='Selected row']")
+    detail.wait_for(timeout=10000)
+    page.wait_for_function("document.querySelector(\"aside[aria-label='Selected row'] dl\")")
+    assert str(int(first.objectId[0])) in detail.locator("dl").inner_text()
 
 
 def test_row_details_show_images_cutouts_and_spectra(page, server):
@@ -505,6 +514,17 @@ def test_your_data_login_mydb_and_files(page, server, tmp_path):
     page.locator(".cm-content").click()
     page.keyboard.press("Control+Enter")
     page.wait_for_function("document.querySelector('[data-testid=row-count]')?.textContent === '3'", timeout=30000)
+    # A result saved to MyDB from the grid.
+    run_query(page, "SELECT objectId, ra, dec FROM demo_object WHERE g_mag < 19")
+    want = len(tap_csv(server, "SELECT objectId FROM demo_object WHERE g_mag < 19"))
+    page.click("summary:has-text('Save…')")
+    page.fill("input[aria-label='MyDB table name']", "bright")
+    page.click(".panel button:has-text('Save')")
+    msg = page.locator("[data-testid=save-message]")
+    msg.wait_for(timeout=30000)
+    assert f"{want} rows" in msg.inner_text(), msg.inner_text()
+    page.click("nav >> text=Your data")
+    tables.locator("code:has-text('bright')").wait_for()
     # Files: upload with progress, list, public link, move, delete.
     page.click("nav >> text=Your data")
     f = tmp_path / "notes.txt"
