@@ -168,3 +168,20 @@ def storage_get(sess, base, name):
     bytes fetched from the transfer URL it gives."""
     r = sess.get(f"{base}/storage/get", params={"name": name})
     return r if r.status_code != 200 else requests.get(r.text)
+
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (no browser is downloaded), with software
+    WebGL, and no host name resolving but loopback: a request that tries to leave the
+    machine fails, and the tests see it."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
+        yield b
+        b.close()

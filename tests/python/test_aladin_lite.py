@@ -23,7 +23,6 @@ from conftest import SHARED, Server, meridian_bin
 
 warnings.simplefilter("ignore")
 BROWSER = Path(__file__).resolve().parents[1] / "browser"
-CHROMIUM = "/usr/lib/chromium/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +55,6 @@ def page_server():
     t.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
-            # Belt and braces: no name but loopback resolves.
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
-        yield b
-        b.close()
 
 
 def show(browser, page_server, meridian, **query):

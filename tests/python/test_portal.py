@@ -10,10 +10,7 @@ $MERIDIAN_TEST_ARTIFACTS)."""
 import io
 import os
 import re
-import shutil
-import subprocess
 import time
-import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -22,10 +19,9 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import Server, add_users, meridian_bin, personal_env, run
+from conftest import Server, add_users, personal_env, run
 
 warnings.simplefilter("ignore")
-CHROMIUM = "/usr/lib/chromium/chromium"
 ARTIFACTS = Path(os.environ.get("MERIDIAN_TEST_ARTIFACTS",
                                 Path(__file__).resolve().parents[1] / "artifacts")) / "portal"
 OUTSIDE = []
@@ -52,18 +48,6 @@ def server(data):
         yield s.url.removesuffix("/tap") + "/"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
-            # No name but loopback resolves: a request that tries to leave fails, and is seen.
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser, server):
     ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
@@ -83,6 +67,14 @@ def page(browser, server):
     yield p
     assert not errors, errors
     ctx.close()
+
+
+def login(page, user="ada"):
+    page.click("nav >> text=Your data")
+    page.fill("input[autocomplete=username]", user)
+    page.fill("input[type=password]", f"{user}-password")
+    page.click("form button[type=submit]")
+    page.wait_for_selector("[data-testid=user]")
 
 
 def shot(page, name):
@@ -554,11 +546,7 @@ def test_your_data_login_mydb_and_files(page, server, tmp_path):
 
 def test_lost_login_too_large_and_lost_connection_have_clear_states(page, server, data):
     # An expired login: the token is revoked behind the page's back.
-    page.click("nav >> text=Your data")
-    page.fill("input[autocomplete=username]", "ada")
-    page.fill("input[type=password]", "ada-password")
-    page.click("form button[type=submit]")
-    page.wait_for_selector("[data-testid=user]")
+    login(page)
     cookie = next(c for c in page.context.cookies() if c["value"])
     requests.post(server + "api/auth/logout", headers={"Authorization": f"Bearer {cookie['value']}"})
     page.click("nav >> text=Query")
