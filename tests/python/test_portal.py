@@ -49,7 +49,7 @@ def server(data):
 
 
 @pytest.fixture
-def page(browser, server):
+def page(browser, server, request):
     ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     errors = []
 
@@ -65,6 +65,8 @@ def page(browser, server):
     p.wait_for_selector("text=Tables")
     p.wait_for_selector("button.name:has-text('demo_object')")
     yield p
+    # The page as the test left it (kept with the screenshots: a failure's last state).
+    shot(p, f"last-{request.node.name}")
     assert not errors, errors
     ctx.close()
 

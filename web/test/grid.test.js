@@ -1,5 +1,5 @@
 import { describe, expect, test } from "vitest";
-import { pagesFor, PageCache, parseColumnFilter, cycleSort, windowParams, formatValue, PAGE_ROWS } from "../src/lib/grid.js";
+import { pagesFor, PageCache, parseColumnFilter, cycleSort, windowParams, formatValue, PAGE_ROWS, virtualRows } from "../src/lib/grid.js";
 
 describe("windows of rows", () => {
   test("cover what is on screen, and no more than a page around it", () => {
@@ -69,5 +69,28 @@ describe("values", () => {
     expect(formatValue(null)).toBe("");
     expect(formatValue(42)).toBe("42");
     expect(formatValue([1, 2.5])).toBe("[1, 2.5]");
+  });
+});
+
+describe("virtual rows", () => {
+  test("below the cap, rows sit at their own place", () => {
+    const v = virtualRows({ scrollTop: 2400, viewport: 240, total: 1000, rowH: 24, overscan: 2 });
+    expect(v.height).toBe(24000);
+    expect(v.items[0]).toEqual({ index: 98, start: 98 * 24 });
+    expect(v.items.at(-1).index).toBe(100 + 10 + 2);
+  });
+  test("beyond the cap, every row is reachable, the last at the bottom", () => {
+    const total = 50_000_000;
+    const top = virtualRows({ scrollTop: 0, viewport: 600, total, rowH: 24, overscan: 0, maxPx: 8_000_000 });
+    expect(top.height).toBe(8_000_000);
+    expect(top.items[0]).toEqual({ index: 0, start: 0 });
+    const end = virtualRows({ scrollTop: 8_000_000 - 600, viewport: 600, total, rowH: 24, overscan: 0, maxPx: 8_000_000 });
+    expect(end.items.at(-1).index).toBe(total - 1);
+    expect(end.items.at(-1).start + 24).toBeLessThanOrEqual(8_000_000);
+    const mid = virtualRows({ scrollTop: (8_000_000 - 600) / 2, viewport: 600, total, rowH: 24, overscan: 0, maxPx: 8_000_000 });
+    expect(Math.abs(mid.items[0].index - (total - 25) / 2)).toBeLessThan(2);
+  });
+  test("an empty result draws nothing", () => {
+    expect(virtualRows({ scrollTop: 0, viewport: 600, total: 0, rowH: 24 }).items).toEqual([]);
   });
 });

@@ -15,6 +15,41 @@ export function pagesFor(first, last, total, ahead = 1, pageRows = PAGE_ROWS) {
   return out;
 }
 
+/**
+ * Browsers lose precision (and Chromium stops) beyond about 16 million pixels of scroll
+ * height: above this the scroll bar stands for the rows in proportion.
+ */
+export const MAX_SCROLL_PX = 8_000_000;
+
+/**
+ * The rows to draw for a scroll position, rows of `rowH` pixels in a rows area of
+ * `viewport` pixels: `{ height, items: [{ index, start }] }` with `start` in pixels from
+ * the top of the rows' box. Up to `maxPx` the rows sit at their own place; beyond, the
+ * scroll position picks a row in proportion and the rows are drawn from the top of the
+ * view, so any number of rows can be reached.
+ */
+export function virtualRows({ scrollTop, viewport, total, rowH, overscan = 8, maxPx = MAX_SCROLL_PX }) {
+  const full = total * rowH;
+  const height = Math.min(full, maxPx);
+  const visible = Math.max(1, Math.floor(viewport / rowH));
+  let first;
+  let offset;
+  if (full <= maxPx) {
+    first = Math.floor(Math.max(0, scrollTop) / rowH);
+    offset = first * rowH;
+  } else {
+    const frac = Math.min(1, Math.max(0, scrollTop / Math.max(1, height - viewport)));
+    first = Math.round(frac * Math.max(0, total - visible));
+    offset = Math.max(0, scrollTop);
+  }
+  const items = [];
+  if (total <= 0) return { height, items };
+  const a = Math.max(0, first - overscan);
+  const b = Math.min(total - 1, first + visible + overscan);
+  for (let i = a; i <= b; i++) items.push({ index: i, start: offset + (i - first) * rowH });
+  return { height, items };
+}
+
 /** A least-recently-used cache of pages (page number -> rows). */
 export class PageCache {
   constructor(capacity = 40) {
