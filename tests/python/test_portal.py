@@ -299,6 +299,14 @@ def test_the_grid_sorts_filters_and_pages_on_the_server(page, server):
     first = page.eval_on_selector(".row", "r => Number(r.getAttribute('aria-rowindex'))")
     assert first > len(whole) * 0.7
     assert page.evaluate("window.__meridianGrid.rows") - before <= 800
+    # The keyboard: End goes to the last row, Enter opens it.
+    page.focus(".scroller")
+    page.keyboard.press("End")
+    page.wait_for_function(f"document.querySelector('.row.cur')?.getAttribute('aria-rowindex') === '{len(whole)}'")
+    page.wait_for_selector(".row.cur .cell[role=gridcell]:not(.placeholder)")
+    page.keyboard.press("Enter")
+    page.locator("aside[aria-label='Selected row']").wait_for()
+    page.click("button[aria-label='Close row details']")
     # Column statistics equal numpy's.
     page.click("button[aria-label='Statistics of phot_g_mean_mag']")
     stats = page.locator("[data-testid=column-stats]")
