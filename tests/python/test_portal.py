@@ -441,10 +441,13 @@ def test_sky_view_shows_the_hips_the_rows_mocs_and_footprints(page, server):
     first = tap_csv(server, "SELECT TOP 1 objectId, ra, dec FROM demo_object ORDER BY g_mag")
     page.evaluate(f"window.__meridianSky.aladin.gotoRaDec({first.ra[0]}, {first.dec[0]})")
     page.evaluate("window.__meridianSky.aladin.setFoV(0.5)")
-    page.wait_for_timeout(800)
-    x, y = page.evaluate(f"window.__meridianSky.aladin.world2pix({first.ra[0]}, {first.dec[0]})")
     box = page.locator("[data-testid=aladin]").bounding_box()
-    page.mouse.click(box["x"] + x, box["y"] + y)
+    for _ in range(10):
+        page.wait_for_timeout(500)
+        x, y = page.evaluate(f"window.__meridianSky.aladin.world2pix({first.ra[0]}, {first.dec[0]})")
+        page.mouse.click(box["x"] + x, box["y"] + y)
+        if page.evaluate("window.__meridianSky.clicked !== undefined"):
+            break
     page.click("nav >> text=Results")
     detail = page.locator("aside[aria-label='Selected row']")
     detail.wait_for(timeout=10000)

@@ -312,6 +312,9 @@ ROUTES = [
     Entry("/tap/async", ("GET",), get("/tap/async"), touches=("jobs",),
           modes={ANON: OWN, BOB: OWN, XSITE: OWN},
           owner=status_is(200, contains=lambda s: s.ctx.job_pending)),
+    Entry("/api/jobs", ("GET",), get("/api/jobs"), touches=("jobs",),
+          modes={ANON: OWN, BOB: OWN, XSITE: OWN},
+          owner=status_is(200, contains=lambda s: s.ctx.job_pending)),
     Entry("/tap/async", ("POST",),
           lambda s, c: Call("POST", "/tap/async", data={
               "LANG": "ADQL", "QUERY": "SELECT TOP 1 source_id FROM gaia"}),

@@ -389,6 +389,7 @@ pub fn router(state: AppState) -> Router {
         .merge(job)
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/whoami", get(auth::whoami))
+        .route("/api/jobs", get(uws::list_json))
         .route("/storage/{call}", get(storage::call))
         .route("/api/groups", get(groups::list).post(groups::create))
         .route(

@@ -207,23 +207,6 @@ fn job_xml(job: &Job, url: &str) -> String {
             xml_escape(&e.message)
         );
     }
-    // The rows of each table result, for clients that list jobs (the portal): UWS lets
-    // jobInfo hold elements of other namespaces.
-    let rows: Vec<(&str, u64)> = job
-        .results
-        .iter()
-        .filter_map(|r| Some((r.id.as_str(), r.rows?)))
-        .collect();
-    if job.phase == Phase::Completed && !rows.is_empty() {
-        o += "  <uws:jobInfo>\n";
-        for (id, n) in rows {
-            o += &format!(
-                "    <m:rows xmlns:m=\"urn:meridian:uws\" result=\"{}\">{n}</m:rows>\n",
-                xml_escape(id)
-            );
-        }
-        o += "  </uws:jobInfo>\n";
-    }
     o += "</uws:job>\n";
     o
 }
@@ -345,13 +328,8 @@ pub(crate) fn new_job(
     })?)
 }
 
-/// `GET /tap/async`: the caller's jobs, filtered by PHASE (repeatable), AFTER and LAST.
-pub async fn list(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    req: DaliRequest,
-) -> Result<Response> {
+/// The caller's jobs a list request asks for: PHASE (any number), AFTER and LAST.
+fn list_filter(caller: &Caller, req: &DaliRequest) -> Result<ListFilter> {
     let mut filter = ListFilter {
         owner: Some(caller.user()?.map(str::to_string)),
         ..ListFilter::default()
@@ -377,6 +355,55 @@ pub async fn list(
                 .ok_or_else(|| Error::Usage(format!("LAST '{n}' is not a positive integer")))?,
         );
     }
+    Ok(filter)
+}
+
+/// `GET /api/jobs` (PHASE, AFTER, LAST as for the UWS list): the caller's jobs in one JSON
+/// document, with what a person looks for in a list (phase, times, query, rows, error),
+/// so that a client does not fetch every job's document.
+pub async fn list_json(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    req: DaliRequest,
+) -> Result<Response> {
+    let filter = list_filter(&caller, &req)?;
+    let time = |t: Option<i64>| t.map(format_time);
+    let jobs: Vec<serde_json::Value> = state
+        .jobs
+        .list(&filter)?
+        .into_iter()
+        .map(|job| {
+            serde_json::json!({
+                "id": job.id,
+                "runId": job.run_id,
+                "phase": job.phase.as_str(),
+                "created": format_time(job.creation_ms),
+                "started": time(job.start_ms),
+                "ended": time(job.end_ms),
+                "query": job.parameter("QUERY"),
+                "lang": job.parameter("LANG"),
+                "maxrec": job.parameter("MAXREC"),
+                "error": job.error.as_ref().map(|e| e.message.clone()),
+                "results": job.results.iter().map(|r| serde_json::json!({
+                    "id": r.id,
+                    "size": r.size_bytes,
+                    "mime": r.mime_type,
+                    "rows": r.rows,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(jobs).into_response())
+}
+
+/// `GET /tap/async`: the caller's jobs, filtered by PHASE (repeatable), AFTER and LAST.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    req: DaliRequest,
+) -> Result<Response> {
+    let filter = list_filter(&caller, &req)?;
     let url = jobs_url(&state, &headers);
     let mut o = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<uws:jobs {UWS_NS} version=\"1.1\">\n"

@@ -1,7 +1,7 @@
 // Running queries as UWS jobs: the grid reads windows of a job's result, so that a result
 // of any size stays on the server.
-import { postForm, request, getText, arrowTable, ServiceError } from "./api.js";
-import { parseJob, parseJobList, ACTIVE } from "./uws.js";
+import { postForm, request, getText, getJson, arrowTable, ServiceError } from "./api.js";
+import { parseJob, ACTIVE } from "./uws.js";
 
 /** Creates and starts a job; returns the job. */
 export async function submit({ query, lang = "ADQL", maxrec, runId = "portal" }) {
@@ -38,12 +38,16 @@ export async function deleteJob(id) {
   await request(`tap/async/${encodeURIComponent(id)}`, { method: "DELETE" });
 }
 
-/** The caller's latest jobs, with their details. */
+/** The caller's latest jobs (one JSON document: phase, times, query, rows, error). */
 export async function listJobs(last = 50) {
-  const refs = parseJobList(await getText(`tap/async?LAST=${last}`));
-  const jobs = await Promise.all(refs.map((r) => getJob(r.id).catch(() => ({ ...r, parameters: {}, results: [], rows: {} }))));
-  jobs.sort((a, b) => String(b.created ?? "").localeCompare(String(a.created ?? "")));
-  return jobs;
+  const jobs = await getJson(`api/jobs?LAST=${last}`);
+  return jobs
+    .map((j) => ({
+      ...j,
+      parameters: { query: j.query ?? "", lang: j.lang ?? "ADQL", maxrec: j.maxrec ?? undefined },
+      rows: Object.fromEntries((j.results ?? []).filter((r) => r.rows != null).map((r) => [r.id, r.rows])),
+    }))
+    .sort((a, b) => String(b.created ?? "").localeCompare(String(a.created ?? "")));
 }
 
 export function resultUrl(jobId, resultId = "result") {

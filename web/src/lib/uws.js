@@ -21,8 +21,6 @@ export function parseJob(xml, parser = new DOMParser()) {
       mime: r.getAttribute("mime-type"),
     });
   }
-  const rows = {};
-  for (const r of job.getElementsByTagNameNS("urn:meridian:uws", "rows")) rows[r.getAttribute("result")] = Number(r.textContent);
   const error = job.getElementsByTagNameNS(UWS, "message")[0]?.textContent?.trim() ?? null;
   return {
     id: text(job, "jobId"),
@@ -34,19 +32,8 @@ export function parseJob(xml, parser = new DOMParser()) {
     ended: text(job, "endTime"),
     parameters,
     results,
-    rows,
     error,
   };
-}
-
-export function parseJobList(xml, parser = new DOMParser()) {
-  const doc = parser.parseFromString(xml, "application/xml");
-  return Array.from(doc.getElementsByTagNameNS(UWS, "jobref")).map((r) => ({
-    id: r.getAttribute("id"),
-    phase: text(r, "phase"),
-    runId: text(r, "runId"),
-    created: text(r, "creationTime"),
-  }));
 }
 
 export const ACTIVE = new Set(["PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED"]);
