@@ -16,10 +16,11 @@ Measurements:
   first-contentful-paint, and the time until the query page is usable (the editor and the
   schema browser's tables shown), best and median of --repeat;
 - scroll: the whole table as a result (`SELECT * FROM bench_object`, run from the page),
-  then the grid scrolled by requestAnimationFrame steps of 40 rows a frame for 5 s, and
-  by jumps to 20 random places; frames per second and the 95th percentile frame time
-  while scrolling, rows fetched against rows in the result, and the time from a jump to
-  its rows on screen;
+  then the grid scrolled by requestAnimationFrame steps of 3, 10 and 40 rows a frame
+  (a brisk wheel, a fling, faster than any reading) for 4 s each, and by jumps to 20
+  places; frames per second (beside the page's idle frame rate) and the 95th percentile
+  frame time while scrolling, rows fetched against rows scrolled past, and the time from a
+  jump to its rows on screen;
 - scatter: the Plots page drawing ra against dec of every row: the time from the click
   to the drawn plot (fetching three columns of 10^6 rows included) and the draw alone.
 
@@ -90,6 +91,16 @@ SCROLL = """async ([rowsPerFrame, seconds]) => {
   return { frames: frames.length, fps: frames.length / (total / 1000),
            p95_ms: frames[Math.floor(frames.length * 0.95)], max_ms: frames[frames.length - 1],
            rows_scrolled: firstRow() - startRow, rows_fetched: window.__meridianGrid.rows - before };
+}"""
+
+IDLE = """async (seconds) => {
+  let frames = 0;
+  const end = performance.now() + seconds * 1000;
+  await new Promise((done) => {
+    function step(now) { frames += 1; if (now < end) requestAnimationFrame(step); else done(); }
+    requestAnimationFrame(step);
+  });
+  return frames / seconds;
 }"""
 
 JUMP = """async (fraction) => {
@@ -172,9 +183,12 @@ def main():
             result["query_to_grid_s"] = time.perf_counter() - t0
             total = int(page.inner_text("[data-testid=row-count]").replace(",", ""))
             assert total == args.rows, total
-            page.evaluate(SCROLL, [40, 1])  # warm-up
-            scroll = page.evaluate(SCROLL, [40, 5])
-            scroll["rows_in_result"] = total
+            page.evaluate(SCROLL, [3, 1])  # warm-up
+            scroll = {"rows_in_result": total, "idle_fps": page.evaluate(IDLE, 2)}
+            for speed in (3, 10, 40):
+                page.evaluate("document.querySelector('.scroller').scrollTop = 0")
+                page.wait_for_timeout(300)
+                scroll[f"{speed}_rows_per_frame"] = page.evaluate(SCROLL, [speed, 4])
             jumps = [page.evaluate(JUMP, f) for f in [0.05 * i for i in range(1, 20)] + [0.999]]
             scroll["jump_to_rows_ms_median"] = statistics.median(jumps)
             scroll["jump_to_rows_ms_max"] = max(jumps)
@@ -208,10 +222,13 @@ def main():
     fp, sc, pl = result["first_paint"], result["scroll"], result["scatter"]
     print(f"first contentful paint: best {fp['fcp_best_ms']:.0f} ms, median {fp['fcp_median_ms']:.0f} ms; "
           f"query page usable: best {fp['usable_best_ms']:.0f} ms, median {fp['usable_median_ms']:.0f} ms")
-    print(f"scroll {sc['rows_in_result']:,} rows: {sc['fps']:.1f} fps, p95 frame {sc['p95_ms']:.1f} ms, "
-          f"{sc['rows_scrolled']:,} rows scrolled past with {sc['rows_fetched']:,} fetched; jump to rows "
-          f"median {sc['jump_to_rows_ms_median']:.0f} ms (max {sc['jump_to_rows_ms_max']:.0f}); "
-          f"{sc['rows_fetched_total']:,} rows fetched in all")
+    print(f"scroll {sc['rows_in_result']:,} rows (the page idles at {sc['idle_fps']:.0f} frames/s):")
+    for speed in (3, 10, 40):
+        m = sc[f"{speed}_rows_per_frame"]
+        print(f"  {speed} rows a frame: {m['fps']:.1f} fps, p95 frame {m['p95_ms']:.1f} ms, "
+              f"{m['rows_scrolled']:,} rows scrolled past with {m['rows_fetched']:,} fetched")
+    print(f"  jump to rows: median {sc['jump_to_rows_ms_median']:.0f} ms (max "
+          f"{sc['jump_to_rows_ms_max']:.0f}); {sc['rows_fetched_total']:,} rows fetched in all")
     print(f"scatter of {pl['points']:,} points: draw {pl['draw_ms']:.0f} ms; from the column choice to "
           f"the drawn plot {pl['select_to_drawn_s']:.2f} s (fetch included); zoom step "
           f"{pl['zoom_step_ms']:.0f} ms")

