@@ -40,28 +40,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from images import meridian_bin  # noqa: E402
+from images import Server, meridian_bin  # noqa: E402
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 
 
 def sh(*cmd, **kw):
     return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, **kw)
-
-
-def serve(binary, data):
-    p = subprocess.Popen([binary, "--data-dir", str(data), "serve", "--addr", "127.0.0.1:0"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "MERIDIAN_JOBS__DIR": str(data / "jobs")})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = p.stderr.readline()
-        m = re.search(r"TAP service: (http://\S+)", line)
-        if m:
-            import threading
-            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
-            return p, m.group(1).removesuffix("/tap") + "/"
-    raise SystemExit("meridian serve did not start")
 
 
 SCROLL = """async ([rowsPerFrame, seconds]) => {
@@ -139,7 +124,8 @@ def main():
            "--seed", 1, "--objects", args.rows, "--profile", "narrow")
         files = sorted((work / f"survey-{args.rows}").glob("object-*.parquet"))
         sh(binary, "--quiet", "--data-dir", data, "ingest", "bench_object", *files)
-    proc, base = serve(binary, data)
+    srv = Server(binary, data, env={"MERIDIAN_JOBS__DIR": str(data / "jobs")})
+    base = srv.url + "/"
     from playwright.sync_api import sync_playwright
     try:
         with sync_playwright() as p:
@@ -215,8 +201,7 @@ def main():
             ctx.close()
             b.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        srv.close()
     out = ROOT / "bench" / "results" / time.strftime("portal-%Y%m%dT%H%M%SZ.json", time.gmtime())
     out.write_text(json.dumps(result, indent=2))
     fp, sc, pl = result["first_paint"], result["scroll"], result["scatter"]

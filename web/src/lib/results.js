@@ -2,6 +2,7 @@
 import { app, describeColumn } from "./state.svelte.js";
 import { fetchWindow } from "./jobs.js";
 import { windowParams } from "./grid.js";
+import { selectionFilter } from "./plot.js";
 
 /** Shows job `job`'s result (`result`) in the grid. */
 export async function openJob(job, resultId = "result") {
@@ -32,6 +33,8 @@ export async function openJob(job, resultId = "result") {
 export function currentFilters() {
   const out = [];
   for (const v of Object.values(app.filters)) out.push(...(v.filters ?? []));
-  if (app.selectionOnly && app.selection.rows.length) out.push(`_row:in:${app.selection.rows.join(",")}`);
+  // The server bounds the list and says so.
+  const selected = app.selectionOnly ? selectionFilter(app.selection.rows, Infinity) : null;
+  if (selected) out.push(selected);
   return out;
 }
