@@ -20,9 +20,14 @@ Measurements:
   (a brisk wheel, a fling, faster than any reading) for 4 s each, and by jumps to 20
   places; frames per second (beside the page's idle frame rate) and the 95th percentile
   frame time while scrolling, rows fetched against rows scrolled past, and the time from a
-  jump to its rows on screen;
+  jump to its rows on screen. Twice: in Chromium without a GPU (`--disable-gpu`: CPU
+  raster and the software compositor, the closest headless stand-in for a browser whose
+  GPU composites) and in Chromium compositing through SwiftShader's emulated GL (as the
+  WebGL plots need here), where the emulation, not the page, sets the pace;
 - scatter: the Plots page drawing ra against dec of every row: the time from the click
-  to the drawn plot (fetching three columns of 10^6 rows included) and the draw alone.
+  to the drawn plot (fetching three columns of 10^6 rows included), the draw alone, the
+  share of the plot's pixels inked (the points must show, not only be drawn), and a zoom
+  step.
 
 Results go to bench/results/portal-<time>.json with the machine description.
 """
@@ -32,6 +37,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,7 +57,8 @@ def sh(*cmd, **kw):
 
 SCROLL = """async ([rowsPerFrame, seconds]) => {
   const s = document.querySelector('.scroller');
-  const firstRow = () => Number(document.querySelector('.row')?.getAttribute('aria-rowindex') ?? 0);
+  const firstRow = () => Math.min(...Array.from(document.querySelectorAll('.row:not([hidden])'),
+                                                 (r) => Number(r.getAttribute('aria-rowindex'))));
   const times = [];
   const before = window.__meridianGrid.rows;
   const startRow = firstRow();
@@ -90,20 +97,64 @@ IDLE = """async (seconds) => {
 
 JUMP = """async (fraction) => {
   const s = document.querySelector('.scroller');
+  // The grid recycles row elements: the first row is the lowest aria-rowindex.
+  const firstRow = () => Math.min(...Array.from(document.querySelectorAll('.row:not([hidden])'),
+                                                 (r) => Number(r.getAttribute('aria-rowindex'))));
   const t0 = performance.now();
-  const before = document.querySelector('.row')?.getAttribute('aria-rowindex');
+  const before = firstRow();
   s.scrollTop = (s.scrollHeight - s.clientHeight) * fraction;
   // Until the rows drawn there are the new ones, all of them loaded.
   await new Promise((done) => {
     function check() {
-      const first = document.querySelector('.row')?.getAttribute('aria-rowindex');
-      if (first !== before && !document.querySelector('.row .placeholder')) done();
+      if (firstRow() !== before && !document.querySelector('.row:not([hidden]) .placeholder')) done();
       else requestAnimationFrame(check);
     }
     requestAnimationFrame(check);
   });
   return performance.now() - t0;
 }"""
+
+
+def open_result(browser, base, rows):
+    """A page showing the whole table as a result; (context, page, seconds to the grid)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = ctx.new_page()
+    page.goto(base)
+    page.wait_for_selector("button.name:has-text('bench_object')")
+    page.fill("input[aria-label='Row limit (MAXREC)']", str(rows + 1))
+    page.locator(".cm-content").click()
+    page.keyboard.type("SELECT * FROM bench_object")
+    page.keyboard.press("Escape")
+    t0 = time.perf_counter()
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(".row .cell[role=gridcell]:not(.placeholder)", timeout=600_000)
+    seconds = time.perf_counter() - t0
+    total = int(page.inner_text("[data-testid=row-count]").replace(",", ""))
+    assert total == rows, total
+    return ctx, page, seconds
+
+
+def measure_scroll(page):
+    page.evaluate(SCROLL, [3, 1])  # warm-up
+    scroll = {"idle_fps": page.evaluate(IDLE, 2)}
+    for speed in (3, 10, 40):
+        page.evaluate("document.querySelector('.scroller').scrollTop = 0")
+        page.wait_for_timeout(300)
+        scroll[f"{speed}_rows_per_frame"] = page.evaluate(SCROLL, [speed, 4])
+    jumps = [page.evaluate(JUMP, f) for f in [0.05 * i for i in range(1, 20)] + [0.999]]
+    scroll["jump_to_rows_ms_median"] = statistics.median(jumps)
+    scroll["jump_to_rows_ms_max"] = max(jumps)
+    scroll["rows_fetched_total"] = page.evaluate("window.__meridianGrid.rows")
+    return scroll
+
+
+def inked(page):
+    """The fraction of the scatter plot's pixels that are not its white background."""
+    from io import BytesIO
+    from PIL import Image
+    img = Image.open(BytesIO(page.locator("[data-testid=scatter] canvas").screenshot())).convert("L")
+    hist = img.histogram()
+    return 1 - sum(hist[245:]) / sum(hist)
 
 
 def main():
@@ -124,7 +175,11 @@ def main():
            "--seed", 1, "--objects", args.rows, "--profile", "narrow")
         files = sorted((work / f"survey-{args.rows}").glob("object-*.parquet"))
         sh(binary, "--quiet", "--data-dir", data, "ingest", "bench_object", *files)
-    srv = Server(binary, data, env={"MERIDIAN_JOBS__DIR": str(data / "jobs")})
+    # Each run's jobs in a directory of their own: results of earlier runs would count
+    # against the anonymous client's storage quota.
+    jobs = work / "jobs"
+    shutil.rmtree(jobs, ignore_errors=True)
+    srv = Server(binary, data, env={"MERIDIAN_JOBS__DIR": str(jobs)})
     base = srv.url + "/"
     from playwright.sync_api import sync_playwright
     try:
@@ -154,32 +209,16 @@ def main():
                                      "fcp_best_ms": min(fcp), "fcp_median_ms": statistics.median(fcp),
                                      "usable_best_ms": min(usable),
                                      "usable_median_ms": statistics.median(usable)}
-            # The whole table as a result, then scrolling.
-            ctx = b.new_context(viewport={"width": 1280, "height": 800})
-            page = ctx.new_page()
-            page.goto(base)
-            page.wait_for_selector("button.name:has-text('bench_object')")
-            page.fill("input[aria-label='Row limit (MAXREC)']", str(args.rows + 1))
-            page.locator(".cm-content").click()
-            page.keyboard.type("SELECT * FROM bench_object")
-            page.keyboard.press("Escape")
-            t0 = time.perf_counter()
-            page.keyboard.press("Control+Enter")
-            page.wait_for_selector(".row .cell[role=gridcell]:not(.placeholder)", timeout=600_000)
-            result["query_to_grid_s"] = time.perf_counter() - t0
-            total = int(page.inner_text("[data-testid=row-count]").replace(",", ""))
-            assert total == args.rows, total
-            page.evaluate(SCROLL, [3, 1])  # warm-up
-            scroll = {"rows_in_result": total, "idle_fps": page.evaluate(IDLE, 2)}
-            for speed in (3, 10, 40):
-                page.evaluate("document.querySelector('.scroller').scrollTop = 0")
-                page.wait_for_timeout(300)
-                scroll[f"{speed}_rows_per_frame"] = page.evaluate(SCROLL, [speed, 4])
-            jumps = [page.evaluate(JUMP, f) for f in [0.05 * i for i in range(1, 20)] + [0.999]]
-            scroll["jump_to_rows_ms_median"] = statistics.median(jumps)
-            scroll["jump_to_rows_ms_max"] = max(jumps)
-            scroll["rows_fetched_total"] = page.evaluate("window.__meridianGrid.rows")
-            result["scroll"] = scroll
+            # The whole table as a result, then scrolling: in this browser (compositing
+            # through SwiftShader's GL, which WebGL needs) and in one without a GPU
+            # (Chromium's CPU raster and software compositor, as where no GPU is usable).
+            cpu = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
+            ctx, page, result["query_to_grid_s"] = open_result(cpu, base, args.rows)
+            result["scroll"] = {"cpu_compositing": measure_scroll(page)}
+            ctx.close()
+            cpu.close()
+            ctx, page, _ = open_result(b, base, args.rows)
+            result["scroll"]["swiftshader"] = measure_scroll(page)
             # 10^6 points.
             page.click("nav >> text=Plots")
             page.click("[role=tab]:has-text('Scatter')")
@@ -189,7 +228,11 @@ def main():
             page.wait_for_selector("[data-testid=scatter][data-drawn=true]", timeout=600_000)
             plot = page.evaluate("window.__meridianPlot")
             result["scatter"] = {"points": plot["points"], "draw_ms": plot["drawMs"],
-                                 "select_to_drawn_s": time.perf_counter() - t0}
+                                 "select_to_drawn_s": time.perf_counter() - t0,
+                                 "inked_fraction": inked(page)}
+            # Drawn is not enough: the points must show (a million faint points once
+            # vanished when alpha blending was off).
+            assert result["scatter"]["inked_fraction"] > 0.3, result["scatter"]
             # Interaction: 30 zoom steps, frame times.
             box = page.locator("[data-testid=scatter] canvas").bounding_box()
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
@@ -207,13 +250,14 @@ def main():
     fp, sc, pl = result["first_paint"], result["scroll"], result["scatter"]
     print(f"first contentful paint: best {fp['fcp_best_ms']:.0f} ms, median {fp['fcp_median_ms']:.0f} ms; "
           f"query page usable: best {fp['usable_best_ms']:.0f} ms, median {fp['usable_median_ms']:.0f} ms")
-    print(f"scroll {sc['rows_in_result']:,} rows (the page idles at {sc['idle_fps']:.0f} frames/s):")
-    for speed in (3, 10, 40):
-        m = sc[f"{speed}_rows_per_frame"]
-        print(f"  {speed} rows a frame: {m['fps']:.1f} fps, p95 frame {m['p95_ms']:.1f} ms, "
-              f"{m['rows_scrolled']:,} rows scrolled past with {m['rows_fetched']:,} fetched")
-    print(f"  jump to rows: median {sc['jump_to_rows_ms_median']:.0f} ms (max "
-          f"{sc['jump_to_rows_ms_max']:.0f}); {sc['rows_fetched_total']:,} rows fetched in all")
+    for name, m in sc.items():
+        print(f"scroll {args.rows:,} rows, {name.replace('_', ' ')} (the page idles at {m['idle_fps']:.0f} frames/s):")
+        for speed in (3, 10, 40):
+            f = m[f"{speed}_rows_per_frame"]
+            print(f"  {speed} rows a frame: {f['fps']:.1f} fps, p95 frame {f['p95_ms']:.1f} ms, "
+                  f"{f['rows_scrolled']:,} rows scrolled past with {f['rows_fetched']:,} fetched")
+        print(f"  jump to rows: median {m['jump_to_rows_ms_median']:.0f} ms (max "
+              f"{m['jump_to_rows_ms_max']:.0f}); {m['rows_fetched_total']:,} rows fetched in all")
     print(f"scatter of {pl['points']:,} points: draw {pl['draw_ms']:.0f} ms; from the column choice to "
           f"the drawn plot {pl['select_to_drawn_s']:.2f} s (fetch included); zoom step "
           f"{pl['zoom_step_ms']:.0f} ms")

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "vitest";
-import { pagesFor, PageCache, parseColumnFilter, cycleSort, windowParams, formatValue, PAGE_ROWS, virtualRows } from "../src/lib/grid.js";
+import { pagesFor, PageCache, parseColumnFilter, cycleSort, windowParams, formatValue, PAGE_ROWS, virtualRows, slotRows } from "../src/lib/grid.js";
 
 describe("windows of rows", () => {
   test("cover what is on screen, and no more than a page around it", () => {
@@ -92,5 +92,28 @@ describe("virtual rows", () => {
   });
   test("an empty result draws nothing", () => {
     expect(virtualRows({ scrollTop: 0, viewport: 600, total: 0, rowH: 24 }).items).toEqual([]);
+  });
+});
+
+describe("slotRows", () => {
+  test("keeps a row in its slot while it stays in view", () => {
+    const a = virtualRows({ scrollTop: 2400, viewport: 240, total: 1000, rowH: 24, overscan: 2 });
+    const b = virtualRows({ scrollTop: 2400 + 3 * 24, viewport: 240, total: 1000, rowH: 24, overscan: 2 });
+    expect(a.slots).toBe(15);
+    const sa = slotRows(a.items, a.slots);
+    const sb = slotRows(b.items, b.slots);
+    // Three rows left the top, three came in at the bottom: only their slots differ.
+    const changed = sa.map((x, i) => x.index !== sb[i].index).filter(Boolean).length;
+    expect(changed).toBe(3);
+    for (const [i, x] of sb.entries()) expect(x.index % 15).toBe(i);
+    // Given the slots before, the rows that stayed keep their objects.
+    const kept = slotRows(b.items, b.slots, sa);
+    expect(kept.filter((x, i) => x === sa[i]).length).toBe(12);
+  });
+  test("leaves slots empty past the last row", () => {
+    const v = virtualRows({ scrollTop: 0, viewport: 240, total: 4, rowH: 24, overscan: 2 });
+    const s = slotRows(v.items, v.slots);
+    expect(s.filter(Boolean).map((x) => x.index)).toEqual([0, 1, 2, 3]);
+    expect(s.length).toBe(15);
   });
 });

@@ -272,13 +272,28 @@ impl Engine {
         &self,
         path: &std::path::Path,
     ) -> Result<Arc<dyn datafusion::datasource::TableProvider>> {
+        self.parquet_table_sorted(path, None).await
+    }
+
+    /// [`Self::parquet_table`] over a file whose rows are in ascending order of
+    /// `sorted_by`: plans that read them in that order need no sort.
+    pub async fn parquet_table_sorted(
+        &self,
+        path: &std::path::Path,
+        sorted_by: Option<&str>,
+    ) -> Result<Arc<dyn datafusion::datasource::TableProvider>> {
         use datafusion::datasource::file_format::parquet::ParquetFormat;
         use datafusion::datasource::listing::{
             ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
         };
         let url = ListingTableUrl::parse(path.to_string_lossy())?;
-        let options =
+        let mut options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        if let Some(c) = sorted_by {
+            options = options.with_file_sort_order(vec![vec![
+                datafusion::prelude::col(c).sort(true, false),
+            ]]);
+        }
         let state = self.ctx.state();
         let schema = options.infer_schema(&state, &url).await?;
         let config = ListingTableConfig::new(url)

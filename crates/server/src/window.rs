@@ -42,6 +42,8 @@ const MAX_ROWS: usize = 1_000_000;
 const MAX_IN: usize = 100_000;
 /// The virtual column of row positions.
 pub const ROW: &str = "_row";
+/// Field metadata marking a `_row` column numbered by [`to_parquet`] (ascending from 0).
+const NUMBERED: &str = "meridian:numbered";
 /// Filters one window may apply.
 const MAX_FILTERS: usize = 32;
 
@@ -83,11 +85,10 @@ fn to_parquet(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
     let numbered = schema.field_with_name(ROW).is_err();
     let out_schema = if numbered {
         let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
-        fields.push(Arc::new(arrow::datatypes::Field::new(
-            ROW,
-            arrow::datatypes::DataType::UInt64,
-            false,
-        )));
+        fields.push(Arc::new(
+            arrow::datatypes::Field::new(ROW, arrow::datatypes::DataType::UInt64, false)
+                .with_metadata([(NUMBERED.to_string(), "true".to_string())].into()),
+        ));
         Arc::new(arrow::datatypes::Schema::new_with_metadata(
             fields,
             schema.metadata().clone(),
@@ -222,7 +223,20 @@ async fn result_frame(
             .await
             .map_err(|e| Error::Internal(format!("window task failed: {e}")))??;
     }
-    let provider = state.engine.parquet_table(&cache).await?;
+    // Rows numbered here are in `_row` order: windows in result order need no sort.
+    let numbered = {
+        let f = std::fs::File::open(&cache)
+            .map_err(|e| Error::Internal(format!("{}: {e}", cache.display())))?;
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .map_err(|e| Error::Internal(format!("{}: {e}", cache.display())))?
+            .schema()
+            .field_with_name(ROW)
+            .is_ok_and(|f| f.metadata().contains_key(NUMBERED))
+    };
+    let provider = state
+        .engine
+        .parquet_table_sorted(&cache, numbered.then_some(ROW))
+        .await?;
     Ok(state
         .engine
         .session()

@@ -55,11 +55,31 @@ export function virtualRows({ scrollTop, viewport, total, rowH, overscan = 8, ma
     offset = Math.max(0, scrollTop);
   }
   const items = [];
-  if (total <= 0) return { height, items };
+  // Rows drawn at most: the slots a recycling list keeps.
+  const slots = visible + 2 * overscan + 1;
+  if (total <= 0) return { height, items, slots };
   const a = Math.max(0, first - overscan);
   const b = Math.min(total - 1, first + visible + overscan);
   for (let i = a; i <= b; i++) items.push({ index: i, start: offset + (i - first) * rowH });
-  return { height, items };
+  return { height, items, slots };
+}
+
+/**
+ * The rows of `items` placed in `count` slots, row i in slot i % count (null where no row):
+ * a row keeps its slot while it stays in view, so scrolling by k rows rewrites only the k
+ * slots whose rows came into view, and the elements are reused rather than made anew.
+ * Needs `count` at least the number of (consecutive) rows. Slots whose row and place are
+ * those of `prev` keep `prev`'s object.
+ */
+export function slotRows(items, count, prev = []) {
+  const out = new Array(count).fill(null);
+  for (const it of items) {
+    const s = it.index % count;
+    // The same object where nothing changed: the slot is left as it is.
+    const p = prev.length === count ? prev[s] : null;
+    out[s] = p && p.index === it.index && p.start === it.start ? p : it;
+  }
+  return out;
 }
 
 /** A least-recently-used cache of pages (page number -> rows). */
