@@ -290,9 +290,8 @@ impl Engine {
         let mut options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         if let Some(c) = sorted_by {
-            options = options.with_file_sort_order(vec![vec![
-                datafusion::prelude::col(c).sort(true, false),
-            ]]);
+            options = options
+                .with_file_sort_order(vec![vec![datafusion::prelude::col(c).sort(true, false)]]);
         }
         let state = self.ctx.state();
         let schema = options.infer_schema(&state, &url).await?;
