@@ -42,8 +42,6 @@ const MAX_ROWS: usize = 1_000_000;
 const MAX_IN: usize = 100_000;
 /// The virtual column of row positions.
 pub const ROW: &str = "_row";
-/// Field metadata marking a `_row` column numbered by [`to_parquet`] (ascending from 0).
-const NUMBERED: &str = "meridian:numbered";
 /// Filters one window may apply.
 const MAX_FILTERS: usize = 32;
 
@@ -52,8 +50,11 @@ fn usage(e: impl std::fmt::Display) -> Error {
 }
 
 /// Converts the result file at `from` to Parquet at `to` (through a temporary file).
-fn to_parquet(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
-    let tmp = to.with_extension(format!("partial-{}", std::process::id()));
+fn to_parquet(
+    from: &std::path::Path,
+    numbered_to: &std::path::Path,
+    own_to: &std::path::Path,
+) -> Result<()> {
     let internal = |e: &dyn std::fmt::Display| {
         Error::Internal(format!("converting {} for windows: {e}", from.display()))
     };
@@ -83,12 +84,15 @@ fn to_parquet(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
     // A result that has a `_row` column of its own keeps it, and its windows are not
     // numbered.
     let numbered = schema.field_with_name(ROW).is_err();
+    let to = if numbered { numbered_to } else { own_to };
+    let tmp = to.with_extension(format!("partial-{}", std::process::id()));
     let out_schema = if numbered {
         let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
-        fields.push(Arc::new(
-            arrow::datatypes::Field::new(ROW, arrow::datatypes::DataType::UInt64, false)
-                .with_metadata([(NUMBERED.to_string(), "true".to_string())].into()),
-        ));
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            ROW,
+            arrow::datatypes::DataType::UInt64,
+            false,
+        )));
         Arc::new(arrow::datatypes::Schema::new_with_metadata(
             fields,
             schema.metadata().clone(),
@@ -216,27 +220,22 @@ async fn result_frame(
     let r = crate::uws::completed_result(&job, name)?;
     let dir = state.jobs.job_dir(id);
     let path = dir.join(&r.file);
-    let cache = dir.join(format!("{}.rows.parquet", r.file));
-    if !cache.exists() {
-        let (from, to) = (path.clone(), cache.clone());
-        tokio::task::spawn_blocking(move || to_parquet(&from, &to))
+    // The copy's name says which it is: rows numbered here are in `_row` order (windows
+    // in result order need no sort); a result's own `_row` column may be in any order.
+    let numbered = dir.join(format!("{}.numbered.parquet", r.file));
+    let own = dir.join(format!("{}.rows.parquet", r.file));
+    if !numbered.exists() && !own.exists() {
+        let (from, to, own_to) = (path.clone(), numbered.clone(), own.clone());
+        tokio::task::spawn_blocking(move || to_parquet(&from, &to, &own_to))
             .await
             .map_err(|e| Error::Internal(format!("window task failed: {e}")))??;
     }
-    // Rows numbered here are in `_row` order: windows in result order need no sort.
-    let numbered = {
-        let f = std::fs::File::open(&cache)
-            .map_err(|e| Error::Internal(format!("{}: {e}", cache.display())))?;
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-            .map_err(|e| Error::Internal(format!("{}: {e}", cache.display())))?
-            .schema()
-            .field_with_name(ROW)
-            .is_ok_and(|f| f.metadata().contains_key(NUMBERED))
+    let (cache, sorted_by) = if numbered.exists() {
+        (numbered, Some(ROW))
+    } else {
+        (own, None)
     };
-    let provider = state
-        .engine
-        .parquet_table_sorted(&cache, numbered.then_some(ROW))
-        .await?;
+    let provider = state.engine.parquet_table_sorted(&cache, sorted_by).await?;
     Ok(state
         .engine
         .session()
