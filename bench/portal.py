@@ -55,10 +55,13 @@ def sh(*cmd, **kw):
     return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True, **kw)
 
 
+# The grid recycles row elements: the first row on screen is the lowest aria-rowindex.
+FIRST_ROW = """const firstRow = () => Math.min(...Array.from(
+  document.querySelectorAll('.row:not([hidden])'), (r) => Number(r.getAttribute('aria-rowindex'))));
+"""
+
 SCROLL = """async ([rowsPerFrame, seconds]) => {
-  const s = document.querySelector('.scroller');
-  const firstRow = () => Math.min(...Array.from(document.querySelectorAll('.row:not([hidden])'),
-                                                 (r) => Number(r.getAttribute('aria-rowindex'))));
+""" + FIRST_ROW + """  const s = document.querySelector('.scroller');
   const times = [];
   const before = window.__meridianGrid.rows;
   const startRow = firstRow();
@@ -96,10 +99,7 @@ IDLE = """async (seconds) => {
 }"""
 
 JUMP = """async (fraction) => {
-  const s = document.querySelector('.scroller');
-  // The grid recycles row elements: the first row is the lowest aria-rowindex.
-  const firstRow = () => Math.min(...Array.from(document.querySelectorAll('.row:not([hidden])'),
-                                                 (r) => Number(r.getAttribute('aria-rowindex'))));
+""" + FIRST_ROW + """  const s = document.querySelector('.scroller');
   const t0 = performance.now();
   const before = firstRow();
   s.scrollTop = (s.scrollHeight - s.clientHeight) * fraction;
