@@ -69,6 +69,16 @@ impl Catalog {
         Self::open_catalog(path)
     }
 
+    /// Opens the catalog directory `dir` with the margin catalog in `margin`: a catalog
+    /// opened elsewhere, named by its [`Catalog::dir`] and its margin's.
+    pub fn open_with_margin(dir: &Path, margin: Option<&Path>) -> Result<Self> {
+        let mut catalog = Self::open_catalog(dir)?;
+        if let Some(m) = margin {
+            catalog.margin = Some(Box::new(Self::open_catalog(m)?));
+        }
+        Ok(catalog)
+    }
+
     fn open_catalog(dir: &Path) -> Result<Self> {
         let props_path = ["hats.properties", "properties"]
             .iter()

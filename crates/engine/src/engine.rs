@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use meridian_adql::FunctionRegistry;
 use meridian_adql::ast::ObjectName;
@@ -110,6 +111,34 @@ pub struct Engine {
     extra: Vec<ExtraTable>,
     functions: FunctionRegistry,
     executor: Option<tokio::runtime::Handle>,
+    remote: Option<Remote>,
+}
+
+/// Why a plan cannot run on a cluster (it reads a table only this process holds), if so.
+pub type DistributionCheck =
+    Arc<dyn Fn(&LogicalPlan) -> std::result::Result<(), String> + Send + Sync>;
+
+/// A cluster that runs an engine's queries: plans are made here, against this process's
+/// tables, and run in `ctx`, whose query planner sends them to the cluster.
+#[derive(Clone)]
+pub struct Remote {
+    /// The cluster's session (see the `meridian-cluster` crate).
+    pub ctx: SessionContext,
+    /// Whether a plan can go to the cluster.
+    pub check: DistributionCheck,
+    /// Fail a query that cannot go, rather than run it in this process.
+    pub required: bool,
+    /// The scheduler, for messages.
+    pub url: String,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.url)
+            .field("required", &self.required)
+            .finish()
+    }
 }
 
 /// The functions ADQL queries may call: ADQL's own and the UDFs Meridian provides.
@@ -142,7 +171,38 @@ impl Engine {
             extra: Vec::new(),
             functions: functions(),
             executor: None,
+            remote: None,
         })
+    }
+
+    /// Runs the queries it can on a cluster (see [`Remote`]).
+    pub fn with_remote(mut self, remote: Remote) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// The cluster queries run on, if any.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// A DataFrame of `plan` in the session it runs in: the cluster's when it can go
+    /// there, else this process's (or an error, when the cluster is required).
+    fn frame(&self, plan: LogicalPlan) -> Result<DataFrame> {
+        let Some(r) = &self.remote else {
+            return Ok(DataFrame::new(self.ctx.state(), plan));
+        };
+        match (r.check)(&plan) {
+            Ok(()) => Ok(DataFrame::new(r.ctx.state(), plan)),
+            Err(why) if r.required => Err(Error::Unsupported(format!(
+                "this query cannot run on the cluster at {}: {why}",
+                r.url
+            ))),
+            Err(why) => {
+                tracing::info!(reason = %why, cluster = %r.url, "query runs in this process");
+                Ok(DataFrame::new(self.ctx.state(), plan))
+            }
+        }
     }
 
     /// Runs query operators on `runtime` instead of the caller's. A server gives queries
@@ -249,6 +309,7 @@ impl Engine {
             extra: self.extra.clone(),
             functions: self.functions.clone(),
             executor: self.executor.clone(),
+            remote: self.remote.clone(),
         };
         for (schema, name, provider) in extra {
             engine.add_table(&schema, &name, provider)?;
@@ -328,7 +389,7 @@ impl Engine {
         let plan = crate::guard::on_planning_stack(|| {
             futures::executor::block_on(self.logical_plan(text, lang))
         })?;
-        Ok(DataFrame::new(self.ctx.state(), plan))
+        self.frame(plan)
     }
 
     async fn logical_plan(
@@ -502,7 +563,7 @@ impl Engine {
                 (distance * datafusion::logical_expr::lit(3600.0)).alias("distance_arcsec"),
             ])?
             .build()?;
-        Ok(DataFrame::new(self.ctx.state(), plan))
+        self.frame(plan)
     }
 }
 

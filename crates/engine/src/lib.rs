@@ -21,10 +21,14 @@ pub mod xmatch;
 
 pub use codec::{MeridianCodec, plan_from_bytes, plan_to_bytes};
 pub use deadline::deadline;
-pub use engine::{Engine, Lang, ScanReport, XMatchSpec, functions, id_column};
+pub use engine::{
+    DistributionCheck, Engine, Lang, Remote, ScanReport, XMatchSpec, functions, id_column,
+};
 pub use error::{Error, Result};
 pub use meridian_adql::identifier as adql_identifier;
-pub use session::{EngineConfig, build_session};
+pub use session::{
+    EngineConfig, build_session, configure, register_functions, runtime, session_state,
+};
 pub use xmatch::Mode as XMatchMode;
 
 pub use datafusion::dataframe::DataFrame;

@@ -1,12 +1,12 @@
-//! The one session builder: every query, local or (later) on Ballista, runs in a session
+//! The one session builder: every query, local or on a Ballista cluster, runs in a session
 //! made here, with the spatial UDFs, the cross-match rule and operator, and the configured
 //! limits.
 
 use std::sync::Arc;
 
 use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::Result;
@@ -51,13 +51,27 @@ fn apply_env_overrides(sc: &mut SessionConfig) -> Result<()> {
 
 /// Builds a session: UDFs, memory pool, parallelism.
 pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
+    let sc = configure(SessionConfig::new(), config)?;
+    Ok(SessionContext::new_with_state(session_state(
+        sc,
+        runtime(config)?,
+    )?))
+}
+
+/// The runtime of a session: the memory pool.
+pub fn runtime(config: &EngineConfig) -> Result<Arc<RuntimeEnv>> {
     // A fair pool: spilling operators (sorts, aggregations, joins) share the budget evenly
     // and spill instead of starving each other; others (a cross-match's index) take what
     // they need or fail with a resources error.
-    let runtime = RuntimeEnvBuilder::new()
+    Ok(RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit_bytes)))
-        .build_arc()?;
-    let mut sc = SessionConfig::new()
+        .build_arc()?)
+}
+
+/// Meridian's settings applied to `sc`: a plain configuration, or one that a cluster
+/// process made with its own extensions (Ballista's settings and codecs).
+pub fn configure(sc: SessionConfig, config: &EngineConfig) -> Result<SessionConfig> {
+    let mut sc = sc
         .with_batch_size(config.batch_size)
         .with_information_schema(true);
     if config.target_partitions > 0 {
@@ -79,6 +93,13 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     sc.options_mut().sql_parser.recursion_limit =
         datafusion::common::config::ConfigNonZeroUsize::try_new(crate::guard::SQL_RECURSION_LIMIT)?;
     apply_env_overrides(&mut sc)?;
+    Ok(sc)
+}
+
+/// A session state over `sc` (see [`configure`]) and `runtime`, with Meridian's optimizer
+/// rule, query planner and functions: what every process that plans or runs Meridian's
+/// queries uses, the cluster's scheduler and executors included.
+pub fn session_state(sc: SessionConfig, runtime: Arc<RuntimeEnv>) -> Result<SessionState> {
     let state = SessionStateBuilder::new()
         .with_config(sc)
         .with_runtime_env(runtime)
@@ -87,6 +108,13 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
         .with_query_planner(Arc::new(MeridianQueryPlanner))
         .build();
     let mut ctx = SessionContext::new_with_state(state);
+    register_functions(&mut ctx)?;
+    Ok(ctx.state())
+}
+
+/// Registers Meridian's functions (spatial, geometry, region, HEALPix, bounded and the
+/// run-aware average) in `ctx`.
+pub fn register_functions(ctx: &mut SessionContext) -> Result<()> {
     ctx.register_udaf(crate::aggregate::avg_udaf());
     for udf in crate::udf::spatial_udfs()
         .into_iter()
@@ -96,6 +124,6 @@ pub fn build_session(config: &EngineConfig) -> Result<SessionContext> {
     {
         ctx.register_udf(udf);
     }
-    crate::bounded::register(&mut ctx)?;
-    Ok(ctx)
+    crate::bounded::register(ctx)?;
+    Ok(())
 }

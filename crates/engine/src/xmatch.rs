@@ -102,6 +102,12 @@ impl XMatchNode {
         })
     }
 
+    /// RA and Dec of the left and of the right rows, the radius in degrees and the mode:
+    /// with the two inputs, what makes the node again (see [`XMatchNode::try_new`]).
+    pub fn parts(&self) -> (&[Expr; 2], &[Expr; 2], f64, Mode) {
+        (&self.left_pos, &self.right_pos, self.radius_deg, self.mode)
+    }
+
     /// Wraps the node as a logical plan.
     pub fn into_plan(self) -> LogicalPlan {
         LogicalPlan::Extension(Extension {

@@ -31,6 +31,52 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The spectra services' limits.
     pub spectra: SpectraConfig,
+    /// The Ballista cluster queries run on, and its processes' settings.
+    pub cluster: ClusterConfig,
+}
+
+/// The cluster (`meridian cluster scheduler` and `meridian cluster executor`) and its
+/// clients (`meridian query`, `meridian xmatch`, `meridian serve`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The scheduler queries run on, `df://host:port`; none: queries run in this process.
+    pub scheduler: Option<String>,
+    /// A query that cannot run on the cluster fails, rather than running in this process.
+    pub required: bool,
+    /// Address the scheduler listens at.
+    pub scheduler_bind: String,
+    /// Address an executor listens at.
+    pub executor_bind: String,
+    /// Port of an executor's data service (0: a free one).
+    pub executor_port: u16,
+    /// Port of an executor's control service (0: a free one).
+    pub executor_grpc_port: u16,
+    /// Directory of an executor's stage outputs (default: a temporary directory).
+    pub work_dir: Option<PathBuf>,
+    /// Partitions an executor runs at once (0: the number of cores).
+    pub concurrent_tasks: usize,
+    /// Seconds without a heartbeat after which the scheduler takes an executor for lost.
+    pub executor_timeout_s: u64,
+    /// Attempts of a failing task before its query fails.
+    pub task_max_failures: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: None,
+            required: false,
+            scheduler_bind: "127.0.0.1:50050".into(),
+            executor_bind: "127.0.0.1".into(),
+            executor_port: 0,
+            executor_grpc_port: 0,
+            work_dir: None,
+            concurrent_tasks: 0,
+            executor_timeout_s: 60,
+            task_max_failures: 4,
+        }
+    }
 }
 
 /// Limits of the spectra services (SPARCL, SSA, stacks).
@@ -322,6 +368,7 @@ impl Default for Config {
             mydb: MyDbConfig::default(),
             storage: StorageConfig::default(),
             spectra: SpectraConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -425,6 +472,12 @@ impl Config {
         }
         if self.query.memory_limit_mib < 16 {
             bail!("query.memory_limit_mib must be at least 16");
+        }
+        if let Some(url) = &self.cluster.scheduler {
+            meridian_cluster::scheduler_address(url).context("cluster.scheduler")?;
+        }
+        if self.cluster.executor_timeout_s == 0 || self.cluster.task_max_failures == 0 {
+            bail!("cluster.executor_timeout_s and cluster.task_max_failures must be positive");
         }
         let j = &self.jobs;
         if j.max_running == 0

@@ -116,6 +116,10 @@ enum Command {
     /// Spectra: add DESI, SDSS and 1-D spectra files to datasets, list, get and stack them.
     #[command(subcommand)]
     Spectra(commands::spectra::SpectraCommand),
+    /// A Ballista cluster for catalogs one machine cannot serve: its scheduler, its
+    /// executors, its status. `[cluster] scheduler` makes queries run on it.
+    #[command(subcommand)]
+    Cluster(commands::cluster::ClusterCommand),
     /// Find registered images by position, band, time and collection (SIA 2.0's search).
     Sia(commands::image_access::SiaArgs),
     /// Cut out a registered image (by its dataset ID) as a FITS file (SODA's cutout).
@@ -583,6 +587,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &config.data_dir.join("images"),
             &args,
         )?,
+        Command::Cluster(cmd) => commands::cluster::run(&config, cmd)?,
         Command::Spectra(cmd) => commands::spectra::run(
             &config.spectra_dir(),
             cmd,
@@ -930,25 +935,37 @@ fn sky(cmd: SkyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The query engine over the configured catalogs, with the runtime to drive it.
+/// The engine's settings from the configuration.
+fn engine_config(config: &Config) -> meridian_engine::EngineConfig {
+    meridian_engine::EngineConfig {
+        memory_limit_bytes: (config.query.memory_limit_mib as usize) << 20,
+        target_partitions: config.query.target_partitions,
+        ..Default::default()
+    }
+}
+
+/// The query engine over the configured catalogs, with the runtime to drive it; on the
+/// cluster of `[cluster] scheduler` when one is set.
 fn open_engine(
     config: &Config,
 ) -> anyhow::Result<(meridian_engine::Engine, tokio::runtime::Runtime)> {
     let store = Store::open(config.catalog_dir())?;
-    let engine = meridian_engine::Engine::open(
-        &store,
-        &meridian_engine::EngineConfig {
-            memory_limit_bytes: (config.query.memory_limit_mib as usize) << 20,
-            target_partitions: config.query.target_partitions,
-            ..Default::default()
-        },
-    )?;
-    let mut engine = engine;
+    let engine_config = engine_config(config);
+    let mut engine = meridian_engine::Engine::open(&store, &engine_config)?;
     commands::spectra::register(&mut engine, &config.spectra_dir())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
         .enable_all()
         .build()?;
+    if let Some(url) = &config.cluster.scheduler {
+        let remote = rt.block_on(meridian_cluster::client::connect(
+            url,
+            &engine_config,
+            config.cluster.required,
+        ))?;
+        tracing::info!(scheduler = %url, required = config.cluster.required, "queries run on the cluster");
+        engine = engine.with_remote(remote);
+    }
     Ok((engine, rt))
 }
 

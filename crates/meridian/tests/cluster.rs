@@ -1,0 +1,353 @@
+//! A real cluster on loopback: a scheduler and two executors started from the binary
+//! (`meridian cluster scheduler|executor`), and engines whose plans run on it. Every query
+//! is compared with the embedded engine's answer on the same catalogs: the ADQL golden
+//! files, aggregates, cross-matches at 1, 5 and 60 arcsec; then an executor is killed
+//! during a query.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use meridian_catalog::{IngestOptions, Store};
+use meridian_engine::{Engine, EngineConfig, Lang, XMatchMode, XMatchSpec};
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn shared(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(rel)
+}
+
+fn meridian(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meridian"));
+    c.arg("--data-dir")
+        .arg(data)
+        .env("MERIDIAN_LOG__LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    c
+}
+
+struct Cluster {
+    url: String,
+    _scheduler: Proc,
+    executors: Vec<Proc>,
+}
+
+fn start_cluster(data: &Path, executors: usize) -> Cluster {
+    let mut child = meridian(data)
+        .args(["cluster", "scheduler", "--bind", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let scheduler = Proc(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the scheduler printed its address")
+            .unwrap();
+        if let Some(u) = line.strip_prefix("Cluster scheduler: ") {
+            break u.trim().to_string();
+        }
+    };
+    // Keep reading, so the scheduler never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let mut procs = Vec::new();
+    for i in 0..executors {
+        procs.push(Proc(
+            meridian(data)
+                .args(["cluster", "executor", "--scheduler", &url])
+                .args(["--concurrent-tasks", "2", "--id", &format!("exec-{i}")])
+                .arg("--work-dir")
+                .arg(data.join(format!("work-{i}")))
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = meridian_cluster::client::executors(&url).map_or(0, |e| e.len());
+        if n == executors {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {executors} executors registered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Cluster {
+        url,
+        _scheduler: scheduler,
+        executors: procs,
+    }
+}
+
+fn store(dir: &Path) -> Store {
+    let store = Store::open(dir.join("catalogs")).unwrap();
+    let opts = IngestOptions {
+        partition_rows: 20_000,
+        row_group_rows: 2_000,
+        ..Default::default()
+    };
+    let gaia = shared("catalogs/gaia_dr3_bright.csv.gz");
+    meridian_catalog::ingest::ingest(&store, "gaia", &[gaia.clone()], &opts, &|_| {}).unwrap();
+    // The same stars with other partitions: the cross-matches' right side.
+    let opts2 = IngestOptions {
+        partition_rows: 35_000,
+        ..opts
+    };
+    meridian_catalog::ingest::ingest(&store, "gaia2", &[gaia], &opts2, &|_| {}).unwrap();
+    store
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        target_partitions: 2,
+        ..Default::default()
+    }
+}
+
+/// Rows as CSV lines, sorted unless `ordered`.
+fn lines(batches: &[RecordBatch], ordered: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    {
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(false)
+            .build(&mut out);
+        for b in batches {
+            w.write(b).unwrap();
+        }
+    }
+    let mut l: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if !ordered {
+        l.sort();
+    }
+    l
+}
+
+async fn run(engine: &Engine, text: &str, lang: Lang) -> Vec<RecordBatch> {
+    engine
+        .query(text, lang)
+        .await
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+/// The `query` records of the engine's golden files: (language, text).
+fn golden_queries() -> Vec<(Lang, String)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/golden");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for block in text.split("\n\n") {
+            let mut head = block.lines().filter(|l| !l.starts_with('#'));
+            let Some(header) = head.next() else { continue };
+            let query: Vec<&str> = head.take_while(|l| *l != "----").collect();
+            match header.split_once(' ') {
+                Some(("query", "sql")) => out.push((Lang::Sql, query.join("\n"))),
+                Some(("query", _)) => out.push((Lang::Adql, query.join("\n"))),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn queries_on_a_cluster_equal_the_embedded_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let cluster = start_cluster(dir.path(), 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = Engine::open(&store, &config()).unwrap();
+    let remote = rt
+        .block_on(meridian_cluster::client::connect(
+            &cluster.url,
+            &config(),
+            true,
+        ))
+        .unwrap();
+    let distributed = Engine::open(&store, &config()).unwrap().with_remote(remote);
+
+    let mut queries = golden_queries();
+    assert!(queries.len() >= 10, "{} golden queries", queries.len());
+    // Aggregates that need a shuffle between stages.
+    for q in [
+        "SELECT COUNT(*) AS n, AVG(phot_g_mean_mag) AS g, MIN(dec) AS lo, MAX(dec) AS hi FROM gaia",
+        "SELECT ivo_healpix_index(2, ra, dec) AS cell, COUNT(*) AS n, SUM(phot_g_mean_mag) AS s \
+         FROM gaia GROUP BY ivo_healpix_index(2, ra, dec)",
+        "SELECT TOP 20 source_id, ra, dec FROM gaia WHERE phot_g_mean_mag < 6 ORDER BY phot_g_mean_mag, source_id",
+        "SELECT COUNT(*) AS n FROM gaia AS a JOIN gaia2 AS b ON a.source_id = b.source_id \
+         WHERE a.phot_g_mean_mag < 7",
+    ] {
+        queries.push((Lang::Adql, q.to_string()));
+    }
+    for (lang, q) in &queries {
+        let ordered = q.to_ascii_uppercase().contains("ORDER BY");
+        let want = lines(&rt.block_on(run(&local, q, *lang)), ordered);
+        let got = lines(&rt.block_on(run(&distributed, q, *lang)), ordered);
+        assert_eq!(got, want, "{q}");
+    }
+
+    // Cross-matches: every pair within the radius, and the nearest partner.
+    for arcsec in [1.0, 5.0, 60.0] {
+        for mode in [XMatchMode::All, XMatchMode::Nearest] {
+            let spec = XMatchSpec {
+                left: "gaia".into(),
+                right: "gaia2".into(),
+                left_id: None,
+                right_id: None,
+                radius_deg: arcsec / 3600.0,
+                mode,
+            };
+            let batches = |e: &Engine| {
+                rt.block_on(async { e.xmatch(&spec).await.unwrap().collect().await.unwrap() })
+            };
+            let want = lines(&batches(&local), false);
+            let got = lines(&batches(&distributed), false);
+            assert!(
+                want.len() >= 10_000,
+                "{} pairs at {arcsec} arcsec",
+                want.len()
+            );
+            assert_eq!(got.len(), want.len(), "pairs at {arcsec} arcsec, {mode:?}");
+            assert_eq!(got, want, "pairs at {arcsec} arcsec, {mode:?}");
+        }
+    }
+    drop(cluster);
+}
+
+#[test]
+fn a_query_that_cannot_go_to_the_cluster_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let cluster = start_cluster(dir.path(), 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
+        .enable_all()
+        .build()
+        .unwrap();
+    // A table held in this process's memory (as TAP uploads are).
+    let batch = RecordBatch::try_from_iter([(
+        "x",
+        std::sync::Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3])) as _,
+    )])
+    .unwrap();
+    for required in [true, false] {
+        let remote = rt
+            .block_on(meridian_cluster::client::connect(
+                &cluster.url,
+                &config(),
+                required,
+            ))
+            .unwrap();
+        let mut engine = Engine::open(&store, &config()).unwrap().with_remote(remote);
+        engine
+            .add_batch_table("tap_upload", "t", batch.clone())
+            .unwrap();
+        let r = rt.block_on(async {
+            match engine
+                .query("SELECT SUM(x) AS s FROM tap_upload.t", Lang::Adql)
+                .await
+            {
+                Ok(df) => df.collect().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        if required {
+            let e = r.unwrap_err();
+            assert!(e.contains("cannot run on the cluster"), "{e}");
+            assert!(e.contains("tap_upload.t"), "{e}");
+        } else {
+            assert_eq!(lines(&r.unwrap(), true), ["6"]);
+        }
+    }
+}
+
+#[test]
+fn losing_an_executor_during_a_query_neither_hangs_nor_breaks_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let mut cluster = start_cluster(dir.path(), 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
+        .enable_all()
+        .build()
+        .unwrap();
+    let remote = rt
+        .block_on(meridian_cluster::client::connect(
+            &cluster.url,
+            &config(),
+            true,
+        ))
+        .unwrap();
+    let engine = Engine::open(&store, &config()).unwrap().with_remote(remote);
+    // A query with a few stages and some work in each.
+    let q = "SELECT a.source_id % 97 AS k, COUNT(*) AS n FROM gaia AS a \
+             JOIN gaia2 AS b ON a.source_id = b.source_id GROUP BY a.source_id % 97";
+    let local = Engine::open(&store, &config()).unwrap();
+    let want = lines(&rt.block_on(run(&local, q, Lang::Adql)), false);
+    let victim = cluster.executors.remove(1);
+    let outcome = rt.block_on(async {
+        let running = async {
+            match engine.query(q, Lang::Adql).await {
+                Ok(df) => df.collect().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(victim);
+        };
+        let (r, ()) = tokio::time::timeout(Duration::from_secs(240), async {
+            tokio::join!(running, kill)
+        })
+        .await
+        .expect("the query ended (completed or failed) rather than hanging");
+        r
+    });
+    match outcome {
+        Ok(b) => assert_eq!(lines(&b, false), want),
+        Err(e) => assert!(!e.trim().is_empty()),
+    }
+    // The next query runs on the executor left.
+    let again = rt.block_on(tokio::time::timeout(
+        Duration::from_secs(240),
+        run(&engine, q, Lang::Adql),
+    ));
+    assert_eq!(lines(&again.expect("the next query ended"), false), want);
+}
