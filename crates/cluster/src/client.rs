@@ -51,7 +51,9 @@ pub fn executors(url: &str) -> Result<Vec<ExecutorState>> {
             host: e["host"].as_str().unwrap_or_default().to_string(),
             port: e["port"].as_u64().unwrap_or(0) as u16,
             task_slots: e["specification"]["vcores"].as_u64().unwrap_or(0) as u32,
-            last_seen_ms: e["last_seen"].as_u64().map(u128::from),
+            last_seen_ms: e["last_seen"]
+                .as_u64()
+                .map(|t| crate::scheduler::ago_ms(u128::from(t))),
         })
         .collect())
 }

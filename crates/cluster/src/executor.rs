@@ -35,6 +35,8 @@ pub struct ExecutorOptions {
     pub engine: EngineConfig,
     /// Its identifier (default: a random one).
     pub id: Option<String>,
+    /// Seconds between its heartbeats (well below the scheduler's executor timeout).
+    pub heartbeat_seconds: u64,
 }
 
 /// A free port on `host` (Ballista tells the scheduler the configured port, not the one
@@ -93,6 +95,7 @@ pub async fn run(opts: ExecutorOptions) -> Result<()> {
         vcores,
         work_dir,
         memory_pool_size: Some(engine.memory_limit_bytes as u64),
+        executor_heartbeat_interval_seconds: opts.heartbeat_seconds.max(1),
         override_function_registry: Some(Arc::new(registry)),
         override_config_producer: Some(config_producer),
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),

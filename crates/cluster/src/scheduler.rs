@@ -75,6 +75,15 @@ pub struct ExecutorState {
     pub last_seen_ms: Option<u128>,
 }
 
+/// Milliseconds from `at_ms` (since the Unix epoch, as the scheduler keeps heartbeat
+/// times) to now.
+pub(crate) fn ago_ms(at_ms: u128) -> u128 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    now.saturating_sub(at_ms)
+}
+
 impl Scheduler {
     /// Starts a scheduler; it serves until [`Scheduler::stop`] or the process ends.
     pub async fn start(opts: SchedulerOptions) -> Result<Self> {
@@ -141,7 +150,7 @@ impl Scheduler {
                 host: m.host,
                 port: m.port,
                 task_slots: m.specification.vcores,
-                last_seen_ms: seen.map(|d| d.as_millis()),
+                last_seen_ms: seen.map(|d| ago_ms(d.as_millis())),
             })
             .collect())
     }

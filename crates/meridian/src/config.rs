@@ -58,6 +58,8 @@ pub struct ClusterConfig {
     pub concurrent_tasks: usize,
     /// Seconds without a heartbeat after which the scheduler takes an executor for lost.
     pub executor_timeout_s: u64,
+    /// Seconds between an executor's heartbeats (well below `executor_timeout_s`).
+    pub executor_heartbeat_s: u64,
     /// Attempts of a failing task before its query fails.
     pub task_max_failures: usize,
 }
@@ -74,6 +76,7 @@ impl Default for ClusterConfig {
             work_dir: None,
             concurrent_tasks: 0,
             executor_timeout_s: 60,
+            executor_heartbeat_s: 5,
             task_max_failures: 4,
         }
     }
@@ -407,9 +410,9 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 10] = [
+        const TOP: [&str; 11] = [
             "data_dir", "ingest", "query", "log", "server", "jobs", "auth", "mydb", "storage",
-            "spectra",
+            "spectra", "cluster",
         ];
         let mut ignored = Vec::new();
         let mut table = match file {
@@ -478,6 +481,11 @@ impl Config {
         }
         if self.cluster.executor_timeout_s == 0 || self.cluster.task_max_failures == 0 {
             bail!("cluster.executor_timeout_s and cluster.task_max_failures must be positive");
+        }
+        if self.cluster.executor_heartbeat_s == 0
+            || self.cluster.executor_heartbeat_s >= self.cluster.executor_timeout_s
+        {
+            bail!("cluster.executor_heartbeat_s must be positive and below executor_timeout_s");
         }
         let j = &self.jobs;
         if j.max_running == 0

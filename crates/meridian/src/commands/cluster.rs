@@ -110,6 +110,7 @@ pub fn run(config: &Config, cmd: ClusterCommand) -> anyhow::Result<()> {
                 concurrent_tasks: concurrent_tasks.unwrap_or(c.concurrent_tasks),
                 engine: crate::engine_config(config),
                 id,
+                heartbeat_seconds: c.executor_heartbeat_s,
             };
             runtime()?.block_on(meridian_cluster::executor::run(opts))?;
             Ok(())
