@@ -108,7 +108,8 @@ fn store(dir: &Path) -> Store {
         ..Default::default()
     };
     let gaia = shared("catalogs/gaia_dr3_bright.csv.gz");
-    meridian_catalog::ingest::ingest(&store, "gaia", &[gaia.clone()], &opts, &|_| {}).unwrap();
+    meridian_catalog::ingest::ingest(&store, "gaia", std::slice::from_ref(&gaia), &opts, &|_| {})
+        .unwrap();
     // The same stars with other partitions: the cross-matches' right side.
     let opts2 = IngestOptions {
         partition_rows: 35_000,
