@@ -51,6 +51,7 @@ struct Cluster {
 fn start_cluster(data: &Path, executors: usize) -> Cluster {
     let mut child = meridian(data)
         .args(["cluster", "scheduler", "--bind", "127.0.0.1:0"])
+        .env("MERIDIAN_LOG__LEVEL", "info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -66,8 +67,18 @@ fn start_cluster(data: &Path, executors: usize) -> Cluster {
             break u.trim().to_string();
         }
     };
-    // Keep reading, so the scheduler never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep reading, so the scheduler never blocks on a full pipe; its log goes to
+    // `scheduler.log` in the data directory, for failures.
+    let log_path = data.join("scheduler.log");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut log = std::fs::File::create(log_path).ok();
+        for line in lines.map_while(Result::ok) {
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
     let mut procs = Vec::new();
     for i in 0..executors {
         procs.push(Proc(
@@ -341,12 +352,22 @@ fn losing_an_executor_during_a_query_neither_hangs_nor_breaks_the_next() {
             tokio::time::sleep(Duration::from_millis(1000)).await;
             drop(victim);
         };
-        let (r, ()) = tokio::time::timeout(Duration::from_secs(240), async {
+        match tokio::time::timeout(Duration::from_secs(240), async {
             tokio::join!(running, kill)
         })
         .await
-        .expect("the query ended (completed or failed) rather than hanging");
-        r
+        {
+            Ok((r, ())) => r,
+            Err(_) => {
+                let log = std::fs::read_to_string(dir.path().join("scheduler.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                panic!(
+                    "the query neither completed nor failed in 240 s; the scheduler's log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
     });
     match outcome {
         Ok(b) => {
