@@ -28,12 +28,13 @@ use datafusion_proto::protobuf::LogicalExprNode;
 use meridian_catalog::Catalog;
 use meridian_engine::MeridianCodec;
 use meridian_engine::hats_table::HatsTable;
-use meridian_engine::xmatch::{Mode, XMatchExec, XMatchNode};
+use meridian_engine::xmatch::{Mode, XMatchNode};
 use prost::Message;
 
 const HATS_TAG: &[u8] = b"meridian.HatsTable.v1\0";
 const XMATCH_NODE_TAG: &[u8] = b"meridian.XMatchNode.v1\0";
-const XMATCH_EXEC_TAG: &[u8] = b"meridian.XMatchExec.v1\0";
+/// Marks the operators of Meridian's own codec (the cross-match and its zones).
+const MERIDIAN_EXEC_TAG: &[u8] = b"meridian.exec.v1\0";
 
 fn codec_err(msg: impl Into<String>) -> DataFusionError {
     DataFusionError::Internal(format!("Meridian cluster codec: {}", msg.into()))
@@ -219,7 +220,7 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match buf.strip_prefix(XMATCH_EXEC_TAG) {
+        match buf.strip_prefix(MERIDIAN_EXEC_TAG) {
             Some(body) => MeridianCodec.try_decode(body, inputs, ctx, proto_converter),
             None => self.inner.try_decode(buf, inputs, ctx, proto_converter),
         }
@@ -231,8 +232,8 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        if node.downcast_ref::<XMatchExec>().is_some() {
-            buf.extend_from_slice(XMATCH_EXEC_TAG);
+        if meridian_engine::codec::is_meridian_operator(node.as_ref()) {
+            buf.extend_from_slice(MERIDIAN_EXEC_TAG);
             return MeridianCodec.try_encode(node, buf, proto_converter);
         }
         self.inner.try_encode(node, buf, proto_converter)

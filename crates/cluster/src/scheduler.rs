@@ -47,9 +47,21 @@ impl SchedulerOptions {
 /// The configuration of every session on the cluster: Ballista's, Meridian's codecs and
 /// Meridian's settings.
 pub(crate) fn session_config(engine: &EngineConfig) -> Result<SessionConfig> {
-    let sc = SessionConfig::new_with_ballista()
+    let mut sc = SessionConfig::new_with_ballista()
         .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
-        .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()));
+        .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()))
+        // Ballista 55's adaptive planner cannot run a finished stage again when the
+        // executor holding its output is lost: the job would stay running for ever. The
+        // static planner rolls back and reruns those stages.
+        .with_ballista_adaptive_query_planner(false);
+    // A shuffle read from a lost executor fails after one quick retry, so that the stage
+    // that wrote it runs again soon.
+    sc = sc
+        .set_usize(ballista_core::config::BALLISTA_CLIENT_IO_RETRIES_TIMES, 1)
+        .set_usize(
+            ballista_core::config::BALLISTA_CLIENT_IO_RETRY_WAIT_TIME_MS,
+            500,
+        );
     Ok(meridian_engine::configure(sc, engine)?)
 }
 
@@ -112,6 +124,9 @@ impl Scheduler {
             task_max_failures: opts.task_max_failures,
             executor_timeout_seconds: opts.executor_timeout_seconds,
             expire_dead_executor_interval_seconds: (opts.executor_timeout_seconds / 4).max(1),
+            // With no executor left, jobs fail once a lost executor would have been noticed,
+            // instead of after Ballista's 3 minutes.
+            no_executors_grace_period_seconds: opts.executor_timeout_seconds,
             ..SchedulerConfig::default()
         }
         .with_override_session_builder(session_builder)

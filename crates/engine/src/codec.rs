@@ -4,9 +4,9 @@
 //!
 //! DataFusion's protobuf format carries the standard operators, the Parquet scans of HATS
 //! catalogs and calls to the session's UDFs (by name, resolved against the decoding
-//! session's registry). What it cannot know is the cross-match operator: [`MeridianCodec`]
-//! encodes [`XMatchExec`] as one protobuf message of its parameters, its output schema and
-//! its position expressions.
+//! session's registry). What it cannot know are the cross-match operators: [`MeridianCodec`]
+//! encodes [`XMatchExec`] and [`ZoneExec`] each as one protobuf message of its parameters
+//! (and output schema) and its position expressions.
 
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ use datafusion_proto::protobuf::{PhysicalExprNode, Schema as SchemaProto};
 use prost::Message;
 
 use crate::xmatch::{Mode, XMatchExec};
+use crate::zones::ZoneExec;
 
 /// The wire form of an [`XMatchExec`].
 #[derive(Clone, PartialEq, prost::Message)]
@@ -41,9 +42,38 @@ struct XMatchProto {
     right_pos: Vec<PhysicalExprNode>,
     #[prost(message, optional, tag = "7")]
     schema: Option<SchemaProto>,
+    #[prost(bool, tag = "8")]
+    zoned: bool,
+}
+
+/// The wire form of a [`ZoneExec`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct ZoneProto {
+    #[prost(string, tag = "1")]
+    kind: String,
+    #[prost(double, tag = "2")]
+    radius_deg: f64,
+    #[prost(bool, tag = "3")]
+    margin: bool,
+    /// (ra, dec) over the input's schema.
+    #[prost(message, repeated, tag = "4")]
+    pos: Vec<PhysicalExprNode>,
+}
+
+/// Only the kind of a message, to choose how to read the rest.
+#[derive(Clone, PartialEq, prost::Message)]
+struct KindProto {
+    #[prost(string, tag = "1")]
+    kind: String,
 }
 
 const XMATCH_KIND: &str = "meridian.XMatchExec.v1";
+const ZONE_KIND: &str = "meridian.ZoneExec.v1";
+
+/// Whether [`MeridianCodec`] encodes `node` (one of Meridian's own operators).
+pub fn is_meridian_operator(node: &dyn ExecutionPlan) -> bool {
+    node.downcast_ref::<XMatchExec>().is_some() || node.downcast_ref::<ZoneExec>().is_some()
+}
 
 /// The extension codec of every Meridian session (see the module documentation).
 #[derive(Debug, Default, Clone, Copy)]
@@ -61,16 +91,7 @@ impl PhysicalExtensionCodec for MeridianCodec {
         ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let msg = XMatchProto::decode(buf).map_err(|e| codec_err(e.to_string()))?;
-        if msg.kind != XMATCH_KIND {
-            return Err(codec_err(format!("unknown operator '{}'", msg.kind)));
-        }
-        let [left, right] = inputs else {
-            return Err(codec_err(format!(
-                "XMatchExec takes 2 inputs, got {}",
-                inputs.len()
-            )));
-        };
+        let kind = KindProto::decode(buf).map_err(|e| codec_err(e.to_string()))?;
         let pos = |nodes: &[PhysicalExprNode],
                    input: &Arc<dyn ExecutionPlan>|
          -> Result<[Arc<dyn PhysicalExpr>; 2]> {
@@ -81,6 +102,32 @@ impl PhysicalExtensionCodec for MeridianCodec {
             exprs
                 .try_into()
                 .map_err(|_| codec_err("a position takes 2 expressions"))
+        };
+        match kind.kind.as_str() {
+            XMATCH_KIND => {}
+            ZONE_KIND => {
+                let msg = ZoneProto::decode(buf).map_err(|e| codec_err(e.to_string()))?;
+                let [input] = inputs else {
+                    return Err(codec_err(format!(
+                        "ZoneExec takes 1 input, got {}",
+                        inputs.len()
+                    )));
+                };
+                return Ok(Arc::new(ZoneExec::try_new(
+                    input.clone(),
+                    pos(&msg.pos, input)?,
+                    msg.radius_deg,
+                    msg.margin,
+                )?));
+            }
+            other => return Err(codec_err(format!("unknown operator '{other}'"))),
+        }
+        let msg = XMatchProto::decode(buf).map_err(|e| codec_err(e.to_string()))?;
+        let [left, right] = inputs else {
+            return Err(codec_err(format!(
+                "XMatchExec takes 2 inputs, got {}",
+                inputs.len()
+            )));
         };
         let schema = msg
             .schema
@@ -99,6 +146,7 @@ impl PhysicalExtensionCodec for MeridianCodec {
                 Mode::All
             },
             msg.build_left,
+            msg.zoned,
             Arc::new(schema),
         )))
     }
@@ -109,13 +157,22 @@ impl PhysicalExtensionCodec for MeridianCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        let Some(x) = node.downcast_ref::<XMatchExec>() else {
-            return Err(codec_err(format!("cannot encode operator {}", node.name())));
-        };
         let exprs = |pos: &[Arc<dyn PhysicalExpr>; 2]| {
             pos.iter()
                 .map(|e| proto_converter.physical_expr_to_proto(e, self))
                 .collect::<Result<Vec<_>>>()
+        };
+        if let Some(z) = node.downcast_ref::<ZoneExec>() {
+            let msg = ZoneProto {
+                kind: ZONE_KIND.to_string(),
+                radius_deg: z.radius_deg,
+                margin: z.margin,
+                pos: exprs(&z.pos)?,
+            };
+            return msg.encode(buf).map_err(|e| codec_err(e.to_string()));
+        }
+        let Some(x) = node.downcast_ref::<XMatchExec>() else {
+            return Err(codec_err(format!("cannot encode operator {}", node.name())));
         };
         let msg = XMatchProto {
             kind: XMATCH_KIND.to_string(),
@@ -125,6 +182,7 @@ impl PhysicalExtensionCodec for MeridianCodec {
             left_pos: exprs(&x.left_pos)?,
             right_pos: exprs(&x.right_pos)?,
             schema: Some(SchemaProto::try_from(x.schema().as_ref())?),
+            zoned: x.zoned,
         };
         msg.encode(buf).map_err(|e| codec_err(e.to_string()))
     }

@@ -18,6 +18,7 @@ pub mod translate;
 pub mod udf;
 pub mod units;
 pub mod xmatch;
+pub mod zones;
 
 pub use codec::{MeridianCodec, plan_from_bytes, plan_to_bytes};
 pub use deadline::deadline;
@@ -27,7 +28,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use meridian_adql::identifier as adql_identifier;
 pub use session::{
-    EngineConfig, build_session, configure, register_functions, runtime, session_state,
+    EngineConfig, XMatchZones, build_session, configure, register_functions, runtime, session_state,
 };
 pub use xmatch::Mode as XMatchMode;
 

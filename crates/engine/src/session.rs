@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -22,6 +22,38 @@ pub struct EngineConfig {
     pub target_partitions: usize,
     /// Rows per batch.
     pub batch_size: usize,
+    /// How cross-matches index their build side (see [`XMatchZones`]).
+    pub xmatch_zones: XMatchZones,
+}
+
+/// How a cross-match runs: one index of its whole build input, or zone by zone over both
+/// inputs sorted by HEALPix zone (see [`crate::zones`]), which holds one zone chunk per
+/// partition instead of the whole build input and spreads over a cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum XMatchZones {
+    /// Zone by zone on a cluster, when the build input's size is unknown, or when its index
+    /// would take more than a quarter of the memory budget; one index otherwise.
+    #[default]
+    Auto,
+    /// Always zone by zone.
+    Always,
+    /// Always one index (a build input over the budget fails with a resources error).
+    Never,
+}
+
+impl std::str::FromStr for XMatchZones {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => Err(format!(
+                "'{s}' is not a cross-match zone setting (auto, always or never)"
+            )),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -30,6 +62,7 @@ impl Default for EngineConfig {
             memory_limit_bytes: 2 << 30,
             target_partitions: 0,
             batch_size: 8192,
+            xmatch_zones: XMatchZones::Auto,
         }
     }
 }
@@ -63,8 +96,14 @@ pub fn runtime(config: &EngineConfig) -> Result<Arc<RuntimeEnv>> {
     // A fair pool: spilling operators (sorts, aggregations, joins) share the budget evenly
     // and spill instead of starving each other; others (a cross-match's index) take what
     // they need or fail with a resources error.
+    // A resources error names the largest consumers, so that a query over budget says what
+    // took the memory.
+    let pool = TrackConsumersPool::new(
+        FairSpillPool::new(config.memory_limit_bytes),
+        std::num::NonZeroUsize::new(5).expect("non-zero"),
+    );
     Ok(RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit_bytes)))
+        .with_memory_pool(Arc::new(pool))
         .build_arc()?)
 }
 
@@ -73,7 +112,8 @@ pub fn runtime(config: &EngineConfig) -> Result<Arc<RuntimeEnv>> {
 pub fn configure(sc: SessionConfig, config: &EngineConfig) -> Result<SessionConfig> {
     let mut sc = sc
         .with_batch_size(config.batch_size)
-        .with_information_schema(true);
+        .with_information_schema(true)
+        .with_extension(Arc::new(config.xmatch_zones));
     if config.target_partitions > 0 {
         sc = sc.with_target_partitions(config.target_partitions);
     }

@@ -36,12 +36,14 @@ use datafusion::logical_expr::{
     UserDefinedLogicalNodeCore,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
-    Partitioning, PlanProperties,
+    InputDistributionRequirements, Partitioning, PlanProperties,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::{StreamExt, TryStreamExt};
@@ -49,6 +51,8 @@ use meridian_sky::healpix::neighbourhood_order;
 use tokio::sync::OnceCell;
 
 use crate::hats_table::{number, spatial_call};
+use crate::session::XMatchZones;
+use crate::zones::{ZONE_COLUMN, ZoneExec};
 
 /// Which pairs the operator returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
@@ -328,9 +332,8 @@ impl ExtensionPlanner for XMatchPlanner {
         let right_pos = exprs(&node.right_pos, logical_inputs[1])?;
         // The smaller input is indexed (the right one unless statistics say otherwise);
         // best-match mode always indexes the right input.
-        #[allow(deprecated)]
         let rows = |p: &Arc<dyn ExecutionPlan>| {
-            p.partition_statistics(None)
+            statistics(p)
                 .ok()
                 .and_then(|s| s.num_rows.get_value().copied())
         };
@@ -339,16 +342,85 @@ impl ExtensionPlanner for XMatchPlanner {
                 (rows(&physical_inputs[0]), rows(&physical_inputs[1])),
                 (Some(l), Some(r)) if l < r
             );
+        let build = &physical_inputs[if build_left { 0 } else { 1 }];
+        let zoned = zoned(build, session);
+        let (left, right) = if zoned {
+            let tag =
+                |i: usize, pos: &[Arc<dyn PhysicalExpr>; 2]| -> Result<Arc<dyn ExecutionPlan>> {
+                    let margin = build_left == (i == 0);
+                    Ok(Arc::new(ZoneExec::try_new(
+                        physical_inputs[i].clone(),
+                        pos.clone(),
+                        node.radius_deg,
+                        margin,
+                    )?))
+                };
+            (tag(0, &left_pos)?, tag(1, &right_pos)?)
+        } else {
+            (physical_inputs[0].clone(), physical_inputs[1].clone())
+        };
         Ok(Some(Arc::new(XMatchExec::new(
-            physical_inputs[0].clone(),
-            physical_inputs[1].clone(),
+            left,
+            right,
             left_pos,
             right_pos,
             node.radius_deg,
             node.mode,
             build_left,
+            zoned,
             Arc::new(node.schema.as_arrow().clone()),
         ))))
+    }
+}
+
+/// The statistics of a whole plan.
+fn statistics(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<datafusion::common::Statistics>> {
+    datafusion::physical_plan::StatisticsContext::new()
+        .compute(plan.as_ref(), &datafusion::physical_plan::StatisticsArgs::new())
+}
+
+/// Whether a cross-match indexing `build` runs zone by zone (see [`crate::zones`] and
+/// [`XMatchZones`]): on a Ballista cluster, where one index would be built by every task
+/// from a copy of the whole build input; when the build input's size is unknown; or when
+/// its index would take more than a quarter of the memory budget.
+fn zoned(build: &Arc<dyn ExecutionPlan>, session: &dyn Session) -> bool {
+    match session.config().get_extension::<XMatchZones>().as_deref() {
+        Some(XMatchZones::Always) => return true,
+        Some(XMatchZones::Never) => return false,
+        _ => {}
+    }
+    let on_cluster = session
+        .config_options()
+        .entries()
+        .iter()
+        .any(|e| e.key.starts_with("ballista."));
+    if on_cluster {
+        return true;
+    }
+    let Ok(stats) = statistics(build) else {
+        return true;
+    };
+    let Some(&rows) = stats.num_rows.get_value() else {
+        return true;
+    };
+    let bytes = stats
+        .total_byte_size
+        .get_value()
+        .copied()
+        .unwrap_or_else(|| {
+            let width: usize = build
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.data_type().primitive_width().unwrap_or(32))
+                .sum();
+            rows * width
+        });
+    // The index adds about 60 bytes a row (see `Index::from_batch`).
+    let need = bytes + rows * 60;
+    match session.runtime_env().memory_pool.memory_limit() {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => need > limit / 4,
+        _ => false,
     }
 }
 
@@ -383,8 +455,12 @@ pub struct XMatchExec {
     pub(crate) mode: Mode,
     /// Index the left input and stream the right one (otherwise the reverse).
     pub(crate) build_left: bool,
+    /// Zone by zone over inputs tagged by [`ZoneExec`] (see [`crate::zones`]), instead of
+    /// one index of the whole build input.
+    pub(crate) zoned: bool,
     properties: Arc<PlanProperties>,
     index: Arc<OnceCell<Arc<Index>>>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl XMatchExec {
@@ -397,6 +473,7 @@ impl XMatchExec {
         radius_deg: f64,
         mode: Mode,
         build_left: bool,
+        zoned: bool,
         schema: SchemaRef,
     ) -> Self {
         let probe = if build_left { &right } else { &left };
@@ -415,8 +492,10 @@ impl XMatchExec {
             radius_deg,
             mode,
             build_left,
+            zoned,
             properties,
             index: Arc::new(OnceCell::new()),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -436,11 +515,12 @@ impl DisplayAs for XMatchExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "XMatchExec: mode={:?}, radius={} arcsec, order={}, build={}",
+            "XMatchExec: mode={:?}, radius={} arcsec, order={}, build={}{}",
             self.mode,
             self.radius_deg * 3600.0,
             neighbourhood_order(self.radius_deg).unwrap_or(0),
-            if self.build_left { "left" } else { "right" }
+            if self.build_left { "left" } else { "right" },
+            if self.zoned { ", zoned" } else { "" }
         )
     }
 }
@@ -454,8 +534,17 @@ impl ExecutionPlan for XMatchExec {
         &self.properties
     }
 
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        if self.build_left {
+    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        if self.zoned {
+            // Both inputs partitioned alike by zone: partition i of each holds the same zones.
+            return InputDistributionRequirements::co_partitioned(
+                [&self.left, &self.right]
+                    .iter()
+                    .map(|c| Distribution::KeyPartitioned(vec![zone_column(c)]))
+                    .collect(),
+            );
+        }
+        InputDistributionRequirements::new(if self.build_left {
             vec![
                 Distribution::SinglePartition,
                 Distribution::UnspecifiedDistribution,
@@ -465,7 +554,19 @@ impl ExecutionPlan for XMatchExec {
                 Distribution::UnspecifiedDistribution,
                 Distribution::SinglePartition,
             ]
-        }
+        })
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        self.input_distribution_requirements().into_per_child()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false, false]
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -497,6 +598,7 @@ impl ExecutionPlan for XMatchExec {
             self.radius_deg,
             self.mode,
             self.build_left,
+            self.zoned,
             self.schema(),
         )))
     }
@@ -507,6 +609,22 @@ impl ExecutionPlan for XMatchExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let ((build, build_pos), (probe, probe_pos)) = self.sides();
+        if self.zoned {
+            return Ok(crate::zones::ZonedJoin {
+                build: build.execute(partition, context.clone())?,
+                probe: probe.execute(partition, context.clone())?,
+                build_pos: build_pos.clone(),
+                probe_pos: probe_pos.clone(),
+                radius_deg: self.radius_deg,
+                mode: self.mode,
+                build_left: self.build_left,
+                schema: self.schema(),
+                context,
+                metrics: self.metrics.clone(),
+                partition,
+            }
+            .into_stream());
+        }
         let (build, build_pos) = (build.clone(), build_pos.clone());
         let probe_stream = probe.execute(partition, context.clone())?;
         let probe_pos = probe_pos.clone();
@@ -526,7 +644,7 @@ impl ExecutionPlan for XMatchExec {
                     .map(move |batch| {
                         let batch = batch?;
                         let [ra, dec] = positions(&probe_pos, &batch)?;
-                        let pairs = matcher.pairs(&ra, &dec);
+                        let pairs = matcher.pairs(&ra, &dec, None);
                         assemble(&out_schema, &batch, &matcher.index.batch, pairs, build_left)
                     })
                     .map_ok(move |b| futures::stream::iter(split(b, batch_size).map(Ok)))
@@ -538,8 +656,14 @@ impl ExecutionPlan for XMatchExec {
     }
 }
 
+/// The zone column of a [`ZoneExec`]'s output (its last column).
+fn zone_column(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn PhysicalExpr> {
+    let i = plan.schema().fields().len() - 1;
+    Arc::new(Column::new(ZONE_COLUMN, i))
+}
+
 /// Evaluates RA and Dec expressions over a batch as Float64 arrays.
-fn positions(
+pub(crate) fn positions(
     exprs: &[Arc<dyn PhysicalExpr>; 2],
     batch: &RecordBatch,
 ) -> Result<[Arc<dyn Array>; 2]> {
@@ -552,7 +676,11 @@ fn positions(
 
 /// Unit vector and (lon, lat) in radians of a valid position, `None` for NULL, NaN or
 /// |dec| > 90.
-fn unit_vector(ra: &dyn Array, dec: &dyn Array, i: usize) -> Option<([f64; 3], f64, f64)> {
+pub(crate) fn unit_vector(
+    ra: &dyn Array,
+    dec: &dyn Array,
+    i: usize,
+) -> Option<([f64; 3], f64, f64)> {
     if ra.is_null(i) || dec.is_null(i) {
         return None;
     }
@@ -578,8 +706,8 @@ fn chord2(a: &[f64; 3], b: &[f64; 3]) -> f64 {
 
 /// The build side, bucketed by HEALPix cell.
 #[derive(Debug)]
-struct Index {
-    batch: RecordBatch,
+pub(crate) struct Index {
+    pub(crate) batch: RecordBatch,
     order: u8,
     /// Unit vectors of the build rows, in cell order.
     xyz: Vec<[f64; 3]>,
@@ -587,11 +715,15 @@ struct Index {
     rows: Vec<u32>,
     /// Cell → range of `xyz`/`rows`.
     cells: foldhash::HashMap<u64, (u32, u32)>,
+    /// Zone of each entry of `xyz` in a zoned cross-match (see [`crate::zones`]), else
+    /// empty.
+    zones: Vec<u64>,
     /// Squared chord of the candidate radius (the radius widened by a hair, so that
     /// rounding never drops a pair the exact predicate keeps).
     chord2_max: f64,
     radius_deg: f64,
-    _reservation: MemoryReservation,
+    /// The memory of the batch and the index (a zoned cross-match accounts it itself).
+    _reservation: Option<MemoryReservation>,
 }
 
 impl Index {
@@ -613,6 +745,32 @@ impl Index {
         }
         let batch = concat_batches(&schema, &batches)?;
         drop(batches);
+        reservation.try_grow(batch.num_rows() * Self::ENTRY_BYTES)?;
+        let index = Self::from_batch(batch, &pos, radius_deg, None, Some(reservation))?;
+        tracing::debug!(
+            rows = index.batch.num_rows(),
+            order = index.order,
+            cells = index.cells.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cross-match index built"
+        );
+        Ok(Arc::new(index))
+    }
+
+    /// Bytes of an index entry: a unit vector, a row number, a cell (while building), a map
+    /// slot and a zone.
+    pub(crate) const ENTRY_BYTES: usize = 24 + 4 + 8 + 24 + 8;
+
+    /// The index of `batch`, whose rows' positions are `pos`; `zones`, in a zoned
+    /// cross-match, are the rows' zones. `reservation`, if any, holds the batch's memory and
+    /// [`Index::ENTRY_BYTES`] per row.
+    pub(crate) fn from_batch(
+        batch: RecordBatch,
+        pos: &[Arc<dyn PhysicalExpr>; 2],
+        radius_deg: f64,
+        zones: Option<Vec<u64>>,
+        reservation: Option<MemoryReservation>,
+    ) -> Result<Index> {
         let n = batch.num_rows();
         if n > u32::MAX as usize {
             return Err(DataFusionError::ResourcesExhausted(format!(
@@ -620,17 +778,19 @@ impl Index {
                 u32::MAX
             )));
         }
-        // Per entry: a unit vector, a row number, a cell (temporarily) and a map slot.
-        reservation.try_grow(n * (24 + 4 + 8 + 24))?;
-        let [ra, dec] = positions(&pos, &batch)?;
-        // Cells no finer than needed for the neighbourhood rule, and not much finer than
-        // one row per cell on average.
+        let [ra, dec] = positions(pos, &batch)?;
+        // Cells no finer than needed for the neighbourhood rule, and, over the whole sky,
+        // not much finer than one row per cell on average. A zone's rows are close together:
+        // their cells are those of the rule.
         let density_order = (0u8..=29)
             .find(|&k| meridian_sky::healpix::n_cells(k) >= n as u64)
             .unwrap_or(29);
-        let order = neighbourhood_order(radius_deg)
-            .expect("radius checked when planned")
-            .min(density_order);
+        let rule_order = neighbourhood_order(radius_deg).expect("radius checked when planned");
+        let order = if zones.is_some() {
+            rule_order
+        } else {
+            rule_order.min(density_order)
+        };
         let layer = cdshealpix::nested::get(order);
         let mut keyed: Vec<(u64, u32, [f64; 3])> = (0..n)
             .filter_map(|i| {
@@ -647,40 +807,37 @@ impl Index {
             cells.insert(cell, (start as u32, end as u32));
             start = end;
         }
-        let rows = keyed.iter().map(|k| k.1).collect();
+        let rows: Vec<u32> = keyed.iter().map(|k| k.1).collect();
         let xyz = keyed.iter().map(|k| k.2).collect();
+        let zones = zones
+            .map(|z| rows.iter().map(|&r| z[r as usize]).collect())
+            .unwrap_or_default();
         let widened = (radius_deg * (1.0 + 1e-7) + 1e-10).to_radians();
         let chord = 2.0 * (widened / 2.0).sin();
-        tracing::debug!(
-            rows = n,
-            order,
-            cells = cells.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "cross-match index built"
-        );
-        Ok(Arc::new(Index {
+        Ok(Index {
             batch,
             order,
             xyz,
             rows,
             cells,
+            zones,
             chord2_max: chord * chord,
             radius_deg,
             _reservation: reservation,
-        }))
+        })
     }
 }
 
 /// Matched (probe row, build row) pairs of one probe batch.
-struct Pairs {
+pub(crate) struct Pairs {
     probe: Vec<u32>,
     build: Vec<u32>,
 }
 
 /// Probes the index; remembers the candidate cells of the last probe cell, since probe
 /// inputs are often sorted by HEALPix index.
-struct Matcher {
-    index: Arc<Index>,
+pub(crate) struct Matcher {
+    pub(crate) index: Arc<Index>,
     mode: Mode,
     last_cell: Option<u64>,
     neighbours: Vec<u64>,
@@ -688,7 +845,7 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn new(index: Arc<Index>, mode: Mode) -> Self {
+    pub(crate) fn new(index: Arc<Index>, mode: Mode) -> Self {
         Self {
             index,
             mode,
@@ -698,7 +855,14 @@ impl Matcher {
         }
     }
 
-    fn pairs(&mut self, ra: &dyn Array, dec: &dyn Array) -> Pairs {
+    /// Pairs of the probe rows at (`ra`, `dec`); in a zoned cross-match, `zones` are the
+    /// probe rows' zones and only build rows of the same zone are compared.
+    pub(crate) fn pairs(
+        &mut self,
+        ra: &dyn Array,
+        dec: &dyn Array,
+        zones: Option<&[u64]>,
+    ) -> Pairs {
         let idx = Arc::clone(&self.index);
         let layer = cdshealpix::nested::get(idx.order);
         let mut out = Pairs {
@@ -725,6 +889,9 @@ impl Matcher {
             let mut best: Option<(f64, u32)> = None;
             for &(s, e) in &self.ranges {
                 for j in s as usize..e as usize {
+                    if zones.is_some_and(|z| idx.zones[j] != z[i]) {
+                        continue;
+                    }
                     let d = chord2(&v, &idx.xyz[j]);
                     if d > idx.chord2_max {
                         continue;
@@ -760,7 +927,7 @@ impl Matcher {
 }
 
 /// Output rows of matched pairs: left columns, then right columns.
-fn assemble(
+pub(crate) fn assemble(
     schema: &SchemaRef,
     probe: &RecordBatch,
     build: &RecordBatch,
@@ -791,7 +958,7 @@ fn assemble(
 }
 
 /// Splits a batch into slices of at most `size` rows; empty batches vanish.
-fn split(batch: RecordBatch, size: usize) -> impl Iterator<Item = RecordBatch> {
+pub(crate) fn split(batch: RecordBatch, size: usize) -> impl Iterator<Item = RecordBatch> {
     let n = batch.num_rows();
     (0..n)
         .step_by(size.max(1))

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
 use meridian_catalog::{IngestOptions, Store};
-use meridian_engine::{Engine, EngineConfig, Lang, XMatchMode, XMatchSpec};
+use meridian_engine::{Engine, EngineConfig, Lang, XMatchMode, XMatchSpec, XMatchZones};
 use meridian_sky::angular_separation_deg;
 use rand::{Rng, SeedableRng};
 
@@ -147,14 +147,19 @@ fn run(engine: &Engine, q: &str, lang: Lang) -> (Vec<RecordBatch>, String) {
             .await
             .unwrap_or_else(|e| panic!("{q}: {e}"));
         let plan = df.clone().create_physical_plan().await.unwrap();
-        let shown = meridian_engine::display_plan(&plan);
-        let batches = meridian_engine::execute(plan, engine)
+        let batches = meridian_engine::execute(plan.clone(), engine)
             .unwrap()
             .collect::<Vec<_>>()
             .await
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .unwrap_or_else(|e| panic!("{q}: {e}"));
+        // The plan with the metrics of its run.
+        let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+            plan.as_ref(),
+        )
+        .indent(true)
+        .to_string();
         (batches, shown)
     })
 }
@@ -177,10 +182,26 @@ fn engine(config: &EngineConfig) -> Engine {
     Engine::open(&fixture().store, config).unwrap()
 }
 
+/// An engine that runs cross-matches with one index (`Never`) or zone by zone (`Always`).
+fn engine_zones(zones: XMatchZones) -> Engine {
+    engine(&EngineConfig {
+        xmatch_zones: zones,
+        ..Default::default()
+    })
+}
+
+/// Whether a plan's cross-match runs zone by zone as `zones` asks.
+fn check_zones(plan: &str, zones: XMatchZones) {
+    assert!(plan.contains("XMatchExec"), "{plan}");
+    let zoned = plan.contains(", zoned") && plan.contains("ZoneExec");
+    assert_eq!(zoned, zones == XMatchZones::Always, "{plan}");
+}
+
+const BOTH: [XMatchZones; 2] = [XMatchZones::Never, XMatchZones::Always];
+
 #[test]
 fn every_join_form_equals_brute_force() {
     let f = fixture();
-    let e = engine(&EngineConfig::default());
     let want = brute_pairs(&f.a, &f.b, RADIUS_DEG);
     assert!(want.len() > 8_000, "{} planted pairs", want.len());
     // The fixture puts pairs at the poles and on the seam.
@@ -215,22 +236,24 @@ fn every_join_form_equals_brute_force() {
             Lang::Sql,
         ),
     ];
-    for (i, (q, lang)) in queries.iter().enumerate() {
-        let (batches, plan) = run(&e, q, *lang);
-        assert!(plan.contains("XMatchExec"), "{q}\n{plan}");
-        let mut got = pairs(&batches);
-        if i == 2 {
-            got = got.into_iter().map(|(x, y)| (y, x)).collect();
+    for zones in BOTH {
+        let e = engine_zones(zones);
+        for (i, (q, lang)) in queries.iter().enumerate() {
+            let (batches, plan) = run(&e, q, *lang);
+            check_zones(&plan, zones);
+            let mut got = pairs(&batches);
+            if i == 2 {
+                got = got.into_iter().map(|(x, y)| (y, x)).collect();
+            }
+            assert_eq!(got.len(), want.len(), "{zones:?} {q}");
+            assert_eq!(got, want, "{zones:?} {q}");
         }
-        assert_eq!(got.len(), want.len(), "{q}");
-        assert_eq!(got, want, "{q}");
     }
 }
 
 #[test]
 fn cross_match_keeps_other_conditions_and_large_radii() {
     let f = fixture();
-    let e = engine(&EngineConfig::default());
     let r = 60.0 / 3600.0;
     let want: BTreeSet<_> = brute_pairs(&f.a, &f.b, r)
         .into_iter()
@@ -240,15 +263,23 @@ fn cross_match_keeps_other_conditions_and_large_radii() {
         "SELECT a.objectId, b.objectId FROM xa a JOIN xb b \
          ON 1 = CONTAINS(POINT(a.ra, a.dec), CIRCLE(b.ra, b.dec, {r})) WHERE MOD(a.objectId + b.objectId, 3) = 0"
     );
-    let (batches, plan) = run(&e, &q, Lang::Adql);
-    assert!(plan.contains("XMatchExec"), "{plan}");
-    assert_eq!(pairs(&batches), want);
+    for zones in BOTH {
+        let (batches, plan) = run(&engine_zones(zones), &q, Lang::Adql);
+        check_zones(&plan, zones);
+        assert_eq!(pairs(&batches), want, "{zones:?}");
+    }
 }
 
 #[test]
 fn best_match_is_the_nearest_partner_within_the_radius() {
+    for zones in BOTH {
+        best_match_equals_brute_force(zones);
+    }
+}
+
+fn best_match_equals_brute_force(zones: XMatchZones) {
     let f = fixture();
-    let e = engine(&EngineConfig::default());
+    let e = engine_zones(zones);
     let mut want: BTreeMap<i64, (f64, i64)> = BTreeMap::new();
     for (x, y) in brute_pairs(&f.a, &f.b, RADIUS_DEG) {
         let pa = f.a.iter().find(|r| r.0 == x).unwrap();
@@ -268,9 +299,15 @@ fn best_match_is_the_nearest_partner_within_the_radius() {
         mode: XMatchMode::Nearest,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let batches = rt
-        .block_on(async { e.xmatch(&spec).await.unwrap().collect().await })
-        .unwrap();
+    let (batches, plan) = rt.block_on(async {
+        let df = e.xmatch(&spec).await.unwrap();
+        let plan = df.clone().create_physical_plan().await.unwrap();
+        (
+            df.collect().await.unwrap(),
+            meridian_engine::display_plan(&plan),
+        )
+    });
+    check_zones(&plan, zones);
     let mut got = BTreeMap::new();
     for b in &batches {
         assert_eq!(
@@ -345,9 +382,10 @@ fn unknown_names_in_a_cross_match_are_clear_errors() {
 }
 
 #[test]
-fn a_build_side_over_the_memory_budget_fails_cleanly() {
+fn a_build_side_over_the_memory_budget_fails_cleanly_with_one_index() {
     let e = engine(&EngineConfig {
         memory_limit_bytes: 64 << 10,
+        xmatch_zones: XMatchZones::Never,
         ..Default::default()
     });
     let q = format!(
@@ -362,6 +400,102 @@ fn a_build_side_over_the_memory_budget_fails_cleanly() {
     // The engine still answers afterwards.
     let (batches, _) = run(&engine(&EngineConfig::default()), &q, Lang::Adql);
     assert!(!batches.is_empty());
+}
+
+/// Zone by zone, a cross-match whose indexed side (with its index) is larger than the
+/// memory budget succeeds, with the brute-force pair set, where one index fails; the automatic
+/// choice goes zone by zone for it, and keeps one index under an ample budget.
+#[test]
+fn a_build_side_over_the_memory_budget_succeeds_zone_by_zone() {
+    // 400,000 rows a side in a 6 x 6 degree field; most of b are a's rows moved by up to
+    // 2 arcsec. The index of either side takes about 45 MiB, the budget is 32 MiB.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20261202);
+    let n = 400_000;
+    let field = |rng: &mut rand_chacha::ChaCha8Rng| {
+        (rng.random_range(150.0..156.0), rng.random_range(-3.0..3.0))
+    };
+    let a: Rows = (0..n)
+        .map(|i| {
+            let (ra, dec) = field(&mut rng);
+            (i as i64, ra, dec)
+        })
+        .collect();
+    let b: Rows = a
+        .iter()
+        .map(|&(i, ra, dec)| {
+            let (ra, dec) = if i % 4 == 0 {
+                field(&mut rng)
+            } else {
+                let sep = rng.random_range(0.0..2.0 / 3600.0);
+                offset(ra, dec, sep, rng.random_range(0.0..std::f64::consts::TAU))
+            };
+            (1_000_000 + i as i64, ra, dec)
+        })
+        .collect();
+    let exact = |x: f64| format!("{x:.12}").parse::<f64>().unwrap();
+    let [a, b] = [a, b].map(|rows| -> Rows {
+        rows.into_iter()
+            .map(|(i, r, d)| (i, exact(r), exact(d)))
+            .collect()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    for (name, rows) in [("la", &a), ("lb", &b)] {
+        let path = dir.path().join(format!("{name}.csv"));
+        write_csv(&path, rows);
+        let opts = IngestOptions {
+            partition_rows: 50_000,
+            ..Default::default()
+        };
+        meridian_catalog::ingest::ingest(&store, name, &[path], &opts, &|_| {}).unwrap();
+    }
+    let r = 1.0 / 3600.0;
+    let want = brute_pairs(&a, &b, r);
+    assert!(want.len() > 130_000, "{} pairs", want.len());
+    let q = format!(
+        "SELECT a.objectId, b.objectId FROM la a JOIN lb b ON DISTANCE(POINT(a.ra, a.dec), POINT(b.ra, b.dec)) < {r}"
+    );
+    let budget = 32 << 20;
+    let open = |zones| {
+        Engine::open(
+            &store,
+            &EngineConfig {
+                memory_limit_bytes: budget,
+                xmatch_zones: zones,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let one_index = open(XMatchZones::Never);
+    let err = rt
+        .block_on(async {
+            one_index
+                .query(&q, Lang::Adql)
+                .await
+                .unwrap()
+                .collect()
+                .await
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Resources exhausted"), "{err}");
+    let (batches, plan) = run(&open(XMatchZones::Auto), &q, Lang::Adql);
+    check_zones(&plan, XMatchZones::Always);
+    assert_eq!(pairs(&batches), want);
+    // The partitions went to disk by bucket of zones.
+    let xmatch = plan.lines().find(|l| l.contains("XMatchExec")).unwrap();
+    let spills: usize = xmatch
+        .split("spill_count=")
+        .nth(1)
+        .and_then(|m| m.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{xmatch}"));
+    assert!(spills > 0, "{xmatch}");
+    let ample = Engine::open(&store, &EngineConfig::default()).unwrap();
+    let (_, plan) = run(&ample, &q, Lang::Adql);
+    check_zones(&plan, XMatchZones::Never);
 }
 
 /// A plan made in one session, sent as bytes and run by another (as a Ballista executor
@@ -399,6 +533,12 @@ fn cross_match_plans_survive_serialization_to_another_session() {
     let df = rt.block_on(planner.query(&q, Lang::Adql)).unwrap();
     let (batches, shown) = run_elsewhere(df);
     assert!(shown.contains("XMatchExec: mode=All"), "{shown}");
+    assert_eq!(pairs(&batches), brute_pairs(&f.a, &f.b, r));
+    // Zone by zone: the zone operators travel too.
+    let zoned = engine_zones(XMatchZones::Always);
+    let df = rt.block_on(zoned.query(&q, Lang::Adql)).unwrap();
+    let (batches, shown) = run_elsewhere(df);
+    check_zones(&shown, XMatchZones::Always);
     assert_eq!(pairs(&batches), brute_pairs(&f.a, &f.b, r));
     // Best match.
     let spec = XMatchSpec {

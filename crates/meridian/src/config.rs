@@ -336,6 +336,10 @@ pub struct QueryConfig {
     pub memory_limit_mib: u64,
     /// Parallel partitions per query (0: the number of cores).
     pub target_partitions: usize,
+    /// How cross-matches run: "auto" (zone by zone on a cluster or when the indexed side
+    /// would take more than a quarter of the memory budget), "always" (zone by zone) or
+    /// "never" (one index of the smaller side in memory).
+    pub xmatch_zones: String,
 }
 
 impl Default for QueryConfig {
@@ -344,6 +348,7 @@ impl Default for QueryConfig {
         Self {
             memory_limit_mib: (d.memory_limit_bytes >> 20) as u64,
             target_partitions: d.target_partitions,
+            xmatch_zones: "auto".into(),
         }
     }
 }
@@ -475,6 +480,13 @@ impl Config {
         }
         if self.query.memory_limit_mib < 16 {
             bail!("query.memory_limit_mib must be at least 16");
+        }
+        if let Err(e) = self
+            .query
+            .xmatch_zones
+            .parse::<meridian_engine::XMatchZones>()
+        {
+            bail!("query.xmatch_zones: {e}");
         }
         if let Some(url) = &self.cluster.scheduler {
             meridian_cluster::scheduler_address(url).context("cluster.scheduler")?;

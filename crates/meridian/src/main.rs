@@ -940,6 +940,8 @@ fn engine_config(config: &Config) -> meridian_engine::EngineConfig {
     meridian_engine::EngineConfig {
         memory_limit_bytes: (config.query.memory_limit_mib as usize) << 20,
         target_partitions: config.query.target_partitions,
+        // Checked when the configuration was read.
+        xmatch_zones: config.query.xmatch_zones.parse().unwrap_or_default(),
         ..Default::default()
     }
 }
