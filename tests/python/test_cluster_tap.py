@@ -5,6 +5,7 @@ runs in the server and says so in its log. `meridian cluster status` lists the
 executors."""
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -30,11 +31,15 @@ QUERIES = [
 
 
 class Cluster:
-    def __init__(self, store, executors=2):
+    """A scheduler and `executors` executors started from the binary on loopback, with `env`
+    added to their environment."""
+
+    def __init__(self, store, executors=2, env=None):
         self.procs = []
+        env = None if env is None else {**os.environ, **env}
         p = subprocess.Popen([meridian_bin(), "--data-dir", str(store), "cluster", "scheduler",
                               "--bind", "127.0.0.1:0"], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, env=env)
         self.procs.append(p)
         self.url = None
         deadline = time.time() + 60
@@ -49,7 +54,7 @@ class Cluster:
             self.procs.append(subprocess.Popen(
                 [meridian_bin(), "--data-dir", str(store), "cluster", "executor", "--scheduler", self.url,
                  "--concurrent-tasks", "2", "--id", f"exec-{i}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
         deadline = time.time() + 60
         while len(self.status()) < executors:
             assert time.time() < deadline, "executors did not register"

@@ -375,8 +375,10 @@ impl ExtensionPlanner for XMatchPlanner {
 
 /// The statistics of a whole plan.
 fn statistics(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<datafusion::common::Statistics>> {
-    datafusion::physical_plan::StatisticsContext::new()
-        .compute(plan.as_ref(), &datafusion::physical_plan::StatisticsArgs::new())
+    datafusion::physical_plan::StatisticsContext::new().compute(
+        plan.as_ref(),
+        &datafusion::physical_plan::StatisticsArgs::new(),
+    )
 }
 
 /// Whether a cross-match indexing `build` runs zone by zone (see [`crate::zones`] and

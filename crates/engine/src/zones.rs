@@ -429,14 +429,12 @@ impl ZonedJoin {
         } else {
             0
         };
-        reservation
-            .try_grow(bytes)
-            .map_err(|e| {
-                DataFusionError::ResourcesExhausted(format!(
-                    "a bucket of cross-match zones is larger than the memory budget ({})",
-                    e.strip_backtrace()
-                ))
-            })?;
+        reservation.try_grow(bytes).map_err(|e| {
+            DataFusionError::ResourcesExhausted(format!(
+                "a bucket of cross-match zones is larger than the memory budget ({})",
+                e.strip_backtrace()
+            ))
+        })?;
         let index = Index::from_batch(rows, &self.build_pos, self.radius_deg, Some(zones), None)?;
         Ok(Some(Matcher::new(Arc::new(index), self.mode)))
     }

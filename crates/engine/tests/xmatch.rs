@@ -429,7 +429,7 @@ fn a_build_side_over_the_memory_budget_succeeds_zone_by_zone() {
                 let sep = rng.random_range(0.0..2.0 / 3600.0);
                 offset(ra, dec, sep, rng.random_range(0.0..std::f64::consts::TAU))
             };
-            (1_000_000 + i as i64, ra, dec)
+            (1_000_000 + i, ra, dec)
         })
         .collect();
     let exact = |x: f64| format!("{x:.12}").parse::<f64>().unwrap();
