@@ -34,22 +34,12 @@ class Cluster:
     """A scheduler and `executors` executors started from the binary on loopback, with `env`
     added to their environment."""
 
-    def __init__(self, store, executors=2, env=None):
+    def __init__(self, store, executors=2, env=None, bind="127.0.0.1:0"):
         self.procs = []
-        env = None if env is None else {**os.environ, **env}
-        p = subprocess.Popen([meridian_bin(), "--data-dir", str(store), "cluster", "scheduler",
-                              "--bind", "127.0.0.1:0"], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, env=env)
-        self.procs.append(p)
-        self.url = None
-        deadline = time.time() + 60
-        while self.url is None and time.time() < deadline:
-            m = re.search(r"Cluster scheduler: (df://\S+)", p.stderr.readline())
-            if m:
-                self.url = m.group(1)
-        assert self.url, "the scheduler did not start"
-        import threading
-        threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+        self.store = store
+        self.env = None if env is None else {**os.environ, **env}
+        env = self.env
+        self.url = self.start_scheduler(bind)
         for i in range(executors):
             self.procs.append(subprocess.Popen(
                 [meridian_bin(), "--data-dir", str(store), "cluster", "executor", "--scheduler", self.url,
@@ -59,6 +49,32 @@ class Cluster:
         while len(self.status()) < executors:
             assert time.time() < deadline, "executors did not register"
             time.sleep(0.3)
+
+    def start_scheduler(self, bind):
+        """Starts the scheduler (as the first process) and returns its URL."""
+        p = subprocess.Popen([meridian_bin(), "--data-dir", str(self.store), "cluster",
+                              "scheduler", "--bind", bind], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        if self.procs:
+            self.procs[0] = p
+        else:
+            self.procs.append(p)
+        url = None
+        deadline = time.time() + 60
+        while url is None and time.time() < deadline:
+            m = re.search(r"Cluster scheduler: (df://\S+)", p.stderr.readline())
+            if m:
+                url = m.group(1)
+        assert url, "the scheduler did not start"
+        import threading
+        threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+        return url
+
+    def restart_scheduler(self):
+        """Kills the scheduler and starts it again at the same address."""
+        self.procs[0].kill()
+        self.procs[0].wait()
+        assert self.start_scheduler(self.url.removeprefix("df://")) == self.url
 
     def status(self):
         p = run("cluster", "status", "--scheduler", self.url, "--json", check=False)
@@ -129,3 +145,55 @@ def test_an_upload_query_runs_in_the_server_and_says_why(store, cluster, tmp_pat
         svc = pyvo.dal.TAPService(strict.url)
         with pytest.raises(pyvo.dal.DALQueryError, match="cannot run on the cluster"):
             svc.run_sync("SELECT COUNT(*) AS n FROM TAP_UPLOAD.up", uploads={"up": up})
+
+
+def test_metrics_show_the_cluster(store, cluster):
+    import urllib.request
+    with Server(store, env={"MERIDIAN_CLUSTER__SCHEDULER": cluster.url,
+                            "MERIDIAN_CLUSTER__REQUIRED": "true"}) as remote:
+        svc = pyvo.dal.TAPService(remote.url)
+        assert len(svc.run_sync(QUERIES[0]).to_table()) > 0
+        text = urllib.request.urlopen(remote.url.rsplit("/tap", 1)[0] + "/metrics").read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values["meridian_cluster_up"] == 1
+    assert values["meridian_cluster_executors"] == 2
+    assert values['meridian_cluster_executor_task_slots{executor="exec-0"}'] == 2
+    assert 0 <= values['meridian_cluster_executor_heartbeat_age_seconds{executor="exec-1"}'] < 60
+    assert values['meridian_cluster_jobs{status="Completed"}'] >= 1
+    assert values["meridian_cluster_stages_completed"] >= 1
+
+
+def test_a_restarted_scheduler_serves_again(store):
+    """The scheduler is killed and started again at the same address: while it is down a
+    query fails clearly (it does not hang), the executors register again, and the service's
+    next queries run on the cluster with the same answers."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    c = Cluster(store, bind=f"127.0.0.1:{port}")
+    try:
+        with Server(store) as local, Server(store, env={"MERIDIAN_CLUSTER__SCHEDULER": c.url,
+                                                        "MERIDIAN_CLUSTER__REQUIRED": "true"}) as remote:
+            here = pyvo.dal.TAPService(local.url)
+            there = pyvo.dal.TAPService(remote.url)
+            want = here.run_sync(QUERIES[1]).to_table()
+            tables_equal(there.run_sync(QUERIES[1]).to_table(), want, False)
+            c.procs[0].kill()
+            c.procs[0].wait()
+            started = time.time()
+            with pytest.raises((pyvo.dal.DALServiceError, pyvo.dal.DALQueryError)):
+                there.run_sync(QUERIES[1])
+            assert time.time() - started < 60
+            c.restart_scheduler()
+            deadline = time.time() + 60
+            while len(c.status()) < 2:
+                assert time.time() < deadline, "executors did not register again"
+                time.sleep(0.5)
+            tables_equal(there.run_sync(QUERIES[1]).to_table(), want, False)
+    finally:
+        c.close()

@@ -130,7 +130,13 @@ pub struct Remote {
     pub required: bool,
     /// The scheduler, for messages.
     pub url: String,
+    /// The cluster's executors, jobs and stages in the Prometheus text format, for
+    /// `/metrics` (a blocking call to the scheduler).
+    pub metrics: ClusterMetrics,
 }
+
+/// Renders a cluster's metrics (see [`Remote::metrics`]).
+pub type ClusterMetrics = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -23,7 +23,8 @@ pub mod zones;
 pub use codec::{MeridianCodec, plan_from_bytes, plan_to_bytes};
 pub use deadline::deadline;
 pub use engine::{
-    DistributionCheck, Engine, Lang, Remote, ScanReport, XMatchSpec, functions, id_column,
+    ClusterMetrics, DistributionCheck, Engine, Lang, Remote, ScanReport, XMatchSpec, functions,
+    id_column,
 };
 pub use error::{Error, Result};
 pub use meridian_adql::identifier as adql_identifier;

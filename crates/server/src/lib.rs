@@ -252,6 +252,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
             phase.as_str()
         ));
     }
+    if let Some(remote) = state.engine.remote() {
+        // The scheduler's executors, jobs and stages (a blocking call with a timeout).
+        let render = remote.metrics.clone();
+        if let Ok(cluster) = tokio::task::spawn_blocking(move || render()).await {
+            text.push_str(&cluster);
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
