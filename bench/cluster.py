@@ -99,14 +99,14 @@ def workloads(name, cones, seed=5):
     rnd = random.Random(seed)
     scan = (f"SELECT CAST(FLOOR(dec) AS INT) AS band, COUNT(*) AS n, AVG(g_mag) AS g, AVG(r_mag) AS r, "
             f"AVG(i_mag) AS i FROM {name} GROUP BY CAST(FLOOR(dec) AS INT)")
-    sel = f"SELECT objectId, ra, dec, g_mag FROM {name} WHERE g_mag < 17.7"
+    sel = f'SELECT "objectId", ra, dec, g_mag FROM {name} WHERE g_mag < 17.7'
     out = []
     out.append(("full-scan aggregation", [scan]))
     out.append(("selective scan (g < 17.7)", [sel]))
     # Centres uniform on the sphere.
     centres = [(rnd.uniform(0, 360), 90 - math.degrees(math.acos(rnd.uniform(-1, 1)))) for _ in range(cones)]
     out.append((f"cone 1 arcmin ({cones} centres)",
-                [f"SELECT objectId, ra, dec FROM {name} WHERE q3c_radial_query(ra, dec, {ra:.6f}, {dec:.6f}, "
+                [f"SELECT \"objectId\", ra, dec FROM {name} WHERE q3c_radial_query(ra, dec, {ra:.6f}, {dec:.6f}, "
                  f"{1 / 60})" for ra, dec in centres]))
     return out
 
