@@ -581,7 +581,9 @@ def test_an_expired_login_and_a_row_limit_have_clear_states(page, server):
     assert "log in again" in banner.inner_text()
     page.click("button:has-text('Continue without login')")
     banner.wait_for(state="detached")
-    # A result larger than the row limit says so.
+    # A result larger than the row limit says so. (The failed query may have moved the page
+    # to the results already: go back to the query form.)
+    page.click("nav >> text=Query")
     page.fill("input[aria-label='Row limit (MAXREC)']", "100")
     run_query(page, "SELECT objectId FROM demo_object")
     assert "stopped at its row limit" in page.inner_text(".grid-page .toolbar")
