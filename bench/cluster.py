@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from query import ROOT, Meridian, sh  # noqa: E402
+from query import ROOT, Meridian, meridian_binary  # noqa: E402
 
 
 class Cluster:
@@ -124,10 +124,7 @@ def main():
     ap.add_argument("--work", type=Path, default=Path("/tmp/meridian-bench-cluster"))
     ap.add_argument("--meridian", default=None, help="meridian binary (default: build release)")
     args = ap.parse_args()
-    binary = args.meridian
-    if binary is None:
-        sh("cargo", "build", "--release", "-q", "-p", "meridian", capture=False)
-        binary = str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "meridian")
+    binary = meridian_binary(args.meridian)
     args.work.mkdir(parents=True, exist_ok=True)
     m = Meridian(binary, args.work / "data")
     name = f"object_{args.rows}"

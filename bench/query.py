@@ -38,6 +38,14 @@ def sh(*cmd, capture=True):
     return p
 
 
+def meridian_binary(given):
+    """`given`, or the release binary, built now."""
+    if given is not None:
+        return given
+    sh("cargo", "build", "--release", "-q", "-p", "meridian", capture=False)
+    return str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "meridian")
+
+
 class Meridian:
     def __init__(self, binary, data):
         self.binary, self.data = binary, data
@@ -160,10 +168,7 @@ def main():
     ap.add_argument("--work", type=Path, default=Path("/tmp/meridian-bench-query"))
     ap.add_argument("--meridian", default=None, help="meridian binary (default: build release)")
     args = ap.parse_args()
-    binary = args.meridian
-    if binary is None:
-        sh("cargo", "build", "--release", "-q", "-p", "meridian", capture=False)
-        binary = str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "meridian")
+    binary = meridian_binary(args.meridian)
     try:
         import duckdb  # noqa: F401
     except ImportError:

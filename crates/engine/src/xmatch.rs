@@ -332,18 +332,16 @@ impl ExtensionPlanner for XMatchPlanner {
         let right_pos = exprs(&node.right_pos, logical_inputs[1])?;
         // The smaller input is indexed (the right one unless statistics say otherwise);
         // best-match mode always indexes the right input.
-        let rows = |p: &Arc<dyn ExecutionPlan>| {
-            statistics(p)
-                .ok()
+        let stats = [0, 1].map(|i| statistics(&physical_inputs[i]).ok());
+        let rows = |i: usize| {
+            stats[i]
+                .as_ref()
                 .and_then(|s| s.num_rows.get_value().copied())
         };
-        let build_left = node.mode == Mode::All
-            && matches!(
-                (rows(&physical_inputs[0]), rows(&physical_inputs[1])),
-                (Some(l), Some(r)) if l < r
-            );
-        let build = &physical_inputs[if build_left { 0 } else { 1 }];
-        let zoned = zoned(build, session);
+        let build_left =
+            node.mode == Mode::All && matches!((rows(0), rows(1)), (Some(l), Some(r)) if l < r);
+        let b = if build_left { 0 } else { 1 };
+        let zoned = zoned(&physical_inputs[b], stats[b].as_deref(), session);
         let (left, right) = if zoned {
             let tag =
                 |i: usize, pos: &[Arc<dyn PhysicalExpr>; 2]| -> Result<Arc<dyn ExecutionPlan>> {
@@ -385,7 +383,11 @@ fn statistics(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<datafusion::common::S
 /// [`XMatchZones`]): on a Ballista cluster, where one index would be built by every task
 /// from a copy of the whole build input; when the build input's size is unknown; or when
 /// its index would take more than a quarter of the memory budget.
-fn zoned(build: &Arc<dyn ExecutionPlan>, session: &dyn Session) -> bool {
+fn zoned(
+    build: &Arc<dyn ExecutionPlan>,
+    stats: Option<&datafusion::common::Statistics>,
+    session: &dyn Session,
+) -> bool {
     match session.config().get_extension::<XMatchZones>().as_deref() {
         Some(XMatchZones::Always) => return true,
         Some(XMatchZones::Never) => return false,
@@ -399,7 +401,7 @@ fn zoned(build: &Arc<dyn ExecutionPlan>, session: &dyn Session) -> bool {
     if on_cluster {
         return true;
     }
-    let Ok(stats) = statistics(build) else {
+    let Some(stats) = stats else {
         return true;
     };
     let Some(&rows) = stats.num_rows.get_value() else {
@@ -418,8 +420,7 @@ fn zoned(build: &Arc<dyn ExecutionPlan>, session: &dyn Session) -> bool {
                 .sum();
             rows * width
         });
-    // The index adds about 60 bytes a row (see `Index::from_batch`).
-    let need = bytes + rows * 60;
+    let need = bytes + rows * Index::ENTRY_BYTES;
     match session.runtime_env().memory_pool.memory_limit() {
         datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => need > limit / 4,
         _ => false,

@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array, UInt64Array};
-use arrow::compute::{concat_batches, take};
+use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
@@ -223,12 +223,8 @@ impl ExecutionPlan for ZoneExec {
             let batch = batch?;
             let [ra, dec] = positions(&pos, &batch)?;
             let (rows, zones) = tag(&ra, &dec, orders, margin);
-            let rows = UInt32Array::from(rows);
-            let mut cols = batch
-                .columns()
-                .iter()
-                .map(|c| Ok(take(c.as_ref(), &rows, None)?))
-                .collect::<Result<Vec<_>>>()?;
+            let rows = take_record_batch(&batch, &UInt32Array::from(rows))?;
+            let mut cols = rows.columns().to_vec();
             cols.push(Arc::new(UInt64Array::from(zones)));
             Ok(RecordBatch::try_new(out.clone(), cols)?)
         });
@@ -240,15 +236,18 @@ impl ExecutionPlan for ZoneExec {
 /// both its inputs are written to disk by bucket, and matched one bucket at a time.
 const BUCKETS: usize = 64;
 
+/// The zones of a zone-tagged batch (its last column).
+fn zones_of(batch: &RecordBatch) -> Result<&UInt64Array> {
+    batch
+        .column(batch.num_columns() - 1)
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| DataFusionError::Internal("zone column is not UInt64".into()))
+}
+
 /// The rows of a zone-tagged batch (without the zone column) and their zones.
 fn untag(batch: &RecordBatch) -> Result<(RecordBatch, Vec<u64>)> {
+    let zones = zones_of(batch)?.values().to_vec();
     let n = batch.num_columns();
-    let zones = batch
-        .column(n - 1)
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or_else(|| DataFusionError::Internal("zone column is not UInt64".into()))?
-        .values()
-        .to_vec();
     Ok((batch.project(&(0..n - 1).collect::<Vec<_>>())?, zones))
 }
 
@@ -287,11 +286,7 @@ impl Side {
         if batch.num_rows() == 0 {
             return Ok(0);
         }
-        let zones = batch
-            .column(batch.num_columns() - 1)
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| DataFusionError::Internal("zone column is not UInt64".into()))?;
-        let buckets: Vec<u32> = zones
+        let buckets: Vec<u32> = zones_of(&batch)?
             .values()
             .iter()
             .map(|z| (z % BUCKETS as u64) as u32)
@@ -299,14 +294,7 @@ impl Side {
         let mut order: Vec<u32> = (0..buckets.len() as u32).collect();
         order.sort_unstable_by_key(|&i| buckets[i as usize]);
         let order = UInt32Array::from(order);
-        let sorted = RecordBatch::try_new(
-            batch.schema(),
-            batch
-                .columns()
-                .iter()
-                .map(|c| Ok(take(c.as_ref(), &order, None)?))
-                .collect::<Result<Vec<_>>>()?,
-        )?;
+        let sorted = take_record_batch(&batch, &order)?;
         let bytes = sorted.get_array_memory_size() + sorted.num_rows() * self.row_extra;
         let mut start = 0;
         while start < order.len() {
@@ -322,10 +310,11 @@ impl Side {
         Ok(bytes)
     }
 
-    /// Writes the batches in memory to disk as one run; returns the bytes freed.
-    fn write_run(&mut self) -> Result<usize> {
+    /// Writes the batches in memory to disk as one run and gives their bytes back to
+    /// `reservation`.
+    fn write_run(&mut self, reservation: &mut MemoryReservation) -> Result<()> {
         if self.bytes == 0 {
-            return Ok(0);
+            return Ok(());
         }
         let mut file = self.spill.create_in_progress_file("cross-match zones")?;
         let mut buckets = VecDeque::new();
@@ -339,7 +328,9 @@ impl Side {
             let stream = self.spill.read_spill_as_stream_unbuffered(file, None)?;
             self.runs.push(Run { stream, buckets });
         }
-        Ok(std::mem::take(&mut self.bytes))
+        let freed = std::mem::take(&mut self.bytes);
+        reservation.shrink(freed.min(reservation.size()));
+        Ok(())
     }
 
     /// The next batch of bucket `b`, from memory, then from each run on disk; `None` when
@@ -392,20 +383,13 @@ async fn send(
 }
 
 impl ZonedJoin {
-    /// Accounts `bytes` in `reservation`, writing the batches of `sides` in memory to disk
-    /// first if the pool is short.
-    fn reserve(
-        reservation: &mut MemoryReservation,
-        bytes: usize,
-        sides: &mut [&mut Side],
-    ) -> Result<()> {
+    /// Accounts `bytes` of `side` in `reservation`, writing the side's batches in memory
+    /// to disk first if the pool is short.
+    fn reserve(reservation: &mut MemoryReservation, bytes: usize, side: &mut Side) -> Result<()> {
         if reservation.try_grow(bytes).is_ok() {
             return Ok(());
         }
-        for side in sides.iter_mut() {
-            let freed = side.write_run()?;
-            reservation.shrink(freed.min(reservation.size()));
-        }
+        side.write_run(reservation)?;
         reservation.try_grow(bytes)
     }
 
@@ -472,7 +456,7 @@ impl ZonedJoin {
         let mut probe = Side::new(spill(self.probe.schema()), 0);
         while let Some(batch) = self.build.next().await {
             let bytes = build.push(batch?)?;
-            Self::reserve(&mut reservation, bytes, &mut [&mut build])?;
+            Self::reserve(&mut reservation, bytes, &mut build)?;
         }
         if build.runs.is_empty() {
             // The build rows fit in memory: one index, and the probe rows stream past it.
@@ -489,11 +473,10 @@ impl ZonedJoin {
             return Ok(());
         }
         // Both sides go to disk by bucket, then each bucket is matched on its own.
-        let freed = build.write_run()?;
-        reservation.shrink(freed.min(reservation.size()));
+        build.write_run(&mut reservation)?;
         while let Some(batch) = self.probe.next().await {
             let bytes = probe.push(batch?)?;
-            Self::reserve(&mut reservation, bytes, &mut [&mut probe])?;
+            Self::reserve(&mut reservation, bytes, &mut probe)?;
         }
         // The probe rows still in memory stay accounted to the end.
         let base = reservation.size();

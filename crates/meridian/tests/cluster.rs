@@ -137,6 +137,24 @@ fn config() -> EngineConfig {
     }
 }
 
+/// A runtime for the tests' engines (with the stack the planner needs).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An engine over `store` whose queries run on the cluster at `url`.
+fn on_cluster(rt: &tokio::runtime::Runtime, store: &Store, url: &str, required: bool) -> Engine {
+    let remote = rt
+        .block_on(meridian_cluster::client::connect(url, &config(), required))
+        .unwrap();
+    Engine::open(store, &config()).unwrap().with_remote(remote)
+}
+
 /// Rows as CSV lines, sorted unless `ordered`.
 fn lines(batches: &[RecordBatch], ordered: bool) -> Vec<String> {
     let mut out = Vec::new();
@@ -200,21 +218,9 @@ fn queries_on_a_cluster_equal_the_embedded_engine() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let cluster = start_cluster(dir.path(), 2);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let local = Engine::open(&store, &config()).unwrap();
-    let remote = rt
-        .block_on(meridian_cluster::client::connect(
-            &cluster.url,
-            &config(),
-            true,
-        ))
-        .unwrap();
-    let distributed = Engine::open(&store, &config()).unwrap().with_remote(remote);
+    let distributed = on_cluster(&rt, &store, &cluster.url, true);
 
     let mut queries = golden_queries();
     assert!(queries.len() >= 10, "{} golden queries", queries.len());
@@ -269,12 +275,7 @@ fn a_query_that_cannot_go_to_the_cluster_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let cluster = start_cluster(dir.path(), 1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     // A table held in this process's memory (as TAP uploads are).
     let batch = RecordBatch::try_from_iter([(
         "x",
@@ -282,14 +283,7 @@ fn a_query_that_cannot_go_to_the_cluster_says_why() {
     )])
     .unwrap();
     for required in [true, false] {
-        let remote = rt
-            .block_on(meridian_cluster::client::connect(
-                &cluster.url,
-                &config(),
-                required,
-            ))
-            .unwrap();
-        let mut engine = Engine::open(&store, &config()).unwrap().with_remote(remote);
+        let mut engine = on_cluster(&rt, &store, &cluster.url, required);
         engine
             .add_batch_table("tap_upload", "t", batch.clone())
             .unwrap();
@@ -317,20 +311,8 @@ fn losing_an_executor_during_a_query_neither_hangs_nor_breaks_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let mut cluster = start_cluster(dir.path(), 2);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
-        .enable_all()
-        .build()
-        .unwrap();
-    let remote = rt
-        .block_on(meridian_cluster::client::connect(
-            &cluster.url,
-            &config(),
-            true,
-        ))
-        .unwrap();
-    let engine = Engine::open(&store, &config()).unwrap().with_remote(remote);
+    let rt = runtime();
+    let engine = on_cluster(&rt, &store, &cluster.url, true);
     // A query with a few stages and some work in each.
     let q = "SELECT a.source_id % 97 AS k, COUNT(*) AS n FROM gaia AS a \
              JOIN gaia2 AS b ON a.source_id % 20000 = b.source_id % 20000 \
