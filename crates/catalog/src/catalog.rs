@@ -1,8 +1,7 @@
 //! Opening a HATS catalog (or collection) and reading it with spatial pruning.
 
-use std::fs::File;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
@@ -15,6 +14,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::file::statistics::Statistics;
 
 use crate::layout::{Pixel, read_partitions};
+use crate::location::{Location, PartFile};
 use crate::properties::Properties;
 use crate::{Error, Result};
 
@@ -32,7 +32,7 @@ pub struct ColumnInfo {
 /// An opened HATS catalog: its properties, partitions and schema.
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    dir: PathBuf,
+    location: Location,
     properties: Properties,
     partitions: Vec<Pixel>,
     schema: SchemaRef,
@@ -46,32 +46,36 @@ impl Catalog {
     /// Opens a catalog directory (with `hats.properties`) or a collection directory (with
     /// `collection.properties`, whose main catalog and default margin are opened).
     pub fn open(path: &Path) -> Result<Self> {
-        let collection = path.join("collection.properties");
-        if collection.exists() {
-            let props = Properties::read(&collection)?;
+        Self::open_at(&Location::Local(path.to_path_buf()))
+    }
+
+    /// [`Catalog::open`] for a catalog in a local directory or an object store.
+    pub fn open_at(location: &Location) -> Result<Self> {
+        if location.exists("collection.properties")? {
+            let props = Properties::parse(&location.read_to_string("collection.properties")?);
             let main = props.get("hats_primary_table_url").ok_or_else(|| {
                 Error::Invalid(format!(
                     "{}: no hats_primary_table_url",
-                    collection.display()
+                    location.name_of("collection.properties")
                 ))
             })?;
-            let mut catalog = Self::open_catalog(&path.join(main))?;
+            let mut catalog = Self::open_catalog(&location.join(main))?;
             let margin = props.get("default_margin").or_else(|| {
                 props
                     .get("all_margins")
                     .and_then(|m| m.split_whitespace().next())
             });
             if let Some(m) = margin {
-                catalog.margin = Some(Box::new(Self::open_catalog(&path.join(m))?));
+                catalog.margin = Some(Box::new(Self::open_catalog(&location.join(m))?));
             }
             return Ok(catalog);
         }
-        Self::open_catalog(path)
+        Self::open_catalog(location)
     }
 
     /// Opens the catalog directory `dir` with the margin catalog in `margin`: a catalog
-    /// opened elsewhere, named by its [`Catalog::dir`] and its margin's.
-    pub fn open_with_margin(dir: &Path, margin: Option<&Path>) -> Result<Self> {
+    /// opened elsewhere, named by its [`Catalog::location`] and its margin's.
+    pub fn open_with_margin(dir: &Location, margin: Option<&Location>) -> Result<Self> {
         let mut catalog = Self::open_catalog(dir)?;
         if let Some(m) = margin {
             catalog.margin = Some(Box::new(Self::open_catalog(m)?));
@@ -79,33 +83,35 @@ impl Catalog {
         Ok(catalog)
     }
 
-    fn open_catalog(dir: &Path) -> Result<Self> {
-        let props_path = ["hats.properties", "properties"]
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{} is not a HATS catalog: no hats.properties or collection.properties",
-                    dir.display()
-                ))
-            })?;
-        let properties = Properties::read(&props_path)?;
+    fn open_catalog(dir: &Location) -> Result<Self> {
+        let mut props_file = None;
+        for f in ["hats.properties", "properties"] {
+            if dir.exists(f)? {
+                props_file = Some(f);
+                break;
+            }
+        }
+        let props_file = props_file.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{dir} is not a HATS catalog: no hats.properties or collection.properties"
+            ))
+        })?;
+        let properties = Properties::parse(&dir.read_to_string(props_file)?);
         let partitions = read_partitions(dir)?;
-        let common = dir.join("dataset/_common_metadata");
-        let schema_file = if common.exists() {
-            common
+        let common = "dataset/_common_metadata";
+        let schema_file = if dir.exists(common)? {
+            common.to_string()
         } else {
-            partitions.first().map(|p| p.path_in(dir)).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{}: no partitions and no _common_metadata",
-                    dir.display()
-                ))
-            })?
+            partitions
+                .first()
+                .map(|p| p.relative_path())
+                .ok_or_else(|| {
+                    Error::Invalid(format!("{dir}: no partitions and no _common_metadata"))
+                })?
         };
-        let file = File::open(&schema_file).map_err(|e| Error::io(&schema_file, e))?;
+        let file = dir.open(&schema_file)?;
         let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-            .map_err(|e| Error::parquet(&schema_file, e))?;
+            .map_err(|e| Error::parquet(dir.name_of(&schema_file), e))?;
         let schema = meta.schema().clone();
         let find = |key: &str, fallbacks: &[&str]| -> Option<String> {
             let wanted: Vec<String> = properties
@@ -116,21 +122,13 @@ impl Catalog {
                 .into_iter()
                 .find(|w| schema.field_with_name(w).is_ok())
         };
-        let ra_column = find("hats_col_ra", &["ra", "RA"]).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}: RA column not found in the schema",
-                dir.display()
-            ))
-        })?;
-        let dec_column = find("hats_col_dec", &["dec", "DEC"]).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}: Dec column not found in the schema",
-                dir.display()
-            ))
-        })?;
+        let ra_column = find("hats_col_ra", &["ra", "RA"])
+            .ok_or_else(|| Error::Invalid(format!("{dir}: RA column not found in the schema")))?;
+        let dec_column = find("hats_col_dec", &["dec", "DEC"])
+            .ok_or_else(|| Error::Invalid(format!("{dir}: Dec column not found in the schema")))?;
         let hpx_column = find("hats_col_healpix", &["_healpix_29"]);
         Ok(Self {
-            dir: dir.to_path_buf(),
+            location: dir.clone(),
             properties,
             partitions,
             schema,
@@ -141,9 +139,20 @@ impl Catalog {
         })
     }
 
-    /// Directory of the main catalog.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the main catalog is: a local directory or an object-store prefix.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The directory of the main catalog, when it is local.
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.location.as_local()
+    }
+
+    /// Partition `pixel`'s file, opened for the Parquet reader, and its name for errors.
+    fn open_partition(&self, pixel: &Pixel) -> Result<(PartFile, String)> {
+        let rel = pixel.relative_path();
+        Ok((self.location.open(&rel)?, self.location.name_of(&rel)))
     }
 
     /// `hats.properties`.
@@ -185,8 +194,7 @@ impl Catalog {
         }
         let mut n = 0;
         for p in &self.partitions {
-            let path = p.path_in(&self.dir);
-            let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let (f, path) = self.open_partition(p)?;
             let m = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
                 .map_err(|e| Error::parquet(&path, e))?;
             n += m.metadata().file_metadata().num_rows() as u64;
@@ -250,15 +258,14 @@ impl Catalog {
 impl Catalog {
     /// All rows of one partition, in file order.
     pub fn read_partition(&self, pixel: &Pixel) -> Result<Vec<RecordBatch>> {
-        let path = pixel.path_in(&self.dir);
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let (file, path) = self.open_partition(pixel)?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| Error::parquet(&path, e))?
             .with_batch_size(65_536)
             .build()
             .map_err(|e| Error::parquet(&path, e))?;
         reader
-            .map(|b| b.map_err(|e| Error::Invalid(format!("{}: {e}", path.display()))))
+            .map(|b| b.map_err(|e| Error::Invalid(format!("{path}: {e}"))))
             .collect()
     }
 }
@@ -405,8 +412,7 @@ impl Catalog {
         }
         let mut rows = 0u64;
         for pixel in &self.partitions {
-            let path = pixel.path_in(&self.dir);
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let (file, path) = self.open_partition(pixel)?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|e| Error::parquet(&path, e))?;
             let mut wanted: Vec<&str> = match &self.hpx_column {
@@ -420,9 +426,7 @@ impl Catalog {
                 .map(|name| {
                     (0..schema.num_columns())
                         .find(|&i| schema.column(i).name() == *name)
-                        .ok_or_else(|| {
-                            Error::Invalid(format!("{}: no column '{name}'", path.display()))
-                        })
+                        .ok_or_else(|| Error::Invalid(format!("{path}: no column '{name}'")))
                 })
                 .collect::<Result<_>>()?;
             let mask = parquet::arrow::ProjectionMask::leaves(schema, leaves);
@@ -432,14 +436,12 @@ impl Catalog {
                 .build()
                 .map_err(|e| Error::parquet(&path, e))?;
             for batch in reader {
-                let batch =
-                    batch.map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+                let batch = batch.map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
                 let by_name = |name: &str, t: &DataType| {
-                    let c = batch.column_by_name(name).ok_or_else(|| {
-                        Error::Invalid(format!("{}: no column '{name}'", path.display()))
-                    })?;
-                    arrow::compute::cast(c, t)
-                        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+                    let c = batch
+                        .column_by_name(name)
+                        .ok_or_else(|| Error::Invalid(format!("{path}: no column '{name}'")))?;
+                    arrow::compute::cast(c, t).map_err(|e| Error::Invalid(format!("{path}: {e}")))
                 };
                 let values = match column {
                     Some(c) => Some(by_name(c, &DataType::Float64)?),
@@ -599,8 +601,7 @@ impl Scan {
         let Some(pixel) = self.files.pop_front() else {
             return Ok(false);
         };
-        let path = pixel.path_in(&self.catalog.dir);
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let (file, path) = self.catalog.open_partition(&pixel)?;
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&path, e))?;
         let md = builder.metadata().clone();

@@ -47,6 +47,14 @@ pub enum Error {
         /// Underlying error.
         source: parquet::errors::ParquetError,
     },
+    /// An object-store call failed (a missing object, a refused or failed request).
+    #[error("{url}: {source}")]
+    Object {
+        /// The object or prefix.
+        url: String,
+        /// Underlying error.
+        source: Box<object_store::Error>,
+    },
     /// Arrow error.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use meridian_sky::healpix;
 
+use crate::location::Location;
 use crate::{Error, Result};
 
 /// A HEALPix NESTED cell identifying a partition.
@@ -34,13 +35,13 @@ impl Pixel {
     }
 
     /// `dataset/Norder=K/Dir=D/Npix=N.parquet` relative to a catalog directory.
-    pub fn relative_path(&self) -> PathBuf {
-        PathBuf::from(format!(
+    pub fn relative_path(&self) -> String {
+        format!(
             "dataset/Norder={}/Dir={}/Npix={}.parquet",
             self.order,
             self.pix / 10_000 * 10_000,
             self.pix
-        ))
+        )
     }
 
     /// The file of this partition in catalog directory `dir`.
@@ -67,10 +68,10 @@ pub fn write_partition_info(dir: &Path, pixels: &[Pixel]) -> Result<()> {
 
 /// Reads `partition_info.csv` (columns Norder and Npix, in any position), or, when absent,
 /// lists the partition files under `dataset/`.
-pub fn read_partitions(dir: &Path) -> Result<Vec<Pixel>> {
-    let csv = dir.join("partition_info.csv");
-    let mut pixels = if csv.exists() {
-        let text = std::fs::read_to_string(&csv).map_err(|e| Error::io(&csv, e))?;
+pub fn read_partitions(dir: &Location) -> Result<Vec<Pixel>> {
+    let mut pixels = if dir.exists("partition_info.csv")? {
+        let csv = dir.name_of("partition_info.csv");
+        let text = dir.read_to_string("partition_info.csv")?;
         let mut lines = text.lines();
         let header: Vec<&str> = lines
             .next()
@@ -82,19 +83,13 @@ pub fn read_partitions(dir: &Path) -> Result<Vec<Pixel>> {
             header
                 .iter()
                 .position(|h| *h == name)
-                .ok_or_else(|| Error::Invalid(format!("{}: no '{name}' column", csv.display())))
+                .ok_or_else(|| Error::Invalid(format!("{csv}: no '{name}' column")))
         };
         let (io, ip) = (pos("Norder")?, pos("Npix")?);
         let mut out = Vec::new();
         for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            let bad = || {
-                Error::Invalid(format!(
-                    "{}: line {}: bad pixel '{line}'",
-                    csv.display(),
-                    n + 2
-                ))
-            };
+            let bad = || Error::Invalid(format!("{csv}: line {}: bad pixel '{line}'", n + 2));
             let order = cells
                 .get(io)
                 .and_then(|v| v.parse::<u8>().ok())
@@ -107,41 +102,32 @@ pub fn read_partitions(dir: &Path) -> Result<Vec<Pixel>> {
         }
         out
     } else {
-        scan_dataset(&dir.join("dataset"))?
+        scan_dataset(dir)?
     };
     pixels.sort_by_key(|p| p.hpx29_range().start);
     Ok(pixels)
 }
 
-fn scan_dataset(dataset: &Path) -> Result<Vec<Pixel>> {
-    let mut out = Vec::new();
-    let read = |p: &Path| std::fs::read_dir(p).map_err(|e| Error::io(p, e));
-    for order_dir in read(dataset)? {
-        let order_dir = order_dir.map_err(|e| Error::io(dataset, e))?.path();
-        let Some(order) = dir_value(&order_dir, "Norder=") else {
+/// The partition files under `dataset/`: `Norder=K/Dir=D/Npix=N.parquet` (or a directory
+/// `Npix=N/` of files).
+fn scan_dataset(dir: &Location) -> Result<Vec<Pixel>> {
+    let mut out = std::collections::BTreeSet::new();
+    for f in dir.list_files("dataset")? {
+        let mut parts = f.split('/').skip(1);
+        let (Some(order), Some(d), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        for d in read(&order_dir)? {
-            let d = d.map_err(|e| Error::io(&order_dir, e))?.path();
-            if dir_value(&d, "Dir=").is_none() {
-                continue;
-            }
-            for f in read(&d)? {
-                let f = f.map_err(|e| Error::io(&d, e))?.path();
-                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if let Some(Ok(pix)) = name
-                    .strip_prefix("Npix=")
-                    .and_then(|n| n.split('.').next())
-                    .map(str::parse)
-                {
-                    out.push(Pixel::new(order as u8, pix)?);
-                }
-            }
+        let value = |s: &str, prefix: &str| s.strip_prefix(prefix)?.parse::<u64>().ok();
+        let (Some(order), Some(_)) = (value(order, "Norder="), value(d, "Dir=")) else {
+            continue;
+        };
+        if let Some(Ok(pix)) = name
+            .strip_prefix("Npix=")
+            .and_then(|n| n.split('.').next())
+            .map(str::parse)
+        {
+            out.insert(Pixel::new(order as u8, pix)?);
         }
     }
-    Ok(out)
-}
-
-fn dir_value(p: &Path, prefix: &str) -> Option<u64> {
-    p.file_name()?.to_str()?.strip_prefix(prefix)?.parse().ok()
+    Ok(out.into_iter().collect())
 }

@@ -19,7 +19,9 @@ mod catalog;
 mod error;
 pub mod ingest;
 pub mod layout;
+pub mod location;
 mod margin;
+pub mod objects;
 pub mod partitioning;
 pub mod properties;
 mod store;
@@ -29,4 +31,5 @@ pub use catalog::{Catalog, CellStats, ColumnInfo, Scan, ScanStats, coverage_orde
 pub use error::{Error, Result};
 pub use ingest::{IngestOptions, IngestProgress, IngestReport, Stage};
 pub use layout::Pixel;
+pub use location::Location;
 pub use store::Store;

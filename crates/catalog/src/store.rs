@@ -1,7 +1,9 @@
 //! A directory of catalogs with atomic publication.
 //!
 //! Each catalog entry is a symlink: to `.versions/<name>.<stamp>` for catalogs Meridian wrote,
-//! or to an external HATS directory served in place. Publishing renames a finished staging
+//! to an external HATS directory served in place, or, for a catalog in an object store, a
+//! link whose target is the store's URL (`s3://bucket/prefix`: never a file, only read
+//! back). Publishing renames a finished staging
 //! directory into `.versions/` and then atomically replaces the symlink (`rename(2)` over the
 //! old link), so readers see either the old catalog or the new one, never a half-written one;
 //! a killed ingest leaves only a staging directory, removed by the next ingest.
@@ -9,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{Catalog, Error, Result};
+use crate::{Catalog, Error, Location, Result, objects};
 
 const VERSIONS: &str = ".versions";
 const STAGING: &str = ".staging";
@@ -103,7 +105,10 @@ impl Store {
         for e in std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))? {
             let e = e.map_err(|e| Error::io(&self.root, e))?;
             let name = e.file_name().to_string_lossy().to_string();
-            if !name.starts_with('.') && check_name(&name).is_ok() && e.path().is_dir() {
+            if !name.starts_with('.')
+                && check_name(&name).is_ok()
+                && (e.path().is_dir() || self.remote_url(&name).is_some())
+            {
                 names.push(name);
             }
         }
@@ -111,12 +116,23 @@ impl Store {
         Ok(names)
     }
 
-    /// The directory of a catalog (through its symlink).
-    pub fn catalog_path(&self, name: &str) -> Result<PathBuf> {
+    /// The object-store URL of catalog `name`, when it is in an object store.
+    fn remote_url(&self, name: &str) -> Option<String> {
+        let target = std::fs::read_link(self.root.join(name)).ok()?;
+        let target = target.to_str()?;
+        objects::is_url(target).then(|| target.to_string())
+    }
+
+    /// Where catalog `name` is: its directory (through its symlink) or its object-store
+    /// prefix.
+    pub fn location(&self, name: &str) -> Result<Location> {
         check_name(name)?;
+        if let Some(url) = self.remote_url(name) {
+            return Location::parse(&url);
+        }
         let p = self.root.join(name);
         if p.is_dir() {
-            return Ok(p);
+            return Ok(Location::Local(p));
         }
         let names = self.list()?;
         let hint = names
@@ -134,7 +150,7 @@ impl Store {
 
     /// Opens a catalog by name.
     pub fn catalog(&self, name: &str) -> Result<Catalog> {
-        Catalog::open(&self.catalog_path(name)?)
+        Catalog::open_at(&self.location(name)?)
     }
 
     /// Starts staging a new version of catalog `name`, first removing what killed ingests
@@ -176,10 +192,27 @@ impl Store {
         Ok(catalog)
     }
 
+    /// Serves the HATS catalog or collection at an object-store URL (`s3://bucket/prefix`)
+    /// under `name`, in place: every process that reads this store, and every executor of a
+    /// cluster, reads its partitions from there.
+    pub fn register_remote(&self, name: &str, url: &str) -> Result<Catalog> {
+        check_name(name)?;
+        let location = Location::parse(url)?;
+        if location.as_local().is_some() {
+            return Err(Error::Invalid(format!(
+                "'{url}' is not an object-store URL (s3://bucket/prefix)"
+            )));
+        }
+        let url = location.to_string();
+        let catalog = Catalog::open_at(&location)?;
+        self.swap_link(name, Path::new(&url))?;
+        Ok(catalog)
+    }
+
     /// Removes a catalog entry (and its data if Meridian wrote it).
     pub fn remove(&self, name: &str) -> Result<()> {
         let link = self.root.join(name);
-        self.catalog_path(name)?;
+        self.location(name)?;
         let old = std::fs::read_link(&link).ok();
         std::fs::remove_file(&link).map_err(|e| Error::io(&link, e))?;
         self.remove_old_version(old);

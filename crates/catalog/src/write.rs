@@ -141,9 +141,9 @@ pub(crate) fn write_summary_files(
     for w in written {
         let rel = w.pixel.relative_path();
         let rel = rel
-            .strip_prefix("dataset")
-            .expect("partition path is under dataset");
-        let rel = rel.to_string_lossy().to_string();
+            .strip_prefix("dataset/")
+            .expect("partition path is under dataset")
+            .to_string();
         for rg in w.metadata.row_groups() {
             let cols = rg
                 .columns()

@@ -115,7 +115,7 @@ fn gaia_csv_gz_ingests_and_cones_match_brute_force() {
     // (which lets a cone decode only the pages it overlaps).
     for p in cat.partitions().iter().take(3) {
         use parquet::file::reader::FileReader;
-        let file = std::fs::File::open(p.path_in(cat.dir())).unwrap();
+        let file = std::fs::File::open(p.path_in(cat.local_dir().unwrap())).unwrap();
         let options = parquet::file::serialized_reader::ReadOptionsBuilder::new()
             .with_page_index()
             .build();

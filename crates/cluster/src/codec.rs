@@ -9,7 +9,7 @@
 //!
 //! Each message of ours starts with a tag, so a decoder knows what it holds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
@@ -25,7 +25,7 @@ use datafusion_proto::logical_plan::from_proto::parse_expr;
 use datafusion_proto::logical_plan::to_proto::serialize_expr;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use datafusion_proto::protobuf::LogicalExprNode;
-use meridian_catalog::Catalog;
+use meridian_catalog::{Catalog, Location};
 use meridian_engine::MeridianCodec;
 use meridian_engine::hats_table::HatsTable;
 use meridian_engine::xmatch::{Mode, XMatchNode};
@@ -43,10 +43,10 @@ fn codec_err(msg: impl Into<String>) -> DataFusionError {
 /// A HATS table on the wire.
 #[derive(Clone, PartialEq, prost::Message)]
 struct HatsProto {
-    /// The main catalog's directory, absolute.
+    /// The main catalog's directory, absolute, or its object-store URL.
     #[prost(string, tag = "1")]
     dir: String,
-    /// The margin catalog's directory, absolute.
+    /// The margin catalog's directory, absolute, or its object-store URL.
     #[prost(string, optional, tag = "2")]
     margin: Option<String>,
 }
@@ -64,7 +64,12 @@ struct XMatchNodeProto {
     nearest: bool,
 }
 
-fn absolute(p: &Path) -> Result<String> {
+/// How another process names a catalog's location: its canonical directory, or the
+/// object-store URL (which every process resolves with its own store configuration).
+fn absolute(location: &Location) -> Result<String> {
+    let Some(p) = location.as_local() else {
+        return Ok(location.to_string());
+    };
     let p: PathBuf = std::fs::canonicalize(p)
         .map_err(|e| codec_err(format!("catalog directory {}: {e}", p.display())))?;
     p.into_os_string()
@@ -155,15 +160,17 @@ impl LogicalExtensionCodec for LogicalCodec {
                 .try_decode_table_provider(buf, table_ref, schema, ctx);
         };
         let msg = HatsProto::decode(body).map_err(|e| codec_err(e.to_string()))?;
-        let catalog =
-            Catalog::open_with_margin(Path::new(&msg.dir), msg.margin.as_deref().map(Path::new))
-                .map_err(|e| {
-                    codec_err(format!(
-                        "table {table_ref}: this process cannot open the catalog at {} ({e}); \
-                 every cluster process must reach the catalogs at the same path",
-                        msg.dir
-                    ))
-                })?;
+        let open = || -> meridian_catalog::Result<Catalog> {
+            let margin = msg.margin.as_deref().map(Location::parse).transpose()?;
+            Catalog::open_with_margin(&Location::parse(&msg.dir)?, margin.as_ref())
+        };
+        let catalog = open().map_err(|e| {
+            codec_err(format!(
+                "table {table_ref}: this process cannot open the catalog at {} ({e}); every \
+                 cluster process must reach the catalogs at the same path or object-store URL",
+                msg.dir
+            ))
+        })?;
         Ok(Arc::new(HatsTable::new(catalog)))
     }
 
@@ -178,11 +185,11 @@ impl LogicalExtensionCodec for LogicalCodec {
             return self.inner.try_encode_table_provider(table_ref, node, buf);
         };
         let msg = HatsProto {
-            dir: absolute(t.catalog().dir())?,
+            dir: absolute(t.catalog().location())?,
             margin: t
                 .catalog()
                 .margin()
-                .map(|m| absolute(m.dir()))
+                .map(|m| absolute(m.location()))
                 .transpose()?,
         };
         buf.extend_from_slice(HATS_TAG);

@@ -12,10 +12,10 @@ use arrow::array::Array;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::Statistics;
-use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingTableUrl, PartitionedFile};
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::{TableProvider, TableType};
@@ -82,31 +82,51 @@ impl HatsTable {
         let files = self
             .files
             .get_or_try_init(|| async {
-                let store = state
-                    .runtime_env()
-                    .object_store(ObjectStoreUrl::local_filesystem())?;
+                use futures::{StreamExt, TryStreamExt};
+                let store = state.runtime_env().object_store(self.store_url()?)?;
                 let cache = state.runtime_env().cache_manager.get_file_metadata_cache();
                 let schema = self.catalog.schema();
-                let mut files = Vec::with_capacity(self.catalog.partitions().len());
-                for &pixel in self.catalog.partitions() {
-                    let path = pixel.path_in(self.catalog.dir());
-                    let url = ListingTableUrl::parse(path.to_string_lossy())?;
-                    let meta = store.head(url.prefix()).await?;
-                    let stats = DFParquetMetadata::new(store.as_ref(), &meta)
-                        .with_file_metadata_cache(Some(cache.clone()))
-                        .fetch_statistics(&schema)
+                let location = self.catalog.location();
+                // Footers are read a few at a time: from an object store each is a request.
+                let mut files: Vec<PartitionFile> =
+                    futures::stream::iter(self.catalog.partitions().iter().copied())
+                        .map(|pixel| {
+                            let (store, cache, schema) = (&store, &cache, &schema);
+                            async move {
+                                let (_, path) = location
+                                    .object_path(&pixel.relative_path())
+                                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                                let meta = store.head(&path).await?;
+                                let stats = DFParquetMetadata::new(store.as_ref(), &meta)
+                                    .with_file_metadata_cache(Some(cache.clone()))
+                                    .fetch_statistics(schema)
+                                    .await?;
+                                Ok::<_, DataFusionError>(PartitionFile {
+                                    pixel,
+                                    file: PartitionedFile::from(meta)
+                                        .with_statistics(Arc::new(stats)),
+                                })
+                            }
+                        })
+                        .buffered(16)
+                        .try_collect()
                         .await?;
-                    files.push(PartitionFile {
-                        pixel,
-                        file: PartitionedFile::from(meta).with_statistics(Arc::new(stats)),
-                    });
-                }
                 // In `_healpix_29` order, as the declared sort order of the scan requires.
                 files.sort_by_key(|f| f.pixel.hpx29_range().start);
-                Ok::<_, datafusion::error::DataFusionError>(files)
+                Ok::<_, DataFusionError>(files)
             })
             .await?;
         Ok(files)
+    }
+
+    /// The object store holding the catalog's files, as DataFusion names it.
+    fn store_url(&self) -> Result<ObjectStoreUrl> {
+        let (base, _) = self
+            .catalog
+            .location()
+            .object_path("")
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        ObjectStoreUrl::parse(base)
     }
 
     /// The catalog served.
@@ -375,7 +395,7 @@ impl TableProvider for HatsTable {
             let predicate = state.create_physical_expr(hpx, &df_schema)?;
             source = Arc::new(parquet.with_predicate(predicate));
         }
-        let mut config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        let mut config = FileScanConfigBuilder::new(self.store_url()?, source)
             .with_file_groups(groups)
             .with_statistics(statistics)
             .with_projection_indices(projection.cloned())?

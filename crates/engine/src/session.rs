@@ -11,6 +11,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::Result;
 use crate::xmatch::{MeridianQueryPlanner, XMatchRule};
+use datafusion::common::Result as DfResult;
 
 /// Engine limits and parallelism.
 #[derive(Debug, Clone)]
@@ -104,7 +105,45 @@ pub fn runtime(config: &EngineConfig) -> Result<Arc<RuntimeEnv>> {
     );
     Ok(RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(pool))
+        .with_object_store_registry(Arc::new(Stores::default()))
         .build_arc()?)
+}
+
+/// The object stores plans read: local files, and the buckets that catalogs name
+/// (`s3://bucket/...`), reached on first use with the process's object-store
+/// configuration ([`meridian_catalog::objects`]). Every cluster process builds its runtime
+/// here, so an executor reads the catalog that a client's plan names without being told.
+#[derive(Debug, Default)]
+struct Stores {
+    known: datafusion::execution::object_store::DefaultObjectStoreRegistry,
+}
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for Stores {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> Option<Arc<dyn object_store::ObjectStore>> {
+        self.known.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &url::Url) -> DfResult<Arc<dyn object_store::ObjectStore>> {
+        self.known.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &url::Url) -> DfResult<Arc<dyn object_store::ObjectStore>> {
+        self.known
+            .get_store(url)
+            .or_else(|unknown| match url.scheme() {
+                "s3" | "s3a" | "memory" => {
+                    let store = meridian_catalog::objects::store_for(url)
+                        .map_err(|e| datafusion::common::DataFusionError::External(Box::new(e)))?;
+                    self.known.register_store(url, store.clone());
+                    Ok(store)
+                }
+                _ => Err(unknown),
+            })
+    }
 }
 
 /// Meridian's settings applied to `sc`: a plain configuration, or one that a cluster

@@ -117,8 +117,8 @@ impl Default for SpectraConfig {
 pub struct StorageConfig {
     /// Where file bytes live: a directory (default: `storage` in the data directory).
     pub dir: Option<PathBuf>,
-    /// Or an object-store URL instead (`s3://bucket/prefix` in builds with the `s3`
-    /// feature, `memory:///` for tests).
+    /// Or an object-store URL instead (`s3://bucket/prefix`, configured by the `AWS_*`
+    /// environment variables as catalogs in object stores are; `memory:///` for tests).
     pub url: Option<String>,
     /// The node tree (default: `storage.sqlite` in the data directory).
     pub db: Option<PathBuf>,

@@ -15,7 +15,7 @@ mod commands;
 mod config;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -64,8 +64,10 @@ enum Command {
     Register {
         /// Catalog name.
         name: String,
-        /// Directory of the HATS catalog or collection.
-        path: PathBuf,
+        /// Directory of the HATS catalog or collection, or its object-store URL
+        /// (`s3://bucket/prefix`, with the `AWS_*` environment variables configuring the
+        /// store).
+        path: String,
     },
     /// List the catalogs.
     Catalogs,
@@ -533,10 +535,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Register { name, path } => {
             let store = Store::open(config.catalog_dir())?;
-            let c = store.register_external(&name, &path)?;
+            let c = if meridian_catalog::objects::is_url(&path) {
+                store.register_remote(&name, &path)?
+            } else {
+                store.register_external(&name, Path::new(&path))?
+            };
             out!(
-                "registered '{name}' -> {} ({} partitions, {} rows)",
-                path.display(),
+                "registered '{name}' -> {path} ({} partitions, {} rows)",
                 c.partitions().len(),
                 c.total_rows()?
             )?;
@@ -799,7 +804,7 @@ fn ingest(
 
 fn info(store: &Store, name: &str) -> anyhow::Result<()> {
     let c = store.catalog(name)?;
-    out!("catalog {name} at {}", c.dir().display())?;
+    out!("catalog {name} at {}", c.location())?;
     for (k, v) in c.properties().entries() {
         out!("  {k} = {v}")?;
     }
@@ -818,11 +823,7 @@ fn info(store: &Store, name: &str) -> anyhow::Result<()> {
             .join(", ")
     )?;
     if let Some(m) = c.margin() {
-        out!(
-            "margin cache: {} ({} rows)",
-            m.dir().display(),
-            m.total_rows()?
-        )?;
+        out!("margin cache: {} ({} rows)", m.location(), m.total_rows()?)?;
     }
     out!("columns:")?;
     for col in c.columns() {
@@ -1143,7 +1144,16 @@ fn open_accounts(config: &Config) -> anyhow::Result<meridian_services::accounts:
 fn open_storage(config: &Config) -> anyhow::Result<meridian_services::storage::Storage> {
     use meridian_services::storage::{Collection, Storage};
     let store = match &config.storage.url {
-        Some(url) => Storage::store_at(url)?,
+        Some(url) => {
+            // The same stores (and `AWS_*` configuration) as catalogs in object stores.
+            let (_, store, prefix) = meridian_catalog::objects::parse(url)
+                .with_context(|| format!("[storage] url = '{url}'"))?;
+            if prefix.as_ref().is_empty() {
+                store
+            } else {
+                std::sync::Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+            }
+        }
         None => Storage::local_store(&config.storage_dir())?,
     };
     let collections = config

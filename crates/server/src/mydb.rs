@@ -103,7 +103,7 @@ pub async fn reindex(mydb: &Arc<MyDb>, space: &str, name: &str) {
             meridian_catalog::Store::open(mydb.index_dir(&space).map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
         let table = mydb.path(&space, &name).map_err(|e| e.to_string())?;
-        if store.catalog_path(&name).is_ok() {
+        if store.location(&name).is_ok() {
             store.remove(&name).map_err(|e| e.to_string())?;
         }
         if !table.is_file() {

@@ -456,20 +456,6 @@ impl Storage {
         Ok(Arc::new(fs))
     }
 
-    /// The store an object-store URL names (`file:///dir`, `memory:///`, and `s3://bucket/
-    /// prefix` in builds with the `s3` feature).
-    pub fn store_at(url: &str) -> Result<Arc<dyn ObjectStore>> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| Error::Invalid(format!("storage URL '{url}': {e}")))?;
-        let (store, prefix) = object_store::parse_url(&parsed)
-            .map_err(|e| Error::Invalid(format!("storage URL '{url}': {e}")))?;
-        Ok(if prefix.as_ref().is_empty() {
-            Arc::from(store)
-        } else {
-            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
-        })
-    }
-
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         // Changes are single statements or transactions: a poisoned lock leaves it whole.
         self.db.lock().unwrap_or_else(|p| p.into_inner())
