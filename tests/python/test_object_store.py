@@ -61,7 +61,7 @@ def s3_store(s3, store, tmp_path_factory):
     registered by URL, and whose `tycho2` is the local one (registered in place)."""
     c = client(s3)
     c.create_bucket(Bucket=BUCKET)
-    src = (Path(store) / "gaia").resolve()
+    src = (Path(store) / "catalogs" / "gaia").resolve()
     n = 0
     for path in src.rglob("*"):
         if path.is_file():
@@ -71,7 +71,7 @@ def s3_store(s3, store, tmp_path_factory):
     d = tmp_path_factory.mktemp("meridian-s3")
     out = run("register", "gaia", f"s3://{BUCKET}/hats/gaia", data_dir=d, env=s3).stdout
     assert "registered 'gaia' -> s3://meridian-test/hats/gaia" in out, out
-    run("register", "tycho2", (Path(store) / "tycho2").resolve(), data_dir=d)
+    run("register", "tycho2", (Path(store) / "catalogs" / "tycho2").resolve(), data_dir=d)
     return d
 
 

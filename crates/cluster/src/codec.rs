@@ -77,6 +77,17 @@ fn absolute(location: &Location) -> Result<String> {
         .map_err(|p| codec_err(format!("catalog directory {p:?} is not UTF-8")))
 }
 
+/// Catalog tables a decoding process keeps open (beyond this, it starts afresh).
+const OPENED_TABLES: usize = 256;
+
+/// The catalog tables this process has decoded, by location.
+fn opened() -> &'static std::sync::Mutex<std::collections::HashMap<String, Arc<HatsTable>>> {
+    static OPENED: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<HatsTable>>>,
+    > = std::sync::OnceLock::new();
+    OPENED.get_or_init(Default::default)
+}
+
 /// The logical codec of Meridian's clients and scheduler.
 #[derive(Debug, Default)]
 pub struct LogicalCodec {
@@ -160,6 +171,14 @@ impl LogicalExtensionCodec for LogicalCodec {
                 .try_decode_table_provider(buf, table_ref, schema, ctx);
         };
         let msg = HatsProto::decode(body).map_err(|e| codec_err(e.to_string()))?;
+        // A catalog version never changes where it is (a re-ingest writes a new one), so the
+        // table, with the partition statistics its first scan read, serves every later
+        // query that names it: no footer is read again per query (from an object store,
+        // each would be a request).
+        let key = format!("{}\n{}", msg.dir, msg.margin.as_deref().unwrap_or(""));
+        if let Some(t) = opened().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(t.clone());
+        }
         let open = || -> meridian_catalog::Result<Catalog> {
             let margin = msg.margin.as_deref().map(Location::parse).transpose()?;
             Catalog::open_with_margin(&Location::parse(&msg.dir)?, margin.as_ref())
@@ -171,7 +190,13 @@ impl LogicalExtensionCodec for LogicalCodec {
                 msg.dir
             ))
         })?;
-        Ok(Arc::new(HatsTable::new(catalog)))
+        let table = Arc::new(HatsTable::new(catalog));
+        let mut tables = opened().lock().unwrap_or_else(|p| p.into_inner());
+        if tables.len() >= OPENED_TABLES {
+            tables.clear();
+        }
+        tables.insert(key, table.clone());
+        Ok(table)
     }
 
     fn try_encode_table_provider(

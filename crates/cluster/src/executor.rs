@@ -77,6 +77,18 @@ pub async fn run(opts: ExecutorOptions) -> Result<()> {
         }
         None => None,
     };
+    // Each task's runtime reads the object stores that plans name (catalogs in buckets)
+    // through Meridian's registry; Ballista then gives it the task's share of the memory.
+    let stores = meridian_engine::object_store_registry();
+    let temp_dir = work_dir.clone();
+    let runtime_producer: ballista_core::RuntimeProducer = Arc::new(move |_| {
+        let mut b = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_object_store_registry(stores.clone());
+        if let Some(d) = &temp_dir {
+            b = b.with_temp_file_path(d.clone());
+        }
+        b.build_arc()
+    });
     let vcores = match opts.concurrent_tasks {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -98,6 +110,7 @@ pub async fn run(opts: ExecutorOptions) -> Result<()> {
         executor_heartbeat_interval_seconds: opts.heartbeat_seconds.max(1),
         override_function_registry: Some(Arc::new(registry)),
         override_config_producer: Some(config_producer),
+        override_runtime_producer: Some(runtime_producer),
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
         ..ExecutorProcessConfig::default()

@@ -29,7 +29,8 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use meridian_adql::identifier as adql_identifier;
 pub use session::{
-    EngineConfig, XMatchZones, build_session, configure, register_functions, runtime, session_state,
+    EngineConfig, XMatchZones, build_session, configure, object_store_registry, register_functions,
+    runtime, session_state,
 };
 pub use xmatch::Mode as XMatchMode;
 

@@ -105,8 +105,15 @@ pub fn runtime(config: &EngineConfig) -> Result<Arc<RuntimeEnv>> {
     );
     Ok(RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(pool))
-        .with_object_store_registry(Arc::new(Stores::default()))
+        .with_object_store_registry(object_store_registry())
         .build_arc()?)
+}
+
+/// The object-store registry of Meridian's runtimes (see [`Stores`]): for processes that
+/// build their runtimes themselves, as a cluster executor does for each task.
+pub fn object_store_registry() -> Arc<dyn datafusion::execution::object_store::ObjectStoreRegistry>
+{
+    Arc::new(Stores::default())
 }
 
 /// The object stores plans read: local files, and the buckets that catalogs name

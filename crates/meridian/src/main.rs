@@ -122,6 +122,9 @@ enum Command {
     /// executors, its status. `[cluster] scheduler` makes queries run on it.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
+    /// Alert packets (Rubin, ZTF): split Avro alert files into their tables.
+    #[command(subcommand)]
+    Alerts(commands::alerts::AlertsCommand),
     /// Find registered images by position, band, time and collection (SIA 2.0's search).
     Sia(commands::image_access::SiaArgs),
     /// Cut out a registered image (by its dataset ID) as a FITS file (SODA's cutout).
@@ -593,6 +596,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &args,
         )?,
         Command::Cluster(cmd) => commands::cluster::run(&config, cmd)?,
+        Command::Alerts(cmd) => commands::alerts::run(cmd)?,
         Command::Spectra(cmd) => commands::spectra::run(
             &config.spectra_dir(),
             cmd,

@@ -1,0 +1,296 @@
+//! Avro alert packets into Arrow, with `arrow-avro` (the Avro reader of the Arrow project):
+//! object container files (a schema in the header, then blocks of records), and Kafka
+//! message values in the Confluent wire format (a zero byte, the writer schema's registry id
+//! as a 4-byte big-endian integer, then one Avro record).
+
+use std::io::BufReader;
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow_avro::reader::ReaderBuilder;
+use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+
+use crate::{Error, Result};
+
+/// Rows per Arrow batch when reading files.
+const BATCH_ROWS: usize = 1024;
+
+/// The alerts of an Avro object container file, as Arrow batches (one row per alert).
+pub fn read_file(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let reader = ReaderBuilder::new()
+        .with_batch_size(BATCH_ROWS)
+        .build(BufReader::new(file))
+        .map_err(|e| Error::Avro(format!("{name}: not an Avro object container file: {e}")))?;
+    let schema = reader.schema();
+    let mut batches = Vec::new();
+    let mut rows = 0usize;
+    for b in reader {
+        let b = b.map_err(|e| {
+            Error::Avro(format!(
+                "{name}: Avro record after the first {rows} cannot be read: {e}"
+            ))
+        })?;
+        rows += b.num_rows();
+        batches.push(b);
+    }
+    // The reader stops quietly at a block cut short; the file's own framing says how many
+    // records it should hold.
+    let expected = count_records(path)?;
+    if rows != expected {
+        return Err(Error::Avro(format!(
+            "{name}: {rows} records read of the {expected} its blocks declare"
+        )));
+    }
+    Ok((schema, batches))
+}
+
+/// Walks the blocks of an object container file (a header, then blocks of a record count,
+/// a byte size, the records and the header's 16-byte sync marker) and returns the records
+/// they declare: a file cut short, or a block whose marker is wrong, is an error naming
+/// the byte offset. (The reader itself stops quietly at a block cut short.)
+pub fn count_records(path: &Path) -> Result<usize> {
+    let name = path.display().to_string();
+    let data = std::fs::read(path).map_err(|source| Error::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let bad = |at: usize, what: &str| Error::Avro(format!("{name}: byte {at}: {what}"));
+    if !data.starts_with(b"Obj\x01") {
+        return Err(bad(0, "not an Avro object container file (no 'Obj' magic)"));
+    }
+    let mut at = 4;
+    // The header's metadata: an Avro map, in blocks of (count, then count key/value pairs).
+    loop {
+        let count = read_long(&data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
+        if count == 0 {
+            break;
+        }
+        if count < 0 {
+            // A negative count is followed by the block's size in bytes.
+            read_long(&data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
+        }
+        for _ in 0..count.unsigned_abs() {
+            for _ in 0..2 {
+                let len = read_long(&data, &mut at)
+                    .filter(|l| *l >= 0)
+                    .ok_or_else(|| bad(at, "header cut short"))?;
+                at = at
+                    .checked_add(len as usize)
+                    .filter(|e| *e <= data.len())
+                    .ok_or_else(|| bad(at, "header cut short"))?;
+            }
+        }
+    }
+    let sync: [u8; 16] = data
+        .get(at..at + 16)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| bad(at, "header cut short (no sync marker)"))?;
+    at += 16;
+    let mut records = 0usize;
+    while at < data.len() {
+        let start = at;
+        let count = read_long(&data, &mut at)
+            .filter(|c| *c >= 0)
+            .ok_or_else(|| bad(start, "block cut short (its record count)"))?;
+        let size = read_long(&data, &mut at)
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| bad(start, "block cut short (its size)"))?;
+        let end = at.saturating_add(size as usize);
+        if end.saturating_add(16) > data.len() {
+            return Err(bad(
+                start,
+                &format!(
+                    "block of {count} records and {size} bytes cut short: the file ends at \
+                     byte {}",
+                    data.len()
+                ),
+            ));
+        }
+        if data[end..end + 16] != sync {
+            return Err(bad(end, "block does not end with the header's sync marker"));
+        }
+        records += count as usize;
+        at = end + 16;
+    }
+    Ok(records)
+}
+
+/// An Avro `long` (zig-zag, variable length) at `*at`, advancing past it.
+fn read_long(data: &[u8], at: &mut usize) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let b = *data.get(*at)?;
+        *at += 1;
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// The writer schema (JSON) in the header of an Avro object container file.
+pub fn file_schema(path: &Path) -> Result<String> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let reader = ReaderBuilder::new()
+        .build(BufReader::new(file))
+        .map_err(|e| Error::Avro(format!("{name}: not an Avro object container file: {e}")))?;
+    let header = reader.avro_header();
+    let json = header
+        .get(b"avro.schema")
+        .ok_or_else(|| Error::Avro(format!("{name}: no avro.schema in the file header")))?;
+    String::from_utf8(json.to_vec())
+        .map_err(|_| Error::Avro(format!("{name}: the header's schema is not UTF-8")))
+}
+
+/// Decodes Kafka message values in the Confluent wire format, one alert each, with the
+/// writer schemas registered by id (as a schema registry serves them).
+#[derive(Default)]
+pub struct ConfluentDecoder {
+    schemas: Vec<(u32, String)>,
+    /// Built for the registered schemas; dropped after a message fails (its state is then
+    /// unknown) and rebuilt for the next.
+    decoder: Option<arrow_avro::reader::Decoder>,
+}
+
+impl std::fmt::Debug for ConfluentDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfluentDecoder")
+            .field("schema_ids", &self.ids())
+            .finish()
+    }
+}
+
+fn decoder_for(schemas: &[(u32, String)]) -> Result<arrow_avro::reader::Decoder> {
+    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+    for (id, json) in schemas {
+        store
+            .set(Fingerprint::Id(*id), AvroSchema::new(json.clone()))
+            .map_err(|e| Error::Avro(format!("schema {id}: {e}")))?;
+    }
+    ReaderBuilder::new()
+        .with_batch_size(1)
+        .with_writer_schema_store(store)
+        .build_decoder()
+        .map_err(|e| Error::Avro(format!("schemas {:?}: {e}", ids_of(schemas))))
+}
+
+fn ids_of(schemas: &[(u32, String)]) -> Vec<u32> {
+    schemas.iter().map(|(i, _)| *i).collect()
+}
+
+impl ConfluentDecoder {
+    /// A decoder that knows no schema yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the writer schema (Avro JSON) that messages name by `id`; a schema that
+    /// cannot be read is refused here, not at each message.
+    pub fn register(&mut self, id: u32, schema_json: &str) -> Result<()> {
+        decoder_for(&[(id, schema_json.to_string())])?;
+        self.schemas.retain(|(i, _)| *i != id);
+        self.schemas.push((id, schema_json.to_string()));
+        self.decoder = None;
+        Ok(())
+    }
+
+    /// The schema ids registered.
+    pub fn ids(&self) -> Vec<u32> {
+        ids_of(&self.schemas)
+    }
+
+    /// The schema id a message names, after checking its header.
+    pub fn schema_id(value: &[u8]) -> Result<u32> {
+        if value.len() < 5 {
+            return Err(Error::Avro(format!(
+                "message of {} bytes: the Confluent wire format needs a 5-byte header (magic \
+                 byte 0, then a 4-byte schema id)",
+                value.len()
+            )));
+        }
+        if value[0] != 0 {
+            return Err(Error::Avro(format!(
+                "magic byte {:#04x}: not the Confluent wire format (which starts with 0x00)",
+                value[0]
+            )));
+        }
+        Ok(u32::from_be_bytes([value[1], value[2], value[3], value[4]]))
+    }
+
+    /// One message's alert as a one-row batch.
+    pub fn decode(&mut self, value: &[u8]) -> Result<RecordBatch> {
+        let id = Self::schema_id(value)?;
+        if !self.schemas.iter().any(|(i, _)| *i == id) {
+            return Err(Error::Avro(format!(
+                "unknown schema id {id} (known: {:?})",
+                self.ids()
+            )));
+        }
+        let result = self.decode_known(id, value);
+        if result.is_err() {
+            self.decoder = None;
+        }
+        result
+    }
+
+    fn decode_known(&mut self, id: u32, value: &[u8]) -> Result<RecordBatch> {
+        if self.decoder.is_none() {
+            self.decoder = Some(decoder_for(&self.schemas)?);
+        }
+        let decoder = self.decoder.as_mut().expect("built above");
+        let used = decoder
+            .decode(value)
+            .map_err(|e| Error::Avro(format!("message with schema {id}: {e}")))?;
+        let batch = decoder
+            .flush()
+            .map_err(|e| Error::Avro(format!("message with schema {id}: {e}")))?
+            .ok_or_else(|| {
+                Error::Avro(format!(
+                    "message with schema {id}: truncated ({} bytes, no whole record)",
+                    value.len()
+                ))
+            })?;
+        if used != value.len() {
+            return Err(Error::Avro(format!(
+                "message with schema {id}: {} bytes after the record",
+                value.len() - used
+            )));
+        }
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_headers_are_checked() {
+        let e = ConfluentDecoder::schema_id(&[0, 0, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("5-byte header"), "{e}");
+        let e = ConfluentDecoder::schema_id(&[0xc3, 1, 0, 0, 0, 0])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("magic byte 0xc3"), "{e}");
+        assert_eq!(
+            ConfluentDecoder::schema_id(&[0, 0, 0, 1, 2, 9]).unwrap(),
+            258
+        );
+        let mut d = ConfluentDecoder::new();
+        let e = d.decode(&[0, 0, 0, 0, 7, 1]).unwrap_err().to_string();
+        assert!(e.contains("unknown schema id 7"), "{e}");
+    }
+}
