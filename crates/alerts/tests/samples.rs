@@ -136,7 +136,10 @@ fn confluent_messages_decode_to_the_file_rows_and_bad_ones_fail_clearly() {
             let e = d.decode(&other).unwrap_err().to_string();
             assert!(e.contains("unknown schema id 43"), "{e}");
         }
-        decoded.push(d.decode(&msg).unwrap_or_else(|e| panic!("message {i}: {e}")));
+        decoded.push(
+            d.decode(&msg)
+                .unwrap_or_else(|e| panic!("message {i}: {e}")),
+        );
     }
     let decoded = one(&decoded);
     assert_eq!(decoded.num_rows(), 31);
