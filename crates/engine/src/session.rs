@@ -109,7 +109,8 @@ pub fn runtime(config: &EngineConfig) -> Result<Arc<RuntimeEnv>> {
         .build_arc()?)
 }
 
-/// The object-store registry of Meridian's runtimes (see [`Stores`]): for processes that
+/// The object-store registry of Meridian's runtimes (local files, and buckets reached on first
+/// use): for processes that
 /// build their runtimes themselves, as a cluster executor does for each task.
 pub fn object_store_registry() -> Arc<dyn datafusion::execution::object_store::ObjectStoreRegistry>
 {
