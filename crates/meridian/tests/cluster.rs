@@ -9,6 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tests of this file run one at a time: each starts a cluster of three processes, and
+/// three clusters at once on two cores slowed queries about fivefold and heartbeats with
+/// them (Ballista's recovery from a lost executor once stalled under that load).
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 use arrow::array::RecordBatch;
 use meridian_catalog::{IngestOptions, Store};
 use meridian_engine::{Engine, EngineConfig, Lang, XMatchMode, XMatchSpec};
@@ -215,6 +226,7 @@ fn golden_queries() -> Vec<(Lang, String)> {
 
 #[test]
 fn queries_on_a_cluster_equal_the_embedded_engine() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let cluster = start_cluster(dir.path(), 2);
@@ -272,6 +284,7 @@ fn queries_on_a_cluster_equal_the_embedded_engine() {
 
 #[test]
 fn a_query_that_cannot_go_to_the_cluster_says_why() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let cluster = start_cluster(dir.path(), 1);
@@ -308,6 +321,7 @@ fn a_query_that_cannot_go_to_the_cluster_says_why() {
 
 #[test]
 fn losing_an_executor_during_a_query_neither_hangs_nor_breaks_the_next() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let mut cluster = start_cluster(dir.path(), 2);
