@@ -3,7 +3,6 @@
 //! message values in the Confluent wire format (a zero byte, the writer schema's registry id
 //! as a 4-byte big-endian integer, then one Avro record).
 
-use std::io::BufReader;
 use std::path::Path;
 
 use arrow::array::RecordBatch;
@@ -16,17 +15,34 @@ use crate::{Error, Result};
 /// Rows per Arrow batch when reading files.
 const BATCH_ROWS: usize = 1024;
 
-/// The alerts of an Avro object container file, as Arrow batches (one row per alert).
-pub fn read_file(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+/// The bytes of file `path`, and its name for messages.
+fn read_bytes(path: &Path) -> Result<(String, Vec<u8>)> {
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+    let data = std::fs::read(path).map_err(|source| Error::Io {
         path: name.clone(),
         source,
     })?;
-    let reader = ReaderBuilder::new()
+    Ok((name, data))
+}
+
+/// A reader of the object container file `data` (named `name` in messages).
+fn open_container<'a>(
+    name: &str,
+    data: &'a [u8],
+) -> Result<arrow_avro::reader::Reader<std::io::Cursor<&'a [u8]>>> {
+    ReaderBuilder::new()
         .with_batch_size(BATCH_ROWS)
-        .build(BufReader::new(file))
-        .map_err(|e| Error::Avro(format!("{name}: not an Avro object container file: {e}")))?;
+        .build(std::io::Cursor::new(data))
+        .map_err(|e| Error::Avro(format!("{name}: not an Avro object container file: {e}")))
+}
+
+/// The alerts of an Avro object container file, as Arrow batches (one row per alert).
+pub fn read_file(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let (name, data) = read_bytes(path)?;
+    // The reader stops quietly at a block cut short; the file's own framing says how many
+    // records it holds, and is checked first.
+    let expected = count_in(&name, &data)?;
+    let reader = open_container(&name, &data)?;
     let schema = reader.schema();
     let mut batches = Vec::new();
     let mut rows = 0usize;
@@ -39,9 +55,6 @@ pub fn read_file(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         rows += b.num_rows();
         batches.push(b);
     }
-    // The reader stops quietly at a block cut short; the file's own framing says how many
-    // records it should hold.
-    let expected = count_records(path)?;
     if rows != expected {
         return Err(Error::Avro(format!(
             "{name}: {rows} records read of the {expected} its blocks declare"
@@ -55,11 +68,11 @@ pub fn read_file(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
 /// they declare: a file cut short, or a block whose marker is wrong, is an error naming
 /// the byte offset. (The reader itself stops quietly at a block cut short.)
 pub fn count_records(path: &Path) -> Result<usize> {
-    let name = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| Error::Io {
-        path: name.clone(),
-        source,
-    })?;
+    let (name, data) = read_bytes(path)?;
+    count_in(&name, &data)
+}
+
+fn count_in(name: &str, data: &[u8]) -> Result<usize> {
     let bad = |at: usize, what: &str| Error::Avro(format!("{name}: byte {at}: {what}"));
     if !data.starts_with(b"Obj\x01") {
         return Err(bad(0, "not an Avro object container file (no 'Obj' magic)"));
@@ -67,17 +80,17 @@ pub fn count_records(path: &Path) -> Result<usize> {
     let mut at = 4;
     // The header's metadata: an Avro map, in blocks of (count, then count key/value pairs).
     loop {
-        let count = read_long(&data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
+        let count = read_long(data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
         if count == 0 {
             break;
         }
         if count < 0 {
             // A negative count is followed by the block's size in bytes.
-            read_long(&data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
+            read_long(data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
         }
         for _ in 0..count.unsigned_abs() {
             for _ in 0..2 {
-                let len = read_long(&data, &mut at)
+                let len = read_long(data, &mut at)
                     .filter(|l| *l >= 0)
                     .ok_or_else(|| bad(at, "header cut short"))?;
                 at = at
@@ -95,10 +108,10 @@ pub fn count_records(path: &Path) -> Result<usize> {
     let mut records = 0usize;
     while at < data.len() {
         let start = at;
-        let count = read_long(&data, &mut at)
+        let count = read_long(data, &mut at)
             .filter(|c| *c >= 0)
             .ok_or_else(|| bad(start, "block cut short (its record count)"))?;
-        let size = read_long(&data, &mut at)
+        let size = read_long(data, &mut at)
             .filter(|s| *s >= 0)
             .ok_or_else(|| bad(start, "block cut short (its size)"))?;
         let end = at.saturating_add(size as usize);
@@ -137,14 +150,8 @@ fn read_long(data: &[u8], at: &mut usize) -> Option<i64> {
 
 /// The writer schema (JSON) in the header of an Avro object container file.
 pub fn file_schema(path: &Path) -> Result<String> {
-    let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: name.clone(),
-        source,
-    })?;
-    let reader = ReaderBuilder::new()
-        .build(BufReader::new(file))
-        .map_err(|e| Error::Avro(format!("{name}: not an Avro object container file: {e}")))?;
+    let (name, data) = read_bytes(path)?;
+    let reader = open_container(&name, &data)?;
     let header = reader.avro_header();
     let json = header
         .get(b"avro.schema")
