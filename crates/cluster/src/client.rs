@@ -10,6 +10,9 @@ use crate::codec::check_plan;
 use crate::scheduler::{ExecutorState, session_config};
 use crate::{Error, Result, scheduler_address};
 
+/// How long the cluster's metrics are reused for `/metrics` scrapes.
+const METRICS_KEPT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A [`Remote`] for an engine: plans go to the scheduler at `url` (`df://host:port`);
 /// those that cannot (they read a table only this process holds) run here, or fail when
 /// `required`.
@@ -27,8 +30,21 @@ pub async fn connect(url: &str, engine: &EngineConfig, required: bool) -> Result
         required,
         url: url.to_string(),
         metrics: Arc::new({
+            // Scrapes within METRICS_KEPT of the last are answered from it: each costs the
+            // scheduler two REST calls.
             let url = url.to_string();
-            move || metrics(&url)
+            let last: std::sync::Mutex<Option<(std::time::Instant, String)>> = Default::default();
+            move || {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                match &*last {
+                    Some((at, text)) if at.elapsed() < METRICS_KEPT => text.clone(),
+                    _ => {
+                        let text = metrics(&url);
+                        *last = Some((std::time::Instant::now(), text.clone()));
+                        text
+                    }
+                }
+            }
         }),
     })
 }

@@ -209,10 +209,10 @@ impl LogicalExtensionCodec for LogicalCodec {
         let Some(t) = any.downcast_ref::<HatsTable>() else {
             return self.inner.try_encode_table_provider(table_ref, node, buf);
         };
+        let catalog = t.catalog();
         let msg = HatsProto {
-            dir: absolute(t.catalog().location())?,
-            margin: t
-                .catalog()
+            dir: absolute(catalog.location())?,
+            margin: catalog
                 .margin()
                 .map(|m| absolute(m.location()))
                 .transpose()?,

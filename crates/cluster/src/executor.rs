@@ -24,8 +24,6 @@ pub struct ExecutorOptions {
     pub external_host: Option<String>,
     /// Port of its data (Arrow Flight) service; 0 picks a free one.
     pub port: u16,
-    /// Port of its control (gRPC) service; 0 picks a free one.
-    pub grpc_port: u16,
     /// Directory of the stage outputs it keeps for the next stages (default: a temporary
     /// directory).
     pub work_dir: Option<PathBuf>,
@@ -35,8 +33,6 @@ pub struct ExecutorOptions {
     pub engine: EngineConfig,
     /// Its identifier (default: a random one).
     pub id: Option<String>,
-    /// Seconds between its heartbeats (well below the scheduler's executor timeout).
-    pub heartbeat_seconds: u64,
 }
 
 /// A free port on `host` (Ballista tells the scheduler the configured port, not the one
@@ -64,10 +60,9 @@ pub async fn run(opts: ExecutorOptions) -> Result<()> {
         0 => free_port(&opts.bind_host)?,
         p => p,
     };
-    let grpc_port = match opts.grpc_port {
-        0 => free_port(&opts.bind_host)?,
-        p => p,
-    };
+    // Executors ask the scheduler for work (see `PULL` below) and serve no control service;
+    // Ballista still registers a port for one.
+    let grpc_port = free_port(&opts.bind_host)?;
     let work_dir = match &opts.work_dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| {
@@ -107,7 +102,7 @@ pub async fn run(opts: ExecutorOptions) -> Result<()> {
         vcores,
         work_dir,
         memory_pool_size: Some(engine.memory_limit_bytes as u64),
-        executor_heartbeat_interval_seconds: opts.heartbeat_seconds.max(1),
+        task_scheduling_policy: crate::SCHEDULING,
         override_function_registry: Some(Arc::new(registry)),
         override_config_producer: Some(config_producer),
         override_runtime_producer: Some(runtime_producer),
@@ -119,7 +114,6 @@ pub async fn run(opts: ExecutorOptions) -> Result<()> {
         id = %config.executor_id,
         scheduler = %opts.scheduler,
         port,
-        grpc_port,
         task_slots = vcores,
         "cluster executor starting"
     );

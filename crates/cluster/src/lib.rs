@@ -19,6 +19,25 @@ pub mod scheduler;
 
 pub use error::{Error, Result};
 
+/// How the scheduler hands out tasks: executors ask for work (pull), each from its own
+/// free task slots.
+///
+/// Ballista 55's push scheduling keeps each executor's free slots in the scheduler and
+/// loses some when an executor is lost: the tasks of a stage rolled back on the executors
+/// left are cancelled but their slots are never given back (their late statuses find the
+/// stage unresolved and refund nothing). When that takes all of an executor's slots the
+/// stage to rerun is never placed and the query hangs. Under pull scheduling an executor
+/// reports its own free slots with every request, so nothing can leak. Its costs: an idle
+/// executor asks every 50 ms (a stage can wait that long to start), and a cancelled
+/// query's running tasks end on their own instead of being stopped (no further stage
+/// starts).
+pub(crate) const SCHEDULING: ballista_core::config::TaskSchedulingPolicy =
+    ballista_core::config::TaskSchedulingPolicy::PullStaged;
+
+/// Ballista's pull-scheduling executors ask for work at least this often even when busy,
+/// and each request counts as their heartbeat.
+pub const EXECUTOR_POLL_SECONDS: u64 = 5;
+
 /// `host:port` of a scheduler URL (`df://host:port`, or `host:port` alone).
 pub fn scheduler_address(url: &str) -> Result<(String, u16)> {
     let rest = url.strip_prefix("df://").unwrap_or(url);

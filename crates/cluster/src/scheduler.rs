@@ -122,6 +122,7 @@ impl Scheduler {
             external_host: addr.ip().to_string(),
             bind_port: addr.port(),
             task_max_failures: opts.task_max_failures,
+            scheduling_policy: crate::SCHEDULING,
             executor_timeout_seconds: opts.executor_timeout_seconds,
             expire_dead_executor_interval_seconds: (opts.executor_timeout_seconds / 4).max(1),
             // With no executor left, jobs fail once a lost executor would have been noticed,

@@ -50,16 +50,14 @@ pub struct ClusterConfig {
     pub executor_bind: String,
     /// Port of an executor's data service (0: a free one).
     pub executor_port: u16,
-    /// Port of an executor's control service (0: a free one).
-    pub executor_grpc_port: u16,
     /// Directory of an executor's stage outputs (default: a temporary directory).
     pub work_dir: Option<PathBuf>,
     /// Partitions an executor runs at once (0: the number of cores).
     pub concurrent_tasks: usize,
-    /// Seconds without a heartbeat after which the scheduler takes an executor for lost.
+    /// Seconds without a heartbeat after which the scheduler takes an executor for lost
+    /// (an executor's requests for work are its heartbeats: at least every
+    /// [`meridian_cluster::EXECUTOR_POLL_SECONDS`], so this must be at least twice that).
     pub executor_timeout_s: u64,
-    /// Seconds between an executor's heartbeats (well below `executor_timeout_s`).
-    pub executor_heartbeat_s: u64,
     /// Attempts of a failing task before its query fails.
     pub task_max_failures: usize,
 }
@@ -72,11 +70,9 @@ impl Default for ClusterConfig {
             scheduler_bind: "127.0.0.1:50050".into(),
             executor_bind: "127.0.0.1".into(),
             executor_port: 0,
-            executor_grpc_port: 0,
             work_dir: None,
             concurrent_tasks: 0,
             executor_timeout_s: 60,
-            executor_heartbeat_s: 5,
             task_max_failures: 4,
         }
     }
@@ -491,13 +487,17 @@ impl Config {
         if let Some(url) = &self.cluster.scheduler {
             meridian_cluster::scheduler_address(url).context("cluster.scheduler")?;
         }
-        if self.cluster.executor_timeout_s == 0 || self.cluster.task_max_failures == 0 {
-            bail!("cluster.executor_timeout_s and cluster.task_max_failures must be positive");
+        if self.cluster.task_max_failures == 0 {
+            bail!("cluster.task_max_failures must be positive");
         }
-        if self.cluster.executor_heartbeat_s == 0
-            || self.cluster.executor_heartbeat_s >= self.cluster.executor_timeout_s
-        {
-            bail!("cluster.executor_heartbeat_s must be positive and below executor_timeout_s");
+        let poll = meridian_cluster::EXECUTOR_POLL_SECONDS;
+        if self.cluster.executor_timeout_s < 2 * poll {
+            bail!(
+                "cluster.executor_timeout_s is {} s: it must be at least {} s, since a busy \
+                 executor's heartbeat comes every {poll} s",
+                self.cluster.executor_timeout_s,
+                2 * poll
+            );
         }
         let j = &self.jobs;
         if j.max_running == 0

@@ -47,7 +47,6 @@ fn meridian(data: &Path) -> Command {
         .env("MERIDIAN_LOG__LEVEL", "warn")
         // A lost executor is noticed after 10 s without a heartbeat.
         .env("MERIDIAN_CLUSTER__EXECUTOR_TIMEOUT_S", "10")
-        .env("MERIDIAN_CLUSTER__EXECUTOR_HEARTBEAT_S", "2")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     c

@@ -29,9 +29,6 @@ pub enum ClusterCommand {
         /// Port of the data service (0: a free one).
         #[arg(long)]
         port: Option<u16>,
-        /// Port of the control service (0: a free one).
-        #[arg(long)]
-        grpc_port: Option<u16>,
         /// Directory of the stage outputs kept for the next stages.
         #[arg(long)]
         work_dir: Option<PathBuf>,
@@ -95,7 +92,6 @@ pub fn run(config: &Config, cmd: ClusterCommand) -> anyhow::Result<()> {
             scheduler,
             bind,
             port,
-            grpc_port,
             work_dir,
             concurrent_tasks,
             id,
@@ -105,12 +101,10 @@ pub fn run(config: &Config, cmd: ClusterCommand) -> anyhow::Result<()> {
                 bind_host: bind.unwrap_or_else(|| c.executor_bind.clone()),
                 external_host: None,
                 port: port.unwrap_or(c.executor_port),
-                grpc_port: grpc_port.unwrap_or(c.executor_grpc_port),
                 work_dir: work_dir.or_else(|| c.work_dir.clone()),
                 concurrent_tasks: concurrent_tasks.unwrap_or(c.concurrent_tasks),
                 engine: crate::engine_config(config),
                 id,
-                heartbeat_seconds: c.executor_heartbeat_s,
             };
             runtime()?.block_on(meridian_cluster::executor::run(opts))?;
             Ok(())
