@@ -421,6 +421,18 @@ fn format_arcsec(a: f64) -> String {
     }
 }
 
+/// The `_healpix_29` column of a catalog Meridian writes (first, never null).
+pub(crate) fn hpx_field() -> Field {
+    Field::new(HPX_COLUMN, DataType::Int64, false).with_metadata(
+        ColumnMeta {
+            ucd: Some("pos.healpix".into()),
+            description: Some("HEALPix NESTED index of the position at order 29".into()),
+            ..Default::default()
+        }
+        .to_map(),
+    )
+}
+
 pub(crate) fn set_provenance(p: &mut Properties) {
     p.set(
         "hats_builder",
@@ -480,16 +492,7 @@ fn map_inputs(
         }
     }
     let in_schema = meridian_formats::open(&inputs[0], &read)?.schema();
-    let mut fields: Vec<Arc<Field>> = vec![Arc::new(
-        Field::new(HPX_COLUMN, DataType::Int64, false).with_metadata(
-            ColumnMeta {
-                ucd: Some("pos.healpix".into()),
-                description: Some("HEALPix NESTED index of the position at order 29".into()),
-                ..Default::default()
-            }
-            .to_map(),
-        ),
-    )];
+    let mut fields: Vec<Arc<Field>> = vec![Arc::new(hpx_field())];
     // An input that already carries `_healpix_29` (a HATS catalog's rows, re-ingested) gets
     // it recomputed rather than twice.
     let kept: Vec<usize> = (0..in_schema.fields().len())

@@ -15,6 +15,7 @@
 //! HATS catalogs written by other tools are served in place: the store entry is a symlink to
 //! the catalog or collection directory.
 
+pub mod append;
 mod catalog;
 mod error;
 pub mod ingest;

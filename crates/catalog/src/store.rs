@@ -15,6 +15,12 @@ use crate::{Catalog, Error, Location, Result, objects};
 
 const VERSIONS: &str = ".versions";
 const STAGING: &str = ".staging";
+const LOCKS: &str = ".locks";
+
+/// How long a superseded version stays after the version replacing it is published, for
+/// the queries that opened it (appends publish versions that share files; a query reads
+/// the version it started on to its end).
+pub const SUPERSEDED_KEPT: Duration = Duration::from_secs(3600);
 
 /// A store of catalogs under one directory.
 #[derive(Debug, Clone)]
@@ -170,8 +176,20 @@ impl Store {
         })
     }
 
-    /// Atomically makes a staged catalog the current version of its name.
-    pub fn publish(&self, mut staging: Staging) -> Result<PathBuf> {
+    /// Atomically makes a staged catalog the current version of its name; the version it
+    /// replaces is removed at once.
+    pub fn publish(&self, staging: Staging) -> Result<PathBuf> {
+        self.publish_version(staging, true)
+    }
+
+    /// [`Store::publish`] for a version that shares files with the one it replaces (an
+    /// append): the old version stays readable by the queries that opened it and is
+    /// removed once it has been superseded for [`SUPERSEDED_KEPT`].
+    pub(crate) fn publish_keeping_old(&self, staging: Staging) -> Result<PathBuf> {
+        self.publish_version(staging, false)
+    }
+
+    fn publish_version(&self, mut staging: Staging, remove_old: bool) -> Result<PathBuf> {
         let version = self
             .root
             .join(VERSIONS)
@@ -179,8 +197,43 @@ impl Store {
         std::fs::rename(&staging.path, &version).map_err(|e| Error::io(&version, e))?;
         staging.published = true;
         let target = PathBuf::from(VERSIONS).join(version.file_name().expect("version has a name"));
-        self.swap_link(&staging.name, &target)?;
+        let old = self.swap_link(&staging.name, &target)?;
+        if remove_old {
+            self.remove_old_version(old);
+        }
         Ok(self.root.join(&staging.name))
+    }
+
+    /// The version directory catalog `name` links to, when Meridian wrote it (none for a
+    /// catalog served in place, or absent).
+    pub fn current_version(&self, name: &str) -> Result<Option<PathBuf>> {
+        check_name(name)?;
+        let link = self.root.join(name);
+        Ok(std::fs::read_link(&link)
+            .ok()
+            .filter(|t| t.starts_with(VERSIONS))
+            .map(|t| self.root.join(t)))
+    }
+
+    /// Takes the writer's lock of catalog `name` (one appender at a time, across
+    /// processes), released when the returned file is dropped.
+    pub(crate) fn lock(&self, name: &str) -> Result<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        check_name(name)?;
+        let dir = self.root.join(LOCKS);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // SAFETY: flock on a descriptor this function owns; the lock goes with the file.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(&path, std::io::Error::last_os_error()));
+        }
+        Ok(file)
     }
 
     /// Serves an existing HATS catalog or collection under `name`, in place (no copy).
@@ -188,7 +241,8 @@ impl Store {
         check_name(name)?;
         let abs = path.canonicalize().map_err(|e| Error::io(path, e))?;
         let catalog = Catalog::open(&abs)?;
-        self.swap_link(name, &abs)?;
+        let old = self.swap_link(name, &abs)?;
+        self.remove_old_version(old);
         Ok(catalog)
     }
 
@@ -205,7 +259,8 @@ impl Store {
         }
         let url = location.to_string();
         let catalog = Catalog::open_at(&location)?;
-        self.swap_link(name, Path::new(&url))?;
+        let old = self.swap_link(name, Path::new(&url))?;
+        self.remove_old_version(old);
         Ok(catalog)
     }
 
@@ -219,7 +274,8 @@ impl Store {
         Ok(())
     }
 
-    fn swap_link(&self, name: &str, target: &Path) -> Result<()> {
+    /// Points `name` at `target`, returning the link's old target.
+    fn swap_link(&self, name: &str, target: &Path) -> Result<Option<PathBuf>> {
         let link = self.root.join(name);
         if link.exists() && !link.is_symlink() {
             return Err(Error::Invalid(format!(
@@ -239,8 +295,7 @@ impl Store {
         if let Ok(dir) = std::fs::File::open(&self.root) {
             let _ = dir.sync_all();
         }
-        self.remove_old_version(old);
-        Ok(())
+        Ok(old)
     }
 
     fn remove_old_version(&self, old: Option<PathBuf>) {
@@ -269,17 +324,33 @@ impl Store {
             .flatten()
             .filter_map(|e| std::fs::read_link(e.path()).ok())
             .collect();
+        // An unreferenced version goes once a newer version of its catalog has been
+        // current for SUPERSEDED_KEPT (queries that opened it may read it until then), or,
+        // with no newer version (its catalog was removed), once it is that old.
         let versions = self.root.join(VERSIONS);
+        let mut by_name: std::collections::BTreeMap<String, Vec<(u128, PathBuf)>> =
+            Default::default();
         for e in std::fs::read_dir(&versions).into_iter().flatten().flatten() {
-            let rel = PathBuf::from(VERSIONS).join(e.file_name());
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(3600));
-            if !referenced.contains(&rel) && old {
-                let _ = std::fs::remove_dir_all(e.path());
+            let file_name = e.file_name().to_string_lossy().to_string();
+            if let Some((name, stamp)) = file_name.rsplit_once('.')
+                && let Ok(stamp) = stamp.parse::<u128>()
+            {
+                by_name
+                    .entry(name.to_string())
+                    .or_default()
+                    .push((stamp, e.path()));
+            }
+        }
+        let now = nanos();
+        let kept = SUPERSEDED_KEPT.as_nanos();
+        for (_, mut list) in by_name {
+            list.sort();
+            for (i, (stamp, path)) in list.iter().enumerate() {
+                let rel = PathBuf::from(VERSIONS).join(path.file_name().unwrap_or_default());
+                let since = list.get(i + 1).map_or(*stamp, |(next, _)| *next);
+                if !referenced.contains(&rel) && now.saturating_sub(since) > kept {
+                    let _ = std::fs::remove_dir_all(path);
+                }
             }
         }
     }

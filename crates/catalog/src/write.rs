@@ -109,6 +109,21 @@ impl PartitionWriter {
     }
 }
 
+/// Writes `dataset/_common_metadata` (the schema, no rows), returning its metadata.
+pub(crate) fn write_common_metadata(
+    dir: &Path,
+    schema: &SchemaRef,
+    props: &Arc<WriterProperties>,
+) -> Result<ParquetMetaData> {
+    let dataset = dir.join("dataset");
+    std::fs::create_dir_all(&dataset).map_err(|e| Error::io(&dataset, e))?;
+    let common = dataset.join("_common_metadata");
+    let f = File::create(&common).map_err(|e| Error::io(&common, e))?;
+    let w = ArrowWriter::try_new(f, schema.clone(), Some(props.as_ref().clone()))
+        .map_err(|e| Error::parquet(&common, e))?;
+    w.close().map_err(|e| Error::parquet(&common, e))
+}
+
 /// Writes `dataset/_common_metadata` (schema only) and `dataset/_metadata` (schema and every
 /// row group, each pointing at its partition file).
 pub(crate) fn write_summary_files(
@@ -117,15 +132,8 @@ pub(crate) fn write_summary_files(
     props: &Arc<WriterProperties>,
     written: &[Written],
 ) -> Result<()> {
+    let empty_meta = write_common_metadata(dir, schema, props)?;
     let dataset = dir.join("dataset");
-    std::fs::create_dir_all(&dataset).map_err(|e| Error::io(&dataset, e))?;
-    let common = dataset.join("_common_metadata");
-    let empty_meta = {
-        let f = File::create(&common).map_err(|e| Error::io(&common, e))?;
-        let w = ArrowWriter::try_new(f, schema.clone(), Some(props.as_ref().clone()))
-            .map_err(|e| Error::parquet(&common, e))?;
-        w.close().map_err(|e| Error::parquet(&common, e))?
-    };
     let base = written.first().map(|w| &w.metadata).unwrap_or(&empty_meta);
     let fm = base.file_metadata();
     let total: i64 = written.iter().map(|w| w.rows as i64).sum();

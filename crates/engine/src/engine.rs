@@ -164,7 +164,7 @@ impl Engine {
         let ctx = build_session(config)?;
         let mut tables = Vec::new();
         for name in store.list()? {
-            let t = Arc::new(HatsTable::new(store.catalog(&name)?));
+            let t = Arc::new(HatsTable::open(store, &name)?);
             ctx.register_table(
                 datafusion::common::TableReference::bare(name.as_str()),
                 t.clone(),
@@ -506,7 +506,8 @@ impl Engine {
                     )
                 )));
             }
-            let (ra, dec) = (table.catalog().ra_column(), table.catalog().dec_column());
+            let catalog = table.catalog();
+            let (ra, dec) = (catalog.ra_column(), catalog.dec_column());
             Ok((
                 alias.to_string(),
                 name.to_string(),

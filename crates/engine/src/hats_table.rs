@@ -59,23 +59,114 @@ impl PartitionFile {
 /// A HATS catalog served to DataFusion.
 #[derive(Debug)]
 pub struct HatsTable {
-    catalog: Catalog,
+    schema: SchemaRef,
+    current: Mutex<Arc<Snapshot>>,
+    /// The store entry whose new versions this table follows, if any.
+    live: Option<Live>,
     last: Mutex<Pruning>,
+}
+
+/// A store catalog that grows (appends publish new versions): each scan reads the version
+/// current when it is planned.
+#[derive(Debug)]
+struct Live {
+    store: meridian_catalog::Store,
+    name: String,
+}
+
+/// One version of the catalog.
+#[derive(Debug)]
+struct Snapshot {
+    catalog: Arc<Catalog>,
+    /// The version directory, for a [`Live`] table.
+    version: Option<std::path::PathBuf>,
     /// Read once, on the first scan: a catalog version never changes on disk (a re-ingest
-    /// writes a new version), so no query lists or stats files again.
+    /// or an append writes a new version), so no query lists or stats files again.
     files: tokio::sync::OnceCell<Vec<PartitionFile>>,
 }
 
 impl HatsTable {
     /// Wraps an opened catalog.
     pub fn new(catalog: Catalog) -> Self {
+        Self::with_snapshot(catalog, None, None)
+    }
+
+    fn with_snapshot(
+        catalog: Catalog,
+        version: Option<std::path::PathBuf>,
+        live: Option<Live>,
+    ) -> Self {
         Self {
-            catalog,
+            schema: catalog.schema(),
+            current: Mutex::new(Arc::new(Snapshot {
+                catalog: Arc::new(catalog),
+                version,
+                files: tokio::sync::OnceCell::new(),
+            })),
+            live,
             last: Mutex::new(Pruning::default()),
-            files: tokio::sync::OnceCell::new(),
         }
     }
 
+    /// Catalog `name` of `store`. One that Meridian wrote is followed: a query reads the
+    /// version current when it is planned, so rows appended (or a re-ingest with the same
+    /// columns) are seen without a restart, and a version is read whole by the queries
+    /// that opened it. Others (served in place, in an object store) are opened once.
+    pub fn open(store: &meridian_catalog::Store, name: &str) -> meridian_catalog::Result<Self> {
+        match store.current_version(name)? {
+            Some(version) => Ok(Self::with_snapshot(
+                Catalog::open(&version)?,
+                Some(version),
+                Some(Live {
+                    store: store.clone(),
+                    name: name.to_string(),
+                }),
+            )),
+            None => Ok(Self::new(store.catalog(name)?)),
+        }
+    }
+
+    /// The version to read: the current one of a followed catalog (opened on first use;
+    /// one whose columns changed is not taken, with a warning: the table's columns are
+    /// fixed while it is served).
+    fn snapshot(&self) -> Arc<Snapshot> {
+        let held = self.current.lock().expect("snapshot lock").clone();
+        let Some(live) = &self.live else {
+            return held;
+        };
+        let Ok(Some(version)) = live.store.current_version(&live.name) else {
+            return held;
+        };
+        if held.version.as_ref() == Some(&version) {
+            return held;
+        }
+        match Catalog::open(&version) {
+            Ok(c) if c.schema() == self.schema => {
+                let snap = Arc::new(Snapshot {
+                    catalog: Arc::new(c),
+                    version: Some(version),
+                    files: tokio::sync::OnceCell::new(),
+                });
+                *self.current.lock().expect("snapshot lock") = snap.clone();
+                snap
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    catalog = %live.name,
+                    version = %version.display(),
+                    "a new version of the catalog has other columns: serving the one                      opened until a restart"
+                );
+                held
+            }
+            Err(e) => {
+                tracing::warn!(catalog = %live.name, error = %e, "cannot open the catalog's new version");
+                held
+            }
+        }
+    }
+}
+
+impl Snapshot {
     /// Every partition file with its statistics (exact row counts and column bounds from
     /// the footers, which also fills the session's metadata cache).
     async fn files(&self, state: &dyn Session) -> Result<&[PartitionFile]> {
@@ -128,10 +219,12 @@ impl HatsTable {
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         ObjectStoreUrl::parse(base)
     }
+}
 
-    /// The catalog served.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+impl HatsTable {
+    /// The catalog served (its current version).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.snapshot().catalog.clone()
     }
 
     /// Forgets the figures of earlier scans.
@@ -145,10 +238,10 @@ impl HatsTable {
     }
 
     /// The sky region that `filters` restrict the positions to, if one can be read off.
-    fn region(&self, filters: &[Expr]) -> Option<Region> {
+    fn region(catalog: &Catalog, filters: &[Expr]) -> Option<Region> {
         filters
             .iter()
-            .find_map(|f| region_of(f, self.catalog.ra_column(), self.catalog.dec_column()))
+            .find_map(|f| region_of(f, catalog.ra_column(), catalog.dec_column()))
     }
 }
 
@@ -317,7 +410,7 @@ fn hpx_filter(column: &str, ranges: &[Range<u64>], max: usize) -> Option<Expr> {
 #[async_trait::async_trait]
 impl TableProvider for HatsTable {
     fn schema(&self) -> SchemaRef {
-        self.catalog.schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -338,7 +431,9 @@ impl TableProvider for HatsTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let region = self.region(filters);
+        let snap = self.snapshot();
+        let catalog = snap.catalog.as_ref();
+        let region = Self::region(catalog, filters);
         let ranges = match &region {
             Some(r) => Some(
                 r.hpx29_ranges(meridian_catalog::coverage_order(r))
@@ -346,7 +441,7 @@ impl TableProvider for HatsTable {
             ),
             None => None,
         };
-        let files: Vec<&PartitionFile> = self
+        let files: Vec<&PartitionFile> = snap
             .files(state)
             .await?
             .iter()
@@ -357,10 +452,10 @@ impl TableProvider for HatsTable {
             })
             .collect();
         *self.last.lock().expect("pruning lock") = Pruning {
-            partitions_total: self.catalog.partitions().len(),
+            partitions_total: catalog.partitions().len(),
             partitions_read: files.len(),
         };
-        let schema = self.catalog.schema();
+        let schema = self.schema.clone();
         if files.is_empty() {
             let projected = match projection {
                 Some(p) => Arc::new(schema.project(p)?),
@@ -384,7 +479,7 @@ impl TableProvider for HatsTable {
         let mut source = format.file_source(schema.clone().into());
         // Give the Parquet scan the `_healpix_29` ranges as its predicate: it prunes row
         // groups and pages by their statistics (filters pushed down later are added to it).
-        let hpx = match (&ranges, self.catalog.healpix_column()) {
+        let hpx = match (&ranges, catalog.healpix_column()) {
             (Some(r), Some(h)) => hpx_filter(h, r, 64),
             _ => None,
         };
@@ -395,12 +490,12 @@ impl TableProvider for HatsTable {
             let predicate = state.create_physical_expr(hpx, &df_schema)?;
             source = Arc::new(parquet.with_predicate(predicate));
         }
-        let mut config = FileScanConfigBuilder::new(self.store_url()?, source)
+        let mut config = FileScanConfigBuilder::new(snap.store_url()?, source)
             .with_file_groups(groups)
             .with_statistics(statistics)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit);
-        if let Some(h) = self.catalog.healpix_column() {
+        if let Some(h) = catalog.healpix_column() {
             let sort = PhysicalSortExpr::new(
                 datafusion::physical_expr::expressions::col(h, &schema)?,
                 arrow::compute::SortOptions {
