@@ -23,6 +23,8 @@ pub(crate) enum VoType {
     Char,
     /// Array of doubles, of fixed length or variable (`None`): DALI geometry values.
     Doubles(Option<i32>),
+    /// Bytes (a variable-length array of unsignedByte): a FITS cutout, an image stamp.
+    Bytes,
 }
 
 impl VoType {
@@ -38,6 +40,7 @@ impl VoType {
             VoType::Double => "double",
             VoType::Char => "char",
             VoType::Doubles(_) => "double",
+            VoType::Bytes => "unsignedByte",
         }
     }
 }
@@ -53,6 +56,7 @@ pub(crate) fn arrow_type(vo: VoType) -> DataType {
         VoType::Float => DataType::Float32,
         VoType::Double => DataType::Float64,
         VoType::Char => DataType::Utf8,
+        VoType::Bytes => DataType::Binary,
         VoType::Doubles(n) => {
             let item = Arc::new(Field::new("item", DataType::Float64, true));
             match n {
@@ -96,6 +100,10 @@ fn vo_type(t: &DataType) -> (VoType, Option<&'static str>) {
         DataType::List(f) | DataType::LargeList(f) if f.data_type().is_numeric() => {
             (VoType::Doubles(None), None)
         }
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => (VoType::Bytes, None),
         _ => (VoType::Char, None),
     }
 }
@@ -245,6 +253,26 @@ pub(crate) fn doubles_as_text(a: &ArrayRef) -> Result<ArrayRef> {
     Ok(Arc::new(s))
 }
 
+/// Binary values as lowercase hexadecimal text (for the text formats).
+pub(crate) fn bytes_as_hex(a: &ArrayRef) -> Result<ArrayRef> {
+    use arrow::array::{Array, AsArray, StringArray};
+    use std::fmt::Write as _;
+    let a = arrow::compute::cast(a, &DataType::Binary)?;
+    let b = a.as_binary::<i32>();
+    let s: StringArray = (0..b.len())
+        .map(|i| {
+            (!b.is_null(i)).then(|| {
+                let mut s = String::with_capacity(2 * b.value(i).len());
+                for x in b.value(i) {
+                    let _ = write!(s, "{x:02x}");
+                }
+                s
+            })
+        })
+        .collect();
+    Ok(Arc::new(s))
+}
+
 /// How a column is declared in VOTable (and so in VOSI tables and TAP_SCHEMA).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoField {
@@ -268,7 +296,7 @@ pub fn vo_fields(schema: &SchemaRef) -> Vec<VoField> {
             arraysize: match c.vo {
                 VoType::Char => Some("*".to_string()),
                 VoType::Doubles(Some(n)) => Some(n.to_string()),
-                VoType::Doubles(None) => Some("*".to_string()),
+                VoType::Doubles(None) | VoType::Bytes => Some("*".to_string()),
                 _ => None,
             },
             datatype: c.vo.votable(),

@@ -102,6 +102,7 @@ impl FitsWriter {
                     let l = a.as_list::<i32>();
                     (0..l.len()).map(|i| l.value_length(i) as usize).max()
                 }
+                VoType::Bytes => a.as_binary::<i32>().iter().flatten().map(<[u8]>::len).max(),
                 _ => None,
             };
             self.widths[k] = self.widths[k].max(widest.unwrap_or(0));
@@ -124,6 +125,7 @@ impl FitsWriter {
             VoType::Char => (format!("{}A", self.widths[k]), self.widths[k]),
             VoType::Doubles(Some(n)) => (format!("{n}D"), 8 * n as usize),
             VoType::Doubles(None) => (format!("{}D", self.widths[k]), 8 * self.widths[k]),
+            VoType::Bytes => (format!("{}B", self.widths[k]), self.widths[k]),
         }
     }
 
@@ -222,6 +224,16 @@ fn cell(a: &ArrayRef, i: usize, width: usize, out: &mut Vec<u8>) {
             for k in 0..n {
                 out.extend_from_slice(&v.get(k).copied().unwrap_or(f64::NAN).to_be_bytes());
             }
+        }
+        // Bytes padded with zeros to the column's widest row.
+        DataType::Binary => {
+            let s = if null {
+                &[][..]
+            } else {
+                a.as_binary::<i32>().value(i)
+            };
+            out.extend_from_slice(s);
+            out.extend(std::iter::repeat_n(0u8, width - s.len()));
         }
         _ => {
             let s = if null {

@@ -159,12 +159,16 @@ impl ResultWriter {
         self.rows += batch.num_rows() as u64;
         match &mut self.inner {
             Inner::Csv(w) => {
-                // Arrays (DALI geometry values) as space-separated numbers.
+                // Arrays (DALI geometry values) as space-separated numbers, bytes as
+                // hexadecimal.
                 if batch.columns().iter().any(|c| {
                     matches!(
                         c.data_type(),
                         arrow::datatypes::DataType::FixedSizeList(..)
                             | arrow::datatypes::DataType::List(_)
+                            | arrow::datatypes::DataType::Binary
+                            | arrow::datatypes::DataType::LargeBinary
+                            | arrow::datatypes::DataType::BinaryView
                     )
                 }) {
                     let cols: Vec<_> = batch
@@ -175,6 +179,9 @@ impl ResultWriter {
                             | arrow::datatypes::DataType::List(_) => columns::doubles_as_text(
                                 &arrow::compute::cast(c, &columns::list_of_doubles(c.data_type()))?,
                             ),
+                            arrow::datatypes::DataType::Binary
+                            | arrow::datatypes::DataType::LargeBinary
+                            | arrow::datatypes::DataType::BinaryView => columns::bytes_as_hex(c),
                             _ => Ok(c.clone()),
                         })
                         .collect::<Result<_>>()?;

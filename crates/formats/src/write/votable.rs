@@ -73,7 +73,7 @@ fn fields_xml(columns: &[OutColumn], serialization: Serialization) -> String {
             h.push_str(&format!(" ID=\"{}\"", escape(id)));
         }
         match c.vo {
-            VoType::Char | VoType::Doubles(None) => h.push_str(" arraysize=\"*\""),
+            VoType::Char | VoType::Doubles(None) | VoType::Bytes => h.push_str(" arraysize=\"*\""),
             VoType::Doubles(Some(n)) => h.push_str(&format!(" arraysize=\"{n}\"")),
             _ => {}
         }
@@ -287,6 +287,15 @@ fn text_cell(a: &ArrayRef, i: usize, out: &mut String) {
                 float_text(*x, out);
             }
         }
+        // An unsignedByte array: its values separated by spaces.
+        arrow::datatypes::DataType::Binary => {
+            for (k, x) in a.as_binary::<i32>().value(i).iter().enumerate() {
+                if k > 0 {
+                    out.push(' ');
+                }
+                let _ = write!(out, "{x}");
+            }
+        }
         _ => out.push_str(&escape(a.as_string::<i32>().value(i))),
     }
     out.push_str("</TD>");
@@ -318,6 +327,15 @@ fn binary_cell(a: &ArrayRef, i: usize, out: &mut Vec<u8>) {
             for x in v {
                 out.extend_from_slice(&x.to_be_bytes());
             }
+        }
+        arrow::datatypes::DataType::Binary => {
+            let v = if null {
+                &[][..]
+            } else {
+                a.as_binary::<i32>().value(i)
+            };
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
         }
         _ => {
             let s = if null {
