@@ -1,14 +1,16 @@
 """Alert packets into tables: `meridian alerts convert` splits the real Rubin (with Fink's
-fields) and ZTF samples into their tables, and every field of every row equals what
-fastavro (the Avro reader most brokers use) reads from the same files, each source once."""
+fields) and ZTF samples into their tables, and `meridian alerts load` appends them to the
+alert database served over TAP; every field of every row equals what fastavro (the Avro
+reader most brokers use) reads from the same files, each source once."""
 
 import math
 
 import fastavro
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run
+from conftest import Server, run
 
 
 def read(path):
@@ -37,6 +39,15 @@ def same(a, b):
     return a == b
 
 
+def deep_same(a, b):
+    """Records equal field by field (NaN equal to NaN)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(deep_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(deep_same(x, y) for x, y in zip(a, b))
+    return same(a, b)
+
+
 def check(table_path, expected, key, extra_null=()):
     """Every row of the Parquet table equals the expected record with its key, field by
     field; fields of the table that a record lacks (`extra_null`, or all of them for rows
@@ -55,46 +66,186 @@ def check(table_path, expected, key, extra_null=()):
     return got
 
 
+RUBIN = "alerts/rubin_fink_sample_7alerts.avro"
+ZTF = "alerts/ztf_fink_sample_31alerts.avro"
+
+
+def rubin_tables(alerts):
+    """The Rubin tables pandas-free, from fastavro's records: {table: ({key: row}, key)}."""
+    sources = [a["diaSource"] for a in alerts] + [s for a in alerts for s in (a["prvDiaSources"] or [])]
+    forced = [s for a in alerts for s in (a["prvDiaForcedSources"] or [])]
+    objects = [a["diaObject"] for a in alerts if a["diaObject"] is not None]
+    cutouts = [{"diaSourceId": a["diaSource"]["diaSourceId"], "ra": a["diaSource"]["ra"],
+                "dec": a["diaSource"]["dec"], "cutoutScience": a["cutoutScience"],
+                "cutoutTemplate": a["cutoutTemplate"], "cutoutDifference": a["cutoutDifference"]}
+               for a in alerts]
+    return {"DiaSource": (unique(sources, "diaSourceId"), "diaSourceId"),
+            "DiaForcedSource": (unique(forced, "diaForcedSourceId"), "diaForcedSourceId"),
+            "DiaObject": (unique(objects, "diaObjectId", last=True), "diaObjectId"),
+            "Cutout": (unique(cutouts, "diaSourceId"), "diaSourceId")}
+
+
+def ztf_tables(alerts):
+    """The ZTF candidates and stamps as `rubin_tables` gives them, and the upper limits
+    keyed by (objectId, jd, fid), each placed at its alert's candidate when it has no
+    position of its own."""
+    cands = [{"objectId": a["objectId"], **a["candidate"]} for a in alerts]
+    cands += [{"objectId": a["objectId"], **p} for a in alerts for p in (a["prv_candidates"] or [])
+              if p["candid"] is not None]
+    stamps = [{"candid": a["candid"], "ra": a["candidate"]["ra"], "dec": a["candidate"]["dec"],
+               **{c: a[c]["stampData"] for c in ("cutoutScience", "cutoutTemplate", "cutoutDifference")}}
+              for a in alerts]
+    limits = {}
+    for a in alerts:
+        for p in a["prv_candidates"] or []:
+            if p["candid"] is not None:
+                continue
+            row = {"objectId": a["objectId"], **{k: v for k, v in p.items() if k != "candid"}}
+            for c in ("ra", "dec"):
+                if row.get(c) is None:
+                    row[c] = a["candidate"][c]
+            limits.setdefault((row["objectId"], row["jd"], row["fid"]), row)
+    return ({"ZtfCandidate": (unique(cands, "candid"), "candid"),
+             "Cutout": (unique(stamps, "candid"), "candid")}, limits)
+
+
+def check_limits(got, limits, equal=None):
+    """The upper limits equal the expected ones (by `equal`, default `same`), one row each,
+    with distinct ids."""
+    equal = equal or same
+    assert len(got) == len(limits) > 0, (len(got), len(limits))
+    assert len({g["upperLimitId"] for g in got}) == len(got)
+    for g in got:
+        want = limits[(g["objectId"], g["jd"], g["fid"])]
+        for name, value in g.items():
+            if name not in ("upperLimitId", "_healpix_29"):
+                assert equal(value, want.get(name)), (name, value, want.get(name))
+
+
 def test_rubin_alerts_equal_fastavro(shared, tmp_path):
-    src = shared / "alerts/rubin_fink_sample_7alerts.avro"
+    src = shared / RUBIN
     out = run("alerts", "convert", src, "--out", tmp_path).stdout
     assert "DiaSource" in out and "Cutout" in out, out
     alerts = read(src)
     assert len(alerts) == 7
-    sources = [a["diaSource"] for a in alerts] + [s for a in alerts for s in (a["prvDiaSources"] or [])]
-    got = check(tmp_path / "DiaSource.parquet", unique(sources, "diaSourceId"), "diaSourceId")
-    assert len(got) > 7
-    forced = [s for a in alerts for s in (a["prvDiaForcedSources"] or [])]
-    check(tmp_path / "DiaForcedSource.parquet", unique(forced, "diaForcedSourceId"), "diaForcedSourceId")
-    objects = [a["diaObject"] for a in alerts if a["diaObject"] is not None]
-    check(tmp_path / "DiaObject.parquet", unique(objects, "diaObjectId", last=True), "diaObjectId")
-    cutouts = [{"diaSourceId": a["diaSource"]["diaSourceId"], "cutoutScience": a["cutoutScience"],
-                "cutoutTemplate": a["cutoutTemplate"], "cutoutDifference": a["cutoutDifference"]}
-               for a in alerts]
-    check(tmp_path / "Cutout.parquet", unique(cutouts, "diaSourceId"), "diaSourceId")
+    for table, (rows, key) in rubin_tables(alerts).items():
+        got = check(tmp_path / f"{table}.parquet", rows, key)
+        assert table != "DiaSource" or len(got) > 7
 
 
 def test_ztf_alerts_equal_fastavro(shared, tmp_path):
-    src = shared / "alerts/ztf_fink_sample_31alerts.avro"
+    src = shared / ZTF
     run("alerts", "convert", src, "--out", tmp_path)
     alerts = read(src)
     assert len(alerts) == 31
-    cands = [{"objectId": a["objectId"], **a["candidate"]} for a in alerts]
-    cands += [{"objectId": a["objectId"], **p} for a in alerts for p in (a["prv_candidates"] or [])
-              if p["candid"] is not None]
-    check(tmp_path / "ZtfCandidate.parquet", unique(cands, "candid"), "candid")
-    limits = [{"objectId": a["objectId"], **{k: v for k, v in p.items() if k != "candid"}}
-              for a in alerts for p in (a["prv_candidates"] or []) if p["candid"] is None]
-    got = pq.read_table(tmp_path / "ZtfUpperLimit.parquet").to_pylist()
-    assert len(got) == len(limits) > 0
-    key = lambda r: (r["objectId"], r["jd"], r["fid"])  # noqa: E731
-    for g, w in zip(sorted(got, key=key), sorted(limits, key=key)):
-        for name, value in g.items():
-            assert same(value, w.get(name)), (name, value, w.get(name))
-    stamps = [{"candid": a["candid"], **{c: a[c]["stampData"] for c in
-                                        ("cutoutScience", "cutoutTemplate", "cutoutDifference")}}
-              for a in alerts]
-    check(tmp_path / "Cutout.parquet", unique(stamps, "candid"), "candid")
+    tables, limits = ztf_tables(alerts)
+    for table, (rows, key) in tables.items():
+        check(tmp_path / f"{table}.parquet", rows, key)
+    check_limits(pq.read_table(tmp_path / "ZtfUpperLimit.parquet").to_pylist(), limits)
+
+
+def tap_rows(tap, table):
+    """Every row of a served table, as dicts of Python values (TAP's VOTable, read by
+    pyvo and astropy)."""
+    t = tap.run_sync(f"SELECT * FROM {table}", maxrec=1_000_000).to_table()
+    rows = []
+    for r in t:
+        row = {}
+        for name in t.colnames:
+            v = r[name]
+            if isinstance(v, np.ndarray) and v.ndim == 1:
+                # An unsignedByte array (a cutout; astropy widens the values): its bytes.
+                v = bytes(np.asarray(v, dtype=np.uint8))
+            elif hasattr(v, "mask") and bool(getattr(v, "mask", False)) is True:
+                v = None
+            elif hasattr(v, "item"):
+                v = v.item()
+            row[name] = v
+        rows.append(row)
+    return rows
+
+
+def same_served(value, want):
+    """A served value equals the Avro one (TAP carries booleans, integers, floats, text
+    and binary; a float32 travels as such; VOTable text has no null apart from empty)."""
+    if want is None and value == "":
+        return True
+    if want is None or value is None:
+        return (want is None or (isinstance(want, float) and math.isnan(want))) and (
+            value is None or (isinstance(value, float) and math.isnan(value)))
+    if isinstance(want, float):
+        return math.isclose(float(value), want, rel_tol=1e-6, abs_tol=0) or (
+            math.isnan(want) and math.isnan(float(value)))
+    if isinstance(want, bytes):
+        return bytes(value) == want
+    return value == want
+
+
+def check_served(rows, expected, key):
+    assert len(rows) == len(expected), (len(rows), len(expected))
+    for row in rows:
+        want = expected[row[key]]
+        for name, value in row.items():
+            if name in want:
+                assert same_served(value, want[name]), (row[key], name, value, want[name])
+            elif name != "_healpix_29":
+                assert value is None or value == "", (row[key], name, value)
+
+
+def write_avro(path, src, records):
+    with open(src, "rb") as f:
+        schema = fastavro.reader(f).writer_schema
+    with open(path, "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(schema), records)
+
+
+def test_loaded_alerts_are_served_over_tap_as_they_arrive(shared, tmp_path):
+    """The Rubin sample in two files, loaded one after the other while the server runs,
+    and the ZTF sample: the DIA tables served over TAP equal fastavro's records after each
+    load (each source once, each object's newest summary), loading again changes nothing,
+    and a cone search reads only the partitions around it."""
+    import pyvo
+    alerts = read(shared / RUBIN)
+    first, second = tmp_path / "first.avro", tmp_path / "second.avro"
+    write_avro(first, shared / RUBIN, alerts[:4])
+    write_avro(second, shared / RUBIN, alerts[4:])
+    data = tmp_path / "data"
+    out = run("alerts", "load", first, data_dir=data).stdout
+    assert "dia_source" in out and "dia_object" in out, out
+    with Server(data) as s:
+        tap = pyvo.dal.TAPService(s.url)
+        for table, (rows, key) in {"dia_source": rubin_tables(alerts[:4])["DiaSource"],
+                                   "dia_object": rubin_tables(alerts[:4])["DiaObject"]}.items():
+            check_served(tap_rows(tap, table), rows, key)
+        run("alerts", "load", second, data_dir=data)
+        names = {"dia_source": "DiaSource", "dia_forced_source": "DiaForcedSource",
+                 "dia_object": "DiaObject", "dia_cutout": "Cutout"}
+        want = rubin_tables(alerts)
+        for table, split in names.items():
+            rows, key = want[split]
+            check_served(tap_rows(tap, table), rows, key)
+        # Again: nothing new.
+        again = run("alerts", "load", first, second, data_dir=data).stdout
+        for table, split in names.items():
+            assert len(tap_rows(tap, table)) == len(want[split][0]), table
+        for line in again.splitlines():
+            assert line.startswith("dia_object") or "\t0 stored\t" in line, again
+        # A cone around one source finds it.
+        src = alerts[0]["diaSource"]
+        got = tap.run_sync(
+            f"SELECT diaSourceId FROM dia_source WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), "
+            f"CIRCLE('ICRS', {src['ra']}, {src['dec']}, 0.001))").to_table()
+        assert src["diaSourceId"] in list(got["diaSourceId"])
+
+    # Catalogs new to the store are served from the next start.
+    run("alerts", "load", shared / ZTF, data_dir=data)
+    with Server(data) as s:
+        tap = pyvo.dal.TAPService(s.url)
+        ztf = read(shared / ZTF)
+        tables, limits = ztf_tables(ztf)
+        check_served(tap_rows(tap, "ztf_candidate"), *tables["ZtfCandidate"])
+        check_served(tap_rows(tap, "ztf_cutout"), *tables["Cutout"])
+        check_limits(tap_rows(tap, "ztf_upper_limit"), limits, same_served)
 
 
 def test_bad_alert_files_fail_clearly(shared, tmp_path):
@@ -112,3 +263,89 @@ def test_bad_alert_files_fail_clearly(shared, tmp_path):
     p = run("alerts", "convert", shared / "alerts/ztf_fink_sample_31alerts.avro",
             shared / "alerts/rubin_fink_sample_7alerts.avro", "--out", tmp_path / "out3", check=False)
     assert p.returncode != 0 and "one survey" in p.stderr, p.stderr
+
+
+def mock_kafka():
+    """A Kafka-protocol broker on loopback TCP: librdkafka's mock cluster, hosted by the
+    confluent-kafka client in this process (alive while the returned producer is)."""
+    import confluent_kafka as ck
+    p = ck.Producer({"test.mock.num.brokers": 1, "log_level": 3})
+    broker = next(iter(p.list_topics(timeout=10).brokers.values()))
+    return p, f"{broker.host}:{broker.port}"
+
+
+def test_alerts_from_kafka_are_served_over_tap(shared, tmp_path):
+    """`meridian alerts replay` publishes the samples (Rubin's in the Confluent wire format,
+    ZTF's as one-alert Avro containers); a confluent-kafka consumer reads them back and
+    fastavro decodes each to the file's alert; `meridian alerts consume` stores them, and
+    the tables served over TAP equal fastavro's records."""
+    import io
+    import json
+
+    import confluent_kafka as ck
+    import pyvo
+    keep_alive, brokers = mock_kafka()
+    run("alerts", "replay", shared / RUBIN, "--kafka", brokers, "--topic", "rubin", "--schema-id", 3)
+    run("alerts", "replay", shared / ZTF, "--kafka", brokers, "--topic", "ztf")
+    rubin, ztf = read(shared / RUBIN), read(shared / ZTF)
+    with open(shared / RUBIN, "rb") as f:
+        writer_schema = fastavro.reader(f).writer_schema
+    parsed = fastavro.parse_schema(writer_schema)
+
+    c = ck.Consumer({"bootstrap.servers": brokers, "group.id": "check", "auto.offset.reset": "earliest"})
+    c.subscribe(["rubin", "ztf"])
+    got = {"rubin": [], "ztf": []}
+    import time
+    deadline = time.time() + 60
+    while sum(map(len, got.values())) < 38 and time.time() < deadline:
+        m = c.poll(1.0)
+        if m is None or m.error():
+            continue
+        v = m.value()
+        if m.topic() == "rubin":
+            assert v[0] == 0 and int.from_bytes(v[1:5], "big") == 3
+            got["rubin"].append(fastavro.schemaless_reader(io.BytesIO(v[5:]), parsed))
+        else:
+            got["ztf"].extend(fastavro.reader(io.BytesIO(v)))
+    c.close()
+    key = lambda a: a["diaSource"]["diaSourceId"]  # noqa: E731
+    assert deep_same(sorted(got["rubin"], key=key), sorted(rubin, key=key))
+    assert sorted(a["candid"] for a in got["ztf"]) == sorted(a["candid"] for a in ztf)
+
+    schema_file = tmp_path / "rubin.avsc"
+    schema_file.write_text(json.dumps(writer_schema))
+    data = tmp_path / "data"
+    out = run("alerts", "consume", "--kafka", brokers, "--topic", "rubin", "--topic", "ztf",
+              "--schema", f"3={schema_file}", "--stop-when-idle-s", 3, data_dir=data).stdout
+    assert "consumed\t38 messages\t38 alerts stored\t0 dead letters" in out, out
+    with Server(data) as s:
+        tap = pyvo.dal.TAPService(s.url)
+        want = rubin_tables(rubin)
+        for table, split in {"dia_source": "DiaSource", "dia_object": "DiaObject",
+                             "dia_forced_source": "DiaForcedSource"}.items():
+            check_served(tap_rows(tap, table), *want[split])
+        tables, limits = ztf_tables(ztf)
+        check_served(tap_rows(tap, "ztf_candidate"), *tables["ZtfCandidate"])
+        check_limits(tap_rows(tap, "ztf_upper_limit"), limits, same_served)
+    del keep_alive
+
+
+def test_alerts_without_a_position_go_to_the_dead_letter_table(shared, tmp_path):
+    """An alert whose diaSource has a NaN position is not stored: it is counted, and kept
+    in the dead-letter table with its file and index; the others are stored."""
+    import sqlite3
+    alerts = read(shared / RUBIN)
+    bad = [dict(a) for a in alerts]
+    bad[2] = {**bad[2], "diaSource": {**bad[2]["diaSource"], "ra": float("nan")}}
+    path = tmp_path / "bad.avro"
+    write_avro(path, shared / RUBIN, bad)
+    data = tmp_path / "data"
+    out = run("alerts", "load", path, data_dir=data).stdout
+    assert "1 alert(s) without a valid position" in out, out
+    with sqlite3.connect(data / "alerts" / "dead_letters.sqlite") as db:
+        rows = db.execute("SELECT source, offset, reason FROM dead_letter").fetchall()
+    assert len(rows) == 1 and rows[0][1] == 2 and "bad.avro" in rows[0][0], rows
+    assert "nan" in rows[0][2].lower(), rows
+    kept = alerts[:2] + alerts[3:]
+    n = [line for line in out.splitlines() if line.startswith("dia_object")][0]
+    assert f"\t{len(unique([a['diaObject'] for a in kept], 'diaObjectId'))} rows in all" in n, out

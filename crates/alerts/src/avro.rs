@@ -39,10 +39,21 @@ fn open_container<'a>(
 /// The alerts of an Avro object container file, as Arrow batches (one row per alert).
 pub fn read_file(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let (name, data) = read_bytes(path)?;
+    read_container(&name, &data)
+}
+
+/// Whether `data` starts as an Avro object container file does (`Obj` and version 1), as
+/// ZTF's Kafka messages are, each holding its schema and one alert.
+pub fn is_container(data: &[u8]) -> bool {
+    data.starts_with(b"Obj\x01")
+}
+
+/// The alerts of the object container file `data` (named `name` in messages).
+pub fn read_container(name: &str, data: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     // The reader stops quietly at a block cut short; the file's own framing says how many
     // records it holds, and is checked first.
-    let expected = count_in(&name, &data)?;
-    let reader = open_container(&name, &data)?;
+    let expected = count_in(name, data)?;
+    let reader = open_container(name, data)?;
     let schema = reader.schema();
     let mut batches = Vec::new();
     let mut rows = 0usize;
@@ -73,6 +84,68 @@ pub fn count_records(path: &Path) -> Result<usize> {
 }
 
 fn count_in(name: &str, data: &[u8]) -> Result<usize> {
+    Ok(blocks(name, data)?.1.iter().map(|(count, _)| count).sum())
+}
+
+/// The records of an object container file whose blocks hold one uncompressed record each
+/// (as Rubin's and ZTF's sample files, and Meridian's own, do): each the bytes of one Avro
+/// datum, which a Kafka message carries after its Confluent header.
+pub fn single_records<'a>(name: &str, data: &'a [u8]) -> Result<Vec<&'a [u8]>> {
+    let reader = open_container(name, data)?;
+    let header = reader.avro_header();
+    let codec = header.get(b"avro.codec").unwrap_or(b"null".as_slice());
+    if codec != b"null" {
+        return Err(Error::Avro(format!(
+            "{name}: blocks compressed with {}: records cannot be taken out one by one",
+            String::from_utf8_lossy(codec)
+        )));
+    }
+    blocks(name, data)?
+        .1
+        .into_iter()
+        .map(|(count, range)| {
+            if count == 1 {
+                Ok(&data[range])
+            } else {
+                Err(Error::Avro(format!(
+                    "{name}: a block of {count} records at byte {}: records cannot be taken                      out one by one",
+                    range.start
+                )))
+            }
+        })
+        .collect()
+}
+
+/// One record of an object container file as a container of its own: the file's header
+/// (schema, codec, sync marker), then one block holding the record (as ZTF publishes each
+/// alert on Kafka).
+pub fn single_record_container(name: &str, data: &[u8], record: &[u8]) -> Result<Vec<u8>> {
+    let (header_len, _) = blocks(name, data)?;
+    let sync = &data[header_len - 16..header_len];
+    let mut out = Vec::with_capacity(header_len + record.len() + 36);
+    out.extend_from_slice(&data[..header_len]);
+    write_long(&mut out, 1);
+    write_long(&mut out, record.len() as i64);
+    out.extend_from_slice(record);
+    out.extend_from_slice(sync);
+    Ok(out)
+}
+
+/// An Avro `long` (zig-zag, variable length).
+fn write_long(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// The header's length (through its sync marker), and each block's record count and the
+/// byte range of its records.
+type Blocks = (usize, Vec<(usize, std::ops::Range<usize>)>);
+
+fn blocks(name: &str, data: &[u8]) -> Result<Blocks> {
     let bad = |at: usize, what: &str| Error::Avro(format!("{name}: byte {at}: {what}"));
     if !data.starts_with(b"Obj\x01") {
         return Err(bad(0, "not an Avro object container file (no 'Obj' magic)"));
@@ -105,7 +178,8 @@ fn count_in(name: &str, data: &[u8]) -> Result<usize> {
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| bad(at, "header cut short (no sync marker)"))?;
     at += 16;
-    let mut records = 0usize;
+    let header_len = at;
+    let mut blocks = Vec::new();
     while at < data.len() {
         let start = at;
         let count = read_long(data, &mut at)
@@ -128,10 +202,10 @@ fn count_in(name: &str, data: &[u8]) -> Result<usize> {
         if data[end..end + 16] != sync {
             return Err(bad(end, "block does not end with the header's sync marker"));
         }
-        records += count as usize;
+        blocks.push((count as usize, at..end));
         at = end + 16;
     }
-    Ok(records)
+    Ok((header_len, blocks))
 }
 
 /// An Avro `long` (zig-zag, variable length) at `*at`, advancing past it.

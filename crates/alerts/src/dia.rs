@@ -5,14 +5,16 @@
 //!   `diaSourceId`;
 //! - `DiaForcedSource`: its `prvDiaForcedSources`, one row per `diaForcedSourceId`;
 //! - `DiaObject`: its `diaObject`, one row per `diaObjectId` (the last alert's);
-//! - `Cutout`: `diaSourceId` and the science, template and difference FITS cutouts.
+//! - `Cutout`: `diaSourceId`, the source's position and the science, template and
+//!   difference FITS cutouts.
 //!
 //! ZTF (`schemavsn` 3.x and 4.x):
 //! - `ZtfCandidate`: the `candidate` and the detections among `prv_candidates` (those
 //!   with a `candid`), one row per `candid`, with the alert's `objectId`;
 //! - `ZtfUpperLimit`: the non-detections among `prv_candidates` (no `candid`), with
-//!   `objectId`;
-//! - `Cutout`: `candid` and the three stamps (gzipped FITS).
+//!   `objectId`, placed at their alert's candidate, one row per `upperLimitId` (object,
+//!   date and filter);
+//! - `Cutout`: `candid`, the candidate's position and the three stamps (gzipped FITS).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -73,6 +75,7 @@ impl Kind {
             (Kind::Rubin, "DiaForcedSource") => Some("diaForcedSourceId"),
             (Kind::Rubin, "DiaObject") => Some("diaObjectId"),
             (Kind::Ztf, "ZtfCandidate") | (Kind::Ztf, "Cutout") => Some("candid"),
+            (Kind::Ztf, "ZtfUpperLimit") => Some("upperLimitId"),
             _ => None,
         }
     }
@@ -243,19 +246,18 @@ fn rubin(alerts: &RecordBatch) -> Result<Vec<(&'static str, RecordBatch)>> {
         )])))
     };
 
-    // The cutouts of each alert's new source.
-    let source_ids = {
-        let s = as_struct(column(alerts, "diaSource")?, "diaSource")?;
-        s.column_by_name("diaSourceId")
-            .ok_or_else(|| Error::Shape("'diaSource' has no 'diaSourceId'".into()))?
-            .clone()
-    };
-    let mut fields = vec![Field::new(
-        "diaSourceId",
-        source_ids.data_type().clone(),
-        true,
-    )];
-    let mut columns = vec![source_ids];
+    // The cutouts of each alert's new source, placed at the source.
+    let source = as_struct(column(alerts, "diaSource")?, "diaSource")?;
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for name in ["diaSourceId", "ra", "dec"] {
+        let c = source
+            .column_by_name(name)
+            .ok_or_else(|| Error::Shape(format!("'diaSource' has no '{name}'")))?
+            .clone();
+        fields.push(Field::new(name, c.data_type().clone(), true));
+        columns.push(c);
+    }
     for name in ["cutoutScience", "cutoutTemplate", "cutoutDifference"] {
         let c = column(alerts, name)?.clone();
         fields.push(Field::new(name, c.data_type().clone(), true));
@@ -307,12 +309,10 @@ fn ztf(alerts: &RecordBatch) -> Result<Vec<(&'static str, RecordBatch)>> {
         prv.column_by_name("candid")
             .ok_or_else(|| Error::Shape("'prv_candidates' have no 'candid'".into()))?,
     )?;
-    let limits = filter_record_batch(&prv, &arrow::compute::not(&detected)?)?;
-    let limits = limits.project(
-        &(0..limits.num_columns())
-            .filter(|&i| limits.schema().field(i).name() != "candid")
-            .collect::<Vec<_>>(),
-    )?;
+    let not_detected = arrow::compute::not(&detected)?;
+    let limits = filter_record_batch(&prv, &not_detected)?;
+    let limit_owner = arrow::compute::filter(&owner, &not_detected)?;
+    let limits = upper_limits(&limits, limit_owner.as_primitive(), candidate)?;
     let prv_detected = filter_record_batch(&prv, &detected)?;
     let candidates = concat_batches(&schema, &[new.clone(), align(&prv_detected, &schema)?])?;
     let candidates = unique(&candidates, "candid", false)?;
@@ -320,6 +320,15 @@ fn ztf(alerts: &RecordBatch) -> Result<Vec<(&'static str, RecordBatch)>> {
     let candid = column(alerts, "candid")?.clone();
     let mut fields = vec![Field::new("candid", candid.data_type().clone(), true)];
     let mut columns = vec![candid];
+    // Cutouts are placed at their candidate.
+    for name in ["ra", "dec"] {
+        let c = candidate
+            .column_by_name(name)
+            .ok_or_else(|| Error::Shape(format!("'candidate' has no '{name}'")))?
+            .clone();
+        fields.push(Field::new(name, c.data_type().clone(), true));
+        columns.push(c);
+    }
     for name in ["cutoutScience", "cutoutTemplate", "cutoutDifference"] {
         let s = as_struct(column(alerts, name)?, name)?;
         let data = s
@@ -343,4 +352,118 @@ fn ztf(alerts: &RecordBatch) -> Result<Vec<(&'static str, RecordBatch)>> {
         ("ZtfUpperLimit", limits),
         ("Cutout", cutouts),
     ])
+}
+
+/// ZTF's non-detections as rows: without `candid`, placed at their alert's candidate
+/// (a non-detection has no position of its own), and identified by `upperLimitId`, a
+/// 64-bit FNV-1a hash of the object, the exposure's Julian date and the filter, so that
+/// the same limit repeated in later alerts is stored once.
+fn upper_limits(
+    limits: &RecordBatch,
+    owner: &UInt32Array,
+    candidate: &StructArray,
+) -> Result<RecordBatch> {
+    let schema = limits.schema();
+    let position = |name: &str| -> Result<ArrayRef> {
+        let c = candidate
+            .column_by_name(name)
+            .ok_or_else(|| Error::Shape(format!("'candidate' has no '{name}'")))?;
+        let alert_pos = take(c.as_ref(), owner, None)?;
+        match limits.column_by_name(name) {
+            // Keep a position the limit has; else its alert's.
+            Some(own) if own.data_type() == alert_pos.data_type() => {
+                Ok(arrow::compute::kernels::zip::zip(
+                    &arrow::compute::is_not_null(own)?,
+                    own,
+                    &alert_pos,
+                )?)
+            }
+            _ => Ok(alert_pos),
+        }
+    };
+    let (ra, dec) = (position("ra")?, position("dec")?);
+    let text = |name: &str| -> Result<ArrayRef> {
+        let c = limits
+            .column_by_name(name)
+            .ok_or_else(|| Error::Shape(format!("'prv_candidates' have no '{name}'")))?;
+        Ok(arrow::compute::cast(c, &DataType::Utf8)?)
+    };
+    let (object, jd, fid) = (text("objectId")?, text("jd")?, text("fid")?);
+    let (object, jd, fid) = (
+        object.as_string::<i32>(),
+        jd.as_string::<i32>(),
+        fid.as_string::<i32>(),
+    );
+    let ids: Int64Array = (0..limits.num_rows())
+        .map(|i| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for part in [object.value(i), "|", jd.value(i), "|", fid.value(i)] {
+                for b in part.bytes() {
+                    h ^= b as u64;
+                    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+            }
+            Some(h as i64)
+        })
+        .collect();
+    let mut fields = vec![Arc::new(Field::new("upperLimitId", DataType::Int64, true))];
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(ids)];
+    for (i, f) in schema.fields().iter().enumerate() {
+        match f.name().as_str() {
+            "candid" => {}
+            "ra" => {
+                fields.push(Arc::new(Field::new("ra", ra.data_type().clone(), true)));
+                columns.push(ra.clone());
+            }
+            "dec" => {
+                fields.push(Arc::new(Field::new("dec", dec.data_type().clone(), true)));
+                columns.push(dec.clone());
+            }
+            _ => {
+                fields.push(f.clone());
+                columns.push(limits.column(i).clone());
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// Per alert of `alerts`: why it has no valid position (its `diaSource`'s, or for ZTF its
+/// `candidate`'s), or `None` when it has one.
+pub fn bad_positions(alerts: &RecordBatch) -> Result<Vec<Option<String>>> {
+    let record = match Kind::detect(&alerts.schema())? {
+        Kind::Rubin => "diaSource",
+        Kind::Ztf => "candidate",
+    };
+    let s = as_struct(column(alerts, record)?, record)?;
+    let coordinate = |name: &str| -> Result<ArrayRef> {
+        let c = s
+            .column_by_name(name)
+            .ok_or_else(|| Error::Shape(format!("'{record}' has no '{name}'")))?;
+        Ok(arrow::compute::cast(c, &DataType::Float64)?)
+    };
+    let (ra, dec) = (coordinate("ra")?, coordinate("dec")?);
+    let (ra, dec) = (
+        ra.as_primitive::<arrow::datatypes::Float64Type>(),
+        dec.as_primitive::<arrow::datatypes::Float64Type>(),
+    );
+    Ok((0..alerts.num_rows())
+        .map(|i| {
+            if s.is_null(i) {
+                return Some(format!("no {record}"));
+            }
+            let value = |a: &arrow::array::Float64Array| a.is_valid(i).then(|| a.value(i));
+            match (value(ra), value(dec)) {
+                (Some(r), Some(d)) if r.is_finite() && d.is_finite() && d.abs() <= 90.0 => None,
+                (r, d) => Some(format!(
+                    "{record} position (ra, dec) = ({}, {}) is not a position",
+                    r.map_or("null".into(), |v| v.to_string()),
+                    d.map_or("null".into(), |v| v.to_string())
+                )),
+            }
+        })
+        .collect())
 }

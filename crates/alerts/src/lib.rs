@@ -8,11 +8,15 @@
 //! alerts into rows of `DiaSource`, `DiaForcedSource`, `DiaObject` and `Cutout` (the
 //! cutouts addressed by the source's id), each source once however many alerts repeat it.
 //! ZTF alerts (`candidate`, `prv_candidates`, three stamps) split the same way into
-//! `ZtfCandidate`, `ZtfUpperLimit` and `Cutout`.
+//! `ZtfCandidate`, `ZtfUpperLimit` and `Cutout`. [`load`] appends them to the alert
+//! database: catalogs of the store (`dia_source`, `dia_object`, ...) served over TAP.
 
 pub mod avro;
 pub mod convert;
+pub mod dead_letter;
 pub mod dia;
+pub mod kafka;
+pub mod load;
 
 /// Errors of alert reading.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,12 @@ pub enum Error {
     /// Arrow error while splitting alerts into tables.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// Kafka: the brokers, topics or offsets (the message names which).
+    #[error("kafka {0}")]
+    Kafka(String),
+    /// The alert database (the store's catalogs) could not be written.
+    #[error(transparent)]
+    Catalog(#[from] meridian_catalog::Error),
 }
 
 /// Result type of this crate.

@@ -596,7 +596,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &args,
         )?,
         Command::Cluster(cmd) => commands::cluster::run(&config, cmd)?,
-        Command::Alerts(cmd) => commands::alerts::run(cmd)?,
+        Command::Alerts(cmd) => commands::alerts::run(cmd, &config)?,
         Command::Spectra(cmd) => commands::spectra::run(
             &config.spectra_dir(),
             cmd,

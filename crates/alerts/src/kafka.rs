@@ -1,0 +1,342 @@
+//! Alerts from Apache Kafka, as Rubin and the brokers publish them: each message one alert,
+//! in the Confluent wire format (a zero byte, the writer schema's registry id, one Avro
+//! record) or as an Avro object container (ZTF's, schema included).
+//!
+//! Delivery: messages are read in batches (up to `batch_alerts`, or what arrived within
+//! `batch_wait`); a batch is stored (appended to the alert database) and its bad messages
+//! written to the dead-letter table before the consumer group's offsets are committed. A
+//! crash between the two re-reads the batch on restart, and the tables drop what they
+//! already hold by id (a source is kept once, an object's summary replaced by the same),
+//! so nothing is lost and nothing is stored twice.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use meridian_catalog::Store;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::avro::{self, ConfluentDecoder};
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::load::{self, Stored};
+use crate::{Error, Result};
+
+/// How alerts are consumed.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topics to read.
+    pub topics: Vec<String>,
+    /// Consumer group (its committed offsets say where a restart resumes).
+    pub group: String,
+    /// Writer schemas by registry id, for Confluent-framed messages.
+    pub schemas: Vec<(u32, String)>,
+    /// Most alerts stored together.
+    pub batch_alerts: usize,
+    /// Longest wait for a batch to fill.
+    pub batch_wait: Duration,
+    /// Stop after no message came for this long (a replay, a test); none: run until
+    /// stopped.
+    pub stop_when_idle: Option<Duration>,
+    /// librdkafka settings (`security.protocol`, `sasl.*`, `session.timeout.ms`, ...).
+    pub settings: Vec<(String, String)>,
+}
+
+impl ConsumeOptions {
+    /// Defaults for `brokers` and `topics`: group `meridian-alerts`, batches of up to
+    /// 10,000 alerts (a Rubin visit) or 1 s.
+    pub fn new(brokers: &str, topics: &[&str]) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            group: "meridian-alerts".into(),
+            schemas: Vec::new(),
+            batch_alerts: 10_000,
+            batch_wait: Duration::from_secs(1),
+            stop_when_idle: None,
+            settings: Vec::new(),
+        }
+    }
+}
+
+/// One stored batch.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Messages read.
+    pub messages: usize,
+    /// Alerts stored.
+    pub alerts: usize,
+    /// Messages sent to the dead-letter table.
+    pub dead_letters: usize,
+    /// Each table's append.
+    pub tables: Vec<Stored>,
+    /// From the first message read to the offsets' commit.
+    pub seconds: f64,
+}
+
+/// What a consumer did until it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consumed {
+    /// Messages read.
+    pub messages: u64,
+    /// Alerts stored.
+    pub alerts: u64,
+    /// Messages sent to the dead-letter table.
+    pub dead_letters: u64,
+    /// Batches stored.
+    pub batches: u64,
+}
+
+fn kafka_err(what: &str, e: rdkafka::error::KafkaError) -> Error {
+    Error::Kafka(format!("{what}: {e}"))
+}
+
+/// Decodes one message's alert(s).
+fn decode(decoder: &mut ConfluentDecoder, value: &[u8]) -> Result<Vec<RecordBatch>> {
+    if avro::is_container(value) {
+        let (_, batches) = avro::read_container("message", value)?;
+        return Ok(batches);
+    }
+    Ok(vec![decoder.decode(value)?])
+}
+
+/// Reads alerts from Kafka into the alert database until `stop` is set (or the stream is
+/// idle for `stop_when_idle`), calling `on_batch` after each batch is stored and
+/// committed.
+pub fn consume(
+    store: &Store,
+    dead: &DeadLetters,
+    opts: &ConsumeOptions,
+    stop: &AtomicBool,
+    mut on_batch: impl FnMut(&Batch),
+) -> Result<Consumed> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &opts.brokers)
+        .set("group.id", &opts.group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for (k, v) in &opts.settings {
+        config.set(k, v);
+    }
+    // Offsets are committed by hand, after a batch is stored.
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| kafka_err(&format!("brokers {}", opts.brokers), e))?;
+    let topics: Vec<&str> = opts.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| kafka_err(&format!("topics {topics:?}"), e))?;
+    let mut decoder = ConfluentDecoder::new();
+    for (id, json) in &opts.schemas {
+        decoder.register(*id, json)?;
+    }
+    tracing::info!(brokers = %opts.brokers, topics = ?opts.topics, group = %opts.group, "consuming alerts");
+    let mut total = Consumed::default();
+    let mut last_message = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let mut batch = Batch::default();
+        let mut alerts: Vec<RecordBatch> = Vec::new();
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut started: Option<Instant> = None;
+        loop {
+            let waited = started.map_or(Duration::ZERO, |s| s.elapsed());
+            if batch.alerts >= opts.batch_alerts
+                || waited >= opts.batch_wait
+                || stop.load(Ordering::Relaxed)
+            {
+                break;
+            }
+            let timeout = (opts.batch_wait - waited).min(Duration::from_millis(200));
+            let message = match consumer.poll(timeout) {
+                None => {
+                    // Idle time counts from the group's assignment of partitions.
+                    if !assigned(&consumer) {
+                        last_message = Instant::now();
+                    }
+                    if started.is_none()
+                        && opts
+                            .stop_when_idle
+                            .is_some_and(|idle| last_message.elapsed() >= idle)
+                    {
+                        break;
+                    }
+                    continue;
+                }
+                Some(Err(e)) => {
+                    // librdkafka retries by itself; a fatal error ends the consumer.
+                    if matches!(e.rdkafka_error_code(), Some(c) if c == rdkafka::types::RDKafkaErrorCode::Fatal)
+                    {
+                        return Err(kafka_err("consumer", e));
+                    }
+                    tracing::warn!(error = %e, "kafka");
+                    continue;
+                }
+                Some(Ok(m)) => m,
+            };
+            started.get_or_insert_with(Instant::now);
+            last_message = Instant::now();
+            batch.messages += 1;
+            let (topic, partition, offset) =
+                (message.topic(), message.partition(), message.offset());
+            offsets.insert((topic.to_string(), partition), offset);
+            let value = message.payload().unwrap_or(&[]);
+            let letter = |reason: String| DeadLetter {
+                source: topic.to_string(),
+                partition: Some(partition),
+                offset,
+                reason,
+                payload: value.to_vec(),
+            };
+            match decode(&mut decoder, value) {
+                Ok(decoded) => {
+                    for a in decoded {
+                        let offsets = vec![offset; a.num_rows()];
+                        let good = load::screen(&a, &offsets, |_, r| letter(r), &mut letters)?;
+                        batch.alerts += good.num_rows();
+                        alerts.push(good);
+                    }
+                }
+                Err(e) => letters.push(letter(e.to_string())),
+            }
+        }
+        if batch.messages == 0 {
+            if opts
+                .stop_when_idle
+                .is_some_and(|idle| last_message.elapsed() >= idle)
+            {
+                break;
+            }
+            continue;
+        }
+        // Stored, then dead letters written, then offsets committed.
+        batch.tables = store_by_schema(store, &alerts)?;
+        dead.add(&letters)?;
+        batch.dead_letters = letters.len();
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+                .map_err(|e| kafka_err("offsets", e))?;
+        }
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| kafka_err("committing offsets", e))?;
+        batch.seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        total.messages += batch.messages as u64;
+        total.alerts += batch.alerts as u64;
+        total.dead_letters += batch.dead_letters as u64;
+        total.batches += 1;
+        tracing::info!(
+            messages = batch.messages,
+            alerts = batch.alerts,
+            dead_letters = batch.dead_letters,
+            seconds = batch.seconds,
+            "alert batch stored"
+        );
+        on_batch(&batch);
+    }
+    Ok(total)
+}
+
+/// Whether the consumer group has given this consumer partitions yet.
+fn assigned(consumer: &BaseConsumer) -> bool {
+    consumer.assignment().is_ok_and(|a| a.count() > 0)
+}
+
+/// Stores alerts read with different writer schemas (or of both surveys) in groups of one
+/// schema each.
+fn store_by_schema(store: &Store, alerts: &[RecordBatch]) -> Result<Vec<Stored>> {
+    let mut groups: Vec<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> = Vec::new();
+    for a in alerts.iter().filter(|a| a.num_rows() > 0) {
+        match groups.iter_mut().find(|(s, _)| *s == a.schema()) {
+            Some((_, v)) => v.push(a.clone()),
+            None => groups.push((a.schema(), vec![a.clone()])),
+        }
+    }
+    let mut stored = Vec::new();
+    for (schema, batches) in groups {
+        let one = arrow::compute::concat_batches(&schema, &batches)?;
+        stored.extend(load::store_alerts(store, &[one])?);
+    }
+    Ok(stored)
+}
+
+/// How replayed alerts are framed in their messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The Confluent wire format with this schema id (as Rubin publishes).
+    Confluent(u32),
+    /// An Avro object container of one alert, schema included (as ZTF publishes).
+    Container,
+}
+
+/// Publishes the alerts of Avro files (one record per block, uncompressed: see
+/// [`avro::single_records`]) to a Kafka topic, one message each, keyed by nothing, at
+/// `rate` alerts a second if given; returns the messages sent once all are acknowledged.
+pub fn replay(
+    files: &[std::path::PathBuf],
+    brokers: &str,
+    topic: &str,
+    framing: Framing,
+    rate: Option<f64>,
+) -> Result<u64> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "10000000")
+        .create()
+        .map_err(|e| kafka_err(&format!("brokers {brokers}"), e))?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for f in files {
+        let name = f.display().to_string();
+        let data = std::fs::read(f).map_err(|source| Error::Io {
+            path: name.clone(),
+            source,
+        })?;
+        for record in avro::single_records(&name, &data)? {
+            let value = match framing {
+                Framing::Confluent(id) => {
+                    let mut v = Vec::with_capacity(record.len() + 5);
+                    v.push(0);
+                    v.extend_from_slice(&id.to_be_bytes());
+                    v.extend_from_slice(record);
+                    v
+                }
+                Framing::Container => avro::single_record_container(&name, &data, record)?,
+            };
+            if let Some(rate) = rate.filter(|r| *r > 0.0) {
+                let due = Duration::from_secs_f64(sent as f64 / rate);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            loop {
+                match producer.send(BaseRecord::<(), [u8]>::to(topic).payload(&value)) {
+                    Ok(()) => break,
+                    Err((e, _))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        producer.poll(Duration::from_millis(50));
+                    }
+                    Err((e, _)) => return Err(kafka_err(&format!("topic {topic}"), e)),
+                }
+            }
+            producer.poll(Duration::ZERO);
+            sent += 1;
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(|e| kafka_err(&format!("topic {topic}"), e))?;
+    Ok(sent)
+}
