@@ -349,3 +349,75 @@ def test_alerts_without_a_position_go_to_the_dead_letter_table(shared, tmp_path)
     kept = alerts[:2] + alerts[3:]
     n = [line for line in out.splitlines() if line.startswith("dia_object")][0]
     assert f"\t{len(unique([a['diaObject'] for a in kept], 'diaObjectId'))} rows in all" in n, out
+
+
+def test_light_curves_over_tap_and_lightcurve_equal_pandas(shared, tmp_path):
+    """The light curve of a Rubin object (its DIA sources and forced photometry) and of a
+    ZTF object (its detections and upper limits), from `/lightcurve` as CSV and VOTable and
+    from TAP, equal the rows pandas selects from fastavro's records of the samples."""
+    import io
+
+    import pandas as pd
+    import pyvo
+    import requests
+    from astropy.io.votable import parse_single_table
+    data = tmp_path / "data"
+    run("alerts", "load", shared / RUBIN, data_dir=data)
+    run("alerts", "load", shared / ZTF, data_dir=data)
+    alerts = read(shared / RUBIN)
+    tables = rubin_tables(alerts)
+    sources = pd.DataFrame(list(tables["DiaSource"][0].values()))
+    forced = pd.DataFrame(list(tables["DiaForcedSource"][0].values()))
+    obj = int(sources[sources.diaObjectId != 0].diaObjectId.value_counts().index[0])
+    want_src = sources[sources.diaObjectId == obj].sort_values(["midpointMjdTai", "diaSourceId"])
+    want_forced = forced[forced.diaObjectId == obj].sort_values(["midpointMjdTai", "diaForcedSourceId"])
+    assert len(want_src) > 3 and len(want_forced) > 3
+
+    def close(a, b):
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-6, equal_nan=True)
+
+    with Server(data) as s:
+        base = s.url.removesuffix("/tap")
+        tap = pyvo.dal.TAPService(s.url)
+        got = tap.run_sync(f"SELECT diaSourceId, midpointMjdTai, band, psfFlux FROM dia_source "
+                           f"WHERE diaObjectId = {obj} ORDER BY midpointMjdTai, diaSourceId").to_table()
+        assert list(got["diaSourceId"]) == list(want_src.diaSourceId)
+        close(got["psfFlux"], want_src.psfFlux)
+        assert [str(b) for b in got["band"]] == list(want_src.band)
+
+        r = requests.get(f"{base}/lightcurve", params={"ID": obj, "RESPONSEFORMAT": "csv"})
+        assert r.status_code == 200, r.text
+        lc = pd.read_csv(io.StringIO(r.text))
+        assert list(lc.mjd) == sorted(lc.mjd)
+        det, frc = lc[lc.kind == "detection"], lc[lc.kind == "forced"]
+        assert list(det.measurement_id) == list(want_src.diaSourceId)
+        assert list(frc.measurement_id) == list(want_forced.diaForcedSourceId)
+        close(det.mjd, want_src.midpointMjdTai)
+        close(det.psf_flux, want_src.psfFlux)
+        close(det.psf_flux_err, want_src.psfFluxErr)
+        close(frc.psf_flux, want_forced.psfFlux)
+        assert list(det.band) == list(want_src.band)
+        vot = parse_single_table(io.BytesIO(requests.get(
+            f"{base}/lightcurve", params={"ID": obj, "SURVEY": "rubin"}).content)).to_table()
+        assert len(vot) == len(lc) and list(vot["measurement_id"]) == list(lc.measurement_id)
+
+        ztf = read(shared / ZTF)
+        zobj = ztf[0]["objectId"]
+        ztables, limits = ztf_tables(ztf)
+        cands = pd.DataFrame(list(ztables["ZtfCandidate"][0].values()))
+        want_det = cands[cands.objectId == zobj].sort_values(["jd", "candid"])
+        want_lim = [v for k, v in limits.items() if k[0] == zobj]
+        r = requests.get(f"{base}/lightcurve", params={"ID": zobj, "RESPONSEFORMAT": "csv"})
+        assert r.status_code == 200, r.text
+        lz = pd.read_csv(io.StringIO(r.text))
+        zdet = lz[lz.kind == "detection"]
+        assert list(zdet.measurement_id) == list(want_det.candid)
+        close(zdet.mag, want_det.magpsf)
+        close(zdet.mjd, want_det.jd - 2400000.5)
+        assert list(zdet.band) == [{1: "g", 2: "r", 3: "i"}[f] for f in want_det.fid]
+        zlim = lz[lz.kind == "upper_limit"]
+        assert len(zlim) == len(want_lim) > 0
+        close(sorted(zlim.limiting_mag), sorted(w["diffmaglim"] for w in want_lim))
+
+        bad = requests.get(f"{base}/lightcurve", params={"ID": "1 OR 1=1", "SURVEY": "rubin"})
+        assert bad.status_code == 400 and "not a diaObjectId" in bad.text, bad.text

@@ -48,7 +48,7 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
     let ztf = shared("ztf_fink_sample_31alerts.avro");
     assert_eq!(
         replay(
-            &[rubin.clone()],
+            std::slice::from_ref(&rubin),
             &brokers,
             "rubin",
             Framing::Confluent(42),
@@ -58,7 +58,14 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
         7
     );
     assert_eq!(
-        replay(&[ztf.clone()], &brokers, "ztf", Framing::Container, None).unwrap(),
+        replay(
+            std::slice::from_ref(&ztf),
+            &brokers,
+            "ztf",
+            Framing::Container,
+            None
+        )
+        .unwrap(),
         31
     );
     // Bad messages among them: not Avro, an unknown schema id, one cut short.

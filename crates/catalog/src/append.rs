@@ -4,7 +4,7 @@
 //! Each append publishes a new version of the catalog in which only the partitions that
 //! receive rows are rewritten (their old rows with the new ones, in `_healpix_29` order);
 //! every other partition file is a hard link to the previous version's. Readers keep the
-//! version they opened (the previous version stays for [`crate::store::SUPERSEDED_KEPT`]),
+//! version they opened (the previous version stays for [`crate::SUPERSEDED_KEPT`]),
 //! so they never see a half-written state, and an append costs the size of the partitions
 //! it touches, never of the whole catalog. A partition that outgrows `max_rows` is split
 //! into its four children, as HATS' adaptive tiling does, so that cost stays bounded and

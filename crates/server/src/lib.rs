@@ -12,6 +12,7 @@ pub mod error;
 pub mod examples;
 pub mod groups;
 pub mod images;
+pub mod lightcurve;
 pub mod metadata;
 pub mod mydb;
 pub mod params;
@@ -361,6 +362,10 @@ pub fn router(state: AppState) -> Router {
             get(sia::collection_availability),
         )
         .route("/datalink", get(datalink::links).post(datalink::links))
+        .route(
+            "/lightcurve",
+            get(lightcurve::lightcurve).post(lightcurve::lightcurve),
+        )
         .route("/ssa", get(spectra::ssa::query).post(spectra::ssa::query))
         .route("/ssa/capabilities", get(spectra::ssa::capabilities))
         .route("/ssa/availability", get(spectra::ssa::availability))
