@@ -466,3 +466,49 @@ def test_a_consumer_killed_mid_stream_loses_and_duplicates_nothing(shared, tmp_p
         check_served(tap_rows(tap, "ztf_candidate"), *tables["ZtfCandidate"])
         check_limits(tap_rows(tap, "ztf_upper_limit"), limits, same_served)
     del keep_alive
+
+
+def test_an_alert_the_tables_cannot_take_is_a_dead_letter_and_the_rest_are_stored(shared, tmp_path):
+    """An alert of another writer schema whose midpointMjdTai is text ("not a date") cannot
+    go into dia_source (a double): it goes to the dead-letter table with its topic,
+    partition and offset, and the alerts consumed with it are stored."""
+    import copy
+    import io
+    import json
+    import sqlite3
+
+    import confluent_kafka as ck
+    keep_alive, brokers = mock_kafka()
+    run("alerts", "replay", shared / RUBIN, "--kafka", brokers, "--topic", "rubin", "--schema-id", 3)
+    with open(shared / RUBIN, "rb") as f:
+        reader = fastavro.reader(f)
+        schema, alerts = reader.writer_schema, list(reader)
+    odd = copy.deepcopy(schema)
+    source = next(f for f in odd["fields"] if f["name"] == "diaSource")
+    rec = source["type"] if isinstance(source["type"], dict) else next(
+        t for t in source["type"] if isinstance(t, dict))
+    next(f for f in rec["fields"] if f["name"] == "midpointMjdTai")["type"] = "string"
+    bad = copy.deepcopy(alerts[0])
+    bad["diaSource"]["midpointMjdTai"] = "not a date"
+    bad["diaSource"]["diaSourceId"] += 1
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(odd), bad)
+    p = ck.Producer({"bootstrap.servers": brokers})
+    p.produce("rubin", b"\x00" + (4).to_bytes(4, "big") + buf.getvalue())
+    p.flush(30)
+    files = []
+    for i, s in ((3, schema), (4, odd)):
+        path = tmp_path / f"schema{i}.avsc"
+        path.write_text(json.dumps(s))
+        files += ["--schema", f"{i}={path}"]
+    data = tmp_path / "data"
+    out = run("alerts", "consume", "--kafka", brokers, "--topic", "rubin", *files,
+              "--stop-when-idle-s", 3, data_dir=data).stdout
+    assert "consumed\t8 messages\t7 alerts stored\t1 dead letters" in out, out
+    with sqlite3.connect(data / "alerts" / "dead_letters.sqlite") as db:
+        rows = db.execute("SELECT source, partition, offset, reason FROM dead_letter").fetchall()
+    assert len(rows) == 1 and rows[0][0] == "rubin" and rows[0][1] is not None and rows[0][2] >= 0, rows
+    assert "midpointMjdTai" in rows[0][3], rows
+    out = run("query", "SELECT COUNT(*) AS n FROM dia_object", data_dir=data).stdout
+    assert str(len(unique([a["diaObject"] for a in alerts], "diaObjectId"))) in out, out
+    del keep_alive

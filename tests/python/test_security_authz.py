@@ -243,6 +243,8 @@ ROUTES = [
     Entry("/ssa", ("GET", "POST"), get("/ssa", REQUEST="queryData", POS="10,10", SIZE="1"),
           public="SSA search of the published spectra"),
     Entry("/ssa/capabilities", ("GET",), get("/ssa/capabilities"), public="VOSI capabilities"),
+    Entry("/lightcurve", ("GET", "POST"), get("/lightcurve", ID="1", SURVEY="synthetic"),
+          public="light curves from the served catalogs (a fixed query; never a user's MyDB)"),
     Entry("/ssa/availability", ("GET",), get("/ssa/availability"), public="VOSI availability"),
     Entry("/spectra/file", ("GET",), get("/spectra/file", ID="ivo://meridian/spectra/NONE?x"),
           public="published spectra as SDM files, found by their DID"),

@@ -108,7 +108,7 @@ pub fn single_records<'a>(name: &str, data: &'a [u8]) -> Result<Vec<&'a [u8]>> {
                 Ok(&data[range])
             } else {
                 Err(Error::Avro(format!(
-                    "{name}: a block of {count} records at byte {}: records cannot be taken                      out one by one",
+                    "{name}: a block of {count} records at byte {}: records cannot be taken out one by one",
                     range.start
                 )))
             }

@@ -75,11 +75,70 @@ pub struct Batch {
     pub tables: Vec<Stored>,
     /// From the first message read to the offsets' commit.
     pub seconds: f64,
+    /// Milliseconds from each message's broker timestamp to its batch's commit.
+    pub latency: Latency,
+}
+
+/// Latencies in milliseconds, counted in 1 ms bins up to a minute (the last bin holds
+/// longer ones), for percentiles of any number of messages in fixed memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latency {
+    bins: Vec<u64>,
+    count: u64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            bins: vec![0; 60_001],
+            count: 0,
+        }
+    }
+}
+
+impl Latency {
+    /// Counts one latency.
+    pub fn add(&mut self, ms: i64) {
+        let i = (ms.max(0) as usize).min(self.bins.len() - 1);
+        self.bins[i] += 1;
+        self.count += 1;
+    }
+
+    /// Adds another's counts.
+    pub fn merge(&mut self, other: &Latency) {
+        for (a, b) in self.bins.iter_mut().zip(&other.bins) {
+            *a += b;
+        }
+        self.count += other.count;
+    }
+
+    /// Latencies counted.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `q` quantile (0 to 1) in milliseconds, if any latency was counted.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (ms, n) in self.bins.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(ms as u64);
+            }
+        }
+        Some(self.bins.len() as u64 - 1)
+    }
 }
 
 /// What a consumer did until it stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Consumed {
+    /// Milliseconds from each message's broker timestamp to its batch's commit.
+    pub latency: Latency,
     /// Messages read.
     pub messages: u64,
     /// Alerts stored.
@@ -143,8 +202,11 @@ pub fn consume(
     while !stop.load(Ordering::Relaxed) {
         let mut batch = Batch::default();
         let mut alerts: Vec<RecordBatch> = Vec::new();
+        // The dead letter each entry of `alerts` would be (its message), if it fails.
+        let mut origins: Vec<DeadLetter> = Vec::new();
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut stamps: Vec<i64> = Vec::new();
         let mut started: Option<Instant> = None;
         loop {
             let waited = started.map_or(Duration::ZERO, |s| s.elapsed());
@@ -187,6 +249,9 @@ pub fn consume(
             let (topic, partition, offset) =
                 (message.topic(), message.partition(), message.offset());
             offsets.insert((topic.to_string(), partition), offset);
+            if let Some(ms) = message.timestamp().to_millis() {
+                stamps.push(ms);
+            }
             let value = message.payload().unwrap_or(&[]);
             let letter = |reason: String| DeadLetter {
                 source: topic.to_string(),
@@ -201,7 +266,10 @@ pub fn consume(
                         let offsets = vec![offset; a.num_rows()];
                         let good = load::screen(&a, &offsets, |_, r| letter(r), &mut letters)?;
                         batch.alerts += good.num_rows();
-                        alerts.push(good);
+                        if good.num_rows() > 0 {
+                            alerts.push(good);
+                            origins.push(letter(String::new()));
+                        }
                     }
                 }
                 Err(e) => letters.push(letter(e.to_string())),
@@ -217,7 +285,30 @@ pub fn consume(
             continue;
         }
         // Stored, then dead letters written, then offsets committed.
-        batch.tables = store_by_schema(store, &alerts)?;
+        batch.tables = match store_by_schema(store, &alerts) {
+            Ok(t) => t,
+            Err(e) if is_data_error(&e) => {
+                // One alert the tables cannot take fails its whole batch: the alerts are
+                // stored one by one, and those that fail become dead letters.
+                tracing::warn!(error = %e, "a batch could not be stored whole: storing its alerts one by one");
+                let mut tables = Vec::new();
+                for (a, origin) in alerts.iter().zip(origins) {
+                    match store_by_schema(store, std::slice::from_ref(a)) {
+                        Ok(t) => tables.extend(t),
+                        Err(e) if is_data_error(&e) => {
+                            batch.alerts -= a.num_rows();
+                            letters.push(DeadLetter {
+                                reason: e.to_string(),
+                                ..origin
+                            });
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                tables
+            }
+            Err(e) => return Err(e),
+        };
         dead.add(&letters)?;
         batch.dead_letters = letters.len();
         let mut tpl = TopicPartitionList::new();
@@ -229,6 +320,13 @@ pub fn consume(
             .commit(&tpl, CommitMode::Sync)
             .map_err(|e| kafka_err("committing offsets", e))?;
         batch.seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for t in stamps {
+            batch.latency.add(now_ms - t);
+        }
+        total.latency.merge(&batch.latency);
         total.messages += batch.messages as u64;
         total.alerts += batch.alerts as u64;
         total.dead_letters += batch.dead_letters as u64;
@@ -243,6 +341,19 @@ pub fn consume(
         on_batch(&batch);
     }
     Ok(total)
+}
+
+/// Whether an error is the alerts' (they cannot be stored: a dead letter) rather than the
+/// store's (a full disk, a lost directory: the consumer stops, nothing committed).
+fn is_data_error(e: &Error) -> bool {
+    match e {
+        Error::Avro(_) | Error::Shape(_) | Error::Arrow(_) => true,
+        Error::Catalog(c) => matches!(
+            c,
+            meridian_catalog::Error::Invalid(_) | meridian_catalog::Error::Arrow(_)
+        ),
+        Error::Io { .. } | Error::Kafka(_) => false,
+    }
 }
 
 /// Whether the consumer group has given this consumer partitions yet.
@@ -339,4 +450,28 @@ pub fn replay(
         .flush(Duration::from_secs(60))
         .map_err(|e| kafka_err(&format!("topic {topic}"), e))?;
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Latency;
+
+    #[test]
+    fn latency_quantiles_count_in_milliseconds() {
+        let mut l = Latency::default();
+        assert_eq!(l.quantile(0.5), None);
+        for ms in 1..=100 {
+            l.add(ms);
+        }
+        l.add(-5);
+        l.add(10_000_000);
+        assert_eq!(l.count(), 102);
+        assert_eq!(l.quantile(0.5), Some(50));
+        assert_eq!(l.quantile(0.99), Some(100));
+        assert_eq!(l.quantile(1.0), Some(60_000));
+        assert_eq!(l.quantile(0.0), Some(0));
+        let mut m = Latency::default();
+        m.merge(&l);
+        assert_eq!(m, l);
+    }
 }

@@ -134,7 +134,7 @@ impl Store {
             None => None,
         };
         let table_schema = match &current {
-            Some((c, _)) => c.schema(),
+            Some((c, _)) => widened(&c.schema(), schema),
             None => with_healpix(schema),
         };
         let mut input = Vec::with_capacity(rows.len());
@@ -194,7 +194,11 @@ impl Store {
         for pixel in &touched {
             let stored = match (&current, stored_pixels.contains(pixel)) {
                 (Some((c, _)), true) => {
-                    let b = c.read_partition(pixel)?;
+                    let b = c
+                        .read_partition(pixel)?
+                        .iter()
+                        .map(|b| align(b, &table_schema, name))
+                        .collect::<Result<Vec<_>>>()?;
                     Some(concat_batches(&table_schema, &b)?)
                 }
                 _ => None,
@@ -331,9 +335,31 @@ fn with_healpix(schema: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
+/// The table's schema `table` with the columns of `rows` it lacks added at its end
+/// (nullable): alerts of a newer schema version bring new fields. Rows of the partitions
+/// written before read them as null.
+fn widened(table: &SchemaRef, rows: &SchemaRef) -> SchemaRef {
+    let extra: Vec<_> = rows
+        .fields()
+        .iter()
+        .filter(|f| f.name() != HPX_COLUMN && table.field_with_name(f.name()).is_err())
+        .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+        .collect();
+    if extra.is_empty() {
+        return table.clone();
+    }
+    tracing::info!(
+        columns = ?extra.iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
+        "new columns added to the catalog"
+    );
+    let mut fields: Vec<_> = table.fields().iter().cloned().collect();
+    fields.extend(extra);
+    Arc::new(Schema::new_with_metadata(fields, table.metadata().clone()))
+}
+
 /// `batch` with the columns of the table's `schema` (cast where the type differs, null
 /// where the batch lacks them; `_healpix_29` is computed later). A column the table lacks
-/// is refused.
+/// is refused (see [`widened`]).
 fn align(batch: &RecordBatch, schema: &SchemaRef, table: &str) -> Result<RecordBatch> {
     for f in batch.schema().fields() {
         if f.name() != HPX_COLUMN && schema.field_with_name(f.name()).is_err() {
@@ -349,12 +375,21 @@ fn align(batch: &RecordBatch, schema: &SchemaRef, table: &str) -> Result<RecordB
         .fields()
         .iter()
         .map(|f| -> Result<ArrayRef> {
-            if f.name() == HPX_COLUMN {
+            if f.name() == HPX_COLUMN && batch.column_by_name(HPX_COLUMN).is_none() {
                 return Ok(Arc::new(Int64Array::from(vec![0i64; n])));
             }
             Ok(match batch.column_by_name(f.name()) {
                 Some(c) if c.data_type() == f.data_type() => c.clone(),
-                Some(c) => arrow::compute::cast(c, f.data_type()).map_err(|e| {
+                // A value that does not convert is an error, never a silent null.
+                Some(c) => arrow::compute::cast_with_options(
+                    c,
+                    f.data_type(),
+                    &arrow::compute::CastOptions {
+                        safe: false,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| {
                     Error::Invalid(format!(
                         "catalog '{table}', column '{}': {} values cannot be stored as {}: {e}",
                         f.name(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use meridian_catalog::append::{AppendSpec, Keep};
 use meridian_catalog::{Catalog, Store};
@@ -272,28 +272,28 @@ fn bad_rows_publish_nothing() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("not a position"), "{e}");
-    // A column the table lacks.
-    let wider = Arc::new(Schema::new(vec![
+    // A value that cannot be stored in its column's type.
+    let texty = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("ra", DataType::Float64, true),
         Field::new("dec", DataType::Float64, true),
-        Field::new("flux", DataType::Float64, true),
+        Field::new("mag", DataType::Utf8, true),
     ]));
     let b = RecordBatch::try_new(
-        wider.clone(),
+        texty.clone(),
         vec![
             Arc::new(Int64Array::from(vec![7])),
             Arc::new(Float64Array::from(vec![151.0])),
             Arc::new(Float64Array::from(vec![2.0])),
-            Arc::new(Float64Array::from(vec![1.0])),
+            Arc::new(StringArray::from(vec!["bright"])),
         ],
     )
     .unwrap();
     let e = store
-        .append("t", &wider, &[b], &spec)
+        .append("t", &texty, &[b], &spec)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("'flux'"), "{e}");
+    assert!(e.contains("'mag'") && e.contains("cannot be stored"), "{e}");
     assert_eq!(store.current_version("t").unwrap(), v);
     assert_eq!(read_all(&store.catalog("t").unwrap()).len(), 10);
     // A catalog served in place is not appended to.
@@ -342,4 +342,50 @@ fn concurrent_appenders_lose_nothing() {
         .unwrap()
         .collect();
     assert!(staging.is_empty());
+}
+
+#[test]
+fn rows_with_a_new_column_widen_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let spec = spec(Keep::First);
+    store
+        .append("t", &schema(), &[batch(&rows(0, 0, 200))], &spec)
+        .unwrap();
+    // Newer rows (a newer alert schema) carry a column more, in one of the partitions.
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("flux", DataType::Float64, true));
+    let wider = Arc::new(Schema::new(fields));
+    let base = batch(&[(1000, 151.0, 2.0, 20.0)]);
+    let mut columns = base.columns().to_vec();
+    columns.push(Arc::new(Float64Array::from(vec![42.0])));
+    let b = RecordBatch::try_new(wider.clone(), columns).unwrap();
+    let a = store.append("t", &wider, &[b], &spec).unwrap();
+    assert_eq!(a.total_rows, 201);
+    let c = store.catalog("t").unwrap();
+    assert_eq!(c.schema().fields().last().unwrap().name(), "flux");
+    let mut seen = 0;
+    for p in c.partitions() {
+        for b in c.read_partition(p).unwrap() {
+            let id = b.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+            // Partitions written before may lack the column (readers see nulls).
+            if let Some(flux) = b.column_by_name("flux") {
+                let flux = flux.as_primitive::<Float64Type>();
+                for i in 0..b.num_rows() {
+                    if id.value(i) == 1000 {
+                        assert_eq!(flux.value(i), 42.0);
+                        seen += 1;
+                    } else {
+                        assert!(flux.is_null(i));
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(seen, 1);
+    assert_eq!(read_all(&c).len(), 201);
 }

@@ -141,7 +141,9 @@ impl HatsTable {
             return held;
         }
         match Catalog::open(&version) {
-            Ok(c) if c.schema() == self.schema => {
+            // The same columns, or more (rows of a newer alert schema): the table keeps
+            // its columns until a restart, and reads them from the new version.
+            Ok(c) if extends(&c.schema(), &self.schema) => {
                 let snap = Arc::new(Snapshot {
                     catalog: Arc::new(c),
                     version: Some(version),
@@ -154,7 +156,7 @@ impl HatsTable {
                 tracing::warn!(
                     catalog = %live.name,
                     version = %version.display(),
-                    "a new version of the catalog has other columns: serving the one                      opened until a restart"
+                    "a new version of the catalog lacks or retypes columns: serving the one opened until a restart"
                 );
                 held
             }
@@ -166,23 +168,31 @@ impl HatsTable {
     }
 }
 
+/// Whether `new` has every column of `old`, of the same type.
+fn extends(new: &SchemaRef, old: &SchemaRef) -> bool {
+    old.fields().iter().all(|f| {
+        new.field_with_name(f.name())
+            .is_ok_and(|n| n.data_type() == f.data_type())
+    })
+}
+
 impl Snapshot {
-    /// Every partition file with its statistics (exact row counts and column bounds from
-    /// the footers, which also fills the session's metadata cache).
-    async fn files(&self, state: &dyn Session) -> Result<&[PartitionFile]> {
+    /// Every partition file with its statistics for the table's columns `schema` (exact
+    /// row counts and column bounds from the footers, which also fills the session's
+    /// metadata cache).
+    async fn files(&self, state: &dyn Session, schema: &SchemaRef) -> Result<&[PartitionFile]> {
         let files = self
             .files
             .get_or_try_init(|| async {
                 use futures::{StreamExt, TryStreamExt};
                 let store = state.runtime_env().object_store(self.store_url()?)?;
                 let cache = state.runtime_env().cache_manager.get_file_metadata_cache();
-                let schema = self.catalog.schema();
                 let location = self.catalog.location();
                 // Footers are read a few at a time: from an object store each is a request.
                 let mut files: Vec<PartitionFile> =
                     futures::stream::iter(self.catalog.partitions().iter().copied())
                         .map(|pixel| {
-                            let (store, cache, schema) = (&store, &cache, &schema);
+                            let (store, cache) = (&store, &cache);
                             async move {
                                 let (_, path) = location
                                     .object_path(&pixel.relative_path())
@@ -442,7 +452,7 @@ impl TableProvider for HatsTable {
             None => None,
         };
         let files: Vec<&PartitionFile> = snap
-            .files(state)
+            .files(state, &self.schema)
             .await?
             .iter()
             .filter(|f| {

@@ -151,15 +151,28 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             opts.stop_when_idle = stop_when_idle_s.map(std::time::Duration::from_secs_f64);
             opts.settings = kafka_setting;
             let stop = std::sync::atomic::AtomicBool::new(false);
+            let ms = |l: &meridian_alerts::kafka::Latency, q: f64| {
+                l.quantile(q).map_or("-".to_string(), |v| v.to_string())
+            };
             let total = meridian_alerts::kafka::consume(&store, &dead, &opts, &stop, |b| {
                 println!(
-                    "batch\t{} messages\t{} alerts stored\t{} dead letters\t{:.3} s",
-                    b.messages, b.alerts, b.dead_letters, b.seconds
+                    "batch\t{} messages\t{} alerts stored\t{} dead letters\t{:.3} s\tlatency p50 {} ms p99 {} ms",
+                    b.messages,
+                    b.alerts,
+                    b.dead_letters,
+                    b.seconds,
+                    ms(&b.latency, 0.5),
+                    ms(&b.latency, 0.99)
                 );
             })?;
             println!(
-                "consumed\t{} messages\t{} alerts stored\t{} dead letters\t{} batches",
-                total.messages, total.alerts, total.dead_letters, total.batches
+                "consumed\t{} messages\t{} alerts stored\t{} dead letters\t{} batches\tlatency p50 {} ms p99 {} ms",
+                total.messages,
+                total.alerts,
+                total.dead_letters,
+                total.batches,
+                ms(&total.latency, 0.5),
+                ms(&total.latency, 0.99)
             );
             Ok(())
         }
