@@ -327,6 +327,8 @@ pub fn consume(
             batch.latency.add(now_ms - t);
         }
         total.latency.merge(&batch.latency);
+        // Time spent storing is not idleness.
+        last_message = Instant::now();
         total.messages += batch.messages as u64;
         total.alerts += batch.alerts as u64;
         total.dead_letters += batch.dead_letters as u64;
@@ -399,11 +401,11 @@ pub fn replay(
     rate: Option<f64>,
 ) -> Result<u64> {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = ClientConfig::new()
+    let producer: BaseProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .set("message.max.bytes", "10000000")
-        .create()
+        .create_with_context(Deliveries::default())
         .map_err(|e| kafka_err(&format!("brokers {brokers}"), e))?;
     let start = Instant::now();
     let mut sent = 0u64;
@@ -449,7 +451,43 @@ pub fn replay(
     producer
         .flush(Duration::from_secs(60))
         .map_err(|e| kafka_err(&format!("topic {topic}"), e))?;
+    let ctx = producer.context();
+    let failed = ctx.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = ctx
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        return Err(Error::Kafka(format!(
+            "topic {topic}: {failed} of {sent} alerts were not delivered (the first: {first})"
+        )));
+    }
     Ok(sent)
+}
+
+/// Counts the messages the brokers did not acknowledge.
+#[derive(Default)]
+struct Deliveries {
+    failed: std::sync::atomic::AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            self.first_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| e.to_string());
+        }
+    }
 }
 
 #[cfg(test)]
