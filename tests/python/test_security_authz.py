@@ -60,6 +60,7 @@ JOB_MARK = f"jobsecret{MARK}"
 DEST_MARK = f"destsecret{MARK}"
 DIR, FILE, EMPTY = "secretqx", "planqx.txt", "emptyqx"
 TABLE, GROUP, GTABLE = "vaultqx", "alicegrpqx", "gtqx"
+FILTER, FILTER_MARK = "watchqx", f"filtersecret{MARK}"
 
 # Callers.
 ANON, BOB, SCOPED, EXPIRED, XSITE, OWNER = "anonymous", "bob", "scoped", "expired", "xsite", "alice"
@@ -94,7 +95,7 @@ class Entry:
     sub: Optional[str] = None
     variant: str = ""
     public: Optional[str] = None  # the reason, for a public entry
-    touches: tuple = ()  # files, table, jobs, group, transfer, account
+    touches: tuple = ()  # files, table, jobs, group, transfer, account, filter
     scope: Optional[str] = None  # what the call needs beyond a login of the owner
     modes: dict = field(default_factory=dict)  # caller -> REFUSE (default), OWN, DENY
     refuse: tuple = ()  # statuses that count as refusals here besides 401/403/404
@@ -199,6 +200,11 @@ def xfer_ticket(kind):
 
 def uws_redirect(r, svc):
     assert r.status_code == 303, f"{r.status_code}: {r.text[:300]}"
+
+
+def filter_get(tail, **params):
+    return lambda s, c: Call("GET", f"/api/alerts/filters/{s.ctx.filter_id}{tail}",
+                             params=params or None)
 
 
 READ_ONLY = "catalogs:read"  # the scoped caller's token
@@ -614,6 +620,31 @@ ROUTES = [
           lambda s, c: Call("DELETE", f"/api/groups/{GROUP}/members/alice"),
           variant="remove the owner", touches=("group",), scope="storage:write", refuse=(400, 409)),
 
+    # ---- alert filters ------------------------------------------------------------------
+    Entry("/api/alerts/filters", ("GET",), get("/api/alerts/filters"), touches=("filter",),
+          modes={BOB: OWN}, owner=status_is(200, contains=FILTER_MARK)),
+    Entry("/api/alerts/filters", ("POST",),
+          lambda s, c: Call("POST", "/api/alerts/filters", data={
+              "name": "newfilterqx", "mydb_table": "filteroutqx",
+              "query": "SELECT a.alertId FROM alert.diasource AS a"}),
+          variant="a new filter", touches=("filter", "table"),
+          scope="storage:write", modes={BOB: OWN}, owner=status_is(201), owner_mutates=True),
+    Entry("/api/alerts/filters/{id}", ("GET",), filter_get(""), touches=("filter",),
+          owner=status_is(200, contains=FILTER_MARK)),
+    Entry("/api/alerts/filters/{id}", ("DELETE",),
+          lambda s, c: Call("DELETE", f"/api/alerts/filters/{s.ctx.filter_id}"),
+          touches=("filter",), scope="storage:write", owner=status_is(204), owner_mutates=True),
+    Entry("/api/alerts/filters/{id}/pause", ("POST",),
+          lambda s, c: Call("POST", f"/api/alerts/filters/{s.ctx.filter_id}/pause"),
+          touches=("filter",), scope="storage:write", owner=ok, owner_mutates=True),
+    Entry("/api/alerts/filters/{id}/resume", ("POST",),
+          lambda s, c: Call("POST", f"/api/alerts/filters/{s.ctx.filter_id}/resume"),
+          touches=("filter",), scope="storage:write", owner=ok, owner_mutates=True),
+    Entry("/api/alerts/filters/{id}/matches", ("GET",), filter_get("/matches"),
+          touches=("filter",), owner=ok),
+    Entry("/api/alerts/filters/{id}/events", ("GET",), filter_get("/events", after="0", follow="false"),
+          touches=("filter",), owner=ok),
+
     # ---- VOSpace ----------------------------------------------------------------------
     Entry("/vospace/nodes/{*path}", ("GET",), get(f"/vospace/nodes/alice/{DIR}"),
           touches=("files",), owner=status_is(200, contains=FILE)),
@@ -858,6 +889,14 @@ def make_group(svc):
     make_group_table(svc)
 
 
+def make_filter(svc):
+    r = svc.A.post(f"{svc.base}/api/alerts/filters", data={
+        "name": FILTER,
+        "query": f"SELECT a.alertId, a.psfFlux AS {FILTER_MARK} FROM alert.diasource AS a"})
+    assert r.status_code == 201, r.text
+    svc.ctx.filter_id = str(r.json()["id"])
+
+
 def make_jobs(svc):
     A, b, c = svc.A, svc.base, svc.ctx
     c.job_pending = location_id(A.post(f"{b}/tap/async", allow_redirects=False, data={
@@ -918,6 +957,8 @@ def snapshot(svc, kinds):
         snap["jobs"] = (A.get(f"{b}/tap/async").text, A.get(f"{b}/tap/async/{c.job_pending}").text)
     if "group" in kinds:
         snap["group"] = (A.get(f"{b}/api/groups/{GROUP}").text, A.get(f"{b}/api/groups").text)
+    if "filter" in kinds:
+        snap["filter"] = A.get(f"{b}/api/alerts/filters").text
     if "transfer" in kinds:
         snap["transfer"] = (A.get(f"{b}/vospace/transfers/{c.transfer_id}").text,
                             A.get(f"{b}/vospace/synctrans/{c.sync_id}").text)
@@ -953,6 +994,11 @@ def restore(svc, kinds):
         make_jobs(svc)
     if "transfer" in kinds:
         make_transfers(svc)
+    if "filter" in kinds:
+        r = A.get(f"{b}/api/alerts/filters")
+        for f in r.json() if r.status_code == 200 else []:
+            A.delete(f"{b}/api/alerts/filters/{f['id']}")
+        make_filter(svc)
 
 
 def bob_holdings(svc):
@@ -1007,6 +1053,7 @@ def svc(store, tmp_path_factory):
         make_group(s)
         make_jobs(s)
         make_transfers(s)
+        make_filter(s)
         time.sleep(max(0.0, expired_at + 1.2 - time.time()))
         yield s
         assert server.proc.poll() is None, "the server died"
@@ -1014,7 +1061,7 @@ def svc(store, tmp_path_factory):
 
 def markers(svc):
     c = svc.ctx
-    return [FILE_MARK, COL_MARK, JOB_MARK, DEST_MARK, "carol", GROUP, TABLE, DIR, FILE,
+    return [FILE_MARK, COL_MARK, JOB_MARK, DEST_MARK, FILTER_MARK, "carol", GROUP, TABLE, DIR, FILE,
             "/storage/xfer/", "alice", c.job_pending, c.job_done, c.job_err, c.transfer_id,
             c.sync_id, svc.tokens["alice"]]
 

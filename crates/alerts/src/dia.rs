@@ -110,19 +110,19 @@ pub fn split(alerts: &RecordBatch) -> Result<Tables> {
     Ok(Tables { kind, tables })
 }
 
-fn column<'a>(alerts: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+pub(crate) fn column<'a>(alerts: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     alerts
         .column_by_name(name)
         .ok_or_else(|| Error::Shape(format!("alerts have no '{name}' field")))
 }
 
-fn as_struct<'a>(a: &'a ArrayRef, name: &str) -> Result<&'a StructArray> {
+pub(crate) fn as_struct<'a>(a: &'a ArrayRef, name: &str) -> Result<&'a StructArray> {
     a.as_struct_opt()
         .ok_or_else(|| Error::Shape(format!("'{name}' is {}, not a record", a.data_type())))
 }
 
 /// The rows of a record-valued field (alerts where it is null left out).
-fn records(alerts: &RecordBatch, name: &str) -> Result<RecordBatch> {
+pub(crate) fn records(alerts: &RecordBatch, name: &str) -> Result<RecordBatch> {
     let s = as_struct(column(alerts, name)?, name)?;
     let batch = RecordBatch::from(without_nulls(s));
     match s.nulls() {
@@ -135,13 +135,13 @@ fn records(alerts: &RecordBatch, name: &str) -> Result<RecordBatch> {
 }
 
 /// The struct with its top-level null buffer removed (the rows stay; callers filter them).
-fn without_nulls(s: &StructArray) -> StructArray {
+pub(crate) fn without_nulls(s: &StructArray) -> StructArray {
     let (fields, columns, _) = s.clone().into_parts();
     StructArray::new(fields, columns, None)
 }
 
 /// The elements of a list-of-records field, with the index of the alert each came from.
-fn elements(alerts: &RecordBatch, name: &str) -> Result<(RecordBatch, UInt32Array)> {
+pub(crate) fn elements(alerts: &RecordBatch, name: &str) -> Result<(RecordBatch, UInt32Array)> {
     let a = column(alerts, name)?;
     let list: &ListArray = a
         .as_list_opt::<i32>()

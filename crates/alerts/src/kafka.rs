@@ -20,6 +20,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::avro::{self, ConfluentDecoder};
 use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::evaluate::{Filtered, Filtering};
 use crate::load::{self, Stored};
 use crate::{Error, Result};
 
@@ -77,6 +78,8 @@ pub struct Batch {
     pub seconds: f64,
     /// Milliseconds from each message's broker timestamp to its batch's commit.
     pub latency: Latency,
+    /// What the filters made of it.
+    pub filtered: Filtered,
 }
 
 /// Latencies in milliseconds, counted in 1 ms bins up to a minute (the last bin holds
@@ -163,12 +166,14 @@ fn decode(decoder: &mut ConfluentDecoder, value: &[u8]) -> Result<Vec<RecordBatc
 }
 
 /// Reads alerts from Kafka into the alert database until `stop` is set (or the stream is
-/// idle for `stop_when_idle`), calling `on_batch` after each batch is stored and
-/// committed.
+/// idle for `stop_when_idle`), calling `on_batch` after each batch is stored, filtered
+/// (by `filtering`, when given) and committed. While more matches wait for delivery than
+/// `filtering` allows, the consumer stops reading (its partitions paused).
 pub fn consume(
     store: &Store,
     dead: &DeadLetters,
     opts: &ConsumeOptions,
+    filtering: Option<&Filtering>,
     stop: &AtomicBool,
     mut on_batch: impl FnMut(&Batch),
 ) -> Result<Consumed> {
@@ -200,6 +205,9 @@ pub fn consume(
     let mut total = Consumed::default();
     let mut last_message = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if let Some(f) = filtering {
+            hold_back(&consumer, f, stop)?;
+        }
         let mut batch = Batch::default();
         let mut alerts: Vec<RecordBatch> = Vec::new();
         // The dead letter each entry of `alerts` would be (its message), if it fails.
@@ -292,9 +300,13 @@ pub fn consume(
                 // stored one by one, and those that fail become dead letters.
                 tracing::warn!(error = %e, "a batch could not be stored whole: storing its alerts one by one");
                 let mut tables = Vec::new();
+                let mut kept = Vec::new();
                 for (a, origin) in alerts.iter().zip(origins) {
                     match store_by_schema(store, std::slice::from_ref(a)) {
-                        Ok(t) => tables.extend(t),
+                        Ok(t) => {
+                            tables.extend(t);
+                            kept.push(a.clone());
+                        }
                         Err(e) if is_data_error(&e) => {
                             batch.alerts -= a.num_rows();
                             letters.push(DeadLetter {
@@ -305,12 +317,16 @@ pub fn consume(
                         Err(e) => return Err(e),
                     }
                 }
+                alerts = kept;
                 tables
             }
             Err(e) => return Err(e),
         };
         dead.add(&letters)?;
         batch.dead_letters = letters.len();
+        if let Some(f) = filtering {
+            batch.filtered = f.apply(&alerts)?;
+        }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
@@ -354,8 +370,39 @@ fn is_data_error(e: &Error) -> bool {
             c,
             meridian_catalog::Error::Invalid(_) | meridian_catalog::Error::Arrow(_)
         ),
-        Error::Io { .. } | Error::Kafka(_) => false,
+        Error::Io { .. }
+        | Error::Kafka(_)
+        | Error::Invalid(_)
+        | Error::NotFound(_)
+        | Error::Conflict(_)
+        | Error::Query(_)
+        | Error::Database(_) => false,
     }
+}
+
+/// Waits, partitions paused, while more matches wait for delivery than `f` allows.
+fn hold_back(consumer: &BaseConsumer, f: &Filtering, stop: &AtomicBool) -> Result<()> {
+    let mut backlog = f.backlog()?;
+    if backlog <= f.max_backlog {
+        return Ok(());
+    }
+    let assignment = consumer
+        .assignment()
+        .map_err(|e| kafka_err("assignment", e))?;
+    consumer
+        .pause(&assignment)
+        .map_err(|e| kafka_err("pausing", e))?;
+    tracing::warn!(backlog, limit = f.max_backlog, "outputs are behind: reading paused");
+    while backlog > f.max_backlog && !stop.load(Ordering::Relaxed) {
+        // Polling keeps the group membership; paused partitions yield nothing.
+        let _ = consumer.poll(Duration::from_millis(200));
+        backlog = f.backlog()?;
+    }
+    consumer
+        .resume(&assignment)
+        .map_err(|e| kafka_err("resuming", e))?;
+    tracing::info!(backlog, "reading resumed");
+    Ok(())
 }
 
 /// Whether the consumer group has given this consumer partitions yet.

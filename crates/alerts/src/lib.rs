@@ -10,13 +10,19 @@
 //! ZTF alerts (`candidate`, `prv_candidates`, three stamps) split the same way into
 //! `ZtfCandidate`, `ZtfUpperLimit` and `Cutout`. [`load`] appends them to the alert
 //! database: catalogs of the store (`dia_source`, `dia_object`, ...) served over TAP.
+//!
+//! Users' [`filters`] (ADQL over each incoming batch, see [`evaluate`]) send their matches
+//! to a Kafka topic, a webhook, a MyDB table and an event stream ([`outputs`]).
 
 pub mod avro;
 pub mod convert;
 pub mod dead_letter;
 pub mod dia;
+pub mod evaluate;
+pub mod filters;
 pub mod kafka;
 pub mod load;
+pub mod outputs;
 
 /// Errors of alert reading.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,21 @@ pub enum Error {
     /// The alert database (the store's catalogs) could not be written.
     #[error(transparent)]
     Catalog(#[from] meridian_catalog::Error),
+    /// A filter or output that cannot be used as given (the message says why).
+    #[error("{0}")]
+    Invalid(String),
+    /// A filter that exists but is not there (or not the caller's).
+    #[error("{0}")]
+    NotFound(String),
+    /// A name already taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// A filter's query failed.
+    #[error(transparent)]
+    Query(#[from] meridian_engine::Error),
+    /// The filters' database.
+    #[error("{0}")]
+    Database(String),
 }
 
 /// Result type of this crate.

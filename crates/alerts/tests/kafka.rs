@@ -94,7 +94,7 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
     ];
     let stop = AtomicBool::new(false);
     let mut batches = 0;
-    let got = consume(&store, &dead, &opts, &stop, |_| batches += 1).unwrap();
+    let got = consume(&store, &dead, &opts, None, &stop, |_| batches += 1).unwrap();
     assert_eq!(got.messages, 41);
     assert_eq!(got.alerts, 38);
     assert_eq!(got.dead_letters, 3);
@@ -148,7 +148,7 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
     );
 
     // Started again with the same group: everything was committed, nothing is read.
-    let again = consume(&store, &dead, &opts, &stop, |_| {}).unwrap();
+    let again = consume(&store, &dead, &opts, None, &stop, |_| {}).unwrap();
     assert_eq!(again.messages, 0);
     // New alerts after that are read, once; the repeated sources are not stored again.
     let before = rows(&store, "dia_source");
@@ -160,7 +160,7 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
         None,
     )
     .unwrap();
-    let more = consume(&store, &dead, &opts, &stop, |_| {}).unwrap();
+    let more = consume(&store, &dead, &opts, None, &stop, |_| {}).unwrap();
     assert_eq!((more.messages, more.alerts), (7, 7));
     assert_eq!(rows(&store, "dia_source"), before);
     assert_eq!(dead.count().unwrap(), 3);

@@ -33,6 +33,31 @@ pub struct Config {
     pub spectra: SpectraConfig,
     /// The Ballista cluster queries run on, and its processes' settings.
     pub cluster: ClusterConfig,
+    /// Alert filters and their outputs.
+    pub alerts: AlertsConfig,
+}
+
+/// Alert filters and their outputs (`meridian alerts consume`, `/api/alerts/filters`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Whether filters' webhooks may reach this machine and private networks (off: an
+    /// open service must not post into the network it sits in).
+    pub webhook_allow_private: bool,
+    /// Matches waiting for delivery above which the consumer stops reading.
+    pub max_backlog: u64,
+    /// Longest wait for a webhook's answer, seconds.
+    pub webhook_timeout_s: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook_allow_private: false,
+            max_backlog: 100_000,
+            webhook_timeout_s: 10,
+        }
+    }
 }
 
 /// The cluster (`meridian cluster scheduler` and `meridian cluster executor`) and its
@@ -373,6 +398,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             spectra: SpectraConfig::default(),
             cluster: ClusterConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -565,6 +591,11 @@ impl Config {
     /// The catalog store directory.
     pub fn catalog_dir(&self) -> PathBuf {
         self.data_dir.join("catalogs")
+    }
+
+    /// The alert filters' database.
+    pub fn alert_filters_path(&self) -> PathBuf {
+        self.data_dir.join("alerts").join("filters.sqlite")
     }
 
     /// The spectra datasets' directory.

@@ -953,7 +953,7 @@ fn engine_config(config: &Config) -> meridian_engine::EngineConfig {
 
 /// The query engine over the configured catalogs, with the runtime to drive it; on the
 /// cluster of `[cluster] scheduler` when one is set.
-fn open_engine(
+pub(crate) fn open_engine(
     config: &Config,
 ) -> anyhow::Result<(meridian_engine::Engine, tokio::runtime::Runtime)> {
     let store = Store::open(config.catalog_dir())?;
@@ -1342,6 +1342,12 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
     state.sky_maps = std::sync::Arc::new(meridian_server::sky_maps::SkyMaps::new(Some(
         config.data_dir.join("hips"),
     )));
+    state.alerts = Some(std::sync::Arc::new(meridian_server::alerts::AlertFilters {
+        store: std::sync::Arc::new(meridian_alerts::filters::FilterStore::open(
+            &config.alert_filters_path(),
+        )?),
+        webhook_allow_private: config.alerts.webhook_allow_private,
+    }));
     rt.block_on(async {
         // URLs the service hands out (job and transfer locations) are built on the public
         // URL, never on the Host header a client sends.

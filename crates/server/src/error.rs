@@ -41,6 +41,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// An alert filter request failed.
+    #[error(transparent)]
+    Alerts(#[from] meridian_alerts::Error),
     /// The service failed in a way no request can cause or fix.
     #[error("{0}")]
     Internal(String),
@@ -53,26 +56,10 @@ impl Error {
     /// DALI: a request the client can fix is 400, an unknown resource 404, a failure of
     /// the service 500; no valid credentials 401, a refused action 403.
     pub fn status(&self) -> StatusCode {
-        use meridian_engine::Error as E;
         match self {
             Error::Usage(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Engine(E::Adql(_) | E::Invalid(_) | E::Unsupported(_)) => {
-                StatusCode::BAD_REQUEST
-            }
-            Error::Engine(E::DataFusion(e)) => {
-                use meridian_engine::DataFusionError as D;
-                match e.find_root() {
-                    // A query that asks for more than its limits allow is the request's
-                    // fault, not the service's.
-                    D::Plan(_)
-                    | D::SchemaError(..)
-                    | D::SQL(..)
-                    | D::NotImplemented(_)
-                    | D::ResourcesExhausted(_) => StatusCode::BAD_REQUEST,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                }
-            }
+            Error::Engine(e) => engine_status(e),
             Error::Services(e) => {
                 use meridian_services::Error as S;
                 match e {
@@ -101,12 +88,43 @@ impl Error {
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 }
             }
+            Error::Alerts(e) => {
+                use meridian_alerts::Error as A;
+                match e {
+                    A::Invalid(_) => StatusCode::BAD_REQUEST,
+                    A::NotFound(_) => StatusCode::NOT_FOUND,
+                    A::Conflict(_) => StatusCode::CONFLICT,
+                    A::Query(q) => engine_status(q),
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                }
+            }
             Error::Images(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Engine(E::Catalog(_))
-            | Error::Format(_)
+            Error::Format(_)
             | Error::Timeout(_)
             | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+/// The status of a query's failure: the request's fault (400) or the service's (500).
+fn engine_status(e: &meridian_engine::Error) -> StatusCode {
+    use meridian_engine::Error as E;
+    match e {
+        E::Adql(_) | E::Invalid(_) | E::Unsupported(_) => StatusCode::BAD_REQUEST,
+        E::DataFusion(e) => {
+            use meridian_engine::DataFusionError as D;
+            match e.find_root() {
+                // A query that asks for more than its limits allow is the request's
+                // fault, not the service's.
+                D::Plan(_)
+                | D::SchemaError(..)
+                | D::SQL(..)
+                | D::NotImplemented(_)
+                | D::ResourcesExhausted(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            }
+        }
+        E::Catalog(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

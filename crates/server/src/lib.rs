@@ -4,6 +4,7 @@
 //! place ([`error`]): TAP answers it as a DALI error document, Data Lab's calls as the
 //! `Error: ...` text their clients expect.
 
+pub mod alerts;
 pub mod auth;
 pub mod csrf;
 pub mod datalab;
@@ -153,6 +154,8 @@ pub struct AppState {
     pub sky_maps: Arc<sky_maps::SkyMaps>,
     /// Spectra (SPARCL, SSA, stacks).
     pub spectra: Arc<spectra::SpectraService>,
+    /// Users' alert filters, when the service runs them.
+    pub alerts: Option<Arc<alerts::AlertFilters>>,
 }
 
 /// What belongs to users: accounts, their settings, tables and files.
@@ -216,6 +219,7 @@ impl AppState {
             transfers: Arc::new(vospace::Transfers::default()),
             sky_maps: Arc::default(),
             spectra: Arc::default(),
+            alerts: None,
         })
     }
 }
@@ -404,6 +408,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/jobs", get(uws::list_json))
         .route("/storage/{call}", get(storage::call))
         .route("/api/groups", get(groups::list).post(groups::create))
+        .route(
+            "/api/alerts/filters",
+            get(alerts::list).post(alerts::create),
+        )
+        .route(
+            "/api/alerts/filters/{id}",
+            get(alerts::get).delete(alerts::remove),
+        )
+        .route("/api/alerts/filters/{id}/pause", post(alerts::pause))
+        .route("/api/alerts/filters/{id}/resume", post(alerts::resume))
+        .route("/api/alerts/filters/{id}/matches", get(alerts::matches))
+        .route("/api/alerts/filters/{id}/events", get(alerts::events))
         .route(
             "/api/groups/{name}",
             get(groups::show).delete(groups::dissolve),

@@ -6,6 +6,7 @@
 //! in a temporary directory for sync queries), so that both paths read uploads the same
 //! way and an async job can run again after a restart.
 
+use meridian_services::net::public_address;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -176,31 +177,6 @@ pub fn stored(params: &Params, dir: &Path, limits: &Limits) -> Result<Vec<Upload
         }
     }
     Ok(out)
-}
-
-/// Whether the service may fetch from `ip`: not itself, not a private network, unless
-/// allowed (an open service must not become a proxy into the network it sits in).
-fn public_address(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-        }
-        std::net::IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| !public_address(v4.into())))
-        }
-    }
 }
 
 /// Fetches an http(s) upload into a temporary file, within the size limit.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod groups;
 pub mod jobs;
 pub mod mydb;
+pub mod net;
 pub mod storage;
 
 pub use error::{Error, Result};

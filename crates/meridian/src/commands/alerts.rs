@@ -52,7 +52,17 @@ pub enum AlertsCommand {
         /// session.timeout.ms, ...); repeat for several.
         #[arg(long, value_parser = setting_arg)]
         kafka_setting: Vec<(String, String)>,
+        /// Brokers of the filters' output topics (default: those read, `--kafka`).
+        #[arg(long)]
+        output_kafka: Option<String>,
+        /// Store alerts only: run no filters.
+        #[arg(long)]
+        no_filters: bool,
     },
+    /// Users' alert filters (as `/api/alerts/filters` manages them): ADQL over each batch
+    /// of incoming alerts, the matches sent to a Kafka topic, a webhook and a MyDB table.
+    #[command(subcommand)]
+    Filter(FilterCommand),
     /// Publish the alerts of Avro files to a Kafka topic, one message each (to replay a
     /// night, or to feed a test or a benchmark): in the Confluent wire format with
     /// `--schema-id`, else each as an Avro container of one alert (as ZTF publishes).
@@ -83,6 +93,55 @@ pub enum AlertsCommand {
         /// Avro object container files of one survey's alerts.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FilterCommand {
+    /// Add a filter; its query is checked first (ADQL over `alert.diasource`,
+    /// `alert.diaobject`, `alert.prv_diasource`, `alert.prv_forced`, or ZTF's
+    /// `alert.candidate` and `alert.prv_candidate`, with any served catalog and the owner's
+    /// `mydb.<table>`), and must return `alertId`.
+    Add {
+        /// The user it belongs to (its MyDB tables are theirs).
+        #[arg(long)]
+        owner: String,
+        /// Its name (unique per owner).
+        #[arg(long)]
+        name: String,
+        /// The ADQL query.
+        #[arg(long)]
+        query: String,
+        /// Kafka topic the matches go to.
+        #[arg(long)]
+        kafka_topic: Option<String>,
+        /// URL each match is POSTed to.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// The owner's MyDB table the matching rows are appended to.
+        #[arg(long)]
+        mydb_table: Option<String>,
+    },
+    /// List filters (of one owner, or all).
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Delete a filter and its queued matches.
+    Remove {
+        /// The filter's number.
+        id: i64,
+    },
+    /// Stop running a filter.
+    Pause {
+        /// The filter's number.
+        id: i64,
+    },
+    /// Run a paused filter again.
+    Resume {
+        /// The filter's number.
+        id: i64,
     },
 }
 
@@ -139,7 +198,11 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             batch_ms,
             stop_when_idle_s,
             kafka_setting,
+            output_kafka,
+            no_filters,
         } => {
+            let output_brokers = output_kafka.unwrap_or_else(|| kafka.clone());
+            let output_settings = kafka_setting.clone();
             let store = meridian_catalog::Store::open(config.catalog_dir())?;
             let dead = dead_letters(config)?;
             let topics: Vec<&str> = topic.iter().map(String::as_str).collect();
@@ -154,16 +217,55 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             let ms = |l: &meridian_alerts::kafka::Latency, q: f64| {
                 l.quantile(q).map_or("-".to_string(), |v| v.to_string())
             };
-            let total = meridian_alerts::kafka::consume(&store, &dead, &opts, &stop, |b| {
-                println!(
-                    "batch\t{} messages\t{} alerts stored\t{} dead letters\t{:.3} s\tlatency p50 {} ms p99 {} ms",
-                    b.messages,
-                    b.alerts,
-                    b.dead_letters,
-                    b.seconds,
-                    ms(&b.latency, 0.5),
-                    ms(&b.latency, 0.99)
-                );
+            let filters = if no_filters {
+                None
+            } else {
+                Some(open_filtering(config)?)
+            };
+            // Matches are delivered on a thread of their own while alerts are read.
+            let delivering = std::sync::atomic::AtomicBool::new(false);
+            let delivery = meridian_alerts::outputs::DeliveryOptions {
+                brokers: Some(output_brokers),
+                settings: output_settings,
+                webhook_allow_private: config.alerts.webhook_allow_private,
+                webhook_timeout: std::time::Duration::from_secs(config.alerts.webhook_timeout_s),
+            };
+            let total = std::thread::scope(|scope| -> anyhow::Result<_> {
+                let deliverer = match &filters {
+                    Some((fstore, _, _)) => {
+                        let mut d =
+                            meridian_alerts::outputs::Deliverer::new(fstore.clone(), delivery)?;
+                        let delivering = &delivering;
+                        Some(scope.spawn(move || {
+                            d.run(delivering);
+                            d
+                        }))
+                    }
+                    None => None,
+                };
+                let stage = filters.as_ref().map(|(_, f, _)| f);
+                let result = meridian_alerts::kafka::consume(&store, &dead, &opts, stage, &stop, |b| {
+                    println!(
+                        "batch\t{} messages\t{} alerts stored\t{} dead letters\t{} matches\t{:.3} s\tlatency p50 {} ms p99 {} ms",
+                        b.messages,
+                        b.alerts,
+                        b.dead_letters,
+                        b.filtered.matches,
+                        b.seconds,
+                        ms(&b.latency, 0.5),
+                        ms(&b.latency, 0.99)
+                    );
+                });
+                delivering.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let (Some(handle), Some((fstore, _, _))) = (deliverer, &filters) {
+                    let mut d = handle
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("the delivery thread panicked"))?;
+                    if result.is_ok() {
+                        drain(&mut d, fstore)?;
+                    }
+                }
+                Ok(result?)
             })?;
             println!(
                 "consumed\t{} messages\t{} alerts stored\t{} dead letters\t{} batches\tlatency p50 {} ms p99 {} ms",
@@ -176,6 +278,7 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             );
             Ok(())
         }
+        AlertsCommand::Filter(cmd) => filter(cmd, config),
         AlertsCommand::Load { files } => {
             let store = meridian_catalog::Store::open(config.catalog_dir())?;
             let dead = dead_letters(config)?;
@@ -203,6 +306,126 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             Ok(())
         }
     }
+}
+
+/// The filter stage of a consumer: the filters' database, the stage over the catalogs,
+/// and the runtime the engine was opened with (kept while it is used).
+fn open_filtering(
+    config: &crate::config::Config,
+) -> anyhow::Result<(
+    std::sync::Arc<meridian_alerts::filters::FilterStore>,
+    meridian_alerts::evaluate::Filtering,
+    tokio::runtime::Runtime,
+)> {
+    let store = std::sync::Arc::new(meridian_alerts::filters::FilterStore::open(
+        &config.alert_filters_path(),
+    )?);
+    let (engine, rt) = crate::open_engine(config)?;
+    let mydb = std::sync::Arc::new(meridian_services::mydb::MyDb::new(
+        config.mydb_dir(),
+        config.mydb.quota_mib << 20,
+    ));
+    let mut stage = meridian_alerts::evaluate::Filtering::new(
+        store.clone(),
+        std::sync::Arc::new(engine),
+        Some(mydb),
+    )?;
+    stage.max_backlog = config.alerts.max_backlog;
+    Ok((store, stage, rt))
+}
+
+/// Delivers what is left once the stream has ended: until nothing is due, or nothing
+/// more could be delivered for 10 s (webhooks waiting to be retried).
+fn drain(
+    d: &mut meridian_alerts::outputs::Deliverer,
+    store: &meridian_alerts::filters::FilterStore,
+) -> anyhow::Result<()> {
+    let mut idle_since = std::time::Instant::now();
+    while store.backlog()? > 0 && idle_since.elapsed() < std::time::Duration::from_secs(10) {
+        let r = d.round()?;
+        if r.kafka + r.webhook > 0 {
+            idle_since = std::time::Instant::now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let left = store.backlog()?;
+    if left > 0 {
+        eprintln!("{left} match(es) still waiting for their outputs; a later run delivers them");
+    }
+    Ok(())
+}
+
+fn filter(cmd: FilterCommand, config: &crate::config::Config) -> anyhow::Result<()> {
+    use meridian_alerts::filters::{FilterStore, Outputs, State};
+    let store = FilterStore::open(&config.alert_filters_path())?;
+    match cmd {
+        FilterCommand::Add {
+            owner,
+            name,
+            query,
+            kafka_topic,
+            webhook,
+            mydb_table,
+        } => {
+            meridian_services::accounts::check_user_name(&owner)?;
+            if let Some(t) = &mydb_table {
+                meridian_services::mydb::check_table_name(t)?;
+            }
+            if let Some(url) = &webhook {
+                meridian_alerts::outputs::check_webhook(url, config.alerts.webhook_allow_private)?;
+            }
+            let (engine, rt) = crate::open_engine(config)?;
+            let mydb = std::sync::Arc::new(meridian_services::mydb::MyDb::new(
+                config.mydb_dir(),
+                config.mydb.quota_mib << 20,
+            ));
+            let evaluator =
+                meridian_alerts::evaluate::Evaluator::new(std::sync::Arc::new(engine), Some(mydb));
+            rt.block_on(evaluator.validate(&owner, &query))?;
+            let outputs = Outputs {
+                kafka_topic,
+                webhook,
+                mydb_table,
+            };
+            let f = store.add(&owner, &name, &query, &outputs)?;
+            println!("{}", f.id);
+        }
+        FilterCommand::List { owner } => {
+            println!("id\towner\tname\tstate\tmatches\toutputs\tquery\treason");
+            for f in store.list(owner.as_deref())? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    f.id,
+                    f.owner,
+                    f.name,
+                    f.state.as_str(),
+                    f.matches,
+                    serde_json::to_string(&f.outputs)?,
+                    f.query.replace(['\n', '\t'], " "),
+                    f.reason.unwrap_or_default()
+                );
+            }
+        }
+        FilterCommand::Remove { id } => {
+            store
+                .get(id)?
+                .ok_or_else(|| anyhow::anyhow!("no alert filter {id}"))?;
+            store.remove(id)?;
+        }
+        FilterCommand::Pause { id } | FilterCommand::Resume { id } => {
+            store
+                .get(id)?
+                .ok_or_else(|| anyhow::anyhow!("no alert filter {id}"))?;
+            let state = if matches!(cmd, FilterCommand::Pause { .. }) {
+                State::Paused
+            } else {
+                State::Active
+            };
+            store.set_state(id, state, None)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the alerts that could not be stored are kept.

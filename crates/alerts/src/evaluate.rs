@@ -1,0 +1,605 @@
+//! Filters run against each batch of incoming alerts, as ADQL queries.
+//!
+//! A batch is offered to a filter as tables of the schema `alert`, every one with the
+//! column `alertId` naming the alert a row came with:
+//!
+//! | Survey | table | rows |
+//! |---|---|---|
+//! | Rubin | `alert.diasource` | the alert's new `diaSource` (one per alert; `alertId` is the alert's `alertId`, or its `diaSourceId` in schemas that have no `alertId`) |
+//! | Rubin | `alert.diaobject` | its `diaObject` |
+//! | Rubin | `alert.prv_diasource` | its earlier sources (`prvDiaSources`) |
+//! | Rubin | `alert.prv_forced` | its forced photometry (`prvDiaForcedSources`) |
+//! | ZTF | `alert.candidate` | the `candidate`, with `objectId` (`alertId` is its `candid`) |
+//! | ZTF | `alert.prv_candidate` | the earlier detections and upper limits (`prv_candidates`) |
+//!
+//! Besides these a filter reads every served catalog (a cross-match within a radius is
+//! `JOIN catalog AS c ON 1 = CONTAINS(POINT(a.ra, a.dec), CIRCLE(c.ra, c.dec, r))`) and
+//! its owner's MyDB tables as `mydb.<name>` (a watchlist). Its result must have the column
+//! `alertId`: each alert among its rows is a match, and its rows go to the filter's
+//! outputs. A filter reads Rubin alerts unless it names a ZTF table.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::datasource::TableProvider;
+use meridian_engine::{Engine, Lang};
+use meridian_services::mydb::MyDb;
+
+use crate::dia::{self, Kind};
+use crate::filters::{Filter, Match};
+use crate::{Error, Result};
+
+/// The schema alert tables are queried in.
+pub const SCHEMA: &str = "alert";
+
+/// The column naming an alert, in every alert table and in a filter's result.
+pub const KEY: &str = "alertId";
+
+/// Which survey's alerts a filter reads: ZTF's when it names a ZTF table.
+pub fn kind_of(query: &str) -> Kind {
+    let q = query.to_ascii_lowercase();
+    let ztf = ["candidate", "prv_candidate"]
+        .iter()
+        .any(|t| q.contains(&format!("{SCHEMA}.{t}")));
+    if ztf { Kind::Ztf } else { Kind::Rubin }
+}
+
+/// `batch` with `ids` as its first column, `alertId`.
+fn with_key(batch: &RecordBatch, ids: ArrayRef) -> Result<RecordBatch> {
+    let ids = arrow::compute::cast(&ids, &DataType::Int64)?;
+    let mut fields: Vec<Arc<Field>> = vec![Arc::new(Field::new(KEY, DataType::Int64, true))];
+    let mut columns = vec![ids];
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !f.name().eq_ignore_ascii_case(KEY) {
+            fields.push(f.clone());
+            columns.push(c.clone());
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// The rows of a record field, each with its alert's id (alerts where it is null left
+/// out).
+fn records_with(alerts: &RecordBatch, field: &str, ids: &ArrayRef) -> Result<RecordBatch> {
+    let s = dia::as_struct(dia::column(alerts, field)?, field)?;
+    let rows = with_key(&RecordBatch::from(dia::without_nulls(s)), ids.clone())?;
+    match s.nulls() {
+        Some(n) => Ok(arrow::compute::filter_record_batch(
+            &rows,
+            &arrow::array::BooleanArray::new(n.inner().clone(), None),
+        )?),
+        None => Ok(rows),
+    }
+}
+
+/// The elements of a list field, each with its alert's id.
+fn elements_with(alerts: &RecordBatch, field: &str, ids: &ArrayRef) -> Result<RecordBatch> {
+    let (rows, owner) = dia::elements(alerts, field)?;
+    let ids = arrow::compute::take(ids.as_ref(), &owner, None)?;
+    with_key(&rows, ids)
+}
+
+/// The tables of `alerts` (of one schema) a filter reads.
+pub fn alert_tables(alerts: &RecordBatch) -> Result<(Kind, Vec<(&'static str, RecordBatch)>)> {
+    let kind = Kind::detect(&alerts.schema())?;
+    let tables = match kind {
+        Kind::Rubin => {
+            // Schemas before 9.0 have `alertId`; later ones name an alert by its source.
+            let ids = match alerts.column_by_name(KEY) {
+                Some(c) => c.clone(),
+                None => dia::column(alerts, "diaSourceId")?.clone(),
+            };
+            vec![
+                ("diasource", records_with(alerts, "diaSource", &ids)?),
+                ("diaobject", records_with(alerts, "diaObject", &ids)?),
+                ("prv_diasource", elements_with(alerts, "prvDiaSources", &ids)?),
+                (
+                    "prv_forced",
+                    elements_with(alerts, "prvDiaForcedSources", &ids)?,
+                ),
+            ]
+        }
+        Kind::Ztf => {
+            let candidate = dia::as_struct(dia::column(alerts, "candidate")?, "candidate")?;
+            let ids = candidate
+                .column_by_name("candid")
+                .ok_or_else(|| Error::Shape("ZTF 'candidate' has no 'candid'".into()))?
+                .clone();
+            let object = dia::column(alerts, "objectId")?.clone();
+            let add_object = |b: RecordBatch, object: ArrayRef| -> Result<RecordBatch> {
+                let mut fields: Vec<Arc<Field>> = b.schema().fields().iter().cloned().collect();
+                let mut columns = b.columns().to_vec();
+                fields.insert(1, Arc::new(Field::new("objectId", object.data_type().clone(), true)));
+                columns.insert(1, object);
+                Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+            };
+            let cand = records_with(alerts, "candidate", &ids)?;
+            let cand = add_object(cand, object.clone())?;
+            let (prv, owner) = dia::elements(alerts, "prv_candidates")?;
+            let prv_ids = arrow::compute::take(ids.as_ref(), &owner, None)?;
+            let prv_objects = arrow::compute::take(object.as_ref(), &owner, None)?;
+            let prv = add_object(with_key(&prv, prv_ids)?, prv_objects)?;
+            vec![("candidate", cand), ("prv_candidate", prv)]
+        }
+    };
+    Ok((kind, tables))
+}
+
+/// Empty alert tables of the shapes the store's alert catalogs hold (for checking a filter
+/// before alerts arrive in the process that checks it), when the store has them.
+fn stored_shapes(engine: &Engine, kind: Kind) -> Vec<(&'static str, SchemaRef)> {
+    let shape = |catalog: &str| {
+        engine.table(catalog).map(|t| {
+            let schema = TableProvider::schema(t.as_ref());
+            let fields: Vec<Arc<Field>> = std::iter::once(Arc::new(Field::new(
+                KEY,
+                DataType::Int64,
+                true,
+            )))
+            .chain(
+                schema
+                    .fields()
+                    .iter()
+                    .filter(|f| !f.name().eq_ignore_ascii_case(KEY))
+                    .cloned(),
+            )
+            .collect();
+            Arc::new(Schema::new(fields))
+        })
+    };
+    let wanted: &[(&'static str, &str)] = match kind {
+        Kind::Rubin => &[
+            ("diasource", "dia_source"),
+            ("diaobject", "dia_object"),
+            ("prv_diasource", "dia_source"),
+            ("prv_forced", "dia_forced_source"),
+        ],
+        Kind::Ztf => &[
+            ("candidate", "ztf_candidate"),
+            ("prv_candidate", "ztf_candidate"),
+        ],
+    };
+    wanted
+        .iter()
+        .filter_map(|(t, c)| shape(c).map(|s| (*t, s)))
+        .collect()
+}
+
+/// Runs filters over batches of alerts, in a runtime of its own.
+pub struct Evaluator {
+    engine: Arc<Engine>,
+    mydb: Option<Arc<MyDb>>,
+}
+
+/// What one filter made of a batch.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The filter.
+    pub filter: i64,
+    /// Its result rows, or why it failed (the filter is then paused).
+    pub rows: Result<Vec<RecordBatch>>,
+}
+
+impl Evaluator {
+    /// Filters over `engine`'s catalogs, with owners' MyDB tables from `mydb`.
+    pub fn new(engine: Arc<Engine>, mydb: Option<Arc<MyDb>>) -> Self {
+        Self { engine, mydb }
+    }
+
+    /// The engine with `tables` as `alert.<name>` and the MyDB tables of `owner` that
+    /// `query` names as `mydb.<name>`.
+    async fn engine_for(
+        &self,
+        owner: &str,
+        query: &str,
+        tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
+    ) -> Result<Engine> {
+        let mut extra: Vec<(String, String, Arc<dyn TableProvider>)> = tables
+            .into_iter()
+            .map(|(n, t)| (SCHEMA.to_string(), n.to_string(), t))
+            .collect();
+        let text = query.to_ascii_lowercase();
+        if let Some(mydb) = self.mydb.as_ref().filter(|_| text.contains("mydb.")) {
+            for t in mydb.list(owner).map_err(|e| Error::Invalid(e.to_string()))? {
+                if text.contains(&format!("mydb.{}", t.name)) {
+                    let path = mydb
+                        .path(owner, &t.name)
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                    extra.push((
+                        "mydb".into(),
+                        t.name.clone(),
+                        self.engine.parquet_table(&path).await?,
+                    ));
+                }
+            }
+        }
+        Ok(self.engine.with_tables(extra)?)
+    }
+
+    /// Checks a filter before it is stored: its ADQL must parse and plan against the alert
+    /// tables, and its result must have `alertId`. Before any alerts of its survey are
+    /// stored only the syntax can be checked.
+    pub async fn validate(&self, owner: &str, query: &str) -> Result<()> {
+        let kind = kind_of(query);
+        let shapes = stored_shapes(&self.engine, kind);
+        if shapes.is_empty() {
+            meridian_adql::parse(query, &meridian_engine::functions())
+                .map_err(|e| Error::Invalid(format!("the filter's ADQL: {e}")))?;
+            return Ok(());
+        }
+        let tables = shapes
+            .into_iter()
+            .map(|(n, s)| {
+                let t: Arc<dyn TableProvider> = Arc::new(
+                    datafusion::datasource::MemTable::try_new(s, vec![vec![]])
+                        .map_err(meridian_engine::Error::from)?,
+                );
+                Ok((n, t))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let engine = self.engine_for(owner, query, tables).await?;
+        let df = engine
+            .query(query, Lang::Adql)
+            .await
+            .map_err(|e| Error::Invalid(format!("the filter's ADQL: {e}")))?;
+        let schema = df.schema();
+        if !schema
+            .fields()
+            .iter()
+            .any(|f| f.name().eq_ignore_ascii_case(KEY))
+        {
+            return Err(Error::Invalid(format!(
+                "the filter's result must have the column {KEY} (each alert among its rows is \
+                 a match); select it, for example SELECT a.{KEY}, ... FROM {SCHEMA}.diasource AS a"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs each of `filters` over `alerts` (batches of any schemas and surveys): per
+    /// filter, its rows over all batches of its survey, or its error.
+    pub async fn run(&self, filters: &[Filter], alerts: &[RecordBatch]) -> Result<Vec<Outcome>> {
+        // One set of tables per schema.
+        let mut groups: Vec<(SchemaRef, Vec<RecordBatch>)> = Vec::new();
+        for a in alerts.iter().filter(|a| a.num_rows() > 0) {
+            match groups.iter_mut().find(|(s, _)| *s == a.schema()) {
+                Some((_, v)) => v.push(a.clone()),
+                None => groups.push((a.schema(), vec![a.clone()])),
+            }
+        }
+        let mut sets = Vec::new();
+        for (schema, batches) in groups {
+            let one = arrow::compute::concat_batches(&schema, &batches)?;
+            let (kind, tables) = alert_tables(&one)?;
+            let providers = tables
+                .into_iter()
+                .map(|(n, b)| {
+                    let t: Arc<dyn TableProvider> = Arc::new(
+                        datafusion::datasource::MemTable::try_new(b.schema(), vec![vec![b]])
+                            .map_err(meridian_engine::Error::from)?,
+                    );
+                    Ok((n, t))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            sets.push((kind, providers));
+        }
+        let mut out = Vec::with_capacity(filters.len());
+        for f in filters {
+            let kind = kind_of(&f.query);
+            let mut rows = Ok(Vec::new());
+            for (k, tables) in sets.iter().filter(|(k, _)| *k == kind) {
+                let _ = k;
+                match self.run_one(f, tables.clone()).await {
+                    Ok(b) => {
+                        if let Ok(v) = &mut rows {
+                            v.extend(b);
+                        }
+                    }
+                    Err(e) => {
+                        rows = Err(e);
+                        break;
+                    }
+                }
+            }
+            out.push(Outcome {
+                filter: f.id,
+                rows,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn run_one(
+        &self,
+        f: &Filter,
+        tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
+    ) -> Result<Vec<RecordBatch>> {
+        let engine = self.engine_for(&f.owner, &f.query, tables).await?;
+        let df = engine.query(&f.query, Lang::Adql).await?;
+        let plan = engine.physical_plan(df).await?;
+        let ctx = engine.session().task_ctx();
+        let batches = datafusion::physical_plan::collect(plan, ctx)
+            .await
+            .map_err(meridian_engine::Error::from)?;
+        if let Some(b) = batches.first()
+            && key_index(&b.schema()).is_none()
+        {
+            return Err(Error::Invalid(format!(
+                "the filter's result has no column {KEY}"
+            )));
+        }
+        Ok(batches)
+    }
+}
+
+fn key_index(schema: &Schema) -> Option<usize> {
+    schema
+        .fields()
+        .iter()
+        .position(|f| f.name().eq_ignore_ascii_case(KEY))
+}
+
+/// The matches in a filter's result rows: one per alert, its rows as a JSON array.
+pub fn matches(filter: i64, batches: &[RecordBatch]) -> Result<Vec<Match>> {
+    let mut by_alert: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
+    for b in batches.iter().filter(|b| b.num_rows() > 0) {
+        let key = key_index(&b.schema())
+            .ok_or_else(|| Error::Invalid(format!("the filter's result has no column {KEY}")))?;
+        let ids = arrow::compute::cast(b.column(key), &DataType::Int64)?;
+        let ids: &Int64Array = ids.as_primitive::<Int64Type>();
+        let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+        writer.write(b)?;
+        writer.finish()?;
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&writer.into_inner())
+            .map_err(|e| Error::Invalid(format!("the filter's rows as JSON: {e}")))?;
+        for (i, row) in rows.into_iter().enumerate() {
+            if ids.is_valid(i) {
+                by_alert.entry(ids.value(i)).or_default().push(row);
+            }
+        }
+    }
+    Ok(by_alert
+        .into_iter()
+        .map(|(alert_id, rows)| Match {
+            filter,
+            alert_id,
+            rows: serde_json::Value::Array(rows).to_string(),
+        })
+        .collect())
+}
+
+/// Appends a filter's result rows to MyDB table `table` of `owner`, leaving out the rows
+/// of alerts the table already holds (so a batch filtered again after a restart adds
+/// nothing twice); written then renamed, within the owner's quota. Returns the rows added.
+pub fn append_mydb(
+    mydb: &MyDb,
+    owner: &str,
+    table: &str,
+    batches: &[RecordBatch],
+) -> Result<usize> {
+    let new: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    let Some(first) = new.first() else {
+        return Ok(0);
+    };
+    let fail = |e: meridian_services::Error| Error::Invalid(format!("MyDB table '{table}': {e}"));
+    let path = mydb.path(owner, table).map_err(fail)?;
+    let mut old: Vec<RecordBatch> = Vec::new();
+    if path.is_file() {
+        let file = std::fs::File::open(&path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| Error::Invalid(format!("MyDB table '{table}': {e}")))?;
+        for b in reader {
+            old.push(b?);
+        }
+    }
+    let schema = match old.first() {
+        Some(b) => b.schema(),
+        None => first.schema(),
+    };
+    let key = key_index(&schema).ok_or_else(|| {
+        Error::Invalid(format!(
+            "MyDB table '{table}' has no column {KEY}: it holds something else; name \
+             another table"
+        ))
+    })?;
+    let mut seen: HashSet<i64> = HashSet::new();
+    for b in &old {
+        let ids = arrow::compute::cast(b.column(key), &DataType::Int64)?;
+        seen.extend(ids.as_primitive::<Int64Type>().iter().flatten());
+    }
+    let mut added = Vec::new();
+    let mut rows_added = 0;
+    for b in new {
+        let b = conform(b, &schema, table)?;
+        let ids = arrow::compute::cast(b.column(key), &DataType::Int64)?;
+        let keep: arrow::array::BooleanArray = ids
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|id| Some(id.is_some_and(|id| !seen.contains(&id))))
+            .collect();
+        let b = arrow::compute::filter_record_batch(&b, &keep)?;
+        rows_added += b.num_rows();
+        added.push(b);
+    }
+    if rows_added == 0 {
+        return Ok(0);
+    }
+    let staged = mydb.staging_path(owner, table).map_err(fail)?;
+    let write = || -> Result<()> {
+        let file = std::fs::File::create(&staged).map_err(|source| Error::Io {
+            path: staged.display().to_string(),
+            source,
+        })?;
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)
+            .map_err(|e| Error::Invalid(format!("MyDB table '{table}': {e}")))?;
+        for b in old.iter().chain(added.iter()) {
+            w.write(b)
+                .map_err(|e| Error::Invalid(format!("MyDB table '{table}': {e}")))?;
+        }
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::Invalid(format!("MyDB table '{table}': {e}")))?;
+        file.sync_all().map_err(|source| Error::Io {
+            path: staged.display().to_string(),
+            source,
+        })
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&staged);
+        return Err(e);
+    }
+    mydb.commit(owner, table, &staged, true).map_err(fail)?;
+    Ok(rows_added)
+}
+
+/// `b` with the columns of `schema` (the MyDB table's), by name and cast; an error naming
+/// the difference when the filter's rows do not fit the table.
+fn conform(b: &RecordBatch, schema: &SchemaRef, table: &str) -> Result<RecordBatch> {
+    if b.schema().fields() == schema.fields() {
+        return Ok(b.clone());
+    }
+    let given = b.schema();
+    let names: Vec<&str> = given.fields().iter().map(|f| f.name().as_str()).collect();
+    if names.len() != schema.fields().len() {
+        return Err(Error::Invalid(format!(
+            "MyDB table '{table}' has other columns than the filter's result ({names:?}); \
+             name another table"
+        )));
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = b.column_by_name(f.name()).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "MyDB table '{table}' has column {} which the filter's result lacks",
+                    f.name()
+                ))
+            })?;
+            Ok(arrow::compute::cast(c, f.data_type())?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The filter stage of the consumer: after a batch is stored and before its offsets are
+/// committed, every active filter runs over it; matches are appended to MyDB tables and
+/// queued for the other outputs. A filter that fails is paused with its reason and the
+/// stream goes on.
+pub struct Filtering {
+    store: Arc<crate::filters::FilterStore>,
+    evaluator: Evaluator,
+    mydb: Option<Arc<MyDb>>,
+    runtime: tokio::runtime::Runtime,
+    /// Matches waiting for delivery above which the consumer stops reading (backpressure).
+    pub max_backlog: u64,
+}
+
+/// What the filter stage did with one batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Filtered {
+    /// Filters run.
+    pub filters: usize,
+    /// Matches new to the outbox.
+    pub matches: usize,
+    /// Rows added to MyDB tables.
+    pub mydb_rows: usize,
+    /// Filters paused by a failure.
+    pub paused: usize,
+}
+
+impl Filtering {
+    /// The stage over `store`'s filters, queries run on `engine`, MyDB tables in `mydb`.
+    pub fn new(
+        store: Arc<crate::filters::FilterStore>,
+        engine: Arc<Engine>,
+        mydb: Option<Arc<MyDb>>,
+    ) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                path: "a runtime for alert filters".into(),
+                source,
+            })?;
+        Ok(Self {
+            store,
+            evaluator: Evaluator::new(engine, mydb.clone()),
+            mydb,
+            runtime,
+            max_backlog: 100_000,
+        })
+    }
+
+    /// Matches waiting for delivery.
+    pub fn backlog(&self) -> Result<u64> {
+        self.store.backlog()
+    }
+
+    /// Runs the active filters over `alerts` (stored already).
+    pub fn apply(&self, alerts: &[RecordBatch]) -> Result<Filtered> {
+        let filters = self.store.active()?;
+        let mut done = Filtered {
+            filters: filters.len(),
+            ..Default::default()
+        };
+        if filters.is_empty() || alerts.iter().all(|a| a.num_rows() == 0) {
+            return Ok(done);
+        }
+        let outcomes = self
+            .runtime
+            .block_on(self.evaluator.run(&filters, alerts))?;
+        let mut queued = Vec::new();
+        for (f, outcome) in filters.iter().zip(outcomes) {
+            let rows = match outcome.rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    self.store
+                        .set_state(f.id, crate::filters::State::Paused, Some(&format!("its query failed: {e}")))?;
+                    done.paused += 1;
+                    continue;
+                }
+            };
+            let found = match matches(f.id, &rows) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.store
+                        .set_state(f.id, crate::filters::State::Paused, Some(&e.to_string()))?;
+                    done.paused += 1;
+                    continue;
+                }
+            };
+            if found.is_empty() {
+                continue;
+            }
+            if let (Some(table), Some(mydb)) = (&f.outputs.mydb_table, &self.mydb) {
+                match append_mydb(mydb, &f.owner, table, &rows) {
+                    Ok(n) => done.mydb_rows += n,
+                    Err(e) => {
+                        self.store.set_state(
+                            f.id,
+                            crate::filters::State::Paused,
+                            Some(&format!("its MyDB output failed: {e}")),
+                        )?;
+                        done.paused += 1;
+                        continue;
+                    }
+                }
+            }
+            queued.extend(found);
+        }
+        done.matches = self.store.enqueue(&queued)?;
+        Ok(done)
+    }
+}

@@ -1,0 +1,711 @@
+//! Users' alert filters and the matches waiting for delivery, in one SQLite database
+//! (`<data>/alerts/filters.sqlite`) shared by the server (which manages filters and streams
+//! matches) and the consumer (which evaluates filters and delivers matches).
+//!
+//! A filter is an ADQL query over the incoming alerts (see [`crate::evaluate`]) with its
+//! outputs: a Kafka topic, a webhook and a MyDB table, each optional; every match can also
+//! be read as a server-sent-events stream. A filter that fails at run time is paused with
+//! its reason; the stream goes on.
+//!
+//! Matches wait in an outbox (the `matches` table), one row per (filter, alert): a
+//! re-consumed alert (after a restart before its offsets were committed) finds its row
+//! and is not queued twice. Each output's delivery state is kept on the row, so a slow or
+//! failing output holds back only itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::{Error, Result};
+
+/// Whether a filter runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Evaluated against every batch.
+    Active,
+    /// Not evaluated (by its owner's wish, or after a failure: see [`Filter::reason`]).
+    Paused,
+}
+
+impl State {
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Paused => "paused",
+        }
+    }
+
+    fn parse(s: &str) -> State {
+        if s == "active" {
+            State::Active
+        } else {
+            State::Paused
+        }
+    }
+}
+
+/// Where a filter's matches go (besides its event stream, which every filter has).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Outputs {
+    /// A Kafka topic the matches are published to, as JSON, keyed by alert id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_topic: Option<String>,
+    /// An http(s) URL each match is POSTed to, as JSON, retried with backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// A table of the owner's MyDB the matching rows are appended to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mydb_table: Option<String>,
+}
+
+/// A stored filter.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Filter {
+    /// Its number.
+    pub id: i64,
+    /// The user it belongs to.
+    pub owner: String,
+    /// Its owner's name for it.
+    pub name: String,
+    /// The ADQL query.
+    pub query: String,
+    /// Its outputs.
+    pub outputs: Outputs,
+    /// `active` or `paused`.
+    #[serde(serialize_with = "state_name")]
+    pub state: State,
+    /// Why it was paused, when a failure paused it.
+    pub reason: Option<String>,
+    /// The last delivery error, if one failed for good.
+    pub last_error: Option<String>,
+    /// Alerts it has matched.
+    pub matches: u64,
+    /// When it was made, ms since the Unix epoch.
+    pub created_ms: i64,
+}
+
+fn state_name<S: serde::Serializer>(s: &State, ser: S) -> std::result::Result<S::Ok, S::Error> {
+    ser.serialize_str(s.as_str())
+}
+
+/// One alert matched by one filter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    /// The filter.
+    pub filter: i64,
+    /// The alert (`alertId` for Rubin, `candid` for ZTF).
+    pub alert_id: i64,
+    /// The filter's result rows for this alert, a JSON array of objects.
+    pub rows: String,
+}
+
+/// A queued match as an output or the event stream reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    /// Its place in the outbox (the event id of the stream).
+    pub seq: i64,
+    /// The filter.
+    pub filter: i64,
+    /// The alert.
+    pub alert_id: i64,
+    /// The message delivered: `{"filter":..,"name":..,"alertId":..,"rows":[..]}`.
+    pub payload: String,
+    /// Delivery attempts so far (for this output).
+    pub attempts: i64,
+}
+
+/// The outputs a queued match is delivered to, by the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The filter's Kafka topic.
+    Kafka,
+    /// The filter's webhook.
+    Webhook,
+}
+
+impl Output {
+    fn column(self) -> &'static str {
+        match self {
+            Output::Kafka => "kafka",
+            Output::Webhook => "webhook",
+        }
+    }
+}
+
+/// Delivery states of a match for one output.
+mod delivery {
+    /// The filter has no such output.
+    pub const NONE: i64 = 0;
+    /// To be delivered.
+    pub const PENDING: i64 = 1;
+    /// Being sent: after a crash, checked against the output (see `recover`).
+    pub const IN_FLIGHT: i64 = 2;
+    /// Delivered.
+    pub const DONE: i64 = 3;
+    /// Given up after the last retry.
+    pub const FAILED: i64 = 4;
+}
+
+/// How many times a webhook delivery is tried before it is given up (backoff doubles from
+/// one second: the last try comes about 17 minutes after the first).
+pub const WEBHOOK_ATTEMPTS: i64 = 10;
+
+/// How long delivered matches stay for the event stream to replay, ms.
+pub const KEEP_DELIVERED_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The filters and their outbox.
+#[derive(Debug)]
+pub struct FilterStore {
+    path: PathBuf,
+    conn: Mutex<rusqlite::Connection>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Checks a filter's name: 1 to 64 letters, digits, `_`, `-` or `.`.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "filter name '{name}' is not allowed: use 1 to 64 letters, digits, '_', '-' or '.'"
+        )))
+    }
+}
+
+/// Checks a Kafka topic name as brokers do: 1 to 249 letters, digits, `_`, `-` or `.`,
+/// not `.` or `..`.
+pub fn check_topic(topic: &str) -> Result<()> {
+    let ok = (1..=249).contains(&topic.len())
+        && topic != "."
+        && topic != ".."
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "Kafka topic '{topic}' is not allowed: use 1 to 249 letters, digits, '_', '-' or '.'"
+        )))
+    }
+}
+
+impl FilterStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let conn = rusqlite::Connection::open(path).map_err(|e| db_err(path, e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA busy_timeout = 10000;
+             CREATE TABLE IF NOT EXISTS filter (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 owner TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 query TEXT NOT NULL,
+                 kafka_topic TEXT UNIQUE,
+                 webhook TEXT,
+                 mydb_table TEXT,
+                 state TEXT NOT NULL,
+                 reason TEXT,
+                 last_error TEXT,
+                 matches INTEGER NOT NULL DEFAULT 0,
+                 created_ms INTEGER NOT NULL,
+                 UNIQUE (owner, name)
+             );
+             CREATE TABLE IF NOT EXISTS matches (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 filter INTEGER NOT NULL,
+                 alert_id INTEGER NOT NULL,
+                 payload TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 kafka INTEGER NOT NULL,
+                 webhook INTEGER NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 next_try_ms INTEGER NOT NULL DEFAULT 0,
+                 UNIQUE (filter, alert_id)
+             );
+             CREATE INDEX IF NOT EXISTS matches_kafka ON matches (kafka) WHERE kafka IN (1, 2);
+             CREATE INDEX IF NOT EXISTS matches_webhook ON matches (webhook, next_try_ms)
+                 WHERE webhook IN (1, 2);",
+        )
+        .map_err(|e| db_err(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        db_err(&self.path, e)
+    }
+
+    /// Stores a new active filter (its query already checked by
+    /// [`crate::evaluate::validate`]).
+    pub fn add(&self, owner: &str, name: &str, query: &str, outputs: &Outputs) -> Result<Filter> {
+        check_name(name)?;
+        if let Some(t) = &outputs.kafka_topic {
+            check_topic(t)?;
+        }
+        let conn = self.lock();
+        let taken: Option<String> = conn
+            .query_row(
+                "SELECT owner FROM filter WHERE owner = ?1 AND name = ?2",
+                params![owner, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if taken.is_some() {
+            return Err(Error::Conflict(format!(
+                "you have a filter named '{name}'; delete it first or choose another name"
+            )));
+        }
+        if let Some(t) = &outputs.kafka_topic {
+            let used: Option<i64> = conn
+                .query_row(
+                    "SELECT id FROM filter WHERE kafka_topic = ?1",
+                    params![t],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if used.is_some() {
+                return Err(Error::Conflict(format!(
+                    "Kafka topic '{t}' is another filter's output; choose another topic"
+                )));
+            }
+        }
+        conn.execute(
+            "INSERT INTO filter (owner, name, query, kafka_topic, webhook, mydb_table, state,
+                                 created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7)",
+            params![
+                owner,
+                name,
+                query,
+                outputs.kafka_topic,
+                outputs.webhook,
+                outputs.mydb_table,
+                now_ms()
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        let id = conn.last_insert_rowid();
+        drop(conn);
+        self.get(id)?
+            .ok_or_else(|| Error::Database("a filter vanished as it was stored".into()))
+    }
+
+    /// Filters of `owner` (all when `None`), by id.
+    pub fn list(&self, owner: Option<&str>) -> Result<Vec<Filter>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "{SELECT} WHERE ?1 IS NULL OR owner = ?1 ORDER BY id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![owner], filter_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The active filters.
+    pub fn active(&self) -> Result<Vec<Filter>> {
+        Ok(self
+            .list(None)?
+            .into_iter()
+            .filter(|f| f.state == State::Active)
+            .collect())
+    }
+
+    /// Filter `id`.
+    pub fn get(&self, id: i64) -> Result<Option<Filter>> {
+        let conn = self.lock();
+        conn.query_row(&format!("{SELECT} WHERE id = ?1"), params![id], filter_row)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Filter `id` of `owner`: not found (the same answer as a filter that does not
+    /// exist) when it is another user's.
+    pub fn owned(&self, owner: &str, id: i64) -> Result<Filter> {
+        match self.get(id)? {
+            Some(f) if f.owner == owner => Ok(f),
+            _ => Err(Error::NotFound(format!("you have no alert filter {id}"))),
+        }
+    }
+
+    /// Deletes filter `id` and its queued matches.
+    pub fn remove(&self, id: i64) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM matches WHERE filter = ?1", params![id])
+            .map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM filter WHERE id = ?1", params![id])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Pauses (with the reason, when a failure pauses it) or resumes filter `id`.
+    pub fn set_state(&self, id: i64, state: State, reason: Option<&str>) -> Result<()> {
+        self.lock()
+            .execute(
+                "UPDATE filter SET state = ?2, reason = ?3 WHERE id = ?1",
+                params![id, state.as_str(), reason],
+            )
+            .map_err(|e| self.err(e))?;
+        if state == State::Paused {
+            tracing::warn!(filter = id, reason = reason.unwrap_or("by its owner"), "alert filter paused");
+        }
+        Ok(())
+    }
+
+    /// Queues `matches` for their filters' outputs; a (filter, alert) already queued is
+    /// left as it is. Returns the matches new to the outbox.
+    pub fn enqueue(&self, matches: &[Match]) -> Result<usize> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut added = 0;
+        {
+            let mut filter = tx
+                .prepare("SELECT name, kafka_topic IS NOT NULL, webhook IS NOT NULL FROM filter WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            let mut insert = tx
+                .prepare(
+                    "INSERT OR IGNORE INTO matches (filter, alert_id, payload, created_ms, kafka,
+                                                    webhook)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut count = tx
+                .prepare("UPDATE filter SET matches = matches + 1 WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            let now = now_ms();
+            for m in matches {
+                let Some((name, kafka, webhook)) = filter
+                    .query_row(params![m.filter], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?))
+                    })
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                else {
+                    continue;
+                };
+                let payload = format!(
+                    "{{\"filter\":{},\"name\":{},\"alertId\":{},\"rows\":{}}}",
+                    m.filter,
+                    serde_json::Value::String(name),
+                    m.alert_id,
+                    m.rows
+                );
+                let state = |wanted: bool| {
+                    if wanted {
+                        delivery::PENDING
+                    } else {
+                        delivery::NONE
+                    }
+                };
+                let n = insert
+                    .execute(params![
+                        m.filter,
+                        m.alert_id,
+                        payload,
+                        now,
+                        state(kafka),
+                        state(webhook)
+                    ])
+                    .map_err(|e| self.err(e))?;
+                if n > 0 {
+                    count.execute(params![m.filter]).map_err(|e| self.err(e))?;
+                    added += 1;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(added)
+    }
+
+    /// Matches waiting for any output (the consumer holds back while there are too many).
+    pub fn backlog(&self) -> Result<u64> {
+        self.lock()
+            .query_row(
+                "SELECT count(*) FROM matches WHERE kafka IN (1, 2) OR webhook IN (1, 2)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Up to `limit` matches due for `output`, oldest first, marked in flight.
+    pub fn take_due(&self, output: Output, limit: usize) -> Result<Vec<Queued>> {
+        let c = output.column();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let rows: Vec<Queued> = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT seq, filter, alert_id, payload, attempts FROM matches
+                     WHERE {c} = 1 AND next_try_ms <= ?1 ORDER BY seq LIMIT ?2"
+                ))
+                .map_err(|e| self.err(e))?;
+            stmt.query_map(params![now_ms(), limit as i64], queued_row)
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| self.err(e))?
+        };
+        {
+            let mut mark = tx
+                .prepare(&format!(
+                    "UPDATE matches SET {c} = {} WHERE seq = ?1",
+                    delivery::IN_FLIGHT
+                ))
+                .map_err(|e| self.err(e))?;
+            for q in &rows {
+                mark.execute(params![q.seq]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Matches left in flight for `output` by a process that stopped while sending them.
+    pub fn in_flight(&self, output: Output) -> Result<Vec<Queued>> {
+        let c = output.column();
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT seq, filter, alert_id, payload, attempts FROM matches
+                 WHERE {c} = 2 ORDER BY seq"
+            ))
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([], queued_row)
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks matches `seqs` delivered to `output`.
+    pub fn delivered(&self, output: Output, seqs: &[i64]) -> Result<()> {
+        self.set_delivery(output, seqs, delivery::DONE)
+    }
+
+    /// Puts matches `seqs` back in the queue of `output` (not sent after all).
+    pub fn requeue(&self, output: Output, seqs: &[i64]) -> Result<()> {
+        self.set_delivery(output, seqs, delivery::PENDING)
+    }
+
+    fn set_delivery(&self, output: Output, seqs: &[i64], state: i64) -> Result<()> {
+        let c = output.column();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare(&format!("UPDATE matches SET {c} = ?2 WHERE seq = ?1"))
+                .map_err(|e| self.err(e))?;
+            for s in seqs {
+                stmt.execute(params![s, state]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Records a failed attempt of match `seq` for `output`: retried after a backoff that
+    /// doubles from one second, given up (and the error kept on the filter) after
+    /// [`WEBHOOK_ATTEMPTS`].
+    pub fn failed_attempt(&self, output: Output, q: &Queued, error: &str) -> Result<bool> {
+        let c = output.column();
+        let attempts = q.attempts + 1;
+        let conn = self.lock();
+        let give_up = attempts >= WEBHOOK_ATTEMPTS;
+        let state = if give_up {
+            delivery::FAILED
+        } else {
+            delivery::PENDING
+        };
+        let backoff_ms = 1000i64 << (attempts - 1).clamp(0, 20);
+        conn.execute(
+            &format!("UPDATE matches SET {c} = ?2, attempts = ?3, next_try_ms = ?4 WHERE seq = ?1"),
+            params![q.seq, state, attempts, now_ms() + backoff_ms],
+        )
+        .map_err(|e| self.err(e))?;
+        if give_up {
+            conn.execute(
+                "UPDATE filter SET last_error = ?2 WHERE id = ?1",
+                params![q.filter, format!("{} of alert {}: {error}", c, q.alert_id)],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        Ok(give_up)
+    }
+
+    /// Records an output's error on filter `id` (shown with the filter).
+    pub fn note_error(&self, id: i64, error: &str) -> Result<()> {
+        self.lock()
+            .execute(
+                "UPDATE filter SET last_error = ?2 WHERE id = ?1",
+                params![id, error],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Matches of filter `id` after `seq`, at most `limit`, oldest first (the event
+    /// stream, and a client catching up).
+    pub fn after(&self, id: i64, seq: i64, limit: usize) -> Result<Vec<Queued>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, filter, alert_id, payload, attempts FROM matches
+                 WHERE filter = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(params![id, seq, limit as i64], queued_row)
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deliveries of filter `id`: (pending, delivered, failed) over its outputs.
+    pub fn delivery_counts(&self, id: i64) -> Result<(u64, u64, u64)> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT
+                 coalesce(sum((kafka IN (1, 2)) + (webhook IN (1, 2))), 0),
+                 coalesce(sum((kafka = 3) + (webhook = 3)), 0),
+                 coalesce(sum((kafka = 4) + (webhook = 4)), 0)
+             FROM matches WHERE filter = ?1",
+            params![id],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            },
+        )
+        .map_err(|e| self.err(e))
+    }
+
+    /// Removes matches delivered everywhere (or given up) longer ago than
+    /// [`KEEP_DELIVERED_MS`]; returns how many.
+    pub fn prune(&self) -> Result<usize> {
+        self.lock()
+            .execute(
+                "DELETE FROM matches WHERE created_ms < ?1 AND kafka NOT IN (1, 2)
+                 AND webhook NOT IN (1, 2)",
+                params![now_ms() - KEEP_DELIVERED_MS],
+            )
+            .map_err(|e| self.err(e))
+    }
+}
+
+const SELECT: &str = "SELECT id, owner, name, query, kafka_topic, webhook, mydb_table, state,
+                             reason, last_error, matches, created_ms FROM filter";
+
+fn filter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Filter> {
+    Ok(Filter {
+        id: r.get(0)?,
+        owner: r.get(1)?,
+        name: r.get(2)?,
+        query: r.get(3)?,
+        outputs: Outputs {
+            kafka_topic: r.get(4)?,
+            webhook: r.get(5)?,
+            mydb_table: r.get(6)?,
+        },
+        state: State::parse(&r.get::<_, String>(7)?),
+        reason: r.get(8)?,
+        last_error: r.get(9)?,
+        matches: r.get::<_, i64>(10)? as u64,
+        created_ms: r.get(11)?,
+    })
+}
+
+fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Queued> {
+    Ok(Queued {
+        seq: r.get(0)?,
+        filter: r.get(1)?,
+        alert_id: r.get(2)?,
+        payload: r.get(3)?,
+        attempts: r.get(4)?,
+    })
+}
+
+fn db_err(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Database(format!("alert filters {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_keeps_each_match_once_and_backs_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilterStore::open(&dir.path().join("f.sqlite")).unwrap();
+        let outputs = Outputs {
+            webhook: Some("http://example.org/hook".into()),
+            ..Default::default()
+        };
+        let f = store.add("ann", "bright", "SELECT 1", &outputs).unwrap();
+        assert!(matches!(
+            store.add("ann", "bright", "SELECT 1", &outputs),
+            Err(Error::Conflict(_))
+        ));
+        let m = |a| Match {
+            filter: f.id,
+            alert_id: a,
+            rows: "[{\"x\":1}]".into(),
+        };
+        assert_eq!(store.enqueue(&[m(1), m(2)]).unwrap(), 2);
+        // A re-consumed batch queues nothing twice.
+        assert_eq!(store.enqueue(&[m(2), m(3)]).unwrap(), 1);
+        assert_eq!(store.get(f.id).unwrap().unwrap().matches, 3);
+        assert_eq!(store.backlog().unwrap(), 3);
+        let due = store.take_due(Output::Webhook, 10).unwrap();
+        assert_eq!(due.len(), 3);
+        assert!(store.take_due(Output::Webhook, 10).unwrap().is_empty());
+        assert!(due[0].payload.contains("\"alertId\":1"));
+        store.delivered(Output::Webhook, &[due[0].seq]).unwrap();
+        assert!(!store.failed_attempt(Output::Webhook, &due[1], "503").unwrap());
+        // Backed off: not due again at once.
+        store.requeue(Output::Webhook, &[due[2].seq]).unwrap();
+        let again = store.take_due(Output::Webhook, 10).unwrap();
+        assert_eq!(
+            again.iter().map(|q| q.alert_id).collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert_eq!(store.after(f.id, due[0].seq, 10).unwrap().len(), 2);
+        assert_eq!(store.delivery_counts(f.id).unwrap(), (2, 1, 0));
+    }
+}

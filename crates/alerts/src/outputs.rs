@@ -1,0 +1,509 @@
+//! Delivery of queued matches (see [`crate::filters`]) to filters' Kafka topics and
+//! webhooks, on a thread of the consumer.
+//!
+//! - **Kafka**: each match is one message on the filter's topic (partition 0, so a topic
+//!   holds a filter's matches in order), keyed by alert id, the JSON of
+//!   [`crate::filters::Queued::payload`]. Matches are marked in flight before they are
+//!   sent and delivered once the broker acknowledged them. After a crash, matches left in
+//!   flight are looked up at the end of their topic (only Meridian writes there): those
+//!   found count as delivered, the others are sent again. So a topic gets each match once.
+//! - **Webhook**: an HTTP POST of the same JSON, with the header `Idempotency-Key:
+//!   <filter>-<alertId>`; a 2xx answer delivers it, anything else is retried after a
+//!   backoff doubling from one second, up to [`crate::filters::WEBHOOK_ATTEMPTS`] tries.
+//!   After a crash in the middle of a request the match is posted again with the same key
+//!   (a webhook cannot be asked what it received), so receivers drop repeats by the key.
+//!   Webhooks may not reach this machine or private networks unless allowed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::filters::{FilterStore, Output, Queued};
+use crate::{Error, Result};
+
+/// How matches are delivered.
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    /// Brokers of the filters' topics (host:port[,...]); without them Kafka outputs wait.
+    pub brokers: Option<String>,
+    /// librdkafka settings of the producer.
+    pub settings: Vec<(String, String)>,
+    /// Whether webhooks may reach this machine and private networks.
+    pub webhook_allow_private: bool,
+    /// Longest wait for a webhook's answer.
+    pub webhook_timeout: Duration,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            settings: Vec::new(),
+            webhook_allow_private: false,
+            webhook_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub use meridian_services::net::public_address;
+
+/// Checks a webhook URL: http or https, a host that resolves, and (unless
+/// `allow_private`) only to public addresses.
+pub fn check_webhook(url: &str, allow_private: bool) -> Result<()> {
+    let bad = |why: String| Error::Invalid(format!("webhook '{url}': {why}"));
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| bad(format!("not a URL: {e}")))?;
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        Some("http") => 80,
+        _ => return Err(bad("only http:// and https:// URLs can receive matches".into())),
+    };
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(bad("credentials in the URL are not accepted".into()));
+    }
+    let host = uri
+        .host()
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']'))
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("no host".into()))?;
+    let port = uri.port_u16().unwrap_or(default_port);
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("cannot resolve the host: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(bad("the host has no address".into()));
+    }
+    if !allow_private && addrs.iter().any(|a| !public_address(a.ip())) {
+        return Err(bad(
+            "the host is this machine or a private network, which webhooks may not reach".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Collects the broker's acknowledgements of sent matches, by outbox sequence number.
+#[derive(Default)]
+struct Acks {
+    done: Mutex<Vec<i64>>,
+    failed: Mutex<Vec<(i64, String)>>,
+}
+
+impl rdkafka::ClientContext for Acks {}
+
+impl rdkafka::producer::ProducerContext for Acks {
+    type DeliveryOpaque = Box<i64>;
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, seq: Box<i64>) {
+        match result {
+            Ok(_) => self.done.lock().unwrap_or_else(|p| p.into_inner()).push(*seq),
+            Err((e, _)) => self
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((*seq, e.to_string())),
+        }
+    }
+}
+
+/// Delivers queued matches until stopped.
+pub struct Deliverer {
+    store: Arc<FilterStore>,
+    opts: DeliveryOptions,
+    producer: Option<BaseProducer<Acks>>,
+    agent: ureq::Agent,
+    /// Topics made sure to exist.
+    topics: std::collections::HashSet<String>,
+    /// Matches sent to Kafka and not yet answered, by sequence number.
+    flying: HashMap<i64, Queued>,
+}
+
+/// Matches each output received in one round.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Matches published to Kafka.
+    pub kafka: usize,
+    /// Matches posted to webhooks.
+    pub webhook: usize,
+    /// Webhook posts that failed (to be retried, or given up).
+    pub webhook_failures: usize,
+}
+
+impl Deliverer {
+    /// A deliverer of `store`'s outbox; matches left in flight by an earlier process are
+    /// recovered first (see the module's description).
+    pub fn new(store: Arc<FilterStore>, opts: DeliveryOptions) -> Result<Self> {
+        let producer = match &opts.brokers {
+            Some(brokers) => {
+                let mut config = ClientConfig::new();
+                config
+                    .set("bootstrap.servers", brokers)
+                    .set("enable.idempotence", "true")
+                    .set("linger.ms", "5");
+                for (k, v) in &opts.settings {
+                    config.set(k, v);
+                }
+                Some(
+                    config
+                        .create_with_context(Acks::default())
+                        .map_err(|e| Error::Kafka(format!("brokers {brokers}: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(opts.webhook_timeout))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let d = Self {
+            store,
+            opts,
+            producer,
+            agent,
+            topics: Default::default(),
+            flying: HashMap::new(),
+        };
+        d.recover()?;
+        Ok(d)
+    }
+
+    /// Resolves matches left in flight: webhooks' are queued again; Kafka's are looked up
+    /// at the end of their topics.
+    fn recover(&self) -> Result<()> {
+        let hooks: Vec<i64> = self
+            .store
+            .in_flight(Output::Webhook)?
+            .iter()
+            .map(|q| q.seq)
+            .collect();
+        self.store.requeue(Output::Webhook, &hooks)?;
+        let flying = self.store.in_flight(Output::Kafka)?;
+        if flying.is_empty() {
+            return Ok(());
+        }
+        let Some(brokers) = &self.opts.brokers else {
+            return Ok(());
+        };
+        let topics = self.topic_names()?;
+        let mut by_topic: HashMap<String, Vec<&Queued>> = HashMap::new();
+        for q in &flying {
+            if let Some(t) = topics.get(&q.filter) {
+                by_topic.entry(t.clone()).or_default().push(q);
+            }
+        }
+        let mut found = Vec::new();
+        let mut again = Vec::new();
+        for (topic, queued) in by_topic {
+            let keys = self.tail_keys(brokers, &topic, queued.len())?;
+            for q in queued {
+                if keys.contains(&q.alert_id.to_string()) {
+                    found.push(q.seq);
+                } else {
+                    again.push(q.seq);
+                }
+            }
+        }
+        tracing::info!(
+            delivered = found.len(),
+            resent = again.len(),
+            "matches left in flight to Kafka by an earlier run"
+        );
+        self.store.delivered(Output::Kafka, &found)?;
+        // Filters deleted meanwhile: their rows went with them; others are sent again.
+        self.store.requeue(Output::Kafka, &again)?;
+        Ok(())
+    }
+
+    /// The keys of the last `n` messages (and a margin) of partition 0 of `topic`.
+    fn tail_keys(
+        &self,
+        brokers: &str,
+        topic: &str,
+        n: usize,
+    ) -> Result<std::collections::HashSet<String>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "meridian-outputs-recovery")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(|e| Error::Kafka(format!("brokers {brokers}: {e}")))?;
+        let (low, high) = match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+            Ok(w) => w,
+            // No such topic yet: nothing was delivered to it.
+            Err(_) => return Ok(Default::default()),
+        };
+        let mut keys = std::collections::HashSet::new();
+        if high <= low {
+            return Ok(keys);
+        }
+        let start = (high - n as i64 - 100).max(low);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Offset(start))
+            .map_err(|e| Error::Kafka(format!("topic {topic}: {e}")))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::Kafka(format!("topic {topic}: {e}")))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    if let Some(k) = m.key() {
+                        keys.insert(String::from_utf8_lossy(k).into_owned());
+                    }
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => tracing::warn!(error = %e, %topic, "reading a topic's end"),
+                None => {}
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Filters' Kafka topics, by filter id.
+    fn topic_names(&self) -> Result<HashMap<i64, String>> {
+        Ok(self
+            .store
+            .list(None)?
+            .into_iter()
+            .filter_map(|f| f.outputs.kafka_topic.map(|t| (f.id, t)))
+            .collect())
+    }
+
+    /// Delivers what is due; returns what was delivered.
+    pub fn round(&mut self) -> Result<Round> {
+        let mut round = Round::default();
+        let filters: HashMap<i64, crate::filters::Filter> = self
+            .store
+            .list(None)?
+            .into_iter()
+            .map(|f| (f.id, f))
+            .collect();
+        if self.producer.is_some() {
+            round.kafka = self.kafka_round(&filters)?;
+        }
+        let (sent, failed) = self.webhook_round(&filters)?;
+        round.webhook = sent;
+        round.webhook_failures = failed;
+        Ok(round)
+    }
+
+    fn ensure_topic(&mut self, topic: &str) {
+        if self.topics.contains(topic) {
+            return;
+        }
+        let Some(brokers) = &self.opts.brokers else {
+            return;
+        };
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: std::result::Result<AdminClient<rdkafka::client::DefaultClientContext>, _> =
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .create();
+        let Ok(admin) = admin else {
+            return;
+        };
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        // An existing topic is fine; a broker that refuses (replication) creates it on the
+        // first message if it auto-creates topics.
+        match futures::executor::block_on(admin.create_topics([&new], &opts)) {
+            Ok(results) => {
+                for r in results {
+                    if let Err((t, code)) = r
+                        && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+                    {
+                        tracing::warn!(topic = %t, error = %code, "creating an output topic");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(%topic, error = %e, "creating an output topic"),
+        }
+        self.topics.insert(topic.to_string());
+    }
+
+    fn kafka_round(&mut self, filters: &HashMap<i64, crate::filters::Filter>) -> Result<usize> {
+        let due = self.store.take_due(Output::Kafka, 2000)?;
+        let mut missing = Vec::new();
+        for q in due {
+            let Some(topic) = filters
+                .get(&q.filter)
+                .and_then(|f| f.outputs.kafka_topic.clone())
+            else {
+                // Its filter lost its topic: nothing to send.
+                missing.push(q.seq);
+                continue;
+            };
+            self.ensure_topic(&topic);
+            let producer = self.producer.as_ref().expect("checked by the caller");
+            let key = q.alert_id.to_string();
+            let mut record = BaseRecord::with_opaque_to(&topic, Box::new(q.seq))
+                .partition(0)
+                .key(&key)
+                .payload(&q.payload);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        producer.poll(Duration::from_millis(50));
+                        record = r;
+                    }
+                    Err((e, r)) => {
+                        self.acks().failed_push(*r.delivery_opaque, e.to_string());
+                        break;
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+            self.flying.insert(q.seq, q);
+        }
+        self.store.delivered(Output::Kafka, &missing)?;
+        if let Some(producer) = self.producer.as_ref()
+            && !self.flying.is_empty()
+        {
+            // Matches the broker has not answered within the flush stay in flight: their
+            // answers are taken in a later round (or, after a crash, the topic is read).
+            if let Err(e) = producer.flush(Duration::from_secs(30)) {
+                tracing::warn!(error = %e, in_flight = self.flying.len(), "matches not yet acknowledged by Kafka");
+            }
+        }
+        let acks = self.acks();
+        let done: Vec<i64> =
+            std::mem::take(&mut *acks.done.lock().unwrap_or_else(|p| p.into_inner()));
+        let failed: Vec<(i64, String)> =
+            std::mem::take(&mut *acks.failed.lock().unwrap_or_else(|p| p.into_inner()));
+        self.store.delivered(Output::Kafka, &done)?;
+        for s in &done {
+            self.flying.remove(s);
+        }
+        for (seq, error) in &failed {
+            if let Some(q) = self.flying.remove(seq) {
+                self.store.failed_attempt(Output::Kafka, &q, error)?;
+            }
+        }
+        Ok(done.len())
+    }
+
+    fn acks(&self) -> &Acks {
+        self.producer
+            .as_ref()
+            .expect("a producer when Kafka outputs are delivered")
+            .context()
+    }
+
+    fn webhook_round(
+        &mut self,
+        filters: &HashMap<i64, crate::filters::Filter>,
+    ) -> Result<(usize, usize)> {
+        let due = self.store.take_due(Output::Webhook, 200)?;
+        let (mut sent, mut failures) = (0, 0);
+        let mut done = Vec::new();
+        for q in &due {
+            let Some(url) = filters.get(&q.filter).and_then(|f| f.outputs.webhook.clone())
+            else {
+                done.push(q.seq);
+                continue;
+            };
+            match self.post(&url, q) {
+                Ok(()) => {
+                    done.push(q.seq);
+                    sent += 1;
+                }
+                Err(why) => {
+                    failures += 1;
+                    let gave_up = self.store.failed_attempt(Output::Webhook, q, &why)?;
+                    tracing::warn!(filter = q.filter, alert = q.alert_id, attempts = q.attempts + 1, gave_up, error = %why, "webhook delivery failed");
+                }
+            }
+        }
+        self.store.delivered(Output::Webhook, &done)?;
+        Ok((sent, failures))
+    }
+
+    fn post(&self, url: &str, q: &Queued) -> std::result::Result<(), String> {
+        // Checked again at each post: the name may have come to point elsewhere.
+        check_webhook(url, self.opts.webhook_allow_private).map_err(|e| e.to_string())?;
+        let response = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", format!("{}-{}", q.filter, q.alert_id))
+            .send(q.payload.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    }
+
+    /// Delivers until `stop` is set, resting briefly when nothing is due; prunes old
+    /// delivered matches now and then.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        let mut last_prune = std::time::Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            match self.round() {
+                Ok(r) if r.kafka + r.webhook + r.webhook_failures > 0 => {
+                    tracing::debug!(kafka = r.kafka, webhook = r.webhook, failures = r.webhook_failures, "matches delivered");
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => {
+                    tracing::error!(error = %e, "delivering matches");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            if last_prune.elapsed() > Duration::from_secs(600) {
+                last_prune = std::time::Instant::now();
+                match self.store.prune() {
+                    Ok(n) if n > 0 => tracing::info!(matches = n, "old delivered matches removed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning delivered matches"),
+                }
+            }
+        }
+    }
+}
+
+impl Acks {
+    fn failed_push(&self, seq: i64, error: String) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((seq, error));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhooks_stay_out_of_private_networks() {
+        assert!(check_webhook("http://127.0.0.1:9/x", false).is_err());
+        assert!(check_webhook("http://127.0.0.1:9/x", true).is_ok());
+        assert!(check_webhook("http://[::1]:9/x", false).is_err());
+        assert!(check_webhook("http://169.254.169.254/latest", false).is_err());
+        assert!(check_webhook("http://10.1.2.3/", false).is_err());
+        assert!(check_webhook("ftp://example.org/", true).is_err());
+        assert!(check_webhook("http://user:pw@127.0.0.1/", true).is_err());
+        assert!(check_webhook("http://127.0.0.1:notaport/", true).is_err());
+        assert!(public_address("8.8.8.8".parse().unwrap()));
+        assert!(!public_address("::ffff:192.168.1.1".parse().unwrap()));
+    }
+}

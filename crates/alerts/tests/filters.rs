@@ -1,0 +1,319 @@
+//! The filter stage over the real Rubin and ZTF samples: each filter's matches are those
+//! its condition selects (checked against the decoded alerts' own fields), a batch
+//! filtered twice (a restart before the offsets' commit) adds nothing to the MyDB table or
+//! the outbox, a filter that fails at run time is paused with its reason while the others
+//! go on, and bad filters are refused before they are stored. Kafka delivery of the queued
+//! matches, with its recovery of matches left in flight, runs against librdkafka's mock
+//! cluster.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float32Type, Int64Type};
+use meridian_alerts::evaluate::{Evaluator, Filtering, alert_tables};
+use meridian_alerts::filters::{FilterStore, Output, Outputs, State};
+use meridian_alerts::outputs::{DeliveryOptions, Deliverer};
+use meridian_catalog::Store;
+use meridian_engine::{Engine, EngineConfig};
+use meridian_services::mydb::MyDb;
+
+fn shared(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/alerts")
+        .join(rel)
+}
+
+fn alerts(name: &str) -> Vec<RecordBatch> {
+    let bytes = std::fs::read(shared(name)).unwrap();
+    meridian_alerts::avro::read_container(name, &bytes).unwrap().1
+}
+
+struct Site {
+    _dir: tempfile::TempDir,
+    filters: Arc<FilterStore>,
+    mydb: Arc<MyDb>,
+    stage: Filtering,
+    evaluator: Evaluator,
+}
+
+fn site() -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("catalogs")).unwrap();
+    // The Rubin sample stored, so that filters are checked against its tables.
+    meridian_alerts::load::store_alerts(&store, &alerts("rubin_fink_sample_7alerts.avro"))
+        .unwrap();
+    let engine = Arc::new(Engine::open(&store, &EngineConfig::default()).unwrap());
+    let filters = Arc::new(FilterStore::open(&dir.path().join("filters.sqlite")).unwrap());
+    let mydb = Arc::new(MyDb::new(dir.path().join("mydb"), 1 << 30));
+    let stage = Filtering::new(filters.clone(), engine.clone(), Some(mydb.clone())).unwrap();
+    let evaluator = Evaluator::new(engine, Some(mydb.clone()));
+    Site {
+        _dir: dir,
+        filters,
+        mydb,
+        stage,
+        evaluator,
+    }
+}
+
+/// The alert ids (diaSourceId) and psfFlux of the Rubin sample, read from the alerts'
+/// own records.
+fn rubin_fluxes(batches: &[RecordBatch]) -> Vec<(i64, f32)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let ids = b.column_by_name("diaSourceId").unwrap();
+        let ids = ids.as_primitive::<Int64Type>();
+        let src = b.column_by_name("diaSource").unwrap().as_struct();
+        let flux = src.column_by_name("psfFlux").unwrap();
+        let flux = flux.as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            out.push((ids.value(i), flux.value(i)));
+        }
+    }
+    out
+}
+
+fn mydb_ids(mydb: &MyDb, table: &str) -> Vec<i64> {
+    let file = std::fs::File::open(mydb.path("ann", table).unwrap()).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let c = b.column_by_name("alertId").unwrap();
+        ids.extend(c.as_primitive::<Int64Type>().iter().flatten());
+    }
+    ids.sort();
+    ids
+}
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Runtime::new().unwrap().block_on(f)
+}
+
+#[test]
+fn matches_are_what_the_condition_selects_and_are_kept_once() {
+    let s = site();
+    let rubin = alerts("rubin_fink_sample_7alerts.avro");
+    let ztf = alerts("ztf_fink_sample_31alerts.avro");
+    let query = "SELECT a.alertId, a.psfFlux FROM alert.diasource AS a WHERE a.psfFlux > 5000";
+    run(s.evaluator.validate("ann", query)).unwrap();
+    let outputs = Outputs {
+        mydb_table: Some("bright".into()),
+        kafka_topic: Some("ann.bright".into()),
+        ..Default::default()
+    };
+    let bright = s.filters.add("ann", "bright", query, &outputs).unwrap();
+    let ztf_query = "SELECT c.alertId, c.magpsf FROM alert.candidate AS c WHERE c.magpsf < 18.5";
+    let faint = s
+        .filters
+        .add("ann", "faint", ztf_query, &Outputs::default())
+        .unwrap();
+    let mut want: Vec<i64> = rubin_fluxes(&rubin)
+        .into_iter()
+        .filter(|(_, f)| *f > 5000.0)
+        .map(|(id, _)| id)
+        .collect();
+    want.sort();
+    assert!(!want.is_empty() && want.len() < 7);
+
+    // Both surveys in one batch, as a consumer of two topics gets them.
+    let mut batch = rubin.clone();
+    batch.extend(ztf.clone());
+    let done = s.stage.apply(&batch).unwrap();
+    assert_eq!(done.paused, 0);
+    assert_eq!(mydb_ids(&s.mydb, "bright"), want);
+    let queued: Vec<i64> = {
+        let mut v: Vec<i64> = s
+            .filters
+            .after(bright.id, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|q| q.alert_id)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(queued, want);
+    // ZTF: the candidates' own magnitudes.
+    let mut want_ztf = Vec::new();
+    for b in &ztf {
+        let cand = b.column_by_name("candidate").unwrap().as_struct();
+        let candid = cand.column_by_name("candid").unwrap();
+        let mag = cand.column_by_name("magpsf").unwrap();
+        let mag = mag.as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            if mag.is_valid(i) && mag.value(i) < 18.5 {
+                want_ztf.push(candid.as_primitive::<Int64Type>().value(i));
+            }
+        }
+    }
+    assert_eq!(
+        s.filters.get(faint.id).unwrap().unwrap().matches,
+        want_ztf.len() as u64
+    );
+    assert_eq!(done.matches, want.len() + want_ztf.len());
+
+    // The same batch again: nothing new anywhere.
+    let again = s.stage.apply(&batch).unwrap();
+    assert_eq!((again.matches, again.mydb_rows), (0, 0));
+    assert_eq!(mydb_ids(&s.mydb, "bright"), want);
+
+    // Every alert table carries the alert's id.
+    let (_, tables) = alert_tables(&rubin[0]).unwrap();
+    for (name, t) in &tables {
+        assert_eq!(t.schema().field(0).name(), "alertId", "{name}");
+    }
+}
+
+#[test]
+fn bad_filters_are_refused_and_failing_ones_paused() {
+    let s = site();
+    for (query, says) in [
+        ("SELECT alertId FROM alert.diasource WHERE", "ADQL"),
+        ("SELECT a.psfFlux FROM alert.diasource AS a", "alertId"),
+        ("SELECT a.alertId, a.nope FROM alert.diasource AS a", "nope"),
+    ] {
+        let e = run(s.evaluator.validate("ann", query)).unwrap_err();
+        assert!(
+            matches!(e, meridian_alerts::Error::Invalid(_)) && e.to_string().contains(says),
+            "{query}: {e}"
+        );
+    }
+    // A watchlist that is dropped after the filter was made.
+    let watch = s.mydb.staging_path("ann", "watch").unwrap();
+    {
+        let batch = alert_tables(&alerts("rubin_fink_sample_7alerts.avro")[0])
+            .unwrap()
+            .1
+            .remove(0)
+            .1;
+        let f = std::fs::File::create(&watch).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+    s.mydb.commit("ann", "watch", &watch, false).unwrap();
+    let q = "SELECT a.alertId FROM alert.diasource AS a JOIN mydb.watch AS w \
+             ON a.diaSourceId = w.diaSourceId";
+    run(s.evaluator.validate("ann", q)).unwrap();
+    let breaks = s.filters.add("ann", "breaks", q, &Outputs::default()).unwrap();
+    let fine = s
+        .filters
+        .add(
+            "ann",
+            "fine",
+            "SELECT a.alertId FROM alert.diasource AS a",
+            &Outputs::default(),
+        )
+        .unwrap();
+    s.mydb.drop_table("ann", "watch").unwrap();
+    let done = s
+        .stage
+        .apply(&alerts("rubin_fink_sample_7alerts.avro"))
+        .unwrap();
+    assert_eq!(done.paused, 1);
+    let b = s.filters.get(breaks.id).unwrap().unwrap();
+    assert_eq!(b.state, State::Paused);
+    assert!(b.reason.as_deref().unwrap_or("").contains("watch"), "{b:?}");
+    assert_eq!(s.filters.get(fine.id).unwrap().unwrap().matches, 7);
+}
+
+#[test]
+fn kafka_outputs_get_each_match_once_even_after_a_crash_in_flight() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let s = site();
+    let topic = |t: &str| Outputs {
+        kafka_topic: Some(t.into()),
+        ..Default::default()
+    };
+    let all = s
+        .filters
+        .add(
+            "ann",
+            "all",
+            "SELECT a.alertId FROM alert.diasource AS a",
+            &topic("ann.all"),
+        )
+        .unwrap();
+    let opts = DeliveryOptions {
+        brokers: Some(brokers.clone()),
+        ..Default::default()
+    };
+    s.stage
+        .apply(&alerts("rubin_fink_sample_7alerts.avro"))
+        .unwrap();
+    {
+        let mut d = Deliverer::new(s.filters.clone(), opts.clone()).unwrap();
+        assert_eq!(d.round().unwrap().kafka, 7);
+    }
+    // A crash as seen afterwards: the seven Rubin matches were sent but not recorded
+    // (left in flight); the ZTF filter's matches were marked in flight and never sent.
+    let ztf = s
+        .filters
+        .add(
+            "ann",
+            "ztf",
+            "SELECT c.alertId FROM alert.candidate AS c",
+            &topic("ann.ztf"),
+        )
+        .unwrap();
+    s.stage
+        .apply(&alerts("ztf_fink_sample_31alerts.avro"))
+        .unwrap();
+    {
+        let conn = rusqlite::Connection::open(s.filters.path()).unwrap();
+        conn.execute("UPDATE matches SET kafka = 2", []).unwrap();
+    }
+    let keys = |topic: &str, n: usize| {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("check-{topic}-{n}"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        c.subscribe(&[topic]).unwrap();
+        let mut keys = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut quiet_until = None;
+        // Until n have come and then nothing more for two seconds.
+        while std::time::Instant::now() < deadline
+            && quiet_until.is_none_or(|q| std::time::Instant::now() < q)
+        {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                keys.push(String::from_utf8_lossy(m.key().unwrap()).into_owned());
+            }
+            if keys.len() >= n && quiet_until.is_none() {
+                quiet_until = Some(std::time::Instant::now() + Duration::from_secs(2));
+            }
+        }
+        keys.sort();
+        keys
+    };
+    let want = |id: i64| {
+        let mut v: Vec<String> = s
+            .filters
+            .after(id, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|q| q.alert_id.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    // Recovery finds the Rubin matches on their topic and sends the ZTF ones.
+    let mut d = Deliverer::new(s.filters.clone(), opts).unwrap();
+    assert!(s.filters.in_flight(Output::Kafka).unwrap().is_empty());
+    assert_eq!(d.round().unwrap().kafka, 31);
+    assert_eq!(d.round().unwrap().kafka, 0);
+    assert_eq!(keys("ann.all", 7), want(all.id));
+    assert_eq!(keys("ann.ztf", 31), want(ztf.id));
+    assert_eq!(want(ztf.id).len(), 31);
+}
