@@ -181,11 +181,11 @@ def test_filters_send_each_match_to_every_output_once(shared, site, tmp_path):
         # The watchlist: a MyDB table of positions (as a user would make one).
         ids = ", ".join(str(w["diaSourceId"]) for w in want["watch"])
         r = A.get(f"{base}/query/query", params={
-            "sql": f"SELECT diaSourceId AS name, ra, dec FROM dia_source WHERE diaSourceId IN ({ids})",
+            "sql": f"SELECT \"diaSourceId\" AS name, ra, dec FROM dia_source WHERE \"diaSourceId\" IN ({ids})",
             "out": "mydb://watch", "drop": "True"})
         assert r.status_code == 200, r.text
         r = A.get(f"{base}/query/query", params={
-            "sql": f"SELECT diaSourceId AS name, ra, dec FROM dia_source WHERE diaSourceId IN ({ids})",
+            "sql": f"SELECT \"diaSourceId\" AS name, ra, dec FROM dia_source WHERE \"diaSourceId\" IN ({ids})",
             "out": "mydb://gone", "drop": "True"})
         assert r.status_code == 200, r.text
 

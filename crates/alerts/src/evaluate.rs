@@ -97,7 +97,10 @@ pub fn alert_tables(alerts: &RecordBatch) -> Result<(Kind, Vec<(&'static str, Re
             vec![
                 ("diasource", records_with(alerts, "diaSource", &ids)?),
                 ("diaobject", records_with(alerts, "diaObject", &ids)?),
-                ("prv_diasource", elements_with(alerts, "prvDiaSources", &ids)?),
+                (
+                    "prv_diasource",
+                    elements_with(alerts, "prvDiaSources", &ids)?,
+                ),
                 (
                     "prv_forced",
                     elements_with(alerts, "prvDiaForcedSources", &ids)?,
@@ -114,9 +117,15 @@ pub fn alert_tables(alerts: &RecordBatch) -> Result<(Kind, Vec<(&'static str, Re
             let add_object = |b: RecordBatch, object: ArrayRef| -> Result<RecordBatch> {
                 let mut fields: Vec<Arc<Field>> = b.schema().fields().iter().cloned().collect();
                 let mut columns = b.columns().to_vec();
-                fields.insert(1, Arc::new(Field::new("objectId", object.data_type().clone(), true)));
+                fields.insert(
+                    1,
+                    Arc::new(Field::new("objectId", object.data_type().clone(), true)),
+                );
                 columns.insert(1, object);
-                Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+                Ok(RecordBatch::try_new(
+                    Arc::new(Schema::new(fields)),
+                    columns,
+                )?)
             };
             let cand = records_with(alerts, "candidate", &ids)?;
             let cand = add_object(cand, object.clone())?;
@@ -136,19 +145,16 @@ fn stored_shapes(engine: &Engine, kind: Kind) -> Vec<(&'static str, SchemaRef)> 
     let shape = |catalog: &str| {
         engine.table(catalog).map(|t| {
             let schema = TableProvider::schema(t.as_ref());
-            let fields: Vec<Arc<Field>> = std::iter::once(Arc::new(Field::new(
-                KEY,
-                DataType::Int64,
-                true,
-            )))
-            .chain(
-                schema
-                    .fields()
-                    .iter()
-                    .filter(|f| !f.name().eq_ignore_ascii_case(KEY))
-                    .cloned(),
-            )
-            .collect();
+            let fields: Vec<Arc<Field>> =
+                std::iter::once(Arc::new(Field::new(KEY, DataType::Int64, true)))
+                    .chain(
+                        schema
+                            .fields()
+                            .iter()
+                            .filter(|f| !f.name().eq_ignore_ascii_case(KEY))
+                            .cloned(),
+                    )
+                    .collect();
             Arc::new(Schema::new(fields))
         })
     };
@@ -205,7 +211,10 @@ impl Evaluator {
             .collect();
         let text = query.to_ascii_lowercase();
         if let Some(mydb) = self.mydb.as_ref().filter(|_| text.contains("mydb.")) {
-            for t in mydb.list(owner).map_err(|e| Error::Invalid(e.to_string()))? {
+            for t in mydb
+                .list(owner)
+                .map_err(|e| Error::Invalid(e.to_string()))?
+            {
                 if text.contains(&format!("mydb.{}", t.name)) {
                     let path = mydb
                         .path(owner, &t.name)
@@ -306,10 +315,7 @@ impl Evaluator {
                     }
                 }
             }
-            out.push(Outcome {
-                filter: f.id,
-                rows,
-            });
+            out.push(Outcome { filter: f.id, rows });
         }
         Ok(out)
     }
@@ -565,8 +571,11 @@ impl Filtering {
             let rows = match outcome.rows {
                 Ok(rows) => rows,
                 Err(e) => {
-                    self.store
-                        .set_state(f.id, crate::filters::State::Paused, Some(&format!("its query failed: {e}")))?;
+                    self.store.set_state(
+                        f.id,
+                        crate::filters::State::Paused,
+                        Some(&format!("its query failed: {e}")),
+                    )?;
                     done.paused += 1;
                     continue;
                 }
@@ -574,8 +583,11 @@ impl Filtering {
             let found = match matches(f.id, &rows) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.store
-                        .set_state(f.id, crate::filters::State::Paused, Some(&e.to_string()))?;
+                    self.store.set_state(
+                        f.id,
+                        crate::filters::State::Paused,
+                        Some(&e.to_string()),
+                    )?;
                     done.paused += 1;
                     continue;
                 }

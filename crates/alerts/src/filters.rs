@@ -384,7 +384,11 @@ impl FilterStore {
             )
             .map_err(|e| self.err(e))?;
         if state == State::Paused {
-            tracing::warn!(filter = id, reason = reason.unwrap_or("by its owner"), "alert filter paused");
+            tracing::warn!(
+                filter = id,
+                reason = reason.unwrap_or("by its owner"),
+                "alert filter paused"
+            );
         }
         Ok(())
     }
@@ -413,7 +417,11 @@ impl FilterStore {
             for m in matches {
                 let Some((name, kafka, webhook)) = filter
                     .query_row(params![m.filter], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?))
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, bool>(1)?,
+                            r.get::<_, bool>(2)?,
+                        ))
                     })
                     .optional()
                     .map_err(|e| self.err(e))?
@@ -697,7 +705,11 @@ mod tests {
         assert!(store.take_due(Output::Webhook, 10).unwrap().is_empty());
         assert!(due[0].payload.contains("\"alertId\":1"));
         store.delivered(Output::Webhook, &[due[0].seq]).unwrap();
-        assert!(!store.failed_attempt(Output::Webhook, &due[1], "503").unwrap());
+        assert!(
+            !store
+                .failed_attempt(Output::Webhook, &due[1], "503")
+                .unwrap()
+        );
         // Backed off: not due again at once.
         store.requeue(Output::Webhook, &[due[2].seq]).unwrap();
         let again = store.take_due(Output::Webhook, 10).unwrap();

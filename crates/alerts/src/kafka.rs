@@ -392,7 +392,11 @@ fn hold_back(consumer: &BaseConsumer, f: &Filtering, stop: &AtomicBool) -> Resul
     consumer
         .pause(&assignment)
         .map_err(|e| kafka_err("pausing", e))?;
-    tracing::warn!(backlog, limit = f.max_backlog, "outputs are behind: reading paused");
+    tracing::warn!(
+        backlog,
+        limit = f.max_backlog,
+        "outputs are behind: reading paused"
+    );
     while backlog > f.max_backlog && !stop.load(Ordering::Relaxed) {
         // Polling keeps the group membership; paused partitions yield nothing.
         let _ = consumer.poll(Duration::from_millis(200));

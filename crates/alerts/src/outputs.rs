@@ -56,13 +56,15 @@ pub use meridian_services::net::public_address;
 /// `allow_private`) only to public addresses.
 pub fn check_webhook(url: &str, allow_private: bool) -> Result<()> {
     let bad = |why: String| Error::Invalid(format!("webhook '{url}': {why}"));
-    let uri: ureq::http::Uri = url
-        .parse()
-        .map_err(|e| bad(format!("not a URL: {e}")))?;
+    let uri: ureq::http::Uri = url.parse().map_err(|e| bad(format!("not a URL: {e}")))?;
     let default_port = match uri.scheme_str() {
         Some("https") => 443,
         Some("http") => 80,
-        _ => return Err(bad("only http:// and https:// URLs can receive matches".into())),
+        _ => {
+            return Err(bad(
+                "only http:// and https:// URLs can receive matches".into()
+            ));
+        }
     };
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(bad("credentials in the URL are not accepted".into()));
@@ -103,7 +105,11 @@ impl rdkafka::producer::ProducerContext for Acks {
 
     fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, seq: Box<i64>) {
         match result {
-            Ok(_) => self.done.lock().unwrap_or_else(|p| p.into_inner()).push(*seq),
+            Ok(_) => self
+                .done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(*seq),
             Err((e, _)) => self
                 .failed
                 .lock()
@@ -414,7 +420,9 @@ impl Deliverer {
         let (mut sent, mut failures) = (0, 0);
         let mut done = Vec::new();
         for q in &due {
-            let Some(url) = filters.get(&q.filter).and_then(|f| f.outputs.webhook.clone())
+            let Some(url) = filters
+                .get(&q.filter)
+                .and_then(|f| f.outputs.webhook.clone())
             else {
                 done.push(q.seq);
                 continue;
@@ -460,7 +468,12 @@ impl Deliverer {
         while !stop.load(Ordering::Relaxed) {
             match self.round() {
                 Ok(r) if r.kafka + r.webhook + r.webhook_failures > 0 => {
-                    tracing::debug!(kafka = r.kafka, webhook = r.webhook, failures = r.webhook_failures, "matches delivered");
+                    tracing::debug!(
+                        kafka = r.kafka,
+                        webhook = r.webhook,
+                        failures = r.webhook_failures,
+                        "matches delivered"
+                    );
                 }
                 Ok(_) => std::thread::sleep(Duration::from_millis(100)),
                 Err(e) => {

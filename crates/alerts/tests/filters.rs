@@ -14,7 +14,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type};
 use meridian_alerts::evaluate::{Evaluator, Filtering, alert_tables};
 use meridian_alerts::filters::{FilterStore, Output, Outputs, State};
-use meridian_alerts::outputs::{DeliveryOptions, Deliverer};
+use meridian_alerts::outputs::{Deliverer, DeliveryOptions};
 use meridian_catalog::Store;
 use meridian_engine::{Engine, EngineConfig};
 use meridian_services::mydb::MyDb;
@@ -27,7 +27,9 @@ fn shared(rel: &str) -> PathBuf {
 
 fn alerts(name: &str) -> Vec<RecordBatch> {
     let bytes = std::fs::read(shared(name)).unwrap();
-    meridian_alerts::avro::read_container(name, &bytes).unwrap().1
+    meridian_alerts::avro::read_container(name, &bytes)
+        .unwrap()
+        .1
 }
 
 struct Site {
@@ -42,8 +44,7 @@ fn site() -> Site {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("catalogs")).unwrap();
     // The Rubin sample stored, so that filters are checked against its tables.
-    meridian_alerts::load::store_alerts(&store, &alerts("rubin_fink_sample_7alerts.avro"))
-        .unwrap();
+    meridian_alerts::load::store_alerts(&store, &alerts("rubin_fink_sample_7alerts.avro")).unwrap();
     let engine = Arc::new(Engine::open(&store, &EngineConfig::default()).unwrap());
     let filters = Arc::new(FilterStore::open(&dir.path().join("filters.sqlite")).unwrap());
     let mydb = Arc::new(MyDb::new(dir.path().join("mydb"), 1 << 30));
@@ -201,7 +202,10 @@ fn bad_filters_are_refused_and_failing_ones_paused() {
     let q = "SELECT a.alertId FROM alert.diasource AS a JOIN mydb.watch AS w \
              ON a.diaSourceId = w.diaSourceId";
     run(s.evaluator.validate("ann", q)).unwrap();
-    let breaks = s.filters.add("ann", "breaks", q, &Outputs::default()).unwrap();
+    let breaks = s
+        .filters
+        .add("ann", "breaks", q, &Outputs::default())
+        .unwrap();
     let fine = s
         .filters
         .add(

@@ -437,9 +437,9 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 11] = [
+        const TOP: [&str; 12] = [
             "data_dir", "ingest", "query", "log", "server", "jobs", "auth", "mydb", "storage",
-            "spectra", "cluster",
+            "spectra", "cluster", "alerts",
         ];
         let mut ignored = Vec::new();
         let mut table = match file {

@@ -95,7 +95,8 @@ pub async fn create(
     let outputs = Outputs {
         kafka_topic: opt("kafka_topic"),
         webhook: opt("webhook"),
-        mydb_table: opt("mydb_table").map(|t| meridian_services::mydb::strip_scheme(&t).to_string()),
+        mydb_table: opt("mydb_table")
+            .map(|t| meridian_services::mydb::strip_scheme(&t).to_string()),
     };
     if let Some(t) = &outputs.mydb_table {
         meridian_services::mydb::check_table_name(t)?;

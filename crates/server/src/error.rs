@@ -99,9 +99,9 @@ impl Error {
                 }
             }
             Error::Images(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Format(_)
-            | Error::Timeout(_)
-            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Format(_) | Error::Timeout(_) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }

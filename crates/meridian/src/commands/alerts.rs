@@ -244,18 +244,25 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
                     None => None,
                 };
                 let stage = filters.as_ref().map(|(_, f, _)| f);
-                let result = meridian_alerts::kafka::consume(&store, &dead, &opts, stage, &stop, |b| {
-                    println!(
-                        "batch\t{} messages\t{} alerts stored\t{} dead letters\t{} matches\t{:.3} s\tlatency p50 {} ms p99 {} ms",
-                        b.messages,
-                        b.alerts,
-                        b.dead_letters,
-                        b.filtered.matches,
-                        b.seconds,
-                        ms(&b.latency, 0.5),
-                        ms(&b.latency, 0.99)
-                    );
-                });
+                let result = meridian_alerts::kafka::consume(
+                    &store,
+                    &dead,
+                    &opts,
+                    stage,
+                    &stop,
+                    |b| {
+                        println!(
+                            "batch\t{} messages\t{} alerts stored\t{} dead letters\t{} matches\t{:.3} s\tlatency p50 {} ms p99 {} ms",
+                            b.messages,
+                            b.alerts,
+                            b.dead_letters,
+                            b.filtered.matches,
+                            b.seconds,
+                            ms(&b.latency, 0.5),
+                            ms(&b.latency, 0.99)
+                        );
+                    },
+                );
                 delivering.store(true, std::sync::atomic::Ordering::Relaxed);
                 if let (Some(handle), Some((fstore, _, _))) = (deliverer, &filters) {
                     let mut d = handle
