@@ -107,10 +107,11 @@ def tap_ids(base, token, table, column="alertId"):
         "LANG": "ADQL", "FORMAT": "json", "QUERY": f"SELECT * FROM mydb.{table}"},
         headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200, r.text
-    doc = r.json()
-    names = [c["name"] for c in doc["metadata"]]
-    i = [n.lower() for n in names].index(column.lower())
-    return [row[i] for row in doc["data"]], names, doc["data"]
+    # FORMAT=json is one JSON object per row.
+    rows = [json.loads(line) for line in r.text.splitlines() if line.strip()]
+    names = list(rows[0]) if rows else []
+    key = next(n for n in names if n.lower() == column.lower())
+    return [row[key] for row in rows], names, [[row[n] for n in names] for row in rows]
 
 
 @pytest.fixture()
