@@ -313,6 +313,20 @@ impl Deliverer {
         let Some(brokers) = &self.opts.brokers else {
             return;
         };
+        // A topic the broker knows (or creates on the metadata request, when it
+        // auto-creates topics) needs no admin request.
+        if let Some(producer) = &self.producer
+            && let Ok(md) = producer
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+            && md
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        {
+            self.topics.insert(topic.to_string());
+            return;
+        }
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         let admin: std::result::Result<AdminClient<rdkafka::client::DefaultClientContext>, _> =
             ClientConfig::new()
@@ -322,7 +336,9 @@ impl Deliverer {
             return;
         };
         let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(10)));
         // An existing topic is fine; a broker that refuses (replication) creates it on the
         // first message if it auto-creates topics.
         match futures::executor::block_on(admin.create_topics([&new], &opts)) {
