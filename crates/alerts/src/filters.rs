@@ -267,7 +267,7 @@ impl FilterStore {
     }
 
     /// Stores a new active filter (its query already checked by
-    /// [`crate::evaluate::validate`]).
+    /// [`crate::evaluate::Evaluator::validate`]).
     pub fn add(&self, owner: &str, name: &str, query: &str, outputs: &Outputs) -> Result<Filter> {
         check_name(name)?;
         if let Some(t) = &outputs.kafka_topic {
