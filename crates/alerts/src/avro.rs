@@ -242,6 +242,8 @@ pub struct ConfluentDecoder {
     /// Built for the registered schemas; dropped after a message fails (its state is then
     /// unknown) and rebuilt for the next.
     decoder: Option<arrow_avro::reader::Decoder>,
+    /// Where unknown ids are looked up.
+    registry: Option<crate::schemas::Registry>,
 }
 
 impl std::fmt::Debug for ConfluentDecoder {
@@ -279,11 +281,18 @@ impl ConfluentDecoder {
     /// Registers the writer schema (Avro JSON) that messages name by `id`; a schema that
     /// cannot be read is refused here, not at each message.
     pub fn register(&mut self, id: u32, schema_json: &str) -> Result<()> {
-        decoder_for(&[(id, schema_json.to_string())])?;
+        let json = crate::schemas::normalize(schema_json)
+            .map_err(|e| Error::Avro(format!("schema {id}: {e}")))?;
+        decoder_for(&[(id, json.clone())])?;
         self.schemas.retain(|(i, _)| *i != id);
-        self.schemas.push((id, schema_json.to_string()));
+        self.schemas.push((id, json));
         self.decoder = None;
         Ok(())
+    }
+
+    /// Looks ids it does not know up in this schema registry.
+    pub fn use_registry(&mut self, registry: crate::schemas::Registry) {
+        self.registry = Some(registry);
     }
 
     /// The schema ids registered.
@@ -313,10 +322,19 @@ impl ConfluentDecoder {
     pub fn decode(&mut self, value: &[u8]) -> Result<RecordBatch> {
         let id = Self::schema_id(value)?;
         if !self.schemas.iter().any(|(i, _)| *i == id) {
-            return Err(Error::Avro(format!(
-                "unknown schema id {id} (known: {:?})",
-                self.ids()
-            )));
+            match self.registry.as_mut().map(|r| r.fetch(id)) {
+                None => {
+                    return Err(Error::Avro(format!(
+                        "unknown schema id {id} (known: {:?})",
+                        self.ids()
+                    )));
+                }
+                Some(Err(e)) => return Err(Error::Avro(format!("unknown schema id {id}: {e}"))),
+                Some(Ok(json)) => {
+                    self.register(id, &json)?;
+                    tracing::info!(schema_id = id, "writer schema from the registry");
+                }
+            }
         }
         let result = self.decode_known(id, value);
         if result.is_err() {

@@ -35,6 +35,8 @@ pub struct ConsumeOptions {
     pub group: String,
     /// Writer schemas by registry id, for Confluent-framed messages.
     pub schemas: Vec<(u32, String)>,
+    /// A Confluent schema registry (`http(s)://host:port`) asked for ids not in `schemas`.
+    pub registry: Option<String>,
     /// Most alerts stored together.
     pub batch_alerts: usize,
     /// Longest wait for a batch to fill.
@@ -55,6 +57,7 @@ impl ConsumeOptions {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             group: "meridian-alerts".into(),
             schemas: Vec::new(),
+            registry: None,
             batch_alerts: 10_000,
             batch_wait: Duration::from_secs(1),
             stop_when_idle: None,
@@ -200,6 +203,9 @@ pub fn consume(
     let mut decoder = ConfluentDecoder::new();
     for (id, json) in &opts.schemas {
         decoder.register(*id, json)?;
+    }
+    if let Some(url) = &opts.registry {
+        decoder.use_registry(crate::schemas::Registry::new(url)?);
     }
     tracing::info!(brokers = %opts.brokers, topics = ?opts.topics, group = %opts.group, "consuming alerts");
     let mut total = Consumed::default();

@@ -1,6 +1,7 @@
 //! Meridian's time domain: alert packets as the Rubin Observatory and ZTF publish them
 //! (Avro, in object container files or in Kafka messages in the Confluent wire format) read
-//! into Arrow, and split into the DIA tables they carry.
+//! into Arrow, and split into the DIA tables they carry. Writer schemas come from the
+//! files, from Rubin's schema tree or from a schema registry ([`schemas`]).
 //!
 //! A Rubin alert holds one new `diaSource`, the object's earlier sources
 //! (`prvDiaSources`) and forced photometry (`prvDiaForcedSources`), its `diaObject`, and
@@ -23,6 +24,7 @@ pub mod filters;
 pub mod kafka;
 pub mod load;
 pub mod outputs;
+pub mod schemas;
 
 /// Errors of alert reading.
 #[derive(Debug, thiserror::Error)]

@@ -74,7 +74,14 @@ pub fn check_webhook(url: &str, allow_private: bool) -> Result<()> {
         .map(|h| h.trim_matches(|c| c == '[' || c == ']'))
         .filter(|h| !h.is_empty())
         .ok_or_else(|| bad("no host".into()))?;
-    let port = uri.port_u16().unwrap_or(default_port);
+    // The port as written (the URI parser lets some non-numeric ports through).
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let port = match authority.rsplit_once(':') {
+        Some((_, p)) if !p.contains(']') => p
+            .parse::<u16>()
+            .map_err(|_| bad(format!("'{p}' is not a port number")))?,
+        _ => default_port,
+    };
     use std::net::ToSocketAddrs;
     let addrs: Vec<_> = (host, port)
         .to_socket_addrs()

@@ -38,6 +38,15 @@ pub enum AlertsCommand {
         /// whose header holds it); repeat for several.
         #[arg(long, value_parser = schema_arg)]
         schema: Vec<(u32, String)>,
+        /// A directory of Rubin alert schemas as the `lsst-alert-packet` package lays them
+        /// out (`<major>/<minor>/lsst.v<major>_<minor>.alert.avsc`), each registered by
+        /// Rubin's id for it (v7_4 is 704, v11_1 is 1101).
+        #[arg(long)]
+        schema_dir: Option<PathBuf>,
+        /// A Confluent schema registry (http(s)://host:port) asked for schema ids not
+        /// given by `--schema` or `--schema-dir`.
+        #[arg(long)]
+        schema_registry: Option<String>,
         /// Most alerts stored together.
         #[arg(long, default_value_t = 10_000)]
         batch_alerts: usize,
@@ -194,6 +203,8 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             topic,
             group,
             schema,
+            schema_dir,
+            schema_registry,
             batch_alerts,
             batch_ms,
             stop_when_idle_s,
@@ -208,7 +219,17 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             let topics: Vec<&str> = topic.iter().map(String::as_str).collect();
             let mut opts = meridian_alerts::kafka::ConsumeOptions::new(&kafka, &topics);
             opts.group = group;
-            opts.schemas = schema;
+            if let Some(dir) = &schema_dir {
+                let tree = meridian_alerts::schemas::lsst_schema_tree(dir)?;
+                tracing::info!(dir = %dir.display(), ids = ?tree.iter().map(|(i, _)| *i).collect::<Vec<_>>(), "alert schemas");
+                opts.schemas = tree;
+            }
+            // Schemas given one by one take precedence over the tree's.
+            for (id, json) in schema {
+                opts.schemas.retain(|(i, _)| *i != id);
+                opts.schemas.push((id, json));
+            }
+            opts.registry = schema_registry;
             opts.batch_alerts = batch_alerts.max(1);
             opts.batch_wait = std::time::Duration::from_millis(batch_ms.max(1));
             opts.stop_when_idle = stop_when_idle_s.map(std::time::Duration::from_secs_f64);
