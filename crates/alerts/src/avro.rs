@@ -25,15 +25,73 @@ fn read_bytes(path: &Path) -> Result<(String, Vec<u8>)> {
     Ok((name, data))
 }
 
-/// A reader of the object container file `data` (named `name` in messages).
-fn open_container<'a>(
+/// A reader of the object container file `data` (named `name` in messages), its header's
+/// schema normalized first ([`crate::schemas::normalize`]: Rubin's files name their records
+/// by full name, which `arrow-avro` does not resolve).
+fn open_container(
     name: &str,
-    data: &'a [u8],
-) -> Result<arrow_avro::reader::Reader<std::io::Cursor<&'a [u8]>>> {
+    data: &[u8],
+) -> Result<arrow_avro::reader::Reader<std::io::Cursor<Vec<u8>>>> {
+    let data = normalized_container(name, data)?;
     ReaderBuilder::new()
         .with_batch_size(BATCH_ROWS)
         .build(std::io::Cursor::new(data))
         .map_err(|e| Error::Avro(format!("{name}: not an Avro object container file: {e}")))
+}
+
+/// `data` with the header's `avro.schema` normalized (the blocks unchanged).
+fn normalized_container(name: &str, data: &[u8]) -> Result<Vec<u8>> {
+    let bad = |at: usize| Error::Avro(format!("{name}: byte {at}: header cut short"));
+    if !data.starts_with(b"Obj\x01") {
+        return Ok(data.to_vec());
+    }
+    let mut at = 4;
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    loop {
+        let count = read_long(data, &mut at).ok_or_else(|| bad(at))?;
+        if count == 0 {
+            break;
+        }
+        if count < 0 {
+            read_long(data, &mut at).ok_or_else(|| bad(at))?;
+        }
+        for _ in 0..count.unsigned_abs() {
+            let mut pair = [Vec::new(), Vec::new()];
+            for part in &mut pair {
+                let len = read_long(data, &mut at)
+                    .filter(|l| *l >= 0)
+                    .ok_or_else(|| bad(at))? as usize;
+                let end = at
+                    .checked_add(len)
+                    .filter(|e| *e <= data.len())
+                    .ok_or_else(|| bad(at))?;
+                *part = data[at..end].to_vec();
+                at = end;
+            }
+            let [k, v] = pair;
+            entries.push((k, v));
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 64);
+    out.extend_from_slice(b"Obj\x01");
+    if !entries.is_empty() {
+        write_long(&mut out, entries.len() as i64);
+    }
+    for (k, v) in &entries {
+        let v = match (k.as_slice(), std::str::from_utf8(v)) {
+            (b"avro.schema", Ok(json)) => crate::schemas::normalize(json)
+                .map_err(|e| Error::Avro(format!("{name}: {e}")))?
+                .into_bytes(),
+            _ => v.clone(),
+        };
+        write_long(&mut out, k.len() as i64);
+        out.extend_from_slice(k);
+        write_long(&mut out, v.len() as i64);
+        out.extend_from_slice(&v);
+    }
+    write_long(&mut out, 0);
+    out.extend_from_slice(&data[at..]);
+    Ok(out)
 }
 
 /// The alerts of an Avro object container file, as Arrow batches (one row per alert).

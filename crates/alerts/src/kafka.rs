@@ -278,7 +278,17 @@ pub fn consume(
                 Ok(decoded) => {
                     for a in decoded {
                         let offsets = vec![offset; a.num_rows()];
-                        let good = load::screen(&a, &offsets, |_, r| letter(r), &mut letters)?;
+                        // An alert of a shape the tables cannot take (no position
+                        // column at all) is a dead letter too.
+                        let good = match load::screen(&a, &offsets, |_, r| letter(r), &mut letters)
+                        {
+                            Ok(good) => good,
+                            Err(e) if is_data_error(&e) => {
+                                letters.push(letter(e.to_string()));
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
                         batch.alerts += good.num_rows();
                         if good.num_rows() > 0 {
                             alerts.push(good);

@@ -109,7 +109,7 @@ fn resolve_dir(dir: &Path, top: &Path) -> Result<String> {
     }
     let mut root = read_json(top)?;
     let mut defined = HashSet::new();
-    inline(&mut root, None, &named, &mut defined, top)?;
+    inline(&mut root, None, &named, &mut defined);
     split_names(&mut root);
     Ok(root.to_string())
 }
@@ -138,8 +138,7 @@ fn inline(
     ns: Option<&str>,
     named: &HashMap<String, Value>,
     defined: &mut HashSet<String>,
-    top: &Path,
-) -> Result<()> {
+) {
     match v {
         Value::String(s) => {
             let full = if s.contains('.') {
@@ -151,7 +150,7 @@ fn inline(
                 && defined.insert(full.clone())
             {
                 let mut def = def.clone();
-                inline(&mut def, None, named, defined, top)?;
+                inline(&mut def, None, named, defined);
                 *v = def;
             }
         }
@@ -171,18 +170,17 @@ fn inline(
                 .or_else(|| ns.map(str::to_string));
             for key in ["type", "items", "values", "fields"] {
                 if let Some(child) = o.get_mut(key) {
-                    inline(child, inner.as_deref(), named, defined, top)?;
+                    inline(child, inner.as_deref(), named, defined);
                 }
             }
         }
         Value::Array(a) => {
             for child in a {
-                inline(child, ns, named, defined, top)?;
+                inline(child, ns, named, defined);
             }
         }
         _ => {}
     }
-    Ok(())
 }
 
 /// How long an id the registry did not serve is not asked for again.
