@@ -2,8 +2,9 @@
 schema version, serialized by fastavro with that version's schema and framed with Rubin's
 registry id (v7_4 is 704), is read by `meridian alerts consume` with the package's schema
 tree (`--schema-dir`) or from a Confluent schema registry (`--schema-registry`), and the
-stored DiaSource equals fastavro's record. Versions before 7.1 (no position for forced
-sources, `decl` for `dec`) become dead letters with the reason, never stopping the stream."""
+stored DiaSource equals fastavro's record; forced sources before v7.1 (which carry no
+position) are placed at their diaObject. Versions before 6.1 (no cutouts, `decl` for
+`dec`) become dead letters with the reason, never stopping the stream."""
 
 import glob
 import http.server
@@ -20,7 +21,7 @@ import pytest
 from conftest import Server, run
 from test_alerts import check_served, mock_kafka, tap_rows, unique
 
-SUPPORTED = 701
+SUPPORTED = 601
 
 
 def schema_root():
@@ -43,6 +44,12 @@ def samples():
         for k in ("alertId", "diaSourceId"):
             if k in a:
                 a[k] = new
+        if sid == 700:
+            # The sample has no forced photometry: one measurement, as v7.0 writes it.
+            a["prvDiaForcedSources"] = [{
+                "diaForcedSourceId": 77, "diaObjectId": a["diaObject"]["diaObjectId"],
+                "visit": 1, "detector": 2, "psfFlux": 3.5, "psfFluxErr": 0.25, "x": None,
+                "y": None, "midpointMjdTai": 60000.5, "band": "r"}]
         out.append((sid, schema, a))
     assert {704, 1101} <= {s for s, _, _ in out}
     return out
@@ -105,8 +112,15 @@ def check_sources(data, items):
                   "diaSourceId")
     with Server(data) as s:
         rows = tap_rows(pyvo.dal.TAPService(s.url), "dia_source")
+        forced = tap_rows(pyvo.dal.TAPService(s.url), "dia_forced_source")
     new = [r for r in rows if r["diaSourceId"] in want]
     check_served(new, want, "diaSourceId")
+    v7 = next(a for sid, _, a in items if sid == 700)
+    f = v7["prvDiaForcedSources"][0]
+    got = [r for r in forced if r["diaForcedSourceId"] == 77]
+    assert len(got) == 1, forced
+    assert (got[0]["ra"], got[0]["dec"]) == (v7["diaObject"]["ra"], v7["diaObject"]["dec"])
+    assert got[0]["psfFlux"] == f["psfFlux"] and got[0]["midpointMjdTai"] == f["midpointMjdTai"]
 
 
 @pytest.mark.parametrize("source", ["tree", "registry"])
@@ -133,7 +147,7 @@ def test_every_published_schema_version_is_read(source, tmp_path):
         assert sorted(reg.asked) == sorted([s for s, _, _ in items] + [9999]), reg.asked
     # Each dead letter is logged with its offset and reason.
     assert "unknown schema id 9999" in p.stderr, p.stderr
-    for reason in ("DiaForcedSource rows have no 'ra' column", "'diaSource' has no 'dec'"):
+    for reason in ("no 'cutoutScience' field", "'diaSource' has no 'dec'"):
         assert reason in p.stderr, p.stderr
     check_sources(data, good)
     del keep

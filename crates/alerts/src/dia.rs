@@ -223,6 +223,50 @@ pub fn unique(batch: &RecordBatch, key: &str, last: bool) -> Result<RecordBatch>
     Ok(filter_record_batch(batch, &BooleanArray::from(keep))?)
 }
 
+/// Forced sources as schemas before v7.1 carry them (no position of their own), placed
+/// where they were measured: their alert's diaObject (its source where it has none).
+fn placed(alerts: &RecordBatch, forced: RecordBatch, owner: &UInt32Array) -> Result<RecordBatch> {
+    if forced.schema().column_with_name("ra").is_some() {
+        return Ok(forced);
+    }
+    let source = as_struct(column(alerts, "diaSource")?, "diaSource")?;
+    let object = match alerts.column_by_name("diaObject") {
+        Some(c) => Some(as_struct(c, "diaObject")?),
+        None => None,
+    };
+    let mut fields: Vec<Field> = forced
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns = forced.columns().to_vec();
+    for name in ["ra", "dec"] {
+        let from_source = arrow::compute::cast(
+            source
+                .column_by_name(name)
+                .ok_or_else(|| Error::Shape(format!("'diaSource' has no '{name}'")))?,
+            &DataType::Float64,
+        )?;
+        let at_alert = match object.and_then(|o| Some((o, o.column_by_name(name)?))) {
+            Some((o, c)) => {
+                let c = arrow::compute::cast(c, &DataType::Float64)?;
+                let use_object: BooleanArray = (0..c.len())
+                    .map(|i| Some(o.is_valid(i) && c.is_valid(i)))
+                    .collect();
+                arrow::compute::kernels::zip::zip(&use_object, &c, &from_source)?
+            }
+            None => from_source,
+        };
+        fields.push(Field::new(name, DataType::Float64, true));
+        columns.push(take(&at_alert, owner, None)?);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 fn rubin(alerts: &RecordBatch) -> Result<Vec<(&'static str, RecordBatch)>> {
     let new = records(alerts, "diaSource")?;
     let schema = nullable(&new.schema());
@@ -230,7 +274,8 @@ fn rubin(alerts: &RecordBatch) -> Result<Vec<(&'static str, RecordBatch)>> {
     let sources = concat_batches(&schema, &[align(&new, &schema)?, align(&prv, &schema)?])?;
     let sources = unique(&sources, "diaSourceId", false)?;
 
-    let (forced, _) = elements(alerts, "prvDiaForcedSources")?;
+    let (forced, owner) = elements(alerts, "prvDiaForcedSources")?;
+    let forced = placed(alerts, forced, &owner)?;
     let forced = unique(&forced, "diaForcedSourceId", false)?;
     let forced = align(&forced, &forced.schema())?;
 
