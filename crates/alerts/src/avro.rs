@@ -190,7 +190,7 @@ pub fn single_record_container(name: &str, data: &[u8], record: &[u8]) -> Result
 }
 
 /// An Avro `long` (zig-zag, variable length).
-fn write_long(out: &mut Vec<u8>, v: i64) {
+pub(crate) fn write_long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8 & 0x7f) | 0x80);

@@ -25,6 +25,7 @@ pub mod kafka;
 pub mod load;
 pub mod outputs;
 pub mod schemas;
+pub mod synthetic;
 
 /// Errors of alert reading.
 #[derive(Debug, thiserror::Error)]

@@ -386,6 +386,8 @@ struct GenerateArgs {
     /// Dataset the synthetic spectra go to.
     #[arg(long, default_value = "SYNTH-DR1")]
     spectra_dataset: String,
+    #[command(flatten)]
+    alerts: commands::alerts::NightArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -697,6 +699,9 @@ fn generate(
             args.seed,
             quiet,
         )?;
+    }
+    if args.alerts.alerts {
+        commands::alerts::generate_night(&args.out.join("alerts"), spec, &args.alerts, quiet)?;
     }
     eprintln!("generated in {:.1} s", start.elapsed().as_secs_f64());
     Ok(out)
@@ -1537,6 +1542,7 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
             image_size: 256,
             spectra: DEMO_SPECTRA,
             spectra_dataset: "DEMO-DR1".into(),
+            alerts: Default::default(),
         },
         quiet,
     )?;

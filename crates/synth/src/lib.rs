@@ -93,13 +93,16 @@ impl Default for SurveySpec {
     }
 }
 
-const BANDS: [&str; 6] = ["u", "g", "r", "i", "z", "y"];
+pub mod night;
+
+/// The survey's filter bands, in order.
+pub const BANDS: [&str; 6] = ["u", "g", "r", "i", "z", "y"];
 /// 5-sigma point-source depths (LSST 10-year coadd, approximate), magnitudes.
 const DEPTH_MAG: [f64; 6] = [25.6, 26.9, 26.9, 26.4, 25.6, 24.8];
-/// Single-visit depths, magnitudes.
-const VISIT_DEPTH_MAG: [f64; 6] = [23.8, 24.5, 24.0, 23.4, 22.8, 22.0];
+/// Single-visit 5-sigma point-source depths, magnitudes.
+pub const VISIT_DEPTH_MAG: [f64; 6] = [23.8, 24.5, 24.0, 23.4, 22.8, 22.0];
 /// Survey start, MJD (2025-10-01).
-const MJD_START: f64 = 60_949.0;
+pub const MJD_START: f64 = 60_949.0;
 
 /// Galactic (l, b) in degrees to ICRS (ra, dec) in degrees (IAU 1958 pole, J2000 values).
 pub fn galactic_to_icrs_deg(l_deg: f64, b_deg: f64) -> (f64, f64) {
@@ -120,7 +123,8 @@ pub fn galactic_to_icrs_deg(l_deg: f64, b_deg: f64) -> (f64, f64) {
     (p.ra_deg(), p.dec_deg())
 }
 
-fn chunk_rng(seed: u64, table: u64, chunk: u64) -> ChaCha8Rng {
+/// The generator of part `chunk` of table `table` of the survey seeded `seed`.
+pub(crate) fn chunk_rng(seed: u64, table: u64, chunk: u64) -> ChaCha8Rng {
     let mut s = [0u8; 32];
     s[..8].copy_from_slice(&seed.to_le_bytes());
     s[8..16].copy_from_slice(&table.to_le_bytes());
@@ -135,7 +139,7 @@ fn mag_err(mag: f64, depth: f64) -> f64 {
 }
 
 /// AB magnitude to flux in nanojansky.
-fn mag_to_njy(mag: f64) -> f64 {
+pub fn mag_to_njy(mag: f64) -> f64 {
     10f64.powf(-0.4 * (mag - 31.4))
 }
 

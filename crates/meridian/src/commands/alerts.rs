@@ -154,6 +154,105 @@ pub enum FilterCommand {
     },
 }
 
+/// `meridian generate --alerts`: a night of alerts over the generated survey.
+#[derive(clap::Args, Default)]
+pub struct NightArgs {
+    /// Also make a night of Rubin alerts of the survey's variable objects into OUT/alerts
+    /// (one Avro file per visit, one alert per block, for `meridian alerts load` or
+    /// `meridian alerts replay`), in the schema `--alert-schema` of `--alert-schema-dir`.
+    #[arg(long)]
+    pub alerts: bool,
+    /// Rubin's alert schemas as the `lsst-alert-packet` package lays them out
+    /// (`<major>/<minor>/lsst.v<major>_<minor>.alert.avsc`; `pip install
+    /// lsst-alert-packet`, then its `lsst/alert/packet/schema` directory).
+    #[arg(long, requires = "alerts")]
+    pub alert_schema_dir: Option<PathBuf>,
+    /// Schema version to write, MAJOR.MINOR (default: the newest in the directory).
+    #[arg(long, requires = "alert_schema_dir")]
+    pub alert_schema: Option<String>,
+    /// Visits in the night.
+    #[arg(long, default_value_t = 100, requires = "alerts")]
+    pub alert_visits: u32,
+    /// Fields the visits cycle through (centred on objects picked at random).
+    #[arg(long, default_value_t = 20, requires = "alerts")]
+    pub alert_fields: u32,
+    /// Radius of a field, degrees.
+    #[arg(long, default_value_t = meridian_synth::night::RUBIN_FIELD_RADIUS_DEG, requires = "alerts")]
+    pub alert_field_radius_deg: f64,
+    /// Fraction of the objects that vary.
+    #[arg(long, default_value_t = 0.05, requires = "alerts")]
+    pub variable_fraction: f64,
+    /// Earlier visits of each field (about 3 days apart) whose detections and forced
+    /// photometry the alerts carry.
+    #[arg(long, default_value_t = 30, requires = "alerts")]
+    pub alert_history: u32,
+    /// Start of the night, MJD (TAI); default 400 days after the survey's start.
+    #[arg(long, requires = "alerts")]
+    pub night_mjd: Option<f64>,
+}
+
+/// Writes the night of `args` over the survey `survey` into `dir`.
+pub fn generate_night(
+    dir: &std::path::Path,
+    survey: meridian_synth::SurveySpec,
+    args: &NightArgs,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let root = args.alert_schema_dir.as_ref().context(
+        "--alerts needs --alert-schema-dir: Rubin's alert schemas (pip install \
+         lsst-alert-packet; its lsst/alert/packet/schema directory)",
+    )?;
+    let tree = meridian_alerts::schemas::lsst_schema_tree(root)?;
+    let (id, schema) = match &args.alert_schema {
+        None => tree.last().cloned().context("no schema")?,
+        Some(v) => {
+            let (major, minor) = v
+                .split_once('.')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .with_context(|| format!("--alert-schema '{v}': write MAJOR.MINOR, as 9.0"))?;
+            let id = meridian_alerts::schemas::lsst_schema_id(major, minor);
+            tree.into_iter().find(|(i, _)| *i == id).with_context(|| {
+                format!(
+                    "--alert-schema {v}: no lsst.v{major}_{minor} under {}",
+                    root.display()
+                )
+            })?
+        }
+    };
+    let spec = meridian_synth::night::NightSpec {
+        survey,
+        night_mjd: args
+            .night_mjd
+            .unwrap_or(meridian_synth::night::NightSpec::default().night_mjd),
+        visits: args.alert_visits,
+        fields: args.alert_fields,
+        field_radius_deg: args.alert_field_radius_deg,
+        variable_fraction: args.variable_fraction,
+        history_visits: args.alert_history,
+    };
+    let night = meridian_synth::night::Night::plan(&spec)?;
+    let pb = crate::bar(
+        quiet,
+        0,
+        "alerts {spinner} {human_pos} alerts {per_sec} ({elapsed})",
+    );
+    let written =
+        meridian_alerts::synthetic::write_night(&night, &schema, dir, &|n| pb.set_position(n))?;
+    pb.finish_and_clear();
+    eprintln!(
+        "alerts: {} alerts of {} variables in {} visits ({} files, schema lsst.v{}_{}, id {id}) under {}",
+        written.alerts,
+        night.variables(),
+        written.visits,
+        written.files.len(),
+        id / 100,
+        id % 100,
+        dir.display()
+    );
+    Ok(())
+}
+
 /// `ID=FILE`: a writer schema (Avro JSON, or an Avro container file whose header holds it)
 /// and the registry id messages name it by.
 fn schema_arg(s: &str) -> Result<(u32, String), String> {
