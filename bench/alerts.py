@@ -1,131 +1,198 @@
 #!/usr/bin/env python3
-"""Alert ingest: a Rubin alert stream consumed from Kafka into the alert database (decode,
-split into the DIA tables, append, dead letters, offsets committed), measured as alerts a
-second and latency from the broker's timestamp to the batch's commit (p50, p99), with the
-consumer's memory (RSS) sampled through the run.
+"""Alert stream: a replayed synthetic night consumed from a Kafka-protocol broker, stored
+in the alert database and run through 100 users' filters (10 of them cross-matches with
+the survey's Object catalog), every match published to the filter's Kafka topic.
 
-The stream is --alerts synthetic Rubin alerts made from the real samples in
-../shared/data/alerts (lsst.v10_0 with Fink's fields): each a copy of a sample with new ids
-for its object, its source and its history, placed in one of --fields fields of a few
-degrees (seeded), written one record per block. `meridian alerts replay` publishes them
-at --rate alerts a second (0: as fast as the broker takes them) to a Kafka-protocol broker
-(librdkafka's mock cluster, hosted by confluent-kafka in this process) while `meridian
-alerts consume` reads them.
+    python3 bench/alerts.py                                   # 10^7-row catalog
+    python3 bench/alerts.py --catalog-objects 1000000 --visits 40   # a quick run
 
-    python3 bench/alerts.py                        # 10,000 alerts, as fast as possible
-    python3 bench/alerts.py --alerts 3000 --rate 1000 --history 30
+`meridian generate --alerts` makes the survey (--catalog-objects objects, ingested as
+catalog `object`) and a night of Rubin alerts (lsst.v9_0, from lsst-alert-packet's schema
+tree) of its variables; `meridian alerts replay` publishes them to the broker (Tansu, the
+Kafka-protocol broker the tests use, or --kafka for another) at --rate alerts a second
+(0: as fast as the broker takes them) while `meridian alerts consume` reads them.
 
-User filters are not evaluated yet: this measures ingest alone. librdkafka's mock cluster
-keeps only about the last 20 MB of a partition (about 100 of these alerts), so a run whose
-consumer falls behind loses the rest and is refused; give a real broker with --kafka for
-streams larger than that.
+Measured: alerts a second over the stream (first message read to last batch committed);
+latency from each alert's broker timestamp to its batch's commit (stored, filtered,
+matches queued: the consumer's own figures) and to the filter's output message on Kafka
+(its broker timestamp, read back by confluent-kafka), p50 and p99; the consumer's resident
+memory sampled through the night (first, quartiles, last, max).
 """
 
 import argparse
-import copy
 import json
+import os
 import platform
-import random
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import fastavro
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from query import ROOT, meridian_binary  # noqa: E402
-
-SAMPLE = ROOT.parent / "shared" / "data" / "alerts" / "rubin_fink_sample_7alerts.avro"
-
-
-def synthetic_alerts(n, fields, history, seed):
-    """`n` alerts from the samples, each a new object in one of `fields` fields, with at
-    most `history` earlier sources and forced sources (None: as many as the sample)."""
-    with open(SAMPLE, "rb") as f:
-        reader = fastavro.reader(f)
-        schema, samples = reader.writer_schema, list(reader)
-    rng = random.Random(seed)
-    centres = [(rng.uniform(0, 360), rng.uniform(-60, 20)) for _ in range(fields)]
-
-    def alerts():
-        for i in range(n):
-            a = copy.deepcopy(samples[i % len(samples)])
-            ra0, dec0 = centres[i % fields]
-            ra, dec = (ra0 + rng.uniform(-1.5, 1.5)) % 360, dec0 + rng.uniform(-1.5, 1.5)
-            obj = 10**15 + i
-            ids = iter(range(10**17 + i * 10_000, 10**17 + (i + 1) * 10_000))
-            prv = (a["prvDiaSources"] or [])[:history] if history is not None else a["prvDiaSources"] or []
-            frc = (a["prvDiaForcedSources"] or [])[:history] if history is not None else a["prvDiaForcedSources"] or []
-            for s in [a["diaSource"], *prv]:
-                s["diaSourceId"], s["diaObjectId"] = next(ids), obj
-                s["ra"], s["dec"] = ra + rng.gauss(0, 1e-5), dec + rng.gauss(0, 1e-5)
-            for s in frc:
-                s["diaForcedSourceId"], s["diaObjectId"] = next(ids), obj
-                s["ra"], s["dec"] = ra, dec
-            a["prvDiaSources"], a["prvDiaForcedSources"] = prv, frc
-            if a["diaObject"] is not None:
-                a["diaObject"]["diaObjectId"], a["diaObject"]["ra"], a["diaObject"]["dec"] = obj, ra, dec
-            a["diaSourceId"] = a["diaSource"]["diaSourceId"]
-            yield a
-    return schema, alerts()
 
 
 def rss_kib(pid):
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
     except OSError:
         return None
     return None
 
 
+def schema_dir():
+    import lsst.alert.packet
+    return os.path.join(os.path.dirname(lsst.alert.packet.__file__), "schema")
+
+
+def tansu():
+    exe = os.environ.get("MERIDIAN_TANSU") or shutil.which("tansu") \
+        or str(Path.home() / ".cache/meridian/tools/bin/tansu")
+    if not Path(exe).exists():
+        sys.exit("no Kafka broker: run scripts/test.sh once (it installs Tansu) or give --kafka")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"127.0.0.1:{port}"
+    proc = subprocess.Popen([exe, "broker", "--listener-url", f"tcp://{addr}",
+                             "--advertised-listener-url", f"tcp://{addr}",
+                             "--storage-engine", "memory://tansu/", "--silent"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, addr
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("Tansu did not start")
+
+
+def filters(rng_seed):
+    """100 filters: 90 over the alert alone, 10 cross-matches with the catalog."""
+    import random
+    rng = random.Random(rng_seed)
+    out = []
+    for i in range(30):
+        out.append(f"SELECT a.alertId, a.psfFlux FROM alert.diasource AS a "
+                   f"WHERE a.psfFlux > {rng.uniform(2e3, 2e5):.1f}")
+    for i in range(30):
+        out.append(f"SELECT a.alertId, a.snr FROM alert.diasource AS a "
+                   f"WHERE a.band = '{'ugrizy'[i % 6]}' AND a.snr > {rng.uniform(5, 50):.1f}")
+    for i in range(20):
+        out.append(f"SELECT d.alertId, d.nDiaSources FROM alert.diaobject AS d "
+                   f"WHERE d.nDiaSources >= {rng.randint(2, 12)}")
+    for i in range(10):
+        out.append(f"SELECT a.alertId FROM alert.diasource AS a "
+                   f"WHERE a.psfFlux < 0 AND a.snr > {rng.uniform(5, 20):.1f}")
+    for i in range(10):
+        out.append("SELECT a.alertId, o.objectId, o.r_mag FROM alert.diasource AS a "
+                   "JOIN object AS o ON 1 = CONTAINS(POINT('ICRS', a.ra, a.dec), "
+                   f"CIRCLE('ICRS', o.ra, o.dec, {rng.uniform(0.5, 2.0):.2f}/3600.)) "
+                   f"WHERE o.r_mag < {rng.uniform(22, 27):.2f}")
+    return out
+
+
+def read_topic(brokers, topic, timeout=30):
+    """(key, broker timestamp ms, value) of every message of `topic`."""
+    import confluent_kafka as ck
+    c = ck.Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{time.time()}",
+                     "auto.offset.reset": "earliest", "enable.partition.eof": True,
+                     "log_level": 3})
+    c.subscribe([topic])
+    out, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        msgs = c.consume(5000, 1.0)
+        eof = False
+        for m in msgs:
+            if m.error():
+                eof = eof or m.error().code() == ck.KafkaError._PARTITION_EOF
+                continue
+            out.append((m.key(), m.timestamp()[1], m.value()))
+        if eof:
+            break
+    c.close()
+    return out
+
+
+def zigzag_long(data, at):
+    shift, acc = 0, 0
+    while True:
+        b = data[at]
+        at += 1
+        acc |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return (acc >> 1) ^ -(acc & 1)
+
+
+def pct(values, q):
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--alerts", type=int, default=10_000)
+    ap.add_argument("--catalog-objects", type=int, default=10_000_000)
+    ap.add_argument("--visits", type=int, default=100)
+    ap.add_argument("--fields", type=int, default=10)
+    ap.add_argument("--field-radius-deg", type=float, default=10.0)
+    ap.add_argument("--variable-fraction", type=float, default=0.3)
+    ap.add_argument("--history", type=int, default=10)
     ap.add_argument("--rate", type=float, default=0.0, help="alerts a second (0: as fast as possible)")
-    ap.add_argument("--fields", type=int, default=20)
-    ap.add_argument("--history", type=int, default=None, help="earlier sources kept per alert")
     ap.add_argument("--batch-alerts", type=int, default=10_000)
+    ap.add_argument("--filters", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/meridian-bench-alerts"))
     ap.add_argument("--binary")
-    ap.add_argument("--kafka", help="a real broker, host:port (default: librdkafka's mock cluster)")
+    ap.add_argument("--kafka", help="a broker, host:port (default: Tansu, started here)")
     args = ap.parse_args()
-    import shutil
-
-    import confluent_kafka as ck
     binary = meridian_binary(args.binary)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    stream = args.work / "stream.avro"
-    schema, alerts = synthetic_alerts(args.alerts, args.fields, args.history, args.seed)
-    t = time.time()
-    with open(stream, "wb") as f:
-        # A block per record: each alert is taken out as one message.
-        fastavro.writer(f, fastavro.parse_schema(schema), alerts, sync_interval=1)
-    print(f"{args.alerts} alerts written ({stream.stat().st_size / 1e6:.0f} MB, {time.time() - t:.0f} s)")
-    schema_file = args.work / "schema.avsc"
-    schema_file.write_text(json.dumps(schema))
+    data, survey = args.work / "data", args.work / "survey"
 
-    if args.kafka:
-        broker_host, brokers = None, args.kafka
-    else:
-        broker_host = ck.Producer({"test.mock.num.brokers": 1, "log_level": 3})
-        b = next(iter(broker_host.list_topics(timeout=10).brokers.values()))
-        brokers = f"{b.host}:{b.port}"
-    data = args.work / "data"
+    def m(*a, **kw):
+        return subprocess.run([binary, "--quiet", "--data-dir", str(data), *map(str, a)],
+                              check=True, capture_output=True, text=True, **kw)
+
+    t = time.time()
+    out = m("generate", "--out", survey, "--objects", args.catalog_objects, "--seed", args.seed,
+            "--profile", "narrow", "--alerts", "--alert-schema-dir", schema_dir(),
+            "--alert-schema", "9.0", "--alert-visits", args.visits, "--alert-fields", args.fields,
+            "--alert-field-radius-deg", args.field_radius_deg,
+            "--variable-fraction", args.variable_fraction, "--alert-history", args.history).stderr
+    night = re.search(r"alerts: (\d+) alerts", out)
+    n_alerts = int(night.group(1))
+    files = sorted(str(p) for p in (survey / "alerts").glob("visit-*.avro"))
+    print(f"survey and night: {n_alerts} alerts in {len(files)} visits ({time.time() - t:.0f} s)")
+    t = time.time()
+    m("ingest", "object", *sorted(survey.glob("object-*.parquet")))
+    print(f"catalog object: {args.catalog_objects} rows ingested ({time.time() - t:.0f} s)")
+
+    broker_proc, brokers = (None, args.kafka) if args.kafka else tansu()
+    queries = filters(args.seed)[: args.filters]
+    for i, q in enumerate(queries):
+        m("alerts", "filter", "add", "--owner", "bench", "--name", f"f{i:03}", "--query", q,
+          "--kafka-topic", f"bench.f{i:03}")
+    print(f"{len(queries)} filters added")
+
     consumer = subprocess.Popen(
         [binary, "--quiet", "--data-dir", str(data), "alerts", "consume", "--kafka", brokers,
-         "--topic", "alerts", "--schema", f"1={schema_file}", "--batch-alerts", str(args.batch_alerts),
-         "--stop-when-idle-s", "5",
-         # The topic appears with the first alert: seen within half a second.
+         "--topic", "night", "--schema-dir", schema_dir(), "--batch-alerts", str(args.batch_alerts),
+         "--batch-ms", "500", "--stop-when-idle-s", "10",
          "--kafka-setting", "topic.metadata.refresh.interval.ms=500"],
-        stdout=subprocess.PIPE, text=True)
-    rss, lines = [], []
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines, rss = [], []
     stop = threading.Event()
 
     def read_output():
@@ -138,13 +205,13 @@ def main():
         while not stop.is_set():
             v = rss_kib(consumer.pid)
             if v:
-                rss.append(v)
+                rss.append((time.time(), v))
             time.sleep(0.5)
     threading.Thread(target=sample, daemon=True).start()
-    time.sleep(4)  # the consumer joins its group
+    time.sleep(3)  # the consumer joins its group
     t0 = time.time()
-    replay = [binary, "--quiet", "alerts", "replay", str(stream), "--kafka", brokers, "--topic", "alerts",
-              "--schema-id", "1"]
+    replay = [binary, "--quiet", "alerts", "replay", *files, "--kafka", brokers, "--topic", "night",
+              "--schema-id", "900"]
     if args.rate > 0:
         replay += ["--rate", str(args.rate)]
     subprocess.run(replay, check=True, capture_output=True)
@@ -152,39 +219,62 @@ def main():
     consumer.wait()
     reader.join()
     stop.set()
-    batches = [t for t, line in lines if line.startswith("batch")]
+    batches = [(t, line) for t, line in lines if line.startswith("batch")]
     total = lines[-1][1] if lines else ""
-    last_batch = batches[-1] if batches else time.time()
-    m = re.search(r"consumed\t(\d+) messages\t(\d+) alerts stored.*p50 (\S+) ms p99 (\S+) ms", total)
-    if consumer.returncode != 0 or not m:
+    mt = re.search(r"consumed\t(\d+) messages\t(\d+) alerts stored.*p50 (\S+) ms p99 (\S+) ms", total)
+    if consumer.returncode != 0 or not mt:
         sys.exit(f"the consumer failed: {[line for _, line in lines[-5:]]}")
-    stored = int(m.group(2))
-    if stored != args.alerts:
-        sys.exit(f"{stored} of {args.alerts} alerts were consumed: the broker did not keep the "
-                 "others (librdkafka's mock cluster keeps about 20 MB a partition); use --kafka")
-    seconds = last_batch - t0
+    stored = int(mt.group(2))
+    matches = sum(int(re.search(r"\t(\d+) matches", line).group(1)) for _, line in batches
+                  if re.search(r"\t(\d+) matches", line))
+    seconds = batches[-1][0] - t0 if batches else float("nan")
+
+    # End to end: each output message's broker timestamp against its alert's.
+    night_msgs = read_topic(brokers, "night")
+    sent = {}
+    for _, ts, value in night_msgs:
+        sent[zigzag_long(value, 5)] = ts  # lsst.v9_0: the alert's first field, diaSourceId
+    e2e = []
+    for i in range(len(queries)):
+        for key, ts, _ in read_topic(brokers, f"bench.f{i:03}", timeout=15):
+            a = int(key)
+            if a in sent:
+                e2e.append(ts - sent[a])
+    if broker_proc:
+        broker_proc.kill()
+
+    def rss_at(frac):
+        if not rss:
+            return None
+        return round(rss[min(len(rss) - 1, int(frac * len(rss)))][1] / 1024)
     result = {
-        "alerts": args.alerts,
+        "catalog_objects": args.catalog_objects,
+        "alerts": n_alerts,
         "alerts_stored": stored,
+        "filters": len(queries),
+        "crossmatch_filters": sum("JOIN object" in q for q in queries),
+        "matches": matches,
+        "output_messages": len(e2e),
         "rate_asked": args.rate,
         "publish_s": round(published, 2),
-        "ingest_s": round(seconds, 2),
+        "ingest_filter_s": round(seconds, 2),
         "alerts_per_s": round(stored / seconds, 1),
-        "latency_p50_ms": m.group(3),
-        "latency_p99_ms": m.group(4),
-        "rss_mib_first_last_max": [round(rss[0] / 1024) if rss else None, round(rss[-1] / 1024) if rss else None,
-                                   round(max(rss) / 1024) if rss else None],
-        "bytes_per_alert": round(stream.stat().st_size / args.alerts),
-        "history": args.history,
+        "commit_latency_ms_p50_p99": [mt.group(3), mt.group(4)],
+        "output_latency_ms_p50_p99": [pct(e2e, 0.5), pct(e2e, 0.99)],
+        "rss_mib_first_q1_median_q3_last_max": [rss_at(0), rss_at(0.25), rss_at(0.5), rss_at(0.75),
+                                               rss_at(1.0), round(max(v for _, v in rss) / 1024) if rss else None],
+        "batch_alerts": args.batch_alerts,
+        "broker": "Tansu 0.6.0 (memory)" if broker_proc else args.kafka,
     }
     print(json.dumps(result, indent=1))
-    machine = {"cpus": __import__("os").cpu_count(), "platform": platform.platform()}
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
+    if stored != n_alerts:
+        sys.exit(f"{stored} of {n_alerts} alerts were consumed")
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    outdir = ROOT / "bench" / "results"
+    outdir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    (out / f"alerts-{stamp}.json").write_text(json.dumps({"machine": machine, **result}, indent=1))
+    (outdir / f"alerts-{stamp}.json").write_text(json.dumps({"machine": machine, **result}, indent=1))
     print(f"written bench/results/alerts-{stamp}.json")
-    del broker_host
 
 
 if __name__ == "__main__":

@@ -63,6 +63,18 @@ client_venv "$VOS_PYTHON" vos vos==3.7
 export SPARCL_PYTHON="${SPARCL_PYTHON:-$HOME/.cache/meridian/sparcl-venv/bin/python}"
 client_venv "$SPARCL_PYTHON" sparcl.client sparclclient==1.3.1 numpy==1.26.4 pandas==2.1.4
 
+step "kafka broker (Tansu)"
+# Tansu, a Kafka-protocol broker (crates.io, Apache-2.0), is the real broker of the alert
+# stream's end-to-end test (tests/python/test_alert_night.py). Built once into the cache:
+# about 10 minutes on 2 cores the first time.
+TOOLS="$HOME/.cache/meridian/tools"
+if ! "$TOOLS/bin/tansu" --version 2>/dev/null | grep -qx "tansu 0.6.0"; then
+    cargo install tansu --version 0.6.0 --locked --features dynostore --root "$TOOLS" \
+        --target-dir "$HOME/.cache/meridian/tansu-target" --quiet
+    rm -rf "$HOME/.cache/meridian/tansu-target"
+fi
+export MERIDIAN_TANSU="$TOOLS/bin/tansu"
+
 # The web portal (web/) is built by meridian-portal's build script with npm and node; here a
 # portal that cannot be built is a failure, not a placeholder page.
 export MERIDIAN_PORTAL_REQUIRED=1

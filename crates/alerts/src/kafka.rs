@@ -210,6 +210,10 @@ pub fn consume(
     tracing::info!(brokers = %opts.brokers, topics = ?opts.topics, group = %opts.group, "consuming alerts");
     let mut total = Consumed::default();
     let mut last_message = Instant::now();
+    // The next offset expected of each partition: a message beyond it means the broker
+    // skipped some (retention, compaction, or a broker that answers a fetch from inside
+    // a record batch with the next batch), which the log says.
+    let mut expected: BTreeMap<(String, i32), i64> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         if let Some(f) = filtering {
             hold_back(&consumer, f, stop)?;
@@ -220,6 +224,7 @@ pub fn consume(
         let mut origins: Vec<DeadLetter> = Vec::new();
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut firsts: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut stamps: Vec<i64> = Vec::new();
         let mut started: Option<Instant> = None;
         loop {
@@ -263,6 +268,23 @@ pub fn consume(
             let (topic, partition, offset) =
                 (message.topic(), message.partition(), message.offset());
             offsets.insert((topic.to_string(), partition), offset);
+            firsts
+                .entry((topic.to_string(), partition))
+                .or_insert(offset);
+            let key = (topic.to_string(), partition);
+            let next = match expected.get(&key) {
+                Some(n) => Some(*n),
+                None => committed(&consumer, topic, partition),
+            };
+            if let Some(next) = next.filter(|n| offset > *n) {
+                tracing::warn!(
+                    %topic,
+                    partition,
+                    skipped = %format!("{next}..{}", offset - 1),
+                    "the broker skipped offsets: those messages were not read"
+                );
+            }
+            expected.insert(key, offset + 1);
             if let Some(ms) = message.timestamp().to_millis() {
                 stamps.push(ms);
             }
@@ -365,7 +387,12 @@ pub fn consume(
         total.alerts += batch.alerts as u64;
         total.dead_letters += batch.dead_letters as u64;
         total.batches += 1;
+        let ranges: Vec<String> = offsets
+            .iter()
+            .map(|((t, p), last)| format!("{t}[{p}]:{}..={last}", firsts[&(t.clone(), *p)]))
+            .collect();
         tracing::info!(
+            offsets = %ranges.join(","),
             messages = batch.messages,
             alerts = batch.alerts,
             dead_letters = batch.dead_letters,
@@ -460,20 +487,84 @@ pub enum Framing {
 /// Publishes the alerts of Avro files (one record per block, uncompressed: see
 /// [`avro::single_records`]) to a Kafka topic, one message each, keyed by nothing, at
 /// `rate` alerts a second if given; returns the messages sent once all are acknowledged.
+/// The group's committed offset of a partition, if it has one.
+fn committed(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .ok()?;
+    match got.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// Makes sure `topic` exists on `brokers` (one partition) before anything is produced to
+/// it: brokers that do not create topics on first use (Tansu; Kafka with
+/// `auto.create.topics.enable=false`) would refuse the messages. A topic the broker knows
+/// (or creates on the metadata request, when it auto-creates topics) needs no admin
+/// request; a refusal is logged, the broker then decides on the first message.
+pub(crate) fn ensure_topic<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    brokers: &str,
+    topic: &str,
+) {
+    if let Ok(md) = client.fetch_metadata(Some(topic), Duration::from_secs(10))
+        && md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    {
+        return;
+    }
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: std::result::Result<AdminClient<rdkafka::client::DefaultClientContext>, _> =
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create();
+    let Ok(admin) = admin else {
+        return;
+    };
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    match futures::executor::block_on(admin.create_topics([&new], &opts)) {
+        Ok(results) => {
+            for r in results {
+                if let Err((t, code)) = r
+                    && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+                {
+                    tracing::warn!(topic = %t, error = %code, "creating a topic");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(%topic, error = %e, "creating a topic"),
+    }
+}
+
 pub fn replay(
     files: &[std::path::PathBuf],
     brokers: &str,
     topic: &str,
     framing: Framing,
     rate: Option<f64>,
+    settings: &[(String, String)],
 ) -> Result<u64> {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer<Deliveries> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
-        .set("message.max.bytes", "10000000")
+        .set("message.max.bytes", "10000000");
+    for (k, v) in settings {
+        config.set(k, v);
+    }
+    let producer: BaseProducer<Deliveries> = config
         .create_with_context(Deliveries::default())
         .map_err(|e| kafka_err(&format!("brokers {brokers}"), e))?;
+    ensure_topic(producer.client(), brokers, topic);
     let start = Instant::now();
     let mut sent = 0u64;
     for f in files {

@@ -320,45 +320,8 @@ impl Deliverer {
         let Some(brokers) = &self.opts.brokers else {
             return;
         };
-        // A topic the broker knows (or creates on the metadata request, when it
-        // auto-creates topics) needs no admin request.
-        if let Some(producer) = &self.producer
-            && let Ok(md) = producer
-                .client()
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-            && md
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        {
-            self.topics.insert(topic.to_string());
-            return;
-        }
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let admin: std::result::Result<AdminClient<rdkafka::client::DefaultClientContext>, _> =
-            ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .create();
-        let Ok(admin) = admin else {
-            return;
-        };
-        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new()
-            .operation_timeout(Some(Duration::from_secs(10)))
-            .request_timeout(Some(Duration::from_secs(10)));
-        // An existing topic is fine; a broker that refuses (replication) creates it on the
-        // first message if it auto-creates topics.
-        match futures::executor::block_on(admin.create_topics([&new], &opts)) {
-            Ok(results) => {
-                for r in results {
-                    if let Err((t, code)) = r
-                        && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
-                    {
-                        tracing::warn!(topic = %t, error = %code, "creating an output topic");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(%topic, error = %e, "creating an output topic"),
+        if let Some(producer) = &self.producer {
+            crate::kafka::ensure_topic(producer.client(), brokers, topic);
         }
         self.topics.insert(topic.to_string());
     }

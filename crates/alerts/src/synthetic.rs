@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow_avro::schema::SCHEMA_METADATA_KEY;
-use arrow_avro::writer::AvroWriter;
+use arrow_avro::writer::format::AvroBinaryFormat;
 use meridian_synth::BANDS;
 use meridian_synth::night::{Alert, Measurement, Night};
 use rayon::prelude::*;
@@ -122,30 +122,63 @@ impl PacketWriter {
 
     fn write_file(&self, path: &Path, alerts: &[Alert]) -> Result<()> {
         let batch = self.batch(alerts)?;
+        let avro =
+            |e: arrow_avro::errors::AvroError| Error::Avro(format!("{}: {e}", path.display()));
+        // arrow-avro's encoder writes the records in the writer schema; the container
+        // around them is written here, because arrow-avro's file writer advertises a schema
+        // regenerated from the Arrow one (a named record defined at each use, which other
+        // readers refuse) rather than the schema given.
+        let mut encoder = arrow_avro::writer::WriterBuilder::new((*self.arrow).clone())
+            .build_encoder::<AvroBinaryFormat>()
+            .map_err(avro)?;
+        encoder.encode(&batch).map_err(avro)?;
+        let rows = encoder.flush();
+        let schema = &self.arrow.metadata()[SCHEMA_METADATA_KEY];
+        let sync = sync_marker(path);
+        let mut out = b"Obj\x01".to_vec();
+        crate::avro::write_long(&mut out, 2);
+        for (k, v) in [("avro.schema", schema.as_str()), ("avro.codec", "null")] {
+            crate::avro::write_long(&mut out, k.len() as i64);
+            out.extend_from_slice(k.as_bytes());
+            crate::avro::write_long(&mut out, v.len() as i64);
+            out.extend_from_slice(v.as_bytes());
+        }
+        crate::avro::write_long(&mut out, 0);
+        out.extend_from_slice(&sync);
+        // One alert per block: `meridian alerts replay` sends each block as a message.
+        for i in 0..rows.len() {
+            let row = rows.row(i).map_err(avro)?;
+            crate::avro::write_long(&mut out, 1);
+            crate::avro::write_long(&mut out, row.len() as i64);
+            out.extend_from_slice(&row);
+            out.extend_from_slice(&sync);
+        }
         let tmp = path.with_extension("partial");
         let io = |source| Error::Io {
             path: tmp.display().to_string(),
             source,
         };
-        let file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-        let avro =
-            |e: arrow_avro::errors::AvroError| Error::Avro(format!("{}: {e}", tmp.display()));
-        let mut w = AvroWriter::new(file, (*self.arrow).clone()).map_err(avro)?;
-        // One alert per block: `meridian alerts replay` sends each block as a message.
-        for i in 0..batch.num_rows() {
-            w.write(&batch.slice(i, 1)).map_err(avro)?;
-        }
-        w.finish().map_err(avro)?;
-        let file = w.into_inner();
-        file.into_inner()
-            .map_err(|e| io(e.into_error()))?
-            .sync_all()
-            .map_err(io)?;
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut file, &out).map_err(io)?;
+        file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
         })
     }
+}
+
+/// A container's 16-byte sync marker, drawn from its file name (any bytes do; these make
+/// the same night byte-identical).
+fn sync_marker(path: &Path) -> [u8; 16] {
+    use std::hash::{Hash, Hasher};
+    let mut out = [0u8; 16];
+    for (i, half) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (i, path.file_name()).hash(&mut h);
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
 }
 
 /// Unions with null put null first (Rubin's schemas do; those written by Spark, as

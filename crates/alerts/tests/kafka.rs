@@ -52,7 +52,8 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
             &brokers,
             "rubin",
             Framing::Confluent(42),
-            None
+            None,
+            &[]
         )
         .unwrap(),
         7
@@ -63,7 +64,8 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
             &brokers,
             "ztf",
             Framing::Container,
-            None
+            None,
+            &[]
         )
         .unwrap(),
         31
@@ -158,6 +160,7 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
         "rubin",
         Framing::Confluent(42),
         None,
+        &[],
     )
     .unwrap();
     let more = consume(&store, &dead, &opts, None, &stop, |_| {}).unwrap();

@@ -92,6 +92,10 @@ pub enum AlertsCommand {
         /// Alerts a second (default: as fast as the broker takes them).
         #[arg(long)]
         rate: Option<f64>,
+        /// KEY=VALUE: a librdkafka producer setting (security.protocol, linger.ms,
+        /// batch.num.messages, ...); repeat for several.
+        #[arg(long = "kafka-setting", value_parser = setting_arg)]
+        settings: Vec<(String, String)>,
     },
     /// Store Avro alert files in the alert database: their tables are appended to the
     /// store's catalogs (dia_source, dia_forced_source, dia_object, dia_cutout for Rubin;
@@ -288,12 +292,14 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             topic,
             schema_id,
             rate,
+            settings,
         } => {
             let framing = match schema_id {
                 Some(id) => meridian_alerts::kafka::Framing::Confluent(id),
                 None => meridian_alerts::kafka::Framing::Container,
             };
-            let n = meridian_alerts::kafka::replay(&files, &kafka, &topic, framing, rate)?;
+            let n =
+                meridian_alerts::kafka::replay(&files, &kafka, &topic, framing, rate, &settings)?;
             println!("{n} alerts published to {topic}");
             Ok(())
         }
