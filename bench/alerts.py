@@ -82,13 +82,13 @@ def filters(rng_seed):
     out = []
     for i in range(30):
         out.append(f"SELECT a.alertId, a.psfFlux FROM alert.diasource AS a "
-                   f"WHERE a.psfFlux > {rng.uniform(2e3, 2e5):.1f}")
+                   f"WHERE a.psfFlux > {rng.uniform(3e4, 3e5):.1f}")
     for i in range(30):
         out.append(f"SELECT a.alertId, a.snr FROM alert.diasource AS a "
-                   f"WHERE a.band = '{'ugrizy'[i % 6]}' AND a.snr > {rng.uniform(5, 50):.1f}")
+                   f"WHERE a.band = '{'ugrizy'[i % 6]}' AND a.snr > {rng.uniform(20, 100):.1f}")
     for i in range(20):
         out.append(f"SELECT d.alertId, d.nDiaSources FROM alert.diaobject AS d "
-                   f"WHERE d.nDiaSources >= {rng.randint(2, 12)}")
+                   f"WHERE d.nDiaSources >= {rng.randint(6, 15)}")
     for i in range(10):
         out.append(f"SELECT a.alertId FROM alert.diasource AS a "
                    f"WHERE a.psfFlux < 0 AND a.snr > {rng.uniform(5, 20):.1f}")
@@ -96,7 +96,7 @@ def filters(rng_seed):
         out.append("SELECT a.alertId, o.objectId, o.r_mag FROM alert.diasource AS a "
                    "JOIN object AS o ON 1 = CONTAINS(POINT('ICRS', a.ra, a.dec), "
                    f"CIRCLE('ICRS', o.ra, o.dec, {rng.uniform(0.5, 2.0):.2f}/3600.)) "
-                   f"WHERE o.r_mag < {rng.uniform(22, 27):.2f}")
+                   f"WHERE o.r_mag < {rng.uniform(20, 24):.2f}")
     return out
 
 
@@ -210,8 +210,10 @@ def main():
     threading.Thread(target=sample, daemon=True).start()
     time.sleep(3)  # the consumer joins its group
     t0 = time.time()
+    # One message per record batch: Tansu 0.6 answers a fetch from inside a record batch
+    # with the next batch, which would lose the rest of that batch.
     replay = [binary, "--quiet", "alerts", "replay", *files, "--kafka", brokers, "--topic", "night",
-              "--schema-id", "900"]
+              "--schema-id", "900", "--kafka-setting", "batch.num.messages=1"]
     if args.rate > 0:
         replay += ["--rate", str(args.rate)]
     subprocess.run(replay, check=True, capture_output=True)

@@ -297,24 +297,68 @@ impl Evaluator {
                 .collect::<Result<Vec<_>>>()?;
             sets.push((kind, providers));
         }
-        let mut out = Vec::with_capacity(filters.len());
+        // One session over the batch's tables serves every filter that reads no MyDB
+        // table (building a session per filter costs more than most filters' queries);
+        // those filters run as tasks of the runtime, on all its threads at once.
+        let shared = sets
+            .iter()
+            .map(|(k, tables)| {
+                let extra = tables
+                    .iter()
+                    .map(|(n, t)| (SCHEMA.to_string(), n.to_string(), t.clone()))
+                    .collect();
+                Ok((*k, Arc::new(self.engine.with_tables(extra)?)))
+            })
+            .collect::<Result<Vec<(Kind, Arc<Engine>)>>>()?;
+        let mut pending = Vec::with_capacity(filters.len());
         for f in filters {
             let kind = kind_of(&f.query);
-            let mut rows = Ok(Vec::new());
-            for (k, tables) in sets.iter().filter(|(k, _)| *k == kind) {
-                let _ = k;
-                match self.run_one(f, tables.clone()).await {
-                    Ok(b) => {
-                        if let Ok(v) = &mut rows {
-                            v.extend(b);
+            if f.query.to_ascii_lowercase().contains("mydb.") {
+                pending.push((f, None));
+                continue;
+            }
+            let engines: Vec<Arc<Engine>> = shared
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, e)| e.clone())
+                .collect();
+            let filter = f.clone();
+            pending.push((
+                f,
+                Some(tokio::spawn(async move {
+                    let mut rows = Vec::new();
+                    for e in engines {
+                        rows.extend(run_on(&e, &filter).await?);
+                    }
+                    Ok::<_, Error>(rows)
+                })),
+            ));
+        }
+        let mut out = Vec::with_capacity(filters.len());
+        for (f, task) in pending {
+            let rows = match task {
+                Some(task) => task.await.unwrap_or_else(|e| {
+                    Err(Error::Invalid(format!("the filter's run failed: {e}")))
+                }),
+                None => {
+                    let kind = kind_of(&f.query);
+                    let mut rows = Ok(Vec::new());
+                    for (_, tables) in sets.iter().filter(|(k, _)| *k == kind) {
+                        match self.run_one(f, tables.clone()).await {
+                            Ok(b) => {
+                                if let Ok(v) = &mut rows {
+                                    v.extend(b);
+                                }
+                            }
+                            Err(e) => {
+                                rows = Err(e);
+                                break;
+                            }
                         }
                     }
-                    Err(e) => {
-                        rows = Err(e);
-                        break;
-                    }
+                    rows
                 }
-            }
+            };
             out.push(Outcome { filter: f.id, rows });
         }
         Ok(out)
@@ -326,21 +370,26 @@ impl Evaluator {
         tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
     ) -> Result<Vec<RecordBatch>> {
         let engine = self.engine_for(&f.owner, &f.query, tables).await?;
-        let df = engine.query(&f.query, Lang::Adql).await?;
-        let plan = engine.physical_plan(df).await?;
-        let ctx = engine.session().task_ctx();
-        let batches = datafusion::physical_plan::collect(plan, ctx)
-            .await
-            .map_err(meridian_engine::Error::from)?;
-        if let Some(b) = batches.first()
-            && key_index(&b.schema()).is_none()
-        {
-            return Err(Error::Invalid(format!(
-                "the filter's result has no column {KEY}"
-            )));
-        }
-        Ok(batches)
+        run_on(&engine, f).await
     }
+}
+
+/// Runs filter `f` on `engine` (a session with the batch's alert tables).
+async fn run_on(engine: &Engine, f: &Filter) -> Result<Vec<RecordBatch>> {
+    let df = engine.query(&f.query, Lang::Adql).await?;
+    let plan = engine.physical_plan(df).await?;
+    let ctx = engine.session().task_ctx();
+    let batches = datafusion::physical_plan::collect(plan, ctx)
+        .await
+        .map_err(meridian_engine::Error::from)?;
+    if let Some(b) = batches.first()
+        && key_index(&b.schema()).is_none()
+    {
+        return Err(Error::Invalid(format!(
+            "the filter's result has no column {KEY}"
+        )));
+    }
+    Ok(batches)
 }
 
 fn key_index(schema: &Schema) -> Option<usize> {
