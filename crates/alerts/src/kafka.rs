@@ -20,6 +20,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::avro::{self, ConfluentDecoder};
 use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dia;
 use crate::evaluate::{Filtered, Filtering};
 use crate::load::{self, Stored};
 use crate::{Error, Result};
@@ -168,6 +169,80 @@ fn decode(decoder: &mut ConfluentDecoder, value: &[u8]) -> Result<Vec<RecordBatc
     Ok(vec![decoder.decode(value)?])
 }
 
+/// Decodes the Confluent-framed messages `framed` (each as the dead letter it would be):
+/// runs of one schema together, a run that fails message by message to find the culprits.
+/// Returns the alerts with valid positions, each batch with the messages of its rows;
+/// every message that cannot be read, or has no valid position, goes to `letters`.
+fn decode_framed(
+    decoder: &mut ConfluentDecoder,
+    framed: Vec<DeadLetter>,
+    letters: &mut Vec<DeadLetter>,
+) -> Result<Vec<(RecordBatch, Vec<DeadLetter>)>> {
+    let dead = |l: &DeadLetter, reason: String| DeadLetter {
+        reason,
+        ..l.clone()
+    };
+    let mut out = Vec::new();
+    let mut rest = framed.as_slice();
+    while let Some(first) = rest.first() {
+        let id = ConfluentDecoder::schema_id(&first.payload).ok();
+        let run = match id {
+            Some(id) => rest
+                .iter()
+                .take_while(|l| ConfluentDecoder::schema_id(&l.payload).ok() == Some(id))
+                .count(),
+            None => 1,
+        };
+        let (group, tail) = rest.split_at(run);
+        rest = tail;
+        let values: Vec<&[u8]> = group.iter().map(|l| l.payload.as_slice()).collect();
+        let decoded: Vec<(RecordBatch, Vec<&DeadLetter>)> = match decoder.decode_all(&values) {
+            Ok(b) => vec![(b, group.iter().collect())],
+            Err(_) => group
+                .iter()
+                .filter_map(|l| match decoder.decode(&l.payload) {
+                    Ok(b) => Some((b, vec![l])),
+                    Err(e) => {
+                        letters.push(dead(l, e.to_string()));
+                        None
+                    }
+                })
+                .collect(),
+        };
+        for (a, rows) in decoded {
+            // An alert of a shape the tables cannot take (no position column at all) or
+            // without a valid position is a dead letter too.
+            let bad = match dia::bad_positions(&a) {
+                Ok(bad) => bad,
+                Err(e) if is_data_error(&e) => {
+                    letters.extend(rows.iter().map(|l| dead(l, e.to_string())));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut kept = Vec::new();
+            for (l, reason) in rows.iter().zip(&bad) {
+                match reason {
+                    Some(r) => letters.push(dead(l, r.clone())),
+                    None => kept.push((*l).clone()),
+                }
+            }
+            if kept.is_empty() {
+                continue;
+            }
+            let a = if kept.len() == a.num_rows() {
+                a
+            } else {
+                let keep: arrow::array::BooleanArray =
+                    bad.iter().map(|b| Some(b.is_none())).collect();
+                arrow::compute::filter_record_batch(&a, &keep)?
+            };
+            out.push((a, kept));
+        }
+    }
+    Ok(out)
+}
+
 /// Reads alerts from Kafka into the alert database until `stop` is set (or the stream is
 /// idle for `stop_when_idle`), calling `on_batch` after each batch is stored, filtered
 /// (by `filtering`, when given) and committed. While more matches wait for delivery than
@@ -220,8 +295,13 @@ pub fn consume(
         }
         let mut batch = Batch::default();
         let mut alerts: Vec<RecordBatch> = Vec::new();
-        // The dead letter each entry of `alerts` would be (its message), if it fails.
-        let mut origins: Vec<DeadLetter> = Vec::new();
+        // The dead letter each row of each entry of `alerts` would be (its message), if it
+        // fails.
+        let mut origins: Vec<Vec<DeadLetter>> = Vec::new();
+        // Messages in the Confluent wire format, decoded together once the batch is read
+        // (a decode per message costs more than the rest of the ingest), each kept as the
+        // dead letter it would be.
+        let mut framed: Vec<DeadLetter> = Vec::new();
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut firsts: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -229,7 +309,7 @@ pub fn consume(
         let mut started: Option<Instant> = None;
         loop {
             let waited = started.map_or(Duration::ZERO, |s| s.elapsed());
-            if batch.alerts >= opts.batch_alerts
+            if batch.alerts + framed.len() >= opts.batch_alerts
                 || waited >= opts.batch_wait
                 || stop.load(Ordering::Relaxed)
             {
@@ -296,6 +376,10 @@ pub fn consume(
                 reason,
                 payload: value.to_vec(),
             };
+            if !avro::is_container(value) {
+                framed.push(letter(String::new()));
+                continue;
+            }
             match decode(&mut decoder, value) {
                 Ok(decoded) => {
                     for a in decoded {
@@ -313,13 +397,18 @@ pub fn consume(
                         };
                         batch.alerts += good.num_rows();
                         if good.num_rows() > 0 {
+                            origins.push(vec![letter(String::new()); good.num_rows()]);
                             alerts.push(good);
-                            origins.push(letter(String::new()));
                         }
                     }
                 }
                 Err(e) => letters.push(letter(e.to_string())),
             }
+        }
+        for (a, rows) in decode_framed(&mut decoder, framed, &mut letters)? {
+            batch.alerts += a.num_rows();
+            alerts.push(a);
+            origins.push(rows);
         }
         if batch.messages == 0 {
             if opts
@@ -339,20 +428,23 @@ pub fn consume(
                 tracing::warn!(error = %e, "a batch could not be stored whole: storing its alerts one by one");
                 let mut tables = Vec::new();
                 let mut kept = Vec::new();
-                for (a, origin) in alerts.iter().zip(origins) {
-                    match store_by_schema(store, std::slice::from_ref(a)) {
-                        Ok(t) => {
-                            tables.extend(t);
-                            kept.push(a.clone());
+                for (a, rows) in alerts.iter().zip(origins) {
+                    for (i, origin) in rows.into_iter().enumerate() {
+                        let one = a.slice(i, 1);
+                        match store_by_schema(store, std::slice::from_ref(&one)) {
+                            Ok(t) => {
+                                tables.extend(t);
+                                kept.push(one);
+                            }
+                            Err(e) if is_data_error(&e) => {
+                                batch.alerts -= 1;
+                                letters.push(DeadLetter {
+                                    reason: e.to_string(),
+                                    ..origin
+                                });
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) if is_data_error(&e) => {
-                            batch.alerts -= a.num_rows();
-                            letters.push(DeadLetter {
-                                reason: e.to_string(),
-                                ..origin
-                            });
-                        }
-                        Err(e) => return Err(e),
                     }
                 }
                 alerts = kept;
