@@ -290,8 +290,11 @@ pub fn consume(
     // a record batch with the next batch), which the log says.
     let mut expected: BTreeMap<(String, i32), i64> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
-        if let Some(f) = filtering {
-            hold_back(&consumer, f, stop)?;
+        // Time spent waiting for the outputs is not idle time of the stream.
+        if let Some(f) = filtering
+            && hold_back(&consumer, f, stop)?
+        {
+            last_message = Instant::now();
         }
         let mut batch = Batch::default();
         let mut alerts: Vec<RecordBatch> = Vec::new();
@@ -515,11 +518,12 @@ fn is_data_error(e: &Error) -> bool {
     }
 }
 
-/// Waits, partitions paused, while more matches wait for delivery than `f` allows.
-fn hold_back(consumer: &BaseConsumer, f: &Filtering, stop: &AtomicBool) -> Result<()> {
+/// Waits, partitions paused, while more matches wait for delivery than `f` allows;
+/// whether it waited.
+fn hold_back(consumer: &BaseConsumer, f: &Filtering, stop: &AtomicBool) -> Result<bool> {
     let mut backlog = f.backlog()?;
     if backlog <= f.max_backlog {
-        return Ok(());
+        return Ok(false);
     }
     let assignment = consumer
         .assignment()
@@ -541,7 +545,7 @@ fn hold_back(consumer: &BaseConsumer, f: &Filtering, stop: &AtomicBool) -> Resul
         .resume(&assignment)
         .map_err(|e| kafka_err("resuming", e))?;
     tracing::info!(backlog, "reading resumed");
-    Ok(())
+    Ok(true)
 }
 
 /// Whether the consumer group has given this consumer partitions yet.
