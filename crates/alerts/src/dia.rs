@@ -479,11 +479,23 @@ fn upper_limits(
 /// Per alert of `alerts`: why it has no valid position (its `diaSource`'s, or for ZTF its
 /// `candidate`'s), or `None` when it has one.
 pub fn bad_positions(alerts: &RecordBatch) -> Result<Vec<Option<String>>> {
-    let record = match Kind::detect(&alerts.schema())? {
-        Kind::Rubin => "diaSource",
-        Kind::Ztf => "candidate",
+    let (record, time) = match Kind::detect(&alerts.schema())? {
+        Kind::Rubin => ("diaSource", "midpointMjdTai"),
+        Kind::Ztf => ("candidate", "jd"),
     };
     let s = as_struct(column(alerts, record)?, record)?;
+    // A writer schema that makes the position or the time something else than a number
+    // cannot describe these tables (the first one stored would set their column types).
+    for name in ["ra", "dec", time] {
+        if let Some(c) = s.column_by_name(name)
+            && !c.data_type().is_numeric()
+        {
+            return Err(Error::Shape(format!(
+                "'{record}.{name}' is {}, not a number",
+                c.data_type()
+            )));
+        }
+    }
     let coordinate = |name: &str| -> Result<ArrayRef> {
         let c = s
             .column_by_name(name)
