@@ -210,7 +210,7 @@ impl Evaluator {
             .map(|(n, t)| (SCHEMA.to_string(), n.to_string(), t))
             .collect();
         let text = query.to_ascii_lowercase();
-        if let Some(mydb) = self.mydb.as_ref().filter(|_| text.contains("mydb.")) {
+        if let Some(mydb) = self.mydb.as_ref().filter(|_| reads_mydb(query)) {
             for t in mydb
                 .list(owner)
                 .map_err(|e| Error::Invalid(e.to_string()))?
@@ -313,7 +313,7 @@ impl Evaluator {
         let mut pending = Vec::with_capacity(filters.len());
         for f in filters {
             let kind = kind_of(&f.query);
-            if f.query.to_ascii_lowercase().contains("mydb.") {
+            if reads_mydb(&f.query) {
                 pending.push((f, None));
                 continue;
             }
@@ -372,6 +372,12 @@ impl Evaluator {
         let engine = self.engine_for(&f.owner, &f.query, tables).await?;
         run_on(&engine, f).await
     }
+}
+
+/// Whether a filter's query may name the owner's MyDB tables (it then needs a session of
+/// its own, with them).
+fn reads_mydb(query: &str) -> bool {
+    query.to_ascii_lowercase().contains("mydb.")
 }
 
 /// Runs filter `f` on `engine` (a session with the batch's alert tables).

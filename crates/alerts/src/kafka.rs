@@ -160,15 +160,6 @@ fn kafka_err(what: &str, e: rdkafka::error::KafkaError) -> Error {
     Error::Kafka(format!("{what}: {e}"))
 }
 
-/// Decodes one message's alert(s).
-fn decode(decoder: &mut ConfluentDecoder, value: &[u8]) -> Result<Vec<RecordBatch>> {
-    if avro::is_container(value) {
-        let (_, batches) = avro::read_container("message", value)?;
-        return Ok(batches);
-    }
-    Ok(vec![decoder.decode(value)?])
-}
-
 /// Decodes the Confluent-framed messages `framed` (each as the dead letter it would be):
 /// runs of one schema together, a run that fails message by message to find the culprits.
 /// Returns the alerts with valid positions, each batch with the messages of its rows;
@@ -350,11 +341,9 @@ pub fn consume(
             batch.messages += 1;
             let (topic, partition, offset) =
                 (message.topic(), message.partition(), message.offset());
-            offsets.insert((topic.to_string(), partition), offset);
-            firsts
-                .entry((topic.to_string(), partition))
-                .or_insert(offset);
             let key = (topic.to_string(), partition);
+            offsets.insert(key.clone(), offset);
+            firsts.entry(key.clone()).or_insert(offset);
             let next = match expected.get(&key) {
                 Some(n) => Some(*n),
                 None => committed(&consumer, topic, partition),
@@ -383,8 +372,8 @@ pub fn consume(
                 framed.push(letter(String::new()));
                 continue;
             }
-            match decode(&mut decoder, value) {
-                Ok(decoded) => {
+            match avro::read_container("message", value) {
+                Ok((_, decoded)) => {
                     for a in decoded {
                         let offsets = vec![offset; a.num_rows()];
                         // An alert of a shape the tables cannot take (no position
@@ -580,9 +569,6 @@ pub enum Framing {
     Container,
 }
 
-/// Publishes the alerts of Avro files (one record per block, uncompressed: see
-/// [`avro::single_records`]) to a Kafka topic, one message each, keyed by nothing, at
-/// `rate` alerts a second if given; returns the messages sent once all are acknowledged.
 /// The group's committed offset of a partition, if it has one.
 fn committed(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
     let mut tpl = TopicPartitionList::new();
@@ -640,6 +626,9 @@ pub(crate) fn ensure_topic<C: rdkafka::client::ClientContext>(
     }
 }
 
+/// Publishes the alerts of Avro files (one record per block, uncompressed: see
+/// [`avro::single_records`]) to a Kafka topic, one message each, keyed by nothing, at
+/// `rate` alerts a second if given; returns the messages sent once all are acknowledged.
 pub fn replay(
     files: &[std::path::PathBuf],
     brokers: &str,

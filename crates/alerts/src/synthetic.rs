@@ -135,16 +135,7 @@ impl PacketWriter {
         let rows = encoder.flush();
         let schema = &self.arrow.metadata()[SCHEMA_METADATA_KEY];
         let sync = sync_marker(path);
-        let mut out = b"Obj\x01".to_vec();
-        crate::avro::write_long(&mut out, 2);
-        for (k, v) in [("avro.schema", schema.as_str()), ("avro.codec", "null")] {
-            crate::avro::write_long(&mut out, k.len() as i64);
-            out.extend_from_slice(k.as_bytes());
-            crate::avro::write_long(&mut out, v.len() as i64);
-            out.extend_from_slice(v.as_bytes());
-        }
-        crate::avro::write_long(&mut out, 0);
-        out.extend_from_slice(&sync);
+        let mut out = container_header(schema, &sync);
         // One alert per block: `meridian alerts replay` sends each block as a message.
         for i in 0..rows.len() {
             let row = rows.row(i).map_err(avro)?;
@@ -214,17 +205,24 @@ fn null_first(v: &mut Value) {
     }
 }
 
-/// An object container file of no records whose header holds `schema`.
-fn empty_container(schema: &str) -> Vec<u8> {
+/// The header of an uncompressed object container file of `schema` with marker `sync`.
+fn container_header(schema: &str, sync: &[u8; 16]) -> Vec<u8> {
     let mut out = b"Obj\x01".to_vec();
-    crate::avro::write_long(&mut out, 1);
-    for part in [b"avro.schema".as_slice(), schema.as_bytes()] {
-        crate::avro::write_long(&mut out, part.len() as i64);
-        out.extend_from_slice(part);
+    crate::avro::write_long(&mut out, 2);
+    for (k, v) in [("avro.schema", schema), ("avro.codec", "null")] {
+        crate::avro::write_long(&mut out, k.len() as i64);
+        out.extend_from_slice(k.as_bytes());
+        crate::avro::write_long(&mut out, v.len() as i64);
+        out.extend_from_slice(v.as_bytes());
     }
     crate::avro::write_long(&mut out, 0);
-    out.extend_from_slice(&[0u8; 16]);
+    out.extend_from_slice(sync);
     out
+}
+
+/// An object container file of no records whose header holds `schema`.
+fn empty_container(schema: &str) -> Vec<u8> {
+    container_header(schema, &[0u8; 16])
 }
 
 /// Every named type of `schema`, by full and by short name.

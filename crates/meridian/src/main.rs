@@ -661,6 +661,12 @@ fn generate(
         chunk_objects: args.chunk_objects,
         position_jitter_mas: args.position_jitter_mas,
     };
+    // The night's settings and schema are checked before the survey is written.
+    let night = args
+        .alerts
+        .alerts
+        .then(|| commands::alerts::plan_night(spec.clone(), &args.alerts))
+        .transpose()?;
     let format = match args.format {
         OutFormat::Csv => meridian_synth::OutFormat::Csv,
         OutFormat::Parquet => meridian_synth::OutFormat::Parquet,
@@ -700,8 +706,8 @@ fn generate(
             quiet,
         )?;
     }
-    if args.alerts.alerts {
-        commands::alerts::generate_night(&args.out.join("alerts"), spec, &args.alerts, quiet)?;
+    if let Some(night) = &night {
+        commands::alerts::generate_night(&args.out.join("alerts"), night, quiet)?;
     }
     eprintln!("generated in {:.1} s", start.elapsed().as_secs_f64());
     Ok(out)

@@ -197,8 +197,15 @@ pub struct Night {
     variables: Vec<(Variable, Vec<usize>)>,
     /// For each field, indices into `variables`.
     in_field: Vec<Vec<usize>>,
-    /// Earlier visits of each field, oldest first.
-    history: Vec<Vec<Visit>>,
+    /// Every visit of each field (its earlier ones, then the night's), oldest first.
+    field_visits: Vec<Vec<Visit>>,
+}
+
+impl NightSpec {
+    /// Refuses a night that cannot be made, saying which setting is out of range.
+    pub fn check(&self) -> crate::Result<()> {
+        check(self)
+    }
 }
 
 /// Errors of the night's description.
@@ -301,35 +308,26 @@ impl Night {
                 in_field[*f].push(i);
             }
         }
-        let history = (0..centres.len())
-            .map(|f| field_history(seed, f, spec))
+        let tonight = night_visits(spec);
+        let field_visits = (0..centres.len())
+            .map(|f| {
+                let mut v = field_history(seed, f, spec);
+                v.extend(tonight.iter().filter(|v| v.field == f));
+                v
+            })
             .collect();
         Ok(Night {
             spec: spec.clone(),
             centres,
             variables,
             in_field,
-            history,
+            field_visits,
         })
     }
 
     /// The night's visits, in time order.
     pub fn visits(&self) -> Vec<Visit> {
-        let night = night_number(self.spec.night_mjd);
-        let fields = self.spec.fields as usize;
-        (0..self.spec.visits as usize)
-            .map(|v| {
-                let (field, pass) = (v % fields, v / fields);
-                Visit {
-                    visit: night * VISITS_PER_NIGHT + v as i64,
-                    mjd: self.spec.night_mjd + v as f64 * VISIT_CADENCE_S / 86_400.0,
-                    // Revisits of a field change band (g, r, i, z, u, y, ...), as Rubin's
-                    // pairs do.
-                    band: [1, 2, 3, 4, 0, 5][(field + pass) % 6],
-                    field,
-                }
-            })
-            .collect()
+        night_visits(&self.spec)
     }
 
     /// Variables the night can see (in at least one field).
@@ -339,7 +337,6 @@ impl Night {
 
     /// The alerts of visit `visit` (one of [`Night::visits`]), in object order.
     pub fn alerts(&self, visit: &Visit) -> Vec<Alert> {
-        let night_visits = self.visits();
         self.in_field[visit.field]
             .iter()
             .filter_map(|&i| {
@@ -351,11 +348,7 @@ impl Night {
                 // Every earlier visit of the object's fields within a year, oldest first.
                 let mut earlier: Vec<Visit> = fields
                     .iter()
-                    .flat_map(|f| {
-                        self.history[*f]
-                            .iter()
-                            .chain(night_visits.iter().filter(|v| v.field == *f))
-                    })
+                    .flat_map(|f| &self.field_visits[*f])
                     .filter(|v| v.mjd < visit.mjd && v.mjd >= visit.mjd - HISTORY_DAYS)
                     .copied()
                     .collect();
@@ -440,6 +433,25 @@ impl Night {
         };
         (row * per_row + col, px(u, col), px(v, row))
     }
+}
+
+/// The visits of the night of `spec`, in time order.
+fn night_visits(spec: &NightSpec) -> Vec<Visit> {
+    let night = night_number(spec.night_mjd);
+    let fields = spec.fields as usize;
+    (0..spec.visits as usize)
+        .map(|v| {
+            let (field, pass) = (v % fields, v / fields);
+            Visit {
+                visit: night * VISITS_PER_NIGHT + v as i64,
+                mjd: spec.night_mjd + v as f64 * VISIT_CADENCE_S / 86_400.0,
+                // Revisits of a field change band (g, r, i, z, u, y, ...), as Rubin's
+                // pairs do.
+                band: [1, 2, 3, 4, 0, 5][(field + pass) % 6],
+                field,
+            }
+        })
+        .collect()
 }
 
 /// How object `o` varies (drawn from (seed, object) alone): stars mostly periodic, a

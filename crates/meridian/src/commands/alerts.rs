@@ -195,13 +195,19 @@ pub struct NightArgs {
     pub night_mjd: Option<f64>,
 }
 
-/// Writes the night of `args` over the survey `survey` into `dir`.
-pub fn generate_night(
-    dir: &std::path::Path,
+/// A night to write: its description and the writer schema (registry id, JSON).
+pub struct NightPlan {
+    spec: meridian_synth::night::NightSpec,
+    id: u32,
+    schema: String,
+}
+
+/// The night of `args` over `survey`, its schema read and its settings checked (before
+/// anything is generated).
+pub fn plan_night(
     survey: meridian_synth::SurveySpec,
     args: &NightArgs,
-    quiet: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<NightPlan> {
     use anyhow::Context;
     let root = args.alert_schema_dir.as_ref().context(
         "--alerts needs --alert-schema-dir: Rubin's alert schemas (pip install \
@@ -235,14 +241,21 @@ pub fn generate_night(
         variable_fraction: args.variable_fraction,
         history_visits: args.alert_history,
     };
-    let night = meridian_synth::night::Night::plan(&spec)?;
+    spec.check()?;
+    Ok(NightPlan { spec, id, schema })
+}
+
+/// Writes the night `plan` into `dir`.
+pub fn generate_night(dir: &std::path::Path, plan: &NightPlan, quiet: bool) -> anyhow::Result<()> {
+    let (id, schema) = (plan.id, &plan.schema);
+    let night = meridian_synth::night::Night::plan(&plan.spec)?;
     let pb = crate::bar(
         quiet,
         0,
         "alerts {spinner} {human_pos} alerts {per_sec} ({elapsed})",
     );
     let written =
-        meridian_alerts::synthetic::write_night(&night, &schema, dir, &|n| pb.set_position(n))?;
+        meridian_alerts::synthetic::write_night(&night, schema, dir, &|n| pb.set_position(n))?;
     pb.finish_and_clear();
     eprintln!(
         "alerts: {} alerts of {} variables in {} visits ({} files, schema lsst.v{}_{}, id {id}) under {}",
