@@ -12,6 +12,7 @@
 //! and is not queued twice. Each output's delivery state is kept on the row, so a slow or
 //! failing output holds back only itself.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -244,7 +245,11 @@ impl FilterStore {
              );
              CREATE INDEX IF NOT EXISTS matches_kafka ON matches (kafka) WHERE kafka IN (1, 2);
              CREATE INDEX IF NOT EXISTS matches_webhook ON matches (webhook, next_try_ms)
-                 WHERE webhook IN (1, 2);",
+                 WHERE webhook IN (1, 2);
+             CREATE TABLE IF NOT EXISTS kafka_mark (
+                 topic TEXT PRIMARY KEY,
+                 next_offset INTEGER NOT NULL
+             );",
         )
         .map_err(|e| db_err(path, e))?;
         Ok(Self {
@@ -525,6 +530,49 @@ impl FilterStore {
     /// Marks matches `seqs` delivered to `output`.
     pub fn delivered(&self, output: Output, seqs: &[i64]) -> Result<()> {
         self.set_delivery(output, seqs, delivery::DONE)
+    }
+
+    /// Marks matches delivered to Kafka, given as (sequence number, topic, offset the
+    /// broker gave it), and moves each topic's mark past them, in one transaction: every
+    /// match still in flight afterwards was sent after the mark, so it is at or after the
+    /// mark if the broker has it (see [`FilterStore::kafka_marks`]).
+    pub fn delivered_to_kafka(&self, acks: &[(i64, String, i64)]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut done = tx
+                .prepare(&format!(
+                    "UPDATE matches SET kafka = {} WHERE seq = ?1",
+                    delivery::DONE
+                ))
+                .map_err(|e| self.err(e))?;
+            let mut mark = tx
+                .prepare(
+                    "INSERT INTO kafka_mark (topic, next_offset) VALUES (?1, ?2)
+                     ON CONFLICT (topic) DO UPDATE
+                     SET next_offset = max(next_offset, excluded.next_offset)",
+                )
+                .map_err(|e| self.err(e))?;
+            for (seq, topic, offset) in acks {
+                done.execute(params![seq]).map_err(|e| self.err(e))?;
+                mark.execute(params![topic, offset + 1])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// For each topic that received matches, the offset after the last one acknowledged
+    /// by the broker.
+    pub fn kafka_marks(&self) -> Result<HashMap<String, i64>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT topic, next_offset FROM kafka_mark")
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Puts matches `seqs` back in the queue of `output` (not sent after all).

@@ -587,7 +587,7 @@ fn committed(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64
 /// `auto.create.topics.enable=false`) would refuse the messages. A topic the broker knows
 /// (or creates on the metadata request, when it auto-creates topics) needs no admin
 /// request; a refusal is logged, the broker then decides on the first message.
-pub(crate) fn ensure_topic<C: rdkafka::client::ClientContext>(
+pub fn ensure_topic<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     brokers: &str,
     topic: &str,

@@ -4,9 +4,10 @@
 //! - **Kafka**: each match is one message on the filter's topic (partition 0, so a topic
 //!   holds a filter's matches in order), keyed by alert id, the JSON of
 //!   [`crate::filters::Queued::payload`]. Matches are marked in flight before they are
-//!   sent and delivered once the broker acknowledged them. After a crash, matches left in
-//!   flight are looked up at the end of their topic (only Meridian writes there): those
-//!   found count as delivered, the others are sent again. So a topic gets each match once.
+//!   sent and delivered once the broker acknowledged them; each topic keeps a mark, the
+//!   offset after its last acknowledged match. After a crash, matches left in flight are
+//!   looked up in their topic from its mark on (only Meridian writes there): those found
+//!   count as delivered, the others are sent again. So a topic gets each match once.
 //! - **Webhook**: an HTTP POST of the same JSON, with the header `Idempotency-Key:
 //!   <filter>-<alertId>`; a 2xx answer delivers it, anything else is retried after a
 //!   backoff doubling from one second, up to [`crate::filters::WEBHOOK_ATTEMPTS`] tries.
@@ -98,10 +99,11 @@ pub fn check_webhook(url: &str, allow_private: bool) -> Result<()> {
     Ok(())
 }
 
-/// Collects the broker's acknowledgements of sent matches, by outbox sequence number.
+/// Collects the broker's acknowledgements of sent matches: outbox sequence number, topic
+/// and offset.
 #[derive(Default)]
 struct Acks {
-    done: Mutex<Vec<i64>>,
+    done: Mutex<Vec<(i64, String, i64)>>,
     failed: Mutex<Vec<(i64, String)>>,
 }
 
@@ -112,11 +114,11 @@ impl rdkafka::producer::ProducerContext for Acks {
 
     fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, seq: Box<i64>) {
         match result {
-            Ok(_) => self
-                .done
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(*seq),
+            Ok(m) => self.done.lock().unwrap_or_else(|p| p.into_inner()).push((
+                *seq,
+                m.topic().to_string(),
+                m.offset(),
+            )),
             Err((e, _)) => self
                 .failed
                 .lock()
@@ -207,6 +209,7 @@ impl Deliverer {
             return Ok(());
         };
         let topics = self.topic_names()?;
+        let marks = self.store.kafka_marks()?;
         let mut by_topic: HashMap<String, Vec<&Queued>> = HashMap::new();
         for q in &flying {
             if let Some(t) = topics.get(&q.filter) {
@@ -216,7 +219,7 @@ impl Deliverer {
         let mut found = Vec::new();
         let mut again = Vec::new();
         for (topic, queued) in by_topic {
-            let keys = self.tail_keys(brokers, &topic, queued.len())?;
+            let keys = self.keys_after(brokers, &topic, marks.get(&topic).copied())?;
             for q in queued {
                 if keys.contains(&q.alert_id.to_string()) {
                     found.push(q.seq);
@@ -236,12 +239,18 @@ impl Deliverer {
         Ok(())
     }
 
-    /// The keys of the last `n` messages (and a margin) of partition 0 of `topic`.
-    fn tail_keys(
+    /// The keys of partition 0 of `topic` from offset `mark` (from its start without one)
+    /// to its end.
+    ///
+    /// A broker may answer a fetch that starts inside a record batch with the next batch
+    /// (Tansu 0.6 does), which would hide the batch's messages after `mark`: reading starts
+    /// further back until the first message read is at or before `mark`. The high
+    /// watermark is not used (Tansu 0.6 counts batches there, not messages).
+    fn keys_after(
         &self,
         brokers: &str,
         topic: &str,
-        n: usize,
+        mark: Option<i64>,
     ) -> Result<std::collections::HashSet<String>> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -250,31 +259,57 @@ impl Deliverer {
             .set("enable.partition.eof", "true")
             .create()
             .map_err(|e| Error::Kafka(format!("brokers {brokers}: {e}")))?;
-        let (low, high) = match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
-            Ok(w) => w,
+        let low = match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+            Ok((low, _)) => low,
             // No such topic yet: nothing was delivered to it.
             Err(_) => return Ok(Default::default()),
         };
-        let mut keys = std::collections::HashSet::new();
-        if high <= low {
-            return Ok(keys);
+        let wanted = mark.unwrap_or(low).max(low);
+        let mut start = wanted;
+        let mut back = 1000;
+        loop {
+            let (keys, first) = Self::read_keys(&consumer, topic, start)?;
+            if first.is_some_and(|f| f <= wanted) || start == low {
+                return Ok(keys);
+            }
+            tracing::info!(
+                %topic,
+                from = start,
+                first_read = ?first,
+                "no message read at a topic's mark; reading from further back"
+            );
+            start = (start - back).max(low);
+            back *= 4;
         }
-        let start = (high - n as i64 - 100).max(low);
+    }
+
+    /// The keys of partition 0 of `topic` from offset `start` to its end, and the first
+    /// offset the broker returned.
+    fn read_keys(
+        consumer: &BaseConsumer,
+        topic: &str,
+        start: i64,
+    ) -> Result<(std::collections::HashSet<String>, Option<i64>)> {
+        let mut keys = std::collections::HashSet::new();
+        let mut first = None;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Offset(start))
             .map_err(|e| Error::Kafka(format!("topic {topic}: {e}")))?;
         consumer
             .assign(&tpl)
             .map_err(|e| Error::Kafka(format!("topic {topic}: {e}")))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(500)) {
+        // A broker that says where the partition ends ends the read; one that does not
+        // (Tansu 0.6 past its miscounted high watermark) is read until it has been quiet
+        // for a while (only Meridian writes there, and the deliverer is not running yet).
+        let quiet = Duration::from_secs(5);
+        let mut heard = std::time::Instant::now();
+        while heard.elapsed() < quiet {
+            match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
+                    heard = std::time::Instant::now();
+                    first.get_or_insert(m.offset());
                     if let Some(k) = m.key() {
                         keys.insert(String::from_utf8_lossy(k).into_owned());
-                    }
-                    if m.offset() + 1 >= high {
-                        break;
                     }
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
@@ -282,7 +317,7 @@ impl Deliverer {
                 None => {}
             }
         }
-        Ok(keys)
+        Ok((keys, first))
     }
 
     /// Filters' Kafka topics, by filter id.
@@ -375,12 +410,12 @@ impl Deliverer {
             }
         }
         let acks = self.acks();
-        let done: Vec<i64> =
+        let done: Vec<(i64, String, i64)> =
             std::mem::take(&mut *acks.done.lock().unwrap_or_else(|p| p.into_inner()));
         let failed: Vec<(i64, String)> =
             std::mem::take(&mut *acks.failed.lock().unwrap_or_else(|p| p.into_inner()));
-        self.store.delivered(Output::Kafka, &done)?;
-        for s in &done {
+        self.store.delivered_to_kafka(&done)?;
+        for (s, _, _) in &done {
             self.flying.remove(s);
         }
         for (seq, error) in &failed {
