@@ -230,6 +230,10 @@ def main():
     matches = sum(int(re.search(r"\t(\d+) matches", line).group(1)) for _, line in batches
                   if re.search(r"\t(\d+) matches", line))
     seconds = batches[-1][0] - t0 if batches else float("nan")
+    stages = {}
+    for _, line in batches:
+        for name, value in re.findall(r"(read|decode|store|filter|commit) (\S+) s", line):
+            stages[name] = stages.get(name, 0.0) + float(value)
 
     # End to end: each output message's broker timestamp against its alert's.
     night_msgs = read_topic(brokers, "night")
@@ -261,6 +265,7 @@ def main():
         "publish_s": round(published, 2),
         "ingest_filter_s": round(seconds, 2),
         "alerts_per_s": round(stored / seconds, 1),
+        "consumer_stage_s": {k: round(v, 2) for k, v in stages.items()},
         "commit_latency_ms_p50_p99": [mt.group(3), mt.group(4)],
         "output_latency_ms_p50_p99": [pct(e2e, 0.5), pct(e2e, 0.99)],
         "rss_mib_first_q1_median_q3_last_max": [rss_at(0), rss_at(0.25), rss_at(0.5), rss_at(0.75),

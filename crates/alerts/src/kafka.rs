@@ -80,10 +80,27 @@ pub struct Batch {
     pub tables: Vec<Stored>,
     /// From the first message read to the offsets' commit.
     pub seconds: f64,
+    /// Where those seconds went.
+    pub stages: Stages,
     /// Milliseconds from each message's broker timestamp to its batch's commit.
     pub latency: Latency,
     /// What the filters made of it.
     pub filtered: Filtered,
+}
+
+/// Seconds of a batch spent in each stage of [`consume`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stages {
+    /// Reading messages (and decoding those that are whole Avro files).
+    pub read_s: f64,
+    /// Decoding the Confluent-framed messages.
+    pub decode_s: f64,
+    /// Appending to the DIA tables (and writing dead letters).
+    pub store_s: f64,
+    /// Running the filters and queueing their matches.
+    pub filter_s: f64,
+    /// Committing the offsets.
+    pub commit_s: f64,
 }
 
 /// Latencies in milliseconds, counted in 1 ms bins up to a minute (the last bin holds
@@ -397,6 +414,8 @@ pub fn consume(
                 Err(e) => letters.push(letter(e.to_string())),
             }
         }
+        let clock = Instant::now();
+        batch.stages.read_s = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         for (a, rows) in decode_framed(&mut decoder, framed, &mut letters)? {
             batch.alerts += a.num_rows();
             alerts.push(a);
@@ -411,6 +430,8 @@ pub fn consume(
             }
             continue;
         }
+        batch.stages.decode_s = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         // Stored, then dead letters written, then offsets committed.
         batch.tables = match store_by_schema(store, &alerts) {
             Ok(t) => t,
@@ -446,9 +467,13 @@ pub fn consume(
         };
         dead.add(&letters)?;
         batch.dead_letters = letters.len();
+        batch.stages.store_s = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         if let Some(f) = filtering {
             batch.filtered = f.apply(&alerts)?;
         }
+        batch.stages.filter_s = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
@@ -457,6 +482,7 @@ pub fn consume(
         consumer
             .commit(&tpl, CommitMode::Sync)
             .map_err(|e| kafka_err("committing offsets", e))?;
+        batch.stages.commit_s = clock.elapsed().as_secs_f64();
         batch.seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -481,6 +507,11 @@ pub fn consume(
             alerts = batch.alerts,
             dead_letters = batch.dead_letters,
             seconds = batch.seconds,
+            read_s = batch.stages.read_s,
+            decode_s = batch.stages.decode_s,
+            store_s = batch.stages.store_s,
+            filter_s = batch.stages.filter_s,
+            commit_s = batch.stages.commit_s,
             "alert batch stored"
         );
         on_batch(&batch);

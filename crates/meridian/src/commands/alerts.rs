@@ -391,14 +391,19 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
                     &stop,
                     |b| {
                         println!(
-                            "batch\t{} messages\t{} alerts stored\t{} dead letters\t{} matches\t{:.3} s\tlatency p50 {} ms p99 {} ms",
+                            "batch\t{} messages\t{} alerts stored\t{} dead letters\t{} matches\t{:.3} s\tlatency p50 {} ms p99 {} ms\tread {:.3} s decode {:.3} s store {:.3} s filter {:.3} s commit {:.3} s",
                             b.messages,
                             b.alerts,
                             b.dead_letters,
                             b.filtered.matches,
                             b.seconds,
                             ms(&b.latency, 0.5),
-                            ms(&b.latency, 0.99)
+                            ms(&b.latency, 0.99),
+                            b.stages.read_s,
+                            b.stages.decode_s,
+                            b.stages.store_s,
+                            b.stages.filter_s,
+                            b.stages.commit_s,
                         );
                     },
                 );
