@@ -128,6 +128,9 @@ impl rdkafka::producer::ProducerContext for Acks {
     }
 }
 
+/// Matches sent to Kafka and not yet answered above which no more are sent.
+const MAX_IN_FLIGHT: usize = 20_000;
+
 /// Delivers queued matches until stopped.
 pub struct Deliverer {
     store: Arc<FilterStore>,
@@ -143,8 +146,10 @@ pub struct Deliverer {
 /// Matches each output received in one round.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Round {
-    /// Matches published to Kafka.
+    /// Matches published to Kafka (acknowledged by the broker).
     pub kafka: usize,
+    /// Matches sent to Kafka and not yet acknowledged.
+    pub kafka_in_flight: usize,
     /// Matches posted to webhooks.
     pub webhook: usize,
     /// Webhook posts that failed (to be retried, or given up).
@@ -341,6 +346,7 @@ impl Deliverer {
             .collect();
         if self.producer.is_some() {
             round.kafka = self.kafka_round(&filters)?;
+            round.kafka_in_flight = self.flying.len();
         }
         let (sent, failed) = self.webhook_round(&filters)?;
         round.webhook = sent;
@@ -361,8 +367,18 @@ impl Deliverer {
         self.topics.insert(topic.to_string());
     }
 
+    /// Sends due matches while fewer than [`MAX_IN_FLIGHT`] wait for the broker's answer,
+    /// then takes the answers that came within a few milliseconds. Nothing waits for
+    /// every answer (a flush per round capped delivery at a round's worth of messages per
+    /// broker round trip): matches not yet answered are answered in a later round.
     fn kafka_round(&mut self, filters: &HashMap<i64, crate::filters::Filter>) -> Result<usize> {
-        let due = self.store.take_due(Output::Kafka, 2000)?;
+        let room = MAX_IN_FLIGHT.saturating_sub(self.flying.len());
+        let due = if room > 0 {
+            self.store.take_due(Output::Kafka, room.min(5000))?
+        } else {
+            Vec::new()
+        };
+        let sent = due.len();
         let mut missing = Vec::new();
         for q in due {
             let Some(topic) = filters
@@ -387,7 +403,7 @@ impl Deliverer {
                         if e.rdkafka_error_code()
                             == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
                     {
-                        producer.poll(Duration::from_millis(50));
+                        producer.poll(Duration::from_millis(5));
                         record = r;
                     }
                     Err((e, r)) => {
@@ -400,13 +416,26 @@ impl Deliverer {
             self.flying.insert(q.seq, q);
         }
         self.store.delivered(Output::Kafka, &missing)?;
-        if let Some(producer) = self.producer.as_ref()
-            && !self.flying.is_empty()
-        {
-            // Matches the broker has not answered within the flush stay in flight: their
-            // answers are taken in a later round (or, after a crash, the topic is read).
-            if let Err(e) = producer.flush(Duration::from_secs(30)) {
-                tracing::warn!(error = %e, in_flight = self.flying.len(), "matches not yet acknowledged by Kafka");
+        if let Some(producer) = self.producer.as_ref() {
+            // rdkafka's poll(timeout) serves events until the timeout passes, whatever
+            // comes: short polls, until this round's answers or a short wait is over.
+            let wait = if sent == 0 {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(5)
+            };
+            let start = std::time::Instant::now();
+            loop {
+                producer.poll(Duration::ZERO);
+                let answered = {
+                    let acks = self.acks();
+                    acks.done.lock().unwrap_or_else(|p| p.into_inner()).len()
+                        + acks.failed.lock().unwrap_or_else(|p| p.into_inner()).len()
+                };
+                if answered >= self.flying.len() || start.elapsed() >= wait {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         let acks = self.acks();
@@ -424,6 +453,24 @@ impl Deliverer {
             }
         }
         Ok(done.len())
+    }
+
+    /// Rounds until nothing is left in flight to Kafka and a round finds nothing new to
+    /// send, or `timeout` passes; what they delivered in all.
+    pub fn settle(&mut self, timeout: Duration) -> Result<Round> {
+        let start = std::time::Instant::now();
+        let mut all = Round::default();
+        loop {
+            let r = self.round()?;
+            all.kafka += r.kafka;
+            all.webhook += r.webhook;
+            all.webhook_failures += r.webhook_failures;
+            all.kafka_in_flight = r.kafka_in_flight;
+            let quiet = r.kafka_in_flight == 0 && r.kafka == 0 && r.webhook == 0;
+            if quiet || start.elapsed() >= timeout {
+                return Ok(all);
+            }
+        }
     }
 
     fn acks(&self) -> &Acks {
@@ -488,7 +535,7 @@ impl Deliverer {
         let mut last_prune = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             match self.round() {
-                Ok(r) if r.kafka + r.webhook + r.webhook_failures > 0 => {
+                Ok(r) if r.kafka + r.webhook + r.webhook_failures + r.kafka_in_flight > 0 => {
                     tracing::debug!(
                         kafka = r.kafka,
                         webhook = r.webhook,

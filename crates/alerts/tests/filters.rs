@@ -256,7 +256,7 @@ fn kafka_outputs_get_each_match_once_even_after_a_crash_in_flight() {
         .unwrap();
     {
         let mut d = Deliverer::new(s.filters.clone(), opts.clone()).unwrap();
-        assert_eq!(d.round().unwrap().kafka, 7);
+        assert_eq!(d.settle(Duration::from_secs(30)).unwrap().kafka, 7);
     }
     // A crash as seen afterwards: the seven Rubin matches were sent but not recorded
     // (left in flight); the ZTF filter's matches were marked in flight and never sent.
@@ -315,8 +315,8 @@ fn kafka_outputs_get_each_match_once_even_after_a_crash_in_flight() {
     // Recovery finds the Rubin matches on their topic and sends the ZTF ones.
     let mut d = Deliverer::new(s.filters.clone(), opts).unwrap();
     assert!(s.filters.in_flight(Output::Kafka).unwrap().is_empty());
-    assert_eq!(d.round().unwrap().kafka, 31);
-    assert_eq!(d.round().unwrap().kafka, 0);
+    assert_eq!(d.settle(Duration::from_secs(30)).unwrap().kafka, 31);
+    assert_eq!(d.settle(Duration::from_secs(30)).unwrap().kafka, 0);
     assert_eq!(keys("ann.all", 7), want(all.id));
     assert_eq!(keys("ann.ztf", 31), want(ztf.id));
     assert_eq!(want(ztf.id).len(), 31);
@@ -458,7 +458,11 @@ fn kafka_recovery_finds_matches_inside_a_batch_a_broker_skips_into() {
     };
     let mut d = Deliverer::new(s.filters.clone(), opts).unwrap();
     assert!(s.filters.in_flight(Output::Kafka).unwrap().is_empty());
-    assert_eq!(d.round().unwrap().kafka, 0, "in-flight matches sent again");
+    assert_eq!(
+        d.settle(Duration::from_secs(30)).unwrap().kafka,
+        0,
+        "in-flight matches sent again"
+    );
     tpl.set_partition_offset("ann.all", 0, Offset::Beginning)
         .unwrap();
     c.assign(&tpl).unwrap();

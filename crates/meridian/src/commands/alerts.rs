@@ -496,7 +496,7 @@ fn drain(
         let r = d.round()?;
         if r.kafka + r.webhook > 0 {
             idle_since = std::time::Instant::now();
-        } else {
+        } else if r.kafka_in_flight == 0 {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
