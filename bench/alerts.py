@@ -191,7 +191,7 @@ def main():
          "--topic", "night", "--schema-dir", schema_dir(), "--batch-alerts", str(args.batch_alerts),
          "--batch-ms", "500", "--stop-when-idle-s", "10",
          "--kafka-setting", "topic.metadata.refresh.interval.ms=500"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stdout=subprocess.PIPE, stderr=open(args.work / "consumer.log", "w"), text=True)
     lines, rss = [], []
     stop = threading.Event()
 

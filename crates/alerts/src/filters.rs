@@ -216,6 +216,7 @@ impl FilterStore {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA busy_timeout = 10000;
+             PRAGMA cache_size = -65536;
              CREATE TABLE IF NOT EXISTS filter (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  owner TEXT NOT NULL,
@@ -243,9 +244,13 @@ impl FilterStore {
                  next_try_ms INTEGER NOT NULL DEFAULT 0,
                  UNIQUE (filter, alert_id)
              );
-             CREATE INDEX IF NOT EXISTS matches_kafka ON matches (kafka) WHERE kafka IN (1, 2);
-             CREATE INDEX IF NOT EXISTS matches_webhook ON matches (webhook, next_try_ms)
-                 WHERE webhook IN (1, 2);
+             -- Matches of an output's state in queue order: the due ones, those in
+             -- flight and the backlog are read through these, never by a scan of the
+             -- table (which holds delivered matches for days).
+             DROP INDEX IF EXISTS matches_kafka;
+             DROP INDEX IF EXISTS matches_webhook;
+             CREATE INDEX IF NOT EXISTS matches_kafka_seq ON matches (kafka, seq);
+             CREATE INDEX IF NOT EXISTS matches_webhook_seq ON matches (webhook, seq);
              CREATE TABLE IF NOT EXISTS kafka_mark (
                  topic TEXT PRIMARY KEY,
                  next_offset INTEGER NOT NULL
@@ -467,11 +472,13 @@ impl FilterStore {
         Ok(added)
     }
 
-    /// Matches waiting for any output (the consumer holds back while there are too many).
+    /// Deliveries waiting, over all outputs (a match waiting for its Kafka topic and its
+    /// webhook counts twice); the consumer holds back while there are too many.
     pub fn backlog(&self) -> Result<u64> {
         self.lock()
             .query_row(
-                "SELECT count(*) FROM matches WHERE kafka IN (1, 2) OR webhook IN (1, 2)",
+                "SELECT (SELECT count(*) FROM matches WHERE kafka IN (1, 2))
+                      + (SELECT count(*) FROM matches WHERE webhook IN (1, 2))",
                 [],
                 |r| r.get::<_, i64>(0),
             )
@@ -553,9 +560,14 @@ impl FilterStore {
                      SET next_offset = max(next_offset, excluded.next_offset)",
                 )
                 .map_err(|e| self.err(e))?;
+            let mut marks: HashMap<&str, i64> = HashMap::new();
             for (seq, topic, offset) in acks {
                 done.execute(params![seq]).map_err(|e| self.err(e))?;
-                mark.execute(params![topic, offset + 1])
+                let m = marks.entry(topic).or_insert(offset + 1);
+                *m = (*m).max(offset + 1);
+            }
+            for (topic, next) in marks {
+                mark.execute(params![topic, next])
                     .map_err(|e| self.err(e))?;
             }
         }

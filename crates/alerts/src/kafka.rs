@@ -614,21 +614,52 @@ fn committed(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64
 }
 
 /// Makes sure `topic` exists on `brokers` (one partition) before anything is produced to
-/// it: brokers that do not create topics on first use (Tansu; Kafka with
-/// `auto.create.topics.enable=false`) would refuse the messages. A topic the broker knows
-/// (or creates on the metadata request, when it auto-creates topics) needs no admin
-/// request; a refusal is logged, the broker then decides on the first message.
+/// it: see [`ensure_topics`].
 pub fn ensure_topic<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     brokers: &str,
     topic: &str,
 ) {
-    if let Ok(md) = client.fetch_metadata(Some(topic), Duration::from_secs(10))
-        && md
-            .topics()
-            .iter()
-            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-    {
+    ensure_topics(client, brokers, &[topic]);
+}
+
+/// Makes sure `topics` exist on `brokers` (one partition each) before anything is produced
+/// to them: brokers that do not create topics on first use (Tansu; Kafka with
+/// `auto.create.topics.enable=false`) would refuse the messages. Topics the broker knows,
+/// or creates when a metadata request names them, need no admin request; the others are
+/// created in one request. A refusal is logged, the
+/// broker then decides on the first message.
+pub fn ensure_topics<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    brokers: &str,
+    topics: &[&str],
+) {
+    let known: std::collections::HashSet<String> =
+        match client.fetch_metadata(None, Duration::from_secs(10)) {
+            Ok(md) => md
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.name().to_string())
+                .collect(),
+            Err(_) => Default::default(),
+        };
+    // A broker that creates topics on first use does so on a metadata request naming it.
+    let missing: Vec<&str> = topics
+        .iter()
+        .copied()
+        .filter(|t| !known.contains(*t))
+        .filter(|t| {
+            !client
+                .fetch_metadata(Some(t), Duration::from_secs(10))
+                .is_ok_and(|md| {
+                    md.topics().iter().any(|m| {
+                        m.name() == *t && m.error().is_none() && !m.partitions().is_empty()
+                    })
+                })
+        })
+        .collect();
+    if missing.is_empty() {
         return;
     }
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -639,11 +670,14 @@ pub fn ensure_topic<C: rdkafka::client::ClientContext>(
     let Ok(admin) = admin else {
         return;
     };
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    let new: Vec<NewTopic> = missing
+        .iter()
+        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+        .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
-    match futures::executor::block_on(admin.create_topics([&new], &opts)) {
+    match futures::executor::block_on(admin.create_topics(&new, &opts)) {
         Ok(results) => {
             for r in results {
                 if let Err((t, code)) = r
@@ -653,7 +687,7 @@ pub fn ensure_topic<C: rdkafka::client::ClientContext>(
                 }
             }
         }
-        Err(e) => tracing::warn!(%topic, error = %e, "creating a topic"),
+        Err(e) => tracing::warn!(topics = ?missing, error = %e, "creating topics"),
     }
 }
 

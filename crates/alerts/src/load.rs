@@ -141,26 +141,46 @@ pub fn store_alerts(store: &Store, alerts: &[RecordBatch]) -> Result<Vec<Stored>
     let Some(kind) = kind else {
         return Ok(Vec::new());
     };
+    // The tables are separate catalogs, each with its own lock: appended side by side.
+    let results: Vec<Result<Option<Stored>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = tables(kind)
+            .iter()
+            .zip(parts)
+            .map(|(spec, rows)| scope.spawn(move || store_table(store, spec, rows)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Invalid("a table's append panicked".into())))
+            })
+            .collect()
+    });
     let mut stored = Vec::new();
-    for (spec, rows) in tables(kind).iter().zip(parts) {
-        let Some(first) = rows.first() else {
-            continue;
-        };
-        let schema = first.schema();
-        let rows = arrow::compute::concat_batches(&schema, &rows)?;
-        let (rows, rejected) = with_positions(&rows, spec)?;
-        let mut append = AppendSpec::new("ra", "dec");
-        append.key = Some(spec.key.into());
-        append.keep = spec.keep;
-        append.title = Some(spec.title.into());
-        let appended = store.append(spec.catalog, &schema, &[rows], &append)?;
-        stored.push(Stored {
-            catalog: spec.catalog,
-            appended,
-            rejected,
-        });
+    for r in results {
+        stored.extend(r?);
     }
     Ok(stored)
+}
+
+/// Appends the rows of one DIA table (none: nothing to do).
+fn store_table(store: &Store, spec: &TableSpec, rows: Vec<RecordBatch>) -> Result<Option<Stored>> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let schema = first.schema();
+    let rows = arrow::compute::concat_batches(&schema, &rows)?;
+    let (rows, rejected) = with_positions(&rows, spec)?;
+    let mut append = AppendSpec::new("ra", "dec");
+    append.key = Some(spec.key.into());
+    append.keep = spec.keep;
+    append.title = Some(spec.title.into());
+    let appended = store.append(spec.catalog, &schema, &[rows], &append)?;
+    Ok(Some(Stored {
+        catalog: spec.catalog,
+        appended,
+        rejected,
+    }))
 }
 
 /// Reads Avro alert files whole (nothing is stored unless every file reads) and stores

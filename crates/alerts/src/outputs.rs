@@ -354,17 +354,22 @@ impl Deliverer {
         Ok(round)
     }
 
-    fn ensure_topic(&mut self, topic: &str) {
-        if self.topics.contains(topic) {
+    /// Makes sure the topics of `due` exist, those not seen yet in one request.
+    fn ensure_topics(&mut self, due: &[Queued], filters: &HashMap<i64, crate::filters::Filter>) {
+        let new: std::collections::BTreeSet<&str> = due
+            .iter()
+            .filter_map(|q| filters.get(&q.filter)?.outputs.kafka_topic.as_deref())
+            .filter(|t| !self.topics.contains(*t))
+            .collect();
+        if new.is_empty() {
             return;
         }
-        let Some(brokers) = &self.opts.brokers else {
+        let (Some(brokers), Some(producer)) = (&self.opts.brokers, &self.producer) else {
             return;
         };
-        if let Some(producer) = &self.producer {
-            crate::kafka::ensure_topic(producer.client(), brokers, topic);
-        }
-        self.topics.insert(topic.to_string());
+        let new: Vec<&str> = new.into_iter().collect();
+        crate::kafka::ensure_topics(producer.client(), brokers, &new);
+        self.topics.extend(new.into_iter().map(String::from));
     }
 
     /// Sends due matches while fewer than [`MAX_IN_FLIGHT`] wait for the broker's answer,
@@ -379,6 +384,7 @@ impl Deliverer {
             Vec::new()
         };
         let sent = due.len();
+        self.ensure_topics(&due, filters);
         let mut missing = Vec::new();
         for q in due {
             let Some(topic) = filters
@@ -389,7 +395,6 @@ impl Deliverer {
                 missing.push(q.seq);
                 continue;
             };
-            self.ensure_topic(&topic);
             let producer = self.producer.as_ref().expect("checked by the caller");
             let key = q.alert_id.to_string();
             let mut record = BaseRecord::with_opaque_to(&topic, Box::new(q.seq))
