@@ -627,8 +627,8 @@ pub fn ensure_topic<C: rdkafka::client::ClientContext>(
 /// to them: brokers that do not create topics on first use (Tansu; Kafka with
 /// `auto.create.topics.enable=false`) would refuse the messages. Topics the broker knows,
 /// or creates when a metadata request names them, need no admin request; the others are
-/// created in one request. A refusal is logged, the
-/// broker then decides on the first message.
+/// created in one request. A refusal is logged, the broker then decides on the first
+/// message.
 pub fn ensure_topics<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     brokers: &str,

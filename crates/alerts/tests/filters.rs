@@ -227,6 +227,32 @@ fn bad_filters_are_refused_and_failing_ones_paused() {
     assert_eq!(s.filters.get(fine.id).unwrap().unwrap().matches, 7);
 }
 
+/// Outputs to Kafka topic `t`.
+fn to_topic(t: &str) -> Outputs {
+    Outputs {
+        kafka_topic: Some(t.into()),
+        ..Default::default()
+    }
+}
+
+/// Filter `all` of `ann`: every Rubin alert, to Kafka topic `topic`.
+fn all_to_topic(s: &Site, topic: &str) -> meridian_alerts::filters::Filter {
+    s.filters
+        .add(
+            "ann",
+            "all",
+            "SELECT a.alertId FROM alert.diasource AS a",
+            &to_topic(topic),
+        )
+        .unwrap()
+}
+
+/// Every queued match left in flight to Kafka, as a crash before the broker's answer
+/// leaves them.
+fn leave_in_flight(conn: &rusqlite::Connection) {
+    conn.execute("UPDATE matches SET kafka = 2", []).unwrap();
+}
+
 #[test]
 fn kafka_outputs_get_each_match_once_even_after_a_crash_in_flight() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -234,19 +260,7 @@ fn kafka_outputs_get_each_match_once_even_after_a_crash_in_flight() {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let s = site();
-    let topic = |t: &str| Outputs {
-        kafka_topic: Some(t.into()),
-        ..Default::default()
-    };
-    let all = s
-        .filters
-        .add(
-            "ann",
-            "all",
-            "SELECT a.alertId FROM alert.diasource AS a",
-            &topic("ann.all"),
-        )
-        .unwrap();
+    let all = all_to_topic(&s, "ann.all");
     let opts = DeliveryOptions {
         brokers: Some(brokers.clone()),
         ..Default::default()
@@ -266,7 +280,7 @@ fn kafka_outputs_get_each_match_once_even_after_a_crash_in_flight() {
             "ann",
             "ztf",
             "SELECT c.alertId FROM alert.candidate AS c",
-            &topic("ann.ztf"),
+            &to_topic("ann.ztf"),
         )
         .unwrap();
     s.stage
@@ -274,7 +288,7 @@ fn kafka_outputs_get_each_match_once_even_after_a_crash_in_flight() {
         .unwrap();
     {
         let conn = rusqlite::Connection::open(s.filters.path()).unwrap();
-        conn.execute("UPDATE matches SET kafka = 2", []).unwrap();
+        leave_in_flight(&conn);
     }
     let keys = |topic: &str, n: usize| {
         let c: BaseConsumer = ClientConfig::new()
@@ -383,18 +397,7 @@ fn kafka_recovery_finds_matches_inside_a_batch_a_broker_skips_into() {
         return;
     };
     let s = site();
-    let all = s
-        .filters
-        .add(
-            "ann",
-            "all",
-            "SELECT a.alertId FROM alert.diasource AS a",
-            &Outputs {
-                kafka_topic: Some("ann.all".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let all = all_to_topic(&s, "ann.all");
     s.stage
         .apply(&alerts("rubin_fink_sample_7alerts.avro"))
         .unwrap();
@@ -448,7 +451,7 @@ fn kafka_recovery_finds_matches_inside_a_batch_a_broker_skips_into() {
     // Acknowledged up to offset 199 (a mark inside the batch) as far as the store knows.
     {
         let conn = rusqlite::Connection::open(s.filters.path()).unwrap();
-        conn.execute("UPDATE matches SET kafka = 2", []).unwrap();
+        leave_in_flight(&conn);
         conn.execute("INSERT INTO kafka_mark VALUES ('ann.all', 200)", [])
             .unwrap();
     }
