@@ -145,7 +145,10 @@ def main():
     ap.add_argument("--catalog-objects", type=int, default=10_000_000)
     ap.add_argument("--visits", type=int, default=100)
     ap.add_argument("--fields", type=int, default=10)
-    ap.add_argument("--field-radius-deg", type=float, default=10.0)
+    ap.add_argument("--field-radius-deg", type=float, default=1.75, help="a Rubin visit's field")
+    ap.add_argument("--footprint", default="0,-30,20",
+                    help="RA,DEC,RADIUS (degrees) of the cap holding the catalog's objects, so "
+                    "that a field holds a deep survey's density ('' for the whole sky)")
     ap.add_argument("--variable-fraction", type=float, default=0.3)
     ap.add_argument("--history", type=int, default=10)
     ap.add_argument("--rate", type=float, default=0.0, help="alerts a second (0: as fast as possible)")
@@ -170,7 +173,8 @@ def main():
             "--profile", "narrow", "--alerts", "--alert-schema-dir", schema_dir(),
             "--alert-schema", "9.0", "--alert-visits", args.visits, "--alert-fields", args.fields,
             "--alert-field-radius-deg", args.field_radius_deg,
-            "--variable-fraction", args.variable_fraction, "--alert-history", args.history).stderr
+            "--variable-fraction", args.variable_fraction, "--alert-history", args.history,
+            *(["--footprint", args.footprint] if args.footprint else [])).stderr
     night = re.search(r"alerts: (\d+) alerts", out)
     n_alerts = int(night.group(1))
     files = sorted(str(p) for p in (survey / "alerts").glob("visit-*.avro"))
@@ -255,6 +259,8 @@ def main():
         return round(rss[min(len(rss) - 1, int(frac * len(rss)))][1] / 1024)
     result = {
         "catalog_objects": args.catalog_objects,
+        "footprint": args.footprint, "field_radius_deg": args.field_radius_deg, "visits": args.visits,
+        "fields": args.fields,
         "alerts": n_alerts,
         "alerts_stored": stored,
         "filters": len(queries),

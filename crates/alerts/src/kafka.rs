@@ -292,6 +292,7 @@ pub fn consume(
     }
     tracing::info!(brokers = %opts.brokers, topics = ?opts.topics, group = %opts.group, "consuming alerts");
     let mut total = Consumed::default();
+    let compactor = load::Compactor::start(store);
     let mut last_message = Instant::now();
     // The next offset expected of each partition: a message beyond it means the broker
     // skipped some (retention, compaction, or a broker that answers a fetch from inside
@@ -465,6 +466,7 @@ pub fn consume(
             }
             Err(e) => return Err(e),
         };
+        compactor.after(&batch.tables);
         dead.add(&letters)?;
         batch.dead_letters = letters.len();
         batch.stages.store_s = clock.elapsed().as_secs_f64();

@@ -163,6 +163,77 @@ pub fn store_alerts(store: &Store, alerts: &[RecordBatch]) -> Result<Vec<Stored>
     Ok(stored)
 }
 
+/// How rows of a table are appended to its catalog.
+fn append_spec(spec: &TableSpec) -> AppendSpec {
+    let mut append = AppendSpec::new("ra", "dec");
+    append.key = Some(spec.key.into());
+    append.keep = spec.keep;
+    append.title = Some(spec.title.into());
+    append
+}
+
+/// Rows a compaction merges at most before it publishes (the rest waits for the next).
+const COMPACT_ROWS: usize = 2_000_000;
+
+/// Merges the files that appends leave in the DIA tables' partitions, in a thread of its
+/// own while alerts are stored: a table whose append reported partitions of many files
+/// ([`Appended::to_compact`]) is compacted after it. A compaction that fails is logged and
+/// retried after the table's next append; the stream goes on either way.
+pub struct Compactor {
+    tx: Option<std::sync::mpsc::Sender<&'static str>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Compactor {
+    /// Starts the compacting thread.
+    pub fn start(store: &Store) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+        let store = store.clone();
+        let thread = std::thread::Builder::new()
+            .name("compactor".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // Requests that queued up meanwhile are one.
+                    let mut names = std::collections::BTreeSet::from([first]);
+                    names.extend(rx.try_iter());
+                    for name in names {
+                        let Some(spec) = RUBIN.iter().chain(ZTF.iter()).find(|t| t.catalog == name)
+                        else {
+                            continue;
+                        };
+                        if let Err(e) = store.compact(name, &append_spec(spec), COMPACT_ROWS) {
+                            tracing::warn!(catalog = name, error = %e, "compaction failed");
+                        }
+                    }
+                }
+            })
+            .expect("a thread can be started");
+        Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Asks for the tables of `stored` that have partitions to compact to be compacted.
+    pub fn after(&self, stored: &[Stored]) {
+        for s in stored.iter().filter(|s| s.appended.to_compact > 0) {
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(s.catalog);
+            }
+        }
+    }
+}
+
+impl Drop for Compactor {
+    /// Waits for the compaction under way (each is bounded by [`COMPACT_ROWS`]).
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Appends the rows of one DIA table (none: nothing to do).
 fn store_table(store: &Store, spec: &TableSpec, rows: Vec<RecordBatch>) -> Result<Option<Stored>> {
     let Some(first) = rows.first() else {
@@ -171,11 +242,7 @@ fn store_table(store: &Store, spec: &TableSpec, rows: Vec<RecordBatch>) -> Resul
     let schema = first.schema();
     let rows = arrow::compute::concat_batches(&schema, &rows)?;
     let (rows, rejected) = with_positions(&rows, spec)?;
-    let mut append = AppendSpec::new("ra", "dec");
-    append.key = Some(spec.key.into());
-    append.keep = spec.keep;
-    append.title = Some(spec.title.into());
-    let appended = store.append(spec.catalog, &schema, &[rows], &append)?;
+    let appended = store.append(spec.catalog, &schema, &[rows], &append_spec(spec))?;
     Ok(Some(Stored {
         catalog: spec.catalog,
         appended,
@@ -214,8 +281,11 @@ pub fn load_files(store: &Store, files: &[PathBuf], dead: &DeadLetters) -> Resul
         }
     }
     dead.add(&letters)?;
+    let tables = store_alerts(store, &alerts)?;
+    // Compacted before returning (the compactor waits for its work when dropped).
+    Compactor::start(store).after(&tables);
     Ok(Loaded {
-        tables: store_alerts(store, &alerts)?,
+        tables,
         dead_letters: letters.len(),
     })
 }

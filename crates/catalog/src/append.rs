@@ -1,14 +1,18 @@
 //! Appending rows to a catalog, for tables that grow while they are served (the DIA tables
 //! of an alert stream).
 //!
-//! Each append publishes a new version of the catalog in which only the partitions that
-//! receive rows are rewritten (their old rows with the new ones, in `_healpix_29` order);
-//! every other partition file is a hard link to the previous version's. Readers keep the
-//! version they opened (the previous version stays for [`crate::SUPERSEDED_KEPT`]),
-//! so they never see a half-written state, and an append costs the size of the partitions
-//! it touches, never of the whole catalog. A partition that outgrows `max_rows` is split
-//! into its four children, as HATS' adaptive tiling does, so that cost stays bounded and
-//! each partition stays one file (no compaction is needed).
+//! An appended catalog's partitions are directories of files (`hats_npix_suffix = /`, as
+//! HATS allows): each append publishes a new version of the catalog in which every
+//! partition that receives rows gets one more file holding only those rows (sorted by
+//! `_healpix_29`), and every stored file is a hard link to the previous version's. An
+//! append thus costs the rows it adds, not the partitions it touches. Readers keep the
+//! version they opened (the previous version stays for [`crate::SUPERSEDED_KEPT`]), so
+//! they never see a half-written state.
+//!
+//! A partition is merged into one file when an append would take it past `max_rows` (it is
+//! then split into its four children, as HATS' adaptive tiling does) or past `max_files`
+//! files, and when a row replaces a stored one ([`Keep::Last`]). Partitions of many
+//! files are merged in the background by [`crate::compact`], which appends go on beside.
 //!
 //! Rows may carry a key (a source or object id): a row whose key is already stored is
 //! dropped ([`Keep::First`], for sources repeated in later alerts' histories) or replaces
@@ -16,6 +20,7 @@
 //! little between alerts: the stored row is looked for within `max_shift_arcsec`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -24,6 +29,11 @@ use arrow::array::{
 use arrow::compute::{concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, SchemaRef};
 use meridian_sky::{Circle, Region, SkyPoint, healpix};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::file::properties::WriterProperties;
 
 use crate::ingest::{HPX_COLUMN, hpx_field, set_provenance};
 use crate::layout::{Pixel, write_partition_info};
@@ -55,6 +65,12 @@ pub struct AppendSpec {
     pub order: u8,
     /// Rows above which a partition is split into its children.
     pub max_rows: usize,
+    /// Files of a partition at which an append merges them into one (a bound that holds
+    /// without any compaction).
+    pub max_files: usize,
+    /// Files of a partition from which [`Store::compact`] merges them (reported by
+    /// [`Appended::to_compact`]).
+    pub compact_files: usize,
     /// With [`Keep::Last`]: how far (arcseconds) a row's position may have moved since its
     /// stored row.
     pub max_shift_arcsec: f64,
@@ -73,6 +89,8 @@ impl AppendSpec {
             keep: Keep::First,
             order: 5,
             max_rows: 200_000,
+            max_files: 32,
+            compact_files: 8,
             max_shift_arcsec: 10.0,
             title: None,
         }
@@ -88,12 +106,17 @@ pub struct Appended {
     pub rows_added: usize,
     /// Stored rows replaced by newer ones ([`Keep::Last`]).
     pub rows_replaced: usize,
-    /// Partitions written (the others are shared with the previous version).
+    /// Partitions that received rows (the others are shared with the previous version).
     pub partitions_written: usize,
+    /// Files written (a file of new rows per partition that received some; a merged file
+    /// per partition rewritten).
+    pub files_written: usize,
     /// Partitions of the new version.
     pub partitions: usize,
     /// Rows of the new version.
     pub total_rows: u64,
+    /// Partitions of the new version holding at least `compact_files` files.
+    pub to_compact: usize,
 }
 
 impl Store {
@@ -183,36 +206,39 @@ impl Store {
             }
             _ => HashSet::new(),
         };
+        let seq = current
+            .as_ref()
+            .and_then(|(c, _)| c.properties().get(APPEND_SEQ)?.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
 
         let staging = self.begin_staging(name)?;
         let dir = staging.path().to_path_buf();
         let props = writer_properties(100_000, 4096, HPX_COLUMN, &table_schema);
-        let mut outputs: Vec<Pixel> = Vec::new();
+        // The files of each partition of the new version.
+        let mut outputs: BTreeMap<Pixel, Vec<String>> = BTreeMap::new();
         let mut replaced = 0usize;
         let mut added = 0usize;
         let mut rewritten: HashSet<Pixel> = HashSet::new();
+        let mut files_written = 0usize;
         for pixel in &touched {
-            let stored = match (&current, stored_pixels.contains(pixel)) {
-                (Some((c, _)), true) => {
-                    let b = c
-                        .read_partition(pixel)?
-                        .iter()
-                        .map(|b| align(b, &table_schema, name))
-                        .collect::<Result<Vec<_>>>()?;
-                    Some(concat_batches(&table_schema, &b)?)
+            let stored = match &current {
+                Some((c, old)) if stored_pixels.contains(pixel) => {
+                    StoredPartition::new(c, old, pixel)?
                 }
-                _ => None,
+                _ => StoredPartition::default(),
             };
             let mut incoming = match assigned.get(pixel) {
                 Some(idx) => take_record_batch(&new, &UInt32Array::from(idx.clone()))?,
                 None => RecordBatch::new_empty(table_schema.clone()),
             };
-            let mut stored = stored.unwrap_or_else(|| RecordBatch::new_empty(table_schema.clone()));
-            let stored_before = stored.num_rows();
+            // Stored rows that newer rows of their key replace, by file.
+            let mut dropped = 0usize;
             if let Some(k) = &spec.key {
+                let stored_keys = stored.keys(k)?;
                 match spec.keep {
                     Keep::First => {
-                        let old: HashSet<i64> = keys(&stored, k)?.iter().flatten().collect();
+                        let old: HashSet<i64> = stored_keys.iter().flatten().copied().collect();
                         let keep: BooleanArray = keys(&incoming, k)?
                             .iter()
                             .map(|v| Some(v.is_some_and(|v| !old.contains(&v))))
@@ -220,42 +246,65 @@ impl Store {
                         incoming = filter_record_batch(&incoming, &keep)?;
                     }
                     Keep::Last => {
-                        let keep: BooleanArray = keys(&stored, k)?
+                        dropped = stored_keys
                             .iter()
-                            .map(|v| Some(!v.is_some_and(|v| new_keys.contains(&v))))
-                            .collect();
-                        stored = filter_record_batch(&stored, &keep)?;
-                        replaced += stored_before - stored.num_rows();
+                            .flatten()
+                            .filter(|v| new_keys.contains(v))
+                            .count();
                     }
                 }
             }
-            if incoming.num_rows() == 0 && stored.num_rows() == stored_before {
-                // A neighbour searched for replaced rows, holding none.
+            if incoming.num_rows() == 0 && dropped == 0 {
+                // Nothing new for this partition (or a neighbour searched for replaced
+                // rows, holding none): its files are shared with the previous version.
                 continue;
             }
             added += incoming.num_rows();
+            replaced += dropped;
             rewritten.insert(*pixel);
-            let merged = concat_batches(&table_schema, &[stored, incoming])?;
-            for (p, rows) in split(*pixel, &merged, spec.max_rows)? {
-                let mut w = PartitionWriter::create(&dir, p, &table_schema, &props)?;
-                w.write(&rows)?;
-                w.close()?;
-                outputs.push(p);
+            let rows_after = stored.rows + incoming.num_rows() - dropped;
+            if dropped > 0 || rows_after > spec.max_rows || stored.files.len() + 1 > spec.max_files
+            {
+                // Replaced rows, a partition outgrowing `max_rows` (split into its
+                // children) or one of too many files: merged into one file per partition.
+                let mut rows = stored.read(&table_schema, name)?;
+                if dropped > 0 {
+                    let k = spec.key.as_deref().expect("rows are dropped by key");
+                    let keep: BooleanArray = keys(&rows, k)?
+                        .iter()
+                        .map(|v| Some(!v.is_some_and(|v| new_keys.contains(&v))))
+                        .collect();
+                    rows = filter_record_batch(&rows, &keep)?;
+                }
+                let merged = concat_batches(&table_schema, &[rows, incoming])?;
+                for (p, rows) in split(*pixel, &merged, spec.max_rows)? {
+                    let rel = file_name(&p, seq);
+                    write_file(&dir, &rel, p, &rows, &table_schema, &props)?;
+                    files_written += 1;
+                    outputs.entry(p).or_default().push(rel);
+                }
+            } else {
+                // Only the new rows are written, as one more file of the partition.
+                let files = outputs.entry(*pixel).or_default();
+                for f in &stored.files {
+                    files.push(link_file(Some(&stored.dir), f, pixel, &dir)?);
+                }
+                let rel = file_name(pixel, seq);
+                let sorted = sort_by_hpx(&incoming)?;
+                write_file(&dir, &rel, *pixel, &sorted, &table_schema, &props)?;
+                files_written += 1;
+                files.push(rel);
             }
         }
-        // Every other partition is shared with the previous version.
-        if let Some((_, old_dir)) = &current {
+        // Every other partition's files are shared with the previous version.
+        if let Some((c, old_dir)) = &current {
             for p in existing.iter().filter(|p| !rewritten.contains(p)) {
-                let (from, to) = (p.path_in(old_dir), p.path_in(&dir));
-                let parent = to.parent().expect("partition path has a parent");
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-                std::fs::hard_link(&from, &to).map_err(|e| Error::io(&to, e))?;
-                outputs.push(*p);
+                let files = outputs.entry(*p).or_default();
+                for f in c.partition_files(p) {
+                    files.push(link_file(Some(old_dir), &f, p, &dir)?);
+                }
             }
         }
-        outputs.sort_by_key(|p| p.hpx29_range().start);
-        write_common_metadata(&dir, &table_schema, &props)?;
-        write_partition_info(&dir, &outputs)?;
         let old_rows = match &current {
             Some((c, _)) => c.total_rows()?,
             None => 0,
@@ -266,31 +315,22 @@ impl Store {
             None => new_properties(name, spec),
         };
         hats.set("hats_nrows", total_rows);
-        hats.set(
-            "hats_order",
-            outputs.iter().map(|p| p.order).max().unwrap_or(spec.order),
-        );
-        let sky_fraction: f64 = outputs
-            .iter()
-            .map(|p| 1.0 / healpix::n_cells(p.order) as f64)
-            .sum();
-        hats.set("moc_sky_fraction", format!("{sky_fraction:.5}"));
-        let bytes: u64 = outputs
-            .iter()
-            .map(|p| std::fs::metadata(p.path_in(&dir)).map_or(0, |m| m.len()))
-            .sum();
-        hats.set("hats_estsize", bytes / 1024);
-        set_provenance(&mut hats);
-        hats.write(&dir.join("hats.properties"), "HATS catalog")?;
-        hats.write(&dir.join("properties"), "HATS catalog")?;
+        hats.set(APPEND_SEQ, seq);
+        let pixels = finish_version(&dir, &table_schema, &props, &outputs, &mut hats, spec.order)?;
         self.publish_keeping_old(staging)?;
+        let to_compact = outputs
+            .values()
+            .filter(|f| f.len() >= spec.compact_files)
+            .count();
         tracing::info!(
             catalog = name,
             rows_in,
             rows_added = added,
             rows_replaced = replaced,
             partitions_written = rewritten.len(),
-            partitions = outputs.len(),
+            files_written,
+            partitions = pixels,
+            to_compact,
             total_rows,
             "rows appended"
         );
@@ -299,10 +339,183 @@ impl Store {
             rows_added: added,
             rows_replaced: replaced,
             partitions_written: rewritten.len(),
-            partitions: outputs.len(),
+            files_written,
+            partitions: pixels,
             total_rows,
+            to_compact,
         })
     }
+}
+
+/// Property holding the number of the last append (it names the files the append wrote).
+pub(crate) const APPEND_SEQ: &str = "meridian_append_seq";
+
+/// A stored partition: its version's directory, its files (relative to it) and rows.
+#[derive(Default)]
+pub(crate) struct StoredPartition {
+    dir: std::path::PathBuf,
+    pub(crate) files: Vec<String>,
+    pub(crate) rows: usize,
+}
+
+impl StoredPartition {
+    /// Partition `pixel` of catalog `c`, whose version directory is `dir` (row counts from
+    /// the files' footers).
+    pub(crate) fn new(c: &Catalog, dir: &Path, pixel: &Pixel) -> Result<Self> {
+        let files = c.partition_files(pixel);
+        let mut rows = 0;
+        for f in &files {
+            let path = dir.join(f);
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+                .map_err(|e| Error::parquet(path.display().to_string(), e))?;
+            rows += meta.metadata().file_metadata().num_rows() as usize;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            rows,
+        })
+    }
+
+    /// The key column of every stored row (only that column is read).
+    fn keys(&self, key: &str) -> Result<Vec<Option<i64>>> {
+        let mut out = Vec::with_capacity(self.rows);
+        for f in &self.files {
+            for b in read_parquet(&self.dir.join(f), Some(key))? {
+                out.extend(keys(&b, key)?.iter());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored row, with the table's columns.
+    pub(crate) fn read(&self, schema: &SchemaRef, table: &str) -> Result<RecordBatch> {
+        let mut batches = Vec::new();
+        for f in &self.files {
+            for b in read_parquet(&self.dir.join(f), None)? {
+                batches.push(align(&b, schema, table)?);
+            }
+        }
+        Ok(concat_batches(schema, &batches)?)
+    }
+}
+
+/// The rows of a Parquet file (only `column`, when given).
+fn read_parquet(path: &Path, column: Option<&str>) -> Result<Vec<RecordBatch>> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&name, e))?;
+    if let Some(c) = column {
+        let schema = builder.parquet_schema();
+        let leaf = (0..schema.num_columns())
+            .find(|&i| schema.column(i).name() == c)
+            .ok_or_else(|| Error::Invalid(format!("{name}: no column '{c}'")))?;
+        let mask = ProjectionMask::leaves(schema, [leaf]);
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder
+        .with_batch_size(65_536)
+        .build()
+        .map_err(|e| Error::parquet(&name, e))?;
+    reader
+        .map(|b| b.map_err(|e| Error::Invalid(format!("{name}: {e}"))))
+        .collect()
+}
+
+/// The file of partition `pixel` that append number `seq` writes, relative to the
+/// catalog: `dataset/Norder=K/Dir=D/Npix=N/part-SEQ.parquet` (names sort by age).
+pub(crate) fn file_name(pixel: &Pixel, seq: u64) -> String {
+    format!("{}/part-{seq:010}.parquet", pixel.relative_dir())
+}
+
+/// Writes `rows` (sorted by `_healpix_29`) as file `rel` of catalog directory `dir`.
+pub(crate) fn write_file(
+    dir: &Path,
+    rel: &str,
+    pixel: Pixel,
+    rows: &RecordBatch,
+    schema: &SchemaRef,
+    props: &Arc<WriterProperties>,
+) -> Result<()> {
+    let mut w = PartitionWriter::create_at(dir.join(rel), pixel, schema, props)?;
+    w.write(rows)?;
+    w.close()?;
+    Ok(())
+}
+
+/// Links stored file `rel` of the version in `from` into partition `pixel` of the new
+/// version in `to`, returning its path there. A partition stored as one file (a catalog
+/// written before partitions were directories) becomes the first file of its directory.
+pub(crate) fn link_file(
+    from: Option<&Path>,
+    rel: &str,
+    pixel: &Pixel,
+    to: &Path,
+) -> Result<String> {
+    let from = from.ok_or_else(|| Error::Invalid("no stored version to link from".into()))?;
+    let name = if rel == pixel.relative_path() {
+        "part-0000000000.parquet".to_string()
+    } else {
+        rel.rsplit('/').next().unwrap_or(rel).to_string()
+    };
+    let target = format!("{}/{name}", pixel.relative_dir());
+    let (src, dst) = (from.join(rel), to.join(&target));
+    let parent = dst.parent().expect("partition file has a parent");
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    std::fs::hard_link(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+    Ok(target)
+}
+
+/// Writes the summary files of a new version in `dir` whose partitions hold `files`:
+/// `_common_metadata`, `partition_info.csv` and the properties (with `hats_order`, the
+/// sky fraction and size; `hats_nrows` is the caller's). Returns the partitions' count.
+pub(crate) fn finish_version(
+    dir: &Path,
+    schema: &SchemaRef,
+    props: &Arc<WriterProperties>,
+    files: &BTreeMap<Pixel, Vec<String>>,
+    hats: &mut Properties,
+    base_order: u8,
+) -> Result<usize> {
+    let mut pixels: Vec<Pixel> = files
+        .iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(p, _)| *p)
+        .collect();
+    pixels.sort_by_key(|p| p.hpx29_range().start);
+    write_common_metadata(dir, schema, props)?;
+    write_partition_info(dir, &pixels)?;
+    hats.set("hats_npix_suffix", "/");
+    hats.set(
+        "hats_order",
+        pixels.iter().map(|p| p.order).max().unwrap_or(base_order),
+    );
+    let sky_fraction: f64 = pixels
+        .iter()
+        .map(|p| 1.0 / healpix::n_cells(p.order) as f64)
+        .sum();
+    hats.set("moc_sky_fraction", format!("{sky_fraction:.5}"));
+    let bytes: u64 = files
+        .values()
+        .flatten()
+        .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+        .sum();
+    hats.set("hats_estsize", bytes / 1024);
+    set_provenance(hats);
+    hats.write(&dir.join("hats.properties"), "HATS catalog")?;
+    hats.write(&dir.join("properties"), "HATS catalog")?;
+    Ok(pixels.len())
+}
+
+/// `rows` sorted by `_healpix_29`.
+fn sort_by_hpx(rows: &RecordBatch) -> Result<RecordBatch> {
+    let hpx = rows
+        .column_by_name(HPX_COLUMN)
+        .ok_or_else(|| Error::Invalid(format!("no {HPX_COLUMN} column")))?;
+    let order = sort_to_indices(hpx, None, None)?;
+    Ok(take_record_batch(rows, &order)?)
 }
 
 /// The properties of a new appendable catalog.
@@ -523,12 +736,12 @@ fn neighbourhood(batch: &RecordBatch, spec: &AppendSpec, layout: &Layout) -> Res
 
 /// The rows of `pixel` sorted by `_healpix_29`, as partitions of at most `max_rows` rows
 /// (a partition above it is split into its non-empty children, down to order 29).
-fn split(pixel: Pixel, rows: &RecordBatch, max_rows: usize) -> Result<Vec<(Pixel, RecordBatch)>> {
-    let hpx_col = rows
-        .column_by_name(HPX_COLUMN)
-        .ok_or_else(|| Error::Invalid(format!("no {HPX_COLUMN} column")))?;
-    let order = sort_to_indices(hpx_col, None, None)?;
-    let sorted = take_record_batch(rows, &order)?;
+pub(crate) fn split(
+    pixel: Pixel,
+    rows: &RecordBatch,
+    max_rows: usize,
+) -> Result<Vec<(Pixel, RecordBatch)>> {
+    let sorted = sort_by_hpx(rows)?;
     let mut out = Vec::new();
     split_sorted(pixel, sorted, max_rows, &mut out)?;
     Ok(out)

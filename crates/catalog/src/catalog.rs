@@ -1,5 +1,6 @@
 //! Opening a HATS catalog (or collection) and reading it with spatial pruning.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::file::statistics::Statistics;
 
-use crate::layout::{Pixel, read_partitions};
+use crate::layout::{Pixel, leaf_files, read_partitions};
 use crate::location::{Location, PartFile};
 use crate::properties::Properties;
 use crate::{Error, Result};
@@ -40,6 +41,8 @@ pub struct Catalog {
     dec_column: String,
     hpx_column: Option<String>,
     margin: Option<Box<Catalog>>,
+    /// With `hats_npix_suffix = /`: each partition's files (a directory of files).
+    leaves: Option<Arc<BTreeMap<Pixel, Vec<String>>>>,
 }
 
 impl Catalog {
@@ -98,16 +101,21 @@ impl Catalog {
         })?;
         let properties = Properties::parse(&dir.read_to_string(props_file)?);
         let partitions = read_partitions(dir)?;
+        let leaves = match properties.get("hats_npix_suffix") {
+            Some("/") => Some(Arc::new(leaf_files(dir)?)),
+            _ => None,
+        };
         let common = "dataset/_common_metadata";
         let schema_file = if dir.exists(common)? {
             common.to_string()
         } else {
-            partitions
-                .first()
-                .map(|p| p.relative_path())
-                .ok_or_else(|| {
-                    Error::Invalid(format!("{dir}: no partitions and no _common_metadata"))
-                })?
+            let first = partitions.iter().find_map(|p| match &leaves {
+                Some(l) => l.get(p).and_then(|f| f.first()).cloned(),
+                None => Some(p.relative_path()),
+            });
+            first.ok_or_else(|| {
+                Error::Invalid(format!("{dir}: no partitions and no _common_metadata"))
+            })?
         };
         let file = dir.open(&schema_file)?;
         let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
@@ -136,6 +144,7 @@ impl Catalog {
             dec_column,
             hpx_column,
             margin: None,
+            leaves,
         })
     }
 
@@ -149,10 +158,32 @@ impl Catalog {
         self.location.as_local()
     }
 
-    /// Partition `pixel`'s file, opened for the Parquet reader, and its name for errors.
-    fn open_partition(&self, pixel: &Pixel) -> Result<(PartFile, String)> {
-        let rel = pixel.relative_path();
-        Ok((self.location.open(&rel)?, self.location.name_of(&rel)))
+    /// The files of partition `pixel`, relative to [`Catalog::location`]: its file, or
+    /// for a catalog whose partitions are directories (`hats_npix_suffix = /`, as appends
+    /// write), the files in its directory in name order (older appends first).
+    pub fn partition_files(&self, pixel: &Pixel) -> Vec<String> {
+        match &self.leaves {
+            Some(l) => l.get(pixel).cloned().unwrap_or_default(),
+            None => vec![pixel.relative_path()],
+        }
+    }
+
+    /// Whether every partition is one file (its rows then sorted by `_healpix_29` when the
+    /// catalog has that column); partitions of appended catalogs may hold several files
+    /// until they are compacted.
+    pub fn single_file_partitions(&self) -> bool {
+        self.leaves
+            .as_ref()
+            .is_none_or(|l| l.values().all(|f| f.len() <= 1))
+    }
+
+    /// Partition `pixel`'s files, opened for the Parquet reader, each with its name for
+    /// errors.
+    fn open_partition(&self, pixel: &Pixel) -> Result<Vec<(PartFile, String)>> {
+        self.partition_files(pixel)
+            .iter()
+            .map(|rel| Ok((self.location.open(rel)?, self.location.name_of(rel))))
+            .collect()
     }
 
     /// `hats.properties`.
@@ -194,10 +225,11 @@ impl Catalog {
         }
         let mut n = 0;
         for p in &self.partitions {
-            let (f, path) = self.open_partition(p)?;
-            let m = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
-                .map_err(|e| Error::parquet(&path, e))?;
-            n += m.metadata().file_metadata().num_rows() as u64;
+            for (f, path) in self.open_partition(p)? {
+                let m = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
+                    .map_err(|e| Error::parquet(&path, e))?;
+                n += m.metadata().file_metadata().num_rows() as u64;
+            }
         }
         Ok(n)
     }
@@ -233,7 +265,7 @@ impl Catalog {
             partitions_total: self.partitions.len(),
             ..Default::default()
         };
-        let files: std::collections::VecDeque<Pixel> = self
+        let pixels: Vec<Pixel> = self
             .partitions
             .iter()
             .filter(|p| {
@@ -243,7 +275,11 @@ impl Catalog {
             })
             .copied()
             .collect();
-        stats.partitions_read = files.len();
+        stats.partitions_read = pixels.len();
+        let files = pixels
+            .iter()
+            .flat_map(|p| self.partition_files(p))
+            .collect();
         Ok(Scan {
             catalog: self.clone(),
             region: region.cloned(),
@@ -258,15 +294,40 @@ impl Catalog {
 impl Catalog {
     /// All rows of one partition, in file order.
     pub fn read_partition(&self, pixel: &Pixel) -> Result<Vec<RecordBatch>> {
-        let (file, path) = self.open_partition(pixel)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| Error::parquet(&path, e))?
-            .with_batch_size(65_536)
-            .build()
-            .map_err(|e| Error::parquet(&path, e))?;
-        reader
-            .map(|b| b.map_err(|e| Error::Invalid(format!("{path}: {e}"))))
-            .collect()
+        let mut out = Vec::new();
+        for (file, path) in self.open_partition(pixel)? {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| Error::parquet(&path, e))?
+                .with_batch_size(65_536)
+                .build()
+                .map_err(|e| Error::parquet(&path, e))?;
+            for b in reader {
+                let b = b.map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
+                out.push(self.conform(b)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `batch` (read from one of the catalog's files) with the catalog's columns: a file
+    /// written before the catalog gained columns reads them as null.
+    pub fn conform(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if batch.schema().fields() == self.schema.fields() {
+            return Ok(batch);
+        }
+        let n = batch.num_rows();
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| match batch.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+                Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
+                None => Ok(arrow::array::new_null_array(f.data_type(), n)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let schema = Arc::new(arrow::datatypes::Schema::new(self.schema.fields().clone()));
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 }
 
@@ -411,8 +472,12 @@ impl Catalog {
             }
         }
         let mut rows = 0u64;
-        for pixel in &self.partitions {
-            let (file, path) = self.open_partition(pixel)?;
+        let files = self
+            .partitions
+            .iter()
+            .map(|p| self.open_partition(p))
+            .collect::<Result<Vec<_>>>()?;
+        for (file, path) in files.into_iter().flatten() {
             let builder = ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|e| Error::parquet(&path, e))?;
             let mut wanted: Vec<&str> = match &self.hpx_column {
@@ -586,7 +651,7 @@ pub struct Scan {
     catalog: Catalog,
     region: Option<Region>,
     ranges: Option<Vec<Range<u64>>>,
-    files: std::collections::VecDeque<Pixel>,
+    files: std::collections::VecDeque<String>,
     current: Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>,
     stats: ScanStats,
 }
@@ -598,10 +663,11 @@ impl Scan {
     }
 
     fn open_next(&mut self) -> Result<bool> {
-        let Some(pixel) = self.files.pop_front() else {
+        let Some(rel) = self.files.pop_front() else {
             return Ok(false);
         };
-        let (file, path) = self.catalog.open_partition(&pixel)?;
+        let location = self.catalog.location();
+        let (file, path) = (location.open(&rel)?, location.name_of(&rel));
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&path, e))?;
         let md = builder.metadata().clone();
@@ -684,7 +750,7 @@ impl Iterator for Scan {
         loop {
             if let Some(reader) = &mut self.current {
                 match reader.next() {
-                    Some(Ok(b)) => match self.filter(b) {
+                    Some(Ok(b)) => match self.catalog.conform(b).and_then(|b| self.filter(b)) {
                         Ok(b) if b.num_rows() == 0 => continue,
                         other => return Some(other),
                     },

@@ -1,5 +1,6 @@
 //! HATS directory layout: pixels, partition file paths and `partition_info.csv`.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,42 @@ impl Pixel {
     /// The file of this partition in catalog directory `dir`.
     pub fn path_in(&self, dir: &Path) -> PathBuf {
         dir.join(self.relative_path())
+    }
+
+    /// `dataset/Norder=K/Dir=D/Npix=N` relative to a catalog directory: the partition as a
+    /// directory of files (a catalog with `hats_npix_suffix = /`, as appends write).
+    pub fn relative_dir(&self) -> String {
+        format!(
+            "dataset/Norder={}/Dir={}/Npix={}",
+            self.order,
+            self.pix / 10_000 * 10_000,
+            self.pix
+        )
+    }
+
+    /// This partition's directory in catalog directory `dir`.
+    pub fn dir_in(&self, dir: &Path) -> PathBuf {
+        dir.join(self.relative_dir())
+    }
+
+    /// The partition a file path relative to a catalog directory belongs to:
+    /// `dataset/Norder=K/Dir=D/Npix=N.parquet` or a file in `dataset/Norder=K/Dir=D/Npix=N/`.
+    pub fn of_path(rel: &str) -> Option<Pixel> {
+        let mut parts = rel.split('/');
+        if parts.next() != Some("dataset") {
+            return None;
+        }
+        let value = |s: Option<&str>, prefix: &str| s?.strip_prefix(prefix)?.parse::<u64>().ok();
+        let order = value(parts.next(), "Norder=")?;
+        value(parts.next(), "Dir=")?;
+        let name = parts.next()?;
+        let pix = name
+            .strip_prefix("Npix=")?
+            .split('.')
+            .next()?
+            .parse::<u64>()
+            .ok()?;
+        Pixel::new(u8::try_from(order).ok()?, pix).ok()
     }
 }
 
@@ -111,23 +148,38 @@ pub fn read_partitions(dir: &Location) -> Result<Vec<Pixel>> {
 /// The partition files under `dataset/`: `Norder=K/Dir=D/Npix=N.parquet` (or a directory
 /// `Npix=N/` of files).
 fn scan_dataset(dir: &Location) -> Result<Vec<Pixel>> {
-    let mut out = std::collections::BTreeSet::new();
+    let pixels: std::collections::BTreeSet<Pixel> = dir
+        .list_files("dataset")?
+        .iter()
+        .filter_map(|f| Pixel::of_path(f))
+        .collect();
+    Ok(pixels.into_iter().collect())
+}
+
+/// The files of each partition directory (`dataset/Norder=K/Dir=D/Npix=N/*.parquet`, a
+/// catalog with `hats_npix_suffix = /`), as paths relative to the catalog, in name order.
+/// Hidden files and files not ending in `.parquet` are not data.
+pub fn leaf_files(dir: &Location) -> Result<BTreeMap<Pixel, Vec<String>>> {
+    let mut out: BTreeMap<Pixel, Vec<String>> = BTreeMap::new();
+    if dir.as_local().is_some_and(|d| !d.join("dataset").exists()) {
+        return Ok(out);
+    }
     for f in dir.list_files("dataset")? {
-        let mut parts = f.split('/').skip(1);
-        let (Some(order), Some(d), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let value = |s: &str, prefix: &str| s.strip_prefix(prefix)?.parse::<u64>().ok();
-        let (Some(order), Some(_)) = (value(order, "Norder="), value(d, "Dir=")) else {
-            continue;
-        };
-        if let Some(Ok(pix)) = name
-            .strip_prefix("Npix=")
-            .and_then(|n| n.split('.').next())
-            .map(str::parse)
+        let name = f.rsplit('/').next().unwrap_or("");
+        // Only files inside a partition directory: dataset/Norder/Dir/Npix=N/file.
+        if f.split('/').count() != 5
+            || name.starts_with('.')
+            || name.starts_with('_')
+            || !name.ends_with(".parquet")
         {
-            out.insert(Pixel::new(order as u8, pix)?);
+            continue;
+        }
+        if let Some(p) = Pixel::of_path(&f) {
+            out.entry(p).or_default().push(f);
         }
     }
-    Ok(out.into_iter().collect())
+    for files in out.values_mut() {
+        files.sort();
+    }
+    Ok(out)
 }

@@ -17,6 +17,7 @@
 
 pub mod append;
 mod catalog;
+pub mod compact;
 mod error;
 pub mod ingest;
 pub mod layout;

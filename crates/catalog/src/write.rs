@@ -71,7 +71,17 @@ impl PartitionWriter {
         schema: &SchemaRef,
         props: &Arc<WriterProperties>,
     ) -> Result<Self> {
-        let path = pixel.path_in(dir);
+        Self::create_at(pixel.path_in(dir), pixel, schema, props)
+    }
+
+    /// A writer of partition `pixel`'s rows to file `path` (one of the files of a
+    /// partition directory).
+    pub(crate) fn create_at(
+        path: PathBuf,
+        pixel: Pixel,
+        schema: &SchemaRef,
+        props: &Arc<WriterProperties>,
+    ) -> Result<Self> {
         let parent = path.parent().expect("partition path has a parent");
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;

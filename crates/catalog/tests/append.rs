@@ -1,7 +1,9 @@
 //! Appends to a catalog: every row given is stored once (by key), in the partition whose
-//! HEALPix cell holds its position, partitions stay disjoint, sorted and within their size,
-//! only touched partitions are rewritten, a version once opened stays readable, and bad
-//! rows publish nothing.
+//! HEALPix cell holds its position, partitions stay disjoint, each file sorted, partitions
+//! within their size; an append writes a file of new rows per partition it touches and
+//! shares every other file with the previous version; compaction merges a partition's
+//! files while appends go on; a version once opened stays readable, and bad rows publish
+//! nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,8 +67,8 @@ fn read_all(c: &Catalog) -> BTreeMap<i64, (f64, f64, f64)> {
             "{p} overlaps another partition"
         );
         ranges.push(r.clone());
-        let mut last = 0u64;
-        for b in c.read_partition(p).unwrap() {
+        for b in files_of(c, p) {
+            let mut last = 0u64;
             let h = b.column_by_name("_healpix_29").unwrap();
             let h = h.as_primitive::<Int64Type>();
             let id = b.column_by_name("id").unwrap().as_primitive::<Int64Type>();
@@ -100,6 +102,25 @@ fn read_all(c: &Catalog) -> BTreeMap<i64, (f64, f64, f64)> {
     }
     assert_eq!(c.total_rows().unwrap(), out.len() as u64);
     out
+}
+
+/// The rows of each file of partition `p`, a batch per file, with the catalog's columns.
+fn files_of(c: &Catalog, p: &meridian_catalog::layout::Pixel) -> Vec<RecordBatch> {
+    let dir = c.local_dir().unwrap();
+    c.partition_files(p)
+        .iter()
+        .map(|f| {
+            let file = std::fs::File::open(dir.join(f)).unwrap();
+            let batches: Vec<RecordBatch> =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                    .map(|b| c.conform(b.unwrap()).unwrap())
+                    .collect();
+            arrow::compute::concat_batches(&c.schema(), &batches).unwrap()
+        })
+        .collect()
 }
 
 fn spec(keep: Keep) -> AppendSpec {
@@ -161,7 +182,7 @@ fn appends_store_every_row_once_and_split_partitions_that_grow() {
 }
 
 #[test]
-fn an_append_rewrites_only_the_partitions_it_touches_and_old_versions_stay_readable() {
+fn an_append_writes_only_its_new_rows_and_old_versions_stay_readable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let mut spec = spec(Keep::First);
@@ -183,28 +204,178 @@ fn an_append_rewrites_only_the_partitions_it_touches_and_old_versions_stay_reada
     let v1 = store.current_version("t").unwrap().unwrap();
     let old = Catalog::open(&v1).unwrap();
     let before = read_all(&old);
+    // New rows in the first patch, and rows already stored (dropped by key).
+    let mut given = rows(2, 100, 20);
+    given.extend(rows(0, 0, 10));
     let a = store
-        .append("t", &schema(), &[batch(&rows(2, 100, 20))], &spec)
+        .append("t", &schema(), &[batch(&given)], &spec)
         .unwrap();
     let v2 = store.current_version("t").unwrap().unwrap();
     assert_ne!(v1, v2);
+    assert_eq!((a.rows_in, a.rows_added), (30, 20));
     assert!(a.partitions_written < a.partitions, "{a:?}");
-    // The untouched partitions are the same files (hard links), the touched ones new.
+    assert_eq!(a.files_written, a.partitions_written, "{a:?}");
+    // Every file of the first version is in the second, the same file (a hard link); the
+    // second has one more file in each partition the append touched, holding only new rows.
     use std::os::unix::fs::MetadataExt;
     let new = Catalog::open(&v2).unwrap();
-    let mut shared = 0;
+    let (mut shared, mut written) = (0, 0);
     for p in new.partitions() {
-        let (a, b) = (p.path_in(&v1), p.path_in(&v2));
-        if a.exists()
-            && std::fs::metadata(&a).unwrap().ino() == std::fs::metadata(&b).unwrap().ino()
-        {
-            shared += 1;
+        for f in new.partition_files(p) {
+            let (a, b) = (v1.join(&f), v2.join(&f));
+            if a.exists() {
+                assert_eq!(
+                    std::fs::metadata(&a).unwrap().ino(),
+                    std::fs::metadata(&b).unwrap().ino()
+                );
+                shared += 1;
+            } else {
+                written += 1;
+            }
         }
     }
-    assert_eq!(shared, a.partitions - a.partitions_written);
+    let old_files: usize = old
+        .partitions()
+        .iter()
+        .map(|p| old.partition_files(p).len())
+        .sum();
+    assert_eq!((shared, written), (old_files, a.files_written));
+    let added: usize = new
+        .partitions()
+        .iter()
+        .flat_map(|p| files_of(&new, p).into_iter().skip(1))
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(added, 20);
     // A reader of the old version still reads it whole.
     assert_eq!(read_all(&Catalog::open(&v1).unwrap()), before);
     assert_eq!(read_all(&new).len(), before.len() + 20);
+}
+
+#[test]
+fn partitions_stay_within_their_files_and_compaction_merges_them_while_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut spec = spec(Keep::First);
+    spec.max_rows = 100_000;
+    spec.max_files = 6;
+    spec.compact_files = 3;
+    let mut want = BTreeMap::new();
+    let mut most_files = 0;
+    for k in 0..12i64 {
+        let r = rows(k as u64, k * 100, 100);
+        for x in &r {
+            want.insert(x.0, (x.1, x.2, x.3));
+        }
+        let a = store.append("t", &schema(), &[batch(&r)], &spec).unwrap();
+        let c = store.catalog("t").unwrap();
+        for p in c.partitions() {
+            most_files = most_files.max(c.partition_files(p).len());
+        }
+        assert!(a.to_compact > 0 || k < 2, "{a:?}");
+        assert_eq!(read_all(&c), want);
+    }
+    // Without compaction, a partition reaches `max_files` and the append merges it.
+    assert_eq!(most_files, 6);
+    let v = store.current_version("t").unwrap().unwrap();
+    let held = Catalog::open(&v).unwrap();
+    let done = store.compact("t", &spec, usize::MAX).unwrap();
+    assert!(done.partitions > 0 && done.skipped == 0, "{done:?}");
+    let c = store.catalog("t").unwrap();
+    assert!(
+        c.partitions()
+            .iter()
+            .all(|p| c.partition_files(p).len() < 3)
+    );
+    assert_eq!(read_all(&c), want);
+    assert_eq!(c.total_rows().unwrap(), want.len() as u64);
+    // The version a reader held stays whole.
+    assert_eq!(read_all(&held), want);
+    // Nothing more to do.
+    assert_eq!(store.compact("t", &spec, usize::MAX).unwrap().partitions, 0);
+
+    // Compactions racing appends lose and duplicate nothing.
+    let first = 10_000i64;
+    std::thread::scope(|s| {
+        let (st, sp) = (store.clone(), spec.clone());
+        let appender = s.spawn(move || {
+            for k in 0..20i64 {
+                let r = rows(100 + k as u64, first + k * 50, 50);
+                st.append("t", &schema(), &[batch(&r)], &sp).unwrap();
+            }
+        });
+        while !appender.is_finished() {
+            store.compact("t", &spec, usize::MAX).unwrap();
+        }
+    });
+    for k in 0..20i64 {
+        for x in rows(100 + k as u64, first + k * 50, 50) {
+            want.insert(x.0, (x.1, x.2, x.3));
+        }
+    }
+    store.compact("t", &spec, usize::MAX).unwrap();
+    let c = store.catalog("t").unwrap();
+    assert_eq!(read_all(&c), want);
+    assert!(
+        c.partitions()
+            .iter()
+            .all(|p| c.partition_files(p).len() < 3)
+    );
+}
+
+#[test]
+fn compaction_splits_a_partition_that_outgrew_its_rows_and_queries_see_one_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut spec = spec(Keep::First);
+    spec.max_rows = 250;
+    spec.compact_files = 2;
+    let mut want = BTreeMap::new();
+    for k in 0..4i64 {
+        let r = rows(k as u64, k * 60, 60);
+        for x in &r {
+            want.insert(x.0, (x.1, x.2, x.3));
+        }
+        store.append("t", &schema(), &[batch(&r)], &spec).unwrap();
+    }
+    let before = Catalog::open(&store.current_version("t").unwrap().unwrap()).unwrap();
+    assert!(!before.single_file_partitions());
+    store.compact("t", &spec, usize::MAX).unwrap();
+    let c = store.catalog("t").unwrap();
+    assert!(c.single_file_partitions());
+    assert_eq!(read_all(&c), want);
+    for p in c.partitions() {
+        let n: usize = c
+            .read_partition(p)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert!(n <= 250, "{p}: {n} rows");
+    }
+    // A region scan reads the same rows before and after.
+    let region = meridian_sky::Region::Circle(
+        meridian_sky::Circle::new(meridian_sky::SkyPoint::new(151.5, 2.5).unwrap(), 1.0).unwrap(),
+    );
+    let ids = |c: &Catalog| {
+        let mut ids: Vec<i64> = c
+            .scan(Some(&region))
+            .unwrap()
+            .flat_map(|b| {
+                let b = b.unwrap();
+                b.column_by_name("id")
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (a, b) = (ids(&before), ids(&c));
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
 }
 
 #[test]

@@ -189,30 +189,35 @@ impl Snapshot {
                 let cache = state.runtime_env().cache_manager.get_file_metadata_cache();
                 let location = self.catalog.location();
                 // Footers are read a few at a time: from an object store each is a request.
-                let mut files: Vec<PartitionFile> =
-                    futures::stream::iter(self.catalog.partitions().iter().copied())
-                        .map(|pixel| {
-                            let (store, cache) = (&store, &cache);
-                            async move {
-                                let (_, path) = location
-                                    .object_path(&pixel.relative_path())
-                                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                                let meta = store.head(&path).await?;
-                                let stats = DFParquetMetadata::new(store.as_ref(), &meta)
-                                    .with_file_metadata_cache(Some(cache.clone()))
-                                    .fetch_statistics(schema)
-                                    .await?;
-                                Ok::<_, DataFusionError>(PartitionFile {
-                                    pixel,
-                                    file: PartitionedFile::from(meta)
-                                        .with_statistics(Arc::new(stats)),
-                                })
-                            }
-                        })
-                        .buffered(16)
-                        .try_collect()
-                        .await?;
-                // In `_healpix_29` order, as the declared sort order of the scan requires.
+                let parts: Vec<(Pixel, String)> = self
+                    .catalog
+                    .partitions()
+                    .iter()
+                    .flat_map(|p| self.catalog.partition_files(p).into_iter().map(|f| (*p, f)))
+                    .collect();
+                let mut files: Vec<PartitionFile> = futures::stream::iter(parts)
+                    .map(|(pixel, rel)| {
+                        let (store, cache) = (&store, &cache);
+                        async move {
+                            let (_, path) = location
+                                .object_path(&rel)
+                                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                            let meta = store.head(&path).await?;
+                            let stats = DFParquetMetadata::new(store.as_ref(), &meta)
+                                .with_file_metadata_cache(Some(cache.clone()))
+                                .fetch_statistics(schema)
+                                .await?;
+                            Ok::<_, DataFusionError>(PartitionFile {
+                                pixel,
+                                file: PartitionedFile::from(meta).with_statistics(Arc::new(stats)),
+                            })
+                        }
+                    })
+                    .buffered(16)
+                    .try_collect()
+                    .await?;
+                // In `_healpix_29` order, as the declared sort order of the scan requires
+                // (a partition's files, when it has several, in the order listed).
                 files.sort_by_key(|f| f.pixel.hpx29_range().start);
                 Ok::<_, DataFusionError>(files)
             })
@@ -463,7 +468,11 @@ impl TableProvider for HatsTable {
             .collect();
         *self.last.lock().expect("pruning lock") = Pruning {
             partitions_total: catalog.partitions().len(),
-            partitions_read: files.len(),
+            partitions_read: {
+                let mut pixels: Vec<Pixel> = files.iter().map(|f| f.pixel).collect();
+                pixels.dedup();
+                pixels.len()
+            },
         };
         let schema = self.schema.clone();
         if files.is_empty() {
@@ -474,8 +483,9 @@ impl TableProvider for HatsTable {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
         // Partition files are sorted by `_healpix_29` and cover disjoint ranges, so any run
-        // of consecutive files is in order: declared, this lets DataFusion aggregate or
-        // merge by HEALPix cell without hashing or sorting. One group per target partition,
+        // of consecutive files is in order (when each partition is one file): declared,
+        // this lets DataFusion aggregate or merge by HEALPix cell without hashing or
+        // sorting. One group per target partition,
         // of about equal rows; the files are never split (a cone reads one or two row
         // groups, and splitting would open each file twice for nothing).
         let groups = contiguous_groups(&files, state.config().target_partitions());
@@ -505,7 +515,11 @@ impl TableProvider for HatsTable {
             .with_statistics(statistics)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit);
-        if let Some(h) = catalog.healpix_column() {
+        // A partition of several files (appended, not yet compacted) has its rows sorted
+        // within each file only.
+        if let Some(h) = catalog.healpix_column()
+            && catalog.single_file_partitions()
+        {
             let sort = PhysicalSortExpr::new(
                 datafusion::physical_expr::expressions::col(h, &schema)?,
                 arrow::compute::SortOptions {

@@ -371,6 +371,10 @@ struct GenerateArgs {
     /// epoch of the same sky.
     #[arg(long, default_value_t = 0.0)]
     position_jitter_mas: f64,
+    /// A survey footprint, RA,DEC,RADIUS in degrees: the objects spread over this cap of
+    /// the sky instead of the whole sky (a deep survey's density from fewer objects).
+    #[arg(long, value_name = "RA,DEC,RADIUS", value_parser = parse_footprint)]
+    footprint: Option<meridian_synth::Footprint>,
     /// Survey images to render of the objects into OUT/images (0: none): each bright object
     /// picked gets six bands at several epochs; some images are tile-compressed (RICE_1),
     /// some hold two detectors.
@@ -644,6 +648,21 @@ pub(crate) fn bar(quiet: bool, len: u64, template: &str) -> ProgressBar {
     b
 }
 
+/// `RA,DEC,RADIUS` in degrees.
+fn parse_footprint(s: &str) -> Result<meridian_synth::Footprint, String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("'{s}': {e} (expected RA,DEC,RADIUS in degrees)"))?;
+    let [ra, dec, r] = v[..] else {
+        return Err(format!(
+            "'{s}': expected three numbers, RA,DEC,RADIUS in degrees"
+        ));
+    };
+    meridian_synth::Footprint::new(ra, dec, r).map_err(|e| e.to_string())
+}
+
 fn generate(
     config: &Config,
     args: &GenerateArgs,
@@ -660,6 +679,7 @@ fn generate(
         forced_epochs: args.forced_epochs,
         chunk_objects: args.chunk_objects,
         position_jitter_mas: args.position_jitter_mas,
+        footprint: args.footprint,
     };
     // The night's settings and schema are checked before the survey is written.
     let night = args
@@ -1544,6 +1564,7 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
             forced_epochs: 0,
             chunk_objects: 1_000_000,
             position_jitter_mas: 0.0,
+            footprint: None,
             images: 0,
             image_size: 256,
             spectra: DEMO_SPECTRA,

@@ -77,6 +77,67 @@ pub struct SurveySpec {
     /// Gaussian scatter of Object positions per axis, milliarcseconds (0: none). The same
     /// seed with a scatter gives a second epoch of the same sky: cross-match test data.
     pub position_jitter_mas: f64,
+    /// A survey footprint: objects spread uniformly over this cap of the sky instead of
+    /// over the whole sky (a deep survey's density from fewer objects).
+    pub footprint: Option<Footprint>,
+}
+
+/// A cap of the sky holding a survey's objects.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Footprint {
+    /// Centre, right ascension in degrees.
+    pub ra_deg: f64,
+    /// Centre, declination in degrees.
+    pub dec_deg: f64,
+    /// Radius in degrees (0 to 180).
+    pub radius_deg: f64,
+}
+
+impl Footprint {
+    /// A cap, checked: a finite centre on the sphere and a radius in (0, 180].
+    pub fn new(ra_deg: f64, dec_deg: f64, radius_deg: f64) -> Result<Self> {
+        if !(ra_deg.is_finite() && (-90.0..=90.0).contains(&dec_deg)) {
+            return Err(Error::Invalid(format!(
+                "footprint centre ({ra_deg}, {dec_deg}) is not a position in degrees"
+            )));
+        }
+        if !(radius_deg > 0.0 && radius_deg <= 180.0) {
+            return Err(Error::Invalid(format!(
+                "footprint radius {radius_deg} is not in (0, 180] degrees"
+            )));
+        }
+        Ok(Self {
+            ra_deg: ra_deg.rem_euclid(360.0),
+            dec_deg,
+            radius_deg,
+        })
+    }
+
+    /// Area in square degrees.
+    pub fn area_deg2(&self) -> f64 {
+        let sr = 2.0 * std::f64::consts::PI * (1.0 - self.radius_deg.to_radians().cos());
+        sr * (180.0 / std::f64::consts::PI).powi(2)
+    }
+
+    /// A position uniform over the cap, from two uniform numbers in [0, 1).
+    fn sample(&self, u: f64, v: f64) -> (f64, f64) {
+        // Around the pole: cos(theta) uniform in [cos r, 1], then rotated to the centre.
+        let cos_r = self.radius_deg.to_radians().cos();
+        let z = 1.0 - u * (1.0 - cos_r);
+        let s = (1.0 - z * z).max(0.0).sqrt();
+        let phi = v * 2.0 * std::f64::consts::PI;
+        let (x, y) = (s * phi.cos(), s * phi.sin());
+        // Rotate the pole (0, 0, 1) to (ra0, dec0): about y by (90 - dec0), then about z by ra0.
+        let (sd, cd) = self.dec_deg.to_radians().sin_cos();
+        let (sa, ca) = self.ra_deg.to_radians().sin_cos();
+        let x1 = x * sd + z * cd;
+        let z1 = -x * cd + z * sd;
+        let (x2, y2) = (x1 * ca - y * sa, x1 * sa + y * ca);
+        let ra = y2.atan2(x2).to_degrees().rem_euclid(360.0);
+        let dec = z1.clamp(-1.0, 1.0).asin().to_degrees();
+        // rem_euclid can round up to 360.0 itself.
+        (if ra >= 360.0 { 0.0 } else { ra }, dec)
+    }
 }
 
 impl Default for SurveySpec {
@@ -89,6 +150,7 @@ impl Default for SurveySpec {
             forced_epochs: 0,
             chunk_objects: 1_000_000,
             position_jitter_mas: 0.0,
+            footprint: None,
         }
     }
 }
@@ -164,7 +226,9 @@ fn gen_objects(spec: &SurveySpec, chunk: u64) -> Vec<Obj> {
             // Roughly 30% stars over the whole sky, concentrated towards the Galactic plane
             // (exponential in |b| with a 12-degree scale); galaxies isotropic.
             let is_galaxy = rng.random::<f64>() < 0.7;
-            let (ra, dec) = if is_galaxy {
+            let (ra, dec) = if let Some(f) = &spec.footprint {
+                f.sample(rng.random(), rng.random())
+            } else if is_galaxy {
                 let ra = rng.random::<f64>() * 360.0;
                 let dec = (rng.random::<f64>() * 2.0 - 1.0).asin().to_degrees();
                 (ra, dec)
@@ -723,6 +787,44 @@ mod tests {
             a.iter()
                 .all(|o| (-90.0..=90.0).contains(&o.dec) && (0.0..360.0).contains(&o.ra))
         );
+    }
+
+    #[test]
+    fn a_footprint_holds_every_object_uniformly() {
+        let cap = Footprint::new(358.0, -30.0, 5.0).unwrap();
+        let spec = SurveySpec {
+            objects: 40_000,
+            chunk_objects: 40_000,
+            footprint: Some(cap),
+            ..Default::default()
+        };
+        let objs = gen_objects(&spec, 0);
+        // Separations by the haversine formula, independent of the sampling's rotation.
+        let sep = |o: &Obj| {
+            let (r1, d1, r2, d2) = (
+                cap.ra_deg.to_radians(),
+                cap.dec_deg.to_radians(),
+                o.ra.to_radians(),
+                o.dec.to_radians(),
+            );
+            let h = ((d2 - d1) / 2.0).sin().powi(2)
+                + d1.cos() * d2.cos() * ((r2 - r1) / 2.0).sin().powi(2);
+            2.0 * h.sqrt().asin().to_degrees()
+        };
+        let seps: Vec<f64> = objs.iter().map(sep).collect();
+        assert!(
+            seps.iter().all(|s| *s <= 5.0 + 1e-9),
+            "an object outside the cap"
+        );
+        // Uniform over the cap: the inner cap of half the radius holds a quarter of the
+        // objects (to small-angle accuracy), and the RA wrap at 0/360 is crossed.
+        let inner = seps.iter().filter(|s| **s <= 2.5).count() as f64 / objs.len() as f64;
+        assert!((0.24..0.26).contains(&inner), "{inner}");
+        assert!(objs.iter().any(|o| o.ra < 5.0) && objs.iter().any(|o| o.ra > 345.0));
+        assert!(objs.iter().all(|o| (0.0..360.0).contains(&o.ra)));
+        assert!((cap.area_deg2() - 78.5).abs() < 0.2, "{}", cap.area_deg2());
+        assert!(Footprint::new(0.0, 91.0, 1.0).is_err());
+        assert!(Footprint::new(0.0, 0.0, 0.0).is_err());
     }
 
     #[test]
