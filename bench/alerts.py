@@ -157,6 +157,10 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/meridian-bench-alerts"))
     ap.add_argument("--binary")
+    ap.add_argument("--consumer-setting", action="append", default=None, metavar="KEY=VALUE",
+                    help="a librdkafka setting of the consumer (default with Tansu: "
+                    "fetch.wait.max.ms=5, as Tansu 0.6 answers a fetch with one record batch "
+                    "and then waits out the fetch's maximum wait)")
     ap.add_argument("--kafka", help="a broker, host:port (default: Tansu, started here)")
     args = ap.parse_args()
     binary = meridian_binary(args.binary)
@@ -184,6 +188,8 @@ def main():
     print(f"catalog object: {args.catalog_objects} rows ingested ({time.time() - t:.0f} s)")
 
     broker_proc, brokers = (None, args.kafka) if args.kafka else tansu()
+    if args.consumer_setting is None:
+        args.consumer_setting = [] if args.kafka else ["fetch.wait.max.ms=5"]
     queries = filters(args.seed)[: args.filters]
     for i, q in enumerate(queries):
         m("alerts", "filter", "add", "--owner", "bench", "--name", f"f{i:03}", "--query", q,
@@ -194,7 +200,8 @@ def main():
         [binary, "--quiet", "--data-dir", str(data), "alerts", "consume", "--kafka", brokers,
          "--topic", "night", "--schema-dir", schema_dir(), "--batch-alerts", str(args.batch_alerts),
          "--batch-ms", "500", "--stop-when-idle-s", "10",
-         "--kafka-setting", "topic.metadata.refresh.interval.ms=500"],
+         "--kafka-setting", "topic.metadata.refresh.interval.ms=500",
+         *[x for kv in args.consumer_setting for x in ("--kafka-setting", kv)]],
         stdout=subprocess.PIPE, stderr=open(args.work / "consumer.log", "w"), text=True)
     lines, rss = [], []
     stop = threading.Event()
@@ -268,6 +275,7 @@ def main():
         "matches": matches,
         "output_messages": len(e2e),
         "rate_asked": args.rate,
+        "consumer_settings": args.consumer_setting,
         "publish_s": round(published, 2),
         "ingest_filter_s": round(seconds, 2),
         "alerts_per_s": round(stored / seconds, 1),

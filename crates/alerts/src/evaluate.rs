@@ -407,20 +407,24 @@ fn key_index(schema: &Schema) -> Option<usize> {
 
 /// The matches in a filter's result rows: one per alert, its rows as a JSON array.
 pub fn matches(filter: i64, batches: &[RecordBatch]) -> Result<Vec<Match>> {
-    let mut by_alert: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut by_alert: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for b in batches.iter().filter(|b| b.num_rows() > 0) {
         let key = key_index(&b.schema())
             .ok_or_else(|| Error::Invalid(format!("the filter's result has no column {KEY}")))?;
         let ids = arrow::compute::cast(b.column(key), &DataType::Int64)?;
         let ids: &Int64Array = ids.as_primitive::<Int64Type>();
-        let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+        // One JSON object a line, a line a row (JSON escapes line breaks in strings).
+        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
         writer.write(b)?;
         writer.finish()?;
-        let rows: Vec<serde_json::Value> = serde_json::from_slice(&writer.into_inner())
+        let text = String::from_utf8(writer.into_inner())
             .map_err(|e| Error::Invalid(format!("the filter's rows as JSON: {e}")))?;
-        for (i, row) in rows.into_iter().enumerate() {
+        for (i, row) in text.lines().enumerate() {
             if ids.is_valid(i) {
-                by_alert.entry(ids.value(i)).or_default().push(row);
+                by_alert
+                    .entry(ids.value(i))
+                    .or_default()
+                    .push(row.to_string());
             }
         }
     }
@@ -429,7 +433,7 @@ pub fn matches(filter: i64, batches: &[RecordBatch]) -> Result<Vec<Match>> {
         .map(|(alert_id, rows)| Match {
             filter,
             alert_id,
-            rows: serde_json::Value::Array(rows).to_string(),
+            rows: format!("[{}]", rows.join(",")),
         })
         .collect())
 }

@@ -12,7 +12,7 @@
 //! and is not queued twice. Each output's delivery state is kept on the row, so a slow or
 //! failing output holds back only itself.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -421,29 +421,36 @@ impl FilterStore {
                 )
                 .map_err(|e| self.err(e))?;
             let mut count = tx
-                .prepare("UPDATE filter SET matches = matches + 1 WHERE id = ?1")
+                .prepare("UPDATE filter SET matches = matches + ?2 WHERE id = ?1")
                 .map_err(|e| self.err(e))?;
             let now = now_ms();
+            // Each filter's name and outputs, looked up once; matches counted per filter.
+            let mut filters: HashMap<i64, Option<(String, bool, bool)>> = HashMap::new();
+            let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
             for m in matches {
-                let Some((name, kafka, webhook)) = filter
-                    .query_row(params![m.filter], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, bool>(1)?,
-                            r.get::<_, bool>(2)?,
-                        ))
-                    })
-                    .optional()
-                    .map_err(|e| self.err(e))?
-                else {
+                let found = match filters.get(&m.filter) {
+                    Some(f) => f,
+                    None => {
+                        let f = filter
+                            .query_row(params![m.filter], |r| {
+                                Ok((
+                                    // As a JSON string, for the payloads.
+                                    serde_json::Value::String(r.get::<_, String>(0)?).to_string(),
+                                    r.get::<_, bool>(1)?,
+                                    r.get::<_, bool>(2)?,
+                                ))
+                            })
+                            .optional()
+                            .map_err(|e| self.err(e))?;
+                        filters.entry(m.filter).or_insert(f)
+                    }
+                };
+                let Some((name, kafka, webhook)) = found else {
                     continue;
                 };
                 let payload = format!(
                     "{{\"filter\":{},\"name\":{},\"alertId\":{},\"rows\":{}}}",
-                    m.filter,
-                    serde_json::Value::String(name),
-                    m.alert_id,
-                    m.rows
+                    m.filter, name, m.alert_id, m.rows
                 );
                 let state = |wanted: bool| {
                     if wanted {
@@ -458,14 +465,17 @@ impl FilterStore {
                         m.alert_id,
                         payload,
                         now,
-                        state(kafka),
-                        state(webhook)
+                        state(*kafka),
+                        state(*webhook)
                     ])
                     .map_err(|e| self.err(e))?;
                 if n > 0 {
-                    count.execute(params![m.filter]).map_err(|e| self.err(e))?;
+                    *counts.entry(m.filter).or_default() += 1;
                     added += 1;
                 }
+            }
+            for (id, n) in counts {
+                count.execute(params![id, n]).map_err(|e| self.err(e))?;
             }
         }
         tx.commit().map_err(|e| self.err(e))?;

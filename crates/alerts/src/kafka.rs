@@ -268,7 +268,12 @@ pub fn consume(
         .set("bootstrap.servers", &opts.brokers)
         .set("group.id", &opts.group)
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Fetches of up to 16 MiB a partition (librdkafka's default, 1 MiB, is a dozen
+        // Rubin alerts with their cutouts a round trip): the next batch is fetched while
+        // one is stored and filtered. Settings given override these.
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.max.bytes", "67108864");
     for (k, v) in &opts.settings {
         config.set(k, v);
     }
