@@ -88,8 +88,13 @@ class Server:
             jobs_dir = self._jobs.name
         self.jobs_dir = jobs_dir
         cmd = [meridian_bin(), "--data-dir", str(store), "serve", "--addr", "127.0.0.1:0"]
+        # Per-client limits are off unless a test sets them (test_quotas.py): the tests
+        # come from one address, faster than any user.
+        quotas = {f"MERIDIAN_QUOTAS__{k}": "0" for k in
+                  ("REQUESTS_PER_MINUTE", "CONCURRENT_QUERIES", "RESULT_MIB_PER_DAY", "UPLOADS_PER_HOUR")}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {}), "MERIDIAN_JOBS__DIR": str(jobs_dir)})
+                                     env={**os.environ, **quotas, **(env or {}),
+                                          "MERIDIAN_JOBS__DIR": str(jobs_dir)})
         self.url = None
         deadline = time.time() + 60
         while self.url is None and time.time() < deadline:

@@ -35,6 +35,49 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Alert filters and their outputs.
     pub alerts: AlertsConfig,
+    /// Per-client limits on requests.
+    pub quotas: QuotasConfig,
+}
+
+/// Per-client limits on the HTTP services: each user, and each anonymous caller's
+/// address, may make so many requests a minute, run so many queries at once, receive so
+/// many result bytes a day and upload so many times an hour; more gets 429 with
+/// `Retry-After`. Administrators are exempt. 0 turns a limit off.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// Requests a minute (a minute's worth may come at once).
+    pub requests_per_minute: u32,
+    /// Queries running at once.
+    pub concurrent_queries: u32,
+    /// Result bytes a day (UTC), MiB.
+    pub result_mib_per_day: u64,
+    /// Uploads an hour.
+    pub uploads_per_hour: u32,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        let d = meridian_services::quota::QuotaConfig::DEFAULT;
+        Self {
+            requests_per_minute: d.requests_per_minute,
+            concurrent_queries: d.concurrent_queries,
+            result_mib_per_day: d.result_mib_per_day,
+            uploads_per_hour: d.uploads_per_hour,
+        }
+    }
+}
+
+impl QuotasConfig {
+    /// The limits for the services.
+    pub fn to_services(&self) -> meridian_services::quota::QuotaConfig {
+        meridian_services::quota::QuotaConfig {
+            requests_per_minute: self.requests_per_minute,
+            concurrent_queries: self.concurrent_queries,
+            result_mib_per_day: self.result_mib_per_day,
+            uploads_per_hour: self.uploads_per_hour,
+        }
+    }
 }
 
 /// Alert filters and their outputs (`meridian alerts consume`, `/api/alerts/filters`).
@@ -399,6 +442,7 @@ impl Default for Config {
             spectra: SpectraConfig::default(),
             cluster: ClusterConfig::default(),
             alerts: AlertsConfig::default(),
+            quotas: QuotasConfig::default(),
         }
     }
 }
@@ -437,9 +481,9 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 12] = [
+        const TOP: [&str; 13] = [
             "data_dir", "ingest", "query", "log", "server", "jobs", "auth", "mydb", "storage",
-            "spectra", "cluster", "alerts",
+            "spectra", "cluster", "alerts", "quotas",
         ];
         let mut ignored = Vec::new();
         let mut table = match file {

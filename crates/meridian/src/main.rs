@@ -1357,6 +1357,7 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
         ),
     )?;
     state.public_url = s.public_url.clone();
+    state.quotas = meridian_services::quota::Quotas::new(config.quotas.to_services());
     let sc = &config.spectra;
     if sc.concurrent_stacks == 0 || sc.max_retrieve == 0 {
         bail!("[spectra] concurrent_stacks and max_retrieve must be at least 1");

@@ -139,7 +139,8 @@ pub fn token_of(headers: &HeaderMap) -> Option<String> {
 pub struct ClientAddr(pub IpAddr);
 
 impl ClientAddr {
-    fn of(extensions: &Extensions) -> Self {
+    /// The address of the request with these extensions.
+    pub fn of(extensions: &Extensions) -> Self {
         Self(
             extensions
                 .get::<ConnectInfo<SocketAddr>>()

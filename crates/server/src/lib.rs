@@ -18,6 +18,7 @@ pub mod metadata;
 pub mod mydb;
 pub mod params;
 pub mod portal;
+pub mod quota;
 mod result;
 pub mod sia;
 pub mod sky_maps;
@@ -156,6 +157,8 @@ pub struct AppState {
     pub spectra: Arc<spectra::SpectraService>,
     /// Users' alert filters, when the service runs them.
     pub alerts: Option<Arc<alerts::AlertFilters>>,
+    /// Per-client limits on requests (none unless set).
+    pub quotas: Arc<meridian_services::quota::Quotas>,
 }
 
 /// What belongs to users: accounts, their settings, tables and files.
@@ -220,6 +223,9 @@ impl AppState {
             sky_maps: Arc::default(),
             spectra: Arc::default(),
             alerts: None,
+            quotas: meridian_services::quota::Quotas::new(
+                meridian_services::quota::QuotaConfig::UNLIMITED,
+            ),
         })
     }
 }
@@ -257,6 +263,26 @@ async fn metrics(State(state): State<AppState>) -> Response {
             phase.as_str()
         ));
     }
+    let refused = state.quotas.refused();
+    text.push_str(
+        "# HELP meridian_quota_refused_total Requests refused with 429 by a per-client limit.\n\
+         # TYPE meridian_quota_refused_total counter\n",
+    );
+    for (limit, n) in meridian_services::quota::Limit::ALL.iter().zip(refused) {
+        text.push_str(&format!(
+            "meridian_quota_refused_total{{limit=\"{}\"}} {n}\n",
+            limit.as_str()
+        ));
+    }
+    let (clients, running) = state.quotas.clients();
+    text.push_str(&format!(
+        "# HELP meridian_quota_clients Clients (users, anonymous addresses) the limits follow.\n\
+         # TYPE meridian_quota_clients gauge\n\
+         meridian_quota_clients {clients}\n\
+         # HELP meridian_queries_running Queries running, over all clients.\n\
+         # TYPE meridian_queries_running gauge\n\
+         meridian_queries_running {running}\n"
+    ));
     if let Some(remote) = state.engine.remote() {
         // The scheduler's executors, jobs and stages (a blocking call with a timeout).
         let render = remote.metrics.clone();
@@ -492,6 +518,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             (state.limits.upload_max_bytes as usize).saturating_add(1 << 20),
         ))
+        .layer(from_fn_with_state(state.clone(), quota::limit))
         .layer(from_fn_with_state(state.clone(), auth::identify))
         .layer(from_fn_with_state(state.clone(), csrf::cross_site_cookies))
         .layer(from_fn_with_state(state.clone(), observe))
