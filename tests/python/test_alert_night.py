@@ -219,6 +219,17 @@ def test_a_replayed_night_reaches_every_output_once_across_a_kill(tmp_path):
             assert list(lc[lc.kind == "detection"].measurement_id) == list(want_det.diaSourceId)
             assert list(lc[lc.kind == "forced"].measurement_id) == list(want_frc.diaForcedSourceId)
             assert list(lc[lc.kind == "detection"].band) == list(want_det.band)
+
+        # The DIA tables are HATS catalogs whose partitions are directories of the files
+        # the appends wrote (some merged by the compactor): lsdb reads every source once.
+        import lsdb
+        cat = data / "catalogs" / "dia_source"
+        assert "hats_npix_suffix=/" in (cat / "hats.properties").read_text()
+        got = lsdb.open_catalog(str(cat)).compute()
+        assert sorted(got.diaSourceId) == sorted(det.diaSourceId)
+        files = [len(list(p.glob("*.parquet")))
+                 for p in (cat / "dataset").glob("Norder=*/Dir=*/Npix=*")]
+        assert files and max(files) >= 2, files
     finally:
         hook.close()
         broker.close()

@@ -225,7 +225,7 @@ impl Compactor {
 }
 
 impl Drop for Compactor {
-    /// Waits for the compaction under way (each is bounded by [`COMPACT_ROWS`]).
+    /// Waits for the compaction under way (each merges at most 2,000,000 rows).
     fn drop(&mut self) {
         self.tx.take();
         if let Some(t) = self.thread.take() {

@@ -17,6 +17,7 @@
 
 pub mod append;
 mod catalog;
+pub mod check;
 pub mod compact;
 mod error;
 pub mod ingest;

@@ -307,8 +307,25 @@ impl Store {
         }
     }
 
+    /// Staging directories of processes that are gone (interrupted ingests and appends),
+    /// with the catalog each was for.
+    pub(crate) fn leftovers(&self) -> Vec<(String, PathBuf)> {
+        let staging = self.root.join(STAGING);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let mut parts = name.split('.');
+            let catalog = parts.next().unwrap_or_default().to_string();
+            let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
+            if pid.is_some_and(|p| !pid_alive(p)) {
+                out.push((catalog, e.path()));
+            }
+        }
+        out
+    }
+
     /// Removes staging directories of dead processes and unreferenced old versions.
-    fn clean_leftovers(&self) {
+    pub(crate) fn clean_leftovers(&self) {
         let staging = self.root.join(STAGING);
         for e in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().to_string();

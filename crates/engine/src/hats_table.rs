@@ -44,6 +44,8 @@ pub struct Pruning {
 struct PartitionFile {
     pixel: Pixel,
     file: PartitionedFile,
+    /// Why the file cannot be read, if it cannot.
+    broken: Option<String>,
 }
 
 impl PartitionFile {
@@ -202,14 +204,32 @@ impl Snapshot {
                             let (_, path) = location
                                 .object_path(&rel)
                                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                            let meta = store.head(&path).await?;
-                            let stats = DFParquetMetadata::new(store.as_ref(), &meta)
+                            // A file that cannot be read fails the scans that need it, named
+                            // with its partition, not every scan of the catalog.
+                            let broken = |e: &dyn std::fmt::Display| PartitionFile {
+                                pixel,
+                                file: PartitionedFile::new(path.to_string(), 0),
+                                broken: Some(format!(
+                                    "partition {pixel} cannot be read: {}: {e}",
+                                    location.name_of(&rel)
+                                )),
+                            };
+                            let meta = match store.head(&path).await {
+                                Ok(m) => m,
+                                Err(e) => return Ok::<_, DataFusionError>(broken(&e)),
+                            };
+                            let stats = match DFParquetMetadata::new(store.as_ref(), &meta)
                                 .with_file_metadata_cache(Some(cache.clone()))
                                 .fetch_statistics(schema)
-                                .await?;
-                            Ok::<_, DataFusionError>(PartitionFile {
+                                .await
+                            {
+                                Ok(s) => s,
+                                Err(e) => return Ok(broken(&e)),
+                            };
+                            Ok(PartitionFile {
                                 pixel,
                                 file: PartitionedFile::from(meta).with_statistics(Arc::new(stats)),
+                                broken: None,
                             })
                         }
                     })
@@ -466,6 +486,9 @@ impl TableProvider for HatsTable {
                     .is_none_or(|r| meridian_catalog::overlaps(r, &f.pixel.hpx29_range()))
             })
             .collect();
+        if let Some(why) = files.iter().find_map(|f| f.broken.as_ref()) {
+            return Err(DataFusionError::Execution(why.clone()));
+        }
         *self.last.lock().expect("pruning lock") = Pruning {
             partitions_total: catalog.partitions().len(),
             partitions_read: {

@@ -135,6 +135,17 @@ enum Command {
     /// Manage user accounts and tokens (administrator, on the server's data directory).
     #[command(subcommand)]
     User(UserCommand),
+    /// Check the data directory: every catalog's partition files against its metadata,
+    /// the SQLite databases (accounts, storage, jobs, alert filters), and what interrupted
+    /// writers left. Exits with 1 when something is wrong.
+    Check {
+        /// Decode every page of every partition file (slower; finds corrupt pages).
+        #[arg(long)]
+        deep: bool,
+        /// Remove what interrupted writers left.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Log in to a Meridian service; later client commands use the saved token.
     Login {
         /// User name.
@@ -617,6 +628,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(cmd) => bench(&config, cmd)?,
         Command::User(cmd) => user(&config, cmd)?,
+        Command::Check { deep, repair } => check(&config, deep, repair)?,
         Command::Login { user, remote } => {
             client::login(&remote, &user, &read_secret("password")?)?
         }
@@ -1166,6 +1178,41 @@ async fn emit(
             String::new()
         }
     );
+    Ok(())
+}
+
+/// `meridian check`.
+fn check(config: &Config, deep: bool, repair: bool) -> anyhow::Result<()> {
+    let store = meridian_catalog::Store::open(config.catalog_dir())?;
+    let checked = store.check(deep, repair)?;
+    let mut problems: Vec<String> = checked.problems.iter().map(|p| p.to_string()).collect();
+    let databases = [
+        config.accounts_db(),
+        config.storage_db(),
+        config.jobs_dir().join("jobs.sqlite"),
+        config.alert_filters_path(),
+    ];
+    for db in &databases {
+        problems.extend(meridian_services::check_database(db));
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    println!(
+        "checked {} catalogs ({} partition files, {} rows{}) and {} databases: {}",
+        checked.catalogs,
+        checked.files,
+        checked.rows,
+        if deep { ", every page decoded" } else { "" },
+        databases.iter().filter(|d| d.exists()).count(),
+        match problems.len() {
+            0 => "no problem found".to_string(),
+            n => format!("{n} problems"),
+        }
+    );
+    if !problems.is_empty() {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -17,3 +17,29 @@ pub mod quota;
 pub mod storage;
 
 pub use error::{Error, Result};
+
+/// Checks the SQLite database at `path` (SQLite's own `PRAGMA integrity_check`, read only):
+/// what it finds wrong, none when the database is sound or absent.
+pub fn check_database(path: &std::path::Path) -> Vec<String> {
+    if !path.exists() {
+        return Vec::new();
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match rusqlite::Connection::open_with_flags(path, flags) {
+        Ok(c) => c,
+        Err(e) => return vec![format!("{}: cannot be opened: {e}", path.display())],
+    };
+    let rows = conn.prepare("PRAGMA integrity_check").and_then(|mut s| {
+        s.query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+    });
+    match rows {
+        Ok(rows) if rows == ["ok"] => Vec::new(),
+        Ok(rows) => rows
+            .into_iter()
+            .map(|r| format!("{}: {r}", path.display()))
+            .collect(),
+        Err(e) => vec![format!("{}: {e}", path.display())],
+    }
+}
