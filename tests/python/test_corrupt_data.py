@@ -76,9 +76,19 @@ def test_check_finds_a_damaged_database_and_leftovers(shared, tmp_path):
     with open(db, "r+b") as f:
         f.seek(page)
         f.write(b"\xa5" * page)
+    # MyDB: a table file overwritten, and a table write killed before its rename.
+    mydb = tmp_path / "mydb" / "ann"
+    mydb.mkdir(parents=True)
+    (mydb / "stars.parquet").write_bytes(b"PAR1" + b"\0" * 100)
+    (mydb / ".stars2.999999999.1.tmp").write_bytes(b"half a table")
     bad = run("check", data_dir=data, env=env, check=False)
     assert bad.returncode == 1
     assert "accounts.sqlite" in bad.stdout, bad.stdout
+    assert "MyDB table 'stars' of ann" in bad.stdout, bad.stdout
+    assert "MyDB of ann: an interrupted write left" in bad.stdout, bad.stdout
     assert "catalog 'tycho2': an interrupted write left" in bad.stdout, bad.stdout
     run("check", "--repair", data_dir=data, env=env, check=False)
-    assert not left.exists()
+    assert not left.exists() and not (mydb / ".stars2.999999999.1.tmp").exists()
+    # What cannot be repaired is still reported.
+    again = run("check", data_dir=data, env=env, check=False).stdout
+    assert "interrupted write" not in again and "MyDB table 'stars'" in again, again

@@ -1195,6 +1195,7 @@ fn check(config: &Config, deep: bool, repair: bool) -> anyhow::Result<()> {
     for db in &databases {
         problems.extend(meridian_services::check_database(db));
     }
+    problems.extend(check_mydb(&config.mydb_dir(), repair));
     for p in &problems {
         println!("{p}");
     }
@@ -1214,6 +1215,55 @@ fn check(config: &Config, deep: bool, repair: bool) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// MyDB's tables (each a Parquet file that must read) and what interrupted writes left in
+/// its directories (`.NAME.PID.MS.tmp` of processes that are gone; removed with `repair`).
+fn check_mydb(root: &std::path::Path, repair: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    for user in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if !user.path().is_dir() {
+            continue;
+        }
+        let who = user.file_name().to_string_lossy().to_string();
+        for f in std::fs::read_dir(user.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().to_string();
+            let path = f.path();
+            if let Some(table) = name.strip_suffix(".parquet") {
+                let readable = std::fs::File::open(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|file| {
+                        parquet::arrow::arrow_reader::ArrowReaderMetadata::load(
+                            &file,
+                            Default::default(),
+                        )
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = readable {
+                    problems.push(format!(
+                        "MyDB table '{table}' of {who} ({}) is not readable: {e}",
+                        path.display()
+                    ));
+                }
+            } else if name.starts_with('.') && name.ends_with(".tmp") {
+                let pid = name.split('.').nth(2).and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                    let removed = repair && std::fs::remove_file(&path).is_ok();
+                    problems.push(format!(
+                        "MyDB of {who}: an interrupted write left {}{}",
+                        path.display(),
+                        if removed { " (removed)" } else { "" }
+                    ));
+                }
+            }
+        }
+    }
+    problems
 }
 
 fn open_accounts(config: &Config) -> anyhow::Result<meridian_services::accounts::Accounts> {
