@@ -56,7 +56,10 @@ def test_request_rate_per_address_and_per_user_with_admins_exempt(store, tmp_pat
         ann, root = login("ann"), login("root")
         anon = client("127.0.0.1")
         for i in range(20):
-            assert anon.get(f"{s.url}/capabilities").status_code == 200, i
+            r = anon.get(f"{s.url}/capabilities")
+            assert r.status_code == 200, i
+            # A response of known size keeps its length.
+            assert int(r.headers["Content-Length"]) == len(r.content)
         # The 21st within the minute: a DALI error document with the wait.
         r = anon.get(f"{s.url}/capabilities")
         wait = refused_as(r, "request rate limit reached: at most 20 requests a minute")

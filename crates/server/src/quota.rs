@@ -112,14 +112,20 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     counted(response, quotas, client, running)
 }
 
-/// The response with its body's bytes counted against `client` as they go out; the query's
-/// place (`running`) is held until the body is sent or dropped.
+/// The response with its body's bytes counted against `client`; the query's place
+/// (`running`) is held until a streamed body is sent or dropped.
 fn counted(
     response: Response,
     quotas: Arc<Quotas>,
     client: String,
     running: Option<Running>,
 ) -> Response {
+    // A body of known size (in memory: the work behind it is done) is counted at once and
+    // sent as it is, with its Content-Length; a streamed one is counted as it goes.
+    if let Some(n) = axum::body::HttpBody::size_hint(response.body()).exact() {
+        quotas.add_bytes(&client, n);
+        return response;
+    }
     let (parts, body) = response.into_parts();
     let mut meter = Meter {
         quotas,
