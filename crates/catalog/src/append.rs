@@ -36,7 +36,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::file::properties::WriterProperties;
 
 use crate::ingest::{HPX_COLUMN, hpx_field, set_provenance};
-use crate::layout::{Pixel, write_partition_info};
+use crate::layout::{Pixel, sky_fraction, write_partition_info};
 use crate::properties::Properties;
 use crate::write::{PartitionWriter, write_common_metadata, writer_properties};
 use crate::{Catalog, Error, Result, Store, coverage_order};
@@ -287,7 +287,7 @@ impl Store {
                 // Only the new rows are written, as one more file of the partition.
                 let files = outputs.entry(*pixel).or_default();
                 for f in &stored.files {
-                    files.push(link_file(Some(&stored.dir), f, pixel, &dir)?);
+                    files.push(link_file(&stored.dir, f, pixel, &dir)?);
                 }
                 let rel = file_name(pixel, seq);
                 let sorted = sort_by_hpx(&incoming)?;
@@ -301,7 +301,7 @@ impl Store {
             for p in existing.iter().filter(|p| !rewritten.contains(p)) {
                 let files = outputs.entry(*p).or_default();
                 for f in c.partition_files(p) {
-                    files.push(link_file(Some(old_dir), &f, p, &dir)?);
+                    files.push(link_file(old_dir, &f, p, &dir)?);
                 }
             }
         }
@@ -448,13 +448,7 @@ pub(crate) fn write_file(
 /// Links stored file `rel` of the version in `from` into partition `pixel` of the new
 /// version in `to`, returning its path there. A partition stored as one file (a catalog
 /// written before partitions were directories) becomes the first file of its directory.
-pub(crate) fn link_file(
-    from: Option<&Path>,
-    rel: &str,
-    pixel: &Pixel,
-    to: &Path,
-) -> Result<String> {
-    let from = from.ok_or_else(|| Error::Invalid("no stored version to link from".into()))?;
+pub(crate) fn link_file(from: &Path, rel: &str, pixel: &Pixel, to: &Path) -> Result<String> {
     let name = if rel == pixel.relative_path() {
         "part-0000000000.parquet".to_string()
     } else {
@@ -492,11 +486,7 @@ pub(crate) fn finish_version(
         "hats_order",
         pixels.iter().map(|p| p.order).max().unwrap_or(base_order),
     );
-    let sky_fraction: f64 = pixels
-        .iter()
-        .map(|p| 1.0 / healpix::n_cells(p.order) as f64)
-        .sum();
-    hats.set("moc_sky_fraction", format!("{sky_fraction:.5}"));
+    hats.set("moc_sky_fraction", format!("{:.5}", sky_fraction(&pixels)));
     let bytes: u64 = files
         .values()
         .flatten()

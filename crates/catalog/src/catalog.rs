@@ -177,13 +177,14 @@ impl Catalog {
             .is_none_or(|l| l.values().all(|f| f.len() <= 1))
     }
 
-    /// Partition `pixel`'s files, opened for the Parquet reader, each with its name for
-    /// errors.
-    fn open_partition(&self, pixel: &Pixel) -> Result<Vec<(PartFile, String)>> {
-        self.partition_files(pixel)
-            .iter()
-            .map(|rel| Ok((self.location.open(rel)?, self.location.name_of(rel))))
-            .collect()
+    /// Partition file `rel` opened for the Parquet reader, with its name for errors.
+    fn open_file(&self, rel: &str) -> Result<(PartFile, String)> {
+        Ok((self.location.open(rel)?, self.location.name_of(rel)))
+    }
+
+    /// Every partition file, in partition order.
+    fn all_files(&self) -> impl Iterator<Item = String> + '_ {
+        self.partitions.iter().flat_map(|p| self.partition_files(p))
     }
 
     /// `hats.properties`.
@@ -224,12 +225,11 @@ impl Catalog {
             return Ok(n);
         }
         let mut n = 0;
-        for p in &self.partitions {
-            for (f, path) in self.open_partition(p)? {
-                let m = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
-                    .map_err(|e| Error::parquet(&path, e))?;
-                n += m.metadata().file_metadata().num_rows() as u64;
-            }
+        for rel in self.all_files() {
+            let (f, path) = self.open_file(&rel)?;
+            let m = ArrowReaderMetadata::load(&f, ArrowReaderOptions::new())
+                .map_err(|e| Error::parquet(&path, e))?;
+            n += m.metadata().file_metadata().num_rows() as u64;
         }
         Ok(n)
     }
@@ -295,7 +295,8 @@ impl Catalog {
     /// All rows of one partition, in file order.
     pub fn read_partition(&self, pixel: &Pixel) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        for (file, path) in self.open_partition(pixel)? {
+        for rel in self.partition_files(pixel) {
+            let (file, path) = self.open_file(&rel)?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|e| Error::parquet(&path, e))?
                 .with_batch_size(65_536)
@@ -472,12 +473,8 @@ impl Catalog {
             }
         }
         let mut rows = 0u64;
-        let files = self
-            .partitions
-            .iter()
-            .map(|p| self.open_partition(p))
-            .collect::<Result<Vec<_>>>()?;
-        for (file, path) in files.into_iter().flatten() {
+        for rel in self.all_files() {
+            let (file, path) = self.open_file(&rel)?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|e| Error::parquet(&path, e))?;
             let mut wanted: Vec<&str> = match &self.hpx_column {
@@ -666,8 +663,7 @@ impl Scan {
         let Some(rel) = self.files.pop_front() else {
             return Ok(false);
         };
-        let location = self.catalog.location();
-        let (file, path) = (location.open(&rel)?, location.name_of(&rel));
+        let (file, path) = self.catalog.open_file(&rel)?;
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&path, e))?;
         let md = builder.metadata().clone();

@@ -128,7 +128,7 @@ impl Store {
             // Files appended meanwhile stay, after the merged one.
             let entry = files.entry(m.pixel).or_default();
             for f in current.iter().filter(|f| !from.contains(f)) {
-                entry.push(link_file(Some(&now_dir), f, &m.pixel, &out)?);
+                entry.push(link_file(&now_dir, f, &m.pixel, &out)?);
             }
             done.partitions += 1;
             done.files_merged += m.from.len();
@@ -142,7 +142,7 @@ impl Store {
         for p in now.partitions().iter().filter(|p| !replaced.contains(p)) {
             let entry = files.entry(*p).or_default();
             for f in now.partition_files(p) {
-                entry.push(link_file(Some(&now_dir), &f, p, &out)?);
+                entry.push(link_file(&now_dir, &f, p, &out)?);
             }
         }
         let mut hats = now.properties().clone();

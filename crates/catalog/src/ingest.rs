@@ -332,11 +332,10 @@ pub fn ingest(
     hats.set("hats_npix_suffix", ".parquet");
     hats.set("hats_max_rows", opts.partition_rows);
     hats.set("hats_order", max_order);
-    let sky_fraction: f64 = pixels
-        .iter()
-        .map(|p| 1.0 / healpix::n_cells(p.order) as f64)
-        .sum();
-    hats.set("moc_sky_fraction", format!("{sky_fraction:.5}"));
+    hats.set(
+        "moc_sky_fraction",
+        format!("{:.5}", crate::layout::sky_fraction(&pixels)),
+    );
     let estsize_kb: u64 = written
         .iter()
         .map(|w| file_size(&w.pixel.path_in(&main_dir)))

@@ -61,11 +61,6 @@ impl Pixel {
         )
     }
 
-    /// This partition's directory in catalog directory `dir`.
-    pub fn dir_in(&self, dir: &Path) -> PathBuf {
-        dir.join(self.relative_dir())
-    }
-
     /// The partition a file path relative to a catalog directory belongs to:
     /// `dataset/Norder=K/Dir=D/Npix=N.parquet` or a file in `dataset/Norder=K/Dir=D/Npix=N/`.
     pub fn of_path(rel: &str) -> Option<Pixel> {
@@ -91,6 +86,14 @@ impl std::fmt::Display for Pixel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Norder={}/Npix={}", self.order, self.pix)
     }
+}
+
+/// The fraction of the sky `pixels` (disjoint) cover, for `moc_sky_fraction`.
+pub(crate) fn sky_fraction(pixels: &[Pixel]) -> f64 {
+    pixels
+        .iter()
+        .map(|p| 1.0 / healpix::n_cells(p.order) as f64)
+        .sum()
 }
 
 /// Writes `partition_info.csv`.

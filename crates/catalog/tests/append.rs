@@ -123,6 +123,15 @@ fn files_of(c: &Catalog, p: &meridian_catalog::layout::Pixel) -> Vec<RecordBatch
         .collect()
 }
 
+/// Rows of partition `p`, over its files.
+fn rows_in(c: &Catalog, p: &meridian_catalog::layout::Pixel) -> usize {
+    c.read_partition(p)
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum()
+}
+
 fn spec(keep: Keep) -> AppendSpec {
     let mut s = AppendSpec::new("ra", "dec");
     s.key = Some("id".into());
@@ -165,12 +174,7 @@ fn appends_store_every_row_once_and_split_partitions_that_grow() {
         let c = store.catalog("t").unwrap();
         assert_eq!(read_all(&c), want, "round {round}");
         for p in c.partitions() {
-            let n: usize = c
-                .read_partition(p)
-                .unwrap()
-                .iter()
-                .map(|b| b.num_rows())
-                .sum();
+            let n = rows_in(&c, p);
             assert!(n <= 300, "{p} holds {n} rows");
         }
     }
@@ -345,12 +349,7 @@ fn compaction_splits_a_partition_that_outgrew_its_rows_and_queries_see_one_table
     assert!(c.single_file_partitions());
     assert_eq!(read_all(&c), want);
     for p in c.partitions() {
-        let n: usize = c
-            .read_partition(p)
-            .unwrap()
-            .iter()
-            .map(|b| b.num_rows())
-            .sum();
+        let n = rows_in(&c, p);
         assert!(n <= 250, "{p}: {n} rows");
     }
     // A region scan reads the same rows before and after.

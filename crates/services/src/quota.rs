@@ -341,6 +341,15 @@ impl Quotas {
 mod tests {
     use super::*;
 
+    const QUERY: Kind = Kind {
+        query: true,
+        upload: false,
+    };
+    const UPLOAD: Kind = Kind {
+        query: false,
+        upload: true,
+    };
+
     fn quotas(requests: u32, queries: u32, mib: u64, uploads: u32) -> Arc<Quotas> {
         Quotas::new(QuotaConfig {
             requests_per_minute: requests,
@@ -368,13 +377,9 @@ mod tests {
     #[test]
     fn queries_at_once_are_counted_until_their_guard_goes() {
         let q = quotas(0, 2, 0, 0);
-        let query = Kind {
-            query: true,
-            upload: false,
-        };
-        let a = q.admit("ann", query).unwrap();
-        let _b = q.admit("ann", query).unwrap();
-        let r = q.admit("ann", query).unwrap_err();
+        let a = q.admit("ann", QUERY).unwrap();
+        let _b = q.admit("ann", QUERY).unwrap();
+        let r = q.admit("ann", QUERY).unwrap_err();
         assert_eq!(r.limit, Limit::Concurrency);
         assert!(
             r.message.contains("2 of yours are running (limit 2)"),
@@ -384,7 +389,7 @@ mod tests {
         // Other requests go on meanwhile.
         assert!(q.admit("ann", Kind::default()).unwrap().is_none());
         drop(a);
-        let _c = q.admit("ann", query).unwrap();
+        let _c = q.admit("ann", QUERY).unwrap();
         assert_eq!(q.clients(), (1, 2));
     }
 
@@ -398,13 +403,9 @@ mod tests {
         let r = q.admit("ann", Kind::default()).unwrap_err();
         assert_eq!(r.limit, Limit::ResultBytes);
         assert!(r.retry_after_s <= 86_400 && r.message.contains("1 MiB a day"));
-        let up = Kind {
-            query: false,
-            upload: true,
-        };
-        q.admit("bob", up).unwrap();
-        q.admit("bob", up).unwrap();
-        let r = q.admit("bob", up).unwrap_err();
+        q.admit("bob", UPLOAD).unwrap();
+        q.admit("bob", UPLOAD).unwrap();
+        let r = q.admit("bob", UPLOAD).unwrap_err();
         assert_eq!(r.limit, Limit::Uploads);
         // An hour's worth comes back at 2 an hour: one in about 30 minutes.
         assert!((1700..=1800).contains(&r.retry_after_s), "{r:?}");
@@ -415,13 +416,9 @@ mod tests {
     #[test]
     fn a_refused_request_uses_nothing_up() {
         let q = quotas(3, 1, 0, 0);
-        let query = Kind {
-            query: true,
-            upload: false,
-        };
-        let _held = q.admit("ann", query).unwrap();
+        let _held = q.admit("ann", QUERY).unwrap();
         for _ in 0..5 {
-            assert_eq!(q.admit("ann", query).unwrap_err().limit, Limit::Concurrency);
+            assert_eq!(q.admit("ann", QUERY).unwrap_err().limit, Limit::Concurrency);
         }
         // Two requests of the three are left.
         q.admit("ann", Kind::default()).unwrap();
