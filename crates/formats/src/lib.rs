@@ -5,6 +5,7 @@
 //! metadata under the keys of [`meta`], reports errors with the file, the line or row, and
 //! the column, and can skip bad rows while counting them (see [`ReadOptions`]).
 
+pub mod contain;
 mod csv;
 mod detect;
 mod error;

@@ -20,6 +20,17 @@ pub(crate) struct ParquetReader {
 
 impl ParquetReader {
     pub(crate) fn open(path: &Path, options: &ReadOptions, counter: ByteCounter) -> Result<Self> {
+        // The footer's Arrow schema is decoded by arrow-ipc, which panics on some malformed
+        // ones (a union's type ids that do not match its children).
+        crate::contain::contain(|| Self::open_file(path, options, counter)).unwrap_or_else(|p| {
+            Err(Error::format(
+                path,
+                format!("parquet: corrupt footer or schema: {p}"),
+            ))
+        })
+    }
+
+    fn open_file(path: &Path, options: &ReadOptions, counter: ByteCounter) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let perr = |source| Error::Parquet {
@@ -108,7 +119,10 @@ fn check_sizes(
 
 impl BatchSource for ParquetReader {
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let Some(batch) = self.inner.next() else {
+        let inner = &mut self.inner;
+        let next = crate::contain::contain(|| inner.next())
+            .map_err(|p| Error::format(&self.path, format!("parquet: corrupt data: {p}")))?;
+        let Some(batch) = next else {
             return Ok(None);
         };
         let b = batch.map_err(|e| Error::format(&self.path, format!("parquet: {e}")))?;

@@ -496,6 +496,8 @@ enum UserCommand {
 }
 
 fn main() {
+    // Panics that readers of strangers' files contain as errors are not crashes.
+    meridian_formats::contain::install_hook();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => {}

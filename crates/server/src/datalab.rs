@@ -52,7 +52,7 @@ fn failure(e: Error) -> Response {
     if status.is_server_error() {
         tracing::error!(%status, error = %e, "data lab call failed");
     }
-    text_with(status, format!("Error: {e}"))
+    text_with(status, format!("Error: {}", e.message()))
 }
 
 /// `GET /query`: liveness.

@@ -54,8 +54,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// DALI: a request the client can fix is 400, an unknown resource 404, a failure of
-    /// the service 500; no valid credentials 401, a refused action 403.
+    /// the service 500 (507 when its disk is full); no valid credentials 401, a refused
+    /// action 403.
     pub fn status(&self) -> StatusCode {
+        if self.disk_full() {
+            return StatusCode::INSUFFICIENT_STORAGE;
+        }
         match self {
             Error::Usage(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -106,6 +110,53 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether the error comes from a full disk, wherever in its chain.
+    pub fn disk_full(&self) -> bool {
+        disk_full(self)
+    }
+
+    /// The message a client gets: the error's own words, after a plain statement when the
+    /// service's disk is full (the operating system's words alone do not say whose disk).
+    pub fn message(&self) -> String {
+        let text = self.to_string();
+        if self.disk_full() {
+            let first = text.lines().next().unwrap_or_default().trim();
+            format!("the service's disk is full, so nothing was kept; try again later ({first})")
+        } else {
+            text
+        }
+    }
+}
+
+/// Whether `e` or an error it wraps is a full disk: ENOSPC, a file system quota (EDQUOT),
+/// or SQLite's full database.
+pub fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    // Linux's ENOSPC and EDQUOT.
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull
+                || matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT)))
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    // Errors that carry their cause as text (DataFusion's and Parquet's external errors,
+    // an I/O error's custom payload) keep the operating system's or SQLite's words.
+    let text = e.to_string();
+    [
+        "No space left on device",
+        "Disk quota exceeded",
+        "database or disk is full",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
 /// The status of a query's failure: the request's fault (400) or the service's (500).
 fn engine_status(e: &meridian_engine::Error) -> StatusCode {
     use meridian_engine::Error as E;
@@ -144,7 +195,7 @@ pub fn error_votable(message: &str) -> String {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = self.to_string();
+        let message = self.message();
         if status.is_server_error() {
             tracing::error!(%status, error = %message, "request failed");
         } else {
@@ -182,7 +233,7 @@ impl IntoResponse for Sparcl {
     fn into_response(self) -> Response {
         let e = self.0;
         let status = e.status();
-        let message = e.to_string();
+        let message = e.message();
         if status.is_server_error() {
             tracing::error!(%status, error = %message, "sparcl request failed");
         } else {

@@ -405,7 +405,7 @@ fn refusal(e: Error) -> Response {
         Error::Services(meridian_services::Error::Conflict(_)) => {
             "A Node already exists with the requested URI.".to_string()
         }
-        _ => format!("Error: {e}"),
+        _ => format!("Error: {}", e.message()),
     };
     text_with(status, body)
 }

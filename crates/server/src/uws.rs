@@ -77,9 +77,9 @@ impl Runner for TapRunner {
                         rows: None,
                     }]),
                     Err(e) if e.status().is_server_error() => {
-                        Err(ErrorSummary::transient(e.to_string()))
+                        Err(ErrorSummary::transient(e.message()))
                     }
-                    Err(e) => Err(ErrorSummary::fatal(e.to_string())),
+                    Err(e) => Err(ErrorSummary::fatal(e.message())),
                 }
             }
             .boxed();
@@ -99,9 +99,9 @@ impl Runner for TapRunner {
             run_query(&engine, &limits, &mydb, &groups, &job, &dir)
                 .await
                 .map_err(|e| match e {
-                    Error::Timeout(_) => ErrorSummary::transient(e.to_string()),
-                    e if e.status().is_server_error() => ErrorSummary::transient(e.to_string()),
-                    e => ErrorSummary::fatal(e.to_string()),
+                    Error::Timeout(_) => ErrorSummary::transient(e.message()),
+                    e if e.status().is_server_error() => ErrorSummary::transient(e.message()),
+                    e => ErrorSummary::fatal(e.message()),
                 })
         }
         .boxed()

@@ -99,7 +99,7 @@ fn fault_text(e: &Error) -> (StatusCode, String) {
         _ => "InternalFault",
     };
     // Messages that already start with a fault's name keep it.
-    let text = e.to_string();
+    let text = e.message();
     let named = text
         .split_once(':')
         .is_some_and(|(head, _)| !head.is_empty() && head.chars().all(|c| c.is_ascii_alphabetic()));
