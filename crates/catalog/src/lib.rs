@@ -35,4 +35,4 @@ pub use error::{Error, Result};
 pub use ingest::{IngestOptions, IngestProgress, IngestReport, Stage};
 pub use layout::Pixel;
 pub use location::Location;
-pub use store::{SUPERSEDED_KEPT, Store};
+pub use store::{SUPERSEDED_KEPT, Store, pid_alive};

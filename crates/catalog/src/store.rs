@@ -83,7 +83,8 @@ fn nanos() -> u128 {
         .as_nanos()
 }
 
-fn pid_alive(pid: i32) -> bool {
+/// Whether process `pid` is running (the writer a temporary file or directory names).
+pub fn pid_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.
     pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0

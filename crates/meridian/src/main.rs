@@ -822,8 +822,14 @@ fn ingest(
             Stage::Publishing => {}
         }
     };
-    let report =
-        meridian_catalog::ingest::ingest(store, &args.name, &args.files, &opts, &progress)?;
+    let report = meridian_catalog::ingest::ingest(store, &args.name, &args.files, &opts, &progress)
+        .with_context(|| {
+            format!(
+                "ingesting '{}' into {} (nothing was published)",
+                args.name,
+                store.root().display()
+            )
+        })?;
     if let Some((_, b)) = bars.lock().expect("progress lock").take() {
         b.finish_and_clear();
     }
@@ -1197,7 +1203,12 @@ fn check(config: &Config, deep: bool, repair: bool) -> anyhow::Result<()> {
     for db in &databases {
         problems.extend(meridian_services::check_database(db));
     }
-    problems.extend(check_mydb(&config.mydb_dir(), repair));
+    problems.extend(check_mydb(&config.mydb_dir(), repair)?);
+    problems.extend(meridian_services::jobs::Jobs::check_dir(
+        &config.jobs_dir(),
+        repair,
+    )?);
+    problems.extend(check_storage(config, repair)?);
     for p in &problems {
         println!("{p}");
     }
@@ -1219,23 +1230,86 @@ fn check(config: &Config, deep: bool, repair: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file store against its records (see `Storage::check`), what interrupted uploads
+/// left in a local store, and the spaces and tables of users and groups that are gone
+/// (purged with `repair`, as their removal would have).
+fn check_storage(config: &Config, repair: bool) -> anyhow::Result<Vec<String>> {
+    if !config.accounts_db().exists() && !config.storage_db().exists() {
+        return Ok(Vec::new());
+    }
+    let accounts = open_accounts(config)?;
+    let gone = accounts.gone()?;
+    let storage = open_storage(config)?;
+    let mydb = meridian_services::mydb::MyDb::new(config.mydb_dir(), config.mydb.quota_mib << 20);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut problems, orphans) = rt.block_on(storage.check(&gone, repair))?;
+    if config.storage.url.is_none() {
+        problems.extend(meridian_services::storage::staged_leftovers(
+            &config.storage_dir(),
+            repair,
+        ));
+    }
+    // MyDB spaces of names that are gone and held by no one now (a purge cut off after
+    // the file store's part).
+    let mut names: Vec<String> = orphans.iter().map(|g| g.name.clone()).collect();
+    for g in gone.values() {
+        let held = accounts.user_id(&g.name)?.is_some() || accounts.group_id(&g.name)?.is_some();
+        if !held && !names.contains(&g.name) && mydb.has_space(&g.name) {
+            problems.push(format!(
+                "MyDB: the tables of '{}' belong to a {} that is gone",
+                g.name,
+                if g.group { "group" } else { "user" }
+            ));
+            names.push(g.name.clone());
+        }
+    }
+    if repair {
+        for g in &orphans {
+            rt.block_on(meridian_services::groups::purge(&storage, &mydb, g))?;
+        }
+        for name in &names {
+            let held = accounts.user_id(name)?.is_some() || accounts.group_id(name)?.is_some();
+            if !held {
+                mydb.remove_space(name)?;
+            }
+        }
+        if !names.is_empty() {
+            problems.push(format!(
+                "purged the spaces and tables of {} users and groups that are gone",
+                names.len()
+            ));
+        }
+    }
+    Ok(problems)
+}
+
 /// MyDB's tables (each a Parquet file that must read) and what interrupted writes left in
-/// its directories (`.NAME.PID.MS.tmp` of processes that are gone; removed with `repair`).
-fn check_mydb(root: &std::path::Path, repair: bool) -> Vec<String> {
+/// its directories: hidden files that name a process that is gone (`.NAME.PID.MS.tmp` and
+/// its writer's `..NAME.PID.MS.tmp.partial`, an import's `uploads/.import-PID-MS.csv`),
+/// and the staging directories of the tables' spatial indexes; removed with `repair`.
+fn check_mydb(root: &std::path::Path, repair: bool) -> anyhow::Result<Vec<String>> {
     let mut problems = Vec::new();
     for user in std::fs::read_dir(root).into_iter().flatten().flatten() {
         if !user.path().is_dir() {
             continue;
         }
         let who = user.file_name().to_string_lossy().to_string();
-        for f in std::fs::read_dir(user.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        let dirs = [user.path(), user.path().join("uploads")];
+        let files = dirs
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten());
+        for f in files {
             let name = f.file_name().to_string_lossy().to_string();
             let path = f.path();
-            if let Some(table) = name.strip_suffix(".parquet") {
+            if !path.is_file() {
+                continue;
+            }
+            if let Some(table) = name
+                .strip_suffix(".parquet")
+                .filter(|_| !name.starts_with('.'))
+            {
                 let readable = std::fs::File::open(&path)
                     .map_err(|e| e.to_string())
                     .and_then(|file| {
@@ -1252,20 +1326,42 @@ fn check_mydb(root: &std::path::Path, repair: bool) -> Vec<String> {
                         path.display()
                     ));
                 }
-            } else if name.starts_with('.') && name.ends_with(".tmp") {
-                let pid = name.split('.').nth(2).and_then(|p| p.parse::<u32>().ok());
-                if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
-                    let removed = repair && std::fs::remove_file(&path).is_ok();
-                    problems.push(format!(
-                        "MyDB of {who}: an interrupted write left {}{}",
-                        path.display(),
-                        if removed { " (removed)" } else { "" }
-                    ));
-                }
+            } else if name.starts_with('.')
+                && writer_pid(&name).is_some_and(|p| !meridian_catalog::pid_alive(p))
+            {
+                let removed = repair && std::fs::remove_file(&path).is_ok();
+                problems.push(format!(
+                    "MyDB of {who}: an interrupted write left {}{}",
+                    path.display(),
+                    if removed { " (removed)" } else { "" }
+                ));
             }
         }
+        let index = user.path().join(".hats");
+        if index.is_dir() {
+            let checked = meridian_catalog::Store::open(&index)?.check(false, repair)?;
+            problems.extend(
+                checked
+                    .problems
+                    .iter()
+                    .map(|p| format!("MyDB of {who}, spatial index: {p}")),
+            );
+        }
     }
-    problems
+    Ok(problems)
+}
+
+/// The process id a temporary file's name carries: the first of its last two numbers in a
+/// row (process id, then time), as `.NAME.PID.MS.tmp` and `.import-PID-MS.csv` have.
+fn writer_pid(name: &str) -> Option<i32> {
+    let numbers: Vec<Option<u64>> = name
+        .split(['.', '-'])
+        .map(|t| t.parse::<u64>().ok())
+        .collect();
+    numbers.windows(2).rev().find_map(|w| match w {
+        [Some(pid), Some(_)] => i32::try_from(*pid).ok(),
+        _ => None,
+    })
 }
 
 fn open_accounts(config: &Config) -> anyhow::Result<meridian_services::accounts::Accounts> {

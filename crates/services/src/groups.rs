@@ -14,6 +14,8 @@
 //! and names that stand for schemas, schemes or spaces of the service itself
 //! ([`RESERVED_NAMES`]) are no one's.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::accounts::{Accounts, check_user_name};
@@ -352,6 +354,22 @@ impl Accounts {
     pub fn group_id(&self, name: &str) -> Result<Option<i64>> {
         let mut db = self.gdb()?;
         principal(&mut db, name, "group")
+    }
+
+    /// The users and groups that are gone (removed, dissolved), by id.
+    pub fn gone(&self) -> Result<HashMap<i64, Gone>> {
+        let db = self.gdb()?;
+        let mut stmt =
+            db.prepare("SELECT id, name, kind FROM principals WHERE gone_ms IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Gone {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                group: r.get::<_, String>(2)? == "group",
+            })
+        })?;
+        rows.map(|g| g.map(|g| (g.id, g)).map_err(Error::from))
+            .collect()
     }
 
     /// Creates group `name`, owned by `owner`.

@@ -823,6 +823,79 @@ impl Jobs {
         Ok(n)
     }
 
+    /// What `meridian check` finds in a job directory: results that jobs record but whose
+    /// files are missing or of another size, and directories of no job (a destruction cut
+    /// off). With `repair`, those directories are removed, unless a running service holds
+    /// the directory (then it is checked only).
+    pub fn check_dir(dir: &Path, repair: bool) -> Result<Vec<String>> {
+        let db_path = dir.join("jobs.sqlite");
+        if !db_path.exists() {
+            return Ok(Vec::new());
+        }
+        let mut problems = Vec::new();
+        let held = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("lock"))
+            .map(|f| f.try_lock().is_err())
+            .unwrap_or(false);
+        let repair = repair && !held;
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let db = Connection::open_with_flags(&db_path, flags)?;
+        let mut stmt = db.prepare("SELECT id, record FROM jobs")?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut ids = std::collections::HashSet::new();
+        for (id, record) in rows {
+            let job: Job = match serde_json::from_str(&record) {
+                Ok(j) => j,
+                Err(e) => {
+                    problems.push(format!("job {id}: its record cannot be read: {e}"));
+                    ids.insert(id);
+                    continue;
+                }
+            };
+            for r in &job.results {
+                let path = dir.join(&id).join(&r.file);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.len() == r.size_bytes => {}
+                    Ok(m) => problems.push(format!(
+                        "job {id}: result '{}' ({}) has {} bytes, {} recorded",
+                        r.id,
+                        path.display(),
+                        m.len(),
+                        r.size_bytes
+                    )),
+                    Err(_) => problems.push(format!(
+                        "job {id}: result '{}' ({}) is missing",
+                        r.id,
+                        path.display()
+                    )),
+                }
+            }
+            ids.insert(id);
+        }
+        for e in std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !e.path().is_dir() || ids.contains(&name) {
+                continue;
+            }
+            let removed = repair && std::fs::remove_dir_all(e.path()).is_ok();
+            problems.push(format!(
+                "jobs: {} belongs to no job{}",
+                e.path().display(),
+                if removed { " (removed)" } else { "" }
+            ));
+        }
+        if held {
+            tracing::info!(dir = %dir.display(), "a running service holds the job directory: checked, not repaired");
+        }
+        Ok(problems)
+    }
+
     /// After a restart: executing jobs were cut off, so they end in ERROR and their partial
     /// files go; queued jobs keep their place.
     fn recover(&self) -> Result<()> {

@@ -78,6 +78,11 @@ impl MyDb {
         Ok(self.dir(user)?.join(".hats"))
     }
 
+    /// Whether `space` has a directory of tables.
+    pub fn has_space(&self, space: &str) -> bool {
+        crate::accounts::check_user_name(space).is_ok() && self.root.join(space).is_dir()
+    }
+
     /// Removes every table of `space` (a dissolved group's).
     pub fn remove_space(&self, space: &str) -> Result<()> {
         crate::accounts::check_user_name(space)?;

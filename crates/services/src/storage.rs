@@ -406,6 +406,42 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// Files that uploads cut off left in a local file store's directory `dir`: a multipart
+/// upload writes `<key>#<n>` and renames it when complete, so such a file older than a
+/// minute belongs to no upload in progress. Removed with `repair`.
+pub fn staged_leftovers(dir: &Path, repair: bool) -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if e.file_name().to_string_lossy().contains('#') {
+                out.push(p);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(dir, &mut found);
+    found.sort();
+    let recent = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    found
+        .into_iter()
+        .filter(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < recent)
+        })
+        .map(|p| {
+            let removed = repair && std::fs::remove_file(&p).is_ok();
+            format!(
+                "file store: {} is what an interrupted upload left{}",
+                p.display(),
+                if removed { " (removed)" } else { "" }
+            )
+        })
+        .collect()
+}
+
 fn store_error(context: &str, e: object_store::Error) -> Error {
     Error::io(context, std::io::Error::other(e))
 }
@@ -971,6 +1007,79 @@ impl Storage {
         }
         tracing::info!(path, bytes = size, "stored");
         Ok(node)
+    }
+
+    /// What `meridian check` finds in the file store: data nodes whose bytes are missing,
+    /// bytes that no node refers to (an upload or a removal cut off), and spaces of users or
+    /// groups that are `gone` (a removal or a dissolution cut off), returned for
+    /// [`crate::groups::purge`]. With `repair`, unreferenced bytes are deleted, unless they
+    /// were written in the last minute (an upload that is not recorded yet).
+    pub async fn check(
+        &self,
+        gone: &HashMap<i64, crate::groups::Gone>,
+        repair: bool,
+    ) -> Result<(Vec<String>, Vec<crate::groups::Gone>)> {
+        let (objects, spaces) = {
+            let db = self.db();
+            let objects: Vec<(String, String)> = db
+                .prepare("SELECT path, object FROM nodes WHERE object IS NOT NULL")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let spaces: Vec<(String, i64)> = db
+                .prepare("SELECT name, principal FROM spaces")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            (objects, spaces)
+        };
+        let mut listed = HashMap::new();
+        let mut stream = self.store.list(Some(&ObjectPath::from("nodes")));
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| store_error("listing the file store", e))?;
+            listed.insert(
+                meta.location.to_string(),
+                meta.last_modified.timestamp_millis(),
+            );
+        }
+        let mut problems = Vec::new();
+        let referenced: std::collections::HashSet<&str> =
+            objects.iter().map(|(_, k)| k.as_str()).collect();
+        for (path, key) in &objects {
+            if !listed.contains_key(key) {
+                problems.push(format!(
+                    "file vos://{path}: its bytes ({key}) are missing from the store"
+                ));
+            }
+        }
+        let recent = now_ms() - 60_000;
+        let mut unreferenced: Vec<_> = listed
+            .into_iter()
+            .filter(|(k, modified)| !referenced.contains(k.as_str()) && *modified < recent)
+            .collect();
+        unreferenced.sort();
+        for (key, _) in unreferenced {
+            let removed = repair
+                && self
+                    .store
+                    .delete(&ObjectPath::from(key.as_str()))
+                    .await
+                    .is_ok();
+            problems.push(format!(
+                "file store: {key} belongs to no file{}",
+                if removed { " (deleted)" } else { "" }
+            ));
+        }
+        let mut orphans = Vec::new();
+        for (name, id) in spaces {
+            if let Some(g) = gone.get(&id) {
+                problems.push(format!(
+                    "file store: space '{name}' belongs to a {} that is gone (id {id}): its \
+                     removal was cut off",
+                    if g.group { "group" } else { "user" }
+                ));
+                orphans.push(g.clone());
+            }
+        }
+        Ok((problems, orphans))
     }
 
     /// Creates an empty data node at `path` (VOSpace's PUT of a DataNode): refused, as any
