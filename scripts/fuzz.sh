@@ -52,10 +52,11 @@ for t in "${targets[@]}"; do
           "-max_len=$(cat "$seeds.max_len")" "-artifact_prefix=$findings/"
           "-print_final_stats=1" "-close_fd_mask=1")
     [ -s "$seeds.dict" ] && args+=("-dict=$seeds.dict")
+    dirs=("$corpus" "$seeds")
+    [ -d "crates/fuzz/regressions/$t" ] && dirs+=("crates/fuzz/regressions/$t")
     echo "== $t: $seconds s (log $log)"
     status=0
-    MERIDIAN_FUZZ_TARGET="$t" "$bin" "${args[@]}" "$corpus" "$seeds" \
-        "crates/fuzz/regressions/$t" >>"$log" 2>&1 || status=$?
+    MERIDIAN_FUZZ_TARGET="$t" "$bin" "${args[@]}" "${dirs[@]}" >>"$log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     line=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$line")

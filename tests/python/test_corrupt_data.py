@@ -1,7 +1,8 @@
-"""Corrupt data on disk: a truncated partition file fails only the queries that need it,
-with an error naming the partition and its file, while other queries go on; `meridian
-check` finds it, a damaged SQLite database and what an interrupted write left (and with
---repair removes the leftovers)."""
+"""Corrupt data on disk: a truncated partition file, or one whose pages are overwritten,
+fails only the queries that need it, with an error naming the catalog, the partition and
+its file, while other queries go on; a missing margin cache leaves the catalog served;
+`meridian check` finds each, a damaged SQLite database and what an interrupted write left
+(and with --repair removes the leftovers)."""
 
 import re
 
@@ -92,3 +93,50 @@ def test_check_finds_a_damaged_database_and_leftovers(shared, tmp_path):
     # What cannot be repaired is still reported.
     again = run("check", data_dir=data, env=env, check=False).stdout
     assert "interrupted write" not in again and "MyDB table 'stars'" in again, again
+
+
+def victim_of(data):
+    """A partition file of gaia in the middle of the list, with its order, pixel and centre."""
+    main = (data / "catalogs" / "gaia").resolve() / "gaia"
+    files = sorted((main / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
+    victim = files[len(files) // 2]
+    order, pix = map(int, re.search(r"Norder=(\d+)/Dir=\d+/Npix=(\d+)", str(victim)).groups())
+    theta, phi = hp.pix2ang(2 ** order, pix, nest=True)
+    ra, dec = phi * 180 / 3.141592653589793, 90 - theta * 180 / 3.141592653589793
+    return victim, order, pix, ra, dec
+
+
+def test_overwritten_pages_and_a_missing_margin(shared, tmp_path):
+    data = tmp_path / "data"
+    env = personal_env(tmp_path)
+    run("ingest", "gaia", shared / "catalogs/gaia_dr3_bright.csv.gz", "--partition-rows", 20000,
+        data_dir=data)
+    victim, order, pix, ra, dec = victim_of(data)
+    far_ra, far_dec = (ra + 180) % 360, -dec
+    with Server(data, env=env) as s:
+        before = tap_count(s.url, cone(far_ra, far_dec, 3))
+        assert before.status_code == 200, before.text
+    # The column data overwritten, the footer intact: found only when pages are decoded.
+    size = victim.stat().st_size
+    with open(victim, "r+b") as f:
+        f.seek(size // 8)
+        f.write(bytes(range(256)) * ((size // 2) // 256))
+    # The margin cache removed.
+    margin = next(p for p in ((data / "catalogs" / "gaia").resolve()).iterdir()
+                  if p.is_dir() and "margin" in p.name or p.name.endswith("arcs"))
+    import shutil
+    shutil.rmtree(margin)
+
+    with Server(data, env=env) as s:
+        r = tap_count(s.url, cone(ra, dec))
+        assert r.status_code >= 400, r.text
+        assert f"Norder={order}/Npix={pix}" in r.text and "gaia" in r.text, r.text
+        r = tap_count(s.url, cone(far_ra, far_dec, 3))
+        assert r.status_code == 200 and r.text == before.text, r.text
+        # The service goes on after the failure.
+        assert requests.get(f"{s.url.removesuffix('/tap')}/health").status_code == 200
+
+    quick = run("check", data_dir=data, env=env, check=False)
+    assert quick.returncode == 1 and "margin" in quick.stdout, quick.stdout
+    deep = run("check", "--deep", data_dir=data, env=env, check=False)
+    assert f"catalog 'gaia': partition Norder={order}/Npix={pix}" in deep.stdout, deep.stdout

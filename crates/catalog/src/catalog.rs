@@ -41,6 +41,9 @@ pub struct Catalog {
     dec_column: String,
     hpx_column: Option<String>,
     margin: Option<Box<Catalog>>,
+    /// Why the margin cache that the collection names could not be opened (the catalog is
+    /// served without it: Meridian's own queries do not need it).
+    margin_problem: Option<String>,
     /// With `hats_npix_suffix = /`: each partition's files (a directory of files).
     leaves: Option<Arc<BTreeMap<Pixel, Vec<String>>>>,
 }
@@ -69,7 +72,19 @@ impl Catalog {
                     .and_then(|m| m.split_whitespace().next())
             });
             if let Some(m) = margin {
-                catalog.margin = Some(Box::new(Self::open_catalog(&location.join(m))?));
+                match Self::open_catalog(&location.join(m)) {
+                    Ok(c) => catalog.margin = Some(Box::new(c)),
+                    Err(e) => {
+                        tracing::warn!(
+                            collection = %location.name_of(""),
+                            margin = m,
+                            error = %e,
+                            "the margin cache cannot be opened: the catalog is served without it"
+                        );
+                        catalog.margin_problem =
+                            Some(format!("margin cache {m} cannot be opened: {e}"));
+                    }
+                }
             }
             return Ok(catalog);
         }
@@ -144,6 +159,7 @@ impl Catalog {
             dec_column,
             hpx_column,
             margin: None,
+            margin_problem: None,
             leaves,
         })
     }
@@ -252,6 +268,11 @@ impl Catalog {
     /// The margin cache, if any.
     pub fn margin(&self) -> Option<&Catalog> {
         self.margin.as_deref()
+    }
+
+    /// Why the margin cache the collection names could not be opened, if it could not.
+    pub fn margin_problem(&self) -> Option<&str> {
+        self.margin_problem.as_deref()
     }
 
     /// Reads the rows inside `region` (all rows when `None`), reading only the partitions and

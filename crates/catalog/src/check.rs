@@ -42,6 +42,12 @@ impl Catalog {
     /// `deep`, which reads every page), rows that do not add up to `hats_nrows`.
     pub fn check(&self, name: &str, deep: bool, out: &mut Checked) {
         self.check_one(name, "", deep, out);
+        if let Some(p) = self.margin_problem() {
+            out.problems.push(Problem {
+                catalog: name.to_string(),
+                what: p.to_string(),
+            });
+        }
         if let Some(m) = self.margin() {
             m.check_one(name, "margin ", deep, out);
         }

@@ -6,6 +6,7 @@ pub mod aggregate;
 mod bounded;
 pub mod codec;
 mod deadline;
+mod diagnose;
 mod engine;
 mod error;
 pub mod footprint_table;
@@ -72,6 +73,7 @@ pub fn execute(
     let mut builder = RecordBatchReceiverStream::builder(plan.schema(), 2);
     let tx = builder.tx();
     let ctx = engine.session().task_ctx();
+    let files = diagnose::plan_files(&plan);
     // Operators start (and spawn their own tasks) on the runtime that drives them.
     let task = async move {
         let mut inner = match datafusion::physical_plan::execute_stream(plan, ctx) {
@@ -81,7 +83,19 @@ pub fn execute(
                 return Ok(());
             }
         };
-        while let Some(batch) = inner.next().await {
+        loop {
+            // A dependency's panic on a corrupt file is the query's error, not the task's.
+            let batch = match diagnose::Contained(inner.next()).await {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(panic) => Err(DataFusionError::Execution(format!("corrupt data: {panic}"))),
+            };
+            let batch = match batch {
+                Err(e) if diagnose::is_read_failure(&e) => {
+                    Err(diagnose::named(files.clone(), e.to_string()).await)
+                }
+                other => other,
+            };
             let failed = batch.is_err();
             // A closed channel means the consumer is gone: stop producing.
             if tx.send(batch).await.is_err() || failed {
