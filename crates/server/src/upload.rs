@@ -64,6 +64,11 @@ pub fn store(
                 limits.upload_max_bytes
             )));
         }
+        if part.is_empty() {
+            return Err(Error::Usage(
+                "an inline upload is a multipart part with a name (UPLOAD=table,param:name)".into(),
+            ));
+        }
         let safe: String = part
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
