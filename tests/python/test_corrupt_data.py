@@ -22,6 +22,17 @@ def cone(ra, dec, r=1.0):
     return f"1 = CONTAINS(POINT(ra, dec), CIRCLE({ra}, {dec}, {r}))"
 
 
+def victim_of(data):
+    """A partition file of gaia in the middle of the list, with its order, pixel and centre."""
+    main = (data / "catalogs" / "gaia").resolve() / "gaia"
+    files = sorted((main / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
+    victim = files[len(files) // 2]
+    order, pix = map(int, re.search(r"Norder=(\d+)/Dir=\d+/Npix=(\d+)", str(victim)).groups())
+    theta, phi = hp.pix2ang(2 ** order, pix, nest=True)
+    ra, dec = phi * 180 / 3.141592653589793, 90 - theta * 180 / 3.141592653589793
+    return victim, order, pix, ra, dec
+
+
 def test_a_truncated_partition_fails_only_its_queries_and_check_finds_it(shared, tmp_path):
     data = tmp_path / "data"
     env = personal_env(tmp_path)
@@ -31,12 +42,7 @@ def test_a_truncated_partition_fails_only_its_queries_and_check_finds_it(shared,
     ok = run("check", data_dir=data, env=env)
     assert "no problem found" in ok.stdout and "482106 rows" in ok.stdout, ok.stdout
 
-    main = (data / "catalogs" / "gaia").resolve() / "gaia"
-    files = sorted((main / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
-    victim = files[len(files) // 2]
-    order, pix = map(int, re.search(r"Norder=(\d+)/Dir=\d+/Npix=(\d+)", str(victim)).groups())
-    theta, phi = hp.pix2ang(2 ** order, pix, nest=True)
-    ra, dec = phi * 180 / 3.141592653589793, 90 - theta * 180 / 3.141592653589793
+    victim, order, pix, ra, dec = victim_of(data)
     far_ra, far_dec = (ra + 180) % 360, -dec
     with Server(data, env=env) as s:
         before = tap_count(s.url, cone(far_ra, far_dec, 3))
@@ -93,17 +99,6 @@ def test_check_finds_a_damaged_database_and_leftovers(shared, tmp_path):
     # What cannot be repaired is still reported.
     again = run("check", data_dir=data, env=env, check=False).stdout
     assert "interrupted write" not in again and "MyDB table 'stars'" in again, again
-
-
-def victim_of(data):
-    """A partition file of gaia in the middle of the list, with its order, pixel and centre."""
-    main = (data / "catalogs" / "gaia").resolve() / "gaia"
-    files = sorted((main / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
-    victim = files[len(files) // 2]
-    order, pix = map(int, re.search(r"Norder=(\d+)/Dir=\d+/Npix=(\d+)", str(victim)).groups())
-    theta, phi = hp.pix2ang(2 ** order, pix, nest=True)
-    ra, dec = phi * 180 / 3.141592653589793, 90 - theta * 180 / 3.141592653589793
-    return victim, order, pix, ra, dec
 
 
 def test_overwritten_pages_and_a_missing_margin(shared, tmp_path):

@@ -113,15 +113,22 @@ impl Catalog {
     }
 }
 
-/// Reads every row of a partition file.
-fn decode_all(file: crate::location::PartFile, path: &str) -> Result<(), String> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.with_batch_size(65_536).build())
-        .map_err(|e| format!("{path}: {e}"))?;
-    for b in reader {
-        b.map_err(|e| format!("{path} does not decode: {e}"))?;
-    }
-    Ok(())
+/// Reads every row of the Parquet file `file` (named `path` in the error); a panic of the
+/// Parquet decoder on a corrupt page is an error too.
+pub fn decode_all<R>(file: R, path: &str) -> Result<(), String>
+where
+    R: parquet::file::reader::ChunkReader + 'static,
+{
+    meridian_formats::contain::contain(|| {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(65_536).build())
+            .map_err(|e| format!("{path}: {e}"))?;
+        for b in reader {
+            b.map_err(|e| format!("{path} does not decode: {e}"))?;
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|panic| Err(format!("{path} does not decode: corrupt data: {panic}")))
 }
 
 impl Store {
@@ -155,5 +162,23 @@ impl Store {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_page_the_decoder_panics_on_is_an_error() {
+        // Found by fuzzing: a page whose bit width is over 64 (the Parquet decoder asserts).
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/parquet/bit-width-over-capacity"
+        );
+        let file = std::fs::File::open(path).unwrap();
+        let e = super::decode_all(file, "the file").unwrap_err();
+        assert!(
+            e.starts_with("the file does not decode: corrupt data"),
+            "{e}"
+        );
     }
 }

@@ -56,7 +56,8 @@ pub(crate) async fn named(files: Vec<String>, error: String) -> DataFusionError 
             if !local.is_file() {
                 return None;
             }
-            decode_all(&local)
+            let file = std::fs::File::open(&local).ok()?;
+            meridian_catalog::check::decode_all(file, "the file")
                 .err()
                 .map(|why| format!("{}: {why}", describe(f)))
         })
@@ -68,22 +69,6 @@ pub(crate) async fn named(files: Vec<String>, error: String) -> DataFusionError 
         Some(culprit) => format!("{culprit} (the query failed with: {error})"),
         None => error,
     })
-}
-
-/// Reads every page of a Parquet file.
-fn decode_all(path: &Path) -> Result<(), String> {
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    meridian_formats::contain::contain(|| {
-        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.build())
-            .map_err(|e| e.to_string())?;
-        for batch in reader {
-            batch.map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    })
-    .unwrap_or_else(|panic| Err(format!("corrupt data: {panic}")))
 }
 
 /// A partition file's catalog and partition, from its path (`<catalog>/dataset/Norder=O/
