@@ -3,6 +3,7 @@
 //! message values in the Confluent wire format (a zero byte, the writer schema's registry id
 //! as a 4-byte big-endian integer, then one Avro record).
 
+use std::io::Read;
 use std::path::Path;
 
 use arrow::array::RecordBatch;
@@ -15,6 +16,9 @@ use crate::{Error, Result};
 /// Rows per Arrow batch when reading files.
 const BATCH_ROWS: usize = 1024;
 
+/// A compressed block that would grow beyond this is refused (a decompression bomb).
+const MAX_BLOCK_BYTES: u64 = 1 << 30;
+
 /// The bytes of file `path`, and its name for messages.
 fn read_bytes(path: &Path) -> Result<(String, Vec<u8>)> {
     let name = path.display().to_string();
@@ -25,73 +29,185 @@ fn read_bytes(path: &Path) -> Result<(String, Vec<u8>)> {
     Ok((name, data))
 }
 
-/// A reader of the object container file `data` (named `name` in messages), its header's
-/// schema normalized first ([`crate::schemas::normalize`]: Rubin's files name their records
-/// by full name, which `arrow-avro` does not resolve).
-fn open_container(
-    name: &str,
-    data: &[u8],
-) -> Result<arrow_avro::reader::Reader<std::io::Cursor<Vec<u8>>>> {
-    let data = normalized_container(name, data)?;
-    ReaderBuilder::new()
-        .with_batch_size(BATCH_ROWS)
-        .build(std::io::Cursor::new(data))
-        .map_err(|e| Error::Avro(format!("{name}: not an Avro object container file: {e}")))
+/// How a container file's blocks are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Null,
+    Deflate,
+    Snappy,
 }
 
-/// `data` with the header's `avro.schema` normalized (the blocks unchanged).
-fn normalized_container(name: &str, data: &[u8]) -> Result<Vec<u8>> {
-    let bad = |at: usize| Error::Avro(format!("{name}: byte {at}: header cut short"));
-    if !data.starts_with(b"Obj\x01") {
-        return Ok(data.to_vec());
-    }
-    let mut at = 4;
-    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    loop {
-        let count = read_long(data, &mut at).ok_or_else(|| bad(at))?;
-        if count == 0 {
-            break;
+/// The framing of an Avro object container file: a header (magic, metadata, a 16-byte sync
+/// marker), then blocks of a record count, a byte size, the (perhaps compressed) records and
+/// the sync marker again.
+struct Container<'a> {
+    name: &'a str,
+    data: &'a [u8],
+    meta: Vec<(&'a [u8], &'a [u8])>,
+    /// The header's length, through its sync marker.
+    header_len: usize,
+    /// Each block's record count and the byte range of its records.
+    blocks: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+impl<'a> Container<'a> {
+    /// Walks the framing of `data` (named `name` in messages): a file cut short, or a block
+    /// whose marker is wrong, is an error naming the byte offset.
+    fn parse(name: &'a str, data: &'a [u8]) -> Result<Self> {
+        let bad = |at: usize, what: &str| Error::Avro(format!("{name}: byte {at}: {what}"));
+        if !data.starts_with(b"Obj\x01") {
+            return Err(bad(0, "not an Avro object container file (no 'Obj' magic)"));
         }
-        if count < 0 {
-            read_long(data, &mut at).ok_or_else(|| bad(at))?;
-        }
-        for _ in 0..count.unsigned_abs() {
-            let mut pair = [Vec::new(), Vec::new()];
-            for part in &mut pair {
-                let len = read_long(data, &mut at)
-                    .filter(|l| *l >= 0)
-                    .ok_or_else(|| bad(at))? as usize;
-                let end = at
-                    .checked_add(len)
-                    .filter(|e| *e <= data.len())
-                    .ok_or_else(|| bad(at))?;
-                *part = data[at..end].to_vec();
-                at = end;
+        let mut at = 4;
+        let mut meta = Vec::new();
+        // The metadata: an Avro map, in blocks of a count then that many key/value pairs.
+        loop {
+            let count = read_long(data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
+            if count == 0 {
+                break;
             }
-            let [k, v] = pair;
-            entries.push((k, v));
+            if count < 0 {
+                // A negative count is followed by the block's size in bytes.
+                read_long(data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
+            }
+            for _ in 0..count.unsigned_abs() {
+                let mut pair: [&[u8]; 2] = [&[], &[]];
+                for part in &mut pair {
+                    let len = read_long(data, &mut at)
+                        .filter(|l| *l >= 0)
+                        .ok_or_else(|| bad(at, "header cut short"))?;
+                    let end = at
+                        .checked_add(len as usize)
+                        .filter(|e| *e <= data.len())
+                        .ok_or_else(|| bad(at, "header cut short"))?;
+                    *part = &data[at..end];
+                    at = end;
+                }
+                meta.push((pair[0], pair[1]));
+            }
+        }
+        let sync: [u8; 16] = data
+            .get(at..at + 16)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| bad(at, "header cut short (no sync marker)"))?;
+        at += 16;
+        let header_len = at;
+        let mut blocks = Vec::new();
+        while at < data.len() {
+            let start = at;
+            let count = read_long(data, &mut at)
+                .filter(|c| *c >= 0)
+                .ok_or_else(|| bad(start, "block cut short (its record count)"))?;
+            let size = read_long(data, &mut at)
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| bad(start, "block cut short (its size)"))?;
+            let end = at.saturating_add(size as usize);
+            if end.saturating_add(16) > data.len() {
+                return Err(bad(
+                    start,
+                    &format!(
+                        "block of {count} records and {size} bytes cut short: the file ends \
+                         at byte {}",
+                        data.len()
+                    ),
+                ));
+            }
+            if data[end..end + 16] != sync {
+                return Err(bad(end, "block does not end with the header's sync marker"));
+            }
+            blocks.push((count as usize, at..end));
+            at = end + 16;
+        }
+        Ok(Self {
+            name,
+            data,
+            meta,
+            header_len,
+            blocks,
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<&'a [u8]> {
+        self.meta
+            .iter()
+            .find(|(k, _)| *k == key.as_bytes())
+            .map(|(_, v)| *v)
+    }
+
+    /// The writer schema of the header, normalized ([`crate::schemas::normalize`]: Rubin's
+    /// files name their records by full name, which `arrow-avro` does not resolve).
+    fn schema(&self) -> Result<String> {
+        let name = self.name;
+        let json = self
+            .get("avro.schema")
+            .ok_or_else(|| Error::Avro(format!("{name}: no avro.schema in the file header")))?;
+        let json = std::str::from_utf8(json)
+            .map_err(|_| Error::Avro(format!("{name}: the header's schema is not UTF-8")))?;
+        crate::schemas::normalize(json).map_err(|e| Error::Avro(format!("{name}: {e}")))
+    }
+
+    fn codec(&self) -> Result<Codec> {
+        match self.get("avro.codec").unwrap_or(b"null") {
+            b"null" => Ok(Codec::Null),
+            b"deflate" => Ok(Codec::Deflate),
+            b"snappy" => Ok(Codec::Snappy),
+            other => Err(Error::Avro(format!(
+                "{}: blocks compressed with '{}', which Meridian does not read (it reads \
+                 null, deflate and snappy)",
+                self.name,
+                String::from_utf8_lossy(other)
+            ))),
         }
     }
-    let mut out = Vec::with_capacity(data.len() + 64);
-    out.extend_from_slice(b"Obj\x01");
-    if !entries.is_empty() {
-        write_long(&mut out, entries.len() as i64);
-    }
-    for (k, v) in &entries {
-        let v = match (k.as_slice(), std::str::from_utf8(v)) {
-            (b"avro.schema", Ok(json)) => crate::schemas::normalize(json)
-                .map_err(|e| Error::Avro(format!("{name}: {e}")))?
-                .into_bytes(),
-            _ => v.clone(),
+
+    /// The records' bytes of block `i`, decompressed.
+    fn block_bytes(&self, codec: Codec, i: usize) -> Result<std::borrow::Cow<'a, [u8]>> {
+        let range = self.blocks[i].1.clone();
+        let raw = &self.data[range.clone()];
+        let bad = |what: String| {
+            Error::Avro(format!(
+                "{}: block at byte {}: {what}",
+                self.name, range.start
+            ))
         };
-        write_long(&mut out, k.len() as i64);
-        out.extend_from_slice(k);
-        write_long(&mut out, v.len() as i64);
-        out.extend_from_slice(&v);
+        match codec {
+            Codec::Null => Ok(raw.into()),
+            Codec::Deflate => {
+                let mut out = Vec::new();
+                flate2::read::DeflateDecoder::new(raw)
+                    .take(MAX_BLOCK_BYTES + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| bad(format!("deflate data cannot be read: {e}")))?;
+                if out.len() as u64 > MAX_BLOCK_BYTES {
+                    return Err(bad(format!(
+                        "inflates to more than {MAX_BLOCK_BYTES} bytes"
+                    )));
+                }
+                Ok(out.into())
+            }
+            Codec::Snappy => {
+                // Snappy data, then the big-endian CRC-32 of the uncompressed bytes.
+                let Some((body, crc)) = raw.split_last_chunk::<4>() else {
+                    return Err(bad("snappy block shorter than its checksum".into()));
+                };
+                let len = snap::raw::decompress_len(body)
+                    .map_err(|e| bad(format!("snappy data cannot be read: {e}")))?;
+                if len as u64 > MAX_BLOCK_BYTES {
+                    return Err(bad(format!(
+                        "decompresses to {len} bytes, over {MAX_BLOCK_BYTES}"
+                    )));
+                }
+                let out = snap::raw::Decoder::new()
+                    .decompress_vec(body)
+                    .map_err(|e| bad(format!("snappy data cannot be read: {e}")))?;
+                let sum = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&out);
+                if sum != u32::from_be_bytes(*crc) {
+                    return Err(bad("snappy checksum does not match its data".into()));
+                }
+                Ok(out.into())
+            }
+        }
     }
-    write_long(&mut out, 0);
-    out.extend_from_slice(&data[at..]);
-    Ok(out)
 }
 
 /// The alerts of an Avro object container file, as Arrow batches (one row per alert).
@@ -107,59 +223,99 @@ pub fn is_container(data: &[u8]) -> bool {
 }
 
 /// The alerts of the object container file `data` (named `name` in messages).
+///
+/// Each block is split into its records by [`crate::datum::Layout`] and must hold exactly
+/// the records it declares; each record then goes to `arrow-avro`'s decoder, which must
+/// take exactly its bytes.
 pub fn read_container(name: &str, data: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    // The reader stops quietly at a block cut short; the file's own framing says how many
-    // records it holds, and is checked first.
-    let expected = count_in(name, data)?;
-    let reader = open_container(name, data)?;
-    let schema = reader.schema();
+    let file = Container::parse(name, data)?;
+    let codec = file.codec()?;
+    let json = file.schema()?;
+    let layout = crate::datum::Layout::parse(&json)
+        .map_err(|e| Error::Avro(format!("{name}: the header's schema: {e}")))?;
+    let mut decoder = decoder_sized(&[(0, json)], BATCH_ROWS)
+        .map_err(|e| Error::Avro(format!("{name}: the header's schema: {e}")))?;
+    let schema = decoder.schema();
     let mut batches = Vec::new();
     let mut rows = 0usize;
-    for b in reader {
-        let b = b.map_err(|e| {
-            Error::Avro(format!(
-                "{name}: Avro record after the first {rows} cannot be read: {e}"
-            ))
-        })?;
-        rows += b.num_rows();
-        batches.push(b);
+    let flush = |decoder: &mut arrow_avro::reader::Decoder,
+                 batches: &mut Vec<RecordBatch>,
+                 rows: usize|
+     -> Result<()> {
+        if let Some(b) = decoder.flush().map_err(|e| {
+            Error::Avro(format!("{name}: the records before record {rows}: {e}"))
+        })? {
+            batches.push(b);
+        }
+        Ok(())
+    };
+    for i in 0..file.blocks.len() {
+        let (count, ref range) = file.blocks[i];
+        let bytes = file.block_bytes(codec, i)?;
+        let bad = |what: String| {
+            Error::Avro(format!("{name}: block at byte {}: {what}", range.start))
+        };
+        let mut at = 0;
+        for r in 0..count {
+            let start = at;
+            layout.skip(&bytes, &mut at).ok_or_else(|| {
+                bad(format!(
+                    "record {} of its {count} is cut short or does not follow the schema",
+                    r + 1
+                ))
+            })?;
+            let record = &bytes[start..at];
+            // A zero schema id, then the record: the decoder's framing of one datum.
+            let framed = decoder.decode(&[0; 5]).map_err(|e| bad(e.to_string()))?;
+            let used = decoder.decode(record).map_err(|e| {
+                bad(format!("record {} of its {count} cannot be read: {e}", r + 1))
+            })?;
+            if framed != 5 || used != record.len() {
+                return Err(bad(format!(
+                    "record {} of its {count}: {used} bytes decoded of {}",
+                    r + 1,
+                    record.len()
+                )));
+            }
+            rows += 1;
+            if decoder.batch_is_full() {
+                flush(&mut decoder, &mut batches, rows)?;
+            }
+        }
+        if at != bytes.len() {
+            return Err(bad(format!(
+                "{} bytes after its {count} records",
+                bytes.len() - at
+            )));
+        }
     }
-    if rows != expected {
-        return Err(Error::Avro(format!(
-            "{name}: {rows} records read of the {expected} its blocks declare"
-        )));
-    }
+    flush(&mut decoder, &mut batches, rows)?;
     Ok((schema, batches))
 }
 
-/// Walks the blocks of an object container file (a header, then blocks of a record count,
-/// a byte size, the records and the header's 16-byte sync marker) and returns the records
-/// they declare: a file cut short, or a block whose marker is wrong, is an error naming
-/// the byte offset. (The reader itself stops quietly at a block cut short.)
+/// The records an object container file declares in its blocks: a file cut short, or a
+/// block whose marker is wrong, is an error naming the byte offset.
 pub fn count_records(path: &Path) -> Result<usize> {
     let (name, data) = read_bytes(path)?;
-    count_in(&name, &data)
-}
-
-fn count_in(name: &str, data: &[u8]) -> Result<usize> {
-    Ok(blocks(name, data)?.1.iter().map(|(count, _)| count).sum())
+    Ok(Container::parse(&name, &data)?
+        .blocks
+        .iter()
+        .map(|(count, _)| count)
+        .sum())
 }
 
 /// The records of an object container file whose blocks hold one uncompressed record each
 /// (as Rubin's and ZTF's sample files, and Meridian's own, do): each the bytes of one Avro
 /// datum, which a Kafka message carries after its Confluent header.
 pub fn single_records<'a>(name: &str, data: &'a [u8]) -> Result<Vec<&'a [u8]>> {
-    let reader = open_container(name, data)?;
-    let header = reader.avro_header();
-    let codec = header.get(b"avro.codec").unwrap_or(b"null".as_slice());
-    if codec != b"null" {
+    let file = Container::parse(name, data)?;
+    if let Some(codec) = file.get("avro.codec").filter(|c| *c != b"null") {
         return Err(Error::Avro(format!(
             "{name}: blocks compressed with {}: records cannot be taken out one by one",
             String::from_utf8_lossy(codec)
         )));
     }
-    blocks(name, data)?
-        .1
+    file.blocks
         .into_iter()
         .map(|(count, range)| {
             if count == 1 {
@@ -178,7 +334,7 @@ pub fn single_records<'a>(name: &str, data: &'a [u8]) -> Result<Vec<&'a [u8]>> {
 /// (schema, codec, sync marker), then one block holding the record (as ZTF publishes each
 /// alert on Kafka).
 pub fn single_record_container(name: &str, data: &[u8], record: &[u8]) -> Result<Vec<u8>> {
-    let (header_len, _) = blocks(name, data)?;
+    let header_len = Container::parse(name, data)?.header_len;
     let sync = &data[header_len - 16..header_len];
     let mut out = Vec::with_capacity(header_len + record.len() + 36);
     out.extend_from_slice(&data[..header_len]);
@@ -199,75 +355,8 @@ pub(crate) fn write_long(out: &mut Vec<u8>, v: i64) {
     out.push(z as u8);
 }
 
-/// The header's length (through its sync marker), and each block's record count and the
-/// byte range of its records.
-type Blocks = (usize, Vec<(usize, std::ops::Range<usize>)>);
-
-fn blocks(name: &str, data: &[u8]) -> Result<Blocks> {
-    let bad = |at: usize, what: &str| Error::Avro(format!("{name}: byte {at}: {what}"));
-    if !data.starts_with(b"Obj\x01") {
-        return Err(bad(0, "not an Avro object container file (no 'Obj' magic)"));
-    }
-    let mut at = 4;
-    // The header's metadata: an Avro map, in blocks of (count, then count key/value pairs).
-    loop {
-        let count = read_long(data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
-        if count == 0 {
-            break;
-        }
-        if count < 0 {
-            // A negative count is followed by the block's size in bytes.
-            read_long(data, &mut at).ok_or_else(|| bad(at, "header cut short"))?;
-        }
-        for _ in 0..count.unsigned_abs() {
-            for _ in 0..2 {
-                let len = read_long(data, &mut at)
-                    .filter(|l| *l >= 0)
-                    .ok_or_else(|| bad(at, "header cut short"))?;
-                at = at
-                    .checked_add(len as usize)
-                    .filter(|e| *e <= data.len())
-                    .ok_or_else(|| bad(at, "header cut short"))?;
-            }
-        }
-    }
-    let sync: [u8; 16] = data
-        .get(at..at + 16)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| bad(at, "header cut short (no sync marker)"))?;
-    at += 16;
-    let header_len = at;
-    let mut blocks = Vec::new();
-    while at < data.len() {
-        let start = at;
-        let count = read_long(data, &mut at)
-            .filter(|c| *c >= 0)
-            .ok_or_else(|| bad(start, "block cut short (its record count)"))?;
-        let size = read_long(data, &mut at)
-            .filter(|s| *s >= 0)
-            .ok_or_else(|| bad(start, "block cut short (its size)"))?;
-        let end = at.saturating_add(size as usize);
-        if end.saturating_add(16) > data.len() {
-            return Err(bad(
-                start,
-                &format!(
-                    "block of {count} records and {size} bytes cut short: the file ends at \
-                     byte {}",
-                    data.len()
-                ),
-            ));
-        }
-        if data[end..end + 16] != sync {
-            return Err(bad(end, "block does not end with the header's sync marker"));
-        }
-        blocks.push((count as usize, at..end));
-        at = end + 16;
-    }
-    Ok((header_len, blocks))
-}
-
 /// An Avro `long` (zig-zag, variable length) at `*at`, advancing past it.
-fn read_long(data: &[u8], at: &mut usize) -> Option<i64> {
+pub(crate) fn read_long(data: &[u8], at: &mut usize) -> Option<i64> {
     let mut value: u64 = 0;
     for shift in (0..64).step_by(7) {
         let b = *data.get(*at)?;
@@ -280,16 +369,11 @@ fn read_long(data: &[u8], at: &mut usize) -> Option<i64> {
     None
 }
 
-/// The writer schema (JSON) in the header of an Avro object container file.
+/// The writer schema (JSON) in the header of an Avro object container file, normalized as
+/// [`crate::schemas::normalize`] does.
 pub fn file_schema(path: &Path) -> Result<String> {
     let (name, data) = read_bytes(path)?;
-    let reader = open_container(&name, &data)?;
-    let header = reader.avro_header();
-    let json = header
-        .get(b"avro.schema")
-        .ok_or_else(|| Error::Avro(format!("{name}: no avro.schema in the file header")))?;
-    String::from_utf8(json.to_vec())
-        .map_err(|_| Error::Avro(format!("{name}: the header's schema is not UTF-8")))
+    Container::parse(&name, &data)?.schema()
 }
 
 /// Decodes Kafka message values in the Confluent wire format, one alert each, with the

@@ -17,6 +17,7 @@
 
 pub mod avro;
 pub mod convert;
+mod datum;
 pub mod dead_letter;
 pub mod dia;
 pub mod evaluate;
