@@ -63,6 +63,11 @@ client_venv "$VOS_PYTHON" vos vos==3.7
 export SPARCL_PYTHON="${SPARCL_PYTHON:-$HOME/.cache/meridian/sparcl-venv/bin/python}"
 client_venv "$SPARCL_PYTHON" sparcl.client sparclclient==1.3.1 numpy==1.26.4 pandas==2.1.4
 
+step "notebook hub"
+# JupyterHub, JupyterLab, the kernels' clients and the proxy, for the notebook tests
+# (tests/python/test_notebook*.py); the same script sets up a deployment.
+./scripts/notebooks-setup.sh
+
 step "kafka broker (Tansu)"
 # Tansu, a Kafka-protocol broker (crates.io, Apache-2.0), is the real broker of the alert
 # stream's end-to-end test (tests/python/test_alert_night.py). Built once into the cache:

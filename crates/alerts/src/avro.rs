@@ -224,7 +224,7 @@ pub fn is_container(data: &[u8]) -> bool {
 
 /// The alerts of the object container file `data` (named `name` in messages).
 ///
-/// Each block is split into its records by [`crate::datum::Layout`] and must hold exactly
+/// Each block is split into its records by the writer schema (`datum::Layout`) and must hold exactly
 /// the records it declares; each record then goes to `arrow-avro`'s decoder, which must
 /// take exactly its bytes.
 pub fn read_container(name: &str, data: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
@@ -242,9 +242,10 @@ pub fn read_container(name: &str, data: &[u8]) -> Result<(SchemaRef, Vec<RecordB
                  batches: &mut Vec<RecordBatch>,
                  rows: usize|
      -> Result<()> {
-        if let Some(b) = decoder.flush().map_err(|e| {
-            Error::Avro(format!("{name}: the records before record {rows}: {e}"))
-        })? {
+        if let Some(b) = decoder
+            .flush()
+            .map_err(|e| Error::Avro(format!("{name}: the records before record {rows}: {e}")))?
+        {
             batches.push(b);
         }
         Ok(())
@@ -252,9 +253,8 @@ pub fn read_container(name: &str, data: &[u8]) -> Result<(SchemaRef, Vec<RecordB
     for i in 0..file.blocks.len() {
         let (count, ref range) = file.blocks[i];
         let bytes = file.block_bytes(codec, i)?;
-        let bad = |what: String| {
-            Error::Avro(format!("{name}: block at byte {}: {what}", range.start))
-        };
+        let bad =
+            |what: String| Error::Avro(format!("{name}: block at byte {}: {what}", range.start));
         let mut at = 0;
         for r in 0..count {
             let start = at;
@@ -268,7 +268,10 @@ pub fn read_container(name: &str, data: &[u8]) -> Result<(SchemaRef, Vec<RecordB
             // A zero schema id, then the record: the decoder's framing of one datum.
             let framed = decoder.decode(&[0; 5]).map_err(|e| bad(e.to_string()))?;
             let used = decoder.decode(record).map_err(|e| {
-                bad(format!("record {} of its {count} cannot be read: {e}", r + 1))
+                bad(format!(
+                    "record {} of its {count} cannot be read: {e}",
+                    r + 1
+                ))
             })?;
             if framed != 5 || used != record.len() {
                 return Err(bad(format!(

@@ -362,6 +362,9 @@ mod tests {
         let mut at = 0;
         let many: Vec<u8> = [long(1 << 40), long(0)].concat();
         assert!(nulls.skip(&many, &mut at).is_none(), "2^40 nulls");
-        assert!(Layout::parse(r#"{"type":"record","name":"R","fields":[{"name":"x","type":"Nope"}]}"#).is_err());
+        assert!(
+            Layout::parse(r#"{"type":"record","name":"R","fields":[{"name":"x","type":"Nope"}]}"#)
+                .is_err()
+        );
     }
 }

@@ -37,6 +37,79 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Per-client limits on requests.
     pub quotas: QuotasConfig,
+    /// The notebook hub `meridian serve` runs beside the services.
+    pub notebooks: NotebooksConfig,
+}
+
+/// The notebook hub: JupyterHub, signing users in through Meridian and spawning a
+/// JupyterLab per user (see docs/notebooks.md). `scripts/notebooks-setup.sh` installs what
+/// it needs into `~/.cache/meridian/notebooks`, which the defaults point at.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotebooksConfig {
+    /// Whether `meridian serve` runs the hub.
+    pub enabled: bool,
+    /// Where browsers open the hub (`http://host:port`); it listens there, and on the next
+    /// port of 127.0.0.1 for its own API. Use another host name than Meridian's in
+    /// production, so that Meridian's login cookie never reaches users' servers.
+    pub url: String,
+    /// The `jupyterhub` command.
+    pub jupyterhub: PathBuf,
+    /// The `configurable-http-proxy` command.
+    pub proxy: PathBuf,
+    /// Pythons offered as kernels besides the hub's own (each with `ipykernel`).
+    pub kernels: Vec<PathBuf>,
+    /// Where the hub and the notebooks reach Meridian, when not at its public URL (a
+    /// cluster-internal address).
+    pub meridian_url: Option<String>,
+    /// A user's server idle this long is stopped, seconds (0: never).
+    pub idle_timeout_s: u64,
+    /// A server that takes longer to start has failed, seconds.
+    pub start_timeout_s: u64,
+    /// Memory each user's server may use, MiB (0: no limit).
+    pub mem_limit_mib: u64,
+    /// CPU time each user's server may use, seconds (0: no limit).
+    pub cpu_time_limit_s: u64,
+    /// The spawner class: `meridian_hub.spawner.LocalSpawner` runs servers as processes on
+    /// this machine; `dockerspawner.DockerSpawner` or `kubespawner.KubeSpawner` on a
+    /// cluster (configured further in `extra_config`).
+    pub spawner: String,
+    /// Example notebooks copied into each user's storage the first time their server
+    /// starts (none: the ones installed with the hub).
+    pub examples: Option<PathBuf>,
+    /// An administrator's own JupyterHub configuration file, loaded after Meridian's.
+    pub extra_config: Option<PathBuf>,
+    /// The hub's OAuth client secret (default: made once and kept in the hub's
+    /// directory).
+    pub client_secret: Option<String>,
+}
+
+impl Default for NotebooksConfig {
+    fn default() -> Self {
+        let tools = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".cache/meridian/notebooks");
+        Self {
+            enabled: false,
+            url: "http://127.0.0.1:8000".into(),
+            jupyterhub: tools.join("hub/bin/jupyterhub"),
+            proxy: tools.join("node_modules/.bin/configurable-http-proxy"),
+            kernels: vec![
+                tools.join("kernel/bin/python"),
+                tools.join("datalab-kernel/bin/python"),
+            ],
+            meridian_url: None,
+            idle_timeout_s: 3600,
+            start_timeout_s: 120,
+            mem_limit_mib: 4096,
+            cpu_time_limit_s: 0,
+            spawner: "meridian_hub.spawner.LocalSpawner".into(),
+            examples: None,
+            extra_config: None,
+            client_secret: None,
+        }
+    }
 }
 
 /// Per-client limits on the HTTP services: each user, and each anonymous caller's
@@ -443,6 +516,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             alerts: AlertsConfig::default(),
             quotas: QuotasConfig::default(),
+            notebooks: NotebooksConfig::default(),
         }
     }
 }
@@ -481,9 +555,21 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 13] = [
-            "data_dir", "ingest", "query", "log", "server", "jobs", "auth", "mydb", "storage",
-            "spectra", "cluster", "alerts", "quotas",
+        const TOP: [&str; 14] = [
+            "data_dir",
+            "ingest",
+            "query",
+            "log",
+            "server",
+            "jobs",
+            "auth",
+            "mydb",
+            "storage",
+            "spectra",
+            "cluster",
+            "alerts",
+            "quotas",
+            "notebooks",
         ];
         let mut ignored = Vec::new();
         let mut table = match file {
@@ -589,7 +675,21 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be 'text' or 'json'");
         }
+        let n = &self.notebooks;
+        if n.enabled {
+            if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+                bail!("notebooks.url must be http://host:port (it is '{}')", n.url);
+            }
+            if n.start_timeout_s == 0 {
+                bail!("notebooks.start_timeout_s must be positive");
+            }
+        }
         Ok(())
+    }
+
+    /// The notebook hub's directory (its database, secrets and configuration).
+    pub fn notebooks_dir(&self) -> PathBuf {
+        self.data_dir.join("notebooks")
     }
 
     /// The directory of asynchronous jobs.

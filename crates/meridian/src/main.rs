@@ -1602,14 +1602,97 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
                  SSA http://{local}/ssa"
             );
         }
+        let hub = if config.notebooks.enabled {
+            let own = state
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{local}"));
+            let (provider, hub) = notebook_hub(config, &own)?;
+            state.oauth = std::sync::Arc::new(provider);
+            state.notebooks = Some(hub.clone());
+            hub.start();
+            let s = hub.status();
+            match &s.problem {
+                None => eprintln!("Notebooks: {}", s.url),
+                Some(p) => eprintln!("Notebooks: not started: {p}"),
+            }
+            Some(hub)
+        } else {
+            None
+        };
         // Ctrl-C or SIGTERM: stop accepting, finish the requests in flight.
-        meridian_server::serve(listener, state, interrupted()).await?;
+        let served = meridian_server::serve(listener, state, interrupted()).await;
+        if let Some(hub) = hub {
+            tokio::task::spawn_blocking(move || hub.stop(std::time::Duration::from_secs(10)))
+                .await?;
+        }
+        served?;
         tracing::info!("server stopped");
         anyhow::Ok(())
     })?;
     queries.shutdown_background();
     rt.shutdown_background();
     Ok(())
+}
+
+/// The notebook hub of `config`, and the OAuth provider it signs users in through, for a
+/// service browsers reach at `own_url`.
+fn notebook_hub(
+    config: &Config,
+    own_url: &str,
+) -> anyhow::Result<(
+    meridian_server::oauth::Provider,
+    std::sync::Arc<meridian_services::notebooks::Hub>,
+)> {
+    use meridian_services::notebooks::{Hub, HubConfig, secret_file};
+    let n = &config.notebooks;
+    let dir = config.notebooks_dir();
+    let secret = match &n.client_secret {
+        Some(s) => s.clone(),
+        None => secret_file(&dir.join("client-secret"))?,
+    };
+    let hub_url = n.url.trim_end_matches('/').to_string();
+    let provider = meridian_server::oauth::Provider::new(vec![meridian_server::oauth::Client {
+        id: "jupyterhub".into(),
+        secret: secret.clone(),
+        redirect_uris: vec![format!("{hub_url}/hub/oauth_callback")],
+    }]);
+    let kernels = n
+        .kernels
+        .iter()
+        .filter(|k| {
+            let there = k.exists();
+            if !there {
+                tracing::warn!(python = %k.display(), "notebook kernel not found; not offered");
+            }
+            there
+        })
+        .cloned()
+        .collect();
+    let examples = n.examples.clone().or_else(|| {
+        let installed = n.jupyterhub.parent()?.parent()?.parent()?.join("examples");
+        installed.is_dir().then_some(installed)
+    });
+    let own = own_url.trim_end_matches('/').to_string();
+    let hub = Hub::new(HubConfig {
+        command: n.jupyterhub.clone(),
+        proxy_command: n.proxy.clone(),
+        dir,
+        public_url: hub_url,
+        meridian_public_url: own.clone(),
+        meridian_internal_url: n.meridian_url.clone().unwrap_or(own),
+        client_id: "jupyterhub".into(),
+        client_secret: secret,
+        idle_timeout_s: n.idle_timeout_s,
+        start_timeout_s: n.start_timeout_s,
+        mem_limit_mib: n.mem_limit_mib,
+        cpu_time_limit_s: n.cpu_time_limit_s,
+        kernels,
+        spawner: n.spawner.clone(),
+        examples,
+        extra_config: n.extra_config.clone(),
+    });
+    Ok((provider, std::sync::Arc::new(hub)))
 }
 
 /// Resolves at the first Ctrl-C or SIGTERM. The signal is caught on `ctrlc`'s own thread

@@ -5,7 +5,9 @@
 //! request the user typed), else an `Origin` or `Referer` of this service, or that no
 //! browser sent (none of these headers: a program such as pyvo's `AuthSession`). Elsewhere the
 //! cookie is dropped before [`crate::auth::identify`] reads it, and the request goes on as
-//! an anonymous one. Tokens sent in headers (`Authorization`, `X-DL-AuthToken`), as every
+//! an anonymous one. One request is let through from anywhere: the top-level navigation
+//! to OAuth's `/oauth/authorize`, whose answer only goes to a registered client's
+//! registered address (see [`crate::oauth`]). Tokens sent in headers (`Authorization`, `X-DL-AuthToken`), as every
 //! programmatic client sends them, are not affected: a page on another site cannot make a
 //! browser add them.
 
@@ -83,7 +85,9 @@ pub async fn cross_site_cookies(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if has_login_cookie(req.headers()) {
+    if has_login_cookie(req.headers())
+        && !crate::oauth::is_authorize_navigation(req.method(), req.uri().path())
+    {
         let own = own_authorities(&state, req.headers());
         let honoured = match origin_of(req.headers(), &own) {
             Origin::Same => true,

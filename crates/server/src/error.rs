@@ -44,6 +44,15 @@ pub enum Error {
     /// An alert filter request failed.
     #[error(transparent)]
     Alerts(#[from] meridian_alerts::Error),
+    /// An OAuth token request refused with one of RFC 6749's error codes
+    /// (`invalid_client`, `invalid_grant`, ...).
+    #[error("{message}")]
+    OAuth {
+        /// RFC 6749's code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The service failed in a way no request can cause or fix.
     #[error("{0}")]
     Internal(String),
@@ -81,6 +90,7 @@ impl Error {
             }
             Error::Images(meridian_images::Error::Invalid(_)) => StatusCode::BAD_REQUEST,
             Error::Sparcl { .. } => StatusCode::BAD_REQUEST,
+            Error::OAuth { code, .. } => crate::oauth::status_of(code),
             Error::Spectra(e) => {
                 use meridian_spectra::Error as S;
                 match e {
@@ -211,6 +221,44 @@ impl IntoResponse for Error {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"Meridian\""),
+            );
+        }
+        response
+    }
+}
+
+/// An error of an OAuth token request: RFC 6749's JSON, `{"error", "error_description"}`
+/// (section 5.2), never cached.
+#[derive(Debug)]
+pub struct OAuth(pub Error);
+
+impl From<Error> for OAuth {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for OAuth {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = e.status();
+        let message = e.message();
+        tracing::info!(%status, error = %message, "oauth request refused");
+        let code = match &e {
+            Error::OAuth { code, .. } => *code,
+            _ if status.is_server_error() => "server_error",
+            _ => "invalid_request",
+        };
+        let mut response = (
+            status,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(serde_json::json!({"error": code, "error_description": message})),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"Meridian\""),
             );
         }
         response

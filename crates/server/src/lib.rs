@@ -16,6 +16,8 @@ pub mod images;
 pub mod lightcurve;
 pub mod metadata;
 pub mod mydb;
+pub mod notebooks;
+pub mod oauth;
 pub mod params;
 pub mod portal;
 pub mod quota;
@@ -159,6 +161,10 @@ pub struct AppState {
     pub alerts: Option<Arc<alerts::AlertFilters>>,
     /// Per-client limits on requests (none unless set).
     pub quotas: Arc<meridian_services::quota::Quotas>,
+    /// The OAuth clients that sign users in through Meridian (the notebook hub).
+    pub oauth: Arc<oauth::Provider>,
+    /// The notebook hub, when the service runs one.
+    pub notebooks: Option<Arc<meridian_services::notebooks::Hub>>,
 }
 
 /// What belongs to users: accounts, their settings, tables and files.
@@ -226,6 +232,8 @@ impl AppState {
             quotas: meridian_services::quota::Quotas::new(
                 meridian_services::quota::QuotaConfig::UNLIMITED,
             ),
+            oauth: Arc::default(),
+            notebooks: None,
         })
     }
 }
@@ -431,6 +439,7 @@ pub fn router(state: AppState) -> Router {
         .merge(job)
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/whoami", get(auth::whoami))
+        .route("/oauth/userinfo", get(oauth::userinfo))
         .route("/api/jobs", get(uws::list_json))
         .route("/storage/{call}", get(storage::call))
         .route("/api/groups", get(groups::list).post(groups::create))
@@ -493,6 +502,10 @@ pub fn router(state: AppState) -> Router {
         .route("/images/file", get(images::file))
         .route("/metrics", get(metrics))
         .route("/api/auth/login", post(auth::login))
+        .route("/oauth/authorize", get(oauth::authorize))
+        .route("/oauth/token", post(oauth::token))
+        .route("/.well-known/openid-configuration", get(oauth::discovery))
+        .route("/api/notebooks", get(notebooks::status))
         .route("/api/auth/register", post(auth::register))
         .route("/auth", get(auth::dl_alive))
         .route("/auth/", get(auth::dl_alive))

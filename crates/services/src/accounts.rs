@@ -445,6 +445,20 @@ impl Accounts {
         let db = Connection::open(path)?;
         db.busy_timeout(Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
+        // Tokens issued on behalf of another (an OAuth client's, such as the notebook
+        // hub's) name it, so that revoking the login revokes them too. Databases made
+        // before that column existed gain it here.
+        let has_parent: bool = db.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('tokens') WHERE name = 'parent')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_parent {
+            db.execute_batch(
+                "ALTER TABLE tokens ADD COLUMN parent TEXT;
+                 CREATE INDEX IF NOT EXISTS tokens_by_parent ON tokens (parent);",
+            )?;
+        }
         // Made now, so that the first check of a missing user takes no longer than others.
         dummy_hash()?;
         Ok(Self {
@@ -658,6 +672,16 @@ impl Accounts {
     }
 
     fn issue(&self, user: &User, scopes: Scopes, lifetime: Duration) -> Result<IssuedToken> {
+        self.issue_with_parent(user, scopes, lifetime, None)
+    }
+
+    fn issue_with_parent(
+        &self,
+        user: &User,
+        scopes: Scopes,
+        lifetime: Duration,
+        parent: Option<&str>,
+    ) -> Result<IssuedToken> {
         let token = format!(
             "{}.{uid}.{uid}.$1${}${}",
             user.name,
@@ -668,10 +692,33 @@ impl Accounts {
         let now = now_ms();
         let expires_ms = now.saturating_add(lifetime.as_millis().min(i64::MAX as u128) as i64);
         self.db().execute(
-            "INSERT INTO tokens (hash, user, scopes, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![hash_token(&token), user.name, scopes.0, now, expires_ms],
+            "INSERT INTO tokens (hash, user, scopes, created_ms, expires_ms, parent) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                hash_token(&token),
+                user.name,
+                scopes.0,
+                now,
+                expires_ms,
+                parent.map(hash_token)
+            ],
         )?;
         Ok(IssuedToken { token, expires_ms })
+    }
+
+    /// Issues a token on behalf of the holder of `parent` (an OAuth client's, such as the
+    /// notebook hub's): the same user, the scopes of both but never `admin`, expiring when
+    /// `parent` does at the latest; revoking `parent` (logging out) revokes it too.
+    pub fn issue_delegated(&self, parent: &str, scopes: Scopes) -> Result<IssuedToken> {
+        let id = self.authenticate(parent)?.ok_or_else(|| {
+            Error::Unauthorized("the anonymous token cannot delegate".to_string())
+        })?;
+        let user = self
+            .user(&id.user)?
+            .ok_or_else(|| Error::Unauthorized(format!("user '{}' is gone", id.user)))?;
+        let scopes = Scopes(scopes.0 & id.scopes.0 & !Scope::Admin.bit());
+        let left = Duration::from_millis((id.expires_ms - now_ms()).max(0) as u64);
+        self.issue_with_parent(&user, scopes, left, Some(parent.trim()))
     }
 
     /// The identity `token` stands for: `None` for Data Lab's anonymous token, 401 for a
@@ -712,15 +759,15 @@ impl Accounts {
         }))
     }
 
-    /// Revokes `token` (logout). Revoking an unknown token is an error.
+    /// Revokes `token` (logout), and the tokens issued on its behalf. Revoking an unknown
+    /// token is an error.
     pub fn revoke(&self, token: &str) -> Result<()> {
-        if self.db().execute(
-            "UPDATE tokens SET revoked = 1 WHERE hash = ?1",
-            [hash_token(token.trim())],
-        )? == 0
-        {
+        let hash = hash_token(token.trim());
+        let db = self.db();
+        if db.execute("UPDATE tokens SET revoked = 1 WHERE hash = ?1", [&hash])? == 0 {
             return Err(Error::NotFound("token".into()));
         }
+        db.execute("UPDATE tokens SET revoked = 1 WHERE parent = ?1", [&hash])?;
         Ok(())
     }
 
@@ -822,6 +869,32 @@ mod tests {
             );
             assert!(!bytes.windows(13).any(|w| w == b"correct horse"));
         }
+    }
+
+    #[test]
+    fn delegated_tokens_end_with_their_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(&dir);
+        a.create_user("root", "administrator", None, true).unwrap();
+        let login = a.login("root", "administrator", HERE).unwrap();
+        let hub = a.issue_delegated(&login.token, Scopes(u8::MAX)).unwrap();
+        let id = a.authenticate(&hub.token).unwrap().unwrap();
+        assert_eq!(id.user, "root");
+        // Never admin, never outliving the login.
+        assert!(id.scopes.has(Scope::ReadCatalogs) && !id.scopes.has(Scope::Admin));
+        assert!(hub.expires_ms <= login.expires_ms);
+        let narrow = a
+            .issue_delegated(&login.token, Scopes::of(&[Scope::ReadCatalogs]))
+            .unwrap();
+        let narrow_id = a.authenticate(&narrow.token).unwrap().unwrap();
+        assert!(!narrow_id.scopes.has(Scope::WriteStorage));
+        // Logging out ends both; a revoked login cannot delegate.
+        a.revoke(&login.token).unwrap();
+        for t in [&hub.token, &narrow.token] {
+            assert!(matches!(a.authenticate(t), Err(Error::Unauthorized(_))));
+        }
+        assert!(a.issue_delegated(&login.token, Scopes::user()).is_err());
+        assert!(a.issue_delegated("not a token", Scopes::user()).is_err());
     }
 
     #[test]

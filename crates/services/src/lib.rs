@@ -13,6 +13,7 @@ pub mod groups;
 pub mod jobs;
 pub mod mydb;
 pub mod net;
+pub mod notebooks;
 pub mod quota;
 pub mod storage;
 
