@@ -85,6 +85,14 @@ class LocalSpawner(LocalProcessSpawner):
             )
         return await super().start()
 
+    def get_args(self):
+        args = super().get_args()
+        if os.geteuid() == 0 and not self._system_account():
+            # The hub runs as root (a container, a CI machine) and the user has no account
+            # to switch to: Jupyter refuses to run as root unless told.
+            args.append("--allow-root")
+        return args
+
     def move_certs(self, paths):
         if self._system_account():
             return super().move_certs(paths)
