@@ -208,3 +208,34 @@ def test_sign_in_query_and_isolation(browser, hub, store):
     lab.get_by_text(re.compile("token has been revoked")).first.wait_for(timeout=120_000)
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("trouble", ["missing hub", "port in use"])
+def test_a_hub_that_cannot_start_is_reported_and_the_rest_serves(store, tmp_path, trouble):
+    port = free_port(HUB_HOST)
+    env = personal_env(tmp_path, MERIDIAN_NOTEBOOKS__ENABLED="true",
+                       MERIDIAN_NOTEBOOKS__URL=f"http://{HUB_HOST}:{port}")
+    held = None
+    if trouble == "missing hub":
+        env["MERIDIAN_NOTEBOOKS__JUPYTERHUB"] = str(tmp_path / "no-such-jupyterhub")
+        expected = "no-such-jupyterhub"
+    else:
+        held = socket.socket()
+        held.bind((HUB_HOST, port))
+        held.listen()
+        expected = f"cannot listen on {HUB_HOST}:{port}"
+    try:
+        with Server(store, env=env) as s:
+            base = s.url.removesuffix("/tap")
+            st = requests.get(f"{base}/api/notebooks").json()
+            assert st["enabled"] and st["state"] == "failed", st
+            assert expected in st["problem"], st
+            assert any("notebook hub not started" in line for line in s.log) or \
+                expected in "".join(s.log)
+            # Everything else serves.
+            r = requests.get(f"{s.url}/sync", params={
+                "REQUEST": "doQuery", "LANG": "ADQL", "QUERY": "SELECT TOP 1 source_id FROM gaia"})
+            assert r.status_code == 200
+    finally:
+        if held:
+            held.close()
