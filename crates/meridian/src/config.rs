@@ -92,7 +92,7 @@ impl Default for NotebooksConfig {
             .join(".cache/meridian/notebooks");
         Self {
             enabled: false,
-            url: "http://127.0.0.1:8000".into(),
+            url: "http://127.0.0.2:8000".into(),
             jupyterhub: tools.join("hub/bin/jupyterhub"),
             proxy: tools.join("node_modules/.bin/configurable-http-proxy"),
             kernels: vec![
@@ -765,6 +765,7 @@ mod tests {
         assert_eq!(c.auth, AuthConfig::default());
         assert_eq!(c.mydb, MyDbConfig::default());
         assert_eq!(c.spectra, SpectraConfig::default());
+        assert_eq!(c.notebooks, NotebooksConfig::default());
     }
 
     #[test]
