@@ -50,7 +50,8 @@ RESULTS = {
         "n_xmatch": n_xmatch, "same_png": bool(same_png), "same_csv": bool(same_csv), "n_csv": n_csv,
         "public_status": anyone.status_code, "left": left}""",
     "04_light_curve.ipynb": """{
-        "object_id": OBJECT_ID, "n": len(lc),
+        "object_id": OBJECT_ID, "n": len(lc), "n_served": len(detections), "same": same,
+        "n_forced": n_forced,
         "summary": {b: [int(v[0]), float(v[1]), float(v[2])] for b, v in summary.items()}}""",
     "05_image_cutout.ipynb": """{
         "image_id": image_id, "ra": RA, "dec": DEC, "radius": RADIUS, "shape": list(cut.shape),
@@ -231,6 +232,11 @@ def test_light_curve(service):
     counts = tap_csv(base, "SELECT objectId, COUNT(*) AS n FROM demo_source GROUP BY objectId")
     top = counts.sort_values(["n", "objectId"], ascending=[False, True]).iloc[0]
     assert r["object_id"] == int(top["objectId"]) and r["n"] == int(top["n"])
+    # `/lightcurve` (the demo's tables found by their prefix) gives the same detections,
+    # and the object's forced photometry.
+    assert r["same"] and r["n_served"] == r["n"]
+    forced = tap_csv(base, f"SELECT COUNT(*) AS n FROM demo_forced_source WHERE objectId = {r['object_id']}")
+    assert r["n_forced"] == int(forced["n"][0]) > 0
     rows = tap_csv(base, f"SELECT band, psfFlux, psfFluxErr FROM demo_source WHERE objectId = {r['object_id']}")
     obj = tap_csv(base, f"SELECT * FROM demo_object WHERE objectId = {r['object_id']}").iloc[0]
     rows["w"] = 1 / rows["psfFluxErr"] ** 2

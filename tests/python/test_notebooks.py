@@ -28,18 +28,20 @@ HUB_HOST = "127.0.0.2"
 
 
 def free_port(host):
-    """A port free on `host` whose next port is free on 127.0.0.1 too (the hub's API)."""
+    """A port free on `host` whose next two ports are free on 127.0.0.1 too (the hub's API
+    and the proxy's)."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
         try:
-            with socket.socket() as a:
+            with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port + 1))
+                b.bind(("127.0.0.1", port + 2))
             return port
         except OSError:
             continue
-    raise AssertionError("no free port pair")
+    raise AssertionError("no free port triple")
 
 
 def notebook(cells, kernel="meridian"):
@@ -210,7 +212,7 @@ def test_sign_in_query_and_isolation(browser, hub, store):
     b.close()
 
 
-@pytest.mark.parametrize("trouble", ["missing hub", "port in use"])
+@pytest.mark.parametrize("trouble", ["missing hub", "port in use", "proxy API port in use"])
 def test_a_hub_that_cannot_start_is_reported_and_the_rest_serves(store, tmp_path, trouble):
     port = free_port(HUB_HOST)
     env = personal_env(tmp_path, MERIDIAN_NOTEBOOKS__ENABLED="true",
@@ -219,11 +221,16 @@ def test_a_hub_that_cannot_start_is_reported_and_the_rest_serves(store, tmp_path
     if trouble == "missing hub":
         env["MERIDIAN_NOTEBOOKS__JUPYTERHUB"] = str(tmp_path / "no-such-jupyterhub")
         expected = "no-such-jupyterhub"
-    else:
+    elif trouble == "port in use":
         held = socket.socket()
         held.bind((HUB_HOST, port))
         held.listen()
         expected = f"cannot listen on {HUB_HOST}:{port}"
+    else:
+        held = socket.socket()
+        held.bind(("127.0.0.1", port + 2))
+        held.listen()
+        expected = f"the notebook proxy's API port 127.0.0.1:{port + 2} is in use"
     try:
         with Server(store, env=env) as s:
             base = s.url.removesuffix("/tap")

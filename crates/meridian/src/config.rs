@@ -50,7 +50,7 @@ pub struct NotebooksConfig {
     /// Whether `meridian serve` runs the hub.
     pub enabled: bool,
     /// Where browsers open the hub (`http://host:port`); it listens there, and on the next
-    /// port of 127.0.0.1 for its own API. Use another host name than Meridian's in
+    /// two ports of 127.0.0.1 for its own API and its proxy's. Use another host name than Meridian's in
     /// production, so that Meridian's login cookie never reaches users' servers.
     pub url: String,
     /// The `jupyterhub` command.

@@ -8,7 +8,9 @@
 //! | `ztf` | `ztf_candidate`, `ztf_upper_limit` (alerts) | `objectId` (ZTF name) | detections, upper limits |
 //!
 //! Without `SURVEY`, a ZTF name means `ztf`, a number `rubin` when the alert tables are
-//! served, else `synthetic`. Rubin and synthetic rows carry `kind` (`detection` or
+//! served, else `synthetic`. `PREFIX` names tables ingested under a prefix (`PREFIX=demo_`:
+//! `demo_source`, `demo_forced_source`, as `meridian demo` serves them); a synthetic survey
+//! whose `source` is not served but `demo_source` is takes `demo_` by itself. Rubin and synthetic rows carry `kind` (`detection` or
 //! `forced`), `measurement_id`, `mjd` (TAI), `band`, `psf_flux` and `psf_flux_err` (nJy),
 //! `ra`, `dec`; ZTF rows carry `kind` (`detection` or `upper_limit`), `measurement_id`,
 //! `mjd` (from `jd`), `band` (g, r, i from `fid`), `mag` and `mag_err` (`magpsf`,
@@ -64,9 +66,27 @@ fn ztf_name(id: &str) -> bool {
     id.len() <= 32 && id.starts_with("ZTF") && id.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
-/// The SQL of `survey`'s light curve of `id`, over the tables `served` says exist.
-fn query(survey: Survey, id: &str, served: impl Fn(&str) -> bool) -> Result<String> {
+/// Whether `prefix` may start a table name (letters, digits, underscores).
+fn table_prefix(prefix: &str) -> Result<&str> {
+    if prefix.len() <= 64
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        Ok(prefix)
+    } else {
+        Err(Error::Usage(format!(
+            "PREFIX '{prefix}' is not the start of a table name (letters, digits, _)"
+        )))
+    }
+}
+
+/// The SQL of `survey`'s light curve of `id`, over the tables (their names after
+/// `prefix`) `served` says exist.
+fn query(survey: Survey, id: &str, prefix: &str, served: impl Fn(&str) -> bool) -> Result<String> {
     let [(first, first_id), (second, second_id)] = survey.tables();
+    let (first, second) = (format!("{prefix}{first}"), format!("{prefix}{second}"));
+    let (first, second) = (first.as_str(), second.as_str());
     if !served(first) {
         return Err(Error::NotFound(format!(
             "no light curves of {survey:?} objects here: table {first} is not served"
@@ -126,7 +146,8 @@ fn query(survey: Survey, id: &str, served: impl Fn(&str) -> bool) -> Result<Stri
     ))
 }
 
-/// `GET /lightcurve`: `ID` (required), `SURVEY`, and TAP's `RESPONSEFORMAT` and `MAXREC`.
+/// `GET /lightcurve`: `ID` (required), `SURVEY`, `PREFIX`, and TAP's `RESPONSEFORMAT` and
+/// `MAXREC`.
 pub async fn lightcurve(
     State(state): State<AppState>,
     axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
@@ -141,7 +162,14 @@ pub async fn lightcurve(
         None if served("dia_source") => Survey::Rubin,
         None => Survey::Synthetic,
     };
-    let sql = query(survey, &id, served)?;
+    let prefix = match req.params.get("PREFIX") {
+        Some(p) => table_prefix(p.trim())?,
+        None if survey == Survey::Synthetic && !served("source") && served("demo_source") => {
+            "demo_"
+        }
+        None => "",
+    };
+    let sql = query(survey, &id, prefix, served)?;
     let mut params = Params::from_pairs(vec![("LANG".into(), "SQL".into()), ("QUERY".into(), sql)]);
     for name in ["RESPONSEFORMAT", "FORMAT", "MAXREC"] {
         if let Some(v) = req.params.get(name) {
@@ -165,23 +193,30 @@ mod tests {
     #[test]
     fn ids_are_checked_before_any_query() {
         let all = |_: &str| true;
-        let e = query(Survey::Rubin, "1 OR 1=1", all)
+        let e = query(Survey::Rubin, "1 OR 1=1", "", all)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a diaObjectId"), "{e}");
-        let e = query(Survey::Ztf, "ZTF1'; DROP", all)
+        let e = query(Survey::Ztf, "ZTF1'; DROP", "", all)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a ZTF object name"), "{e}");
-        let e = query(Survey::Synthetic, "5", |t| t != "source")
+        let e = query(Survey::Synthetic, "5", "", |t| t != "source")
             .unwrap_err()
             .to_string();
         assert!(e.contains("table source is not served"), "{e}");
-        let q = query(Survey::Rubin, "42", |t| t == "dia_source").unwrap();
+        let q = query(Survey::Rubin, "42", "", |t| t == "dia_source").unwrap();
         assert!(
             q.contains("\"diaObjectId\" = 42") && !q.contains("UNION"),
             "{q}"
         );
         assert!(ztf_name("ZTF24aakjcqm") && !ztf_name("ZTF 1") && !ztf_name("12"));
+        let q = query(Survey::Synthetic, "7", "demo_", |t| t.starts_with("demo_")).unwrap();
+        assert!(
+            q.contains("FROM demo_source WHERE") && q.contains("FROM demo_forced_source WHERE"),
+            "{q}"
+        );
+        let e = table_prefix("x; DROP").unwrap_err().to_string();
+        assert!(e.contains("PREFIX 'x; DROP'"), "{e}");
     }
 }

@@ -246,18 +246,23 @@ impl Hub {
                  the port; set [notebooks] url to a free one"
             ))
         })?;
-        // The hub's API port, next to it.
-        let api = port.checked_add(1).ok_or_else(|| {
-            Error::Invalid(format!(
-                "the notebook hub's port {port} leaves no room for its API port"
-            ))
-        })?;
-        std::net::TcpListener::bind(("127.0.0.1", api)).map_err(|e| {
-            Error::Invalid(format!(
-                "the notebook hub's internal API port 127.0.0.1:{api} is in use ({e}); set \
-                 [notebooks] url to another port"
-            ))
-        })?;
+        // The hub's API and the proxy's API, on the next two ports of 127.0.0.1.
+        for (offset, what) in [
+            (1, "the notebook hub's API"),
+            (2, "the notebook proxy's API"),
+        ] {
+            let api = port.checked_add(offset).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the notebook hub's port {port} leaves no room for {what} port"
+                ))
+            })?;
+            std::net::TcpListener::bind(("127.0.0.1", api)).map_err(|e| {
+                Error::Invalid(format!(
+                    "{what} port 127.0.0.1:{api} is in use ({e}); set [notebooks] url to \
+                     another port (the hub takes it and the next two)"
+                ))
+            })?;
+        }
         Ok(version)
     }
 
@@ -278,6 +283,7 @@ impl Hub {
             ("MERIDIAN_HUB_IP", host),
             ("MERIDIAN_HUB_PORT", port.to_string()),
             ("MERIDIAN_HUB_API_PORT", (port + 1).to_string()),
+            ("MERIDIAN_HUB_PROXY_API_PORT", (port + 2).to_string()),
             ("MERIDIAN_HUB_PROXY", c.proxy_command.display().to_string()),
             ("MERIDIAN_PUBLIC_URL", c.meridian_public_url.clone()),
             ("MERIDIAN_INTERNAL_URL", c.meridian_internal_url.clone()),
@@ -400,13 +406,20 @@ impl Hub {
                     None => break None,
                 }
             };
-            for r in readers {
-                let _ = r.join();
-            }
             if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 self.set(State::Stopped, None);
                 return;
             }
+            // The hub's last lines, read within a second: what it started in sessions of
+            // their own (the proxy, the users' servers) holds its output pipes open after
+            // it died. The next hub stops the old proxy (found by its pid file) and takes
+            // the users' servers over (their process ids are in its database); the idle
+            // culler ends with the hub that started it (`meridian_hub.culler`).
+            let drained = Instant::now() + Duration::from_secs(1);
+            while readers.iter().any(|r| !r.is_finished()) && Instant::now() < drained {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(readers);
             let last: Vec<String> = tail
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -96,6 +96,9 @@ def configure(c):
     c.JupyterHub.cookie_secret_file = str(hub_dir / "cookie-secret")
     c.ConfigurableHTTPProxy.command = [_env("MERIDIAN_HUB_PROXY")]
     c.ConfigurableHTTPProxy.pid_file = str(hub_dir / "proxy.pid")
+    # The proxy's API beside the hub's (its default, 127.0.0.1:8001, is every hub's on the
+    # machine, and the hub's own API port when the hub is at port 8000).
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{_env('MERIDIAN_HUB_PROXY_API_PORT')}"
     c.JupyterHub.shutdown_on_logout = True
 
     # Users sign in through Meridian.
@@ -123,6 +126,9 @@ def configure(c):
     c.JupyterHub.spawner_class = _env("MERIDIAN_HUB_SPAWNER", "meridian_hub.spawner.LocalSpawner")
     s = c.Spawner
     s.start_timeout = int(_env("MERIDIAN_HUB_START_TIMEOUT", "120"))
+    # A server that died is noticed within 10 s (JupyterHub's default: 30 s), and the
+    # user's next "My notebooks" starts a new one.
+    s.poll_interval = 10
     s.http_timeout = s.start_timeout
     s.default_url = "/lab"
     s.cmd = [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
@@ -157,7 +163,7 @@ def configure(c):
         c.JupyterHub.services = [
             {
                 "name": "idle-culler",
-                "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={idle}"],
+                "command": [sys.executable, "-m", "meridian_hub.culler", f"--timeout={idle}"],
             }
         ]
         c.JupyterHub.load_roles = [
