@@ -50,7 +50,7 @@ def user_server(hub_url, user):
 def cullers(hub_url):
     """Process ids of the idle cullers working for the hub at `hub_url`."""
     port = int(hub_url.rsplit(":", 1)[1])
-    return processes(cmdline="jupyterhub_idle_culler",
+    return processes(cmdline="meridian_hub.culler",
                      JUPYTERHUB_API_URL=f"http://127.0.0.1:{port + 1}/hub/api")
 
 

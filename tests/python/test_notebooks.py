@@ -87,7 +87,7 @@ def hub(store, tmp_path_factory):
     add_users(store, env, "alice", "bob")
     with Server(store, env=env) as s:
         base = s.url.removesuffix("/tap")
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while time.time() < deadline:
             st = requests.get(f"{base}/api/notebooks").json()
             if st.get("state") == "running":
