@@ -9,7 +9,7 @@
 //!
 //! Without `SURVEY`, a ZTF name means `ztf`, a number `rubin` when the alert tables are
 //! served, else `synthetic`. `PREFIX` names tables ingested under a prefix (`PREFIX=demo_`:
-//! `demo_source`, `demo_forced_source`, as `meridian demo` serves them); a synthetic survey
+//! `demo_source`, `demo_forced_source`: the demo serves the first); a synthetic survey
 //! whose `source` is not served but `demo_source` is takes `demo_` by itself. Rubin and synthetic rows carry `kind` (`detection` or
 //! `forced`), `measurement_id`, `mjd` (TAI), `band`, `psf_flux` and `psf_flux_err` (nJy),
 //! `ra`, `dec`; ZTF rows carry `kind` (`detection` or `upper_limit`), `measurement_id`,
