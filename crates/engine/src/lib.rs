@@ -15,6 +15,7 @@ pub mod guard;
 pub mod hats_table;
 pub mod region_value;
 pub mod session;
+mod stop;
 pub mod translate;
 pub mod udf;
 pub mod units;
@@ -62,8 +63,9 @@ pub fn display_plan(plan: &std::sync::Arc<dyn ExecutionPlan>) -> String {
 /// The plan is driven by a task of the engine's executor runtime (or the current one) and
 /// its batches arrive over a small channel, so the caller's own task never runs operator
 /// code: it stays free to notice a cancellation or a time limit even while an operator is
-/// in a long CPU-bound poll. Dropping the stream aborts that task. Must be called within a
-/// tokio runtime.
+/// in a long CPU-bound poll. Dropping the stream aborts that task and raises the plan's stop
+/// flag (see [`stop`]), so that an operator in the middle of a long poll ends within one
+/// batch's work rather than when it is done. Must be called within a tokio runtime.
 pub fn execute(
     plan: std::sync::Arc<dyn ExecutionPlan>,
     engine: &Engine,
@@ -74,6 +76,9 @@ pub fn execute(
     let tx = builder.tx();
     let ctx = engine.session().task_ctx();
     let files = diagnose::plan_files(&plan);
+    let stop = stop::Stop::default();
+    let plan = stop::stoppable(plan, &stop)?;
+    let schema = plan.schema();
     // Operators start (and spawn their own tasks) on the runtime that drives them.
     let task = async move {
         let mut inner = match datafusion::physical_plan::execute_stream(plan, ctx) {
@@ -108,5 +113,13 @@ pub fn execute(
         Some(rt) => builder.spawn_on(task, rt),
         None => builder.spawn(task),
     }
-    Ok(builder.build())
+    let inner = builder.build();
+    let guard = stop::RaiseOnDrop(stop);
+    let batches = inner.map(move |b| {
+        let _ = &guard;
+        b
+    });
+    Ok(Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, batches),
+    ))
 }
