@@ -180,7 +180,16 @@ fn stored_shapes(engine: &Engine, kind: Kind) -> Vec<(&'static str, SchemaRef)> 
 pub struct Evaluator {
     engine: Arc<Engine>,
     mydb: Option<Arc<MyDb>>,
+    /// Longest run of one filter over one batch: past it the filter is stopped (and
+    /// paused), so that one costly filter cannot hold the stream back.
+    time_limit: std::time::Duration,
+    /// The runtime filters' operators run on, when not the caller's: a time limit is
+    /// noticed by a thread that no operator holds.
+    executor: Option<tokio::runtime::Handle>,
 }
+
+/// A filter's longest run over one batch unless configured otherwise.
+pub const FILTER_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What one filter made of a batch.
 #[derive(Debug)]
@@ -194,7 +203,34 @@ pub struct Outcome {
 impl Evaluator {
     /// Filters over `engine`'s catalogs, with owners' MyDB tables from `mydb`.
     pub fn new(engine: Arc<Engine>, mydb: Option<Arc<MyDb>>) -> Self {
-        Self { engine, mydb }
+        Self {
+            engine,
+            mydb,
+            time_limit: FILTER_TIME_LIMIT,
+            executor: None,
+        }
+    }
+
+    /// Runs filters' operators on `runtime`: their time limit is then kept even when they
+    /// compute without pause on every thread of the caller's runtime.
+    pub fn with_executor(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.executor = Some(runtime);
+        self
+    }
+
+    /// `self.engine` with `extra` tables, its operators on the filters' executor.
+    fn engine_with(&self, extra: Vec<(String, String, Arc<dyn TableProvider>)>) -> Result<Engine> {
+        let engine = self.engine.with_tables(extra)?;
+        Ok(match &self.executor {
+            Some(rt) => engine.with_executor(rt.clone()),
+            None => engine,
+        })
+    }
+
+    /// Sets the longest run of one filter over one batch.
+    pub fn with_time_limit(mut self, limit: std::time::Duration) -> Self {
+        self.time_limit = limit;
+        self
     }
 
     /// The engine with `tables` as `alert.<name>` and the MyDB tables of `owner` that
@@ -227,7 +263,7 @@ impl Evaluator {
                 }
             }
         }
-        Ok(self.engine.with_tables(extra)?)
+        self.engine_with(extra)
     }
 
     /// Checks a filter before it is stored: its ADQL must parse and plan against the alert
@@ -307,7 +343,7 @@ impl Evaluator {
                     .iter()
                     .map(|(n, t)| (SCHEMA.to_string(), n.to_string(), t.clone()))
                     .collect();
-                Ok((*k, Arc::new(self.engine.with_tables(extra)?)))
+                Ok((*k, Arc::new(self.engine_with(extra)?)))
             })
             .collect::<Result<Vec<(Kind, Arc<Engine>)>>>()?;
         let mut pending = Vec::with_capacity(filters.len());
@@ -323,12 +359,13 @@ impl Evaluator {
                 .map(|(_, e)| e.clone())
                 .collect();
             let filter = f.clone();
+            let limit = self.time_limit;
             pending.push((
                 f,
                 Some(tokio::spawn(async move {
                     let mut rows = Vec::new();
                     for e in engines {
-                        rows.extend(run_on(&e, &filter).await?);
+                        rows.extend(run_on(&e, &filter, limit).await?);
                     }
                     Ok::<_, Error>(rows)
                 })),
@@ -370,7 +407,7 @@ impl Evaluator {
         tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
     ) -> Result<Vec<RecordBatch>> {
         let engine = self.engine_for(&f.owner, &f.query, tables).await?;
-        run_on(&engine, f).await
+        run_on(&engine, f, self.time_limit).await
     }
 }
 
@@ -380,14 +417,33 @@ fn reads_mydb(query: &str) -> bool {
     query.to_ascii_lowercase().contains("mydb.")
 }
 
-/// Runs filter `f` on `engine` (a session with the batch's alert tables).
-async fn run_on(engine: &Engine, f: &Filter) -> Result<Vec<RecordBatch>> {
-    let df = engine.query(&f.query, Lang::Adql).await?;
-    let plan = engine.physical_plan(df).await?;
-    let ctx = engine.session().task_ctx();
-    let batches = datafusion::physical_plan::collect(plan, ctx)
-        .await
-        .map_err(meridian_engine::Error::from)?;
+/// Runs filter `f` on `engine` (a session with the batch's alert tables), for at most
+/// `limit`: past it the filter's query is stopped and its error says so.
+async fn run_on(
+    engine: &Engine,
+    f: &Filter,
+    limit: std::time::Duration,
+) -> Result<Vec<RecordBatch>> {
+    use futures::TryStreamExt;
+    let run = async {
+        let df = engine.query(&f.query, Lang::Adql).await?;
+        let plan = engine.physical_plan(df).await?;
+        let batches: Vec<RecordBatch> = meridian_engine::execute(plan, engine)?
+            .try_collect()
+            .await
+            .map_err(meridian_engine::Error::from)?;
+        Ok::<_, Error>(batches)
+    };
+    let batches = match tokio::time::timeout(limit, run).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(Error::Invalid(format!(
+                "the filter ran longer than its limit of {} s on one batch of alerts and was \
+                 stopped",
+                limit.as_secs_f64()
+            )));
+        }
+    };
     if let Some(b) = batches.first()
         && key_index(&b.schema()).is_none()
     {
@@ -565,6 +621,8 @@ pub struct Filtering {
     evaluator: Evaluator,
     mydb: Option<Arc<MyDb>>,
     runtime: tokio::runtime::Runtime,
+    /// Where the filters' operators run (see [`Evaluator::with_executor`]).
+    _operators: tokio::runtime::Runtime,
     /// Matches waiting for delivery above which the consumer stops reading (backpressure).
     pub max_backlog: u64,
 }
@@ -598,13 +656,29 @@ impl Filtering {
                 path: "a runtime for alert filters".into(),
                 source,
             })?;
+        let operators = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("alert-filter-operators")
+            .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                path: "a runtime for alert filters' operators".into(),
+                source,
+            })?;
         Ok(Self {
             store,
-            evaluator: Evaluator::new(engine, mydb.clone()),
+            evaluator: Evaluator::new(engine, mydb.clone())
+                .with_executor(operators.handle().clone()),
             mydb,
             runtime,
+            _operators: operators,
             max_backlog: 100_000,
         })
+    }
+
+    /// Sets the longest run of one filter over one batch (see [`FILTER_TIME_LIMIT`]).
+    pub fn set_filter_time_limit(&mut self, limit: std::time::Duration) {
+        self.evaluator.time_limit = limit;
     }
 
     /// Matches waiting for delivery.

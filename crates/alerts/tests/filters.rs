@@ -475,3 +475,58 @@ fn kafka_recovery_finds_matches_inside_a_batch_a_broker_skips_into() {
     }
     assert_eq!(n, 307);
 }
+
+/// A filter that would run for hours on one batch (a twelve-fold cross join of the batch's
+/// sources) is stopped at its time limit and paused with that reason; the other filters'
+/// matches are made, and the next batch is filtered without it.
+#[test]
+fn a_filter_past_its_time_limit_is_stopped_and_paused() {
+    let mut s = site();
+    s.stage.set_filter_time_limit(Duration::from_secs(1));
+    let from: Vec<String> = (0..12)
+        .map(|i| format!("alert.diasource AS t{i}"))
+        .collect();
+    let sum: Vec<String> = (0..12).map(|i| format!("t{i}.psfFlux")).collect();
+    let q = format!(
+        "SELECT t0.alertId FROM {} WHERE {} < -1e30",
+        from.join(", "),
+        sum.join(" + ")
+    );
+    run(s.evaluator.validate("ann", &q)).unwrap();
+    let slow = s
+        .filters
+        .add("ann", "slow", &q, &Outputs::default())
+        .unwrap();
+    let fine = s
+        .filters
+        .add(
+            "ann",
+            "fine",
+            "SELECT a.alertId FROM alert.diasource AS a",
+            &Outputs::default(),
+        )
+        .unwrap();
+    let batch = alerts("rubin_fink_sample_7alerts.avro");
+    let started = std::time::Instant::now();
+    let done = s.stage.apply(&batch).unwrap();
+    // Stopped at its limit, not when done (hours): the bound leaves room for a loaded
+    // machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(done.paused, 1);
+    let f = s.filters.get(slow.id).unwrap().unwrap();
+    assert_eq!(f.state, State::Paused);
+    assert!(
+        f.reason.as_deref().unwrap_or("").contains("limit of 1 s"),
+        "{f:?}"
+    );
+    assert_eq!(s.filters.get(fine.id).unwrap().unwrap().matches, 7);
+    // The next batch: the paused filter is not run (no wait for its limit).
+    let again = std::time::Instant::now();
+    let done = s.stage.apply(&batch).unwrap();
+    assert_eq!(done.paused, 0);
+    assert!(again.elapsed() < started.elapsed(), "{:?}", again.elapsed());
+}

@@ -164,6 +164,9 @@ pub struct AlertsConfig {
     pub max_backlog: u64,
     /// Longest wait for a webhook's answer, seconds.
     pub webhook_timeout_s: u64,
+    /// Longest run of one filter over one batch of alerts, seconds: past it the filter is
+    /// stopped and paused with that reason, and the stream goes on.
+    pub filter_time_limit_s: u64,
 }
 
 impl Default for AlertsConfig {
@@ -172,6 +175,7 @@ impl Default for AlertsConfig {
             webhook_allow_private: false,
             max_backlog: 100_000,
             webhook_timeout_s: 10,
+            filter_time_limit_s: 30,
         }
     }
 }

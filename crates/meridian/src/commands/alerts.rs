@@ -482,6 +482,9 @@ fn open_filtering(
         Some(mydb),
     )?;
     stage.max_backlog = config.alerts.max_backlog;
+    stage.set_filter_time_limit(std::time::Duration::from_secs(
+        config.alerts.filter_time_limit_s,
+    ));
     Ok((store, stage, rt))
 }
 
