@@ -15,7 +15,7 @@ pub mod guard;
 pub mod hats_table;
 pub mod region_value;
 pub mod session;
-mod stop;
+pub mod stop;
 pub mod translate;
 pub mod udf;
 pub mod units;
