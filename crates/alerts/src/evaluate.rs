@@ -227,12 +227,6 @@ impl Evaluator {
         })
     }
 
-    /// Sets the longest run of one filter over one batch.
-    pub fn with_time_limit(mut self, limit: std::time::Duration) -> Self {
-        self.time_limit = limit;
-        self
-    }
-
     /// The engine with `tables` as `alert.<name>` and the MyDB tables of `owner` that
     /// `query` names as `mydb.<name>`.
     async fn engine_for(
@@ -612,6 +606,22 @@ fn conform(b: &RecordBatch, schema: &SchemaRef, table: &str) -> Result<RecordBat
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+/// A runtime of `builder` whose threads have room for query plans' stacks; `what` names
+/// it in the error.
+fn filter_runtime(
+    builder: &mut tokio::runtime::Builder,
+    what: &str,
+) -> Result<tokio::runtime::Runtime> {
+    builder
+        .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            path: what.into(),
+            source,
+        })
+}
+
 /// The filter stage of the consumer: after a batch is stored and before its offsets are
 /// committed, every active filter runs over it; matches are appended to MyDB tables and
 /// queued for the other outputs. A filter that fails is paused with its reason and the
@@ -647,24 +657,14 @@ impl Filtering {
         engine: Arc<Engine>,
         mydb: Option<Arc<MyDb>>,
     ) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
-            .enable_all()
-            .build()
-            .map_err(|source| Error::Io {
-                path: "a runtime for alert filters".into(),
-                source,
-            })?;
-        let operators = tokio::runtime::Builder::new_multi_thread()
-            .thread_name("alert-filter-operators")
-            .thread_stack_size(meridian_engine::guard::EXECUTION_STACK_BYTES)
-            .enable_all()
-            .build()
-            .map_err(|source| Error::Io {
-                path: "a runtime for alert filters' operators".into(),
-                source,
-            })?;
+        let runtime = filter_runtime(
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2),
+            "a runtime for alert filters",
+        )?;
+        let operators = filter_runtime(
+            tokio::runtime::Builder::new_multi_thread().thread_name("alert-filter-operators"),
+            "a runtime for alert filters' operators",
+        )?;
         Ok(Self {
             store,
             evaluator: Evaluator::new(engine, mydb.clone())

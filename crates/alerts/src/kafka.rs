@@ -307,11 +307,8 @@ pub fn consume(
         let reader = std::thread::Builder::new()
             .name("alerts-read".into())
             .spawn_scoped(s, || {
-                let r = read_batches(&consumer, &mut decoder, opts, filtering, stop, &halt, tx);
-                if r.is_err() {
-                    halt.store(true, Ordering::Relaxed);
-                }
-                r
+                // A failed read ends the writer too: `tx` is dropped.
+                read_batches(&consumer, &mut decoder, opts, filtering, stop, &halt, tx)
             })
             .map_err(|source| Error::Io {
                 path: "a thread to read alerts".into(),
@@ -330,6 +327,7 @@ pub fn consume(
 }
 
 /// A batch read and decoded, waiting to be stored.
+#[derive(Default)]
 struct ReadBatch {
     batch: Batch,
     alerts: Vec<RecordBatch>,
@@ -367,16 +365,7 @@ fn read_batches(
         {
             last_message = Instant::now();
         }
-        let mut r = ReadBatch {
-            batch: Batch::default(),
-            alerts: Vec::new(),
-            origins: Vec::new(),
-            letters: Vec::new(),
-            offsets: BTreeMap::new(),
-            firsts: BTreeMap::new(),
-            stamps: Vec::new(),
-            started: None,
-        };
+        let mut r = ReadBatch::default();
         // Messages in the Confluent wire format, decoded together once the batch is read
         // (a decode per message costs more than the rest of the ingest), each kept as the
         // dead letter it would be.
