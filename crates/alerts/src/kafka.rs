@@ -253,9 +253,7 @@ fn decode_framed(
 
 /// Reads alerts from Kafka into the alert database until `stop` is set (or the stream is
 /// idle for `stop_when_idle`), calling `on_batch` after each batch is stored, filtered
-/// (by `filtering`, when given) and committed. The next batch is read and decoded while
-/// one is stored and filtered; offsets are committed in the order read, each after its
-/// batch and all before it are stored. While more matches wait for delivery than
+/// (by `filtering`, when given) and committed. While more matches wait for delivery than
 /// `filtering` allows, the consumer stops reading (its partitions paused).
 pub fn consume(
     store: &Store,
@@ -298,83 +296,39 @@ pub fn consume(
         decoder.use_registry(crate::schemas::Registry::new(url)?);
     }
     tracing::info!(brokers = %opts.brokers, topics = ?opts.topics, group = %opts.group, "consuming alerts");
-    // Two stages in two threads: one reads and decodes the next batch while the other
-    // stores, filters and commits the last (in the order read, so offsets are committed
-    // only after everything before them is stored). One batch waits between them at most.
-    let halt = AtomicBool::new(false);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadBatch>(1);
-    std::thread::scope(|s| {
-        let reader = std::thread::Builder::new()
-            .name("alerts-read".into())
-            .spawn_scoped(s, || {
-                // A failed read ends the writer too: `tx` is dropped.
-                read_batches(&consumer, &mut decoder, opts, filtering, stop, &halt, tx)
-            })
-            .map_err(|source| Error::Io {
-                path: "a thread to read alerts".into(),
-                source,
-            })?;
-        let written = write_batches(store, dead, &consumer, filtering, rx, &mut on_batch);
-        // A failed write stops the reader (its next send fails: the receiver is gone).
-        halt.store(true, Ordering::Relaxed);
-        let read = reader
-            .join()
-            .unwrap_or_else(|_| Err(Error::Kafka("the alert reader panicked".into())));
-        let total = written?;
-        read?;
-        Ok(total)
-    })
-}
-
-/// A batch read and decoded, waiting to be stored.
-#[derive(Default)]
-struct ReadBatch {
-    batch: Batch,
-    alerts: Vec<RecordBatch>,
-    /// The dead letter each row of each entry of `alerts` would be (its message), if it
-    /// fails.
-    origins: Vec<Vec<DeadLetter>>,
-    letters: Vec<DeadLetter>,
-    offsets: BTreeMap<(String, i32), i64>,
-    firsts: BTreeMap<(String, i32), i64>,
-    stamps: Vec<i64>,
-    started: Option<Instant>,
-}
-
-/// The reading stage of [`consume`]: batches of messages, decoded, sent to `tx` until
-/// `stop` or `halt` is set, the stream is idle for `stop_when_idle`, or the writer is gone.
-fn read_batches(
-    consumer: &BaseConsumer,
-    decoder: &mut ConfluentDecoder,
-    opts: &ConsumeOptions,
-    filtering: Option<&Filtering>,
-    stop: &AtomicBool,
-    halt: &AtomicBool,
-    tx: std::sync::mpsc::SyncSender<ReadBatch>,
-) -> Result<()> {
-    let stopped = || stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed);
+    let mut total = Consumed::default();
+    let compactor = load::Compactor::start(store);
     let mut last_message = Instant::now();
     // The next offset expected of each partition: a message beyond it means the broker
     // skipped some (retention, compaction, or a broker that answers a fetch from inside
     // a record batch with the next batch), which the log says.
     let mut expected: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    while !stopped() {
+    while !stop.load(Ordering::Relaxed) {
         // Time spent waiting for the outputs is not idle time of the stream.
         if let Some(f) = filtering
-            && hold_back(consumer, f, &stopped)?
+            && hold_back(&consumer, f, stop)?
         {
             last_message = Instant::now();
         }
-        let mut r = ReadBatch::default();
+        let mut batch = Batch::default();
+        let mut alerts: Vec<RecordBatch> = Vec::new();
+        // The dead letter each row of each entry of `alerts` would be (its message), if it
+        // fails.
+        let mut origins: Vec<Vec<DeadLetter>> = Vec::new();
         // Messages in the Confluent wire format, decoded together once the batch is read
         // (a decode per message costs more than the rest of the ingest), each kept as the
         // dead letter it would be.
         let mut framed: Vec<DeadLetter> = Vec::new();
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut firsts: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut stamps: Vec<i64> = Vec::new();
+        let mut started: Option<Instant> = None;
         loop {
-            let waited = r.started.map_or(Duration::ZERO, |s| s.elapsed());
-            if r.batch.alerts + framed.len() >= opts.batch_alerts
+            let waited = started.map_or(Duration::ZERO, |s| s.elapsed());
+            if batch.alerts + framed.len() >= opts.batch_alerts
                 || waited >= opts.batch_wait
-                || stopped()
+                || stop.load(Ordering::Relaxed)
             {
                 break;
             }
@@ -382,10 +336,10 @@ fn read_batches(
             let message = match consumer.poll(timeout) {
                 None => {
                     // Idle time counts from the group's assignment of partitions.
-                    if !assigned(consumer) {
+                    if !assigned(&consumer) {
                         last_message = Instant::now();
                     }
-                    if r.started.is_none()
+                    if started.is_none()
                         && opts
                             .stop_when_idle
                             .is_some_and(|idle| last_message.elapsed() >= idle)
@@ -405,17 +359,17 @@ fn read_batches(
                 }
                 Some(Ok(m)) => m,
             };
-            r.started.get_or_insert_with(Instant::now);
+            started.get_or_insert_with(Instant::now);
             last_message = Instant::now();
-            r.batch.messages += 1;
+            batch.messages += 1;
             let (topic, partition, offset) =
                 (message.topic(), message.partition(), message.offset());
             let key = (topic.to_string(), partition);
-            r.offsets.insert(key.clone(), offset);
-            r.firsts.entry(key.clone()).or_insert(offset);
+            offsets.insert(key.clone(), offset);
+            firsts.entry(key.clone()).or_insert(offset);
             let next = match expected.get(&key) {
                 Some(n) => Some(*n),
-                None => committed(consumer, topic, partition),
+                None => committed(&consumer, topic, partition),
             };
             if let Some(next) = next.filter(|n| offset > *n) {
                 tracing::warn!(
@@ -427,7 +381,7 @@ fn read_batches(
             }
             expected.insert(key, offset + 1);
             if let Some(ms) = message.timestamp().to_millis() {
-                r.stamps.push(ms);
+                stamps.push(ms);
             }
             let value = message.payload().unwrap_or(&[]);
             let letter = |reason: String| DeadLetter {
@@ -447,33 +401,33 @@ fn read_batches(
                         let offsets = vec![offset; a.num_rows()];
                         // An alert of a shape the tables cannot take (no position
                         // column at all) is a dead letter too.
-                        let good =
-                            match load::screen(&a, &offsets, |_, r| letter(r), &mut r.letters) {
-                                Ok(good) => good,
-                                Err(e) if is_data_error(&e) => {
-                                    r.letters.push(letter(e.to_string()));
-                                    continue;
-                                }
-                                Err(e) => return Err(e),
-                            };
-                        r.batch.alerts += good.num_rows();
+                        let good = match load::screen(&a, &offsets, |_, r| letter(r), &mut letters)
+                        {
+                            Ok(good) => good,
+                            Err(e) if is_data_error(&e) => {
+                                letters.push(letter(e.to_string()));
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        batch.alerts += good.num_rows();
                         if good.num_rows() > 0 {
-                            r.origins.push(vec![letter(String::new()); good.num_rows()]);
-                            r.alerts.push(good);
+                            origins.push(vec![letter(String::new()); good.num_rows()]);
+                            alerts.push(good);
                         }
                     }
                 }
-                Err(e) => r.letters.push(letter(e.to_string())),
+                Err(e) => letters.push(letter(e.to_string())),
             }
         }
         let clock = Instant::now();
-        r.batch.stages.read_s = r.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        for (a, rows) in decode_framed(decoder, framed, &mut r.letters)? {
-            r.batch.alerts += a.num_rows();
-            r.alerts.push(a);
-            r.origins.push(rows);
+        batch.stages.read_s = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        for (a, rows) in decode_framed(&mut decoder, framed, &mut letters)? {
+            batch.alerts += a.num_rows();
+            alerts.push(a);
+            origins.push(rows);
         }
-        if r.batch.messages == 0 {
+        if batch.messages == 0 {
             if opts
                 .stop_when_idle
                 .is_some_and(|idle| last_message.elapsed() >= idle)
@@ -482,40 +436,7 @@ fn read_batches(
             }
             continue;
         }
-        r.batch.stages.decode_s = clock.elapsed().as_secs_f64();
-        if tx.send(r).is_err() {
-            // The writer has stopped (and says why).
-            break;
-        }
-        // Time spent waiting for the writer is not idleness.
-        last_message = Instant::now();
-    }
-    Ok(())
-}
-
-/// The writing stage of [`consume`]: each batch from `rx` stored, its dead letters
-/// written, filtered, its offsets committed, in the order read.
-fn write_batches(
-    store: &Store,
-    dead: &DeadLetters,
-    consumer: &BaseConsumer,
-    filtering: Option<&Filtering>,
-    rx: std::sync::mpsc::Receiver<ReadBatch>,
-    on_batch: &mut impl FnMut(&Batch),
-) -> Result<Consumed> {
-    let mut total = Consumed::default();
-    let compactor = load::Compactor::start(store);
-    for r in rx {
-        let ReadBatch {
-            mut batch,
-            mut alerts,
-            origins,
-            mut letters,
-            offsets,
-            firsts,
-            stamps,
-            started,
-        } = r;
+        batch.stages.decode_s = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
         // Stored, then dead letters written, then offsets committed.
         batch.tables = match store_by_schema(store, &alerts) {
@@ -577,6 +498,8 @@ fn write_batches(
             batch.latency.add(now_ms - t);
         }
         total.latency.merge(&batch.latency);
+        // Time spent storing is not idleness.
+        last_message = Instant::now();
         total.messages += batch.messages as u64;
         total.alerts += batch.alerts as u64;
         total.dead_letters += batch.dead_letters as u64;
@@ -624,7 +547,7 @@ fn is_data_error(e: &Error) -> bool {
 
 /// Waits, partitions paused, while more matches wait for delivery than `f` allows;
 /// whether it waited.
-fn hold_back(consumer: &BaseConsumer, f: &Filtering, stopped: &dyn Fn() -> bool) -> Result<bool> {
+fn hold_back(consumer: &BaseConsumer, f: &Filtering, stop: &AtomicBool) -> Result<bool> {
     let mut backlog = f.backlog()?;
     if backlog <= f.max_backlog {
         return Ok(false);
@@ -640,7 +563,7 @@ fn hold_back(consumer: &BaseConsumer, f: &Filtering, stopped: &dyn Fn() -> bool)
         limit = f.max_backlog,
         "outputs are behind: reading paused"
     );
-    while backlog > f.max_backlog && !stopped() {
+    while backlog > f.max_backlog && !stop.load(Ordering::Relaxed) {
         // Polling keeps the group membership; paused partitions yield nothing.
         let _ = consumer.poll(Duration::from_millis(200));
         backlog = f.backlog()?;

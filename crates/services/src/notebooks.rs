@@ -436,6 +436,8 @@ impl Hub {
             failures.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
             failures.push(now);
             if failures.len() > MAX_RESTARTS {
+                // No hub takes its proxy and users' servers over: they are stopped.
+                self.stop_leftovers(Duration::from_secs(10));
                 self.set(
                     State::Failed,
                     Some(format!(
@@ -455,32 +457,130 @@ impl Hub {
     pub fn stop(&self, grace: Duration) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let pid = match self
+        let pid = self
             .child
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-        {
-            Some(c) => c.id() as i32,
-            None => return,
-        };
-        signal_group(pid, libc::SIGTERM);
-        let until = Instant::now() + grace;
-        while Instant::now() < until {
-            if self
-                .child
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-                .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
-            {
-                break;
+            .map(|c| c.id() as i32);
+        if let Some(pid) = pid {
+            signal_group(pid, libc::SIGTERM);
+            let until = Instant::now() + grace;
+            while Instant::now() < until {
+                if self
+                    .child
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                    .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
+            // Whatever of the group is left (users' servers slow to stop).
+            signal_group(pid, libc::SIGKILL);
+        }
+        // The hub stops its proxy and users' servers (sessions of their own) when it
+        // shuts down cleanly; not when it was killed, or between a death and its restart.
+        self.stop_leftovers(grace);
+        tracing::info!("notebook hub stopped");
+    }
+
+    /// Stops what a hub started in sessions of their own and that outlives it: the proxy
+    /// (its pid file) and the users' servers (their process ids in the hub's database),
+    /// each only if it still is one of this hub's (SIGTERM, then SIGKILL after `grace`).
+    fn stop_leftovers(&self, grace: Duration) {
+        let api_port = host_port(&self.config.public_url).map_or(0, |(_, p)| p.wrapping_add(1));
+        let pids = leftovers(&self.config.dir, api_port);
+        if pids.is_empty() {
+            return;
+        }
+        for (pid, what) in &pids {
+            tracing::warn!(pid, what = %what, "stopping a process of the notebook hub left running");
+            signal_process(*pid, libc::SIGTERM);
+        }
+        let until = Instant::now() + grace;
+        while Instant::now() < until && pids.iter().any(|(p, _)| alive(*p)) {
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Whatever of the group is left (users' servers slow to stop).
-        signal_group(pid, libc::SIGKILL);
-        tracing::info!("notebook hub stopped");
+        for (pid, _) in pids.iter().filter(|(p, _)| alive(*p)) {
+            signal_process(*pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// The processes of the hub kept in `dir` (API on `api_port`) that live on: its proxy
+/// (`proxy.pid`, a `configurable-http-proxy` with the hub's `MERIDIAN_HUB_DIR`) and the
+/// users' servers (the `pid` of each spawner's state in `jupyterhub.sqlite`, a process
+/// talking to that hub's API). A pid that now names another process is left alone.
+fn leftovers(dir: &Path, api_port: u16) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let hub_dir = format!("MERIDIAN_HUB_DIR={}", dir.display());
+    if let Some(pid) = std::fs::read_to_string(dir.join("proxy.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        && process_has(pid, "configurable-http-proxy", &hub_dir)
+    {
+        found.push((pid, "the notebook proxy".to_string()));
+    }
+    let api = format!("JUPYTERHUB_API_URL=http://127.0.0.1:{api_port}/hub/api");
+    let states: Vec<String> = rusqlite::Connection::open_with_flags(
+        dir.join("jupyterhub.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|db| {
+        let mut st = db.prepare("SELECT state FROM spawners WHERE state IS NOT NULL")?;
+        st.query_map([], |r| r.get::<_, String>(0))?.collect()
+    })
+    .unwrap_or_default();
+    for state in states {
+        let pid = serde_json::from_str::<serde_json::Value>(&state)
+            .ok()
+            .and_then(|v| v.get("pid").and_then(serde_json::Value::as_i64))
+            .and_then(|p| i32::try_from(p).ok());
+        if let Some(pid) = pid
+            && pid > 0
+            && process_has(pid, "", &api)
+        {
+            found.push((pid, "a user's notebook server".to_string()));
+        }
+    }
+    found
+}
+
+/// Whether process `pid` runs with `command` in its command line and `variable`
+/// (`NAME=value`) in its environment.
+fn process_has(pid: i32, command: &str, variable: &str) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let (Ok(cmdline), Ok(environ)) = (
+        std::fs::read(proc.join("cmdline")),
+        std::fs::read(proc.join("environ")),
+    ) else {
+        return false;
+    };
+    String::from_utf8_lossy(&cmdline).contains(command)
+        && environ
+            .split(|b| *b == 0)
+            .any(|kv| kv == variable.as_bytes())
+}
+
+/// Whether process `pid` is alive (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        // The state follows the command name's closing parenthesis.
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Sends `signal` to process `pid`.
+fn signal_process(pid: i32, signal: i32) {
+    if pid > 0 {
+        // SAFETY: kill only sends a signal; a process that is gone makes it fail with ESRCH.
+        unsafe {
+            libc::kill(pid, signal);
+        }
     }
 }
 
@@ -575,13 +675,84 @@ mod tests {
         );
     }
 
+    /// A process running `sleep` under the name `name`, with `env` set.
+    fn fake(name: &str, env: &[(&str, &str)]) -> Child {
+        Command::new("bash")
+            .args(["-c", &format!("exec -a {name} sleep 60")])
+            .envs(env.iter().copied())
+            .spawn()
+            .unwrap()
+    }
+
     #[test]
-    fn a_missing_hub_is_named_in_the_check() {
+    fn a_dead_hubs_proxy_and_servers_are_found_and_stopped() {
         let dir = tempfile::tempdir().unwrap();
+        let hub_dir = dir.path().join("hub");
+        std::fs::create_dir_all(&hub_dir).unwrap();
+        let d = hub_dir.display().to_string();
+        let api = "http://127.0.0.1:8001/hub/api";
+        let mut proxy = fake("configurable-http-proxy", &[("MERIDIAN_HUB_DIR", &d)]);
+        let mut server = fake("jupyterhub-singleuser", &[("JUPYTERHUB_API_URL", api)]);
+        // Pids recorded by the hub that now name other processes: not to be touched.
+        let mut other_hubs = fake(
+            "jupyterhub-singleuser",
+            &[("JUPYTERHUB_API_URL", "http://127.0.0.1:9001/hub/api")],
+        );
+        let mut stranger = fake(
+            "configurable-http-proxy",
+            &[("MERIDIAN_HUB_DIR", "/elsewhere")],
+        );
+        std::fs::write(hub_dir.join("proxy.pid"), format!("{}\n", proxy.id())).unwrap();
+        let db = rusqlite::Connection::open(hub_dir.join("jupyterhub.sqlite")).unwrap();
+        db.execute_batch("CREATE TABLE spawners (id INTEGER PRIMARY KEY, state TEXT)")
+            .unwrap();
+        for state in [
+            format!("{{\"pid\": {}}}", server.id()),
+            format!("{{\"pid\": {}}}", other_hubs.id()),
+            "{}".to_string(),
+            "not json".to_string(),
+        ] {
+            db.execute("INSERT INTO spawners (state) VALUES (?1)", [state])
+                .unwrap();
+        }
+        drop(db);
+
+        let mut found = leftovers(&hub_dir, 8001);
+        found.sort();
+        let mut want = vec![proxy.id() as i32, server.id() as i32];
+        want.sort();
+        assert_eq!(found.iter().map(|(p, _)| *p).collect::<Vec<_>>(), want);
+        // The stranger's pid file is elsewhere; pointing ours at it changes nothing.
+        std::fs::write(hub_dir.join("proxy.pid"), stranger.id().to_string()).unwrap();
+        assert_eq!(leftovers(&hub_dir, 8001).len(), 1);
+        std::fs::write(hub_dir.join("proxy.pid"), proxy.id().to_string()).unwrap();
+
         let hub = Hub::new(HubConfig {
-            command: dir.path().join("no-jupyterhub"),
+            dir: hub_dir.clone(),
+            public_url: "http://127.0.0.1:8000".into(),
+            ..config(dir.path())
+        });
+        hub.stop(Duration::from_secs(5));
+        for c in [&mut proxy, &mut server] {
+            let status = c.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(libc::SIGTERM)
+            );
+        }
+        for c in [&mut other_hubs, &mut stranger] {
+            assert!(c.try_wait().unwrap().is_none(), "a stranger was stopped");
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        assert!(leftovers(&hub_dir, 8001).is_empty());
+    }
+
+    fn config(dir: &Path) -> HubConfig {
+        HubConfig {
+            command: dir.join("no-jupyterhub"),
             proxy_command: "configurable-http-proxy".into(),
-            dir: dir.path().join("hub"),
+            dir: dir.join("hub"),
             public_url: "http://127.0.0.1:1".into(),
             meridian_public_url: "http://127.0.0.1:2".into(),
             meridian_internal_url: "http://127.0.0.1:2".into(),
@@ -595,7 +766,13 @@ mod tests {
             spawner: "meridian_hub.spawner.LocalSpawner".into(),
             examples: None,
             extra_config: None,
-        });
+        }
+    }
+
+    #[test]
+    fn a_missing_hub_is_named_in_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(config(dir.path()));
         let e = hub.check().unwrap_err().to_string();
         assert!(
             e.contains("JupyterHub") && e.contains("no-jupyterhub"),
