@@ -18,12 +18,13 @@
 //! `alertId`: each alert among its rows is a match, and its rows go to the filter's
 //! outputs. A filter reads Rubin alerts unless it names a ZTF table.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::datasource::TableProvider;
+use datafusion::logical_expr::LogicalPlan;
 use meridian_engine::{Engine, Lang};
 use meridian_services::mydb::MyDb;
 
@@ -186,6 +187,71 @@ pub struct Evaluator {
     /// The runtime filters' operators run on, when not the caller's: a time limit is
     /// noticed by a thread that no operator holds.
     executor: Option<tokio::runtime::Handle>,
+    /// Filters' plans over the alert tables of the shapes seen lately.
+    prepared: Mutex<Vec<Arc<Prepared>>>,
+}
+
+/// Shapes of alert tables whose filters' plans are kept (a stream has one or two).
+const PREPARED_SHAPES: usize = 4;
+
+/// Filters planned once over alert tables of one shape, and bound to each batch's tables
+/// before they run: parsing, translating and optimizing 100 filters cost more than running
+/// them over a batch of thousands of alerts.
+struct Prepared {
+    kind: Kind,
+    /// The alert tables' names and schemas.
+    shapes: Vec<(&'static str, SchemaRef)>,
+    /// The empty tables of those schemas the plans were made over.
+    placeholders: Vec<Arc<dyn TableProvider>>,
+    /// A session with the placeholders as the alert tables.
+    engine: Arc<Engine>,
+    /// Per filter: the query planned, and its optimized plan.
+    plans: Mutex<HashMap<i64, (String, LogicalPlan)>>,
+}
+
+impl Prepared {
+    /// `f`'s plan over the placeholders: kept, or made now (and kept).
+    async fn plan(&self, f: &Filter) -> Result<LogicalPlan> {
+        if let Some((q, p)) = self.plans.lock().expect("filter plans").get(&f.id)
+            && *q == f.query
+        {
+            return Ok(p.clone());
+        }
+        let plan = self.engine.optimized_plan(&f.query, Lang::Adql).await?;
+        self.plans
+            .lock()
+            .expect("filter plans")
+            .insert(f.id, (f.query.clone(), plan.clone()));
+        Ok(plan)
+    }
+
+    /// `plan` with the batch's `tables` (in the order of `shapes`) in place of the
+    /// placeholders, also within subqueries.
+    fn bind(&self, plan: LogicalPlan, tables: &[Arc<dyn TableProvider>]) -> Result<LogicalPlan> {
+        use datafusion::common::tree_node::Transformed;
+        use datafusion::datasource::{provider_as_source, source_as_provider};
+        let bound = plan
+            .transform_up_with_subqueries(|node| {
+                let LogicalPlan::TableScan(scan) = &node else {
+                    return Ok(Transformed::no(node));
+                };
+                let Ok(provider) = source_as_provider(&scan.source) else {
+                    return Ok(Transformed::no(node));
+                };
+                let Some(i) = self
+                    .placeholders
+                    .iter()
+                    .position(|p| Arc::ptr_eq(p, &provider))
+                else {
+                    return Ok(Transformed::no(node));
+                };
+                let mut scan = scan.clone();
+                scan.source = provider_as_source(tables[i].clone());
+                Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+            })
+            .map_err(meridian_engine::Error::from)?;
+        Ok(bound.data)
+    }
 }
 
 /// A filter's longest run over one batch unless configured otherwise.
@@ -208,6 +274,7 @@ impl Evaluator {
             mydb,
             time_limit: FILTER_TIME_LIMIT,
             executor: None,
+            prepared: Mutex::new(Vec::new()),
         }
     }
 
@@ -316,30 +383,17 @@ impl Evaluator {
             let one = arrow::compute::concat_batches(&schema, &batches)?;
             let (kind, tables) = alert_tables(&one)?;
             let providers = tables
-                .into_iter()
-                .map(|(n, b)| {
-                    let t: Arc<dyn TableProvider> = Arc::new(
-                        datafusion::datasource::MemTable::try_new(b.schema(), vec![vec![b]])
-                            .map_err(meridian_engine::Error::from)?,
-                    );
-                    Ok((n, t))
-                })
+                .iter()
+                .map(|(_, b)| memory_table(b.schema(), vec![b.clone()]))
                 .collect::<Result<Vec<_>>>()?;
-            sets.push((kind, providers));
+            let prepared = self.prepared_for(kind, &tables)?;
+            let names: Vec<&'static str> = tables.iter().map(|(n, _)| *n).collect();
+            sets.push((kind, names, prepared, Arc::new(providers)));
         }
-        // One session over the batch's tables serves every filter that reads no MyDB
-        // table (building a session per filter costs more than most filters' queries);
-        // those filters run as tasks of the runtime, on all its threads at once.
-        let shared = sets
-            .iter()
-            .map(|(k, tables)| {
-                let extra = tables
-                    .iter()
-                    .map(|(n, t)| (SCHEMA.to_string(), n.to_string(), t.clone()))
-                    .collect();
-                Ok((*k, Arc::new(self.engine_with(extra)?)))
-            })
-            .collect::<Result<Vec<(Kind, Arc<Engine>)>>>()?;
+        self.forget_all_but(filters);
+        // Filters that read no MyDB table run on their plans kept over the alert tables'
+        // shape (see `Prepared`), bound to this batch's tables, as tasks of the runtime:
+        // on all its threads at once.
         let mut pending = Vec::with_capacity(filters.len());
         for f in filters {
             let kind = kind_of(&f.query);
@@ -347,10 +401,10 @@ impl Evaluator {
                 pending.push((f, None));
                 continue;
             }
-            let engines: Vec<Arc<Engine>> = shared
+            let mine: Vec<_> = sets
                 .iter()
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, e)| e.clone())
+                .filter(|(k, ..)| *k == kind)
+                .map(|(_, _, p, t)| (p.clone(), t.clone()))
                 .collect();
             let filter = f.clone();
             let limit = self.time_limit;
@@ -358,8 +412,13 @@ impl Evaluator {
                 f,
                 Some(tokio::spawn(async move {
                     let mut rows = Vec::new();
-                    for e in engines {
-                        rows.extend(run_on(&e, &filter, limit).await?);
+                    for (prepared, tables) in mine {
+                        let run = async {
+                            let plan = prepared.plan(&filter).await?;
+                            let plan = prepared.bind(plan, &tables)?;
+                            run_plan(&prepared.engine, &plan).await
+                        };
+                        rows.extend(within(limit, run).await?);
                     }
                     Ok::<_, Error>(rows)
                 })),
@@ -374,8 +433,9 @@ impl Evaluator {
                 None => {
                     let kind = kind_of(&f.query);
                     let mut rows = Ok(Vec::new());
-                    for (_, tables) in sets.iter().filter(|(k, _)| *k == kind) {
-                        match self.run_one(f, tables.clone()).await {
+                    for (_, names, _, tables) in sets.iter().filter(|(k, ..)| *k == kind) {
+                        let tables = names.iter().copied().zip(tables.iter().cloned()).collect();
+                        match self.run_one(f, tables).await {
                             Ok(b) => {
                                 if let Ok(v) = &mut rows {
                                     v.extend(b);
@@ -395,14 +455,72 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// The filters' plans over alert tables of the shapes of `tables`: kept from earlier
+    /// batches, or a new set (the oldest set forgotten past [`PREPARED_SHAPES`]).
+    fn prepared_for(
+        &self,
+        kind: Kind,
+        tables: &[(&'static str, RecordBatch)],
+    ) -> Result<Arc<Prepared>> {
+        let shapes: Vec<(&'static str, SchemaRef)> =
+            tables.iter().map(|(n, b)| (*n, b.schema())).collect();
+        let mut kept = self.prepared.lock().expect("prepared filters");
+        if let Some(p) = kept.iter().find(|p| p.kind == kind && p.shapes == shapes) {
+            return Ok(p.clone());
+        }
+        let placeholders = shapes
+            .iter()
+            .map(|(_, s)| memory_table(s.clone(), vec![]))
+            .collect::<Result<Vec<_>>>()?;
+        let extra = shapes
+            .iter()
+            .zip(&placeholders)
+            .map(|((n, _), t)| (SCHEMA.to_string(), n.to_string(), t.clone()))
+            .collect();
+        let prepared = Arc::new(Prepared {
+            kind,
+            shapes,
+            placeholders,
+            engine: Arc::new(self.engine_with(extra)?),
+            plans: Mutex::new(HashMap::new()),
+        });
+        kept.push(prepared.clone());
+        if kept.len() > PREPARED_SHAPES {
+            kept.remove(0);
+        }
+        Ok(prepared)
+    }
+
+    /// Forgets the plans of filters other than `filters` (deleted or paused ones).
+    fn forget_all_but(&self, filters: &[Filter]) {
+        let ids: HashSet<i64> = filters.iter().map(|f| f.id).collect();
+        for p in self.prepared.lock().expect("prepared filters").iter() {
+            p.plans
+                .lock()
+                .expect("filter plans")
+                .retain(|id, _| ids.contains(id));
+        }
+    }
+
     async fn run_one(
         &self,
         f: &Filter,
         tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
     ) -> Result<Vec<RecordBatch>> {
         let engine = self.engine_for(&f.owner, &f.query, tables).await?;
-        run_on(&engine, f, self.time_limit).await
+        let run = async {
+            let plan = engine.optimized_plan(&f.query, Lang::Adql).await?;
+            run_plan(&engine, &plan).await
+        };
+        within(self.time_limit, run).await
     }
+}
+
+/// An in-memory table of `batches` (one partition).
+fn memory_table(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Arc<dyn TableProvider>> {
+    let t = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+        .map_err(meridian_engine::Error::from)?;
+    Ok(Arc::new(t))
 }
 
 /// Whether a filter's query may name the owner's MyDB tables (it then needs a session of
@@ -411,33 +529,30 @@ fn reads_mydb(query: &str) -> bool {
     query.to_ascii_lowercase().contains("mydb.")
 }
 
-/// Runs filter `f` on `engine` (a session with the batch's alert tables), for at most
-/// `limit`: past it the filter's query is stopped and its error says so.
-async fn run_on(
-    engine: &Engine,
-    f: &Filter,
+/// `run` (a filter's run over one batch), stopped past `limit`: its error then says so.
+async fn within<T>(
     limit: std::time::Duration,
-) -> Result<Vec<RecordBatch>> {
+    run: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, run).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Invalid(format!(
+            "the filter ran longer than its limit of {} s on one batch of alerts and was \
+             stopped",
+            limit.as_secs_f64()
+        ))),
+    }
+}
+
+/// Runs a filter's optimized `plan` on `engine` (a session with the batch's alert
+/// tables); its result must have the column `alertId`.
+async fn run_plan(engine: &Engine, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
     use futures::TryStreamExt;
-    let run = async {
-        let df = engine.query(&f.query, Lang::Adql).await?;
-        let plan = engine.physical_plan(df).await?;
-        let batches: Vec<RecordBatch> = meridian_engine::execute(plan, engine)?
-            .try_collect()
-            .await
-            .map_err(meridian_engine::Error::from)?;
-        Ok::<_, Error>(batches)
-    };
-    let batches = match tokio::time::timeout(limit, run).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(Error::Invalid(format!(
-                "the filter ran longer than its limit of {} s on one batch of alerts and was \
-                 stopped",
-                limit.as_secs_f64()
-            )));
-        }
-    };
+    let plan = engine.physical_plan_of(plan).await?;
+    let batches: Vec<RecordBatch> = meridian_engine::execute(plan, engine)?
+        .try_collect()
+        .await
+        .map_err(meridian_engine::Error::from)?;
     if let Some(b) = batches.first()
         && key_index(&b.schema()).is_none()
     {

@@ -171,6 +171,84 @@ fn matches_are_what_the_condition_selects_and_are_kept_once() {
     }
 }
 
+/// The alert ids among `rows` (a filter's result).
+fn result_ids(rows: &[RecordBatch]) -> Vec<i64> {
+    let mut ids: Vec<i64> = rows
+        .iter()
+        .flat_map(|b| {
+            let c = b.column_by_name("alertId").unwrap();
+            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap();
+            c.as_primitive::<Int64Type>()
+                .iter()
+                .flatten()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn filters_planned_once_run_on_each_batchs_own_rows() {
+    // Plans are kept between batches and bound to each batch's tables: every batch must
+    // be filtered on its own rows (also in a subquery and a join of two alert tables), and
+    // a filter whose query changes is planned again.
+    let s = site();
+    let rubin = alerts("rubin_fink_sample_7alerts.avro");
+    let all = arrow::compute::concat_batches(&rubin[0].schema(), &rubin).unwrap();
+    let fluxes = rubin_fluxes(std::slice::from_ref(&all));
+    let filter = |id: i64, query: &str| meridian_alerts::filters::Filter {
+        id,
+        owner: "ann".into(),
+        name: format!("f{id}"),
+        query: query.into(),
+        outputs: Outputs::default(),
+        state: State::Active,
+        reason: None,
+        last_error: None,
+        matches: 0,
+        created_ms: 0,
+    };
+    let mut filters = vec![
+        filter(
+            1,
+            "SELECT a.alertId FROM alert.diasource AS a WHERE a.psfFlux > 5000",
+        ),
+        filter(
+            2,
+            "SELECT a.alertId FROM alert.diasource AS a JOIN alert.diaobject AS o \
+             ON o.alertId = a.alertId WHERE a.alertId IN \
+             (SELECT p.alertId FROM alert.diasource AS p WHERE p.psfFlux <= 5000)",
+        ),
+    ];
+    let want = |rows: std::ops::Range<usize>, bright: bool| -> Vec<i64> {
+        let mut v: Vec<i64> = fluxes[rows]
+            .iter()
+            .filter(|(_, f)| (*f > 5000.0) == bright)
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort();
+        v
+    };
+    let split = [0..3, 3..7, 0..7, 2..5];
+    for (i, rows) in split.iter().enumerate() {
+        let batch = all.slice(rows.start, rows.len());
+        let out = run(s.evaluator.run(&filters, &[batch])).unwrap();
+        let got: Vec<Vec<i64>> = out
+            .iter()
+            .map(|o| result_ids(o.rows.as_ref().unwrap()))
+            .collect();
+        assert_eq!(got[0], want(rows.clone(), true), "batch {i} rows {rows:?}");
+        assert_eq!(got[1], want(rows.clone(), false), "batch {i} rows {rows:?}");
+    }
+    assert!(!want(0..7, true).is_empty() && !want(0..7, false).is_empty());
+    // The first filter edited: its new query runs.
+    filters[0].query = "SELECT a.alertId FROM alert.diasource AS a WHERE a.psfFlux <= 5000".into();
+    let out = run(s.evaluator.run(&filters, std::slice::from_ref(&all))).unwrap();
+    assert_eq!(result_ids(out[0].rows.as_ref().unwrap()), want(0..7, false));
+}
+
 #[test]
 fn bad_filters_are_refused_and_failing_ones_paused() {
     let s = site();

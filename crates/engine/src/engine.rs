@@ -418,6 +418,32 @@ impl Engine {
         Ok(plan)
     }
 
+    /// The analysed and optimized logical plan of a query (checked as [`Engine::query`]
+    /// checks it), for a query run again and again while its tables' rows change: its
+    /// physical plan is made for each run by [`Engine::physical_plan_of`], so parsing,
+    /// translation and logical optimization are paid once. Runs in this process, also on an
+    /// engine with a cluster.
+    pub async fn optimized_plan(&self, text: &str, lang: Lang) -> Result<LogicalPlan> {
+        crate::guard::check_length(text)?;
+        crate::guard::on_planning_stack(|| {
+            let plan = futures::executor::block_on(self.logical_plan(text, lang))?;
+            Ok(self.ctx.state().optimize(&plan)?)
+        })
+    }
+
+    /// The physical plan of `plan`, a plan from [`Engine::optimized_plan`] (its tables may
+    /// be others of the same schemas: their scans and statistics are taken now).
+    pub async fn physical_plan_of(
+        &self,
+        plan: &LogicalPlan,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        crate::guard::on_planning_stack(|| {
+            let state = self.ctx.state();
+            futures::executor::block_on(state.query_planner().create_physical_plan(plan, &state))
+                .map_err(Error::from)
+        })
+    }
+
     /// The optimized physical plan of `df` (a query of this engine), made on the planning
     /// thread as [`Engine::query`] is: the optimizer recurses over the query's expressions.
     pub async fn physical_plan(
