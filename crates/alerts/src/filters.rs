@@ -203,6 +203,23 @@ pub fn check_topic(topic: &str) -> Result<()> {
     }
 }
 
+/// `seqs` as runs of consecutive numbers, (first, last) each, in ascending order: the
+/// matches of one batch and filter have consecutive sequence numbers, so a delivery's
+/// bookkeeping is a few range updates rather than one statement a match.
+fn runs(seqs: impl Iterator<Item = i64>) -> Vec<(i64, i64)> {
+    let mut seqs: Vec<i64> = seqs.collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for s in seqs {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == s => *last = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
 impl FilterStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -499,6 +516,7 @@ impl FilterStore {
     /// Up to `limit` matches due for `output`, oldest first, marked in flight.
     pub fn take_due(&self, output: Output, limit: usize) -> Result<Vec<Queued>> {
         let c = output.column();
+        let now = now_ms();
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let rows: Vec<Queued> = {
@@ -508,21 +526,23 @@ impl FilterStore {
                      WHERE {c} = 1 AND next_try_ms <= ?1 ORDER BY seq LIMIT ?2"
                 ))
                 .map_err(|e| self.err(e))?;
-            stmt.query_map(params![now_ms(), limit as i64], queued_row)
+            stmt.query_map(params![now, limit as i64], queued_row)
                 .map_err(|e| self.err(e))?
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| self.err(e))?
         };
-        {
-            let mut mark = tx
-                .prepare(&format!(
-                    "UPDATE matches SET {c} = {} WHERE seq = ?1",
+        // The rows taken are exactly those due between the first and the last taken: one
+        // statement marks them all.
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            tx.execute(
+                &format!(
+                    "UPDATE matches SET {c} = {} WHERE {c} = 1 AND next_try_ms <= ?1
+                     AND seq BETWEEN ?2 AND ?3",
                     delivery::IN_FLIGHT
-                ))
-                .map_err(|e| self.err(e))?;
-            for q in &rows {
-                mark.execute(params![q.seq]).map_err(|e| self.err(e))?;
-            }
+                ),
+                params![now, first.seq, last.seq],
+            )
+            .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(rows)
@@ -559,7 +579,7 @@ impl FilterStore {
         {
             let mut done = tx
                 .prepare(&format!(
-                    "UPDATE matches SET kafka = {} WHERE seq = ?1",
+                    "UPDATE matches SET kafka = {} WHERE seq BETWEEN ?1 AND ?2",
                     delivery::DONE
                 ))
                 .map_err(|e| self.err(e))?;
@@ -571,8 +591,11 @@ impl FilterStore {
                 )
                 .map_err(|e| self.err(e))?;
             let mut marks: HashMap<&str, i64> = HashMap::new();
-            for (seq, topic, offset) in acks {
-                done.execute(params![seq]).map_err(|e| self.err(e))?;
+            for (first, last) in runs(acks.iter().map(|(seq, ..)| *seq)) {
+                done.execute(params![first, last])
+                    .map_err(|e| self.err(e))?;
+            }
+            for (_, topic, offset) in acks {
                 let m = marks.entry(topic).or_insert(offset + 1);
                 *m = (*m).max(offset + 1);
             }
@@ -608,10 +631,13 @@ impl FilterStore {
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         {
             let mut stmt = tx
-                .prepare(&format!("UPDATE matches SET {c} = ?2 WHERE seq = ?1"))
+                .prepare(&format!(
+                    "UPDATE matches SET {c} = ?3 WHERE seq BETWEEN ?1 AND ?2"
+                ))
                 .map_err(|e| self.err(e))?;
-            for s in seqs {
-                stmt.execute(params![s, state]).map_err(|e| self.err(e))?;
+            for (first, last) in runs(seqs.iter().copied()) {
+                stmt.execute(params![first, last, state])
+                    .map_err(|e| self.err(e))?;
             }
         }
         tx.commit().map_err(|e| self.err(e))
@@ -789,5 +815,92 @@ mod tests {
         );
         assert_eq!(store.after(f.id, due[0].seq, 10).unwrap().len(), 2);
         assert_eq!(store.delivery_counts(f.id).unwrap(), (2, 1, 0));
+    }
+
+    #[test]
+    fn sequence_numbers_group_into_runs() {
+        assert_eq!(runs([].into_iter()), vec![]);
+        assert_eq!(
+            runs([7, 3, 4, 5, 9, 8, 12, 4].into_iter()),
+            vec![(3, 5), (7, 9), (12, 12)]
+        );
+    }
+
+    #[test]
+    fn range_bookkeeping_touches_exactly_the_matches_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilterStore::open(&dir.path().join("f.sqlite")).unwrap();
+        let kafka = |t: &str| Outputs {
+            kafka_topic: Some(t.into()),
+            webhook: Some("http://example.org/hook".into()),
+            ..Default::default()
+        };
+        let a = store.add("ann", "a", "SELECT 1", &kafka("ann.a")).unwrap();
+        let b = store
+            .add("ann", "b", "SELECT 1", &Outputs::default())
+            .unwrap();
+        let c = store.add("ann", "c", "SELECT 1", &kafka("ann.c")).unwrap();
+        let m = |filter, alert_id| Match {
+            filter,
+            alert_id,
+            rows: "[]".into(),
+        };
+        // Filters' matches interleaved: b's (no outputs) sit between a's and c's.
+        let batch: Vec<Match> = (1..=4)
+            .flat_map(|i| [m(a.id, i), m(b.id, i), m(c.id, i)])
+            .collect();
+        assert_eq!(store.enqueue(&batch).unwrap(), 12);
+        let state = |output: Output, seq: i64| -> i64 {
+            store
+                .lock()
+                .query_row(
+                    &format!("SELECT {} FROM matches WHERE seq = ?1", output.column()),
+                    [seq],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        // Kafka: take 5 of the 8, acknowledge the 1st, 2nd and 4th; the rest stay in
+        // flight, b's matches untouched.
+        let sent = store.take_due(Output::Kafka, 5).unwrap();
+        assert_eq!(sent.len(), 5);
+        let acks: Vec<(i64, String, i64)> = [0, 1, 3]
+            .iter()
+            .map(|&i| (sent[i].seq, "ann.a".to_string(), i as i64))
+            .collect();
+        store.delivered_to_kafka(&acks).unwrap();
+        for (i, q) in sent.iter().enumerate() {
+            let want = if [0, 1, 3].contains(&i) {
+                delivery::DONE
+            } else {
+                delivery::IN_FLIGHT
+            };
+            assert_eq!(state(Output::Kafka, q.seq), want, "{i}");
+        }
+        assert_eq!(store.in_flight(Output::Kafka).unwrap().len(), 2);
+        assert_eq!(store.kafka_marks().unwrap()["ann.a"], 4);
+        let rest = store.take_due(Output::Kafka, 100).unwrap();
+        assert_eq!(rest.len(), 3);
+        for q in store.after(b.id, 0, 100).unwrap() {
+            assert_eq!(state(Output::Kafka, q.seq), delivery::NONE);
+            assert_eq!(state(Output::Webhook, q.seq), delivery::NONE);
+        }
+        store
+            .requeue(Output::Kafka, &[sent[2].seq, sent[4].seq])
+            .unwrap();
+        assert_eq!(store.take_due(Output::Kafka, 100).unwrap().len(), 2);
+        // One of a's webhook deliveries backed off: the range taken must skip it.
+        let hooks = store.take_due(Output::Webhook, 2).unwrap();
+        assert_eq!(hooks.len(), 2);
+        assert!(
+            !store
+                .failed_attempt(Output::Webhook, &hooks[1], "503")
+                .unwrap()
+        );
+        store.delivered(Output::Webhook, &[hooks[0].seq]).unwrap();
+        let due = store.take_due(Output::Webhook, 100).unwrap();
+        assert_eq!(due.len(), 6, "{due:?}");
+        assert!(due.iter().all(|q| q.seq != hooks[1].seq));
+        assert_eq!(state(Output::Webhook, hooks[1].seq), delivery::PENDING);
     }
 }
