@@ -703,3 +703,84 @@ def test_helper_without_environment_or_with_a_bad_token(service, monkeypatch):
     with pytest.raises(MeridianError) as e:
         Client("http://127.0.0.1:9", token="x", timeout=5).whoami()
     assert e.value.status == 502 and "cannot be reached" in str(e.value)
+
+
+# -- vos:// for fsspec, pandas and astropy (meridian.fs) ---------------------------------
+
+
+def test_vos_urls_read_and_write_storage_through_fsspec_and_pandas(service):
+    import fsspec
+    from astropy.table import Table
+
+    base, tokens = service
+    opts = {"meridian_url": base, "meridian_token": tokens["nina"]}
+    nina = dl(service, "nina")
+    df = pd.DataFrame({"id": np.arange(50), "ra": np.linspace(0, 359, 50),
+                       "dec": np.linspace(-80, 80, 50), "band": list("ugrizy" * 8 + "ug")})
+    # Written with pandas: the bytes Data Lab's storage API reads are pandas' own CSV.
+    df.to_csv("vos://fsspec/stars.csv", index=False, storage_options=opts)
+    r = storage_get(nina, base, "vos://fsspec/stars.csv")
+    assert r.status_code == 200 and r.content == df.to_csv(index=False).encode()
+    # Written with the storage API: pandas and astropy read it through vos://.
+    assert storage_put(nina, base, "vos://fsspec/put.csv",
+                       df.to_csv(index=False).encode()).status_code in (200, 201, 204)
+    back = pd.read_csv("vos://fsspec/put.csv", storage_options=opts)
+    pd.testing.assert_frame_equal(back, df)
+    with fsspec.open("vos://fsspec/put.csv", "rb", **opts) as f:
+        t = Table.read(f, format="ascii.csv")
+    assert list(t["id"]) == list(range(50)) and list(t["band"]) == list(df["band"])
+    # Parquet both ways.
+    df.to_parquet("vos://fsspec/stars.parquet", storage_options=opts)
+    pd.testing.assert_frame_equal(pd.read_parquet("vos://fsspec/stars.parquet",
+                                                  storage_options=opts), df)
+
+    fs = fsspec.filesystem("vos", **opts)
+    listed = {e["name"]: e for e in fs.ls("vos://fsspec")}
+    assert set(listed) == {"fsspec/stars.csv", "fsspec/put.csv", "fsspec/stars.parquet"}
+    assert listed["fsspec/put.csv"]["size"] == len(df.to_csv(index=False).encode())
+    assert listed["fsspec/put.csv"]["type"] == "file" and fs.isdir("vos://fsspec")
+    # The same node through the vos command's view (the storage API's ls).
+    names = nina.get(f"{base}/storage/ls", params={"name": "vos://fsspec"}).text
+    assert "put.csv" in names and "stars.parquet" in names
+    # Text mode, directories, copy, move, delete.
+    fs.makedirs("vos://fsspec/a/b", exist_ok=True)
+    with fsspec.open("vos://fsspec/a/b/note.txt", "w", **opts) as f:
+        f.write("first line\n")
+    assert fs.cat("vos://fsspec/a/b/note.txt") == b"first line\n"
+    fs.cp("vos://fsspec/a/b/note.txt", "vos://fsspec/copy.txt")
+    fs.mv("vos://fsspec/copy.txt", "vos://fsspec/a/moved.txt")
+    assert fs.cat("vos://fsspec/a/moved.txt") == b"first line\n"
+    assert not fs.exists("vos://fsspec/copy.txt")
+    assert storage_get(nina, base, "vos://fsspec/a/moved.txt").content == b"first line\n"
+    with pytest.raises(OSError):
+        fs.rm("vos://fsspec/a")  # not empty
+    fs.rm("vos://fsspec/a", recursive=True)
+    assert not fs.exists("vos://fsspec/a/b/note.txt")
+    with pytest.raises(FileNotFoundError):
+        pd.read_csv("vos://fsspec/none.csv", storage_options=opts)
+
+
+def test_vos_urls_keep_the_quota_and_other_users_files(service):
+    import fsspec
+
+    base, tokens = service
+    opts = {"meridian_url": base, "meridian_token": tokens["nina"]}
+    fs = fsspec.filesystem("vos", **opts)
+    fs.pipe("vos://fsspec-quota/keep.bin", b"old bytes")
+    # Over the 1 MiB quota: the service's message, the old bytes kept.
+    with pytest.raises(MeridianError) as e:
+        with fsspec.open("vos://fsspec-quota/keep.bin", "wb", **opts) as f:
+            f.write(b"x" * (3 << 19))
+    assert e.value.status == 413 and "quota" in e.value.message
+    assert fs.cat("vos://fsspec-quota/keep.bin") == b"old bytes"
+    assert storage_get(dl(service, "nina"), base, "vos://fsspec-quota/keep.bin").content \
+        == b"old bytes"
+    # Another user reaches none of it, by any name.
+    omar = fsspec.filesystem("vos", meridian_url=base, meridian_token=tokens["omar"])
+    for name in ("vos://meridian!vospace/nina/fsspec-quota/keep.bin",
+                 "vos://meridian!vospace/nina/fsspec-quota"):
+        with pytest.raises((MeridianError, FileNotFoundError)) as e:
+            omar.cat(name) if name.endswith(".bin") else omar.ls(name)
+        assert getattr(e.value, "status", 404) in (403, 404)
+    # omar's own vos://fsspec-quota/keep.bin is his, not nina's.
+    assert not omar.exists("vos://fsspec-quota/keep.bin")

@@ -48,7 +48,8 @@ RESULTS = {
     "03_mydb_and_storage.ipynb": """{
         "user": user, "n_saved": n_saved, "n_back": n_back, "n_red": int(n_red), "n_joined": n_joined,
         "n_xmatch": n_xmatch, "same_png": bool(same_png), "same_csv": bool(same_csv), "n_csv": n_csv,
-        "public_status": anyone.status_code, "left": left}""",
+        "public_status": anyone.status_code, "left": left, "n_pandas": len(df),
+        "n_parquet": len(red)}""",
     "04_light_curve.ipynb": """{
         "object_id": OBJECT_ID, "n": len(lc), "n_served": len(detections), "same": same,
         "n_forced": n_forced,
@@ -216,6 +217,9 @@ def test_mydb_and_storage(service):
     assert r["n_saved"] == r["n_back"] == r["n_csv"] == len(cone)
     assert r["n_red"] == r["n_joined"] == r["n_xmatch"] == int(((cone["bp"] - cone["rp"]) > 1.0).sum()) > 0
     assert r["same_png"] and r["same_csv"]
+    # vos:// URLs read by pandas and astropy (fsspec) in the kernel.
+    assert r["n_pandas"] == len(cone)
+    assert r["n_parquet"] == int(((cone["bp"] - cone["rp"]) > 1.0).sum())
     assert r["public_status"] == 200
     # The notebook cleaned up after itself: seen through Data Lab's MyDB call and VOSpace.
     s = requests.Session()

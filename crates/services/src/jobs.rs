@@ -362,6 +362,9 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS jobs_by_client ON jobs (json_extract(record, '$.client'));
 ";
 
+/// SQLite's `auto_vacuum` mode that keeps free pages until `PRAGMA incremental_vacuum`.
+const INCREMENTAL_VACUUM: i64 = 2;
+
 /// The phases of a job that has not finished, which count towards a client's limit (as SQL).
 const UNFINISHED: &str = "('PENDING', 'QUEUED', 'EXECUTING', 'HELD', 'SUSPENDED', 'UNKNOWN')";
 
@@ -389,6 +392,14 @@ impl Jobs {
         }
         let db = Connection::open(dir.join("jobs.sqlite"))?;
         db.busy_timeout(Duration::from_secs(5))?;
+        // Pages freed by destroyed jobs go back to the file system ([`Jobs::reclaim`]), so
+        // the database's size follows the jobs it holds, not the most it ever held. A
+        // database made before is rewritten once to allow it.
+        let vacuum: i64 = db.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if vacuum != INCREMENTAL_VACUUM {
+            db.pragma_update(None, "auto_vacuum", INCREMENTAL_VACUUM)?;
+            db.execute_batch("VACUUM")?;
+        }
         db.execute_batch(SCHEMA)?;
         let jobs = Arc::new(Self {
             dir: dir.to_path_buf(),
@@ -424,6 +435,11 @@ impl Jobs {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(destroyed = n, "job sweep"),
                     Err(e) => tracing::error!(error = %e, "job sweep failed"),
+                }
+                match jobs.reclaim() {
+                    Ok(0) => {}
+                    Ok(bytes) => tracing::debug!(bytes, "job database pages given back"),
+                    Err(e) => tracing::warn!(error = %e, "job database not compacted"),
                 }
             }
         });
@@ -823,6 +839,30 @@ impl Jobs {
         Ok(n)
     }
 
+    /// Gives the job database's free pages (left by destroyed jobs) back to the file
+    /// system, and empties its write-ahead log; returns the bytes given back. The sweeper
+    /// calls it after each sweep.
+    pub fn reclaim(&self) -> Result<u64> {
+        let inner = self.lock();
+        let free: i64 = inner
+            .db
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        if free == 0 {
+            return Ok(0);
+        }
+        let page: i64 = inner.db.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        // Both pragmas answer with rows, which must be stepped through.
+        for pragma in [
+            "PRAGMA incremental_vacuum",
+            "PRAGMA wal_checkpoint(TRUNCATE)",
+        ] {
+            let mut stmt = inner.db.prepare(pragma)?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
+        }
+        Ok((free * page) as u64)
+    }
+
     /// What `meridian check` finds in a job directory: results that jobs record but whose
     /// files are missing or of another size, and directories of no job (a destruction cut
     /// off). With `repair`, those directories are removed, unless a running service holds
@@ -1164,6 +1204,41 @@ mod tests {
             let error = jobs.get(&id).unwrap().error.unwrap();
             assert!(format!("{error:?}").contains("internal error"), "{error:?}");
         }
+    }
+
+    #[test]
+    fn destroyed_jobs_give_their_pages_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("jobs.sqlite");
+        let size = || {
+            let db = Connection::open(&file).unwrap();
+            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+            std::fs::metadata(&file).unwrap().len()
+        };
+        // A database made before incremental vacuum existed is rewritten for it.
+        Connection::open(&file)
+            .unwrap()
+            .execute_batch(SCHEMA)
+            .unwrap();
+        let jobs = open(tmp.path(), JobConfig::default());
+        let empty = size();
+        let query = "SELECT * FROM gaia WHERE phot_g_mean_mag < 12 ".repeat(40);
+        let ids: Vec<String> = (0..300)
+            .map(|i| {
+                let mut n = new(&format!("10.0.{}.{}", i / 200, i % 200), Some("ann"));
+                n.parameters.push(("QUERY".into(), query.clone()));
+                jobs.create(n).unwrap().id
+            })
+            .collect();
+        assert_eq!(jobs.reclaim().unwrap(), 0);
+        let full = size();
+        assert!(full > empty + 100 * 1024, "{empty} -> {full}");
+        for id in &ids {
+            jobs.delete(id).unwrap();
+        }
+        assert!(jobs.reclaim().unwrap() > 100 * 1024);
+        assert_eq!(size(), empty);
     }
 
     fn new(client: &str, owner: Option<&str>) -> NewJob {

@@ -749,3 +749,16 @@ class _Deferred:
 
 vos = _Deferred("vos")
 mydb = _Deferred("mydb")
+
+
+def _register_fsspec():
+    """``vos://`` URLs for fsspec (pandas, astropy, ...): :mod:`meridian.fs`. The installed
+    package declares it as an entry point too; this covers a package run from its source."""
+    try:
+        import fsspec
+    except ImportError:
+        return
+    fsspec.register_implementation("vos", "meridian.fs.VosFileSystem", clobber=True)
+
+
+_register_fsspec()
