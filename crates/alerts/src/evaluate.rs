@@ -227,7 +227,11 @@ impl Prepared {
 
     /// `plan` with the batch's `tables` (in the order of `shapes`) in place of the
     /// placeholders, also within subqueries.
-    fn bind(&self, plan: LogicalPlan, tables: &[Arc<dyn TableProvider>]) -> Result<LogicalPlan> {
+    fn bind(
+        &self,
+        plan: LogicalPlan,
+        tables: &[(&'static str, Arc<dyn TableProvider>)],
+    ) -> Result<LogicalPlan> {
         use datafusion::common::tree_node::Transformed;
         use datafusion::datasource::{provider_as_source, source_as_provider};
         let bound = plan
@@ -246,7 +250,7 @@ impl Prepared {
                     return Ok(Transformed::no(node));
                 };
                 let mut scan = scan.clone();
-                scan.source = provider_as_source(tables[i].clone());
+                scan.source = provider_as_source(tables[i].1.clone());
                 Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
             })
             .map_err(meridian_engine::Error::from)?;
@@ -340,13 +344,7 @@ impl Evaluator {
         }
         let tables = shapes
             .into_iter()
-            .map(|(n, s)| {
-                let t: Arc<dyn TableProvider> = Arc::new(
-                    datafusion::datasource::MemTable::try_new(s, vec![vec![]])
-                        .map_err(meridian_engine::Error::from)?,
-                );
-                Ok((n, t))
-            })
+            .map(|(n, s)| Ok((n, memory_table(s, vec![])?)))
             .collect::<Result<Vec<_>>>()?;
         let engine = self.engine_for(owner, query, tables).await?;
         let df = engine
@@ -384,11 +382,10 @@ impl Evaluator {
             let (kind, tables) = alert_tables(&one)?;
             let providers = tables
                 .iter()
-                .map(|(_, b)| memory_table(b.schema(), vec![b.clone()]))
+                .map(|(n, b)| Ok((*n, memory_table(b.schema(), vec![b.clone()])?)))
                 .collect::<Result<Vec<_>>>()?;
             let prepared = self.prepared_for(kind, &tables)?;
-            let names: Vec<&'static str> = tables.iter().map(|(n, _)| *n).collect();
-            sets.push((kind, names, prepared, Arc::new(providers)));
+            sets.push((kind, prepared, Arc::new(providers)));
         }
         self.forget_all_but(filters);
         // Filters that read no MyDB table run on their plans kept over the alert tables'
@@ -404,7 +401,7 @@ impl Evaluator {
             let mine: Vec<_> = sets
                 .iter()
                 .filter(|(k, ..)| *k == kind)
-                .map(|(_, _, p, t)| (p.clone(), t.clone()))
+                .map(|(_, p, t)| (p.clone(), t.clone()))
                 .collect();
             let filter = f.clone();
             let limit = self.time_limit;
@@ -433,9 +430,8 @@ impl Evaluator {
                 None => {
                     let kind = kind_of(&f.query);
                     let mut rows = Ok(Vec::new());
-                    for (_, names, _, tables) in sets.iter().filter(|(k, ..)| *k == kind) {
-                        let tables = names.iter().copied().zip(tables.iter().cloned()).collect();
-                        match self.run_one(f, tables).await {
+                    for (_, _, tables) in sets.iter().filter(|(k, ..)| *k == kind) {
+                        match self.run_one(f, tables.to_vec()).await {
                             Ok(b) => {
                                 if let Ok(v) = &mut rows {
                                     v.extend(b);
