@@ -57,8 +57,6 @@ class VosFileSystem(AbstractFileSystem):
 
     protocol = ("vos",)
     root_marker = ""
-    # Instances differ by service and token (fsspec caches them by their arguments).
-    cachable = True
 
     def __init__(self, meridian_url=None, meridian_token=None, client=None, **kwargs):
         super().__init__(**kwargs)
