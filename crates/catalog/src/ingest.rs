@@ -64,6 +64,12 @@ pub struct IngestOptions {
     pub threads: usize,
     /// Catalog title for `obs_title`.
     pub title: Option<String>,
+    /// More `hats.properties` entries (a derived table's inputs, say), written with the
+    /// catalog so that they are published with it.
+    pub properties: Vec<(String, String)>,
+    /// Whether the version this ingest replaces stays readable, for the queries that
+    /// opened it, for [`crate::SUPERSEDED_KEPT`] (else it is removed at once).
+    pub keep_superseded: bool,
 }
 
 impl Default for IngestOptions {
@@ -81,6 +87,8 @@ impl Default for IngestOptions {
             memory_budget_bytes: 1 << 30,
             threads: 0,
             title: None,
+            properties: Vec::new(),
+            keep_superseded: false,
         }
     }
 }
@@ -345,6 +353,9 @@ pub fn ingest(
     if let Some(t) = &opts.title {
         hats.set("obs_title", t);
     }
+    for (k, v) in &opts.properties {
+        hats.set(k, v);
+    }
     set_provenance(&mut hats);
     hats.write(&main_dir.join("hats.properties"), "HATS catalog")?;
     hats.write(&main_dir.join("properties"), "HATS catalog")?;
@@ -394,7 +405,11 @@ pub fn ingest(
         bytes: (0, 0),
         units: (0, 0),
     });
-    let path = store.publish(staging)?;
+    let path = if opts.keep_superseded {
+        store.publish_keeping_old(staging)?
+    } else {
+        store.publish(staging)?
+    };
     Ok(IngestReport {
         name: name.to_string(),
         path,

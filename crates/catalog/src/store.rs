@@ -216,6 +216,30 @@ impl Store {
             .map(|t| self.root.join(t)))
     }
 
+    /// What identifies the current content of catalog `name`, for tables derived from it:
+    /// the version directory for a catalog Meridian wrote (every ingest and append makes a
+    /// new one); for one served in place, its path and the modification time of its
+    /// properties file (rewritten whenever the catalog is); for one in an object store, its
+    /// URL.
+    pub fn version_id(&self, name: &str) -> Result<String> {
+        if let Some(v) = self.current_version(name)? {
+            let v = v.file_name().unwrap_or_default().to_string_lossy();
+            return Ok(v.to_string());
+        }
+        let location = self.location(name)?;
+        let Some(dir) = location.as_local() else {
+            return Ok(location.to_string());
+        };
+        let dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+        let changed = ["collection.properties", "hats.properties", "properties"]
+            .iter()
+            .find_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok(format!("{}@{changed}", dir.display()))
+    }
+
     /// Takes the writer's lock of catalog `name` (one appender at a time, across
     /// processes), released when the returned file is dropped.
     pub(crate) fn lock(&self, name: &str) -> Result<std::fs::File> {

@@ -262,6 +262,12 @@ impl HatsTable {
         self.snapshot().catalog.clone()
     }
 
+    /// The version directory served, for a catalog Meridian wrote (the current one, unless
+    /// it cannot be served: see [`HatsTable::open`]).
+    pub fn version(&self) -> Option<std::path::PathBuf> {
+        self.snapshot().version.clone()
+    }
+
     /// Forgets the figures of earlier scans.
     pub fn reset_pruning(&self) {
         *self.last.lock().expect("pruning lock") = Pruning::default();

@@ -13,6 +13,7 @@ pub mod footprint_table;
 pub mod geometry;
 pub mod guard;
 pub mod hats_table;
+pub mod match_tables;
 pub mod region_value;
 pub mod session;
 pub mod stop;

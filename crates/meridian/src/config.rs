@@ -39,6 +39,60 @@ pub struct Config {
     pub quotas: QuotasConfig,
     /// The notebook hub `meridian serve` runs beside the services.
     pub notebooks: NotebooksConfig,
+    /// Precomputed cross-match tables with reference catalogs.
+    pub xmatch: XMatchConfig,
+}
+
+/// Precomputed cross-match tables: every catalog matched with each reference catalog,
+/// published as catalog `x<radius>__<catalog>__<reference>` and recomputed when either
+/// changes (see docs/xmatch-tables.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct XMatchConfig {
+    /// The reference catalogs (none: no tables are kept).
+    pub references: Vec<String>,
+    /// Match radius, arcseconds.
+    pub radius_arcsec: f64,
+    /// "nearest" (each row's nearest partner within the radius) or "all" (every pair).
+    pub mode: String,
+    /// Catalogs that get no match tables.
+    pub exclude: Vec<String>,
+    /// How often `meridian serve` looks for stale tables and recomputes them, seconds (0:
+    /// never; `meridian ingest` and `meridian xmatch refresh` still do).
+    pub check_interval_s: u64,
+    /// Threads `meridian serve`'s recomputes use, at low CPU priority.
+    pub background_threads: usize,
+}
+
+impl Default for XMatchConfig {
+    fn default() -> Self {
+        Self {
+            references: Vec::new(),
+            radius_arcsec: 1.5,
+            mode: "nearest".into(),
+            exclude: Vec::new(),
+            check_interval_s: 300,
+            background_threads: 1,
+        }
+    }
+}
+
+impl XMatchConfig {
+    /// The settings of the match tables (the references not yet checked against the store:
+    /// see [`meridian_engine::match_tables::Settings::check`]).
+    pub fn settings(&self) -> anyhow::Result<meridian_engine::match_tables::Settings> {
+        let mode = match self.mode.as_str() {
+            "nearest" => meridian_engine::XMatchMode::Nearest,
+            "all" => meridian_engine::XMatchMode::All,
+            other => bail!("[xmatch] mode must be \"nearest\" or \"all\", not \"{other}\""),
+        };
+        Ok(meridian_engine::match_tables::Settings {
+            references: self.references.clone(),
+            radius_arcsec: self.radius_arcsec,
+            mode,
+            exclude: self.exclude.clone(),
+        })
+    }
 }
 
 /// The notebook hub: JupyterHub, signing users in through Meridian and spawning a
@@ -521,6 +575,7 @@ impl Default for Config {
             alerts: AlertsConfig::default(),
             quotas: QuotasConfig::default(),
             notebooks: NotebooksConfig::default(),
+            xmatch: XMatchConfig::default(),
         }
     }
 }
@@ -559,7 +614,7 @@ impl Config {
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<(Self, Vec<String>)> {
-        const TOP: [&str; 14] = [
+        const TOP: [&str; 15] = [
             "data_dir",
             "ingest",
             "query",
@@ -574,6 +629,7 @@ impl Config {
             "alerts",
             "quotas",
             "notebooks",
+            "xmatch",
         ];
         let mut ignored = Vec::new();
         let mut table = match file {
@@ -679,6 +735,18 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be 'text' or 'json'");
         }
+        let x = &self.xmatch;
+        let radius = x.radius_arcsec;
+        if !(radius > 0.0 && radius <= meridian_engine::match_tables::MAX_RADIUS_ARCSEC) {
+            bail!(
+                "xmatch.radius_arcsec is {radius}: it must be more than 0 and at most {} arcsec",
+                meridian_engine::match_tables::MAX_RADIUS_ARCSEC
+            );
+        }
+        x.settings()?;
+        if x.background_threads == 0 {
+            bail!("xmatch.background_threads must be positive");
+        }
         let n = &self.notebooks;
         if n.enabled {
             if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
@@ -770,6 +838,7 @@ mod tests {
         assert_eq!(c.mydb, MyDbConfig::default());
         assert_eq!(c.spectra, SpectraConfig::default());
         assert_eq!(c.notebooks, NotebooksConfig::default());
+        assert_eq!(c.xmatch, XMatchConfig::default());
     }
 
     #[test]

@@ -96,7 +96,9 @@ enum Command {
     /// Run an ADQL (or SQL) query over the catalogs, streaming the result.
     Query(QueryArgs),
     /// Cross-match two catalogs: each left row's nearest partner within a radius (or every
-    /// pair), as a table id1, ra1, dec1, id2, ra2, dec2, distance_arcsec.
+    /// pair), as a table id1, ra1, dec1, id2, ra2, dec2, distance_arcsec; or, with
+    /// `refresh` and `status`, keep the precomputed match tables with the configured
+    /// reference catalogs.
     Xmatch(XMatchArgs),
     /// Serve the catalogs over HTTP: TAP (sync), VOSI, health and metrics.
     Serve {
@@ -209,14 +211,19 @@ struct QueryArgs {
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct XMatchArgs {
+    #[command(subcommand)]
+    tables: Option<commands::match_tables::Command>,
     /// Catalog whose rows are matched (id1, ra1, dec1).
-    left: String,
+    #[arg(required = true)]
+    left: Option<String>,
     /// Catalog searched for partners (id2, ra2, dec2).
-    right: String,
+    #[arg(required = true)]
+    right: Option<String>,
     /// Match radius with its unit: 1.5arcsec, 2", 0.5arcmin, 0.01deg, 50mas.
-    #[arg(long)]
-    radius: String,
+    #[arg(long, required = true)]
+    radius: Option<String>,
     /// Every pair within the radius instead of each left row's nearest partner.
     #[arg(long)]
     all: bool,
@@ -554,6 +561,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(args) => {
             let store = Store::open(config.catalog_dir())?;
             ingest(&store, &config, &args, quiet)?;
+            commands::match_tables::after_change(&config, &args.name, quiet)?;
         }
         Command::Register { name, path } => {
             let store = Store::open(config.catalog_dir())?;
@@ -567,6 +575,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 c.partitions().len(),
                 c.total_rows()?
             )?;
+            commands::match_tables::after_change(&config, &name, quiet)?;
         }
         Command::Catalogs => {
             let store = Store::open(config.catalog_dir())?;
@@ -747,13 +756,29 @@ fn generate(
     Ok(out)
 }
 
+/// The ingest settings of the configuration (`[ingest]`).
+pub(crate) fn ingest_options(config: &Config) -> IngestOptions {
+    let c = &config.ingest;
+    IngestOptions {
+        partition_rows: c.partition_rows,
+        min_order: c.min_order,
+        max_order: c.max_order,
+        row_group_rows: c.row_group_rows,
+        page_rows: c.page_rows,
+        margin_arcsec: c.margin_arcsec,
+        memory_budget_bytes: c.memory_budget_mib << 20,
+        threads: c.threads,
+        ..Default::default()
+    }
+}
+
 fn ingest(
     store: &Store,
     config: &Config,
     args: &IngestArgs,
     quiet: bool,
 ) -> anyhow::Result<meridian_catalog::IngestReport> {
-    let c = &config.ingest;
+    let c = ingest_options(config);
     let opts = IngestOptions {
         ra_column: args.ra.clone(),
         dec_column: args.dec.clone(),
@@ -772,9 +797,9 @@ fn ingest(
             skip_bad_rows: args.skip_bad_rows,
             ..Default::default()
         },
-        memory_budget_bytes: c.memory_budget_mib << 20,
         threads: args.threads.unwrap_or(c.threads),
         title: args.title.clone(),
+        ..c
     };
     let bars: Mutex<Option<(Stage, ProgressBar)>> = Mutex::new(None);
     let progress = |p: &IngestProgress| {
@@ -992,7 +1017,7 @@ fn sky(cmd: SkyCommand) -> anyhow::Result<()> {
 }
 
 /// The engine's settings from the configuration.
-fn engine_config(config: &Config) -> meridian_engine::EngineConfig {
+pub(crate) fn engine_config(config: &Config) -> meridian_engine::EngineConfig {
     meridian_engine::EngineConfig {
         memory_limit_bytes: (config.query.memory_limit_mib as usize) << 20,
         target_partitions: config.query.target_partitions,
@@ -1075,11 +1100,17 @@ fn query(config: &Config, args: &QueryArgs, quiet: bool) -> anyhow::Result<()> {
 }
 
 fn xmatch(config: &Config, args: &XMatchArgs, quiet: bool) -> anyhow::Result<()> {
+    if let Some(cmd) = &args.tables {
+        return commands::match_tables::run(config, cmd, quiet);
+    }
+    let (Some(left), Some(right), Some(radius)) = (&args.left, &args.right, &args.radius) else {
+        bail!("name two catalogs and --radius (or a subcommand: refresh, status)");
+    };
     let (engine, rt) = open_engine(config)?;
     let spec = meridian_engine::XMatchSpec {
-        left: args.left.clone(),
-        right: args.right.clone(),
-        radius_deg: meridian_sky::parse_angle_deg(&args.radius).context("--radius")?,
+        left: left.clone(),
+        right: right.clone(),
+        radius_deg: meridian_sky::parse_angle_deg(radius).context("--radius")?,
         left_id: args.id1.clone(),
         right_id: args.id2.clone(),
         mode: if args.all {
@@ -1590,6 +1621,7 @@ fn serve(config: &Config, addr: Option<String>) -> anyhow::Result<()> {
             }
         }
         let tables: Vec<String> = state.engine.tables().map(|(n, _)| n.to_string()).collect();
+        commands::match_tables::spawn_background(config)?;
         tracing::info!(addr = %local, tables = ?tables, "serving");
         eprintln!("TAP service: http://{local}/tap");
         eprintln!("Portal (open in a browser): http://{local}/");

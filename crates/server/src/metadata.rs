@@ -266,7 +266,7 @@ pub fn model(engine: &Engine) -> Vec<SchemaMeta> {
                 .get("hats_nrows")
                 .and_then(|n| n.parse().ok()),
             columns: columns_of(&schema, &principal, &indexed),
-            foreign_keys: Vec::new(),
+            foreign_keys: match_table_keys(engine, name, c.properties()),
         });
     }
     let tap_schema = tap_schema_tables()
@@ -340,6 +340,32 @@ pub fn model(engine: &Engine) -> Vec<SchemaMeta> {
         tables: tap_schema,
     });
     schemas
+}
+
+/// A precomputed match table's foreign keys: `id1` to its catalog's identifier, `id2` to
+/// its reference's, so that clients (TOPCAT, the portal) offer the joins.
+fn match_table_keys(
+    engine: &Engine,
+    name: &str,
+    p: &meridian_catalog::properties::Properties,
+) -> Vec<ForeignKey> {
+    use meridian_engine::match_tables::{CATALOG, CATALOG_ID, REFERENCE, REFERENCE_ID};
+    let mut keys = Vec::new();
+    for (from, table, column, role) in [
+        ("id1", CATALOG, CATALOG_ID, "catalog"),
+        ("id2", REFERENCE, REFERENCE_ID, "reference"),
+    ] {
+        if let (Some(target), Some(column)) = (p.get(table), p.get(column))
+            && engine.table(target).is_some()
+        {
+            keys.push(ForeignKey {
+                id: format!("{name}_{role}"),
+                target_table: target.to_string(),
+                columns: vec![(from.to_string(), column.to_string())],
+            });
+        }
+    }
+    keys
 }
 
 fn text<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
