@@ -225,7 +225,10 @@ fn match_tables_are_built_described_and_kept_current() {
 
     // A new version of r1: exactly the tables with r1 on either side are recomputed, and a
     // reader of the old x1p5__a__r1 reads it whole after the new one is published.
-    let old_table = store.catalog("x1p5__a__r1").unwrap();
+    // (A query opens the version current when it is planned, as here.)
+    let old_table =
+        meridian_catalog::Catalog::open(&store.current_version("x1p5__a__r1").unwrap().unwrap())
+            .unwrap();
     let old_rows = rows_of(&old_table);
     let r1_new: Rows = r1.iter().filter(|(i, _, _)| i % 2 == 0).cloned().collect();
     ingest(&store, dir.path(), "r1", &r1_new);
