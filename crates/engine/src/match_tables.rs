@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use meridian_catalog::ingest::IngestProgress;
 use meridian_catalog::properties::Properties;
@@ -623,8 +624,9 @@ async fn write_matches(
     let mut stream = crate::execute(plan, engine)?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
-        let batch = batch?
-            .with_schema(schema.clone())
+        // The same columns, described here (the plan's fields carry the inputs' own
+        // metadata, which these replace).
+        let batch = RecordBatch::try_new(schema.clone(), batch?.columns().to_vec())
             .map_err(datafusion::error::DataFusionError::from)?;
         rows += batch.num_rows() as u64;
         writer.write(&batch).map_err(parquet_error)?;
