@@ -172,3 +172,29 @@ def test_bad_settings_are_refused(tables):
     assert p.returncode == 1 and "radius_arcsec" in p.stderr, p.stderr
     p = run("xmatch", "refresh", data_dir=tables, check=False)
     assert p.returncode == 1 and "no reference catalogs are configured" in p.stderr
+
+
+def test_portal_offers_the_join(tables, browser):
+    """The portal's schema browser offers the join a match table's keys declare, and the
+    query it writes runs."""
+    with Server(tables, env=ENV) as s:
+        base = s.url.removesuffix("/tap") + "/"
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = ctx.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base)
+        join = page.locator("button[aria-label='Join x1p5__gaia__hipparcos to gaia and hipparcos']")
+        join.wait_for(timeout=60000)
+        # Only the match tables have keys to join through.
+        assert page.locator("section[aria-label='Schema browser'] button.join").count() == 4
+        join.click()
+        text = page.locator(".cm-content").inner_text()
+        assert text == ("SELECT TOP 100 t0.*, t1.*, t2.*\nFROM x1p5__gaia__hipparcos AS t0\n"
+                        "JOIN gaia AS t1 ON t1.source_id = t0.id1\n"
+                        "JOIN hipparcos AS t2 ON t2.hip = t0.id2"), text
+        page.click("button:has-text('Run')")
+        page.wait_for_selector("[data-testid=row-count]", timeout=60000)
+        assert page.inner_text("[data-testid=row-count]") == "100"
+        ctx.close()
+        assert not errors, errors

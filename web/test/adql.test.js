@@ -1,5 +1,5 @@
 import { describe, expect, test } from "vitest";
-import { errorPosition, offsetOf, tablesOf, bigTableWarning, schemaModel, completions, resolveQualifier } from "../src/lib/adql.js";
+import { errorPosition, offsetOf, tablesOf, bigTableWarning, schemaModel, completions, resolveQualifier, joinQuery } from "../src/lib/adql.js";
 
 const model = schemaModel(
   [
@@ -74,5 +74,35 @@ describe("completion", () => {
   });
   test("tables of a query are found in FROM and JOIN", () => {
     expect(tablesOf('SELECT * FROM gaia g JOIN "tycho2" t ON 1=1 JOIN ivoa.obscore o ON 1=1')).toEqual(["gaia", "tycho2", "ivoa.obscore"]);
+  });
+});
+
+describe("joins through foreign keys", () => {
+  const m = schemaModel(
+    [
+      { schema_name: "catalogs", table_name: "gaia", nrows: 10 },
+      { schema_name: "catalogs", table_name: "tycho2", nrows: 10 },
+      { schema_name: "catalogs", table_name: "x1p5__gaia__tycho2", nrows: 5 },
+    ],
+    [],
+    [
+      { key_id: "x1p5__gaia__tycho2_catalog", from_table: "x1p5__gaia__tycho2", target_table: "gaia", from_column: "id1", target_column: "source_id" },
+      { key_id: "x1p5__gaia__tycho2_reference", from_table: "x1p5__gaia__tycho2", target_table: "tycho2", from_column: "id2", target_column: "_healpix_29" },
+      { key_id: "unknown", from_table: "elsewhere", target_table: "gaia", from_column: "a", target_column: "b" },
+    ],
+  );
+  test("a table's keys become its joins, and the query joins both catalogs", () => {
+    const t = m.byTable.get("x1p5__gaia__tycho2");
+    expect(t.joins).toEqual([
+      { target: "gaia", on: [["id1", "source_id"]] },
+      { target: "tycho2", on: [["id2", "_healpix_29"]] },
+    ]);
+    expect(m.byTable.get("gaia").joins).toEqual([]);
+    expect(joinQuery(t)).toBe(
+      "SELECT TOP 100 t0.*, t1.*, t2.*\n" +
+        "FROM x1p5__gaia__tycho2 AS t0\n" +
+        "JOIN gaia AS t1 ON t1.source_id = t0.id1\n" +
+        "JOIN tycho2 AS t2 ON t2._healpix_29 = t0.id2",
+    );
   });
 });

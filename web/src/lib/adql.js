@@ -82,14 +82,16 @@ export const ADQL_KEYWORDS = ("SELECT TOP DISTINCT FROM WHERE AND OR NOT JOIN LE
 
 /**
  * The completion model from TAP_SCHEMA rows: `tables` [{schema_name, table_name,
- * description, nrows}] and `columns` [{table_name, column_name, unit, ucd, description, datatype}].
+ * description, nrows}], `columns` [{table_name, column_name, unit, ucd, description, datatype}]
+ * and `keys` [{key_id, from_table, target_table, from_column, target_column}] (each table's
+ * foreign keys become its `joins`: [{target, on: [[from_column, target_column], ...]}]).
  */
-export function schemaModel(tables, columns) {
+export function schemaModel(tables, columns, keys = []) {
   const bySchema = new Map();
   const byTable = new Map();
   const sizes = new Map();
   for (const t of tables) {
-    const entry = { ...t, columns: [] };
+    const entry = { ...t, columns: [], joins: [] };
     byTable.set(t.table_name.toLowerCase(), entry);
     if (!bySchema.has(t.schema_name)) bySchema.set(t.schema_name, []);
     bySchema.get(t.schema_name).push(entry);
@@ -101,7 +103,35 @@ export function schemaModel(tables, columns) {
     const t = byTable.get(c.table_name.toLowerCase());
     if (t) t.columns.push(c);
   }
+  const byKey = new Map();
+  for (const k of keys) {
+    const t = byTable.get(k.from_table.toLowerCase());
+    if (!t) continue;
+    if (!byKey.has(k.key_id)) {
+      const join = { target: k.target_table, on: [] };
+      byKey.set(k.key_id, join);
+      t.joins.push(join);
+    }
+    byKey.get(k.key_id).on.push([k.from_column, k.target_column]);
+  }
   return { bySchema, byTable, sizes };
+}
+
+/**
+ * A query joining `table` to the tables its foreign keys name (a precomputed cross-match
+ * table to both its catalogs, say): `SELECT TOP 100 t0.*, t1.*, ... FROM table AS t0 JOIN
+ * target AS t1 ON t1.to = t0.from ...`.
+ */
+export function joinQuery(table) {
+  const select = ["t0.*"];
+  const from = [`FROM ${table.table_name} AS t0`];
+  table.joins.forEach((j, i) => {
+    const a = `t${i + 1}`;
+    select.push(`${a}.*`);
+    const on = j.on.map(([f, t]) => `${a}.${t} = t0.${f}`).join(" AND ");
+    from.push(`JOIN ${j.target} AS ${a} ON ${on}`);
+  });
+  return `SELECT TOP 100 ${select.join(", ")}\n${from.join("\n")}`;
 }
 
 /** The table an alias or name before a dot refers to in `query` (`g` in `FROM gaia AS g`). */

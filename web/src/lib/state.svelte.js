@@ -48,11 +48,12 @@ export async function refreshUser() {
 export async function loadSchema() {
   app.schemaError = null;
   try {
-    const [tables, columns] = await Promise.all([
+    const [tables, columns, keys] = await Promise.all([
       tapSync("SELECT schema_name, table_name, description, nrows, table_index FROM TAP_SCHEMA.tables ORDER BY table_index", { maxrec: 100000 }),
       tapSync("SELECT table_name, column_name, datatype, unit, ucd, description, principal, column_index FROM TAP_SCHEMA.columns ORDER BY table_name, column_index", { maxrec: 1000000 }),
+      tapSync("SELECT k.key_id, k.from_table, k.target_table, c.from_column, c.target_column FROM TAP_SCHEMA.keys AS k JOIN TAP_SCHEMA.key_columns AS c ON c.key_id = k.key_id ORDER BY k.key_id", { maxrec: 100000 }),
     ]);
-    app.schema = schemaModel(rowsOf(tables), rowsOf(columns));
+    app.schema = schemaModel(rowsOf(tables), rowsOf(columns), rowsOf(keys));
   } catch (e) {
     app.schemaError = e.message;
   }
