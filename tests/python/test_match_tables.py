@@ -8,6 +8,7 @@ A changed reference recomputes exactly the tables that depend on it.
 """
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -198,3 +199,34 @@ def test_portal_offers_the_join(tables, browser):
         assert page.inner_text("[data-testid=row-count]") == "100"
         ctx.close()
         assert not errors, errors
+
+
+def test_serve_recomputes_stale_tables_in_the_background(tables, inputs, shared, tmp_path):
+    """A reference changed behind the server's back (ingested without the references
+    configured, so that nothing recomputes at ingest): the server's low-priority thread
+    recomputes its tables, and TAP serves the new version."""
+    import time
+    hip = Table.read(shared / "catalogs/hipparcos2.vot")
+    hip = hip[np.arange(len(hip)) % 7 != 0]
+    path = tmp_path / "hipparcos_v3.parquet"
+    hip.write(path, format="parquet")
+    env = {**ENV, "MERIDIAN_XMATCH__CHECK_INTERVAL_S": "1"}
+    want = astropy_nearest(inputs["gaia"], hip.to_pandas()[["ra", "dec"]].astype(float))
+    with Server(tables, env=env) as s:
+        run("ingest", "hipparcos", path, data_dir=tables)
+        deadline = time.time() + 300
+        while "\tstale" in run("xmatch", "status", data_dir=tables, env=ENV).stdout:
+            assert time.time() < deadline, "the server did not recompute the stale tables"
+            time.sleep(1)
+        # The recompute ran on a thread of lowered priority (nice 10).
+        names = {}
+        for task in Path(f"/proc/{s.proc.pid}/task").iterdir():
+            try:
+                names[(task / "comm").read_text().strip()] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        assert names.get("meridian-xmatch") == 10, names
+        n = pyvo.dal.TAPService(s.url).run_sync(
+            "SELECT COUNT(*) AS n FROM x1p5__gaia__hipparcos").to_table()["n"][0]
+        assert n == len(want)
+        assert any("recomputed in the background" in line for line in s.log), list(s.log)[-20:]

@@ -197,3 +197,38 @@ def test_memory_limit_and_idle_culling(browser, store, tmp_path):  # noqa: F811
         wait("the idle server is culled", lambda: user_server(hub_url, "dave") is None, 150)
         assert hub_up(base, hub_url)
         assert serves(s)
+
+
+def test_my_notebooks_right_after_a_stop_opens_jupyterlab(browser, store, tmp_path):  # noqa: F811
+    """A user stops their server from the hub's home page and opens "My notebooks" at once:
+    while the stop is pending JupyterHub shows "Your server is stopping", then (once
+    stopped) a "not running" page that waits for a click; Meridian's pages start the server
+    by themselves and JupyterLab opens. The "not running" page on the way to a spawn does
+    too."""
+    s, base, hub_url = start_hub(store, tmp_path, free_port(HUB_HOST))
+    with s:
+        ctx = browser.new_context()
+        portal = login_portal(ctx, base, "dave")
+        lab = open_notebooks(ctx, portal)
+        first = wait("dave's server runs", lambda: user_server(hub_url, "dave"), 30)
+        lab.close()
+        home = ctx.new_page()
+        home.goto(f"{hub_url}/hub/home")
+        home.locator("#stop").click()
+        with ctx.expect_page() as tab:
+            portal.get_by_test_id("notebooks").click()
+        tab.value.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
+        second = wait("dave's new server runs", lambda: user_server(hub_url, "dave"), 30)
+        assert second != first
+        tab.value.close()
+
+        # Stopped (and known to be stopped): the spawn-pending page starts it.
+        home.goto(f"{hub_url}/hub/home")
+        home.locator("#stop").click()
+        home.locator("#start").wait_for(timeout=60_000)
+        wait("dave's server stops", lambda: user_server(hub_url, "dave") is None, 60)
+        page = ctx.new_page()
+        page.goto(f"{hub_url}/hub/spawn-pending/dave")
+        page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
+        assert user_server(hub_url, "dave") not in (None, first, second)
+        ctx.close()

@@ -54,6 +54,49 @@ def write_kernels(pythons, into):
     return names
 
 
+#: JupyterHub's pages, changed so that "My notebooks" always ends in the user's JupyterLab.
+#: The portal's link is the hub's ``/hub/spawn``. Right after the user stopped their server,
+#: the stop may still be pending: JupyterHub then shows "Your server is stopping" and,
+#: once it has stopped, a "Server not running" page with a Launch button that waits for a
+#: click. Here the stopping page asks for the spawn again every 2 seconds (JupyterHub
+#: sends it back while the stop is pending, and starts the server after), and the "not
+#: running" page reached on the way to a spawn (its address is /hub/spawn-pending/...)
+#: starts the server itself, unless the last start failed.
+TEMPLATES = {
+    "stop_pending.html": """{% extends "templates/stop_pending.html" %}
+{% block script %}
+  {{ super() }}
+  <script>
+    setTimeout(function() {
+      window.location = "{{ base_url }}spawn/{{ user.escaped_name }}";
+    }, 2000);
+  </script>
+{% endblock script %}
+""",
+    "not_running.html": """{% extends "templates/not_running.html" %}
+{% block script %}
+  {{ super() }}
+  {% if not failed %}
+  <script>
+    if (window.location.pathname.indexOf("/spawn-pending/") >= 0) {
+      setTimeout(function() { window.location = "{{ spawn_url }}"; }, 500);
+    }
+  </script>
+  {% endif %}
+{% endblock script %}
+""",
+}
+
+
+def write_templates(into):
+    """The pages of :data:`TEMPLATES`, under ``into/templates``; returns that directory."""
+    d = Path(into) / "templates"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in TEMPLATES.items():
+        (d / name).write_text(text)
+    return str(d)
+
+
 def hand_token(spawner, auth_state):
     """The user's Meridian token (issued to the hub for them) into their server."""
     if not auth_state or "access_token" not in auth_state:
@@ -100,6 +143,7 @@ def configure(c):
     # machine, and the hub's own API port when the hub is at port 8000).
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{_env('MERIDIAN_HUB_PROXY_API_PORT')}"
     c.JupyterHub.shutdown_on_logout = True
+    c.JupyterHub.template_paths = [write_templates(hub_dir)]
 
     # Users sign in through Meridian.
     c.JupyterHub.authenticator_class = "generic-oauth"
