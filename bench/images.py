@@ -22,6 +22,7 @@ Results go to bench/results/images-<time>.json with the machine description.
 """
 
 import argparse
+import collections
 import http.client
 import io
 import json
@@ -95,7 +96,9 @@ class Server:
                 self.url = m.group(1).removesuffix("/tap")
         if not self.url:
             sys.exit("meridian serve did not start")
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        # The log's last lines are kept (a bench may keep them with its results).
+        self.log = collections.deque(maxlen=50_000)
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
 
     def rss_mib(self):
         for line in open(f"/proc/{self.proc.pid}/status"):

@@ -117,7 +117,7 @@ def main():
     hub = f"http://{HUB_HOST}:{port}"
     srv = Server(binary, data, env={
         "MERIDIAN_NOTEBOOKS__ENABLED": "true", "MERIDIAN_NOTEBOOKS__URL": hub,
-        "MERIDIAN_JOBS__DIR": str(work / "jobs"),
+        "MERIDIAN_JOBS__DIR": str(work / "jobs"), "MERIDIAN_LOG__LEVEL": "info",
         "MERIDIAN_QUOTAS__REQUESTS_PER_MINUTE": "0"})
     import requests
     def hub_ready():
@@ -227,6 +227,8 @@ def main():
                 ctx.close()
             b.close()
     finally:
+        # Meridian's log (the hub's lines in it) kept with the work directory.
+        (work / "server.log").write_text("".join(srv.log))
         srv.close()
     warm = opened[1:] or opened
     result["open_to_jupyterlab_s"] = {"first_user": opened[0], "warm": stats(warm), "all": opened}

@@ -58,7 +58,7 @@ def write_kernels(pythons, into):
 #: The portal's link is the hub's ``/hub/spawn``. Right after the user stopped their server,
 #: the stop may still be pending: JupyterHub then shows "Your server is stopping" and,
 #: once it has stopped, a "Server not running" page with a Launch button that waits for a
-#: click. Here the stopping page asks for the spawn again every 2 seconds (JupyterHub
+#: click. Here the stopping page asks for the spawn again every half second (JupyterHub
 #: sends it back while the stop is pending, and starts the server after), and the "not
 #: running" page reached on the way to a spawn (its address is /hub/spawn-pending/...)
 #: starts the server itself, unless the last start failed.
@@ -69,7 +69,7 @@ TEMPLATES = {
   <script>
     setTimeout(function() {
       window.location = "{{ base_url }}spawn/{{ user.escaped_name }}";
-    }, 2000);
+    }, 500);
   </script>
 {% endblock script %}
 """,

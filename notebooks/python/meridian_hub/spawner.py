@@ -10,6 +10,7 @@ their own token. Memory (RLIMIT_DATA, the heap and private mappings) and CPU tim
 ``mem_limit`` and ``cpu_limit`` themselves.
 """
 
+import asyncio
 import os
 import pwd
 import resource
@@ -83,7 +84,25 @@ class LocalSpawner(LocalProcessSpawner):
                 "name): use DockerSpawner or KubeSpawner where users must not share one",
                 self.user.name,
             )
-        return await super().start()
+        ip, port = await super().start()
+        await self._listening(ip, port)
+        return ip, port
+
+    async def _listening(self, ip, port):
+        """Returns once the server accepts connections (or its process ended, or the start
+        timeout passed). The hub then finds it up at its first look: the hub's own wait
+        backs off exponentially (0.2, 0.4, 0.8, 1.6, 3.2 s), which let a server that was
+        listening after 2 s wait until 4 to 5 s to be used."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while loop.time() < deadline and self.proc is not None and self.proc.poll() is None:
+            try:
+                _, writer = await asyncio.open_connection(ip, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
 
     def get_args(self):
         args = super().get_args()
