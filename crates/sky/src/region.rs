@@ -197,6 +197,31 @@ impl Polygon {
                 )));
             }
         }
+        // A boundary that passes a point twice, or turns back along the edge it came on,
+        // touches itself: its two sides are not defined (and the crossing test below
+        // sees such a touch only within rounding).
+        for i in 0..n {
+            for j in (i + 2)..n {
+                if norm(cross(v[i], v[j])) < 1e-15 && dot(v[i], v[j]) > 0.0 {
+                    return Err(Error::Region(format!(
+                        "polygon vertices {} and {} coincide: the polygon touches itself",
+                        i + 1,
+                        j + 1
+                    )));
+                }
+            }
+            let (a, b, c) = (v[(i + n - 1) % n], v[i], v[(i + 1) % n]);
+            let (n1, n2) = (normalize(cross(a, b)), normalize(cross(b, c)));
+            if norm(cross(n1, n2)) < 1e-12 && dot(n1, n2) < 0.0 {
+                return Err(Error::Region(format!(
+                    "polygon edges {}-{} and {}-{} fold back on each other: the polygon touches itself",
+                    (i + n - 1) % n + 1,
+                    i + 1,
+                    i + 1,
+                    (i + 1) % n + 1
+                )));
+            }
+        }
         for i in 0..n {
             for j in (i + 1)..n {
                 // Adjacent edges share a vertex; they are not tested against each other.
@@ -853,6 +878,31 @@ mod tests {
         assert!(Polygon::new(vec![pt(0.0, 0.0), pt(1.0, 1.0)]).is_err());
         assert!(Polygon::new(vec![pt(0.0, 0.0), pt(0.0, 0.0), pt(1.0, 1.0)]).is_err());
         assert!(Polygon::new(vec![pt(0.0, 0.0), pt(180.0, 0.0), pt(1.0, 1.0)]).is_err());
+        // Found by fuzzing (stcs): a boundary through (10, 20) twice, with a spike along
+        // it, passed the crossing test within rounding and got an area of -20,416 deg².
+        let touching = [
+            (0.0, 10.0),
+            (60.0, 20.0),
+            (10.0, 20.0),
+            (20.0, 20.0),
+            (10.0, 20.0),
+        ];
+        let e = Polygon::new(touching.iter().map(|(r, d)| pt(*r, *d)).collect());
+        assert!(
+            matches!(&e, Err(Error::Region(m)) if m.contains("vertices 3 and 5 coincide")),
+            "{e:?}"
+        );
+        // A spike without a repeated vertex: back along the edge it came on.
+        let spike = Polygon::new(vec![
+            pt(0.0, 0.0),
+            pt(10.0, 0.0),
+            pt(5.0, 0.0),
+            pt(5.0, 5.0),
+        ]);
+        assert!(
+            matches!(&spike, Err(Error::Region(m)) if m.contains("fold back")),
+            "{spike:?}"
+        );
     }
 
     #[test]
