@@ -620,7 +620,17 @@ async fn write_matches(
     let parquet_error = |e: datafusion::parquet::errors::ParquetError| {
         Error::Invalid(format!("writing {}: {e}", path.display()))
     };
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), None).map_err(parquet_error)?;
+    // A file read once, by the ingest: no dictionaries for the numbers (nearly all
+    // distinct), no statistics, row groups the ingest reads in parallel.
+    let props = meridian_formats::write::text_dictionaries(
+        datafusion::parquet::file::properties::WriterProperties::builder()
+            .set_statistics_enabled(datafusion::parquet::file::properties::EnabledStatistics::None)
+            .set_max_row_group_row_count(Some(128 * 1024)),
+        &schema,
+    )
+    .build();
+    let mut writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_error)?;
     let mut stream = crate::execute(plan, engine)?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
