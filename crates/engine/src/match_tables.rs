@@ -67,15 +67,21 @@ impl Settings {
         !self.references.is_empty()
     }
 
-    /// Checks the settings against `store`: the radius in range, each reference an
-    /// existing catalog with numeric positions.
-    pub fn check(&self, store: &Store) -> Result<()> {
+    /// Checks what needs no store: the radius in range.
+    pub fn validate(&self) -> Result<()> {
         if !(self.radius_arcsec > 0.0 && self.radius_arcsec <= MAX_RADIUS_ARCSEC) {
             return Err(Error::Invalid(format!(
-                "[xmatch] radius of {} arcsec is out of range: use more than 0 and at most {MAX_RADIUS_ARCSEC} arcsec",
+                "[xmatch] radius_arcsec of {} is out of range: use more than 0 and at most {MAX_RADIUS_ARCSEC} arcsec",
                 self.radius_arcsec
             )));
         }
+        Ok(())
+    }
+
+    /// Checks the settings against `store`: [`Settings::validate`], and each reference an
+    /// existing catalog with numeric positions.
+    pub fn check(&self, store: &Store) -> Result<()> {
+        self.validate()?;
         for r in &self.references {
             let c = store.catalog(r).map_err(|e| {
                 Error::Invalid(format!(
@@ -98,14 +104,10 @@ impl Settings {
     }
 
     fn mode_name(&self) -> &'static str {
-        mode_name(self.mode)
-    }
-}
-
-fn mode_name(mode: XMatchMode) -> &'static str {
-    match mode {
-        XMatchMode::Nearest => "nearest",
-        XMatchMode::All => "all",
+        match self.mode {
+            XMatchMode::Nearest => "nearest",
+            XMatchMode::All => "all",
+        }
     }
 }
 

@@ -736,14 +736,7 @@ impl Config {
             bail!("log.format must be 'text' or 'json'");
         }
         let x = &self.xmatch;
-        let radius = x.radius_arcsec;
-        if !(radius > 0.0 && radius <= meridian_engine::match_tables::MAX_RADIUS_ARCSEC) {
-            bail!(
-                "xmatch.radius_arcsec is {radius}: it must be more than 0 and at most {} arcsec",
-                meridian_engine::match_tables::MAX_RADIUS_ARCSEC
-            );
-        }
-        x.settings()?;
+        x.settings()?.validate()?;
         if x.background_threads == 0 {
             bail!("xmatch.background_threads must be positive");
         }
