@@ -209,10 +209,51 @@ pub fn ingest(
     opts: &IngestOptions,
     progress: &(dyn Fn(&IngestProgress) + Sync),
 ) -> Result<IngestReport> {
-    let start = Instant::now();
     if inputs.is_empty() {
         return Err(Error::Invalid("no input files given".into()));
     }
+    run(store, name, Source::Files(inputs), opts, progress)
+}
+
+/// Ingests rows computed in this process (a cross-match's, say) as catalog `name` of
+/// `store`, without writing them to a file first. `schema` is the batches' (their fields'
+/// metadata, units and UCDs, go to the catalog); `label` names the source in error
+/// messages, as a file name would. Reading options (`opts.read`) do not apply.
+pub fn ingest_batches(
+    store: &Store,
+    name: &str,
+    schema: SchemaRef,
+    batches: &mut dyn Iterator<Item = Result<RecordBatch>>,
+    label: &str,
+    opts: &IngestOptions,
+    progress: &(dyn Fn(&IngestProgress) + Sync),
+) -> Result<IngestReport> {
+    let source = Source::Batches {
+        schema,
+        batches,
+        label: PathBuf::from(label),
+    };
+    run(store, name, source, opts, progress)
+}
+
+/// Where an ingest's rows come from.
+enum Source<'a> {
+    Files(&'a [PathBuf]),
+    Batches {
+        schema: SchemaRef,
+        batches: &'a mut dyn Iterator<Item = Result<RecordBatch>>,
+        label: PathBuf,
+    },
+}
+
+fn run(
+    store: &Store,
+    name: &str,
+    source: Source<'_>,
+    opts: &IngestOptions,
+    progress: &(dyn Fn(&IngestProgress) + Sync),
+) -> Result<IngestReport> {
+    let start = Instant::now();
     if opts.max_order > 19 || opts.min_order > opts.max_order {
         return Err(Error::Invalid(format!(
             "partition orders must satisfy min_order <= max_order <= 19 (got {}..{})",
@@ -242,7 +283,14 @@ pub fn ingest(
     let threads = pool.current_num_threads().max(1) as u64;
 
     // 1. Map and spill.
-    let mapped = map_inputs(inputs, opts, &spill_dir, progress)?;
+    let mapped = match source {
+        Source::Files(inputs) => map_inputs(inputs, opts, &spill_dir, progress)?,
+        Source::Batches {
+            schema,
+            batches,
+            label,
+        } => map_batches(&schema, batches, &label, opts, &spill_dir, progress)?,
+    };
     let schema = mapped.schema.clone();
     tracing::info!(
         stage = "map",
@@ -469,6 +517,155 @@ struct Mapped {
     bad: BadRows,
 }
 
+/// The map stage's state: rows located, counted and spilled as they come.
+struct Mapper {
+    schema: SchemaRef,
+    kept: Vec<usize>,
+    ra_in: usize,
+    dec_in: usize,
+    spill: Spill,
+    spill_order: u8,
+    histogram: Histogram,
+    bad: BadRows,
+    rows: u64,
+    skip_bad_rows: bool,
+}
+
+impl Mapper {
+    /// For input rows of `in_schema` with positions in columns `ra_in` and `dec_in`.
+    fn new(
+        in_schema: &Schema,
+        ra_in: usize,
+        dec_in: usize,
+        opts: &IngestOptions,
+        spill_dir: &Path,
+    ) -> Self {
+        let mut fields: Vec<Arc<Field>> = vec![Arc::new(hpx_field())];
+        // An input that already carries `_healpix_29` (a HATS catalog's rows, re-ingested)
+        // gets it recomputed rather than twice.
+        let kept: Vec<usize> = (0..in_schema.fields().len())
+            .filter(|&i| in_schema.field(i).name() != HPX_COLUMN)
+            .collect();
+        fields.extend(kept.iter().map(|&i| in_schema.fields()[i].clone()));
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let spill_order = opts.max_order.min(3);
+        Self {
+            spill: Spill::new(
+                spill_dir.to_path_buf(),
+                spill_order,
+                schema.clone(),
+                opts.memory_budget_bytes / 4,
+            ),
+            schema,
+            kept,
+            ra_in,
+            dec_in,
+            spill_order,
+            histogram: Histogram::new(opts.max_order),
+            bad: BadRows::default(),
+            rows: 0,
+            skip_bad_rows: opts.read.skip_bad_rows,
+        }
+    }
+
+    /// Takes a batch of input rows, the first being row `first_row` (from 0) of `file`.
+    fn push(&mut self, batch: &RecordBatch, file: &Path, first_row: u64) -> Result<()> {
+        let (batch, hpx) = locate(
+            batch,
+            self.ra_in,
+            self.dec_in,
+            file,
+            first_row,
+            self.skip_bad_rows,
+            &mut self.bad,
+        )?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        for h in hpx.values() {
+            self.histogram.add_hpx29(*h as u64);
+        }
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(hpx)];
+        cols.extend(self.kept.iter().map(|&i| batch.column(i).clone()));
+        let full = RecordBatch::try_new(self.schema.clone(), cols)?;
+        self.rows += full.num_rows() as u64;
+        self.spill.push(full)
+    }
+
+    fn finish(self) -> Result<Mapped> {
+        Ok(Mapped {
+            schema: self.schema,
+            ra_idx: self.ra_in + 1,
+            dec_idx: self.dec_in + 1,
+            histogram: self.histogram,
+            buckets: self.spill.finish()?,
+            spill_order: self.spill_order,
+            rows: self.rows,
+            bad: self.bad,
+        })
+    }
+}
+
+/// The position columns of `schema` (of `file`), which must hold numbers.
+fn position_columns(schema: &Schema, opts: &IngestOptions, file: &Path) -> Result<(usize, usize)> {
+    Ok((
+        find_column(schema, opts.ra_column.as_deref(), RA_NAMES, "RA", file)?,
+        find_column(schema, opts.dec_column.as_deref(), DEC_NAMES, "Dec", file)?,
+    ))
+}
+
+/// The map stage over batches computed in this process.
+fn map_batches(
+    schema: &SchemaRef,
+    batches: &mut dyn Iterator<Item = Result<RecordBatch>>,
+    label: &Path,
+    opts: &IngestOptions,
+    spill_dir: &Path,
+    progress: &(dyn Fn(&IngestProgress) + Sync),
+) -> Result<Mapped> {
+    let (ra_in, dec_in) = position_columns(schema, opts, label)?;
+    for idx in [ra_in, dec_in] {
+        if *schema.field(idx).data_type() == DataType::Utf8 {
+            return Err(Error::Invalid(format!(
+                "{}: position column '{}' holds text, not numbers",
+                label.display(),
+                schema.field(idx).name()
+            )));
+        }
+    }
+    let mut mapper = Mapper::new(schema, ra_in, dec_in, opts, spill_dir);
+    let mut last_report = Instant::now();
+    let mut read = 0u64;
+    for batch in batches {
+        // The batch's columns under the schema given (its metadata), checked against it.
+        let batch =
+            RecordBatch::try_new(schema.clone(), batch?.columns().to_vec()).map_err(|e| {
+                Error::Invalid(format!(
+                    "{}: a batch's columns differ from the schema given: {e}",
+                    label.display()
+                ))
+            })?;
+        mapper.push(&batch, label, read)?;
+        read += batch.num_rows() as u64;
+        if last_report.elapsed() > Duration::from_millis(200) {
+            last_report = Instant::now();
+            progress(&IngestProgress {
+                stage: Stage::Reading,
+                rows: mapper.rows,
+                bytes: (0, 0),
+                units: (0, 0),
+            });
+        }
+    }
+    progress(&IngestProgress {
+        stage: Stage::Reading,
+        rows: mapper.rows,
+        bytes: (0, 0),
+        units: (0, 0),
+    });
+    mapper.finish()
+}
+
 fn map_inputs(
     inputs: &[PathBuf],
     opts: &IngestOptions,
@@ -482,20 +679,7 @@ fn map_inputs(
     // values become bad rows that name their line.
     let mut read = opts.read.clone();
     let probe = meridian_formats::open(&inputs[0], &read)?.schema();
-    let ra_in = find_column(
-        &probe,
-        opts.ra_column.as_deref(),
-        RA_NAMES,
-        "RA",
-        &inputs[0],
-    )?;
-    let dec_in = find_column(
-        &probe,
-        opts.dec_column.as_deref(),
-        DEC_NAMES,
-        "Dec",
-        &inputs[0],
-    )?;
+    let (ra_in, dec_in) = position_columns(&probe, opts, &inputs[0])?;
     for idx in [ra_in, dec_in] {
         let f = probe.field(idx);
         if !(f.data_type().is_floating() || f.data_type().is_integer()) {
@@ -506,24 +690,7 @@ fn map_inputs(
         }
     }
     let in_schema = meridian_formats::open(&inputs[0], &read)?.schema();
-    let mut fields: Vec<Arc<Field>> = vec![Arc::new(hpx_field())];
-    // An input that already carries `_healpix_29` (a HATS catalog's rows, re-ingested) gets
-    // it recomputed rather than twice.
-    let kept: Vec<usize> = (0..in_schema.fields().len())
-        .filter(|&i| in_schema.field(i).name() != HPX_COLUMN)
-        .collect();
-    fields.extend(kept.iter().map(|&i| in_schema.fields()[i].clone()));
-    let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let spill_order = opts.max_order.min(3);
-    let mut spill = Spill::new(
-        spill_dir.to_path_buf(),
-        spill_order,
-        schema.clone(),
-        opts.memory_budget_bytes / 4,
-    );
-    let mut histogram = Histogram::new(opts.max_order);
-    let mut bad = BadRows::default();
-    let mut rows = 0u64;
+    let mut mapper = Mapper::new(&in_schema, ra_in, dec_in, opts, spill_dir);
     let (tx, rx) = crossbeam_channel::bounded::<Result<(usize, RecordBatch)>>(4);
     // Input files are parsed by up to one reader thread per core, each taking whole files
     // in turn, so a file's batches arrive in order; this thread locates and spills.
@@ -559,31 +726,12 @@ fn map_inputs(
             let (file_idx, batch) = msg?;
             let first_row = file_rows[file_idx];
             file_rows[file_idx] += batch.num_rows() as u64;
-            let (batch, hpx) = locate(
-                &batch,
-                ra_in,
-                dec_in,
-                &inputs[file_idx],
-                first_row,
-                opts.read.skip_bad_rows,
-                &mut bad,
-            )?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            for h in hpx.values() {
-                histogram.add_hpx29(*h as u64);
-            }
-            let mut cols: Vec<ArrayRef> = vec![Arc::new(hpx)];
-            cols.extend(kept.iter().map(|&i| batch.column(i).clone()));
-            let full = RecordBatch::try_new(schema.clone(), cols)?;
-            rows += full.num_rows() as u64;
-            spill.push(full)?;
+            mapper.push(&batch, &inputs[file_idx], first_row)?;
             if last_report.elapsed() > Duration::from_millis(200) {
                 last_report = Instant::now();
                 progress(&IngestProgress {
                     stage: Stage::Reading,
-                    rows,
+                    rows: mapper.rows,
                     bytes: (counter.get(), bytes_total),
                     units: (0, 0),
                 });
@@ -596,26 +744,16 @@ fn map_inputs(
         let reader_bad = r
             .join()
             .map_err(|_| Error::Invalid("a reader thread panicked".into()))?;
-        bad.merge(&reader_bad);
+        mapper.bad.merge(&reader_bad);
     }
     result?;
     progress(&IngestProgress {
         stage: Stage::Reading,
-        rows,
+        rows: mapper.rows,
         bytes: (bytes_total, bytes_total),
         units: (0, 0),
     });
-    let buckets = spill.finish()?;
-    Ok(Mapped {
-        schema,
-        ra_idx: ra_in + 1,
-        dec_idx: dec_in + 1,
-        histogram,
-        buckets,
-        spill_order,
-        rows,
-        bad,
-    })
+    mapper.finish()
 }
 
 /// Reads whole input files in turn (the next index from `next_file`), sending their batches.

@@ -448,3 +448,123 @@ fn dense_input_splits_buckets_and_partitions() {
     let n: usize = cat.scan(None).unwrap().map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(n, 60_000);
 }
+
+/// Rows computed in the process (as a cross-match's are) ingest without a file: the
+/// schema's units reach the catalog, every row lands once and a cone finds what brute force
+/// does; a bad position names the source and its row, and an error of the source stops the
+/// ingest; neither leaves a catalog behind.
+#[test]
+fn batches_ingest_like_files() {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let unit = |u: &str| std::collections::HashMap::from([("unit".to_string(), u.to_string())]);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("ra", DataType::Float64, false).with_metadata(unit("deg")),
+        Field::new("dec", DataType::Float64, false).with_metadata(unit("deg")),
+    ]));
+    // Deterministic positions spread over the sky (a Fibonacci lattice), 4 batches.
+    let n = 20_000usize;
+    let points: Vec<(f64, f64)> = (0..n)
+        .map(|i| {
+            let z = 1.0 - 2.0 * (i as f64 + 0.5) / n as f64;
+            let ra = (i as f64 * 137.507_764_050_037_85).rem_euclid(360.0);
+            (ra, z.asin().to_degrees())
+        })
+        .collect();
+    let batch_of = |rows: &[(f64, f64)], first: usize| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(
+                    (first..first + rows.len()).map(|i| i as i64),
+                )),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|p| p.0))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|p| p.1))),
+            ],
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("catalogs")).unwrap();
+    let mut batches = points
+        .chunks(5_000)
+        .enumerate()
+        .map(|(k, c)| Ok(batch_of(c, k * 5_000)));
+    let report = meridian_catalog::ingest::ingest_batches(
+        &store,
+        "computed",
+        schema.clone(),
+        &mut batches,
+        "the test's rows",
+        &small_opts(),
+        &quiet,
+    )
+    .unwrap();
+    assert_eq!(report.rows, n as u64);
+    let cat = store.catalog("computed").unwrap();
+    let all: usize = cat.scan(None).unwrap().map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(all, n);
+    let ra = cat.columns().into_iter().find(|c| c.name == "ra").unwrap();
+    assert_eq!(ra.meta.unit.as_deref(), Some("deg"));
+    let center = SkyPoint::new(359.5, 10.0).unwrap();
+    let region = Region::Circle(Circle::new(center, 8.0).unwrap());
+    let expected = points
+        .iter()
+        .filter(|(a, d)| center.separation_deg(&SkyPoint::new(*a, *d).unwrap()) <= 8.0)
+        .count();
+    assert!(expected > 50);
+    let got: usize = cat
+        .scan(Some(&region))
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(got, expected);
+
+    // A NaN Dec in the second batch: named with the source and its row (from 1).
+    let mut bad = points[..10].to_vec();
+    bad[7].1 = f64::NAN;
+    let mut batches = [batch_of(&points[10..20], 0), batch_of(&bad, 10)]
+        .into_iter()
+        .map(Ok);
+    let e = meridian_catalog::ingest::ingest_batches(
+        &store,
+        "bad",
+        schema.clone(),
+        &mut batches,
+        "the test's rows",
+        &small_opts(),
+        &quiet,
+    )
+    .expect_err("a NaN position fails")
+    .to_string();
+    assert!(
+        e.contains("the test's rows") && e.contains("row 18") && e.contains("'dec'"),
+        "{e}"
+    );
+    // The source fails after a batch.
+    let mut batches = [
+        Ok(batch_of(&points[..10], 0)),
+        Err(Error::Invalid("the source broke".into())),
+    ]
+    .into_iter();
+    let e = meridian_catalog::ingest::ingest_batches(
+        &store,
+        "broken",
+        schema,
+        &mut batches,
+        "the test's rows",
+        &small_opts(),
+        &quiet,
+    )
+    .expect_err("a failing source fails the ingest")
+    .to_string();
+    assert!(e.contains("the source broke"), "{e}");
+    assert_eq!(store.list().unwrap(), ["computed"]);
+    let staging: Vec<_> = std::fs::read_dir(dir.path().join("catalogs/.staging"))
+        .unwrap()
+        .collect();
+    assert!(staging.is_empty(), "staging cleaned up");
+}

@@ -15,7 +15,7 @@
 //! place and a failure record (`.xmatch/<table>.failed` in the store) that [`status`]
 //! reports until a recompute succeeds or an input changes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -487,17 +487,22 @@ impl Refresh<'_> {
             right_id: Some(id_of(&pair.reference)?),
             mode: self.settings.mode,
         };
-        // The matches go to a Parquet file in a staging directory of the table (removed
-        // on return, or by the next ingest if this process dies), then are ingested.
-        let staging = self.store.begin_staging(&pair.table)?;
-        let file = staging.path().join("matches.parquet");
-        let rows = self.runtime.block_on(write_matches(
+        // The match's batches go straight to the ingest: computed on the engine's runtime,
+        // handed over through a short queue, so matching and partitioning overlap.
+        let (schema, mut batches) = self.runtime.block_on(match_batches(
             self.engine,
             &spec,
             &describe(pair, &spec, self.settings),
-            &file,
-            &|n| progress(Step::Matching(n)),
         ))?;
+        let mut matched = 0u64;
+        let mut counted = std::iter::from_fn(|| {
+            let batch = batches.blocking_recv()?;
+            if let Ok(b) = &batch {
+                matched += b.num_rows() as u64;
+                progress(Step::Matching(matched));
+            }
+            Some(batch.map_err(|e| meridian_catalog::Error::Invalid(e.to_string())))
+        });
         let s = self.settings;
         let mut opts = self.ingest.clone();
         opts.ra_column = Some("ra1".into());
@@ -527,15 +532,20 @@ impl Refresh<'_> {
             (RADIUS.into(), s.radius_arcsec.to_string()),
             (MODE.into(), s.mode_name().into()),
         ];
-        meridian_catalog::ingest::ingest(
+        let label = format!(
+            "the cross-match of {} with {}",
+            pair.catalog, pair.reference
+        );
+        let report = meridian_catalog::ingest::ingest_batches(
             self.store,
             &pair.table,
-            std::slice::from_ref(&file),
+            schema,
+            &mut counted,
+            &label,
             &opts,
             &|p| progress(Step::Publishing(p)),
         )?;
-        drop(staging);
-        Ok(rows)
+        Ok(report.rows)
     }
 }
 
@@ -598,15 +608,13 @@ fn describe(pair: &Pair, spec: &XMatchSpec, s: &Settings) -> [ColumnMeta; 7] {
     ]
 }
 
-/// Runs the cross-match and writes its rows, with `meta` on its columns, to `path`.
-async fn write_matches(
+/// Starts the cross-match on the current runtime: its schema, with `meta` on its columns,
+/// and its batches (under that schema) as they come.
+async fn match_batches(
     engine: &Engine,
     spec: &XMatchSpec,
     meta: &[ColumnMeta; 7],
-    path: &Path,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<u64> {
-    use datafusion::parquet::arrow::ArrowWriter;
+) -> Result<(SchemaRef, tokio::sync::mpsc::Receiver<Result<RecordBatch>>)> {
     use futures::StreamExt;
     let df = engine.xmatch(spec).await?;
     let plan = engine.physical_plan(df).await?;
@@ -618,32 +626,23 @@ async fn write_matches(
             .map(|(f, m)| Field::clone(f).with_metadata(m.to_map()))
             .collect::<Vec<_>>(),
     ));
-    let file = std::fs::File::create(path).map_err(|e| meridian_catalog::Error::io(path, e))?;
-    let parquet_error = |e: datafusion::parquet::errors::ParquetError| {
-        Error::Invalid(format!("writing {}: {e}", path.display()))
-    };
-    // A file read once, by the ingest: no dictionaries for the numbers (nearly all
-    // distinct), no statistics, row groups the ingest reads in parallel.
-    let props = meridian_formats::write::text_dictionaries(
-        datafusion::parquet::file::properties::WriterProperties::builder()
-            .set_statistics_enabled(datafusion::parquet::file::properties::EnabledStatistics::None)
-            .set_max_row_group_row_count(Some(128 * 1024)),
-        &schema,
-    )
-    .build();
-    let mut writer =
-        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_error)?;
     let mut stream = crate::execute(plan, engine)?;
-    let mut rows = 0u64;
-    while let Some(batch) = stream.next().await {
-        // The same columns, described here (the plan's fields carry the inputs' own
-        // metadata, which these replace).
-        let batch = RecordBatch::try_new(schema.clone(), batch?.columns().to_vec())
-            .map_err(datafusion::error::DataFusionError::from)?;
-        rows += batch.num_rows() as u64;
-        writer.write(&batch).map_err(parquet_error)?;
-        progress(rows);
-    }
-    writer.close().map_err(parquet_error)?;
-    Ok(rows)
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let out = schema.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = stream.next().await {
+            // The same columns, described here (the plan's fields carry the inputs' own
+            // metadata, which these replace).
+            let batch = batch.map_err(Error::from).and_then(|b| {
+                RecordBatch::try_new(out.clone(), b.columns().to_vec())
+                    .map_err(|e| Error::from(datafusion::error::DataFusionError::from(e)))
+            });
+            let failed = batch.is_err();
+            // The ingest stopped (an error of its own): nothing more to compute.
+            if tx.send(batch).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Ok((schema, rx))
 }
