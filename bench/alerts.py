@@ -153,6 +153,11 @@ def main():
     ap.add_argument("--history", type=int, default=10)
     ap.add_argument("--rate", type=float, default=0.0, help="alerts a second (0: as fast as possible)")
     ap.add_argument("--batch-alerts", type=int, default=10_000)
+    ap.add_argument("--visit-interval-s", type=float, default=0.0,
+                    help="publish visit by visit, one every this many seconds (Rubin: about 39; "
+                         "0: the whole night as fast as the broker takes it)")
+    ap.add_argument("--producer-batch", type=int, default=1,
+                    help="messages per record batch of the replay (librdkafka: batch.num.messages)")
     ap.add_argument("--filters", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/meridian-bench-alerts"))
@@ -221,13 +226,23 @@ def main():
     threading.Thread(target=sample, daemon=True).start()
     time.sleep(3)  # the consumer joins its group
     t0 = time.time()
-    # One message per record batch: Tansu 0.6 answers a fetch from inside a record batch
-    # with the next batch, which would lose the rest of that batch.
-    replay = [binary, "--quiet", "alerts", "replay", *files, "--kafka", brokers, "--topic", "night",
-              "--schema-id", "900", "--kafka-setting", "batch.num.messages=1"]
+    # Record batches of up to --producer-batch messages. Tansu 0.6 answers a fetch from
+    # inside a record batch with the next batch (losing the rest of that batch), which a
+    # consumer meets only when it resumes at an offset inside one (a restart, a pause);
+    # the run checks that every alert was consumed.
+    replay = [binary, "--quiet", "alerts", "replay", "--kafka", brokers, "--topic", "night",
+              "--schema-id", "900", "--kafka-setting", f"batch.num.messages={args.producer_batch}"]
     if args.rate > 0:
         replay += ["--rate", str(args.rate)]
-    subprocess.run(replay, check=True, capture_output=True)
+    if args.visit_interval_s > 0:
+        # Visit by visit, as Rubin sends them: each visit's alerts at once, the next visit
+        # --visit-interval-s after the last one began.
+        for k, f in enumerate(files):
+            due = t0 + k * args.visit_interval_s
+            time.sleep(max(0.0, due - time.time()))
+            subprocess.run(replay + [f], check=True, capture_output=True)
+    else:
+        subprocess.run(replay + files, check=True, capture_output=True)
     published = time.time() - t0
     consumer.wait()
     reader.join()
@@ -285,6 +300,8 @@ def main():
         "rss_mib_first_q1_median_q3_last_max": [rss_at(0), rss_at(0.25), rss_at(0.5), rss_at(0.75),
                                                rss_at(1.0), round(max(v for _, v in rss) / 1024) if rss else None],
         "batch_alerts": args.batch_alerts,
+        "producer_batch": args.producer_batch,
+        "visit_interval_s": args.visit_interval_s,
         "broker": "Tansu 0.6.0 (memory)" if broker_proc else args.kafka,
     }
     print(json.dumps(result, indent=1))

@@ -545,33 +545,59 @@ fn is_data_error(e: &Error) -> bool {
     }
 }
 
-/// Waits, partitions paused, while more matches wait for delivery than `f` allows;
-/// whether it waited.
+/// How long [`hold_back`] waits without polling before it pauses the partitions (and polls,
+/// to stay in the group): well within librdkafka's `max.poll.interval.ms` (5 minutes).
+const WAIT_UNPAUSED: Duration = Duration::from_secs(60);
+
+/// Waits while more matches wait for delivery than `f` allows; whether it waited.
+///
+/// The consumer stops polling: librdkafka goes on fetching only until its queue is full
+/// (`queued.max.messages.kbytes`), and the messages it holds stay where they are.
+/// Pausing the partitions instead would drop those and fetch again from the next offset,
+/// which may lie inside a record batch (some brokers, Tansu 0.6 among them, answer such a
+/// fetch with the next batch). A wait past [`WAIT_UNPAUSED`] pauses the partitions and
+/// polls, so that the consumer keeps its place in the group.
 fn hold_back(consumer: &BaseConsumer, f: &Filtering, stop: &AtomicBool) -> Result<bool> {
     let mut backlog = f.backlog()?;
     if backlog <= f.max_backlog {
         return Ok(false);
     }
-    let assignment = consumer
-        .assignment()
-        .map_err(|e| kafka_err("assignment", e))?;
-    consumer
-        .pause(&assignment)
-        .map_err(|e| kafka_err("pausing", e))?;
     tracing::warn!(
         backlog,
         limit = f.max_backlog,
-        "outputs are behind: reading paused"
+        "outputs are behind: reading held back"
     );
+    let start = Instant::now();
+    let mut paused = None;
     while backlog > f.max_backlog && !stop.load(Ordering::Relaxed) {
-        // Polling keeps the group membership; paused partitions yield nothing.
-        let _ = consumer.poll(Duration::from_millis(200));
+        if paused.is_none() && start.elapsed() >= WAIT_UNPAUSED {
+            let assignment = consumer
+                .assignment()
+                .map_err(|e| kafka_err("assignment", e))?;
+            consumer
+                .pause(&assignment)
+                .map_err(|e| kafka_err("pausing", e))?;
+            tracing::warn!(backlog, "outputs still behind: partitions paused");
+            paused = Some(assignment);
+        }
+        if paused.is_some() {
+            // Paused partitions yield nothing; polling keeps the group membership.
+            let _ = consumer.poll(Duration::from_millis(200));
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         backlog = f.backlog()?;
     }
-    consumer
-        .resume(&assignment)
-        .map_err(|e| kafka_err("resuming", e))?;
-    tracing::info!(backlog, "reading resumed");
+    if let Some(assignment) = paused {
+        consumer
+            .resume(&assignment)
+            .map_err(|e| kafka_err("resuming", e))?;
+    }
+    tracing::info!(
+        backlog,
+        seconds = start.elapsed().as_secs_f64(),
+        "reading resumed"
+    );
     Ok(true)
 }
 

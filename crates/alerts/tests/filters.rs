@@ -608,3 +608,85 @@ fn a_filter_past_its_time_limit_is_stopped_and_paused() {
     assert_eq!(done.paused, 0);
     assert!(again.elapsed() < started.elapsed(), "{:?}", again.elapsed());
 }
+
+/// Backpressure: while more matches wait for delivery than the stage allows, the consumer
+/// reads no further (and loses nothing it had fetched); once the outputs catch up it goes
+/// on, and every alert is read and matched once.
+#[test]
+fn a_slow_output_holds_the_stream_back_without_losing_alerts() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use meridian_alerts::dead_letter::DeadLetters;
+    use meridian_alerts::kafka::{ConsumeOptions, Framing, consume, replay};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("rubin", 1, 1).unwrap();
+    let rubin = shared("rubin_fink_sample_7alerts.avro");
+    // All seven in one record batch: the consumer holds them fetched while it waits.
+    let n = replay(
+        std::slice::from_ref(&rubin),
+        &brokers,
+        "rubin",
+        Framing::Confluent(42),
+        None,
+        &[("linger.ms".into(), "200".into())],
+    )
+    .unwrap();
+    assert_eq!(n, 7);
+    let mut s = site();
+    let all = all_to_topic(&s, "ann.all");
+    s.stage.max_backlog = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("catalogs")).unwrap();
+    let dead = DeadLetters::open(&dir.path().join("dead.sqlite")).unwrap();
+    let mut opts = ConsumeOptions::new(&brokers, &["rubin"]);
+    opts.schemas = vec![(42, meridian_alerts::avro::file_schema(&rubin).unwrap())];
+    opts.batch_alerts = 1;
+    opts.batch_wait = Duration::from_millis(200);
+    let stop = AtomicBool::new(false);
+    let read = AtomicUsize::new(0);
+    let consumed = std::thread::scope(|scope| {
+        let consumer = scope.spawn(|| {
+            consume(&store, &dead, &opts, Some(&s.stage), &stop, |b| {
+                read.fetch_add(b.alerts, Ordering::SeqCst);
+            })
+        });
+        let wait_for = |n: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while read.load(Ordering::SeqCst) < n && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            read.load(Ordering::SeqCst)
+        };
+        // Three matches queued and none delivered: past the limit of 2, reading stops.
+        assert_eq!(wait_for(3), 3);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            read.load(Ordering::SeqCst),
+            3,
+            "read on past the backlog's limit"
+        );
+        assert_eq!(s.filters.backlog().unwrap(), 3);
+        // The outputs catch up: the stream goes on to its end.
+        let mut d = Deliverer::new(
+            s.filters.clone(),
+            DeliveryOptions {
+                brokers: Some(brokers.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut delivered = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while delivered < 7 && std::time::Instant::now() < deadline {
+            delivered += d.settle(Duration::from_secs(5)).unwrap().kafka;
+        }
+        assert_eq!(delivered, 7);
+        assert_eq!(wait_for(7), 7);
+        stop.store(true, Ordering::SeqCst);
+        consumer.join().unwrap().unwrap()
+    });
+    assert_eq!(consumed.alerts, 7);
+    assert_eq!(s.filters.get(all.id).unwrap().unwrap().matches, 7);
+    assert_eq!(s.filters.backlog().unwrap(), 0);
+}
