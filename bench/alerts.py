@@ -156,7 +156,7 @@ def main():
     ap.add_argument("--visit-interval-s", type=float, default=0.0,
                     help="publish visit by visit, one every this many seconds (Rubin: about 39; "
                          "0: the whole night as fast as the broker takes it)")
-    ap.add_argument("--producer-batch", type=int, default=1,
+    ap.add_argument("--producer-batch", type=int, default=1000,
                     help="messages per record batch of the replay (librdkafka: batch.num.messages)")
     ap.add_argument("--filters", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)

@@ -129,7 +129,7 @@ impl rdkafka::producer::ProducerContext for Acks {
 }
 
 /// Matches sent to Kafka and not yet answered above which no more are sent.
-const MAX_IN_FLIGHT: usize = 20_000;
+const MAX_IN_FLIGHT: usize = 50_000;
 
 /// Delivers queued matches until stopped.
 pub struct Deliverer {
@@ -379,7 +379,7 @@ impl Deliverer {
     fn kafka_round(&mut self, filters: &HashMap<i64, crate::filters::Filter>) -> Result<usize> {
         let room = MAX_IN_FLIGHT.saturating_sub(self.flying.len());
         let due = if room > 0 {
-            self.store.take_due(Output::Kafka, room.min(5000))?
+            self.store.take_due(Output::Kafka, room.min(10_000))?
         } else {
             Vec::new()
         };
