@@ -529,6 +529,7 @@ struct Mapper {
     bad: BadRows,
     rows: u64,
     skip_bad_rows: bool,
+    last_report: Instant,
 }
 
 impl Mapper {
@@ -565,6 +566,26 @@ impl Mapper {
             bad: BadRows::default(),
             rows: 0,
             skip_bad_rows: opts.read.skip_bad_rows,
+            last_report: Instant::now(),
+        }
+    }
+
+    /// Reports the rows mapped and `bytes` (read, in all) of the input: at most every
+    /// 200 ms, unless `last` (the input's end).
+    fn report(
+        &mut self,
+        progress: &(dyn Fn(&IngestProgress) + Sync),
+        bytes: (u64, u64),
+        last: bool,
+    ) {
+        if last || self.last_report.elapsed() > Duration::from_millis(200) {
+            self.last_report = Instant::now();
+            progress(&IngestProgress {
+                stage: Stage::Reading,
+                rows: self.rows,
+                bytes,
+                units: (0, 0),
+            });
         }
     }
 
@@ -634,7 +655,6 @@ fn map_batches(
         }
     }
     let mut mapper = Mapper::new(schema, ra_in, dec_in, opts, spill_dir);
-    let mut last_report = Instant::now();
     let mut read = 0u64;
     for batch in batches {
         // The batch's columns under the schema given (its metadata), checked against it.
@@ -647,22 +667,9 @@ fn map_batches(
             })?;
         mapper.push(&batch, label, read)?;
         read += batch.num_rows() as u64;
-        if last_report.elapsed() > Duration::from_millis(200) {
-            last_report = Instant::now();
-            progress(&IngestProgress {
-                stage: Stage::Reading,
-                rows: mapper.rows,
-                bytes: (0, 0),
-                units: (0, 0),
-            });
-        }
+        mapper.report(progress, (0, 0), false);
     }
-    progress(&IngestProgress {
-        stage: Stage::Reading,
-        rows: mapper.rows,
-        bytes: (0, 0),
-        units: (0, 0),
-    });
+    mapper.report(progress, (0, 0), true);
     mapper.finish()
 }
 
@@ -720,22 +727,13 @@ fn map_inputs(
     }
     drop(tx);
     let mut file_rows = vec![0u64; inputs.len()];
-    let mut last_report = Instant::now();
     let result: Result<()> = (|| {
         for msg in rx.iter() {
             let (file_idx, batch) = msg?;
             let first_row = file_rows[file_idx];
             file_rows[file_idx] += batch.num_rows() as u64;
             mapper.push(&batch, &inputs[file_idx], first_row)?;
-            if last_report.elapsed() > Duration::from_millis(200) {
-                last_report = Instant::now();
-                progress(&IngestProgress {
-                    stage: Stage::Reading,
-                    rows: mapper.rows,
-                    bytes: (counter.get(), bytes_total),
-                    units: (0, 0),
-                });
-            }
+            mapper.report(progress, (counter.get(), bytes_total), false);
         }
         Ok(())
     })();
@@ -747,12 +745,7 @@ fn map_inputs(
         mapper.bad.merge(&reader_bad);
     }
     result?;
-    progress(&IngestProgress {
-        stage: Stage::Reading,
-        rows: mapper.rows,
-        bytes: (bytes_total, bytes_total),
-        units: (0, 0),
-    });
+    mapper.report(progress, (bytes_total, bytes_total), true);
     mapper.finish()
 }
 

@@ -628,15 +628,11 @@ async fn match_batches(
     ));
     let mut stream = crate::execute(plan, engine)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let out = schema.clone();
+    // The batches go as the plan makes them: the ingest puts their columns under `schema`
+    // (the plan's fields carry the inputs' own metadata, which the description replaces).
     tokio::spawn(async move {
         while let Some(batch) = stream.next().await {
-            // The same columns, described here (the plan's fields carry the inputs' own
-            // metadata, which these replace).
-            let batch = batch.map_err(Error::from).and_then(|b| {
-                RecordBatch::try_new(out.clone(), b.columns().to_vec())
-                    .map_err(|e| Error::from(datafusion::error::DataFusionError::from(e)))
-            });
+            let batch = batch.map_err(Error::from);
             let failed = batch.is_err();
             // The ingest stopped (an error of its own): nothing more to compute.
             if tx.send(batch).await.is_err() || failed {
