@@ -9,8 +9,13 @@
 //!
 //! Matches wait in an outbox (the `matches` table), one row per (filter, alert): a
 //! re-consumed alert (after a restart before its offsets were committed) finds its row
-//! and is not queued twice. Each output's delivery state is kept on the row, so a slow or
-//! failing output holds back only itself.
+//! and is not queued twice. Each output (Kafka, webhooks) delivers the outbox in order
+//! and keeps a cursor: every match at or below it is delivered (or was given up on), so a
+//! match is written once when queued and, on the common path, never again. Only the
+//! exceptions are written on their rows: a failed delivery waiting to be retried, one
+//! given up, one found delivered out of order after a crash. A slow or failing output
+//! holds back only itself. The number of deliveries waiting (the backlog the consumer
+//! holds back on) is kept in the database, changed in the same transactions.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -135,18 +140,46 @@ impl Output {
     }
 }
 
-/// Delivery states of a match for one output.
+/// Delivery states of a match for one output (the output's column of the row).
 mod delivery {
     /// The filter has no such output.
     pub const NONE: i64 = 0;
-    /// To be delivered.
+    /// To be delivered when above the output's cursor; delivered at or below it.
     pub const PENDING: i64 = 1;
-    /// Being sent: after a crash, checked against the output (see `recover`).
+    /// Being sent, in databases of earlier versions (read as PENDING since).
     pub const IN_FLIGHT: i64 = 2;
-    /// Delivered.
+    /// Delivered out of the cursor's order (a retry; a match found on its topic after a
+    /// crash).
     pub const DONE: i64 = 3;
     /// Given up after the last retry.
     pub const FAILED: i64 = 4;
+    /// Failed; tried again at `next_try_ms`.
+    pub const RETRY: i64 = 5;
+}
+
+/// The outputs, in the order their rows are kept.
+const OUTPUTS: [Output; 2] = [Output::Kafka, Output::Webhook];
+
+/// Sequence numbers examined at most per statement when looking for pending matches (a
+/// stretch of matches for filters without the output is skipped in steps of this).
+const SCAN_WINDOW: i64 = 50_000;
+
+/// Matches queued per transaction: a batch's matches are queued in a few transactions,
+/// so the deliverer is not kept out of the database for the whole batch (a crash between
+/// them is safe: the batch is consumed again and the queued matches are kept once).
+const ENQUEUE_CHUNK: usize = 20_000;
+
+/// What a round of delivery to one output did, recorded in one transaction by
+/// [`FilterStore::record`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Progress {
+    /// The output's new cursor: every match at or below it is delivered or settled.
+    pub cursor: Option<i64>,
+    /// Kafka topics' marks: the offset after the last message recorded as delivered.
+    pub marks: HashMap<String, i64>,
+    /// Matches delivered out of the cursor's order (retries, matches found on their topic
+    /// after a crash).
+    pub delivered: Vec<i64>,
 }
 
 /// How many times a webhook delivery is tried before it is given up (backoff doubles from
@@ -261,23 +294,102 @@ impl FilterStore {
                  next_try_ms INTEGER NOT NULL DEFAULT 0,
                  UNIQUE (filter, alert_id)
              );
-             -- Matches of an output's state in queue order: the due ones, those in
-             -- flight and the backlog are read through these, never by a scan of the
-             -- table (which holds delivered matches for days).
+             -- Pending matches are read in sequence order after an output's cursor;
+             -- only the retries need an index of their own (a small one: a row is in it
+             -- only while it waits for a retry).
              DROP INDEX IF EXISTS matches_kafka;
              DROP INDEX IF EXISTS matches_webhook;
-             CREATE INDEX IF NOT EXISTS matches_kafka_seq ON matches (kafka, seq);
-             CREATE INDEX IF NOT EXISTS matches_webhook_seq ON matches (webhook, seq);
+             DROP INDEX IF EXISTS matches_kafka_seq;
+             DROP INDEX IF EXISTS matches_webhook_seq;
+             CREATE INDEX IF NOT EXISTS matches_kafka_retry ON matches (seq) WHERE kafka = 5;
+             CREATE INDEX IF NOT EXISTS matches_webhook_retry ON matches (seq) WHERE webhook = 5;
              CREATE TABLE IF NOT EXISTS kafka_mark (
                  topic TEXT PRIMARY KEY,
                  next_offset INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS outbox_cursor (
+                 output TEXT PRIMARY KEY,
+                 seq INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS outbox_backlog (
+                 output TEXT PRIMARY KEY,
+                 n INTEGER NOT NULL
              );",
         )
         .map_err(|e| db_err(path, e))?;
-        Ok(Self {
+        let store = Self {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
-        })
+        };
+        store.prepare_outbox()?;
+        Ok(store)
+    }
+
+    /// Gives each output a cursor (a database of an earlier version kept a state per
+    /// row: the cursor goes before its first match not delivered, and matches left in
+    /// flight become pending) and counts the backlog afresh.
+    fn prepare_outbox(&self) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for output in OUTPUTS {
+            let c = output.column();
+            let known: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM outbox_cursor WHERE output = ?1",
+                    [c],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(e))?;
+            let cursor = match known {
+                Some(c) => c,
+                None => {
+                    let cursor: i64 = tx
+                        .query_row(
+                            &format!(
+                                "SELECT coalesce((SELECT min(seq) - 1 FROM matches
+                                                  WHERE {c} IN (1, 2)),
+                                                 (SELECT max(seq) FROM matches), 0)"
+                            ),
+                            [],
+                            |r| r.get(0),
+                        )
+                        .map_err(|e| self.err(e))?;
+                    tx.execute(
+                        &format!(
+                            "UPDATE matches SET {c} = {} WHERE {c} = {}",
+                            delivery::PENDING,
+                            delivery::IN_FLIGHT
+                        ),
+                        [],
+                    )
+                    .map_err(|e| self.err(e))?;
+                    tx.execute(
+                        "INSERT INTO outbox_cursor (output, seq) VALUES (?1, ?2)",
+                        params![c, cursor],
+                    )
+                    .map_err(|e| self.err(e))?;
+                    cursor
+                }
+            };
+            let n: i64 = tx
+                .query_row(
+                    &format!(
+                        "SELECT (SELECT count(*) FROM matches WHERE seq > ?1 AND {c} = 1)
+                              + (SELECT count(*) FROM matches WHERE {c} = 5)"
+                    ),
+                    [cursor],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            tx.execute(
+                "INSERT INTO outbox_backlog (output, n) VALUES (?1, ?2)
+                 ON CONFLICT (output) DO UPDATE SET n = excluded.n",
+                params![c, n],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// The database's file.
@@ -395,6 +507,21 @@ impl FilterStore {
     pub fn remove(&self, id: i64) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for output in OUTPUTS {
+            let c = output.column();
+            let cursor = cursor_in(&tx, output).map_err(|e| self.err(e))?;
+            let waiting: i64 = tx
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM matches WHERE filter = ?1
+                         AND (({c} = 1 AND seq > ?2) OR {c} = 5)"
+                    ),
+                    params![id, cursor],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            add_backlog(&tx, output, -waiting).map_err(|e| self.err(e))?;
+        }
         tx.execute("DELETE FROM matches WHERE filter = ?1", params![id])
             .map_err(|e| self.err(e))?;
         tx.execute("DELETE FROM filter WHERE id = ?1", params![id])
@@ -421,29 +548,45 @@ impl FilterStore {
     }
 
     /// Queues `matches` for their filters' outputs; a (filter, alert) already queued is
-    /// left as it is. Returns the matches new to the outbox.
+    /// left as it is. Returns the matches new to the outbox. Written durably (synced)
+    /// before it returns: the consumer commits its offsets afterwards.
     pub fn enqueue(&self, matches: &[Match]) -> Result<usize> {
+        let mut added = 0;
+        // Each filter's name and outputs, looked up once.
+        let mut filters: HashMap<i64, Option<(String, bool, bool)>> = HashMap::new();
+        for chunk in matches.chunks(ENQUEUE_CHUNK) {
+            added += self.enqueue_chunk(chunk, &mut filters)?;
+        }
+        Ok(added)
+    }
+
+    fn enqueue_chunk(
+        &self,
+        matches: &[Match],
+        filters: &mut HashMap<i64, Option<(String, bool, bool)>>,
+    ) -> Result<usize> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let mut added = 0;
+        let (mut to_kafka, mut to_webhook) = (0, 0);
         {
             let mut filter = tx
-                .prepare("SELECT name, kafka_topic IS NOT NULL, webhook IS NOT NULL FROM filter WHERE id = ?1")
+                .prepare_cached("SELECT name, kafka_topic IS NOT NULL, webhook IS NOT NULL FROM filter WHERE id = ?1")
                 .map_err(|e| self.err(e))?;
             let mut insert = tx
-                .prepare(
+                .prepare_cached(
                     "INSERT OR IGNORE INTO matches (filter, alert_id, payload, created_ms, kafka,
                                                     webhook)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(|e| self.err(e))?;
             let mut count = tx
-                .prepare("UPDATE filter SET matches = matches + ?2 WHERE id = ?1")
+                .prepare_cached("UPDATE filter SET matches = matches + ?2 WHERE id = ?1")
                 .map_err(|e| self.err(e))?;
             let now = now_ms();
-            // Each filter's name and outputs, looked up once; matches counted per filter.
-            let mut filters: HashMap<i64, Option<(String, bool, bool)>> = HashMap::new();
+            // Matches counted per filter.
             let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
+            let mut payload = String::new();
             for m in matches {
                 let found = match filters.get(&m.filter) {
                     Some(f) => f,
@@ -465,7 +608,10 @@ impl FilterStore {
                 let Some((name, kafka, webhook)) = found else {
                     continue;
                 };
-                let payload = format!(
+                payload.clear();
+                use std::fmt::Write as _;
+                let _ = write!(
+                    payload,
                     "{{\"filter\":{},\"name\":{},\"alertId\":{},\"rows\":{}}}",
                     m.filter, name, m.alert_id, m.rows
                 );
@@ -489,12 +635,16 @@ impl FilterStore {
                 if n > 0 {
                     *counts.entry(m.filter).or_default() += 1;
                     added += 1;
+                    to_kafka += i64::from(*kafka);
+                    to_webhook += i64::from(*webhook);
                 }
             }
             for (id, n) in counts {
                 count.execute(params![id, n]).map_err(|e| self.err(e))?;
             }
         }
+        add_backlog(&tx, Output::Kafka, to_kafka).map_err(|e| self.err(e))?;
+        add_backlog(&tx, Output::Webhook, to_webhook).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(added)
     }
@@ -503,112 +653,160 @@ impl FilterStore {
     /// webhook counts twice); the consumer holds back while there are too many.
     pub fn backlog(&self) -> Result<u64> {
         self.lock()
-            .query_row(
-                "SELECT (SELECT count(*) FROM matches WHERE kafka IN (1, 2))
-                      + (SELECT count(*) FROM matches WHERE webhook IN (1, 2))",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
+            .query_row("SELECT coalesce(sum(n), 0) FROM outbox_backlog", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
             .map_err(|e| self.err(e))
     }
 
-    /// Up to `limit` matches due for `output`, oldest first, marked in flight.
-    pub fn take_due(&self, output: Output, limit: usize) -> Result<Vec<Queued>> {
-        let c = output.column();
-        let now = now_ms();
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let rows: Vec<Queued> = {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT seq, filter, alert_id, payload, attempts FROM matches
-                     WHERE {c} = 1 AND next_try_ms <= ?1 ORDER BY seq LIMIT ?2"
-                ))
-                .map_err(|e| self.err(e))?;
-            stmt.query_map(params![now, limit as i64], queued_row)
-                .map_err(|e| self.err(e))?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| self.err(e))?
-        };
-        // The rows taken are exactly those due between the first and the last taken: one
-        // statement marks them all.
-        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-            tx.execute(
-                &format!(
-                    "UPDATE matches SET {c} = {} WHERE {c} = 1 AND next_try_ms <= ?1
-                     AND seq BETWEEN ?2 AND ?3",
-                    delivery::IN_FLIGHT
-                ),
-                params![now, first.seq, last.seq],
-            )
-            .map_err(|e| self.err(e))?;
-        }
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(rows)
+    /// The cursor of `output`: every match at or below it is delivered or settled.
+    pub fn cursor(&self, output: Output) -> Result<i64> {
+        cursor_in(&self.lock(), output).map_err(|e| self.err(e))
     }
 
-    /// Matches left in flight for `output` by a process that stopped while sending them.
-    pub fn in_flight(&self, output: Output) -> Result<Vec<Queued>> {
+    /// Up to `limit` matches pending for `output` after sequence number `after`, oldest
+    /// first, and the sequence number up to which the outbox was examined (the last one
+    /// returned when `limit` were found): an output's deliverer goes on from there.
+    /// Examines at most a few windows of the outbox per call, and returns as soon as one
+    /// window has something pending.
+    pub fn pending_after(
+        &self,
+        output: Output,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<Queued>, i64)> {
+        let c = output.column();
+        let conn = self.lock();
+        let last: i64 = conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM matches", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT seq, filter, alert_id, payload, attempts FROM matches
+                 WHERE seq > ?1 AND seq <= ?2 AND {c} = {} ORDER BY seq LIMIT ?3",
+                delivery::PENDING
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut from = after;
+        while from < last {
+            let to = from.saturating_add(SCAN_WINDOW).min(last);
+            let rows: Vec<Queued> = stmt
+                .query_map(params![from, to, limit as i64], queued_row)
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| self.err(e))?;
+            if rows.len() >= limit {
+                let seen = rows.last().map_or(to, |q| q.seq);
+                return Ok((rows, seen));
+            }
+            from = to;
+            if !rows.is_empty() {
+                return Ok((rows, to));
+            }
+        }
+        Ok((Vec::new(), from.max(after)))
+    }
+
+    /// Up to `limit` matches whose delivery to `output` failed and is due to be tried
+    /// again, oldest first.
+    pub fn retries_due(&self, output: Output, limit: usize) -> Result<Vec<Queued>> {
         let c = output.column();
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT seq, filter, alert_id, payload, attempts FROM matches
-                 WHERE {c} = 2 ORDER BY seq"
+                 WHERE {c} = {} AND next_try_ms <= ?1 ORDER BY seq LIMIT ?2",
+                delivery::RETRY
             ))
             .map_err(|e| self.err(e))?;
-        stmt.query_map([], queued_row)
+        stmt.query_map(params![now_ms(), limit as i64], queued_row)
             .map_err(|e| self.err(e))?
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| self.err(e))
     }
 
-    /// Marks matches `seqs` delivered to `output`.
-    pub fn delivered(&self, output: Output, seqs: &[i64]) -> Result<()> {
-        self.set_delivery(output, seqs, delivery::DONE)
+    /// Matches not yet known delivered to `output`, oldest first: those after its cursor
+    /// (after a crash some of them may have been sent) and those waiting for a retry.
+    pub fn undelivered(&self, output: Output) -> Result<Vec<Queued>> {
+        let c = output.column();
+        let conn = self.lock();
+        let cursor = cursor_in(&conn, output).map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT seq, filter, alert_id, payload, attempts FROM matches
+                 WHERE (seq > ?1 AND {c} = 1) OR {c} = 5 ORDER BY seq"
+            ))
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([cursor], queued_row)
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
     }
 
-    /// Marks matches delivered to Kafka, given as (sequence number, topic, offset the
-    /// broker gave it), and moves each topic's mark past them, in one transaction: every
-    /// match still in flight afterwards was sent after the mark, so it is at or after the
-    /// mark if the broker has it (see [`FilterStore::kafka_marks`]).
-    pub fn delivered_to_kafka(&self, acks: &[(i64, String, i64)]) -> Result<()> {
+    /// Records a round of delivery to `output` in one transaction: matches delivered out
+    /// of order, then the cursor moved forward, then Kafka topics' marks moved past the
+    /// messages recorded (see [`FilterStore::kafka_marks`]). Not synced to disk at once:
+    /// after a power failure a round may be lost, which only makes its matches be looked
+    /// up again (Kafka) or posted again with their idempotency keys (webhooks).
+    pub fn record(&self, output: Output, progress: &Progress) -> Result<()> {
+        let c = output.column();
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        {
-            let mut done = tx
-                .prepare(&format!(
-                    "UPDATE matches SET kafka = {} WHERE seq BETWEEN ?1 AND ?2",
-                    delivery::DONE
-                ))
-                .map_err(|e| self.err(e))?;
-            let mut mark = tx
-                .prepare(
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.err(e))?;
+        let done = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            let old = cursor_in(&tx, output)?;
+            let mut settled = 0i64;
+            {
+                let mut done = tx.prepare_cached(&format!(
+                    "UPDATE matches SET {c} = {} WHERE seq BETWEEN ?1 AND ?2
+                     AND ({c} = {} OR ({c} = {} AND seq > ?3))",
+                    delivery::DONE,
+                    delivery::RETRY,
+                    delivery::PENDING
+                ))?;
+                for (first, last) in runs(progress.delivered.iter().copied()) {
+                    settled += done.execute(params![first, last, old])? as i64;
+                }
+            }
+            if let Some(new) = progress.cursor.filter(|n| *n > old) {
+                settled += tx.query_row(
+                    &format!(
+                        "SELECT count(*) FROM matches WHERE seq > ?1 AND seq <= ?2 AND {c} = {}",
+                        delivery::PENDING
+                    ),
+                    params![old, new],
+                    |r| r.get::<_, i64>(0),
+                )?;
+                tx.execute(
+                    "UPDATE outbox_cursor SET seq = ?2 WHERE output = ?1",
+                    params![c, new],
+                )?;
+            }
+            {
+                let mut mark = tx.prepare_cached(
                     "INSERT INTO kafka_mark (topic, next_offset) VALUES (?1, ?2)
                      ON CONFLICT (topic) DO UPDATE
                      SET next_offset = max(next_offset, excluded.next_offset)",
-                )
-                .map_err(|e| self.err(e))?;
-            let mut marks: HashMap<&str, i64> = HashMap::new();
-            for (first, last) in runs(acks.iter().map(|(seq, ..)| *seq)) {
-                done.execute(params![first, last])
-                    .map_err(|e| self.err(e))?;
+                )?;
+                for (topic, next) in &progress.marks {
+                    mark.execute(params![topic, next])?;
+                }
             }
-            for (_, topic, offset) in acks {
-                let m = marks.entry(topic).or_insert(offset + 1);
-                *m = (*m).max(offset + 1);
-            }
-            for (topic, next) in marks {
-                mark.execute(params![topic, next])
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))
+            add_backlog(&tx, output, -settled)?;
+            tx.commit()
+        })();
+        let restored = conn.pragma_update(None, "synchronous", "FULL");
+        done.and(restored).map_err(|e| self.err(e))
     }
 
-    /// For each topic that received matches, the offset after the last one acknowledged
-    /// by the broker.
+    /// For each topic that received matches, the offset after the last one recorded as
+    /// delivered. Every message on a topic that Meridian sent and did not record yet is
+    /// at or after its mark: the deliverer moves a mark only past messages it records in
+    /// the same transaction, and the broker acknowledges a topic's messages in order.
     pub fn kafka_marks(&self) -> Result<HashMap<String, i64>> {
         let conn = self.lock();
         let mut stmt = conn
@@ -620,55 +818,50 @@ impl FilterStore {
             .map_err(|e| self.err(e))
     }
 
-    /// Puts matches `seqs` back in the queue of `output` (not sent after all).
-    pub fn requeue(&self, output: Output, seqs: &[i64]) -> Result<()> {
-        self.set_delivery(output, seqs, delivery::PENDING)
-    }
-
-    fn set_delivery(&self, output: Output, seqs: &[i64], state: i64) -> Result<()> {
-        let c = output.column();
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "UPDATE matches SET {c} = ?3 WHERE seq BETWEEN ?1 AND ?2"
-                ))
-                .map_err(|e| self.err(e))?;
-            for (first, last) in runs(seqs.iter().copied()) {
-                stmt.execute(params![first, last, state])
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    /// Records a failed attempt of match `seq` for `output`: retried after a backoff that
+    /// Records a failed attempt of match `q` for `output`: retried after a backoff that
     /// doubles from one second, given up (and the error kept on the filter) after
-    /// [`WEBHOOK_ATTEMPTS`].
+    /// [`WEBHOOK_ATTEMPTS`]. Returns whether it was given up.
     pub fn failed_attempt(&self, output: Output, q: &Queued, error: &str) -> Result<bool> {
         let c = output.column();
         let attempts = q.attempts + 1;
-        let conn = self.lock();
         let give_up = attempts >= WEBHOOK_ATTEMPTS;
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let cursor = cursor_in(&tx, output).map_err(|e| self.err(e))?;
+        let was: Option<i64> = tx
+            .query_row(
+                &format!("SELECT {c} FROM matches WHERE seq = ?1"),
+                [q.seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        // Its filter is gone, and the match with it.
+        let Some(was) = was else {
+            return Ok(true);
+        };
+        let waiting_before = was == delivery::RETRY || (was == delivery::PENDING && q.seq > cursor);
         let state = if give_up {
             delivery::FAILED
         } else {
-            delivery::PENDING
+            delivery::RETRY
         };
         let backoff_ms = 1000i64 << (attempts - 1).clamp(0, 20);
-        conn.execute(
+        tx.execute(
             &format!("UPDATE matches SET {c} = ?2, attempts = ?3, next_try_ms = ?4 WHERE seq = ?1"),
             params![q.seq, state, attempts, now_ms() + backoff_ms],
         )
         .map_err(|e| self.err(e))?;
+        add_backlog(&tx, output, i64::from(!give_up) - i64::from(waiting_before))
+            .map_err(|e| self.err(e))?;
         if give_up {
-            conn.execute(
+            tx.execute(
                 "UPDATE filter SET last_error = ?2 WHERE id = ?1",
                 params![q.filter, format!("{} of alert {}: {error}", c, q.alert_id)],
             )
             .map_err(|e| self.err(e))?;
         }
+        tx.commit().map_err(|e| self.err(e))?;
         Ok(give_up)
     }
 
@@ -702,13 +895,17 @@ impl FilterStore {
     /// Deliveries of filter `id`: (pending, delivered, failed) over its outputs.
     pub fn delivery_counts(&self, id: i64) -> Result<(u64, u64, u64)> {
         let conn = self.lock();
+        let k = cursor_in(&conn, Output::Kafka).map_err(|e| self.err(e))?;
+        let w = cursor_in(&conn, Output::Webhook).map_err(|e| self.err(e))?;
         conn.query_row(
             "SELECT
-                 coalesce(sum((kafka IN (1, 2)) + (webhook IN (1, 2))), 0),
-                 coalesce(sum((kafka = 3) + (webhook = 3)), 0),
+                 coalesce(sum((kafka = 1 AND seq > ?2) + (kafka = 5)
+                              + (webhook = 1 AND seq > ?3) + (webhook = 5)), 0),
+                 coalesce(sum((kafka = 3) + (kafka = 1 AND seq <= ?2)
+                              + (webhook = 3) + (webhook = 1 AND seq <= ?3)), 0),
                  coalesce(sum((kafka = 4) + (webhook = 4)), 0)
              FROM matches WHERE filter = ?1",
-            params![id],
+            params![id, k, w],
             |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
@@ -723,14 +920,37 @@ impl FilterStore {
     /// Removes matches delivered everywhere (or given up) longer ago than
     /// [`KEEP_DELIVERED_MS`]; returns how many.
     pub fn prune(&self) -> Result<usize> {
-        self.lock()
-            .execute(
-                "DELETE FROM matches WHERE created_ms < ?1 AND kafka NOT IN (1, 2)
-                 AND webhook NOT IN (1, 2)",
-                params![now_ms() - KEEP_DELIVERED_MS],
-            )
-            .map_err(|e| self.err(e))
+        let conn = self.lock();
+        let k = cursor_in(&conn, Output::Kafka).map_err(|e| self.err(e))?;
+        let w = cursor_in(&conn, Output::Webhook).map_err(|e| self.err(e))?;
+        conn.execute(
+            "DELETE FROM matches WHERE created_ms < ?1
+             AND (kafka IN (0, 3, 4) OR (kafka = 1 AND seq <= ?2))
+             AND (webhook IN (0, 3, 4) OR (webhook = 1 AND seq <= ?3))",
+            params![now_ms() - KEEP_DELIVERED_MS, k, w],
+        )
+        .map_err(|e| self.err(e))
     }
+}
+
+/// The cursor of `output` (see [`FilterStore::cursor`]).
+fn cursor_in(conn: &rusqlite::Connection, output: Output) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT seq FROM outbox_cursor WHERE output = ?1",
+        [output.column()],
+        |r| r.get(0),
+    )
+}
+
+/// Changes the backlog of `output` by `n`.
+fn add_backlog(conn: &rusqlite::Connection, output: Output, n: i64) -> rusqlite::Result<()> {
+    if n != 0 {
+        conn.execute(
+            "UPDATE outbox_backlog SET n = n + ?2 WHERE output = ?1",
+            params![output.column(), n],
+        )?;
+    }
+    Ok(())
 }
 
 const SELECT: &str = "SELECT id, owner, name, query, kafka_topic, webhook, mydb_table, state,
@@ -796,25 +1016,50 @@ mod tests {
         assert_eq!(store.enqueue(&[m(2), m(3)]).unwrap(), 1);
         assert_eq!(store.get(f.id).unwrap().unwrap().matches, 3);
         assert_eq!(store.backlog().unwrap(), 3);
-        let due = store.take_due(Output::Webhook, 10).unwrap();
+        let cursor = store.cursor(Output::Webhook).unwrap();
+        let (due, read_to) = store.pending_after(Output::Webhook, cursor, 10).unwrap();
         assert_eq!(due.len(), 3);
-        assert!(store.take_due(Output::Webhook, 10).unwrap().is_empty());
+        assert_eq!(read_to, due[2].seq);
         assert!(due[0].payload.contains("\"alertId\":1"));
-        store.delivered(Output::Webhook, &[due[0].seq]).unwrap();
+        // The first posted, the second failed; the third not yet posted.
         assert!(
             !store
                 .failed_attempt(Output::Webhook, &due[1], "503")
                 .unwrap()
         );
-        // Backed off: not due again at once.
-        store.requeue(Output::Webhook, &[due[2].seq]).unwrap();
-        let again = store.take_due(Output::Webhook, 10).unwrap();
-        assert_eq!(
-            again.iter().map(|q| q.alert_id).collect::<Vec<_>>(),
-            vec![3]
-        );
+        store
+            .record(
+                Output::Webhook,
+                &Progress {
+                    cursor: Some(due[1].seq),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(store.backlog().unwrap(), 2);
+        // Backed off: not due again at once; the third still pending.
+        assert!(store.retries_due(Output::Webhook, 10).unwrap().is_empty());
+        let (rest, _) = store
+            .pending_after(Output::Webhook, due[1].seq, 10)
+            .unwrap();
+        assert_eq!(rest.iter().map(|q| q.alert_id).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(store.undelivered(Output::Webhook).unwrap().len(), 2);
         assert_eq!(store.after(f.id, due[0].seq, 10).unwrap().len(), 2);
         assert_eq!(store.delivery_counts(f.id).unwrap(), (2, 1, 0));
+        // The retry delivered out of order, the third in order.
+        store
+            .record(
+                Output::Webhook,
+                &Progress {
+                    cursor: Some(due[2].seq),
+                    delivered: vec![due[1].seq],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(store.backlog().unwrap(), 0);
+        assert_eq!(store.delivery_counts(f.id).unwrap(), (0, 3, 0));
+        assert!(store.undelivered(Output::Webhook).unwrap().is_empty());
     }
 
     #[test]
@@ -827,80 +1072,177 @@ mod tests {
     }
 
     #[test]
-    fn range_bookkeeping_touches_exactly_the_matches_named() {
+    fn cursors_count_exactly_the_deliveries_waiting() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FilterStore::open(&dir.path().join("f.sqlite")).unwrap();
-        let kafka = |t: &str| Outputs {
+        let path = dir.path().join("f.sqlite");
+        let store = FilterStore::open(&path).unwrap();
+        let both = |t: &str| Outputs {
             kafka_topic: Some(t.into()),
             webhook: Some("http://example.org/hook".into()),
             ..Default::default()
         };
-        let a = store.add("ann", "a", "SELECT 1", &kafka("ann.a")).unwrap();
+        let a = store.add("ann", "a", "SELECT 1", &both("ann.a")).unwrap();
         let b = store
             .add("ann", "b", "SELECT 1", &Outputs::default())
             .unwrap();
-        let c = store.add("ann", "c", "SELECT 1", &kafka("ann.c")).unwrap();
+        let c = store.add("ann", "c", "SELECT 1", &both("ann.c")).unwrap();
         let m = |filter, alert_id| Match {
             filter,
             alert_id,
             rows: "[]".into(),
         };
         // Filters' matches interleaved: b's (no outputs) sit between a's and c's.
+        // Sequence numbers: a1 1, b1 2, c1 3, a2 4, b2 5, c2 6, a3 7, b3 8, c3 9, a4 10, ...
         let batch: Vec<Match> = (1..=4)
             .flat_map(|i| [m(a.id, i), m(b.id, i), m(c.id, i)])
             .collect();
         assert_eq!(store.enqueue(&batch).unwrap(), 12);
-        let state = |output: Output, seq: i64| -> i64 {
+        assert_eq!(store.backlog().unwrap(), 16);
+        let seqs = |q: &[Queued]| q.iter().map(|q| q.seq).collect::<Vec<_>>();
+        let (sent, read_to) = store.pending_after(Output::Kafka, 0, 5).unwrap();
+        assert_eq!(seqs(&sent), vec![1, 3, 4, 6, 7]);
+        assert_eq!(read_to, 7);
+        let record = |cursor: Option<i64>, delivered: Vec<i64>, marks: &[(&str, i64)]| {
             store
-                .lock()
-                .query_row(
-                    &format!("SELECT {} FROM matches WHERE seq = ?1", output.column()),
-                    [seq],
-                    |r| r.get(0),
+                .record(
+                    Output::Kafka,
+                    &Progress {
+                        cursor,
+                        delivered,
+                        marks: marks.iter().map(|(t, o)| (t.to_string(), *o)).collect(),
+                    },
                 )
                 .unwrap()
         };
-        // Kafka: take 5 of the 8, acknowledge the 1st, 2nd and 4th; the rest stay in
-        // flight, b's matches untouched.
-        let sent = store.take_due(Output::Kafka, 5).unwrap();
-        assert_eq!(sent.len(), 5);
-        let acks: Vec<(i64, String, i64)> = [0, 1, 3]
-            .iter()
-            .map(|&i| (sent[i].seq, "ann.a".to_string(), i as i64))
-            .collect();
-        store.delivered_to_kafka(&acks).unwrap();
-        for (i, q) in sent.iter().enumerate() {
-            let want = if [0, 1, 3].contains(&i) {
-                delivery::DONE
-            } else {
-                delivery::IN_FLIGHT
-            };
-            assert_eq!(state(Output::Kafka, q.seq), want, "{i}");
-        }
-        assert_eq!(store.in_flight(Output::Kafka).unwrap().len(), 2);
-        assert_eq!(store.kafka_marks().unwrap()["ann.a"], 4);
-        let rest = store.take_due(Output::Kafka, 100).unwrap();
-        assert_eq!(rest.len(), 3);
-        for q in store.after(b.id, 0, 100).unwrap() {
-            assert_eq!(state(Output::Kafka, q.seq), delivery::NONE);
-            assert_eq!(state(Output::Webhook, q.seq), delivery::NONE);
-        }
-        store
-            .requeue(Output::Kafka, &[sent[2].seq, sent[4].seq])
-            .unwrap();
-        assert_eq!(store.take_due(Output::Kafka, 100).unwrap().len(), 2);
-        // One of a's webhook deliveries backed off: the range taken must skip it.
-        let hooks = store.take_due(Output::Webhook, 2).unwrap();
-        assert_eq!(hooks.len(), 2);
-        assert!(
-            !store
-                .failed_attempt(Output::Webhook, &hooks[1], "503")
-                .unwrap()
+        // a1 and c1 acknowledged: the cursor moves past them.
+        record(Some(3), vec![], &[("ann.a", 1), ("ann.c", 1)]);
+        assert_eq!(store.backlog().unwrap(), 14);
+        // a3 delivered ahead of the cursor, then the cursor moves past a2, c2 and a3: a3
+        // is not counted twice.
+        record(None, vec![7], &[]);
+        assert_eq!(store.backlog().unwrap(), 13);
+        record(Some(7), vec![7], &[("ann.a", 3)]);
+        assert_eq!(store.backlog().unwrap(), 11);
+        assert_eq!(store.kafka_marks().unwrap()["ann.a"], 3);
+        // c3 fails: it waits for a retry, off the pending matches but in the backlog.
+        let c3 = store.after(c.id, 6, 1).unwrap().remove(0);
+        assert_eq!(c3.seq, 9);
+        assert!(!store.failed_attempt(Output::Kafka, &c3, "broken").unwrap());
+        assert_eq!(store.backlog().unwrap(), 11);
+        let (rest, _) = store.pending_after(Output::Kafka, 7, 100).unwrap();
+        assert_eq!(seqs(&rest), vec![10, 12]);
+        assert_eq!(
+            seqs(&store.undelivered(Output::Kafka).unwrap()),
+            vec![9, 10, 12]
         );
-        store.delivered(Output::Webhook, &[hooks[0].seq]).unwrap();
-        let due = store.take_due(Output::Webhook, 100).unwrap();
-        assert_eq!(due.len(), 6, "{due:?}");
-        assert!(due.iter().all(|q| q.seq != hooks[1].seq));
-        assert_eq!(state(Output::Webhook, hooks[1].seq), delivery::PENDING);
+        store
+            .lock()
+            .execute("UPDATE matches SET next_try_ms = 0 WHERE seq = 9", [])
+            .unwrap();
+        assert_eq!(
+            seqs(&store.retries_due(Output::Kafka, 10).unwrap()),
+            vec![9]
+        );
+        // The count kept equals the count made afresh on opening.
+        drop(store);
+        let store = FilterStore::open(&path).unwrap();
+        assert_eq!(store.backlog().unwrap(), 11);
+        assert_eq!(store.delivery_counts(a.id).unwrap(), (5, 3, 0));
+        assert_eq!(store.delivery_counts(b.id).unwrap(), (0, 0, 0));
+        // Removing c takes its waiting deliveries with it: c3 and c4 to Kafka, four
+        // webhook posts.
+        store.remove(c.id).unwrap();
+        assert_eq!(store.backlog().unwrap(), 5);
+        for q in store.after(b.id, 0, 100).unwrap() {
+            let state: (i64, i64) = store
+                .lock()
+                .query_row(
+                    "SELECT kafka, webhook FROM matches WHERE seq = ?1",
+                    [q.seq],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!(state, (delivery::NONE, delivery::NONE));
+        }
+    }
+
+    #[test]
+    fn a_long_stretch_without_an_output_is_read_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilterStore::open(&dir.path().join("f.sqlite")).unwrap();
+        let hook = Outputs {
+            webhook: Some("http://example.org/hook".into()),
+            ..Default::default()
+        };
+        let quiet = store
+            .add("ann", "quiet", "SELECT 1", &Outputs::default())
+            .unwrap();
+        let loud = store.add("ann", "loud", "SELECT 1", &hook).unwrap();
+        let n = SCAN_WINDOW as usize * 2 + 10;
+        let batch: Vec<Match> = (0..n as i64)
+            .map(|i| Match {
+                filter: quiet.id,
+                alert_id: i,
+                rows: "[]".into(),
+            })
+            .chain([Match {
+                filter: loud.id,
+                alert_id: 1,
+                rows: "[]".into(),
+            }])
+            .collect();
+        assert_eq!(store.enqueue(&batch).unwrap(), n + 1);
+        let (due, read_to) = store.pending_after(Output::Webhook, 0, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].filter, loud.id);
+        assert_eq!(read_to, n as i64 + 1);
+        let (none, read_to) = store.pending_after(Output::Webhook, read_to, 10).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(read_to, n as i64 + 1);
+        assert_eq!(store.backlog().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_database_of_the_earlier_outbox_gets_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.sqlite");
+        let store = FilterStore::open(&path).unwrap();
+        let f = store
+            .add(
+                "ann",
+                "a",
+                "SELECT 1",
+                &Outputs {
+                    kafka_topic: Some("ann.a".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let batch: Vec<Match> = (1..=4)
+            .map(|i| Match {
+                filter: f.id,
+                alert_id: i,
+                rows: "[]".into(),
+            })
+            .collect();
+        store.enqueue(&batch).unwrap();
+        drop(store);
+        // As the earlier version left it: the first delivered, the second in flight, the
+        // third delivered out of order, the fourth pending; no cursors.
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "UPDATE matches SET kafka = 3 WHERE seq IN (1, 3);
+                 UPDATE matches SET kafka = 2 WHERE seq = 2;
+                 DROP TABLE outbox_cursor; DROP TABLE outbox_backlog;",
+            )
+            .unwrap();
+        }
+        let store = FilterStore::open(&path).unwrap();
+        assert_eq!(store.cursor(Output::Kafka).unwrap(), 1);
+        assert_eq!(store.cursor(Output::Webhook).unwrap(), 4);
+        assert_eq!(store.backlog().unwrap(), 2);
+        let (due, _) = store.pending_after(Output::Kafka, 1, 10).unwrap();
+        assert_eq!(due.iter().map(|q| q.seq).collect::<Vec<_>>(), vec![2, 4]);
     }
 }

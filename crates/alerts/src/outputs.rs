@@ -4,10 +4,12 @@
 //! - **Kafka**: each match is one message on the filter's topic (partition 0, so a topic
 //!   holds a filter's matches in order), keyed by alert id, the JSON of
 //!   [`crate::filters::Queued::payload`]. Matches are marked in flight before they are
-//!   sent and delivered once the broker acknowledged them; each topic keeps a mark, the
-//!   offset after its last acknowledged match. After a crash, matches left in flight are
-//!   looked up in their topic from its mark on (only Meridian writes there): those found
-//!   count as delivered, the others are sent again. So a topic gets each match once.
+//!   sent in the outbox's order; the outbox's Kafka cursor moves past the matches the
+//!   broker acknowledged, up to the first one not yet answered, and each topic keeps a
+//!   mark, the offset after its last match recorded so. After a crash, the matches after
+//!   the cursor are looked up in their topic from its mark on (only Meridian writes
+//!   there): those found count as delivered, the others are sent. So a topic gets each
+//!   match once.
 //! - **Webhook**: an HTTP POST of the same JSON, with the header `Idempotency-Key:
 //!   <filter>-<alertId>`; a 2xx answer delivers it, anything else is retried after a
 //!   backoff doubling from one second, up to [`crate::filters::WEBHOOK_ATTEMPTS`] tries.
@@ -24,7 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::filters::{FilterStore, Output, Queued};
+use crate::filters::{FilterStore, Output, Progress, Queued};
 use crate::{Error, Result};
 
 /// How matches are delivered.
@@ -131,6 +133,38 @@ impl rdkafka::producer::ProducerContext for Acks {
 /// Matches sent to Kafka and not yet answered above which no more are sent.
 const MAX_IN_FLIGHT: usize = 50_000;
 
+/// Matches read from the outbox at most per round.
+const ROUND_MATCHES: usize = 10_000;
+
+/// Webhook posts at most per round (each waits for its answer).
+const ROUND_POSTS: usize = 200;
+
+/// A match read for Kafka and not yet behind the cursor.
+enum Flight {
+    /// Sent; the broker's answer not yet taken.
+    Sent(Queued),
+    /// Acknowledged at this topic and offset.
+    Acked(String, i64),
+    /// Nothing more to do: no topic to send it to, or its failure recorded (a retry).
+    Settled,
+}
+
+/// Where Kafka delivery stands in this process.
+#[derive(Default)]
+struct KafkaLane {
+    /// Matches after the cursor read so far, by sequence number; the cursor moves up to
+    /// the first one still sent and unanswered.
+    flying: std::collections::BTreeMap<i64, Flight>,
+    /// How many of `flying` are [`Flight::Sent`].
+    sent: usize,
+    /// The outbox was read up to this sequence number.
+    read_to: i64,
+    /// The cursor as last recorded.
+    cursor: i64,
+    /// Retries sent and not yet answered, by sequence number.
+    retrying: HashMap<i64, Queued>,
+}
+
 /// Delivers queued matches until stopped.
 pub struct Deliverer {
     store: Arc<FilterStore>,
@@ -139,8 +173,9 @@ pub struct Deliverer {
     agent: ureq::Agent,
     /// Topics made sure to exist.
     topics: std::collections::HashSet<String>,
-    /// Matches sent to Kafka and not yet answered, by sequence number.
-    flying: HashMap<i64, Queued>,
+    kafka: KafkaLane,
+    /// The webhooks' cursor as last recorded (posts are answered before a round ends).
+    webhook_cursor: i64,
 }
 
 /// Matches each output received in one round.
@@ -157,8 +192,8 @@ pub struct Round {
 }
 
 impl Deliverer {
-    /// A deliverer of `store`'s outbox; matches left in flight by an earlier process are
-    /// recovered first (see the module's description).
+    /// A deliverer of `store`'s outbox; matches an earlier process may have sent without
+    /// recording it are looked up first (see the module's description).
     pub fn new(store: Arc<FilterStore>, opts: DeliveryOptions) -> Result<Self> {
         let producer = match &opts.brokers {
             Some(brokers) => {
@@ -184,64 +219,94 @@ impl Deliverer {
             .http_status_as_error(false)
             .build()
             .into();
+        let cursor = store.cursor(Output::Kafka)?;
+        let webhook_cursor = store.cursor(Output::Webhook)?;
         let d = Self {
             store,
             opts,
             producer,
             agent,
             topics: Default::default(),
-            flying: HashMap::new(),
+            kafka: KafkaLane {
+                read_to: cursor,
+                cursor,
+                ..Default::default()
+            },
+            webhook_cursor,
         };
         d.recover()?;
         Ok(d)
     }
 
-    /// Resolves matches left in flight: webhooks' are queued again; Kafka's are looked up
-    /// at the end of their topics.
+    /// Looks up, on their topics, the matches an earlier process may have sent to Kafka
+    /// without recording it (those after the cursor, and retries): the ones found are
+    /// recorded as delivered, the others are sent as usual. Webhooks need nothing: their
+    /// matches after the cursor are posted again, with the same idempotency keys.
     fn recover(&self) -> Result<()> {
-        let hooks: Vec<i64> = self
-            .store
-            .in_flight(Output::Webhook)?
-            .iter()
-            .map(|q| q.seq)
-            .collect();
-        self.store.requeue(Output::Webhook, &hooks)?;
-        let flying = self.store.in_flight(Output::Kafka)?;
-        if flying.is_empty() {
-            return Ok(());
-        }
         let Some(brokers) = &self.opts.brokers else {
             return Ok(());
         };
         let topics = self.topic_names()?;
-        let marks = self.store.kafka_marks()?;
-        let mut by_topic: HashMap<String, Vec<&Queued>> = HashMap::new();
-        for q in &flying {
+        let mut wanted = std::collections::BTreeSet::new();
+        let unknown = self.each_undelivered(|q| {
             if let Some(t) = topics.get(&q.filter) {
-                by_topic.entry(t.clone()).or_default().push(q);
+                wanted.insert(t.clone());
             }
+        })?;
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let marks = self.store.kafka_marks()?;
+        let mut keys = HashMap::new();
+        for topic in wanted {
+            let found = self.keys_after(brokers, &topic, marks.get(&topic).copied())?;
+            keys.insert(topic, found);
         }
         let mut found = Vec::new();
-        let mut again = Vec::new();
-        for (topic, queued) in by_topic {
-            let keys = self.keys_after(brokers, &topic, marks.get(&topic).copied())?;
-            for q in queued {
-                if keys.contains(&q.alert_id.to_string()) {
-                    found.push(q.seq);
-                } else {
-                    again.push(q.seq);
-                }
+        self.each_undelivered(|q| {
+            let on_topic = topics
+                .get(&q.filter)
+                .and_then(|t| keys.get(t))
+                .is_some_and(|k| k.contains(&q.alert_id.to_string()));
+            if on_topic {
+                found.push(q.seq);
             }
-        }
+        })?;
         tracing::info!(
             delivered = found.len(),
-            resent = again.len(),
-            "matches left in flight to Kafka by an earlier run"
+            to_send = unknown - found.len(),
+            "matches an earlier run may have sent to Kafka, looked up on their topics"
         );
-        self.store.delivered(Output::Kafka, &found)?;
-        // Filters deleted meanwhile: their rows went with them; others are sent again.
-        self.store.requeue(Output::Kafka, &again)?;
-        Ok(())
+        self.store.record(
+            Output::Kafka,
+            &Progress {
+                delivered: found,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Calls `f` on each match not known delivered to Kafka (after the cursor, and the
+    /// retries), a page at a time; returns how many there were.
+    fn each_undelivered(&self, mut f: impl FnMut(&Queued)) -> Result<usize> {
+        let mut n = 0;
+        let mut after = self.kafka.cursor;
+        loop {
+            let (page, read_to) = self
+                .store
+                .pending_after(Output::Kafka, after, ROUND_MATCHES)?;
+            if page.is_empty() {
+                break;
+            }
+            n += page.len();
+            page.iter().for_each(&mut f);
+            after = read_to;
+        }
+        // All of them: a retry sent before a crash was due then, so it is due now.
+        let retries = self.store.retries_due(Output::Kafka, i64::MAX as usize)?;
+        n += retries.len();
+        retries.iter().for_each(&mut f);
+        Ok(n)
     }
 
     /// The keys of partition 0 of `topic` from offset `mark` (from its start without one)
@@ -346,7 +411,7 @@ impl Deliverer {
             .collect();
         if self.producer.is_some() {
             round.kafka = self.kafka_round(&filters)?;
-            round.kafka_in_flight = self.flying.len();
+            round.kafka_in_flight = self.kafka.sent + self.kafka.retrying.len();
         }
         let (sent, failed) = self.webhook_round(&filters)?;
         round.webhook = sent;
@@ -372,55 +437,92 @@ impl Deliverer {
         self.topics.extend(new.into_iter().map(String::from));
     }
 
-    /// Sends due matches while fewer than [`MAX_IN_FLIGHT`] wait for the broker's answer,
-    /// then takes the answers that came within a few milliseconds. Nothing waits for
-    /// every answer (a flush per round capped delivery at a round's worth of messages per
-    /// broker round trip): matches not yet answered are answered in a later round.
-    fn kafka_round(&mut self, filters: &HashMap<i64, crate::filters::Filter>) -> Result<usize> {
-        let room = MAX_IN_FLIGHT.saturating_sub(self.flying.len());
-        let due = if room > 0 {
-            self.store.take_due(Output::Kafka, room.min(10_000))?
-        } else {
-            Vec::new()
-        };
-        let sent = due.len();
-        self.ensure_topics(&due, filters);
-        let mut missing = Vec::new();
-        for q in due {
-            let Some(topic) = filters
-                .get(&q.filter)
-                .and_then(|f| f.outputs.kafka_topic.clone())
-            else {
-                // Its filter lost its topic: nothing to send.
-                missing.push(q.seq);
-                continue;
-            };
-            let producer = self.producer.as_ref().expect("checked by the caller");
-            let key = q.alert_id.to_string();
-            let mut record = BaseRecord::with_opaque_to(&topic, Box::new(q.seq))
-                .partition(0)
-                .key(&key)
-                .payload(&q.payload);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, r))
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                    {
-                        producer.poll(Duration::from_millis(5));
-                        record = r;
-                    }
-                    Err((e, r)) => {
-                        self.acks().failed_push(*r.delivery_opaque, e.to_string());
-                        break;
-                    }
+    /// Hands match `q` to the producer for `topic`; a refusal comes back as a failed
+    /// answer.
+    fn send(&self, topic: &str, q: &Queued) {
+        let producer = self.producer.as_ref().expect("checked by the caller");
+        let key = q.alert_id.to_string();
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(q.seq))
+            .partition(0)
+            .key(&key)
+            .payload(&q.payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    producer.poll(Duration::from_millis(5));
+                    record = r;
+                }
+                Err((e, r)) => {
+                    self.acks().failed_push(*r.delivery_opaque, e.to_string());
+                    break;
                 }
             }
-            producer.poll(Duration::ZERO);
-            self.flying.insert(q.seq, q);
         }
-        self.store.delivered(Output::Kafka, &missing)?;
+        producer.poll(Duration::ZERO);
+    }
+
+    /// Sends the matches after those read so far while fewer than [`MAX_IN_FLIGHT`] wait
+    /// for the broker's answer, and the retries due; takes the answers that came within
+    /// a few milliseconds; records them with the cursor moved past every match answered
+    /// before the first one still unanswered. Nothing waits for every answer: matches not
+    /// yet answered are answered in a later round.
+    fn kafka_round(&mut self, filters: &HashMap<i64, crate::filters::Filter>) -> Result<usize> {
+        let topic_of = |filter: i64| {
+            filters
+                .get(&filter)
+                .and_then(|f| f.outputs.kafka_topic.clone())
+        };
+        let in_flight = self.kafka.sent + self.kafka.retrying.len();
+        let room = MAX_IN_FLIGHT.saturating_sub(in_flight);
+        let mut sent = 0;
+        if room > 0 {
+            let (due, read_to) = self.store.pending_after(
+                Output::Kafka,
+                self.kafka.read_to,
+                room.min(ROUND_MATCHES),
+            )?;
+            self.ensure_topics(&due, filters);
+            for q in due {
+                let seq = q.seq;
+                let flight = match topic_of(q.filter) {
+                    Some(topic) => {
+                        self.send(&topic, &q);
+                        sent += 1;
+                        self.kafka.sent += 1;
+                        Flight::Sent(q)
+                    }
+                    // Its filter lost its topic: nothing to send.
+                    None => Flight::Settled,
+                };
+                self.kafka.flying.insert(seq, flight);
+            }
+            self.kafka.read_to = read_to;
+            let retries = self.store.retries_due(Output::Kafka, room.min(1000))?;
+            self.ensure_topics(&retries, filters);
+            for q in retries {
+                if self.kafka.retrying.contains_key(&q.seq) {
+                    continue;
+                }
+                match topic_of(q.filter) {
+                    Some(topic) => {
+                        self.send(&topic, &q);
+                        sent += 1;
+                        self.kafka.retrying.insert(q.seq, q);
+                    }
+                    None => self.store.record(
+                        Output::Kafka,
+                        &Progress {
+                            delivered: vec![q.seq],
+                            ..Default::default()
+                        },
+                    )?,
+                }
+            }
+        }
         if let Some(producer) = self.producer.as_ref() {
             // rdkafka's poll(timeout) serves events until the timeout passes, whatever
             // comes: short polls, until this round's answers or a short wait is over.
@@ -429,6 +531,7 @@ impl Deliverer {
             } else {
                 Duration::from_millis(5)
             };
+            let waiting = self.kafka.sent + self.kafka.retrying.len();
             let start = std::time::Instant::now();
             loop {
                 producer.poll(Duration::ZERO);
@@ -437,7 +540,7 @@ impl Deliverer {
                     acks.done.lock().unwrap_or_else(|p| p.into_inner()).len()
                         + acks.failed.lock().unwrap_or_else(|p| p.into_inner()).len()
                 };
-                if answered >= self.flying.len() || start.elapsed() >= wait {
+                if answered >= waiting || start.elapsed() >= wait {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(1));
@@ -448,14 +551,51 @@ impl Deliverer {
             std::mem::take(&mut *acks.done.lock().unwrap_or_else(|p| p.into_inner()));
         let failed: Vec<(i64, String)> =
             std::mem::take(&mut *acks.failed.lock().unwrap_or_else(|p| p.into_inner()));
-        self.store.delivered_to_kafka(&done)?;
-        for (s, _, _) in &done {
-            self.flying.remove(s);
+        let mut progress = Progress::default();
+        for (seq, topic, offset) in &done {
+            if let Some(flight) = self.kafka.flying.get_mut(seq) {
+                if matches!(flight, Flight::Sent(_)) {
+                    self.kafka.sent -= 1;
+                }
+                *flight = Flight::Acked(topic.clone(), *offset);
+            } else if self.kafka.retrying.remove(seq).is_some() {
+                progress.delivered.push(*seq);
+            }
         }
         for (seq, error) in &failed {
-            if let Some(q) = self.flying.remove(seq) {
+            if let Some(flight) = self.kafka.flying.get_mut(seq) {
+                if let Flight::Sent(q) = std::mem::replace(flight, Flight::Settled) {
+                    self.kafka.sent -= 1;
+                    self.store.failed_attempt(Output::Kafka, &q, error)?;
+                }
+            } else if let Some(q) = self.kafka.retrying.remove(seq) {
                 self.store.failed_attempt(Output::Kafka, &q, error)?;
             }
+        }
+        // The cursor moves past the answered matches before the first unanswered one;
+        // the marks move past the messages of those, and only those.
+        while let Some(entry) = self.kafka.flying.first_entry() {
+            match entry.get() {
+                Flight::Sent(_) => break,
+                Flight::Acked(topic, offset) => {
+                    let next = offset + 1;
+                    let m = progress.marks.entry(topic.clone()).or_insert(next);
+                    *m = (*m).max(next);
+                }
+                Flight::Settled => {}
+            }
+            entry.remove();
+        }
+        let cursor = match self.kafka.flying.first_key_value() {
+            Some((seq, _)) => seq - 1,
+            None => self.kafka.read_to,
+        };
+        if cursor > self.kafka.cursor {
+            progress.cursor = Some(cursor);
+        }
+        if progress != Progress::default() {
+            self.store.record(Output::Kafka, &progress)?;
+            self.kafka.cursor = cursor.max(self.kafka.cursor);
         }
         Ok(done.len())
     }
@@ -485,24 +625,38 @@ impl Deliverer {
             .context()
     }
 
+    /// Posts the matches after the webhooks' cursor, one by one, then the retries due;
+    /// records the cursor past the posted ones (the failed ones wait for their retry).
     fn webhook_round(
         &mut self,
         filters: &HashMap<i64, crate::filters::Filter>,
     ) -> Result<(usize, usize)> {
-        let due = self.store.take_due(Output::Webhook, 200)?;
+        let (due, read_to) =
+            self.store
+                .pending_after(Output::Webhook, self.webhook_cursor, ROUND_POSTS)?;
+        let retries = self.store.retries_due(Output::Webhook, ROUND_POSTS)?;
         let (mut sent, mut failures) = (0, 0);
-        let mut done = Vec::new();
-        for q in &due {
+        let mut progress = Progress::default();
+        for (q, retry) in due
+            .iter()
+            .map(|q| (q, false))
+            .chain(retries.iter().map(|q| (q, true)))
+        {
             let Some(url) = filters
                 .get(&q.filter)
                 .and_then(|f| f.outputs.webhook.clone())
             else {
-                done.push(q.seq);
+                // Its filter lost its webhook: nothing to post.
+                if retry {
+                    progress.delivered.push(q.seq);
+                }
                 continue;
             };
             match self.post(&url, q) {
                 Ok(()) => {
-                    done.push(q.seq);
+                    if retry {
+                        progress.delivered.push(q.seq);
+                    }
                     sent += 1;
                 }
                 Err(why) => {
@@ -512,7 +666,13 @@ impl Deliverer {
                 }
             }
         }
-        self.store.delivered(Output::Webhook, &done)?;
+        if read_to > self.webhook_cursor {
+            progress.cursor = Some(read_to);
+        }
+        if progress != Progress::default() {
+            self.store.record(Output::Webhook, &progress)?;
+            self.webhook_cursor = read_to.max(self.webhook_cursor);
+        }
         Ok((sent, failures))
     }
 
