@@ -298,15 +298,77 @@ pub fn consume(
     tracing::info!(brokers = %opts.brokers, topics = ?opts.topics, group = %opts.group, "consuming alerts");
     let mut total = Consumed::default();
     let compactor = load::Compactor::start(store);
+    // Batches are read and decoded on a thread of their own while the one before is
+    // stored and filtered; one decoded batch waits at most.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Read>(1);
+    let halt = AtomicBool::new(false);
+    let halted = || stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed);
+    std::thread::scope(|scope| -> Result<Consumed> {
+        let reader = std::thread::Builder::new()
+            .name("alert-reader".into())
+            .spawn_scoped(scope, || {
+                read_batches(&consumer, &mut decoder, opts, filtering, &halted, tx)
+            })
+            .map_err(|e| Error::Kafka(format!("starting the reader: {e}")))?;
+        let stored = (|| -> Result<()> {
+            for read in &rx {
+                let batch = store_batch(store, dead, &consumer, filtering, &compactor, read)?;
+                total.latency.merge(&batch.latency);
+                total.messages += batch.messages as u64;
+                total.alerts += batch.alerts as u64;
+                total.dead_letters += batch.dead_letters as u64;
+                total.batches += 1;
+                on_batch(&batch);
+            }
+            Ok(())
+        })();
+        // After a failure here, the reader stops at its next check.
+        halt.store(true, Ordering::Relaxed);
+        drop(rx);
+        let read = reader
+            .join()
+            .map_err(|_| Error::Kafka("the alert reader panicked".into()))?;
+        stored?;
+        read?;
+        Ok(total)
+    })
+}
+
+/// One batch as read and decoded, to be stored.
+struct Read {
+    batch: Batch,
+    alerts: Vec<RecordBatch>,
+    /// The dead letter each row of each entry of `alerts` would be (its message).
+    origins: Vec<Vec<DeadLetter>>,
+    letters: Vec<DeadLetter>,
+    /// The last offset read of each partition, and the first.
+    offsets: BTreeMap<(String, i32), i64>,
+    firsts: BTreeMap<(String, i32), i64>,
+    /// Messages' broker timestamps, ms.
+    stamps: Vec<i64>,
+    started: Option<Instant>,
+}
+
+/// Reads and decodes batches, handing each to `tx`, until `halted` (or the stream is
+/// idle for `stop_when_idle`, or no one takes them). Holds back while the outputs are
+/// behind.
+fn read_batches(
+    consumer: &BaseConsumer,
+    decoder: &mut ConfluentDecoder,
+    opts: &ConsumeOptions,
+    filtering: Option<&Filtering>,
+    halted: &dyn Fn() -> bool,
+    tx: std::sync::mpsc::SyncSender<Read>,
+) -> Result<()> {
     let mut last_message = Instant::now();
     // The next offset expected of each partition: a message beyond it means the broker
     // skipped some (retention, compaction, or a broker that answers a fetch from inside
     // a record batch with the next batch), which the log says.
     let mut expected: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !halted() {
         // Time spent waiting for the outputs is not idle time of the stream.
         if let Some(f) = filtering
-            && hold_back(&consumer, f, stop)?
+            && hold_back(consumer, f, halted)?
         {
             last_message = Instant::now();
         }
@@ -328,7 +390,7 @@ pub fn consume(
             let waited = started.map_or(Duration::ZERO, |s| s.elapsed());
             if batch.alerts + framed.len() >= opts.batch_alerts
                 || waited >= opts.batch_wait
-                || stop.load(Ordering::Relaxed)
+                || halted()
             {
                 break;
             }
@@ -336,7 +398,7 @@ pub fn consume(
             let message = match consumer.poll(timeout) {
                 None => {
                     // Idle time counts from the group's assignment of partitions.
-                    if !assigned(&consumer) {
+                    if !assigned(consumer) {
                         last_message = Instant::now();
                     }
                     if started.is_none()
@@ -369,7 +431,7 @@ pub fn consume(
             firsts.entry(key.clone()).or_insert(offset);
             let next = match expected.get(&key) {
                 Some(n) => Some(*n),
-                None => committed(&consumer, topic, partition),
+                None => committed(consumer, topic, partition),
             };
             if let Some(next) = next.filter(|n| offset > *n) {
                 tracing::warn!(
@@ -422,7 +484,7 @@ pub fn consume(
         }
         let clock = Instant::now();
         batch.stages.read_s = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        for (a, rows) in decode_framed(&mut decoder, framed, &mut letters)? {
+        for (a, rows) in decode_framed(decoder, framed, &mut letters)? {
             batch.alerts += a.num_rows();
             alerts.push(a);
             origins.push(rows);
@@ -437,93 +499,122 @@ pub fn consume(
             continue;
         }
         batch.stages.decode_s = clock.elapsed().as_secs_f64();
-        let clock = Instant::now();
-        // Stored, then dead letters written, then offsets committed.
-        batch.tables = match store_by_schema(store, &alerts) {
-            Ok(t) => t,
-            Err(e) if is_data_error(&e) => {
-                // One alert the tables cannot take fails its whole batch: the alerts are
-                // stored one by one, and those that fail become dead letters.
-                tracing::warn!(error = %e, "a batch could not be stored whole: storing its alerts one by one");
-                let mut tables = Vec::new();
-                let mut kept = Vec::new();
-                for (a, rows) in alerts.iter().zip(origins) {
-                    for (i, origin) in rows.into_iter().enumerate() {
-                        let one = a.slice(i, 1);
-                        match store_by_schema(store, std::slice::from_ref(&one)) {
-                            Ok(t) => {
-                                tables.extend(t);
-                                kept.push(one);
-                            }
-                            Err(e) if is_data_error(&e) => {
-                                batch.alerts -= 1;
-                                letters.push(DeadLetter {
-                                    reason: e.to_string(),
-                                    ..origin
-                                });
-                            }
-                            Err(e) => return Err(e),
+        let read = Read {
+            batch,
+            alerts,
+            origins,
+            letters,
+            offsets,
+            firsts,
+            stamps,
+            started,
+        };
+        if tx.send(read).is_err() {
+            break;
+        }
+        // Time spent storing the batch before is not idleness.
+        last_message = Instant::now();
+    }
+    Ok(())
+}
+
+/// Stores a batch read, writes its dead letters, filters it and commits its offsets.
+fn store_batch(
+    store: &Store,
+    dead: &DeadLetters,
+    consumer: &BaseConsumer,
+    filtering: Option<&Filtering>,
+    compactor: &load::Compactor,
+    read: Read,
+) -> Result<Batch> {
+    let Read {
+        mut batch,
+        mut alerts,
+        origins,
+        mut letters,
+        offsets,
+        firsts,
+        stamps,
+        started,
+    } = read;
+    let clock = Instant::now();
+    // Stored, then dead letters written, then offsets committed.
+    batch.tables = match store_by_schema(store, &alerts) {
+        Ok(t) => t,
+        Err(e) if is_data_error(&e) => {
+            // One alert the tables cannot take fails its whole batch: the alerts are
+            // stored one by one, and those that fail become dead letters.
+            tracing::warn!(error = %e, "a batch could not be stored whole: storing its alerts one by one");
+            let mut tables = Vec::new();
+            let mut kept = Vec::new();
+            for (a, rows) in alerts.iter().zip(origins) {
+                for (i, origin) in rows.into_iter().enumerate() {
+                    let one = a.slice(i, 1);
+                    match store_by_schema(store, std::slice::from_ref(&one)) {
+                        Ok(t) => {
+                            tables.extend(t);
+                            kept.push(one);
                         }
+                        Err(e) if is_data_error(&e) => {
+                            batch.alerts -= 1;
+                            letters.push(DeadLetter {
+                                reason: e.to_string(),
+                                ..origin
+                            });
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
-                alerts = kept;
-                tables
             }
-            Err(e) => return Err(e),
-        };
-        compactor.after(&batch.tables);
-        dead.add(&letters)?;
-        batch.dead_letters = letters.len();
-        batch.stages.store_s = clock.elapsed().as_secs_f64();
-        let clock = Instant::now();
-        if let Some(f) = filtering {
-            batch.filtered = f.apply(&alerts)?;
+            alerts = kept;
+            tables
         }
-        batch.stages.filter_s = clock.elapsed().as_secs_f64();
-        let clock = Instant::now();
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
-                .map_err(|e| kafka_err("offsets", e))?;
-        }
-        consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| kafka_err("committing offsets", e))?;
-        batch.stages.commit_s = clock.elapsed().as_secs_f64();
-        batch.seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        for t in stamps {
-            batch.latency.add(now_ms - t);
-        }
-        total.latency.merge(&batch.latency);
-        // Time spent storing is not idleness.
-        last_message = Instant::now();
-        total.messages += batch.messages as u64;
-        total.alerts += batch.alerts as u64;
-        total.dead_letters += batch.dead_letters as u64;
-        total.batches += 1;
-        let ranges: Vec<String> = offsets
-            .iter()
-            .map(|((t, p), last)| format!("{t}[{p}]:{}..={last}", firsts[&(t.clone(), *p)]))
-            .collect();
-        tracing::info!(
-            offsets = %ranges.join(","),
-            messages = batch.messages,
-            alerts = batch.alerts,
-            dead_letters = batch.dead_letters,
-            seconds = batch.seconds,
-            read_s = batch.stages.read_s,
-            decode_s = batch.stages.decode_s,
-            store_s = batch.stages.store_s,
-            filter_s = batch.stages.filter_s,
-            commit_s = batch.stages.commit_s,
-            "alert batch stored"
-        );
-        on_batch(&batch);
+        Err(e) => return Err(e),
+    };
+    compactor.after(&batch.tables);
+    dead.add(&letters)?;
+    batch.dead_letters = letters.len();
+    batch.stages.store_s = clock.elapsed().as_secs_f64();
+    let clock = Instant::now();
+    if let Some(f) = filtering {
+        batch.filtered = f.apply(&alerts)?;
     }
-    Ok(total)
+    batch.stages.filter_s = clock.elapsed().as_secs_f64();
+    let clock = Instant::now();
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in &offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+            .map_err(|e| kafka_err("offsets", e))?;
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .map_err(|e| kafka_err("committing offsets", e))?;
+    batch.stages.commit_s = clock.elapsed().as_secs_f64();
+    batch.seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for t in stamps {
+        batch.latency.add(now_ms - t);
+    }
+    let ranges: Vec<String> = offsets
+        .iter()
+        .map(|((t, p), last)| format!("{t}[{p}]:{}..={last}", firsts[&(t.clone(), *p)]))
+        .collect();
+    tracing::info!(
+        offsets = %ranges.join(","),
+        messages = batch.messages,
+        alerts = batch.alerts,
+        dead_letters = batch.dead_letters,
+        seconds = batch.seconds,
+        read_s = batch.stages.read_s,
+        decode_s = batch.stages.decode_s,
+        store_s = batch.stages.store_s,
+        filter_s = batch.stages.filter_s,
+        commit_s = batch.stages.commit_s,
+        "alert batch stored"
+    );
+    Ok(batch)
 }
 
 /// Whether an error is the alerts' (they cannot be stored: a dead letter) rather than the
@@ -557,7 +648,7 @@ const WAIT_UNPAUSED: Duration = Duration::from_secs(60);
 /// which may lie inside a record batch (some brokers, Tansu 0.6 among them, answer such a
 /// fetch with the next batch). A wait past [`WAIT_UNPAUSED`] pauses the partitions and
 /// polls, so that the consumer keeps its place in the group.
-fn hold_back(consumer: &BaseConsumer, f: &Filtering, stop: &AtomicBool) -> Result<bool> {
+fn hold_back(consumer: &BaseConsumer, f: &Filtering, halted: &dyn Fn() -> bool) -> Result<bool> {
     let mut backlog = f.backlog()?;
     if backlog <= f.max_backlog {
         return Ok(false);
@@ -569,7 +660,7 @@ fn hold_back(consumer: &BaseConsumer, f: &Filtering, stop: &AtomicBool) -> Resul
     );
     let start = Instant::now();
     let mut paused = None;
-    while backlog > f.max_backlog && !stop.load(Ordering::Relaxed) {
+    while backlog > f.max_backlog && !halted() {
         if paused.is_none() && start.elapsed() >= WAIT_UNPAUSED {
             let assignment = consumer
                 .assignment()
