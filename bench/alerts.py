@@ -258,7 +258,7 @@ def main():
     seconds = batches[-1][0] - t0 if batches else float("nan")
     stages = {}
     for _, line in batches:
-        for name, value in re.findall(r"(read|decode|store|filter|commit) (\S+) s", line):
+        for name, value in re.findall(r"(read|decode|store|filter|queue|commit) (\S+) s", line):
             stages[name] = stages.get(name, 0.0) + float(value)
 
     # End to end: each output message's broker timestamp against its alert's.

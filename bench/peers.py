@@ -41,7 +41,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from query import Meridian  # noqa: E402  (generation and ingest)
 from tap import Server, wrk_load  # noqa: E402  (`meridian serve` on loopback; wrk driver)
 
-SYSTEMS = {"meridian": "Meridian", "postgres_q3c": "PostgreSQL+Q3C", "duckdb": "DuckDB",
+# "meridian": in process (the library through `meridian bench query`, or the CLI);
+# "meridian_tap": the same queries over HTTP TAP (CSV), as a remote user sends them.
+SYSTEMS = {"meridian": "Meridian", "meridian_tap": "Meridian (TAP)",
+           "postgres_q3c": "PostgreSQL+Q3C", "duckdb": "DuckDB",
            "lsdb": "LSDB", "astropy": "astropy", "dachs": "DaCHS", "hats_import": "hats-import"}
 RADII_DEG = {"1arcsec": 1 / 3600, "1arcmin": 1 / 60, "0.5deg": 0.5}
 SHARED = ROOT.parent / "shared" / "data" / "catalogs"
@@ -164,9 +167,10 @@ class Report:
     def __init__(self, rows=(), disagreements=()):
         self.rows, self.disagreements = list(rows), list(disagreements)
 
-    def add(self, workload, unit, results, better="lower", check=None, note=None):
+    def add(self, workload, unit, results, better="lower", check=None, note=None, ref="meridian"):
+        """ref: the system the others' ratios are taken against (Meridian's own entry)."""
         row = {"workload": workload, "unit": unit, "better": better, "results": results,
-               "check": check, "note": note}
+               "check": check, "note": note, "ref": ref}
         self.rows.append(row)
         print("  " + self.line(row), flush=True)
         return row
@@ -184,7 +188,7 @@ class Report:
     @staticmethod
     def speedup(row, system):
         """How many times faster Meridian is than `system` on this row (above 1: faster)."""
-        m, p = row["results"].get("meridian"), row["results"].get(system)
+        m, p = row["results"].get(row.get("ref", "meridian")), row["results"].get(system)
         if not isinstance(m, dict) or not isinstance(p, dict) or not m["median"] or not p["median"]:
             return None
         return p["median"] / m["median"] if row["better"] == "lower" else m["median"] / p["median"]
@@ -197,7 +201,7 @@ class Report:
         if isinstance(r, str):
             return "n/a"
         text = f"{number(r['median'])} {row['unit']}"
-        if system != "meridian":
+        if system != row.get("ref", "meridian"):
             s = Report.speedup(row, system)
             text += f" (×{number(s)})" if s is not None else ""
         return text
@@ -319,6 +323,20 @@ class MeridianSystem:
     def xmatch(self, left, right, out):
         self.cli("xmatch", left, right, "--radius", "1arcsec", "--all", "--format", "parquet",
                  "--out", out)
+
+    def queries(self, queries, repeat=1, warmup=0, csv_dir=None):
+        """ADQL queries run in one Meridian process through the library (`meridian bench
+        query`): for each, the seconds of its measured runs and its rows (and its result
+        as CSV in csv_dir/query-<n>.csv)."""
+        cmd = [self.binary, "--quiet", "--data-dir", str(self.work / "data"), "bench", "query",
+               "-", "--repeat", str(repeat), "--warmup", str(warmup)]
+        if csv_dir is not None:
+            cmd += ["--csv-dir", str(csv_dir)]
+        r = subprocess.run(cmd, input="\n".join(queries) + "\n", capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"meridian bench query failed: {r.stderr[-2000:]}")
+        out = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+        return [(o["seconds"], o["rows"]) for o in out]
 
 
 class PostgresQ3C:
@@ -600,19 +618,27 @@ def cone_adql(table, ra, dec, r_deg):
 # Workloads
 
 
-def cone_workload(report, args, survey, tap, pg, duck, lsdb_cat):
-    """Same centres for every system; per-cone answers compared."""
+def cone_workload(report, args, survey, msys, tap, pg, duck, lsdb_cat):
+    """Same centres for every system; per-cone answers compared. Two rows per radius: the
+    systems' in-process clients (Meridian's library, psycopg on a Unix socket, DuckDB, LSDB)
+    and Meridian over TAP."""
     for label, r in RADII_DEG.items():
         pts = centres(args.warmup + args.cones, args.seed + int(r * 3600))
         systems = {
-            "meridian": lambda ra, dec: tap.count(cone_adql(survey, ra, dec, r)),
+            "meridian_tap": lambda ra, dec: tap.count(cone_adql(survey, ra, dec, r)),
             "postgres_q3c": lambda ra, dec: pg.cone(survey, ra, dec, r),
             "duckdb": lambda ra, dec: duck.cone(survey, ra, dec, r),
             "lsdb": lambda ra, dec: len(lsdb_cat.cone_search(ra, dec, r * 3600)
                                         .compute(progress_bar=False)),
         }
-        times = {s: [] for s in systems}
-        counts = {s: [] for s in systems}
+        times = {s: [] for s in ["meridian", *systems]}
+        counts = {s: [] for s in ["meridian", *systems]}
+        # Meridian in process: every cone in one process, one run each, as the others.
+        native = msys.queries([cone_adql(survey, ra, dec, r) for ra, dec in pts])
+        for i, (secs, rows) in enumerate(native):
+            counts["meridian"].append(rows)
+            if i >= args.warmup:
+                times["meridian"].append(secs[0])
         # One system at a time: interleaving them would charge each the others' cache
         # misses and its own wake-up after idling.
         for s, fn in systems.items():
@@ -632,39 +658,63 @@ def cone_workload(report, args, survey, tap, pg, duck, lsdb_cat):
         check = {"what": f"row count of every cone ({len(pts)} cones; LSDB the first {n})",
                  "agree": all(c["agree"] for c in agree),
                  "answers": {s: sum(c) for s, c in counts.items()}}
-        report.add(f"cone {label}, {survey} ({args.cones} random centres)", "ms",
-                   {s: stats(t, 1e3) for s, t in times.items()}, check=check,
+        stats_of = {s: stats(t, 1e3) for s, t in times.items()}
+        report.add(f"cone {label}, {survey} ({args.cones} random centres), in process", "ms",
+                   {s: v for s, v in stats_of.items() if s != "meridian_tap"}, check=check,
                    note=f"LSDB: {args.lsdb_cones} of the centres" if label == "1arcsec" else None)
+        report.add(f"cone {label}, {survey} ({args.cones} random centres), over TAP (CSV)", "ms",
+                   {"meridian_tap": stats_of["meridian_tap"]}, check=check, ref="meridian_tap")
 
 
-def scan_workloads(report, args, survey, tap, pg, duck):
+def scan_workloads(report, args, survey, msys, tap, pg, duck):
+    """The aggregation and the selective filter: in process (Meridian's library, DuckDB,
+    psycopg) and Meridian over TAP."""
     def norm(rows):
         return sorted((int(b), int(n), round(g or 0, 4), round(r or 0, 4), round(i or 0, 4))
                       for b, n, g, r, i in rows)
 
-    def meridian_agg():
+    def csv_rows(text):
         return [tuple(None if v == "" else float(v) for v in line.split(","))
-                for line in tap.query(AGGREGATION.format(t=survey)).decode().splitlines()[1:]]
+                for line in text.splitlines()[1:]]
 
-    runs = {"meridian": meridian_agg,
-            "duckdb": lambda: duck.rows(AGGREGATION.format(t=survey)),
-            "postgres_q3c": lambda: pg.rows(AGGREGATION.format(t=survey))}
+    def native(query, repeat):
+        out = args.work / "native-answers"
+        [(secs, rows)] = msys.queries([query], repeat=repeat, warmup=1, csv_dir=out)
+        return secs, rows, (out / "query-0.csv").read_text()
+
+    agg = AGGREGATION.format(t=survey)
+    runs = {"meridian_tap": lambda: csv_rows(tap.query(agg).decode()),
+            "duckdb": lambda: duck.rows(agg),
+            "postgres_q3c": lambda: pg.rows(agg)}
     results, answers = {}, {}
+    secs, _, text = native(agg, args.repeat)
+    results["meridian"] = stats(secs)
+    answers["meridian"] = hashlib.sha256(repr(norm(csv_rows(text))).encode()).hexdigest()[:16]
     for s, fn in runs.items():
         results[s], out = measure(fn, args.repeat, args.budget)
         answers[s] = hashlib.sha256(repr(norm(out)).encode()).hexdigest()[:16]
     check = report.compare("aggregation", answers, what="per-band counts and mean magnitudes (4 decimals)")
-    report.add(f"full-scan aggregation per 1-deg dec band, {survey}", "s", results, check=check)
+    title = f"full-scan aggregation per 1-deg dec band, {survey}"
+    report.add(f"{title}, in process", "s",
+               {k: v for k, v in results.items() if k != "meridian_tap"}, check=check)
+    report.add(f"{title}, over TAP (CSV)", "s", {"meridian_tap": results["meridian_tap"]},
+               check=check, ref="meridian_tap")
 
-    runs = {"meridian": lambda: tap.count(FILTER.format(t=survey)),
-            "duckdb": lambda: len(duck.rows(FILTER.format(t=survey))),
-            "postgres_q3c": lambda: len(pg.rows(FILTER.format(t=survey)))}
+    flt = FILTER.format(t=survey)
+    runs = {"meridian_tap": lambda: tap.count(flt),
+            "duckdb": lambda: len(duck.rows(flt)),
+            "postgres_q3c": lambda: len(pg.rows(flt))}
     results, answers = {}, {}
+    secs, answers["meridian"], _ = native(flt, args.repeat)
+    results["meridian"] = stats(secs)
     for s, fn in runs.items():
         results[s], answers[s] = measure(fn, args.repeat, args.budget)
     check = report.compare("filter", answers, what="row count")
-    report.add(f"selective filter g_mag < 17.7 ({answers['meridian']:,} rows), {survey}", "s",
-               results, check=check)
+    title = f"selective filter g_mag < 17.7 ({answers['meridian']:,} rows), {survey}"
+    report.add(f"{title}, in process", "s",
+               {k: v for k, v in results.items() if k != "meridian_tap"}, check=check)
+    report.add(f"{title}, over TAP (CSV)", "s", {"meridian_tap": results["meridian_tap"]},
+               check=check, ref="meridian_tap")
 
 
 def tap_workloads(report, args, table, m_server, dachs):
@@ -921,10 +971,10 @@ def main():
             tap = Tap(m_server.host, m_server.port)
             if "cone" in only:
                 print("cone search", flush=True)
-                cone_workload(report, args, survey, tap, pg, duck, lsdb_catalog(survey))
+                cone_workload(report, args, survey, msys, tap, pg, duck, lsdb_catalog(survey))
             if "scan" in only:
                 print("scans", flush=True)
-                scan_workloads(report, args, survey, tap, pg, duck)
+                scan_workloads(report, args, survey, msys, tap, pg, duck)
             tap.close()
             if "tap" in only:
                 print("TAP end to end", flush=True)

@@ -783,7 +783,7 @@ impl Filtering {
             mydb,
             runtime,
             _operators: operators,
-            max_backlog: 100_000,
+            max_backlog: 1_000_000,
         })
     }
 
@@ -797,15 +797,17 @@ impl Filtering {
         self.store.backlog()
     }
 
-    /// Runs the active filters over `alerts` (stored already).
-    pub fn apply(&self, alerts: &[RecordBatch]) -> Result<Filtered> {
+    /// Runs the active filters over `alerts` (stored already): what was run (matches not
+    /// yet counted) and the matches found, not yet queued. Filters that fail are paused,
+    /// and MyDB outputs appended, here.
+    pub fn evaluate(&self, alerts: &[RecordBatch]) -> Result<(Filtered, Vec<Match>)> {
         let filters = self.store.active()?;
         let mut done = Filtered {
             filters: filters.len(),
             ..Default::default()
         };
         if filters.is_empty() || alerts.iter().all(|a| a.num_rows() == 0) {
-            return Ok(done);
+            return Ok((done, Vec::new()));
         }
         let outcomes = self
             .runtime
@@ -855,7 +857,20 @@ impl Filtering {
             }
             queued.extend(found);
         }
-        done.matches = self.store.enqueue(&queued)?;
+        Ok((done, queued))
+    }
+
+    /// Queues the matches [`Filtering::evaluate`] found for the filters' outputs; returns
+    /// how many were new to the outbox.
+    pub fn queue(&self, matches: &[Match]) -> Result<usize> {
+        self.store.enqueue(matches)
+    }
+
+    /// Evaluates the filters over `alerts` and queues the matches (see
+    /// [`Filtering::evaluate`] and [`Filtering::queue`]).
+    pub fn apply(&self, alerts: &[RecordBatch]) -> Result<Filtered> {
+        let (mut done, matches) = self.evaluate(alerts)?;
+        done.matches = self.queue(&matches)?;
         Ok(done)
     }
 }

@@ -97,8 +97,10 @@ pub struct Stages {
     pub decode_s: f64,
     /// Appending to the DIA tables (and writing dead letters).
     pub store_s: f64,
-    /// Running the filters and queueing their matches.
+    /// Running the filters.
     pub filter_s: f64,
+    /// Queueing their matches for the outputs.
+    pub queue_s: f64,
     /// Committing the offsets.
     pub commit_s: f64,
 }
@@ -303,6 +305,10 @@ pub fn consume(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Read>(1);
     let halt = AtomicBool::new(false);
     let halted = || stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed);
+    // Three stages, each on a thread of its own, a batch apart: reading and decoding;
+    // storing and filtering; queueing the matches and committing the offsets (here).
+    // Batches go through them in order, so offsets are committed in order.
+    let (filtered_tx, filtered_rx) = std::sync::mpsc::sync_channel::<Filtered2>(1);
     std::thread::scope(|scope| -> Result<Consumed> {
         let reader = std::thread::Builder::new()
             .name("alert-reader".into())
@@ -310,9 +316,21 @@ pub fn consume(
                 read_batches(&consumer, &mut decoder, opts, filtering, &halted, tx)
             })
             .map_err(|e| Error::Kafka(format!("starting the reader: {e}")))?;
-        let stored = (|| -> Result<()> {
-            for read in &rx {
-                let batch = store_batch(store, dead, &consumer, filtering, &compactor, read)?;
+        let filterer = std::thread::Builder::new()
+            .name("alert-filter".into())
+            .spawn_scoped(scope, move || -> Result<()> {
+                for read in rx {
+                    let done = store_and_filter(store, dead, filtering, &compactor, read)?;
+                    if filtered_tx.send(done).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::Kafka(format!("starting the filter stage: {e}")))?;
+        let committed = (|| -> Result<()> {
+            for done in &filtered_rx {
+                let batch = queue_and_commit(&consumer, filtering, done)?;
                 total.latency.merge(&batch.latency);
                 total.messages += batch.messages as u64;
                 total.alerts += batch.alerts as u64;
@@ -322,16 +340,30 @@ pub fn consume(
             }
             Ok(())
         })();
-        // After a failure here, the reader stops at its next check.
+        // After a failure here, the other stages stop at their next check.
         halt.store(true, Ordering::Relaxed);
-        drop(rx);
+        drop(filtered_rx);
+        let filtered = filterer
+            .join()
+            .map_err(|_| Error::Kafka("the alert filter stage panicked".into()))?;
         let read = reader
             .join()
             .map_err(|_| Error::Kafka("the alert reader panicked".into()))?;
-        stored?;
+        committed?;
+        filtered?;
         read?;
         Ok(total)
     })
+}
+
+/// A batch stored and filtered, its matches to be queued and its offsets committed.
+struct Filtered2 {
+    batch: Batch,
+    matches: Vec<crate::filters::Match>,
+    offsets: BTreeMap<(String, i32), i64>,
+    firsts: BTreeMap<(String, i32), i64>,
+    stamps: Vec<i64>,
+    started: Option<Instant>,
 }
 
 /// One batch as read and decoded, to be stored.
@@ -518,15 +550,14 @@ fn read_batches(
     Ok(())
 }
 
-/// Stores a batch read, writes its dead letters, filters it and commits its offsets.
-fn store_batch(
+/// Stores a batch read, writes its dead letters and runs the filters over it.
+fn store_and_filter(
     store: &Store,
     dead: &DeadLetters,
-    consumer: &BaseConsumer,
     filtering: Option<&Filtering>,
     compactor: &load::Compactor,
     read: Read,
-) -> Result<Batch> {
+) -> Result<Filtered2> {
     let Read {
         mut batch,
         mut alerts,
@@ -576,10 +607,40 @@ fn store_batch(
     batch.dead_letters = letters.len();
     batch.stages.store_s = clock.elapsed().as_secs_f64();
     let clock = Instant::now();
+    let mut matches = Vec::new();
     if let Some(f) = filtering {
-        batch.filtered = f.apply(&alerts)?;
+        (batch.filtered, matches) = f.evaluate(&alerts)?;
     }
     batch.stages.filter_s = clock.elapsed().as_secs_f64();
+    Ok(Filtered2 {
+        batch,
+        matches,
+        offsets,
+        firsts,
+        stamps,
+        started,
+    })
+}
+
+/// Queues a filtered batch's matches, then commits its offsets.
+fn queue_and_commit(
+    consumer: &BaseConsumer,
+    filtering: Option<&Filtering>,
+    done: Filtered2,
+) -> Result<Batch> {
+    let Filtered2 {
+        mut batch,
+        matches,
+        offsets,
+        firsts,
+        stamps,
+        started,
+    } = done;
+    let clock = Instant::now();
+    if let Some(f) = filtering {
+        batch.filtered.matches = f.queue(&matches)?;
+    }
+    batch.stages.queue_s = clock.elapsed().as_secs_f64();
     let clock = Instant::now();
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in &offsets {
@@ -611,6 +672,7 @@ fn store_batch(
         decode_s = batch.stages.decode_s,
         store_s = batch.stages.store_s,
         filter_s = batch.stages.filter_s,
+        queue_s = batch.stages.queue_s,
         commit_s = batch.stages.commit_s,
         "alert batch stored"
     );

@@ -214,7 +214,10 @@ pub struct AlertsConfig {
     /// Whether filters' webhooks may reach this machine and private networks (off: an
     /// open service must not post into the network it sits in).
     pub webhook_allow_private: bool,
-    /// Matches waiting for delivery above which the consumer stops reading.
+    /// Matches waiting for delivery above which the consumer stops reading. A batch of a
+    /// Rubin visit (10,000 alerts) through 100 filters can queue 150,000 matches at once:
+    /// the default lets the outputs work through a few such batches while the next are
+    /// read, and bounds the outbox (about 300 bytes a match) when an output is down.
     pub max_backlog: u64,
     /// Longest wait for a webhook's answer, seconds.
     pub webhook_timeout_s: u64,
@@ -227,7 +230,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             webhook_allow_private: false,
-            max_backlog: 100_000,
+            max_backlog: 1_000_000,
             webhook_timeout_s: 10,
             filter_time_limit_s: 30,
         }

@@ -299,6 +299,25 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// ADQL queries in one process, through the library (no HTTP, no serialization):
+    /// each query is run --warmup times unmeasured, then --repeat times; prints one JSON
+    /// line per query with the seconds of each measured run and the rows returned. The
+    /// native counterpart of a TAP request, for comparing with peers' in-process clients.
+    Query {
+        /// The queries; "-" reads them from standard input, one a line.
+        #[arg(required = true)]
+        queries: Vec<String>,
+        /// Measured runs of each query.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Unmeasured runs of each query first, to warm caches.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Writes each query's result (from its last run) as CSV to DIR/query-<n>.csv, to
+        /// check answers against other systems.
+        #[arg(long, value_name = "DIR")]
+        csv_dir: Option<PathBuf>,
+    },
     /// Spectra in one process: retrieves of --ids random spectra (lookup and the pickle the
     /// SPARCL API sends, bytes counted and dropped) and a stack of every spectrum of the
     /// dataset; prints one JSON line with spectra per second.
@@ -1777,6 +1796,12 @@ fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
             warmup,
             seed,
         } => (catalog, radius, queries, warmup, seed),
+        BenchCommand::Query {
+            queries,
+            repeat,
+            warmup,
+            csv_dir,
+        } => return bench_queries(config, queries, repeat, warmup, csv_dir.as_deref()),
         BenchCommand::Spectra {
             dataset,
             ids,
@@ -1974,5 +1999,71 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
         "\ncatalogs are in {}; try `meridian info demo_object`",
         config.catalog_dir().display()
     );
+    Ok(())
+}
+
+/// `meridian bench query`: see [`BenchCommand::Query`].
+fn bench_queries(
+    config: &Config,
+    queries: Vec<String>,
+    repeat: usize,
+    warmup: usize,
+    csv_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let queries: Vec<String> = if queries == ["-"] {
+        use std::io::BufRead;
+        std::io::stdin()
+            .lock()
+            .lines()
+            .filter(|l| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
+            .collect::<Result<_, _>>()
+            .context("reading queries from standard input")?
+    } else {
+        queries
+    };
+    if let Some(dir) = csv_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let (engine, rt) = open_engine(config)?;
+    let run = |q: &str| -> anyhow::Result<Vec<arrow::array::RecordBatch>> {
+        rt.block_on(async {
+            anyhow::Ok(
+                engine
+                    .query(q, meridian_engine::Lang::Adql)
+                    .await?
+                    .collect()
+                    .await?,
+            )
+        })
+        .with_context(|| format!("query: {q}"))
+    };
+    for (n, q) in queries.iter().enumerate() {
+        let mut seconds = Vec::with_capacity(repeat);
+        let mut last = Vec::new();
+        for i in 0..warmup + repeat.max(1) {
+            let start = Instant::now();
+            last = run(q)?;
+            if i >= warmup {
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+        }
+        let rows: usize = last.iter().map(|b| b.num_rows()).sum();
+        if let Some(dir) = csv_dir {
+            let path = dir.join(format!("query-{n}.csv"));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(std::io::BufWriter::new(file));
+            for b in &last {
+                w.write(b)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        out!(
+            "{}",
+            serde_json::json!({ "query": n, "rows": rows, "seconds": seconds })
+        )?;
+    }
     Ok(())
 }

@@ -391,7 +391,7 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
                     &stop,
                     |b| {
                         println!(
-                            "batch\t{} messages\t{} alerts stored\t{} dead letters\t{} matches\t{:.3} s\tlatency p50 {} ms p99 {} ms\tread {:.3} s decode {:.3} s store {:.3} s filter {:.3} s commit {:.3} s",
+                            "batch\t{} messages\t{} alerts stored\t{} dead letters\t{} matches\t{:.3} s\tlatency p50 {} ms p99 {} ms\tread {:.3} s decode {:.3} s store {:.3} s filter {:.3} s queue {:.3} s commit {:.3} s",
                             b.messages,
                             b.alerts,
                             b.dead_letters,
@@ -403,6 +403,7 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
                             b.stages.decode_s,
                             b.stages.store_s,
                             b.stages.filter_s,
+                            b.stages.queue_s,
                             b.stages.commit_s,
                         );
                     },
