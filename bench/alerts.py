@@ -101,7 +101,8 @@ def filters(rng_seed):
 
 
 def read_topic(brokers, topic, timeout=30):
-    """(key, broker timestamp ms, value) of every message of `topic`."""
+    """(key, broker timestamp ms, value) of every message of `topic`: until the end of the
+    partition, or `timeout` seconds without a message."""
     import confluent_kafka as ck
     c = ck.Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{time.time()}",
                      "auto.offset.reset": "earliest", "enable.partition.eof": True,
@@ -110,6 +111,8 @@ def read_topic(brokers, topic, timeout=30):
     out, deadline = [], time.time() + timeout
     while time.time() < deadline:
         msgs = c.consume(5000, 1.0)
+        if msgs:
+            deadline = time.time() + timeout
         eof = False
         for m in msgs:
             if m.error():
@@ -289,6 +292,7 @@ def main():
         "crossmatch_filters": sum("JOIN object" in q for q in queries),
         "matches": matches,
         "output_messages": len(e2e),
+        "outputs_complete": len(e2e) == matches,
         "rate_asked": args.rate,
         "consumer_settings": args.consumer_setting,
         "publish_s": round(published, 2),
@@ -307,6 +311,8 @@ def main():
     print(json.dumps(result, indent=1))
     if stored != n_alerts:
         sys.exit(f"{stored} of {n_alerts} alerts were consumed")
+    if len(e2e) != matches:
+        print(f"warning: {len(e2e)} of the {matches} matches were read back from the filters' topics")
     machine = {"cpus": os.cpu_count(), "platform": platform.platform()}
     outdir = ROOT / "bench" / "results"
     outdir.mkdir(parents=True, exist_ok=True)
