@@ -313,7 +313,7 @@ enum BenchCommand {
         /// Unmeasured runs of each query first, to warm caches.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
-        /// Writes each query's result (from its last run) as CSV to DIR/query-<n>.csv, to
+        /// Writes each query's result (from its last run) as CSV to `DIR/query-<n>.csv`, to
         /// check answers against other systems.
         #[arg(long, value_name = "DIR")]
         csv_dir: Option<PathBuf>,
