@@ -175,6 +175,14 @@ class Report:
         print("  " + self.line(row), flush=True)
         return row
 
+    def add_both(self, workload, unit, results, check=None, note=None):
+        """Two rows of one workload: every system in process (against Meridian's library),
+        and Meridian over TAP (`meridian_tap` in `results`)."""
+        self.add(f"{workload}, in process", unit,
+                 {s: v for s, v in results.items() if s != "meridian_tap"}, check=check, note=note)
+        self.add(f"{workload}, over TAP (CSV)", unit, {"meridian_tap": results["meridian_tap"]},
+                 check=check, ref="meridian_tap")
+
     def compare(self, workload, answers, what="answers"):
         """answers: system -> a comparable value (count, hash of a pair set, ...)."""
         values = {s: a for s, a in answers.items() if a is not None}
@@ -659,11 +667,9 @@ def cone_workload(report, args, survey, msys, tap, pg, duck, lsdb_cat):
                  "agree": all(c["agree"] for c in agree),
                  "answers": {s: sum(c) for s, c in counts.items()}}
         stats_of = {s: stats(t, 1e3) for s, t in times.items()}
-        report.add(f"cone {label}, {survey} ({args.cones} random centres), in process", "ms",
-                   {s: v for s, v in stats_of.items() if s != "meridian_tap"}, check=check,
-                   note=f"LSDB: {args.lsdb_cones} of the centres" if label == "1arcsec" else None)
-        report.add(f"cone {label}, {survey} ({args.cones} random centres), over TAP (CSV)", "ms",
-                   {"meridian_tap": stats_of["meridian_tap"]}, check=check, ref="meridian_tap")
+        report.add_both(f"cone {label}, {survey} ({args.cones} random centres)", "ms", stats_of,
+                        check=check,
+                        note=f"LSDB: {args.lsdb_cones} of the centres" if label == "1arcsec" else None)
 
 
 def scan_workloads(report, args, survey, msys, tap, pg, duck):
@@ -694,11 +700,7 @@ def scan_workloads(report, args, survey, msys, tap, pg, duck):
         results[s], out = measure(fn, args.repeat, args.budget)
         answers[s] = hashlib.sha256(repr(norm(out)).encode()).hexdigest()[:16]
     check = report.compare("aggregation", answers, what="per-band counts and mean magnitudes (4 decimals)")
-    title = f"full-scan aggregation per 1-deg dec band, {survey}"
-    report.add(f"{title}, in process", "s",
-               {k: v for k, v in results.items() if k != "meridian_tap"}, check=check)
-    report.add(f"{title}, over TAP (CSV)", "s", {"meridian_tap": results["meridian_tap"]},
-               check=check, ref="meridian_tap")
+    report.add_both(f"full-scan aggregation per 1-deg dec band, {survey}", "s", results, check=check)
 
     flt = FILTER.format(t=survey)
     runs = {"meridian_tap": lambda: tap.count(flt),
@@ -710,11 +712,8 @@ def scan_workloads(report, args, survey, msys, tap, pg, duck):
     for s, fn in runs.items():
         results[s], answers[s] = measure(fn, args.repeat, args.budget)
     check = report.compare("filter", answers, what="row count")
-    title = f"selective filter g_mag < 17.7 ({answers['meridian']:,} rows), {survey}"
-    report.add(f"{title}, in process", "s",
-               {k: v for k, v in results.items() if k != "meridian_tap"}, check=check)
-    report.add(f"{title}, over TAP (CSV)", "s", {"meridian_tap": results["meridian_tap"]},
-               check=check, ref="meridian_tap")
+    report.add_both(f"selective filter g_mag < 17.7 ({answers['meridian']:,} rows), {survey}", "s",
+                    results, check=check)
 
 
 def tap_workloads(report, args, table, m_server, dachs):

@@ -164,6 +164,9 @@ const OUTPUTS: [Output; 2] = [Output::Kafka, Output::Webhook];
 /// stretch of matches for filters without the output is skipped in steps of this).
 const SCAN_WINDOW: i64 = 50_000;
 
+/// Matches read at a time by [`FilterStore::each_undelivered`].
+const UNDELIVERED_PAGE: usize = 10_000;
+
 /// Matches queued per transaction: a batch's matches are queued in a few transactions,
 /// so the deliverer is not kept out of the database for the whole batch (a crash between
 /// them is safe: the batch is consumed again and the queued matches are kept once).
@@ -333,14 +336,7 @@ impl FilterStore {
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         for output in OUTPUTS {
             let c = output.column();
-            let known: Option<i64> = tx
-                .query_row(
-                    "SELECT seq FROM outbox_cursor WHERE output = ?1",
-                    [c],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| self.err(e))?;
+            let known = cursor_in(&tx, output).optional().map_err(|e| self.err(e))?;
             let cursor = match known {
                 Some(c) => c,
                 None => {
@@ -713,6 +709,12 @@ impl FilterStore {
     /// Up to `limit` matches whose delivery to `output` failed and is due to be tried
     /// again, oldest first.
     pub fn retries_due(&self, output: Output, limit: usize) -> Result<Vec<Queued>> {
+        self.retries_by(output, now_ms(), limit)
+    }
+
+    /// Up to `limit` matches waiting for a retry to `output` due by `until_ms`, oldest
+    /// first.
+    fn retries_by(&self, output: Output, until_ms: i64, limit: usize) -> Result<Vec<Queued>> {
         let c = output.column();
         let conn = self.lock();
         let mut stmt = conn
@@ -722,28 +724,39 @@ impl FilterStore {
                 delivery::RETRY
             ))
             .map_err(|e| self.err(e))?;
-        stmt.query_map(params![now_ms(), limit as i64], queued_row)
+        stmt.query_map(params![until_ms, limit as i64], queued_row)
             .map_err(|e| self.err(e))?
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| self.err(e))
     }
 
-    /// Matches not yet known delivered to `output`, oldest first: those after its cursor
-    /// (after a crash some of them may have been sent) and those waiting for a retry.
+    /// Calls `f` on each match not yet known delivered to `output`: those after its cursor
+    /// (after a crash some of them may have been sent), a page at a time, then all those
+    /// waiting for a retry, due or not. Returns how many there were.
+    pub fn each_undelivered(&self, output: Output, mut f: impl FnMut(&Queued)) -> Result<usize> {
+        let mut n = 0;
+        let mut after = self.cursor(output)?;
+        loop {
+            let (page, read_to) = self.pending_after(output, after, UNDELIVERED_PAGE)?;
+            if page.is_empty() {
+                break;
+            }
+            n += page.len();
+            page.iter().for_each(&mut f);
+            after = read_to;
+        }
+        let retries = self.retries_by(output, i64::MAX, i64::MAX as usize)?;
+        n += retries.len();
+        retries.iter().for_each(&mut f);
+        Ok(n)
+    }
+
+    /// The matches [`FilterStore::each_undelivered`] goes through, oldest first.
     pub fn undelivered(&self, output: Output) -> Result<Vec<Queued>> {
-        let c = output.column();
-        let conn = self.lock();
-        let cursor = cursor_in(&conn, output).map_err(|e| self.err(e))?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT seq, filter, alert_id, payload, attempts FROM matches
-                 WHERE (seq > ?1 AND {c} = 1) OR {c} = 5 ORDER BY seq"
-            ))
-            .map_err(|e| self.err(e))?;
-        stmt.query_map([cursor], queued_row)
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| self.err(e))
+        let mut all = Vec::new();
+        self.each_undelivered(output, |q| all.push(q.clone()))?;
+        all.sort_by_key(|q| q.seq);
+        Ok(all)
     }
 
     /// Records a round of delivery to `output` in one transaction: matches delivered out

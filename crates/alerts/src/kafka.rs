@@ -300,15 +300,14 @@ pub fn consume(
     tracing::info!(brokers = %opts.brokers, topics = ?opts.topics, group = %opts.group, "consuming alerts");
     let mut total = Consumed::default();
     let compactor = load::Compactor::start(store);
-    // Batches are read and decoded on a thread of their own while the one before is
-    // stored and filtered; one decoded batch waits at most.
+    // Three stages, each on a thread of its own, a batch apart (one batch waits at most
+    // between two): reading and decoding; storing and filtering; queueing the matches and
+    // committing the offsets (here). Batches go through them in order, so offsets are
+    // committed in order.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Read>(1);
+    let (filtered_tx, filtered_rx) = std::sync::mpsc::sync_channel::<FilteredBatch>(1);
     let halt = AtomicBool::new(false);
     let halted = || stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed);
-    // Three stages, each on a thread of its own, a batch apart: reading and decoding;
-    // storing and filtering; queueing the matches and committing the offsets (here).
-    // Batches go through them in order, so offsets are committed in order.
-    let (filtered_tx, filtered_rx) = std::sync::mpsc::sync_channel::<Filtered2>(1);
     std::thread::scope(|scope| -> Result<Consumed> {
         let reader = std::thread::Builder::new()
             .name("alert-reader".into())
@@ -356,13 +355,14 @@ pub fn consume(
     })
 }
 
-/// A batch stored and filtered, its matches to be queued and its offsets committed.
-struct Filtered2 {
-    batch: Batch,
-    matches: Vec<crate::filters::Match>,
+/// Where a batch's messages came from, carried through the stages to its commit.
+struct Span {
+    /// The last offset read of each partition, and the first.
     offsets: BTreeMap<(String, i32), i64>,
     firsts: BTreeMap<(String, i32), i64>,
+    /// Messages' broker timestamps, ms.
     stamps: Vec<i64>,
+    /// When its first message was read.
     started: Option<Instant>,
 }
 
@@ -373,12 +373,14 @@ struct Read {
     /// The dead letter each row of each entry of `alerts` would be (its message).
     origins: Vec<Vec<DeadLetter>>,
     letters: Vec<DeadLetter>,
-    /// The last offset read of each partition, and the first.
-    offsets: BTreeMap<(String, i32), i64>,
-    firsts: BTreeMap<(String, i32), i64>,
-    /// Messages' broker timestamps, ms.
-    stamps: Vec<i64>,
-    started: Option<Instant>,
+    span: Span,
+}
+
+/// A batch stored and filtered, its matches to be queued and its offsets committed.
+struct FilteredBatch {
+    batch: Batch,
+    matches: Vec<crate::filters::Match>,
+    span: Span,
 }
 
 /// Reads and decodes batches, handing each to `tx`, until `halted` (or the stream is
@@ -536,10 +538,12 @@ fn read_batches(
             alerts,
             origins,
             letters,
-            offsets,
-            firsts,
-            stamps,
-            started,
+            span: Span {
+                offsets,
+                firsts,
+                stamps,
+                started,
+            },
         };
         if tx.send(read).is_err() {
             break;
@@ -557,19 +561,16 @@ fn store_and_filter(
     filtering: Option<&Filtering>,
     compactor: &load::Compactor,
     read: Read,
-) -> Result<Filtered2> {
+) -> Result<FilteredBatch> {
     let Read {
         mut batch,
         mut alerts,
         origins,
         mut letters,
-        offsets,
-        firsts,
-        stamps,
-        started,
+        span,
     } = read;
     let clock = Instant::now();
-    // Stored, then dead letters written, then offsets committed.
+    // Stored, then dead letters written (the offsets are committed in the next stage).
     batch.tables = match store_by_schema(store, &alerts) {
         Ok(t) => t,
         Err(e) if is_data_error(&e) => {
@@ -612,13 +613,10 @@ fn store_and_filter(
         (batch.filtered, matches) = f.evaluate(&alerts)?;
     }
     batch.stages.filter_s = clock.elapsed().as_secs_f64();
-    Ok(Filtered2 {
+    Ok(FilteredBatch {
         batch,
         matches,
-        offsets,
-        firsts,
-        stamps,
-        started,
+        span,
     })
 }
 
@@ -626,15 +624,18 @@ fn store_and_filter(
 fn queue_and_commit(
     consumer: &BaseConsumer,
     filtering: Option<&Filtering>,
-    done: Filtered2,
+    done: FilteredBatch,
 ) -> Result<Batch> {
-    let Filtered2 {
+    let FilteredBatch {
         mut batch,
         matches,
-        offsets,
-        firsts,
-        stamps,
-        started,
+        span:
+            Span {
+                offsets,
+                firsts,
+                stamps,
+                started,
+            },
     } = done;
     let clock = Instant::now();
     if let Some(f) = filtering {

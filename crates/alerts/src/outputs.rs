@@ -165,6 +165,13 @@ struct KafkaLane {
     retrying: HashMap<i64, Queued>,
 }
 
+impl KafkaLane {
+    /// Matches sent and not yet answered.
+    fn in_flight(&self) -> usize {
+        self.sent + self.retrying.len()
+    }
+}
+
 /// Delivers queued matches until stopped.
 pub struct Deliverer {
     store: Arc<FilterStore>,
@@ -248,7 +255,7 @@ impl Deliverer {
         };
         let topics = self.topic_names()?;
         let mut wanted = std::collections::BTreeSet::new();
-        let unknown = self.each_undelivered(|q| {
+        let unknown = self.store.each_undelivered(Output::Kafka, |q| {
             if let Some(t) = topics.get(&q.filter) {
                 wanted.insert(t.clone());
             }
@@ -263,7 +270,7 @@ impl Deliverer {
             keys.insert(topic, found);
         }
         let mut found = Vec::new();
-        self.each_undelivered(|q| {
+        self.store.each_undelivered(Output::Kafka, |q| {
             let on_topic = topics
                 .get(&q.filter)
                 .and_then(|t| keys.get(t))
@@ -284,29 +291,6 @@ impl Deliverer {
                 ..Default::default()
             },
         )
-    }
-
-    /// Calls `f` on each match not known delivered to Kafka (after the cursor, and the
-    /// retries), a page at a time; returns how many there were.
-    fn each_undelivered(&self, mut f: impl FnMut(&Queued)) -> Result<usize> {
-        let mut n = 0;
-        let mut after = self.kafka.cursor;
-        loop {
-            let (page, read_to) = self
-                .store
-                .pending_after(Output::Kafka, after, ROUND_MATCHES)?;
-            if page.is_empty() {
-                break;
-            }
-            n += page.len();
-            page.iter().for_each(&mut f);
-            after = read_to;
-        }
-        // All of them: a retry sent before a crash was due then, so it is due now.
-        let retries = self.store.retries_due(Output::Kafka, i64::MAX as usize)?;
-        n += retries.len();
-        retries.iter().for_each(&mut f);
-        Ok(n)
     }
 
     /// The keys of partition 0 of `topic` from offset `mark` (from its start without one)
@@ -411,7 +395,7 @@ impl Deliverer {
             .collect();
         if self.producer.is_some() {
             round.kafka = self.kafka_round(&filters)?;
-            round.kafka_in_flight = self.kafka.sent + self.kafka.retrying.len();
+            round.kafka_in_flight = self.kafka.in_flight();
         }
         let (sent, failed) = self.webhook_round(&filters)?;
         round.webhook = sent;
@@ -476,9 +460,9 @@ impl Deliverer {
                 .get(&filter)
                 .and_then(|f| f.outputs.kafka_topic.clone())
         };
-        let in_flight = self.kafka.sent + self.kafka.retrying.len();
-        let room = MAX_IN_FLIGHT.saturating_sub(in_flight);
+        let room = MAX_IN_FLIGHT.saturating_sub(self.kafka.in_flight());
         let mut sent = 0;
+        let mut progress = Progress::default();
         if room > 0 {
             let (due, read_to) = self.store.pending_after(
                 Output::Kafka,
@@ -513,13 +497,8 @@ impl Deliverer {
                         sent += 1;
                         self.kafka.retrying.insert(q.seq, q);
                     }
-                    None => self.store.record(
-                        Output::Kafka,
-                        &Progress {
-                            delivered: vec![q.seq],
-                            ..Default::default()
-                        },
-                    )?,
+                    // Its filter lost its topic: nothing to send.
+                    None => progress.delivered.push(q.seq),
                 }
             }
         }
@@ -531,7 +510,7 @@ impl Deliverer {
             } else {
                 Duration::from_millis(5)
             };
-            let waiting = self.kafka.sent + self.kafka.retrying.len();
+            let waiting = self.kafka.in_flight();
             let start = std::time::Instant::now();
             loop {
                 producer.poll(Duration::ZERO);
@@ -551,7 +530,6 @@ impl Deliverer {
             std::mem::take(&mut *acks.done.lock().unwrap_or_else(|p| p.into_inner()));
         let failed: Vec<(i64, String)> =
             std::mem::take(&mut *acks.failed.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut progress = Progress::default();
         for (seq, topic, offset) in &done {
             if let Some(flight) = self.kafka.flying.get_mut(seq) {
                 if matches!(flight, Flight::Sent(_)) {

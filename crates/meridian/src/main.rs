@@ -1836,15 +1836,7 @@ fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
              CIRCLE('ICRS', {ra}, {dec}, {radius_deg}))"
         );
         let start = Instant::now();
-        let batches = rt.block_on(async {
-            anyhow::Ok(
-                engine
-                    .query(&q, meridian_engine::Lang::Adql)
-                    .await?
-                    .collect()
-                    .await?,
-            )
-        })?;
+        let batches = adql_batches(&engine, &rt, &q)?;
         let elapsed = start.elapsed().as_secs_f64() * 1e3;
         if i >= warmup {
             times_ms.push(elapsed);
@@ -2025,24 +2017,12 @@ fn bench_queries(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let (engine, rt) = open_engine(config)?;
-    let run = |q: &str| -> anyhow::Result<Vec<arrow::array::RecordBatch>> {
-        rt.block_on(async {
-            anyhow::Ok(
-                engine
-                    .query(q, meridian_engine::Lang::Adql)
-                    .await?
-                    .collect()
-                    .await?,
-            )
-        })
-        .with_context(|| format!("query: {q}"))
-    };
     for (n, q) in queries.iter().enumerate() {
         let mut seconds = Vec::with_capacity(repeat);
         let mut last = Vec::new();
         for i in 0..warmup + repeat.max(1) {
             let start = Instant::now();
-            last = run(q)?;
+            last = adql_batches(&engine, &rt, q).with_context(|| format!("query: {q}"))?;
             if i >= warmup {
                 seconds.push(start.elapsed().as_secs_f64());
             }
@@ -2066,4 +2046,21 @@ fn bench_queries(
         )?;
     }
     Ok(())
+}
+
+/// The whole result of ADQL query `q`, in memory (the benchmarks' queries).
+fn adql_batches(
+    engine: &meridian_engine::Engine,
+    rt: &tokio::runtime::Runtime,
+    q: &str,
+) -> anyhow::Result<Vec<arrow::array::RecordBatch>> {
+    rt.block_on(async {
+        anyhow::Ok(
+            engine
+                .query(q, meridian_engine::Lang::Adql)
+                .await?
+                .collect()
+                .await?,
+        )
+    })
 }
