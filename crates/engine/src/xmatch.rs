@@ -27,18 +27,26 @@ use arrow::datatypes::{DataType, Float64Type, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, DataFusionError, Result};
+use datafusion::config::ConfigOptions;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Operator;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
     Expr, Extension, Filter, JoinType, LogicalPlan, UserDefinedLogicalNode,
     UserDefinedLogicalNodeCore,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
-use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, CastExpr, Column, DynamicFilterPhysicalExpr, lit,
+};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildFilterDescription, ChildPushdownResult, FilterDescription, FilterPushdownPhase,
+    FilterPushdownPropagation,
+};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -444,6 +452,65 @@ impl QueryPlanner for MeridianQueryPlanner {
     }
 }
 
+/// The predicate "within one of the boxes holding every partner of the index's rows"
+/// over the probe's positions; `false` when the index is empty, `true` when the boxes
+/// would cover half the sky.
+fn partners_predicate(
+    index: &Index,
+    [ra, dec]: &[Arc<dyn PhysicalExpr>; 2],
+    probe_schema: &arrow::datatypes::Schema,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    let points = index.xyz.iter().map(|v| {
+        let dec = v[2].clamp(-1.0, 1.0).asin().to_degrees();
+        let ra = v[1].atan2(v[0]).to_degrees().rem_euclid(360.0);
+        (ra, dec)
+    });
+    let Some(boxes) =
+        meridian_sky::bounds::covering_boxes(points, index.radius_deg, PROBE_FILTER_BOXES)
+    else {
+        return Ok(lit(true));
+    };
+    let as_f64 = |e: &Arc<dyn PhysicalExpr>| -> Result<Arc<dyn PhysicalExpr>> {
+        Ok(match e.data_type(probe_schema)? {
+            DataType::Float64 => e.clone(),
+            _ => Arc::new(CastExpr::new(e.clone(), DataType::Float64, None)),
+        })
+    };
+    let (ra, dec) = (as_f64(ra)?, as_f64(dec)?);
+    let range = |e: &Arc<dyn PhysicalExpr>, lo: f64, hi: f64| -> Arc<dyn PhysicalExpr> {
+        let ge: Arc<dyn PhysicalExpr> =
+            Arc::new(BinaryExpr::new(e.clone(), Operator::GtEq, lit(lo)));
+        let le: Arc<dyn PhysicalExpr> =
+            Arc::new(BinaryExpr::new(e.clone(), Operator::LtEq, lit(hi)));
+        Arc::new(BinaryExpr::new(ge, Operator::And, le))
+    };
+    let or = |a: Arc<dyn PhysicalExpr>, b: Arc<dyn PhysicalExpr>| -> Arc<dyn PhysicalExpr> {
+        Arc::new(BinaryExpr::new(a, Operator::Or, b))
+    };
+    let terms = boxes.iter().map(|b| {
+        let in_dec = range(&dec, b.dec_deg[0], b.dec_deg[1]);
+        if b.all_ra() {
+            return in_dec;
+        }
+        // RA stored in (-180, 180] as well as in [0, 360).
+        let [lo, hi] = b.ra_deg;
+        let mut in_ra = range(&ra, lo, hi);
+        if hi > 180.0 {
+            in_ra = or(in_ra, range(&ra, lo.max(180.0) - 360.0, hi - 360.0));
+        }
+        Arc::new(BinaryExpr::new(in_dec, Operator::And, in_ra)) as Arc<dyn PhysicalExpr>
+    });
+    Ok(terms.reduce(or).unwrap_or_else(|| lit(false)))
+}
+
+/// The probe input is filtered by the partners' boxes when the build input has at most
+/// 1/this of its rows.
+const PROBE_FILTER_RATIO: usize = 4;
+
+/// At most this many boxes in a probe filter: each is 4 to 6 comparisons of a row group's
+/// statistics, or of every row when the reader filters rows.
+const PROBE_FILTER_BOXES: usize = 12;
+
 /// An input plan and its (RA, Dec) expressions.
 type Side<'a> = (&'a Arc<dyn ExecutionPlan>, &'a [Arc<dyn PhysicalExpr>; 2]);
 
@@ -464,6 +531,10 @@ pub struct XMatchExec {
     properties: Arc<PlanProperties>,
     index: Arc<OnceCell<Arc<Index>>>,
     metrics: ExecutionPlanMetricsSet,
+    /// A filter pushed into the probe input (see [`XMatchExec::gather_filters_for_pushdown`]):
+    /// once the index is built, the RA/Dec boxes that hold every possible partner, so that
+    /// the probe's reader skips files, row groups and pages outside them.
+    probe_filter: Option<Arc<DynamicFilterPhysicalExpr>>,
 }
 
 impl XMatchExec {
@@ -499,6 +570,32 @@ impl XMatchExec {
             properties,
             index: Arc::new(OnceCell::new()),
             metrics: ExecutionPlanMetricsSet::new(),
+            probe_filter: None,
+        }
+    }
+
+    fn with_probe_filter(mut self, filter: Option<Arc<DynamicFilterPhysicalExpr>>) -> Self {
+        self.probe_filter = filter;
+        self
+    }
+
+    /// Whether the probe input gets the partners' boxes as a filter: not zone by zone (each
+    /// zone's index is its own), and not when the build input is not much smaller than
+    /// the probe input (its boxes would cover about as much as the probe holds).
+    fn filters_probe(&self, config: &ConfigOptions) -> bool {
+        if self.zoned || !config.optimizer.enable_join_dynamic_filter_pushdown {
+            return false;
+        }
+        let ((build, _), (probe, _)) = self.sides();
+        let rows = |p: &Arc<dyn ExecutionPlan>| {
+            statistics(p)
+                .ok()
+                .and_then(|s| s.num_rows.get_value().copied())
+        };
+        match (rows(build), rows(probe)) {
+            (Some(b), Some(p)) => b.saturating_mul(PROBE_FILTER_RATIO) <= p,
+            (Some(_), None) => true,
+            _ => false,
         }
     }
 
@@ -593,17 +690,74 @@ impl ExecutionPlan for XMatchExec {
         let [left, right]: [Arc<dyn ExecutionPlan>; 2] = children
             .try_into()
             .map_err(|_| DataFusionError::Internal("XMatchExec takes 2 children".into()))?;
-        Ok(Arc::new(Self::new(
-            left,
-            right,
-            self.left_pos.clone(),
-            self.right_pos.clone(),
-            self.radius_deg,
-            self.mode,
-            self.build_left,
-            self.zoned,
-            self.schema(),
-        )))
+        Ok(Arc::new(
+            Self::new(
+                left,
+                right,
+                self.left_pos.clone(),
+                self.right_pos.clone(),
+                self.radius_deg,
+                self.mode,
+                self.build_left,
+                self.zoned,
+                self.schema(),
+            )
+            .with_probe_filter(self.probe_filter.clone()),
+        ))
+    }
+
+    fn gather_filters_for_pushdown(
+        &self,
+        phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        let build = ChildFilterDescription::all_unsupported(&parent_filters);
+        let mut probe = ChildFilterDescription::all_unsupported(&parent_filters);
+        if phase == FilterPushdownPhase::Post
+            && self.probe_filter.is_none()
+            && self.filters_probe(config)
+        {
+            let (_, (_, pos)) = self.sides();
+            probe = probe.with_self_filter(Arc::new(DynamicFilterPhysicalExpr::new(
+                pos.to_vec(),
+                lit(true),
+            )));
+        }
+        Ok(if self.build_left {
+            FilterDescription::new().with_child(build).with_child(probe)
+        } else {
+            FilterDescription::new().with_child(probe).with_child(build)
+        })
+    }
+
+    fn handle_child_pushdown_result(
+        &self,
+        _phase: FilterPushdownPhase,
+        result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let probe = if self.build_left { 1 } else { 0 };
+        let pushed = result.self_filters[probe]
+            .first()
+            .and_then(|f| Arc::downcast::<DynamicFilterPhysicalExpr>(f.predicate.clone()).ok());
+        let mut out = FilterPushdownPropagation::all_unsupported(result);
+        if let Some(filter) = pushed {
+            let node = Self::new(
+                self.left.clone(),
+                self.right.clone(),
+                self.left_pos.clone(),
+                self.right_pos.clone(),
+                self.radius_deg,
+                self.mode,
+                self.build_left,
+                self.zoned,
+                self.schema(),
+            )
+            .with_probe_filter(Some(filter));
+            out = out.with_updated_node(Arc::new(node) as Arc<dyn ExecutionPlan>);
+        }
+        Ok(out)
     }
 
     fn execute(
@@ -633,12 +787,21 @@ impl ExecutionPlan for XMatchExec {
         let probe_pos = probe_pos.clone();
         let cell = self.index.clone();
         let radius = self.radius_deg;
+        let probe_filter = self.probe_filter.clone();
+        let probe_schema = probe.schema();
         let (mode, build_left, schema) = (self.mode, self.build_left, self.schema());
         let batch_size = context.session_config().batch_size();
         let out_schema = schema.clone();
         let stream = futures::stream::once(async move {
             let index = cell
-                .get_or_try_init(|| Index::build(build, build_pos, radius, context))
+                .get_or_try_init(|| async {
+                    let index = Index::build(build, build_pos, radius, context).await?;
+                    if let Some(filter) = &probe_filter {
+                        filter.update(partners_predicate(&index, &probe_pos, &probe_schema)?)?;
+                        filter.mark_complete();
+                    }
+                    Ok::<_, DataFusionError>(index)
+                })
                 .await?
                 .clone();
             let mut matcher = Matcher::new(index, mode);

@@ -577,3 +577,95 @@ fn cross_match_plans_survive_serialization_to_another_session() {
     assert!(!want.is_empty());
     assert_eq!(got, want);
 }
+
+/// A small in-memory side cross-matched with a catalog (a batch of alerts, an upload):
+/// the catalog's reader gets the boxes holding every possible partner once the small side
+/// is indexed, and skips row groups outside them; the pairs stay exactly the brute-force
+/// ones, also across RA = 0 and at the pole, and with no partner at all.
+#[test]
+fn a_small_side_prunes_the_catalog_it_is_matched_with() {
+    use arrow::array::{Float64Array, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let f = fixture();
+    let r = RADIUS_DEG;
+    // Near some of b's rows on the RA seam and at the north pole, and a few anywhere.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut near = |keep: &dyn Fn(usize) -> bool| -> Rows {
+        let mut out = Vec::new();
+        for (k, &(_, ra, dec)) in f.b.iter().enumerate() {
+            if keep(k) {
+                let sep = rng.random_range(0.0..1.5 * r);
+                let (ra, dec) = offset(ra, dec, sep, rng.random_range(0.0..std::f64::consts::TAU));
+                out.push((out.len() as i64 + 1, ra, dec));
+            }
+        }
+        out
+    };
+    let spread = near(&|k| match k % 5 {
+        0 => k % 400 == 0,
+        2 => k % 200 == 2,
+        _ => k % 3_000 == 3,
+    });
+    // On the seam only: most row groups hold no partner.
+    let seam = near(&|k| k % 5 == 2 && k % 100 == 2);
+    let table = |rows: &Rows| {
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("objectId", DataType::Int64, false),
+            Field::new("ra", DataType::Float64, false),
+            Field::new("dec", DataType::Float64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                std::sync::Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                std::sync::Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap();
+        let t = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]]).unwrap();
+        std::sync::Arc::new(t) as std::sync::Arc<dyn datafusion::datasource::TableProvider>
+    };
+    let q = format!(
+        "SELECT s.objectId, b.objectId FROM up.near AS s JOIN xb AS b \
+         ON 1 = CONTAINS(POINT(s.ra, s.dec), CIRCLE(b.ra, b.dec, {r}))"
+    );
+    let read = |plan: &str| -> (usize, usize) {
+        // "files_ranges_pruned_statistics=N total → M matched" of the catalog's scan.
+        let m = plan
+            .split("files_ranges_pruned_statistics=")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no row-group metrics in {plan}"));
+        let num = |s: &str| {
+            s.trim()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        };
+        let total = num(m);
+        let matched = num(m.split('→').nth(1).unwrap());
+        (total, matched)
+    };
+    let base = engine(&EngineConfig::default());
+    for (rows, pruned) in [(spread, false), (seam, true), (vec![], true)] {
+        let e = base
+            .with_tables(vec![("up".into(), "near".into(), table(&rows))])
+            .unwrap();
+        let (batches, plan) = run(&e, &q, Lang::Adql);
+        assert!(plan.contains("build=left"), "{plan}");
+        let want = brute_pairs(&rows, &f.b, r);
+        if !rows.is_empty() {
+            assert!(want.len() > 20, "{} pairs", want.len());
+        }
+        assert_eq!(pairs(&batches), want, "{plan}");
+        let (total, matched) = read(&plan);
+        assert!(total >= 10, "{plan}");
+        assert!(
+            !pruned || matched * 2 < total,
+            "{matched} of {total} files read for {} rows: {plan}",
+            rows.len()
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! adds input validation and the ADQL meaning of each region.
 
 mod angle;
+pub mod bounds;
 mod error;
 pub mod healpix;
 pub mod moc_io;
