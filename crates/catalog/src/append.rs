@@ -214,7 +214,13 @@ impl Store {
 
         let staging = self.begin_staging(name)?;
         let dir = staging.path().to_path_buf();
-        let props = writer_properties(100_000, 4096, HPX_COLUMN, &table_schema);
+        let props = writer_properties(
+            100_000,
+            4096,
+            HPX_COLUMN,
+            [&spec.ra, &spec.dec],
+            &table_schema,
+        );
         // The files of each partition of the new version.
         let mut outputs: BTreeMap<Pixel, Vec<String>> = BTreeMap::new();
         let mut replaced = 0usize;

@@ -68,7 +68,13 @@ impl Store {
         }
         candidates.sort_by_key(|(_, s)| std::cmp::Reverse(s.files.len()));
         let schema = c.schema();
-        let props = writer_properties(100_000, 4096, HPX_COLUMN, &schema);
+        let props = writer_properties(
+            100_000,
+            4096,
+            HPX_COLUMN,
+            [c.ra_column(), c.dec_column()],
+            &schema,
+        );
         let staging = self.begin_staging(name)?;
         let out = staging.path().to_path_buf();
         let mut merged: Vec<Merged> = Vec::new();
@@ -152,7 +158,13 @@ impl Store {
                 "catalog '{name}' lost columns while it was compacted"
             )));
         }
-        let props = writer_properties(100_000, 4096, HPX_COLUMN, &now_schema);
+        let props = writer_properties(
+            100_000,
+            4096,
+            HPX_COLUMN,
+            [now.ra_column(), now.dec_column()],
+            &now_schema,
+        );
         finish_version(&out, &now_schema, &props, &files, &mut hats, spec.order)?;
         self.publish_keeping_old(staging)?;
         tracing::info!(

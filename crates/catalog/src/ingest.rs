@@ -313,7 +313,13 @@ fn run(
     }
 
     // 3. Reduce, finding margin rows on the way.
-    let props = writer_properties(opts.row_group_rows, opts.page_rows, HPX_COLUMN, &schema);
+    let props = writer_properties(
+        opts.row_group_rows,
+        opts.page_rows,
+        HPX_COLUMN,
+        [&ra_name, &dec_name],
+        &schema,
+    );
     let margin = if opts.margin_arcsec > 0.0 {
         Some(crate::margin::MarginBuilder::new(
             Arc::new(pixels.clone()),

@@ -20,17 +20,26 @@ use crate::{Error, Result};
 
 /// Parquet writer settings for partitions: row groups small enough that a cone reads only
 /// the ones it needs, page statistics on the sort key (with the offset index, a cone decodes
-/// only the `page_rows` pages it overlaps, in every column), snappy pages, and dictionary
+/// only the `page_rows` pages it overlaps, in every column) and on the position columns
+/// `positions` (RA, Dec: a cross-match with a few positions reads only the pages within
+/// the boxes around them, see the engine's cross-match), snappy pages, and dictionary
 /// encoding only for text columns (numeric measurements are nearly all distinct, so a
 /// dictionary is built and then abandoned: wasted time).
 pub(crate) fn writer_properties(
     row_group_rows: usize,
     page_rows: usize,
     hpx_column: &str,
+    positions: [&str; 2],
     schema: &SchemaRef,
 ) -> Arc<WriterProperties> {
+    let mut builder =
+        meridian_formats::write::text_dictionaries(WriterProperties::builder(), schema);
+    for c in positions {
+        builder =
+            builder.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::Page);
+    }
     Arc::new(
-        meridian_formats::write::text_dictionaries(WriterProperties::builder(), schema)
+        builder
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
             // A page ends once a write (a batch, or a piece of one) takes it to the limit:

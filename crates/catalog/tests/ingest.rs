@@ -124,6 +124,26 @@ fn gaia_csv_gz_ingests_and_cones_match_brute_force() {
                 .unwrap();
         let meta = reader.metadata();
         let index = meta.offset_index().expect("offset index");
+        // Page statistics (the column index) on the sort key and on the position columns:
+        // a cross-match with a few positions reads only the pages near them.
+        let columns = meta.column_index().expect("column index");
+        let schema = meta.file_metadata().schema_descr();
+        for (g, _) in meta.row_groups().iter().enumerate() {
+            for (c, name) in ["_healpix_29", "ra", "dec"].iter().map(|n| {
+                let c = (0..schema.num_columns())
+                    .find(|&i| schema.column(i).name() == *n)
+                    .unwrap();
+                (c, n)
+            }) {
+                assert!(
+                    !matches!(
+                        columns[g][c],
+                        parquet::file::page_index::column_index::ColumnIndexMetaData::NONE
+                    ),
+                    "no page statistics on {name}"
+                );
+            }
+        }
         for (g, group) in meta.row_groups().iter().enumerate() {
             assert!(group.num_rows() <= 5_000);
             for column in &index[g] {

@@ -45,7 +45,7 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter_pushdown::{
     ChildFilterDescription, ChildPushdownResult, FilterDescription, FilterPushdownPhase,
-    FilterPushdownPropagation,
+    FilterPushdownPropagation, PushedDownPredicate,
 };
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -452,14 +452,16 @@ impl QueryPlanner for MeridianQueryPlanner {
     }
 }
 
-/// The predicate "within one of the boxes holding every partner of the index's rows"
-/// over the probe's positions; `false` when the index is empty, `true` when the boxes
-/// would cover half the sky.
-fn partners_predicate(
+/// Where the probe's rows can have a partner among the index's rows, as three conditions
+/// over the probe's positions (see [`ProbeFilter`]): Dec within the union of the boxes'
+/// Dec ranges; RA within the union of their RA ranges; the position within one of the
+/// boxes. All `false` when the index is empty, `true` when the boxes would cover half the
+/// sky.
+fn partners_predicates(
     index: &Index,
     [ra, dec]: &[Arc<dyn PhysicalExpr>; 2],
     probe_schema: &arrow::datatypes::Schema,
-) -> Result<Arc<dyn PhysicalExpr>> {
+) -> Result<ProbeFilter<Arc<dyn PhysicalExpr>>> {
     let points = index.xyz.iter().map(|v| {
         let dec = v[2].clamp(-1.0, 1.0).asin().to_degrees();
         let ra = v[1].atan2(v[0]).to_degrees().rem_euclid(360.0);
@@ -468,7 +470,7 @@ fn partners_predicate(
     let Some(boxes) =
         meridian_sky::bounds::covering_boxes(points, index.radius_deg, PROBE_FILTER_BOXES)
     else {
-        return Ok(lit(true));
+        return Ok(ProbeFilter::all(lit(true)));
     };
     let as_f64 = |e: &Arc<dyn PhysicalExpr>| -> Result<Arc<dyn PhysicalExpr>> {
         Ok(match e.data_type(probe_schema)? {
@@ -487,20 +489,99 @@ fn partners_predicate(
     let or = |a: Arc<dyn PhysicalExpr>, b: Arc<dyn PhysicalExpr>| -> Arc<dyn PhysicalExpr> {
         Arc::new(BinaryExpr::new(a, Operator::Or, b))
     };
-    let terms = boxes.iter().map(|b| {
-        let in_dec = range(&dec, b.dec_deg[0], b.dec_deg[1]);
-        if b.all_ra() {
-            return in_dec;
-        }
-        // RA stored in (-180, 180] as well as in [0, 360).
-        let [lo, hi] = b.ra_deg;
-        let mut in_ra = range(&ra, lo, hi);
+    // RA stored in (-180, 180] as well as in [0, 360): the part of a range above 180
+    // also as its negative counterpart.
+    let ra_ranges = |lo: f64, hi: f64| -> Vec<[f64; 2]> {
+        let mut v = vec![[lo, hi]];
         if hi > 180.0 {
-            in_ra = or(in_ra, range(&ra, lo.max(180.0) - 360.0, hi - 360.0));
+            v.push([lo.max(180.0) - 360.0, hi - 360.0]);
         }
-        Arc::new(BinaryExpr::new(in_dec, Operator::And, in_ra)) as Arc<dyn PhysicalExpr>
-    });
-    Ok(terms.reduce(or).unwrap_or_else(|| lit(false)))
+        v
+    };
+    let any = |e: &Arc<dyn PhysicalExpr>, ranges: &[[f64; 2]]| {
+        ranges
+            .iter()
+            .map(|r| range(e, r[0], r[1]))
+            .reduce(or)
+            .unwrap_or_else(|| lit(false))
+    };
+    if boxes.is_empty() {
+        return Ok(ProbeFilter::all(lit(false)));
+    }
+    let within = boxes
+        .iter()
+        .map(|b| {
+            let in_dec = range(&dec, b.dec_deg[0], b.dec_deg[1]);
+            if b.all_ra() {
+                return in_dec;
+            }
+            let in_ra = any(&ra, &ra_ranges(b.ra_deg[0], b.ra_deg[1]));
+            Arc::new(BinaryExpr::new(in_dec, Operator::And, in_ra)) as Arc<dyn PhysicalExpr>
+        })
+        .reduce(or)
+        .expect("boxes");
+    // The boxes' ranges as one condition on Dec and one on RA, implied by the boxes:
+    // Parquet's page index prunes by single-column conditions only, and pages (a few
+    // thousand rows) are much finer than row groups.
+    let dec_union = merged(boxes.iter().map(|b| b.dec_deg));
+    let ra_union = if boxes.iter().any(|b| b.all_ra()) {
+        lit(true)
+    } else {
+        any(
+            &ra,
+            &merged(
+                boxes
+                    .iter()
+                    .flat_map(|b| ra_ranges(b.ra_deg[0], b.ra_deg[1])),
+            ),
+        )
+    };
+    Ok(ProbeFilter {
+        dec: any(&dec, &dec_union),
+        ra: ra_union,
+        boxes: within,
+    })
+}
+
+/// The three conditions a cross-match pushes into its probe input (see
+/// [`partners_predicates`]), each a filter of its own so that the Parquet reader sees the
+/// single-column ones apart (a conjunction inside one dynamic filter is one condition to
+/// it).
+#[derive(Debug, Clone)]
+struct ProbeFilter<T> {
+    dec: T,
+    ra: T,
+    boxes: T,
+}
+
+impl<T: Clone> ProbeFilter<T> {
+    fn all(x: T) -> Self {
+        Self {
+            dec: x.clone(),
+            ra: x.clone(),
+            boxes: x,
+        }
+    }
+}
+
+impl<T> ProbeFilter<T> {
+    fn into_vec(self) -> Vec<T> {
+        vec![self.dec, self.ra, self.boxes]
+    }
+}
+
+/// `ranges` merged where they overlap, in order.
+fn merged(ranges: impl Iterator<Item = [f64; 2]>) -> Vec<[f64; 2]> {
+    let mut v: Vec<[f64; 2]> = ranges.collect();
+    v.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    let mut out: Vec<[f64; 2]> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(last) if r[0] <= last[1] => last[1] = last[1].max(r[1]),
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 /// The probe input is filtered by the partners' boxes when the build input has at most
@@ -534,7 +615,7 @@ pub struct XMatchExec {
     /// A filter pushed into the probe input (see [`XMatchExec::gather_filters_for_pushdown`]):
     /// once the index is built, the RA/Dec boxes that hold every possible partner, so that
     /// the probe's reader skips files, row groups and pages outside them.
-    probe_filter: Option<Arc<DynamicFilterPhysicalExpr>>,
+    probe_filter: Option<ProbeFilter<Arc<DynamicFilterPhysicalExpr>>>,
 }
 
 impl XMatchExec {
@@ -574,7 +655,10 @@ impl XMatchExec {
         }
     }
 
-    fn with_probe_filter(mut self, filter: Option<Arc<DynamicFilterPhysicalExpr>>) -> Self {
+    fn with_probe_filter(
+        mut self,
+        filter: Option<ProbeFilter<Arc<DynamicFilterPhysicalExpr>>>,
+    ) -> Self {
         self.probe_filter = filter;
         self
     }
@@ -718,11 +802,18 @@ impl ExecutionPlan for XMatchExec {
             && self.probe_filter.is_none()
             && self.filters_probe(config)
         {
-            let (_, (_, pos)) = self.sides();
-            probe = probe.with_self_filter(Arc::new(DynamicFilterPhysicalExpr::new(
-                pos.to_vec(),
-                lit(true),
-            )));
+            let (_, (_, [ra, dec])) = self.sides();
+            let filter = |on: Vec<Arc<dyn PhysicalExpr>>| -> Arc<dyn PhysicalExpr> {
+                Arc::new(DynamicFilterPhysicalExpr::new(on, lit(true)))
+            };
+            probe = probe.with_self_filters(
+                ProbeFilter {
+                    dec: filter(vec![dec.clone()]),
+                    ra: filter(vec![ra.clone()]),
+                    boxes: filter(vec![ra.clone(), dec.clone()]),
+                }
+                .into_vec(),
+            );
         }
         Ok(if self.build_left {
             FilterDescription::new().with_child(build).with_child(probe)
@@ -738,9 +829,16 @@ impl ExecutionPlan for XMatchExec {
         _config: &ConfigOptions,
     ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
         let probe = if self.build_left { 1 } else { 0 };
-        let pushed = result.self_filters[probe]
-            .first()
-            .and_then(|f| Arc::downcast::<DynamicFilterPhysicalExpr>(f.predicate.clone()).ok());
+        let dynamic = |f: &PushedDownPredicate| {
+            Arc::downcast::<DynamicFilterPhysicalExpr>(f.predicate.clone()).ok()
+        };
+        let pushed = match result.self_filters[probe].as_slice() {
+            [dec, ra, boxes] => dynamic(dec)
+                .zip(dynamic(ra))
+                .zip(dynamic(boxes))
+                .map(|((dec, ra), boxes)| ProbeFilter { dec, ra, boxes }),
+            _ => None,
+        };
         let mut out = FilterPushdownPropagation::all_unsupported(result);
         if let Some(filter) = pushed {
             let node = Self::new(
@@ -796,9 +894,12 @@ impl ExecutionPlan for XMatchExec {
             let index = cell
                 .get_or_try_init(|| async {
                     let index = Index::build(build, build_pos, radius, context).await?;
-                    if let Some(filter) = &probe_filter {
-                        filter.update(partners_predicate(&index, &probe_pos, &probe_schema)?)?;
-                        filter.mark_complete();
+                    if let Some(filter) = probe_filter {
+                        let now = partners_predicates(&index, &probe_pos, &probe_schema)?;
+                        for (f, now) in filter.into_vec().into_iter().zip(now.into_vec()) {
+                            f.update(now)?;
+                            f.mark_complete();
+                        }
                     }
                     Ok::<_, DataFusionError>(index)
                 })
