@@ -9,6 +9,7 @@ mod deadline;
 mod diagnose;
 mod engine;
 mod error;
+pub mod float_compare;
 pub mod footprint_table;
 pub mod geometry;
 pub mod guard;

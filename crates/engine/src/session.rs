@@ -197,6 +197,7 @@ pub fn session_state(sc: SessionConfig, runtime: Arc<RuntimeEnv>) -> Result<Sess
         .with_runtime_env(runtime)
         .with_default_features()
         .with_optimizer_rule(Arc::new(XMatchRule))
+        .with_optimizer_rule(Arc::new(crate::float_compare::Float32Compare))
         .with_query_planner(Arc::new(MeridianQueryPlanner))
         .build();
     let mut ctx = SessionContext::new_with_state(state);
