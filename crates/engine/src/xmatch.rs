@@ -655,6 +655,27 @@ impl XMatchExec {
         }
     }
 
+    /// The same operator over `left` and `right`, with `probe_filter`.
+    fn rebuilt(
+        &self,
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        probe_filter: Option<ProbeFilter<Arc<DynamicFilterPhysicalExpr>>>,
+    ) -> Self {
+        Self::new(
+            left,
+            right,
+            self.left_pos.clone(),
+            self.right_pos.clone(),
+            self.radius_deg,
+            self.mode,
+            self.build_left,
+            self.zoned,
+            self.schema(),
+        )
+        .with_probe_filter(probe_filter)
+    }
+
     fn with_probe_filter(
         mut self,
         filter: Option<ProbeFilter<Arc<DynamicFilterPhysicalExpr>>>,
@@ -774,20 +795,11 @@ impl ExecutionPlan for XMatchExec {
         let [left, right]: [Arc<dyn ExecutionPlan>; 2] = children
             .try_into()
             .map_err(|_| DataFusionError::Internal("XMatchExec takes 2 children".into()))?;
-        Ok(Arc::new(
-            Self::new(
-                left,
-                right,
-                self.left_pos.clone(),
-                self.right_pos.clone(),
-                self.radius_deg,
-                self.mode,
-                self.build_left,
-                self.zoned,
-                self.schema(),
-            )
-            .with_probe_filter(self.probe_filter.clone()),
-        ))
+        Ok(Arc::new(self.rebuilt(
+            left,
+            right,
+            self.probe_filter.clone(),
+        )))
     }
 
     fn gather_filters_for_pushdown(
@@ -841,18 +853,7 @@ impl ExecutionPlan for XMatchExec {
         };
         let mut out = FilterPushdownPropagation::all_unsupported(result);
         if let Some(filter) = pushed {
-            let node = Self::new(
-                self.left.clone(),
-                self.right.clone(),
-                self.left_pos.clone(),
-                self.right_pos.clone(),
-                self.radius_deg,
-                self.mode,
-                self.build_left,
-                self.zoned,
-                self.schema(),
-            )
-            .with_probe_filter(Some(filter));
+            let node = self.rebuilt(self.left.clone(), self.right.clone(), Some(filter));
             out = out.with_updated_node(Arc::new(node) as Arc<dyn ExecutionPlan>);
         }
         Ok(out)
