@@ -1047,19 +1047,13 @@ impl Index {
             )));
         }
         let [ra, dec] = positions(pos, &batch)?;
-        // Cells no finer than needed for the neighbourhood rule, and, over the whole sky,
-        // not much finer than one row per cell on average. A zone's rows are close together:
+        // Cells no finer than needed for the neighbourhood rule, and no finer than needed
+        // for a few rows per occupied cell: a probe row is compared with the rows of nine
+        // cells, and recomputes its cell's neighbours when its cell changes, so cells
+        // should be few rows each but not much emptier. A zone's rows are close together:
         // their cells are those of the rule.
-        let density_order = (0u8..=29)
-            .find(|&k| meridian_sky::healpix::n_cells(k) >= n as u64)
-            .unwrap_or(29);
         let rule_order = neighbourhood_order(radius_deg).expect("radius checked when planned");
-        let order = if zones.is_some() {
-            rule_order
-        } else {
-            rule_order.min(density_order)
-        };
-        let layer = cdshealpix::nested::get(order);
+        let layer = cdshealpix::nested::get(rule_order);
         let mut keyed: Vec<(u64, u32, [f64; 3])> = (0..n)
             .filter_map(|i| {
                 let (v, lon, lat) = unit_vector(&ra, &dec, i)?;
@@ -1067,6 +1061,16 @@ impl Index {
             })
             .collect();
         keyed.sort_unstable_by_key(|k| k.0);
+        let order = if zones.is_some() {
+            rule_order
+        } else {
+            occupancy_order(&keyed, rule_order)
+        };
+        let shift = 2 * u32::from(rule_order - order);
+        if shift > 0 {
+            // NESTED cells: the parent's index is the child's shifted; the order stays.
+            keyed.iter_mut().for_each(|k| k.0 >>= shift);
+        }
         let mut cells = foldhash::HashMap::default();
         let mut start = 0;
         while start < keyed.len() {
@@ -1094,6 +1098,37 @@ impl Index {
             _reservation: reservation,
         })
     }
+}
+
+/// Rows per occupied cell that [`occupancy_order`] aims at.
+const ROWS_PER_CELL: usize = 4;
+
+/// The coarsest order, at most `finest`, at which the rows of `keyed` (sorted by their
+/// cell at `finest`) hold at most [`ROWS_PER_CELL`] rows per occupied cell on average.
+/// Counted over the cells the rows occupy, not the whole sky: the rows of one field are
+/// bucketed as finely as those spread over the sky.
+fn occupancy_order(keyed: &[(u64, u32, [f64; 3])], finest: u8) -> u8 {
+    let occupied = |order: u8| {
+        let shift = 2 * u32::from(finest - order);
+        1 + keyed
+            .windows(2)
+            .filter(|w| w[0].0 >> shift != w[1].0 >> shift)
+            .count()
+    };
+    if keyed.is_empty() {
+        return finest;
+    }
+    // The occupancy only grows as cells coarsen: search for the coarsest order that keeps it.
+    let (mut coarse, mut fine) = (0u8, finest);
+    while coarse < fine {
+        let mid = (coarse + fine) / 2;
+        if keyed.len() <= ROWS_PER_CELL * occupied(mid) {
+            fine = mid;
+        } else {
+            coarse = mid + 1;
+        }
+    }
+    fine
 }
 
 /// Matched (probe row, build row) pairs of one probe batch.
@@ -1231,4 +1266,55 @@ pub(crate) fn split(batch: RecordBatch, size: usize) -> impl Iterator<Item = Rec
     (0..n)
         .step_by(size.max(1))
         .map(move |s| batch.slice(s, size.min(n - s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` rows in a `side_deg` square at (ra, dec) = (10, -30), keyed at `order`, sorted.
+    fn field(n: usize, side_deg: f64, order: u8) -> Vec<(u64, u32, [f64; 3])> {
+        let layer = cdshealpix::nested::get(order);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut unit = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut keyed: Vec<_> = (0..n as u32)
+            .map(|i| {
+                let lon = (10.0 + side_deg * unit()).to_radians();
+                let lat = (-30.0 + side_deg * unit()).to_radians();
+                (layer.hash(lon, lat), i, [0.0; 3])
+            })
+            .collect();
+        keyed.sort_unstable_by_key(|k| k.0);
+        keyed
+    }
+
+    fn rows_per_cell(keyed: &[(u64, u32, [f64; 3])], finest: u8, order: u8) -> f64 {
+        let shift = 2 * u32::from(finest - order);
+        let mut cells: Vec<u64> = keyed.iter().map(|k| k.0 >> shift).collect();
+        cells.dedup();
+        keyed.len() as f64 / cells.len() as f64
+    }
+
+    #[test]
+    fn rows_of_one_field_are_bucketed_by_their_own_density() {
+        // 100,000 rows in one square degree: over the whole sky that is order 7 (0.46 deg
+        // cells), which would put thousands of rows in each cell here.
+        let finest = neighbourhood_order(1.0 / 3600.0).unwrap();
+        let keyed = field(100_000, 1.0, finest);
+        let order = occupancy_order(&keyed, finest);
+        assert!(order > 10, "order {order}");
+        assert!(rows_per_cell(&keyed, finest, order) <= ROWS_PER_CELL as f64);
+        assert!(rows_per_cell(&keyed, finest, order - 1) > ROWS_PER_CELL as f64);
+        // Rows all at one place stay at the finest cells the radius allows.
+        let same: Vec<_> = (0..1000).map(|i| (42u64, i, [0.0; 3])).collect();
+        assert_eq!(occupancy_order(&same, finest), finest);
+        assert_eq!(occupancy_order(&[], finest), finest);
+        // One row: one cell at any order, so the coarsest.
+        assert_eq!(occupancy_order(&same[..1], finest), 0);
+    }
 }
