@@ -17,7 +17,7 @@
 //! holds back only itself. The number of deliveries waiting (the backlog the consumer
 //! holds back on) is kept in the database, changed in the same transactions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -172,6 +172,24 @@ const UNDELIVERED_PAGE: usize = 10_000;
 /// them is safe: the batch is consumed again and the queued matches are kept once).
 const ENQUEUE_CHUNK: usize = 20_000;
 
+/// Most matches one statement inserts (six parameters each; SQLite allows 32,766).
+const INSERT_ROWS: usize = 64;
+
+/// An insert of `rows` matches into the outbox.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT OR IGNORE INTO matches (filter, alert_id, payload, created_ms, kafka, webhook) \
+         VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?)");
+    }
+    sql
+}
+
 /// What a round of delivery to one output did, recorded in one transaction by
 /// [`FilterStore::record`].
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -266,6 +284,8 @@ impl FilterStore {
             })?;
         }
         let conn = rusqlite::Connection::open(path).map_err(|e| db_err(path, e))?;
+        // Room for the outbox's inserts of each size next to the other statements.
+        conn.set_prepared_statement_cache_capacity(32);
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA busy_timeout = 10000;
@@ -569,26 +589,19 @@ impl FilterStore {
             let mut filter = tx
                 .prepare_cached("SELECT name, kafka_topic IS NOT NULL, webhook IS NOT NULL FROM filter WHERE id = ?1")
                 .map_err(|e| self.err(e))?;
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO matches (filter, alert_id, payload, created_ms, kafka,
-                                                    webhook)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(|e| self.err(e))?;
             let mut count = tx
                 .prepare_cached("UPDATE filter SET matches = matches + ?2 WHERE id = ?1")
                 .map_err(|e| self.err(e))?;
             let now = now_ms();
-            // Matches counted per filter.
-            let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
-            let mut payload = String::new();
-            for m in matches {
-                let found = match filters.get(&m.filter) {
+            let mut payloads: Vec<String> = Vec::new();
+            // Runs of one filter's matches (a batch's matches come filter by filter).
+            for run in matches.chunk_by(|a, b| a.filter == b.filter) {
+                let id = run[0].filter;
+                let found = match filters.get(&id) {
                     Some(f) => f,
                     None => {
                         let f = filter
-                            .query_row(params![m.filter], |r| {
+                            .query_row(params![id], |r| {
                                 Ok((
                                     // As a JSON string, for the payloads.
                                     serde_json::Value::String(r.get::<_, String>(0)?).to_string(),
@@ -598,19 +611,19 @@ impl FilterStore {
                             })
                             .optional()
                             .map_err(|e| self.err(e))?;
-                        filters.entry(m.filter).or_insert(f)
+                        filters.entry(id).or_insert(f)
                     }
                 };
                 let Some((name, kafka, webhook)) = found else {
                     continue;
                 };
-                payload.clear();
-                use std::fmt::Write as _;
-                let _ = write!(
-                    payload,
-                    "{{\"filter\":{},\"name\":{},\"alertId\":{},\"rows\":{}}}",
-                    m.filter, name, m.alert_id, m.rows
-                );
+                payloads.clear();
+                payloads.extend(run.iter().map(|m| {
+                    format!(
+                        "{{\"filter\":{},\"name\":{},\"alertId\":{},\"rows\":{}}}",
+                        m.filter, name, m.alert_id, m.rows
+                    )
+                }));
                 let state = |wanted: bool| {
                     if wanted {
                         delivery::PENDING
@@ -618,25 +631,41 @@ impl FilterStore {
                         delivery::NONE
                     }
                 };
-                let n = insert
-                    .execute(params![
-                        m.filter,
-                        m.alert_id,
-                        payload,
-                        now,
-                        state(*kafka),
-                        state(*webhook)
-                    ])
-                    .map_err(|e| self.err(e))?;
-                if n > 0 {
-                    *counts.entry(m.filter).or_default() += 1;
-                    added += 1;
-                    to_kafka += i64::from(*kafka);
-                    to_webhook += i64::from(*webhook);
+                let (kafka_state, webhook_state) = (state(*kafka), state(*webhook));
+                // Statements of 2^k rows, largest first: a handful of statements, each
+                // prepared once, insert any number of rows.
+                let mut n_run = 0;
+                let mut at = 0;
+                while at < run.len() {
+                    let rows = INSERT_ROWS.min(1 << (run.len() - at).ilog2());
+                    let mut insert = tx
+                        .prepare_cached(&insert_sql(rows))
+                        .map_err(|e| self.err(e))?;
+                    for (k, (m, payload)) in run[at..at + rows]
+                        .iter()
+                        .zip(&payloads[at..at + rows])
+                        .enumerate()
+                    {
+                        let p = 6 * k;
+                        insert
+                            .raw_bind_parameter(p + 1, m.filter)
+                            .and_then(|_| insert.raw_bind_parameter(p + 2, m.alert_id))
+                            .and_then(|_| insert.raw_bind_parameter(p + 3, payload))
+                            .and_then(|_| insert.raw_bind_parameter(p + 4, now))
+                            .and_then(|_| insert.raw_bind_parameter(p + 5, kafka_state))
+                            .and_then(|_| insert.raw_bind_parameter(p + 6, webhook_state))
+                            .map_err(|e| self.err(e))?;
+                    }
+                    // Rows already queued (the same alert again) are ignored, not counted.
+                    n_run += insert.raw_execute().map_err(|e| self.err(e))? as i64;
+                    at += rows;
                 }
-            }
-            for (id, n) in counts {
-                count.execute(params![id, n]).map_err(|e| self.err(e))?;
+                if n_run > 0 {
+                    count.execute(params![id, n_run]).map_err(|e| self.err(e))?;
+                    added += n_run as usize;
+                    to_kafka += n_run * i64::from(*kafka);
+                    to_webhook += n_run * i64::from(*webhook);
+                }
             }
         }
         add_backlog(&tx, Output::Kafka, to_kafka).map_err(|e| self.err(e))?;

@@ -199,7 +199,7 @@ impl Store {
         let mut touched: BTreeSet<Pixel> = assigned.keys().copied().collect();
         let new_keys: HashSet<i64> = match &spec.key {
             Some(k) if spec.keep == Keep::Last => {
-                for p in neighbourhood(&new, spec, &layout)? {
+                for p in neighbourhood(&new, &hpx, spec, &layout)? {
                     touched.insert(p);
                 }
                 keys(&new, k)?.iter().flatten().collect()
@@ -701,25 +701,47 @@ fn unique(batch: &RecordBatch, key: &str, last: bool) -> Result<RecordBatch> {
     Ok(filter_record_batch(batch, &BooleanArray::from(keep))?)
 }
 
-/// The stored partitions within `max_shift_arcsec` of the rows of `batch`.
-fn neighbourhood(batch: &RecordBatch, spec: &AppendSpec, layout: &Layout) -> Result<Vec<Pixel>> {
-    let ra = arrow::compute::cast(
-        batch
-            .column_by_name(&spec.ra)
-            .ok_or_else(|| Error::Invalid(format!("no column '{}'", spec.ra)))?,
-        &DataType::Float64,
-    )?;
-    let dec = arrow::compute::cast(
-        batch
-            .column_by_name(&spec.dec)
-            .ok_or_else(|| Error::Invalid(format!("no column '{}'", spec.dec)))?,
-        &DataType::Float64,
-    )?;
+/// The stored partitions within `max_shift_arcsec` of the rows of `batch` (whose order-29
+/// cells are `hpx`).
+///
+/// At the order where a cone of that radius lies within its centre's cell and the cell's
+/// neighbours, the partitions are those of the nine cells around each row's cell: a
+/// superset of the exact answer by at most a cell of about the radius, found once per
+/// occupied cell with no trigonometry. Radii too large for any order take each row's cone.
+fn neighbourhood(
+    batch: &RecordBatch,
+    hpx: &[u64],
+    spec: &AppendSpec,
+    layout: &Layout,
+) -> Result<Vec<Pixel>> {
+    let mut out = BTreeSet::new();
+    if let Some(order) = healpix::neighbourhood_order(spec.max_shift_arcsec / 3600.0) {
+        let shift = 2 * u32::from(healpix::MAX_ORDER - order);
+        let mut cells: Vec<u64> = hpx.iter().map(|h| h >> shift).collect();
+        cells.sort_unstable();
+        cells.dedup();
+        let mut around = Vec::with_capacity(9);
+        for cell in cells {
+            around.clear();
+            around.push(cell);
+            around.extend(healpix::neighbours(order, cell));
+            for c in &around {
+                out.extend(layout.overlapping(&(c << shift..(c + 1) << shift)));
+            }
+        }
+        return Ok(out.into_iter().collect());
+    }
+    let position = |name: &str| -> Result<ArrayRef> {
+        let c = batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Invalid(format!("no column '{name}'")))?;
+        Ok(arrow::compute::cast(c, &DataType::Float64)?)
+    };
+    let (ra, dec) = (position(&spec.ra)?, position(&spec.dec)?);
     let (ra, dec) = (
         ra.as_primitive::<Float64Type>(),
         dec.as_primitive::<Float64Type>(),
     );
-    let mut out = BTreeSet::new();
     for i in 0..batch.num_rows() {
         let centre = SkyPoint::new(ra.value(i).rem_euclid(360.0), dec.value(i))?;
         let region = Region::Circle(Circle::new(centre, spec.max_shift_arcsec / 3600.0)?);
