@@ -801,17 +801,50 @@ impl Filtering {
     /// yet counted) and the matches found, not yet queued. Filters that fail are paused,
     /// and MyDB outputs appended, here.
     pub fn evaluate(&self, alerts: &[RecordBatch]) -> Result<(Filtered, Vec<Match>)> {
-        let filters = self.store.active()?;
+        let filters = self.active()?;
+        let outcomes = self.run(&filters, alerts)?;
+        self.settle(&filters, outcomes)
+    }
+
+    /// The filters to run now.
+    pub fn active(&self) -> Result<Vec<Filter>> {
+        self.store.active()
+    }
+
+    /// Whether any of `filters` may read the tables alerts are stored in (then they run
+    /// after the batch is stored, so that they see it; others may run while it is stored).
+    pub fn read_stored_alerts(filters: &[Filter]) -> bool {
+        let stored: Vec<&str> = [Kind::Rubin, Kind::Ztf]
+            .into_iter()
+            .flat_map(crate::load::tables)
+            .map(|t| t.catalog)
+            .collect();
+        filters.iter().any(|f| {
+            let q = f.query.to_ascii_lowercase();
+            stored.iter().any(|t| q.contains(t))
+        })
+    }
+
+    /// Runs `filters` over `alerts`, with no effect yet: per filter, its rows or its error
+    /// (see [`Filtering::settle`]).
+    pub fn run(&self, filters: &[Filter], alerts: &[RecordBatch]) -> Result<Vec<Outcome>> {
+        if filters.is_empty() || alerts.iter().all(|a| a.num_rows() == 0) {
+            return Ok(Vec::new());
+        }
+        self.runtime.block_on(self.evaluator.run(filters, alerts))
+    }
+
+    /// What [`Filtering::run`] found for `filters`: the matches, not yet queued. Filters
+    /// that failed are paused, and MyDB outputs appended, here.
+    pub fn settle(
+        &self,
+        filters: &[Filter],
+        outcomes: Vec<Outcome>,
+    ) -> Result<(Filtered, Vec<Match>)> {
         let mut done = Filtered {
             filters: filters.len(),
             ..Default::default()
         };
-        if filters.is_empty() || alerts.iter().all(|a| a.num_rows() == 0) {
-            return Ok((done, Vec::new()));
-        }
-        let outcomes = self
-            .runtime
-            .block_on(self.evaluator.run(&filters, alerts))?;
         let mut queued = Vec::new();
         for (f, outcome) in filters.iter().zip(outcomes) {
             let rows = match outcome.rows {

@@ -95,9 +95,10 @@ pub struct Stages {
     pub read_s: f64,
     /// Decoding the Confluent-framed messages.
     pub decode_s: f64,
-    /// Appending to the DIA tables (and writing dead letters).
+    /// Appending to the DIA tables.
     pub store_s: f64,
-    /// Running the filters.
+    /// Running the filters (while the batch is stored, unless a filter reads the tables
+    /// alerts are stored in: the two stages' times then overlap).
     pub filter_s: f64,
     /// Queueing their matches for the outputs.
     pub queue_s: f64,
@@ -569,13 +570,47 @@ fn store_and_filter(
         mut letters,
         span,
     } = read;
+    // Filters that do not read the tables alerts are stored in run while the batch is
+    // stored; the others after it.
+    let filters = match filtering {
+        Some(f) => f.active()?,
+        None => Vec::new(),
+    };
+    let alongside = filtering.filter(|_| !Filtering::read_stored_alerts(&filters));
+    let (first, early) = std::thread::scope(|scope| -> Result<_> {
+        let early = alongside
+            .map(|f| {
+                std::thread::Builder::new()
+                    .name("alert-filter-run".into())
+                    .spawn_scoped(scope, || {
+                        let clock = Instant::now();
+                        (f.run(&filters, &alerts), clock.elapsed().as_secs_f64())
+                    })
+                    .map_err(|e| Error::Kafka(format!("starting the filters' run: {e}")))
+            })
+            .transpose()?;
+        let clock = Instant::now();
+        let first = store_by_schema(store, &alerts);
+        let stored_s = clock.elapsed().as_secs_f64();
+        let early = early
+            .map(|h| {
+                h.join()
+                    .map_err(|_| Error::Kafka("the alert filters' run panicked".into()))
+            })
+            .transpose()?;
+        Ok((first.map(|t| (t, stored_s)), early))
+    })?;
     let clock = Instant::now();
     // Stored, then dead letters written (the offsets are committed in the next stage).
-    batch.tables = match store_by_schema(store, &alerts) {
-        Ok(t) => t,
+    let (tables, early) = match first {
+        Ok((t, stored_s)) => {
+            batch.stages.store_s = stored_s;
+            (t, early)
+        }
         Err(e) if is_data_error(&e) => {
             // One alert the tables cannot take fails its whole batch: the alerts are
-            // stored one by one, and those that fail become dead letters.
+            // stored one by one, and those that fail become dead letters. The filters
+            // then run over the alerts kept.
             tracing::warn!(error = %e, "a batch could not be stored whole: storing its alerts one by one");
             let mut tables = Vec::new();
             let mut kept = Vec::new();
@@ -599,20 +634,27 @@ fn store_and_filter(
                 }
             }
             alerts = kept;
-            tables
+            batch.stages.store_s = clock.elapsed().as_secs_f64();
+            (tables, None)
         }
         Err(e) => return Err(e),
     };
+    batch.tables = tables;
     compactor.after(&batch.tables);
     dead.add(&letters)?;
     batch.dead_letters = letters.len();
-    batch.stages.store_s = clock.elapsed().as_secs_f64();
     let clock = Instant::now();
     let mut matches = Vec::new();
     if let Some(f) = filtering {
-        (batch.filtered, matches) = f.evaluate(&alerts)?;
+        // The stage's time: the filters' own run (alongside the store or now) and settling.
+        let (outcomes, run_s) = match early {
+            Some((outcomes, run_s)) => (outcomes?, run_s),
+            None => (f.run(&filters, &alerts)?, 0.0),
+        };
+        (batch.filtered, matches) = f.settle(&filters, outcomes)?;
+        batch.stages.filter_s = run_s;
     }
-    batch.stages.filter_s = clock.elapsed().as_secs_f64();
+    batch.stages.filter_s += clock.elapsed().as_secs_f64();
     Ok(FilteredBatch {
         batch,
         matches,
