@@ -38,7 +38,9 @@ use parquet::file::properties::WriterProperties;
 use crate::ingest::{HPX_COLUMN, hpx_field, set_provenance};
 use crate::layout::{Pixel, sky_fraction, write_partition_info};
 use crate::properties::Properties;
-use crate::write::{PartitionWriter, write_common_metadata, writer_properties};
+use crate::write::{
+    PAGE_ROWS, PartitionWriter, ROW_GROUP_ROWS, write_common_metadata, writer_properties,
+};
 use crate::{Catalog, Error, Result, Store, coverage_order};
 
 /// Which row a key keeps when it comes again.
@@ -215,8 +217,8 @@ impl Store {
         let staging = self.begin_staging(name)?;
         let dir = staging.path().to_path_buf();
         let props = writer_properties(
-            100_000,
-            4096,
+            ROW_GROUP_ROWS,
+            PAGE_ROWS,
             HPX_COLUMN,
             [&spec.ra, &spec.dec],
             &table_schema,

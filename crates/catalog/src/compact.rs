@@ -14,7 +14,7 @@ use crate::append::{
 };
 use crate::ingest::HPX_COLUMN;
 use crate::layout::Pixel;
-use crate::write::writer_properties;
+use crate::write::{PAGE_ROWS, ROW_GROUP_ROWS, writer_properties};
 use crate::{Catalog, Error, Result, Store};
 
 /// What a compaction did.
@@ -69,8 +69,8 @@ impl Store {
         candidates.sort_by_key(|(_, s)| std::cmp::Reverse(s.files.len()));
         let schema = c.schema();
         let props = writer_properties(
-            100_000,
-            4096,
+            ROW_GROUP_ROWS,
+            PAGE_ROWS,
             HPX_COLUMN,
             [c.ra_column(), c.dec_column()],
             &schema,
@@ -159,8 +159,8 @@ impl Store {
             )));
         }
         let props = writer_properties(
-            100_000,
-            4096,
+            ROW_GROUP_ROWS,
+            PAGE_ROWS,
             HPX_COLUMN,
             [now.ra_column(), now.dec_column()],
             &now_schema,

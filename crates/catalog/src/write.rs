@@ -18,6 +18,11 @@ use parquet::schema::types::ColumnPath;
 use crate::layout::Pixel;
 use crate::{Error, Result};
 
+/// Rows of a partition's row group, unless an ingest asks otherwise.
+pub(crate) const ROW_GROUP_ROWS: usize = 100_000;
+/// Rows of a partition's page (up to twice as many), unless an ingest asks otherwise.
+pub(crate) const PAGE_ROWS: usize = 4096;
+
 /// Parquet writer settings for partitions: row groups small enough that a cone reads only
 /// the ones it needs, page statistics on the sort key (with the offset index, a cone decodes
 /// only the `page_rows` pages it overlaps, in every column) and on the position columns
