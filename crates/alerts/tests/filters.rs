@@ -618,6 +618,33 @@ fn a_filter_past_its_time_limit_is_stopped_and_paused() {
     assert!(again.elapsed() < started.elapsed(), "{:?}", again.elapsed());
 }
 
+/// A mock Kafka cluster whose topic `rubin` holds the seven Rubin sample alerts (schema id
+/// 42), replayed with producer `settings`: the cluster, its brokers and the sample's file.
+fn rubin_on_mock_kafka(
+    settings: &[(String, String)],
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    PathBuf,
+) {
+    use meridian_alerts::kafka::{Framing, replay};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("rubin", 1, 1).unwrap();
+    let rubin = shared("rubin_fink_sample_7alerts.avro");
+    let n = replay(
+        std::slice::from_ref(&rubin),
+        &brokers,
+        "rubin",
+        Framing::Confluent(42),
+        None,
+        settings,
+    )
+    .unwrap();
+    assert_eq!(n, 7);
+    (cluster, brokers, rubin)
+}
+
 /// Backpressure: while more matches wait for delivery than the stage allows, the consumer
 /// reads no further (and loses nothing it had fetched); once the outputs catch up it goes
 /// on, and every alert is read and matched once.
@@ -626,22 +653,9 @@ fn a_slow_output_holds_the_stream_back_without_losing_alerts() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use meridian_alerts::dead_letter::DeadLetters;
-    use meridian_alerts::kafka::{ConsumeOptions, Framing, consume, replay};
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    cluster.create_topic("rubin", 1, 1).unwrap();
-    let rubin = shared("rubin_fink_sample_7alerts.avro");
+    use meridian_alerts::kafka::{ConsumeOptions, consume};
     // All seven in one record batch: the consumer holds them fetched while it waits.
-    let n = replay(
-        std::slice::from_ref(&rubin),
-        &brokers,
-        "rubin",
-        Framing::Confluent(42),
-        None,
-        &[("linger.ms".into(), "200".into())],
-    )
-    .unwrap();
-    assert_eq!(n, 7);
+    let (_cluster, brokers, rubin) = rubin_on_mock_kafka(&[("linger.ms".into(), "200".into())]);
     let mut s = site();
     let all = all_to_topic(&s, "ann.all");
     s.stage.max_backlog = 2;
@@ -725,22 +739,9 @@ fn a_filter_over_the_stored_alerts_sees_its_own_batch() {
     use std::sync::atomic::AtomicBool;
 
     use meridian_alerts::dead_letter::DeadLetters;
-    use meridian_alerts::kafka::{ConsumeOptions, Framing, consume, replay};
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    cluster.create_topic("rubin", 1, 1).unwrap();
-    let rubin = shared("rubin_fink_sample_7alerts.avro");
+    use meridian_alerts::kafka::{ConsumeOptions, consume};
+    let (_cluster, brokers, rubin) = rubin_on_mock_kafka(&[]);
     let sample = alerts("rubin_fink_sample_7alerts.avro");
-    let n = replay(
-        std::slice::from_ref(&rubin),
-        &brokers,
-        "rubin",
-        Framing::Confluent(42),
-        None,
-        &[],
-    )
-    .unwrap();
-    assert_eq!(n, 7);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("catalogs")).unwrap();
     // One alert of the sample stored already: its tables exist, without the other six.

@@ -201,7 +201,7 @@ impl Store {
         let mut touched: BTreeSet<Pixel> = assigned.keys().copied().collect();
         let new_keys: HashSet<i64> = match &spec.key {
             Some(k) if spec.keep == Keep::Last => {
-                for p in neighbourhood(&new, &hpx, spec, &layout)? {
+                for p in neighbourhood(&new, &hpx, spec, name, &layout)? {
                     touched.insert(p);
                 }
                 keys(&new, k)?.iter().flatten().collect()
@@ -615,16 +615,22 @@ fn align(batch: &RecordBatch, schema: &SchemaRef, table: &str) -> Result<RecordB
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// `batch` with `_healpix_29` computed from its positions; a row without a valid position
-/// is refused with its index and values.
-fn locate(batch: &RecordBatch, spec: &AppendSpec, table: &str) -> Result<RecordBatch> {
+/// The position columns `spec.ra` and `spec.dec` of `batch` (rows for catalog `table`), as
+/// doubles.
+fn positions(batch: &RecordBatch, spec: &AppendSpec, table: &str) -> Result<(ArrayRef, ArrayRef)> {
     let col = |name: &str| -> Result<ArrayRef> {
         let c = batch.column_by_name(name).ok_or_else(|| {
             Error::Invalid(format!("catalog '{table}' has no position column '{name}'"))
         })?;
         Ok(arrow::compute::cast(c, &DataType::Float64)?)
     };
-    let (ra, dec) = (col(&spec.ra)?, col(&spec.dec)?);
+    Ok((col(&spec.ra)?, col(&spec.dec)?))
+}
+
+/// `batch` with `_healpix_29` computed from its positions; a row without a valid position
+/// is refused with its index and values.
+fn locate(batch: &RecordBatch, spec: &AppendSpec, table: &str) -> Result<RecordBatch> {
+    let (ra, dec) = positions(batch, spec, table)?;
     let (ra, dec) = (
         ra.as_primitive::<Float64Type>(),
         dec.as_primitive::<Float64Type>(),
@@ -714,6 +720,7 @@ fn neighbourhood(
     batch: &RecordBatch,
     hpx: &[u64],
     spec: &AppendSpec,
+    table: &str,
     layout: &Layout,
 ) -> Result<Vec<Pixel>> {
     let mut out = BTreeSet::new();
@@ -733,13 +740,7 @@ fn neighbourhood(
         }
         return Ok(out.into_iter().collect());
     }
-    let position = |name: &str| -> Result<ArrayRef> {
-        let c = batch
-            .column_by_name(name)
-            .ok_or_else(|| Error::Invalid(format!("no column '{name}'")))?;
-        Ok(arrow::compute::cast(c, &DataType::Float64)?)
-    };
-    let (ra, dec) = (position(&spec.ra)?, position(&spec.dec)?);
+    let (ra, dec) = positions(batch, spec, table)?;
     let (ra, dec) = (
         ra.as_primitive::<Float64Type>(),
         dec.as_primitive::<Float64Type>(),

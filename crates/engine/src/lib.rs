@@ -125,3 +125,16 @@ pub fn execute(
         datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, batches),
     ))
 }
+
+/// Uniform doubles in [0, 1) from `seed`, for tests: a 64-bit linear congruential
+/// generator, reproducible and with no dependency.
+#[cfg(test)]
+pub(crate) fn test_uniform(seed: u64) -> impl FnMut() -> f64 {
+    let mut state = seed;
+    move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

@@ -1275,13 +1275,7 @@ mod tests {
     /// `n` rows in a `side_deg` square at (ra, dec) = (10, -30), keyed at `order`, sorted.
     fn field(n: usize, side_deg: f64, order: u8) -> Vec<(u64, u32, [f64; 3])> {
         let layer = cdshealpix::nested::get(order);
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut unit = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut unit = crate::test_uniform(0x9e37_79b9_7f4a_7c15);
         let mut keyed: Vec<_> = (0..n as u32)
             .map(|i| {
                 let lon = (10.0 + side_deg * unit()).to_radians();

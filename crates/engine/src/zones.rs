@@ -518,13 +518,7 @@ mod tests {
     #[test]
     fn margins_hold_every_close_pair_once() {
         use arrow::array::Float64Array;
-        let mut rng = 12345u64;
-        let mut next = || {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (rng >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut next = crate::test_uniform(12345);
         for radius_arcsec in [1.0, 5.0, 60.0, 3600.0] {
             let r = radius_arcsec / 3600.0;
             let orders = zone_orders(r).unwrap();
