@@ -215,6 +215,9 @@ pub const KEEP_DELIVERED_MS: i64 = 7 * 24 * 3600 * 1000;
 pub struct FilterStore {
     path: PathBuf,
     conn: Mutex<rusqlite::Connection>,
+    /// Counts the outbox's commits of new matches, so that a deliverer waiting for work
+    /// wakes as soon as some are queued.
+    queued: (Mutex<u64>, std::sync::Condvar),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -343,6 +346,7 @@ impl FilterStore {
         let store = Self {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            queued: Default::default(),
         };
         store.prepare_outbox()?;
         Ok(store)
@@ -671,7 +675,30 @@ impl FilterStore {
         add_backlog(&tx, Output::Kafka, to_kafka).map_err(|e| self.err(e))?;
         add_backlog(&tx, Output::Webhook, to_webhook).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
+        drop(conn);
+        if added > 0 {
+            let (count, wake) = &self.queued;
+            *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            wake.notify_all();
+        }
         Ok(added)
+    }
+
+    /// How many times new matches have been queued (a number to pass to
+    /// [`FilterStore::wait_queued`]).
+    pub fn queued_count(&self) -> u64 {
+        *self.queued.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until matches are queued after `seen` (a [`FilterStore::queued_count`]) or
+    /// `timeout` passes; whether they were.
+    pub fn wait_queued(&self, seen: u64, timeout: std::time::Duration) -> bool {
+        let (count, wake) = &self.queued;
+        let guard = count.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = wake
+            .wait_timeout_while(guard, timeout, |n| *n == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard != seen
     }
 
     /// Deliveries waiting, over all outputs (a match waiting for its Kafka topic and its
@@ -1034,6 +1061,7 @@ fn db_err(path: &Path, e: rusqlite::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn outbox_keeps_each_match_once_and_backs_off() {
@@ -1242,6 +1270,39 @@ mod tests {
         assert!(none.is_empty());
         assert_eq!(read_to, n as i64 + 1);
         assert_eq!(store.backlog().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_waiting_deliverer_wakes_when_matches_are_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilterStore::open(&dir.path().join("f.sqlite")).unwrap();
+        let f = store.add("ann", "f", "SELECT 1", &Outputs::default()).unwrap();
+        let m = |alert_id| Match {
+            filter: f.id,
+            alert_id,
+            rows: "[]".into(),
+        };
+        let seen = store.queued_count();
+        // Nothing queued: the wait runs out.
+        assert!(!store.wait_queued(seen, Duration::from_millis(20)));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let start = std::time::Instant::now();
+                (store.wait_queued(seen, Duration::from_secs(60)), start.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(store.enqueue(&[m(1)]).unwrap(), 1);
+            let (woke, waited) = waiter.join().unwrap();
+            assert!(woke);
+            assert!(waited < Duration::from_secs(30), "{waited:?}");
+        });
+        // Matches already queued add nothing, and wake no one.
+        let seen = store.queued_count();
+        assert_eq!(store.enqueue(&[m(1)]).unwrap(), 0);
+        assert!(!store.wait_queued(seen, Duration::from_millis(20)));
+        // Queued before the wait began: no wait at all.
+        assert_eq!(store.enqueue(&[m(2)]).unwrap(), 1);
+        assert!(store.wait_queued(seen, Duration::from_secs(60)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! record) or as an Avro object container (ZTF's, schema included).
 //!
 //! Delivery: messages are read in batches (up to `batch_alerts`, or what arrived within
-//! `batch_wait`); a batch is stored (appended to the alert database) and its bad messages
+//! `batch_wait`, or until the topic is idle for `batch_idle`); a batch is stored (appended to the alert database) and its bad messages
 //! written to the dead-letter table before the consumer group's offsets are committed. A
 //! crash between the two re-reads the batch on restart, and the tables drop what they
 //! already hold by id (a source is kept once, an object's summary replaced by the same),
@@ -42,6 +42,9 @@ pub struct ConsumeOptions {
     pub batch_alerts: usize,
     /// Longest wait for a batch to fill.
     pub batch_wait: Duration,
+    /// A batch is cut as soon as no message has come for this long: the topic is idle
+    /// (a visit's alerts all read), so waiting out `batch_wait` would only delay them.
+    pub batch_idle: Duration,
     /// Stop after no message came for this long (a replay, a test); none: run until
     /// stopped.
     pub stop_when_idle: Option<Duration>,
@@ -51,7 +54,7 @@ pub struct ConsumeOptions {
 
 impl ConsumeOptions {
     /// Defaults for `brokers` and `topics`: group `meridian-alerts`, batches of up to
-    /// 10,000 alerts (a Rubin visit) or 1 s.
+    /// 10,000 alerts (a Rubin visit) or 1 s, cut after 50 ms without a message.
     pub fn new(brokers: &str, topics: &[&str]) -> Self {
         Self {
             brokers: brokers.into(),
@@ -61,6 +64,7 @@ impl ConsumeOptions {
             registry: None,
             batch_alerts: 10_000,
             batch_wait: Duration::from_secs(1),
+            batch_idle: Duration::from_millis(50),
             stop_when_idle: None,
             settings: Vec::new(),
         }
@@ -429,8 +433,15 @@ fn read_batches(
             {
                 break;
             }
-            let timeout = (opts.batch_wait - waited).min(Duration::from_millis(200));
+            // Once a batch has begun, a poll that waits `batch_idle` in vain ends it.
+            let most = if started.is_some() {
+                opts.batch_idle
+            } else {
+                Duration::from_millis(200)
+            };
+            let timeout = (opts.batch_wait - waited).min(most);
             let message = match consumer.poll(timeout) {
+                None if started.is_some() => break,
                 None => {
                     // Idle time counts from the group's assignment of partitions.
                     if !assigned(consumer) {

@@ -672,11 +672,14 @@ impl Deliverer {
         }
     }
 
-    /// Delivers until `stop` is set, resting briefly when nothing is due; prunes old
-    /// delivered matches now and then.
+    /// Delivers until `stop` is set, resting when nothing is due until matches are queued
+    /// (or 100 ms pass: retries come due, a stop is asked); prunes old delivered matches
+    /// now and then.
     pub fn run(&mut self, stop: &AtomicBool) {
         let mut last_prune = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            // Read before the round: matches queued during it end the rest at once.
+            let seen = self.store.queued_count();
             match self.round() {
                 Ok(r) if r.kafka + r.webhook + r.webhook_failures + r.kafka_in_flight > 0 => {
                     tracing::debug!(
@@ -686,7 +689,9 @@ impl Deliverer {
                         "matches delivered"
                     );
                 }
-                Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                Ok(_) => {
+                    self.store.wait_queued(seen, Duration::from_millis(100));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "delivering matches");
                     std::thread::sleep(Duration::from_secs(1));

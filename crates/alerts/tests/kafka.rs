@@ -168,3 +168,41 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
     assert_eq!(rows(&store, "dia_source"), before);
     assert_eq!(dead.count().unwrap(), 3);
 }
+
+#[test]
+fn a_batch_is_cut_when_the_topic_goes_idle() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("rubin", 1, 1).unwrap();
+    let rubin = shared("rubin_fink_sample_7alerts.avro");
+    replay(
+        std::slice::from_ref(&rubin),
+        &brokers,
+        "rubin",
+        Framing::Confluent(42),
+        None,
+        &[],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("catalogs")).unwrap();
+    let dead = DeadLetters::open(&dir.path().join("dead.sqlite")).unwrap();
+    let mut opts = ConsumeOptions::new(&brokers, &["rubin"]);
+    opts.schemas = vec![(42, avro::file_schema(&rubin).unwrap())];
+    // Room for far more alerts than come, and a long wait for them: only the topic's
+    // idleness ends the batch before a minute.
+    opts.batch_alerts = 1000;
+    opts.batch_wait = Duration::from_secs(60);
+    opts.batch_idle = Duration::from_millis(100);
+    opts.stop_when_idle = Some(Duration::from_secs(2));
+    let stop = AtomicBool::new(false);
+    let mut reads = Vec::new();
+    let got = consume(&store, &dead, &opts, None, &stop, |b| {
+        reads.push((b.alerts, b.stages.read_s))
+    })
+    .unwrap();
+    assert_eq!(got.alerts, 7);
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    // Read in the time the messages took to come and one idle wait: not the minute.
+    assert!(reads[0].1 < 10.0, "{reads:?}");
+}

@@ -53,6 +53,10 @@ pub enum AlertsCommand {
         /// Longest wait for a batch to fill, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         batch_ms: u64,
+        /// Cut a batch once no message has come for this many milliseconds (the topic is
+        /// idle: a visit's alerts are all read).
+        #[arg(long, default_value_t = 50)]
+        batch_idle_ms: u64,
         /// Stop once no message has come for this many seconds (for replays); by default
         /// run until stopped.
         #[arg(long)]
@@ -325,6 +329,7 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             schema_registry,
             batch_alerts,
             batch_ms,
+            batch_idle_ms,
             stop_when_idle_s,
             kafka_setting,
             output_kafka,
@@ -350,6 +355,7 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
             opts.registry = schema_registry;
             opts.batch_alerts = batch_alerts.max(1);
             opts.batch_wait = std::time::Duration::from_millis(batch_ms.max(1));
+            opts.batch_idle = std::time::Duration::from_millis(batch_idle_ms.max(1));
             opts.stop_when_idle = stop_when_idle_s.map(std::time::Duration::from_secs_f64);
             opts.settings = kafka_setting;
             let stop = std::sync::atomic::AtomicBool::new(false);
