@@ -47,6 +47,28 @@ def rss_kib(pid):
     return None
 
 
+def cpu_s(pid):
+    """CPU seconds (user + system) of process `pid` so far, by thread name, or None."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1: stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        # Threads of a pool share a name up to a number: counted together.
+        name = re.sub(r"[-_ #]?\d+$", "", name)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def schema_dir():
     import lsst.alert.packet
     return os.path.join(os.path.dirname(lsst.alert.packet.__file__), "schema")
@@ -220,11 +242,18 @@ def main():
     reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
 
+    cpu = {}
+
     def sample():
         while not stop.is_set():
             v = rss_kib(consumer.pid)
             if v:
                 rss.append((time.time(), v))
+            # Threads that ended keep the CPU time they had at the last sample.
+            for name, sec in (cpu_s(consumer.pid) or {}).items():
+                cpu.setdefault("consumer", {})[name] = sec
+            if broker_proc:
+                cpu["broker"] = sum((cpu_s(broker_proc.pid) or {"": cpu.get("broker", 0.0)}).values())
             time.sleep(0.5)
     threading.Thread(target=sample, daemon=True).start()
     time.sleep(3)  # the consumer joins its group
@@ -303,6 +332,10 @@ def main():
         "output_latency_ms_p50_p99": [pct(e2e, 0.5), pct(e2e, 0.99)],
         "rss_mib_first_q1_median_q3_last_max": [rss_at(0), rss_at(0.25), rss_at(0.5), rss_at(0.75),
                                                rss_at(1.0), round(max(v for _, v in rss) / 1024) if rss else None],
+        # Sampled every 0.5 s until the consumer exits; threads of a pool summed.
+        "cpu_s_consumer_by_thread": {k: round(v, 1) for k, v in
+                                     sorted(cpu.get("consumer", {}).items(), key=lambda kv: -kv[1])},
+        "cpu_s_broker": round(cpu.get("broker", 0.0), 1),
         "batch_alerts": args.batch_alerts,
         "producer_batch": args.producer_batch,
         "visit_interval_s": args.visit_interval_s,

@@ -712,6 +712,18 @@ impl FilterStore {
             .map_err(|e| self.err(e))
     }
 
+    /// Deliveries waiting for `output` (retries included).
+    pub fn backlog_of(&self, output: Output) -> Result<u64> {
+        self.lock()
+            .query_row(
+                "SELECT coalesce(sum(n), 0) FROM outbox_backlog WHERE output = ?1",
+                [output.column()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
     /// The cursor of `output`: every match at or below it is delivered or settled.
     pub fn cursor(&self, output: Output) -> Result<i64> {
         cursor_in(&self.lock(), output).map_err(|e| self.err(e))
@@ -1276,7 +1288,9 @@ mod tests {
     fn a_waiting_deliverer_wakes_when_matches_are_queued() {
         let dir = tempfile::tempdir().unwrap();
         let store = FilterStore::open(&dir.path().join("f.sqlite")).unwrap();
-        let f = store.add("ann", "f", "SELECT 1", &Outputs::default()).unwrap();
+        let f = store
+            .add("ann", "f", "SELECT 1", &Outputs::default())
+            .unwrap();
         let m = |alert_id| Match {
             filter: f.id,
             alert_id,
@@ -1288,7 +1302,10 @@ mod tests {
         std::thread::scope(|s| {
             let waiter = s.spawn(|| {
                 let start = std::time::Instant::now();
-                (store.wait_queued(seen, Duration::from_secs(60)), start.elapsed())
+                (
+                    store.wait_queued(seen, Duration::from_secs(60)),
+                    start.elapsed(),
+                )
             });
             std::thread::sleep(Duration::from_millis(50));
             assert_eq!(store.enqueue(&[m(1)]).unwrap(), 1);

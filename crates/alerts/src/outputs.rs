@@ -394,6 +394,7 @@ impl Deliverer {
             .map(|f| (f.id, f))
             .collect();
         if self.producer.is_some() {
+            self.ensure_topics(&filters);
             round.kafka = self.kafka_round(&filters)?;
             round.kafka_in_flight = self.kafka.in_flight();
         }
@@ -403,11 +404,14 @@ impl Deliverer {
         Ok(round)
     }
 
-    /// Makes sure the topics of `due` exist, those not seen yet in one request.
-    fn ensure_topics(&mut self, due: &[Queued], filters: &HashMap<i64, crate::filters::Filter>) {
-        let new: std::collections::BTreeSet<&str> = due
-            .iter()
-            .filter_map(|q| filters.get(&q.filter)?.outputs.kafka_topic.as_deref())
+    /// Makes sure the Kafka topics of all `filters` exist, those not seen yet in one
+    /// request: at the first round, every filter's topic at once, before its first match
+    /// (creating topics one round at a time, as their first matches came, held each round
+    /// up by a metadata request and an admin client's start).
+    fn ensure_topics(&mut self, filters: &HashMap<i64, crate::filters::Filter>) {
+        let new: std::collections::BTreeSet<&str> = filters
+            .values()
+            .filter_map(|f| f.outputs.kafka_topic.as_deref())
             .filter(|t| !self.topics.contains(*t))
             .collect();
         if new.is_empty() {
@@ -458,7 +462,7 @@ impl Deliverer {
         let topic_of = |filter: i64| {
             filters
                 .get(&filter)
-                .and_then(|f| f.outputs.kafka_topic.clone())
+                .and_then(|f| f.outputs.kafka_topic.as_deref())
         };
         let room = MAX_IN_FLIGHT.saturating_sub(self.kafka.in_flight());
         let mut sent = 0;
@@ -469,12 +473,11 @@ impl Deliverer {
                 self.kafka.read_to,
                 room.min(ROUND_MATCHES),
             )?;
-            self.ensure_topics(&due, filters);
             for q in due {
                 let seq = q.seq;
                 let flight = match topic_of(q.filter) {
                     Some(topic) => {
-                        self.send(&topic, &q);
+                        self.send(topic, &q);
                         sent += 1;
                         self.kafka.sent += 1;
                         Flight::Sent(q)
@@ -486,14 +489,13 @@ impl Deliverer {
             }
             self.kafka.read_to = read_to;
             let retries = self.store.retries_due(Output::Kafka, room.min(1000))?;
-            self.ensure_topics(&retries, filters);
             for q in retries {
                 if self.kafka.retrying.contains_key(&q.seq) {
                     continue;
                 }
                 match topic_of(q.filter) {
                     Some(topic) => {
-                        self.send(&topic, &q);
+                        self.send(topic, &q);
                         sent += 1;
                         self.kafka.retrying.insert(q.seq, q);
                     }
@@ -609,6 +611,13 @@ impl Deliverer {
         &mut self,
         filters: &HashMap<i64, crate::filters::Filter>,
     ) -> Result<(usize, usize)> {
+        // No webhook to post to and none waiting: the outbox's new rows need no reading
+        // (the cursor stays; rows without a webhook are never pending for one).
+        if !filters.values().any(|f| f.outputs.webhook.is_some())
+            && self.store.backlog_of(Output::Webhook)? == 0
+        {
+            return Ok((0, 0));
+        }
         let (due, read_to) =
             self.store
                 .pending_after(Output::Webhook, self.webhook_cursor, ROUND_POSTS)?;

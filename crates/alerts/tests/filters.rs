@@ -339,6 +339,49 @@ fn leave_in_flight(conn: &rusqlite::Connection) {
 }
 
 #[test]
+fn every_filters_topic_is_made_before_its_first_match() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let s = site();
+    for name in ["one", "two", "three"] {
+        s.filters
+            .add(
+                "ann",
+                name,
+                "SELECT a.alertId FROM alert.diasource AS a",
+                &to_topic(&format!("ann.{name}")),
+            )
+            .unwrap();
+    }
+    let topics = || -> Vec<String> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        let mut t: Vec<String> = md
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|t| t.starts_with("ann."))
+            .collect();
+        t.sort();
+        t
+    };
+    assert!(topics().is_empty());
+    // No alert yet, nothing queued: one round makes all three topics.
+    let opts = DeliveryOptions {
+        brokers: Some(brokers.clone()),
+        ..Default::default()
+    };
+    let mut d = Deliverer::new(s.filters.clone(), opts).unwrap();
+    assert_eq!(d.round().unwrap().kafka, 0);
+    assert_eq!(topics(), ["ann.one", "ann.three", "ann.two"]);
+}
+
+#[test]
 fn kafka_outputs_get_each_match_once_even_after_a_crash_in_flight() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Message};

@@ -381,10 +381,14 @@ pub fn run(cmd: AlertsCommand, config: &crate::config::Config) -> anyhow::Result
                         let mut d =
                             meridian_alerts::outputs::Deliverer::new(fstore.clone(), delivery)?;
                         let delivering = &delivering;
-                        Some(scope.spawn(move || {
-                            d.run(delivering);
-                            d
-                        }))
+                        Some(
+                            std::thread::Builder::new()
+                                .name("alert-deliver".into())
+                                .spawn_scoped(scope, move || {
+                                    d.run(delivering);
+                                    d
+                                })?,
+                        )
                     }
                     None => None,
                 };
