@@ -192,27 +192,45 @@ def main():
                     "fetch.wait.max.ms=5, as Tansu 0.6 answers a fetch with one record batch "
                     "and then waits out the fetch's maximum wait)")
     ap.add_argument("--kafka", help="a broker, host:port (default: Tansu, started here)")
+    ap.add_argument("--reuse-survey", action="store_true",
+                    help="use the survey and night generated in --work by an earlier run with the "
+                    "same arguments")
     args = ap.parse_args()
     binary = meridian_binary(args.binary)
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
     data, survey = args.work / "data", args.work / "survey"
+    generate = ["generate", "--out", survey, "--objects", args.catalog_objects, "--seed", args.seed,
+                "--profile", "narrow", "--alerts", "--alert-schema-dir", schema_dir(),
+                "--alert-schema", "9.0", "--alert-visits", args.visits, "--alert-fields", args.fields,
+                "--alert-field-radius-deg", args.field_radius_deg,
+                "--variable-fraction", args.variable_fraction, "--alert-history", args.history,
+                *(["--footprint", args.footprint] if args.footprint else [])]
+    # With --reuse-survey, the survey and night of an earlier run with the same arguments
+    # are used again (so that builds are compared on the same alerts); the catalogs,
+    # filters and broker are always new.
+    made = survey / "generated-with.json"
+    asked = {"args": [str(a) for a in generate[3:]]}
+    earlier = json.loads(made.read_text()) if made.exists() else {}
+    reuse = args.reuse_survey and {k: earlier.get(k) for k in asked} == asked
+    if reuse:
+        shutil.rmtree(data, ignore_errors=True)
+    else:
+        shutil.rmtree(args.work, ignore_errors=True)
+        args.work.mkdir(parents=True)
 
     def m(*a, **kw):
         return subprocess.run([binary, "--quiet", "--data-dir", str(data), *map(str, a)],
                               check=True, capture_output=True, text=True, **kw)
 
     t = time.time()
-    out = m("generate", "--out", survey, "--objects", args.catalog_objects, "--seed", args.seed,
-            "--profile", "narrow", "--alerts", "--alert-schema-dir", schema_dir(),
-            "--alert-schema", "9.0", "--alert-visits", args.visits, "--alert-fields", args.fields,
-            "--alert-field-radius-deg", args.field_radius_deg,
-            "--variable-fraction", args.variable_fraction, "--alert-history", args.history,
-            *(["--footprint", args.footprint] if args.footprint else [])).stderr
-    night = re.search(r"alerts: (\d+) alerts", out)
-    n_alerts = int(night.group(1))
+    if reuse:
+        n_alerts = earlier["alerts"]
+    else:
+        out = m(*generate).stderr
+        n_alerts = int(re.search(r"alerts: (\d+) alerts", out).group(1))
+        made.write_text(json.dumps({**asked, "alerts": n_alerts}))
     files = sorted(str(p) for p in (survey / "alerts").glob("visit-*.avro"))
-    print(f"survey and night: {n_alerts} alerts in {len(files)} visits ({time.time() - t:.0f} s)")
+    made_in = "made earlier" if reuse else f"{time.time() - t:.0f} s"
+    print(f"survey and night: {n_alerts} alerts in {len(files)} visits ({made_in})")
     t = time.time()
     m("ingest", "object", *sorted(survey.glob("object-*.parquet")))
     print(f"catalog object: {args.catalog_objects} rows ingested ({time.time() - t:.0f} s)")
