@@ -3,11 +3,11 @@
 //! record) or as an Avro object container (ZTF's, schema included).
 //!
 //! Delivery: messages are read in batches (up to `batch_alerts`, or what arrived within
-//! `batch_wait`, or until the topic is idle for `batch_idle`); a batch is stored (appended to the alert database) and its bad messages
-//! written to the dead-letter table before the consumer group's offsets are committed. A
-//! crash between the two re-reads the batch on restart, and the tables drop what they
-//! already hold by id (a source is kept once, an object's summary replaced by the same),
-//! so nothing is lost and nothing is stored twice.
+//! `batch_wait`, or until the topic is idle for `batch_idle`); a batch is stored (appended
+//! to the alert database) and its bad messages written to the dead-letter table before the
+//! consumer group's offsets are committed. A crash between the two re-reads the batch on
+//! restart, and the tables drop what they already hold by id (a source is kept once, an
+//! object's summary replaced by the same), so nothing is lost and nothing is stored twice.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -447,10 +447,10 @@ fn read_batches(
                     if !assigned(consumer) {
                         last_message = Instant::now();
                     }
-                    if started.is_none()
-                        && opts
-                            .stop_when_idle
-                            .is_some_and(|idle| last_message.elapsed() >= idle)
+                    // No batch begun here (a begun one ends at its first empty poll).
+                    if opts
+                        .stop_when_idle
+                        .is_some_and(|idle| last_message.elapsed() >= idle)
                     {
                         break;
                     }

@@ -38,6 +38,11 @@ fn send(brokers: &str, topic: &str, values: &[Vec<u8>]) {
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// Publishes the alerts of `file` to `topic`, framed as `framing`; how many.
+fn publish(file: &std::path::Path, brokers: &str, topic: &str, framing: Framing) -> u64 {
+    replay(&[file.to_path_buf()], brokers, topic, framing, None, &[]).unwrap()
+}
+
 #[test]
 fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
     let cluster = MockCluster::new(1).unwrap();
@@ -47,29 +52,10 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
     let rubin = shared("rubin_fink_sample_7alerts.avro");
     let ztf = shared("ztf_fink_sample_31alerts.avro");
     assert_eq!(
-        replay(
-            std::slice::from_ref(&rubin),
-            &brokers,
-            "rubin",
-            Framing::Confluent(42),
-            None,
-            &[]
-        )
-        .unwrap(),
+        publish(&rubin, &brokers, "rubin", Framing::Confluent(42)),
         7
     );
-    assert_eq!(
-        replay(
-            std::slice::from_ref(&ztf),
-            &brokers,
-            "ztf",
-            Framing::Container,
-            None,
-            &[]
-        )
-        .unwrap(),
-        31
-    );
+    assert_eq!(publish(&ztf, &brokers, "ztf", Framing::Container), 31);
     // Bad messages among them: not Avro, an unknown schema id, one cut short.
     let data = std::fs::read(&rubin).unwrap();
     let first = avro::single_records("rubin", &data).unwrap()[0].to_vec();
@@ -106,7 +92,7 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
     let files = tempfile::tempdir().unwrap();
     let by_file = Store::open(files.path()).unwrap();
     let dead_files = DeadLetters::open(&files.path().join("dead.sqlite")).unwrap();
-    meridian_alerts::load::load_files(&by_file, &[rubin], &dead_files).unwrap();
+    meridian_alerts::load::load_files(&by_file, std::slice::from_ref(&rubin), &dead_files).unwrap();
     meridian_alerts::load::load_files(&by_file, &[ztf], &dead_files).unwrap();
     for t in [
         "dia_source",
@@ -154,15 +140,7 @@ fn alerts_from_kafka_equal_the_files_and_bad_messages_are_dead_letters() {
     assert_eq!(again.messages, 0);
     // New alerts after that are read, once; the repeated sources are not stored again.
     let before = rows(&store, "dia_source");
-    replay(
-        &[shared("rubin_fink_sample_7alerts.avro")],
-        &brokers,
-        "rubin",
-        Framing::Confluent(42),
-        None,
-        &[],
-    )
-    .unwrap();
+    publish(&rubin, &brokers, "rubin", Framing::Confluent(42));
     let more = consume(&store, &dead, &opts, None, &stop, |_| {}).unwrap();
     assert_eq!((more.messages, more.alerts), (7, 7));
     assert_eq!(rows(&store, "dia_source"), before);
@@ -175,15 +153,10 @@ fn a_batch_is_cut_when_the_topic_goes_idle() {
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("rubin", 1, 1).unwrap();
     let rubin = shared("rubin_fink_sample_7alerts.avro");
-    replay(
-        std::slice::from_ref(&rubin),
-        &brokers,
-        "rubin",
-        Framing::Confluent(42),
-        None,
-        &[],
-    )
-    .unwrap();
+    assert_eq!(
+        publish(&rubin, &brokers, "rubin", Framing::Confluent(42)),
+        7
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("catalogs")).unwrap();
     let dead = DeadLetters::open(&dir.path().join("dead.sqlite")).unwrap();
