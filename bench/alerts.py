@@ -48,13 +48,14 @@ def rss_kib(pid):
 
 
 def cpu_s(pid):
-    """CPU seconds (user + system) of process `pid` so far, by thread name, or None."""
+    """CPU seconds (user + system) of each thread of process `pid` so far, by (thread id,
+    name); empty once the process is gone."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return None
+        return out
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
@@ -63,10 +64,18 @@ def cpu_s(pid):
             continue
         name = stat[stat.index("(") + 1: stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        # Threads of a pool share a name up to a number: counted together.
-        name = re.sub(r"[-_ #]?\d+$", "", name)
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[(tid, name)] = (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+def by_name(threads):
+    """CPU seconds of `threads` ({(tid, name): s}) summed by name, the threads of a pool
+    (names differing in a trailing number) together, largest first."""
+    out = {}
+    for (_, name), sec in threads.items():
+        name = re.sub(r"[-_ #]?\d+$", "", name)
+        out[name] = out.get(name, 0.0) + sec
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 def schema_dir():
@@ -260,18 +269,17 @@ def main():
     reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
 
-    cpu = {}
+    # Each thread's CPU time at its last sample: threads that ended keep theirs.
+    cpu = {"consumer": {}, "broker": {}}
 
     def sample():
         while not stop.is_set():
             v = rss_kib(consumer.pid)
             if v:
                 rss.append((time.time(), v))
-            # Threads that ended keep the CPU time they had at the last sample.
-            for name, sec in (cpu_s(consumer.pid) or {}).items():
-                cpu.setdefault("consumer", {})[name] = sec
+            cpu["consumer"].update(cpu_s(consumer.pid))
             if broker_proc:
-                cpu["broker"] = sum((cpu_s(broker_proc.pid) or {"": cpu.get("broker", 0.0)}).values())
+                cpu["broker"].update(cpu_s(broker_proc.pid))
             time.sleep(0.5)
     threading.Thread(target=sample, daemon=True).start()
     time.sleep(3)  # the consumer joins its group
@@ -350,10 +358,10 @@ def main():
         "output_latency_ms_p50_p99": [pct(e2e, 0.5), pct(e2e, 0.99)],
         "rss_mib_first_q1_median_q3_last_max": [rss_at(0), rss_at(0.25), rss_at(0.5), rss_at(0.75),
                                                rss_at(1.0), round(max(v for _, v in rss) / 1024) if rss else None],
-        # Sampled every 0.5 s until the consumer exits; threads of a pool summed.
-        "cpu_s_consumer_by_thread": {k: round(v, 1) for k, v in
-                                     sorted(cpu.get("consumer", {}).items(), key=lambda kv: -kv[1])},
-        "cpu_s_broker": round(cpu.get("broker", 0.0), 1),
+        # Sampled every 0.5 s until the consumer exits (a thread's last 0.5 s may be
+        # missed); threads of a pool summed.
+        "cpu_s_consumer_by_thread": by_name(cpu["consumer"]),
+        "cpu_s_broker": round(sum(cpu["broker"].values()), 1),
         "batch_alerts": args.batch_alerts,
         "producer_batch": args.producer_batch,
         "visit_interval_s": args.visit_interval_s,
