@@ -32,6 +32,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -43,8 +44,10 @@ from tap import Server, wrk_load  # noqa: E402  (`meridian serve` on loopback; w
 
 # "meridian": in process (the library through `meridian bench query`, or the CLI);
 # "meridian_tap": the same queries over HTTP TAP (CSV), as a remote user sends them.
+# "duckdb_parquet": DuckDB reading Meridian's own Parquet partitions (the same files).
 SYSTEMS = {"meridian": "Meridian", "meridian_tap": "Meridian (TAP)",
            "postgres_q3c": "PostgreSQL+Q3C", "duckdb": "DuckDB",
+           "duckdb_parquet": "DuckDB (same Parquet)",
            "lsdb": "LSDB", "astropy": "astropy", "dachs": "DaCHS", "hats_import": "hats-import"}
 RADII_DEG = {"1arcsec": 1 / 3600, "1arcmin": 1 / 60, "0.5deg": 0.5}
 SHARED = ROOT.parent / "shared" / "data" / "catalogs"
@@ -62,7 +65,8 @@ FILTER = "SELECT objectId, ra, dec, g_mag FROM {t} WHERE g_mag < 17.7"  # about 
 
 
 def run(*cmd, **kw):
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    p = (spawn(cmd) if not kw else
+         subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw))
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(map(str, cmd))}\n{(p.stderr or p.stdout)[-3000:]}")
     return p
@@ -131,21 +135,147 @@ def release_binary(path):
 # Measurement and the report
 
 
-def measure(fn, repeat, budget_s, warmup=1, long_s=20.0):
+def _status_kib(pid, key):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(key):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(pid):
+    """pid and its descendants (through /proc/<pid>/task/<tid>/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in open(f"/proc/{p}/task/{task}/children").read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _tree_kib(root):
+    """Resident memory of a process tree: every process's private and file-backed pages,
+    and the shared memory (PostgreSQL's shared buffers) once, as the most any of them has
+    touched. These are counters of /proc/<pid>/status, cheap to read: the proportional set
+    size (smaps_rollup) walks the page tables under the process's memory-map lock and slowed
+    the measured process several times over when sampled."""
+    own, shared = 0, 0
+    for pid in _tree(root):
+        own += _status_kib(pid, "RssAnon:") + _status_kib(pid, "RssFile:")
+        shared = max(shared, _status_kib(pid, "RssShmem:"))
+    return own + shared
+
+
+class Peak:
+    """The peak memory of one system during one workload, in MiB.
+
+    - `single`: processes measured by their own high-water mark (VmHWM, reset through
+      /proc/<pid>/clear_refs when the workload starts): the benchmark's Python process for
+      the peers that run inside it (DuckDB, LSDB, astropy), Meridian's TAP server;
+    - `trees`: a process and its descendants (PostgreSQL's postmaster, backends and
+      parallel workers; DaCHS), as the largest sum of their resident memory (`_tree_kib`:
+      shared buffers once), sampled every 100 ms;
+    - subprocesses started during the workload through `spawn` (Meridian's CLI,
+      hats-import): their high-water mark as GNU time reports it (exact, and nothing reads
+      the process while it runs; the kernel's figure for a child of this process would
+      start from this process's own size, inherited through fork), or for one that starts
+      workers of its own (hats-import's dask), its sampled tree when larger.
+    """
+
+    current = None  # the Peak being taken, which `spawn` reports its children to
+
+    def __init__(self, single=(), trees=()):
+        self.single, self.trees = list(single), list(trees)
+        self.children, self.reaped_kib, self.sampled_kib = [], 0, 0
+        self.mib = None
+
+    def __enter__(self):
+        for pid in self.single:
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        Peak.current = self
+        return self
+
+    def _sample(self):
+        while not self.stopped.wait(0.1):
+            # A spawned child (GNU time and the command) is left to its high-water mark,
+            # unless the command has children of its own.
+            roots = self.trees + [c for c in self.children if len(_tree(c)) > 2]
+            if roots:
+                self.sampled_kib = max(self.sampled_kib, sum(_tree_kib(r) for r in roots))
+
+    def __exit__(self, *exc):
+        Peak.current = None
+        self.stopped.set()
+        self.thread.join()
+        single = sum(_status_kib(pid, "VmHWM:") for pid in self.single)
+        self.mib = round((single + max(self.sampled_kib, self.reaped_kib)) / 1024, 1)
+
+
+# system -> {"single": [pids], "trees": [pids]}: where each system's memory is, filled in
+# as the systems come up (Meridian in process and hats-import have none: they are the
+# subprocesses `spawn` starts).
+MEMORY = {}
+
+
+def watch(system):
+    return Peak(**MEMORY.get(system, {}))
+
+
+GNU_TIME = "/usr/bin/time"
+MAXRSS = "peers.py maxrss KiB: "
+
+
+def spawn(cmd, input=None):
+    """subprocess.run(cmd, capture_output=True, text=True), with the child's memory
+    reported to the Peak being taken (through GNU time, see `Peak`)."""
+    cmd = [str(c) for c in cmd]
+    peak = Peak.current
+    if peak is None:
+        return subprocess.run(cmd, input=input, capture_output=True, text=True)
+    p = subprocess.Popen([GNU_TIME, "-f", MAXRSS + "%M", *cmd], stdout=subprocess.PIPE,
+                         stdin=subprocess.PIPE if input is not None else None,
+                         stderr=subprocess.PIPE, text=True)
+    peak.children.append(p.pid)
+    out, err = p.communicate(input)
+    peak.children.remove(p.pid)
+    lines = err.splitlines(keepends=True)
+    if lines and lines[-1].startswith(MAXRSS):
+        peak.reaped_kib = max(peak.reaped_kib, int(lines[-1][len(MAXRSS):]))
+        err = "".join(lines[:-1])
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+
+def measure(fn, repeat, budget_s, warmup=1, long_s=20.0, system=None):
     """Runs fn (warm-up first) until `repeat` timed runs are done or the time budget is
     spent, whichever comes first; a first run longer than `long_s` counts as a measured
-    run rather than a warm-up. Returns (stats, the last run's return value)."""
+    run rather than a warm-up. Returns (stats, the last run's return value); with
+    `system`, the stats include that system's peak memory over the runs (`peak_mib`)."""
     times, out, spent = [], None, 0.0
-    for i in range(warmup + repeat):
-        t = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t
-        spent += dt
-        if i >= warmup or dt > long_s:
-            times.append(dt)
-        if len(times) >= repeat or (times and spent + statistics.median(times) > budget_s):
-            break
-    return stats(times), out
+    with watch(system) as pk:
+        for i in range(warmup + repeat):
+            t = time.perf_counter()
+            out = fn()
+            dt = time.perf_counter() - t
+            spent += dt
+            if i >= warmup or dt > long_s:
+                times.append(dt)
+            if len(times) >= repeat or (times and spent + statistics.median(times) > budget_s):
+                break
+    return stats(times) | ({"peak_mib": pk.mib} if system else {}), out
 
 
 def stats(values_s, scale=1.0):
@@ -246,6 +376,27 @@ class Report:
                              + f": {v}")
         return "\n".join(lines)
 
+    def memory_table(self, markdown):
+        """Peak memory (MiB) of each system in each row (see `Peak` for how)."""
+        rows = [r for r in self.rows if any(isinstance(v, dict) and v.get("peak_mib") is not None
+                                            for v in r["results"].values())]
+        cols = [s for s in SYSTEMS if any(isinstance(r["results"].get(s), dict) for r in rows)]
+        head = ["workload"] + [SYSTEMS[c] for c in cols]
+        body = []
+        for r in rows:
+            cells = []
+            for c in cols:
+                v = r["results"].get(c)
+                m = v.get("peak_mib") if isinstance(v, dict) else None
+                cells.append("" if m is None else f"{m:,.0f}")
+            body.append([r["workload"]] + cells)
+        if markdown:
+            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
+        widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+        return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
 
 # ---------------------------------------------------------------------------------------
 # Data
@@ -296,10 +447,17 @@ class Loads:
     def get(self, system, dataset):
         return self.known.get(f"{system}/{dataset}")
 
+    def peak(self, system, dataset):
+        return self.known.get(f"{system}/{dataset}/peak_mib")
+
     def timed(self, system, dataset, fn):
-        """Runs fn (which returns False when the data was already there) and records it."""
+        """Runs fn (which returns False when the data was already there) and records its
+        time and the system's peak memory."""
         t = time.time()
-        if fn() is not False:
+        with watch(system) as pk:
+            loaded = fn() is not False
+        if loaded:
+            self.known[f"{system}/{dataset}/peak_mib"] = pk.mib
             self.record(system, dataset, time.time() - t)
         return self.get(system, dataset)
 
@@ -308,10 +466,24 @@ class Loads:
 # The systems
 
 
+class MeridianCli(Meridian):
+    """bench/query.py's driver of the CLI, with its runs' memory measured (`spawn`)."""
+
+    ingest_peak_mib = None  # of the last `ingest` run outside any other measurement
+
+    def __call__(self, *args):
+        if args[0] != "ingest" or Peak.current is not None:
+            return run(self.binary, "--quiet", "--data-dir", self.data, *args)
+        with Peak() as pk:
+            out = run(self.binary, "--quiet", "--data-dir", self.data, *args)
+        self.ingest_peak_mib = pk.mib
+        return out
+
+
 class MeridianSystem:
     def __init__(self, binary, work):
         self.binary, self.work = binary, work
-        self.cli = Meridian(binary, work / "data")
+        self.cli = MeridianCli(binary, work / "data")
 
     def catalog_dir(self, name):
         return self.work / "data" / "catalogs" / name
@@ -340,7 +512,7 @@ class MeridianSystem:
                "-", "--repeat", str(repeat), "--warmup", str(warmup)]
         if csv_dir is not None:
             cmd += ["--csv-dir", str(csv_dir)]
-        r = subprocess.run(cmd, input="\n".join(queries) + "\n", capture_output=True, text=True)
+        r = spawn(cmd, input="\n".join(queries) + "\n")
         if r.returncode != 0:
             sys.exit(f"meridian bench query failed: {r.stderr[-2000:]}")
         out = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
@@ -386,6 +558,9 @@ class PostgresQ3C:
     def stop(self):
         self.conn.close()
         self.pg("pg_ctl", "-D", self.dir, "-m", "fast", "-w", "stop")
+
+    def postmaster(self):
+        return int((self.dir / "postmaster.pid").read_text().split()[0])
 
     def has(self, table):
         return self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
@@ -467,6 +642,15 @@ class DuckDB:
         ipix = nested.lonlat_to_healpix(t["ra"].to_numpy() * u.deg, t["dec"].to_numpy() * u.deg, 29)
         t = t.append_column("_healpix_29", pa.array(ipix.astype("int64")))  # noqa: F841
         self.con.execute(f"CREATE TABLE {table} AS SELECT * FROM t ORDER BY _healpix_29")
+
+    def parquet_view(self, table, catalog_dir):
+        """A view `<table>_parquet` over Meridian's own partitions of the catalog, the files
+        Meridian reads (sorted by `_healpix_29` within each, page statistics written)."""
+        files = sorted(str(f) for f in (catalog_dir / table / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"))
+        listed = ", ".join(f"'{f}'" for f in files)
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {table}_parquet AS SELECT * FROM "
+                         f"read_parquet([{listed}], hive_partitioning = false)")
+        return f"{table}_parquet"
 
     @staticmethod
     def ranges(ra, dec, r_deg):
@@ -587,6 +771,22 @@ class DaCHS:
     def stop(self):
         subprocess.run(["dachs", "serve", "stop"], capture_output=True)
 
+    @staticmethod
+    def pids():
+        """The DaCHS server and the postmaster of the PostgreSQL cluster it uses."""
+        out = []
+        for d in os.listdir("/proc"):
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if d.isdigit() and any(b"dachs" in c for c in cmd[:2]) and b"serve" in cmd:
+                out.append(int(d))
+        pid_file = Path("/var/lib/postgresql/15/main/postmaster.pid")
+        if pid_file.exists():
+            out.append(int(pid_file.read_text().split()[0]))
+        return out
+
 
 # ---------------------------------------------------------------------------------------
 # TAP over HTTP
@@ -630,19 +830,24 @@ def cone_workload(report, args, survey, msys, tap, pg, duck, lsdb_cat):
     """Same centres for every system; per-cone answers compared. Two rows per radius: the
     systems' in-process clients (Meridian's library, psycopg on a Unix socket, DuckDB, LSDB)
     and Meridian over TAP."""
+    survey_pq = duck.parquet_view(survey, msys.catalog_dir(survey))
     for label, r in RADII_DEG.items():
         pts = centres(args.warmup + args.cones, args.seed + int(r * 3600))
         systems = {
             "meridian_tap": lambda ra, dec: tap.count(cone_adql(survey, ra, dec, r)),
             "postgres_q3c": lambda ra, dec: pg.cone(survey, ra, dec, r),
             "duckdb": lambda ra, dec: duck.cone(survey, ra, dec, r),
+            "duckdb_parquet": lambda ra, dec: duck.cone(survey_pq, ra, dec, r),
             "lsdb": lambda ra, dec: len(lsdb_cat.cone_search(ra, dec, r * 3600)
                                         .compute(progress_bar=False)),
         }
         times = {s: [] for s in ["meridian", *systems]}
         counts = {s: [] for s in ["meridian", *systems]}
         # Meridian in process: every cone in one process, one run each, as the others.
-        native = msys.queries([cone_adql(survey, ra, dec, r) for ra, dec in pts])
+        peaks = {}
+        with watch("meridian") as pk:
+            native = msys.queries([cone_adql(survey, ra, dec, r) for ra, dec in pts])
+        peaks["meridian"] = pk.mib
         for i, (secs, rows) in enumerate(native):
             counts["meridian"].append(rows)
             if i >= args.warmup:
@@ -652,11 +857,13 @@ def cone_workload(report, args, survey, msys, tap, pg, duck, lsdb_cat):
         for s, fn in systems.items():
             warmup, n = ((args.lsdb_warmup, args.lsdb_cones) if s == "lsdb"
                          else (args.warmup, args.cones))
-            for i, (ra, dec) in enumerate(pts[:warmup + n]):
-                t = time.perf_counter()
-                counts[s].append(fn(ra, dec))
-                if i >= warmup:
-                    times[s].append(time.perf_counter() - t)
+            with watch(s) as pk:
+                for i, (ra, dec) in enumerate(pts[:warmup + n]):
+                    t = time.perf_counter()
+                    counts[s].append(fn(ra, dec))
+                    if i >= warmup:
+                        times[s].append(time.perf_counter() - t)
+            peaks[s] = pk.mib
         n = len(counts["lsdb"])
         # Every cone's count must agree; LSDB answers only the first n cones.
         agree = [report.compare(f"cone {label}", {s: c[:n] for s, c in counts.items()},
@@ -666,7 +873,7 @@ def cone_workload(report, args, survey, msys, tap, pg, duck, lsdb_cat):
         check = {"what": f"row count of every cone ({len(pts)} cones; LSDB the first {n})",
                  "agree": all(c["agree"] for c in agree),
                  "answers": {s: sum(c) for s, c in counts.items()}}
-        stats_of = {s: stats(t, 1e3) for s, t in times.items()}
+        stats_of = {s: stats(t, 1e3) | {"peak_mib": peaks[s]} for s, t in times.items()}
         report.add_both(f"cone {label}, {survey} ({args.cones} random centres)", "ms", stats_of,
                         check=check,
                         note=f"LSDB: {args.lsdb_cones} of the centres" if label == "1arcsec" else None)
@@ -685,19 +892,21 @@ def scan_workloads(report, args, survey, msys, tap, pg, duck):
 
     def native(query, repeat):
         out = args.work / "native-answers"
-        [(secs, rows)] = msys.queries([query], repeat=repeat, warmup=1, csv_dir=out)
-        return secs, rows, (out / "query-0.csv").read_text()
+        with watch("meridian") as pk:
+            [(secs, rows)] = msys.queries([query], repeat=repeat, warmup=1, csv_dir=out)
+        return stats(secs) | {"peak_mib": pk.mib}, rows, (out / "query-0.csv").read_text()
 
+    survey_pq = duck.parquet_view(survey, msys.catalog_dir(survey))
     agg = AGGREGATION.format(t=survey)
     runs = {"meridian_tap": lambda: csv_rows(tap.query(agg).decode()),
             "duckdb": lambda: duck.rows(agg),
+            "duckdb_parquet": lambda: duck.rows(AGGREGATION.format(t=survey_pq)),
             "postgres_q3c": lambda: pg.rows(agg)}
     results, answers = {}, {}
-    secs, _, text = native(agg, args.repeat)
-    results["meridian"] = stats(secs)
+    results["meridian"], _, text = native(agg, args.repeat)
     answers["meridian"] = hashlib.sha256(repr(norm(csv_rows(text))).encode()).hexdigest()[:16]
     for s, fn in runs.items():
-        results[s], out = measure(fn, args.repeat, args.budget)
+        results[s], out = measure(fn, args.repeat, args.budget, system=s)
         answers[s] = hashlib.sha256(repr(norm(out)).encode()).hexdigest()[:16]
     check = report.compare("aggregation", answers, what="per-band counts and mean magnitudes (4 decimals)")
     report.add_both(f"full-scan aggregation per 1-deg dec band, {survey}", "s", results, check=check)
@@ -705,12 +914,12 @@ def scan_workloads(report, args, survey, msys, tap, pg, duck):
     flt = FILTER.format(t=survey)
     runs = {"meridian_tap": lambda: tap.count(flt),
             "duckdb": lambda: len(duck.rows(flt)),
+            "duckdb_parquet": lambda: len(duck.rows(FILTER.format(t=survey_pq))),
             "postgres_q3c": lambda: len(pg.rows(flt))}
     results, answers = {}, {}
-    secs, answers["meridian"], _ = native(flt, args.repeat)
-    results["meridian"] = stats(secs)
+    results["meridian"], answers["meridian"], _ = native(flt, args.repeat)
     for s, fn in runs.items():
-        results[s], answers[s] = measure(fn, args.repeat, args.budget)
+        results[s], answers[s] = measure(fn, args.repeat, args.budget, system=s)
     check = report.compare("filter", answers, what="row count")
     report.add_both(f"selective filter g_mag < 17.7 ({answers['meridian']:,} rows), {survey}", "s",
                     results, check=check)
@@ -719,18 +928,20 @@ def scan_workloads(report, args, survey, msys, tap, pg, duck):
 def tap_workloads(report, args, table, m_server, dachs):
     servers = {"meridian": (m_server.host, m_server.port, table),
                "dachs": (dachs.host, dachs.port, DaCHS.TABLE)}
+    server_memory = {"meridian": "meridian_tap", "dachs": "dachs"}  # see MEMORY
     pts = centres(args.warmup + args.tap_cones, args.seed + 99)
     results, counts = {}, {}
     for s, (host, port, t) in servers.items():
         tap = Tap(host, port)
         times = []
-        for i, (ra, dec) in enumerate(pts):
-            q = cone_adql(t, ra, dec, 1 / 60)
-            t0 = time.perf_counter()
-            tap.query(q, fmt=VOTABLE)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
-        results[s] = stats(times, 1e3)
+        with watch(server_memory[s]) as pk:
+            for i, (ra, dec) in enumerate(pts):
+                q = cone_adql(t, ra, dec, 1 / 60)
+                t0 = time.perf_counter()
+                tap.query(q, fmt=VOTABLE)
+                if i >= args.warmup:
+                    times.append(time.perf_counter() - t0)
+        results[s] = stats(times, 1e3) | {"peak_mib": pk.mib}
         # The answers compared are CSV row counts of the same cones (VOTable sizes differ).
         counts[s] = [tap.count(cone_adql(t, ra, dec, 1 / 60)) for ra, dec in pts[:50]]
         tap.close()
@@ -740,10 +951,12 @@ def tap_workloads(report, args, table, m_server, dachs):
 
     results, notes = {}, []
     for s, (host, port, t) in servers.items():
-        w = wrk_load(type("S", (), {"host": host, "port": port})(), t, args.connections, 1,
-                     args.seconds, args.seed)
+        with watch(server_memory[s]) as pk:
+            w = wrk_load(type("S", (), {"host": host, "port": port})(), t, args.connections, 1,
+                         args.seconds, args.seed)
         results[s] = {"median": w["requests_per_s"], "min": w["requests_per_s"],
-                      "max": w["requests_per_s"], "n": 1, "latency_p50": w["latency_p50"],
+                      "max": w["requests_per_s"], "n": 1, "peak_mib": pk.mib,
+                      "latency_p50": w["latency_p50"],
                       "latency_p99": w["latency_p99"], "non_2xx": w["non_2xx"],
                       "socket_errors": w["socket_errors"]}
         notes.append(f"{SYSTEMS[s]} p50 {w['latency_p50']}, p99 {w['latency_p99']}, "
@@ -760,7 +973,8 @@ def tap_workloads(report, args, table, m_server, dachs):
     for s, (host, port, t) in servers.items():
         tap = Tap(host, port)
         results[s], data = measure(lambda: tap.query(f"SELECT TOP {rows} * FROM {t}", fmt=VOTABLE,
-                                                     maxrec=rows), args.repeat, args.budget)
+                                                     maxrec=rows), args.repeat, args.budget,
+                                   system=server_memory[s])
         tap.close()
         results[s]["mb"] = round(len(data) / 1e6, 1)
         from astropy.io.votable import parse_single_table
@@ -769,35 +983,47 @@ def tap_workloads(report, args, table, m_server, dachs):
     report.add(f"TAP download of {rows:,} rows, VOTable BINARY2", "s", results, check=check)
 
 
-def xmatch_workload(report, args, label, left, right, msys, pg, positions, lsdb_pair):
+def xmatch_workload(report, args, label, left, right, msys, pg, positions, lsdb_pair, n):
     """All pairs within 1 arcsec; every system materialises its pair set, which is then
-    compared (count and hash of the rounded positions)."""
+    compared (count and hash of the rounded positions). `positions()` reads both sides'
+    positions for astropy; n: rows a side of a synthetic pair (0 for the real samples)."""
     import numpy as np
     import pyarrow.parquet as pq
     from astropy import units as u
     from astropy.coordinates import SkyCoord, search_around_sky
     out = args.work / "pairs.parquet"
     results, answers = {}, {}
-    results["meridian"], _ = measure(lambda: msys.xmatch(left, right, out), args.repeat, args.budget)
+    results["meridian"], _ = measure(lambda: msys.xmatch(left, right, out), args.repeat, args.budget,
+                                     system="meridian")
     t = pq.read_table(out, columns=["ra1", "dec1", "ra2", "dec2"])
     answers["meridian"] = pair_key(*(t[c].to_numpy() for c in t.column_names))
     out.unlink()
 
-    results["postgres_q3c"], _ = measure(lambda: pg.xmatch(left, right), args.repeat, args.budget)
-    answers["postgres_q3c"] = pg.pairs()
+    if n <= args.xmatch_pg_max:
+        results["postgres_q3c"], _ = measure(lambda: pg.xmatch(left, right), args.repeat,
+                                             args.budget, system="postgres_q3c")
+        answers["postgres_q3c"] = pg.pairs()
+    else:
+        results["postgres_q3c"] = (f"not loaded above {args.xmatch_pg_max:,} rows a side "
+                                   "(--xmatch-pg-max: disk)")
 
-    (ra1, dec1), (ra2, dec2) = positions
-    c1, c2 = SkyCoord(ra1 * u.deg, dec1 * u.deg), SkyCoord(ra2 * u.deg, dec2 * u.deg)
-    results["astropy"], (i, j, _, _) = measure(
-        lambda: search_around_sky(c1, c2, 1 * u.arcsec), args.repeat, args.budget)
-    answers["astropy"] = pair_key(ra1[i], dec1[i], ra2[j], dec2[j])
-    del c1, c2, i, j
+    if n <= args.xmatch_astropy_max:
+        (ra1, dec1), (ra2, dec2) = positions()
+        c1, c2 = SkyCoord(ra1 * u.deg, dec1 * u.deg), SkyCoord(ra2 * u.deg, dec2 * u.deg)
+        results["astropy"], (i, j, _, _) = measure(
+            lambda: search_around_sky(c1, c2, 1 * u.arcsec), args.repeat, args.budget,
+            system="astropy")
+        answers["astropy"] = pair_key(ra1[i], dec1[i], ra2[j], dec2[j])
+        del c1, c2, i, j
+    else:
+        results["astropy"] = (f"not run above {args.xmatch_astropy_max:,} rows a side "
+                              "(--xmatch-astropy-max: memory)")
 
     lcat, rcat = lsdb_pair
     results["lsdb"], df = measure(
         lambda: lcat.crossmatch(rcat, radius_arcsec=1.0, n_neighbors=64, suffixes=("_1", "_2"),
                                 require_right_margin=True, log_changes=False)
-        .compute(progress_bar=False), args.repeat, args.budget)
+        .compute(progress_bar=False), args.repeat, args.budget, system="lsdb")
     answers["lsdb"] = pair_key(*(np.asarray(df[c], dtype="f8")
                                  for c in ("ra_1", "dec_1", "ra_2", "dec_2")))
     del df
@@ -819,9 +1045,10 @@ def ingest_workload(report, args, binary, files, rows):
         run(sys.executable, ROOT / "bench" / "hats_import_ingest.py", out_h, "parquet", *files)
 
     results, answers = {}, {}
-    results["meridian"], _ = measure(meridian, args.repeat, args.budget, warmup=0)
+    results["meridian"], _ = measure(meridian, args.repeat, args.budget, warmup=0, system="meridian")
     answers["meridian"] = hats.read_hats(out_m / "catalogs" / "survey" / "survey").catalog_info.total_rows
-    results["hats_import"], _ = measure(hats_import, args.repeat, args.budget, warmup=0)
+    results["hats_import"], _ = measure(hats_import, args.repeat, args.budget, warmup=0,
+                                        system="hats_import")
     answers["hats_import"] = hats.read_hats(out_h / "bench").catalog_info.total_rows
     check = report.compare("ingest", answers, what="rows in the HATS catalog, read by the hats package")
     report.add(f"ingest {rows:,} rows (Parquet) to HATS", "s", results, check=check,
@@ -845,9 +1072,10 @@ def serialization_workload(report, args, binary, data, table, files):
         results, answers = {}, {}
         results["meridian"], _ = measure(lambda: run(
             binary, "--quiet", "--data-dir", data, "query", "--lang", "sql",
-            f"SELECT * FROM {table}", "--format", fmt, "--out", out_m), args.repeat, args.budget)
+            f"SELECT * FROM {table}", "--format", fmt, "--out", out_m), args.repeat, args.budget,
+            system="meridian")
         results["astropy"], _ = measure(lambda: t.write(out_a, overwrite=True, **astropy_kw),
-                                        args.repeat, args.budget)
+                                        args.repeat, args.budget, system="astropy")
         for s, path in [("meridian", out_m), ("astropy", out_a)]:
             if fmt == "fits":
                 answers[s] = fits.getheader(path, 1)["NAXIS2"]
@@ -886,21 +1114,32 @@ def main():
     ap.add_argument("--seconds", type=int, default=15, help="wrk duration per server")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dachs-port", type=int, default=8087)
+    ap.add_argument("--xmatch-pg-max", type=int, default=10_000_000,
+                    help="larger cross-match catalogs are not loaded into PostgreSQL (each 10^8-row "
+                         "catalog would need about 12 GB there)")
+    ap.add_argument("--xmatch-astropy-max", type=int, default=10_000_000,
+                    help="larger cross-matches are not run with astropy (its tree and SkyCoords "
+                         "of 10^8 positions per side need about 15 GB of memory)")
     ap.add_argument("--only", default="cone,scan,tap,xmatch,real,ingest,serialize",
                     help="comma-separated workload groups to run")
     ap.add_argument("--work", type=Path, default=Path("/tmp/meridian-bench-peers"))
     ap.add_argument("--meridian", default=None, help="meridian binary (default: build release)")
     ap.add_argument("--render", type=Path, help="print and rewrite the Markdown of an earlier "
                     "run's JSON, then exit")
+    ap.add_argument("--scaling", type=Path, nargs="+", metavar="RUN.json",
+                    help="runs at different sizes: write the cost per row as the size grows "
+                         "(bench/results/peers-scaling-<time>.md and .png), then exit")
     args = ap.parse_args()
     if args.render:
         return render(args.render)
+    if args.scaling:
+        return scaling(args.scaling)
     args.lsdb_warmup = 2
     only = set(args.only.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    ensure_apt("postgresql-15", "postgresql-15-q3c", "wrk")
+    ensure_apt("postgresql-15", "postgresql-15-q3c", "wrk", "time")
     ensure_pip(("psycopg", "psycopg[binary]"), ("duckdb", "duckdb"), ("lsdb", "lsdb"),
                ("hats_import", "hats-import"), ("astropy", "astropy"),
                ("cdshealpix", "cdshealpix"), ("pyarrow", "pyarrow"))
@@ -920,6 +1159,7 @@ def main():
     def synthetic(name, rows, seed, jitter=0.0):
         secs, files = msys.synthetic(name, rows, seed, jitter)
         if secs is not None:
+            loads.known[f"meridian/{name}/peak_mib"] = msys.cli.ingest_peak_mib
             loads.record("meridian", name, secs)
         datasets[name] = files
 
@@ -936,6 +1176,9 @@ def main():
 
     pg = PostgresQ3C(args.work)
     duck = DuckDB(args.work)
+    MEMORY["postgres_q3c"] = {"trees": [pg.postmaster()]}
+    for s in ("duckdb", "duckdb_parquet", "lsdb", "astropy"):  # in the benchmark's own process
+        MEMORY[s] = {"single": [os.getpid()]}
     try:
         import pyarrow.parquet as pq
 
@@ -944,6 +1187,8 @@ def main():
                 yield from pq.ParquetFile(f).iter_batches(batch_size=200_000)
 
         for name, files in datasets.items():
+            if name.startswith("x") and int(name.split("_")[1]) > args.xmatch_pg_max:
+                continue  # see --xmatch-pg-max
             loads.timed("postgres_q3c", name, lambda: pg.load(name, parquet_batches(files)))
         for name in real:
             loads.timed("postgres_q3c", name, lambda: pg.load(name, read_real(name).to_batches(200_000)))
@@ -952,10 +1197,12 @@ def main():
         dachs = None
         if "tap" in only:
             dachs = DaCHS(args.work, args.dachs_port)
+            MEMORY["dachs"] = {"trees": dachs.pids()}  # its database, while it imports
             loads.timed("dachs", tap_table, lambda: dachs.load(tap_rows, datasets[tap_table]))
         for name in list(datasets) + real:
             row = {s: loads.get(s, name) for s in ("meridian", "postgres_q3c", "duckdb", "dachs")}
-            row = {s: {"median": v, "min": v, "max": v, "n": 1} for s, v in row.items() if v is not None}
+            row = {s: {"median": v, "min": v, "max": v, "n": 1, "peak_mib": loads.peak(s, name)}
+                   for s, v in row.items() if v is not None}
             report.add(f"load {name}", "s", row,
                        note="Meridian: ingest to HATS with margin cache; PostgreSQL: COPY, Q3C "
                             "index, CLUSTER, ANALYZE; DuckDB: read, HEALPix index, sorted table; "
@@ -965,7 +1212,14 @@ def main():
             d = msys.catalog_dir(name)
             return lsdb.open_catalog(d / name, margin_cache=d / f"{name}_10arcs")
 
-        m_server = Server(binary, args.work / "data", {"RUST_LOG": "warn", "MERIDIAN_LOG__LEVEL": "warn"})
+        # No per-client quotas: the load test is one client at thousands of requests a
+        # second (a public deployment's limits would answer most with 429), and DaCHS has none.
+        quotas_off = {f"MERIDIAN_QUOTAS__{k}": "0" for k in
+                      ("REQUESTS_PER_MINUTE", "CONCURRENT_QUERIES", "RESULT_MIB_PER_DAY",
+                       "UPLOADS_PER_HOUR")}
+        m_server = Server(binary, args.work / "data",
+                          {"RUST_LOG": "warn", "MERIDIAN_LOG__LEVEL": "warn", **quotas_off})
+        MEMORY["meridian_tap"] = {"single": [m_server.proc.pid]}
         try:
             tap = Tap(m_server.host, m_server.port)
             if "cone" in only:
@@ -978,6 +1232,7 @@ def main():
             if "tap" in only:
                 print("TAP end to end", flush=True)
                 dachs.start()
+                MEMORY["dachs"] = {"trees": dachs.pids()}
                 try:
                     tap_workloads(report, args, tap_table, m_server, dachs)
                 finally:
@@ -993,13 +1248,14 @@ def main():
             print(f"cross-match {n:,}", flush=True)
             a, b = f"xa_{n}", f"xb_{n}"
             xmatch_workload(report, args, f"{n:,} x {n:,}", a, b, msys, pg,
-                            (positions(a, datasets[a]), positions(b, datasets[b])),
-                            (lsdb_catalog(a), lsdb_catalog(b)))
+                            lambda: (positions(a, datasets[a]), positions(b, datasets[b])),
+                            (lsdb_catalog(a), lsdb_catalog(b)), n)
         if real:
             print("cross-match real samples", flush=True)
             for a, b in [("gaia", "tycho2"), ("gaia", "hipparcos")]:
                 xmatch_workload(report, args, f"{a} x {b}", a, b, msys, pg,
-                                (positions(a), positions(b)), (lsdb_catalog(a), lsdb_catalog(b)))
+                                lambda: (positions(a), positions(b)),
+                                (lsdb_catalog(a), lsdb_catalog(b)), 0)
         if "ingest" in only:
             print("ingest", flush=True)
             ingest_workload(report, args, binary, datasets[survey], args.rows)
@@ -1036,6 +1292,7 @@ def render(path):
     report = Report(run_["rows"], run_["disagreements"])
     machine, sizes = run_["machine"], run_["sizes"]
     print("\n" + report.table(markdown=False) + "\n")
+    print("peak memory (MiB)\n" + report.memory_table(markdown=False) + "\n")
     md = (f"# Meridian vs peers, {run_['when']}\n\n"
           f"Machine: {machine['cpu']}, {machine['cpus']} cores, {machine['memory_gib']} GiB, "
           f"{machine['platform']}; Meridian {machine['meridian_commit']}; peers "
@@ -1044,8 +1301,94 @@ def render(path):
           f"{', '.join(f'{n:,}' for n in sizes['xmatch'])}. Timed runs after warm-up (fewer "
           f"when a run is long: n in the JSON). Cells: median (×how many times faster Meridian "
           f"is than that peer; above 1 Meridian is faster). The whole run took "
-          f"{run_['minutes']:.0f} min.\n\n" + report.table(markdown=True) + "\n")
+          f"{run_['minutes']:.0f} min.\n\n" + report.table(markdown=True) + "\n"
+          "\n## Peak memory (MiB)\n\nThe peers that run inside the benchmark's Python "
+          "process (DuckDB, LSDB, astropy) count that process's own memory too; PostgreSQL and "
+          "DaCHS count their server processes (proportional set size, so that shared memory "
+          "counts once); Meridian the process that ran the workload.\n\n"
+          + report.memory_table(markdown=True) + "\n")
     path.with_suffix(".md").write_text(md)
+
+
+# Workload kinds of the scaling report: (kind, pattern of the row's name, what a row is)
+SCALING = [
+    ("load", re.compile(r"^load object_(\d+)$"), "rows loaded"),
+    ("cone 1arcmin", re.compile(r"^cone 1arcmin, object_(\d+) .*in process$"), "cone"),
+    ("cone 0.5deg", re.compile(r"^cone 0\.5deg, object_(\d+) .*in process$"), "cone"),
+    ("aggregation", re.compile(r"^full-scan aggregation .*object_(\d+), in process$"), "rows scanned"),
+    ("selective filter", re.compile(r"^selective filter .*object_(\d+), in process$"), "rows scanned"),
+    ("cross-match", re.compile(r"^cross-match ([\d,]+) x [\d,]+ at"), "input rows (both sides)"),
+    ("ingest to HATS", re.compile(r"^ingest ([\d,]+) rows"), "rows ingested"),
+]
+
+
+def scaling(paths):
+    """The cost per row of each workload kind and system across runs at different sizes:
+    a Markdown table and a log-log plot. Cones are a cost per cone (the catalog's size should
+    not change it); the others nanoseconds per row."""
+    points = {}  # (kind, system) -> {rows: seconds per unit}
+    for path in paths:
+        run_ = json.loads(Path(path).read_text())
+        for row in run_["rows"]:
+            for kind, pattern, _ in SCALING:
+                m = pattern.match(row["workload"])
+                if not m:
+                    continue
+                n = int(m.group(1).replace(",", ""))
+                rows = 2 * n if kind == "cross-match" else n
+                for system, r in row["results"].items():
+                    if not isinstance(r, dict) or not r.get("median"):
+                        continue
+                    secs = r["median"] / (1e3 if row["unit"] == "ms" else 1)
+                    per = secs if kind.startswith("cone") else secs / rows
+                    points.setdefault((kind, system), {})[n] = per
+    sizes = sorted({n for v in points.values() for n in v})
+    lines = ["| workload | system | " + " | ".join(f"{n:,}" for n in sizes) + " |",
+             "|---|---|" + "---|" * len(sizes)]
+    for kind, _, unit in SCALING:
+        for system in SYSTEMS:
+            v = points.get((kind, system))
+            if not v:
+                continue
+            scale, label = (1e3, "ms per cone") if kind.startswith("cone") else (1e9, f"ns per row, {unit}")
+            cells = [f"{v[n] * scale:.3g}" if n in v else "" for n in sizes]
+            lines.append(f"| {kind} ({label}) | {SYSTEMS[system]} | " + " | ".join(cells) + " |")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = ROOT / "bench" / "results" / f"peers-scaling-{stamp}"
+    md = (f"# Cost per row as the size grows, {stamp}\n\nRuns: "
+          + ", ".join(Path(p).name for p in paths)
+          + ". Medians; cones in milliseconds per cone, the rest in nanoseconds per row (a "
+          "cross-match's rows are those of both sides). In process, except Meridian (TAP).\n\n"
+          + "\n".join(lines) + f"\n\n![cost per row]({out.name}.png)\n")
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    ensure_pip(("matplotlib", "matplotlib"))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    kinds = [k for k, _, _ in SCALING if any(key[0] == k for key in points)]
+    cols = 4
+    nrows = (len(kinds) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    for ax, kind in zip(axes.flat, kinds):
+        for system in SYSTEMS:
+            v = points.get((kind, system))
+            if v:
+                ns = sorted(v)
+                scale = 1e3 if kind.startswith("cone") else 1e9
+                ax.plot(ns, [v[n] * scale for n in ns], marker="o", label=SYSTEMS[system])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(kind)
+        ax.set_xlabel("rows of the catalog" if kind != "cross-match" else "rows of each side")
+        ax.set_ylabel("ms per cone" if kind.startswith("cone") else "ns per row")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(kinds):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    print(f"written: {out.with_suffix('.md')} and {out.name}.png")
 
 
 def machine_description(binary):
