@@ -1,6 +1,10 @@
 //! FITS binary table output. A FITS header states the row count and every string column's
-//! width before the first row, so batches are spooled to an Arrow IPC file on disk (memory
-//! stays constant) while the widths are measured, then written out in one pass at the end.
+//! width before the first row, so rows are spooled to a file on disk (memory stays
+//! constant) and written out after the header at the end. When every column's width is
+//! known from the schema (numbers, booleans, fixed-size arrays), rows are encoded as they
+//! come and spooled as FITS bytes; otherwise batches are spooled as Arrow IPC while the
+//! widths are measured, and encoded at the end. Rows are encoded column by column into a
+//! row-major buffer, one typed loop per column.
 //!
 //! Columns: L (logical), B, I, J, K (with TNULLn for NULL), E, D (NaN for NULL), nA (text
 //! and ISO 8601 times; NULL as blanks). TUNITn carries units; TUCDn and TCOMMn carry UCDs
@@ -9,8 +13,11 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef,
+    UInt8Type,
+};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 
@@ -25,10 +32,25 @@ const BLOCK: usize = 2880;
 pub(crate) struct FitsWriter {
     out: Box<dyn Write + Send>,
     columns: Vec<OutColumn>,
+    /// Widths of the variable-width columns (characters, values or bytes), measured.
     widths: Vec<usize>,
-    spool: FileWriter<BufWriter<File>>,
+    spool: Spool,
     spool_file: tempfile::NamedTempFile,
+    /// A batch's rows, encoded (reused).
+    rows_buf: Vec<u8>,
     rows: u64,
+}
+
+enum Spool {
+    /// Every width known from the schema: rows spooled as FITS bytes.
+    Rows(BufWriter<File>),
+    /// Some widths measured from the values: batches spooled as Arrow IPC.
+    Batches(FileWriter<BufWriter<File>>),
+}
+
+/// Whether a column's width in bytes follows from its type alone.
+fn fixed_width(vo: VoType) -> bool {
+    !matches!(vo, VoType::Char | VoType::Doubles(None) | VoType::Bytes)
 }
 
 /// One 80-character header card.
@@ -79,22 +101,32 @@ impl FitsWriter {
                 .collect::<Vec<_>>(),
         );
         let spool_file = tempfile::NamedTempFile::new()?;
-        let spool = FileWriter::try_new(
-            BufWriter::with_capacity(1 << 20, spool_file.reopen()?),
-            &spool_schema,
-        )?;
+        let file = BufWriter::with_capacity(1 << 20, spool_file.reopen()?);
+        let spool = if columns.iter().all(|c| fixed_width(c.vo)) {
+            Spool::Rows(file)
+        } else {
+            Spool::Batches(FileWriter::try_new(file, &spool_schema)?)
+        };
         Ok(Self {
             out,
             widths: vec![1; columns.len()],
             columns,
             spool,
             spool_file,
+            rows_buf: Vec::new(),
             rows: 0,
         })
     }
 
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let arrays = normalise(batch, &self.columns)?;
+        self.rows += batch.num_rows() as u64;
+        let bytes: Vec<usize> = (0..self.columns.len()).map(|k| self.tform(k).1).collect();
+        if let Spool::Rows(file) = &mut self.spool {
+            encode_rows(&arrays, &self.widths, &bytes, &mut self.rows_buf);
+            file.write_all(&self.rows_buf)?;
+            return Ok(());
+        }
         for (k, a) in arrays.iter().enumerate() {
             let widest = match self.columns[k].vo {
                 VoType::Char => a.as_string::<i32>().iter().flatten().map(str::len).max(),
@@ -107,9 +139,10 @@ impl FitsWriter {
             };
             self.widths[k] = self.widths[k].max(widest.unwrap_or(0));
         }
-        let b = RecordBatch::try_new(self.spool.schema().clone(), arrays)?;
-        self.spool.write(&b)?;
-        self.rows += batch.num_rows() as u64;
+        if let Spool::Batches(spool) = &mut self.spool {
+            let b = RecordBatch::try_new(spool.schema().clone(), arrays)?;
+            spool.write(&b)?;
+        }
         Ok(())
     }
 
@@ -130,7 +163,16 @@ impl FitsWriter {
     }
 
     pub(crate) fn finish(mut self) -> Result<()> {
-        self.spool.finish()?;
+        let spooled_rows = match &mut self.spool {
+            Spool::Rows(file) => {
+                file.flush()?;
+                true
+            }
+            Spool::Batches(spool) => {
+                spool.finish()?;
+                false
+            }
+        };
         let h = [
             card("SIMPLE", "T", "conforms to FITS"),
             card("BITPIX", "8", ""),
@@ -173,20 +215,19 @@ impl FitsWriter {
         }
         h.push(card("END", "", ""));
         write_header(&mut self.out, &h)?;
-        let reader = FileReader::try_new(BufReader::new(self.spool_file.reopen()?), None)?;
-        let mut row = Vec::with_capacity(row_bytes);
-        let mut written = 0usize;
-        for batch in reader {
-            let batch = batch?;
-            for i in 0..batch.num_rows() {
-                row.clear();
-                for (k, a) in batch.columns().iter().enumerate() {
-                    cell(a, i, self.widths[k], &mut row);
-                }
-                self.out.write_all(&row)?;
-                written += row.len();
+        let written = if spooled_rows {
+            std::io::copy(&mut self.spool_file.reopen()?, &mut self.out)? as usize
+        } else {
+            let reader = FileReader::try_new(BufReader::new(self.spool_file.reopen()?), None)?;
+            let widths: Vec<usize> = forms.iter().map(|f| f.1).collect();
+            let mut written = 0usize;
+            for batch in reader {
+                encode_rows(batch?.columns(), &self.widths, &widths, &mut self.rows_buf);
+                self.out.write_all(&self.rows_buf)?;
+                written += self.rows_buf.len();
             }
-        }
+            written
+        };
         let pad = (BLOCK - written % BLOCK) % BLOCK;
         self.out.write_all(&vec![0u8; pad])?;
         self.out.flush()?;
@@ -199,6 +240,65 @@ fn write_header(out: &mut dyn Write, cards: &[String]) -> Result<()> {
     bytes.resize(bytes.len().div_ceil(BLOCK) * BLOCK, b' ');
     out.write_all(&bytes)?;
     Ok(())
+}
+
+/// Encodes the rows of `arrays` into `buf`, row-major, column by column: `widths` are the
+/// measured widths of the variable-width columns, `bytes` every column's width in bytes.
+fn encode_rows(arrays: &[ArrayRef], widths: &[usize], bytes: &[usize], buf: &mut Vec<u8>) {
+    let row_bytes: usize = bytes.iter().sum();
+    let n = arrays.first().map_or(0, |a| a.len());
+    buf.clear();
+    buf.resize(n * row_bytes, 0);
+    if row_bytes == 0 {
+        return;
+    }
+    let mut offset = 0;
+    let mut cell_buf = Vec::new();
+    for (k, a) in arrays.iter().enumerate() {
+        let rows = buf.chunks_exact_mut(row_bytes);
+        match a.data_type() {
+            DataType::UInt8 => column::<UInt8Type, 1>(a, u8::MAX, offset, rows, u8::to_be_bytes),
+            DataType::Int16 => column::<Int16Type, 2>(a, i16::MIN, offset, rows, i16::to_be_bytes),
+            DataType::Int32 => column::<Int32Type, 4>(a, i32::MIN, offset, rows, i32::to_be_bytes),
+            DataType::Int64 => column::<Int64Type, 8>(a, i64::MIN, offset, rows, i64::to_be_bytes),
+            DataType::Float32 => {
+                column::<Float32Type, 4>(a, f32::NAN, offset, rows, f32::to_be_bytes)
+            }
+            DataType::Float64 => {
+                column::<Float64Type, 8>(a, f64::NAN, offset, rows, f64::to_be_bytes)
+            }
+            _ => {
+                for (i, row) in rows.enumerate() {
+                    cell_buf.clear();
+                    cell(a, i, widths[k], &mut cell_buf);
+                    row[offset..offset + bytes[k]].copy_from_slice(&cell_buf);
+                }
+            }
+        }
+        offset += bytes[k];
+    }
+}
+
+/// One numeric column into its place in every row (`null`: the value standing for NULL).
+fn column<'a, T: ArrowPrimitiveType, const N: usize>(
+    a: &ArrayRef,
+    null: T::Native,
+    offset: usize,
+    rows: impl Iterator<Item = &'a mut [u8]>,
+    be: fn(T::Native) -> [u8; N],
+) {
+    let v = a.as_primitive::<T>();
+    let values = v.values();
+    if v.null_count() == 0 {
+        for (row, x) in rows.zip(values.iter()) {
+            row[offset..offset + N].copy_from_slice(&be(*x));
+        }
+    } else {
+        for (i, (row, x)) in rows.zip(values.iter()).enumerate() {
+            let x = if v.is_null(i) { null } else { *x };
+            row[offset..offset + N].copy_from_slice(&be(x));
+        }
+    }
 }
 
 fn cell(a: &ArrayRef, i: usize, width: usize, out: &mut Vec<u8>) {
