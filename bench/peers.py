@@ -488,10 +488,14 @@ class MeridianSystem:
     def catalog_dir(self, name):
         return self.work / "data" / "catalogs" / name
 
-    def synthetic(self, name, rows, seed, jitter_mas=0.0):
+    def synthetic(self, name, rows, seed, jitter_mas=0.0, keep_input=True):
         """Generates and ingests once; returns (ingest seconds or None when reused, the
-        generated Parquet files, which the other systems load)."""
-        secs = self.cli.catalog(name, rows, seed, self.work, jitter_mas, keep_input=True)
+        generated Parquet files, which the other systems load, unless not `keep_input`).
+        A catalog already ingested is reused even when its generated files were removed to
+        make room (then systems that have not loaded it yet cannot)."""
+        if self.cli.has(name):
+            return None, sorted((self.work / f"input-{name}").glob("object*.parquet"))
+        secs = self.cli.catalog(name, rows, seed, self.work, jitter_mas, keep_input=keep_input)
         return secs, sorted((self.work / f"input-{name}").glob("object*.parquet"))
 
     def real(self, name):
@@ -843,34 +847,46 @@ def cone_workload(report, args, survey, msys, tap, pg, duck, lsdb_cat):
         }
         times = {s: [] for s in ["meridian", *systems]}
         counts = {s: [] for s in ["meridian", *systems]}
+
+        def sequence(warmup, n):
+            """The centres a system is sent, and from which of them on it is timed: the
+            warm-up centres, then the measured ones (with --cone-cache warm, first once
+            untimed, so that every system answers them from memory: at 10^8 rows the
+            systems' files together outgrow the page cache, and whichever ran last before
+            would otherwise find its pages evicted by the others)."""
+            measured = pts[args.warmup:args.warmup + n]  # the same centres for every system
+            seq = pts[:warmup] + (measured if args.cone_cache == "warm" else []) + measured
+            return seq, len(seq) - n
+
         # Meridian in process: every cone in one process, one run each, as the others.
         peaks = {}
+        seq, first = sequence(args.warmup, args.cones)
         with watch("meridian") as pk:
-            native = msys.queries([cone_adql(survey, ra, dec, r) for ra, dec in pts])
+            native = msys.queries([cone_adql(survey, ra, dec, r) for ra, dec in seq])
         peaks["meridian"] = pk.mib
-        for i, (secs, rows) in enumerate(native):
+        for secs, rows in native[first:]:
             counts["meridian"].append(rows)
-            if i >= args.warmup:
-                times["meridian"].append(secs[0])
+            times["meridian"].append(secs[0])
         # One system at a time: interleaving them would charge each the others' cache
         # misses and its own wake-up after idling.
         for s, fn in systems.items():
-            warmup, n = ((args.lsdb_warmup, args.lsdb_cones) if s == "lsdb"
-                         else (args.warmup, args.cones))
+            seq, first = sequence(*((args.lsdb_warmup, args.lsdb_cones) if s == "lsdb"
+                                    else (args.warmup, args.cones)))
             with watch(s) as pk:
-                for i, (ra, dec) in enumerate(pts[:warmup + n]):
+                for i, (ra, dec) in enumerate(seq):
                     t = time.perf_counter()
-                    counts[s].append(fn(ra, dec))
-                    if i >= warmup:
+                    rows = fn(ra, dec)
+                    if i >= first:
                         times[s].append(time.perf_counter() - t)
+                        counts[s].append(rows)
             peaks[s] = pk.mib
         n = len(counts["lsdb"])
         # Every cone's count must agree; LSDB answers only the first n cones.
         agree = [report.compare(f"cone {label}", {s: c[:n] for s, c in counts.items()},
                                 what=f"row counts of the first {n} cones"),
                  report.compare(f"cone {label}", {s: c for s, c in counts.items() if s != "lsdb"},
-                                what=f"row counts of all {len(pts)} cones")]
-        check = {"what": f"row count of every cone ({len(pts)} cones; LSDB the first {n})",
+                                what=f"row counts of all {args.cones} cones")]
+        check = {"what": f"row count of every cone ({args.cones} cones; LSDB the first {n})",
                  "agree": all(c["agree"] for c in agree),
                  "answers": {s: sum(c) for s, c in counts.items()}}
         stats_of = {s: stats(t, 1e3) | {"peak_mib": peaks[s]} for s, t in times.items()}
@@ -893,7 +909,8 @@ def scan_workloads(report, args, survey, msys, tap, pg, duck):
     def native(query, repeat):
         out = args.work / "native-answers"
         with watch("meridian") as pk:
-            [(secs, rows)] = msys.queries([query], repeat=repeat, warmup=1, csv_dir=out)
+            [(secs, rows)] = msys.queries([query], repeat=repeat, warmup=args.scan_warmup,
+                                          csv_dir=out)
         return stats(secs) | {"peak_mib": pk.mib}, rows, (out / "query-0.csv").read_text()
 
     survey_pq = duck.parquet_view(survey, msys.catalog_dir(survey))
@@ -906,7 +923,7 @@ def scan_workloads(report, args, survey, msys, tap, pg, duck):
     results["meridian"], _, text = native(agg, args.repeat)
     answers["meridian"] = hashlib.sha256(repr(norm(csv_rows(text))).encode()).hexdigest()[:16]
     for s, fn in runs.items():
-        results[s], out = measure(fn, args.repeat, args.budget, system=s)
+        results[s], out = measure(fn, args.repeat, args.budget, warmup=args.scan_warmup, system=s)
         answers[s] = hashlib.sha256(repr(norm(out)).encode()).hexdigest()[:16]
     check = report.compare("aggregation", answers, what="per-band counts and mean magnitudes (4 decimals)")
     report.add_both(f"full-scan aggregation per 1-deg dec band, {survey}", "s", results, check=check)
@@ -919,7 +936,8 @@ def scan_workloads(report, args, survey, msys, tap, pg, duck):
     results, answers = {}, {}
     results["meridian"], answers["meridian"], _ = native(flt, args.repeat)
     for s, fn in runs.items():
-        results[s], answers[s] = measure(fn, args.repeat, args.budget, system=s)
+        results[s], answers[s] = measure(fn, args.repeat, args.budget, warmup=args.scan_warmup,
+                                         system=s)
     check = report.compare("filter", answers, what="row count")
     report.add_both(f"selective filter g_mag < 17.7 ({answers['meridian']:,} rows), {survey}", "s",
                     results, check=check)
@@ -1019,14 +1037,18 @@ def xmatch_workload(report, args, label, left, right, msys, pg, positions, lsdb_
         results["astropy"] = (f"not run above {args.xmatch_astropy_max:,} rows a side "
                               "(--xmatch-astropy-max: memory)")
 
-    lcat, rcat = lsdb_pair
-    results["lsdb"], df = measure(
-        lambda: lcat.crossmatch(rcat, radius_arcsec=1.0, n_neighbors=64, suffixes=("_1", "_2"),
-                                require_right_margin=True, log_changes=False)
-        .compute(progress_bar=False), args.repeat, args.budget, system="lsdb")
-    answers["lsdb"] = pair_key(*(np.asarray(df[c], dtype="f8")
-                                 for c in ("ra_1", "dec_1", "ra_2", "dec_2")))
-    del df
+    if n <= args.xmatch_lsdb_max:
+        lcat, rcat = lsdb_pair
+        results["lsdb"], df = measure(
+            lambda: lcat.crossmatch(rcat, radius_arcsec=1.0, n_neighbors=64, suffixes=("_1", "_2"),
+                                    require_right_margin=True, log_changes=False)
+            .compute(progress_bar=False), args.repeat, args.budget, system="lsdb")
+        answers["lsdb"] = pair_key(*(np.asarray(df[c], dtype="f8")
+                                     for c in ("ra_1", "dec_1", "ra_2", "dec_2")))
+        del df
+    else:
+        results["lsdb"] = (f"not run above {args.xmatch_lsdb_max:,} rows a side "
+                           "(--xmatch-lsdb-max: memory)")
     check = report.compare(f"cross-match {label}", answers, what="pair sets (count, hash)")
     report.add(f"cross-match {label} at 1 arcsec, all pairs", "s", results, check=check)
 
@@ -1104,10 +1126,16 @@ def main():
                     help="rows published through both TAP services (default: --rows, at most "
                          "10^6, since DaCHS imports about 10^4 rows/s)")
     ap.add_argument("--cones", type=int, default=200, help="measured cones per radius")
+    ap.add_argument("--cone-cache", choices=["warm", "cold"], default="warm",
+                    help="warm: every system answers the measured cones once before they are "
+                         "timed (from memory); cold: only --warmup other cones first")
     ap.add_argument("--lsdb-cones", type=int, default=20, help="of these, measured on LSDB")
     ap.add_argument("--tap-cones", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of each workload")
+    ap.add_argument("--scan-warmup", type=int, default=3,
+                    help="untimed runs of each scan first, for every system (a fresh Meridian "
+                         "process reaches its steady speed after two or three)")
     ap.add_argument("--budget", type=float, default=150,
                     help="seconds one system may spend on one workload's repetitions")
     ap.add_argument("--connections", type=int, default=8)
@@ -1120,6 +1148,9 @@ def main():
     ap.add_argument("--xmatch-astropy-max", type=int, default=10_000_000,
                     help="larger cross-matches are not run with astropy (its tree and SkyCoords "
                          "of 10^8 positions per side need about 15 GB of memory)")
+    ap.add_argument("--xmatch-lsdb-max", type=int, default=10_000_000,
+                    help="larger cross-matches are not run with LSDB (its computed pair table "
+                         "of 10^8 rows, both sides' columns, would need about 17 GB of memory)")
     ap.add_argument("--only", default="cone,scan,tap,xmatch,real,ingest,serialize",
                     help="comma-separated workload groups to run")
     ap.add_argument("--work", type=Path, default=Path("/tmp/meridian-bench-peers"))
@@ -1156,8 +1187,8 @@ def main():
     tap_table = f"object_{tap_rows}"
     datasets = {}  # name -> generated Parquet files
 
-    def synthetic(name, rows, seed, jitter=0.0):
-        secs, files = msys.synthetic(name, rows, seed, jitter)
+    def synthetic(name, rows, seed, jitter=0.0, keep_input=True):
+        secs, files = msys.synthetic(name, rows, seed, jitter, keep_input)
         if secs is not None:
             loads.known[f"meridian/{name}/peak_mib"] = msys.cli.ingest_peak_mib
             loads.record("meridian", name, secs)
@@ -1168,8 +1199,10 @@ def main():
         synthetic(tap_table, tap_rows, args.seed)
     sizes = sorted(args.xmatch) if "xmatch" in only else []
     for n in sizes:
-        synthetic(f"xa_{n}", n, 11)
-        synthetic(f"xb_{n}", n, 11, 300.0)
+        # Only PostgreSQL and astropy read the generated files of a cross-match pair.
+        keep = n <= max(args.xmatch_pg_max, args.xmatch_astropy_max)
+        synthetic(f"xa_{n}", n, 11, keep_input=keep)
+        synthetic(f"xb_{n}", n, 11, 300.0, keep_input=keep)
     real = list(REAL) if "real" in only else []
     for name in real:
         loads.timed("meridian", name, lambda: msys.real(name))
@@ -1186,9 +1219,12 @@ def main():
             for f in files:
                 yield from pq.ParquetFile(f).iter_batches(batch_size=200_000)
 
+        # PostgreSQL holds the survey for cones and scans, and the cross-match pairs up to
+        # --xmatch-pg-max rows (the TAP workloads are Meridian's and DaCHS's).
         for name, files in datasets.items():
-            if name.startswith("x") and int(name.split("_")[1]) > args.xmatch_pg_max:
-                continue  # see --xmatch-pg-max
+            if (name == survey and not {"cone", "scan"} & only) or name == tap_table != survey or (
+                    name.startswith("x") and int(name.split("_")[1]) > args.xmatch_pg_max):
+                continue
             loads.timed("postgres_q3c", name, lambda: pg.load(name, parquet_batches(files)))
         for name in real:
             loads.timed("postgres_q3c", name, lambda: pg.load(name, read_real(name).to_batches(200_000)))
@@ -1302,10 +1338,12 @@ def render(path):
           f"when a run is long: n in the JSON). Cells: median (×how many times faster Meridian "
           f"is than that peer; above 1 Meridian is faster). The whole run took "
           f"{run_['minutes']:.0f} min.\n\n" + report.table(markdown=True) + "\n"
-          "\n## Peak memory (MiB)\n\nThe peers that run inside the benchmark's Python "
-          "process (DuckDB, LSDB, astropy) count that process's own memory too; PostgreSQL and "
-          "DaCHS count their server processes (proportional set size, so that shared memory "
-          "counts once); Meridian the process that ran the workload.\n\n"
+          "\n## Peak memory (MiB)\n\nMeridian and hats-import: the high-water mark of the "
+          "process that ran the workload (GNU time), or of the TAP server. DuckDB, LSDB and "
+          "astropy run inside the benchmark's Python process, whose high-water mark counts the "
+          "benchmark's own memory too (several hundred MiB: Python, pyarrow, astropy, the "
+          "centres and positions it holds). PostgreSQL and DaCHS: their server processes, "
+          "sampled every 100 ms (resident memory, shared buffers counted once).\n\n"
           + report.memory_table(markdown=True) + "\n")
     path.with_suffix(".md").write_text(md)
 
