@@ -45,7 +45,7 @@ enum Spool {
     /// Every width known from the schema: rows spooled as FITS bytes.
     Rows(BufWriter<File>),
     /// Some widths measured from the values: batches spooled as Arrow IPC.
-    Batches(FileWriter<BufWriter<File>>),
+    Batches(Box<FileWriter<BufWriter<File>>>),
 }
 
 /// Whether a column's width in bytes follows from its type alone.
@@ -105,7 +105,7 @@ impl FitsWriter {
         let spool = if columns.iter().all(|c| fixed_width(c.vo)) {
             Spool::Rows(file)
         } else {
-            Spool::Batches(FileWriter::try_new(file, &spool_schema)?)
+            Spool::Batches(Box::new(FileWriter::try_new(file, &spool_schema)?))
         };
         Ok(Self {
             out,
