@@ -1414,7 +1414,8 @@ def scaling(paths):
             if v:
                 ns = sorted(v)
                 scale = 1e3 if kind.startswith("cone") else 1e9
-                ax.plot(ns, [v[n] * scale for n in ns], marker="o", label=SYSTEMS[system])
+                ax.plot(ns, [v[n] * scale for n in ns], marker="o", label=SYSTEMS[system],
+                        color=f"C{list(SYSTEMS).index(system)}")  # one colour per system
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(kind)
