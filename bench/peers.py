@@ -1133,9 +1133,9 @@ def main():
     ap.add_argument("--tap-cones", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of each workload")
-    ap.add_argument("--scan-warmup", type=int, default=3,
+    ap.add_argument("--scan-warmup", type=int, default=10,
                     help="untimed runs of each scan first, for every system (a fresh Meridian "
-                         "process reaches its steady speed after two or three)")
+                         "process reaches its steady speed after about eight)")
     ap.add_argument("--budget", type=float, default=150,
                     help="seconds one system may spend on one workload's repetitions")
     ap.add_argument("--connections", type=int, default=8)
