@@ -21,9 +21,7 @@ use arrow::datatypes::{
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 
-use super::columns::{
-    OutColumn, VoType, doubles, normalise, null_sentinel, out_columns, push_number_be,
-};
+use super::columns::{OutColumn, VoType, doubles, normalise, null_sentinel, out_columns};
 use crate::Result;
 
 const BLOCK: usize = 2880;
@@ -42,10 +40,31 @@ pub(crate) struct FitsWriter {
 }
 
 enum Spool {
-    /// Every width known from the schema: rows spooled as FITS bytes.
-    Rows(BufWriter<File>),
+    /// Every width known from the schema (`bytes`, per column): rows spooled as FITS bytes.
+    Rows {
+        file: BufWriter<File>,
+        bytes: Vec<usize>,
+    },
     /// Some widths measured from the values: batches spooled as Arrow IPC.
     Batches(Box<FileWriter<BufWriter<File>>>),
+}
+
+/// A column's TFORMn and its width in bytes; `width` is the measured width of a
+/// variable-width column (characters, values or bytes), unused for the others.
+fn tform(vo: VoType, width: usize) -> (String, usize) {
+    match vo {
+        VoType::Boolean => ("L".into(), 1),
+        VoType::UnsignedByte => ("B".into(), 1),
+        VoType::Short => ("I".into(), 2),
+        VoType::Int => ("J".into(), 4),
+        VoType::Long => ("K".into(), 8),
+        VoType::Float => ("E".into(), 4),
+        VoType::Double => ("D".into(), 8),
+        VoType::Char => (format!("{width}A"), width),
+        VoType::Doubles(Some(n)) => (format!("{n}D"), 8 * n as usize),
+        VoType::Doubles(None) => (format!("{width}D"), 8 * width),
+        VoType::Bytes => (format!("{width}B"), width),
+    }
 }
 
 /// Whether a column's width in bytes follows from its type alone.
@@ -103,7 +122,10 @@ impl FitsWriter {
         let spool_file = tempfile::NamedTempFile::new()?;
         let file = BufWriter::with_capacity(1 << 20, spool_file.reopen()?);
         let spool = if columns.iter().all(|c| fixed_width(c.vo)) {
-            Spool::Rows(file)
+            Spool::Rows {
+                file,
+                bytes: columns.iter().map(|c| tform(c.vo, 0).1).collect(),
+            }
         } else {
             Spool::Batches(Box::new(FileWriter::try_new(file, &spool_schema)?))
         };
@@ -121,9 +143,8 @@ impl FitsWriter {
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let arrays = normalise(batch, &self.columns)?;
         self.rows += batch.num_rows() as u64;
-        let bytes: Vec<usize> = (0..self.columns.len()).map(|k| self.tform(k).1).collect();
-        if let Spool::Rows(file) = &mut self.spool {
-            encode_rows(&arrays, &self.widths, &bytes, &mut self.rows_buf);
+        if let Spool::Rows { file, bytes } = &mut self.spool {
+            encode_rows(&arrays, &self.widths, bytes, &mut self.rows_buf);
             file.write_all(&self.rows_buf)?;
             return Ok(());
         }
@@ -146,25 +167,9 @@ impl FitsWriter {
         Ok(())
     }
 
-    fn tform(&self, k: usize) -> (String, usize) {
-        match self.columns[k].vo {
-            VoType::Boolean => ("L".into(), 1),
-            VoType::UnsignedByte => ("B".into(), 1),
-            VoType::Short => ("I".into(), 2),
-            VoType::Int => ("J".into(), 4),
-            VoType::Long => ("K".into(), 8),
-            VoType::Float => ("E".into(), 4),
-            VoType::Double => ("D".into(), 8),
-            VoType::Char => (format!("{}A", self.widths[k]), self.widths[k]),
-            VoType::Doubles(Some(n)) => (format!("{n}D"), 8 * n as usize),
-            VoType::Doubles(None) => (format!("{}D", self.widths[k]), 8 * self.widths[k]),
-            VoType::Bytes => (format!("{}B", self.widths[k]), self.widths[k]),
-        }
-    }
-
     pub(crate) fn finish(mut self) -> Result<()> {
         let spooled_rows = match &mut self.spool {
-            Spool::Rows(file) => {
+            Spool::Rows { file, .. } => {
                 file.flush()?;
                 true
             }
@@ -181,7 +186,9 @@ impl FitsWriter {
             card("END", "", ""),
         ];
         write_header(&mut self.out, &h)?;
-        let forms: Vec<(String, usize)> = (0..self.columns.len()).map(|k| self.tform(k)).collect();
+        let forms: Vec<(String, usize)> = (self.columns.iter().zip(&self.widths))
+            .map(|(c, &w)| tform(c.vo, w))
+            .collect();
         let row_bytes: usize = forms.iter().map(|f| f.1).sum();
         let mut h = vec![
             string_card("XTENSION", "BINTABLE"),
@@ -301,10 +308,8 @@ fn column<'a, T: ArrowPrimitiveType, const N: usize>(
     }
 }
 
+/// Row `i` of a column that is not a number (numbers go through [`column`]).
 fn cell(a: &ArrayRef, i: usize, width: usize, out: &mut Vec<u8>) {
-    if push_number_be(a, i, out) {
-        return;
-    }
     let null = a.is_null(i);
     match a.data_type() {
         DataType::Boolean => out.push(if null {
