@@ -359,13 +359,7 @@ class Report:
         for r in self.rows:
             check = "" if r["check"] is None else ("agree" if r["check"]["agree"] else "DISAGREE")
             body.append([r["workload"]] + [self.cell(r, c) for c in cols] + [check])
-        if markdown:
-            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            lines += ["| " + " | ".join(b) + " |" for b in body]
-        else:
-            widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
-            fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-            lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
+        lines = grid(head, body, markdown)
         notes = [(r["workload"], s, v) for r in self.rows for s, v in r["results"].items()
                  if isinstance(v, str)]
         notes += [(r["workload"], None, r["note"]) for r in self.rows if r["note"]]
@@ -390,12 +384,17 @@ class Report:
                 m = v.get("peak_mib") if isinstance(v, dict) else None
                 cells.append("" if m is None else f"{m:,.0f}")
             body.append([r["workload"]] + cells)
-        if markdown:
-            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
-        widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
-        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-        return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+        return "\n".join(grid(head, body, markdown))
+
+
+def grid(head, body, markdown):
+    """The lines of a table: Markdown, or plain text in padded columns."""
+    if markdown:
+        return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
 
 
 # ---------------------------------------------------------------------------------------
