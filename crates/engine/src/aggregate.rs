@@ -6,9 +6,13 @@
 //! share the slot each addition waits for the previous store: the aggregation of a
 //! sorted catalog runs at store-forwarding latency, several times slower than the same
 //! data in random order. [`RunAwareAvg`] is DataFusion's `AVG` with one change: its
-//! grouped accumulator for `DOUBLE` sums each run of equal group indices in registers
-//! (four independent lanes) and touches the group's slot once per run. Every other case
-//! (decimals, durations, `DISTINCT`, windows, ungrouped) is DataFusion's own code.
+//! grouped accumulator for `DOUBLE` breaks those chains. Where runs of equal group indices
+//! are long, it sums each run in registers (independent lanes) and touches the group's slot
+//! once per run. Where runs are short (a grouping that follows the sort only loosely, such
+//! as a declination band over a HEALPix-ordered file, changes group every few rows) and
+//! the groups are few, consecutive rows add into different lanes of their group's slots,
+//! so that no addition waits on the one before. Every other case (decimals, durations,
+//! `DISTINCT`, windows, ungrouped) is DataFusion's own code.
 
 use std::sync::Arc;
 
@@ -102,7 +106,22 @@ impl AggregateUDFImpl for RunAwareAvg {
 struct RunAvgAccumulator {
     counts: Vec<u64>,
     sums: Vec<f64>,
+    /// Per-group counts and sums in [`LANES`] lanes, added into `counts` and `sums` before
+    /// they are read; empty unless a batch took the per-row path.
+    lane_counts: Vec<[u64; LANES]>,
+    lane_sums: Vec<[f64; LANES]>,
 }
+
+/// Lanes of the per-row path: row `i` adds into lane `i % LANES` of its group, so that a
+/// group's additions wait on one another only every `LANES` rows.
+const LANES: usize = 4;
+
+/// The most groups for which the per-row path keeps lanes (their memory is `LANES` times
+/// the plain slots'); beyond, rows in short runs are rarely in the same group anyway.
+const LANE_GROUPS: usize = 4096;
+
+/// The mean run length from which summing runs beats the per-row lanes.
+const LONG_RUN: usize = 16;
 
 /// The sum and count of `values[i]` over the run where `valid(i)`, in eight lanes so that
 /// consecutive additions do not wait on each other.
@@ -146,19 +165,26 @@ fn run_sum(values: &[f64], valid: Option<impl Fn(usize) -> bool>) -> (f64, u64) 
 /// Calls `f(group, start, end)` for each maximal run of equal group indices.
 #[inline]
 fn for_each_run(group_indices: &[usize], mut f: impl FnMut(usize, usize, usize)) {
+    let n = group_indices.len();
     let mut start = 0;
-    while start < group_indices.len() {
+    while start < n {
         let g = group_indices[start];
-        let len = group_indices[start..]
-            .iter()
-            .position(|&x| x != g)
-            .unwrap_or(group_indices.len() - start);
-        f(g, start, start + len);
-        start += len;
+        // Eight indices at a time (one vector compare), then one at a time.
+        let mut end = start + 1;
+        while end + 8 <= n && group_indices[end..end + 8].iter().all(|&x| x == g) {
+            end += 8;
+        }
+        while end < n && group_indices[end] == g {
+            end += 1;
+        }
+        f(g, start, end);
+        start = end;
     }
 }
 
-/// The rows that count: not NULL and, if there is a filter, selected by it.
+/// The rows that count: not NULL and, if there is a filter, selected by it. `None` when
+/// every row counts (a validity buffer without a NULL, as Parquet readers give for a
+/// nullable column, is dropped: the sums then skip the per-row checks).
 fn validity(nulls: Option<&NullBuffer>, filter: Option<&BooleanArray>) -> Option<NullBuffer> {
     let filter = filter.map(|f| {
         // A NULL filter value does not select the row.
@@ -168,11 +194,19 @@ fn validity(nulls: Option<&NullBuffer>, filter: Option<&BooleanArray>) -> Option
         };
         NullBuffer::new(selected)
     });
-    NullBuffer::union(nulls, filter.as_ref())
+    NullBuffer::union(nulls, filter.as_ref()).filter(|v| v.null_count() > 0)
 }
 
 impl RunAvgAccumulator {
     fn add(&mut self, values: &[f64], valid: Option<&NullBuffer>, group_indices: &[usize]) {
+        let total = self.sums.len();
+        if total <= LANE_GROUPS && group_indices.len() >= LONG_RUN {
+            let runs = 1 + group_indices.windows(2).filter(|w| w[0] != w[1]).count();
+            if group_indices.len() < LONG_RUN * runs {
+                self.add_per_row(values, valid, group_indices);
+                return;
+            }
+        }
         for_each_run(group_indices, |g, start, end| {
             let run = &values[start..end];
             let (sum, count) = match valid {
@@ -182,6 +216,43 @@ impl RunAvgAccumulator {
             self.sums[g] += sum;
             self.counts[g] += count;
         });
+    }
+
+    /// Row `i` adds into lane `i % LANES` of its group.
+    fn add_per_row(&mut self, values: &[f64], valid: Option<&NullBuffer>, group_indices: &[usize]) {
+        let total = self.sums.len();
+        self.lane_counts.resize(total, [0; LANES]);
+        self.lane_sums.resize(total, [0.0; LANES]);
+        let (counts, sums) = (&mut self.lane_counts, &mut self.lane_sums);
+        match valid {
+            None => {
+                for (i, (&g, &v)) in group_indices.iter().zip(values).enumerate() {
+                    let lane = i % LANES;
+                    sums[g][lane] += v;
+                    counts[g][lane] += 1;
+                }
+            }
+            Some(valid) => {
+                for (i, (&g, &v)) in group_indices.iter().zip(values).enumerate() {
+                    let (lane, ok) = (i % LANES, valid.is_valid(i));
+                    sums[g][lane] += if ok { v } else { 0.0 };
+                    counts[g][lane] += ok as u64;
+                }
+            }
+        }
+    }
+
+    /// Adds the lanes into the plain slots and empties them.
+    fn fold_lanes(&mut self) {
+        for (g, (c, s)) in self
+            .lane_counts
+            .drain(..)
+            .zip(self.lane_sums.drain(..))
+            .enumerate()
+        {
+            self.counts[g] += c.iter().sum::<u64>();
+            self.sums[g] += s.iter().sum::<f64>();
+        }
     }
 }
 
@@ -202,6 +273,7 @@ impl GroupsAccumulator for RunAvgAccumulator {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.fold_lanes();
         let counts = emit_to.take_needed(&mut self.counts);
         let sums = emit_to.take_needed(&mut self.sums);
         let avg: Float64Array = sums
@@ -213,6 +285,7 @@ impl GroupsAccumulator for RunAvgAccumulator {
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        self.fold_lanes();
         let counts = emit_to.take_needed(&mut self.counts);
         let sums = emit_to.take_needed(&mut self.sums);
         // Groups that saw no value have a NULL state, as in DataFusion's own AVG.
@@ -256,7 +329,10 @@ impl GroupsAccumulator for RunAvgAccumulator {
     }
 
     fn size(&self) -> usize {
-        self.counts.capacity() * size_of::<u64>() + self.sums.capacity() * size_of::<f64>()
+        self.counts.capacity() * size_of::<u64>()
+            + self.sums.capacity() * size_of::<f64>()
+            + self.lane_counts.capacity() * size_of::<[u64; LANES]>()
+            + self.lane_sums.capacity() * size_of::<[f64; LANES]>()
     }
 }
 
@@ -265,17 +341,23 @@ mod tests {
     use super::*;
 
     /// The run-aware accumulator against a plain per-row loop, on sorted and shuffled
-    /// groups, with NULLs and a filter, across two batches and a partial/final merge.
+    /// groups (summed by run, by lane, and both), with NULLs and a filter, across two
+    /// batches and a partial/final merge.
     #[test]
     fn matches_a_per_row_oracle() {
         let n = 10_000usize;
         let groups: Vec<usize> = (0..n).map(|i| i / 700).collect();
         let shuffled: Vec<usize> = (0..n).map(|i| (i * 7919) % 15).collect();
+        // Runs summed in one half, lanes in the other; and too many groups for lanes.
+        let mixed: Vec<usize> = (0..n)
+            .map(|i| if i < n / 2 { i / 700 } else { (i * 7919) % 15 })
+            .collect();
+        let many: Vec<usize> = (0..n).map(|i| (i * 7919) % 5000).collect();
         let values: Vec<Option<f64>> = (0..n)
             .map(|i| (i % 11 != 0).then(|| (i as f64).sin() * 100.0))
             .collect();
         let filter: BooleanArray = (0..n).map(|i| Some(i % 5 != 1)).collect();
-        for gi in [&groups, &shuffled] {
+        for gi in [&groups, &shuffled, &mixed, &many] {
             let total = gi.iter().max().unwrap() + 1;
             let mut want = vec![(0.0f64, 0u64); total];
             for i in 0..n {

@@ -10,6 +10,7 @@ mod diagnose;
 mod engine;
 mod error;
 pub mod float_compare;
+pub mod floor;
 pub mod footprint_table;
 pub mod geometry;
 pub mod guard;

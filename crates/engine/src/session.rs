@@ -205,10 +205,13 @@ pub fn session_state(sc: SessionConfig, runtime: Arc<RuntimeEnv>) -> Result<Sess
     Ok(ctx.state())
 }
 
-/// Registers Meridian's functions (spatial, geometry, region, HEALPix, bounded and the
-/// run-aware average) in `ctx`.
+/// Registers Meridian's functions (spatial, geometry, region, HEALPix, bounded, the
+/// run-aware average and the SSE2 floor) in `ctx`.
 pub fn register_functions(ctx: &mut SessionContext) -> Result<()> {
     ctx.register_udaf(crate::aggregate::avg_udaf());
+    if let Ok(inner) = datafusion::execution::FunctionRegistry::udf(ctx, "floor") {
+        ctx.register_udf(crate::floor::floor_udf(inner));
+    }
     for udf in crate::udf::spatial_udfs()
         .into_iter()
         .chain(crate::geometry::geometry_udfs())

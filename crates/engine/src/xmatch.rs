@@ -976,13 +976,22 @@ fn chord2(a: &[f64; 3], b: &[f64; 3]) -> f64 {
 #[derive(Debug)]
 pub(crate) struct Index {
     pub(crate) batch: RecordBatch,
+    /// Order of the cells the rows are bucketed by.
     order: u8,
+    /// Order of the neighbourhood rule: cells wider than the radius (see
+    /// [`neighbourhood_order`]), at or finer than `order`.
+    rule_order: u8,
     /// Unit vectors of the build rows, in cell order.
     xyz: Vec<[f64; 3]>,
     /// Build row of each entry of `xyz`.
     rows: Vec<u32>,
-    /// Cell → range of `xyz`/`rows`.
-    cells: foldhash::HashMap<u64, (u32, u32)>,
+    /// The occupied cells, ascending, and where each one's rows start in `xyz`/`rows`
+    /// (one start more than cells: the end). Sorted arrays rather than a hash map: probe
+    /// rows come mostly in HEALPix order, so each look-up starts from the last one's place
+    /// and reads memory next to it (see [`Index::find`]); a hash map sends consecutive
+    /// probes to unrelated places, and its cache misses were most of the probe time.
+    cells: Vec<u64>,
+    starts: Vec<u32>,
     /// Zone of each entry of `xyz` in a zoned cross-match (see [`crate::zones`]), else
     /// empty.
     zones: Vec<u64>,
@@ -1025,8 +1034,8 @@ impl Index {
         Ok(Arc::new(index))
     }
 
-    /// Bytes of an index entry: a unit vector, a row number, a cell (while building), a map
-    /// slot and a zone.
+    /// Bytes of an index entry: a unit vector, a row number, a cell (while building), its
+    /// share of the cell table and a zone.
     pub(crate) const ENTRY_BYTES: usize = 24 + 4 + 8 + 24 + 8;
 
     /// The index of `batch`, whose rows' positions are `pos`; `zones`, in a zoned
@@ -1048,10 +1057,7 @@ impl Index {
         }
         let [ra, dec] = positions(pos, &batch)?;
         // Cells no finer than needed for the neighbourhood rule, and no finer than needed
-        // for a few rows per occupied cell: a probe row is compared with the rows of nine
-        // cells, and recomputes its cell's neighbours when its cell changes, so cells
-        // should be few rows each but not much emptier. A zone's rows are close together:
-        // their cells are those of the rule.
+        // for a few rows per occupied cell (see [`Matcher`]).
         let rule_order = neighbourhood_order(radius_deg).expect("radius checked when planned");
         let layer = cdshealpix::nested::get(rule_order);
         let mut keyed: Vec<(u64, u32, [f64; 3])> = (0..n)
@@ -1061,24 +1067,21 @@ impl Index {
             })
             .collect();
         keyed.sort_unstable_by_key(|k| k.0);
-        let order = if zones.is_some() {
-            rule_order
-        } else {
-            occupancy_order(&keyed, rule_order)
-        };
+        let order = occupancy_order(&keyed, rule_order);
         let shift = 2 * u32::from(rule_order - order);
         if shift > 0 {
             // NESTED cells: the parent's index is the child's shifted; the order stays.
             keyed.iter_mut().for_each(|k| k.0 >>= shift);
         }
-        let mut cells = foldhash::HashMap::default();
-        let mut start = 0;
-        while start < keyed.len() {
-            let cell = keyed[start].0;
-            let end = start + keyed[start..].partition_point(|k| k.0 == cell);
-            cells.insert(cell, (start as u32, end as u32));
-            start = end;
+        let mut cells = Vec::new();
+        let mut starts = Vec::new();
+        for (i, k) in keyed.iter().enumerate() {
+            if cells.last() != Some(&k.0) {
+                cells.push(k.0);
+                starts.push(i as u32);
+            }
         }
+        starts.push(keyed.len() as u32);
         let rows: Vec<u32> = keyed.iter().map(|k| k.1).collect();
         let xyz = keyed.iter().map(|k| k.2).collect();
         let zones = zones
@@ -1089,14 +1092,47 @@ impl Index {
         Ok(Index {
             batch,
             order,
+            rule_order,
             xyz,
             rows,
             cells,
+            starts,
             zones,
             chord2_max: chord * chord,
             radius_deg,
             _reservation: reservation,
         })
+    }
+}
+
+impl Index {
+    /// The range of `xyz`/`rows` of `cell`, if occupied. `at` is where the last look-up
+    /// ended: the search gallops from there (forward or back), so a look-up near the last
+    /// one costs a few reads of nearby memory, and any other a binary search.
+    fn find(&self, cell: u64, at: &mut usize) -> Option<(u32, u32)> {
+        let cells = &self.cells;
+        let here = (*at).min(cells.len().saturating_sub(1));
+        let (lo, hi) = match cells.get(here) {
+            None => return None,
+            Some(&c) if c == cell => (here, here + 1),
+            Some(&c) if c < cell => {
+                let mut step = 1;
+                while here + step < cells.len() && cells[here + step] < cell {
+                    step *= 2;
+                }
+                (here + step / 2 + 1, (here + step + 1).min(cells.len()))
+            }
+            Some(_) => {
+                let mut step = 1;
+                while step <= here && cells[here - step] > cell {
+                    step *= 2;
+                }
+                (here.saturating_sub(step), here - step / 2)
+            }
+        };
+        let i = lo + cells[lo..hi].partition_point(|&c| c < cell);
+        *at = i;
+        (cells.get(i) == Some(&cell)).then(|| (self.starts[i], self.starts[i + 1]))
     }
 }
 
@@ -1137,14 +1173,37 @@ pub(crate) struct Pairs {
     build: Vec<u32>,
 }
 
-/// Probes the index; remembers the candidate cells of the last probe cell, since probe
-/// inputs are often sorted by HEALPix index.
+/// Whether a cell lies inside the grid of cells of its parent `levels` orders up, away
+/// from the parent's edges, so that all its neighbours share its parent. The low
+/// `2 * levels` bits of a nested index interleave the cell's x (even bits) and y (odd
+/// bits) in its parent: the cell is interior when neither is all zeros or all ones.
+pub(crate) fn interior(cell: u64, levels: u8) -> bool {
+    if levels == 0 {
+        return false;
+    }
+    let even = 0x5555_5555_5555_5555u64 >> (64 - 2 * u32::from(levels));
+    let (x, y) = (cell & even, (cell >> 1) & even);
+    x != 0 && y != 0 && x != even && y != even
+}
+
+/// Probes the index.
+///
+/// A probe row's partners lie in its cell of the neighbourhood rule or the 8 around it. The
+/// index's cells are coarser (a few rows each), so for most probe rows those 9 cells lie in
+/// one index cell, whose rows are the only candidates: one look-up, and no neighbours
+/// computed. Only a probe row in a rule cell at the edge of its index cell looks in the
+/// index cell's 8 neighbours too. Both candidate lists are remembered for the last index
+/// cell, since probe inputs are often sorted by HEALPix index.
 pub(crate) struct Matcher {
     pub(crate) index: Arc<Index>,
     mode: Mode,
+    /// The last index cell probed, its own range, and (when computed) the ranges of it
+    /// and its neighbours.
     last_cell: Option<u64>,
-    neighbours: Vec<u64>,
-    ranges: Vec<(u32, u32)>,
+    own: Option<(u32, u32)>,
+    around: Option<Vec<(u32, u32)>>,
+    /// Where the last look-up in the index ended.
+    at: usize,
 }
 
 impl Matcher {
@@ -1153,9 +1212,33 @@ impl Matcher {
             index,
             mode,
             last_cell: None,
-            neighbours: Vec::with_capacity(9),
-            ranges: Vec::with_capacity(9),
+            own: None,
+            around: None,
+            at: 0,
         }
+    }
+
+    /// The candidate ranges of a probe row in rule cell `fine`.
+    fn candidates(&mut self, fine: u64) -> &[(u32, u32)] {
+        let idx = &self.index;
+        let levels = idx.rule_order - idx.order;
+        let cell = fine >> (2 * u32::from(levels));
+        if self.last_cell != Some(cell) {
+            self.last_cell = Some(cell);
+            self.own = idx.find(cell, &mut self.at);
+            self.around = None;
+        }
+        if interior(fine, levels) {
+            return self.own.as_slice();
+        }
+        self.around.get_or_insert_with(|| {
+            let mut cells = Vec::with_capacity(9);
+            cdshealpix::nested::get(idx.order).append_bulk_neighbours(cell, &mut cells);
+            cells.push(cell);
+            // The neighbours' own places, so that the next probe cell starts from this one's.
+            let mut at = self.at;
+            cells.iter().filter_map(|&c| idx.find(c, &mut at)).collect()
+        })
     }
 
     /// Pairs of the probe rows at (`ra`, `dec`); in a zoned cross-match, `zones` are the
@@ -1167,7 +1250,8 @@ impl Matcher {
         zones: Option<&[u64]>,
     ) -> Pairs {
         let idx = Arc::clone(&self.index);
-        let layer = cdshealpix::nested::get(idx.order);
+        let layer = cdshealpix::nested::get(idx.rule_order);
+        let mode = self.mode;
         let mut out = Pairs {
             probe: Vec::new(),
             build: Vec::new(),
@@ -1176,21 +1260,8 @@ impl Matcher {
             let Some((v, lon, lat)) = unit_vector(ra, dec, i) else {
                 continue;
             };
-            let cell = layer.hash(lon, lat);
-            if self.last_cell != Some(cell) {
-                self.last_cell = Some(cell);
-                self.neighbours.clear();
-                layer.append_bulk_neighbours(cell, &mut self.neighbours);
-                self.neighbours.push(cell);
-                self.ranges.clear();
-                self.ranges.extend(
-                    self.neighbours
-                        .iter()
-                        .filter_map(|c| idx.cells.get(c).copied()),
-                );
-            }
             let mut best: Option<(f64, u32)> = None;
-            for &(s, e) in &self.ranges {
+            for &(s, e) in self.candidates(layer.hash(lon, lat)) {
                 for j in s as usize..e as usize {
                     if zones.is_some_and(|z| idx.zones[j] != z[i]) {
                         continue;
@@ -1199,7 +1270,7 @@ impl Matcher {
                     if d > idx.chord2_max {
                         continue;
                     }
-                    match self.mode {
+                    match mode {
                         Mode::All => {
                             out.probe.push(i as u32);
                             out.build.push(idx.rows[j]);
@@ -1310,5 +1381,166 @@ mod tests {
         assert_eq!(occupancy_order(&[], finest), finest);
         // One row: one cell at any order, so the coarsest.
         assert_eq!(occupancy_order(&same[..1], finest), 0);
+    }
+
+    #[test]
+    fn interior_cells_are_away_from_their_parent_edges() {
+        // A 4x4 grid (levels 2): only the 4 middle cells are interior.
+        let inner: Vec<u64> = (0..16).filter(|&c| interior(c, 2)).collect();
+        assert_eq!(inner, vec![3, 6, 9, 12]);
+        assert!(!interior(0, 0));
+        // Only the low bits count: the same cell of another parent.
+        assert!(interior((77 << 4) | 6, 2));
+        // An 8x8 grid: 6x6 interior cells, each of whose neighbours shares the parent.
+        let layer = cdshealpix::nested::get(8);
+        let parent = 1234u64;
+        let mut inner = 0;
+        for c in (parent << 6)..((parent + 1) << 6) {
+            if interior(c, 3) {
+                inner += 1;
+                assert!(
+                    layer
+                        .neighbours(c, false)
+                        .values_vec()
+                        .iter()
+                        .all(|n| n >> 6 == parent)
+                );
+            }
+        }
+        assert_eq!(inner, 36);
+    }
+
+    /// Every pair within the radius, by comparing each probe row with every build row.
+    fn brute(a: &[(f64, f64)], b: &[(f64, f64)], radius_deg: f64) -> Vec<(u32, u32)> {
+        let v = |&(ra, dec): &(f64, f64)| {
+            let (lon, lat) = (f64::to_radians(ra), f64::to_radians(dec));
+            [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
+        };
+        let b: Vec<[f64; 3]> = b.iter().map(v).collect();
+        let mut out = Vec::new();
+        for (i, p) in a.iter().enumerate() {
+            let p = v(p);
+            for (j, q) in b.iter().enumerate() {
+                let d = chord2(&p, q).sqrt();
+                if (2.0 * (d / 2.0).asin()).to_degrees() <= radius_deg {
+                    out.push((i as u32, j as u32));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn cells_are_found_from_any_last_place() {
+        let mut unit = crate::test_uniform(5);
+        let mut cells: Vec<u64> = (0..5000).map(|_| (unit() * 1e6) as u64).collect();
+        cells.sort_unstable();
+        cells.dedup();
+        let starts: Vec<u32> = (0..=cells.len() as u32).map(|i| 3 * i).collect();
+        let index = Index {
+            batch: RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty())),
+            order: 10,
+            rule_order: 10,
+            xyz: Vec::new(),
+            rows: Vec::new(),
+            cells: cells.clone(),
+            starts,
+            zones: Vec::new(),
+            chord2_max: 0.0,
+            radius_deg: 0.0,
+            _reservation: None,
+        };
+        // Probes in order (each near the last), in random order, and absent cells.
+        let mut probes: Vec<u64> = (0..20_000).map(|_| (unit() * 1.01e6) as u64).collect();
+        let mut sorted = probes.clone();
+        sorted.sort_unstable();
+        probes.extend(sorted);
+        probes.extend([0, u64::MAX, cells[0], *cells.last().unwrap()]);
+        let mut at = 0;
+        for p in probes {
+            let want = cells
+                .binary_search(&p)
+                .ok()
+                .map(|i| (3 * i as u32, 3 * i as u32 + 3));
+            assert_eq!(index.find(p, &mut at), want, "cell {p}");
+        }
+        let empty = Index {
+            cells: Vec::new(),
+            starts: vec![0],
+            ..index
+        };
+        assert_eq!(empty.find(7, &mut at), None);
+    }
+
+    #[test]
+    fn matcher_finds_the_brute_force_pairs_at_any_density() {
+        use arrow::array::Float64Array;
+        use arrow::datatypes::{Field, Schema};
+        let mut unit = crate::test_uniform(7);
+        // Dense clumps (fine index cells) and sparse rows (coarse ones), at the poles, at
+        // RA 0/360 and at corners of the base cells, where neighbours are irregular.
+        let centres = [
+            (0.0, 90.0),
+            (359.99, 0.0),
+            (45.0, 41.8103),
+            (90.0, -41.8103),
+            (200.0, -89.99),
+            (10.0, -30.0),
+        ];
+        for radius_deg in [1.0 / 3600.0, 20.0 / 3600.0, 0.3] {
+            let mut build = Vec::new();
+            let mut probe = Vec::new();
+            for &(ra, dec) in &centres {
+                for (n, side) in [(400, 60.0 * radius_deg), (60, 600.0 * radius_deg)] {
+                    for k in 0..2 * n {
+                        let d: f64 = (dec + side * (unit() - 0.5)).clamp(-90.0, 90.0);
+                        let r = (ra + side * (unit() - 0.5) / d.to_radians().cos().max(0.01))
+                            .rem_euclid(360.0);
+                        if k % 2 == 0 {
+                            build.push((r, d))
+                        } else {
+                            probe.push((r, d))
+                        }
+                    }
+                }
+            }
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("ra", DataType::Float64, false),
+                Field::new("dec", DataType::Float64, false),
+            ]));
+            let batch = |rows: &[(f64, f64)]| {
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    ],
+                )
+                .unwrap()
+            };
+            let pos: [Arc<dyn PhysicalExpr>; 2] = [
+                Arc::new(Column::new("ra", 0)),
+                Arc::new(Column::new("dec", 1)),
+            ];
+            let index = Index::from_batch(batch(&build), &pos, radius_deg, None, None).unwrap();
+            if radius_deg < 0.01 {
+                assert!(
+                    index.order < index.rule_order,
+                    "radius {radius_deg}: cells coarsened"
+                );
+            }
+            let mut matcher = Matcher::new(Arc::new(index), Mode::All);
+            let p = batch(&probe);
+            let pairs = matcher.pairs(p.column(0), p.column(1), None);
+            let mut got: Vec<_> = pairs.probe.into_iter().zip(pairs.build).collect();
+            got.sort_unstable();
+            let want = brute(&probe, &build, radius_deg);
+            assert!(
+                want.len() > 100,
+                "radius {radius_deg}: {} pairs",
+                want.len()
+            );
+            assert_eq!(got, want, "radius {radius_deg}");
+        }
     }
 }

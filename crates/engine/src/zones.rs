@@ -41,7 +41,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use meridian_sky::healpix::neighbourhood_order;
 
-use crate::xmatch::{Index, Matcher, Mode, assemble, positions, split, unit_vector};
+use crate::xmatch::{Index, Matcher, Mode, assemble, interior, positions, split, unit_vector};
 
 /// The zone column [`ZoneExec`] appends to its input's columns.
 pub const ZONE_COLUMN: &str = "__xmatch_zone";
@@ -56,22 +56,6 @@ const MAX_ZONE_ORDER: u8 = 10;
 pub fn zone_orders(radius_deg: f64) -> Option<(u8, u8)> {
     let n = neighbourhood_order(radius_deg)?;
     Some((n, n.saturating_sub(ZONE_LEVELS).min(MAX_ZONE_ORDER)))
-}
-
-/// Whether a cell lies inside its zone's grid of cells, away from the zone's edges, so that
-/// all its neighbours share its zone. `levels` is the zone's side in cells as a power of
-/// two; the low `2 * levels` bits of a nested index interleave the cell's x and y in it.
-fn interior(cell: u64, levels: u8) -> bool {
-    if levels == 0 {
-        return false;
-    }
-    let (mut x, mut y) = (0u64, 0u64);
-    for b in 0..levels {
-        x |= ((cell >> (2 * b)) & 1) << b;
-        y |= ((cell >> (2 * b + 1)) & 1) << b;
-    }
-    let last = (1u64 << levels) - 1;
-    x > 0 && y > 0 && x < last && y < last
 }
 
 /// Rows of a batch with their zone tags: the source row of each output row, and its zone.
@@ -565,13 +549,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn interior_cells_are_away_from_the_zone_edges() {
-        // A 4x4 grid (levels 2): only the 4 middle cells are interior.
-        let inner: Vec<u64> = (0..16).filter(|&c| interior(c, 2)).collect();
-        assert_eq!(inner, vec![3, 6, 9, 12]);
-        assert!(!interior(0, 0));
     }
 }

@@ -299,6 +299,28 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// A cross-match of two catalogs in one process, through the library, as `meridian
+    /// xmatch` plans it but with the pairs collected in memory rather than written: each
+    /// run is timed; prints one JSON line with the seconds of each measured run and the
+    /// pairs found. The native counterpart of an in-memory cross-match in LSDB or astropy.
+    Xmatch {
+        /// Catalog whose rows are matched.
+        left: String,
+        /// Catalog searched for partners.
+        right: String,
+        /// Match radius with its unit (1arcsec, 0.5arcmin).
+        #[arg(long)]
+        radius: String,
+        /// Every pair within the radius instead of each left row's nearest partner.
+        #[arg(long)]
+        all: bool,
+        /// Measured runs.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Unmeasured runs first, to warm caches.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
     /// ADQL queries in one process, through the library (no HTTP, no serialization):
     /// each query is run --warmup times unmeasured, then --repeat times; prints one JSON
     /// line per query with the seconds of each measured run and the rows returned. The
@@ -1802,6 +1824,14 @@ fn bench(config: &Config, cmd: BenchCommand) -> anyhow::Result<()> {
             warmup,
             csv_dir,
         } => return bench_queries(config, queries, repeat, warmup, csv_dir.as_deref()),
+        BenchCommand::Xmatch {
+            left,
+            right,
+            radius,
+            all,
+            repeat,
+            warmup,
+        } => return bench_xmatch(config, left, right, &radius, all, repeat, warmup),
         BenchCommand::Spectra {
             dataset,
             ids,
@@ -1991,6 +2021,47 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
         "\ncatalogs are in {}; try `meridian info demo_object`",
         config.catalog_dir().display()
     );
+    Ok(())
+}
+
+/// `meridian bench xmatch`: see [`BenchCommand::Xmatch`].
+fn bench_xmatch(
+    config: &Config,
+    left: String,
+    right: String,
+    radius: &str,
+    all: bool,
+    repeat: usize,
+    warmup: usize,
+) -> anyhow::Result<()> {
+    let spec = meridian_engine::XMatchSpec {
+        left,
+        right,
+        radius_deg: meridian_sky::parse_angle_deg(radius).context("--radius")?,
+        left_id: None,
+        right_id: None,
+        mode: if all {
+            meridian_engine::XMatchMode::All
+        } else {
+            meridian_engine::XMatchMode::Nearest
+        },
+    };
+    let (engine, rt) = open_engine(config)?;
+    let mut seconds = Vec::with_capacity(repeat);
+    let mut pairs = 0;
+    for i in 0..warmup + repeat.max(1) {
+        let start = Instant::now();
+        let batches =
+            rt.block_on(async { anyhow::Ok(engine.xmatch(&spec).await?.collect().await?) })?;
+        if i >= warmup {
+            seconds.push(start.elapsed().as_secs_f64());
+        }
+        pairs = batches.iter().map(|b| b.num_rows()).sum();
+    }
+    out!(
+        "{}",
+        serde_json::json!({ "pairs": pairs, "seconds": seconds })
+    )?;
     Ok(())
 }
 

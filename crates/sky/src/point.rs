@@ -72,7 +72,10 @@ pub fn angular_separation_deg(ra1_deg: f64, dec1_deg: f64, ra2_deg: f64, dec2_de
     let num1 = c2 * sdl;
     let num2 = c1 * s2 - s1 * c2 * cdl;
     let denom = s1 * s2 + c1 * c2 * cdl;
-    num1.hypot(num2).atan2(denom).to_degrees()
+    // Both terms are at most 1 in magnitude: the plain square root neither overflows nor
+    // loses precision (at 0.1 mas they are about 5e-10, their squares far above the
+    // smallest double), and it is several times faster than libm's `hypot`.
+    (num1 * num1 + num2 * num2).sqrt().atan2(denom).to_degrees()
 }
 
 #[cfg(test)]
