@@ -4,8 +4,8 @@
 //! SSE4.1 `roundsd`) that is a call to the software floor of `compiler_builtins`, several
 //! times slower than the arithmetic below, which compiles to vector adds, compares and
 //! selects; a grouping such as `GROUP BY FLOOR(dec)` spends a noticeable part of its scan
-//! there. [`Floor`] is DataFusion's `floor` with that kernel for `DOUBLE` and `REAL` arrays;
-//! scalars, decimals, integers, simplification and ordering stay DataFusion's.
+//! there. The session's `floor` is DataFusion's with that kernel for `DOUBLE` and `REAL`
+//! arrays; scalars, decimals, integers, simplification and ordering stay DataFusion's.
 
 use std::sync::Arc;
 
