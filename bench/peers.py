@@ -513,10 +513,9 @@ class MeridianSystem:
         """The same cross-match in one Meridian process through the library (`meridian
         bench xmatch`: pairs collected in memory, as LSDB's compute() and astropy return
         them): the seconds of the measured runs and the pairs found."""
-        r = subprocess.run([self.binary, "--quiet", "--data-dir", str(self.work / "data"), "bench",
-                            "xmatch", left, right, "--radius", "1arcsec", "--all",
-                            "--repeat", str(repeat), "--warmup", str(warmup)],
-                           capture_output=True, text=True)
+        r = spawn([self.binary, "--quiet", "--data-dir", str(self.work / "data"), "bench",
+                   "xmatch", left, right, "--radius", "1arcsec", "--all",
+                   "--repeat", str(repeat), "--warmup", str(warmup)])
         if r.returncode != 0:
             sys.exit(f"meridian bench xmatch failed: {r.stderr[-2000:]}")
         out = json.loads(r.stdout.splitlines()[-1])
