@@ -513,11 +513,8 @@ class MeridianSystem:
         """The same cross-match in one Meridian process through the library (`meridian
         bench xmatch`: pairs collected in memory, as LSDB's compute() and astropy return
         them): the seconds of the measured runs and the pairs found."""
-        r = spawn([self.binary, "--quiet", "--data-dir", str(self.work / "data"), "bench",
-                   "xmatch", left, right, "--radius", "1arcsec", "--all",
-                   "--repeat", str(repeat), "--warmup", str(warmup)])
-        if r.returncode != 0:
-            sys.exit(f"meridian bench xmatch failed: {r.stderr[-2000:]}")
+        r = self.cli("bench", "xmatch", left, right, "--radius", "1arcsec", "--all",
+                     "--repeat", repeat, "--warmup", warmup)
         out = json.loads(r.stdout.splitlines()[-1])
         return out["seconds"], out["pairs"]
 

@@ -1035,7 +1035,8 @@ impl Index {
     }
 
     /// Bytes of an index entry: a unit vector, a row number, a cell (while building), its
-    /// share of the cell table and a zone.
+    /// share of the cell table (at most a cell and a start, 12 bytes; 24 are accounted, as
+    /// for the hash map the table replaced) and a zone.
     pub(crate) const ENTRY_BYTES: usize = 24 + 4 + 8 + 24 + 8;
 
     /// The index of `batch`, whose rows' positions are `pos`; `zones`, in a zoned
@@ -1103,9 +1104,7 @@ impl Index {
             _reservation: reservation,
         })
     }
-}
 
-impl Index {
     /// The range of `xyz`/`rows` of `cell`, if occupied. `at` is where the last look-up
     /// ended: the search gallops from there (forward or back), so a look-up near the last
     /// one costs a few reads of nearby memory, and any other a binary search.

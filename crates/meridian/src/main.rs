@@ -1148,18 +1148,14 @@ fn xmatch(config: &Config, args: &XMatchArgs, quiet: bool) -> anyhow::Result<()>
         bail!("name two catalogs and --radius (or a subcommand: refresh, status)");
     };
     let (engine, rt) = open_engine(config)?;
-    let spec = meridian_engine::XMatchSpec {
-        left: left.clone(),
-        right: right.clone(),
-        radius_deg: meridian_sky::parse_angle_deg(radius).context("--radius")?,
-        left_id: args.id1.clone(),
-        right_id: args.id2.clone(),
-        mode: if args.all {
-            meridian_engine::XMatchMode::All
-        } else {
-            meridian_engine::XMatchMode::Nearest
-        },
-    };
+    let spec = xmatch_spec(
+        left.clone(),
+        right.clone(),
+        radius,
+        args.all,
+        args.id1.clone(),
+        args.id2.clone(),
+    )?;
     let result = rt.block_on(emit(
         &engine,
         engine.xmatch(&spec),
@@ -1169,6 +1165,30 @@ fn xmatch(config: &Config, args: &XMatchArgs, quiet: bool) -> anyhow::Result<()>
     ));
     rt.shutdown_background();
     result
+}
+
+/// A cross-match of `left` and `right` as the command line states it: the radius with its
+/// unit, every pair (`all`) or the nearest, identifier columns or the catalogs' own.
+fn xmatch_spec(
+    left: String,
+    right: String,
+    radius: &str,
+    all: bool,
+    left_id: Option<String>,
+    right_id: Option<String>,
+) -> anyhow::Result<meridian_engine::XMatchSpec> {
+    Ok(meridian_engine::XMatchSpec {
+        left,
+        right,
+        radius_deg: meridian_sky::parse_angle_deg(radius).context("--radius")?,
+        left_id,
+        right_id,
+        mode: if all {
+            meridian_engine::XMatchMode::All
+        } else {
+            meridian_engine::XMatchMode::Nearest
+        },
+    })
 }
 
 /// Plans, runs and writes a result under the output options: streaming, MAXREC, time
@@ -2024,6 +2044,26 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `run` `warmup` times unmeasured, then `repeat` times (at least once) timed: the
+/// seconds of the timed runs and the last run's result.
+fn timed_runs<T>(
+    warmup: usize,
+    repeat: usize,
+    mut run: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(Vec<f64>, T)> {
+    for _ in 0..warmup {
+        run()?;
+    }
+    let mut seconds = Vec::with_capacity(repeat.max(1));
+    let mut last = None;
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        last = Some(run()?);
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    Ok((seconds, last.expect("at least one timed run")))
+}
+
 /// `meridian bench xmatch`: see [`BenchCommand::Xmatch`].
 fn bench_xmatch(
     config: &Config,
@@ -2034,30 +2074,12 @@ fn bench_xmatch(
     repeat: usize,
     warmup: usize,
 ) -> anyhow::Result<()> {
-    let spec = meridian_engine::XMatchSpec {
-        left,
-        right,
-        radius_deg: meridian_sky::parse_angle_deg(radius).context("--radius")?,
-        left_id: None,
-        right_id: None,
-        mode: if all {
-            meridian_engine::XMatchMode::All
-        } else {
-            meridian_engine::XMatchMode::Nearest
-        },
-    };
+    let spec = xmatch_spec(left, right, radius, all, None, None)?;
     let (engine, rt) = open_engine(config)?;
-    let mut seconds = Vec::with_capacity(repeat);
-    let mut pairs = 0;
-    for i in 0..warmup + repeat.max(1) {
-        let start = Instant::now();
-        let batches =
-            rt.block_on(async { anyhow::Ok(engine.xmatch(&spec).await?.collect().await?) })?;
-        if i >= warmup {
-            seconds.push(start.elapsed().as_secs_f64());
-        }
-        pairs = batches.iter().map(|b| b.num_rows()).sum();
-    }
+    let (seconds, batches) = timed_runs(warmup, repeat, || {
+        rt.block_on(async { anyhow::Ok(engine.xmatch(&spec).await?.collect().await?) })
+    })?;
+    let pairs: usize = batches.iter().map(|b| b.num_rows()).sum();
     out!(
         "{}",
         serde_json::json!({ "pairs": pairs, "seconds": seconds })
@@ -2089,15 +2111,9 @@ fn bench_queries(
     }
     let (engine, rt) = open_engine(config)?;
     for (n, q) in queries.iter().enumerate() {
-        let mut seconds = Vec::with_capacity(repeat);
-        let mut last = Vec::new();
-        for i in 0..warmup + repeat.max(1) {
-            let start = Instant::now();
-            last = adql_batches(&engine, &rt, q).with_context(|| format!("query: {q}"))?;
-            if i >= warmup {
-                seconds.push(start.elapsed().as_secs_f64());
-            }
-        }
+        let (seconds, last) = timed_runs(warmup, repeat, || {
+            adql_batches(&engine, &rt, q).with_context(|| format!("query: {q}"))
+        })?;
         let rows: usize = last.iter().map(|b| b.num_rows()).sum();
         if let Some(dir) = csv_dir {
             let path = dir.join(format!("query-{n}.csv"));
