@@ -62,6 +62,9 @@ struct XMatchNodeProto {
     radius_deg: f64,
     #[prost(bool, tag = "4")]
     nearest: bool,
+    /// Whether the node ends with the pairs' distance ([`XMatchNode::with_distance`]).
+    #[prost(bool, tag = "5")]
+    distance: bool,
 }
 
 /// How another process names a catalog's location: its canonical directory, or the
@@ -125,7 +128,7 @@ impl LogicalExtensionCodec for LogicalCodec {
         } else {
             Mode::All
         };
-        let node = XMatchNode::try_new(
+        let mut node = XMatchNode::try_new(
             left.clone(),
             right.clone(),
             pos(&msg.left_pos)?,
@@ -133,6 +136,9 @@ impl LogicalExtensionCodec for LogicalCodec {
             msg.radius_deg,
             mode,
         )?;
+        if msg.distance {
+            node = node.with_distance()?;
+        }
         Ok(Extension {
             node: Arc::new(node),
         })
@@ -153,6 +159,7 @@ impl LogicalExtensionCodec for LogicalCodec {
             right_pos: exprs(right)?,
             radius_deg,
             nearest: mode == Mode::Nearest,
+            distance: x.has_distance(),
         };
         buf.extend_from_slice(XMATCH_NODE_TAG);
         msg.encode(buf).map_err(|e| codec_err(e.to_string()))

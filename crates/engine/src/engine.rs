@@ -577,14 +577,13 @@ impl Engine {
             [qcol(&r, &r.3), qcol(&r, &r.4)],
             spec.radius_deg,
             spec.mode,
-        )?;
-        let distance = datafusion::execution::FunctionRegistry::udf(&self.ctx, "adql_distance")?
-            .call(vec![
-                qcol(&l, &l.3),
-                qcol(&l, &l.4),
-                qcol(&r, &r.3),
-                qcol(&r, &r.4),
-            ]);
+        )?
+        .with_distance()?;
+        // The node's own distance, from the chord it compared with the radius.
+        let distance = datafusion::logical_expr::Expr::Column(datafusion::common::Column::new(
+            None::<&str>,
+            crate::xmatch::DISTANCE_COLUMN,
+        ));
         let plan = LogicalPlanBuilder::from(node.into_plan())
             .project(vec![
                 qcol(&l, &l.2).alias("id1"),

@@ -21,12 +21,12 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, AsArray, Float64Array, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take};
 use arrow::datatypes::{DataType, Float64Type, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
-use datafusion::common::{DFSchemaRef, DataFusionError, Result};
+use datafusion::common::{DFSchema, DFSchemaRef, DataFusionError, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -71,8 +71,13 @@ pub enum Mode {
     Nearest,
 }
 
+/// The column a cross-match node adds with [`XMatchNode::with_distance`]: each pair's
+/// angular distance in degrees.
+pub const DISTANCE_COLUMN: &str = "xmatch_distance_deg";
+
 /// Logical cross-match of `left` and `right`: output rows are left columns then right
-/// columns, as for an inner join.
+/// columns, as for an inner join, then (see [`XMatchNode::with_distance`]) the pair's
+/// distance.
 #[derive(Debug, Clone)]
 pub struct XMatchNode {
     left: LogicalPlan,
@@ -83,6 +88,8 @@ pub struct XMatchNode {
     right_pos: [Expr; 2],
     radius_deg: f64,
     mode: Mode,
+    /// Whether the output ends with [`DISTANCE_COLUMN`].
+    distance: bool,
     schema: DFSchemaRef,
 }
 
@@ -110,8 +117,29 @@ impl XMatchNode {
             right_pos,
             radius_deg,
             mode,
+            distance: false,
             schema,
         })
+    }
+
+    /// The same node with a last output column, [`DISTANCE_COLUMN`]: the angular distance
+    /// of each pair in degrees, from the squared chord the match computed anyway (cheaper
+    /// than `DISTANCE` over the output's positions: three sines and cosines and an
+    /// arctangent per pair). The chord's rounding (about 10^-16 rad) is far below any
+    /// catalog's precision.
+    pub fn with_distance(mut self) -> Result<Self> {
+        if !self.distance {
+            let field = arrow::datatypes::Field::new(DISTANCE_COLUMN, DataType::Float64, false);
+            let extra = DFSchema::try_from(arrow::datatypes::Schema::new(vec![field]))?;
+            self.schema = Arc::new(self.schema.join(&extra)?);
+            self.distance = true;
+        }
+        Ok(self)
+    }
+
+    /// Whether the output ends with [`DISTANCE_COLUMN`] (see [`XMatchNode::with_distance`]).
+    pub fn has_distance(&self) -> bool {
+        self.distance
     }
 
     /// RA and Dec of the left and of the right rows, the radius in degrees and the mode:
@@ -136,6 +164,7 @@ impl PartialEq for XMatchNode {
             && self.right_pos == other.right_pos
             && self.radius_deg.to_bits() == other.radius_deg.to_bits()
             && self.mode == other.mode
+            && self.distance == other.distance
     }
 }
 
@@ -149,6 +178,7 @@ impl Hash for XMatchNode {
         self.right_pos.hash(state);
         self.radius_deg.to_bits().hash(state);
         self.mode.hash(state);
+        self.distance.hash(state);
     }
 }
 
@@ -190,13 +220,14 @@ impl UserDefinedLogicalNodeCore for XMatchNode {
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "XMatch: mode={:?}, radius={} arcsec, left=({}, {}), right=({}, {})",
+            "XMatch: mode={:?}, radius={} arcsec, left=({}, {}), right=({}, {}){}",
             self.mode,
             self.radius_deg * 3600.0,
             self.left_pos[0],
             self.left_pos[1],
             self.right_pos[0],
-            self.right_pos[1]
+            self.right_pos[1],
+            if self.distance { ", distance" } else { "" }
         )
     }
 
@@ -207,14 +238,19 @@ impl UserDefinedLogicalNodeCore for XMatchNode {
         let [left, right]: [LogicalPlan; 2] = inputs
             .try_into()
             .map_err(|_| DataFusionError::Internal("XMatch takes 2 inputs".into()))?;
-        Self::try_new(
+        let node = Self::try_new(
             left,
             right,
             [l_ra, l_dec],
             [r_ra, r_dec],
             self.radius_deg,
             self.mode,
-        )
+        )?;
+        if self.distance {
+            node.with_distance()
+        } else {
+            Ok(node)
+        }
     }
 }
 
@@ -942,29 +978,42 @@ pub(crate) fn positions(
     Ok([eval(&exprs[0])?, eval(&exprs[1])?])
 }
 
-/// Unit vector and (lon, lat) in radians of a valid position, `None` for NULL, NaN or
-/// |dec| > 90.
-pub(crate) fn unit_vector(
-    ra: &dyn Array,
-    dec: &dyn Array,
-    i: usize,
-) -> Option<([f64; 3], f64, f64)> {
+/// (lon, lat) in radians of a valid position, lon in [0, 2π); `None` for NULL, NaN or
+/// |dec| > 90. `ra` and `dec` are [`positions`]' arrays.
+pub(crate) fn lon_lat(ra: &Float64Array, dec: &Float64Array, i: usize) -> Option<(f64, f64)> {
     if ra.is_null(i) || dec.is_null(i) {
         return None;
     }
-    let ra = ra.as_primitive::<Float64Type>().value(i);
-    let dec = dec.as_primitive::<Float64Type>().value(i);
+    let (ra, dec) = (ra.value(i), dec.value(i));
     if !ra.is_finite() || !(-90.0..=90.0).contains(&dec) {
         return None;
     }
-    let (lon, lat) = (ra.to_radians(), dec.to_radians());
+    let lon = ra.to_radians();
+    // `rem_euclid` is a software `fmod` on baseline x86-64: only for the rare RA outside
+    // [0, 360).
+    let lon = if (0.0..std::f64::consts::TAU).contains(&lon) {
+        lon
+    } else {
+        lon.rem_euclid(std::f64::consts::TAU)
+    };
+    Some((lon, dec.to_radians()))
+}
+
+/// Unit vector and (lon, lat) in radians of a valid position (see [`lon_lat`]).
+pub(crate) fn unit_vector(
+    ra: &Float64Array,
+    dec: &Float64Array,
+    i: usize,
+) -> Option<([f64; 3], f64, f64)> {
+    let (lon, lat) = lon_lat(ra, dec, i)?;
     let (sr, cr) = lon.sin_cos();
     let (sd, cd) = lat.sin_cos();
-    Some((
-        [cd * cr, cd * sr, sd],
-        lon.rem_euclid(std::f64::consts::TAU),
-        lat,
-    ))
+    Some(([cd * cr, cd * sr, sd], lon, lat))
+}
+
+/// The angle in degrees of a squared chord between unit vectors.
+fn chord_deg(chord2: f64) -> f64 {
+    (2.0 * (chord2.sqrt() / 2.0).min(1.0).asin()).to_degrees()
 }
 
 fn chord2(a: &[f64; 3], b: &[f64; 3]) -> f64 {
@@ -1061,30 +1110,40 @@ impl Index {
         // for a few rows per occupied cell (see [`Matcher`]).
         let rule_order = neighbourhood_order(radius_deg).expect("radius checked when planned");
         let layer = cdshealpix::nested::get(rule_order);
-        let mut keyed: Vec<(u64, u32, [f64; 3])> = (0..n)
-            .filter_map(|i| {
-                let (v, lon, lat) = unit_vector(&ra, &dec, i)?;
-                Some((layer.hash(lon, lat), i as u32, v))
-            })
-            .collect();
-        keyed.sort_unstable_by_key(|k| k.0);
+        let (ra, dec) = (
+            ra.as_primitive::<Float64Type>(),
+            dec.as_primitive::<Float64Type>(),
+        );
+        // (cell, row) keys sorted alone, then the unit vectors gathered into cell order:
+        // sorting 16-byte keys moves less than sorting the vectors with them, and the
+        // stable sort finds the runs the input already has (HATS partitions are sorted by
+        // HEALPix index), merging them rather than partitioning the whole.
+        let mut by_row = vec![[0.0; 3]; n];
+        let mut keyed: Vec<(u64, u32)> = Vec::with_capacity(n);
+        for (i, v) in by_row.iter_mut().enumerate() {
+            if let Some((xyz, lon, lat)) = unit_vector(ra, dec, i) {
+                *v = xyz;
+                keyed.push((layer.hash(lon, lat), i as u32));
+            }
+        }
+        keyed.sort_by_key(|k| k.0);
         let order = occupancy_order(&keyed, rule_order);
         let shift = 2 * u32::from(rule_order - order);
-        if shift > 0 {
-            // NESTED cells: the parent's index is the child's shifted; the order stays.
-            keyed.iter_mut().for_each(|k| k.0 >>= shift);
-        }
         let mut cells = Vec::new();
         let mut starts = Vec::new();
         for (i, k) in keyed.iter().enumerate() {
-            if cells.last() != Some(&k.0) {
-                cells.push(k.0);
+            // NESTED cells: the parent's index is the child's shifted; the order stays.
+            let cell = k.0 >> shift;
+            if cells.last() != Some(&cell) {
+                cells.push(cell);
                 starts.push(i as u32);
             }
         }
         starts.push(keyed.len() as u32);
         let rows: Vec<u32> = keyed.iter().map(|k| k.1).collect();
-        let xyz = keyed.iter().map(|k| k.2).collect();
+        drop(keyed);
+        let xyz = rows.iter().map(|&r| by_row[r as usize]).collect();
+        drop(by_row);
         let zones = zones
             .map(|z| rows.iter().map(|&r| z[r as usize]).collect())
             .unwrap_or_default();
@@ -1142,7 +1201,7 @@ const ROWS_PER_CELL: usize = 4;
 /// cell at `finest`) hold at most [`ROWS_PER_CELL`] rows per occupied cell on average.
 /// Counted over the cells the rows occupy, not the whole sky: the rows of one field are
 /// bucketed as finely as those spread over the sky.
-fn occupancy_order(keyed: &[(u64, u32, [f64; 3])], finest: u8) -> u8 {
+fn occupancy_order(keyed: &[(u64, u32)], finest: u8) -> u8 {
     let occupied = |order: u8| {
         let shift = 2 * u32::from(finest - order);
         1 + keyed
@@ -1170,6 +1229,8 @@ fn occupancy_order(keyed: &[(u64, u32, [f64; 3])], finest: u8) -> u8 {
 pub(crate) struct Pairs {
     probe: Vec<u32>,
     build: Vec<u32>,
+    /// Squared chord between the two unit vectors of each pair.
+    chord2: Vec<f64>,
 }
 
 /// Whether a cell lies inside the grid of cells of its parent `levels` orders up, away
@@ -1250,10 +1311,15 @@ impl Matcher {
     ) -> Pairs {
         let idx = Arc::clone(&self.index);
         let layer = cdshealpix::nested::get(idx.rule_order);
+        let (ra, dec) = (
+            ra.as_primitive::<Float64Type>(),
+            dec.as_primitive::<Float64Type>(),
+        );
         let mode = self.mode;
         let mut out = Pairs {
             probe: Vec::new(),
             build: Vec::new(),
+            chord2: Vec::new(),
         };
         for i in 0..ra.len() {
             let Some((v, lon, lat)) = unit_vector(ra, dec, i) else {
@@ -1273,6 +1339,7 @@ impl Matcher {
                         Mode::All => {
                             out.probe.push(i as u32);
                             out.build.push(idx.rows[j]);
+                            out.chord2.push(d);
                         }
                         Mode::Nearest => {
                             let better = match best {
@@ -1288,10 +1355,10 @@ impl Matcher {
             }
             if let Some((d, row)) = best {
                 // The nearest partner must be within the radius exactly.
-                let theta = 2.0 * (d.sqrt() / 2.0).min(1.0).asin();
-                if theta.to_degrees() <= idx.radius_deg {
+                if chord_deg(d) <= idx.radius_deg {
                     out.probe.push(i as u32);
                     out.build.push(row);
+                    out.chord2.push(d);
                 }
             }
         }
@@ -1299,7 +1366,8 @@ impl Matcher {
     }
 }
 
-/// Output rows of matched pairs: left columns, then right columns.
+/// Output rows of matched pairs: left columns, then right columns, then the distance if
+/// `schema` has a column more (see [`XMatchNode::with_distance`]).
 pub(crate) fn assemble(
     schema: &SchemaRef,
     probe: &RecordBatch,
@@ -1322,6 +1390,10 @@ pub(crate) fn assemble(
         (pick(probe, &p)?, pick(build, &b)?)
     };
     cols.extend(right);
+    if schema.fields().len() > cols.len() {
+        let deg = pairs.chord2.iter().map(|&d| chord_deg(d));
+        cols.push(Arc::new(Float64Array::from_iter_values(deg)));
+    }
     let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(p.len()));
     Ok(RecordBatch::try_new_with_options(
         schema.clone(),
@@ -1343,21 +1415,21 @@ mod tests {
     use super::*;
 
     /// `n` rows in a `side_deg` square at (ra, dec) = (10, -30), keyed at `order`, sorted.
-    fn field(n: usize, side_deg: f64, order: u8) -> Vec<(u64, u32, [f64; 3])> {
+    fn field(n: usize, side_deg: f64, order: u8) -> Vec<(u64, u32)> {
         let layer = cdshealpix::nested::get(order);
         let mut unit = crate::test_uniform(0x9e37_79b9_7f4a_7c15);
         let mut keyed: Vec<_> = (0..n as u32)
             .map(|i| {
                 let lon = (10.0 + side_deg * unit()).to_radians();
                 let lat = (-30.0 + side_deg * unit()).to_radians();
-                (layer.hash(lon, lat), i, [0.0; 3])
+                (layer.hash(lon, lat), i)
             })
             .collect();
         keyed.sort_unstable_by_key(|k| k.0);
         keyed
     }
 
-    fn rows_per_cell(keyed: &[(u64, u32, [f64; 3])], finest: u8, order: u8) -> f64 {
+    fn rows_per_cell(keyed: &[(u64, u32)], finest: u8, order: u8) -> f64 {
         let shift = 2 * u32::from(finest - order);
         let mut cells: Vec<u64> = keyed.iter().map(|k| k.0 >> shift).collect();
         cells.dedup();
@@ -1375,7 +1447,7 @@ mod tests {
         assert!(rows_per_cell(&keyed, finest, order) <= ROWS_PER_CELL as f64);
         assert!(rows_per_cell(&keyed, finest, order - 1) > ROWS_PER_CELL as f64);
         // Rows all at one place stay at the finest cells the radius allows.
-        let same: Vec<_> = (0..1000).map(|i| (42u64, i, [0.0; 3])).collect();
+        let same: Vec<_> = (0..1000).map(|i| (42u64, i)).collect();
         assert_eq!(occupancy_order(&same, finest), finest);
         assert_eq!(occupancy_order(&[], finest), finest);
         // One row: one cell at any order, so the coarsest.

@@ -22,9 +22,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, UInt32Array, UInt64Array};
+use arrow::array::{AsArray, Float64Array, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::{concat_batches, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, UInt64Type};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -41,7 +41,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use meridian_sky::healpix::neighbourhood_order;
 
-use crate::xmatch::{Index, Matcher, Mode, assemble, interior, positions, split, unit_vector};
+use crate::xmatch::{Index, Matcher, Mode, assemble, interior, lon_lat, positions, split};
 
 /// The zone column [`ZoneExec`] appends to its input's columns.
 pub const ZONE_COLUMN: &str = "__xmatch_zone";
@@ -61,8 +61,8 @@ pub fn zone_orders(radius_deg: f64) -> Option<(u8, u8)> {
 /// Rows of a batch with their zone tags: the source row of each output row, and its zone.
 /// Rows without a valid position have no zone and are left out (they match nothing).
 fn tag(
-    ra: &dyn Array,
-    dec: &dyn Array,
+    ra: &Float64Array,
+    dec: &Float64Array,
     (order, zone_order): (u8, u8),
     margin: bool,
 ) -> (Vec<u32>, Vec<u64>) {
@@ -73,7 +73,7 @@ fn tag(
     let mut zones = Vec::with_capacity(ra.len());
     let mut neighbours = Vec::with_capacity(8);
     for i in 0..ra.len() {
-        let Some((_, lon, lat)) = unit_vector(ra, dec, i) else {
+        let Some((lon, lat)) = lon_lat(ra, dec, i) else {
             continue;
         };
         let cell = layer.hash(lon, lat);
@@ -206,7 +206,11 @@ impl ExecutionPlan for ZoneExec {
         let stream = input.map(move |batch| {
             let batch = batch?;
             let [ra, dec] = positions(&pos, &batch)?;
-            let (rows, zones) = tag(&ra, &dec, orders, margin);
+            let (ra, dec) = (
+                ra.as_primitive::<Float64Type>(),
+                dec.as_primitive::<Float64Type>(),
+            );
+            let (rows, zones) = tag(ra, dec, orders, margin);
             let rows = take_record_batch(&batch, &UInt32Array::from(rows))?;
             let mut cols = rows.columns().to_vec();
             cols.push(Arc::new(UInt64Array::from(zones)));
@@ -501,7 +505,7 @@ mod tests {
     /// zone holds one copy of each build row near it.
     #[test]
     fn margins_hold_every_close_pair_once() {
-        use arrow::array::Float64Array;
+        use crate::xmatch::unit_vector;
         let mut next = crate::test_uniform(12345);
         for radius_arcsec in [1.0, 5.0, 60.0, 3600.0] {
             let r = radius_arcsec / 3600.0;
