@@ -28,13 +28,34 @@ use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::AggregateOrderSensitivity;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
-    ReversedUDAF, SetMonotonicity, Signature,
+    ReversedUDAF, SetMonotonicity, Signature, TypeSignature,
 };
 
-/// DataFusion's `AVG` with a run-aware grouped accumulator for `DOUBLE` input.
-#[derive(Debug, PartialEq, Eq, Hash, Default)]
+/// DataFusion's `AVG` with a run-aware grouped accumulator for `DOUBLE` and `REAL` input.
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct RunAwareAvg {
     inner: Avg,
+    /// DataFusion's signature with `REAL` taken as it is, ahead of its other forms (which
+    /// would cast it to `DOUBLE`).
+    signature: Signature,
+}
+
+impl Default for RunAwareAvg {
+    fn default() -> Self {
+        let inner = Avg::default();
+        let theirs = &inner.signature().type_signature;
+        let forms = match theirs {
+            TypeSignature::OneOf(forms) => forms.clone(),
+            other => vec![other.clone()],
+        };
+        let signature = Signature::one_of(
+            std::iter::once(TypeSignature::Exact(vec![DataType::Float32]))
+                .chain(forms)
+                .collect(),
+            inner.signature().volatility,
+        );
+        Self { inner, signature }
+    }
 }
 
 /// The `avg` function of Meridian sessions (replaces DataFusion's under the same name).
@@ -50,7 +71,7 @@ impl AggregateUDFImpl for RunAwareAvg {
         self.inner.aliases()
     }
     fn signature(&self) -> &Signature {
-        self.inner.signature()
+        &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         self.inner.return_type(arg_types)
@@ -115,10 +136,6 @@ impl AggregateUDFImpl for RunAwareAvg {
         ReversedUDAF::Identical
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        // `REAL` stays `REAL`: the accumulators widen it (DataFusion's would cast it).
-        if arg_types == [DataType::Float32] {
-            return Ok(vec![DataType::Float32]);
-        }
         self.inner.coerce_types(arg_types)
     }
     fn default_value(&self, data_type: &DataType) -> Result<ScalarValue> {
@@ -553,6 +570,18 @@ mod tests {
             v.iter().sum::<f64>() / v.len() as f64
         };
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
+        // The column reaches the accumulators as it is, not cast to DOUBLE.
+        let plan = ctx
+            .sql("EXPLAIN SELECT g, AVG(x) FROM t GROUP BY g")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&plan)
+            .unwrap()
+            .to_string();
+        assert!(!text.to_uppercase().contains("CAST"), "{text}");
         let all = one("SELECT AVG(x) FROM t").await;
         assert!(close(all[0].unwrap(), mean(&|_| true)));
         let grouped = one("SELECT AVG(x) FROM t GROUP BY g ORDER BY g").await;
