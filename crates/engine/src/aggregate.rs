@@ -529,7 +529,7 @@ mod tests {
         use datafusion::prelude::SessionContext;
         let n = 5000usize;
         let x: Vec<Option<f32>> = (0..n)
-            .map(|i| (i % 13 != 0).then(|| ((i % 97) as f32) * 0.37 + 15.0))
+            .map(|i| (i % 13 != 0).then_some(((i % 97) as f32) * 0.37 + 15.0))
             .collect();
         let g: Vec<i64> = (0..n).map(|i| (i / 3 % 7) as i64).collect();
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![

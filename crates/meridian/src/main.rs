@@ -2045,7 +2045,9 @@ fn demo(config: &Config, objects: u64, quiet: bool) -> anyhow::Result<()> {
 }
 
 /// Runs `run` `warmup` times unmeasured, then `repeat` times (at least once) timed: the
-/// seconds of the timed runs and the last run's result.
+/// seconds of the timed runs and the last run's result. Each run's result is dropped
+/// before the next starts, untimed: a cross-match of 10^8 rows holds gigabytes of pairs,
+/// and two of them at once would not fit where one does.
 fn timed_runs<T>(
     warmup: usize,
     repeat: usize,
@@ -2057,6 +2059,7 @@ fn timed_runs<T>(
     let mut seconds = Vec::with_capacity(repeat.max(1));
     let mut last = None;
     for _ in 0..repeat.max(1) {
+        drop(last.take());
         let start = Instant::now();
         last = Some(run()?);
         seconds.push(start.elapsed().as_secs_f64());
