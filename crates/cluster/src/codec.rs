@@ -307,3 +307,54 @@ pub fn check_plan(plan: &LogicalPlan) -> std::result::Result<(), String> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::{UserDefinedLogicalNodeCore, col, table_scan};
+
+    /// A cross-match node crosses the wire whole: with and without its distance column.
+    #[test]
+    fn cross_match_nodes_keep_their_distance_column_on_the_wire() {
+        let side = |name: &str| {
+            let schema = Schema::new(vec![
+                Field::new("ra", DataType::Float64, false),
+                Field::new("dec", DataType::Float64, false),
+            ]);
+            table_scan(Some(name), &schema, None)
+                .unwrap()
+                .build()
+                .unwrap()
+        };
+        let (l, r) = (side("l"), side("r"));
+        let pos = |t: &str| [col(format!("{t}.ra")), col(format!("{t}.dec"))];
+        let (codec, ctx) = (LogicalCodec::default(), TaskContext::default());
+        for distance in [false, true] {
+            let mut node = XMatchNode::try_new(
+                l.clone(),
+                r.clone(),
+                pos("l"),
+                pos("r"),
+                1.0 / 3600.0,
+                Mode::All,
+            )
+            .unwrap();
+            if distance {
+                node = node.with_distance().unwrap();
+            }
+            let mut buf = Vec::new();
+            let ext = Extension {
+                node: Arc::new(node.clone()),
+            };
+            codec.try_encode(&ext, &mut buf).unwrap();
+            let back = codec
+                .try_decode(&buf, &[l.clone(), r.clone()], &ctx)
+                .unwrap();
+            let back = back.node.as_any().downcast_ref::<XMatchNode>().unwrap();
+            assert_eq!(back, &node);
+            assert_eq!(back.has_distance(), distance);
+            assert_eq!(back.schema().fields().len(), 4 + usize::from(distance));
+        }
+    }
+}
