@@ -83,15 +83,7 @@ impl AggregateUDFImpl for RunAwareAvg {
         self.inner.is_nullable()
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        match widened(args.expr_fields) {
-            Some(fields) => Ok(Box::new(Widened(self.inner.accumulator(
-                AccumulatorArgs {
-                    expr_fields: &fields,
-                    ..args
-                },
-            )?))),
-            None => self.inner.accumulator(args),
-        }
+        widened_accumulator(args, |a| self.inner.accumulator(a))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         match widened(args.input_fields) {
@@ -119,15 +111,7 @@ impl AggregateUDFImpl for RunAwareAvg {
         self.inner.create_groups_accumulator(args)
     }
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        match widened(args.expr_fields) {
-            Some(fields) => Ok(Box::new(Widened(self.inner.create_sliding_accumulator(
-                AccumulatorArgs {
-                    expr_fields: &fields,
-                    ..args
-                },
-            )?))),
-            None => self.inner.create_sliding_accumulator(args),
-        }
+        widened_accumulator(args, |a| self.inner.create_sliding_accumulator(a))
     }
     fn order_sensitivity(&self) -> AggregateOrderSensitivity {
         self.inner.order_sensitivity()
@@ -157,6 +141,21 @@ fn widened(fields: &[FieldRef]) -> Option<Vec<FieldRef>> {
         .filter(|f| f.data_type() == &DataType::Float32)?;
     let wide = Field::new(f.name(), DataType::Float64, f.is_nullable());
     Some(vec![Arc::new(wide.with_metadata(f.metadata().clone()))])
+}
+
+/// DataFusion's accumulator made by `make`; over `REAL` input, made for `DOUBLE` and fed
+/// the input widened.
+fn widened_accumulator(
+    args: AccumulatorArgs,
+    make: impl Fn(AccumulatorArgs) -> Result<Box<dyn Accumulator>>,
+) -> Result<Box<dyn Accumulator>> {
+    match widened(args.expr_fields) {
+        Some(fields) => Ok(Box::new(Widened(make(AccumulatorArgs {
+            expr_fields: &fields,
+            ..args
+        })?))),
+        None => make(args),
+    }
 }
 
 /// The `REAL` column of `values` made `DOUBLE`.

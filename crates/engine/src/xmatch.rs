@@ -970,10 +970,11 @@ fn zone_column(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn PhysicalExpr> {
 pub(crate) fn positions(
     exprs: &[Arc<dyn PhysicalExpr>; 2],
     batch: &RecordBatch,
-) -> Result<[Arc<dyn Array>; 2]> {
-    let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<Arc<dyn Array>> {
+) -> Result<[Float64Array; 2]> {
+    let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<Float64Array> {
         let v = e.evaluate(batch)?.into_array(batch.num_rows())?;
-        Ok(arrow::compute::cast(&v, &DataType::Float64)?)
+        let v = arrow::compute::cast(&v, &DataType::Float64)?;
+        Ok(v.as_primitive::<Float64Type>().clone())
     };
     Ok([eval(&exprs[0])?, eval(&exprs[1])?])
 }
@@ -1105,15 +1106,11 @@ impl Index {
                 u32::MAX
             )));
         }
-        let [ra, dec] = positions(pos, &batch)?;
+        let [ra, dec] = &positions(pos, &batch)?;
         // Cells no finer than needed for the neighbourhood rule, and no finer than needed
         // for a few rows per occupied cell (see [`Matcher`]).
         let rule_order = neighbourhood_order(radius_deg).expect("radius checked when planned");
         let layer = cdshealpix::nested::get(rule_order);
-        let (ra, dec) = (
-            ra.as_primitive::<Float64Type>(),
-            dec.as_primitive::<Float64Type>(),
-        );
         // (cell, row) keys sorted alone, then the unit vectors gathered into cell order:
         // sorting 16-byte keys moves less than sorting the vectors with them, and the
         // stable sort finds the runs the input already has (HATS partitions are sorted by
@@ -1305,16 +1302,12 @@ impl Matcher {
     /// probe rows' zones and only build rows of the same zone are compared.
     pub(crate) fn pairs(
         &mut self,
-        ra: &dyn Array,
-        dec: &dyn Array,
+        ra: &Float64Array,
+        dec: &Float64Array,
         zones: Option<&[u64]>,
     ) -> Pairs {
         let idx = Arc::clone(&self.index);
         let layer = cdshealpix::nested::get(idx.rule_order);
-        let (ra, dec) = (
-            ra.as_primitive::<Float64Type>(),
-            dec.as_primitive::<Float64Type>(),
-        );
         let mode = self.mode;
         let mut out = Pairs {
             probe: Vec::new(),
@@ -1602,7 +1595,7 @@ mod tests {
             }
             let mut matcher = Matcher::new(Arc::new(index), Mode::All);
             let p = batch(&probe);
-            let pairs = matcher.pairs(p.column(0), p.column(1), None);
+            let pairs = matcher.pairs(p.column(0).as_primitive(), p.column(1).as_primitive(), None);
             let mut got: Vec<_> = pairs.probe.into_iter().zip(pairs.build).collect();
             got.sort_unstable();
             let want = brute(&probe, &build, radius_deg);

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, Float64Array, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::{concat_batches, take_record_batch};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -206,11 +206,7 @@ impl ExecutionPlan for ZoneExec {
         let stream = input.map(move |batch| {
             let batch = batch?;
             let [ra, dec] = positions(&pos, &batch)?;
-            let (ra, dec) = (
-                ra.as_primitive::<Float64Type>(),
-                dec.as_primitive::<Float64Type>(),
-            );
-            let (rows, zones) = tag(ra, dec, orders, margin);
+            let (rows, zones) = tag(&ra, &dec, orders, margin);
             let rows = take_record_batch(&batch, &UInt32Array::from(rows))?;
             let mut cols = rows.columns().to_vec();
             cols.push(Arc::new(UInt64Array::from(zones)));
